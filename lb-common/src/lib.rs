@@ -1,0 +1,73 @@
+//! Types and pure logic shared by the xvs XDP programs (lb-ebpf) and the controller (lb-user).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding and a compile-time size check, so the
+//! kernel and userspace agree on the layout byte for byte. Addresses are 16 bytes: an IPv4 address
+//! sits in the first four bytes and the rest are zero; `family` tells which. Ports are kept in network
+//! byte order, as they appear in packets, so the data plane never swaps bytes.
+#![no_std]
+
+pub mod conn;
+pub mod maps;
+pub mod reason;
+
+pub use conn::{ConnEntry, ConnState, FlowKey};
+pub use maps::{fwd, Backend, DataplaneConfig, ServiceKey, ServiceValue, Stats};
+pub use reason::Reason;
+
+/// Address family tag for IPv4 in keys and values.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6 in keys and values.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Most virtual services the data plane holds (service ids index per-service arrays).
+pub const MAX_SERVICES: u32 = 4096;
+/// Most real-server slots (one per real server per service); ids index per-backend arrays.
+pub const MAX_BACKENDS: u32 = 65536;
+/// Default size of the scheduler slot array shared by all services (u32 backend ids).
+pub const DEFAULT_SCHED_SLOTS: u32 = 1 << 20;
+/// Default connection-table capacity (LRU: the least recently used entry makes room when full).
+pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
+
+/// Names of the programs and maps in the director object, shared so userspace cannot misspell them.
+pub mod names {
+    /// The director's XDP program.
+    pub const PROG_DIRECTOR: &str = "xvs_director";
+    /// A program that passes every frame (for veth peers of XDP_TX interfaces).
+    pub const PROG_PASS: &str = "xvs_pass";
+    /// The benchmark floor: bounds check and XDP_TX.
+    pub const PROG_FLOOR_TX: &str = "xvs_floor_tx";
+    /// Virtual services: ServiceKey -> ServiceValue.
+    pub const MAP_SERVICES: &str = "SERVICES";
+    /// Real-server slots: id -> Backend.
+    pub const MAP_BACKENDS: &str = "BACKENDS";
+    /// Scheduler slots: u32 backend ids, one region per service.
+    pub const MAP_SCHED_SLOTS: &str = "SCHED_SLOTS";
+    /// Per-CPU round-robin cursor per service.
+    pub const MAP_RR_CURSOR: &str = "RR_CURSOR";
+    /// Connection table: FlowKey -> ConnEntry.
+    pub const MAP_CONNS: &str = "CONNS";
+    /// Per-CPU stats per service.
+    pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Per-CPU stats per backend.
+    pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU counters per Reason.
+    pub const MAP_REASONS: &str = "REASONS";
+    /// Global data-plane configuration (one entry).
+    pub const MAP_CONFIG: &str = "CONFIG";
+}
+
+/// Copies an IPv4 address (network order bytes) into the 16-byte form used in keys.
+#[inline(always)]
+pub const fn addr_from_v4(octets: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = octets[0];
+    a[1] = octets[1];
+    a[2] = octets[2];
+    a[3] = octets[3];
+    a
+}

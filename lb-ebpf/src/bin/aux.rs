@@ -1,0 +1,30 @@
+//! Auxiliary XDP programs: a pass-through for veth peers and the benchmark floor.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Passes every frame. Native XDP_TX into a veth only delivers when the peer has an XDP program.
+#[xdp]
+pub fn xvs_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The benchmark floor: the cheapest program that still looks at the packet, then XDP_TX.
+#[xdp]
+pub fn xvs_floor_tx(ctx: XdpContext) -> u32 {
+    if ctx.data() + 14 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

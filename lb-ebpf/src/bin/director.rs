@@ -1,0 +1,229 @@
+//! The director: balances virtual-service traffic to real servers (DR mode), passes the rest.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_NO_PREALLOC},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    fwd, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason,
+    ServiceKey, ServiceValue, Stats, DEFAULT_CONN_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, PROTO_TCP,
+};
+use lb_ebpf::packet::{parse, ptr_at, tcp_flag, Parsed};
+
+// Services change under traffic: without preallocation, a replaced value is freed after an RCU
+// grace period, so a packet never reads a value that is being rewritten.
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+static SCHED_SLOTS: Array<u32> = Array::with_max_entries(DEFAULT_SCHED_SLOTS, 0);
+#[map]
+static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+#[map]
+static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map]
+static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+/// The director's entry point: maps the internal result to a verdict and counts the reason.
+#[xdp]
+pub fn xvs_director(ctx: XdpContext) -> u32 {
+    match director(&ctx) {
+        Ok(()) => {
+            count(Reason::TxDr);
+            xdp_action::XDP_TX
+        }
+        Err(reason) => {
+            count(reason);
+            if reason.is_drop() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
+    if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn add_stats(map: &PerCpuArray<Stats>, index: u32, new_conn: bool, bytes: u64) {
+    if let Some(s) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        let s = unsafe { &mut *s };
+        s.conns += new_conn as u64;
+        s.packets += 1;
+        s.bytes += bytes;
+    }
+}
+
+#[inline(always)]
+fn director(ctx: &XdpContext) -> Result<(), Reason> {
+    let p = parse(ctx)?;
+    let skey = ServiceKey {
+        addr: p.dst,
+        port_be: p.dport_be,
+        proto: p.proto,
+        family: p.family,
+    };
+    // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC), see SERVICES.
+    let svc = unsafe { SERVICES.get(&skey) }.ok_or(Reason::PassNotService)?;
+    let fkey = FlowKey {
+        src: p.src,
+        dst: p.dst,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (backend_id, backend, new_conn) = match lookup_conn(&fkey, &p, now) {
+        Some((id, b)) => {
+            count(Reason::ConnHit);
+            (id, b, false)
+        }
+        None => {
+            let (id, b) = schedule(svc, &fkey, &p, now)?;
+            (id, b, true)
+        }
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    add_stats(&SERVICE_STATS, svc.id, new_conn, bytes);
+    add_stats(&BACKEND_STATS, backend_id, new_conn, bytes);
+    forward(ctx, &backend)
+}
+
+/// A live entry for this flow whose real server still exists; updates its state and clock.
+#[inline(always)]
+fn lookup_conn(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, Backend)> {
+    let e = CONNS.get_ptr_mut(key)?;
+    // SAFETY: the entry stays valid for this program run; racing CPUs write the same fields
+    // with equivalent values, which is harmless.
+    let e = unsafe { &mut *e };
+    let state = ConnState::from_u8(e.state);
+    let cfg = CONFIG.get(0)?;
+    let timeout = match state {
+        ConnState::Udp => cfg.udp_timeout_ns,
+        ConnState::SynRecv => cfg.tcp_syn_timeout_ns,
+        ConnState::Established => cfg.tcp_timeout_ns,
+        ConnState::FinWait => cfg.tcp_fin_timeout_ns,
+        ConnState::Close => cfg.tcp_close_timeout_ns,
+    };
+    let backend = BACKENDS.get(e.backend)?;
+    let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
+    // Expired, the real server was removed, or a new SYN on a closing entry: schedule afresh.
+    if now.saturating_sub(e.last_seen_ns) > timeout
+        || backend.generation != e.generation
+        || (syn_only && matches!(state, ConnState::FinWait | ConnState::Close))
+    {
+        count(Reason::ConnRescheduled);
+        return None;
+    }
+    e.last_seen_ns = now;
+    if p.proto == PROTO_TCP {
+        e.state = next_tcp_state(state, p.tcp_flags) as u8;
+    }
+    Some((e.backend, *backend))
+}
+
+#[inline(always)]
+fn next_tcp_state(state: ConnState, flags: u8) -> ConnState {
+    state.tcp_next(
+        flags & tcp_flag::SYN != 0,
+        flags & tcp_flag::FIN != 0,
+        flags & tcp_flag::RST != 0,
+        flags & tcp_flag::ACK != 0,
+    )
+}
+
+/// Picks a real server for a new flow from the service's scheduler table and records the choice.
+#[inline(always)]
+fn schedule(
+    svc: &ServiceValue,
+    key: &FlowKey,
+    p: &Parsed,
+    now: u64,
+) -> Result<(u32, Backend), Reason> {
+    let len = svc.table_len;
+    if len == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let cursor = RR_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: per-CPU slot, no concurrent writer.
+    let cursor = unsafe { &mut *cursor };
+    // The table may have shrunk since the cursor last moved.
+    let pos = if *cursor >= len { 0 } else { *cursor };
+    *cursor = pos + 1;
+    let id = *SCHED_SLOTS
+        .get(svc.table_off.wrapping_add(pos))
+        .ok_or(Reason::DropBadBackend)?;
+    let backend = *BACKENDS.get(id).ok_or(Reason::DropBadBackend)?;
+    if backend.generation == 0 {
+        return Err(Reason::DropBadBackend);
+    }
+    let state = if p.proto == PROTO_TCP {
+        next_tcp_state(ConnState::SynRecv, p.tcp_flags)
+    } else {
+        ConnState::Udp
+    };
+    let entry = ConnEntry {
+        backend: id,
+        generation: backend.generation,
+        service: svc.id,
+        state: state as u8,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    if CONNS.insert(key, &entry, 0).is_err() {
+        count(Reason::ConnInsertFailed);
+    }
+    count(Reason::ConnNew);
+    Ok((id, backend))
+}
+
+/// Sends the frame toward the real server.
+#[inline(always)]
+fn forward(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> {
+    if backend.fwd != fwd::DR {
+        return Err(Reason::DropBadBackend);
+    }
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Reason::DropTruncatedL2)?;
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    // The frame was addressed to us: our MAC becomes the source, the real server's the target.
+    let (dst, src) = eth.split_at_mut(6);
+    src.copy_from_slice(dst);
+    dst.copy_from_slice(&backend.mac);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

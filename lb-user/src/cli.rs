@@ -1,0 +1,600 @@
+//! xvsadm's command line: ipvsadm's commands and options, turned into control requests.
+//!
+//! Options that only make sense for IPVS inside the kernel (masquerading, firewall marks, the
+//! sync daemon) or that xvs does not have yet are refused with a reason, never ignored.
+
+use std::{
+    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    path::PathBuf,
+};
+
+use clap::{ArgGroup, Parser};
+use thiserror::Error;
+
+use crate::{
+    listing::{Format, ListOptions},
+    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+    proto::DEFAULT_SOCKET,
+};
+
+/// xvsadm's arguments, ipvsadm's spelling.
+#[derive(Parser, Debug)]
+#[command(
+    name = "xvsadm",
+    version,
+    about = "Administer xvs, the XDP Virtual Server, with ipvsadm's commands",
+    long_about = "Administer xvs, the XDP Virtual Server. xvsadm speaks ipvsadm's syntax: \
+                  the commands LVS operators already type work unchanged, e.g.\n\n  \
+                  xvsadm -A -t 203.0.113.10:80 -s wrr\n  \
+                  xvsadm -a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 3\n  \
+                  xvsadm -L -n\n\n\
+                  It talks to the xvsd daemon over a Unix socket (--socket or XVS_SOCKET).",
+    group(ArgGroup::new("command").required(true).multiple(false)),
+)]
+pub struct Args {
+    /// Add a virtual service.
+    #[arg(short = 'A', long = "add-service", group = "command")]
+    pub add_service: bool,
+    /// Edit a virtual service.
+    #[arg(short = 'E', long = "edit-service", group = "command")]
+    pub edit_service: bool,
+    /// Delete a virtual service and its real servers.
+    #[arg(short = 'D', long = "delete-service", group = "command")]
+    pub delete_service: bool,
+    /// Clear the whole table.
+    #[arg(short = 'C', long = "clear", group = "command")]
+    pub clear: bool,
+    /// Restore rules from standard input (the format -S writes), as one transaction.
+    #[arg(short = 'R', long = "restore", group = "command")]
+    pub restore: bool,
+    /// Save rules to standard output, in a form -R reads.
+    #[arg(short = 'S', long = "save", group = "command")]
+    pub save: bool,
+    /// Add a real server to a service.
+    #[arg(short = 'a', long = "add-server", group = "command")]
+    pub add_server: bool,
+    /// Edit a real server.
+    #[arg(short = 'e', long = "edit-server", group = "command")]
+    pub edit_server: bool,
+    /// Delete a real server.
+    #[arg(short = 'd', long = "delete-server", group = "command")]
+    pub delete_server: bool,
+    /// List the table (all services, or the one given with -t/-u).
+    #[arg(short = 'L', visible_short_alias = 'l', long = "list", group = "command")]
+    pub list: bool,
+    /// Zero the packet, byte and connection counters.
+    #[arg(short = 'Z', long = "zero", group = "command")]
+    pub zero: bool,
+    /// Set connection timeouts in seconds (0 keeps a value): tcp tcpfin udp.
+    #[arg(long = "set", num_args = 3, value_names = ["TCP", "TCPFIN", "UDP"], group = "command")]
+    pub set: Option<Vec<u64>>,
+    /// (IPVS sync daemon: not applicable to xvs.)
+    #[arg(long = "start-daemon", group = "command", value_name = "STATE")]
+    pub start_daemon: Option<String>,
+    /// (IPVS sync daemon: not applicable to xvs.)
+    #[arg(long = "stop-daemon", group = "command", value_name = "STATE")]
+    pub stop_daemon: Option<String>,
+
+    /// TCP service: VIP:port, or [IPv6]:port.
+    #[arg(short = 't', long = "tcp-service", value_name = "SERVICE-ADDRESS")]
+    pub tcp_service: Option<String>,
+    /// UDP service: VIP:port, or [IPv6]:port.
+    #[arg(short = 'u', long = "udp-service", value_name = "SERVICE-ADDRESS")]
+    pub udp_service: Option<String>,
+    /// Firewall-mark service (refused: marks are set by netfilter, after XDP has run).
+    #[arg(short = 'f', long = "fwmark-service", value_name = "FWMARK")]
+    pub fwmark_service: Option<String>,
+    /// Scheduler: rr or wrr (ipvsadm's default, wlc, is not implemented yet).
+    #[arg(short = 's', long = "scheduler", value_name = "SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Persistent service (not implemented yet).
+    #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
+    pub persistent: Option<u32>,
+    /// Persistence netmask (not implemented yet).
+    #[arg(short = 'M', long = "netmask", value_name = "NETMASK")]
+    pub netmask: Option<String>,
+    /// Real server: address[:port] ([IPv6]:port). In DR mode the port is the service's.
+    #[arg(short = 'r', long = "real-server", value_name = "SERVER-ADDRESS")]
+    pub real_server: Option<String>,
+    /// Direct routing (the default).
+    #[arg(short = 'g', long = "gatewaying")]
+    pub gatewaying: bool,
+    /// Tunnelling (not implemented yet).
+    #[arg(short = 'i', long = "ipip")]
+    pub ipip: bool,
+    /// Masquerading (refused: xvs forwards by DR and tunnels).
+    #[arg(short = 'm', long = "masquerading")]
+    pub masquerading: bool,
+    /// Real server weight, 0..=65535 (0 quiesces: no new connections).
+    #[arg(short = 'w', long = "weight", value_name = "WEIGHT", allow_negative_numbers = true)]
+    pub weight: Option<i64>,
+    /// Upper connection threshold (not implemented yet).
+    #[arg(short = 'x', long = "u-threshold", value_name = "UTHRESHOLD")]
+    pub u_threshold: Option<u32>,
+    /// Lower connection threshold (not implemented yet).
+    #[arg(short = 'y', long = "l-threshold", value_name = "LTHRESHOLD")]
+    pub l_threshold: Option<u32>,
+    /// One-packet scheduling (not implemented yet).
+    #[arg(short = 'o', long = "ops")]
+    pub ops: bool,
+    /// Scheduler flags (not implemented yet).
+    #[arg(short = 'b', long = "sched-flags", value_name = "FLAGS")]
+    pub sched_flags: Option<String>,
+    /// Persistence engine (not implemented yet).
+    #[arg(long = "pe", value_name = "ENGINE")]
+    pub pe: Option<String>,
+    /// Numeric output (xvs never resolves names; accepted for compatibility).
+    #[arg(short = 'n', long = "numeric")]
+    pub numeric: bool,
+    /// List connections (not implemented yet).
+    #[arg(short = 'c', long = "connection")]
+    pub connection: bool,
+    /// With -L: totals of connections, packets and bytes.
+    #[arg(long = "stats")]
+    pub stats: bool,
+    /// With -L: rates (not implemented yet).
+    #[arg(long = "rate")]
+    pub rate: bool,
+    /// With -L: exact numbers, no K/M/G.
+    #[arg(long = "exact")]
+    pub exact: bool,
+    /// With -L: thresholds (not implemented yet).
+    #[arg(long = "thresholds")]
+    pub thresholds: bool,
+    /// With -L: persistent connections (not implemented yet).
+    #[arg(long = "persistent-conn")]
+    pub persistent_conn: bool,
+    /// With -L: sort (xvs lists services in the order they were added).
+    #[arg(long = "sort")]
+    pub sort: bool,
+    /// With -L: do not sort.
+    #[arg(long = "nosort")]
+    pub nosort: bool,
+    /// With -L: show the connection timeouts.
+    #[arg(long = "timeout")]
+    pub timeout: bool,
+    /// Control socket of xvsd.
+    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// With -L: print JSON instead of ipvsadm's table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Changes to apply as one transaction.
+    Apply(Vec<Change>),
+    /// Show the table.
+    List {
+        /// Layout.
+        opts: ListOptions,
+        /// Only this service.
+        service: Option<ServiceKey>,
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// Show the timeouts (`-L --timeout`).
+    ListTimeouts,
+    /// Set timeouts in seconds; None keeps a value.
+    SetTimeouts {
+        /// Established TCP.
+        tcp: Option<u64>,
+        /// TCP after FIN.
+        tcpfin: Option<u64>,
+        /// UDP.
+        udp: Option<u64>,
+    },
+    /// Zero counters.
+    Zero,
+    /// Print the rules in -R's format.
+    Save,
+    /// Read rules from standard input.
+    Restore,
+}
+
+/// A command line that cannot be carried out.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
+    Err(CliError(msg.into()))
+}
+
+fn not_yet(what: &str) -> CliError {
+    CliError(format!("{what} is not implemented by xvs yet"))
+}
+
+impl Args {
+    /// Turns ipvsadm's flags into an action, refusing what xvs cannot honour.
+    pub fn action(&self) -> Result<Action, CliError> {
+        self.refuse_unsupported()?;
+        if self.list {
+            if self.timeout {
+                return Ok(Action::ListTimeouts);
+            }
+            for (set, what) in [
+                (self.connection, "-c (connection listing)"),
+                (self.rate, "--rate"),
+                (self.thresholds, "--thresholds"),
+                (self.persistent_conn, "--persistent-conn"),
+            ] {
+                if set {
+                    return Err(not_yet(what));
+                }
+            }
+            return Ok(Action::List {
+                opts: ListOptions {
+                    format: if self.stats { Format::Stats } else { Format::Plain },
+                    exact: self.exact,
+                },
+                service: self.service_opt()?,
+                json: self.json,
+            });
+        }
+        if self.zero {
+            return Ok(Action::Zero);
+        }
+        if self.save {
+            return Ok(Action::Save);
+        }
+        if self.restore {
+            return Ok(Action::Restore);
+        }
+        if let Some(v) = &self.set {
+            let keep = |x: u64| if x == 0 { None } else { Some(x) };
+            return Ok(Action::SetTimeouts {
+                tcp: keep(v[0]),
+                tcpfin: keep(v[1]),
+                udp: keep(v[2]),
+            });
+        }
+        if self.clear {
+            return Ok(Action::Apply(vec![Change::Clear]));
+        }
+        let key = self
+            .service_opt()?
+            .ok_or_else(|| CliError("a service is required: -t or -u SERVICE-ADDRESS".into()))?;
+        let change = if self.add_service || self.edit_service {
+            let scheduler = match &self.scheduler {
+                Some(s) => Some(s.parse::<Scheduler>().map_err(|e| CliError(e.to_string()))?),
+                None => None,
+            };
+            if self.add_service {
+                let scheduler = match scheduler {
+                    Some(s) => s,
+                    // ipvsadm's default scheduler; refused with the reason while xvs lacks it.
+                    None => crate::model::DEFAULT_SCHEDULER
+                        .parse::<Scheduler>()
+                        .map_err(|e| CliError(format!("no -s given, default {e}")))?,
+                };
+                Change::AddService { key, scheduler }
+            } else {
+                Change::EditService { key, scheduler }
+            }
+        } else if self.delete_service {
+            Change::DeleteService { key }
+        } else {
+            let real = self
+                .real_server
+                .as_deref()
+                .ok_or_else(|| CliError("a real server is required: -r SERVER-ADDRESS".into()))?;
+            let addr = parse_real_addr(real, key.addr.port())?;
+            let weight = match self.weight {
+                None => None,
+                Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => Some(w as u32),
+                Some(w) => return err(format!("Illegal weight specified: {w} (must be 0..=65535)")),
+            };
+            if self.add_server {
+                Change::AddReal {
+                    service: key,
+                    real: RealServer {
+                        addr,
+                        weight: weight.unwrap_or(1),
+                        forward: ForwardMethod::Dr,
+                    },
+                }
+            } else if self.edit_server {
+                Change::EditReal {
+                    service: key,
+                    addr,
+                    weight,
+                    forward: self.gatewaying.then_some(ForwardMethod::Dr),
+                }
+            } else {
+                Change::DeleteReal { service: key, addr }
+            }
+        };
+        Ok(Action::Apply(vec![change]))
+    }
+
+    fn refuse_unsupported(&self) -> Result<(), CliError> {
+        if self.start_daemon.is_some() || self.stop_daemon.is_some() {
+            return err("the IPVS connection-sync daemon does not apply to xvs: each director keeps its own connection table (use mh for directors that agree without talking)");
+        }
+        if self.fwmark_service.is_some() {
+            return err("-f (firewall-mark services) cannot work with xvs: marks are set by netfilter, which runs after XDP has already handled the packet");
+        }
+        if self.masquerading {
+            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and, later, tunnelling (-i)");
+        }
+        if self.ipip {
+            return Err(not_yet("-i (tunnelling)"));
+        }
+        for (set, what) in [
+            (self.persistent.is_some(), "-p (persistence)"),
+            (self.netmask.is_some(), "-M (persistence netmask)"),
+            (self.u_threshold.is_some(), "-x (upper threshold)"),
+            (self.l_threshold.is_some(), "-y (lower threshold)"),
+            (self.ops, "-o (one-packet scheduling)"),
+            (self.sched_flags.is_some(), "-b (scheduler flags)"),
+            (self.pe.is_some(), "--pe (persistence engine)"),
+        ] {
+            if set {
+                return Err(not_yet(what));
+            }
+        }
+        if self.tcp_service.is_some() && self.udp_service.is_some() {
+            return err("give one service: -t or -u, not both");
+        }
+        Ok(())
+    }
+
+    fn service_opt(&self) -> Result<Option<ServiceKey>, CliError> {
+        let (protocol, s) = match (&self.tcp_service, &self.udp_service) {
+            (Some(s), None) => (Protocol::Tcp, s),
+            (None, Some(s)) => (Protocol::Udp, s),
+            _ => return Ok(None),
+        };
+        Ok(Some(ServiceKey {
+            protocol,
+            addr: parse_service_addr(s)?,
+        }))
+    }
+}
+
+/// Parses `VIP:port` / `[IPv6]:port` / a host name with a port, as ipvsadm accepts.
+pub fn parse_service_addr(s: &str) -> Result<SocketAddr, CliError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        // No port: ipvsadm's port 0, which the model refuses for non-persistent services.
+        return Ok(SocketAddr::new(ip, 0));
+    }
+    resolve(s)
+}
+
+/// Parses a real server: `addr`, `addr:port`, `[IPv6]`, `[IPv6]:port` or a bare IPv6 address;
+/// without a port the service's port is used.
+pub fn parse_real_addr(s: &str, service_port: u16) -> Result<SocketAddr, CliError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, service_port));
+    }
+    resolve(s)
+}
+
+fn resolve(s: &str) -> Result<SocketAddr, CliError> {
+    match s.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => Ok(a),
+        _ => err(format!("Illegal address: {s}")),
+    }
+}
+
+/// Parses one line of -R input (ipvsadm's save format) into changes.
+pub fn parse_rule_line(line: &str) -> Result<Vec<Change>, CliError> {
+    let argv = std::iter::once("xvsadm").chain(line.split_whitespace());
+    let args = Args::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
+    match args.action()? {
+        Action::Apply(changes) => Ok(changes),
+        _ => err(format!("not a rule: {line}")),
+    }
+}
+
+/// Parses -R input: every non-empty, non-comment line is a rule; the result is one transaction.
+pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let changes =
+            parse_rule_line(line).map_err(|e| CliError(format!("line {}: {}", n + 1, e.0)))?;
+        out.extend(changes);
+    }
+    Ok(out)
+}
+
+/// Renders the configuration in ipvsadm's save format (`-S -n`).
+pub fn save(config: &Config) -> String {
+    let mut out = String::new();
+    for svc in &config.services {
+        let flag = match svc.key.protocol {
+            Protocol::Tcp => "-t",
+            Protocol::Udp => "-u",
+        };
+        out.push_str(&format!("-A {flag} {} -s {}\n", svc.key.addr, svc.scheduler));
+        for r in &svc.reals {
+            let fwd = match r.forward {
+                ForwardMethod::Dr => "-g",
+            };
+            out.push_str(&format!(
+                "-a {flag} {} -r {} {fwd} -w {}\n",
+                svc.key.addr, r.addr, r.weight
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(args: &[&str]) -> Result<Action, CliError> {
+        let argv = std::iter::once("xvsadm").chain(args.iter().copied());
+        Args::try_parse_from(argv)
+            .map_err(|e| CliError(e.to_string()))?
+            .action()
+    }
+
+    fn one(args: &[&str]) -> Change {
+        match action(args).unwrap() {
+            Action::Apply(mut c) => c.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn tcp(s: &str) -> ServiceKey {
+        ServiceKey {
+            protocol: Protocol::Tcp,
+            addr: s.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn ipvsadm_commands_parse() {
+        assert_eq!(
+            one(&["-A", "-t", "203.0.113.10:80", "-s", "rr"]),
+            Change::AddService {
+                key: tcp("203.0.113.10:80"),
+                scheduler: Scheduler::Rr
+            }
+        );
+        assert_eq!(
+            one(&["-E", "-t", "203.0.113.10:80", "-s", "wrr"]),
+            Change::EditService {
+                key: tcp("203.0.113.10:80"),
+                scheduler: Some(Scheduler::Wrr)
+            }
+        );
+        assert_eq!(
+            one(&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11:80", "-g", "-w", "3"]),
+            Change::AddReal {
+                service: tcp("203.0.113.10:80"),
+                real: RealServer {
+                    addr: "198.51.100.11:80".parse().unwrap(),
+                    weight: 3,
+                    forward: ForwardMethod::Dr
+                }
+            }
+        );
+        assert_eq!(
+            one(&["-e", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "0"]),
+            Change::EditReal {
+                service: tcp("203.0.113.10:80"),
+                addr: "198.51.100.11:80".parse().unwrap(),
+                weight: Some(0),
+                forward: None
+            }
+        );
+        assert_eq!(
+            one(&["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11:80"]),
+            Change::DeleteReal {
+                service: tcp("203.0.113.10:80"),
+                addr: "198.51.100.11:80".parse().unwrap()
+            }
+        );
+        assert_eq!(one(&["-C"]), Change::Clear);
+        assert_eq!(
+            one(&["-D", "-u", "[2001:db8::10]:53"]),
+            Change::DeleteService {
+                key: ServiceKey {
+                    protocol: Protocol::Udp,
+                    addr: "[2001:db8::10]:53".parse().unwrap()
+                }
+            }
+        );
+        // Long options and a bare IPv6 real server.
+        assert_eq!(
+            one(&[
+                "--add-server",
+                "--tcp-service",
+                "[2001:db8::10]:80",
+                "--real-server",
+                "2001:db8::11",
+                "--weight",
+                "2"
+            ]),
+            Change::AddReal {
+                service: tcp("[2001:db8::10]:80"),
+                real: RealServer {
+                    addr: "[2001:db8::11]:80".parse().unwrap(),
+                    weight: 2,
+                    forward: ForwardMethod::Dr
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn list_options() {
+        assert_eq!(
+            action(&["-L", "-n"]).unwrap(),
+            Action::List {
+                opts: ListOptions::default(),
+                service: None,
+                json: false
+            }
+        );
+        assert_eq!(
+            action(&["-l", "-n", "--stats", "--exact", "--json"]).unwrap(),
+            Action::List {
+                opts: ListOptions {
+                    format: Format::Stats,
+                    exact: true
+                },
+                service: None,
+                json: true
+            }
+        );
+        assert_eq!(action(&["-L", "--timeout"]).unwrap(), Action::ListTimeouts);
+    }
+
+    #[test]
+    fn bad_commands_are_refused_with_reasons() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-A", "-t", "203.0.113.10:80", "-s", "bogus"], "Scheduler not found"),
+            (&["-A", "-t", "203.0.113.10:80"], "wlc"),
+            (&["-A", "-t", "not an address", "-s", "rr"], "Illegal address"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "-1"], "Illegal weight"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "70000"], "Illegal weight"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-m"], "masquerading"),
+            (&["-A", "-f", "1", "-s", "rr"], "firewall-mark"),
+            (&["-a", "-t", "203.0.113.10:80"], "real server is required"),
+            (&["-A", "-s", "rr"], "service is required"),
+            (&["--start-daemon", "master"], "sync daemon"),
+            (&["-A", "-t", "203.0.113.10:80", "-s", "rr", "-p", "60"], "persistence"),
+        ];
+        for (args, needle) in cases {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+        // Two commands at once is a usage error.
+        assert!(action(&["-A", "-D", "-t", "203.0.113.10:80"]).is_err());
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut config = Config::default();
+        let rules = "\
+-A -t 203.0.113.10:80 -s wrr
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 3
+-A -u [2001:db8::10]:53 -s rr
+-a -u [2001:db8::10]:53 -r [2001:db8::11]:53 -g -w 0
+";
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        // A file saved by ipvsadm (comments, blank lines, -m refused with its line number).
+        let e = parse_rules("# saved\n\n-A -t 203.0.113.10:80 -s rr\n-a -t 203.0.113.10:80 -r 198.51.100.11:80 -m -w 1\n")
+            .unwrap_err();
+        assert!(e.0.starts_with("line 4:"), "{e}");
+    }
+}

@@ -1,0 +1,483 @@
+//! xvsd: owns the data plane and the desired configuration, serves the control socket, and keeps
+//! real servers' MAC addresses current.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_common::DataplaneConfig;
+use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
+    model::{Change, Config},
+    neighbor::{self, Neighbors},
+    proto::{
+        Command, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
+        MAX_REQUEST_BYTES, PROTOCOL_VERSION,
+    },
+};
+
+/// How long a change waits for a new real server's MAC before answering.
+const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
+/// How often unresolved real servers are retried.
+const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
+/// How often every real server is re-probed, so a changed MAC is noticed.
+const REFRESH_PERIOD: Duration = Duration::from_secs(30);
+/// A client that has not sent its request by then is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const NS: u64 = 1_000_000_000;
+
+/// Errors that stop the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The data plane could not be set up.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The interface does not exist.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    /// Socket or signal setup failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Netlink setup failed.
+    #[error(transparent)]
+    Neighbor(#[from] neighbor::NeighborError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Daemon settings.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Interface the director is attached to.
+    pub iface: String,
+    /// Native or generic XDP.
+    pub mode: AttachMode,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Map sizes.
+    pub conn_table_size: u32,
+}
+
+/// The desired state and the data plane it is pushed to.
+pub struct Controller {
+    config: Config,
+    dataplane: Dataplane,
+    macs: HashMap<IpAddr, [u8; 6]>,
+    timeouts: DataplaneConfig,
+}
+
+impl Controller {
+    /// A controller with an empty configuration.
+    pub fn new(dataplane: Dataplane) -> Self {
+        Self {
+            config: Config::default(),
+            dataplane,
+            macs: HashMap::new(),
+            timeouts: DataplaneConfig::default(),
+        }
+    }
+
+    /// Applies changes as one transaction: validated on a copy, pushed to the data plane, and
+    /// only then made current. If the data plane refuses, the previous state is pushed back.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), String> {
+        let mut next = self.config.clone();
+        next.apply_all(changes).map_err(|e| e.to_string())?;
+        if let Err(e) = self.dataplane.sync(&next, &self.macs) {
+            if let Err(again) = self.dataplane.sync(&self.config, &self.macs) {
+                warn!(error = %again, "restoring the previous configuration failed");
+            }
+            return Err(e.to_string());
+        }
+        self.config = next;
+        Ok(())
+    }
+
+    /// Real-server addresses without a known MAC.
+    pub fn unresolved(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(|r| r.addr.ip()))
+            .filter(|ip| !self.macs.contains_key(ip))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Every real-server address.
+    pub fn all_reals(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(|r| r.addr.ip()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Takes a fresh neighbour table; re-syncs when a real server's MAC appeared or changed.
+    pub fn update_macs(&mut self, table: HashMap<IpAddr, [u8; 6]>) -> Result<(), DataplaneError> {
+        let wanted = self.all_reals();
+        let mut changed = false;
+        for ip in wanted {
+            if let Some(mac) = table.get(&ip) {
+                if self.macs.get(&ip) != Some(mac) {
+                    info!(%ip, mac = %fmt_mac(mac), "real server resolved");
+                    self.macs.insert(ip, *mac);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.dataplane.sync(&self.config, &self.macs)?;
+        }
+        Ok(())
+    }
+
+    /// Sets timeouts (seconds; None keeps the current value).
+    pub fn set_timeouts(
+        &mut self,
+        tcp: Option<u64>,
+        tcpfin: Option<u64>,
+        udp: Option<u64>,
+    ) -> Result<(), String> {
+        let mut t = self.timeouts;
+        if let Some(v) = tcp {
+            t.tcp_timeout_ns = v.checked_mul(NS).ok_or("tcp timeout too large")?;
+        }
+        if let Some(v) = tcpfin {
+            t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or("tcpfin timeout too large")?;
+        }
+        if let Some(v) = udp {
+            t.udp_timeout_ns = v.checked_mul(NS).ok_or("udp timeout too large")?;
+        }
+        self.dataplane.set_config(t).map_err(|e| e.to_string())?;
+        self.timeouts = t;
+        Ok(())
+    }
+
+    /// Zeroes the counters of every service and real server.
+    pub fn zero(&mut self) -> Result<(), String> {
+        self.dataplane.zero_counters().map_err(|e| e.to_string())
+    }
+
+    /// The configuration with live counters.
+    pub fn listing(&self) -> Result<Listing, DataplaneError> {
+        let counts = self.dataplane.conn_counts()?;
+        let mut services = Vec::new();
+        for svc in &self.config.services {
+            let mut reals = Vec::new();
+            for r in &svc.reals {
+                let c = self
+                    .dataplane
+                    .backend_id(&svc.key, r.addr)
+                    .and_then(|id| counts.get(&id).copied())
+                    .unwrap_or_default();
+                reals.push(RealStatus {
+                    addr: r.addr,
+                    forward: r.forward,
+                    weight: r.weight,
+                    active_conns: c.active,
+                    inactive_conns: c.inactive,
+                    stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
+                    mac: self.macs.get(&r.addr.ip()).map(fmt_mac),
+                });
+            }
+            services.push(ServiceStatus {
+                key: svc.key,
+                scheduler: svc.scheduler,
+                stats: self.dataplane.service_counters(&svc.key)?,
+                reals,
+            });
+        }
+        Ok(Listing {
+            conn_table_size: self.dataplane.conn_capacity(),
+            services,
+            reasons: self
+                .dataplane
+                .reasons()?
+                .into_iter()
+                .map(|(r, n)| (r.name().to_string(), n))
+                .collect(),
+            timeouts: Timeouts {
+                tcp: self.timeouts.tcp_timeout_ns / NS,
+                tcpfin: self.timeouts.tcp_fin_timeout_ns / NS,
+                udp: self.timeouts.udp_timeout_ns / NS,
+            },
+        })
+    }
+
+    /// The desired configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data plane (tests).
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+struct Shared {
+    controller: Mutex<Controller>,
+    neighbors: Neighbors,
+}
+
+/// Runs xvsd until SIGINT or SIGTERM; the program is detached and the socket removed on the way out.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let ifindex = ifindex(&opts.iface)?;
+    let mut dataplane = Dataplane::load_with(Sizes {
+        conns: opts.conn_table_size,
+        ..Sizes::default()
+    })?;
+    dataplane.attach(&opts.iface, opts.mode)?;
+    info!(iface = %opts.iface, mode = ?opts.mode, "director attached");
+    let shared = Arc::new(Shared {
+        controller: Mutex::new(Controller::new(dataplane)),
+        neighbors: Neighbors::new(ifindex)?,
+    });
+    let listener = bind_socket(&opts.socket)?;
+    info!(socket = %opts.socket.display(), "control socket ready");
+
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
+    let mut last_refresh = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { serve_client(stream, shared).await });
+                }
+                Err(e) => warn!(error = %e, "accept failed"),
+            },
+            _ = resolve_tick.tick() => {
+                let refresh = last_refresh.elapsed() >= REFRESH_PERIOD;
+                if refresh {
+                    last_refresh = Instant::now();
+                }
+                resolve_round(&shared, refresh).await;
+            }
+        }
+    }
+    info!("shutting down: detaching the director");
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(shared);
+    Ok(())
+}
+
+fn ifindex(iface: &str) -> Result<u32, DaemonError> {
+    let name = std::ffi::CString::new(iface).map_err(|_| DaemonError::NoInterface(iface.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(DaemonError::NoInterface(iface.into()));
+    }
+    Ok(idx)
+}
+
+/// Binds the control socket so that only root can use it.
+fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    // A socket file left by a daemon that died; a live daemon would still answer on it.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Io {
+                what: format!("{} is in use by a running xvsd", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err(format!("removing stale {}", path.display())))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(io_err(format!("binding {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("socket permissions"))?;
+    Ok(listener)
+}
+
+async fn resolve_round(shared: &Shared, refresh: bool) {
+    let targets = {
+        let c = shared.controller.lock().await;
+        if refresh {
+            c.all_reals()
+        } else {
+            c.unresolved()
+        }
+    };
+    if targets.is_empty() && !refresh {
+        return;
+    }
+    for ip in &targets {
+        neighbor::poke(*ip);
+    }
+    match shared.neighbors.table().await {
+        Ok(table) => {
+            if let Err(e) = shared.controller.lock().await.update_macs(table) {
+                warn!(error = %e, "pushing resolved real servers failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "reading the neighbour table failed"),
+    }
+}
+
+/// After a change: give newly added real servers a moment to resolve, so that the command
+/// returns with them taking traffic in the common case.
+async fn settle(shared: &Shared) -> Vec<String> {
+    let deadline = Instant::now() + RESOLVE_WAIT;
+    loop {
+        let pending = shared.controller.lock().await.unresolved();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= deadline {
+            return pending
+                .iter()
+                .map(|ip| {
+                    format!("real server {ip}: no ARP/ND answer yet; it takes new connections once it is resolved")
+                })
+                .collect();
+        }
+        for ip in &pending {
+            neighbor::poke(*ip);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(table) = shared.neighbors.table().await {
+            if let Err(e) = shared.controller.lock().await.update_macs(table) {
+                warn!(error = %e, "pushing resolved real servers failed");
+            }
+        }
+    }
+}
+
+async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => {}
+        Ok(cred) => {
+            warn!(uid = cred.uid(), "refused a control connection from a non-root user");
+            let _ = respond(stream, &error("permission denied: only root may control xvsd")).await;
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read peer credentials");
+            return;
+        }
+    }
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = String::new();
+    let resp = match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => error("timed out waiting for the request"),
+        Ok(Err(e)) => error(&format!("reading the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
+            error(&format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+        }
+        Ok(Ok(_)) => handle(&line, &shared).await,
+    };
+    let mut stream = write;
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = stream.write_all(&out).await;
+}
+
+async fn respond(mut stream: UnixStream, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    stream.write_all(&out).await
+}
+
+fn error(message: &str) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+async fn handle(line: &str, shared: &Shared) -> Response {
+    // Check the version before the shape, so an old client gets a useful message.
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return error(&format!("malformed request: {e}")),
+    };
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == PROTOCOL_VERSION as u64 => {}
+        Some(v) => {
+            return error(&format!(
+                "protocol version {v} is not supported by this xvsd (it speaks {PROTOCOL_VERSION}); use the xvsadm that came with it"
+            ))
+        }
+        None => return error("malformed request: no protocol version"),
+    }
+    let req: Request = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return error(&format!("malformed request: {e}")),
+    };
+    debug!(?req.command, "request");
+    match req.command {
+        Command::Apply { changes } => {
+            let result = shared.controller.lock().await.apply(&changes);
+            match result {
+                Ok(()) => {
+                    info!(?changes, "applied");
+                    Response::Ok {
+                        warnings: settle(shared).await,
+                    }
+                }
+                Err(e) => error(&e),
+            }
+        }
+        Command::List => match shared.controller.lock().await.listing() {
+            Ok(l) => Response::Listing(l),
+            Err(e) => error(&e.to_string()),
+        },
+        Command::Zero => match shared.controller.lock().await.zero() {
+            Ok(()) => Response::Ok { warnings: vec![] },
+            Err(e) => error(&e),
+        },
+        Command::SetTimeouts { tcp, tcpfin, udp } => {
+            match shared.controller.lock().await.set_timeouts(tcp, tcpfin, udp) {
+                Ok(()) => Response::Ok { warnings: vec![] },
+                Err(e) => error(&e),
+            }
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The data plane as the controller sees it: loads the director program, attaches it, and turns
+//! the desired configuration into map contents.
+//!
+//! Updates are ordered so that a packet never sees a half-written table: a service's new scheduler
+//! table is written into a fresh region of SCHED_SLOTS, and only then does the service's entry
+//! (replaced atomically: the map is not preallocated) point at it. The old region is reused only
+//! after the next sync, long after any packet that read the old entry has finished.
+
+pub mod regions;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use lb_common::{
+    fwd, names, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
+    Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES,
+};
+use thiserror::Error;
+
+use crate::{
+    model::{self, Config, ServiceKey},
+    object, scheduler,
+};
+use regions::{Region, Regions};
+
+/// Errors of the data plane.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    /// Loading the object failed (verifier, missing privileges...).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// Loading or attaching the program failed.
+    #[error("program: {0}")]
+    Program(#[from] ProgramError),
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What failed.
+        source: MapError,
+    },
+    /// The object lacks a map or program this controller needs.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// Out of service ids, backend slots or scheduler slots.
+    #[error("data-plane capacity exceeded: {0}")]
+    Capacity(String),
+    /// Reading the CPU count failed.
+    #[error("cannot count CPUs: {0}")]
+    Cpus(std::io::Error),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// How to attach the director.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP, for drivers without native support.
+    Generic,
+}
+
+impl From<AttachMode> for XdpMode {
+    fn from(m: AttachMode) -> XdpMode {
+        match m {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// Capacity settings chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Connection-table entries.
+    pub conns: u32,
+    /// Scheduler slots shared by all services.
+    pub sched_slots: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Self {
+            conns: lb_common::DEFAULT_CONN_ENTRIES,
+            sched_slots: lb_common::DEFAULT_SCHED_SLOTS,
+        }
+    }
+}
+
+/// A backend slot the controller has handed out.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: u32,
+    written: Backend,
+}
+
+/// What the controller has written for one service.
+#[derive(Debug)]
+struct Placed {
+    id: u32,
+    region: Region,
+    table: Vec<u32>,
+}
+
+/// Counters read back from the data plane, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// New connections.
+    pub conns: u64,
+    /// Packets in.
+    pub packets: u64,
+    /// Bytes in.
+    pub bytes: u64,
+}
+
+impl From<Stats> for Counters {
+    fn from(s: Stats) -> Self {
+        Self {
+            conns: s.conns,
+            packets: s.packets,
+            bytes: s.bytes,
+        }
+    }
+}
+
+/// Live connection counts of one backend, as IPVS reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    /// ESTABLISHED TCP connections.
+    pub active: u64,
+    /// Everything else that has not expired.
+    pub inactive: u64,
+}
+
+/// The loaded director and the controller's bookkeeping of what it wrote.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    services: BpfHashMap<MapData, lb_common::ServiceKey, ServiceValue>,
+    backends: Array<MapData, Backend>,
+    slots: Array<MapData, u32>,
+    conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
+    service_stats: PerCpuArray<MapData, Stats>,
+    backend_stats: PerCpuArray<MapData, Stats>,
+    reasons: PerCpuArray<MapData, u64>,
+    config: Array<MapData, DataplaneConfig>,
+    sizes: Sizes,
+    cpus: usize,
+    placed: HashMap<ServiceKey, Placed>,
+    backend_slots: HashMap<(ServiceKey, SocketAddr), Slot>,
+    free_service_ids: Vec<u32>,
+    free_backend_ids: Vec<u32>,
+    next_generation: u32,
+    regions: Regions,
+    quarantine: Vec<Region>,
+    attached: bool,
+}
+
+impl Dataplane {
+    /// Loads the director (not attached yet) with the default sizes.
+    pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_with(Sizes::default())
+    }
+
+    /// Loads the director with these map sizes.
+    pub fn load_with(sizes: Sizes) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::MAP_CONNS, sizes.conns)
+            .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots)
+            .load(object::DIRECTOR)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROG_DIRECTOR)
+            .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
+            .try_into()?;
+        prog.load()?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let services = BpfHashMap::try_from(take(names::MAP_SERVICES)?).map_err(map_err(names::MAP_SERVICES))?;
+        let backends = Array::try_from(take(names::MAP_BACKENDS)?).map_err(map_err(names::MAP_BACKENDS))?;
+        let slots = Array::try_from(take(names::MAP_SCHED_SLOTS)?).map_err(map_err(names::MAP_SCHED_SLOTS))?;
+        let conns = BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
+        let service_stats = PerCpuArray::try_from(take(names::MAP_SERVICE_STATS)?)
+            .map_err(map_err(names::MAP_SERVICE_STATS))?;
+        let backend_stats = PerCpuArray::try_from(take(names::MAP_BACKEND_STATS)?)
+            .map_err(map_err(names::MAP_BACKEND_STATS))?;
+        let reasons = PerCpuArray::try_from(take(names::MAP_REASONS)?).map_err(map_err(names::MAP_REASONS))?;
+        let mut config: Array<MapData, DataplaneConfig> =
+            Array::try_from(take(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
+        config
+            .set(0, DataplaneConfig::default(), 0)
+            .map_err(map_err(names::MAP_CONFIG))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        Ok(Self {
+            ebpf,
+            services,
+            backends,
+            slots,
+            conns,
+            service_stats,
+            backend_stats,
+            reasons,
+            config,
+            sizes,
+            cpus,
+            placed: HashMap::new(),
+            backend_slots: HashMap::new(),
+            free_service_ids: (0..MAX_SERVICES).rev().collect(),
+            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            next_generation: 1,
+            regions: Regions::new(sizes.sched_slots),
+            quarantine: Vec::new(),
+            attached: false,
+        })
+    }
+
+    /// The director program (for BPF_PROG_TEST_RUN in tests and benchmarks).
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(names::PROG_DIRECTOR)
+            .and_then(|p| p.try_into().ok())
+            .expect("director program was loaded in load_with")
+    }
+
+    /// Attaches the director to an interface. It stays attached until this value is dropped.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        self.program().attach(iface, mode.into())?;
+        self.attached = true;
+        Ok(())
+    }
+
+    /// Connection-table capacity.
+    pub fn conn_capacity(&self) -> u32 {
+        self.sizes.conns
+    }
+
+    /// Writes global timeouts.
+    pub fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
+        self.config.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
+    /// Makes the maps match `config`. Real servers whose MAC is not in `macs` get no new
+    /// connections until it is. Capacity is checked before anything is written.
+    pub fn sync(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        self.check_capacity(config)?;
+        // Regions freed by the previous sync are no longer read by any packet.
+        for r in std::mem::take(&mut self.quarantine) {
+            self.regions.free(r);
+        }
+        // Services that went away: unpublish first, then free their backends and region.
+        let gone: Vec<ServiceKey> = self
+            .placed
+            .keys()
+            .filter(|k| config.service(k).is_none())
+            .copied()
+            .collect();
+        for key in gone {
+            self.remove_service(&key)?;
+        }
+        for svc in &config.services {
+            self.sync_service(svc, macs)?;
+        }
+        Ok(())
+    }
+
+    fn check_capacity(&self, config: &Config) -> Result<(), DataplaneError> {
+        if config.services.len() > MAX_SERVICES as usize {
+            return Err(DataplaneError::Capacity(format!(
+                "{} services (at most {MAX_SERVICES})",
+                config.services.len()
+            )));
+        }
+        let backends: usize = config.services.iter().map(|s| s.reals.len()).sum();
+        if backends > MAX_BACKENDS as usize {
+            return Err(DataplaneError::Capacity(format!(
+                "{backends} real servers over all services (at most {MAX_BACKENDS})"
+            )));
+        }
+        // Worst case: every table is rewritten while the old ones are still live.
+        let need: u64 = config
+            .services
+            .iter()
+            .map(|s| scheduler::MAX_TABLE_LEN.min(table_upper_bound(s)) as u64)
+            .sum();
+        let in_use: u64 = self.placed.values().map(|p| p.region.len as u64).sum::<u64>()
+            + self.quarantine.iter().map(|r| r.len as u64).sum::<u64>();
+        if need + in_use > self.sizes.sched_slots as u64 {
+            return Err(DataplaneError::Capacity(format!(
+                "scheduler tables need up to {need} slots, {} available",
+                self.sizes.sched_slots as u64 - in_use
+            )));
+        }
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        if let Some(p) = self.placed.remove(key) {
+            let bkey = to_bpf_key(key);
+            match self.services.remove(&bkey) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::MAP_SERVICES)(e)),
+            }
+            self.quarantine.push(p.region);
+            self.free_service_ids.push(p.id);
+        }
+        let addrs: Vec<SocketAddr> = self
+            .backend_slots
+            .keys()
+            .filter(|(k, _)| k == key)
+            .map(|(_, a)| *a)
+            .collect();
+        for a in addrs {
+            self.free_backend(key, a)?;
+        }
+        Ok(())
+    }
+
+    fn free_backend(&mut self, key: &ServiceKey, addr: SocketAddr) -> Result<(), DataplaneError> {
+        if let Some(slot) = self.backend_slots.remove(&(*key, addr)) {
+            // Generation 0: connection entries bound to this slot see that their server is gone.
+            self.backends
+                .set(slot.id, Backend::default(), 0)
+                .map_err(map_err(names::MAP_BACKENDS))?;
+            self.free_backend_ids.push(slot.id);
+        }
+        Ok(())
+    }
+
+    fn sync_service(
+        &mut self,
+        svc: &model::Service,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        let key = svc.key;
+        let new_service = !self.placed.contains_key(&key);
+        let id = match self.placed.get(&key) {
+            Some(p) => p.id,
+            None => {
+                let id = self
+                    .free_service_ids
+                    .pop()
+                    .ok_or_else(|| DataplaneError::Capacity("service ids".into()))?;
+                zero_stats(&mut self.service_stats, id, self.cpus, names::MAP_SERVICE_STATS)?;
+                id
+            }
+        };
+        // Real servers removed from this service.
+        let stale: Vec<SocketAddr> = self
+            .backend_slots
+            .keys()
+            .filter(|(k, a)| *k == key && !svc.reals.iter().any(|r| r.addr == *a))
+            .map(|(_, a)| *a)
+            .collect();
+        for a in stale {
+            self.free_backend(&key, a)?;
+        }
+        // Backends, in the service's order; a server without a MAC takes no new connections.
+        let mut ids = Vec::with_capacity(svc.reals.len());
+        let mut weights = Vec::with_capacity(svc.reals.len());
+        for real in &svc.reals {
+            let mac = macs.get(&real.addr.ip()).copied();
+            let id = self.place_backend(key, real, mac.unwrap_or_default())?;
+            ids.push(id);
+            weights.push(if mac.is_some() { real.weight } else { 0 });
+        }
+        let table: Vec<u32> = scheduler::table(svc.scheduler, &weights)
+            .into_iter()
+            .map(|i| ids[i])
+            .collect();
+        if !new_service && self.placed.get(&key).is_some_and(|p| p.table == table) {
+            return Ok(());
+        }
+        let region = if table.is_empty() {
+            Region { off: 0, len: 0 }
+        } else {
+            self.regions.alloc(table.len() as u32).ok_or_else(|| {
+                DataplaneError::Capacity(format!("no room for a {}-slot table", table.len()))
+            })?
+        };
+        for (i, b) in table.iter().enumerate() {
+            self.slots
+                .set(region.off + i as u32, *b, 0)
+                .map_err(map_err(names::MAP_SCHED_SLOTS))?;
+        }
+        let value = ServiceValue {
+            id,
+            flags: 0,
+            table_off: region.off,
+            table_len: region.len,
+        };
+        self.services
+            .insert(to_bpf_key(&key), value, 0)
+            .map_err(map_err(names::MAP_SERVICES))?;
+        if let Some(old) = self.placed.insert(
+            key,
+            Placed { id, region, table },
+        ) {
+            self.quarantine.push(old.region);
+        }
+        Ok(())
+    }
+
+    fn place_backend(
+        &mut self,
+        key: ServiceKey,
+        real: &model::RealServer,
+        mac: [u8; 6],
+    ) -> Result<u32, DataplaneError> {
+        let (addr, family) = addr_bytes(real.addr.ip());
+        let mut want = Backend {
+            addr,
+            mac,
+            port_be: real.addr.port().to_be(),
+            family,
+            fwd: match real.forward {
+                model::ForwardMethod::Dr => fwd::DR,
+            },
+            flags: 0,
+            _pad: 0,
+            generation: 0,
+        };
+        if let Some(slot) = self.backend_slots.get_mut(&(key, real.addr)) {
+            want.generation = slot.written.generation;
+            if slot.written != want {
+                self.backends
+                    .set(slot.id, want, 0)
+                    .map_err(map_err(names::MAP_BACKENDS))?;
+                slot.written = want;
+            }
+            return Ok(slot.id);
+        }
+        let id = self
+            .free_backend_ids
+            .pop()
+            .ok_or_else(|| DataplaneError::Capacity("backend slots".into()))?;
+        want.generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        zero_stats(&mut self.backend_stats, id, self.cpus, names::MAP_BACKEND_STATS)?;
+        self.backends
+            .set(id, want, 0)
+            .map_err(map_err(names::MAP_BACKENDS))?;
+        self.backend_slots.insert(
+            (key, real.addr),
+            Slot {
+                id,
+                written: want,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The backend slot id of a real server (tests and stats use it).
+    pub fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
+        self.backend_slots.get(&(*key, addr)).map(|s| s.id)
+    }
+
+    /// The service id of a service.
+    pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.placed.get(key).map(|p| p.id)
+    }
+
+    /// The scheduler table currently published for a service (backend ids).
+    pub fn published_table(&self, key: &ServiceKey) -> Option<&[u32]> {
+        self.placed.get(key).map(|p| p.table.as_slice())
+    }
+
+    /// Summed counters of a service.
+    pub fn service_counters(&self, key: &ServiceKey) -> Result<Counters, DataplaneError> {
+        match self.service_id(key) {
+            Some(id) => sum_stats(&self.service_stats, id, names::MAP_SERVICE_STATS),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    /// Summed counters of a real server of a service.
+    pub fn backend_counters(
+        &self,
+        key: &ServiceKey,
+        addr: SocketAddr,
+    ) -> Result<Counters, DataplaneError> {
+        match self.backend_id(key, addr) {
+            Some(id) => sum_stats(&self.backend_stats, id, names::MAP_BACKEND_STATS),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    /// Every reason counter, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        let mut out = Vec::with_capacity(REASON_COUNT as usize);
+        for r in Reason::ALL {
+            let v = self
+                .reasons
+                .get(&(r as u32), 0)
+                .map_err(map_err(names::MAP_REASONS))?;
+            out.push((r, v.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Live (unexpired) connections per backend slot, split as IPVS's ActiveConn / InActConn.
+    /// Walks the whole connection table: O(entries).
+    pub fn conn_counts(&self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        let now = monotonic_ns();
+        let cfg = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(names::MAP_CONFIG))?;
+        let mut out: HashMap<u32, ConnCounts> = HashMap::new();
+        for item in self.conns.iter() {
+            let (_, e) = match item {
+                Ok(kv) => kv,
+                // Entries evicted while we walk are simply skipped.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::MAP_CONNS)(e)),
+            };
+            let state = ConnState::from_u8(e.state);
+            if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state) {
+                continue;
+            }
+            let b = self.backends.get(&e.backend, 0).map_err(map_err(names::MAP_BACKENDS))?;
+            if b.generation != e.generation {
+                continue;
+            }
+            let c = out.entry(e.backend).or_default();
+            if state.is_active() {
+                c.active += 1;
+            } else {
+                c.inactive += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raw connection-table entries (tests).
+    pub fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
+        self.conns.get(key, 0).ok()
+    }
+
+    /// Zeroes the counters of every service and backend in use (`-Z`).
+    pub fn zero_counters(&mut self) -> Result<(), DataplaneError> {
+        let services: Vec<u32> = self.placed.values().map(|p| p.id).collect();
+        for id in services {
+            zero_stats(&mut self.service_stats, id, self.cpus, names::MAP_SERVICE_STATS)?;
+        }
+        let backends: Vec<u32> = self.backend_slots.values().map(|s| s.id).collect();
+        for id in backends {
+            zero_stats(&mut self.backend_stats, id, self.cpus, names::MAP_BACKEND_STATS)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the program is attached to an interface.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+}
+
+/// The timeout that applies to a connection in `state`.
+pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
+    match state {
+        ConnState::Udp => cfg.udp_timeout_ns,
+        ConnState::SynRecv => cfg.tcp_syn_timeout_ns,
+        ConnState::Established => cfg.tcp_timeout_ns,
+        ConnState::FinWait => cfg.tcp_fin_timeout_ns,
+        ConnState::Close => cfg.tcp_close_timeout_ns,
+    }
+}
+
+/// An upper bound of a service's table length before it is built.
+fn table_upper_bound(svc: &model::Service) -> usize {
+    match svc.scheduler {
+        model::Scheduler::Rr => svc.reals.len(),
+        model::Scheduler::Wrr => {
+            scheduler::wrr(&scheduler::fit_weights(
+                &svc.reals.iter().map(|r| r.weight).collect::<Vec<_>>(),
+                scheduler::MAX_TABLE_LEN,
+            ))
+            .len()
+        }
+    }
+}
+
+fn zero_stats(
+    map: &mut PerCpuArray<MapData, Stats>,
+    id: u32,
+    cpus: usize,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    let zero = PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(DataplaneError::Cpus)?;
+    map.set(id, zero, 0).map_err(map_err(name))
+}
+
+fn sum_stats(
+    map: &PerCpuArray<MapData, Stats>,
+    id: u32,
+    name: &'static str,
+) -> Result<Counters, DataplaneError> {
+    let v = map.get(&id, 0).map_err(map_err(name))?;
+    let mut total = Stats::default();
+    for s in v.iter() {
+        total.add(s);
+    }
+    Ok(total.into())
+}
+
+/// The 16-byte address form and family tag used in map keys.
+pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => (lb_common::addr_from_v4(v4.octets()), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The data plane's key for a service.
+pub fn to_bpf_key(key: &ServiceKey) -> lb_common::ServiceKey {
+    let (addr, family) = addr_bytes(key.addr.ip());
+    lb_common::ServiceKey {
+        addr,
+        port_be: key.addr.port().to_be(),
+        proto: key.protocol.number(),
+        family,
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

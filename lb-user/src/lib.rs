@@ -1,0 +1,13 @@
+//! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
+//! socket protocol, and the ipvsadm-compatible command line.
+
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod listing;
+pub mod model;
+pub mod neighbor;
+pub mod object;
+pub mod proto;
+pub mod scheduler;

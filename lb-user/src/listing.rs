@@ -1,0 +1,219 @@
+//! ipvsadm's listing formats, reproduced column for column (ipvsadm.c: print_title,
+//! print_service_entry, print_largenum), so scripts that parse `ipvsadm -L -n` parse ours.
+
+use std::{fmt::Write, net::SocketAddr};
+
+use crate::{
+    dataplane::Counters,
+    proto::{Listing, ServiceStatus},
+};
+
+/// The IPVS version ipvsadm prints in its first line; scripts match on it.
+pub const IPVS_VERSION: &str = "1.2.1";
+
+/// Which of ipvsadm's listing formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// `-L -n`: weights and connection counts.
+    #[default]
+    Plain,
+    /// `-L -n --stats`: totals.
+    Stats,
+}
+
+/// Options of a listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Table layout.
+    pub format: Format,
+    /// `--exact`: full numbers instead of K/M/G.
+    pub exact: bool,
+}
+
+/// Renders a listing as `ipvsadm -L -n` would print it.
+pub fn render(listing: &Listing, opts: ListOptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "IP Virtual Server version {IPVS_VERSION} (size={})",
+        listing.conn_table_size
+    );
+    match opts.format {
+        Format::Plain => {
+            out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
+            out.push_str(
+                "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
+            );
+        }
+        Format::Stats => {
+            let _ = writeln!(
+                out,
+                "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
+                "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+            );
+        }
+    }
+    for svc in &listing.services {
+        render_service(&mut out, svc, opts);
+    }
+    out
+}
+
+/// `TCP  203.0.113.10:80`, IPv6 in brackets.
+fn service_name(svc: &ServiceStatus) -> String {
+    format!("{}  {}", svc.key.protocol, addr_port(svc.key.addr))
+}
+
+/// ipvsadm prints IPv6 as `[addr]:port`; SocketAddr's Display does the same.
+fn addr_port(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions) {
+    match opts.format {
+        Format::Plain => {
+            let _ = writeln!(out, "{} {}", service_name(svc), svc.scheduler);
+            for r in &svc.reals {
+                let _ = writeln!(
+                    out,
+                    "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+                    addr_port(r.addr),
+                    r.forward.ipvsadm_name(),
+                    r.weight,
+                    r.active_conns,
+                    r.inactive_conns
+                );
+            }
+        }
+        Format::Stats => {
+            let _ = write!(out, "{:<33}", service_name(svc));
+            stats_columns(out, &svc.stats, opts.exact);
+            for r in &svc.reals {
+                let _ = write!(out, "  -> {:<30}", addr_port(r.addr));
+                stats_columns(out, &r.stats, opts.exact);
+            }
+        }
+    }
+}
+
+/// Conns, InPkts, OutPkts, InBytes, OutBytes. A DR/TUN director never sees the replies, so the
+/// Out columns are 0, as with IPVS in those modes.
+fn stats_columns(out: &mut String, c: &Counters, exact: bool) {
+    for v in [c.conns, c.packets, 0, c.bytes, 0] {
+        out.push_str(&largenum(v, exact));
+    }
+    out.push('\n');
+}
+
+/// ipvsadm's print_largenum: a space and an 8-wide number, shortened with K/M/G/T past
+/// 8 digits unless `--exact`.
+pub fn largenum(i: u64, exact: bool) -> String {
+    if exact {
+        return format!(" {i:>8}");
+    }
+    if i < 100_000_000 {
+        format!(" {i:>8}")
+    } else if i < 1_000_000_000 {
+        format!(" {:>7}K", i / 1_000)
+    } else if i < 1_000_000_000_000 {
+        format!(" {:>7}M", i / 1_000_000)
+    } else if i < 1_000_000_000_000_000 {
+        format!(" {:>7}G", i / 1_000_000_000)
+    } else {
+        format!(" {:>7}T", i / 1_000_000_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{ForwardMethod, Protocol, Scheduler, ServiceKey},
+        proto::RealStatus,
+    };
+
+    fn listing() -> Listing {
+        let real = |a: &str, w, act, inact| RealStatus {
+            addr: a.parse().unwrap(),
+            forward: ForwardMethod::Dr,
+            weight: w,
+            active_conns: act,
+            inactive_conns: inact,
+            stats: Counters {
+                conns: 12,
+                packets: 345,
+                bytes: 123_456_789_012,
+            },
+            mac: None,
+        };
+        Listing {
+            conn_table_size: 4096,
+            services: vec![
+                ServiceStatus {
+                    key: ServiceKey {
+                        protocol: Protocol::Tcp,
+                        addr: "203.0.113.10:80".parse().unwrap(),
+                    },
+                    scheduler: Scheduler::Wrr,
+                    stats: Counters::default(),
+                    reals: vec![
+                        real("198.51.100.11:80", 1, 3, 17),
+                        real("198.51.100.12:80", 3, 0, 0),
+                    ],
+                },
+                ServiceStatus {
+                    key: ServiceKey {
+                        protocol: Protocol::Udp,
+                        addr: "[2001:db8::10]:53".parse().unwrap(),
+                    },
+                    scheduler: Scheduler::Rr,
+                    stats: Counters::default(),
+                    reals: vec![real("[2001:db8::11]:53", 1, 0, 2)],
+                },
+            ],
+            reasons: Default::default(),
+            timeouts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn plain_matches_ipvsadm() {
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  203.0.113.10:80 wrr
+  -> 198.51.100.11:80             Route   1      3          17        
+  -> 198.51.100.12:80             Route   3      0          0         
+UDP  [2001:db8::10]:53 rr
+  -> [2001:db8::11]:53            Route   1      0          2         
+";
+        assert_eq!(render(&listing(), ListOptions::default()), expected);
+    }
+
+    #[test]
+    fn stats_matches_ipvsadm() {
+        let out = render(
+            &listing(),
+            ListOptions {
+                format: Format::Stats,
+                exact: false,
+            },
+        );
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  203.0.113.10:80                     0        0        0        0        0
+  -> 198.51.100.11:80                   12      345        0  123456M        0
+";
+        assert!(out.starts_with(expected), "{out}");
+    }
+
+    #[test]
+    fn largenum_units() {
+        assert_eq!(largenum(99_999_999, false), " 99999999");
+        assert_eq!(largenum(100_000_000, false), "  100000K");
+        assert_eq!(largenum(100_000_000, true), " 100000000");
+    }
+}

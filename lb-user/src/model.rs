@@ -1,0 +1,505 @@
+//! The desired state: virtual services, their real servers and schedulers. The controller holds
+//! it as the source of truth; every change is validated here before anything is touched.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP (`-t`).
+    Tcp,
+    /// UDP (`-u`).
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// Identifies a virtual service: protocol, VIP and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// VIP and port.
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.protocol, self.addr)
+    }
+}
+
+/// How new connections are spread over real servers (`-s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin over real servers with a weight above zero.
+    Rr,
+    /// Weighted round robin, in IPVS's order.
+    Wrr,
+}
+
+/// Every scheduler IPVS has; the ones xvs does not implement yet are refused by name.
+pub const IPVS_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+];
+
+/// ipvsadm's default scheduler when `-s` is not given.
+pub const DEFAULT_SCHEDULER: &str = "wlc";
+
+impl FromStr for Scheduler {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "rr" => Ok(Scheduler::Rr),
+            "wrr" => Ok(Scheduler::Wrr),
+            other if IPVS_SCHEDULERS.contains(&other) => {
+                Err(ConfigError::SchedulerNotImplemented(other.to_string()))
+            }
+            other => Err(ConfigError::UnknownScheduler(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+        })
+    }
+}
+
+/// How packets reach a real server (`-g`, `-i`, `-m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMethod {
+    /// Direct routing ("gatewaying", `-g`): the Ethernet header is rewritten, nothing else.
+    Dr,
+}
+
+impl ForwardMethod {
+    /// The name ipvsadm prints in the Forward column.
+    pub fn ipvsadm_name(self) -> &'static str {
+        match self {
+            ForwardMethod::Dr => "Route",
+        }
+    }
+}
+
+/// Largest weight ipvsadm accepts.
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// One real server of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealServer {
+    /// Address and port (in DR mode the port is always the service's).
+    pub addr: SocketAddr,
+    /// Weight; 0 quiesces the server (no new connections, established ones stay).
+    pub weight: u32,
+    /// Forwarding method.
+    pub forward: ForwardMethod,
+}
+
+/// A virtual service and its real servers, in the order they were added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Protocol, VIP, port.
+    pub key: ServiceKey,
+    /// Scheduler for new connections.
+    pub scheduler: Scheduler,
+    /// Real servers.
+    pub reals: Vec<RealServer>,
+}
+
+/// The whole desired configuration, services in the order they were added.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Virtual services.
+    pub services: Vec<Service>,
+}
+
+/// One change to the configuration, as ipvsadm's commands express them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// `-A`: add a virtual service.
+    AddService {
+        /// The service.
+        key: ServiceKey,
+        /// Its scheduler.
+        scheduler: Scheduler,
+    },
+    /// `-E`: change a service's scheduler.
+    EditService {
+        /// The service.
+        key: ServiceKey,
+        /// New scheduler (None keeps the current one).
+        scheduler: Option<Scheduler>,
+    },
+    /// `-D`: delete a service and its real servers.
+    DeleteService {
+        /// The service.
+        key: ServiceKey,
+    },
+    /// `-C`: delete every service.
+    Clear,
+    /// `-a`: add a real server to a service.
+    AddReal {
+        /// The service.
+        service: ServiceKey,
+        /// The real server.
+        real: RealServer,
+    },
+    /// `-e`: change a real server's weight or forwarding method.
+    EditReal {
+        /// The service.
+        service: ServiceKey,
+        /// The real server's address.
+        addr: SocketAddr,
+        /// New weight (None keeps the current one).
+        weight: Option<u32>,
+        /// New forwarding method (None keeps the current one).
+        forward: Option<ForwardMethod>,
+    },
+    /// `-d`: delete a real server from a service.
+    DeleteReal {
+        /// The service.
+        service: ServiceKey,
+        /// The real server's address.
+        addr: SocketAddr,
+    },
+}
+
+/// Why a change was refused. Messages follow ipvsadm's wording where ipvsadm has one.
+#[derive(Debug, Error, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigError {
+    /// `-A` for a service that exists.
+    #[error("Service already exists: {0}")]
+    ServiceExists(String),
+    /// The named service does not exist.
+    #[error("No such service: {0}")]
+    NoSuchService(String),
+    /// `-a` for a real server the service already has.
+    #[error("Destination already exists: {0}")]
+    RealExists(String),
+    /// The named real server does not exist in the service.
+    #[error("No such destination: {0}")]
+    NoSuchReal(String),
+    /// Not a scheduler IPVS knows.
+    #[error("Scheduler not found: {0} (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)")]
+    UnknownScheduler(String),
+    /// An IPVS scheduler xvs does not have yet.
+    #[error("Scheduler {0} is not implemented by xvs yet; use -s rr or -s wrr")]
+    SchedulerNotImplemented(String),
+    /// Weight outside 0..=65535.
+    #[error("Illegal weight specified: {0} (must be 0..=65535)")]
+    BadWeight(u64),
+    /// Real server and VIP of different families in DR mode.
+    #[error("Direct routing needs the real server {real} in the same address family as the VIP {vip}")]
+    FamilyMismatch {
+        /// The real server.
+        real: String,
+        /// The VIP.
+        vip: String,
+    },
+    /// Port 0 service (all ports), which needs persistence.
+    #[error("Zero port specified for non-persistent service: {0}")]
+    ZeroPort(String),
+    /// An address that cannot be a VIP or real server.
+    #[error("Illegal address: {0}")]
+    BadAddress(String),
+}
+
+impl Config {
+    /// The service with this key.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.iter().find(|s| s.key == *key)
+    }
+
+    fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut Service, ConfigError> {
+        self.services
+            .iter_mut()
+            .find(|s| s.key == *key)
+            .ok_or_else(|| ConfigError::NoSuchService(key.to_string()))
+    }
+
+    /// Applies one change, or leaves the configuration untouched and says why not.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ConfigError> {
+        match change {
+            Change::AddService { key, scheduler } => {
+                validate_vip(key)?;
+                if self.service(key).is_some() {
+                    return Err(ConfigError::ServiceExists(key.to_string()));
+                }
+                self.services.push(Service {
+                    key: *key,
+                    scheduler: *scheduler,
+                    reals: Vec::new(),
+                });
+            }
+            Change::EditService { key, scheduler } => {
+                let svc = self.service_mut(key)?;
+                if let Some(s) = scheduler {
+                    svc.scheduler = *s;
+                }
+            }
+            Change::DeleteService { key } => {
+                let before = self.services.len();
+                self.services.retain(|s| s.key != *key);
+                if self.services.len() == before {
+                    return Err(ConfigError::NoSuchService(key.to_string()));
+                }
+            }
+            Change::Clear => self.services.clear(),
+            Change::AddReal { service, real } => {
+                let svc = self.service_mut(service)?;
+                let real = normalise_real(svc, real)?;
+                if svc.reals.iter().any(|r| r.addr == real.addr) {
+                    return Err(ConfigError::RealExists(real.addr.to_string()));
+                }
+                svc.reals.push(real);
+            }
+            Change::EditReal {
+                service,
+                addr,
+                weight,
+                forward,
+            } => {
+                let svc = self.service_mut(service)?;
+                let port = svc.key.addr.port();
+                let addr = SocketAddr::new(addr.ip(), port);
+                let current = *svc
+                    .reals
+                    .iter()
+                    .find(|r| r.addr == addr)
+                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
+                let edited = RealServer {
+                    addr,
+                    weight: weight.unwrap_or(current.weight),
+                    forward: forward.unwrap_or(current.forward),
+                };
+                let edited = normalise_real(svc, &edited)?;
+                if let Some(r) = svc.reals.iter_mut().find(|r| r.addr == addr) {
+                    *r = edited;
+                }
+            }
+            Change::DeleteReal { service, addr } => {
+                let svc = self.service_mut(service)?;
+                let addr = SocketAddr::new(addr.ip(), svc.key.addr.port());
+                let before = svc.reals.len();
+                svc.reals.retain(|r| r.addr != addr);
+                if svc.reals.len() == before {
+                    return Err(ConfigError::NoSuchReal(addr.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies changes as one transaction: all of them, or none.
+    pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), ConfigError> {
+        let mut next = self.clone();
+        for c in changes {
+            next.apply(c)?;
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+fn validate_vip(key: &ServiceKey) -> Result<(), ConfigError> {
+    let ip = key.addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(ConfigError::BadAddress(ip.to_string()));
+    }
+    if key.addr.port() == 0 {
+        return Err(ConfigError::ZeroPort(key.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a real server against its service and applies DR's rule that the port is the VIP's
+/// (ipvsadm does the same for every method but masquerading).
+fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, ConfigError> {
+    let ip = real.addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(ConfigError::BadAddress(ip.to_string()));
+    }
+    if real.weight > MAX_WEIGHT {
+        return Err(ConfigError::BadWeight(real.weight as u64));
+    }
+    if ip.is_ipv4() != svc.key.addr.ip().is_ipv4() {
+        return Err(ConfigError::FamilyMismatch {
+            real: ip.to_string(),
+            vip: svc.key.addr.ip().to_string(),
+        });
+    }
+    Ok(RealServer {
+        addr: SocketAddr::new(ip, svc.key.addr.port()),
+        ..*real
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> ServiceKey {
+        ServiceKey {
+            protocol: Protocol::Tcp,
+            addr: s.parse().unwrap(),
+        }
+    }
+
+    fn real(s: &str, weight: u32) -> RealServer {
+        RealServer {
+            addr: s.parse().unwrap(),
+            weight,
+            forward: ForwardMethod::Dr,
+        }
+    }
+
+    #[test]
+    fn add_edit_delete_cycle() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:80");
+        c.apply(&Change::AddService {
+            key: k,
+            scheduler: Scheduler::Rr,
+        })
+        .unwrap();
+        c.apply(&Change::AddReal {
+            service: k,
+            real: real("198.51.100.11:8080", 3),
+        })
+        .unwrap();
+        // DR keeps the service port, as ipvsadm does.
+        assert_eq!(c.services[0].reals[0].addr, "198.51.100.11:80".parse().unwrap());
+        c.apply(&Change::EditReal {
+            service: k,
+            addr: "198.51.100.11:80".parse().unwrap(),
+            weight: Some(0),
+            forward: None,
+        })
+        .unwrap();
+        assert_eq!(c.services[0].reals[0].weight, 0);
+        c.apply(&Change::EditService {
+            key: k,
+            scheduler: Some(Scheduler::Wrr),
+        })
+        .unwrap();
+        assert_eq!(c.services[0].scheduler, Scheduler::Wrr);
+        c.apply(&Change::DeleteReal {
+            service: k,
+            addr: "198.51.100.11:0".parse().unwrap(),
+        })
+        .unwrap();
+        assert!(c.services[0].reals.is_empty());
+        c.apply(&Change::DeleteService { key: k }).unwrap();
+        assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:80");
+        c.apply(&Change::AddService {
+            key: k,
+            scheduler: Scheduler::Rr,
+        })
+        .unwrap();
+        c.apply(&Change::AddReal {
+            service: k,
+            real: real("198.51.100.11:80", 1),
+        })
+        .unwrap();
+        let before = c.clone();
+        let bad = [
+            Change::AddService {
+                key: k,
+                scheduler: Scheduler::Wrr,
+            },
+            Change::AddReal {
+                service: k,
+                real: real("198.51.100.11:80", 1),
+            },
+            Change::AddReal {
+                service: key("203.0.113.99:80"),
+                real: real("198.51.100.12:80", 1),
+            },
+            Change::AddReal {
+                service: k,
+                real: real("[2001:db8::1]:80", 1),
+            },
+            Change::AddReal {
+                service: k,
+                real: real("198.51.100.12:80", 70000),
+            },
+            Change::DeleteReal {
+                service: k,
+                addr: "198.51.100.99:80".parse().unwrap(),
+            },
+            Change::DeleteService {
+                key: key("203.0.113.11:80"),
+            },
+            Change::AddService {
+                key: key("0.0.0.0:80"),
+                scheduler: Scheduler::Rr,
+            },
+            Change::AddService {
+                key: key("203.0.113.12:0"),
+                scheduler: Scheduler::Rr,
+            },
+        ];
+        for b in &bad {
+            assert!(c.apply(b).is_err(), "{b:?} accepted");
+            assert_eq!(c, before, "{b:?} changed the configuration");
+        }
+        // A transaction with one bad change applies nothing.
+        let tx = [
+            Change::AddReal {
+                service: k,
+                real: real("198.51.100.12:80", 1),
+            },
+            bad[1].clone(),
+        ];
+        assert!(c.apply_all(&tx).is_err());
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn scheduler_names() {
+        assert_eq!("rr".parse::<Scheduler>().unwrap(), Scheduler::Rr);
+        assert_eq!("wrr".parse::<Scheduler>().unwrap(), Scheduler::Wrr);
+        assert!(matches!(
+            "wlc".parse::<Scheduler>(),
+            Err(ConfigError::SchedulerNotImplemented(_))
+        ));
+        assert!(matches!(
+            "bogus".parse::<Scheduler>(),
+            Err(ConfigError::UnknownScheduler(_))
+        ));
+    }
+}

@@ -1,0 +1,8 @@
+//! The eBPF objects, built by `cargo xtask build` and embedded in the binaries.
+
+/// The director object (program `xvs_director` and its maps).
+pub static DIRECTOR: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("XVS_EBPF_DIR"), "/xvs-director"));
+
+/// Auxiliary programs: `xvs_pass` (for veth peers) and `xvs_floor_tx` (benchmark floor).
+pub static AUX: &[u8] = aya::include_bytes_aligned!(concat!(env!("XVS_EBPF_DIR"), "/xvs-aux"));

@@ -1,0 +1,138 @@
+//! The control-socket protocol between xvsadm and xvsd: one JSON request per line, one JSON
+//! response per line. Every request carries the protocol version; a daemon refuses a version it
+//! does not speak with a clear error.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::Counters,
+    model::{Change, ForwardMethod, Scheduler, ServiceKey},
+};
+
+/// The version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request line the daemon reads.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/xvs/xvsd.sock";
+
+/// A request from the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// PROTOCOL_VERSION of the client.
+    pub version: u32,
+    /// What to do.
+    pub command: Command,
+}
+
+impl Request {
+    /// A request at this build's protocol version.
+    pub fn new(command: Command) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            command,
+        }
+    }
+}
+
+/// What a client can ask.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Apply changes as one transaction.
+    Apply {
+        /// The changes, in order.
+        changes: Vec<Change>,
+    },
+    /// The configuration with live counters.
+    List,
+    /// Zero the packet, byte and connection counters (`-Z`).
+    Zero,
+    /// Set connection timeouts in seconds (`--set`); None keeps a value.
+    SetTimeouts {
+        /// Established TCP.
+        tcp: Option<u64>,
+        /// TCP after a FIN.
+        tcpfin: Option<u64>,
+        /// UDP.
+        udp: Option<u64>,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; warnings are worth showing to the operator.
+    Ok {
+        /// Things that were accepted but are not fully in effect yet.
+        warnings: Vec<String>,
+    },
+    /// The table.
+    Listing(Listing),
+    /// Refused; nothing changed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Everything `-L` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Connection-table capacity (ipvsadm's "size=").
+    pub conn_table_size: u32,
+    /// Services in the order they were added.
+    pub services: Vec<ServiceStatus>,
+    /// Data-plane outcome counters by reason name.
+    pub reasons: BTreeMap<String, u64>,
+    /// Connection timeouts in seconds.
+    pub timeouts: Timeouts,
+}
+
+/// Connection timeouts in seconds, as `ipvsadm -L --timeout` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Established TCP.
+    pub tcp: u64,
+    /// TCP after a FIN.
+    pub tcpfin: u64,
+    /// UDP.
+    pub udp: u64,
+}
+
+/// One service with its counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Protocol, VIP, port.
+    pub key: ServiceKey,
+    /// Scheduler.
+    pub scheduler: Scheduler,
+    /// Traffic counters.
+    pub stats: Counters,
+    /// Real servers.
+    pub reals: Vec<RealStatus>,
+}
+
+/// One real server with its counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RealStatus {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Forwarding method.
+    pub forward: ForwardMethod,
+    /// Configured weight.
+    pub weight: u32,
+    /// ESTABLISHED connections.
+    pub active_conns: u64,
+    /// Other live connections.
+    pub inactive_conns: u64,
+    /// Traffic counters.
+    pub stats: Counters,
+    /// Next-hop MAC address, once resolved; until then the server takes no new connections.
+    pub mac: Option<String>,
+}

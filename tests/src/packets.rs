@@ -1,0 +1,108 @@
+//! Test packets, built with etherparse.
+
+use std::net::IpAddr;
+
+use etherparse::{PacketBuilder, VlanId};
+
+/// The client's MAC in program tests.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The director's MAC in program tests.
+pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// TCP flags of a test segment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    /// SYN.
+    pub syn: bool,
+    /// ACK.
+    pub ack: bool,
+    /// FIN.
+    pub fin: bool,
+    /// RST.
+    pub rst: bool,
+}
+
+/// A SYN.
+pub const SYN: Flags = Flags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+/// A bare ACK.
+pub const ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+
+/// Transport of a test packet.
+#[derive(Clone, Copy, Debug)]
+pub enum L4 {
+    /// TCP with flags.
+    Tcp(Flags),
+    /// UDP.
+    Udp,
+}
+
+/// Builds client -> VIP frame: Ethernet (optionally one VLAN tag), IPv4/IPv6, TCP/UDP, payload.
+pub fn frame(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    l4: L4,
+    vlan: Option<u16>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let src: IpAddr = src.parse().expect("src address");
+    let dst: IpAddr = dst.parse().expect("dst address");
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC);
+    let mut out = Vec::new();
+    macro_rules! finish {
+        ($ip:expr) => {{
+            match l4 {
+                L4::Udp => $ip.udp(sport, dport).write(&mut out, payload).unwrap(),
+                L4::Tcp(f) => {
+                    let mut t = $ip.tcp(sport, dport, 1000, 64240);
+                    if f.syn {
+                        t = t.syn();
+                    }
+                    if f.ack {
+                        t = t.ack(1);
+                    }
+                    if f.fin {
+                        t = t.fin();
+                    }
+                    if f.rst {
+                        t = t.rst();
+                    }
+                    t.write(&mut out, payload).unwrap()
+                }
+            }
+        }};
+    }
+    match (src, dst, vlan) {
+        (IpAddr::V4(s), IpAddr::V4(d), None) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d), None) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
+        (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => finish!(eth
+            .single_vlan(VlanId::try_new(v).unwrap())
+            .ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => finish!(eth
+            .single_vlan(VlanId::try_new(v).unwrap())
+            .ipv6(s.octets(), d.octets(), 64)),
+        _ => panic!("mixed address families"),
+    }
+    out
+}
+
+/// A TCP frame without VLAN and payload.
+pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags) -> Vec<u8> {
+    frame(src, sport, dst, dport, L4::Tcp(flags), None, b"")
+}
+
+/// A UDP frame without VLAN.
+pub fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    frame(src, sport, dst, dport, L4::Udp, None, payload)
+}

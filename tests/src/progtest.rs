@@ -1,0 +1,106 @@
+//! The real director object under BPF_PROG_TEST_RUN.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::Reason;
+use lb_user::{
+    dataplane::{Dataplane, Sizes},
+    model::{Change, Config},
+};
+
+/// XDP verdicts.
+pub mod verdict {
+    /// XDP_DROP.
+    pub const DROP: u32 = 1;
+    /// XDP_PASS.
+    pub const PASS: u32 = 2;
+    /// XDP_TX.
+    pub const TX: u32 = 3;
+}
+
+/// A loaded (unattached) director with a configuration and known MACs.
+pub struct Director {
+    /// The data plane.
+    pub dp: Dataplane,
+    /// Desired configuration.
+    pub config: Config,
+    /// MACs the controller would have resolved.
+    pub macs: HashMap<IpAddr, [u8; 6]>,
+}
+
+impl Director {
+    /// Loads the director with small maps, and pins this thread to CPU 0 so that per-CPU state
+    /// (round-robin cursors, counters) is one CPU's.
+    pub fn new() -> Self {
+        crate::require_root();
+        pin_to_cpu0();
+        let dp = Dataplane::load_with(Sizes {
+            conns: 65536,
+            sched_slots: 1 << 16,
+        })
+        .expect("load the director object");
+        Self {
+            dp,
+            config: Config::default(),
+            macs: HashMap::new(),
+        }
+    }
+
+    /// Applies changes and pushes them, as the daemon would.
+    pub fn apply(&mut self, changes: &[Change]) {
+        self.config.apply_all(changes).expect("valid changes");
+        self.dp.sync(&self.config, &self.macs).expect("sync");
+    }
+
+    /// Registers a MAC for a real server address.
+    pub fn mac(&mut self, ip: &str, mac: [u8; 6]) {
+        self.macs.insert(ip.parse().unwrap(), mac);
+    }
+
+    /// Runs one packet (repeat = 1); returns the verdict and the output bytes.
+    pub fn run(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; pkt.len() + 512];
+        let res = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// The counter of one reason.
+    pub fn reason(&self, r: Reason) -> u64 {
+        self.dp
+            .reasons()
+            .unwrap()
+            .into_iter()
+            .find(|(x, _)| *x == r)
+            .map(|(_, n)| n)
+            .unwrap()
+    }
+}
+
+impl Default for Director {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}

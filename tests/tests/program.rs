@@ -1,0 +1,324 @@
+//! Program tests: crafted packets through the real director object with BPF_PROG_TEST_RUN,
+//! exact output bytes and verdicts asserted, map state inspected. Root required.
+
+use lb_common::{DataplaneConfig, Reason};
+use lb_user::model::{Change, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey};
+use xvs_tests::{
+    packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, L4, SYN},
+    progtest::{verdict, Director},
+};
+
+const RS1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const RS2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+
+fn key(proto: Protocol, addr: &str) -> ServiceKey {
+    ServiceKey {
+        protocol: proto,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+fn add_service(d: &mut Director, k: ServiceKey, s: Scheduler, reals: &[(&str, u32)]) {
+    let mut changes = vec![Change::AddService { key: k, scheduler: s }];
+    for (a, w) in reals {
+        changes.push(Change::AddReal {
+            service: k,
+            real: RealServer {
+                addr: a.parse().unwrap(),
+                weight: *w,
+                forward: ForwardMethod::Dr,
+            },
+        });
+    }
+    d.apply(&changes);
+}
+
+/// Standard director: v4 and v6, TCP and UDP services, each with one real server.
+fn director() -> Director {
+    let mut d = Director::new();
+    d.mac("198.51.100.11", RS1_MAC);
+    d.mac("198.51.100.12", RS2_MAC);
+    d.mac("2001:db8:1::11", RS1_MAC);
+    d.mac("2001:db8:1::12", RS2_MAC);
+    add_service(&mut d, key(Protocol::Tcp, "203.0.113.10:80"), Scheduler::Rr, &[("198.51.100.11:80", 1)]);
+    add_service(&mut d, key(Protocol::Udp, "203.0.113.10:53"), Scheduler::Rr, &[("198.51.100.11:53", 1)]);
+    add_service(&mut d, key(Protocol::Tcp, "[2001:db8:10::10]:80"), Scheduler::Rr, &[("[2001:db8:1::11]:80", 1)]);
+    add_service(&mut d, key(Protocol::Udp, "[2001:db8:10::10]:53"), Scheduler::Rr, &[("[2001:db8:1::11]:53", 1)]);
+    d
+}
+
+/// The DR rewrite: only the Ethernet addresses change; our MAC becomes the source.
+fn expect_dr(input: &[u8], output: &[u8], rs_mac: [u8; 6]) {
+    let mut expected = input.to_vec();
+    expected[0..6].copy_from_slice(&rs_mac);
+    expected[6..12].copy_from_slice(&DIRECTOR_MAC);
+    assert_eq!(output, &expected[..], "DR output bytes");
+}
+
+#[test]
+fn dr_rewrite_exact_bytes_v4_v6_tcp_udp_vlan() {
+    let mut d = director();
+    let cases = [
+        ("v4 tcp", tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN)),
+        ("v4 udp", udp("192.0.2.1", 40000, "203.0.113.10", 53, b"query")),
+        ("v6 tcp", tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN)),
+        ("v6 udp", udp("2001:db8:2::1", 40000, "2001:db8:10::10", 53, b"query")),
+        (
+            "v4 tcp vlan",
+            frame("192.0.2.1", 40001, "203.0.113.10", 80, L4::Tcp(SYN), Some(42), b"x"),
+        ),
+        (
+            "v6 udp vlan",
+            frame("2001:db8:2::1", 40001, "2001:db8:10::10", 53, L4::Udp, Some(42), b"x"),
+        ),
+        (
+            "v4 tcp data",
+            frame("192.0.2.1", 40002, "203.0.113.10", 80, L4::Tcp(ACK), None, &[7u8; 1400]),
+        ),
+    ];
+    for (name, pkt) in &cases {
+        let (v, out) = d.run(pkt);
+        assert_eq!(v, verdict::TX, "{name}: verdict");
+        expect_dr(pkt, &out, RS1_MAC);
+    }
+    assert_eq!(d.reason(Reason::TxDr), cases.len() as u64);
+    assert_eq!(d.reason(Reason::ConnNew), cases.len() as u64);
+    let svc = d
+        .dp
+        .service_counters(&key(Protocol::Tcp, "203.0.113.10:80"))
+        .unwrap();
+    assert_eq!((svc.conns, svc.packets), (3, 3));
+    let rs = d
+        .dp
+        .backend_counters(&key(Protocol::Tcp, "203.0.113.10:80"), "198.51.100.11:80".parse().unwrap())
+        .unwrap();
+    assert_eq!(rs.packets, 3);
+    assert_eq!(rs.bytes, (cases[0].1.len() + cases[4].1.len() + cases[6].1.len()) as u64);
+}
+
+#[test]
+fn non_service_traffic_passes_untouched_and_is_counted() {
+    let mut d = director();
+    let icmp = {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(packets::CLIENT_MAC, DIRECTOR_MAC)
+            .ipv4([192, 0, 2, 1], [203, 0, 113, 10], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut out, b"ping")
+            .unwrap();
+        out
+    };
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&packets::CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut frag = tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN);
+    frag[14 + 6] = 0x20; // MF
+    let mut ext = tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN);
+    ext[14 + 6] = 60; // next header: destination options
+    let mut qinq = frame("192.0.2.1", 1, "203.0.113.10", 80, L4::Tcp(SYN), Some(5), b"");
+    qinq[16..18].copy_from_slice(&[0x81, 0x00]);
+    let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
+        ("other VIP", tcp("192.0.2.1", 40000, "203.0.113.99", 80, SYN), Reason::PassNotService),
+        ("other port", tcp("192.0.2.1", 40000, "203.0.113.10", 443, SYN), Reason::PassNotService),
+        ("udp on tcp port", udp("192.0.2.1", 40000, "203.0.113.10", 80, b""), Reason::PassNotService),
+        ("v6 other VIP", tcp("2001:db8:2::1", 1, "2001:db8:10::99", 80, SYN), Reason::PassNotService),
+        ("icmp", icmp, Reason::PassOtherProto),
+        ("arp", arp, Reason::PassNonIp),
+        ("fragment", frag, Reason::PassFragment),
+        ("v6 ext header", ext, Reason::PassIpv6ExtHeader),
+        ("qinq", qinq, Reason::PassStackedVlan),
+    ];
+    for (name, pkt, reason) in &cases {
+        let before = d.reason(*reason);
+        let (v, out) = d.run(pkt);
+        assert_eq!(v, verdict::PASS, "{name}: verdict");
+        assert_eq!(&out, pkt, "{name}: bytes must be untouched");
+        assert_eq!(d.reason(*reason), before + 1, "{name}: counted as {reason:?}");
+    }
+    assert_eq!(d.reason(Reason::TxDr), 0);
+}
+
+#[test]
+fn malformed_packets_are_dropped_and_counted() {
+    let mut d = director();
+    let good = tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN);
+    let good6 = tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN);
+    let mut short_vlan = good[..14].to_vec();
+    short_vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+    short_vlan.extend_from_slice(&[0, 5]);
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    let mut big_ihl = good[..14 + 20].to_vec(); // IHL 15 claims 60 bytes, only 20 present
+    big_ihl[14] = 0x4f;
+    let mut bad_doff = good.clone();
+    bad_doff[14 + 20 + 12] = 0x40;
+    let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
+        ("vlan tag cut", short_vlan, Reason::DropTruncatedL2),
+        ("ipv4 header cut", good[..14 + 10].to_vec(), Reason::DropMalformedL3),
+        ("ipv4 ihl 4", bad_ihl, Reason::DropMalformedL3),
+        ("ipv4 version 6", bad_version, Reason::DropMalformedL3),
+        ("ipv4 options beyond end", big_ihl, Reason::DropMalformedL3),
+        ("ipv6 header cut", good6[..14 + 30].to_vec(), Reason::DropMalformedL3),
+        ("tcp header cut", good[..14 + 20 + 10].to_vec(), Reason::DropMalformedL4),
+        ("tcp doff 4", bad_doff, Reason::DropMalformedL4),
+        ("udp header cut", udp("192.0.2.1", 1, "203.0.113.10", 53, b"")[..14 + 20 + 4].to_vec(), Reason::DropMalformedL4),
+        ("ipv6 tcp cut", good6[..14 + 40 + 8].to_vec(), Reason::DropMalformedL4),
+    ];
+    for (name, pkt, reason) in &cases {
+        let before = d.reason(*reason);
+        let (v, _) = d.run(pkt);
+        assert_eq!(v, verdict::DROP, "{name}: verdict");
+        assert_eq!(d.reason(*reason), before + 1, "{name}: counted as {reason:?}");
+    }
+    assert_eq!(d.reason(Reason::TxDr), 0, "nothing malformed was forwarded");
+    // The program still works afterwards.
+    assert_eq!(d.run(&good).0, verdict::TX);
+}
+
+#[test]
+fn established_flow_keeps_its_real_server_through_changes() {
+    let mut d = Director::new();
+    d.mac("198.51.100.11", RS1_MAC);
+    d.mac("198.51.100.12", RS2_MAC);
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    add_service(&mut d, k, Scheduler::Rr, &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)]);
+    // Find a flow that went to RS1.
+    let mut sport = 50000;
+    let a = loop {
+        let pkt = tcp("192.0.2.1", sport, "203.0.113.10", 80, SYN);
+        let (v, out) = d.run(&pkt);
+        assert_eq!(v, verdict::TX);
+        if out[0..6] == RS1_MAC {
+            break sport;
+        }
+        sport += 1;
+    };
+    // Quiesce RS1: new flows go to RS2 only, the established flow stays on RS1.
+    d.apply(&[Change::EditReal {
+        service: k,
+        addr: "198.51.100.11:80".parse().unwrap(),
+        weight: Some(0),
+        forward: None,
+    }]);
+    for i in 0..10 {
+        let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
+        assert_eq!(out[0..6], RS1_MAC, "established flow moved after quiescing (packet {i})");
+        let (_, out) = d.run(&tcp("192.0.2.2", 60000 + i, "203.0.113.10", 80, SYN));
+        assert_eq!(out[0..6], RS2_MAC, "new flow went to the quiesced server");
+    }
+    // The scheduler changes too; the flow still stays.
+    d.apply(&[Change::EditService { key: k, scheduler: Some(Scheduler::Wrr) }]);
+    let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
+    assert_eq!(out[0..6], RS1_MAC);
+    // Removing RS1 ends its flows: the next packet is rescheduled onto RS2.
+    let resched = d.reason(Reason::ConnRescheduled);
+    d.apply(&[Change::DeleteReal {
+        service: k,
+        addr: "198.51.100.11:80".parse().unwrap(),
+    }]);
+    let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
+    assert_eq!(out[0..6], RS2_MAC, "a deleted real server still got traffic");
+    assert_eq!(d.reason(Reason::ConnRescheduled), resched + 1);
+    // Re-adding a server that reuses the slot does not revive old entries' binding.
+    let entry_backend = d
+        .dp
+        .conn_entry(&flow_key("192.0.2.1", a, "203.0.113.10", 80))
+        .expect("entry")
+        .backend;
+    assert_eq!(
+        Some(entry_backend),
+        d.dp.backend_id(&k, "198.51.100.12:80".parse().unwrap())
+    );
+}
+
+fn flow_key(src: &str, sport: u16, dst: &str, dport: u16) -> lb_common::FlowKey {
+    let (s, family) = lb_user::dataplane::addr_bytes(src.parse().unwrap());
+    let (dd, _) = lb_user::dataplane::addr_bytes(dst.parse().unwrap());
+    lb_common::FlowKey {
+        src: s,
+        dst: dd,
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto: lb_common::PROTO_TCP,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+#[test]
+fn wrr_one_to_three_in_the_data_plane() {
+    let mut d = Director::new();
+    d.mac("198.51.100.11", RS1_MAC);
+    d.mac("198.51.100.12", RS2_MAC);
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    add_service(&mut d, k, Scheduler::Wrr, &[("198.51.100.11:80", 1), ("198.51.100.12:80", 3)]);
+    let mut rs1 = 0;
+    for i in 0..400u16 {
+        let (v, out) = d.run(&tcp("192.0.2.1", 1000 + i, "203.0.113.10", 80, SYN));
+        assert_eq!(v, verdict::TX);
+        if out[0..6] == RS1_MAC {
+            rs1 += 1;
+        }
+    }
+    // One CPU walks IPVS's 1:3 cycle exactly.
+    assert_eq!(rs1, 100);
+    let counts = d.dp.conn_counts().unwrap();
+    let inactive: u64 = counts.values().map(|c| c.inactive).sum();
+    assert_eq!(inactive, 400, "400 half-open connections are InActConn");
+}
+
+#[test]
+fn expired_entries_are_rescheduled_and_state_tracked() {
+    let mut d = director();
+    let syn = tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN);
+    let ack = tcp("192.0.2.1", 40000, "203.0.113.10", 80, ACK);
+    d.run(&syn);
+    d.run(&ack);
+    let counts = d.dp.conn_counts().unwrap();
+    assert_eq!(counts.values().map(|c| c.active).sum::<u64>(), 1, "ESTABLISHED is ActiveConn");
+    let fin = tcp(
+        "192.0.2.1",
+        40000,
+        "203.0.113.10",
+        80,
+        Flags { fin: true, ack: true, ..Default::default() },
+    );
+    d.run(&fin);
+    let counts = d.dp.conn_counts().unwrap();
+    assert_eq!(counts.values().map(|c| c.active).sum::<u64>(), 0);
+    assert_eq!(counts.values().map(|c| c.inactive).sum::<u64>(), 1, "FIN_WAIT is InActConn");
+    // A new SYN on a closing entry is a new connection.
+    let before = d.reason(Reason::ConnRescheduled);
+    d.run(&syn);
+    assert_eq!(d.reason(Reason::ConnRescheduled), before + 1);
+    // With a zero UDP timeout every UDP packet finds its entry expired.
+    d.dp
+        .set_config(DataplaneConfig { udp_timeout_ns: 0, ..Default::default() })
+        .unwrap();
+    let q = udp("192.0.2.1", 40000, "203.0.113.10", 53, b"q");
+    d.run(&q);
+    let before = d.reason(Reason::ConnRescheduled);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(d.run(&q).0, verdict::TX);
+    assert_eq!(d.reason(Reason::ConnRescheduled), before + 1);
+}
+
+#[test]
+fn service_without_usable_server_drops_and_counts() {
+    let mut d = Director::new();
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    // A real server whose MAC is unknown takes no connections.
+    add_service(&mut d, k, Scheduler::Rr, &[("198.51.100.11:80", 1)]);
+    let (v, _) = d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, SYN));
+    assert_eq!(v, verdict::DROP);
+    assert_eq!(d.reason(Reason::DropNoBackend), 1);
+    d.mac("198.51.100.11", RS1_MAC);
+    d.dp.sync(&d.config.clone(), &d.macs.clone()).unwrap();
+    assert_eq!(d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, SYN)).0, verdict::TX);
+    // Deleting the service makes its VIP ordinary traffic again.
+    d.apply(&[Change::DeleteService { key: k }]);
+    assert_eq!(d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, ACK)).0, verdict::PASS);
+}

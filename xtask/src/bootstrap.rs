@@ -1,0 +1,117 @@
+//! Installs what a fresh machine lacks, idempotently, saying what it does: the nightly's
+//! rust-src, bpf-linker built against the nightly's own LLVM, and the Debian packages the lab
+//! and the tests use.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the lab and the end-to-end tests need, with a binary each provides.
+const PACKAGES: &[(&str, &str)] = &[
+    ("apache2", "/usr/sbin/apache2"),
+    ("curl", "/usr/bin/curl"),
+    ("wrk", "/usr/bin/wrk"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("ethtool", "/usr/sbin/ethtool"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("tcpdump", "/usr/bin/tcpdump"),
+];
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// rust-src for the nightly, and bpf-linker.
+pub fn ebpf_toolchain() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed for the eBPF build (rustup toolchain list)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for the nightly toolchain");
+        crate::run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    // rustup run puts the nightly's lib directory (its libLLVM) on the library path.
+    if quiet_ok(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker against the nightly's LLVM (about a minute)");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let llvm = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.ends_with("-nightly"))
+        })
+        .context("no libLLVM.so.*-nightly in the nightly's sysroot")?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home.join("xvs-llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    crate::run_cmd(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !quiet_ok(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
+        bail!("bpf-linker was installed but does not run");
+    }
+    Ok(())
+}
+
+/// The Debian packages of the lab and tests.
+pub fn lab_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, path)| !std::path::Path::new(path).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    crate::run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
