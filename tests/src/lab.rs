@@ -1,1 +1,372 @@
-pub fn _x(){}
+//! The lab: a client, a director running xvsd, and real servers running Debian's apache2, each
+//! in its own network namespace, joined by a bridge in a "switch" namespace. Real servers hold the
+//! VIPs on loopback with arp_ignore/arp_announce as in LVS-DR; the client routes the VIP
+//! networks through the director, as an upstream router would.
+//!
+//! Addresses (documentation ranges): segment 198.51.100.0/24 and 2001:db8:1::/64; client .1/::1,
+//! director .2/::2, real server N .1N/::1N; VIPs 203.0.113.10 and 2001:db8:10::10.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf,
+};
+
+use crate::{
+    netns::{self, cmd_in, create, ip, sh},
+    poll,
+};
+
+/// IPv4 VIP of the lab.
+pub const VIP4: &str = "203.0.113.10";
+/// IPv6 VIP of the lab.
+pub const VIP6: &str = "2001:db8:10::10";
+
+/// Lab settings.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Short unique tag: namespaces are `xvs-<tag>-<role>`.
+    pub tag: String,
+    /// Number of real servers.
+    pub reals: usize,
+    /// Directory holding xvsd and xvsadm.
+    pub bin_dir: PathBuf,
+}
+
+/// A running lab; dropping it removes everything it made.
+pub struct Lab {
+    prefix: String,
+    /// Scratch directory (configs, logs, socket).
+    pub dir: PathBuf,
+    /// xvsd's control socket.
+    pub socket: PathBuf,
+    bin_dir: PathBuf,
+    reals: usize,
+    xvsd: Option<Child>,
+    apaches: Vec<Child>,
+    _pass: Option<Ebpf>,
+}
+
+/// IPv4 address of real server `i` (1-based).
+pub fn rs_ip4(i: usize) -> String {
+    format!("198.51.100.{}", 10 + i)
+}
+
+/// IPv6 address of real server `i` (1-based).
+pub fn rs_ip6(i: usize) -> String {
+    format!("2001:db8:1::{}", 10 + i)
+}
+
+/// Where the test binaries find xvsd and xvsadm: XVS_BIN_DIR (set by `cargo xtask test`), or
+/// target/release next to this crate.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::var_os("XVS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
+}
+
+impl Lab {
+    /// Builds the topology, starts the real servers and xvsd. Leftovers of an earlier run with
+    /// the same tag are removed first; on failure everything made so far is removed.
+    pub fn start(opts: LabOptions) -> Result<Lab> {
+        crate::require_root();
+        let prefix = format!("xvs-{}-", opts.tag);
+        netns::destroy_all(&prefix);
+        let dir = std::env::temp_dir().join(format!("xvs-{}", opts.tag));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            prefix,
+            socket: dir.join("xvsd.sock"),
+            dir,
+            bin_dir: opts.bin_dir.clone(),
+            reals: opts.reals,
+            xvsd: None,
+            apaches: Vec::new(),
+            _pass: None,
+        };
+        lab.build_topology().context("building the lab topology")?;
+        for i in 1..=opts.reals {
+            lab.start_apache(i)
+                .with_context(|| format!("starting apache2 on rs{i}"))?;
+        }
+        lab.start_xvsd().context("starting xvsd")?;
+        Ok(lab)
+    }
+
+    /// Full name of a namespace role (`cl`, `dir`, `sw`, `rs1`...).
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn build_topology(&mut self) -> Result<()> {
+        let sw = self.ns("sw");
+        create(&sw)?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        let mut hosts = vec![
+            ("cl".to_string(), "198.51.100.1".to_string(), "2001:db8:1::1".to_string()),
+            ("dir".to_string(), "198.51.100.2".to_string(), "2001:db8:1::2".to_string()),
+        ];
+        for i in 1..=self.reals {
+            hosts.push((format!("rs{i}"), rs_ip4(i), rs_ip6(i)));
+        }
+        for (role, v4, v6) in &hosts {
+            let ns = self.ns(role);
+            create(&ns)?;
+            let port = format!("p-{role}");
+            ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
+            netns::run(cmd_in(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
+        }
+        let cl = self.ns("cl");
+        ip(&["-n", &cl, "route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
+        ip(&["-n", &cl, "-6", "route", "add", "2001:db8:10::/64", "via", "2001:db8:1::2"])?;
+        for i in 1..=self.reals {
+            let ns = self.ns(&format!("rs{i}"));
+            ip(&["-n", &ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+            // LVS-DR real server: never answer ARP for the VIP, never source ARP from it.
+            sh(
+                &ns,
+                "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+                 net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2",
+            )?;
+        }
+        // Native XDP_TX into a veth delivers only when the peer runs XDP too.
+        let aux = lb_user::object::AUX;
+        let pass = netns::in_netns(&sw, move || -> Result<Ebpf> {
+            let mut ebpf = Ebpf::load(aux)?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(lb_common::names::PROG_PASS)
+                .context("xvs_pass program")?
+                .try_into()?;
+            prog.load()?;
+            prog.attach("p-dir", XdpMode::Driver)?;
+            Ok(ebpf)
+        })??;
+        self._pass = Some(pass);
+        Ok(())
+    }
+
+    fn start_apache(&mut self, i: usize) -> Result<()> {
+        let ns = self.ns(&format!("rs{i}"));
+        let dir = self.dir.join(format!("rs{i}"));
+        let www = dir.join("www");
+        fs::create_dir_all(&www)?;
+        fs::write(www.join("index.html"), format!("rs{i}\n"))?;
+        // 1 MiB file for downloads.
+        fs::write(www.join("big"), vec![b'x'; 1 << 20])?;
+        let d = dir.display();
+        let conf = format!(
+            "ServerName rs{i}\n\
+             Listen 80\n\
+             PidFile {d}/httpd.pid\n\
+             ErrorLog {d}/error.log\n\
+             DefaultRuntimeDir {d}\n\
+             Mutex file:{d}\n\
+             LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+             LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+             LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so\n\
+             User www-data\nGroup www-data\n\
+             DocumentRoot {d}/www\n\
+             DirectoryIndex index.html\n\
+             KeepAlive On\nKeepAliveTimeout 120\nMaxKeepAliveRequests 0\n\
+             <Directory {d}/www>\n  Require all granted\n</Directory>\n"
+        );
+        let conf_path = dir.join("httpd.conf");
+        fs::write(&conf_path, conf)?;
+        // www-data must reach the document root.
+        for p in [&self.dir, &dir, &www] {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+        }
+        let log = fs::File::create(dir.join("stderr.log"))?;
+        let child = cmd_in(&ns, "apache2")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning apache2")?;
+        self.apaches.push(child);
+        let url = format!("http://{}/", rs_ip4(i));
+        poll(Duration::from_secs(15), &format!("apache2 on rs{i}"), || {
+            let out = cmd_in(&ns, "curl").args(["-s", "-m", "1", &url]).output().ok()?;
+            (String::from_utf8_lossy(&out.stdout) == format!("rs{i}\n")).then_some(())
+        })
+        .with_context(|| {
+            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        })
+    }
+
+    /// Starts xvsd in the director namespace and waits until it answers.
+    pub fn start_xvsd(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("xvsd.log"))?;
+        let child = cmd_in(&self.ns("dir"), &self.bin_dir.join("xvsd").display().to_string())
+            .args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning xvsd")?;
+        self.xvsd = Some(child);
+        poll(Duration::from_secs(20), "xvsd to answer", || {
+            if let Some(c) = self.xvsd.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Some(Err(anyhow::anyhow!("xvsd exited: {status}")));
+                }
+            }
+            self.xvsadm(&["-L", "-n"])
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| Ok(()))
+        })?
+        .with_context(|| fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default())
+    }
+
+    /// Stops xvsd with SIGTERM and waits for it (the director detaches on the way out).
+    pub fn stop_xvsd(&mut self) -> Result<()> {
+        if let Some(mut c) = self.xvsd.take() {
+            // SAFETY: plain kill(2) on our child. `ip netns exec` execs, so this is xvsd.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = poll(Duration::from_secs(10), "xvsd to exit", || c.try_wait().ok().flatten())?;
+            if !status.success() {
+                bail!("xvsd exited with {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs xvsadm against this lab's daemon.
+    pub fn xvsadm(&self, args: &[&str]) -> Result<Output> {
+        Command::new(self.bin_dir.join("xvsadm"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running xvsadm")
+    }
+
+    /// Runs xvsadm and fails with its stderr when it fails; returns stdout.
+    pub fn xvsadm_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.xvsadm(args)?;
+        if !out.status.success() {
+            bail!(
+                "xvsadm {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `n` HTTP requests from the client to `url`, each on a new connection; the bodies of the
+    /// ones that succeeded, in order.
+    pub fn curl_many(&self, url: &str, n: usize) -> Result<Vec<String>> {
+        let mut cmd = cmd_in(&self.ns("cl"), "curl");
+        cmd.args(["-s", "-m", "5", "-H", "Connection: close"]);
+        for _ in 0..n {
+            cmd.arg(url);
+        }
+        let out = cmd.stdin(Stdio::null()).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Opens a TCP connection from the client namespace (it stays in that namespace).
+    pub fn connect(&self, addr: SocketAddr) -> Result<HttpConn> {
+        let stream = netns::in_netns(&self.ns("cl"), move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(HttpConn { stream })
+    }
+
+    /// Path of a real server's apache pid file.
+    pub fn rs_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("rs{i}"))
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(mut c) = self.xvsd.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = poll(Duration::from_secs(5), "xvsd exit", || c.try_wait().ok().flatten());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self._pass = None;
+        netns::destroy_all(&self.prefix);
+        for mut c in self.apaches.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection from the client.
+pub struct HttpConn {
+    stream: TcpStream,
+}
+
+impl HttpConn {
+    /// GET / and return the body.
+    pub fn get(&mut self) -> Result<String> {
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("connection closed");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .context("no Content-Length")?;
+                if buf.len() >= head_end + 4 + len {
+                    return Ok(text[head_end + 4..head_end + 4 + len].to_string());
+                }
+            }
+        }
+    }
+}
