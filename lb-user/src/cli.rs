@@ -60,7 +60,12 @@ pub struct Args {
     #[arg(short = 'd', long = "delete-server", group = "command")]
     pub delete_server: bool,
     /// List the table (all services, or the one given with -t/-u).
-    #[arg(short = 'L', visible_short_alias = 'l', long = "list", group = "command")]
+    #[arg(
+        short = 'L',
+        visible_short_alias = 'l',
+        long = "list",
+        group = "command"
+    )]
     pub list: bool,
     /// Zero the packet, byte and connection counters.
     #[arg(short = 'Z', long = "zero", group = "command")]
@@ -106,7 +111,12 @@ pub struct Args {
     #[arg(short = 'm', long = "masquerading")]
     pub masquerading: bool,
     /// Real server weight, 0..=65535 (0 quiesces: no new connections).
-    #[arg(short = 'w', long = "weight", value_name = "WEIGHT", allow_negative_numbers = true)]
+    #[arg(
+        short = 'w',
+        long = "weight",
+        value_name = "WEIGHT",
+        allow_negative_numbers = true
+    )]
     pub weight: Option<i64>,
     /// Upper connection threshold (not implemented yet).
     #[arg(short = 'x', long = "u-threshold", value_name = "UTHRESHOLD")]
@@ -227,7 +237,11 @@ impl Args {
             }
             return Ok(Action::List {
                 opts: ListOptions {
-                    format: if self.stats { Format::Stats } else { Format::Plain },
+                    format: if self.stats {
+                        Format::Stats
+                    } else {
+                        Format::Plain
+                    },
                     exact: self.exact,
                 },
                 service: self.service_opt()?,
@@ -259,7 +273,10 @@ impl Args {
             .ok_or_else(|| CliError("a service is required: -t or -u SERVICE-ADDRESS".into()))?;
         let change = if self.add_service || self.edit_service {
             let scheduler = match &self.scheduler {
-                Some(s) => Some(s.parse::<Scheduler>().map_err(|e| CliError(e.to_string()))?),
+                Some(s) => Some(
+                    s.parse::<Scheduler>()
+                        .map_err(|e| CliError(e.to_string()))?,
+                ),
                 None => None,
             };
             if self.add_service {
@@ -285,7 +302,9 @@ impl Args {
             let weight = match self.weight {
                 None => None,
                 Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => Some(w as u32),
-                Some(w) => return err(format!("Illegal weight specified: {w} (must be 0..=65535)")),
+                Some(w) => {
+                    return err(format!("Illegal weight specified: {w} (must be 0..=65535)"))
+                }
             };
             if self.add_server {
                 Change::AddReal {
@@ -360,7 +379,11 @@ pub fn parse_service_addr(s: &str) -> Result<SocketAddr, CliError> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         // No port: ipvsadm's port 0, which the model refuses for non-persistent services.
         return Ok(SocketAddr::new(ip, 0));
     }
@@ -373,7 +396,11 @@ pub fn parse_real_addr(s: &str, service_port: u16) -> Result<SocketAddr, CliErro
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, service_port));
     }
     resolve(s)
@@ -419,7 +446,10 @@ pub fn save(config: &Config) -> String {
             Protocol::Tcp => "-t",
             Protocol::Udp => "-u",
         };
-        out.push_str(&format!("-A {flag} {} -s {}\n", svc.key.addr, svc.scheduler));
+        out.push_str(&format!(
+            "-A {flag} {} -s {}\n",
+            svc.key.addr, svc.scheduler
+        ));
         for r in &svc.reals {
             let fwd = match r.forward {
                 ForwardMethod::Dr => "-g",
@@ -475,7 +505,16 @@ mod tests {
             }
         );
         assert_eq!(
-            one(&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11:80", "-g", "-w", "3"]),
+            one(&[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:80",
+                "-g",
+                "-w",
+                "3"
+            ]),
             Change::AddReal {
                 service: tcp("203.0.113.10:80"),
                 real: RealServer {
@@ -486,7 +525,15 @@ mod tests {
             }
         );
         assert_eq!(
-            one(&["-e", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "0"]),
+            one(&[
+                "-e",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11",
+                "-w",
+                "0"
+            ]),
             Change::EditReal {
                 service: tcp("203.0.113.10:80"),
                 addr: "198.51.100.11:80".parse().unwrap(),
@@ -560,17 +607,51 @@ mod tests {
     #[test]
     fn bad_commands_are_refused_with_reasons() {
         let cases: &[(&[&str], &str)] = &[
-            (&["-A", "-t", "203.0.113.10:80", "-s", "bogus"], "Scheduler not found"),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-s", "bogus"],
+                "Scheduler not found",
+            ),
             (&["-A", "-t", "203.0.113.10:80"], "wlc"),
-            (&["-A", "-t", "not an address", "-s", "rr"], "Illegal address"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "-1"], "Illegal weight"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "70000"], "Illegal weight"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-m"], "masquerading"),
+            (
+                &["-A", "-t", "not an address", "-s", "rr"],
+                "Illegal address",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "-w",
+                    "-1",
+                ],
+                "Illegal weight",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "-w",
+                    "70000",
+                ],
+                "Illegal weight",
+            ),
+            (
+                &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-m"],
+                "masquerading",
+            ),
             (&["-A", "-f", "1", "-s", "rr"], "firewall-mark"),
             (&["-a", "-t", "203.0.113.10:80"], "real server is required"),
             (&["-A", "-s", "rr"], "service is required"),
             (&["--start-daemon", "master"], "sync daemon"),
-            (&["-A", "-t", "203.0.113.10:80", "-s", "rr", "-p", "60"], "persistence"),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-s", "rr", "-p", "60"],
+                "persistence",
+            ),
         ];
         for (args, needle) in cases {
             let e = action(args).expect_err(&format!("{args:?} accepted"));

@@ -394,8 +394,15 @@ async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 => {}
         Ok(cred) => {
-            warn!(uid = cred.uid(), "refused a control connection from a non-root user");
-            let _ = respond(stream, &error("permission denied: only root may control xvsd")).await;
+            warn!(
+                uid = cred.uid(),
+                "refused a control connection from a non-root user"
+            );
+            let _ = respond(
+                stream,
+                &error("permission denied: only root may control xvsd"),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -474,7 +481,12 @@ async fn handle(line: &str, shared: &Shared) -> Response {
             Err(e) => error(&e),
         },
         Command::SetTimeouts { tcp, tcpfin, udp } => {
-            match shared.controller.lock().await.set_timeouts(tcp, tcpfin, udp) {
+            match shared
+                .controller
+                .lock()
+                .await
+                .set_timeouts(tcp, tcpfin, udp)
+            {
                 Ok(()) => Response::Ok { warnings: vec![] },
                 Err(e) => error(&e),
             }

@@ -41,9 +41,7 @@ pub fn render(listing: &Listing, opts: ListOptions) -> String {
     match opts.format {
         Format::Plain => {
             out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-            out.push_str(
-                "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
-            );
+            out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
         }
         Format::Stats => {
             let _ = writeln!(

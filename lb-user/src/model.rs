@@ -208,7 +208,9 @@ pub enum ConfigError {
     #[error("No such destination: {0}")]
     NoSuchReal(String),
     /// Not a scheduler IPVS knows.
-    #[error("Scheduler not found: {0} (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)")]
+    #[error(
+        "Scheduler not found: {0} (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)"
+    )]
     UnknownScheduler(String),
     /// An IPVS scheduler xvs does not have yet.
     #[error("Scheduler {0} is not implemented by xvs yet; use -s rr or -s wrr")]
@@ -217,7 +219,9 @@ pub enum ConfigError {
     #[error("Illegal weight specified: {0} (must be 0..=65535)")]
     BadWeight(u64),
     /// Real server and VIP of different families in DR mode.
-    #[error("Direct routing needs the real server {real} in the same address family as the VIP {vip}")]
+    #[error(
+        "Direct routing needs the real server {real} in the same address family as the VIP {vip}"
+    )]
     FamilyMismatch {
         /// The real server.
         real: String,
@@ -396,7 +400,10 @@ mod tests {
         })
         .unwrap();
         // DR keeps the service port, as ipvsadm does.
-        assert_eq!(c.services[0].reals[0].addr, "198.51.100.11:80".parse().unwrap());
+        assert_eq!(
+            c.services[0].reals[0].addr,
+            "198.51.100.11:80".parse().unwrap()
+        );
         c.apply(&Change::EditReal {
             service: k,
             addr: "198.51.100.11:80".parse().unwrap(),

@@ -25,11 +25,7 @@ pub fn wrr(weights: &[u32]) -> Vec<usize> {
     if max == 0 {
         return Vec::new();
     }
-    let step = weights
-        .iter()
-        .copied()
-        .filter(|&w| w > 0)
-        .fold(0, gcd);
+    let step = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd);
     let mut out = Vec::new();
     let mut cw = max;
     while cw > 0 {
@@ -42,7 +38,12 @@ pub fn wrr(weights: &[u32]) -> Vec<usize> {
 /// Scales weights so their wrr cycle fits in `max_len` slots, keeping proportions as far as
 /// integers allow and every non-zero weight at least 1.
 pub fn fit_weights(weights: &[u32], max_len: usize) -> Vec<u32> {
-    let step = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd).max(1) as u64;
+    let step = weights
+        .iter()
+        .copied()
+        .filter(|&w| w > 0)
+        .fold(0, gcd)
+        .max(1) as u64;
     let cycle: u64 = weights.iter().map(|&w| w as u64 / step).sum();
     if cycle as usize <= max_len {
         return weights.to_vec();
@@ -80,7 +81,12 @@ mod tests {
     /// weight is >= cw).
     fn ipvs_wrr_reference(weights: &[u32], picks: usize) -> Vec<usize> {
         let n = weights.len() as isize;
-        let di = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd).max(1) as i64;
+        let di = weights
+            .iter()
+            .copied()
+            .filter(|&w| w > 0)
+            .fold(0, gcd)
+            .max(1) as i64;
         let mw = *weights.iter().max().unwrap() as i64 - (di - 1);
         let mut cl: isize = -1; // the list head
         let mut cw: i64 = mw;

@@ -114,8 +114,16 @@ impl Lab {
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
         let mut hosts = vec![
-            ("cl".to_string(), "198.51.100.1".to_string(), "2001:db8:1::1".to_string()),
-            ("dir".to_string(), "198.51.100.2".to_string(), "2001:db8:1::2".to_string()),
+            (
+                "cl".to_string(),
+                "198.51.100.1".to_string(),
+                "2001:db8:1::1".to_string(),
+            ),
+            (
+                "dir".to_string(),
+                "198.51.100.2".to_string(),
+                "2001:db8:1::2".to_string(),
+            ),
         ];
         for i in 1..=self.reals {
             hosts.push((format!("rs{i}"), rs_ip4(i), rs_ip6(i)));
@@ -125,22 +133,57 @@ impl Lab {
             create(&ns)?;
             let port = format!("p-{role}");
             ip(&[
-                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
             ])?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
             netns::run(cmd_in(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
         }
         let cl = self.ns("cl");
-        ip(&["-n", &cl, "route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
-        ip(&["-n", &cl, "-6", "route", "add", "2001:db8:10::/64", "via", "2001:db8:1::2"])?;
+        ip(&[
+            "-n",
+            &cl,
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            "198.51.100.2",
+        ])?;
+        ip(&[
+            "-n",
+            &cl,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:10::/64",
+            "via",
+            "2001:db8:1::2",
+        ])?;
         for i in 1..=self.reals {
             let ns = self.ns(&format!("rs{i}"));
             ip(&["-n", &ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{VIP6}/128"),
+                "dev",
+                "lo",
+            ])?;
             // LVS-DR real server: never answer ARP for the VIP, never source ARP from it.
             sh(
                 &ns,
@@ -208,10 +251,17 @@ impl Lab {
             .context("spawning apache2")?;
         self.apaches.push(child);
         let url = format!("http://{}/", rs_ip4(i));
-        poll(Duration::from_secs(15), &format!("apache2 on rs{i}"), || {
-            let out = cmd_in(&ns, "curl").args(["-s", "-m", "1", &url]).output().ok()?;
-            (String::from_utf8_lossy(&out.stdout) == format!("rs{i}\n")).then_some(())
-        })
+        poll(
+            Duration::from_secs(15),
+            &format!("apache2 on rs{i}"),
+            || {
+                let out = cmd_in(&ns, "curl")
+                    .args(["-s", "-m", "1", &url])
+                    .output()
+                    .ok()?;
+                (String::from_utf8_lossy(&out.stdout) == format!("rs{i}\n")).then_some(())
+            },
+        )
         .with_context(|| {
             fs::read_to_string(dir.join("error.log")).unwrap_or_default()
                 + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
@@ -224,14 +274,17 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.dir.join("xvsd.log"))?;
-        let child = cmd_in(&self.ns("dir"), &self.bin_dir.join("xvsd").display().to_string())
-            .args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
-            .arg(&self.socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning xvsd")?;
+        let child = cmd_in(
+            &self.ns("dir"),
+            &self.bin_dir.join("xvsd").display().to_string(),
+        )
+        .args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
+        .arg(&self.socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawning xvsd")?;
         self.xvsd = Some(child);
         poll(Duration::from_secs(20), "xvsd to answer", || {
             if let Some(c) = self.xvsd.as_mut() {
@@ -252,7 +305,9 @@ impl Lab {
         if let Some(mut c) = self.xvsd.take() {
             // SAFETY: plain kill(2) on our child. `ip netns exec` execs, so this is xvsd.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let status = poll(Duration::from_secs(10), "xvsd to exit", || c.try_wait().ok().flatten())?;
+            let status = poll(Duration::from_secs(10), "xvsd to exit", || {
+                c.try_wait().ok().flatten()
+            })?;
             if !status.success() {
                 bail!("xvsd exited with {status}");
             }
@@ -316,7 +371,9 @@ impl Lab {
         if let Some(mut c) = self.xvsd.take() {
             // SAFETY: plain kill(2) on our child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = poll(Duration::from_secs(5), "xvsd exit", || c.try_wait().ok().flatten());
+            let _ = poll(Duration::from_secs(5), "xvsd exit", || {
+                c.try_wait().ok().flatten()
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -341,7 +398,7 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    /// GET / and return the body.
+    /// GET / and return the body, trimmed.
     pub fn get(&mut self) -> Result<String> {
         self.stream
             .write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
@@ -364,7 +421,7 @@ impl HttpConn {
                     })
                     .context("no Content-Length")?;
                 if buf.len() >= head_end + 4 + len {
-                    return Ok(text[head_end + 4..head_end + 4 + len].to_string());
+                    return Ok(text[head_end + 4..head_end + 4 + len].trim().to_string());
                 }
             }
         }

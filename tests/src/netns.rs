@@ -91,10 +91,7 @@ pub fn destroy_all(prefix: &str) {
 }
 
 /// Runs `f` on a thread that has entered namespace `ns`; sockets it opens stay in `ns`.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     std::thread::spawn(move || {

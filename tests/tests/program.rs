@@ -19,7 +19,10 @@ fn key(proto: Protocol, addr: &str) -> ServiceKey {
 }
 
 fn add_service(d: &mut Director, k: ServiceKey, s: Scheduler, reals: &[(&str, u32)]) {
-    let mut changes = vec![Change::AddService { key: k, scheduler: s }];
+    let mut changes = vec![Change::AddService {
+        key: k,
+        scheduler: s,
+    }];
     for (a, w) in reals {
         changes.push(Change::AddReal {
             service: k,
@@ -40,10 +43,30 @@ fn director() -> Director {
     d.mac("198.51.100.12", RS2_MAC);
     d.mac("2001:db8:1::11", RS1_MAC);
     d.mac("2001:db8:1::12", RS2_MAC);
-    add_service(&mut d, key(Protocol::Tcp, "203.0.113.10:80"), Scheduler::Rr, &[("198.51.100.11:80", 1)]);
-    add_service(&mut d, key(Protocol::Udp, "203.0.113.10:53"), Scheduler::Rr, &[("198.51.100.11:53", 1)]);
-    add_service(&mut d, key(Protocol::Tcp, "[2001:db8:10::10]:80"), Scheduler::Rr, &[("[2001:db8:1::11]:80", 1)]);
-    add_service(&mut d, key(Protocol::Udp, "[2001:db8:10::10]:53"), Scheduler::Rr, &[("[2001:db8:1::11]:53", 1)]);
+    add_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.10:80"),
+        Scheduler::Rr,
+        &[("198.51.100.11:80", 1)],
+    );
+    add_service(
+        &mut d,
+        key(Protocol::Udp, "203.0.113.10:53"),
+        Scheduler::Rr,
+        &[("198.51.100.11:53", 1)],
+    );
+    add_service(
+        &mut d,
+        key(Protocol::Tcp, "[2001:db8:10::10]:80"),
+        Scheduler::Rr,
+        &[("[2001:db8:1::11]:80", 1)],
+    );
+    add_service(
+        &mut d,
+        key(Protocol::Udp, "[2001:db8:10::10]:53"),
+        Scheduler::Rr,
+        &[("[2001:db8:1::11]:53", 1)],
+    );
     d
 }
 
@@ -60,20 +83,53 @@ fn dr_rewrite_exact_bytes_v4_v6_tcp_udp_vlan() {
     let mut d = director();
     let cases = [
         ("v4 tcp", tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN)),
-        ("v4 udp", udp("192.0.2.1", 40000, "203.0.113.10", 53, b"query")),
-        ("v6 tcp", tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN)),
-        ("v6 udp", udp("2001:db8:2::1", 40000, "2001:db8:10::10", 53, b"query")),
+        (
+            "v4 udp",
+            udp("192.0.2.1", 40000, "203.0.113.10", 53, b"query"),
+        ),
+        (
+            "v6 tcp",
+            tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN),
+        ),
+        (
+            "v6 udp",
+            udp("2001:db8:2::1", 40000, "2001:db8:10::10", 53, b"query"),
+        ),
         (
             "v4 tcp vlan",
-            frame("192.0.2.1", 40001, "203.0.113.10", 80, L4::Tcp(SYN), Some(42), b"x"),
+            frame(
+                "192.0.2.1",
+                40001,
+                "203.0.113.10",
+                80,
+                L4::Tcp(SYN),
+                Some(42),
+                b"x",
+            ),
         ),
         (
             "v6 udp vlan",
-            frame("2001:db8:2::1", 40001, "2001:db8:10::10", 53, L4::Udp, Some(42), b"x"),
+            frame(
+                "2001:db8:2::1",
+                40001,
+                "2001:db8:10::10",
+                53,
+                L4::Udp,
+                Some(42),
+                b"x",
+            ),
         ),
         (
             "v4 tcp data",
-            frame("192.0.2.1", 40002, "203.0.113.10", 80, L4::Tcp(ACK), None, &[7u8; 1400]),
+            frame(
+                "192.0.2.1",
+                40002,
+                "203.0.113.10",
+                80,
+                L4::Tcp(ACK),
+                None,
+                &[7u8; 1400],
+            ),
         ),
     ];
     for (name, pkt) in &cases {
@@ -83,17 +139,21 @@ fn dr_rewrite_exact_bytes_v4_v6_tcp_udp_vlan() {
     }
     assert_eq!(d.reason(Reason::TxDr), cases.len() as u64);
     assert_eq!(d.reason(Reason::ConnNew), cases.len() as u64);
-    let svc = d
-        .dp
-        .service_counters(&key(Protocol::Tcp, "203.0.113.10:80"))
-        .unwrap();
+    let svc =
+        d.dp.service_counters(&key(Protocol::Tcp, "203.0.113.10:80"))
+            .unwrap();
     assert_eq!((svc.conns, svc.packets), (3, 3));
-    let rs = d
-        .dp
-        .backend_counters(&key(Protocol::Tcp, "203.0.113.10:80"), "198.51.100.11:80".parse().unwrap())
+    let rs =
+        d.dp.backend_counters(
+            &key(Protocol::Tcp, "203.0.113.10:80"),
+            "198.51.100.11:80".parse().unwrap(),
+        )
         .unwrap();
     assert_eq!(rs.packets, 3);
-    assert_eq!(rs.bytes, (cases[0].1.len() + cases[4].1.len() + cases[6].1.len()) as u64);
+    assert_eq!(
+        rs.bytes,
+        (cases[0].1.len() + cases[4].1.len() + cases[6].1.len()) as u64
+    );
 }
 
 #[test]
@@ -116,13 +176,37 @@ fn non_service_traffic_passes_untouched_and_is_counted() {
     frag[14 + 6] = 0x20; // MF
     let mut ext = tcp("2001:db8:2::1", 40000, "2001:db8:10::10", 80, SYN);
     ext[14 + 6] = 60; // next header: destination options
-    let mut qinq = frame("192.0.2.1", 1, "203.0.113.10", 80, L4::Tcp(SYN), Some(5), b"");
+    let mut qinq = frame(
+        "192.0.2.1",
+        1,
+        "203.0.113.10",
+        80,
+        L4::Tcp(SYN),
+        Some(5),
+        b"",
+    );
     qinq[16..18].copy_from_slice(&[0x81, 0x00]);
     let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
-        ("other VIP", tcp("192.0.2.1", 40000, "203.0.113.99", 80, SYN), Reason::PassNotService),
-        ("other port", tcp("192.0.2.1", 40000, "203.0.113.10", 443, SYN), Reason::PassNotService),
-        ("udp on tcp port", udp("192.0.2.1", 40000, "203.0.113.10", 80, b""), Reason::PassNotService),
-        ("v6 other VIP", tcp("2001:db8:2::1", 1, "2001:db8:10::99", 80, SYN), Reason::PassNotService),
+        (
+            "other VIP",
+            tcp("192.0.2.1", 40000, "203.0.113.99", 80, SYN),
+            Reason::PassNotService,
+        ),
+        (
+            "other port",
+            tcp("192.0.2.1", 40000, "203.0.113.10", 443, SYN),
+            Reason::PassNotService,
+        ),
+        (
+            "udp on tcp port",
+            udp("192.0.2.1", 40000, "203.0.113.10", 80, b""),
+            Reason::PassNotService,
+        ),
+        (
+            "v6 other VIP",
+            tcp("2001:db8:2::1", 1, "2001:db8:10::99", 80, SYN),
+            Reason::PassNotService,
+        ),
         ("icmp", icmp, Reason::PassOtherProto),
         ("arp", arp, Reason::PassNonIp),
         ("fragment", frag, Reason::PassFragment),
@@ -134,7 +218,11 @@ fn non_service_traffic_passes_untouched_and_is_counted() {
         let (v, out) = d.run(pkt);
         assert_eq!(v, verdict::PASS, "{name}: verdict");
         assert_eq!(&out, pkt, "{name}: bytes must be untouched");
-        assert_eq!(d.reason(*reason), before + 1, "{name}: counted as {reason:?}");
+        assert_eq!(
+            d.reason(*reason),
+            before + 1,
+            "{name}: counted as {reason:?}"
+        );
     }
     assert_eq!(d.reason(Reason::TxDr), 0);
 }
@@ -157,21 +245,45 @@ fn malformed_packets_are_dropped_and_counted() {
     bad_doff[14 + 20 + 12] = 0x40;
     let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
         ("vlan tag cut", short_vlan, Reason::DropTruncatedL2),
-        ("ipv4 header cut", good[..14 + 10].to_vec(), Reason::DropMalformedL3),
+        (
+            "ipv4 header cut",
+            good[..14 + 10].to_vec(),
+            Reason::DropMalformedL3,
+        ),
         ("ipv4 ihl 4", bad_ihl, Reason::DropMalformedL3),
         ("ipv4 version 6", bad_version, Reason::DropMalformedL3),
         ("ipv4 options beyond end", big_ihl, Reason::DropMalformedL3),
-        ("ipv6 header cut", good6[..14 + 30].to_vec(), Reason::DropMalformedL3),
-        ("tcp header cut", good[..14 + 20 + 10].to_vec(), Reason::DropMalformedL4),
+        (
+            "ipv6 header cut",
+            good6[..14 + 30].to_vec(),
+            Reason::DropMalformedL3,
+        ),
+        (
+            "tcp header cut",
+            good[..14 + 20 + 10].to_vec(),
+            Reason::DropMalformedL4,
+        ),
         ("tcp doff 4", bad_doff, Reason::DropMalformedL4),
-        ("udp header cut", udp("192.0.2.1", 1, "203.0.113.10", 53, b"")[..14 + 20 + 4].to_vec(), Reason::DropMalformedL4),
-        ("ipv6 tcp cut", good6[..14 + 40 + 8].to_vec(), Reason::DropMalformedL4),
+        (
+            "udp header cut",
+            udp("192.0.2.1", 1, "203.0.113.10", 53, b"")[..14 + 20 + 4].to_vec(),
+            Reason::DropMalformedL4,
+        ),
+        (
+            "ipv6 tcp cut",
+            good6[..14 + 40 + 8].to_vec(),
+            Reason::DropMalformedL4,
+        ),
     ];
     for (name, pkt, reason) in &cases {
         let before = d.reason(*reason);
         let (v, _) = d.run(pkt);
         assert_eq!(v, verdict::DROP, "{name}: verdict");
-        assert_eq!(d.reason(*reason), before + 1, "{name}: counted as {reason:?}");
+        assert_eq!(
+            d.reason(*reason),
+            before + 1,
+            "{name}: counted as {reason:?}"
+        );
     }
     assert_eq!(d.reason(Reason::TxDr), 0, "nothing malformed was forwarded");
     // The program still works afterwards.
@@ -184,7 +296,12 @@ fn established_flow_keeps_its_real_server_through_changes() {
     d.mac("198.51.100.11", RS1_MAC);
     d.mac("198.51.100.12", RS2_MAC);
     let k = key(Protocol::Tcp, "203.0.113.10:80");
-    add_service(&mut d, k, Scheduler::Rr, &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)]);
+    add_service(
+        &mut d,
+        k,
+        Scheduler::Rr,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
     // Find a flow that went to RS1.
     let mut sport = 50000;
     let a = loop {
@@ -205,12 +322,19 @@ fn established_flow_keeps_its_real_server_through_changes() {
     }]);
     for i in 0..10 {
         let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
-        assert_eq!(out[0..6], RS1_MAC, "established flow moved after quiescing (packet {i})");
+        assert_eq!(
+            out[0..6],
+            RS1_MAC,
+            "established flow moved after quiescing (packet {i})"
+        );
         let (_, out) = d.run(&tcp("192.0.2.2", 60000 + i, "203.0.113.10", 80, SYN));
         assert_eq!(out[0..6], RS2_MAC, "new flow went to the quiesced server");
     }
     // The scheduler changes too; the flow still stays.
-    d.apply(&[Change::EditService { key: k, scheduler: Some(Scheduler::Wrr) }]);
+    d.apply(&[Change::EditService {
+        key: k,
+        scheduler: Some(Scheduler::Wrr),
+    }]);
     let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
     assert_eq!(out[0..6], RS1_MAC);
     // Removing RS1 ends its flows: the next packet is rescheduled onto RS2.
@@ -220,14 +344,17 @@ fn established_flow_keeps_its_real_server_through_changes() {
         addr: "198.51.100.11:80".parse().unwrap(),
     }]);
     let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
-    assert_eq!(out[0..6], RS2_MAC, "a deleted real server still got traffic");
+    assert_eq!(
+        out[0..6],
+        RS2_MAC,
+        "a deleted real server still got traffic"
+    );
     assert_eq!(d.reason(Reason::ConnRescheduled), resched + 1);
     // Re-adding a server that reuses the slot does not revive old entries' binding.
-    let entry_backend = d
-        .dp
-        .conn_entry(&flow_key("192.0.2.1", a, "203.0.113.10", 80))
-        .expect("entry")
-        .backend;
+    let entry_backend =
+        d.dp.conn_entry(&flow_key("192.0.2.1", a, "203.0.113.10", 80))
+            .expect("entry")
+            .backend;
     assert_eq!(
         Some(entry_backend),
         d.dp.backend_id(&k, "198.51.100.12:80".parse().unwrap())
@@ -254,7 +381,12 @@ fn wrr_one_to_three_in_the_data_plane() {
     d.mac("198.51.100.11", RS1_MAC);
     d.mac("198.51.100.12", RS2_MAC);
     let k = key(Protocol::Tcp, "203.0.113.10:80");
-    add_service(&mut d, k, Scheduler::Wrr, &[("198.51.100.11:80", 1), ("198.51.100.12:80", 3)]);
+    add_service(
+        &mut d,
+        k,
+        Scheduler::Wrr,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 3)],
+    );
     let mut rs1 = 0;
     for i in 0..400u16 {
         let (v, out) = d.run(&tcp("192.0.2.1", 1000 + i, "203.0.113.10", 80, SYN));
@@ -278,26 +410,40 @@ fn expired_entries_are_rescheduled_and_state_tracked() {
     d.run(&syn);
     d.run(&ack);
     let counts = d.dp.conn_counts().unwrap();
-    assert_eq!(counts.values().map(|c| c.active).sum::<u64>(), 1, "ESTABLISHED is ActiveConn");
+    assert_eq!(
+        counts.values().map(|c| c.active).sum::<u64>(),
+        1,
+        "ESTABLISHED is ActiveConn"
+    );
     let fin = tcp(
         "192.0.2.1",
         40000,
         "203.0.113.10",
         80,
-        Flags { fin: true, ack: true, ..Default::default() },
+        Flags {
+            fin: true,
+            ack: true,
+            ..Default::default()
+        },
     );
     d.run(&fin);
     let counts = d.dp.conn_counts().unwrap();
     assert_eq!(counts.values().map(|c| c.active).sum::<u64>(), 0);
-    assert_eq!(counts.values().map(|c| c.inactive).sum::<u64>(), 1, "FIN_WAIT is InActConn");
+    assert_eq!(
+        counts.values().map(|c| c.inactive).sum::<u64>(),
+        1,
+        "FIN_WAIT is InActConn"
+    );
     // A new SYN on a closing entry is a new connection.
     let before = d.reason(Reason::ConnRescheduled);
     d.run(&syn);
     assert_eq!(d.reason(Reason::ConnRescheduled), before + 1);
     // With a zero UDP timeout every UDP packet finds its entry expired.
-    d.dp
-        .set_config(DataplaneConfig { udp_timeout_ns: 0, ..Default::default() })
-        .unwrap();
+    d.dp.set_config(DataplaneConfig {
+        udp_timeout_ns: 0,
+        ..Default::default()
+    })
+    .unwrap();
     let q = udp("192.0.2.1", 40000, "203.0.113.10", 53, b"q");
     d.run(&q);
     let before = d.reason(Reason::ConnRescheduled);
@@ -317,8 +463,14 @@ fn service_without_usable_server_drops_and_counts() {
     assert_eq!(d.reason(Reason::DropNoBackend), 1);
     d.mac("198.51.100.11", RS1_MAC);
     d.dp.sync(&d.config.clone(), &d.macs.clone()).unwrap();
-    assert_eq!(d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, SYN)).0, verdict::TX);
+    assert_eq!(
+        d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, SYN)).0,
+        verdict::TX
+    );
     // Deleting the service makes its VIP ordinary traffic again.
     d.apply(&[Change::DeleteService { key: k }]);
-    assert_eq!(d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, ACK)).0, verdict::PASS);
+    assert_eq!(
+        d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, ACK)).0,
+        verdict::PASS
+    );
 }

@@ -58,9 +58,7 @@ fn ebpf_dir() -> PathBuf {
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -100,7 +98,15 @@ fn cargo() -> Command {
 fn build() -> Result<()> {
     build_ebpf()?;
     eprintln!("xtask: building xvsd, xvsadm, xvs-lab");
-    run_cmd(cargo().args(["build", "--release", "-p", "lb-user", "-p", "xvs-tests", "--bins"]))
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "lb-user",
+        "-p",
+        "xvs-tests",
+        "--bins",
+    ]))
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -108,7 +114,9 @@ fn bin(name: &str) -> PathBuf {
 }
 
 fn run(args: Vec<String>) -> Result<()> {
-    let lab = !args.iter().any(|a| a == "--iface" || a.starts_with("--iface="));
+    let lab = !args
+        .iter()
+        .any(|a| a == "--iface" || a.starts_with("--iface="));
     if lab {
         bootstrap::lab_packages()?;
     }
@@ -142,6 +150,9 @@ fn test(args: Vec<String>) -> Result<()> {
             it.next().unwrap_or_default().to_vec(),
         )
     };
-    cmd.args(cargo_args).arg("--").arg("--test-threads=1").args(test_args);
+    cmd.args(cargo_args)
+        .arg("--")
+        .arg("--test-threads=1")
+        .args(test_args);
     run_cmd(&mut cmd)
 }

@@ -4,8 +4,7 @@ use std::{io::Read, process::ExitCode};
 use clap::Parser;
 use lb_user::{
     cli::{self, Action, Args},
-    control,
-    listing,
+    control, listing,
     model::{Config, Service},
     proto::{Command, Listing, Request, Response},
 };

@@ -63,7 +63,9 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// How to attach the director.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum AttachMode {
     /// Native (driver) XDP.
     Native,
@@ -183,16 +185,22 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
             .try_into()?;
         prog.load()?;
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
-        let services = BpfHashMap::try_from(take(names::MAP_SERVICES)?).map_err(map_err(names::MAP_SERVICES))?;
-        let backends = Array::try_from(take(names::MAP_BACKENDS)?).map_err(map_err(names::MAP_BACKENDS))?;
-        let slots = Array::try_from(take(names::MAP_SCHED_SLOTS)?).map_err(map_err(names::MAP_SCHED_SLOTS))?;
-        let conns = BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let services = BpfHashMap::try_from(take(names::MAP_SERVICES)?)
+            .map_err(map_err(names::MAP_SERVICES))?;
+        let backends =
+            Array::try_from(take(names::MAP_BACKENDS)?).map_err(map_err(names::MAP_BACKENDS))?;
+        let slots = Array::try_from(take(names::MAP_SCHED_SLOTS)?)
+            .map_err(map_err(names::MAP_SCHED_SLOTS))?;
+        let conns =
+            BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
         let service_stats = PerCpuArray::try_from(take(names::MAP_SERVICE_STATS)?)
             .map_err(map_err(names::MAP_SERVICE_STATS))?;
         let backend_stats = PerCpuArray::try_from(take(names::MAP_BACKEND_STATS)?)
             .map_err(map_err(names::MAP_BACKEND_STATS))?;
-        let reasons = PerCpuArray::try_from(take(names::MAP_REASONS)?).map_err(map_err(names::MAP_REASONS))?;
+        let reasons = PerCpuArray::try_from(take(names::MAP_REASONS)?)
+            .map_err(map_err(names::MAP_REASONS))?;
         let mut config: Array<MapData, DataplaneConfig> =
             Array::try_from(take(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
         config
@@ -244,7 +252,9 @@ impl Dataplane {
 
     /// Writes global timeouts.
     pub fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
-        self.config.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(names::MAP_CONFIG))
     }
 
     /// Makes the maps match `config`. Real servers whose MAC is not in `macs` get no new
@@ -294,7 +304,11 @@ impl Dataplane {
             .iter()
             .map(|s| scheduler::MAX_TABLE_LEN.min(table_upper_bound(s)) as u64)
             .sum();
-        let in_use: u64 = self.placed.values().map(|p| p.region.len as u64).sum::<u64>()
+        let in_use: u64 = self
+            .placed
+            .values()
+            .map(|p| p.region.len as u64)
+            .sum::<u64>()
             + self.quarantine.iter().map(|r| r.len as u64).sum::<u64>();
         if need + in_use > self.sizes.sched_slots as u64 {
             return Err(DataplaneError::Capacity(format!(
@@ -352,7 +366,12 @@ impl Dataplane {
                     .free_service_ids
                     .pop()
                     .ok_or_else(|| DataplaneError::Capacity("service ids".into()))?;
-                zero_stats(&mut self.service_stats, id, self.cpus, names::MAP_SERVICE_STATS)?;
+                zero_stats(
+                    &mut self.service_stats,
+                    id,
+                    self.cpus,
+                    names::MAP_SERVICE_STATS,
+                )?;
                 id
             }
         };
@@ -403,10 +422,7 @@ impl Dataplane {
         self.services
             .insert(to_bpf_key(&key), value, 0)
             .map_err(map_err(names::MAP_SERVICES))?;
-        if let Some(old) = self.placed.insert(
-            key,
-            Placed { id, region, table },
-        ) {
+        if let Some(old) = self.placed.insert(key, Placed { id, region, table }) {
             self.quarantine.push(old.region);
         }
         Ok(())
@@ -447,17 +463,17 @@ impl Dataplane {
             .ok_or_else(|| DataplaneError::Capacity("backend slots".into()))?;
         want.generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        zero_stats(&mut self.backend_stats, id, self.cpus, names::MAP_BACKEND_STATS)?;
+        zero_stats(
+            &mut self.backend_stats,
+            id,
+            self.cpus,
+            names::MAP_BACKEND_STATS,
+        )?;
         self.backends
             .set(id, want, 0)
             .map_err(map_err(names::MAP_BACKENDS))?;
-        self.backend_slots.insert(
-            (key, real.addr),
-            Slot {
-                id,
-                written: want,
-            },
-        );
+        self.backend_slots
+            .insert((key, real.addr), Slot { id, written: want });
         Ok(id)
     }
 
@@ -513,10 +529,7 @@ impl Dataplane {
     /// Walks the whole connection table: O(entries).
     pub fn conn_counts(&self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let now = monotonic_ns();
-        let cfg = self
-            .config
-            .get(&0, 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
+        let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
         let mut out: HashMap<u32, ConnCounts> = HashMap::new();
         for item in self.conns.iter() {
             let (_, e) = match item {
@@ -529,7 +542,10 @@ impl Dataplane {
             if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state) {
                 continue;
             }
-            let b = self.backends.get(&e.backend, 0).map_err(map_err(names::MAP_BACKENDS))?;
+            let b = self
+                .backends
+                .get(&e.backend, 0)
+                .map_err(map_err(names::MAP_BACKENDS))?;
             if b.generation != e.generation {
                 continue;
             }
@@ -552,11 +568,21 @@ impl Dataplane {
     pub fn zero_counters(&mut self) -> Result<(), DataplaneError> {
         let services: Vec<u32> = self.placed.values().map(|p| p.id).collect();
         for id in services {
-            zero_stats(&mut self.service_stats, id, self.cpus, names::MAP_SERVICE_STATS)?;
+            zero_stats(
+                &mut self.service_stats,
+                id,
+                self.cpus,
+                names::MAP_SERVICE_STATS,
+            )?;
         }
         let backends: Vec<u32> = self.backend_slots.values().map(|s| s.id).collect();
         for id in backends {
-            zero_stats(&mut self.backend_stats, id, self.cpus, names::MAP_BACKEND_STATS)?;
+            zero_stats(
+                &mut self.backend_stats,
+                id,
+                self.cpus,
+                names::MAP_BACKEND_STATS,
+            )?;
         }
         Ok(())
     }
@@ -582,13 +608,11 @@ pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
 fn table_upper_bound(svc: &model::Service) -> usize {
     match svc.scheduler {
         model::Scheduler::Rr => svc.reals.len(),
-        model::Scheduler::Wrr => {
-            scheduler::wrr(&scheduler::fit_weights(
-                &svc.reals.iter().map(|r| r.weight).collect::<Vec<_>>(),
-                scheduler::MAX_TABLE_LEN,
-            ))
-            .len()
-        }
+        model::Scheduler::Wrr => scheduler::wrr(&scheduler::fit_weights(
+            &svc.reals.iter().map(|r| r.weight).collect::<Vec<_>>(),
+            scheduler::MAX_TABLE_LEN,
+        ))
+        .len(),
     }
 }
 
@@ -598,7 +622,8 @@ fn zero_stats(
     cpus: usize,
     name: &'static str,
 ) -> Result<(), DataplaneError> {
-    let zero = PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(DataplaneError::Cpus)?;
+    let zero =
+        PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(DataplaneError::Cpus)?;
     map.set(id, zero, 0).map_err(map_err(name))
 }
 

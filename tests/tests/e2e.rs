@@ -1,0 +1,309 @@
+//! End-to-end tests in network namespaces: real apache2 real servers, curl from a client
+//! namespace, xvsd attached in native XDP mode, configured through xvsadm. Root required.
+
+use std::{collections::BTreeMap, process::Command};
+
+use anyhow::Result;
+use xvs_tests::{
+    lab::{default_bin_dir, rs_ip4, rs_ip6, Lab, LabOptions, VIP4, VIP6},
+    netns,
+};
+
+fn lab(tag: &str) -> Lab {
+    Lab::start(LabOptions {
+        tag: tag.into(),
+        reals: 2,
+        bin_dir: default_bin_dir(),
+    })
+    .expect("lab")
+}
+
+/// A VIP of either family, with the strings the tests need.
+struct Family {
+    vip: String,
+    url: String,
+    rs: [String; 2],
+}
+
+fn families() -> [Family; 2] {
+    [
+        Family {
+            vip: format!("{VIP4}:80"),
+            url: format!("http://{VIP4}/"),
+            rs: [format!("{}:80", rs_ip4(1)), format!("{}:80", rs_ip4(2))],
+        },
+        Family {
+            vip: format!("[{VIP6}]:80"),
+            url: format!("http://[{VIP6}]/"),
+            rs: [format!("[{}]:80", rs_ip6(1)), format!("[{}]:80", rs_ip6(2))],
+        },
+    ]
+}
+
+fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for b in bodies {
+        *t.entry(b.clone()).or_default() += 1;
+    }
+    t
+}
+
+fn setup(lab: &Lab, f: &Family, sched: &str, w1: u32, w2: u32) -> Result<()> {
+    lab.xvsadm_ok(&["-A", "-t", &f.vip, "-s", sched])?;
+    lab.xvsadm_ok(&[
+        "-a",
+        "-t",
+        &f.vip,
+        "-r",
+        &f.rs[0],
+        "-g",
+        "-w",
+        &w1.to_string(),
+    ])?;
+    lab.xvsadm_ok(&[
+        "-a",
+        "-t",
+        &f.vip,
+        "-r",
+        &f.rs[1],
+        "-g",
+        "-w",
+        &w2.to_string(),
+    ])?;
+    Ok(())
+}
+
+fn rx_bytes(ns: &str, dev: &str) -> u64 {
+    let out = netns::sh(ns, &format!("cat /sys/class/net/{dev}/statistics/rx_bytes")).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn dr_reaches_both_real_servers_which_answer_the_client_directly() {
+    let lab = lab("e2e-dr");
+    for f in families() {
+        setup(&lab, &f, "rr", 1, 1).unwrap();
+        let bodies = lab.curl_many(&f.url, 20).unwrap();
+        let t = tally(&bodies);
+        // rr with one cursor per CPU: each CPU alternates, so each server is within 2 of 10.
+        assert_eq!(bodies.len(), 20, "{}: {t:?}", f.url);
+        for rs in ["rs1", "rs2"] {
+            let n = t.get(rs).copied().unwrap_or(0);
+            assert!((8..=12).contains(&n), "{}: {rs} got {n}: {t:?}", f.url);
+        }
+        // A 1 MiB download: the client receives it all, the director sees only the client's
+        // side (requests and ACKs), because the real server answers the client directly.
+        let big = format!("{}big", f.url);
+        let dir_before = rx_bytes(&lab.ns("dir"), "eth0");
+        let cl_before = rx_bytes(&lab.ns("cl"), "eth0");
+        let out = netns::run(netns::cmd_in(&lab.ns("cl"), "curl").args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &big,
+        ]))
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1048576");
+        let dir_rx = rx_bytes(&lab.ns("dir"), "eth0") - dir_before;
+        let cl_rx = rx_bytes(&lab.ns("cl"), "eth0") - cl_before;
+        assert!(cl_rx > 1 << 20, "client received {cl_rx} bytes");
+        assert!(
+            dir_rx < 200_000,
+            "director received {dir_rx} bytes during a 1 MiB download: replies went through it"
+        );
+    }
+    let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    assert!(listing.contains("TCP  203.0.113.10:80 rr"), "{listing}");
+    assert!(
+        listing.contains("TCP  [2001:db8:10::10]:80 rr"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn wrr_one_to_three_splits_new_connections_one_to_three() {
+    let lab = lab("e2e-wrr");
+    const N: usize = 200;
+    for f in families() {
+        setup(&lab, &f, "wrr", 1, 3).unwrap();
+        let bodies = lab.curl_many(&f.url, N).unwrap();
+        let t = tally(&bodies);
+        assert_eq!(bodies.len(), N, "{}: every request answered: {t:?}", f.url);
+        let rs1 = t.get("rs1").copied().unwrap_or(0);
+        // The data plane walks IPVS's wrr cycle (rs2, rs2, rs1, rs2) with one cursor per CPU,
+        // so each CPU's share is within one connection of exact; two CPUs and one spare.
+        assert!(
+            (rs1 as i64 - (N / 4) as i64).abs() <= 3,
+            "{}: rs1 got {rs1} of {N}, expected {} +- 3: {t:?}",
+            f.url,
+            N / 4
+        );
+        let stats = lab.xvsadm_ok(&["-L", "-n", "--stats", "--exact"]).unwrap();
+        assert!(stats.contains(&format!("{:>8}", N)), "{stats}");
+    }
+}
+
+#[test]
+fn weight_zero_keeps_established_and_removal_stops_traffic() {
+    let lab = lab("e2e-quiesce");
+    for f in families() {
+        setup(&lab, &f, "rr", 1, 1).unwrap();
+        let mut conn = lab.connect(f.vip.parse().unwrap()).unwrap();
+        let first = conn.get().unwrap();
+        let (held, held_rs, other, other_rs) = if first == "rs1" {
+            ("rs1", &f.rs[0], "rs2", &f.rs[1])
+        } else {
+            ("rs2", &f.rs[1], "rs1", &f.rs[0])
+        };
+        lab.xvsadm_ok(&["-e", "-t", &f.vip, "-r", held_rs, "-w", "0"])
+            .unwrap();
+        // The established connection stays on its server...
+        for _ in 0..3 {
+            assert_eq!(
+                conn.get().unwrap(),
+                held,
+                "{}: established connection moved",
+                f.url
+            );
+        }
+        // ...and new connections go to the other one only.
+        let t = tally(&lab.curl_many(&f.url, 20).unwrap());
+        assert_eq!(t, BTreeMap::from([(other.to_string(), 20)]), "{}", f.url);
+        let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.contains(held_rs.as_str()) && l.contains("Route   0      1")),
+            "quiesced server keeps its one active connection:\n{listing}"
+        );
+        // Removing the server stops traffic to it, established connections included.
+        lab.xvsadm_ok(&["-d", "-t", &f.vip, "-r", held_rs]).unwrap();
+        match conn.get() {
+            Ok(body) => assert_ne!(body, held, "{}: a deleted server still answered", f.url),
+            Err(_) => {} // reset by the server the flow was moved to
+        }
+        let t = tally(&lab.curl_many(&f.url, 10).unwrap());
+        assert_eq!(t, BTreeMap::from([(other.to_string(), 10)]));
+        let _ = other_rs;
+    }
+}
+
+#[test]
+fn rejected_commands_exit_nonzero_and_change_nothing() {
+    let lab = lab("e2e-reject");
+    let f = &families()[0];
+    setup(&lab, f, "wrr", 1, 3).unwrap();
+    let before = lab.xvsadm_ok(&["-S", "-n"]).unwrap();
+    let bad: &[&[&str]] = &[
+        &["-A", "-t", &f.vip, "-s", "rr"],                // service exists
+        &["-A", "-t", "203.0.113.20:80", "-s", "nosuch"], // unknown scheduler
+        &["-a", "-t", &f.vip, "-r", &f.rs[0], "-w", "1"], // real server exists
+        &["-a", "-t", "203.0.113.99:80", "-r", &f.rs[0]], // no such service
+        &["-d", "-t", &f.vip, "-r", "198.51.100.99:80"],  // no such real server
+        &["-A", "-t", "300.1.2.3:80", "-s", "rr"],        // bad address
+        &["-a", "-t", &f.vip, "-r", "[2001:db8:1::11]:80"], // family mismatch
+        &["-e", "-t", &f.vip, "-r", &f.rs[0], "-w", "65536"], // weight out of range
+        &["-a", "-t", &f.vip, "-r", "198.51.100.13:80", "-m"], // NAT refused
+        &["-E", "-t", &f.vip, "-s", "wlc"],               // not implemented yet
+    ];
+    for args in bad {
+        let out = lab.xvsadm(args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.starts_with("xvsadm: ") || stderr.contains("error:"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            lab.xvsadm_ok(&["-S", "-n"]).unwrap(),
+            before,
+            "{args:?} changed the configuration"
+        );
+    }
+    // -S output restores into an empty daemon and round-trips.
+    lab.xvsadm_ok(&["-C"]).unwrap();
+    assert_eq!(lab.xvsadm_ok(&["-S", "-n"]).unwrap(), "");
+    let restore = Command::new(default_bin_dir().join("xvsadm"))
+        .arg("--socket")
+        .arg(&lab.socket)
+        .arg("-R")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(before.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(restore.success());
+    assert_eq!(lab.xvsadm_ok(&["-S", "-n"]).unwrap(), before);
+    // JSON carries the same data.
+    let json: serde_json::Value =
+        serde_json::from_str(&lab.xvsadm_ok(&["-L", "-n", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["services"][0]["reals"][1]["weight"], 3);
+}
+
+#[test]
+fn xvsd_detaches_on_sigterm() {
+    let mut lab = lab("e2e-stop");
+    let f = &families()[0];
+    setup(&lab, f, "rr", 1, 1).unwrap();
+    assert_eq!(lab.curl_many(&f.url, 2).unwrap().len(), 2);
+    let link = |lab: &Lab| {
+        String::from_utf8_lossy(
+            &netns::sh(&lab.ns("dir"), "ip link show dev eth0")
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        link(&lab).contains("xdp"),
+        "director attached: {}",
+        link(&lab)
+    );
+    lab.stop_xvsd().unwrap();
+    assert!(
+        !link(&lab).contains("xdp"),
+        "still attached after SIGTERM: {}",
+        link(&lab)
+    );
+    assert!(!lab.socket.exists(), "socket left behind");
+    // Without the director nothing balances the VIP any more.
+    assert!(lab.curl_many(&f.url, 1).unwrap().is_empty());
+}
+
+#[test]
+fn lab_demo_runs_and_cleans_up_even_after_a_crash() {
+    xvs_tests::require_root();
+    let demo = || {
+        Command::new(default_bin_dir().join("xvs-lab"))
+            .args(["demo", "--once", "--bin-dir"])
+            .arg(default_bin_dir())
+            .output()
+            .unwrap()
+    };
+    // Leftovers of a crashed run: a namespace with the lab's prefix.
+    netns::create("xvs-lab-cl").unwrap();
+    let out = demo();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"rs1\": 10, \"rs2\": 20"), "{stdout}");
+    assert!(stdout.contains("Route   2"), "{stdout}");
+    assert!(
+        netns::list("xvs-lab-").is_empty(),
+        "namespaces left: {:?}",
+        netns::list("xvs-lab-")
+    );
+    // A second run works the same.
+    assert!(demo().status.success());
+    assert!(netns::list("xvs-lab-").is_empty());
+}
