@@ -25,7 +25,7 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Most virtual services the data plane holds (service ids index per-service arrays).
-pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_SERVICES: u32 = 65536;
 /// Most real-server slots (one per real server per service); ids index per-backend arrays.
 pub const MAX_BACKENDS: u32 = 65536;
 /// Default size of the scheduler slot array shared by all services (u32 backend ids).

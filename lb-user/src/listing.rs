@@ -87,7 +87,7 @@ fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions) {
             let _ = write!(out, "{:<33}", service_name(svc));
             stats_columns(out, &svc.stats, opts.exact);
             for r in &svc.reals {
-                let _ = write!(out, "  -> {:<30}", addr_port(r.addr));
+                let _ = write!(out, "  -> {:<28}", addr_port(r.addr));
                 stats_columns(out, &r.stats, opts.exact);
             }
         }
@@ -103,22 +103,19 @@ fn stats_columns(out: &mut String, c: &Counters, exact: bool) {
     out.push('\n');
 }
 
-/// ipvsadm's print_largenum: a space and an 8-wide number, shortened with K/M/G/T past
-/// 8 digits unless `--exact`.
+/// ipvsadm's print_largenum: 9 columns, shortened with K/M/G/T past 8 digits unless `--exact`
+/// (then the full number, still at least 9 wide with one space before it).
 pub fn largenum(i: u64, exact: bool) -> String {
-    if exact {
-        return format!(" {i:>8}");
-    }
-    if i < 100_000_000 {
+    if exact || i < 100_000_000 {
         format!(" {i:>8}")
     } else if i < 1_000_000_000 {
-        format!(" {:>7}K", i / 1_000)
-    } else if i < 1_000_000_000_000 {
-        format!(" {:>7}M", i / 1_000_000)
-    } else if i < 1_000_000_000_000_000 {
-        format!(" {:>7}G", i / 1_000_000_000)
+        format!("{:>8}K", i / 1_000)
+    } else if i < 100_000_000_000 {
+        format!("{:>8}M", i / 1_000_000)
+    } else if i < 100_000_000_000_000 {
+        format!("{:>8}G", i / 1_000_000_000)
     } else {
-        format!(" {:>7}T", i / 1_000_000_000_000)
+        format!("{:>8}T", i / 1_000_000_000_000)
     }
 }
 
@@ -203,7 +200,7 @@ IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
   -> RemoteAddress:Port
 TCP  203.0.113.10:80                     0        0        0        0        0
-  -> 198.51.100.11:80                   12      345        0  123456M        0
+  -> 198.51.100.11:80                   12      345        0     123G        0
 ";
         assert!(out.starts_with(expected), "{out}");
     }
@@ -213,5 +210,8 @@ TCP  203.0.113.10:80                     0        0        0        0        0
         assert_eq!(largenum(99_999_999, false), " 99999999");
         assert_eq!(largenum(100_000_000, false), "  100000K");
         assert_eq!(largenum(100_000_000, true), " 100000000");
+        assert_eq!(largenum(99_999_999_999, false), "   99999M");
+        assert_eq!(largenum(100_000_000_000, false), "     100G");
+        assert_eq!(largenum(100_000_000_000_000, false), "     100T");
     }
 }

@@ -154,10 +154,10 @@ fn weight_zero_keeps_established_and_removal_stops_traffic() {
         setup(&lab, &f, "rr", 1, 1).unwrap();
         let mut conn = lab.connect(f.vip.parse().unwrap()).unwrap();
         let first = conn.get().unwrap();
-        let (held, held_rs, other, other_rs) = if first == "rs1" {
-            ("rs1", &f.rs[0], "rs2", &f.rs[1])
+        let (held, held_rs, other) = if first == "rs1" {
+            ("rs1", &f.rs[0], "rs2")
         } else {
-            ("rs2", &f.rs[1], "rs1", &f.rs[0])
+            ("rs2", &f.rs[1], "rs1")
         };
         lab.xvsadm_ok(&["-e", "-t", &f.vip, "-r", held_rs, "-w", "0"])
             .unwrap();
@@ -182,13 +182,12 @@ fn weight_zero_keeps_established_and_removal_stops_traffic() {
         );
         // Removing the server stops traffic to it, established connections included.
         lab.xvsadm_ok(&["-d", "-t", &f.vip, "-r", held_rs]).unwrap();
-        match conn.get() {
-            Ok(body) => assert_ne!(body, held, "{}: a deleted server still answered", f.url),
-            Err(_) => {} // reset by the server the flow was moved to
+        // Either the flow is reset by the server it was moved to, or that server answers.
+        if let Ok(body) = conn.get() {
+            assert_ne!(body, held, "{}: a deleted server still answered", f.url);
         }
         let t = tally(&lab.curl_many(&f.url, 10).unwrap());
         assert_eq!(t, BTreeMap::from([(other.to_string(), 10)]));
-        let _ = other_rs;
     }
 }
 

@@ -154,5 +154,62 @@ fn test(args: Vec<String>) -> Result<()> {
         .arg("--")
         .arg("--test-threads=1")
         .args(test_args);
-    run_cmd(&mut cmd)
+    let totals = run_counting(&mut cmd)?;
+    // One closing line over every test binary (cargo prints one per binary).
+    println!(
+        "xtask: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 {
+        bail!("{} tests failed", totals.failed);
+    }
+    if totals.ignored > 0 {
+        bail!("{} tests were skipped: every test must run", totals.ignored);
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its "test result:" lines.
+fn run_counting(cmd: &mut Command) -> Result<Totals> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
+        // "ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.17s"
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if let [.., n, what] = words[..] {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => totals.passed += n,
+                    "failed" => totals.failed += n,
+                    "ignored" => totals.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && totals.failed == 0 {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(totals)
 }

@@ -87,7 +87,7 @@ fn director(ctx: &XdpContext) -> Result<(), Reason> {
         family: p.family,
     };
     // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC), see SERVICES.
-    let svc = unsafe { SERVICES.get(&skey) }.ok_or(Reason::PassNotService)?;
+    let svc = unsafe { SERVICES.get(skey) }.ok_or(Reason::PassNotService)?;
     let fkey = FlowKey {
         src: p.src,
         dst: p.dst,
@@ -195,7 +195,7 @@ fn schedule(
         _pad: [0; 3],
         last_seen_ns: now,
     };
-    if CONNS.insert(key, &entry, 0).is_err() {
+    if CONNS.insert(key, entry, 0).is_err() {
         count(Reason::ConnInsertFailed);
     }
     count(Reason::ConnNew);

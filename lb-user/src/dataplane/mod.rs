@@ -113,6 +113,10 @@ struct Placed {
     id: u32,
     region: Region,
     table: Vec<u32>,
+    /// Backend slots by real-server address.
+    slots: HashMap<SocketAddr, Slot>,
+    /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
+    pushed: Option<(model::Service, Vec<Option<[u8; 6]>>)>,
 }
 
 /// Counters read back from the data plane, summed over CPUs.
@@ -159,7 +163,6 @@ pub struct Dataplane {
     sizes: Sizes,
     cpus: usize,
     placed: HashMap<ServiceKey, Placed>,
-    backend_slots: HashMap<(ServiceKey, SocketAddr), Slot>,
     free_service_ids: Vec<u32>,
     free_backend_ids: Vec<u32>,
     next_generation: u32,
@@ -220,7 +223,6 @@ impl Dataplane {
             sizes,
             cpus,
             placed: HashMap::new(),
-            backend_slots: HashMap::new(),
             free_service_ids: (0..MAX_SERVICES).rev().collect(),
             free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
             next_generation: 1,
@@ -264,7 +266,7 @@ impl Dataplane {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
-        self.check_capacity(config)?;
+        self.check_capacity(config, macs)?;
         // Regions freed by the previous sync are no longer read by any packet.
         for r in std::mem::take(&mut self.quarantine) {
             self.regions.free(r);
@@ -285,7 +287,11 @@ impl Dataplane {
         Ok(())
     }
 
-    fn check_capacity(&self, config: &Config) -> Result<(), DataplaneError> {
+    fn check_capacity(
+        &self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
         if config.services.len() > MAX_SERVICES as usize {
             return Err(DataplaneError::Capacity(format!(
                 "{} services (at most {MAX_SERVICES})",
@@ -298,10 +304,22 @@ impl Dataplane {
                 "{backends} real servers over all services (at most {MAX_BACKENDS})"
             )));
         }
-        // Worst case: every table is rewritten while the old ones are still live.
+        // Worst case: every changed service gets a new table while the old ones are still live.
         let need: u64 = config
             .services
             .iter()
+            .filter(|s| {
+                let m: Vec<_> = s
+                    .reals
+                    .iter()
+                    .map(|r| macs.get(&r.addr.ip()).copied())
+                    .collect();
+                !self
+                    .placed
+                    .get(&s.key)
+                    .and_then(|p| p.pushed.as_ref())
+                    .is_some_and(|(ps, pm)| ps == *s && *pm == m)
+            })
             .map(|s| scheduler::MAX_TABLE_LEN.min(table_upper_bound(s)) as u64)
             .sum();
         let in_use: u64 = self
@@ -320,35 +338,27 @@ impl Dataplane {
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
-        if let Some(p) = self.placed.remove(key) {
-            let bkey = to_bpf_key(key);
-            match self.services.remove(&bkey) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::MAP_SERVICES)(e)),
-            }
-            self.quarantine.push(p.region);
-            self.free_service_ids.push(p.id);
+        let Some(p) = self.placed.remove(key) else {
+            return Ok(());
+        };
+        match self.services.remove(&to_bpf_key(key)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::MAP_SERVICES)(e)),
         }
-        let addrs: Vec<SocketAddr> = self
-            .backend_slots
-            .keys()
-            .filter(|(k, _)| k == key)
-            .map(|(_, a)| *a)
-            .collect();
-        for a in addrs {
-            self.free_backend(key, a)?;
+        self.quarantine.push(p.region);
+        self.free_service_ids.push(p.id);
+        for slot in p.slots.into_values() {
+            self.free_backend(slot)?;
         }
         Ok(())
     }
 
-    fn free_backend(&mut self, key: &ServiceKey, addr: SocketAddr) -> Result<(), DataplaneError> {
-        if let Some(slot) = self.backend_slots.remove(&(*key, addr)) {
-            // Generation 0: connection entries bound to this slot see that their server is gone.
-            self.backends
-                .set(slot.id, Backend::default(), 0)
-                .map_err(map_err(names::MAP_BACKENDS))?;
-            self.free_backend_ids.push(slot.id);
-        }
+    fn free_backend(&mut self, slot: Slot) -> Result<(), DataplaneError> {
+        // Generation 0: connection entries bound to this slot see that their server is gone.
+        self.backends
+            .set(slot.id, Backend::default(), 0)
+            .map_err(map_err(names::MAP_BACKENDS))?;
+        self.free_backend_ids.push(slot.id);
         Ok(())
     }
 
@@ -358,9 +368,21 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         let key = svc.key;
-        let new_service = !self.placed.contains_key(&key);
-        let id = match self.placed.get(&key) {
-            Some(p) => p.id,
+        let svc_macs: Vec<Option<[u8; 6]>> = svc
+            .reals
+            .iter()
+            .map(|r| macs.get(&r.addr.ip()).copied())
+            .collect();
+        if let Some(p) = self.placed.get(&key) {
+            if p.pushed
+                .as_ref()
+                .is_some_and(|(s, m)| s == svc && *m == svc_macs)
+            {
+                return Ok(());
+            }
+        }
+        let mut placed = match self.placed.remove(&key) {
+            Some(p) => p,
             None => {
                 let id = self
                     .free_service_ids
@@ -372,33 +394,53 @@ impl Dataplane {
                     self.cpus,
                     names::MAP_SERVICE_STATS,
                 )?;
-                id
+                Placed {
+                    id,
+                    region: Region { off: 0, len: 0 },
+                    table: Vec::new(),
+                    slots: HashMap::new(),
+                    pushed: None,
+                }
             }
         };
+        let result = self.sync_placed(svc, &svc_macs, &mut placed);
+        if result.is_ok() {
+            placed.pushed = Some((svc.clone(), svc_macs));
+        }
+        self.placed.insert(key, placed);
+        result
+    }
+
+    fn sync_placed(
+        &mut self,
+        svc: &model::Service,
+        svc_macs: &[Option<[u8; 6]>],
+        placed: &mut Placed,
+    ) -> Result<(), DataplaneError> {
         // Real servers removed from this service.
-        let stale: Vec<SocketAddr> = self
-            .backend_slots
+        let stale: Vec<SocketAddr> = placed
+            .slots
             .keys()
-            .filter(|(k, a)| *k == key && !svc.reals.iter().any(|r| r.addr == *a))
-            .map(|(_, a)| *a)
+            .filter(|a| !svc.reals.iter().any(|r| r.addr == **a))
+            .copied()
             .collect();
         for a in stale {
-            self.free_backend(&key, a)?;
+            if let Some(slot) = placed.slots.remove(&a) {
+                self.free_backend(slot)?;
+            }
         }
         // Backends, in the service's order; a server without a MAC takes no new connections.
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
-        for real in &svc.reals {
-            let mac = macs.get(&real.addr.ip()).copied();
-            let id = self.place_backend(key, real, mac.unwrap_or_default())?;
-            ids.push(id);
+        for (real, mac) in svc.reals.iter().zip(svc_macs) {
+            ids.push(self.place_backend(&mut placed.slots, real, mac.unwrap_or_default())?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
         let table: Vec<u32> = scheduler::table(svc.scheduler, &weights)
             .into_iter()
             .map(|i| ids[i])
             .collect();
-        if !new_service && self.placed.get(&key).is_some_and(|p| p.table == table) {
+        if placed.pushed.is_some() && placed.table == table {
             return Ok(());
         }
         let region = if table.is_empty() {
@@ -414,23 +456,23 @@ impl Dataplane {
                 .map_err(map_err(names::MAP_SCHED_SLOTS))?;
         }
         let value = ServiceValue {
-            id,
+            id: placed.id,
             flags: 0,
             table_off: region.off,
             table_len: region.len,
         };
         self.services
-            .insert(to_bpf_key(&key), value, 0)
+            .insert(to_bpf_key(&svc.key), value, 0)
             .map_err(map_err(names::MAP_SERVICES))?;
-        if let Some(old) = self.placed.insert(key, Placed { id, region, table }) {
-            self.quarantine.push(old.region);
-        }
+        self.quarantine
+            .push(std::mem::replace(&mut placed.region, region));
+        placed.table = table;
         Ok(())
     }
 
     fn place_backend(
         &mut self,
-        key: ServiceKey,
+        slots: &mut HashMap<SocketAddr, Slot>,
         real: &model::RealServer,
         mac: [u8; 6],
     ) -> Result<u32, DataplaneError> {
@@ -447,7 +489,7 @@ impl Dataplane {
             _pad: 0,
             generation: 0,
         };
-        if let Some(slot) = self.backend_slots.get_mut(&(key, real.addr)) {
+        if let Some(slot) = slots.get_mut(&real.addr) {
             want.generation = slot.written.generation;
             if slot.written != want {
                 self.backends
@@ -472,14 +514,13 @@ impl Dataplane {
         self.backends
             .set(id, want, 0)
             .map_err(map_err(names::MAP_BACKENDS))?;
-        self.backend_slots
-            .insert((key, real.addr), Slot { id, written: want });
+        slots.insert(real.addr, Slot { id, written: want });
         Ok(id)
     }
 
     /// The backend slot id of a real server (tests and stats use it).
     pub fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
-        self.backend_slots.get(&(*key, addr)).map(|s| s.id)
+        self.placed.get(key)?.slots.get(&addr).map(|s| s.id)
     }
 
     /// The service id of a service.
@@ -575,7 +616,11 @@ impl Dataplane {
                 names::MAP_SERVICE_STATS,
             )?;
         }
-        let backends: Vec<u32> = self.backend_slots.values().map(|s| s.id).collect();
+        let backends: Vec<u32> = self
+            .placed
+            .values()
+            .flat_map(|p| p.slots.values().map(|s| s.id))
+            .collect();
         for id in backends {
             zero_stats(
                 &mut self.backend_stats,
