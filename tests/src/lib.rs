@@ -1,6 +1,7 @@
 //! Shared pieces of xvs's privileged tests and of the lab: packet builders, the director loaded
 //! for BPF_PROG_TEST_RUN, and network-namespace topologies.
 
+pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod packets;

@@ -92,7 +92,8 @@ impl Default for Director {
     }
 }
 
-fn pin_to_cpu0() {
+/// Pins the calling thread to CPU 0.
+pub fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

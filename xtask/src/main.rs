@@ -1,4 +1,4 @@
-//! `cargo xtask build | run | test | lab`: builds xvs (bootstrapping the eBPF toolchain it needs),
+//! `cargo xtask build | run | test | bench`: builds xvs (bootstrapping the eBPF toolchain it needs),
 //! runs it, tests it.
 
 mod bootstrap;
@@ -28,6 +28,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build, then measure the data plane and the control plane into BENCHMARKS.md (root).
+    Bench {
+        /// Small sizes, for a quick check of the harness.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run every test: host unit tests, program tests, end-to-end tests (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
@@ -41,6 +47,7 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Run { args } => run(args),
         Cmd::Test { args } => test(args),
+        Cmd::Bench { quick } => bench(quick),
     }
 }
 
@@ -133,6 +140,23 @@ fn run(args: Vec<String>) -> Result<()> {
     } else {
         run_cmd(Command::new(bin("xvsd")).args(&args))
     }
+}
+
+fn bench(quick: bool) -> Result<()> {
+    bootstrap::lab_packages()?;
+    build()?;
+    eprintln!("xtask: benchmarking (several minutes)");
+    let mut cmd = Command::new(bin("xvs-bench"));
+    cmd.arg("--out")
+        .arg(root().join("BENCHMARKS.md"))
+        .arg("--chart")
+        .arg(root().join("docs/bench.png"))
+        .arg("--bin-dir")
+        .arg(root().join("target/release"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run_cmd(&mut cmd)
 }
 
 fn test(args: Vec<String>) -> Result<()> {

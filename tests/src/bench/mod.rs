@@ -1,0 +1,167 @@
+//! `cargo xtask bench`: per-packet cost of each data-plane path under BPF_PROG_TEST_RUN against a
+//! bare XDP_TX floor measured the same way in the same run, and control-plane costs.
+//!
+//! Methodology that cannot flatter us: the kernel does not restore a packet between repeats, so
+//! every measured run is a separate BPF_PROG_TEST_RUN with repeat = 1 and fresh input bytes; the
+//! verdict of every run is checked, and the reason counters must have moved by exactly the number
+//! of runs, or the figure is rejected. Times are the kernel's own per-run durations.
+
+pub mod chart;
+pub mod control;
+pub mod paths;
+
+use std::fmt::Write;
+
+/// min / median / max of the per-repetition means, ns per packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    /// Fastest repetition.
+    pub min: f64,
+    /// Median repetition.
+    pub median: f64,
+    /// Slowest repetition.
+    pub max: f64,
+}
+
+impl Spread {
+    /// From per-repetition means.
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        Spread {
+            min: v[0],
+            median: v[v.len() / 2],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One measured data-plane path.
+#[derive(Clone, Debug)]
+pub struct PathResult {
+    /// What was measured.
+    pub name: String,
+    /// ns/packet.
+    pub ns: Spread,
+    /// Runs per repetition.
+    pub runs: usize,
+}
+
+/// A target from the issue, checked against this run's figures.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// What is promised.
+    pub what: String,
+    /// The limit, in words.
+    pub limit: String,
+    /// The measured figure, in words.
+    pub measured: String,
+    /// None when it cannot be measured yet.
+    pub pass: Option<bool>,
+}
+
+/// Machine description for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("{cpus} x {cpu}, {mem} RAM, Linux {kernel}")
+}
+
+/// The Markdown report.
+pub fn report(
+    paths: &[PathResult],
+    floor: &PathResult,
+    control: &[(String, String)],
+    maps: &[(String, String)],
+    targets: &[Target],
+    setup: &str,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# xvs benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Produced by `cargo xtask bench` (root). Machine: {}.\n",
+        machine()
+    );
+    let _ = writeln!(md, "{setup}\n");
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(
+        md,
+        "| target | limit | measured | |\n| --- | --- | --- | --- |"
+    );
+    for t in targets {
+        let verdict = match t.pass {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "not measurable yet",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {verdict} |",
+            t.what, t.limit, t.measured
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Per-packet cost (BPF_PROG_TEST_RUN, repeat = 1 per run)\n"
+    );
+    let _ = writeln!(
+        md,
+        "ns/packet is the median of the per-repetition means; min and max are the fastest and \
+         slowest repetition. \"over floor\" subtracts the bare `bounds check + XDP_TX` program's \
+         median, measured the same way in the same run; \"ratio\" divides by it.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| path | ns/packet (median) | min | max | over floor | ratio | runs x reps |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for p in std::iter::once(floor).chain(paths) {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.1} | {:+.1} | {:.2} | {} |",
+            p.name,
+            p.ns.median,
+            p.ns.min,
+            p.ns.max,
+            p.ns.median - floor.ns.median,
+            p.ns.median / floor.ns.median,
+            p.runs
+        );
+    }
+    let _ = writeln!(md, "\n![ns per packet](docs/bench.png)\n");
+    let _ = writeln!(md, "## Control plane\n\n| what | figure |\n| --- | --- |");
+    for (k, v) in control {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Map memory (kernel-reported memlock)\n\n| map | size |\n| --- | --- |"
+    );
+    for (k, v) in maps {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    md
+}

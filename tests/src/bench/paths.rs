@@ -1,0 +1,311 @@
+//! Per-packet measurements of the director's paths and of the floor.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use lb_common::Reason;
+use lb_user::{
+    dataplane::{Dataplane, Sizes},
+    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+};
+
+use super::{PathResult, Spread};
+use crate::packets::{tcp, ACK, SYN};
+
+/// XDP_PASS.
+const PASS: u32 = 2;
+/// XDP_TX.
+const TX: u32 = 3;
+
+/// Benchmark sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    /// Services per family.
+    pub services: usize,
+    /// Real servers per service.
+    pub reals: usize,
+    /// Connection-table capacity.
+    pub conn_capacity: u32,
+    /// Entries put into the connection table before measuring.
+    pub prefill: usize,
+    /// Runs per repetition.
+    pub runs: usize,
+    /// Repetitions.
+    pub reps: usize,
+}
+
+/// One BPF_PROG_TEST_RUN with repeat = 1: verdict, kernel-measured ns, output bytes.
+fn run_once(prog: &mut Xdp, pkt: &[u8], out: &mut [u8]) -> Result<(u32, u64, usize)> {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(out),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((
+        r.return_value,
+        r.duration.as_nanos() as u64,
+        r.data_size_out as usize,
+    ))
+}
+
+/// Runs `packets` round-robin, `runs` times per repetition; every verdict must be `verdict`.
+fn measure(
+    prog: &mut Xdp,
+    packets: &[Vec<u8>],
+    verdict: u32,
+    runs: usize,
+    reps: usize,
+) -> Result<Spread> {
+    let mut out = vec![0u8; 2048];
+    let mut means = Vec::with_capacity(reps);
+    let mut i = 0;
+    for _ in 0..reps {
+        let mut total = 0u64;
+        for _ in 0..runs {
+            let (v, ns, _) = run_once(prog, &packets[i % packets.len()], &mut out)?;
+            if v != verdict {
+                bail!("run {i}: verdict {v}, expected {verdict}: the intended path was not taken");
+            }
+            total += ns;
+            i += 1;
+        }
+        means.push(total as f64 / runs as f64);
+    }
+    Ok(Spread::of(means))
+}
+
+/// The bare `bounds check + XDP_TX` floor.
+pub fn floor(scale: &Scale) -> Result<PathResult> {
+    let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::names::PROG_FLOOR_TX)
+        .context("floor program")?
+        .try_into()?;
+    prog.load()?;
+    let pkt = tcp("192.0.2.1", 1, "203.0.113.1", 80, ACK);
+    Ok(PathResult {
+        name: "floor: bounds check + XDP_TX".into(),
+        ns: measure(prog, &[pkt], TX, scale.runs, scale.reps)?,
+        runs: scale.runs * scale.reps,
+    })
+}
+
+fn vip(family: u8, i: usize) -> String {
+    if family == 4 {
+        format!("203.0.113.{}", i + 1)
+    } else {
+        format!("2001:db8:10::{:x}", i + 1)
+    }
+}
+
+fn rip(family: u8, i: usize) -> String {
+    if family == 4 {
+        format!("198.51.100.{}", i + 1)
+    } else {
+        format!("2001:db8:1::{:x}", i + 1)
+    }
+}
+
+fn client(family: u8, n: usize) -> (String, u16) {
+    // 65000 ports per client address; addresses from the documentation ranges.
+    let port = 1 + (n % 65000) as u16;
+    let host = n / 65000;
+    if family == 4 {
+        (format!("192.0.2.{}", host % 256), port)
+    } else {
+        (format!("2001:db8:2::{:x}", host + 1), port)
+    }
+}
+
+/// Loads the director with `scale.services` services per family (even ones rr, odd ones wrr
+/// with weights 1..=reals), each with `scale.reals` real servers.
+pub fn director(scale: &Scale) -> Result<Dataplane> {
+    let mut dp = Dataplane::load_with(Sizes {
+        conns: scale.conn_capacity,
+        sched_slots: 1 << 21,
+    })?;
+    let mut config = Config::default();
+    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
+    let mut changes = Vec::new();
+    for family in [4u8, 6] {
+        for r in 0..scale.reals {
+            macs.insert(
+                rip(family, r).parse()?,
+                [0x02, 0, 0, 0, (r >> 8) as u8, r as u8],
+            );
+        }
+        for s in 0..scale.services {
+            let addr = if family == 4 {
+                format!("{}:80", vip(family, s))
+            } else {
+                format!("[{}]:80", vip(family, s))
+            };
+            let key = ServiceKey {
+                protocol: Protocol::Tcp,
+                addr: addr.parse()?,
+            };
+            let scheduler = if s % 2 == 0 {
+                Scheduler::Rr
+            } else {
+                Scheduler::Wrr
+            };
+            changes.push(Change::AddService { key, scheduler });
+            for r in 0..scale.reals {
+                let ip: IpAddr = rip(family, r).parse()?;
+                changes.push(Change::AddReal {
+                    service: key,
+                    real: RealServer {
+                        addr: std::net::SocketAddr::new(ip, 80),
+                        weight: if scheduler == Scheduler::Wrr {
+                            r as u32 + 1
+                        } else {
+                            1
+                        },
+                        forward: ForwardMethod::Dr,
+                    },
+                });
+            }
+        }
+    }
+    config.apply_all(&changes)?;
+    dp.sync(&config, &macs)?;
+    Ok(dp)
+}
+
+/// Fills the connection table with `n` flows through the program itself (new-flow path).
+pub fn prefill(dp: &mut Dataplane, scale: &Scale) -> Result<()> {
+    let mut out = vec![0u8; 2048];
+    let prog = dp.program();
+    for n in 0..scale.prefill {
+        // Offset past the clients the measurements use.
+        let (src, port) = client(4, 10_000_000 + n);
+        let pkt = tcp(&src, port, &vip(4, n % scale.services), 80, SYN);
+        let (v, _, _) = run_once(prog, &pkt, &mut out)?;
+        ensure!(v == TX, "prefill packet {n}: verdict {v}");
+    }
+    Ok(())
+}
+
+fn reason(dp: &Dataplane, r: Reason) -> Result<u64> {
+    Ok(dp
+        .reasons()?
+        .into_iter()
+        .find(|(x, _)| *x == r)
+        .map(|(_, n)| n)
+        .unwrap_or(0))
+}
+
+/// Measures one path and checks that `counted` moved by exactly the number of runs.
+fn path(
+    dp: &mut Dataplane,
+    name: &str,
+    packets: &[Vec<u8>],
+    verdict: u32,
+    counted: Reason,
+    scale: &Scale,
+) -> Result<PathResult> {
+    let before = reason(dp, counted)?;
+    let ns = measure(dp.program(), packets, verdict, scale.runs, scale.reps)?;
+    let moved = reason(dp, counted)? - before;
+    let expected = (scale.runs * scale.reps) as u64;
+    ensure!(
+        moved == expected,
+        "{name}: counter {} moved by {moved}, expected {expected}: some runs took another path",
+        counted.name()
+    );
+    Ok(PathResult {
+        name: name.into(),
+        ns,
+        runs: scale.runs * scale.reps,
+    })
+}
+
+/// Every director path.
+pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResult>> {
+    let total = scale.runs * scale.reps;
+    let mut results = Vec::new();
+    for family in [4u8, 6] {
+        let fam = if family == 4 { "IPv4" } else { "IPv6" };
+        let nonvip = if family == 4 {
+            "192.0.2.200"
+        } else {
+            "2001:db8:99::1"
+        };
+        let (c, p) = client(family, 0);
+        results.push(path(
+            dp,
+            &format!("pass-through, not a service ({fam})"),
+            &[tcp(&c, p, nonvip, 80, ACK)],
+            PASS,
+            Reason::PassNotService,
+            scale,
+        )?);
+        // Established, hot: one flow.
+        let hot = tcp(&c, p, &vip(family, 0), 80, ACK);
+        let mut out = vec![0u8; 2048];
+        ensure!(
+            run_once(
+                dp.program(),
+                &tcp(&c, p, &vip(family, 0), 80, SYN),
+                &mut out
+            )?
+            .0 == TX
+        );
+        results.push(path(
+            dp,
+            &format!("DR established, one flow ({fam})"),
+            &[hot],
+            TX,
+            Reason::ConnHit,
+            scale,
+        )?);
+        // Established, spread: 20k flows over all services, set up first.
+        let spread: Vec<Vec<u8>> = (0..20_000)
+            .map(|n| {
+                let (c, p) = client(family, 1_000 + n);
+                tcp(&c, p, &vip(family, n % scale.services), 80, ACK)
+            })
+            .collect();
+        for pkt in &spread {
+            ensure!(run_once(dp.program(), pkt, &mut out)?.0 == TX);
+        }
+        results.push(path(
+            dp,
+            &format!("DR established, 20k flows ({fam})"),
+            &spread,
+            TX,
+            Reason::ConnHit,
+            scale,
+        )?);
+        // New flows (the cold case: a new 5-tuple on every packet), rr and wrr services.
+        for (sched, offset) in [("rr", 0usize), ("wrr", 1)] {
+            let fresh: Vec<Vec<u8>> = (0..total)
+                .map(|n| {
+                    let (c, p) = client(family, 100_000 + offset * 2_000_000 + n);
+                    tcp(
+                        &c,
+                        p,
+                        &vip(family, (2 * n + offset) % scale.services),
+                        80,
+                        SYN,
+                    )
+                })
+                .collect();
+            results.push(path(
+                dp,
+                &format!("DR new flow, {sched} table ({fam})"),
+                &fresh,
+                TX,
+                Reason::ConnNew,
+                scale,
+            )?);
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,257 @@
+//! xvs-bench: the harness behind `cargo xtask bench` (root). Prints a table and writes
+//! BENCHMARKS.md and a PNG chart.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use xvs_tests::{
+    bench::{
+        self, chart,
+        control::{self, Daemon},
+        paths::{self, Scale},
+        PathResult, Target,
+    },
+    lab::default_bin_dir,
+};
+
+fn main() -> Result<()> {
+    xvs_tests::require_root();
+    let mut out = PathBuf::from("BENCHMARKS.md");
+    let mut png = PathBuf::from("docs/bench.png");
+    let mut bin_dir = default_bin_dir();
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out = args.next().context("--out FILE")?.into(),
+            "--chart" => png = args.next().context("--chart FILE")?.into(),
+            "--bin-dir" => bin_dir = args.next().context("--bin-dir DIR")?.into(),
+            "--quick" => quick = true,
+            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
+        }
+    }
+    // One CPU: per-CPU state and caches stay put, and the other core takes the noise.
+    xvs_tests::progtest::pin_to_cpu0();
+    let scale = if quick {
+        Scale {
+            services: 10,
+            reals: 10,
+            conn_capacity: 1 << 16,
+            prefill: 10_000,
+            runs: 2_000,
+            reps: 3,
+        }
+    } else {
+        Scale {
+            services: 100,
+            reals: 100,
+            conn_capacity: 4 << 20,
+            prefill: 2_000_000,
+            runs: 20_000,
+            reps: 7,
+        }
+    };
+    let setup = format!(
+        "Configuration: {s} TCP services per address family (IPv4 and IPv6; half rr, half wrr with \
+         weights 1..{r}), {r} real servers each; connection table of {c} entries, {p} of them filled \
+         through the program before measuring. Each path: {reps} repetitions of {runs} runs; the \
+         thread is pinned to CPU 0.",
+        s = scale.services,
+        r = scale.reals,
+        c = scale.conn_capacity,
+        p = scale.prefill,
+        reps = scale.reps,
+        runs = scale.runs
+    );
+    println!("{setup}");
+
+    let floor_a = paths::floor(&scale)?;
+    println!("loading the director and filling the connection table...");
+    let mut dp = paths::director(&scale)?;
+    paths::prefill(&mut dp, &scale)?;
+    let results = paths::director_paths(&mut dp, &scale)?;
+    let floor_b = paths::floor(&scale)?;
+    // The faster floor of the two: never flatters the figures over it.
+    let floor = if floor_a.ns.median <= floor_b.ns.median {
+        floor_a
+    } else {
+        floor_b
+    };
+    let own_maps = control::map_memory(std::process::id())?;
+    drop(dp);
+
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "path", "median", "min", "max", "over floor", "ratio"
+    );
+    for p in std::iter::once(&floor).chain(&results) {
+        println!(
+            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>+10.1} {:>7.2}",
+            p.name,
+            p.ns.median,
+            p.ns.min,
+            p.ns.max,
+            p.ns.median - floor.ns.median,
+            p.ns.median / floor.ns.median
+        );
+    }
+
+    println!("control plane...");
+    let daemon = Daemon::start(&bin_dir)?;
+    let mut control_rows = Vec::new();
+    let counts: &[usize] = if quick {
+        &[100, 1_000]
+    } else {
+        &[1_000, 10_000]
+    };
+    let mut ten_k_ms = None;
+    for &n in counts {
+        let text = control::rules(n);
+        let ms = control::time_ms(|| daemon.xvsadm(&["-R"], Some(&text)).map(|_| ()))?;
+        control_rows.push((
+            format!("apply {n} services, one `xvsadm -R` transaction"),
+            format!("{ms:.0} ms"),
+        ));
+        if n == 10_000 {
+            ten_k_ms = Some(ms);
+            let rss = control::rss_kib(daemon.pid())?;
+            control_rows.push((
+                "xvsd RSS with 10,000 services".into(),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+            ));
+        }
+        let ms = control::time_ms(|| daemon.xvsadm(&["-C"], None).map(|_| ()))?;
+        control_rows.push((
+            format!("clear {n} services (`xvsadm -C`)"),
+            format!("{ms:.0} ms"),
+        ));
+    }
+    let singles = if quick { 50 } else { 1_000 };
+    let text = control::rules(singles);
+    let ms = control::time_ms(|| {
+        for line in text.lines() {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            daemon.xvsadm(&args, None)?;
+        }
+        Ok(())
+    })?;
+    control_rows.push((
+        format!("apply {singles} services, one `xvsadm -A` process each"),
+        format!("{ms:.0} ms ({:.2} ms per command)", ms / singles as f64),
+    ));
+    let idle_rss = control::rss_kib(daemon.pid())?;
+    control_rows.push((
+        "xvsd RSS".into(),
+        format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+    ));
+    let daemon_maps = control::map_memory(daemon.pid())?;
+    drop(daemon);
+    for (k, v) in &control_rows {
+        println!("{k:<60} {v}");
+    }
+
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0);
+    let mut map_rows = Vec::new();
+    for (name, max, bytes) in &daemon_maps {
+        map_rows.push((
+            format!("{name} (xvsd defaults, {max} entries)"),
+            mib(*bytes),
+        ));
+    }
+    for (name, max, bytes) in own_maps
+        .iter()
+        .filter(|(n, _, _)| n == "CONNS" || n == "SCHED_SLOTS")
+    {
+        map_rows.push((
+            format!("{name} (benchmark size, {max} entries)"),
+            mib(*bytes),
+        ));
+    }
+
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .collect::<Vec<&PathResult>>()
+    };
+    let worst_over = |ps: Vec<&PathResult>| {
+        ps.iter()
+            .map(|p| p.ns.median - floor.ns.median)
+            .fold(f64::MIN, f64::max)
+    };
+    let hit = worst_over(find("DR established"));
+    let pass = worst_over(find("pass-through"));
+    let target = |what: &str, limit: &str, measured: String, pass: Option<bool>| Target {
+        what: what.into(),
+        limit: limit.into(),
+        measured,
+        pass,
+    };
+    let targets = vec![
+        target(
+            "established-flow DR hit (worst of v4/v6, hot/20k flows)",
+            "<= 30 ns over floor",
+            format!(
+                "{hit:+.1} ns ({:.2}x floor {:.1} ns)",
+                (hit + floor.ns.median) / floor.ns.median,
+                floor.ns.median
+            ),
+            Some(hit <= 30.0),
+        ),
+        target(
+            "non-VIP pass-through (worst of v4/v6)",
+            "<= 10 ns over floor",
+            format!("{pass:+.1} ns"),
+            Some(pass <= 10.0),
+        ),
+        target(
+            "new flow with Maglev",
+            "<= 80 ns over floor",
+            format!(
+                "rr/wrr table new flow: {:+.1} ns (Maglev not implemented yet)",
+                worst_over(find("DR new flow"))
+            ),
+            None,
+        ),
+        target(
+            "live forwarding vs bare XDP_TX hairpin",
+            ">= 70% of pps",
+            "not measured yet".into(),
+            None,
+        ),
+        target(
+            "Maglev table, 1000 real servers",
+            "< 20 ms",
+            "Maglev not implemented yet".into(),
+            None,
+        ),
+        target(
+            "10,000 services applied",
+            "< 1 s",
+            ten_k_ms
+                .map(|ms| format!("{ms:.0} ms"))
+                .unwrap_or_else(|| "not run (--quick)".into()),
+            ten_k_ms.map(|ms| ms < 1000.0),
+        ),
+    ];
+    for t in &targets {
+        println!(
+            "target: {} ({}): {} -> {}",
+            t.what,
+            t.limit,
+            t.measured,
+            match t.pass {
+                Some(true) => "pass",
+                Some(false) => "MISS",
+                None => "n/a",
+            }
+        );
+    }
+    let md = bench::report(&results, &floor, &control_rows, &map_rows, &targets, &setup);
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    if let Some(dir) = png.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    chart::draw(&png, &floor, &results)?;
+    println!("wrote {} and {}", out.display(), png.display());
+    Ok(())
+}
