@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod filter;
 pub mod maps;
 pub mod reason;
 
@@ -59,6 +60,8 @@ pub mod names {
     pub const MAP_REASONS: &str = "REASONS";
     /// Global data-plane configuration (one entry).
     pub const MAP_CONFIG: &str = "CONFIG";
+    /// Bitmap that rules out non-service traffic before any hash lookup.
+    pub const MAP_SERVICE_FILTER: &str = "SERVICE_FILTER";
 }
 
 /// Copies an IPv4 address (network order bytes) into the 16-byte form used in keys.

@@ -4,13 +4,15 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    fwd, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason,
+    filter::{filter_bit, FILTER_WORDS},
+    fwd,
+    reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason,
     ServiceKey, ServiceValue, Stats, DEFAULT_CONN_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
     MAX_SERVICES, PROTO_TCP,
 };
@@ -38,6 +40,8 @@ static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BAC
 static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 #[map]
 static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SERVICE_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 
 /// The director's entry point: maps the internal result to a verdict and counts the reason.
 #[xdp]
@@ -80,14 +84,14 @@ fn add_stats(map: &PerCpuArray<Stats>, index: u32, new_conn: bool, bytes: u64) {
 #[inline(always)]
 fn director(ctx: &XdpContext) -> Result<(), Reason> {
     let p = parse(ctx)?;
-    let skey = ServiceKey {
-        addr: p.dst,
-        port_be: p.dport_be,
-        proto: p.proto,
-        family: p.family,
-    };
-    // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC), see SERVICES.
-    let svc = unsafe { SERVICES.get(skey) }.ok_or(Reason::PassNotService)?;
+    // One array read rules out almost all traffic that is not for a service.
+    let bit = filter_bit(&p.dst, p.dport_be, p.proto);
+    let word = SERVICE_FILTER
+        .get(bit >> 6)
+        .ok_or(Reason::PassNotService)?;
+    if word & (1u64 << (bit & 63)) == 0 {
+        return Err(Reason::PassNotService);
+    }
     let fkey = FlowKey {
         src: p.src,
         dst: p.dst,
@@ -97,26 +101,37 @@ fn director(ctx: &XdpContext) -> Result<(), Reason> {
         family: p.family,
         _pad: [0; 2],
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (backend_id, backend, new_conn) = match lookup_conn(&fkey, &p, now) {
-        Some((id, b)) => {
+    // A coarse clock is plenty for timeouts counted in seconds, and much cheaper.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // An established flow needs no service lookup: its entry names the service.
+    let (service_id, backend_id, backend, new_conn) = match lookup_conn(&fkey, &p, now) {
+        Some((svc, id, b)) => {
             count(Reason::ConnHit);
-            (id, b, false)
+            (svc, id, b, false)
         }
         None => {
+            let skey = ServiceKey {
+                addr: p.dst,
+                port_be: p.dport_be,
+                proto: p.proto,
+                family: p.family,
+            };
+            // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC).
+            let svc = unsafe { SERVICES.get(skey) }.ok_or(Reason::PassNotService)?;
             let (id, b) = schedule(svc, &fkey, &p, now)?;
-            (id, b, true)
+            (svc.id, id, b, true)
         }
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    add_stats(&SERVICE_STATS, svc.id, new_conn, bytes);
+    add_stats(&SERVICE_STATS, service_id, new_conn, bytes);
     add_stats(&BACKEND_STATS, backend_id, new_conn, bytes);
     forward(ctx, &backend)
 }
 
-/// A live entry for this flow whose real server still exists; updates its state and clock.
+/// A live entry for this flow whose real server still exists: (service, backend id, backend).
+/// Updates the entry's state and clock, writing only what changed.
 #[inline(always)]
-fn lookup_conn(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, Backend)> {
+fn lookup_conn(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, Backend)> {
     let e = CONNS.get_ptr_mut(key)?;
     // SAFETY: the entry stays valid for this program run; racing CPUs write the same fields
     // with equivalent values, which is harmless.
@@ -140,11 +155,16 @@ fn lookup_conn(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, Backend)> {
         count(Reason::ConnRescheduled);
         return None;
     }
-    e.last_seen_ns = now;
-    if p.proto == PROTO_TCP {
-        e.state = next_tcp_state(state, p.tcp_flags) as u8;
+    if e.last_seen_ns != now {
+        e.last_seen_ns = now;
     }
-    Some((e.backend, *backend))
+    if p.proto == PROTO_TCP {
+        let next = next_tcp_state(state, p.tcp_flags) as u8;
+        if next != e.state {
+            e.state = next;
+        }
+    }
+    Some((e.service, e.backend, *backend))
 }
 
 #[inline(always)]

@@ -19,8 +19,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
-    fwd, names, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
-    Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES,
+    filter::{filter_bit, FILTER_WORDS},
+    fwd, names,
+    reason::REASON_COUNT,
+    Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason, ServiceValue, Stats,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES,
 };
 use thiserror::Error;
 
@@ -160,6 +163,9 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, Stats>,
     reasons: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
+    filter_map: Array<MapData, u64>,
+    /// SERVICE_FILTER as written.
+    filter: Vec<u64>,
     sizes: Sizes,
     cpus: usize,
     placed: HashMap<ServiceKey, Placed>,
@@ -209,6 +215,8 @@ impl Dataplane {
         config
             .set(0, DataplaneConfig::default(), 0)
             .map_err(map_err(names::MAP_CONFIG))?;
+        let filter_map = Array::try_from(take(names::MAP_SERVICE_FILTER)?)
+            .map_err(map_err(names::MAP_SERVICE_FILTER))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
@@ -220,6 +228,8 @@ impl Dataplane {
             backend_stats,
             reasons,
             config,
+            filter_map,
+            filter: vec![0; FILTER_WORDS as usize],
             sizes,
             cpus,
             placed: HashMap::new(),
@@ -267,6 +277,10 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         self.check_capacity(config, macs)?;
+        // New services' filter bits go in before the services, removed ones' after.
+        let want = filter_words(config);
+        let widened: Vec<u64> = self.filter.iter().zip(&want).map(|(c, w)| c | w).collect();
+        self.write_filter(widened)?;
         // Regions freed by the previous sync are no longer read by any packet.
         for r in std::mem::take(&mut self.quarantine) {
             self.regions.free(r);
@@ -283,6 +297,18 @@ impl Dataplane {
         }
         for svc in &config.services {
             self.sync_service(svc, macs)?;
+        }
+        self.write_filter(want)
+    }
+
+    fn write_filter(&mut self, want: Vec<u64>) -> Result<(), DataplaneError> {
+        for (i, (cur, w)) in self.filter.iter_mut().zip(&want).enumerate() {
+            if cur != w {
+                self.filter_map
+                    .set(i as u32, *w, 0)
+                    .map_err(map_err(names::MAP_SERVICE_FILTER))?;
+                *cur = *w;
+            }
         }
         Ok(())
     }
@@ -649,6 +675,17 @@ pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
     }
 }
 
+/// The SERVICE_FILTER bitmap for a configuration.
+fn filter_words(config: &Config) -> Vec<u64> {
+    let mut words = vec![0u64; FILTER_WORDS as usize];
+    for svc in &config.services {
+        let k = to_bpf_key(&svc.key);
+        let bit = filter_bit(&k.addr, k.port_be, k.proto);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
+}
+
 /// An upper bound of a service's table length before it is built.
 fn table_upper_bound(svc: &model::Service) -> usize {
     match svc.scheduler {
@@ -704,13 +741,13 @@ pub fn to_bpf_key(key: &ServiceKey) -> lb_common::ServiceKey {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+/// CLOCK_MONOTONIC_COARSE in ns: the clock bpf_ktime_get_coarse_ns() reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
