@@ -42,6 +42,10 @@ pub mod names {
     pub const PROG_PASS: &str = "xvs_pass";
     /// The benchmark floor: bounds check and XDP_TX.
     pub const PROG_FLOOR_TX: &str = "xvs_floor_tx";
+    /// Counts and drops frames (live-traffic benchmark sink).
+    pub const PROG_SINK: &str = "xvs_sink";
+    /// The sink's per-CPU counter.
+    pub const MAP_SINK_COUNT: &str = "SINK_COUNT";
     /// Virtual services: ServiceKey -> ServiceValue.
     pub const MAP_SERVICES: &str = "SERVICES";
     /// Real-server slots: id -> Backend.

@@ -2,7 +2,16 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+
+/// Frames counted by xvs_sink.
+#[map]
+static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Passes every frame. Native XDP_TX into a veth only delivers when the peer has an XDP program.
 #[xdp]
@@ -17,6 +26,16 @@ pub fn xvs_floor_tx(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     xdp_action::XDP_TX
+}
+
+/// Counts and drops every frame: the receiving end of live-traffic benchmarks.
+#[xdp]
+pub fn xvs_sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -8,6 +8,7 @@
 
 pub mod chart;
 pub mod control;
+pub mod live;
 pub mod paths;
 
 use std::fmt::Write;
@@ -94,6 +95,7 @@ pub fn machine() -> String {
 pub fn report(
     paths: &[PathResult],
     floor: &PathResult,
+    live: &[(String, String)],
     control: &[(String, String)],
     maps: &[(String, String)],
     targets: &[Target],
@@ -152,7 +154,17 @@ pub fn report(
         );
     }
     let _ = writeln!(md, "\n![ns per packet](docs/bench.png)\n");
-    let _ = writeln!(md, "## Control plane\n\n| what | figure |\n| --- | --- |");
+    let _ = writeln!(
+        md,
+        "## Live traffic\n\nFrames generated with BPF_PROG_TEST_RUN live frames \
+         (`XDP_TEST_RUN live frames`, batch 64) in a generator namespace, sent over a veth to the \
+         program under test (native XDP, XDP_TX back) and counted by a sink program on the \
+         generator's veth. Packets per second received at the sink.\n\n| what | figure |\n| --- | --- |"
+    );
+    for (k, v) in live {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(md, "\n## Control plane\n\n| what | figure |\n| --- | --- |");
     for (k, v) in control {
         let _ = writeln!(md, "| {k} | {v} |");
     }

@@ -1,0 +1,198 @@
+//! Live traffic: packets per second through a program attached to a veth, generated with
+//! BPF_PROG_TEST_RUN live frames from a generator namespace and counted by a sink program on the
+//! generator's side (the program under test sends every frame back with XDP_TX).
+//!
+//! gen ns: g0 [xvs_sink counts and drops]  <-- veth -->  d0 [program under test, XDP_TX]  :dut ns
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use aya::{
+    maps::PerCpuArray,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use lb_common::names;
+use lb_user::{
+    dataplane::{AttachMode, Dataplane, Sizes},
+    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+};
+
+use crate::{netns, packets::tcp, packets::ACK};
+
+const GEN: &str = "xvs-bench-gen";
+const DUT: &str = "xvs-bench-dut";
+
+/// What runs on the device under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dut {
+    /// Bare XDP_TX hairpin.
+    Hairpin,
+    /// The director forwarding an established DR flow.
+    Director,
+}
+
+/// Holds the namespaces and programs; removes the namespaces on drop.
+struct Rig {
+    gen: Ebpf,
+    _dut: Box<dyn Send>,
+    g0_ifindex: u32,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        netns::destroy(GEN);
+        netns::destroy(DUT);
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+fn rig(dut: Dut) -> Result<Rig> {
+    netns::destroy(GEN);
+    netns::destroy(DUT);
+    netns::create(GEN)?;
+    netns::create(DUT)?;
+    netns::ip(&[
+        "-n", GEN, "link", "add", "g0", "type", "veth", "peer", "name", "d0", "netns", DUT,
+    ])?;
+    netns::ip(&["-n", GEN, "link", "set", "g0", "up"])?;
+    netns::ip(&["-n", DUT, "link", "set", "d0", "up"])?;
+    let (gen, g0_ifindex) = netns::in_netns(GEN, || -> Result<(Ebpf, u32)> {
+        let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+        let sink: &mut Xdp = ebpf
+            .program_mut(names::PROG_SINK)
+            .context("sink")?
+            .try_into()?;
+        sink.load()?;
+        sink.attach("g0", XdpMode::Driver)?;
+        let floor: &mut Xdp = ebpf
+            .program_mut(names::PROG_FLOOR_TX)
+            .context("floor")?
+            .try_into()?;
+        floor.load()?;
+        Ok((ebpf, ifindex("g0")))
+    })??;
+    let dut_keep: Box<dyn Send> = match dut {
+        Dut::Hairpin => Box::new(netns::in_netns(DUT, || -> Result<Ebpf> {
+            let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+            let p: &mut Xdp = ebpf
+                .program_mut(names::PROG_FLOOR_TX)
+                .context("floor")?
+                .try_into()?;
+            p.load()?;
+            p.attach("d0", XdpMode::Driver)?;
+            Ok(ebpf)
+        })??),
+        Dut::Director => Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
+            let mut dp = Dataplane::load_with(Sizes {
+                conns: 1 << 16,
+                sched_slots: 1 << 16,
+            })?;
+            let key = ServiceKey {
+                protocol: Protocol::Tcp,
+                addr: "203.0.113.1:80".parse()?,
+            };
+            let mut config = Config::default();
+            config.apply_all(&[
+                Change::AddService {
+                    key,
+                    scheduler: Scheduler::Rr,
+                },
+                Change::AddReal {
+                    service: key,
+                    real: RealServer {
+                        addr: "198.51.100.1:80".parse()?,
+                        weight: 1,
+                        forward: ForwardMethod::Dr,
+                    },
+                },
+            ])?;
+            let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);
+            dp.sync(&config, &macs)?;
+            dp.attach("d0", AttachMode::Native)?;
+            Ok(dp)
+        })??),
+    };
+    Ok(Rig {
+        gen,
+        _dut: dut_keep,
+        g0_ifindex,
+    })
+}
+
+fn sink_count(gen: &Ebpf) -> Result<u64> {
+    let map = gen.map(names::MAP_SINK_COUNT).context("sink map")?;
+    let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    Ok(arr.get(&0, 0)?.iter().sum())
+}
+
+/// Packets per second the sink received while `threads` generators (one per CPU) each sent
+/// `frames` live frames through the device under test.
+pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
+    let rig = rig(dut)?;
+    let pkt = tcp("192.0.2.1", 40000, "203.0.113.1", 80, ACK);
+    let before = sink_count(&rig.gen)?;
+    // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    // The kernel requires data = 0 and data_end = the frame length.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&rig.g0_ifindex.to_ne_bytes());
+    // Each generator loads its own program, then all start together.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|cpu| {
+            let pkt = pkt.clone();
+            let barrier = barrier.clone();
+            netns::spawn_in_netns(GEN, move || -> Result<()> {
+                crate::progtest::pin_to_cpu(cpu);
+                let loaded = (|| -> Result<Ebpf> {
+                    let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+                    let p: &mut Xdp = ebpf
+                        .program_mut(names::PROG_FLOOR_TX)
+                        .context("floor")?
+                        .try_into()?;
+                    p.load()?;
+                    Ok(ebpf)
+                })();
+                barrier.wait();
+                let mut ebpf = loaded?;
+                let prog: &mut Xdp = ebpf
+                    .program_mut(names::PROG_FLOOR_TX)
+                    .context("floor")?
+                    .try_into()?;
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&pkt),
+                    ctx_in: Some(&ctx),
+                    repeat: frames,
+                    attrs: TestRunAttrs::new().xdp_live_frames(64),
+                    ..Default::default()
+                })?;
+                Ok(())
+            })
+        })
+        .collect::<Result<_>>()?;
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    // Frames in flight land within a moment.
+    std::thread::sleep(Duration::from_millis(50));
+    let received = sink_count(&rig.gen)? - before;
+    let sent = frames as u64 * threads as u64;
+    ensure!(
+        received * 10 >= sent * 5,
+        "{dut:?}: the sink saw {received} of {sent} frames: the path is not forwarding"
+    );
+    Ok(received as f64 / elapsed.as_secs_f64())
+}
