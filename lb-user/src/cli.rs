@@ -282,10 +282,8 @@ impl Args {
             if self.add_service {
                 let scheduler = match scheduler {
                     Some(s) => s,
-                    // ipvsadm's default scheduler; refused with the reason while xvs lacks it.
-                    None => crate::model::DEFAULT_SCHEDULER
-                        .parse::<Scheduler>()
-                        .map_err(|e| CliError(format!("no -s given, default {e}")))?,
+                    // ipvsadm's default scheduler.
+                    None => crate::model::DEFAULT_SCHEDULER,
                 };
                 Change::AddService { key, scheduler }
             } else {

@@ -50,44 +50,145 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// How new connections are spread over real servers (`-s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How new connections are spread over real servers (`-s`): IPVS's schedulers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Round robin over real servers with a weight above zero.
     Rr,
     /// Weighted round robin, in IPVS's order.
     Wrr,
+    /// Least connections.
+    Lc,
+    /// Weighted least connections (ipvsadm's default).
+    Wlc,
+    /// Locality-based least connections (by destination address).
+    Lblc,
+    /// Locality-based least connections with replication.
+    Lblcr,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Weighted failover.
+    Fo,
+    /// Weighted overflow.
+    Ovf,
+    /// Maglev hashing.
+    Mh,
+    /// Weighted random twos choice.
+    Twos,
 }
 
-/// Every scheduler IPVS has; the ones xvs does not implement yet are refused by name.
+/// Every scheduler IPVS has, by ipvsadm's name.
 pub const IPVS_SCHEDULERS: &[&str] = &[
     "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
 ];
 
 /// ipvsadm's default scheduler when `-s` is not given.
-pub const DEFAULT_SCHEDULER: &str = "wlc";
+pub const DEFAULT_SCHEDULER: Scheduler = Scheduler::Wlc;
+
+impl Scheduler {
+    /// All schedulers, in IPVS_SCHEDULERS order.
+    pub const ALL: [Scheduler; 14] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
+        Scheduler::Dh,
+        Scheduler::Sh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+        Scheduler::Mh,
+        Scheduler::Twos,
+    ];
+
+    /// ipvsadm's name.
+    pub fn name(self) -> &'static str {
+        let i = Scheduler::ALL.iter().position(|s| *s == self).expect("listed");
+        IPVS_SCHEDULERS[i]
+    }
+}
 
 impl FromStr for Scheduler {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            "wrr" => Ok(Scheduler::Wrr),
-            other if IPVS_SCHEDULERS.contains(&other) => {
-                Err(ConfigError::SchedulerNotImplemented(other.to_string()))
-            }
-            other => Err(ConfigError::UnknownScheduler(other.to_string())),
-        }
+        IPVS_SCHEDULERS
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| Scheduler::ALL[i])
+            .ok_or_else(|| ConfigError::UnknownScheduler(s.to_string()))
     }
 }
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::Rr => "rr",
-            Scheduler::Wrr => "wrr",
-        })
+        f.write_str(self.name())
+    }
+}
+
+/// Scheduler flags (`-b`), as ipvsadm names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SchedFlags {
+    /// sh-fallback: sh picks another server when the hashed one is unavailable.
+    #[serde(default)]
+    pub sh_fallback: bool,
+    /// sh-port: sh hashes the source port too.
+    #[serde(default)]
+    pub sh_port: bool,
+    /// mh-fallback: mh picks another server when the hashed one is unavailable.
+    #[serde(default)]
+    pub mh_fallback: bool,
+    /// mh-port: mh hashes the source port too.
+    #[serde(default)]
+    pub mh_port: bool,
+}
+
+impl SchedFlags {
+    /// Parses ipvsadm's comma-separated `-b` list.
+    pub fn parse(list: &str) -> Result<SchedFlags, ConfigError> {
+        let mut f = SchedFlags::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "sh-fallback" => f.sh_fallback = true,
+                "sh-port" => f.sh_port = true,
+                "mh-fallback" => f.mh_fallback = true,
+                "mh-port" => f.mh_port = true,
+                other => return Err(ConfigError::BadSchedFlag(other.to_string())),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether no flag is set.
+    pub fn is_empty(&self) -> bool {
+        *self == SchedFlags::default()
+    }
+
+    /// ipvsadm's names of the flags that are set, in its order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.sh_fallback {
+            v.push("sh-fallback");
+        }
+        if self.sh_port {
+            v.push("sh-port");
+        }
+        if self.mh_fallback {
+            v.push("mh-fallback");
+        }
+        if self.mh_port {
+            v.push("mh-port");
+        }
+        v
     }
 }
 
@@ -212,9 +313,9 @@ pub enum ConfigError {
         "Scheduler not found: {0} (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)"
     )]
     UnknownScheduler(String),
-    /// An IPVS scheduler xvs does not have yet.
-    #[error("Scheduler {0} is not implemented by xvs yet; use -s rr or -s wrr")]
-    SchedulerNotImplemented(String),
+    /// A `-b` flag ipvsadm does not know.
+    #[error("Invalid scheduler flag: {0} (known: sh-fallback sh-port mh-fallback mh-port)")]
+    BadSchedFlag(String),
     /// Weight outside 0..=65535.
     #[error("Illegal weight specified: {0} (must be 0..=65535)")]
     BadWeight(u64),
@@ -500,10 +601,9 @@ mod tests {
     fn scheduler_names() {
         assert_eq!("rr".parse::<Scheduler>().unwrap(), Scheduler::Rr);
         assert_eq!("wrr".parse::<Scheduler>().unwrap(), Scheduler::Wrr);
-        assert!(matches!(
-            "wlc".parse::<Scheduler>(),
-            Err(ConfigError::SchedulerNotImplemented(_))
-        ));
+        for name in IPVS_SCHEDULERS {
+            assert_eq!(name.parse::<Scheduler>().unwrap().to_string(), *name);
+        }
         assert!(matches!(
             "bogus".parse::<Scheduler>(),
             Err(ConfigError::UnknownScheduler(_))

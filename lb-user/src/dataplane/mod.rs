@@ -462,10 +462,28 @@ impl Dataplane {
             ids.push(self.place_backend(&mut placed.slots, real, mac.unwrap_or_default())?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
-        let table: Vec<u32> = scheduler::table(svc.scheduler, &weights)
-            .into_iter()
-            .map(|i| ids[i])
+        let dests: Vec<scheduler::Dest> = svc
+            .reals
+            .iter()
+            .zip(&weights)
+            .map(|(r, &weight)| scheduler::Dest {
+                addr: r.addr,
+                weight,
+                active: 0,
+                inactive: 0,
+                u_threshold: 0,
+                l_threshold: 0,
+            })
             .collect();
+        let table: Vec<u32> = match scheduler::Scheduling::new(svc.scheduler, Default::default())
+            .table(&dests, &scheduler::Params::default())
+        {
+            scheduler::Table::Sequence(v) => v,
+            scheduler::Table::Hash { slots, .. } => slots,
+        }
+        .into_iter()
+        .map(|i| ids[i as usize])
+        .collect();
         if placed.pushed.is_some() && placed.table == table {
             return Ok(());
         }
@@ -695,6 +713,8 @@ fn table_upper_bound(svc: &model::Service) -> usize {
             scheduler::MAX_TABLE_LEN,
         ))
         .len(),
+        model::Scheduler::Mh => scheduler::maglev::DEFAULT_SIZE,
+        _ => scheduler::Params::default().plan_len.max(256),
     }
 }
 
