@@ -12,7 +12,10 @@ pub mod maps;
 pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
-pub use maps::{fwd, Backend, DataplaneConfig, ServiceKey, ServiceValue, Stats};
+pub use maps::{
+    flow_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
+    PersistKey, ServiceKey, ServiceValue, Stats, NO_BACKEND,
+};
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.
@@ -31,6 +34,8 @@ pub const MAX_SERVICES: u32 = 65536;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Default size of the scheduler slot array shared by all services (u32 backend ids).
 pub const DEFAULT_SCHED_SLOTS: u32 = 1 << 20;
+/// Default persistence-template capacity (LRU).
+pub const DEFAULT_PERSIST_ENTRIES: u32 = 1 << 18;
 /// Default connection-table capacity (LRU: the least recently used entry makes room when full).
 pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
 
@@ -56,6 +61,8 @@ pub mod names {
     pub const MAP_RR_CURSOR: &str = "RR_CURSOR";
     /// Connection table: FlowKey -> ConnEntry.
     pub const MAP_CONNS: &str = "CONNS";
+    /// Persistence templates: PersistKey -> PersistEntry.
+    pub const MAP_PERSIST: &str = "PERSIST";
     /// Per-CPU stats per service.
     pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
     /// Per-CPU stats per backend.

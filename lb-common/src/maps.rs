@@ -15,20 +15,128 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 
+/// How a service's scheduler table is applied to a new flow.
+pub mod table_kind {
+    /// Slots handed out in order by a per-CPU cursor (rr, wrr, load-aware plans).
+    pub const SEQUENCE: u8 = 0;
+    /// Slot = flow_hash(client address) % len (sh, mh).
+    pub const HASH_SRC: u8 = 1;
+    /// Slot = flow_hash(client address, client port) % len (sh-port, mh-port).
+    pub const HASH_SRC_PORT: u8 = 2;
+    /// Slot = flow_hash(destination address) % len (dh, lblc, lblcr).
+    pub const HASH_DST: u8 = 3;
+}
+
+/// A hash-table slot with no real server (new flows hashing there are dropped and counted).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// ServiceValue::flags bits.
+pub mod service_flags {
+    /// Persistent service (`-p`): new connections of a client network stick to one server.
+    pub const PERSISTENT: u32 = 1;
+}
+
 /// What the data plane needs to know about a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Index into per-service arrays (stats, cursor).
+    /// Index into per-service arrays (stats, cursor) and persistence templates.
     pub id: u32,
-    /// Service flags (reserved, 0 today).
+    /// Service flags (see `service_flags`).
     pub flags: u32,
     /// First slot of this service's region in SCHED_SLOTS.
     pub table_off: u32,
     /// Number of slots in the region; 0 means no usable real server.
     pub table_len: u32,
+    /// Persistence timeout, seconds (with service_flags::PERSISTENT).
+    pub persist_timeout_s: u32,
+    /// How the table is applied (see `table_kind`).
+    pub table_kind: u8,
+    /// Client prefix length grouped by persistence (`-M`): 0..=32 for IPv4, 0..=128 for IPv6.
+    pub persist_prefix: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
+
+/// Key of a persistence template: the service and the client's masked address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    /// Client address with the service's netmask applied.
+    pub client: [u8; 16],
+    /// Service id.
+    pub service: u32,
+    /// FAMILY_V4 or FAMILY_V6.
+    pub family: u8,
+    /// Explicit padding (zero: part of the hashed key).
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PersistKey>() == 24);
+
+/// A persistence template: which real server a client network is bound to, and since when idle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PersistEntry {
+    /// Backend slot.
+    pub backend: u32,
+    /// The slot's generation when bound.
+    pub generation: u32,
+    /// Last time a connection was placed or seen through this template (coarse ns clock).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PersistEntry>() == 16);
+
+/// Masks an address to its first `prefix` bits (IPv4 uses the first four bytes).
+#[inline(always)]
+pub fn mask_addr(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bits = prefix as i32 - (i as i32) * 8;
+        out[i] = if bits >= 8 {
+            addr[i]
+        } else if bits <= 0 {
+            0
+        } else {
+            addr[i] & (0xffu8 << (8 - bits))
+        };
+        i += 1;
+    }
+    out
+}
+
+/// The flow hash the data plane indexes hash tables with: over an address (four 32-bit words
+/// as they lie in memory) and optionally a port. Cheap enough for the fast path and shared with
+/// the controller so tests can predict a flow's slot.
+#[inline(always)]
+pub fn flow_hash(addr: &[u8; 16], port_be: u16) -> u32 {
+    let w = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let mut h: u32 = 0x9e37_79b9;
+    h = mix(h, w(0));
+    h = mix(h, w(4));
+    h = mix(h, w(8));
+    h = mix(h, w(12));
+    h = mix(h, port_be as u32);
+    // murmur3's finaliser: every input bit reaches every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
 
 /// How a backend is reached.
 pub mod fwd {
@@ -122,4 +230,38 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::PersistKey {}
+    unsafe impl aya::Pod for super::PersistEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        let a = [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(mask_addr(&a, 32), a);
+        assert_eq!(mask_addr(&a, 24)[..4], [10, 1, 2, 0]);
+        assert_eq!(mask_addr(&a, 20)[..4], [10, 1, 0, 0]);
+        assert_eq!(mask_addr(&a, 0), [0; 16]);
+        let v6 = [0xff; 16];
+        assert_eq!(mask_addr(&v6, 128), v6);
+        assert_eq!(mask_addr(&v6, 60)[7], 0xf0);
+        assert_eq!(mask_addr(&v6, 60)[8], 0);
+    }
+
+    #[test]
+    fn flow_hash_spreads() {
+        // 256 client addresses over 16 buckets: no bucket empty or holding more than twice its share.
+        let mut buckets = [0u32; 16];
+        for i in 0..256u32 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[192, 0, 2, i as u8]);
+            buckets[(flow_hash(&a, 0) % 16) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&b| b > 0 && b <= 32), "{buckets:?}");
+        let a = [1u8; 16];
+        assert_ne!(flow_hash(&a, 1), flow_hash(&a, 2));
+    }
 }

@@ -36,10 +36,16 @@ pub enum Reason {
     ConnRescheduled = 14,
     /// A second VLAN tag (QinQ): passed.
     PassStackedVlan = 15,
+    /// A new connection followed its client's persistence template.
+    PersistHit = 16,
+    /// A persistence template was created (or replaced an expired one).
+    PersistNew = 17,
+    /// The persistence-template table refused an insert: the connection is not persistent.
+    PersistInsertFailed = 18,
 }
 
 /// Number of reasons (size of the REASONS map).
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     /// All reasons in index order.
@@ -60,6 +66,9 @@ impl Reason {
         Reason::ConnNew,
         Reason::ConnRescheduled,
         Reason::PassStackedVlan,
+        Reason::PersistHit,
+        Reason::PersistNew,
+        Reason::PersistInsertFailed,
     ];
 
     /// Whether the packet is dropped (otherwise it is passed to the kernel or forwarded).
@@ -93,6 +102,9 @@ impl Reason {
             Reason::ConnNew => "conn_new",
             Reason::ConnRescheduled => "conn_rescheduled",
             Reason::PassStackedVlan => "pass_stacked_vlan",
+            Reason::PersistHit => "persist_hit",
+            Reason::PersistNew => "persist_new",
+            Reason::PersistInsertFailed => "persist_insert_failed",
         }
     }
 }

@@ -13,7 +13,10 @@ use thiserror::Error;
 
 use crate::{
     listing::{Format, ListOptions},
-    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+    model::{
+        Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
+        ServiceKey,
+    },
     proto::DEFAULT_SOCKET,
 };
 
@@ -89,13 +92,13 @@ pub struct Args {
     /// Firewall-mark service (refused: marks are set by netfilter, after XDP has run).
     #[arg(short = 'f', long = "fwmark-service", value_name = "FWMARK")]
     pub fwmark_service: Option<String>,
-    /// Scheduler: rr or wrr (ipvsadm's default, wlc, is not implemented yet).
+    /// Scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos (default wlc).
     #[arg(short = 's', long = "scheduler", value_name = "SCHEDULER")]
     pub scheduler: Option<String>,
-    /// Persistent service (not implemented yet).
+    /// Persistent service, with a timeout in seconds (default 300).
     #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
     pub persistent: Option<u32>,
-    /// Persistence netmask (not implemented yet).
+    /// Persistence granularity: a client netmask (255.255.255.0) or prefix length (IPv6: 64).
     #[arg(short = 'M', long = "netmask", value_name = "NETMASK")]
     pub netmask: Option<String>,
     /// Real server: address[:port] ([IPv6]:port). In DR mode the port is the service's.
@@ -118,16 +121,16 @@ pub struct Args {
         allow_negative_numbers = true
     )]
     pub weight: Option<i64>,
-    /// Upper connection threshold (not implemented yet).
+    /// Upper connection threshold: no new connections above it (0 = none).
     #[arg(short = 'x', long = "u-threshold", value_name = "UTHRESHOLD")]
     pub u_threshold: Option<u32>,
-    /// Lower connection threshold (not implemented yet).
+    /// Lower connection threshold: an overloaded server takes new connections again below it.
     #[arg(short = 'y', long = "l-threshold", value_name = "LTHRESHOLD")]
     pub l_threshold: Option<u32>,
     /// One-packet scheduling (not implemented yet).
     #[arg(short = 'o', long = "ops")]
     pub ops: bool,
-    /// Scheduler flags (not implemented yet).
+    /// Scheduler flags: sh-fallback, sh-port, mh-fallback, mh-port (comma-separated).
     #[arg(short = 'b', long = "sched-flags", value_name = "FLAGS")]
     pub sched_flags: Option<String>,
     /// Persistence engine (not implemented yet).
@@ -136,7 +139,7 @@ pub struct Args {
     /// Numeric output (xvs never resolves names; accepted for compatibility).
     #[arg(short = 'n', long = "numeric")]
     pub numeric: bool,
-    /// List connections (not implemented yet).
+    /// With -L: list live connections.
     #[arg(short = 'c', long = "connection")]
     pub connection: bool,
     /// With -L: totals of connections, packets and bytes.
@@ -148,10 +151,10 @@ pub struct Args {
     /// With -L: exact numbers, no K/M/G.
     #[arg(long = "exact")]
     pub exact: bool,
-    /// With -L: thresholds (not implemented yet).
+    /// With -L: upper/lower thresholds and connection counts.
     #[arg(long = "thresholds")]
     pub thresholds: bool,
-    /// With -L: persistent connections (not implemented yet).
+    /// With -L: weights, persistence templates and connection counts.
     #[arg(long = "persistent-conn")]
     pub persistent_conn: bool,
     /// With -L: sort (xvs lists services in the order they were added).
@@ -187,6 +190,11 @@ pub enum Action {
     },
     /// Show the timeouts (`-L --timeout`).
     ListTimeouts,
+    /// Show live connections (`-L -c`).
+    ListConnections {
+        /// JSON instead of ipvsadm's table.
+        json: bool,
+    },
     /// Set timeouts in seconds; None keeps a value.
     SetTimeouts {
         /// Established TCP.
@@ -225,20 +233,20 @@ impl Args {
             if self.timeout {
                 return Ok(Action::ListTimeouts);
             }
-            for (set, what) in [
-                (self.connection, "-c (connection listing)"),
-                (self.rate, "--rate"),
-                (self.thresholds, "--thresholds"),
-                (self.persistent_conn, "--persistent-conn"),
-            ] {
-                if set {
-                    return Err(not_yet(what));
-                }
+            if self.rate {
+                return Err(not_yet("--rate"));
+            }
+            if self.connection {
+                return Ok(Action::ListConnections { json: self.json });
             }
             return Ok(Action::List {
                 opts: ListOptions {
                     format: if self.stats {
                         Format::Stats
+                    } else if self.thresholds {
+                        Format::Thresholds
+                    } else if self.persistent_conn {
+                        Format::PersistentConn
                     } else {
                         Format::Plain
                     },
@@ -271,23 +279,35 @@ impl Args {
         let key = self
             .service_opt()?
             .ok_or_else(|| CliError("a service is required: -t or -u SERVICE-ADDRESS".into()))?;
+        // -A and -E set every option of the service, -a and -e every option of the real
+        // server, with ipvsadm's defaults for what is not given (so `-E -s rr` also drops
+        // persistence, exactly as ipvsadm does).
         let change = if self.add_service || self.edit_service {
             let scheduler = match &self.scheduler {
-                Some(s) => Some(
-                    s.parse::<Scheduler>()
-                        .map_err(|e| CliError(e.to_string()))?,
-                ),
-                None => None,
+                Some(s) => s
+                    .parse::<Scheduler>()
+                    .map_err(|e| CliError(e.to_string()))?,
+                None => crate::model::DEFAULT_SCHEDULER,
             };
+            let flags = match &self.sched_flags {
+                Some(f) => SchedFlags::parse(f).map_err(|e| CliError(e.to_string()))?,
+                None => SchedFlags::default(),
+            };
+            let persistence = self.persistence(&key)?;
             if self.add_service {
-                let scheduler = match scheduler {
-                    Some(s) => s,
-                    // ipvsadm's default scheduler.
-                    None => crate::model::DEFAULT_SCHEDULER,
-                };
-                Change::AddService { key, scheduler }
+                Change::AddService {
+                    key,
+                    scheduler,
+                    flags,
+                    persistence,
+                }
             } else {
-                Change::EditService { key, scheduler }
+                Change::EditService {
+                    key,
+                    scheduler: Some(scheduler),
+                    flags: Some(flags),
+                    persistence: Some(persistence),
+                }
             }
         } else if self.delete_service {
             Change::DeleteService { key }
@@ -298,27 +318,33 @@ impl Args {
                 .ok_or_else(|| CliError("a real server is required: -r SERVER-ADDRESS".into()))?;
             let addr = parse_real_addr(real, key.addr.port())?;
             let weight = match self.weight {
-                None => None,
-                Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => Some(w as u32),
+                None => 1,
+                Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => w as u32,
                 Some(w) => {
                     return err(format!("Illegal weight specified: {w} (must be 0..=65535)"))
                 }
             };
+            let u_threshold = self.u_threshold.unwrap_or(0);
+            let l_threshold = self.l_threshold.unwrap_or(0);
             if self.add_server {
                 Change::AddReal {
                     service: key,
                     real: RealServer {
                         addr,
-                        weight: weight.unwrap_or(1),
+                        weight,
                         forward: ForwardMethod::Dr,
+                        u_threshold,
+                        l_threshold,
                     },
                 }
             } else if self.edit_server {
                 Change::EditReal {
                     service: key,
                     addr,
-                    weight,
-                    forward: self.gatewaying.then_some(ForwardMethod::Dr),
+                    weight: Some(weight),
+                    forward: Some(ForwardMethod::Dr),
+                    u_threshold: Some(u_threshold),
+                    l_threshold: Some(l_threshold),
                 }
             } else {
                 Change::DeleteReal { service: key, addr }
@@ -341,12 +367,7 @@ impl Args {
             return Err(not_yet("-i (tunnelling)"));
         }
         for (set, what) in [
-            (self.persistent.is_some(), "-p (persistence)"),
-            (self.netmask.is_some(), "-M (persistence netmask)"),
-            (self.u_threshold.is_some(), "-x (upper threshold)"),
-            (self.l_threshold.is_some(), "-y (lower threshold)"),
             (self.ops, "-o (one-packet scheduling)"),
-            (self.sched_flags.is_some(), "-b (scheduler flags)"),
             (self.pe.is_some(), "--pe (persistence engine)"),
         ] {
             if set {
@@ -357,6 +378,28 @@ impl Args {
             return err("give one service: -t or -u, not both");
         }
         Ok(())
+    }
+
+    /// `-p [timeout]` and `-M netmask` for this service.
+    fn persistence(&self, key: &ServiceKey) -> Result<Option<Persistence>, CliError> {
+        let v4 = key.addr.is_ipv4();
+        let Some(timeout) = self.persistent else {
+            if self.netmask.is_some() {
+                return err("-M (persistence netmask) needs -p (persistence)");
+            }
+            return Ok(None);
+        };
+        let prefix = match &self.netmask {
+            None => {
+                if v4 {
+                    32
+                } else {
+                    128
+                }
+            }
+            Some(m) => parse_netmask(m, v4)?,
+        };
+        Ok(Some(Persistence { timeout, prefix }))
     }
 
     fn service_opt(&self) -> Result<Option<ServiceKey>, CliError> {
@@ -370,6 +413,29 @@ impl Args {
             addr: parse_service_addr(s)?,
         }))
     }
+}
+
+/// Parses `-M`: a dotted IPv4 netmask (255.255.255.0) or a prefix length (24, or 64 for IPv6,
+/// as ipvsadm takes it).
+pub fn parse_netmask(m: &str, v4: bool) -> Result<u8, CliError> {
+    let bad = || CliError(format!("Illegal netmask: {m}"));
+    if let Ok(n) = m.trim_start_matches('/').parse::<u8>() {
+        return if n <= if v4 { 32 } else { 128 } {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    if !v4 {
+        return Err(bad());
+    }
+    let mask = u32::from(m.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?);
+    // Contiguous ones only: !mask + 1 must be a power of two (or zero for /32).
+    let inv = !mask;
+    if inv & inv.wrapping_add(1) != 0 {
+        return Err(bad());
+    }
+    Ok(mask.count_ones() as u8)
 }
 
 /// Parses `VIP:port` / `[IPv6]:port` / a host name with a port, as ipvsadm accepts.
@@ -444,18 +510,32 @@ pub fn save(config: &Config) -> String {
             Protocol::Tcp => "-t",
             Protocol::Udp => "-u",
         };
-        out.push_str(&format!(
-            "-A {flag} {} -s {}\n",
-            svc.key.addr, svc.scheduler
-        ));
+        out.push_str(&format!("-A {flag} {} -s {}", svc.key.addr, svc.scheduler));
+        if !svc.flags.is_empty() {
+            out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
+        }
+        if let Some(p) = svc.persistence {
+            out.push_str(&format!(" -p {}", p.timeout));
+            if let Some(m) = crate::listing::netmask_text(svc.key.addr.is_ipv4(), p.prefix) {
+                out.push_str(&format!(" -M {m}"));
+            }
+        }
+        out.push('\n');
         for r in &svc.reals {
             let fwd = match r.forward {
                 ForwardMethod::Dr => "-g",
             };
             out.push_str(&format!(
-                "-a {flag} {} -r {} {fwd} -w {}\n",
+                "-a {flag} {} -r {} {fwd} -w {}",
                 svc.key.addr, r.addr, r.weight
             ));
+            if r.u_threshold != 0 {
+                out.push_str(&format!(" -x {}", r.u_threshold));
+            }
+            if r.l_threshold != 0 {
+                out.push_str(&format!(" -y {}", r.l_threshold));
+            }
+            out.push('\n');
         }
     }
     out
@@ -492,14 +572,18 @@ mod tests {
             one(&["-A", "-t", "203.0.113.10:80", "-s", "rr"]),
             Change::AddService {
                 key: tcp("203.0.113.10:80"),
-                scheduler: Scheduler::Rr
+                scheduler: Scheduler::Rr,
+                flags: SchedFlags::default(),
+                persistence: None,
             }
         );
         assert_eq!(
             one(&["-E", "-t", "203.0.113.10:80", "-s", "wrr"]),
             Change::EditService {
                 key: tcp("203.0.113.10:80"),
-                scheduler: Some(Scheduler::Wrr)
+                scheduler: Some(Scheduler::Wrr),
+                flags: Some(SchedFlags::default()),
+                persistence: Some(None),
             }
         );
         assert_eq!(
@@ -518,7 +602,9 @@ mod tests {
                 real: RealServer {
                     addr: "198.51.100.11:80".parse().unwrap(),
                     weight: 3,
-                    forward: ForwardMethod::Dr
+                    forward: ForwardMethod::Dr,
+                    u_threshold: 0,
+                    l_threshold: 0,
                 }
             }
         );
@@ -536,7 +622,9 @@ mod tests {
                 service: tcp("203.0.113.10:80"),
                 addr: "198.51.100.11:80".parse().unwrap(),
                 weight: Some(0),
-                forward: None
+                forward: Some(ForwardMethod::Dr),
+                u_threshold: Some(0),
+                l_threshold: Some(0),
             }
         );
         assert_eq!(
@@ -572,7 +660,9 @@ mod tests {
                 real: RealServer {
                     addr: "[2001:db8::11]:80".parse().unwrap(),
                     weight: 2,
-                    forward: ForwardMethod::Dr
+                    forward: ForwardMethod::Dr,
+                    u_threshold: 0,
+                    l_threshold: 0,
                 }
             }
         );
@@ -609,7 +699,6 @@ mod tests {
                 &["-A", "-t", "203.0.113.10:80", "-s", "bogus"],
                 "Scheduler not found",
             ),
-            (&["-A", "-t", "203.0.113.10:80"], "wlc"),
             (
                 &["-A", "-t", "not an address", "-s", "rr"],
                 "Illegal address",
@@ -647,8 +736,24 @@ mod tests {
             (&["-A", "-s", "rr"], "service is required"),
             (&["--start-daemon", "master"], "sync daemon"),
             (
-                &["-A", "-t", "203.0.113.10:80", "-s", "rr", "-p", "60"],
-                "persistence",
+                &[
+                    "-A",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-s",
+                    "rr",
+                    "-M",
+                    "255.255.255.0",
+                ],
+                "needs -p",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-p", "-M", "255.0.255.0"],
+                "Illegal netmask",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-b", "sh-bogus"],
+                "Invalid scheduler flag",
             ),
         ];
         for (args, needle) in cases {

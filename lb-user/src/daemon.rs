@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -22,10 +22,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
-    model::{Change, Config},
+    model::{Change, Config, Protocol},
     neighbor::{self, Neighbors},
     proto::{
-        Command, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
+        Command, ConnStatus, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
         MAX_REQUEST_BYTES, PROTOCOL_VERSION,
     },
 };
@@ -36,6 +36,10 @@ const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
 const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
 /// How often every real server is re-probed, so a changed MAC is noticed.
 const REFRESH_PERIOD: Duration = Duration::from_secs(30);
+/// How often the load-aware schedulers' tables are recomputed from connection counts.
+pub const RECOMPUTE_PERIOD: Duration = Duration::from_secs(1);
+/// Most connections `-L -c` returns (the reply stays well under a few tens of MiB).
+const MAX_LISTED_CONNS: usize = 100_000;
 /// A client that has not sent its request by then is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -188,8 +192,60 @@ impl Controller {
         self.dataplane.zero_counters().map_err(|e| e.to_string())
     }
 
+    /// Recomputes the load-aware schedulers' tables from fresh connection counts.
+    pub fn recompute(&mut self) -> Result<usize, DataplaneError> {
+        self.dataplane.recompute(&self.config, &self.macs)
+    }
+
+    /// Live connections, for `-L -c` (at most `limit`).
+    pub fn connections(&self, limit: usize) -> Result<Vec<ConnStatus>, DataplaneError> {
+        let mut by_id: HashMap<u32, (Protocol, SocketAddr)> = HashMap::new();
+        let mut reals: HashMap<u32, SocketAddr> = HashMap::new();
+        for svc in &self.config.services {
+            if let Some(id) = self.dataplane.service_id(&svc.key) {
+                by_id.insert(id, (svc.key.protocol, svc.key.addr));
+            }
+            for r in &svc.reals {
+                if let Some(b) = self.dataplane.backend_id(&svc.key, r.addr) {
+                    reals.insert(b, r.addr);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for c in self.dataplane.connections(limit)? {
+            let (Some(&(protocol, vip)), Some(&real)) =
+                (by_id.get(&c.entry.service), reals.get(&c.entry.backend))
+            else {
+                continue;
+            };
+            let ip = |a: &[u8; 16]| -> IpAddr {
+                if c.key.family == lb_common::FAMILY_V4 {
+                    IpAddr::from([a[0], a[1], a[2], a[3]])
+                } else {
+                    IpAddr::from(*a)
+                }
+            };
+            out.push(ConnStatus {
+                protocol,
+                client: SocketAddr::new(ip(&c.key.src), u16::from_be(c.key.sport_be)),
+                virtual_addr: SocketAddr::new(ip(&c.key.dst), u16::from_be(c.key.dport_be)),
+                real: if vip.port() == 0 {
+                    // Port-0 services: the real server gets the client's destination port.
+                    SocketAddr::new(real.ip(), u16::from_be(c.key.dport_be))
+                } else {
+                    real
+                },
+                state: lb_common::ConnState::from_u8(c.entry.state)
+                    .name()
+                    .to_string(),
+                expires_s: c.expires_in_ns.div_ceil(NS),
+            });
+        }
+        Ok(out)
+    }
+
     /// The configuration with live counters.
-    pub fn listing(&self) -> Result<Listing, DataplaneError> {
+    pub fn listing(&mut self) -> Result<Listing, DataplaneError> {
         let counts = self.dataplane.conn_counts()?;
         let mut services = Vec::new();
         for svc in &self.config.services {
@@ -204,6 +260,9 @@ impl Controller {
                     addr: r.addr,
                     forward: r.forward,
                     weight: r.weight,
+                    u_threshold: r.u_threshold,
+                    l_threshold: r.l_threshold,
+                    persist_conns: c.persistent,
                     active_conns: c.active,
                     inactive_conns: c.inactive,
                     stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
@@ -213,6 +272,8 @@ impl Controller {
             services.push(ServiceStatus {
                 key: svc.key,
                 scheduler: svc.scheduler,
+                flags: svc.flags,
+                persistence: svc.persistence,
                 stats: self.dataplane.service_counters(&svc.key)?,
                 reals,
             });
@@ -277,6 +338,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
+    let mut recompute_tick = tokio::time::interval(RECOMPUTE_PERIOD);
+    recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh = Instant::now();
     loop {
         tokio::select! {
@@ -289,6 +352,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             },
+            _ = recompute_tick.tick() => {
+                let started = Instant::now();
+                match shared.controller.lock().await.recompute() {
+                    Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
+                    Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
+                }
+            }
             _ = resolve_tick.tick() => {
                 let refresh = last_refresh.elapsed() >= REFRESH_PERIOD;
                 if refresh {
@@ -476,6 +546,12 @@ async fn handle(line: &str, shared: &Shared) -> Response {
             Ok(l) => Response::Listing(l),
             Err(e) => error(&e.to_string()),
         },
+        Command::Connections => {
+            match shared.controller.lock().await.connections(MAX_LISTED_CONNS) {
+                Ok(conns) => Response::Connections { conns },
+                Err(e) => error(&e.to_string()),
+            }
+        }
         Command::Zero => match shared.controller.lock().await.zero() {
             Ok(()) => Response::Ok { warnings: vec![] },
             Err(e) => error(&e),

@@ -5,7 +5,7 @@ use std::{fmt::Write, net::SocketAddr};
 
 use crate::{
     dataplane::Counters,
-    proto::{Listing, ServiceStatus},
+    proto::{ConnStatus, Listing, ServiceStatus},
 };
 
 /// The IPVS version ipvsadm prints in its first line; scripts match on it.
@@ -19,6 +19,10 @@ pub enum Format {
     Plain,
     /// `-L -n --stats`: totals.
     Stats,
+    /// `-L -n --thresholds`: upper and lower thresholds with connection counts.
+    Thresholds,
+    /// `-L -n --persistent-conn`: weight, persistence templates and connection counts.
+    PersistentConn,
 }
 
 /// Options of a listing.
@@ -50,9 +54,81 @@ pub fn render(listing: &Listing, opts: ListOptions) -> String {
                 "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
             );
         }
+        Format::Thresholds => {
+            let _ = writeln!(
+                out,
+                "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port",
+                "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+            );
+        }
+        Format::PersistentConn => {
+            let _ = writeln!(
+                out,
+                "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port",
+                "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
+            );
+        }
     }
     for svc in &listing.services {
         render_service(&mut out, svc, opts);
+    }
+    out
+}
+
+/// What ipvsadm prints after the scheduler: ` (sh-fallback,sh-port)` for scheduler flags, then
+/// ` persistent 300` and ` mask 255.255.255.0` (IPv6: ` mask 64`) unless the mask is a whole
+/// address.
+pub fn service_flags(svc: &ServiceStatus) -> String {
+    let mut out = String::new();
+    if !svc.flags.is_empty() {
+        let _ = write!(out, " ({})", svc.flags.names().join(","));
+    }
+    if let Some(p) = svc.persistence {
+        let _ = write!(out, " persistent {}", p.timeout);
+        if let Some(mask) = netmask_text(svc.key.addr.is_ipv4(), p.prefix) {
+            let _ = write!(out, " mask {mask}");
+        }
+    }
+    out
+}
+
+/// The netmask as ipvsadm shows it (dotted for IPv4, a prefix length for IPv6), or None for a
+/// whole address (ipvsadm prints nothing then).
+pub fn netmask_text(v4: bool, prefix: u8) -> Option<String> {
+    if v4 {
+        (prefix < 32).then(|| {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            std::net::Ipv4Addr::from(mask).to_string()
+        })
+    } else {
+        (prefix < 128).then(|| prefix.to_string())
+    }
+}
+
+/// `ipvsadm -L -c -n`: the connection list (ipvsadm.c: list_conn, print_conn).
+pub fn render_connections(conns: &[ConnStatus]) -> String {
+    let mut out = String::from("IPVS connection entries\n");
+    let _ = writeln!(
+        out,
+        "pro expire {:<11} {:<18} {:<18} {}",
+        "state", "source", "virtual", "destination"
+    );
+    for c in conns {
+        let expire = format!("{:02}:{:02}", c.expires_s / 60, c.expires_s % 60);
+        let _ = writeln!(
+            out,
+            "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+            c.protocol.to_string(),
+            expire,
+            c.state,
+            addr_port(c.client),
+            addr_port(c.virtual_addr),
+            addr_port(c.real)
+        );
     }
     out
 }
@@ -69,9 +145,38 @@ fn addr_port(a: SocketAddr) -> String {
 
 fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions) {
     match opts.format {
-        Format::Plain => {
-            let _ = writeln!(out, "{} {}", service_name(svc), svc.scheduler);
-            for r in &svc.reals {
+        Format::Plain | Format::Thresholds | Format::PersistentConn => {
+            let _ = writeln!(
+                out,
+                "{} {}{}",
+                service_name(svc),
+                svc.scheduler,
+                service_flags(svc)
+            );
+            for r in svc.reals.iter().filter(|_| opts.format != Format::Plain) {
+                let _ = if opts.format == Format::Thresholds {
+                    writeln!(
+                        out,
+                        "  -> {:<28} {:<10} {:<10} {:<10} {:<10}",
+                        addr_port(r.addr),
+                        r.u_threshold,
+                        r.l_threshold,
+                        r.active_conns,
+                        r.inactive_conns
+                    )
+                } else {
+                    writeln!(
+                        out,
+                        "  -> {:<28} {:<9} {:<11} {:<10} {:<10}",
+                        addr_port(r.addr),
+                        r.weight,
+                        r.persist_conns,
+                        r.active_conns,
+                        r.inactive_conns
+                    )
+                };
+            }
+            for r in svc.reals.iter().filter(|_| opts.format == Format::Plain) {
                 let _ = writeln!(
                     out,
                     "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
@@ -132,6 +237,9 @@ mod tests {
             addr: a.parse().unwrap(),
             forward: ForwardMethod::Dr,
             weight: w,
+            u_threshold: 0,
+            l_threshold: 0,
+            persist_conns: 0,
             active_conns: act,
             inactive_conns: inact,
             stats: Counters {
@@ -150,6 +258,8 @@ mod tests {
                         addr: "203.0.113.10:80".parse().unwrap(),
                     },
                     scheduler: Scheduler::Wrr,
+                    flags: Default::default(),
+                    persistence: None,
                     stats: Counters::default(),
                     reals: vec![
                         real("198.51.100.11:80", 1, 3, 17),
@@ -162,6 +272,8 @@ mod tests {
                         addr: "[2001:db8::10]:53".parse().unwrap(),
                     },
                     scheduler: Scheduler::Rr,
+                    flags: Default::default(),
+                    persistence: None,
                     stats: Counters::default(),
                     reals: vec![real("[2001:db8::11]:53", 1, 0, 2)],
                 },

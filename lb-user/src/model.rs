@@ -113,7 +113,10 @@ impl Scheduler {
 
     /// ipvsadm's name.
     pub fn name(self) -> &'static str {
-        let i = Scheduler::ALL.iter().position(|s| *s == self).expect("listed");
+        let i = Scheduler::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("listed");
         IPVS_SCHEDULERS[i]
     }
 }
@@ -221,6 +224,54 @@ pub struct RealServer {
     pub weight: u32,
     /// Forwarding method.
     pub forward: ForwardMethod,
+    /// Upper connection threshold (`-x`): above it the server takes no new connections.
+    /// 0 = no limit.
+    #[serde(default)]
+    pub u_threshold: u32,
+    /// Lower connection threshold (`-y`): an overloaded server takes new connections again
+    /// below it. 0 = three quarters of the upper threshold, as IPVS.
+    #[serde(default)]
+    pub l_threshold: u32,
+}
+
+impl RealServer {
+    /// A direct-routing real server without thresholds.
+    pub fn dr(addr: SocketAddr, weight: u32) -> RealServer {
+        RealServer {
+            addr,
+            weight,
+            forward: ForwardMethod::Dr,
+            u_threshold: 0,
+            l_threshold: 0,
+        }
+    }
+}
+
+impl Change {
+    /// `-A` with a scheduler and nothing else.
+    pub fn add_service(key: ServiceKey, scheduler: Scheduler) -> Change {
+        Change::AddService {
+            key,
+            scheduler,
+            flags: SchedFlags::default(),
+            persistence: None,
+        }
+    }
+}
+
+/// ipvsadm's default persistence timeout, seconds.
+pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
+/// ipvsadm's largest timeout (31 days), seconds.
+pub const MAX_TIMEOUT: u32 = 86400 * 31;
+
+/// Persistence (`-p [timeout] [-M netmask]`): new connections from one client network go to
+/// the same real server while a template younger than the timeout binds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Persistence {
+    /// Idle time after which the client network may be scheduled afresh, seconds.
+    pub timeout: u32,
+    /// Client prefix length that is grouped (`-M`): 32 / 128 = each client on its own.
+    pub prefix: u8,
 }
 
 /// A virtual service and its real servers, in the order they were added.
@@ -230,6 +281,12 @@ pub struct Service {
     pub key: ServiceKey,
     /// Scheduler for new connections.
     pub scheduler: Scheduler,
+    /// Scheduler flags (`-b`).
+    #[serde(default, skip_serializing_if = "SchedFlags::is_empty")]
+    pub flags: SchedFlags,
+    /// Persistence, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
     /// Real servers.
     pub reals: Vec<RealServer>,
 }
@@ -251,13 +308,25 @@ pub enum Change {
         key: ServiceKey,
         /// Its scheduler.
         scheduler: Scheduler,
+        /// Scheduler flags.
+        #[serde(default)]
+        flags: SchedFlags,
+        /// Persistence.
+        #[serde(default)]
+        persistence: Option<Persistence>,
     },
-    /// `-E`: change a service's scheduler.
+    /// `-E`: change a service's options.
     EditService {
         /// The service.
         key: ServiceKey,
         /// New scheduler (None keeps the current one).
         scheduler: Option<Scheduler>,
+        /// New flags (None keeps them).
+        #[serde(default)]
+        flags: Option<SchedFlags>,
+        /// New persistence: Some(None) makes the service non-persistent, None keeps it.
+        #[serde(default)]
+        persistence: Option<Option<Persistence>>,
     },
     /// `-D`: delete a service and its real servers.
     DeleteService {
@@ -283,6 +352,12 @@ pub enum Change {
         weight: Option<u32>,
         /// New forwarding method (None keeps the current one).
         forward: Option<ForwardMethod>,
+        /// New upper threshold (None keeps it).
+        #[serde(default)]
+        u_threshold: Option<u32>,
+        /// New lower threshold (None keeps it).
+        #[serde(default)]
+        l_threshold: Option<u32>,
     },
     /// `-d`: delete a real server from a service.
     DeleteReal {
@@ -335,6 +410,20 @@ pub enum ConfigError {
     /// An address that cannot be a VIP or real server.
     #[error("Illegal address: {0}")]
     BadAddress(String),
+    /// A persistence netmask longer than the address.
+    #[error("Illegal netmask: /{0} is longer than the VIP's address")]
+    BadNetmask(u8),
+    /// A timeout outside 1..=MAX_TIMEOUT.
+    #[error("Illegal timeout: {0} (must be 1..=2678400 seconds)")]
+    BadTimeout(u32),
+    /// Lower threshold above the upper one.
+    #[error("Illegal threshold: the lower threshold {lower} exceeds the upper threshold {upper}")]
+    BadThreshold {
+        /// -x.
+        upper: u32,
+        /// -y.
+        lower: u32,
+    },
 }
 
 impl Config {
@@ -353,21 +442,39 @@ impl Config {
     /// Applies one change, or leaves the configuration untouched and says why not.
     pub fn apply(&mut self, change: &Change) -> Result<(), ConfigError> {
         match change {
-            Change::AddService { key, scheduler } => {
-                validate_vip(key)?;
+            Change::AddService {
+                key,
+                scheduler,
+                flags,
+                persistence,
+            } => {
+                validate_vip(key, persistence)?;
                 if self.service(key).is_some() {
                     return Err(ConfigError::ServiceExists(key.to_string()));
                 }
                 self.services.push(Service {
                     key: *key,
                     scheduler: *scheduler,
+                    flags: *flags,
+                    persistence: *persistence,
                     reals: Vec::new(),
                 });
             }
-            Change::EditService { key, scheduler } => {
+            Change::EditService {
+                key,
+                scheduler,
+                flags,
+                persistence,
+            } => {
                 let svc = self.service_mut(key)?;
+                let persistence = persistence.unwrap_or(svc.persistence);
+                validate_vip(key, &persistence)?;
+                svc.persistence = persistence;
                 if let Some(s) = scheduler {
                     svc.scheduler = *s;
+                }
+                if let Some(f) = flags {
+                    svc.flags = *f;
                 }
             }
             Change::DeleteService { key } => {
@@ -391,6 +498,8 @@ impl Config {
                 addr,
                 weight,
                 forward,
+                u_threshold,
+                l_threshold,
             } => {
                 let svc = self.service_mut(service)?;
                 let port = svc.key.addr.port();
@@ -404,6 +513,8 @@ impl Config {
                     addr,
                     weight: weight.unwrap_or(current.weight),
                     forward: forward.unwrap_or(current.forward),
+                    u_threshold: u_threshold.unwrap_or(current.u_threshold),
+                    l_threshold: l_threshold.unwrap_or(current.l_threshold),
                 };
                 let edited = normalise_real(svc, &edited)?;
                 if let Some(r) = svc.reals.iter_mut().find(|r| r.addr == addr) {
@@ -434,13 +545,23 @@ impl Config {
     }
 }
 
-fn validate_vip(key: &ServiceKey) -> Result<(), ConfigError> {
+fn validate_vip(key: &ServiceKey, persistence: &Option<Persistence>) -> Result<(), ConfigError> {
     let ip = key.addr.ip();
     if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
         return Err(ConfigError::BadAddress(ip.to_string()));
     }
-    if key.addr.port() == 0 {
+    // Port 0 (every port of the VIP) only makes sense with persistence, as in ipvsadm.
+    if key.addr.port() == 0 && persistence.is_none() {
         return Err(ConfigError::ZeroPort(key.to_string()));
+    }
+    if let Some(p) = persistence {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if p.prefix > max {
+            return Err(ConfigError::BadNetmask(p.prefix));
+        }
+        if p.timeout == 0 || p.timeout > MAX_TIMEOUT {
+            return Err(ConfigError::BadTimeout(p.timeout));
+        }
     }
     Ok(())
 }
@@ -454,6 +575,12 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
     }
     if real.weight > MAX_WEIGHT {
         return Err(ConfigError::BadWeight(real.weight as u64));
+    }
+    if real.u_threshold != 0 && real.l_threshold > real.u_threshold {
+        return Err(ConfigError::BadThreshold {
+            upper: real.u_threshold,
+            lower: real.l_threshold,
+        });
     }
     if ip.is_ipv4() != svc.key.addr.ip().is_ipv4() {
         return Err(ConfigError::FamilyMismatch {
@@ -483,6 +610,8 @@ mod tests {
             addr: s.parse().unwrap(),
             weight,
             forward: ForwardMethod::Dr,
+            u_threshold: 0,
+            l_threshold: 0,
         }
     }
 
@@ -493,6 +622,8 @@ mod tests {
         c.apply(&Change::AddService {
             key: k,
             scheduler: Scheduler::Rr,
+            flags: SchedFlags::default(),
+            persistence: None,
         })
         .unwrap();
         c.apply(&Change::AddReal {
@@ -510,12 +641,16 @@ mod tests {
             addr: "198.51.100.11:80".parse().unwrap(),
             weight: Some(0),
             forward: None,
+            u_threshold: None,
+            l_threshold: None,
         })
         .unwrap();
         assert_eq!(c.services[0].reals[0].weight, 0);
         c.apply(&Change::EditService {
             key: k,
             scheduler: Some(Scheduler::Wrr),
+            flags: None,
+            persistence: None,
         })
         .unwrap();
         assert_eq!(c.services[0].scheduler, Scheduler::Wrr);
@@ -536,6 +671,8 @@ mod tests {
         c.apply(&Change::AddService {
             key: k,
             scheduler: Scheduler::Rr,
+            flags: SchedFlags::default(),
+            persistence: None,
         })
         .unwrap();
         c.apply(&Change::AddReal {
@@ -548,6 +685,8 @@ mod tests {
             Change::AddService {
                 key: k,
                 scheduler: Scheduler::Wrr,
+                flags: SchedFlags::default(),
+                persistence: None,
             },
             Change::AddReal {
                 service: k,
@@ -575,10 +714,14 @@ mod tests {
             Change::AddService {
                 key: key("0.0.0.0:80"),
                 scheduler: Scheduler::Rr,
+                flags: SchedFlags::default(),
+                persistence: None,
             },
             Change::AddService {
                 key: key("203.0.113.12:0"),
                 scheduler: Scheduler::Rr,
+                flags: SchedFlags::default(),
+                persistence: None,
             },
         ];
         for b in &bad {

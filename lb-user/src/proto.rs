@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Counters,
-    model::{Change, ForwardMethod, Scheduler, ServiceKey},
+    model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey},
 };
 
 /// The version this build speaks.
@@ -52,6 +52,8 @@ pub enum Command {
     List,
     /// Zero the packet, byte and connection counters (`-Z`).
     Zero,
+    /// Live connections (`-L -c`).
+    Connections,
     /// Set connection timeouts in seconds (`--set`); None keeps a value.
     SetTimeouts {
         /// Established TCP.
@@ -74,11 +76,33 @@ pub enum Response {
     },
     /// The table.
     Listing(Listing),
+    /// Live connections.
+    Connections {
+        /// One per connection-table entry.
+        conns: Vec<ConnStatus>,
+    },
     /// Refused; nothing changed.
     Error {
         /// Why.
         message: String,
     },
+}
+
+/// One live connection, as `ipvsadm -L -c` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnStatus {
+    /// TCP or UDP.
+    pub protocol: crate::model::Protocol,
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// VIP and port.
+    pub virtual_addr: SocketAddr,
+    /// Real server.
+    pub real: SocketAddr,
+    /// IPVS's state name (ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, UDP).
+    pub state: String,
+    /// Seconds until the entry expires.
+    pub expires_s: u64,
 }
 
 /// Everything `-L` shows.
@@ -112,6 +136,12 @@ pub struct ServiceStatus {
     pub key: ServiceKey,
     /// Scheduler.
     pub scheduler: Scheduler,
+    /// Scheduler flags.
+    #[serde(default, skip_serializing_if = "SchedFlags::is_empty")]
+    pub flags: SchedFlags,
+    /// Persistence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
     /// Traffic counters.
     pub stats: Counters,
     /// Real servers.
@@ -127,6 +157,15 @@ pub struct RealStatus {
     pub forward: ForwardMethod,
     /// Configured weight.
     pub weight: u32,
+    /// Upper connection threshold (0 = none).
+    #[serde(default)]
+    pub u_threshold: u32,
+    /// Lower connection threshold.
+    #[serde(default)]
+    pub l_threshold: u32,
+    /// Live persistence templates bound to this server (ipvsadm's PersistConn).
+    #[serde(default)]
+    pub persist_conns: u64,
     /// ESTABLISHED connections.
     pub active_conns: u64,
     /// Other live connections.

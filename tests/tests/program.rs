@@ -2,7 +2,7 @@
 //! exact output bytes and verdicts asserted, map state inspected. Root required.
 
 use lb_common::{DataplaneConfig, Reason};
-use lb_user::model::{Change, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey};
+use lb_user::model::{Change, Protocol, RealServer, Scheduler, ServiceKey};
 use xvs_tests::{
     packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, L4, SYN},
     progtest::{verdict, Director},
@@ -19,18 +19,11 @@ fn key(proto: Protocol, addr: &str) -> ServiceKey {
 }
 
 fn add_service(d: &mut Director, k: ServiceKey, s: Scheduler, reals: &[(&str, u32)]) {
-    let mut changes = vec![Change::AddService {
-        key: k,
-        scheduler: s,
-    }];
+    let mut changes = vec![Change::add_service(k, s)];
     for (a, w) in reals {
         changes.push(Change::AddReal {
             service: k,
-            real: RealServer {
-                addr: a.parse().unwrap(),
-                weight: *w,
-                forward: ForwardMethod::Dr,
-            },
+            real: RealServer::dr(a.parse().unwrap(), *w),
         });
     }
     d.apply(&changes);
@@ -319,6 +312,8 @@ fn established_flow_keeps_its_real_server_through_changes() {
         addr: "198.51.100.11:80".parse().unwrap(),
         weight: Some(0),
         forward: None,
+        u_threshold: None,
+        l_threshold: None,
     }]);
     for i in 0..10 {
         let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
@@ -334,6 +329,8 @@ fn established_flow_keeps_its_real_server_through_changes() {
     d.apply(&[Change::EditService {
         key: k,
         scheduler: Some(Scheduler::Wrr),
+        flags: None,
+        persistence: None,
     }]);
     let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
     assert_eq!(out[0..6], RS1_MAC);

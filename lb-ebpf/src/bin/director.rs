@@ -11,10 +11,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
-    fwd,
-    reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason,
-    ServiceKey, ServiceValue, Stats, DEFAULT_CONN_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, PROTO_TCP,
+    flow_hash, fwd, mask_addr,
+    reason::REASON_COUNT,
+    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
+    PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, DEFAULT_CONN_ENTRIES,
+    DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    PROTO_TCP,
 };
 use lb_ebpf::packet::{parse, ptr_at, tcp_flag, Parsed};
 
@@ -32,6 +34,9 @@ static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES,
 #[map]
 static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+#[map]
+static PERSIST: LruHashMap<PersistKey, PersistEntry> =
+    LruHashMap::with_max_entries(DEFAULT_PERSIST_ENTRIES, 0);
 #[map]
 static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 #[map]
@@ -85,11 +90,9 @@ fn add_stats(map: &PerCpuArray<Stats>, index: u32, new_conn: bool, bytes: u64) {
 fn director(ctx: &XdpContext) -> Result<(), Reason> {
     let p = parse(ctx)?;
     // One array read rules out almost all traffic that is not for a service.
-    let bit = filter_bit(&p.dst, p.dport_be, p.proto);
-    let word = SERVICE_FILTER
-        .get(bit >> 6)
-        .ok_or(Reason::PassNotService)?;
-    if word & (1u64 << (bit & 63)) == 0 {
+    // A second probe finds port-0 (all ports) services of the VIP.
+    let port_service = filter_hit(&p.dst, p.dport_be, p.proto);
+    if !port_service && !filter_hit(&p.dst, 0, p.proto) {
         return Err(Reason::PassNotService);
     }
     let fkey = FlowKey {
@@ -110,14 +113,21 @@ fn director(ctx: &XdpContext) -> Result<(), Reason> {
             (svc, id, b, false)
         }
         None => {
-            let skey = ServiceKey {
+            let mut skey = ServiceKey {
                 addr: p.dst,
                 port_be: p.dport_be,
                 proto: p.proto,
                 family: p.family,
             };
             // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC).
-            let svc = unsafe { SERVICES.get(skey) }.ok_or(Reason::PassNotService)?;
+            let svc = match port_service.then(|| unsafe { SERVICES.get(&skey) }).flatten() {
+                Some(svc) => svc,
+                None => {
+                    skey.port_be = 0;
+                    // SAFETY: as above.
+                    unsafe { SERVICES.get(&skey) }.ok_or(Reason::PassNotService)?
+                }
+            };
             let (id, b) = schedule(svc, &fkey, &p, now)?;
             (svc.id, id, b, true)
         }
@@ -126,6 +136,15 @@ fn director(ctx: &XdpContext) -> Result<(), Reason> {
     add_stats(&SERVICE_STATS, service_id, new_conn, bytes);
     add_stats(&BACKEND_STATS, backend_id, new_conn, bytes);
     forward(ctx, &backend)
+}
+
+#[inline(always)]
+fn filter_hit(addr: &[u8; 16], port_be: u16, proto: u8) -> bool {
+    let bit = filter_bit(addr, port_be, proto);
+    match SERVICE_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
 }
 
 /// A live entry for this flow whose real server still exists: (service, backend id, backend).
@@ -177,7 +196,8 @@ fn next_tcp_state(state: ConnState, flags: u8) -> ConnState {
     )
 }
 
-/// Picks a real server for a new flow from the service's scheduler table and records the choice.
+/// Picks a real server for a new flow (persistence template first, then the service's
+/// scheduler table) and records the choice.
 #[inline(always)]
 fn schedule(
     svc: &ServiceValue,
@@ -185,23 +205,32 @@ fn schedule(
     p: &Parsed,
     now: u64,
 ) -> Result<(u32, Backend), Reason> {
-    let len = svc.table_len;
-    if len == 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    let cursor = RR_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
-    // SAFETY: per-CPU slot, no concurrent writer.
-    let cursor = unsafe { &mut *cursor };
-    // The table may have shrunk since the cursor last moved.
-    let pos = if *cursor >= len { 0 } else { *cursor };
-    *cursor = pos + 1;
-    let id = *SCHED_SLOTS
-        .get(svc.table_off.wrapping_add(pos))
-        .ok_or(Reason::DropBadBackend)?;
-    let backend = *BACKENDS.get(id).ok_or(Reason::DropBadBackend)?;
-    if backend.generation == 0 {
-        return Err(Reason::DropBadBackend);
-    }
+    let persistent = svc.flags & service_flags::PERSISTENT != 0;
+    let pkey = PersistKey {
+        client: mask_addr(&p.src, svc.persist_prefix),
+        service: svc.id,
+        family: p.family,
+        _pad: [0; 3],
+    };
+    let (id, backend) = match persistent.then(|| template(&pkey, svc, now)).flatten() {
+        Some(found) => found,
+        None => {
+            let (id, backend) = pick(svc, p)?;
+            if persistent {
+                let entry = PersistEntry {
+                    backend: id,
+                    generation: backend.generation,
+                    last_seen_ns: now,
+                };
+                if PERSIST.insert(&pkey, &entry, 0).is_err() {
+                    count(Reason::PersistInsertFailed);
+                } else {
+                    count(Reason::PersistNew);
+                }
+            }
+            (id, backend)
+        }
+    };
     let state = if p.proto == PROTO_TCP {
         next_tcp_state(ConnState::SynRecv, p.tcp_flags)
     } else {
@@ -219,6 +248,59 @@ fn schedule(
         count(Reason::ConnInsertFailed);
     }
     count(Reason::ConnNew);
+    Ok((id, backend))
+}
+
+/// The client network's live template: its real server still exists (a quiesced one still
+/// counts, as in IPVS) and the template has not expired. Refreshes the template's clock.
+#[inline(always)]
+fn template(pkey: &PersistKey, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
+    let t = PERSIST.get_ptr_mut(pkey)?;
+    // SAFETY: valid for this run; racing CPUs write equivalent values.
+    let t = unsafe { &mut *t };
+    let backend = BACKENDS.get(t.backend)?;
+    if backend.generation != t.generation
+        || now.saturating_sub(t.last_seen_ns) > svc.persist_timeout_s as u64 * 1_000_000_000
+    {
+        return None;
+    }
+    t.last_seen_ns = now;
+    count(Reason::PersistHit);
+    Some((t.backend, *backend))
+}
+
+/// The scheduler table's choice for a new flow: the next slot of a sequence, or the slot the
+/// flow hashes to.
+#[inline(always)]
+fn pick(svc: &ServiceValue, p: &Parsed) -> Result<(u32, Backend), Reason> {
+    let len = svc.table_len;
+    if len == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let pos = match svc.table_kind {
+        table_kind::SEQUENCE => {
+            let cursor = RR_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
+            // SAFETY: per-CPU slot, no concurrent writer.
+            let cursor = unsafe { &mut *cursor };
+            // The table may have shrunk since the cursor last moved.
+            let pos = if *cursor >= len { 0 } else { *cursor };
+            *cursor = pos + 1;
+            pos
+        }
+        table_kind::HASH_SRC => flow_hash(&p.src, 0) % len,
+        table_kind::HASH_SRC_PORT => flow_hash(&p.src, p.sport_be) % len,
+        _ => flow_hash(&p.dst, 0) % len,
+    };
+    let id = *SCHED_SLOTS
+        .get(svc.table_off.wrapping_add(pos))
+        .ok_or(Reason::DropBadBackend)?;
+    if id == NO_BACKEND {
+        return Err(Reason::DropNoBackend);
+    }
+    let backend = *BACKENDS.get(id).ok_or(Reason::DropBadBackend)?;
+    if backend.generation == 0 {
+        return Err(Reason::DropBadBackend);
+    }
     Ok((id, backend))
 }
 

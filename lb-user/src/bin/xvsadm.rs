@@ -47,6 +47,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Action::SetTimeouts { tcp, tcpfin, udp } => {
             apply(send(Command::SetTimeouts { tcp, tcpfin, udp })?)
         }
+        Action::ListConnections { json } => match send(Command::Connections)? {
+            Response::Connections { conns } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&conns)?);
+                } else {
+                    print!("{}", listing::render_connections(&conns));
+                }
+                Ok(())
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        },
         Action::ListTimeouts => {
             let t = list()?.timeouts;
             println!("Timeout (tcp tcpfin udp): {} {} {}", t.tcp, t.tcpfin, t.udp);
@@ -96,6 +107,8 @@ fn config_of(l: &Listing) -> Config {
             .map(|s| Service {
                 key: s.key,
                 scheduler: s.scheduler,
+                flags: s.flags,
+                persistence: s.persistence,
                 reals: s
                     .reals
                     .iter()
@@ -103,6 +116,8 @@ fn config_of(l: &Listing) -> Config {
                         addr: r.addr,
                         weight: r.weight,
                         forward: r.forward,
+                        u_threshold: r.u_threshold,
+                        l_threshold: r.l_threshold,
                     })
                     .collect(),
             })

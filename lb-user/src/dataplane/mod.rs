@@ -6,6 +6,7 @@
 //! (replaced atomically: the map is not preallocated) point at it. The old region is reused only
 //! after the next sync, long after any packet that read the old entry has finished.
 
+mod batch;
 pub mod regions;
 
 use std::{
@@ -20,10 +21,11 @@ use aya::{
 };
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
-    fwd, names,
+    fwd, mask_addr, names,
     reason::REASON_COUNT,
-    Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason, ServiceValue, Stats,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES,
+    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
+    PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    MAX_SERVICES, NO_BACKEND,
 };
 use thiserror::Error;
 
@@ -59,6 +61,13 @@ pub enum DataplaneError {
     /// Reading the CPU count failed.
     #[error("cannot count CPUs: {0}")]
     Cpus(std::io::Error),
+}
+
+fn syscall_err(io_error: std::io::Error) -> aya::sys::SyscallError {
+    aya::sys::SyscallError {
+        call: "bpf_map_lookup_batch",
+        io_error,
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -115,7 +124,13 @@ struct Slot {
 struct Placed {
     id: u32,
     region: Region,
+    /// The published table (backend ids, NO_BACKEND for empty hash slots) and its kind.
     table: Vec<u32>,
+    kind: u8,
+    /// ServiceValue's flags, persistence timeout and prefix as published.
+    value_flags: (u32, u32, u8),
+    /// The scheduler and the state it keeps between recomputations.
+    sched: scheduler::Scheduling,
     /// Backend slots by real-server address.
     slots: HashMap<SocketAddr, Slot>,
     /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
@@ -150,6 +165,19 @@ pub struct ConnCounts {
     pub active: u64,
     /// Everything else that has not expired.
     pub inactive: u64,
+    /// Live persistence templates bound to the backend.
+    pub persistent: u64,
+}
+
+/// One live connection-table entry, for `-L -c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its entry.
+    pub entry: ConnEntry,
+    /// Nanoseconds until it expires.
+    pub expires_in_ns: u64,
 }
 
 /// The loaded director and the controller's bookkeeping of what it wrote.
@@ -159,6 +187,7 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     slots: Array<MapData, u32>,
     conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
+    persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
     service_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
     reasons: PerCpuArray<MapData, u64>,
@@ -175,6 +204,10 @@ pub struct Dataplane {
     regions: Regions,
     quarantine: Vec<Region>,
     attached: bool,
+    /// Table tunables (Maglev size, plan length).
+    params: scheduler::Params,
+    /// Connection counts per backend slot from the last scan (load-aware schedulers).
+    counts: HashMap<u32, ConnCounts>,
 }
 
 impl Dataplane {
@@ -204,6 +237,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_SCHED_SLOTS))?;
         let conns =
             BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
+        let persist =
+            BpfHashMap::try_from(take(names::MAP_PERSIST)?).map_err(map_err(names::MAP_PERSIST))?;
         let service_stats = PerCpuArray::try_from(take(names::MAP_SERVICE_STATS)?)
             .map_err(map_err(names::MAP_SERVICE_STATS))?;
         let backend_stats = PerCpuArray::try_from(take(names::MAP_BACKEND_STATS)?)
@@ -224,6 +259,7 @@ impl Dataplane {
             backends,
             slots,
             conns,
+            persist,
             service_stats,
             backend_stats,
             reasons,
@@ -239,6 +275,8 @@ impl Dataplane {
             regions: Regions::new(sizes.sched_slots),
             quarantine: Vec::new(),
             attached: false,
+            params: scheduler::Params::default(),
+            counts: HashMap::new(),
         })
     }
 
@@ -346,7 +384,7 @@ impl Dataplane {
                     .and_then(|p| p.pushed.as_ref())
                     .is_some_and(|(ps, pm)| ps == *s && *pm == m)
             })
-            .map(|s| scheduler::MAX_TABLE_LEN.min(table_upper_bound(s)) as u64)
+            .map(|s| table_upper_bound(s, &self.params) as u64)
             .sum();
         let in_use: u64 = self
             .placed
@@ -424,6 +462,9 @@ impl Dataplane {
                     id,
                     region: Region { off: 0, len: 0 },
                     table: Vec::new(),
+                    kind: table_kind::SEQUENCE,
+                    value_flags: (0, 0, 0),
+                    sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
                     slots: HashMap::new(),
                     pushed: None,
                 }
@@ -462,29 +503,72 @@ impl Dataplane {
             ids.push(self.place_backend(&mut placed.slots, real, mac.unwrap_or_default())?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
+        if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
+            placed.sched = scheduler::Scheduling::new(svc.scheduler, svc.flags);
+        }
         let dests: Vec<scheduler::Dest> = svc
             .reals
             .iter()
             .zip(&weights)
-            .map(|(r, &weight)| scheduler::Dest {
-                addr: r.addr,
-                weight,
-                active: 0,
-                inactive: 0,
-                u_threshold: 0,
-                l_threshold: 0,
+            .zip(&ids)
+            .map(|((r, &weight), id)| {
+                let c = self.counts.get(id).copied().unwrap_or_default();
+                scheduler::Dest {
+                    addr: r.addr,
+                    weight,
+                    active: c.active.min(u32::MAX as u64) as u32,
+                    inactive: c.inactive.min(u32::MAX as u64) as u32,
+                    u_threshold: r.u_threshold,
+                    l_threshold: r.l_threshold,
+                }
             })
             .collect();
-        let table: Vec<u32> = match scheduler::Scheduling::new(svc.scheduler, Default::default())
-            .table(&dests, &scheduler::Params::default())
+        let to_ids = |v: Vec<u32>| -> Vec<u32> {
+            v.into_iter()
+                .map(|i| {
+                    if i == scheduler::NO_DEST {
+                        NO_BACKEND
+                    } else {
+                        ids[i as usize]
+                    }
+                })
+                .collect()
+        };
+        let (kind, table) = match placed.sched.table(&dests, &self.params) {
+            scheduler::Table::Sequence(v) => (table_kind::SEQUENCE, to_ids(v)),
+            scheduler::Table::Hash { input, slots } => {
+                let kind = match input {
+                    scheduler::HashInput::Source => table_kind::HASH_SRC,
+                    scheduler::HashInput::SourcePort => table_kind::HASH_SRC_PORT,
+                    scheduler::HashInput::Destination => table_kind::HASH_DST,
+                };
+                // A hash table with no server anywhere is no table: drop early.
+                if slots.iter().all(|&s| s == scheduler::NO_DEST) {
+                    (kind, Vec::new())
+                } else {
+                    (kind, to_ids(slots))
+                }
+            }
+        };
+        let (flags, persist_timeout_s, persist_prefix) = match svc.persistence {
+            Some(p) => (service_flags::PERSISTENT, p.timeout, p.prefix),
+            None => (0, 0, 0),
+        };
+        let value = ServiceValue {
+            id: placed.id,
+            flags,
+            table_off: 0,
+            table_len: 0,
+            persist_timeout_s,
+            table_kind: kind,
+            persist_prefix,
+            _pad: [0; 2],
+        };
+        if placed.pushed.is_some()
+            && placed.table == table
+            && placed.kind == kind
+            && placed.value_flags == (flags, persist_timeout_s, persist_prefix)
         {
-            scheduler::Table::Sequence(v) => v,
-            scheduler::Table::Hash { slots, .. } => slots,
-        }
-        .into_iter()
-        .map(|i| ids[i as usize])
-        .collect();
-        if placed.pushed.is_some() && placed.table == table {
             return Ok(());
         }
         let region = if table.is_empty() {
@@ -500,10 +584,9 @@ impl Dataplane {
                 .map_err(map_err(names::MAP_SCHED_SLOTS))?;
         }
         let value = ServiceValue {
-            id: placed.id,
-            flags: 0,
             table_off: region.off,
             table_len: region.len,
+            ..value
         };
         self.services
             .insert(to_bpf_key(&svc.key), value, 0)
@@ -511,6 +594,8 @@ impl Dataplane {
         self.quarantine
             .push(std::mem::replace(&mut placed.region, region));
         placed.table = table;
+        placed.kind = kind;
+        placed.value_flags = (flags, persist_timeout_s, persist_prefix);
         Ok(())
     }
 
@@ -610,29 +695,34 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Live (unexpired) connections per backend slot, split as IPVS's ActiveConn / InActConn.
-    /// Walks the whole connection table: O(entries).
-    pub fn conn_counts(&self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+    /// Live (unexpired) connections and persistence templates per backend slot, split as
+    /// IPVS's ActiveConn / InActConn / PersistConn. Walks both tables in batches: O(entries).
+    /// Also keeps alive the templates that still control a live connection, as IPVS does (a
+    /// template does not expire while connections it placed are alive).
+    pub fn scan(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let now = monotonic_ns();
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
+        let generations = self.generations()?;
+        // Persistent services: id -> (prefix, timeout ns).
+        let persistent: HashMap<u32, (u8, u64)> = self
+            .placed
+            .values()
+            .filter(|p| p.value_flags.0 & service_flags::PERSISTENT != 0)
+            .map(|p| {
+                (
+                    p.id,
+                    (p.value_flags.2, p.value_flags.1 as u64 * 1_000_000_000),
+                )
+            })
+            .collect();
         let mut out: HashMap<u32, ConnCounts> = HashMap::new();
-        for item in self.conns.iter() {
-            let (_, e) = match item {
-                Ok(kv) => kv,
-                // Entries evicted while we walk are simply skipped.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(names::MAP_CONNS)(e)),
-            };
+        let mut in_use: HashMap<PersistKey, u64> = HashMap::new();
+        batch::for_each(&self.conns, |k, e| {
             let state = ConnState::from_u8(e.state);
-            if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state) {
-                continue;
-            }
-            let b = self
-                .backends
-                .get(&e.backend, 0)
-                .map_err(map_err(names::MAP_BACKENDS))?;
-            if b.generation != e.generation {
-                continue;
+            if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state)
+                || generations.get(&e.backend) != Some(&e.generation)
+            {
+                return;
             }
             let c = out.entry(e.backend).or_default();
             if state.is_active() {
@@ -640,8 +730,132 @@ impl Dataplane {
             } else {
                 c.inactive += 1;
             }
+            if let Some(&(prefix, _)) = persistent.get(&e.service) {
+                let pk = PersistKey {
+                    client: mask_addr(&k.src, prefix),
+                    service: e.service,
+                    family: k.family,
+                    _pad: [0; 3],
+                };
+                let t = in_use.entry(pk).or_default();
+                *t = (*t).max(e.last_seen_ns);
+            }
+        })
+        .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
+        let mut refresh = Vec::new();
+        batch::for_each(&self.persist, |k, t| {
+            let Some(&(_, timeout)) = persistent.get(&k.service) else {
+                return;
+            };
+            if generations.get(&t.backend) != Some(&t.generation) {
+                return;
+            }
+            let last = in_use.get(k).copied().unwrap_or(0).max(t.last_seen_ns);
+            if now.saturating_sub(last) > timeout {
+                return;
+            }
+            out.entry(t.backend).or_default().persistent += 1;
+            if last > t.last_seen_ns {
+                refresh.push((
+                    *k,
+                    PersistEntry {
+                        last_seen_ns: last,
+                        ..*t
+                    },
+                ));
+            }
+        })
+        .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
+        for (k, t) in refresh {
+            // The data plane may have replaced it meanwhile; BPF_EXIST keeps a vanished one gone.
+            match self.persist.insert(k, t, 2) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(names::MAP_PERSIST)(e)),
+            }
         }
         Ok(out)
+    }
+
+    /// Every live connection (for `-L -c`), at most `limit`.
+    pub fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError> {
+        let now = monotonic_ns();
+        let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
+        let generations = self.generations()?;
+        let mut out = Vec::new();
+        batch::for_each(&self.conns, |k, e| {
+            let state = ConnState::from_u8(e.state);
+            let age = now.saturating_sub(e.last_seen_ns);
+            let timeout = timeout_of(&cfg, state);
+            if out.len() < limit
+                && age <= timeout
+                && generations.get(&e.backend) == Some(&e.generation)
+            {
+                out.push(ConnInfo {
+                    key: *k,
+                    entry: *e,
+                    expires_in_ns: timeout - age,
+                });
+            }
+        })
+        .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
+        Ok(out)
+    }
+
+    /// Generations of the backend slots in use.
+    fn generations(&self) -> Result<HashMap<u32, u32>, DataplaneError> {
+        Ok(self
+            .placed
+            .values()
+            .flat_map(|p| p.slots.values().map(|s| (s.id, s.written.generation)))
+            .collect())
+    }
+
+    /// Live connection counts per backend (a fresh scan).
+    pub fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        self.scan()
+    }
+
+    /// Recomputes the tables of the load-aware schedulers from fresh connection counts and
+    /// publishes those that changed. Returns how many tables were published.
+    pub fn recompute(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        self.counts = self.scan()?;
+        for r in std::mem::take(&mut self.quarantine) {
+            self.regions.free(r);
+        }
+        let mut published = 0;
+        for svc in &config.services {
+            let Some(mut placed) = self.placed.remove(&svc.key) else {
+                continue;
+            };
+            if !placed.sched.is_load_aware() {
+                self.placed.insert(svc.key, placed);
+                continue;
+            }
+            let svc_macs: Vec<Option<[u8; 6]>> = svc
+                .reals
+                .iter()
+                .map(|r| macs.get(&r.addr.ip()).copied())
+                .collect();
+            let before = placed.region;
+            let result = self.sync_placed(svc, &svc_macs, &mut placed);
+            if placed.region != before {
+                published += 1;
+            }
+            self.placed.insert(svc.key, placed);
+            result?;
+        }
+        Ok(published)
+    }
+
+    /// Sets the table tunables (Maglev size, plan length) used from the next sync on.
+    pub fn set_params(&mut self, params: scheduler::Params) {
+        self.params = params;
     }
 
     /// Raw connection-table entries (tests).
@@ -705,7 +919,7 @@ fn filter_words(config: &Config) -> Vec<u64> {
 }
 
 /// An upper bound of a service's table length before it is built.
-fn table_upper_bound(svc: &model::Service) -> usize {
+fn table_upper_bound(svc: &model::Service, params: &scheduler::Params) -> usize {
     match svc.scheduler {
         model::Scheduler::Rr => svc.reals.len(),
         model::Scheduler::Wrr => scheduler::wrr(&scheduler::fit_weights(
@@ -713,8 +927,12 @@ fn table_upper_bound(svc: &model::Service) -> usize {
             scheduler::MAX_TABLE_LEN,
         ))
         .len(),
-        model::Scheduler::Mh => scheduler::maglev::DEFAULT_SIZE,
-        _ => scheduler::Params::default().plan_len.max(256),
+        model::Scheduler::Mh => params.maglev_size,
+        model::Scheduler::Sh
+        | model::Scheduler::Dh
+        | model::Scheduler::Lblc
+        | model::Scheduler::Lblcr => scheduler::HASH_BUCKETS,
+        _ => params.plan_len,
     }
 }
 

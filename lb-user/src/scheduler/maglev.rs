@@ -12,7 +12,13 @@ pub fn service_table(dests: &[Dest], flags: SchedFlags, size: usize) -> Table {
         .filter(|&i| dests[i as usize].weight > 0)
         .collect();
     let slots = (0..size)
-        .map(|i| if live.is_empty() { NO_DEST } else { live[i % live.len()] })
+        .map(|i| {
+            if live.is_empty() {
+                NO_DEST
+            } else {
+                live[i % live.len()]
+            }
+        })
         .collect();
     Table::Hash {
         input: if flags.mh_port {

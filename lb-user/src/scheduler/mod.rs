@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 
 use crate::model::{SchedFlags, Scheduler};
 
+/// Buckets of the sh, dh, lblc and lblcr hash tables (IPVS's IP_VS_SH_TAB_SIZE / IP_VS_DH_TAB_SIZE).
+pub const HASH_BUCKETS: usize = 256;
+
 /// A hash-table slot with no real server: new flows hashing there are dropped (counted).
 pub const NO_DEST: u32 = u32::MAX;
 
@@ -294,7 +297,10 @@ mod tests {
 
     #[test]
     fn rr_skips_quiesced() {
-        assert_eq!(table(Scheduler::Rr, &[1, 0, 5]), Table::Sequence(vec![0, 2]));
+        assert_eq!(
+            table(Scheduler::Rr, &[1, 0, 5]),
+            Table::Sequence(vec![0, 2])
+        );
         assert!(table(Scheduler::Rr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[]).is_empty());

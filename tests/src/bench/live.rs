@@ -18,7 +18,7 @@ use aya::{
 use lb_common::names;
 use lb_user::{
     dataplane::{AttachMode, Dataplane, Sizes},
-    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+    model::{Change, Config, Protocol, RealServer, Scheduler, ServiceKey},
 };
 
 use crate::{netns, packets::tcp, packets::ACK};
@@ -102,17 +102,10 @@ fn rig(dut: Dut) -> Result<Rig> {
             };
             let mut config = Config::default();
             config.apply_all(&[
-                Change::AddService {
-                    key,
-                    scheduler: Scheduler::Rr,
-                },
+                Change::add_service(key, Scheduler::Rr),
                 Change::AddReal {
                     service: key,
-                    real: RealServer {
-                        addr: "198.51.100.1:80".parse()?,
-                        weight: 1,
-                        forward: ForwardMethod::Dr,
-                    },
+                    real: RealServer::dr("198.51.100.1:80".parse()?, 1),
                 },
             ])?;
             let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);

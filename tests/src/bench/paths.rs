@@ -10,7 +10,7 @@ use aya::{
 use lb_common::Reason;
 use lb_user::{
     dataplane::{Dataplane, Sizes},
-    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
+    model::{Change, Config, Protocol, RealServer, Scheduler, ServiceKey},
 };
 
 use super::{PathResult, Spread};
@@ -155,20 +155,19 @@ pub fn director(scale: &Scale) -> Result<Dataplane> {
             } else {
                 Scheduler::Wrr
             };
-            changes.push(Change::AddService { key, scheduler });
+            changes.push(Change::add_service(key, scheduler));
             for r in 0..scale.reals {
                 let ip: IpAddr = rip(family, r).parse()?;
                 changes.push(Change::AddReal {
                     service: key,
-                    real: RealServer {
-                        addr: std::net::SocketAddr::new(ip, 80),
-                        weight: if scheduler == Scheduler::Wrr {
+                    real: RealServer::dr(
+                        std::net::SocketAddr::new(ip, 80),
+                        if scheduler == Scheduler::Wrr {
                             r as u32 + 1
                         } else {
                             1
                         },
-                        forward: ForwardMethod::Dr,
-                    },
+                    ),
                 });
             }
         }
