@@ -57,8 +57,8 @@ pub mod names {
     pub const MAP_BACKENDS: &str = "BACKENDS";
     /// Scheduler slots: u32 backend ids, one region per service.
     pub const MAP_SCHED_SLOTS: &str = "SCHED_SLOTS";
-    /// Per-CPU round-robin cursor per service.
-    pub const MAP_RR_CURSOR: &str = "RR_CURSOR";
+    /// Scheduler-sequence cursor per service, shared by all CPUs.
+    pub const MAP_SEQ_CURSOR: &str = "SEQ_CURSOR";
     /// Connection table: FlowKey -> ConnEntry.
     pub const MAP_CONNS: &str = "CONNS";
     /// Persistence templates: PersistKey -> PersistEntry.

@@ -2,7 +2,9 @@
 //! exact output bytes and verdicts asserted, map state inspected. Root required.
 
 use lb_common::{DataplaneConfig, Reason};
-use lb_user::model::{Change, Protocol, RealServer, Scheduler, ServiceKey};
+use lb_user::model::{
+    Change, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceKey,
+};
 use xvs_tests::{
     packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, L4, SYN},
     progtest::{verdict, Director},
@@ -473,4 +475,326 @@ fn service_without_usable_server_drops_and_counts() {
         d.run(&tcp("192.0.2.1", 1, "203.0.113.10", 80, ACK)).0,
         verdict::PASS
     );
+}
+
+/// Which real server (by MAC) a packet went to.
+fn dest_of(d: &mut Director, pkt: &[u8]) -> [u8; 6] {
+    let (v, out) = d.run(pkt);
+    assert_eq!(v, verdict::TX, "not forwarded");
+    out[0..6].try_into().unwrap()
+}
+
+fn persistent_service(
+    d: &mut Director,
+    k: ServiceKey,
+    s: Scheduler,
+    timeout: u32,
+    prefix: u8,
+    reals: &[(&str, u32)],
+) {
+    let mut changes = vec![Change::AddService {
+        key: k,
+        scheduler: s,
+        flags: Default::default(),
+        persistence: Some(Persistence { timeout, prefix }),
+    }];
+    for (a, w) in reals {
+        changes.push(Change::AddReal {
+            service: k,
+            real: RealServer::dr(a.parse().unwrap(), *w),
+        });
+    }
+    d.apply(&changes);
+}
+
+fn two_reals_director() -> Director {
+    let mut d = Director::new();
+    d.mac("198.51.100.11", RS1_MAC);
+    d.mac("198.51.100.12", RS2_MAC);
+    d.mac("2001:db8:1::11", RS1_MAC);
+    d.mac("2001:db8:1::12", RS2_MAC);
+    d
+}
+
+#[test]
+fn persistence_keeps_a_client_and_netmask_groups_clients() {
+    let mut d = two_reals_director();
+    // rr would alternate; persistence must not.
+    persistent_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.10:80"),
+        Scheduler::Rr,
+        300,
+        32,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
+    let first = dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.10", 80, SYN));
+    for sport in 1001..1020 {
+        assert_eq!(
+            dest_of(&mut d, &tcp("192.0.2.1", sport, "203.0.113.10", 80, SYN)),
+            first,
+            "a new connection of the same client left its template (sport {sport})"
+        );
+    }
+    assert_eq!(d.reason(Reason::PersistNew), 1);
+    assert_eq!(d.reason(Reason::PersistHit), 19);
+    // Without grouping, other clients are scheduled (rr alternates): both servers get some.
+    let mut seen = std::collections::HashSet::new();
+    for i in 2..10 {
+        seen.insert(dest_of(
+            &mut d,
+            &tcp(&format!("192.0.2.{i}"), 2000, "203.0.113.10", 80, SYN),
+        ));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "per-client persistence must still balance clients"
+    );
+
+    // -M 255.255.255.0: every client of 192.0.2.0/24 follows the first one.
+    let mut d = two_reals_director();
+    persistent_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.10:80"),
+        Scheduler::Rr,
+        300,
+        24,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
+    let first = dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.10", 80, SYN));
+    for i in 2..30 {
+        assert_eq!(
+            dest_of(
+                &mut d,
+                &tcp(&format!("192.0.2.{i}"), 1000, "203.0.113.10", 80, SYN)
+            ),
+            first,
+            "client 192.0.2.{i} is in the same /24"
+        );
+    }
+    // Another /24 is a different template: over a few networks both servers are used.
+    let mut seen = std::collections::HashSet::new();
+    for net in 0..6 {
+        seen.insert(dest_of(
+            &mut d,
+            &tcp(&format!("198.18.{net}.1"), 1000, "203.0.113.10", 80, SYN),
+        ));
+    }
+    assert_eq!(seen.len(), 2);
+
+    // IPv6 with a /64 mask.
+    let mut d = two_reals_director();
+    persistent_service(
+        &mut d,
+        key(Protocol::Tcp, "[2001:db8:10::10]:80"),
+        Scheduler::Rr,
+        300,
+        64,
+        &[("[2001:db8:1::11]:80", 1), ("[2001:db8:1::12]:80", 1)],
+    );
+    let first = dest_of(
+        &mut d,
+        &tcp("2001:db8:2::1", 1000, "2001:db8:10::10", 80, SYN),
+    );
+    for i in 2..20 {
+        assert_eq!(
+            dest_of(
+                &mut d,
+                &tcp(
+                    &format!("2001:db8:2::{i:x}"),
+                    1000,
+                    "2001:db8:10::10",
+                    80,
+                    SYN
+                )
+            ),
+            first
+        );
+    }
+}
+
+#[test]
+fn persistence_template_expires_and_follows_deleted_not_quiesced_servers() {
+    let mut d = two_reals_director();
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    persistent_service(
+        &mut d,
+        k,
+        Scheduler::Rr,
+        1,
+        32,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
+    let first = dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.10", 80, SYN));
+    let other = if first == RS1_MAC { RS2_MAC } else { RS1_MAC };
+    let first_ip = if first == RS1_MAC {
+        "198.51.100.11:80"
+    } else {
+        "198.51.100.12:80"
+    };
+    // Quiesced: the template still binds the client (IPVS keeps persistent clients on a
+    // quiesced server until the template expires).
+    d.apply(&[Change::EditReal {
+        service: k,
+        addr: first_ip.parse().unwrap(),
+        weight: Some(0),
+        forward: None,
+        u_threshold: None,
+        l_threshold: None,
+    }]);
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1001, "203.0.113.10", 80, SYN)),
+        first
+    );
+    // After the 1 s timeout without new connections, the client is scheduled afresh (onto the
+    // only server with weight). Waiting out a timeout is the behaviour under test.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1002, "203.0.113.10", 80, SYN)),
+        other
+    );
+    // Deleted: a template pointing at a removed server is not used.
+    d.apply(&[Change::EditReal {
+        service: k,
+        addr: first_ip.parse().unwrap(),
+        weight: Some(1),
+        forward: None,
+        u_threshold: None,
+        l_threshold: None,
+    }]);
+    let other_ip = if first == RS1_MAC {
+        "198.51.100.12:80"
+    } else {
+        "198.51.100.11:80"
+    };
+    d.apply(&[Change::DeleteReal {
+        service: k,
+        addr: other_ip.parse().unwrap(),
+    }]);
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1003, "203.0.113.10", 80, SYN)),
+        first
+    );
+}
+
+#[test]
+fn port_zero_service_takes_every_port_of_the_vip() {
+    let mut d = two_reals_director();
+    persistent_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.20:0"),
+        Scheduler::Rr,
+        300,
+        32,
+        &[("198.51.100.11:0", 1), ("198.51.100.12:0", 1)],
+    );
+    // A port service on the same VIP wins over the port-0 one.
+    add_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.20:25"),
+        Scheduler::Rr,
+        &[("198.51.100.12:25", 1)],
+    );
+    let first = dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.20", 80, SYN));
+    for port in [443, 8080, 22, 65535] {
+        assert_eq!(
+            dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.20", port, SYN)),
+            first,
+            "port {port}: one client, all ports, one server (persistent port-0 service)"
+        );
+    }
+    for i in 0..4 {
+        assert_eq!(
+            dest_of(
+                &mut d,
+                &tcp(
+                    &format!("192.0.2.{}", 50 + i),
+                    1000,
+                    "203.0.113.20",
+                    25,
+                    SYN
+                )
+            ),
+            RS2_MAC
+        );
+    }
+    // UDP to the same VIP is not the TCP service's.
+    let before = d.reason(Reason::PassNotService);
+    let (v, _) = d.run(&udp("192.0.2.1", 1000, "203.0.113.20", 80, b"x"));
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(d.reason(Reason::PassNotService), before + 1);
+}
+
+#[test]
+fn hash_schedulers_place_flows_by_their_hash() {
+    // sh: a client stays on one server across source ports; sh-port spreads one client.
+    let mut d = two_reals_director();
+    add_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.10:80"),
+        Scheduler::Sh,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
+    let mut clients = std::collections::HashSet::new();
+    for i in 1..40 {
+        let src = format!("192.0.2.{i}");
+        let first = dest_of(&mut d, &tcp(&src, 1000, "203.0.113.10", 80, SYN));
+        clients.insert(first);
+        for sport in 1001..1005 {
+            assert_eq!(
+                dest_of(&mut d, &tcp(&src, sport, "203.0.113.10", 80, SYN)),
+                first
+            );
+        }
+    }
+    assert_eq!(clients.len(), 2, "sh spreads clients over both servers");
+    let mut d = two_reals_director();
+    d.apply(&[
+        Change::AddService {
+            key: key(Protocol::Tcp, "203.0.113.10:80"),
+            scheduler: Scheduler::Sh,
+            flags: SchedFlags::parse("sh-port").unwrap(),
+            persistence: None,
+        },
+        Change::AddReal {
+            service: key(Protocol::Tcp, "203.0.113.10:80"),
+            real: RealServer::dr("198.51.100.11:80".parse().unwrap(), 1),
+        },
+        Change::AddReal {
+            service: key(Protocol::Tcp, "203.0.113.10:80"),
+            real: RealServer::dr("198.51.100.12:80".parse().unwrap(), 1),
+        },
+    ]);
+    let seen: std::collections::HashSet<_> = (1000..1040)
+        .map(|sport| dest_of(&mut d, &tcp("192.0.2.1", sport, "203.0.113.10", 80, SYN)))
+        .collect();
+    assert_eq!(seen.len(), 2, "sh-port spreads one client's ports");
+    // mh: same client, same server; a quiesced server's clients move, nobody else's.
+    let mut d = two_reals_director();
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    add_service(
+        &mut d,
+        k,
+        Scheduler::Mh,
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
+    let before: Vec<[u8; 6]> = (1..60)
+        .map(|i| {
+            dest_of(
+                &mut d,
+                &tcp(&format!("192.0.2.{i}"), 1000, "203.0.113.10", 80, SYN),
+            )
+        })
+        .collect();
+    assert!(before.contains(&RS1_MAC) && before.contains(&RS2_MAC));
+    for (i, b) in (1..60).zip(&before) {
+        assert_eq!(
+            dest_of(
+                &mut d,
+                &tcp(&format!("192.0.2.{i}"), 2000, "203.0.113.10", 80, SYN)
+            ),
+            *b
+        );
+    }
 }

@@ -81,6 +81,8 @@ fn build_ebpf() -> Result<()> {
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
+        // BPF ISA v3: atomic fetch-and-add (the shared scheduler cursor), 32-bit jumps.
+        "-Ctarget-cpu=v3".into(),
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");

@@ -1,6 +1,8 @@
 //! The director: balances virtual-service traffic to real servers (DR mode), passes the rest.
 #![no_std]
 #![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC},
@@ -18,6 +20,8 @@ use lb_common::{
     DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
     PROTO_TCP,
 };
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use lb_ebpf::packet::{parse, ptr_at, tcp_flag, Parsed};
 
 // Services change under traffic: without preallocation, a replaced value is freed after an RCU
@@ -30,7 +34,7 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static SCHED_SLOTS: Array<u32> = Array::with_max_entries(DEFAULT_SCHED_SLOTS, 0);
 #[map]
-static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+static SEQ_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map]
 static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
@@ -279,13 +283,16 @@ fn pick(svc: &ServiceValue, p: &Parsed) -> Result<(u32, Backend), Reason> {
     }
     let pos = match svc.table_kind {
         table_kind::SEQUENCE => {
-            let cursor = RR_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
-            // SAFETY: per-CPU slot, no concurrent writer.
-            let cursor = unsafe { &mut *cursor };
-            // The table may have shrunk since the cursor last moved.
-            let pos = if *cursor >= len { 0 } else { *cursor };
-            *cursor = pos + 1;
-            pos
+            // One cursor shared by all CPUs (as IPVS's per-service scheduler state): the
+            // sequence is handed out exactly in order however flows spread over CPUs, which a
+            // load-aware plan needs. Only new flows touch it.
+            let cursor = SEQ_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
+            // SAFETY: a valid, aligned u64 inside the map value for the program's lifetime.
+            // (core's AtomicU64::fetch_add is missing on a target without CAS; the intrinsic
+            // lowers to BPF's atomic fetch-and-add. SeqCst, because this LLVM lowers a relaxed
+            // one to a plain XADD and then reads the old value from the wrong register.)
+            let n: u64 = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) };
+            (n % len as u64) as u32
         }
         table_kind::HASH_SRC => flow_hash(&p.src, 0) % len,
         table_kind::HASH_SRC_PORT => flow_hash(&p.src, p.sport_be) % len,

@@ -186,6 +186,7 @@ pub struct Dataplane {
     services: BpfHashMap<MapData, lb_common::ServiceKey, ServiceValue>,
     backends: Array<MapData, Backend>,
     slots: Array<MapData, u32>,
+    cursors: Array<MapData, u64>,
     conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
     persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
     service_stats: PerCpuArray<MapData, Stats>,
@@ -235,6 +236,8 @@ impl Dataplane {
             Array::try_from(take(names::MAP_BACKENDS)?).map_err(map_err(names::MAP_BACKENDS))?;
         let slots = Array::try_from(take(names::MAP_SCHED_SLOTS)?)
             .map_err(map_err(names::MAP_SCHED_SLOTS))?;
+        let cursors = Array::try_from(take(names::MAP_SEQ_CURSOR)?)
+            .map_err(map_err(names::MAP_SEQ_CURSOR))?;
         let conns =
             BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
         let persist =
@@ -258,6 +261,7 @@ impl Dataplane {
             services,
             backends,
             slots,
+            cursors,
             conns,
             persist,
             service_stats,
@@ -591,6 +595,10 @@ impl Dataplane {
         self.services
             .insert(to_bpf_key(&svc.key), value, 0)
             .map_err(map_err(names::MAP_SERVICES))?;
+        // A new plan is handed out from its head.
+        self.cursors
+            .set(placed.id, 0, 0)
+            .map_err(map_err(names::MAP_SEQ_CURSOR))?;
         self.quarantine
             .push(std::mem::replace(&mut placed.region, region));
         placed.table = table;
