@@ -33,7 +33,7 @@ pub const MAX_SERVICES: u32 = 65536;
 /// Most real-server slots (one per real server per service); ids index per-backend arrays.
 pub const MAX_BACKENDS: u32 = 65536;
 /// Default size of the scheduler slot array shared by all services (u32 backend ids).
-pub const DEFAULT_SCHED_SLOTS: u32 = 1 << 20;
+pub const DEFAULT_SCHED_SLOTS: u32 = 1 << 22;
 /// Default persistence-template capacity (LRU).
 pub const DEFAULT_PERSIST_ENTRIES: u32 = 1 << 18;
 /// Default connection-table capacity (LRU: the least recently used entry makes room when full).

@@ -83,6 +83,10 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// Map sizes.
     pub conn_table_size: u32,
+    /// Scheduler slots.
+    pub sched_slots: u32,
+    /// Table tunables.
+    pub params: crate::scheduler::Params,
 }
 
 /// The desired state and the data plane it is pushed to.
@@ -324,8 +328,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let ifindex = ifindex(&opts.iface)?;
     let mut dataplane = Dataplane::load_with(Sizes {
         conns: opts.conn_table_size,
-        ..Sizes::default()
+        sched_slots: opts.sched_slots,
     })?;
+    dataplane.set_params(opts.params);
     dataplane.attach(&opts.iface, opts.mode)?;
     info!(iface = %opts.iface, mode = ?opts.mode, "director attached");
     let shared = Arc::new(Shared {

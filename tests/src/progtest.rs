@@ -37,7 +37,7 @@ impl Director {
         pin_to_cpu0();
         let dp = Dataplane::load_with(Sizes {
             conns: 65536,
-            sched_slots: 1 << 16,
+            sched_slots: 1 << 18,
         })
         .expect("load the director object");
         Self {

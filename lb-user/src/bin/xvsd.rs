@@ -25,6 +25,22 @@ struct Opts {
     /// Connection-table capacity (entries); the least recently used entry makes room when full.
     #[arg(long, default_value_t = lb_common::DEFAULT_CONN_ENTRIES)]
     conn_table_size: u32,
+    /// Scheduler slots shared by all services' tables (u32 each): an mh service takes
+    /// --mh-table-size of them, a load-aware one --plan-len, sh/dh/lblc/lblcr 256.
+    #[arg(long, default_value_t = lb_common::DEFAULT_SCHED_SLOTS)]
+    sched_slots: u32,
+    /// Maglev (mh) table size, a prime (Katran: 65537; Cilium: 16381; IPVS: 4093).
+    #[arg(long, default_value_t = lb_user::scheduler::maglev::DEFAULT_SIZE, value_parser = parse_mh_size)]
+    mh_table_size: usize,
+    /// New connections a load-aware scheduler (lc wlc sed nq fo ovf twos) plans per
+    /// recomputation (each second).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    plan_len: u32,
+}
+
+fn parse_mh_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    lb_user::scheduler::maglev::validate_size(n).map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -40,6 +56,11 @@ async fn main() -> anyhow::Result<()> {
         mode: opts.xdp_mode,
         socket: opts.socket,
         conn_table_size: opts.conn_table_size,
+        sched_slots: opts.sched_slots,
+        params: lb_user::scheduler::Params {
+            maglev_size: opts.mh_table_size,
+            plan_len: opts.plan_len as usize,
+        },
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface))

@@ -841,7 +841,8 @@ impl Dataplane {
             let Some(mut placed) = self.placed.remove(&svc.key) else {
                 continue;
             };
-            if !placed.sched.is_load_aware() {
+            // Thresholds make any scheduler's choices depend on the counts (overload flags).
+            if !placed.sched.is_load_aware() && !svc.reals.iter().any(|r| r.u_threshold > 0) {
                 self.placed.insert(svc.key, placed);
                 continue;
             }
