@@ -219,6 +219,7 @@ impl Lab {
         let conf = format!(
             "ServerName rs{i}\n\
              Listen 80\n\
+             Listen 8080\n\
              PidFile {d}/httpd.pid\n\
              ErrorLog {d}/error.log\n\
              DefaultRuntimeDir {d}\n\
@@ -266,6 +267,11 @@ impl Lab {
             fs::read_to_string(dir.join("error.log")).unwrap_or_default()
                 + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
         })
+    }
+
+    /// What xvsd logged so far (for failure messages).
+    pub fn xvsd_log(&self) -> String {
+        fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default()
     }
 
     /// Starts xvsd in the director namespace and waits until it answers.

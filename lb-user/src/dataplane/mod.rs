@@ -319,6 +319,12 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         self.check_capacity(config, macs)?;
+        // Tables that depend on connection counts are computed from fresh ones.
+        if config.services.iter().any(|s| {
+            scheduler::is_load_aware(s.scheduler) || s.reals.iter().any(|r| r.u_threshold > 0)
+        }) {
+            self.counts = self.scan()?;
+        }
         // New services' filter bits go in before the services, removed ones' after.
         let want = filter_words(config);
         let widened: Vec<u64> = self.filter.iter().zip(&want).map(|(c, w)| c | w).collect();

@@ -96,6 +96,14 @@ impl Default for Params {
     }
 }
 
+/// Whether a scheduler's table depends on live connection counts.
+pub fn is_load_aware(s: Scheduler) -> bool {
+    !matches!(
+        s,
+        Scheduler::Rr | Scheduler::Wrr | Scheduler::Sh | Scheduler::Dh | Scheduler::Mh
+    )
+}
+
 /// One service's scheduler with the state it keeps between recomputations (IPVS's overload
 /// flags, lblc/lblcr assignments, twos' random state).
 #[derive(Clone, Debug)]
@@ -120,10 +128,7 @@ impl Scheduling {
     /// Whether the table depends on live connection counts, so it must be recomputed as they
     /// change.
     pub fn is_load_aware(&self) -> bool {
-        !matches!(
-            self.scheduler,
-            Scheduler::Rr | Scheduler::Wrr | Scheduler::Sh | Scheduler::Dh | Scheduler::Mh
-        )
+        is_load_aware(self.scheduler)
     }
 
     /// Computes the table over `dests` (in the service's real-server order).
@@ -304,6 +309,20 @@ mod tests {
         assert!(table(Scheduler::Rr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[]).is_empty());
+    }
+
+    #[test]
+    fn wlc_plan_avoids_the_loaded_server() {
+        let mut d = dests(&[1, 1]);
+        d[0].active = 10;
+        let Table::Sequence(plan) =
+            Scheduling::new(Scheduler::Wlc, SchedFlags::default()).table(&d, &Params::default())
+        else {
+            panic!("wlc is a sequence")
+        };
+        assert_eq!(plan[..10], [1; 10], "{:?}", &plan[..20]);
+        // Then equal load: alternating, the first server first on ties.
+        assert_eq!(plan[10..14], [0, 1, 0, 1]);
     }
 
     #[test]

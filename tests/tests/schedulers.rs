@@ -1,0 +1,175 @@
+//! End-to-end scheduler behaviour in namespaces: apache2 real servers, curl and long-lived
+//! connections from the client, xvsd in native XDP mode, configured with xvsadm. Root required.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use xvs_tests::lab::{default_bin_dir, rs_ip4, rs_ip6, Lab, LabOptions, VIP4, VIP6};
+
+fn lab(tag: &str) -> Lab {
+    Lab::start(LabOptions {
+        tag: tag.into(),
+        reals: 2,
+        bin_dir: default_bin_dir(),
+    })
+    .expect("lab")
+}
+
+fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for b in bodies {
+        *t.entry(b.clone()).or_default() += 1;
+    }
+    t
+}
+
+/// `-L -n` line of a real server: (weight, ActiveConn, InActConn).
+fn counts(lab: &Lab, real: &str) -> (u64, u64, u64) {
+    let out = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("->") && l.contains(real))
+        .unwrap_or_else(|| panic!("{real} not listed:\n{out}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(3)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+/// Polls until `cond` holds (or fails with `what` after the deadline).
+fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn service(lab: &Lab, vip: &str, opts: &[&str], reals: &[(&str, u32)]) {
+    let mut a = vec!["-A", "-t", vip];
+    a.extend_from_slice(opts);
+    lab.xvsadm_ok(&a).unwrap();
+    for (r, w) in reals {
+        let w = w.to_string();
+        lab.xvsadm_ok(&["-a", "-t", vip, "-r", r, "-g", "-w", &w])
+            .unwrap();
+    }
+}
+
+#[test]
+fn wlc_sends_new_connections_away_from_long_lived_ones_and_lc_splits_a_burst() {
+    let lab = lab("e2e-wlc");
+    let vip = format!("{VIP4}:80");
+    let (rs1, rs2) = (format!("{}:80", rs_ip4(1)), format!("{}:80", rs_ip4(2)));
+    // rs2 quiesced while ten long-lived connections land on rs1.
+    service(&lab, &vip, &["-s", "wlc"], &[(&rs1, 1), (&rs2, 0)]);
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut c = lab.connect(vip.parse().unwrap()).unwrap();
+        assert_eq!(c.get().unwrap(), "rs1");
+        held.push(c);
+    }
+    lab.xvsadm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "1"])
+        .unwrap();
+    // The controller counts them (one recomputation period) ...
+    wait_for(
+        "rs1 to show 10 active connections",
+        Duration::from_secs(5),
+        || counts(&lab, &rs1).1 == 10,
+    );
+    // ... and wlc sends the next ten new connections to rs2: the plan counts each as active
+    // until the next recomputation, so rs2 takes them until its load equals rs1's ten.
+    let t = tally(&lab.curl_many(&format!("http://{VIP4}/"), 10).unwrap());
+    assert_eq!(
+        t,
+        BTreeMap::from([("rs2".to_string(), 10)]),
+        "wlc; xvsd log:\n{}",
+        lab.xvsd_log()
+    );
+    // The held connections stayed where they were.
+    for c in &mut held {
+        assert_eq!(c.get().unwrap(), "rs1");
+    }
+    drop(held);
+
+    // lc: a burst of 1,000 new connections between two servers of equal load. The plan hands
+    // them out alternately (ties go to the first server), recomputed each second from counts
+    // that grow equally: expect 500 each, within 5% (450..=550) for the recomputations that
+    // land mid-burst with unequal closing states.
+    lab.xvsadm_ok(&["-C"]).unwrap();
+    service(&lab, &vip, &["-s", "lc"], &[(&rs1, 1), (&rs2, 1)]);
+    let bodies = lab.curl_many(&format!("http://{VIP4}/"), 1000).unwrap();
+    assert_eq!(bodies.len(), 1000, "every request answered");
+    let t = tally(&bodies);
+    eprintln!("lc burst of 1000: {t:?}");
+    for rs in ["rs1", "rs2"] {
+        let n = t.get(rs).copied().unwrap_or(0);
+        assert!((450..=550).contains(&n), "lc: {rs} got {n} of 1000: {t:?}");
+    }
+}
+
+#[test]
+fn sh_keeps_a_client_on_one_server_and_persistence_keeps_it_across_ports() {
+    let lab = lab("e2e-sh");
+    for (vip, rs1, rs2, host) in [
+        (
+            format!("{VIP4}:80"),
+            format!("{}:80", rs_ip4(1)),
+            format!("{}:80", rs_ip4(2)),
+            VIP4.to_string(),
+        ),
+        (
+            format!("[{VIP6}]:80"),
+            format!("[{}]:80", rs_ip6(1)),
+            format!("[{}]:80", rs_ip6(2)),
+            format!("[{VIP6}]"),
+        ),
+    ] {
+        service(&lab, &vip, &["-s", "sh"], &[(&rs1, 1), (&rs2, 1)]);
+        let t = tally(&lab.curl_many(&format!("http://{host}/"), 30).unwrap());
+        assert_eq!(t.len(), 1, "{vip}: sh moved the client: {t:?}");
+        assert_eq!(t.values().sum::<usize>(), 30);
+        lab.xvsadm_ok(&["-D", "-t", &vip]).unwrap();
+    }
+
+    // Persistence across ports: a port-0 service (every port of the VIP) with -p 60. Without
+    // persistence rr would alternate; with it, the client stays on one server on both ports.
+    let vip0 = format!("{VIP4}:0");
+    let (r1, r2) = (rs_ip4(1), rs_ip4(2));
+    service(
+        &lab,
+        &vip0,
+        &["-s", "rr", "-p", "60"],
+        &[(&r1, 1), (&r2, 1)],
+    );
+    let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    assert!(
+        listing.contains(&format!("TCP  {VIP4}:0 rr persistent 60")),
+        "{listing}"
+    );
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        bodies.extend(lab.curl_many(&format!("http://{VIP4}:80/"), 2).unwrap());
+        bodies.extend(lab.curl_many(&format!("http://{VIP4}:8080/"), 2).unwrap());
+    }
+    let t = tally(&bodies);
+    assert_eq!(bodies.len(), 20, "{t:?}");
+    assert_eq!(t.len(), 1, "persistence across ports: {t:?}");
+    // The template shows up in --persistent-conn, and -L -c lists the connections.
+    let pc = lab.xvsadm_ok(&["-L", "-n", "--persistent-conn"]).unwrap();
+    assert!(
+        pc.lines()
+            .any(|l| l.contains("->") && l.split_whitespace().nth(3) == Some("1")),
+        "one persistence template:\n{pc}"
+    );
+    let conns = lab.xvsadm_ok(&["-L", "-c", "-n"]).unwrap();
+    assert!(
+        conns.starts_with("IPVS connection entries\npro expire state"),
+        "{conns}"
+    );
+    assert!(conns.contains(&format!("{VIP4}:8080")), "{conns}");
+}
