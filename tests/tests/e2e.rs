@@ -207,7 +207,20 @@ fn rejected_commands_exit_nonzero_and_change_nothing() {
         &["-a", "-t", &f.vip, "-r", "[2001:db8:1::11]:80"], // family mismatch
         &["-e", "-t", &f.vip, "-r", &f.rs[0], "-w", "65536"], // weight out of range
         &["-a", "-t", &f.vip, "-r", "198.51.100.13:80", "-m"], // NAT refused
-        &["-E", "-t", &f.vip, "-s", "wlc"],               // not implemented yet
+        &["-A", "-t", "203.0.113.20:0", "-s", "rr"],      // port 0 without persistence
+        &["-A", "-t", "203.0.113.20:80", "-p", "-M", "255.0.255.0"], // non-contiguous mask
+        &[
+            "-a",
+            "-t",
+            &f.vip,
+            "-r",
+            "198.51.100.13:80",
+            "-x",
+            "5",
+            "-y",
+            "10",
+        ], // y > x
+        &["-E", "-t", &f.vip, "-b", "sh-nosuch"],         // unknown scheduler flag
     ];
     for args in bad {
         let out = lab.xvsadm(args).unwrap();

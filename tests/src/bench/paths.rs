@@ -10,7 +10,7 @@ use aya::{
 use lb_common::Reason;
 use lb_user::{
     dataplane::{Dataplane, Sizes},
-    model::{Change, Config, Protocol, RealServer, Scheduler, ServiceKey},
+    model::{Change, Config, Persistence, Protocol, RealServer, Scheduler, ServiceKey},
 };
 
 use super::{PathResult, Spread};
@@ -123,12 +123,24 @@ fn client(family: u8, n: usize) -> (String, u16) {
     }
 }
 
-/// Loads the director with `scale.services` services per family (even ones rr, odd ones wrr
-/// with weights 1..=reals), each with `scale.reals` real servers.
+/// The scheduler of service `s`: rr, wrr (weights 1..=reals), mh (a full-size Maglev table),
+/// and rr with persistence, in turn.
+fn service_kind(s: usize) -> (Scheduler, bool) {
+    match s % 4 {
+        0 => (Scheduler::Rr, false),
+        1 => (Scheduler::Wrr, false),
+        2 => (Scheduler::Mh, false),
+        _ => (Scheduler::Rr, true),
+    }
+}
+
+/// Loads the director with `scale.services` services per family (rr, wrr with weights
+/// 1..=reals, mh with a 65537-slot Maglev table, persistent rr, in turn), each with
+/// `scale.reals` real servers.
 pub fn director(scale: &Scale) -> Result<Dataplane> {
     let mut dp = Dataplane::load_with(Sizes {
         conns: scale.conn_capacity,
-        sched_slots: 1 << 21,
+        sched_slots: 1 << 23,
     })?;
     let mut config = Config::default();
     let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
@@ -150,12 +162,16 @@ pub fn director(scale: &Scale) -> Result<Dataplane> {
                 protocol: Protocol::Tcp,
                 addr: addr.parse()?,
             };
-            let scheduler = if s % 2 == 0 {
-                Scheduler::Rr
-            } else {
-                Scheduler::Wrr
-            };
-            changes.push(Change::add_service(key, scheduler));
+            let (scheduler, persistent) = service_kind(s);
+            changes.push(Change::AddService {
+                key,
+                scheduler,
+                flags: Default::default(),
+                persistence: persistent.then_some(Persistence {
+                    timeout: 300,
+                    prefix: if family == 4 { 32 } else { 128 },
+                }),
+            });
             for r in 0..scale.reals {
                 let ip: IpAddr = rip(family, r).parse()?;
                 changes.push(Change::AddReal {
@@ -282,15 +298,21 @@ pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResul
             Reason::ConnHit,
             scale,
         )?);
-        // New flows (the cold case: a new 5-tuple on every packet), rr and wrr services.
-        for (sched, offset) in [("rr", 0usize), ("wrr", 1)] {
+        // New flows (the cold case: a new 5-tuple on every packet), one scheduler family each:
+        // a sequence table (rr, wrr), a hash table (Maglev), a new persistence template.
+        for (sched, offset) in [
+            ("rr table", 0usize),
+            ("wrr table", 1),
+            ("Maglev (mh)", 2),
+            ("persistent rr, new template", 3),
+        ] {
             let fresh: Vec<Vec<u8>> = (0..total)
                 .map(|n| {
                     let (c, p) = client(family, 100_000 + offset * 2_000_000 + n);
                     tcp(
                         &c,
                         p,
-                        &vip(family, (2 * n + offset) % scale.services),
+                        &vip(family, (4 * n + offset) % scale.services),
                         80,
                         SYN,
                     )
@@ -298,13 +320,38 @@ pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResul
                 .collect();
             results.push(path(
                 dp,
-                &format!("DR new flow, {sched} table ({fam})"),
+                &format!("DR new flow, {sched} ({fam})"),
                 &fresh,
                 TX,
-                Reason::ConnNew,
+                if offset == 3 {
+                    Reason::PersistNew
+                } else {
+                    Reason::ConnNew
+                },
                 scale,
             )?);
         }
+        // New flow of a client that has a persistence template: the template decides.
+        let (c, _) = client(family, 9_000_000);
+        ensure!(
+            run_once(
+                dp.program(),
+                &tcp(&c, 1, &vip(family, 3), 80, SYN),
+                &mut out
+            )?
+            .0 == TX
+        );
+        let known: Vec<Vec<u8>> = (0..total)
+            .map(|n| tcp(&c, 2 + (n % 60_000) as u16, &vip(family, 3), 80, SYN))
+            .collect();
+        results.push(path(
+            dp,
+            &format!("DR new flow, persistence template hit ({fam})"),
+            &known,
+            TX,
+            Reason::PersistHit,
+            scale,
+        )?);
     }
     Ok(results)
 }
