@@ -123,6 +123,16 @@ fn client(family: u8, n: usize) -> (String, u16) {
     }
 }
 
+/// A distinct client address per `n` (up to 4M), port 1000.
+fn unique_client(family: u8, n: usize) -> (String, u16) {
+    if family == 4 {
+        let a = 0x6440_0000u32 + n as u32; // 100.64.0.0/10
+        (std::net::Ipv4Addr::from(a).to_string(), 1000)
+    } else {
+        (format!("2001:db8:4::{:x}:{:x}", n >> 16, n & 0xffff), 1000)
+    }
+}
+
 /// The scheduler of service `s`: rr, wrr (weights 1..=reals), mh (a full-size Maglev table),
 /// and rr with persistence, in turn.
 fn service_kind(s: usize) -> (Scheduler, bool) {
@@ -308,11 +318,18 @@ pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResul
         ] {
             let fresh: Vec<Vec<u8>> = (0..total)
                 .map(|n| {
-                    let (c, p) = client(family, 100_000 + offset * 2_000_000 + n);
+                    let (c, p) = if offset == 3 {
+                        // A new client address for every packet, so each needs a new template
+                        // (never on a wire: 100.64.0.0/10 has room for every run).
+                        unique_client(family, n)
+                    } else {
+                        client(family, 100_000 + offset * 2_000_000 + n)
+                    };
                     tcp(
                         &c,
                         p,
-                        &vip(family, (4 * n + offset) % scale.services),
+                        // Services of this kind only: indices offset, offset + 4, ...
+                        &vip(family, offset + 4 * (n % (scale.services / 4).max(1))),
                         80,
                         SYN,
                     )

@@ -34,7 +34,7 @@ fn main() -> Result<()> {
     xvs_tests::progtest::pin_to_cpu0();
     let scale = if quick {
         Scale {
-            services: 10,
+            services: 12,
             reals: 10,
             conn_capacity: 1 << 16,
             prefill: 10_000,
