@@ -348,18 +348,20 @@ pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResul
                 scale,
             )?);
         }
-        // New flow of a client that has a persistence template: the template decides.
-        let (c, _) = client(family, 9_000_000);
-        ensure!(
-            run_once(
-                dp.program(),
-                &tcp(&c, 1, &vip(family, 3), 80, SYN),
-                &mut out
-            )?
-            .0 == TX
-        );
+        // New flow of a client that has a persistence template: the template decides. Each
+        // client opens 60,000 new connections at most, so no 5-tuple repeats.
+        let clients = total.div_ceil(60_000);
+        for k in 0..clients {
+            let (c, _) = unique_client(family, 3_000_000 + k);
+            ensure!(
+                run_once(dp.program(), &tcp(&c, 1, &vip(family, 3), 80, SYN), &mut out)?.0 == TX
+            );
+        }
         let known: Vec<Vec<u8>> = (0..total)
-            .map(|n| tcp(&c, 2 + (n % 60_000) as u16, &vip(family, 3), 80, SYN))
+            .map(|n| {
+                let (c, _) = unique_client(family, 3_000_000 + n / 60_000);
+                tcp(&c, 2 + (n % 60_000) as u16, &vip(family, 3), 80, SYN)
+            })
             .collect();
         results.push(path(
             dp,
