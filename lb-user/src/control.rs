@@ -42,11 +42,16 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // A daemon that refuses the request (too large, say) answers and closes before reading it
+    // all: the write then fails, but its answer is waiting and says why.
+    let written = stream.write_all(&line);
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    if reader.read_line(&mut answer)? == 0 {
-        return Err(ControlError::NoAnswer);
+    match (reader.read_line(&mut answer), written) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) => return Err(e.into()),
+        (Err(e), Ok(())) => return Err(e.into()),
+        (Ok(_), Ok(())) => return Err(ControlError::NoAnswer),
     }
     Ok(serde_json::from_str(&answer)?)
 }

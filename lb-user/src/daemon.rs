@@ -539,7 +539,8 @@ async fn handle(line: &str, shared: &Shared) -> Response {
             let result = shared.controller.lock().await.apply(&changes);
             match result {
                 Ok(()) => {
-                    info!(?changes, "applied");
+                    info!(changes = changes.len(), "applied");
+                    debug!(?changes, "applied");
                     Response::Ok {
                         warnings: settle(shared).await,
                     }

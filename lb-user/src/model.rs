@@ -226,12 +226,16 @@ pub struct RealServer {
     pub forward: ForwardMethod,
     /// Upper connection threshold (`-x`): above it the server takes no new connections.
     /// 0 = no limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub u_threshold: u32,
     /// Lower connection threshold (`-y`): an overloaded server takes new connections again
     /// below it. 0 = three quarters of the upper threshold, as IPVS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub l_threshold: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl RealServer {
@@ -309,10 +313,10 @@ pub enum Change {
         /// Its scheduler.
         scheduler: Scheduler,
         /// Scheduler flags.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "SchedFlags::is_empty")]
         flags: SchedFlags,
         /// Persistence.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         persistence: Option<Persistence>,
     },
     /// `-E`: change a service's options.

@@ -15,7 +15,7 @@ use crate::{
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest request line the daemon reads.
-pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// Default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/xvs/xvsd.sock";

@@ -88,6 +88,9 @@ fn every_scheduler_splits_a_burst_as_it_promises() {
             }
         }
     }
-    eprintln!("burst of {BURST} new connections, weights 1:3\n{}", report.join("\n"));
+    eprintln!(
+        "burst of {BURST} new connections, weights 1:3\n{}",
+        report.join("\n")
+    );
     assert!(failures.is_empty(), "{failures:#?}\n{}", report.join("\n"));
 }

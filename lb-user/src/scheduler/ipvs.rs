@@ -155,6 +155,12 @@ fn table_at(
     }
 }
 
+/// IP_VS_DEST_F_OVERLOAD of each server after these counts (in `dests` order), for the
+/// schedulers that only skip overloaded servers (rr, wrr, mh).
+pub fn overload_flags(state: &mut State, dests: &[Dest]) -> Vec<bool> {
+    state.observe(dests)
+}
+
 /// What a recomputation saw of one real server.
 #[derive(Clone, Copy, Debug)]
 struct Seen {

@@ -133,14 +133,31 @@ impl Scheduling {
 
     /// Computes the table over `dests` (in the service's real-server order).
     pub fn table(&mut self, dests: &[Dest], params: &Params) -> Table {
+        if !matches!(
+            self.scheduler,
+            Scheduler::Rr | Scheduler::Wrr | Scheduler::Mh
+        ) {
+            return ipvs::table(self.scheduler, self.flags, &mut self.state, dests, params);
+        }
+        // rr, wrr and mh skip overloaded servers (IP_VS_DEST_F_OVERLOAD), as IPVS's do; with
+        // no thresholds nothing is ever overloaded.
+        let overloaded = if dests.iter().any(|d| d.u_threshold > 0) {
+            ipvs::overload_flags(&mut self.state, dests)
+        } else {
+            vec![false; dests.len()]
+        };
         match self.scheduler {
             Scheduler::Rr => Table::Sequence(
                 (0..dests.len() as u32)
-                    .filter(|&i| dests[i as usize].weight > 0)
+                    .filter(|&i| dests[i as usize].weight > 0 && !overloaded[i as usize])
                     .collect(),
             ),
             Scheduler::Wrr => {
-                let weights: Vec<u32> = dests.iter().map(|d| d.weight).collect();
+                let weights: Vec<u32> = dests
+                    .iter()
+                    .zip(&overloaded)
+                    .map(|(d, &o)| if o { 0 } else { d.weight })
+                    .collect();
                 Table::Sequence(
                     wrr(&fit_weights(&weights, MAX_TABLE_LEN))
                         .into_iter()
@@ -148,8 +165,39 @@ impl Scheduling {
                         .collect(),
                 )
             }
-            Scheduler::Mh => maglev::service_table(dests, self.flags, params.maglev_size),
-            _ => ipvs::table(self.scheduler, self.flags, &mut self.state, dests, params),
+            _ => {
+                // mh-fallback: the table is built without overloaded servers (their clients
+                // move, nobody else's beyond Maglev's bound); without it their slots have no
+                // server, as IPVS returns none.
+                if self.flags.mh_fallback {
+                    let usable: Vec<Dest> = dests
+                        .iter()
+                        .zip(&overloaded)
+                        .map(|(d, &o)| Dest {
+                            weight: if o { 0 } else { d.weight },
+                            ..*d
+                        })
+                        .collect();
+                    maglev::service_table(&usable, self.flags, params.maglev_size)
+                } else {
+                    match maglev::service_table(dests, self.flags, params.maglev_size) {
+                        Table::Hash { input, slots } => Table::Hash {
+                            input,
+                            slots: slots
+                                .into_iter()
+                                .map(|i| {
+                                    if i != NO_DEST && overloaded[i as usize] {
+                                        NO_DEST
+                                    } else {
+                                        i
+                                    }
+                                })
+                                .collect(),
+                        },
+                        other => other,
+                    }
+                }
+            }
         }
     }
 }
@@ -309,6 +357,37 @@ mod tests {
         assert!(table(Scheduler::Rr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[0, 0]).is_empty());
         assert!(table(Scheduler::Wrr, &[]).is_empty());
+    }
+
+    #[test]
+    fn rr_wrr_mh_skip_overloaded_servers() {
+        let mut d = dests(&[1, 3]);
+        d[1].u_threshold = 5;
+        d[1].active = 5;
+        for s in [Scheduler::Rr, Scheduler::Wrr] {
+            let t = Scheduling::new(s, SchedFlags::default()).table(&d, &Params::default());
+            assert_eq!(t, Table::Sequence(vec![0]), "{s}");
+        }
+        let Table::Hash { slots, .. } =
+            Scheduling::new(Scheduler::Mh, SchedFlags::default()).table(&d, &Params::default())
+        else {
+            panic!("mh is a hash table")
+        };
+        assert!(slots.contains(&NO_DEST) && !slots.contains(&1));
+        let fallback = SchedFlags::parse("mh-fallback").unwrap();
+        let Table::Hash { slots, .. } =
+            Scheduling::new(Scheduler::Mh, fallback).table(&d, &Params::default())
+        else {
+            panic!("mh is a hash table")
+        };
+        assert!(slots.iter().all(|&s| s == 0));
+        // Below three quarters of the threshold the server is back.
+        d[1].active = 3;
+        let mut s = Scheduling::new(Scheduler::Rr, SchedFlags::default());
+        d[1].active = 5;
+        assert_eq!(s.table(&d, &Params::default()), Table::Sequence(vec![0]));
+        d[1].active = 3;
+        assert_eq!(s.table(&d, &Params::default()), Table::Sequence(vec![0, 1]));
     }
 
     #[test]

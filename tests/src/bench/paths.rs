@@ -354,7 +354,12 @@ pub fn director_paths(dp: &mut Dataplane, scale: &Scale) -> Result<Vec<PathResul
         for k in 0..clients {
             let (c, _) = unique_client(family, 3_000_000 + k);
             ensure!(
-                run_once(dp.program(), &tcp(&c, 1, &vip(family, 3), 80, SYN), &mut out)?.0 == TX
+                run_once(
+                    dp.program(),
+                    &tcp(&c, 1, &vip(family, 3), 80, SYN),
+                    &mut out
+                )?
+                .0 == TX
             );
         }
         let known: Vec<Vec<u8>> = (0..total)
