@@ -114,8 +114,8 @@ pub fn render_connections(conns: &[ConnStatus]) -> String {
     let mut out = String::from("IPVS connection entries\n");
     let _ = writeln!(
         out,
-        "pro expire {:<11} {:<18} {:<18} {}",
-        "state", "source", "virtual", "destination"
+        "pro expire {:<11} {:<18} {:<18} destination",
+        "state", "source", "virtual"
     );
     for c in conns {
         let expire = format!("{:02}:{:02}", c.expires_s / 60, c.expires_s % 60);
