@@ -317,6 +317,80 @@ TCP  203.0.113.10:80                     0        0        0        0        0
         assert!(out.starts_with(expected), "{out}");
     }
 
+    /// ipvsadm.c print_title / print_service_entry, FMT_THRESHOLDS and FMT_PERSISTENTCONN:
+    /// "%-33s %-10s %-10s %-10s %-10s" and "  -> %-28s %-10u %-10u %-10u %-10u";
+    /// "%-33s %-9s %-11s %-10s %-10s" and "  -> %-28s %-9u %-11u %-10u %-10u"; persistence as
+    /// " persistent %u" and " mask %s" (IPv4 dotted, only when not /32).
+    #[test]
+    fn thresholds_and_persistent_conn_match_ipvsadm() {
+        let mut l = listing();
+        l.services[0].persistence = Some(crate::model::Persistence {
+            timeout: 300,
+            prefix: 24,
+        });
+        l.services[0].reals[0].u_threshold = 100;
+        l.services[0].reals[0].l_threshold = 50;
+        l.services[0].reals[0].persist_conns = 7;
+        let out = render(
+            &l,
+            ListOptions {
+                format: Format::Thresholds,
+                exact: false,
+            },
+        );
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn 
+  -> RemoteAddress:Port
+TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
+  -> 198.51.100.11:80             100        50         3          17        
+";
+        assert!(out.starts_with(expected), "{out}");
+        let out = render(
+            &l,
+            ListOptions {
+                format: Format::PersistentConn,
+                exact: false,
+            },
+        );
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn 
+  -> RemoteAddress:Port
+TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
+  -> 198.51.100.11:80             1         7           3          17        
+";
+        assert!(out.starts_with(expected), "{out}");
+        // Plain -L -n with flags: " (sh-fallback,sh-port)" after the scheduler.
+        l.services[1].flags = crate::model::SchedFlags::parse("sh-port,sh-fallback").unwrap();
+        l.services[1].scheduler = crate::model::Scheduler::Sh;
+        let out = render(&l, ListOptions::default());
+        assert!(
+            out.contains("UDP  [2001:db8::10]:53 sh (sh-fallback,sh-port)\n"),
+            "{out}"
+        );
+    }
+
+    /// ipvsadm.c list_conn / print_conn: "pro expire %-11s %-18s %-18s %s" header, rows
+    /// "%-3s %-6s %-11s %-18s %-18s %s" with expire as "%02d:%02d".
+    #[test]
+    fn connections_match_ipvsadm() {
+        let out = render_connections(&[ConnStatus {
+            protocol: crate::model::Protocol::Tcp,
+            client: "192.0.2.5:40000".parse().unwrap(),
+            virtual_addr: "203.0.113.10:80".parse().unwrap(),
+            real: "198.51.100.11:80".parse().unwrap(),
+            state: "ESTABLISHED".into(),
+            expires_s: 899,
+        }]);
+        assert_eq!(
+            out,
+            "IPVS connection entries\n\
+             pro expire state       source             virtual            destination\n\
+             TCP 14:59  ESTABLISHED 192.0.2.5:40000    203.0.113.10:80    198.51.100.11:80\n"
+        );
+    }
+
     #[test]
     fn largenum_units() {
         assert_eq!(largenum(99_999_999, false), " 99999999");
