@@ -743,6 +743,12 @@ impl Dataplane {
         self.placed.get(key).map(|p| p.id)
     }
 
+    /// The value the data plane holds for a (protocol, VIP, port), if any (tests check that
+    /// every match of a group points at the group's current table).
+    pub fn published_value(&self, v: &VirtualAddr) -> Option<ServiceValue> {
+        self.services.get(&to_bpf_key(v), 0).ok()
+    }
+
     /// The scheduler table currently published for a service (backend ids).
     pub fn published_table(&self, key: &ServiceKey) -> Option<&[u32]> {
         self.placed.get(key).map(|p| p.table.as_slice())
