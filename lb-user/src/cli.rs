@@ -1,7 +1,10 @@
 //! xvsadm's command line: ipvsadm's commands and options, turned into control requests.
 //!
-//! Options that only make sense for IPVS inside the kernel (masquerading, firewall marks, the
-//! sync daemon) or that xvs does not have yet are refused with a reason, never ignored.
+//! Options that only make sense for IPVS inside the kernel (masquerading, the sync daemon) or
+//! that xvs does not have yet are refused with a reason, never ignored.
+//!
+//! `-f MARK` names a service group: netfilter marks cannot reach XDP (it runs first), so what a
+//! group takes is declared on it with `--match PROTO:VIP:PORT` instead of an iptables rule.
 
 use std::{
     net::{IpAddr, SocketAddr, ToSocketAddrs},
@@ -15,7 +18,7 @@ use crate::{
     listing::{Format, ListOptions},
     model::{
         Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
-        ServiceKey,
+        ServiceKey, VirtualAddr,
     },
     proto::DEFAULT_SOCKET,
 };
@@ -62,7 +65,7 @@ pub struct Args {
     /// Delete a real server.
     #[arg(short = 'd', long = "delete-server", group = "command")]
     pub delete_server: bool,
-    /// List the table (all services, or the one given with -t/-u).
+    /// List the table (all services, or the one given with -t/-u/-f).
     #[arg(
         short = 'L',
         visible_short_alias = 'l',
@@ -89,9 +92,18 @@ pub struct Args {
     /// UDP service: VIP:port, or [IPv6]:port.
     #[arg(short = 'u', long = "udp-service", value_name = "SERVICE-ADDRESS")]
     pub udp_service: Option<String>,
-    /// Firewall-mark service (refused: marks are set by netfilter, after XDP has run).
+    /// Service group, ipvsadm's firewall-mark service: a mark > 0 naming it. What it takes is
+    /// given with --match (netfilter marks are set after XDP has run, so they cannot be used).
     #[arg(short = 'f', long = "fwmark-service", value_name = "FWMARK")]
     pub fwmark_service: Option<String>,
+    /// With -f: an IPv6 service group.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// xvs only, with -A/-E -f: traffic the group takes, PROTO:VIP:PORT (tcp:203.0.113.10:443,
+    /// udp:[2001:db8::10]:53; port 0 = every port). Repeatable; on -E it replaces the group's
+    /// matches (omitted: they are kept; `--match none`: the group takes no traffic).
+    #[arg(long = "match", value_name = "PROTO:VIP:PORT", action = clap::ArgAction::Append)]
+    pub matches: Vec<String>,
     /// Scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos (default wlc).
     #[arg(short = 's', long = "scheduler", value_name = "SCHEDULER")]
     pub scheduler: Option<String>,
@@ -276,9 +288,10 @@ impl Args {
         if self.clear {
             return Ok(Action::Apply(vec![Change::Clear]));
         }
-        let key = self
-            .service_opt()?
-            .ok_or_else(|| CliError("a service is required: -t or -u SERVICE-ADDRESS".into()))?;
+        let key = self.service_opt()?.ok_or_else(|| {
+            CliError("a service is required: -t or -u SERVICE-ADDRESS, or -f FWMARK".into())
+        })?;
+        let matches = self.matches_opt(&key)?;
         // -A and -E set every option of the service, -a and -e every option of the real
         // server, with ipvsadm's defaults for what is not given (so `-E -s rr` also drops
         // persistence, exactly as ipvsadm does).
@@ -294,7 +307,7 @@ impl Args {
                 None => SchedFlags::default(),
             };
             let persistence = self.persistence(&key)?;
-            if self.add_service {
+            let change = if self.add_service {
                 Change::AddService {
                     key,
                     scheduler,
@@ -308,7 +321,13 @@ impl Args {
                     flags: Some(flags),
                     persistence: Some(persistence),
                 }
+            };
+            // The service and its matches are one transaction: both or neither.
+            let mut changes = vec![change];
+            if let Some(matches) = matches {
+                changes.push(Change::SetMatches { key, matches });
             }
+            return Ok(Action::Apply(changes));
         } else if self.delete_service {
             Change::DeleteService { key }
         } else {
@@ -316,7 +335,9 @@ impl Args {
                 .real_server
                 .as_deref()
                 .ok_or_else(|| CliError("a real server is required: -r SERVER-ADDRESS".into()))?;
-            let addr = parse_real_addr(real, key.addr.port())?;
+            // A group has no port: a server given without one keeps port 0 (the client's
+            // destination port), as ipvsadm stores it.
+            let addr = parse_real_addr(real, key.port())?;
             let weight = match self.weight {
                 None => 1,
                 Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => w as u32,
@@ -357,9 +378,6 @@ impl Args {
         if self.start_daemon.is_some() || self.stop_daemon.is_some() {
             return err("the IPVS connection-sync daemon does not apply to xvs: each director keeps its own connection table (use mh for directors that agree without talking)");
         }
-        if self.fwmark_service.is_some() {
-            return err("-f (firewall-mark services) cannot work with xvs: marks are set by netfilter, which runs after XDP has already handled the packet");
-        }
         if self.masquerading {
             return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and, later, tunnelling (-i)");
         }
@@ -374,15 +392,23 @@ impl Args {
                 return Err(not_yet(what));
             }
         }
-        if self.tcp_service.is_some() && self.udp_service.is_some() {
-            return err("give one service: -t or -u, not both");
+        let given = [
+            self.tcp_service.is_some(),
+            self.udp_service.is_some(),
+            self.fwmark_service.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return err("give one service: -t, -u or -f, not several");
+        }
+        if self.ipv6 && self.fwmark_service.is_none() {
+            return err("-6 applies to -f (firewall-mark service groups) only");
         }
         Ok(())
     }
 
     /// `-p [timeout]` and `-M netmask` for this service.
     fn persistence(&self, key: &ServiceKey) -> Result<Option<Persistence>, CliError> {
-        let v4 = key.addr.is_ipv4();
+        let v4 = key.is_ipv4();
         let Some(timeout) = self.persistent else {
             if self.netmask.is_some() {
                 return err("-M (persistence netmask) needs -p (persistence)");
@@ -403,15 +429,55 @@ impl Args {
     }
 
     fn service_opt(&self) -> Result<Option<ServiceKey>, CliError> {
+        if let Some(mark) = &self.fwmark_service {
+            return parse_fwmark(mark).map(|m| Some(ServiceKey::fwmark(m, self.ipv6)));
+        }
         let (protocol, s) = match (&self.tcp_service, &self.udp_service) {
             (Some(s), None) => (Protocol::Tcp, s),
             (None, Some(s)) => (Protocol::Udp, s),
             _ => return Ok(None),
         };
-        Ok(Some(ServiceKey {
-            protocol,
-            addr: parse_service_addr(s)?,
-        }))
+        Ok(Some(ServiceKey::new(protocol, parse_service_addr(s)?)))
+    }
+
+    /// `--match` options: only on -A/-E of a group. None: not given (-E keeps the matches).
+    fn matches_opt(&self, key: &ServiceKey) -> Result<Option<Vec<VirtualAddr>>, CliError> {
+        if self.matches.is_empty() {
+            return Ok(None);
+        }
+        if !(self.add_service || self.edit_service) {
+            return err("--match applies to -A and -E only");
+        }
+        if !key.is_group() {
+            return err(format!(
+                "--match applies to service groups (-f) only, not to {key}"
+            ));
+        }
+        if self.matches.len() == 1 && self.matches[0] == "none" {
+            return Ok(Some(Vec::new()));
+        }
+        self.matches
+            .iter()
+            .map(|m| {
+                m.parse::<VirtualAddr>()
+                    .map_err(|e| CliError(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+/// Parses `-f`: a mark above 0 (decimal, or 0x-prefixed hex as iptables prints marks).
+pub fn parse_fwmark(s: &str) -> Result<u32, CliError> {
+    let n = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse::<u32>(),
+    };
+    match n {
+        Ok(n) if n > 0 => Ok(n),
+        _ => err(format!(
+            "Illegal fwmark: {s} (must be an integer greater than 0)"
+        )),
     }
 }
 
@@ -502,33 +568,49 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
     Ok(out)
 }
 
+/// The options naming a service, as ipvsadm's rule format writes them (its svc_name):
+/// `-t VIP:port`, `-u VIP:port`, `-f 1`, `-f 1 -6`.
+pub fn service_option(key: &ServiceKey) -> String {
+    match *key {
+        ServiceKey::Addr {
+            protocol: Protocol::Tcp,
+            addr,
+        } => format!("-t {addr}"),
+        ServiceKey::Addr {
+            protocol: Protocol::Udp,
+            addr,
+        } => format!("-u {addr}"),
+        ServiceKey::Fwmark { fwmark, ipv6 } => {
+            format!("-f {fwmark}{}", if ipv6 { " -6" } else { "" })
+        }
+    }
+}
+
 /// Renders the configuration in ipvsadm's save format (`-S -n`).
 pub fn save(config: &Config) -> String {
     let mut out = String::new();
     for svc in &config.services {
-        let flag = match svc.key.protocol {
-            Protocol::Tcp => "-t",
-            Protocol::Udp => "-u",
-        };
-        out.push_str(&format!("-A {flag} {} -s {}", svc.key.addr, svc.scheduler));
+        let name = service_option(&svc.key);
+        out.push_str(&format!("-A {name} -s {}", svc.scheduler));
         if !svc.flags.is_empty() {
             out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
         }
         if let Some(p) = svc.persistence {
             out.push_str(&format!(" -p {}", p.timeout));
-            if let Some(m) = crate::listing::netmask_text(svc.key.addr.is_ipv4(), p.prefix) {
+            if let Some(m) = crate::listing::netmask_text(svc.key.is_ipv4(), p.prefix) {
                 out.push_str(&format!(" -M {m}"));
             }
+        }
+        // xvs's own option last, so the ipvsadm part of the line reads as ipvsadm writes it.
+        for m in &svc.matches {
+            out.push_str(&format!(" --match {m}"));
         }
         out.push('\n');
         for r in &svc.reals {
             let fwd = match r.forward {
                 ForwardMethod::Dr => "-g",
             };
-            out.push_str(&format!(
-                "-a {flag} {} -r {} {fwd} -w {}",
-                svc.key.addr, r.addr, r.weight
-            ));
+            out.push_str(&format!("-a {name} -r {} {fwd} -w {}", r.addr, r.weight));
             if r.u_threshold != 0 {
                 out.push_str(&format!(" -x {}", r.u_threshold));
             }
@@ -560,7 +642,7 @@ mod tests {
     }
 
     fn tcp(s: &str) -> ServiceKey {
-        ServiceKey {
+        ServiceKey::Addr {
             protocol: Protocol::Tcp,
             addr: s.parse().unwrap(),
         }
@@ -638,7 +720,7 @@ mod tests {
         assert_eq!(
             one(&["-D", "-u", "[2001:db8::10]:53"]),
             Change::DeleteService {
-                key: ServiceKey {
+                key: ServiceKey::Addr {
                     protocol: Protocol::Udp,
                     addr: "[2001:db8::10]:53".parse().unwrap()
                 }
@@ -731,7 +813,7 @@ mod tests {
                 &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-m"],
                 "masquerading",
             ),
-            (&["-A", "-f", "1", "-s", "rr"], "firewall-mark"),
+            (&["-A", "-f", "0", "-s", "rr"], "Illegal fwmark"),
             (&["-a", "-t", "203.0.113.10:80"], "real server is required"),
             (&["-A", "-s", "rr"], "service is required"),
             (&["--start-daemon", "master"], "sync daemon"),
@@ -762,6 +844,188 @@ mod tests {
         }
         // Two commands at once is a usage error.
         assert!(action(&["-A", "-D", "-t", "203.0.113.10:80"]).is_err());
+    }
+
+    #[test]
+    fn service_groups_parse() {
+        let g = ServiceKey::fwmark(1, false);
+        assert_eq!(
+            action(&[
+                "-A",
+                "-f",
+                "1",
+                "-s",
+                "rr",
+                "-p",
+                "60",
+                "--match",
+                "tcp:203.0.113.10:80",
+                "--match",
+                "tcp:203.0.113.10:443",
+            ])
+            .unwrap(),
+            Action::Apply(vec![
+                Change::AddService {
+                    key: g,
+                    scheduler: Scheduler::Rr,
+                    flags: SchedFlags::default(),
+                    persistence: Some(Persistence {
+                        timeout: 60,
+                        prefix: 32
+                    }),
+                },
+                Change::SetMatches {
+                    key: g,
+                    matches: vec![
+                        "tcp:203.0.113.10:80".parse().unwrap(),
+                        "tcp:203.0.113.10:443".parse().unwrap()
+                    ],
+                },
+            ])
+        );
+        // -6, a /64 persistence mask, and UDP on every port.
+        let g6 = ServiceKey::fwmark(2, true);
+        assert_eq!(
+            action(&[
+                "-A",
+                "-f",
+                "2",
+                "-6",
+                "-p",
+                "-M",
+                "64",
+                "--match",
+                "udp:[2001:db8::10]:0"
+            ])
+            .unwrap(),
+            Action::Apply(vec![
+                Change::AddService {
+                    key: g6,
+                    scheduler: Scheduler::Wlc,
+                    flags: SchedFlags::default(),
+                    persistence: Some(Persistence {
+                        timeout: 300,
+                        prefix: 64
+                    }),
+                },
+                Change::SetMatches {
+                    key: g6,
+                    matches: vec![VirtualAddr {
+                        protocol: Protocol::Udp,
+                        addr: "[2001:db8::10]:0".parse().unwrap()
+                    }],
+                },
+            ])
+        );
+        // -E without --match keeps the matches; --match none drops them.
+        assert_eq!(
+            action(&["-E", "-f", "1", "-s", "wrr"]).unwrap(),
+            Action::Apply(vec![Change::EditService {
+                key: g,
+                scheduler: Some(Scheduler::Wrr),
+                flags: Some(SchedFlags::default()),
+                persistence: Some(None),
+            }])
+        );
+        match action(&["-E", "-f", "1", "--match", "none"]).unwrap() {
+            Action::Apply(c) => assert_eq!(
+                c[1],
+                Change::SetMatches {
+                    key: g,
+                    matches: vec![]
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Real servers of a group: no port given is port 0 (the client's destination port).
+        assert_eq!(
+            one(&["-a", "-f", "1", "-r", "198.51.100.11", "-w", "2"]),
+            Change::AddReal {
+                service: g,
+                real: RealServer::dr("198.51.100.11:0".parse().unwrap(), 2),
+            }
+        );
+        assert_eq!(one(&["-D", "-f", "0x1"]), Change::DeleteService { key: g });
+        let cases: &[(&[&str], &str)] = &[
+            (&["-A", "-f", "0", "-s", "rr"], "Illegal fwmark"),
+            (&["-A", "-f", "-3", "-s", "rr"], ""),
+            (&["-A", "-f", "one"], "Illegal fwmark"),
+            (
+                &[
+                    "-A",
+                    "-t",
+                    "203.0.113.10:80",
+                    "--match",
+                    "tcp:203.0.113.10:81",
+                ],
+                "service groups (-f) only",
+            ),
+            (&["-A", "-t", "203.0.113.10:80", "-6"], "-6 applies to -f"),
+            (
+                &["-A", "-f", "1", "-t", "203.0.113.10:80"],
+                "give one service",
+            ),
+            (
+                &["-A", "-f", "1", "--match", "sctp:203.0.113.10:80"],
+                "Illegal match",
+            ),
+            (
+                &["-A", "-f", "1", "--match", "tcp:203.0.113.10"],
+                "Illegal match",
+            ),
+            (
+                &[
+                    "-a",
+                    "-f",
+                    "1",
+                    "-r",
+                    "198.51.100.11",
+                    "--match",
+                    "tcp:203.0.113.10:80",
+                ],
+                "-A and -E only",
+            ),
+        ];
+        for (args, needle) in cases {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn group_save_restore_round_trip() {
+        let rules = "\
+-A -f 1 -s rr -p 60 --match tcp:203.0.113.10:80 --match tcp:203.0.113.10:443
+-a -f 1 -r 198.51.100.11:0 -g -w 1
+-a -f 1 -r 198.51.100.12:0 -g -w 1
+-A -t 203.0.113.10:25 -s wlc
+-A -f 2 -6 -s sh -p 300 -M 64 --match udp:[2001:db8::10]:0
+-a -f 2 -6 -r [2001:db8::11]:0 -g -w 3
+";
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        // Written by ipvsadm: no --match. Accepted, listed, and reported as matching nothing.
+        let ipvsadm = "-A -f 1 -s rr -p 60\n-a -f 1 -r 198.51.100.11:0 -g -w 1\n";
+        let changes = parse_rules(ipvsadm).unwrap();
+        let mut config = Config::default();
+        config.apply_all(&changes).unwrap();
+        assert_eq!(save(&config), ipvsadm);
+        assert_eq!(
+            config.unmatched_groups(&changes),
+            vec![ServiceKey::fwmark(1, false)]
+        );
+        assert_eq!(service_option(&ServiceKey::fwmark(1, true)), "-f 1 -6");
+        // A restore whose group takes a normal service's address is refused as a whole.
+        let clash = "-A -t 203.0.113.10:80 -s rr\n-A -f 1 -s rr --match tcp:203.0.113.10:80\n";
+        let mut config = Config::default();
+        let e = config.apply_all(&parse_rules(clash).unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("already taken by TCP 203.0.113.10:80"),
+            "{e}"
+        );
+        assert!(config.services.is_empty());
     }
 
     #[test]

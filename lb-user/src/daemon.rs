@@ -2,7 +2,7 @@
 //! real servers' MAC addresses current.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -110,7 +110,8 @@ impl Controller {
 
     /// Applies changes as one transaction: validated on a copy, pushed to the data plane, and
     /// only then made current. If the data plane refuses, the previous state is pushed back.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<(), String> {
+    /// Returns warnings: service groups these changes left without a match.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, String> {
         let mut next = self.config.clone();
         next.apply_all(changes).map_err(|e| e.to_string())?;
         if let Err(e) = self.dataplane.sync(&next, &self.macs) {
@@ -120,7 +121,17 @@ impl Controller {
             return Err(e.to_string());
         }
         self.config = next;
-        Ok(())
+        Ok(self
+            .config
+            .unmatched_groups(changes)
+            .into_iter()
+            .map(|k| {
+                format!(
+                    "{k} matches no traffic until it is given matches: xvsadm -E {} ... --match PROTO:VIP:PORT",
+                    crate::cli::service_option(&k)
+                )
+            })
+            .collect())
     }
 
     /// Real-server addresses without a known MAC.
@@ -203,11 +214,12 @@ impl Controller {
 
     /// Live connections, for `-L -c` (at most `limit`).
     pub fn connections(&self, limit: usize) -> Result<Vec<ConnStatus>, DataplaneError> {
-        let mut by_id: HashMap<u32, (Protocol, SocketAddr)> = HashMap::new();
+        // Service ids in use; the protocol and VIP shown are the flow's (a group has several).
+        let mut by_id: HashSet<u32> = HashSet::new();
         let mut reals: HashMap<u32, SocketAddr> = HashMap::new();
         for svc in &self.config.services {
             if let Some(id) = self.dataplane.service_id(&svc.key) {
-                by_id.insert(id, (svc.key.protocol, svc.key.addr));
+                by_id.insert(id);
             }
             for r in &svc.reals {
                 if let Some(b) = self.dataplane.backend_id(&svc.key, r.addr) {
@@ -217,10 +229,16 @@ impl Controller {
         }
         let mut out = Vec::new();
         for c in self.dataplane.connections(limit)? {
-            let (Some(&(protocol, vip)), Some(&real)) =
-                (by_id.get(&c.entry.service), reals.get(&c.entry.backend))
-            else {
+            let Some(&real) = reals.get(&c.entry.backend) else {
                 continue;
+            };
+            if !by_id.contains(&c.entry.service) {
+                continue;
+            }
+            let protocol = if c.key.proto == lb_common::PROTO_UDP {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
             };
             let ip = |a: &[u8; 16]| -> IpAddr {
                 if c.key.family == lb_common::FAMILY_V4 {
@@ -233,8 +251,9 @@ impl Controller {
                 protocol,
                 client: SocketAddr::new(ip(&c.key.src), u16::from_be(c.key.sport_be)),
                 virtual_addr: SocketAddr::new(ip(&c.key.dst), u16::from_be(c.key.dport_be)),
-                real: if vip.port() == 0 {
-                    // Port-0 services: the real server gets the client's destination port.
+                real: if real.port() == 0 {
+                    // Port-0 services (and groups' servers given without a port): the real
+                    // server gets the client's destination port.
                     SocketAddr::new(real.ip(), u16::from_be(c.key.dport_be))
                 } else {
                     real
@@ -275,6 +294,7 @@ impl Controller {
             }
             services.push(ServiceStatus {
                 key: svc.key,
+                matches: svc.matches.clone(),
                 scheduler: svc.scheduler,
                 flags: svc.flags,
                 persistence: svc.persistence,
@@ -538,12 +558,12 @@ async fn handle(line: &str, shared: &Shared) -> Response {
         Command::Apply { changes } => {
             let result = shared.controller.lock().await.apply(&changes);
             match result {
-                Ok(()) => {
+                Ok(unmatched) => {
                     info!(changes = changes.len(), "applied");
                     debug!(?changes, "applied");
-                    Response::Ok {
-                        warnings: settle(shared).await,
-                    }
+                    let mut warnings = unmatched;
+                    warnings.extend(settle(shared).await);
+                    Response::Ok { warnings }
                 }
                 Err(e) => error(&e),
             }

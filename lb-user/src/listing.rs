@@ -5,6 +5,7 @@ use std::{fmt::Write, net::SocketAddr};
 
 use crate::{
     dataplane::Counters,
+    model::ServiceKey,
     proto::{ConnStatus, Listing, ServiceStatus},
 };
 
@@ -85,7 +86,7 @@ pub fn service_flags(svc: &ServiceStatus) -> String {
     }
     if let Some(p) = svc.persistence {
         let _ = write!(out, " persistent {}", p.timeout);
-        if let Some(mask) = netmask_text(svc.key.addr.is_ipv4(), p.prefix) {
+        if let Some(mask) = netmask_text(svc.key.is_ipv4(), p.prefix) {
             let _ = write!(out, " mask {mask}");
         }
     }
@@ -133,9 +134,16 @@ pub fn render_connections(conns: &[ConnStatus]) -> String {
     out
 }
 
-/// `TCP  203.0.113.10:80`, IPv6 in brackets.
+/// `TCP  203.0.113.10:80`, IPv6 in brackets; a group as ipvsadm prints a firewall-mark
+/// service: `FWM  1`, `FWM  1 IPv6` (its matches are in the JSON and -S, not in this table,
+/// whose lines scripts parse).
 fn service_name(svc: &ServiceStatus) -> String {
-    format!("{}  {}", svc.key.protocol, addr_port(svc.key.addr))
+    match svc.key {
+        ServiceKey::Addr { protocol, addr } => format!("{protocol}  {}", addr_port(addr)),
+        ServiceKey::Fwmark { fwmark, ipv6 } => {
+            format!("FWM  {fwmark}{}", if ipv6 { " IPv6" } else { "" })
+        }
+    }
 }
 
 /// ipvsadm prints IPv6 as `[addr]:port`; SocketAddr's Display does the same.
@@ -253,12 +261,13 @@ mod tests {
             conn_table_size: 4096,
             services: vec![
                 ServiceStatus {
-                    key: ServiceKey {
+                    key: ServiceKey::Addr {
                         protocol: Protocol::Tcp,
                         addr: "203.0.113.10:80".parse().unwrap(),
                     },
                     scheduler: Scheduler::Wrr,
                     flags: Default::default(),
+                    matches: Vec::new(),
                     persistence: None,
                     stats: Counters::default(),
                     reals: vec![
@@ -267,12 +276,13 @@ mod tests {
                     ],
                 },
                 ServiceStatus {
-                    key: ServiceKey {
+                    key: ServiceKey::Addr {
                         protocol: Protocol::Udp,
                         addr: "[2001:db8::10]:53".parse().unwrap(),
                     },
                     scheduler: Scheduler::Rr,
                     flags: Default::default(),
+                    matches: Vec::new(),
                     persistence: None,
                     stats: Counters::default(),
                     reals: vec![real("[2001:db8::11]:53", 1, 0, 2)],
@@ -296,6 +306,48 @@ UDP  [2001:db8::10]:53 rr
   -> [2001:db8::11]:53            Route   1      0          2         
 ";
         assert_eq!(render(&listing(), ListOptions::default()), expected);
+    }
+
+    #[test]
+    fn groups_are_listed_as_ipvsadm_lists_fwmark_services() {
+        let mut l = listing();
+        l.services.truncate(1);
+        let svc = &mut l.services[0];
+        svc.key = ServiceKey::fwmark(1, false);
+        svc.scheduler = Scheduler::Rr;
+        svc.persistence = Some(crate::model::Persistence {
+            timeout: 60,
+            prefix: 32,
+        });
+        svc.matches = vec!["tcp:203.0.113.10:80".parse().unwrap()];
+        svc.reals.truncate(1);
+        svc.reals[0].addr = "198.51.100.11:0".parse().unwrap();
+        let mut v6 = svc.clone();
+        v6.key = ServiceKey::fwmark(2, true);
+        v6.persistence = Some(crate::model::Persistence {
+            timeout: 300,
+            prefix: 64,
+        });
+        v6.reals[0].addr = "[2001:db8::11]:0".parse().unwrap();
+        l.services.push(v6);
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+FWM  1 rr persistent 60
+  -> 198.51.100.11:0              Route   1      3          17        
+FWM  2 IPv6 rr persistent 300 mask 64
+  -> [2001:db8::11]:0             Route   1      3          17        
+";
+        assert_eq!(render(&l, ListOptions::default()), expected);
+        // The JSON carries the group's key and matches.
+        let json = serde_json::to_string(&l.services[0]).unwrap();
+        assert!(
+            json.contains(
+                r#""key":{"fwmark":1},"matches":[{"protocol":"tcp","addr":"203.0.113.10:80"}]"#
+            ),
+            "{json}"
+        );
     }
 
     #[test]

@@ -35,18 +35,124 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Identifies a virtual service: protocol, VIP and port.
+/// A (protocol, VIP, port) that packets are matched against: a normal service's identity, or
+/// one of the matches of a service group. Port 0 means every port of the VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ServiceKey {
+pub struct VirtualAddr {
     /// TCP or UDP.
     pub protocol: Protocol,
     /// VIP and port.
     pub addr: SocketAddr,
 }
 
-impl fmt::Display for ServiceKey {
+impl fmt::Display for VirtualAddr {
+    /// The `--match` spelling: `tcp:203.0.113.10:80`, `udp:[2001:db8::10]:53`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.protocol, self.addr)
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(f, "{proto}:{}", self.addr)
+    }
+}
+
+impl FromStr for VirtualAddr {
+    type Err = ConfigError;
+    /// Parses `tcp:VIP:port`, `udp:VIP:port`, `tcp:[IPv6]:port` (port 0 = every port).
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadMatch(s.to_string());
+        let (proto, addr) = s.split_once(':').ok_or_else(bad)?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return Err(bad()),
+        };
+        let addr = addr.parse::<SocketAddr>().map_err(|_| bad())?;
+        Ok(VirtualAddr { protocol, addr })
+    }
+}
+
+/// Identifies a virtual service: a normal service by protocol, VIP and port (`-t`/`-u`), or a
+/// service group by its mark (`-f`, as IPVS's firewall-mark services).
+///
+/// Untagged in JSON so that a normal service keeps its `{"protocol":..,"addr":..}` form and a
+/// group reads `{"fwmark":1}` (`"ipv6":true` for an IPv6 group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServiceKey {
+    /// `-t`/`-u`: one protocol, VIP and port.
+    Addr {
+        /// TCP or UDP.
+        protocol: Protocol,
+        /// VIP and port.
+        addr: SocketAddr,
+    },
+    /// `-f MARK [-6]`: a service group; what it matches is its `matches` list.
+    Fwmark {
+        /// The mark, > 0.
+        fwmark: u32,
+        /// IPv6 group (`-6`): its matches and real servers are IPv6.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ipv6: bool,
+    },
+}
+
+impl ServiceKey {
+    /// A normal service's key.
+    pub fn new(protocol: Protocol, addr: SocketAddr) -> ServiceKey {
+        ServiceKey::Addr { protocol, addr }
+    }
+
+    /// A service group's key.
+    pub fn fwmark(fwmark: u32, ipv6: bool) -> ServiceKey {
+        ServiceKey::Fwmark { fwmark, ipv6 }
+    }
+
+    /// Whether this is a service group (`-f`).
+    pub fn is_group(&self) -> bool {
+        matches!(self, ServiceKey::Fwmark { .. })
+    }
+
+    /// Whether the service is IPv4 (a group by its `-6` flag).
+    pub fn is_ipv4(&self) -> bool {
+        match self {
+            ServiceKey::Addr { addr, .. } => addr.is_ipv4(),
+            ServiceKey::Fwmark { ipv6, .. } => !ipv6,
+        }
+    }
+
+    /// The service's port: a group has none (0), as an IPVS firewall-mark service.
+    pub fn port(&self) -> u16 {
+        match self {
+            ServiceKey::Addr { addr, .. } => addr.port(),
+            ServiceKey::Fwmark { .. } => 0,
+        }
+    }
+
+    /// A normal service's (protocol, VIP, port); None for a group.
+    pub fn virtual_addr(&self) -> Option<VirtualAddr> {
+        match *self {
+            ServiceKey::Addr { protocol, addr } => Some(VirtualAddr { protocol, addr }),
+            ServiceKey::Fwmark { .. } => None,
+        }
+    }
+}
+
+impl From<VirtualAddr> for ServiceKey {
+    fn from(v: VirtualAddr) -> ServiceKey {
+        ServiceKey::new(v.protocol, v.addr)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `TCP 203.0.113.10:80`, `FWM 1`, `FWM 1 IPv6`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceKey::Addr { protocol, addr } => write!(f, "{protocol} {addr}"),
+            ServiceKey::Fwmark { fwmark, ipv6 } => {
+                write!(f, "FWM {fwmark}{}", if *ipv6 { " IPv6" } else { "" })
+            }
+        }
     }
 }
 
@@ -218,7 +324,8 @@ pub const MAX_WEIGHT: u32 = 65535;
 /// One real server of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealServer {
-    /// Address and port (in DR mode the port is always the service's).
+    /// Address and port (in DR mode the port is the service's; in a group it is kept as given,
+    /// 0 = the client's destination port, as ipvsadm shows it).
     pub addr: SocketAddr,
     /// Weight; 0 quiesces the server (no new connections, established ones stay).
     pub weight: u32,
@@ -281,8 +388,12 @@ pub struct Persistence {
 /// A virtual service and its real servers, in the order they were added.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
-    /// Protocol, VIP, port.
+    /// Protocol, VIP, port; or a group's mark.
     pub key: ServiceKey,
+    /// A group's matches: every (protocol, VIP, port) whose traffic is this service's. Empty
+    /// for a normal service (its key is its only match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<VirtualAddr>,
     /// Scheduler for new connections.
     pub scheduler: Scheduler,
     /// Scheduler flags (`-b`).
@@ -339,6 +450,13 @@ pub enum Change {
     },
     /// `-C`: delete every service.
     Clear,
+    /// `--match` on `-A -f`/`-E -f`: replaces what a service group matches.
+    SetMatches {
+        /// The group.
+        key: ServiceKey,
+        /// Its new matches (empty: the group matches no traffic).
+        matches: Vec<VirtualAddr>,
+    },
     /// `-a`: add a real server to a service.
     AddReal {
         /// The service.
@@ -420,6 +538,31 @@ pub enum ConfigError {
     /// A timeout outside 1..=MAX_TIMEOUT.
     #[error("Illegal timeout: {0} (must be 1..=2678400 seconds)")]
     BadTimeout(u32),
+    /// Mark 0 (IPVS refuses it too).
+    #[error("Illegal fwmark: 0 (must be greater than 0)")]
+    BadFwmark,
+    /// A `--match` that does not parse.
+    #[error("Illegal match: {0} (expected tcp:VIP:port, udp:VIP:port or tcp:[IPv6]:port)")]
+    BadMatch(String),
+    /// `--match` for a service that is not a group.
+    #[error("--match applies to service groups (-f) only, not to {0}")]
+    NotAGroup(String),
+    /// A match of the other address family than its group.
+    #[error("Match {matched} is not of the address family of {group} (use -6 for an IPv6 group)")]
+    MatchFamily {
+        /// The match.
+        matched: String,
+        /// The group.
+        group: String,
+    },
+    /// A (protocol, VIP, port) that another service or group already takes.
+    #[error("Match {matched} is already taken by {owner}")]
+    MatchTaken {
+        /// The match.
+        matched: String,
+        /// The service or group that has it.
+        owner: String,
+    },
     /// Lower threshold above the upper one.
     #[error("Illegal threshold: the lower threshold {lower} exceeds the upper threshold {upper}")]
     BadThreshold {
@@ -443,6 +586,38 @@ impl Config {
             .ok_or_else(|| ConfigError::NoSuchService(key.to_string()))
     }
 
+    /// The service whose traffic this (protocol, VIP, port) is: the normal service with that
+    /// key, or the group that matches it. Each is taken at most once, so the data plane's
+    /// service map has one owner per key.
+    pub fn owner_of(&self, v: &VirtualAddr) -> Option<ServiceKey> {
+        self.services
+            .iter()
+            .find(|s| s.key.virtual_addr() == Some(*v) || s.matches.contains(v))
+            .map(|s| s.key)
+    }
+
+    /// Service groups named by these changes that match no traffic: worth a warning, since a
+    /// group restored from ipvsadm's rules has no `--match` yet.
+    pub fn unmatched_groups(&self, changes: &[Change]) -> Vec<ServiceKey> {
+        let mut out = Vec::new();
+        for c in changes {
+            let key = match c {
+                Change::AddService { key, .. }
+                | Change::EditService { key, .. }
+                | Change::SetMatches { key, .. } => key,
+                _ => continue,
+            };
+            if self
+                .service(key)
+                .is_some_and(|s| s.key.is_group() && s.matches.is_empty())
+                && !out.contains(key)
+            {
+                out.push(*key);
+            }
+        }
+        out
+    }
+
     /// Applies one change, or leaves the configuration untouched and says why not.
     pub fn apply(&mut self, change: &Change) -> Result<(), ConfigError> {
         match change {
@@ -452,12 +627,22 @@ impl Config {
                 flags,
                 persistence,
             } => {
-                validate_vip(key, persistence)?;
+                validate_service(key, persistence)?;
                 if self.service(key).is_some() {
                     return Err(ConfigError::ServiceExists(key.to_string()));
                 }
+                // A normal service may not take what a group already matches.
+                if let Some(v) = key.virtual_addr() {
+                    if let Some(owner) = self.owner_of(&v) {
+                        return Err(ConfigError::MatchTaken {
+                            matched: v.to_string(),
+                            owner: owner.to_string(),
+                        });
+                    }
+                }
                 self.services.push(Service {
                     key: *key,
+                    matches: Vec::new(),
                     scheduler: *scheduler,
                     flags: *flags,
                     persistence: *persistence,
@@ -472,7 +657,7 @@ impl Config {
             } => {
                 let svc = self.service_mut(key)?;
                 let persistence = persistence.unwrap_or(svc.persistence);
-                validate_vip(key, &persistence)?;
+                validate_service(key, &persistence)?;
                 svc.persistence = persistence;
                 if let Some(s) = scheduler {
                     svc.scheduler = *s;
@@ -480,6 +665,42 @@ impl Config {
                 if let Some(f) = flags {
                     svc.flags = *f;
                 }
+            }
+            Change::SetMatches { key, matches } => {
+                if !key.is_group() {
+                    return Err(ConfigError::NotAGroup(key.to_string()));
+                }
+                if self.service(key).is_none() {
+                    return Err(ConfigError::NoSuchService(key.to_string()));
+                }
+                let mut list: Vec<VirtualAddr> = Vec::with_capacity(matches.len());
+                for m in matches {
+                    let ip = m.addr.ip();
+                    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                        return Err(ConfigError::BadAddress(ip.to_string()));
+                    }
+                    if ip.is_ipv4() != key.is_ipv4() {
+                        return Err(ConfigError::MatchFamily {
+                            matched: m.to_string(),
+                            group: key.to_string(),
+                        });
+                    }
+                    match self.owner_of(m) {
+                        Some(owner) if owner != *key => {
+                            return Err(ConfigError::MatchTaken {
+                                matched: m.to_string(),
+                                owner: owner.to_string(),
+                            })
+                        }
+                        _ => {}
+                    }
+                    // The same match given twice is one match (as a port listed twice in
+                    // iptables' multiport).
+                    if !list.contains(m) {
+                        list.push(*m);
+                    }
+                }
+                self.service_mut(key)?.matches = list;
             }
             Change::DeleteService { key } => {
                 let before = self.services.len();
@@ -492,7 +713,7 @@ impl Config {
             Change::AddReal { service, real } => {
                 let svc = self.service_mut(service)?;
                 let real = normalise_real(svc, real)?;
-                if svc.reals.iter().any(|r| r.addr == real.addr) {
+                if real_index(svc, real.addr).is_some() {
                     return Err(ConfigError::RealExists(real.addr.to_string()));
                 }
                 svc.reals.push(real);
@@ -506,33 +727,23 @@ impl Config {
                 l_threshold,
             } => {
                 let svc = self.service_mut(service)?;
-                let port = svc.key.addr.port();
-                let addr = SocketAddr::new(addr.ip(), port);
-                let current = *svc
-                    .reals
-                    .iter()
-                    .find(|r| r.addr == addr)
-                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
+                let i = real_index(svc, *addr)
+                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                let current = svc.reals[i];
                 let edited = RealServer {
-                    addr,
+                    addr: current.addr,
                     weight: weight.unwrap_or(current.weight),
                     forward: forward.unwrap_or(current.forward),
                     u_threshold: u_threshold.unwrap_or(current.u_threshold),
                     l_threshold: l_threshold.unwrap_or(current.l_threshold),
                 };
-                let edited = normalise_real(svc, &edited)?;
-                if let Some(r) = svc.reals.iter_mut().find(|r| r.addr == addr) {
-                    *r = edited;
-                }
+                svc.reals[i] = normalise_real(svc, &edited)?;
             }
             Change::DeleteReal { service, addr } => {
                 let svc = self.service_mut(service)?;
-                let addr = SocketAddr::new(addr.ip(), svc.key.addr.port());
-                let before = svc.reals.len();
-                svc.reals.retain(|r| r.addr != addr);
-                if svc.reals.len() == before {
-                    return Err(ConfigError::NoSuchReal(addr.to_string()));
-                }
+                let i = real_index(svc, *addr)
+                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                svc.reals.remove(i);
             }
         }
         Ok(())
@@ -549,17 +760,51 @@ impl Config {
     }
 }
 
-fn validate_vip(key: &ServiceKey, persistence: &Option<Persistence>) -> Result<(), ConfigError> {
-    let ip = key.addr.ip();
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
-        return Err(ConfigError::BadAddress(ip.to_string()));
+/// Where a real server is in its service. A normal service's servers all have the service's
+/// port, so the address is compared with that port; a group's servers are told apart by IP
+/// alone (DR only rewrites MACs: one IP is one server whatever port was given).
+fn real_index(svc: &Service, addr: SocketAddr) -> Option<usize> {
+    if svc.key.is_group() {
+        svc.reals.iter().position(|r| r.addr.ip() == addr.ip())
+    } else {
+        let addr = SocketAddr::new(addr.ip(), svc.key.port());
+        svc.reals.iter().position(|r| r.addr == addr)
     }
-    // Port 0 (every port of the VIP) only makes sense with persistence, as in ipvsadm.
-    if key.addr.port() == 0 && persistence.is_none() {
-        return Err(ConfigError::ZeroPort(key.to_string()));
+}
+
+/// A real server's address as an error names it.
+fn shown_real(svc: &Service, addr: SocketAddr) -> String {
+    if svc.key.is_group() {
+        addr.to_string()
+    } else {
+        SocketAddr::new(addr.ip(), svc.key.port()).to_string()
+    }
+}
+
+fn validate_service(
+    key: &ServiceKey,
+    persistence: &Option<Persistence>,
+) -> Result<(), ConfigError> {
+    match key {
+        ServiceKey::Addr { addr, .. } => {
+            let ip = addr.ip();
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                return Err(ConfigError::BadAddress(ip.to_string()));
+            }
+            // Port 0 (every port of the VIP) only makes sense with persistence, as in ipvsadm.
+            if addr.port() == 0 && persistence.is_none() {
+                return Err(ConfigError::ZeroPort(key.to_string()));
+            }
+        }
+        // A group needs no persistence, as an IPVS firewall-mark service.
+        ServiceKey::Fwmark { fwmark, .. } => {
+            if *fwmark == 0 {
+                return Err(ConfigError::BadFwmark);
+            }
+        }
     }
     if let Some(p) = persistence {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let max = if key.is_ipv4() { 32 } else { 128 };
         if p.prefix > max {
             return Err(ConfigError::BadNetmask(p.prefix));
         }
@@ -571,7 +816,8 @@ fn validate_vip(key: &ServiceKey, persistence: &Option<Persistence>) -> Result<(
 }
 
 /// Checks a real server against its service and applies DR's rule that the port is the VIP's
-/// (ipvsadm does the same for every method but masquerading).
+/// (ipvsadm does the same for every method but masquerading). A group has no port: its
+/// servers keep the port given, as ipvsadm stores it.
 fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, ConfigError> {
     let ip = real.addr.ip();
     if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
@@ -586,14 +832,21 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
             lower: real.l_threshold,
         });
     }
-    if ip.is_ipv4() != svc.key.addr.ip().is_ipv4() {
+    if ip.is_ipv4() != svc.key.is_ipv4() {
         return Err(ConfigError::FamilyMismatch {
             real: ip.to_string(),
-            vip: svc.key.addr.ip().to_string(),
+            vip: match svc.key {
+                ServiceKey::Addr { addr, .. } => addr.ip().to_string(),
+                ServiceKey::Fwmark { .. } => svc.key.to_string(),
+            },
         });
     }
+    let port = match svc.key {
+        ServiceKey::Addr { addr, .. } => addr.port(),
+        ServiceKey::Fwmark { .. } => real.addr.port(),
+    };
     Ok(RealServer {
-        addr: SocketAddr::new(ip, svc.key.addr.port()),
+        addr: SocketAddr::new(ip, port),
         ..*real
     })
 }
@@ -603,7 +856,7 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> ServiceKey {
-        ServiceKey {
+        ServiceKey::Addr {
             protocol: Protocol::Tcp,
             addr: s.parse().unwrap(),
         }
@@ -742,6 +995,177 @@ mod tests {
         ];
         assert!(c.apply_all(&tx).is_err());
         assert_eq!(c, before);
+    }
+
+    fn group(mark: u32, persistence: Option<Persistence>) -> Change {
+        Change::AddService {
+            key: ServiceKey::fwmark(mark, false),
+            scheduler: Scheduler::Rr,
+            flags: SchedFlags::default(),
+            persistence,
+        }
+    }
+
+    fn set_matches(mark: u32, m: &[&str]) -> Change {
+        Change::SetMatches {
+            key: ServiceKey::fwmark(mark, false),
+            matches: m.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn groups_own_their_matches_exclusively() {
+        let mut c = Config::default();
+        let p = Some(Persistence {
+            timeout: 60,
+            prefix: 32,
+        });
+        c.apply_all(&[
+            group(1, p),
+            set_matches(1, &["tcp:203.0.113.10:80", "tcp:203.0.113.10:443"]),
+            Change::add_service(key("203.0.113.10:25"), Scheduler::Rr),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.owner_of(&"tcp:203.0.113.10:443".parse().unwrap()),
+            Some(ServiceKey::fwmark(1, false))
+        );
+        let before = c.clone();
+        let bad: [(Change, &str); 8] = [
+            // A normal service on a group's match.
+            (
+                Change::add_service(key("203.0.113.10:443"), Scheduler::Rr),
+                "already taken by FWM 1",
+            ),
+            // Another group's match, and a normal service's key as a match.
+            (set_matches(1, &["tcp:203.0.113.10:25"]), "taken by TCP"),
+            (group(0, None), "Illegal fwmark"),
+            (
+                Change::SetMatches {
+                    key: key("203.0.113.10:25"),
+                    matches: vec![],
+                },
+                "service groups (-f) only",
+            ),
+            (set_matches(2, &["udp:203.0.113.10:53"]), "No such service"),
+            // Family of the group.
+            (
+                set_matches(1, &["tcp:[2001:db8::10]:443"]),
+                "not of the address family",
+            ),
+            (set_matches(1, &["tcp:127.0.0.1:80"]), "Illegal address"),
+            (group(1, None), "already exists"),
+        ];
+        for (b, needle) in &bad {
+            let e = c.apply(b).expect_err(&format!("{b:?} accepted"));
+            assert!(e.to_string().contains(needle), "{b:?}: {e}");
+            assert_eq!(c, before, "{b:?} changed the configuration");
+        }
+        // A second group cannot take group 1's match: all-or-nothing.
+        assert!(c
+            .apply_all(&[
+                group(2, None),
+                set_matches(2, &["udp:203.0.113.10:53", "tcp:203.0.113.10:80"])
+            ])
+            .is_err());
+        assert_eq!(c, before);
+        // Handing a match over in one transaction works, and a freed match can be a service.
+        c.apply_all(&[
+            set_matches(1, &["tcp:203.0.113.10:80", "tcp:203.0.113.10:80"]),
+            group(2, None),
+            set_matches(2, &["tcp:203.0.113.10:443"]),
+        ])
+        .unwrap();
+        assert_eq!(c.services[0].matches.len(), 1, "a repeated match is one");
+        c.apply_all(&[
+            set_matches(2, &[]),
+            Change::add_service(key("203.0.113.10:443"), Scheduler::Rr),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.unmatched_groups(&[set_matches(2, &[])]),
+            vec![ServiceKey::fwmark(2, false)]
+        );
+        // An IPv6 group takes IPv6 matches and servers only.
+        let k6 = ServiceKey::fwmark(1, true);
+        c.apply_all(&[
+            Change::add_service(k6, Scheduler::Rr),
+            Change::SetMatches {
+                key: k6,
+                matches: vec!["tcp:[2001:db8::10]:443".parse().unwrap()],
+            },
+        ])
+        .unwrap();
+        assert!(c
+            .apply(&Change::AddReal {
+                service: k6,
+                real: real("198.51.100.11:0", 1)
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn group_real_servers_keep_their_port_and_are_known_by_address() {
+        let mut c = Config::default();
+        let g = ServiceKey::fwmark(7, false);
+        c.apply_all(&[
+            group(7, None),
+            Change::AddReal {
+                service: g,
+                real: real("198.51.100.11:0", 1),
+            },
+            Change::AddReal {
+                service: g,
+                real: real("198.51.100.12:8080", 1),
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            c.services[0].reals[0].addr,
+            "198.51.100.11:0".parse().unwrap()
+        );
+        assert_eq!(
+            c.services[0].reals[1].addr,
+            "198.51.100.12:8080".parse().unwrap()
+        );
+        // One IP is one server in DR, whatever port.
+        assert!(c
+            .apply(&Change::AddReal {
+                service: g,
+                real: real("198.51.100.12:80", 1),
+            })
+            .is_err());
+        c.apply(&Change::DeleteReal {
+            service: g,
+            addr: "198.51.100.12:0".parse().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(c.services[0].reals.len(), 1);
+    }
+
+    #[test]
+    fn keys_stay_readable_in_json() {
+        assert_eq!(
+            serde_json::to_string(&key("203.0.113.10:80")).unwrap(),
+            r#"{"protocol":"tcp","addr":"203.0.113.10:80"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServiceKey::fwmark(1, false)).unwrap(),
+            r#"{"fwmark":1}"#
+        );
+        for k in [
+            key("[2001:db8::10]:80"),
+            ServiceKey::fwmark(1, false),
+            ServiceKey::fwmark(2, true),
+        ] {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ServiceKey>(&json).unwrap(),
+                k,
+                "{json}"
+            );
+        }
+        assert_eq!(ServiceKey::fwmark(2, true).to_string(), "FWM 2 IPv6");
     }
 
     #[test]

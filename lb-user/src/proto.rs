@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Counters,
-    model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey},
+    model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, VirtualAddr},
 };
 
 /// The version this build speaks.
@@ -132,8 +132,11 @@ pub struct Timeouts {
 /// One service with its counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
-    /// Protocol, VIP, port.
+    /// Protocol, VIP, port; or a group's mark.
     pub key: ServiceKey,
+    /// A group's matches (what traffic it takes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<VirtualAddr>,
     /// Scheduler.
     pub scheduler: Scheduler,
     /// Scheduler flags.

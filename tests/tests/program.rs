@@ -3,7 +3,7 @@
 
 use lb_common::{DataplaneConfig, Reason};
 use lb_user::model::{
-    Change, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceKey,
+    Change, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceKey, VirtualAddr,
 };
 use xvs_tests::{
     packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, L4, SYN},
@@ -14,7 +14,7 @@ const RS1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const RS2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 
 fn key(proto: Protocol, addr: &str) -> ServiceKey {
-    ServiceKey {
+    ServiceKey::Addr {
         protocol: proto,
         addr: addr.parse().unwrap(),
     }
@@ -797,4 +797,186 @@ fn hash_schedulers_place_flows_by_their_hash() {
             *b
         );
     }
+}
+
+#[test]
+fn service_group_shares_persistence_and_counters_across_its_matches() {
+    let mut d = two_reals_director();
+    let g = ServiceKey::fwmark(1, false);
+    let m80: VirtualAddr = "tcp:203.0.113.10:80".parse().unwrap();
+    let m443: VirtualAddr = "tcp:203.0.113.10:443".parse().unwrap();
+    // xvsadm -A -f 1 -s rr -p 300 --match tcp:VIP:80 --match tcp:VIP:443, two servers.
+    d.apply(&[
+        Change::AddService {
+            key: g,
+            scheduler: Scheduler::Rr,
+            flags: Default::default(),
+            persistence: Some(Persistence {
+                timeout: 300,
+                prefix: 32,
+            }),
+        },
+        Change::SetMatches {
+            key: g,
+            matches: vec![m80, m443],
+        },
+        Change::AddReal {
+            service: g,
+            real: RealServer::dr("198.51.100.11:0".parse().unwrap(), 1),
+        },
+        Change::AddReal {
+            service: g,
+            real: RealServer::dr("198.51.100.12:0".parse().unwrap(), 1),
+        },
+    ]);
+    // Both matches are the group's one value (one id: one template space, one set of counters).
+    let v80 = d.dp.published_value(&m80).expect(":80 published");
+    assert_eq!(d.dp.published_value(&m443), Some(v80));
+    assert_eq!(Some(v80.id), d.dp.service_id(&g));
+
+    // One client: :80 and :443 stick together (rr alone would alternate).
+    let first = dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.10", 80, SYN));
+    for sport in 1001..1011 {
+        let port = if sport % 2 == 0 { 80 } else { 443 };
+        assert_eq!(
+            dest_of(&mut d, &tcp("192.0.2.1", sport, "203.0.113.10", port, SYN)),
+            first,
+            "port {port} left the client's template"
+        );
+    }
+    assert_eq!(
+        d.reason(Reason::PersistNew),
+        1,
+        "one template for both ports"
+    );
+    assert_eq!(d.reason(Reason::PersistHit), 10);
+    // Other clients are still balanced, whichever port they start on.
+    let mut seen = std::collections::HashSet::new();
+    for i in 2..10 {
+        let port = if i % 2 == 0 { 443 } else { 80 };
+        seen.insert(dest_of(
+            &mut d,
+            &tcp(&format!("192.0.2.{i}"), 2000, "203.0.113.10", port, SYN),
+        ));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the group balances clients over both servers"
+    );
+    assert_eq!(d.dp.service_counters(&g).unwrap().conns, 19);
+
+    // Not a match: another port, or UDP on a matched port.
+    let before = d.reason(Reason::PassNotService);
+    for pkt in [
+        tcp("192.0.2.1", 1000, "203.0.113.10", 8080, SYN),
+        udp("192.0.2.1", 1000, "203.0.113.10", 443, b"x"),
+    ] {
+        assert_eq!(d.run(&pkt).0, verdict::PASS);
+    }
+    assert_eq!(d.reason(Reason::PassNotService), before + 2);
+
+    // A new table (wrr 3:1) is published under every match.
+    d.apply(&[
+        Change::EditService {
+            key: g,
+            scheduler: Some(Scheduler::Wrr),
+            flags: None,
+            persistence: None,
+        },
+        Change::EditReal {
+            service: g,
+            addr: "198.51.100.11:0".parse().unwrap(),
+            weight: Some(3),
+            forward: None,
+            u_threshold: None,
+            l_threshold: None,
+        },
+    ]);
+    let w80 = d.dp.published_value(&m80).unwrap();
+    assert_ne!(w80, v80, "the table changed");
+    assert_eq!(w80.table_len, 4);
+    assert_eq!(d.dp.published_value(&m443), Some(w80));
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1100, "203.0.113.10", 443, SYN)),
+        first,
+        "the template outlives a table change"
+    );
+
+    // Removing the :443 match: its key is gone and its traffic passes; :80 still balanced.
+    d.apply(&[Change::SetMatches {
+        key: g,
+        matches: vec![m80],
+    }]);
+    assert_eq!(d.dp.published_value(&m443), None);
+    assert_eq!(d.dp.published_value(&m80), Some(w80));
+    let before = d.reason(Reason::PassNotService);
+    let (v, _) = d.run(&tcp("192.0.2.1", 1200, "203.0.113.10", 443, SYN));
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(d.reason(Reason::PassNotService), before + 1);
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1201, "203.0.113.10", 80, SYN)),
+        first
+    );
+
+    // The freed match can be a normal service at once; deleting the group drops :80.
+    add_service(
+        &mut d,
+        key(Protocol::Tcp, "203.0.113.10:443"),
+        Scheduler::Rr,
+        &[("198.51.100.12:443", 1)],
+    );
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1300, "203.0.113.10", 443, SYN)),
+        RS2_MAC
+    );
+    d.apply(&[Change::DeleteService { key: g }]);
+    assert_eq!(d.dp.published_value(&m80), None);
+    let (v, _) = d.run(&tcp("192.0.2.1", 1400, "203.0.113.10", 80, SYN));
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1401, "203.0.113.10", 443, SYN)),
+        RS2_MAC
+    );
+}
+
+#[test]
+fn a_match_handed_between_groups_in_one_transaction_stays_published() {
+    // Group 2 is synced before group 1 gives the match up: the key must survive group 1's
+    // clean-up (it is group 2's now).
+    let mut d = two_reals_director();
+    let m: VirtualAddr = "tcp:203.0.113.10:80".parse().unwrap();
+    let (g1, g2) = (ServiceKey::fwmark(1, false), ServiceKey::fwmark(2, false));
+    for (g, rs) in [(g2, "198.51.100.12:0"), (g1, "198.51.100.11:0")] {
+        d.apply(&[
+            Change::add_service(g, Scheduler::Rr),
+            Change::AddReal {
+                service: g,
+                real: RealServer::dr(rs.parse().unwrap(), 1),
+            },
+        ]);
+    }
+    d.apply(&[Change::SetMatches {
+        key: g1,
+        matches: vec![m],
+    }]);
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1000, "203.0.113.10", 80, SYN)),
+        RS1_MAC
+    );
+    d.apply(&[
+        Change::SetMatches {
+            key: g1,
+            matches: vec![],
+        },
+        Change::SetMatches {
+            key: g2,
+            matches: vec![m],
+        },
+    ]);
+    assert_eq!(d.dp.published_value(&m).map(|v| v.id), d.dp.service_id(&g2));
+    assert_eq!(
+        dest_of(&mut d, &tcp("192.0.2.1", 1001, "203.0.113.10", 80, SYN)),
+        RS2_MAC
+    );
 }

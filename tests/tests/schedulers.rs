@@ -173,3 +173,61 @@ fn sh_keeps_a_client_on_one_server_and_persistence_keeps_it_across_ports() {
     );
     assert!(conns.contains(&format!("{VIP4}:8080")), "{conns}");
 }
+
+#[test]
+fn service_group_keeps_a_client_on_one_server_across_its_matches() {
+    let lab = lab("e2e-group");
+    let (m80, m8080) = (format!("tcp:{VIP4}:80"), format!("tcp:{VIP4}:8080"));
+    // ipvsadm's fwmark service, with the matches an iptables MARK rule would have set.
+    lab.xvsadm_ok(&[
+        "-A", "-f", "1", "-s", "rr", "-p", "60", "--match", &m80, "--match", &m8080,
+    ])
+    .unwrap();
+    for i in 1..=2 {
+        lab.xvsadm_ok(&["-a", "-f", "1", "-r", &rs_ip4(i), "-g", "-w", "1"])
+            .unwrap();
+    }
+    let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    assert!(listing.contains("\nFWM  1 rr persistent 60\n"), "{listing}");
+    assert!(
+        listing.contains(&format!("  -> {}:0 ", rs_ip4(1))),
+        "{listing}"
+    );
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        bodies.extend(lab.curl_many(&format!("http://{VIP4}:80/"), 1).unwrap());
+        bodies.extend(lab.curl_many(&format!("http://{VIP4}:8080/"), 1).unwrap());
+    }
+    let t = tally(&bodies);
+    assert_eq!(bodies.len(), 20, "every request answered: {t:?}");
+    assert_eq!(t.len(), 1, "one server for both matches: {t:?}");
+
+    // A normal service cannot take a group's match; nothing changes.
+    let out = lab
+        .xvsadm(&["-A", "-t", &format!("{VIP4}:8080"), "-s", "rr"])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already taken by FWM 1"), "{err}");
+
+    // -S carries the matches, and a group restored without them (as ipvsadm wrote it) is
+    // accepted with a warning and listed.
+    let saved = lab.xvsadm_ok(&["-S", "-n"]).unwrap();
+    assert!(
+        saved.starts_with(&format!(
+            "-A -f 1 -s rr -p 60 --match {m80} --match {m8080}\n"
+        )),
+        "{saved}"
+    );
+    let out = lab.xvsadm(&["-A", "-f", "2", "-s", "rr"]).unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: FWM 2 matches no traffic"), "{err}");
+    let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    assert!(listing.contains("\nFWM  2 rr\n"), "{listing}");
+    let json = lab.xvsadm_ok(&["-L", "-n", "--json"]).unwrap();
+    assert!(
+        json.contains("\"fwmark\": 1") && json.contains(&m8080.replace("tcp:", "")),
+        "{json}"
+    );
+}

@@ -106,6 +106,7 @@ fn config_of(l: &Listing) -> Config {
             .iter()
             .map(|s| Service {
                 key: s.key,
+                matches: s.matches.clone(),
                 scheduler: s.scheduler,
                 flags: s.flags,
                 persistence: s.persistence,

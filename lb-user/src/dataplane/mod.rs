@@ -5,6 +5,10 @@
 //! table is written into a fresh region of SCHED_SLOTS, and only then does the service's entry
 //! (replaced atomically: the map is not preallocated) point at it. The old region is reused only
 //! after the next sync, long after any packet that read the old entry has finished.
+//!
+//! A service group (`-f`) is no different to the program: each of its matches is a key of its
+//! own in SERVICES, all pointing at the group's one value (same id, table and flags), so the
+//! group shares one persistence template space, one scheduler and one set of counters.
 
 mod batch;
 pub mod regions;
@@ -30,7 +34,7 @@ use lb_common::{
 use thiserror::Error;
 
 use crate::{
-    model::{self, Config, ServiceKey},
+    model::{self, Config, ServiceKey, VirtualAddr},
     object, scheduler,
 };
 use regions::{Region, Regions};
@@ -135,6 +139,8 @@ struct Placed {
     slots: HashMap<SocketAddr, Slot>,
     /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
     pushed: Option<(model::Service, Vec<Option<[u8; 6]>>)>,
+    /// The SERVICES keys written for it: its own key, or a group's matches.
+    keys: Vec<lb_common::ServiceKey>,
 }
 
 /// Counters read back from the data plane, summed over CPUs.
@@ -199,6 +205,10 @@ pub struct Dataplane {
     sizes: Sizes,
     cpus: usize,
     placed: HashMap<ServiceKey, Placed>,
+    /// Which service last wrote each SERVICES key: a key that moves from one service to
+    /// another within a sync (a match handed over between groups) is removed only by its
+    /// current owner, whatever order the services are synced in.
+    owners: HashMap<lb_common::ServiceKey, ServiceKey>,
     free_service_ids: Vec<u32>,
     free_backend_ids: Vec<u32>,
     next_generation: u32,
@@ -273,6 +283,7 @@ impl Dataplane {
             sizes,
             cpus,
             placed: HashMap::new(),
+            owners: HashMap::new(),
             free_service_ids: (0..MAX_SERVICES).rev().collect(),
             free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
             next_generation: 1,
@@ -372,6 +383,13 @@ impl Dataplane {
                 config.services.len()
             )));
         }
+        // SERVICES holds one key per normal service and per group match.
+        let keys: usize = config.services.iter().map(|s| bpf_keys(s).len()).sum();
+        if keys > MAX_SERVICES as usize {
+            return Err(DataplaneError::Capacity(format!(
+                "{keys} service addresses including group matches (at most {MAX_SERVICES})"
+            )));
+        }
         let backends: usize = config.services.iter().map(|s| s.reals.len()).sum();
         if backends > MAX_BACKENDS as usize {
             return Err(DataplaneError::Capacity(format!(
@@ -415,15 +433,44 @@ impl Dataplane {
         let Some(p) = self.placed.remove(key) else {
             return Ok(());
         };
-        match self.services.remove(&to_bpf_key(key)) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::MAP_SERVICES)(e)),
+        for k in &p.keys {
+            self.unpublish_key(key, k)?;
         }
         self.quarantine.push(p.region);
         self.free_service_ids.push(p.id);
         for slot in p.slots.into_values() {
             self.free_backend(slot)?;
         }
+        Ok(())
+    }
+
+    /// Removes a SERVICES key that `owner` wrote, unless another service has taken it since.
+    fn unpublish_key(
+        &mut self,
+        owner: &ServiceKey,
+        k: &lb_common::ServiceKey,
+    ) -> Result<(), DataplaneError> {
+        if self.owners.get(k) != Some(owner) {
+            return Ok(());
+        }
+        self.owners.remove(k);
+        match self.services.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::MAP_SERVICES)(e)),
+        }
+    }
+
+    /// Writes a service's value under one of its keys.
+    fn publish_key(
+        &mut self,
+        owner: &ServiceKey,
+        k: &lb_common::ServiceKey,
+        value: ServiceValue,
+    ) -> Result<(), DataplaneError> {
+        self.services
+            .insert(k, value, 0)
+            .map_err(map_err(names::MAP_SERVICES))?;
+        self.owners.insert(*k, *owner);
         Ok(())
     }
 
@@ -477,6 +524,7 @@ impl Dataplane {
                     sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
                     slots: HashMap::new(),
                     pushed: None,
+                    keys: Vec::new(),
                 }
             }
         };
@@ -574,42 +622,66 @@ impl Dataplane {
             persist_prefix,
             _pad: [0; 2],
         };
+        let keys = bpf_keys(svc);
         if placed.pushed.is_some()
             && placed.table == table
             && placed.kind == kind
             && placed.value_flags == (flags, persist_timeout_s, persist_prefix)
         {
-            return Ok(());
-        }
-        let region = if table.is_empty() {
-            Region { off: 0, len: 0 }
+            // Same table and flags: only a group's matches may have changed. New keys get the
+            // published value; keys that went away are dropped below.
+            let value = ServiceValue {
+                table_off: placed.region.off,
+                table_len: placed.region.len,
+                ..value
+            };
+            for k in keys.iter().filter(|k| !placed.keys.contains(k)) {
+                self.publish_key(&svc.key, k, value)?;
+            }
         } else {
-            self.regions.alloc(table.len() as u32).ok_or_else(|| {
-                DataplaneError::Capacity(format!("no room for a {}-slot table", table.len()))
-            })?
-        };
-        for (i, b) in table.iter().enumerate() {
-            self.slots
-                .set(region.off + i as u32, *b, 0)
-                .map_err(map_err(names::MAP_SCHED_SLOTS))?;
+            let region = if table.is_empty() {
+                Region { off: 0, len: 0 }
+            } else {
+                self.regions.alloc(table.len() as u32).ok_or_else(|| {
+                    DataplaneError::Capacity(format!("no room for a {}-slot table", table.len()))
+                })?
+            };
+            for (i, b) in table.iter().enumerate() {
+                self.slots
+                    .set(region.off + i as u32, *b, 0)
+                    .map_err(map_err(names::MAP_SCHED_SLOTS))?;
+            }
+            let value = ServiceValue {
+                table_off: region.off,
+                table_len: region.len,
+                ..value
+            };
+            // Every key points at the new region before the old one is quarantined.
+            for k in &keys {
+                self.publish_key(&svc.key, k, value)?;
+            }
+            // A new plan is handed out from its head.
+            self.cursors
+                .set(placed.id, 0, 0)
+                .map_err(map_err(names::MAP_SEQ_CURSOR))?;
+            self.quarantine
+                .push(std::mem::replace(&mut placed.region, region));
+            placed.table = table;
+            placed.kind = kind;
+            placed.value_flags = (flags, persist_timeout_s, persist_prefix);
         }
-        let value = ServiceValue {
-            table_off: region.off,
-            table_len: region.len,
-            ..value
-        };
-        self.services
-            .insert(to_bpf_key(&svc.key), value, 0)
-            .map_err(map_err(names::MAP_SERVICES))?;
-        // A new plan is handed out from its head.
-        self.cursors
-            .set(placed.id, 0, 0)
-            .map_err(map_err(names::MAP_SEQ_CURSOR))?;
-        self.quarantine
-            .push(std::mem::replace(&mut placed.region, region));
-        placed.table = table;
-        placed.kind = kind;
-        placed.value_flags = (flags, persist_timeout_s, persist_prefix);
+        // Keys the service no longer has (a removed match): unpublished, so their traffic
+        // passes (their filter bits are cleared at the end of the sync).
+        let stale: Vec<lb_common::ServiceKey> = placed
+            .keys
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            self.unpublish_key(&svc.key, k)?;
+        }
+        placed.keys = keys;
         Ok(())
     }
 
@@ -669,6 +741,12 @@ impl Dataplane {
     /// The service id of a service.
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         self.placed.get(key).map(|p| p.id)
+    }
+
+    /// The value the data plane holds for a (protocol, VIP, port), if any (tests check that
+    /// every match of a group points at the group's current table).
+    pub fn published_value(&self, v: &VirtualAddr) -> Option<ServiceValue> {
+        self.services.get(&to_bpf_key(v), 0).ok()
     }
 
     /// The scheduler table currently published for a service (backend ids).
@@ -922,15 +1000,23 @@ pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
     }
 }
 
-/// The SERVICE_FILTER bitmap for a configuration.
-fn filter_words(config: &Config) -> Vec<u64> {
+/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key.
+pub fn filter_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; FILTER_WORDS as usize];
-    for svc in &config.services {
-        let k = to_bpf_key(&svc.key);
+    for k in config.services.iter().flat_map(bpf_keys) {
         let bit = filter_bit(&k.addr, k.port_be, k.proto);
         words[(bit >> 6) as usize] |= 1 << (bit & 63);
     }
     words
+}
+
+/// The SERVICES keys of a service: a normal service's own key, or each match of a group (a
+/// group without matches has none: it takes no traffic).
+pub fn bpf_keys(svc: &model::Service) -> Vec<lb_common::ServiceKey> {
+    match svc.key.virtual_addr() {
+        Some(v) => vec![to_bpf_key(&v)],
+        None => svc.matches.iter().map(to_bpf_key).collect(),
+    }
 }
 
 /// An upper bound of a service's table length before it is built.
@@ -983,8 +1069,8 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// The data plane's key for a service.
-pub fn to_bpf_key(key: &ServiceKey) -> lb_common::ServiceKey {
+/// The data plane's key for a (protocol, VIP, port).
+pub fn to_bpf_key(key: &VirtualAddr) -> lb_common::ServiceKey {
     let (addr, family) = addr_bytes(key.addr.ip());
     lb_common::ServiceKey {
         addr,

@@ -96,7 +96,7 @@ fn rig(dut: Dut) -> Result<Rig> {
                 conns: 1 << 16,
                 sched_slots: 1 << 16,
             })?;
-            let key = ServiceKey {
+            let key = ServiceKey::Addr {
                 protocol: Protocol::Tcp,
                 addr: "203.0.113.1:80".parse()?,
             };

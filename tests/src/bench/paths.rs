@@ -168,7 +168,7 @@ pub fn director(scale: &Scale) -> Result<Dataplane> {
             } else {
                 format!("[{}]:80", vip(family, s))
             };
-            let key = ServiceKey {
+            let key = ServiceKey::Addr {
                 protocol: Protocol::Tcp,
                 addr: addr.parse()?,
             };
