@@ -794,37 +794,43 @@ impl Dataplane {
     pub fn scan(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let now = monotonic_ns();
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
-        let generations = self.generations()?;
+        // Dense tables indexed by slot / service id: the walk touches millions of entries, so
+        // each one costs two array reads, not hash lookups.
+        let mut generations = vec![0u32; MAX_BACKENDS as usize];
+        for (id, g) in self.generations()? {
+            generations[id as usize] = g;
+        }
         // Persistent services: id -> (prefix, timeout ns).
-        let persistent: HashMap<u32, (u8, u64)> = self
+        let mut persistent: Vec<Option<(u8, u64)>> = vec![None; MAX_SERVICES as usize];
+        for p in self
             .placed
             .values()
             .filter(|p| p.value_flags.0 & service_flags::PERSISTENT != 0)
-            .map(|p| {
-                (
-                    p.id,
-                    (p.value_flags.2, p.value_flags.1 as u64 * 1_000_000_000),
-                )
-            })
-            .collect();
-        let mut out: HashMap<u32, ConnCounts> = HashMap::new();
+        {
+            persistent[p.id as usize] =
+                Some((p.value_flags.2, p.value_flags.1 as u64 * 1_000_000_000));
+        }
+        let live = |backend: u32, generation: u32| {
+            generation != 0 && generations.get(backend as usize) == Some(&generation)
+        };
+        let mut dense = vec![ConnCounts::default(); MAX_BACKENDS as usize];
         let mut in_use: HashMap<PersistKey, u64> = HashMap::new();
         batch::for_each(&self.conns, |k, e| {
             let state = ConnState::from_u8(e.state);
             if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state)
-                || generations.get(&e.backend) != Some(&e.generation)
+                || !live(e.backend, e.generation)
             {
                 return;
             }
-            let c = out.entry(e.backend).or_default();
+            let c = &mut dense[e.backend as usize];
             if state.is_active() {
                 c.active += 1;
             } else {
                 c.inactive += 1;
             }
-            if let Some(&(prefix, _)) = persistent.get(&e.service) {
+            if let Some(Some((prefix, _))) = persistent.get(e.service as usize) {
                 let pk = PersistKey {
-                    client: mask_addr(&k.src, prefix),
+                    client: mask_addr(&k.src, *prefix),
                     service: e.service,
                     family: k.family,
                     _pad: [0; 3],
@@ -836,17 +842,17 @@ impl Dataplane {
         .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
         let mut refresh = Vec::new();
         batch::for_each(&self.persist, |k, t| {
-            let Some(&(_, timeout)) = persistent.get(&k.service) else {
+            let Some(Some((_, timeout))) = persistent.get(k.service as usize).copied() else {
                 return;
             };
-            if generations.get(&t.backend) != Some(&t.generation) {
+            if !live(t.backend, t.generation) {
                 return;
             }
             let last = in_use.get(k).copied().unwrap_or(0).max(t.last_seen_ns);
             if now.saturating_sub(last) > timeout {
                 return;
             }
-            out.entry(t.backend).or_default().persistent += 1;
+            dense[t.backend as usize].persistent += 1;
             if last > t.last_seen_ns {
                 refresh.push((
                     *k,
@@ -867,7 +873,22 @@ impl Dataplane {
                 Err(e) => return Err(map_err(names::MAP_PERSIST)(e)),
             }
         }
-        Ok(out)
+        Ok(dense
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| *c != ConnCounts::default())
+            .map(|(id, c)| (id as u32, c))
+            .collect())
+    }
+
+    /// Whether any service needs the periodic walk: load-aware tables, thresholds, or
+    /// persistence templates to keep alive.
+    pub fn needs_walk(&self, config: &Config) -> bool {
+        config.services.iter().any(|s| {
+            scheduler::is_load_aware(s.scheduler)
+                || s.persistence.is_some()
+                || s.reals.iter().any(|r| r.u_threshold > 0)
+        })
     }
 
     /// Every live connection (for `-L -c`), at most `limit`.
@@ -916,6 +937,9 @@ impl Dataplane {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
+        if !self.needs_walk(config) {
+            return Ok(0);
+        }
         self.counts = self.scan()?;
         for r in std::mem::take(&mut self.quarantine) {
             self.regions.free(r);
