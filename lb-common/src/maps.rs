@@ -17,7 +17,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 
 /// How a service's scheduler table is applied to a new flow.
 pub mod table_kind {
-    /// Slots handed out in order by a per-CPU cursor (rr, wrr, load-aware plans).
+    /// Slots handed out in order by one shared cursor per service (rr, wrr, load-aware plans).
     pub const SEQUENCE: u8 = 0;
     /// Slot = flow_hash(client address) % len (sh, mh).
     pub const HASH_SRC: u8 = 1;
