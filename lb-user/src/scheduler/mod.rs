@@ -1,7 +1,7 @@
 //! Scheduler tables: the controller turns a service's real servers, weights and live connection
 //! counts into a table the data plane applies to new flows in O(1): either a sequence handed out
-//! with one shared cursor per service (rr, wrr, and the load-aware schedulers' plan for the next burst of new
-//! connections) or a hash table indexed by a hash of the flow's addresses (sh, dh, mh, lblc, lblcr).
+//! with one shared cursor per service (rr, wrr, and the load-aware schedulers' plan for the next
+//! burst of new connections) or a hash table indexed by a hash of the flow's addresses (sh, dh, mh, lblc, lblcr).
 
 pub mod ipvs;
 pub mod maglev;
