@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// The version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: service groups (ServiceKey may be a mark), thresholds, persistence, connection listing.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;

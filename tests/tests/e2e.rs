@@ -236,6 +236,19 @@ fn rejected_commands_exit_nonzero_and_change_nothing() {
             "{args:?} changed the configuration"
         );
     }
+    // An older client gets a clear refusal, not a half-understood request.
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&lab.socket).unwrap();
+        s.write_all(b"{\"version\":1,\"command\":{\"cmd\":\"list\"}}\n")
+            .unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        assert!(
+            answer.contains("protocol version 1 is not supported"),
+            "{answer}"
+        );
+    }
     // -S output restores into an empty daemon and round-trips.
     lab.xvsadm_ok(&["-C"]).unwrap();
     assert_eq!(lab.xvsadm_ok(&["-S", "-n"]).unwrap(), "");
