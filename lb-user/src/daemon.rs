@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
-    model::{Change, Config, Protocol},
+    model::{Change, Config, Protocol, ServiceKey},
     neighbor::{self, Neighbors},
     proto::{
         Command, ConnStatus, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
@@ -262,6 +262,36 @@ impl Controller {
                     .name()
                     .to_string(),
                 expires_s: c.expires_in_ns.div_ceil(NS),
+            });
+        }
+        // Persistence templates, as IPVS lists them: state NONE, client port 0, the service's
+        // VIP and port. (A group's templates are not listed: IPVS shows those under the mark.)
+        let mut services: HashMap<u32, (Protocol, SocketAddr)> = HashMap::new();
+        for svc in &self.config.services {
+            if let (Some(id), ServiceKey::Addr { protocol, addr }) =
+                (self.dataplane.service_id(&svc.key), svc.key)
+            {
+                services.insert(id, (protocol, addr));
+            }
+        }
+        for (k, t, expires_ns) in self.dataplane.templates(limit.saturating_sub(out.len()))? {
+            let (Some(&(protocol, vip)), Some(&real)) =
+                (services.get(&k.service), reals.get(&t.backend))
+            else {
+                continue;
+            };
+            let client = if k.family == lb_common::FAMILY_V4 {
+                IpAddr::from([k.client[0], k.client[1], k.client[2], k.client[3]])
+            } else {
+                IpAddr::from(k.client)
+            };
+            out.push(ConnStatus {
+                protocol,
+                client: SocketAddr::new(client, 0),
+                virtual_addr: vip,
+                real,
+                state: "NONE".to_string(),
+                expires_s: expires_ns.div_ceil(NS),
             });
         }
         Ok(out)

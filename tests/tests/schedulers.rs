@@ -172,6 +172,14 @@ fn sh_keeps_a_client_on_one_server_and_persistence_keeps_it_across_ports() {
         "{conns}"
     );
     assert!(conns.contains(&format!("{VIP4}:8080")), "{conns}");
+    // The client's persistence template is listed as IPVS lists one: state NONE, port 0.
+    assert!(
+        conns.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 6 && f[2] == "NONE" && f[3].ends_with(":0") && f[4] == format!("{VIP4}:0")
+        }),
+        "{conns}"
+    );
 }
 
 #[test]

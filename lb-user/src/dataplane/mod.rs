@@ -891,6 +891,37 @@ impl Dataplane {
         })
     }
 
+    /// Every live persistence template (for `-L -c`), at most `limit`: key, entry, ns until it
+    /// expires (if no connection refreshes it).
+    pub fn templates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(PersistKey, PersistEntry, u64)>, DataplaneError> {
+        let now = monotonic_ns();
+        let generations = self.generations()?;
+        let timeouts: HashMap<u32, u64> = self
+            .placed
+            .values()
+            .filter(|p| p.value_flags.0 & service_flags::PERSISTENT != 0)
+            .map(|p| (p.id, p.value_flags.1 as u64 * 1_000_000_000))
+            .collect();
+        let mut out = Vec::new();
+        batch::for_each(&self.persist, |k, t| {
+            let Some(&timeout) = timeouts.get(&k.service) else {
+                return;
+            };
+            let age = now.saturating_sub(t.last_seen_ns);
+            if out.len() < limit
+                && age <= timeout
+                && generations.get(&t.backend) == Some(&t.generation)
+            {
+                out.push((*k, *t, timeout - age));
+            }
+        })
+        .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
+        Ok(out)
+    }
+
     /// Every live connection (for `-L -c`), at most `limit`.
     pub fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError> {
         let now = monotonic_ns();
