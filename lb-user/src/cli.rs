@@ -169,10 +169,10 @@ pub struct Args {
     /// With -L: weights, persistence templates and connection counts.
     #[arg(long = "persistent-conn")]
     pub persistent_conn: bool,
-    /// With -L: sort (xvs lists services in the order they were added).
+    /// With -L: sort (the default, as ipvsadm; accepted for compatibility).
     #[arg(long = "sort")]
     pub sort: bool,
-    /// With -L: do not sort.
+    /// With -L: list services and real servers in the order they were added.
     #[arg(long = "nosort")]
     pub nosort: bool,
     /// With -L: show the connection timeouts.
@@ -263,6 +263,7 @@ impl Args {
                         Format::Plain
                     },
                     exact: self.exact,
+                    nosort: self.nosort,
                 },
                 service: self.service_opt()?,
                 json: self.json,
@@ -776,7 +777,8 @@ mod tests {
             Action::List {
                 opts: ListOptions {
                     format: Format::Stats,
-                    exact: true
+                    exact: true,
+                    nosort: false,
                 },
                 service: None,
                 json: true

@@ -33,10 +33,45 @@ pub struct ListOptions {
     pub format: Format,
     /// `--exact`: full numbers instead of K/M/G.
     pub exact: bool,
+    /// `--nosort`: services and real servers in the order they were added, not ipvsadm's order.
+    pub nosort: bool,
+}
+
+/// ipvsadm's default order (libipvs ipvs_cmp_services / ipvs_cmp_dests): marks first, then
+/// IPv4 before IPv6, TCP before UDP, address, port; real servers by address, then port.
+pub fn sort_like_ipvsadm(listing: &mut Listing) {
+    fn addr_key(a: &SocketAddr) -> (u8, [u8; 16], u16) {
+        match a {
+            SocketAddr::V4(v) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v.ip().octets());
+                (0, b, v.port())
+            }
+            SocketAddr::V6(v) => (1, v.ip().octets(), v.port()),
+        }
+    }
+    listing.services.sort_by_key(|s| match s.key {
+        crate::model::ServiceKey::Fwmark { fwmark, ipv6 } => (0, fwmark, ipv6 as u8, 0, [0; 16], 0),
+        crate::model::ServiceKey::Addr { protocol, addr } => {
+            let (fam, bytes, port) = addr_key(&addr);
+            (1, 0, fam, protocol.number(), bytes, port)
+        }
+    });
+    for s in &mut listing.services {
+        s.reals.sort_by_key(|r| addr_key(&r.addr));
+    }
 }
 
 /// Renders a listing as `ipvsadm -L -n` would print it.
 pub fn render(listing: &Listing, opts: ListOptions) -> String {
+    let mut sorted;
+    let listing = if opts.nosort {
+        listing
+    } else {
+        sorted = listing.clone();
+        sort_like_ipvsadm(&mut sorted);
+        &sorted
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -357,6 +392,7 @@ FWM  2 IPv6 rr persistent 300 mask 64
             ListOptions {
                 format: Format::Stats,
                 exact: false,
+                nosort: false,
             },
         );
         let expected = "\
@@ -388,6 +424,7 @@ TCP  203.0.113.10:80                     0        0        0        0        0
             ListOptions {
                 format: Format::Thresholds,
                 exact: false,
+                nosort: false,
             },
         );
         let expected = "\
@@ -403,6 +440,7 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
             ListOptions {
                 format: Format::PersistentConn,
                 exact: false,
+                nosort: false,
             },
         );
         let expected = "\
@@ -441,6 +479,31 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
              pro expire state       source             virtual            destination\n\
              TCP 14:59  ESTABLISHED 192.0.2.5:40000    203.0.113.10:80    198.51.100.11:80\n"
         );
+    }
+
+    #[test]
+    fn sorted_as_ipvsadm_unless_nosort() {
+        let mut l = listing();
+        l.services.reverse();
+        l.services[1].reals.reverse();
+        let sorted = render(&l, ListOptions::default());
+        let tcp = sorted.find("TCP  203.0.113.10:80").unwrap();
+        let udp = sorted.find("UDP  [2001:db8::10]:53").unwrap();
+        assert!(tcp < udp, "{sorted}");
+        assert!(
+            sorted.find("198.51.100.11:80").unwrap() < sorted.find("198.51.100.12:80").unwrap()
+        );
+        let raw = render(
+            &l,
+            ListOptions {
+                nosort: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            raw.find("UDP  [2001:db8::10]:53").unwrap() < raw.find("TCP  203.0.113.10:80").unwrap()
+        );
+        assert!(raw.find("198.51.100.12:80").unwrap() < raw.find("198.51.100.11:80").unwrap());
     }
 
     #[test]
