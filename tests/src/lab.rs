@@ -42,6 +42,25 @@ pub struct LabOptions {
     pub bin_dir: PathBuf,
 }
 
+/// A two-real-server lab for a test (panics with the reason if it cannot start).
+pub fn two_reals(tag: &str) -> Lab {
+    Lab::start(LabOptions {
+        tag: tag.into(),
+        reals: 2,
+        bin_dir: default_bin_dir(),
+    })
+    .expect("lab")
+}
+
+/// How many times each body (each real server's name) came back.
+pub fn tally(bodies: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut t = std::collections::BTreeMap::new();
+    for b in bodies {
+        *t.entry(b.clone()).or_default() += 1;
+    }
+    t
+}
+
 /// A running lab; dropping it removes everything it made.
 pub struct Lab {
     prefix: String,

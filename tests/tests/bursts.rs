@@ -2,9 +2,7 @@
 //! servers with weights 1 and 3, curl from one client. Prints the measured split of every
 //! scheduler and checks it against what the scheduler promises. Root required.
 
-use std::collections::BTreeMap;
-
-use xvs_tests::lab::{default_bin_dir, rs_ip4, Lab, LabOptions, VIP4};
+use xvs_tests::lab::{rs_ip4, tally, two_reals, VIP4};
 
 const BURST: usize = 200;
 
@@ -29,22 +27,9 @@ const EXPECTED: &[(&str, usize, usize)] = &[
 /// Hash schedulers: one client (and one VIP) maps to one server, whichever it is.
 const ONE_SERVER: &[&str] = &["sh", "dh", "mh", "lblc", "lblcr"];
 
-fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
-    let mut t = BTreeMap::new();
-    for b in bodies {
-        *t.entry(b.clone()).or_default() += 1;
-    }
-    t
-}
-
 #[test]
 fn every_scheduler_splits_a_burst_as_it_promises() {
-    let lab = Lab::start(LabOptions {
-        tag: "e2e-burst".into(),
-        reals: 2,
-        bin_dir: default_bin_dir(),
-    })
-    .expect("lab");
+    let lab = two_reals("e2e-burst");
     let vip = format!("{VIP4}:80");
     let (rs1, rs2) = (format!("{}:80", rs_ip4(1)), format!("{}:80", rs_ip4(2)));
     let url = format!("http://{VIP4}/");

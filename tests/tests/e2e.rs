@@ -5,18 +5,9 @@ use std::{collections::BTreeMap, process::Command};
 
 use anyhow::Result;
 use xvs_tests::{
-    lab::{default_bin_dir, rs_ip4, rs_ip6, Lab, LabOptions, VIP4, VIP6},
+    lab::{default_bin_dir, rs_ip4, rs_ip6, tally, two_reals as lab, Lab, VIP4, VIP6},
     netns,
 };
-
-fn lab(tag: &str) -> Lab {
-    Lab::start(LabOptions {
-        tag: tag.into(),
-        reals: 2,
-        bin_dir: default_bin_dir(),
-    })
-    .expect("lab")
-}
 
 /// A VIP of either family, with the strings the tests need.
 struct Family {
@@ -38,14 +29,6 @@ fn families() -> [Family; 2] {
             rs: [format!("[{}]:80", rs_ip6(1)), format!("[{}]:80", rs_ip6(2))],
         },
     ]
-}
-
-fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
-    let mut t = BTreeMap::new();
-    for b in bodies {
-        *t.entry(b.clone()).or_default() += 1;
-    }
-    t
 }
 
 fn setup(lab: &Lab, f: &Family, sched: &str, w1: u32, w2: u32) -> Result<()> {

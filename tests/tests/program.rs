@@ -21,7 +21,15 @@ fn key(proto: Protocol, addr: &str) -> ServiceKey {
 }
 
 fn add_service(d: &mut Director, k: ServiceKey, s: Scheduler, reals: &[(&str, u32)]) {
-    let mut changes = vec![Change::add_service(k, s)];
+    add_service_with(d, Change::add_service(k, s), reals);
+}
+
+/// Adds the service of `add` (an AddService change) and its real servers, in one transaction.
+fn add_service_with(d: &mut Director, add: Change, reals: &[(&str, u32)]) {
+    let Change::AddService { key: k, .. } = add else {
+        panic!("not an AddService: {add:?}")
+    };
+    let mut changes = vec![add];
     for (a, w) in reals {
         changes.push(Change::AddReal {
             service: k,
@@ -492,19 +500,16 @@ fn persistent_service(
     prefix: u8,
     reals: &[(&str, u32)],
 ) {
-    let mut changes = vec![Change::AddService {
-        key: k,
-        scheduler: s,
-        flags: Default::default(),
-        persistence: Some(Persistence { timeout, prefix }),
-    }];
-    for (a, w) in reals {
-        changes.push(Change::AddReal {
-            service: k,
-            real: RealServer::dr(a.parse().unwrap(), *w),
-        });
-    }
-    d.apply(&changes);
+    add_service_with(
+        d,
+        Change::AddService {
+            key: k,
+            scheduler: s,
+            flags: Default::default(),
+            persistence: Some(Persistence { timeout, prefix }),
+        },
+        reals,
+    );
 }
 
 fn two_reals_director() -> Director {
@@ -750,22 +755,16 @@ fn hash_schedulers_place_flows_by_their_hash() {
     }
     assert_eq!(clients.len(), 2, "sh spreads clients over both servers");
     let mut d = two_reals_director();
-    d.apply(&[
+    add_service_with(
+        &mut d,
         Change::AddService {
             key: key(Protocol::Tcp, "203.0.113.10:80"),
             scheduler: Scheduler::Sh,
             flags: SchedFlags::parse("sh-port").unwrap(),
             persistence: None,
         },
-        Change::AddReal {
-            service: key(Protocol::Tcp, "203.0.113.10:80"),
-            real: RealServer::dr("198.51.100.11:80".parse().unwrap(), 1),
-        },
-        Change::AddReal {
-            service: key(Protocol::Tcp, "203.0.113.10:80"),
-            real: RealServer::dr("198.51.100.12:80".parse().unwrap(), 1),
-        },
-    ]);
+        &[("198.51.100.11:80", 1), ("198.51.100.12:80", 1)],
+    );
     let seen: std::collections::HashSet<_> = (1000..1040)
         .map(|sport| dest_of(&mut d, &tcp("192.0.2.1", sport, "203.0.113.10", 80, SYN)))
         .collect();

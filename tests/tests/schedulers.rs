@@ -6,24 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xvs_tests::lab::{default_bin_dir, rs_ip4, rs_ip6, Lab, LabOptions, VIP4, VIP6};
-
-fn lab(tag: &str) -> Lab {
-    Lab::start(LabOptions {
-        tag: tag.into(),
-        reals: 2,
-        bin_dir: default_bin_dir(),
-    })
-    .expect("lab")
-}
-
-fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
-    let mut t = BTreeMap::new();
-    for b in bodies {
-        *t.entry(b.clone()).or_default() += 1;
-    }
-    t
-}
+use xvs_tests::lab::{rs_ip4, rs_ip6, tally, two_reals as lab, Lab, VIP4, VIP6};
 
 /// `-L -n` line of a real server: (weight, ActiveConn, InActConn).
 fn counts(lab: &Lab, real: &str) -> (u64, u64, u64) {

@@ -209,24 +209,24 @@ fn schedule(
     p: &Parsed,
     now: u64,
 ) -> Result<(u32, Backend), Reason> {
-    let persistent = svc.flags & service_flags::PERSISTENT != 0;
-    let pkey = PersistKey {
+    // Only a persistent service pays for masking the client address.
+    let pkey = (svc.flags & service_flags::PERSISTENT != 0).then(|| PersistKey {
         client: mask_addr(&p.src, svc.persist_prefix),
         service: svc.id,
         family: p.family,
         _pad: [0; 3],
-    };
-    let (id, backend) = match persistent.then(|| template(&pkey, svc, now)).flatten() {
+    });
+    let (id, backend) = match pkey.as_ref().and_then(|k| template(k, svc, now)) {
         Some(found) => found,
         None => {
             let (id, backend) = pick(svc, p)?;
-            if persistent {
+            if let Some(pkey) = &pkey {
                 let entry = PersistEntry {
                     backend: id,
                     generation: backend.generation,
                     last_seen_ns: now,
                 };
-                if PERSIST.insert(&pkey, &entry, 0).is_err() {
+                if PERSIST.insert(pkey, &entry, 0).is_err() {
                     count(Reason::PersistInsertFailed);
                 } else {
                     count(Reason::PersistNew);

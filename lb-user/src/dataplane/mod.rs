@@ -331,9 +331,7 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         self.check_capacity(config, macs)?;
         // Tables that depend on connection counts are computed from fresh ones.
-        if config.services.iter().any(|s| {
-            scheduler::is_load_aware(s.scheduler) || s.reals.iter().any(|r| r.u_threshold > 0)
-        }) {
+        if config.services.iter().any(table_uses_counts) {
             self.counts = self.scan()?;
         }
         // New services' filter bits go in before the services, removed ones' after.
@@ -884,11 +882,10 @@ impl Dataplane {
     /// Whether any service needs the periodic walk: load-aware tables, thresholds, or
     /// persistence templates to keep alive.
     pub fn needs_walk(&self, config: &Config) -> bool {
-        config.services.iter().any(|s| {
-            scheduler::is_load_aware(s.scheduler)
-                || s.persistence.is_some()
-                || s.reals.iter().any(|r| r.u_threshold > 0)
-        })
+        config
+            .services
+            .iter()
+            .any(|s| table_uses_counts(s) || s.persistence.is_some())
     }
 
     /// Every live persistence template (for `-L -c`), at most `limit`: key, entry, ns until it
@@ -980,8 +977,7 @@ impl Dataplane {
             let Some(mut placed) = self.placed.remove(&svc.key) else {
                 continue;
             };
-            // Thresholds make any scheduler's choices depend on the counts (overload flags).
-            if !placed.sched.is_load_aware() && !svc.reals.iter().any(|r| r.u_threshold > 0) {
+            if !table_uses_counts(svc) {
                 self.placed.insert(svc.key, placed);
                 continue;
             }
@@ -1042,6 +1038,12 @@ impl Dataplane {
     pub fn is_attached(&self) -> bool {
         self.attached
     }
+}
+
+/// Whether a service's table depends on live connection counts: a load-aware scheduler, or
+/// thresholds (overload flags change any scheduler's choices).
+fn table_uses_counts(svc: &model::Service) -> bool {
+    scheduler::is_load_aware(svc.scheduler) || svc.reals.iter().any(|r| r.u_threshold > 0)
 }
 
 /// The timeout that applies to a connection in `state`.
