@@ -13,7 +13,7 @@ pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use maps::{
-    flow_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
+    backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
     PersistKey, ServiceKey, ServiceValue, Stats, NO_BACKEND,
 };
 pub use reason::Reason;

@@ -142,6 +142,17 @@ fn mix(h: u32, k: u32) -> u32 {
 pub mod fwd {
     /// Direct routing: rewrite the Ethernet header only.
     pub const DR: u8 = 0;
+    /// Tunnel, IP in IP (IPIP, IP6IP6, and the mixed 6in4 / 4in6): outer IP header to the real
+    /// server, protocol 4 or 41 after the inner family.
+    pub const TUN_IPIP: u8 = 1;
+    /// Tunnel, GUE (variant 0, as IPVS): outer IP + UDP to `tun_port_be` + a 4-byte GUE header.
+    pub const TUN_GUE: u8 = 2;
+}
+
+/// Backend::flags bits.
+pub mod backend_flags {
+    /// GUE over IPv4: fill the outer UDP checksum (`--tun-csum`); over IPv6 it is always filled.
+    pub const TUN_CSUM: u8 = 1;
 }
 
 /// One real server of one service, as the data plane forwards to it.
@@ -158,7 +169,7 @@ pub struct Backend {
     pub family: u8,
     /// Forwarding method (see `fwd`).
     pub fwd: u8,
-    /// Backend flags (reserved, 0 today).
+    /// Backend flags (see `backend_flags`).
     pub flags: u8,
     /// Explicit padding.
     pub _pad: u8,
@@ -166,8 +177,14 @@ pub struct Backend {
     /// that outlived its real server is recognised instead of reaching whoever reuses the slot.
     /// 0 means "slot unused".
     pub generation: u32,
+    /// GUE destination port, network byte order (fwd::TUN_GUE).
+    pub tun_port_be: u16,
+    /// Explicit padding.
+    pub _pad2: [u8; 2],
+    /// Id of the service this slot belongs to (lets a restarted controller adopt the tables).
+    pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 /// Traffic counters kept per CPU per service and per backend.
 #[repr(C)]
@@ -205,8 +222,14 @@ pub struct DataplaneConfig {
     pub tcp_syn_timeout_ns: u64,
     /// Idle timeout after a RST, ns (IPVS default 10 s).
     pub tcp_close_timeout_ns: u64,
+    /// Outer source address of IPv6 tunnel packets (the director's address on the egress side).
+    pub tun_src6: [u8; 16],
+    /// Outer source address of IPv4 tunnel packets.
+    pub tun_src4: [u8; 4],
+    /// Explicit padding.
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 64);
 
 const SEC: u64 = 1_000_000_000;
 
@@ -218,6 +241,9 @@ impl Default for DataplaneConfig {
             udp_timeout_ns: 300 * SEC,
             tcp_syn_timeout_ns: 60 * SEC,
             tcp_close_timeout_ns: 10 * SEC,
+            tun_src6: [0; 16],
+            tun_src4: [0; 4],
+            _pad: [0; 4],
         }
     }
 }

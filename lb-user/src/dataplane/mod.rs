@@ -25,7 +25,7 @@ use aya::{
 };
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
-    fwd, mask_addr, names,
+    backend_flags, fwd, mask_addr, names,
     reason::REASON_COUNT,
     service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
     PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
@@ -402,7 +402,7 @@ impl Dataplane {
                 let m: Vec<_> = s
                     .reals
                     .iter()
-                    .map(|r| macs.get(&r.addr.ip()).copied())
+                    .map(|r| next_hop_mac(r, macs))
                     .collect();
                 !self
                     .placed
@@ -490,7 +490,7 @@ impl Dataplane {
         let svc_macs: Vec<Option<[u8; 6]>> = svc
             .reals
             .iter()
-            .map(|r| macs.get(&r.addr.ip()).copied())
+            .map(|r| next_hop_mac(r, macs))
             .collect();
         if let Some(p) = self.placed.get(&key) {
             if p.pushed
@@ -556,7 +556,7 @@ impl Dataplane {
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
         for (real, mac) in svc.reals.iter().zip(svc_macs) {
-            ids.push(self.place_backend(&mut placed.slots, real, mac.unwrap_or_default())?);
+            ids.push(self.place_backend(placed.id, &mut placed.slots, real, mac.unwrap_or_default())?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
         if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
@@ -685,6 +685,7 @@ impl Dataplane {
 
     fn place_backend(
         &mut self,
+        service_id: u32,
         slots: &mut HashMap<SocketAddr, Slot>,
         real: &model::RealServer,
         mac: [u8; 6],
@@ -697,10 +698,23 @@ impl Dataplane {
             family,
             fwd: match real.forward {
                 model::ForwardMethod::Dr => fwd::DR,
+                model::ForwardMethod::Tunnel(t) => match t.kind {
+                    model::TunnelKind::Ipip => fwd::TUN_IPIP,
+                    model::TunnelKind::Gue => fwd::TUN_GUE,
+                },
             },
-            flags: 0,
+            flags: match real.forward {
+                model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
+                _ => 0,
+            },
             _pad: 0,
             generation: 0,
+            tun_port_be: match real.forward {
+                model::ForwardMethod::Tunnel(t) => t.port.to_be(),
+                model::ForwardMethod::Dr => 0,
+            },
+            _pad2: [0; 2],
+            service: service_id,
         };
         if let Some(slot) = slots.get_mut(&real.addr) {
             want.generation = slot.written.generation;
@@ -1116,6 +1130,15 @@ fn sum_stats(
         total.add(s);
     }
     Ok(total.into())
+}
+
+/// The MAC a real server's frames are sent to: its own in DR mode (None until resolved); a
+/// tunnelled server needs none (the data plane asks the kernel's FIB for the next hop).
+fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
+    match r.forward {
+        model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
+        model::ForwardMethod::Tunnel(_) => Some([0; 6]),
+    }
 }
 
 /// The 16-byte address form and family tag used in map keys.
