@@ -11,3 +11,4 @@ pub mod neighbor;
 pub mod object;
 pub mod proto;
 pub mod scheduler;
+pub mod tunnel;
