@@ -78,11 +78,23 @@ mod tests {
     #[test]
     fn sources_one_per_family() {
         let mut c = DataplaneConfig::default();
-        set_sources(&mut c, &["198.51.100.1".parse().unwrap(), "2001:db8::1".parse().unwrap()])
-            .unwrap();
+        set_sources(
+            &mut c,
+            &[
+                "198.51.100.1".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.tun_src4, [198, 51, 100, 1]);
         assert_eq!(c.tun_src6[0..2], [0x20, 0x01]);
-        let twice = set_sources(&mut c, &["198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap()]);
+        let twice = set_sources(
+            &mut c,
+            &[
+                "198.51.100.1".parse().unwrap(),
+                "198.51.100.2".parse().unwrap(),
+            ],
+        );
         assert!(matches!(twice, Err(TunnelSourceError::Twice("IPv4", _, _))));
         assert!(set_sources(&mut c, &["0.0.0.0".parse().unwrap()]).is_err());
         set_sources(&mut c, &[]).unwrap();

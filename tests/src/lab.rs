@@ -414,9 +414,24 @@ impl Lab {
         let rs = self.ns(&format!("rs{i}"));
         create(&rt)?;
         create(&rs)?;
-        ip(&["-n", &sw, "link", "add", "p-rt", "type", "veth", "peer", "name", "eth0", "netns", &rt])?;
-        ip(&["-n", &sw, "link", "set", "p-rt", "master", "br0", "mtu", &segment_mtu.to_string(), "up"])?;
-        ip(&["-n", &rt, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &rs])?;
+        ip(&[
+            "-n", &sw, "link", "add", "p-rt", "type", "veth", "peer", "name", "eth0", "netns", &rt,
+        ])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "p-rt",
+            "master",
+            "br0",
+            "mtu",
+            &segment_mtu.to_string(),
+            "up",
+        ])?;
+        ip(&[
+            "-n", &rt, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &rs,
+        ])?;
         let (v4, v6) = (routed_ip4(i), routed_ip6(i));
         let script = format!(
             "set -e
@@ -447,7 +462,10 @@ impl Lab {
         );
         let out = sh(&rs, &script)?;
         if !out.status.success() {
-            bail!("routed real server setup: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "routed real server setup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let out = sh(
             &self.ns("dir"),

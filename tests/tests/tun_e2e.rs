@@ -21,17 +21,24 @@ fn lab() -> Lab {
         bin_dir: xvs_tests::lab::default_bin_dir(),
     })
     .expect("lab");
-    lab.add_routed_real(RS, 1400).expect("router and routed real server");
+    lab.add_routed_real(RS, 1400)
+        .expect("router and routed real server");
     lab
 }
 
 /// Runs xvsadm inside a namespace (the real server's own host).
 fn xvsadm_in(lab: &Lab, ns: &str, args: &[&str]) -> std::process::Output {
-    cmd_in(&lab.ns(ns), &xvs_tests::lab::default_bin_dir().join("xvsadm").display().to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("xvsadm")
+    cmd_in(
+        &lab.ns(ns),
+        &xvs_tests::lab::default_bin_dir()
+            .join("xvsadm")
+            .display()
+            .to_string(),
+    )
+    .args(args)
+    .stdin(Stdio::null())
+    .output()
+    .expect("xvsadm")
 }
 
 fn reason(lab: &Lab, name: &str) -> u64 {
@@ -56,9 +63,24 @@ fn tunnelled_and_routed_real_servers_serve_next_to_dr_ones() {
     let out = xvsadm_in(
         &lab,
         &format!("rs{RS}"),
-        &["realserver", "setup", "--vip", &format!("{VIP4},{VIP6}"), "--mode", "tun", "--iface", "eth0", "--gue-port", "6080"],
+        &[
+            "realserver",
+            "setup",
+            "--vip",
+            &format!("{VIP4},{VIP6}"),
+            "--mode",
+            "tun",
+            "--iface",
+            "eth0",
+            "--gue-port",
+            "6080",
+        ],
     );
-    assert!(out.status.success(), "realserver setup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "realserver setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (r4, r6) = (routed_ip4(RS), routed_ip6(RS));
     let vip6 = format!("[{VIP6}]");
     let rules = [
@@ -94,7 +116,12 @@ fn tunnelled_and_routed_real_servers_serve_next_to_dr_ones() {
     ] {
         let bodies = lab.curl_many(&url, 20).unwrap();
         let t = tally(&bodies);
-        assert_eq!(bodies.len(), 20, "{what}: every request answered: {t:?}\n{}", lab.xvsd_log());
+        assert_eq!(
+            bodies.len(),
+            20,
+            "{what}: every request answered: {t:?}\n{}",
+            lab.xvsd_log()
+        );
         assert_eq!(t.get("rs1"), Some(&10), "{what}: {t:?}");
         assert_eq!(t.get(&format!("rs{RS}")), Some(&10), "{what}: {t:?}");
     }
@@ -113,8 +140,16 @@ fn tunnelled_and_routed_real_servers_serve_next_to_dr_ones() {
     // link toward the client; the router's "fragmentation needed" goes to the VIP, the director
     // relays it through the tunnel, and the server's TCP shrinks its segments.
     let relayed = reason(&lab, "icmp_error_forwarded");
-    assert_eq!(download(&lab, &format!("http://{VIP4}:8080/big")), 1 << 20, "IPv4 download");
-    assert_eq!(download(&lab, &format!("http://{vip6}:8080/big")), 1 << 20, "6in4 download");
+    assert_eq!(
+        download(&lab, &format!("http://{VIP4}:8080/big")),
+        1 << 20,
+        "IPv4 download"
+    );
+    assert_eq!(
+        download(&lab, &format!("http://{vip6}:8080/big")),
+        1 << 20,
+        "6in4 download"
+    );
     assert!(
         reason(&lab, "icmp_error_forwarded") > relayed,
         "the router's ICMP errors were relayed to the real server"
@@ -125,5 +160,9 @@ fn tunnelled_and_routed_real_servers_serve_next_to_dr_ones() {
     }
 
     let out = xvsadm_in(&lab, &format!("rs{RS}"), &["realserver", "teardown"]);
-    assert!(out.status.success(), "teardown: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "teardown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
