@@ -16,10 +16,14 @@ use lb_user::{
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    // Subcommands of xvs's own come first; everything else is ipvsadm's command line.
-    if argv.get(1).is_some_and(|a| a == "stats") {
-        let rest = std::iter::once(OsString::from("xvsadm stats")).chain(argv[2..].iter().cloned());
-        return finish(stats(rest));
+    // Subcommands of xvs's own (`xvsadm [--socket PATH] stats ...`); everything else is
+    // ipvsadm's command line, which has no words of its own.
+    if let Some((name, rest)) = subcommand(&argv) {
+        let rest = std::iter::once(OsString::from(format!("xvsadm {name}"))).chain(rest);
+        return finish(match name {
+            "stats" => stats(rest),
+            _ => unreachable!("subcommand() knows only these"),
+        });
     }
     // ipvsadm with no argument lists the table (names resolved).
     let argv = if argv.len() <= 1 {
@@ -35,6 +39,28 @@ fn main() -> ExitCode {
         }
     };
     finish(run(&args))
+}
+
+/// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
+/// name moved after it.
+fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
+    const SUBCOMMANDS: [&str; 1] = ["stats"];
+    let mut global = Vec::new();
+    let mut i = 1;
+    while i < argv.len() {
+        let a = argv[i].to_str()?;
+        if a == "--socket" {
+            global.extend(argv.get(i..i + 2)?.iter().cloned());
+            i += 2;
+        } else if a.starts_with("--socket=") {
+            global.push(argv[i].clone());
+            i += 1;
+        } else {
+            let name = SUBCOMMANDS.into_iter().find(|n| *n == a)?;
+            return Some((name, argv[i + 1..].iter().cloned().chain(global).collect()));
+        }
+    }
+    None
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {
