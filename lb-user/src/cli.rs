@@ -1784,6 +1784,22 @@ mod tests {
                 json: false
             }
         );
+        // One UDP service, one group (IPv6).
+        for (args, key) in [
+            (
+                &["-L", "-u", "[2001:db8::10]:53"][..],
+                ServiceKey::new(Protocol::Udp, "[2001:db8::10]:53".parse().unwrap()),
+            ),
+            (
+                &["-l", "-f", "2", "-6", "-n"][..],
+                ServiceKey::fwmark(2, true),
+            ),
+        ] {
+            match action(args).unwrap() {
+                Action::List { service, .. } => assert_eq!(service, Some(key), "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
         // ipvsadm's precedence: --stats over --rate over --thresholds...
         match action(&["-L", "--rate", "--thresholds", "--stats"]).unwrap() {
             Action::List { opts, .. } => assert_eq!(opts.format, Format::Stats),
