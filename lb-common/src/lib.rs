@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod filter;
+pub mod layout;
 pub mod maps;
 pub mod reason;
 
@@ -16,6 +17,7 @@ pub use maps::{
     backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
     PersistKey, ServiceKey, ServiceValue, Stats, NO_BACKEND,
 };
+pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.
@@ -73,6 +75,8 @@ pub mod names {
     pub const MAP_CONFIG: &str = "CONFIG";
     /// Bitmap that rules out non-service traffic before any hash lookup.
     pub const MAP_SERVICE_FILTER: &str = "SERVICE_FILTER";
+    /// The layout the maps were created with (one `layout::Meta`), for adoption after a restart.
+    pub const MAP_META: &str = "META";
 }
 
 /// Copies an IPv4 address (network order bytes) into the 16-byte form used in keys.

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod listing;
+pub mod metrics;
 pub mod model;
 pub mod neighbor;
 pub mod object;

@@ -51,6 +51,10 @@ static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0
 static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 #[map]
 static SERVICE_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+// Read by the controller only: the layout the maps were created with (checked before a
+// restarted or upgraded controller adopts pinned maps).
+#[map]
+static META: Array<lb_common::Meta> = Array::with_max_entries(1, 0);
 
 /// The director's entry point: maps the internal result to a verdict and counts the reason.
 #[xdp]
