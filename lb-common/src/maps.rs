@@ -126,6 +126,29 @@ pub fn flow_hash(addr: &[u8; 16], port_be: u16) -> u32 {
     h ^ (h >> 16)
 }
 
+/// A hash of the whole 5-tuple: the outer GUE source port and IPv6 flow label of a tunnelled
+/// flow, so the real server's NIC spreads tunnelled flows over its queues (and one flow stays
+/// on one queue).
+#[inline(always)]
+pub fn tuple_hash(src: &[u8; 16], dst: &[u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> u32 {
+    let w = |a: &[u8; 16], i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
+    h = mix(h, w(src, 0));
+    h = mix(h, w(src, 4));
+    h = mix(h, w(src, 8));
+    h = mix(h, w(src, 12));
+    h = mix(h, w(dst, 0));
+    h = mix(h, w(dst, 4));
+    h = mix(h, w(dst, 8));
+    h = mix(h, w(dst, 12));
+    h = mix(h, (sport_be as u32) << 16 | dport_be as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k
@@ -185,6 +208,49 @@ pub struct Backend {
     pub service: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+
+/// What the director hands to the tunnel program (map TUNNEL_JOB, per CPU, index 0) before it
+/// tail-calls it: the chosen backend and the parsed headers the encapsulation needs. Tail calls
+/// run on the same CPU without preemption, so one per-CPU slot is enough.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelJob {
+    /// Backend slot.
+    pub backend: u32,
+    /// The flow's tuple hash when `flags` has HASH_SET (the ICMP relay hashes the quoted flow);
+    /// otherwise the tunnel program hashes src, dst, ports and proto below (keeping that work
+    /// off the director's crowded stack).
+    pub hash: u32,
+    /// Offset of the (inner) L3 header.
+    pub l3_off: u16,
+    /// Offset of the L4 header.
+    pub l4_off: u16,
+    /// Inner source port, network order.
+    pub sport_be: u16,
+    /// Inner destination port, network order.
+    pub dport_be: u16,
+    /// TOS / traffic class of the inner packet.
+    pub tos: u8,
+    /// Inner family.
+    pub family: u8,
+    /// Inner L4 protocol.
+    pub proto: u8,
+    /// See `tunnel_job_flags`.
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+    /// Inner source address.
+    pub src: [u8; 16],
+    /// Inner destination address.
+    pub dst: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<TunnelJob>() == 56);
+
+/// TunnelJob::flags bits.
+pub mod tunnel_job_flags {
+    /// `hash` is set.
+    pub const HASH_SET: u8 = 1;
+}
 
 /// Traffic counters kept per CPU per service and per backend.
 #[repr(C)]
@@ -258,6 +324,7 @@ mod pod {
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::PersistEntry {}
+    unsafe impl aya::Pod for super::TunnelJob {}
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -244,6 +246,8 @@ pub struct ConnInfo {
 /// The loaded director and the controller's bookkeeping of what it wrote.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Keeps the tail-call table (and so the programs in it) alive.
+    _tail: ProgramArray<MapData>,
     services: BpfHashMap<MapData, lb_common::ServiceKey, ServiceValue>,
     backends: Array<MapData, Backend>,
     slots: Array<MapData, u32>,
@@ -318,6 +322,27 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
             .try_into()?;
         prog.load()?;
+        // The programs the director tail-calls: TUN encapsulation and the ICMP relay. A pinned
+        // TAIL_CALLS is reused: each entry is replaced by this build's program in one step, and
+        // the pin keeps the entries after xvsd exits (a program array is emptied when its last
+        // user reference goes, and a pin is one).
+        let mut tail = ProgramArray::try_from(
+            ebpf.take_map(names::MAP_TAIL_CALLS)
+                .ok_or(DataplaneError::Missing(names::MAP_TAIL_CALLS))?,
+        )
+        .map_err(map_err(names::MAP_TAIL_CALLS))?;
+        for (index, name) in [
+            (lb_common::TAIL_TUNNEL, names::PROG_TUNNEL),
+            (lb_common::TAIL_ICMP, names::PROG_ICMP),
+        ] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            p.load()?;
+            tail.set(index, p.fd()?, 0)
+                .map_err(map_err(names::MAP_TAIL_CALLS))?;
+        }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let services = BpfHashMap::try_from(take(names::MAP_SERVICES)?)
@@ -352,6 +377,7 @@ impl Dataplane {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
+            _tail: tail,
             services,
             backends,
             slots,
