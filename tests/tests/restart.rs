@@ -68,6 +68,33 @@ fn link_ids(lab: &Lab) -> (u32, u32) {
     (info.id(), info.program_id())
 }
 
+/// Ids of the programs in the pinned tail-call table (the TUN and ICMP programs), by index.
+fn tail_programs(lab: &Lab) -> Vec<u32> {
+    let path = lab.pin_dir().join("TAIL_CALLS");
+    let out = netns::run(
+        std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&path),
+    )
+    .unwrap();
+    let entries: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let byte = |v: &Value| u8::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let mut ids: Vec<(u32, u32)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let word = |k: &str| {
+                let b: Vec<u8> = e[k].as_array().unwrap().iter().map(byte).collect();
+                u32::from_le_bytes(b[..4].try_into().unwrap())
+            };
+            (word("key"), word("value"))
+        })
+        .collect();
+    ids.sort();
+    ids.into_iter().map(|(_, id)| id).collect()
+}
+
 /// The pinned connection table.
 fn conn_table(lab: &Lab) -> HashMap<FlowKey, ConnEntry> {
     let data = MapData::from_pin(lab.pin_dir().join("CONNS")).expect("pinned CONNS");
@@ -169,6 +196,9 @@ fn sigkill_under_load_fails_no_request_and_the_new_xvsd_adopts_the_pinned_state(
     load.wait_for_more(200, Duration::from_secs(30)).unwrap();
     assert!(xdp_on_director(&lab), "the director detached when xvsd died");
     check_held(&mut held, "while xvsd was dead");
+    // The tail-called TUN and ICMP programs stay in their table (the pin keeps it from being
+    // emptied when xvsd's descriptors close).
+    assert_eq!(tail_programs(&lab).len(), lb_common::TAIL_SLOTS as usize);
 
     lab.start_xvsd().unwrap();
     let answering = killed.elapsed();
@@ -231,6 +261,7 @@ fn upgrade_under_load_swaps_the_program_on_the_same_link_and_keeps_the_connectio
     let load = Load::start(&lab.ns("cl"), &url(), 50_000, Duration::from_secs(180));
     load.wait_for_more(100, Duration::from_secs(30)).unwrap();
     let (link_before, prog_before) = link_ids(&lab);
+    let tail_before = tail_programs(&lab);
     let (conns_before, _, _) = counters(&lab);
     let table_before = conn_table(&lab);
 
@@ -253,6 +284,13 @@ fn upgrade_under_load_swaps_the_program_on_the_same_link_and_keeps_the_connectio
         "the link was replaced: the interface was without the director for a while"
     );
     assert_ne!(prog_after, prog_before, "the program was not replaced");
+    // The tail-called programs were replaced by the new build's too, every slot filled.
+    let tail_after = tail_programs(&lab);
+    assert_eq!(tail_after.len(), lb_common::TAIL_SLOTS as usize);
+    assert!(
+        tail_after.iter().all(|id| !tail_before.contains(id)),
+        "tail-call table still runs old programs: {tail_before:?} -> {tail_after:?}"
+    );
     let table_after = conn_table(&lab);
     let lost: Vec<&FlowKey> = table_before
         .keys()
