@@ -124,23 +124,88 @@ pub fn render(s: &Snapshot<'_>) -> String {
     type Get<T> = fn(&T) -> Value;
     use Value::{Float, Int};
     let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 5] = [
-        ("xvs_service_connections_total", Kind::Counter, "New connections scheduled to the virtual service.", |v| Int(v.stats.conns)),
-        ("xvs_service_packets_total", Kind::Counter, "Packets forwarded for the virtual service (client to server).", |v| Int(v.stats.packets)),
-        ("xvs_service_bytes_total", Kind::Counter, "Bytes forwarded for the virtual service (client to server, whole frames).", |v| Int(v.stats.bytes)),
-        ("xvs_service_active_connections", Kind::Gauge, "ESTABLISHED connections of the virtual service (sum of its real servers' ActiveConn).", |v| Int(v.reals.iter().map(|r| r.active_conns).sum::<u64>())),
-        ("xvs_service_inactive_connections", Kind::Gauge, "Other live connections of the virtual service (sum of its real servers' InActConn).", |v| Int(v.reals.iter().map(|r| r.inactive_conns).sum::<u64>())),
+        (
+            "xvs_service_connections_total",
+            Kind::Counter,
+            "New connections scheduled to the virtual service.",
+            |v| Int(v.stats.conns),
+        ),
+        (
+            "xvs_service_packets_total",
+            Kind::Counter,
+            "Packets forwarded for the virtual service (client to server).",
+            |v| Int(v.stats.packets),
+        ),
+        (
+            "xvs_service_bytes_total",
+            Kind::Counter,
+            "Bytes forwarded for the virtual service (client to server, whole frames).",
+            |v| Int(v.stats.bytes),
+        ),
+        (
+            "xvs_service_active_connections",
+            Kind::Gauge,
+            "ESTABLISHED connections of the virtual service (sum of its real servers' ActiveConn).",
+            |v| Int(v.reals.iter().map(|r| r.active_conns).sum::<u64>()),
+        ),
+        (
+            "xvs_service_inactive_connections",
+            Kind::Gauge,
+            "Other live connections of the virtual service (sum of its real servers' InActConn).",
+            |v| Int(v.reals.iter().map(|r| r.inactive_conns).sum::<u64>()),
+        ),
     ];
     for (name, kind, help, get) in service_series {
-        e.family(name, kind, help, l.services.iter().map(|v| (svc(&v.key), get(v))));
+        e.family(
+            name,
+            kind,
+            help,
+            l.services.iter().map(|v| (svc(&v.key), get(v))),
+        );
     }
     let real_series: [(&str, Kind, &str, Get<crate::proto::RealStatus>); 7] = [
-        ("xvs_real_connections_total", Kind::Counter, "New connections scheduled to the real server.", |r| Int(r.stats.conns)),
-        ("xvs_real_packets_total", Kind::Counter, "Packets forwarded to the real server.", |r| Int(r.stats.packets)),
-        ("xvs_real_bytes_total", Kind::Counter, "Bytes forwarded to the real server (whole frames).", |r| Int(r.stats.bytes)),
-        ("xvs_real_active_connections", Kind::Gauge, "ESTABLISHED connections to the real server (ipvsadm's ActiveConn).", |r| Int(r.active_conns)),
-        ("xvs_real_inactive_connections", Kind::Gauge, "Other live connections to the real server (ipvsadm's InActConn).", |r| Int(r.inactive_conns)),
-        ("xvs_real_persistent_connections", Kind::Gauge, "Live persistence templates bound to the real server (ipvsadm's PersistConn).", |r| Int(r.persist_conns)),
-        ("xvs_real_weight", Kind::Gauge, "Configured weight of the real server (0: quiesced).", |r| Int(r.weight as u64)),
+        (
+            "xvs_real_connections_total",
+            Kind::Counter,
+            "New connections scheduled to the real server.",
+            |r| Int(r.stats.conns),
+        ),
+        (
+            "xvs_real_packets_total",
+            Kind::Counter,
+            "Packets forwarded to the real server.",
+            |r| Int(r.stats.packets),
+        ),
+        (
+            "xvs_real_bytes_total",
+            Kind::Counter,
+            "Bytes forwarded to the real server (whole frames).",
+            |r| Int(r.stats.bytes),
+        ),
+        (
+            "xvs_real_active_connections",
+            Kind::Gauge,
+            "ESTABLISHED connections to the real server (ipvsadm's ActiveConn).",
+            |r| Int(r.active_conns),
+        ),
+        (
+            "xvs_real_inactive_connections",
+            Kind::Gauge,
+            "Other live connections to the real server (ipvsadm's InActConn).",
+            |r| Int(r.inactive_conns),
+        ),
+        (
+            "xvs_real_persistent_connections",
+            Kind::Gauge,
+            "Live persistence templates bound to the real server (ipvsadm's PersistConn).",
+            |r| Int(r.persist_conns),
+        ),
+        (
+            "xvs_real_weight",
+            Kind::Gauge,
+            "Configured weight of the real server (0: quiesced).",
+            |r| Int(r.weight as u64),
+        ),
     ];
     for (name, kind, help, get) in real_series {
         e.family(
@@ -274,7 +339,10 @@ mod tests {
     };
 
     fn listing() -> Listing {
-        let key = ServiceKey::new(crate::model::Protocol::Tcp, "203.0.113.10:80".parse().unwrap());
+        let key = ServiceKey::new(
+            crate::model::Protocol::Tcp,
+            "203.0.113.10:80".parse().unwrap(),
+        );
         Listing {
             conn_table_size: 1024,
             services: vec![ServiceStatus {
@@ -346,14 +414,22 @@ mod tests {
         // Every family is announced exactly once, before its samples.
         let mut seen = std::collections::HashSet::new();
         for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
-            assert!(seen.insert(l.split_whitespace().nth(2).unwrap().to_string()), "{l}");
+            assert!(
+                seen.insert(l.split_whitespace().nth(2).unwrap().to_string()),
+                "{l}"
+            );
         }
     }
 
     #[test]
     fn label_values_are_escaped() {
         let mut e = Exposition::default();
-        e.family("x", Kind::Gauge, "a\\b", [(vec![("l", "a\"b\\c\nd".to_string())], Value::Int(1))]);
+        e.family(
+            "x",
+            Kind::Gauge,
+            "a\\b",
+            [(vec![("l", "a\"b\\c\nd".to_string())], Value::Int(1))],
+        );
         assert_eq!(
             e.finish(),
             "# HELP x a\\\\b\n# TYPE x gauge\nx{l=\"a\\\"b\\\\c\\nd\"} 1\n"

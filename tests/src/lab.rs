@@ -349,10 +349,10 @@ impl Lab {
         let child = self
             .xvsd_cmd(extra)
             .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("spawning xvsd")?;
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning xvsd")?;
         self.xvsd = Some(child);
         poll(Duration::from_secs(20), "xvsd to answer", || {
             if let Some(c) = self.xvsd.as_mut() {

@@ -281,7 +281,11 @@ fn xvsd_stays_attached_after_sigterm_until_cleanup() {
     assert_eq!(lab.curl_many(&f.url, 2).unwrap().len(), 2);
     // --cleanup is how forwarding stops.
     let out = lab.xvsd_once(&["--cleanup"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !link(&lab).contains("xdp"),
         "still attached after --cleanup: {}",

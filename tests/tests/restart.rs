@@ -78,7 +78,8 @@ fn tail_programs(lab: &Lab) -> Vec<u32> {
     )
     .unwrap();
     let entries: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let byte = |v: &Value| u8::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let byte =
+        |v: &Value| u8::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
     let mut ids: Vec<(u32, u32)> = entries
         .as_array()
         .unwrap()
@@ -169,11 +170,21 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         if line.starts_with("# HELP ") {
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
         let name = series.split('{').next().unwrap();
-        assert!(typed.contains(name), "{name} sampled before its # TYPE line");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(out.insert(series.to_string(), value).is_none(), "{series} twice");
+        assert!(
+            typed.contains(name),
+            "{name} sampled before its # TYPE line"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            out.insert(series.to_string(), value).is_none(),
+            "{series} twice"
+        );
     }
     out
 }
@@ -194,7 +205,10 @@ fn sigkill_under_load_fails_no_request_and_the_new_xvsd_adopts_the_pinned_state(
     // No xvsd at all: the pinned director keeps balancing new connections and keeps the
     // established ones on their servers.
     load.wait_for_more(200, Duration::from_secs(30)).unwrap();
-    assert!(xdp_on_director(&lab), "the director detached when xvsd died");
+    assert!(
+        xdp_on_director(&lab),
+        "the director detached when xvsd died"
+    );
     check_held(&mut held, "while xvsd was dead");
     // The tail-called TUN and ICMP programs stay in their table (the pin keeps it from being
     // emptied when xvsd's descriptors close).
@@ -210,7 +224,11 @@ fn sigkill_under_load_fails_no_request_and_the_new_xvsd_adopts_the_pinned_state(
     let (_, metrics) = scrape(&lab, "/metrics");
     let m = parse_exposition(&metrics);
     assert_eq!(m.get("xvs_dataplane_adopted"), Some(&1.0), "{metrics}");
-    assert_eq!(m.get("xvs_dataplane_adoption_pending"), Some(&1.0), "{metrics}");
+    assert_eq!(
+        m.get("xvs_dataplane_adoption_pending"),
+        Some(&1.0),
+        "{metrics}"
+    );
     // Until the configuration is restored, the adopted tables keep forwarding.
     load.wait_for_more(100, Duration::from_secs(30)).unwrap();
     lab.xvsadm_restore(&rules).unwrap();
@@ -323,7 +341,9 @@ fn upgrade_under_load_swaps_the_program_on_the_same_link_and_keeps_the_connectio
         conns_after >= conns_before + (at_restore - at_stop),
         "counters reset: {conns_before} -> {conns_after}"
     );
-    assert!(lab.xvsd_log().contains(&format!("previous_program={prog_before}")));
+    assert!(lab
+        .xvsd_log()
+        .contains(&format!("previous_program={prog_before}")));
 }
 
 #[test]
@@ -352,7 +372,10 @@ fn incompatible_layout_is_refused_unless_forced_and_cleanup_removes_everything()
     refused(
         &lab,
         &[],
-        &format!("layout version {} is pinned, this xvsd has version {version}", version + 1),
+        &format!(
+            "layout version {} is pinned, this xvsd has version {version}",
+            version + 1
+        ),
     );
     edit_meta(&lab, |m| {
         m.layout_version = version;
@@ -382,7 +405,10 @@ fn incompatible_layout_is_refused_unless_forced_and_cleanup_removes_everything()
     let (new_link, _) = link_ids(&lab);
     assert_ne!(new_link, link, "not reloaded");
     assert_eq!(lab.xvsadm_ok(&["-S", "-n"]).unwrap(), "");
-    assert!(lab.curl_many(&url(), 1).unwrap().is_empty(), "no service yet");
+    assert!(
+        lab.curl_many(&url(), 1).unwrap().is_empty(),
+        "no service yet"
+    );
     setup(&lab);
     assert_eq!(lab.curl_many(&url(), 2).unwrap().len(), 2);
 
@@ -396,14 +422,32 @@ fn incompatible_layout_is_refused_unless_forced_and_cleanup_removes_everything()
     );
     lab.stop_xvsd().unwrap();
     assert!(xdp_on_director(&lab), "SIGTERM detached the director");
-    assert_eq!(lab.curl_many(&url(), 2).unwrap().len(), 2, "not forwarding after SIGTERM");
+    assert_eq!(
+        lab.curl_many(&url(), 2).unwrap().len(),
+        2,
+        "not forwarding after SIGTERM"
+    );
     let out = lab.xvsd_once(&["--cleanup"]).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("detached the director from eth0"), "{stdout}");
-    assert!(!lab.pin_dir().exists(), "pins left: {:?}", std::fs::read_dir(lab.pin_dir()).map(|d| d.count()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("detached the director from eth0"),
+        "{stdout}"
+    );
+    assert!(
+        !lab.pin_dir().exists(),
+        "pins left: {:?}",
+        std::fs::read_dir(lab.pin_dir()).map(|d| d.count())
+    );
     assert!(!xdp_on_director(&lab), "still attached after --cleanup");
-    assert!(lab.curl_many(&url(), 1).unwrap().is_empty(), "still balancing");
+    assert!(
+        lab.curl_many(&url(), 1).unwrap().is_empty(),
+        "still balancing"
+    );
     // Nothing left: a second cleanup has nothing to do, and a new xvsd starts afresh.
     let out = lab.xvsd_once(&["--cleanup"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing pinned"));
@@ -417,11 +461,22 @@ fn metrics_endpoint_serves_every_reason_and_the_counters_xvsadm_shows() {
     setup(&lab);
     let vip6 = format!("[{VIP6}]:80");
     lab.xvsadm_ok(&["-A", "-t", &vip6, "-s", "wrr"]).unwrap();
-    lab.xvsadm_ok(&["-a", "-t", &vip6, "-r", &format!("[{}]:80", rs_ip6(1)), "-g", "-w", "2"])
-        .unwrap();
+    lab.xvsadm_ok(&[
+        "-a",
+        "-t",
+        &vip6,
+        "-r",
+        &format!("[{}]:80", rs_ip6(1)),
+        "-g",
+        "-w",
+        "2",
+    ])
+    .unwrap();
     assert_eq!(lab.curl_many(&url(), 20).unwrap().len(), 20);
     assert_eq!(
-        lab.curl_many(&format!("http://[{VIP6}]/"), 10).unwrap().len(),
+        lab.curl_many(&format!("http://[{VIP6}]/"), 10)
+            .unwrap()
+            .len(),
         10
     );
     // The listing and the scrape agree once traffic has settled (late ACKs may still come in:
@@ -448,10 +503,7 @@ fn metrics_endpoint_serves_every_reason_and_the_counters_xvsadm_shows() {
     let mut checked = 0;
     for s in l["services"].as_array().unwrap() {
         let key = &s["key"];
-        let service = format!(
-            "TCP {}",
-            key["addr"].as_str().unwrap()
-        );
+        let service = format!("TCP {}", key["addr"].as_str().unwrap());
         for (metric, field) in [
             ("xvs_service_connections_total", "conns"),
             ("xvs_service_packets_total", "packets"),
@@ -465,7 +517,10 @@ fn metrics_endpoint_serves_every_reason_and_the_counters_xvsadm_shows() {
             );
         }
         for r in s["reals"].as_array().unwrap() {
-            let labels = format!("service=\"{service}\",real=\"{}\"", r["addr"].as_str().unwrap());
+            let labels = format!(
+                "service=\"{service}\",real=\"{}\"",
+                r["addr"].as_str().unwrap()
+            );
             for (metric, value) in [
                 ("xvs_real_connections_total", &r["stats"]["conns"]),
                 ("xvs_real_packets_total", &r["stats"]["packets"]),
@@ -489,8 +544,10 @@ fn metrics_endpoint_serves_every_reason_and_the_counters_xvsadm_shows() {
     let stats = lab.xvsadm_ok(&["-L", "-n", "--stats", "--exact"]).unwrap();
     assert!(
         m[&format!("xvs_service_connections_total{{service=\"TCP {VIP4}:80\"}}")] == 20.0
-            && stats.lines().any(|l| l.starts_with(&format!("TCP  {VIP4}:80"))
-                && l.split_whitespace().nth(2) == Some("20")),
+            && stats
+                .lines()
+                .any(|l| l.starts_with(&format!("TCP  {VIP4}:80"))
+                    && l.split_whitespace().nth(2) == Some("20")),
         "{stats}\n{metrics}"
     );
     for scalar in [

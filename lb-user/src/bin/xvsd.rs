@@ -78,8 +78,8 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| pin::default_dir(&opts.iface));
     if opts.cleanup {
-        let done = pin::cleanup(&pin_dir)
-            .with_context(|| format!("xvsd --cleanup on {}", opts.iface))?;
+        let done =
+            pin::cleanup(&pin_dir).with_context(|| format!("xvsd --cleanup on {}", opts.iface))?;
         if done.removed.is_empty() {
             println!("nothing pinned in {}", pin_dir.display());
         } else {

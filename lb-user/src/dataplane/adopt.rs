@@ -17,8 +17,7 @@ use std::{
 
 use aya::maps::MapError;
 use lb_common::{
-    filter::FILTER_WORDS, fwd, names, Backend, ServiceValue, FAMILY_V4, MAX_BACKENDS,
-    MAX_SERVICES,
+    filter::FILTER_WORDS, fwd, names, Backend, ServiceValue, FAMILY_V4, MAX_BACKENDS, MAX_SERVICES,
 };
 use tracing::{info, warn};
 
@@ -103,7 +102,9 @@ impl Inherited {
     pub(super) fn slots_in_use(&self) -> u64 {
         self.services
             .values()
-            .flat_map(|s| std::iter::once(s.value.table_len).chain(s.other_regions.iter().map(|r| r.len)))
+            .flat_map(|s| {
+                std::iter::once(s.value.table_len).chain(s.other_regions.iter().map(|r| r.len))
+            })
             .map(u64::from)
             .sum()
     }
@@ -362,11 +363,18 @@ impl Dataplane {
             let s = services.remove(&id).expect("found above");
             let mut slots = HashMap::new();
             for (bid, b) in s.backends {
-                let addr = backend_addr(&b);
-                if slots.contains_key(&addr) {
-                    self.free_backend(Slot { id: bid, written: b })?;
-                } else {
-                    slots.insert(addr, Slot { id: bid, written: b });
+                // Two slots for one address cannot come from a sane xvsd: keep the first.
+                match slots.entry(backend_addr(&b)) {
+                    std::collections::hash_map::Entry::Occupied(_) => self.free_backend(Slot {
+                        id: bid,
+                        written: b,
+                    })?,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(Slot {
+                            id: bid,
+                            written: b,
+                        });
+                    }
                 }
             }
             for k in &s.keys {
@@ -412,11 +420,17 @@ impl Dataplane {
             self.quarantine.extend(s.other_regions);
             self.free_service_ids.push(id);
             for (bid, b) in s.backends {
-                self.free_backend(Slot { id: bid, written: b })?;
+                self.free_backend(Slot {
+                    id: bid,
+                    written: b,
+                })?;
             }
         }
         for (bid, b) in orphans {
-            self.free_backend(Slot { id: bid, written: b })?;
+            self.free_backend(Slot {
+                id: bid,
+                written: b,
+            })?;
         }
         info!(
             kept,

@@ -35,7 +35,12 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
     f: impl FnMut(&K, &V),
 ) -> io::Result<()> {
     // A hash map's batch token is a bucket index (u32).
-    walk(IterableMap::<K, V>::map(map).fd().as_fd_raw(), None, usize::MAX, f)
+    walk(
+        IterableMap::<K, V>::map(map).fd().as_fd_raw(),
+        None,
+        usize::MAX,
+        f,
+    )
 }
 
 /// Reads `len` entries of an array map from index `off` on.

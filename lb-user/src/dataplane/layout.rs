@@ -42,7 +42,7 @@ pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
             _pad: 0,
         })
         .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by_key(|m| m.name);
     if out.len() > META_MAX_MAPS {
         return Err(DataplaneError::Object(format!(
             "{} maps, META describes at most {META_MAX_MAPS}",
@@ -100,9 +100,7 @@ fn differences(name: &str, have: &MapLayout, want: &MapLayout, where_: &str) -> 
                 (names::MAP_SCHED_SLOTS, "entries") => " (--sched-slots)",
                 _ => "",
             };
-            why.push(format!(
-                "map {name}: {what} {h} {where_}, {w} wanted{hint}"
-            ));
+            why.push(format!("map {name}: {what} {h} {where_}, {w} wanted{hint}"));
         }
     };
     field("type", have.map_type, want.map_type);
@@ -229,9 +227,6 @@ mod tests {
         let conns = maps.iter().find(|m| m.name_str() == "CONNS").unwrap();
         assert_eq!(conns.max_entries, lb_common::DEFAULT_CONN_ENTRIES);
         assert_eq!(conns.key_size as usize, size_of::<lb_common::FlowKey>());
-        assert_eq!(
-            conns.value_size as usize,
-            size_of::<lb_common::ConnEntry>()
-        );
+        assert_eq!(conns.value_size as usize, size_of::<lb_common::ConnEntry>());
     }
 }

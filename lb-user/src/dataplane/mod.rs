@@ -37,9 +37,9 @@ use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
     backend_flags, fwd, mask_addr, names,
     reason::REASON_COUNT,
-    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
-    Meta, PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6,
-    MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Meta,
+    PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    MAX_SERVICES, NO_BACKEND,
 };
 use thiserror::Error;
 
@@ -301,7 +301,11 @@ impl Dataplane {
 
     /// Loads the director. With a pin directory every map is opened from its pin, or created
     /// and pinned there when it has none; `fresh` maps get their initial contents.
-    fn load_inner(sizes: Sizes, pins: Option<&PinDir>, fresh: bool) -> Result<Self, DataplaneError> {
+    fn load_inner(
+        sizes: Sizes,
+        pins: Option<&PinDir>,
+        fresh: bool,
+    ) -> Result<Self, DataplaneError> {
         let pinned: Vec<(String, std::path::PathBuf)> = match pins {
             Some(dir) => layout::expected(sizes)?
                 .iter()
@@ -372,8 +376,7 @@ impl Dataplane {
         }
         let filter_map = Array::try_from(take(names::MAP_SERVICE_FILTER)?)
             .map_err(map_err(names::MAP_SERVICE_FILTER))?;
-        let meta =
-            Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
+        let meta = Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
