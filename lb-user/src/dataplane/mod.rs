@@ -518,6 +518,15 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         self.check_capacity(config, macs)?;
+        // Regions freed by the previous sync are no longer read by any packet.
+        for r in std::mem::take(&mut self.quarantine) {
+            self.regions.free(r);
+        }
+        // After an adoption, first take over what the configuration still has, so the counts
+        // below cover the adopted real servers' connections.
+        if let Some(inherited) = self.inherited.take() {
+            self.take_over(config, inherited)?;
+        }
         // Tables that depend on connection counts are computed from fresh ones.
         if config.services.iter().any(table_uses_counts) {
             self.counts = self.scan()?;
@@ -526,13 +535,6 @@ impl Dataplane {
         let want = filter_words(config);
         let widened: Vec<u64> = self.filter.iter().zip(&want).map(|(c, w)| c | w).collect();
         self.write_filter(widened)?;
-        // Regions freed by the previous sync are no longer read by any packet.
-        for r in std::mem::take(&mut self.quarantine) {
-            self.regions.free(r);
-        }
-        if let Some(inherited) = self.inherited.take() {
-            self.take_over(config, inherited)?;
-        }
         // Services that went away: unpublish first, then free their backends and region.
         let gone: Vec<ServiceKey> = self
             .placed
@@ -942,6 +944,11 @@ impl Dataplane {
     /// The backend slot id of a real server (tests and stats use it).
     pub fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
         self.placed.get(key)?.slots.get(&addr).map(|s| s.id)
+    }
+
+    /// What a backend slot holds (tests check generations across an adoption).
+    pub fn backend_entry(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
     }
 
     /// The service id of a service.
