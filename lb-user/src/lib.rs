@@ -12,3 +12,4 @@ pub mod neighbor;
 pub mod object;
 pub mod proto;
 pub mod scheduler;
+pub mod tunnel;
