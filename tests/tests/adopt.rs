@@ -243,7 +243,7 @@ fn the_first_sync_after_adoption_keeps_what_the_configuration_names_and_frees_th
         assert_eq!(dp.backend_entry(r1).unwrap().generation, r1_gen);
         assert_eq!(dest(&mut dp, &ack), first, "the flow moved");
         // Counters continued: the connections before and during the adoption are counted.
-        assert!(dp.service_counters(&s1).unwrap().conns >= conns_before + 1);
+        assert!(dp.service_counters(&s1).unwrap().conns > conns_before);
         // Freed: the removed real server's and the removed service's slots (free, or reused
         // under a new generation, so entries bound to the old servers are recognised), and
         // their keys.
