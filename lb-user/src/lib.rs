@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod estimator;
 pub mod help;
 pub mod listing;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod neighbor;

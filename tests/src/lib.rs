@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packets;
 pub mod progtest;
