@@ -19,6 +19,7 @@ use clap::{ArgGroup, Parser};
 use thiserror::Error;
 
 use crate::{
+    check::{self, CheckKind, CheckSpec},
     listing::{Format, ListOptions},
     model::{
         Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
@@ -245,6 +246,49 @@ pub struct Args {
     /// JSON instead of ipvsadm's text, for every listing.
     #[arg(long)]
     pub json: bool,
+    /// xvs only, with -A/-E (the service's default) and -a/-e: health check type, tcp, http,
+    /// https, misc or none (-a/-e: also inherit).
+    #[arg(long = "check", value_name = "TYPE")]
+    pub check: Option<String>,
+    /// Health check port (keepalived connect_port; default the real server's).
+    #[arg(long = "check-port", value_name = "PORT")]
+    pub check_port: Option<String>,
+    /// HTTP(S) check: the path to GET.
+    #[arg(long = "check-path", value_name = "PATH")]
+    pub check_path: Option<String>,
+    /// HTTP(S) check: accepted status codes (default 200-299).
+    #[arg(long = "check-status", value_name = "CODES")]
+    pub check_status: Option<String>,
+    /// HTTP(S) check: MD5 digest of the body (keepalived digest).
+    #[arg(long = "check-digest", value_name = "MD5")]
+    pub check_digest: Option<String>,
+    /// HTTP(S) check: a text the body must contain.
+    #[arg(long = "check-body", value_name = "TEXT", allow_hyphen_values = true)]
+    pub check_body: Option<String>,
+    /// MISC check: the command (program and arguments, shell quoting).
+    #[arg(long = "check-command", value_name = "COMMAND", allow_hyphen_values = true)]
+    pub check_command: Option<String>,
+    /// Between checks (keepalived delay_loop).
+    #[arg(long = "check-interval", value_name = "DURATION")]
+    pub check_interval: Option<String>,
+    /// Time limit of a check (keepalived connect_timeout).
+    #[arg(long = "check-timeout", value_name = "DURATION")]
+    pub check_timeout: Option<String>,
+    /// Retries before an up server is down (keepalived retry).
+    #[arg(long = "check-retry", value_name = "COUNT")]
+    pub check_retry: Option<String>,
+    /// Delay before a retry (keepalived delay_before_retry).
+    #[arg(long = "check-retry-delay", value_name = "DURATION")]
+    pub check_retry_delay: Option<String>,
+    /// Successes before a down server is up again.
+    #[arg(long = "check-rise", value_name = "COUNT")]
+    pub check_rise: Option<String>,
+    /// Down: weight 0 instead of removal (keepalived inhibit_on_failure).
+    #[arg(long = "check-inhibit", value_name = "yes|no", num_args = 0..=1, default_missing_value = "yes")]
+    pub check_inhibit: Option<String>,
+    /// xvs only, with -A/-E: the sorry server (keepalived sorry_server), or none.
+    #[arg(long = "sorry-server", value_name = "SERVER-ADDRESS")]
+    pub sorry_server: Option<String>,
 }
 
 /// What the command line asks for.
@@ -632,10 +676,19 @@ impl Args {
         Ok(())
     }
 
-    /// xvs's own options: --match with -A/-E, --json with listings.
+    /// xvs's own options: --match and --sorry-server with -A/-E, health checks with -A/-E
+    /// and -a/-e, --json with listings.
     fn check_xvs_options(&self, cmd: Cmd) -> Result<(), CliError> {
         if !self.matches.is_empty() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
             return err("--match applies to -A and -E only");
+        }
+        if self.sorry_server.is_some() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
+            return err("--sorry-server applies to -A and -E only");
+        }
+        if let Some(option) = self.check_options_given().first() {
+            if !matches!(cmd, Cmd::Add | Cmd::Edit | Cmd::AddDest | Cmd::EditDest) {
+                return err(format!("{option} applies to -A, -E, -a and -e only"));
+            }
         }
         if self.json {
             match cmd {
@@ -723,12 +776,119 @@ impl Args {
                 persistence: Some(persistence),
             }
         };
-        // The service and its matches are one transaction: both or neither.
+        // The service, its matches, its default check and its sorry server are one
+        // transaction: all or nothing.
         let mut changes = vec![change];
         if let Some(matches) = matches {
             changes.push(Change::SetMatches { key, matches });
         }
+        if let Some(check) = self.check_spec(false)? {
+            changes.push(Change::SetCheck { key, check });
+        }
+        if let Some(sorry) = &self.sorry_server {
+            let sorry_server = match sorry.as_str() {
+                "none" => None,
+                s => Some(parse_real_addr(s, key.port(), protocol_of(&key))?),
+            };
+            changes.push(Change::SetSorryServer { key, sorry_server });
+        }
         Ok(Action::Apply(changes))
+    }
+
+    /// The health-check options given, by name.
+    fn check_options_given(&self) -> Vec<&'static str> {
+        let given = [
+            ("--check", self.check.is_some()),
+            ("--check-port", self.check_port.is_some()),
+            ("--check-path", self.check_path.is_some()),
+            ("--check-status", self.check_status.is_some()),
+            ("--check-digest", self.check_digest.is_some()),
+            ("--check-body", self.check_body.is_some()),
+            ("--check-command", self.check_command.is_some()),
+            ("--check-interval", self.check_interval.is_some()),
+            ("--check-timeout", self.check_timeout.is_some()),
+            ("--check-retry", self.check_retry.is_some()),
+            ("--check-retry-delay", self.check_retry_delay.is_some()),
+            ("--check-rise", self.check_rise.is_some()),
+            ("--check-inhibit", self.check_inhibit.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// The health check given with `--check...`: None when no such option was given (-E and -e
+    /// keep the check, as -E keeps a group's matches); otherwise exactly what was given, the
+    /// rest inherited (from the service for a real server, from the defaults for a service).
+    fn check_spec(&self, real: bool) -> Result<Option<CheckSpec>, CliError> {
+        if self.check_options_given().is_empty() {
+            return Ok(None);
+        }
+        let kind = match self.check.as_deref() {
+            None => None,
+            Some("inherit") if real => None,
+            Some("inherit") => {
+                return err("--check inherit applies to real servers (-a/-e): a service's check is its real servers' default")
+            }
+            Some(k) => Some(k.parse::<CheckKind>().map_err(CliError)?),
+        };
+        let ms = |v: &Option<String>| -> Result<Option<u64>, CliError> {
+            v.as_deref()
+                .map(check::parse_duration_ms)
+                .transpose()
+                .map_err(CliError)
+        };
+        let count = |v: &Option<String>, what: &str, min: i64| -> Result<Option<u32>, CliError> {
+            v.as_deref()
+                .map(|s| {
+                    parse_number(s, min, 1000)
+                        .map(|n| n as u32)
+                        .ok_or_else(|| CliError(format!("Illegal {what}: {s} ({min} to 1000)")))
+                })
+                .transpose()
+        };
+        let spec = CheckSpec {
+            kind,
+            port: self
+                .check_port
+                .as_deref()
+                .map(|p| {
+                    parse_number(p, 1, 65535)
+                        .map(|n| n as u16)
+                        .ok_or_else(|| CliError(format!("Illegal check port: {p}")))
+                })
+                .transpose()?,
+            path: self.check_path.clone(),
+            status: self
+                .check_status
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(CliError)?,
+            digest: self.check_digest.as_ref().map(|d| d.to_ascii_lowercase()),
+            body: self.check_body.clone(),
+            command: self.check_command.clone(),
+            interval_ms: ms(&self.check_interval)?,
+            timeout_ms: ms(&self.check_timeout)?,
+            retry: count(&self.check_retry, "check retry count", 0)?,
+            retry_delay_ms: ms(&self.check_retry_delay)?,
+            rise: count(&self.check_rise, "check rise count", 1)?,
+            inhibit: self
+                .check_inhibit
+                .as_deref()
+                .map(|v| match v {
+                    "yes" | "on" | "true" => Ok(true),
+                    "no" | "off" | "false" => Ok(false),
+                    _ => err(format!("Illegal --check-inhibit value: {v} (yes or no)")),
+                })
+                .transpose()?,
+        };
+        // What can be told without the service: values, and options that do not go with the
+        // checker given here (inherited checkers are xvsd's to check).
+        spec.validate(kind).map_err(CliError)?;
+        Ok(Some(spec))
     }
 
     /// -a, -e and -d, with ipvsadm's defaults: weight 1, no thresholds, direct routing.
@@ -796,6 +956,7 @@ impl Args {
         let u_threshold = threshold(&self.u_threshold, "u_threshold")?;
         let l_threshold = threshold(&self.l_threshold, "l_threshold")?;
         let forward = self.forward_method()?;
+        let check = self.check_spec(true)?;
         let change = if cmd == Cmd::AddDest {
             Change::AddReal {
                 service: key,
@@ -805,6 +966,7 @@ impl Args {
                     forward,
                     u_threshold,
                     l_threshold,
+                    check: check.unwrap_or_default(),
                 },
             }
         } else {
@@ -815,6 +977,7 @@ impl Args {
                 forward: Some(forward),
                 u_threshold: Some(u_threshold),
                 l_threshold: Some(l_threshold),
+                check,
             }
         };
         Ok(Action::Apply(vec![change]))
@@ -1041,17 +1204,23 @@ pub fn parse_rule_line(line: &str) -> Result<Vec<Change>, CliError> {
 
 /// The words of a rule line as ipvsadm's restore reads them (config_stream.c): split on
 /// blanks, a word `ipvsadm` dropped (lines may start with it), and from `#` on a comment.
-fn rule_words(line: &str) -> Vec<&str> {
-    let line = line.split('#').next().unwrap_or("");
-    line.split_whitespace()
-        .filter(|w| *w != "ipvsadm")
-        .collect()
+/// A line with quotes (xvs's health-check options, which -S quotes as a shell would) is split
+/// as a shell splits words, a `#` starting a word starting the comment.
+fn rule_words(line: &str) -> Result<Vec<String>, CliError> {
+    let words: Vec<String> = if line.contains(['\'', '"', '\\']) {
+        shlex::split(line).ok_or_else(|| CliError(format!("unbalanced quotes: {}", line.trim())))?
+    } else {
+        let line = line.split('#').next().unwrap_or("");
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    Ok(words.into_iter().filter(|w| w != "ipvsadm").collect())
 }
 
 /// parse_rule_line with a prepared clap command: building it is most of the cost of a line,
 /// and a restore of 10,000 rules should not pay it 10,000 times.
 fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, CliError> {
-    let argv = std::iter::once("xvsadm").chain(rule_words(line));
+    let words = rule_words(line)?;
+    let argv = std::iter::once("xvsadm").chain(words.iter().map(String::as_str));
     let mut matches = cmd
         .try_get_matches_from_mut(argv)
         .map_err(|e| CliError(e.to_string()))?;
@@ -1068,7 +1237,10 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
     let mut cmd = <Args as clap::CommandFactory>::command();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        if rule_words(line).is_empty() {
+        if rule_words(line)
+            .map_err(|e| CliError(format!("line {}: {}", n + 1, e.0)))?
+            .is_empty()
+        {
             continue;
         }
         let changes = parse_rule_with(&mut cmd, line)
@@ -1107,8 +1279,41 @@ pub fn addresses(config: &Config) -> Vec<IpAddr> {
             v.push(addr.ip());
         }
         v.extend(s.reals.iter().map(|r| r.addr.ip()));
+        v.extend(s.sorry_server.map(|a| a.ip()));
     }
     v
+}
+
+/// A word of a rule as a shell would need it (health-check paths, texts and commands).
+fn quoted(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+}
+
+/// The health-check options of a spec, in a fixed order, as -R reads them back.
+pub fn check_options(spec: &CheckSpec) -> String {
+    let mut out = String::new();
+    let mut opt = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            out.push_str(&format!(" --{name} {v}"));
+        }
+    };
+    opt("check", spec.kind.map(|k| k.to_string()));
+    opt("check-port", spec.port.map(|p| p.to_string()));
+    opt("check-path", spec.path.as_deref().map(quoted));
+    opt("check-status", spec.status.as_ref().map(|s| s.to_string()));
+    opt("check-digest", spec.digest.clone());
+    opt("check-body", spec.body.as_deref().map(quoted));
+    opt("check-command", spec.command.as_deref().map(quoted));
+    opt("check-interval", spec.interval_ms.map(check::format_ms));
+    opt("check-timeout", spec.timeout_ms.map(check::format_ms));
+    opt("check-retry", spec.retry.map(|r| r.to_string()));
+    opt("check-retry-delay", spec.retry_delay_ms.map(check::format_ms));
+    opt("check-rise", spec.rise.map(|r| r.to_string()));
+    opt(
+        "check-inhibit",
+        spec.inhibit.map(|i| if i { "yes" } else { "no" }.to_string()),
+    );
+    out
 }
 
 /// Renders the configuration in ipvsadm's save format (`-S -n`).
@@ -1148,10 +1353,17 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
         if !svc.flags.is_empty() {
             out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
         }
-        // xvs's own option last, so the ipvsadm part of the line reads as ipvsadm writes it.
+        // xvs's own options last, so the ipvsadm part of the line reads as ipvsadm writes it.
         for m in &svc.matches {
             out.push_str(&format!(" --match {m}"));
         }
+        if let Some(sorry) = svc.sorry_server {
+            out.push_str(&format!(
+                " --sorry-server {}",
+                names::addr_port(names, sorry, protocol_of(&svc.key))
+            ));
+        }
+        out.push_str(&check_options(&svc.check));
         out.push('\n');
         let proto = protocol_of(&svc.key);
         let mut reals: Vec<&RealServer> = svc.reals.iter().collect();
@@ -1172,6 +1384,7 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
             if r.l_threshold != 0 {
                 out.push_str(&format!(" -y {}", r.l_threshold));
             }
+            out.push_str(&check_options(&r.check));
             out.push('\n');
         }
     }
@@ -1242,6 +1455,7 @@ mod tests {
                     forward: ForwardMethod::Dr,
                     u_threshold: 0,
                     l_threshold: 0,
+                    check: CheckSpec::default(),
                 }
             }
         );
@@ -1262,6 +1476,7 @@ mod tests {
                 forward: Some(ForwardMethod::Dr),
                 u_threshold: Some(0),
                 l_threshold: Some(0),
+                check: None,
             }
         );
         assert_eq!(
@@ -1300,6 +1515,7 @@ mod tests {
                     forward: ForwardMethod::Dr,
                     u_threshold: 0,
                     l_threshold: 0,
+                    check: CheckSpec::default(),
                 }
             }
         );

@@ -1,11 +1,13 @@
 //! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
 //! socket protocol, and the ipvsadm-compatible command line.
 
+pub mod check;
 pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod estimator;
+pub mod health;
 pub mod help;
 pub mod listing;
 pub mod metrics;

@@ -373,7 +373,12 @@ mod tests {
                     },
                     mac: None,
                     rates: Default::default(),
+                    check: Default::default(),
+                    table: Default::default(),
+                    health: None,
                 }],
+                check: Default::default(),
+                sorry_server: None,
             }],
             reasons: lb_common::Reason::ALL
                 .iter()

@@ -228,6 +228,9 @@ mod tests {
                 outbps: 0,
             },
             mac: None,
+            check: Default::default(),
+            table: Default::default(),
+            health: None,
         };
         let l = Listing {
             conn_table_size: 4096,
@@ -249,6 +252,8 @@ mod tests {
                     real("198.51.100.12:80", 20, 3),
                     real("198.51.100.11:80", 10, 2),
                 ],
+                check: Default::default(),
+                sorry_server: None,
             }],
             ..Default::default()
         };

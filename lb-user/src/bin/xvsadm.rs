@@ -230,7 +230,8 @@ fn apply(resp: Response) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configuration part of a listing, for -S.
+/// The configuration part of a listing, for -S: as configured, whatever health did to the
+/// tables.
 fn config_of(l: &Listing) -> Config {
     Config {
         services: l
@@ -251,8 +252,11 @@ fn config_of(l: &Listing) -> Config {
                         forward: r.forward,
                         u_threshold: r.u_threshold,
                         l_threshold: r.l_threshold,
+                        check: r.check.clone(),
                     })
                     .collect(),
+                check: s.check.clone(),
+                sorry_server: s.sorry_server.as_ref().map(|r| r.addr),
             })
             .collect(),
     }
