@@ -2267,4 +2267,103 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
     }
+
+    /// Health checks: keepalived's vocabulary on -A/-E (the real servers' default) and -a/-e
+    /// (a real server's own), written by -S after the ipvsadm part of the line, quoted as a
+    /// shell would, and read back by -R.
+    #[test]
+    fn health_checks_parse_save_and_restore() {
+        let rules = r#"-A -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.13:80 --check http --check-path /health --check-status 200,204 --check-interval 1s --check-retry 2 --check-retry-delay 500ms
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 2 --check-port 8080 --check-body 'status: ok #1' --check-rise 3 --check-inhibit yes
+-a -t 203.0.113.10:80 -r 198.51.100.14:80 -g -w 1 --check misc --check-command "sh -c 'exit 1'" --check-timeout 1.5s
+-a -t 203.0.113.10:80 -r 198.51.100.15:80 -g -w 1 --check https --check-digest 9b3a0c85a887a256d6939da88aabd8cd
+-a -t 203.0.113.10:80 -r 198.51.100.16:80 -g -w 1 --check none
+"#;
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        let svc = &config.services[0];
+        assert_eq!(svc.sorry_server, Some("198.51.100.13:80".parse().unwrap()));
+        assert_eq!(svc.check.kind, Some(CheckKind::Http));
+        assert_eq!(svc.check.interval_ms, Some(1000));
+        assert_eq!(svc.reals[1].check.body.as_deref(), Some("status: ok #1"));
+        assert_eq!(svc.reals[1].check.inhibit, Some(true));
+        assert_eq!(
+            svc.reals[2].check.command.as_deref(),
+            Some("sh -c 'exit 1'")
+        );
+        let resolved = crate::model::check_of(svc, &svc.reals[2]).unwrap().unwrap();
+        assert_eq!(
+            resolved.probe,
+            check::Probe::Misc {
+                argv: vec!["sh".into(), "-c".into(), "exit 1".into()]
+            }
+        );
+        // The unchecked server and an inheriting one.
+        assert!(crate::model::check_of(svc, &svc.reals[4]).unwrap().is_none());
+        let rs1 = crate::model::check_of(svc, &svc.reals[0]).unwrap().unwrap();
+        assert_eq!(rs1.retry, 2);
+        // -E/-e without check options keep the check; with some, they replace it.
+        let edits = parse_rules(
+            "-E -t 203.0.113.10:80 -s wrr\n-e -t 203.0.113.10:80 -r 198.51.100.12:80 -w 5\n",
+        )
+        .unwrap();
+        config.apply_all(&edits).unwrap();
+        assert_eq!(config.services[0].check.kind, Some(CheckKind::Http));
+        assert_eq!(config.services[0].reals[1].check.rise, Some(3));
+        assert_eq!(config.services[0].sorry_server, Some("198.51.100.13:80".parse().unwrap()));
+        let edits = parse_rules(
+            "-e -t 203.0.113.10:80 -r 198.51.100.12:80 -w 5 --check inherit\n\
+             -E -t 203.0.113.10:80 -s wrr --sorry-server none --check tcp\n",
+        )
+        .unwrap();
+        // In the other order, the real server's --check-body would not go with tcp.
+        let mut refused = config.clone();
+        let mut swapped = edits.clone();
+        swapped.rotate_left(1);
+        assert!(refused.apply_all(&swapped).is_err());
+        config.apply_all(&edits).unwrap();
+        let svc = &config.services[0];
+        assert_eq!(svc.sorry_server, None);
+        assert_eq!(svc.check, CheckSpec { kind: Some(CheckKind::Tcp), ..Default::default() });
+        assert!(svc.reals[1].check.is_empty());
+    }
+
+    #[test]
+    fn health_check_options_are_refused_with_reasons() {
+        for (args, why) in [
+            (&["-L", "-n", "--check", "tcp"][..], "--check applies to -A, -E, -a and -e only"),
+            (&["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check-rise", "2"], "--check-rise applies to"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--sorry-server", "198.51.100.13"], "--sorry-server applies to -A and -E only"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "ping"], "Illegal check type: ping"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-path", "/h"], "--check-path does not apply to --check tcp"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-interval", "soon"], "Illegal duration: soon"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-status", "2xx"], "Illegal status code list"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-digest", "abc"], "32 hexadecimal digits"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-port", "0"], "Illegal check port: 0"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-inhibit", "maybe"], "yes or no"),
+            (&["-A", "-t", "203.0.113.10:80", "--check", "inherit"], "applies to real servers"),
+        ] {
+            let e = action(args).unwrap_err();
+            assert!(e.0.contains(why), "{args:?}: {e}");
+        }
+        // What needs the service is xvsd's to refuse: nothing changes.
+        let mut config = Config::default();
+        config
+            .apply_all(&parse_rules("-A -t 203.0.113.10:80 -s rr --check tcp\n-a -t 203.0.113.10:80 -r 198.51.100.11\n").unwrap())
+            .unwrap();
+        let before = config.clone();
+        for (rule, why) in [
+            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check-path /h", "--check-path does not apply to --check tcp"),
+            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check misc", "needs --check-command"),
+            ("-E -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.11", "is a real server of the service"),
+            ("-E -t 203.0.113.10:80 -s rr --sorry-server [2001:db8::13]:80", "same address family"),
+            ("-E -t 203.0.113.10:80 -s rr --check misc", "needs --check-command"),
+        ] {
+            let e = config.apply_all(&parse_rules(rule).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{rule}: {e}");
+            assert_eq!(config, before, "{rule}");
+        }
+    }
 }
