@@ -234,6 +234,25 @@ fn main() -> Result<()> {
             mib(*bytes),
         ));
     }
+    // The sized maps at the largest sizes xvsd accepts, allocated for real (preallocated maps
+    // take their memory when created).
+    if !quick {
+        println!("maps at xvsd's maximum sizes...");
+        let dp = lb_user::dataplane::Dataplane::load_with(lb_user::dataplane::Sizes {
+            conns: lb_common::MAX_CONN_ENTRIES,
+            sched_slots: lb_common::MAX_SCHED_SLOTS,
+        })?;
+        for (name, max, bytes) in control::map_memory(std::process::id())?
+            .iter()
+            .filter(|(n, max, _)| {
+                (n == "CONNS" && *max == lb_common::MAX_CONN_ENTRIES as u64)
+                    || (n == "SCHED_SLOTS" && *max == lb_common::MAX_SCHED_SLOTS as u64)
+            })
+        {
+            map_rows.push((format!("{name} (xvsd maximum, {max} entries)"), mib(*bytes)));
+        }
+        drop(dp);
+    }
 
     let find = |prefix: &str| {
         results
