@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod decap;
 pub mod filter;
 pub mod maps;
 pub mod reason;
