@@ -128,7 +128,8 @@ impl DecapMaps {
     fn from_maps(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DecapError> {
         let mut get = |name| take(name).ok_or(DecapError::Missing(name));
         Ok(Self {
-            addrs: BpfHashMap::try_from(get(names::MAP_ADDRS)?).map_err(map_err(names::MAP_ADDRS))?,
+            addrs: BpfHashMap::try_from(get(names::MAP_ADDRS)?)
+                .map_err(map_err(names::MAP_ADDRS))?,
             gue_ports: BpfHashMap::try_from(get(names::MAP_GUE_PORTS)?)
                 .map_err(map_err(names::MAP_GUE_PORTS))?,
             counters: PerCpuArray::try_from(get(names::MAP_COUNTERS)?)
@@ -329,7 +330,15 @@ impl Decapsulator {
 
 /// How to attach: the kernel's choice (native when the driver has it), native, or generic.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
@@ -422,7 +431,9 @@ pub async fn attached(
             }
         }
     }
-    Ok(mode.filter(|_| prog_id != 0).map(|mode| Attached { prog_id, mode }))
+    Ok(mode
+        .filter(|_| prog_id != 0)
+        .map(|mode| Attached { prog_id, mode }))
 }
 
 /// Detaches program `at.prog_id` from interface `ifindex`, only if it is still the one attached

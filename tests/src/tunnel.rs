@@ -8,7 +8,7 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4Options, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
 };
 
-use crate::packets::{L4, CLIENT_MAC, DIRECTOR_MAC};
+use crate::packets::{CLIENT_MAC, DIRECTOR_MAC, L4};
 
 /// IP protocol number of an IPv4 payload (IPIP, 4in6).
 pub const IPPROTO_IPIP: u8 = 4;
@@ -42,6 +42,37 @@ pub fn ip_packet(src: &str, sport: u16, dst: &str, dport: u16, l4: L4, payload: 
                     t.write(&mut out, payload).unwrap()
                 }
             }
+        }};
+    }
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => finish!(PacketBuilder::ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => finish!(PacketBuilder::ipv6(s.octets(), d.octets(), 64)),
+        _ => panic!("mixed address families"),
+    }
+    out
+}
+
+/// A bare TCP segment (no Ethernet) with explicit sequence numbers: SYN when `ack` is None,
+/// else a bare ACK of `ack`.
+pub fn tcp_packet(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
+    let src: IpAddr = src.parse().expect("src address");
+    let dst: IpAddr = dst.parse().expect("dst address");
+    let mut out = Vec::new();
+    macro_rules! finish {
+        ($ip:expr) => {{
+            let t = $ip.tcp(sport, dport, seq, 64240);
+            let t = match ack {
+                None => t.syn(),
+                Some(n) => t.ack(n),
+            };
+            t.write(&mut out, b"").unwrap()
         }};
     }
     match (src, dst) {
@@ -119,8 +150,7 @@ pub fn encapsulate_with(
                 }
                 None => payload,
             };
-            let mut h =
-                Ipv4Header::new(0, 64, IpNumber(proto), s.octets(), d.octets()).unwrap();
+            let mut h = Ipv4Header::new(0, 64, IpNumber(proto), s.octets(), d.octets()).unwrap();
             h.options = Ipv4Options::try_from(options).expect("IPv4 options, 4n bytes");
             h.set_payload_len(body.len()).unwrap();
             h.header_checksum = h.calc_header_checksum();

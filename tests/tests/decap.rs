@@ -53,15 +53,28 @@ fn run_counted(d: &mut Decap, frame: &[u8], reason: DecapReason) -> (u32, Vec<u8
     let after = d.counters();
     for ((r, b), (_, a)) in before.iter().zip(&after) {
         let want = b + u64::from(*r == reason);
-        assert_eq!(*a, want, "counter {} (expected only {} to move)", r.name(), reason.name());
+        assert_eq!(
+            *a,
+            want,
+            "counter {} (expected only {} to move)",
+            r.name(),
+            reason.name()
+        );
     }
     out
 }
 
 fn expect_decap(d: &mut Decap, frame: &[u8], want: &[u8], reason: DecapReason) {
     let (v, out) = run_counted(d, frame, reason);
-    assert_eq!(v, verdict::PASS, "{reason:?}: decapsulated frames go to the kernel");
-    assert_eq!(out, want, "{reason:?}: output must be Ethernet + the inner packet");
+    assert_eq!(
+        v,
+        verdict::PASS,
+        "{reason:?}: decapsulated frames go to the kernel"
+    );
+    assert_eq!(
+        out, want,
+        "{reason:?}: output must be Ethernet + the inner packet"
+    );
 }
 
 fn expect_untouched(d: &mut Decap, frame: &[u8], reason: DecapReason) {
@@ -135,12 +148,22 @@ fn outer_ipv4_options_are_stripped_with_the_header() {
                 &encapsulate_with(DIRECTOR4, LOCAL4, Encap::Ip, options, &inner),
                 None,
             );
-            expect_decap(&mut d, &frame, &ethernet(&inner, None), DecapReason::DecapIpip);
+            expect_decap(
+                &mut d,
+                &frame,
+                &ethernet(&inner, None),
+                DecapReason::DecapIpip,
+            );
             let frame = ethernet(
                 &encapsulate_with(DIRECTOR4, LOCAL4, GUE_V0, options, &inner),
                 None,
             );
-            expect_decap(&mut d, &frame, &ethernet(&inner, None), DecapReason::DecapGue);
+            expect_decap(
+                &mut d,
+                &frame,
+                &ethernet(&inner, None),
+                DecapReason::DecapGue,
+            );
         }
     }
 }
@@ -206,7 +229,11 @@ fn packets_not_for_us_pass_untouched() {
     with_hbh[4..6].copy_from_slice(&payload_len.to_be_bytes());
     with_hbh.extend_from_slice(&[41, 0, 1, 4, 0, 0, 0, 0]); // next 41, PadN
     with_hbh.extend_from_slice(&ip[40..]);
-    expect_untouched(&mut d, &ethernet(&with_hbh, None), DecapReason::PassIpv6ExtHeader);
+    expect_untouched(
+        &mut d,
+        &ethernet(&with_hbh, None),
+        DecapReason::PassIpv6ExtHeader,
+    );
 }
 
 fn fix_ipv4_checksum(ip: &mut [u8]) {
@@ -315,7 +342,11 @@ fn maps_follow_the_configuration() {
     // Added: NOT_VIP4 (as VIP), port+1. Changed: none. Removed: VIP4, VIP6, LOCAL6, GUE_PORT.
     assert_eq!(d.d.maps.sync(&cfg).unwrap(), 6);
     assert_eq!(d.d.maps.config().unwrap(), cfg);
-    assert_eq!(d.d.maps.sync(&cfg).unwrap(), 0, "a second sync changes nothing");
+    assert_eq!(
+        d.d.maps.sync(&cfg).unwrap(),
+        0,
+        "a second sync changes nothing"
+    );
     expect_untouched(&mut d, &a, DecapReason::PassNotTunnel);
     let (b, b_inner) = frame_for(NOT_VIP4, GUE_PORT + 1);
     expect_decap(&mut d, &b, &b_inner, DecapReason::DecapGue);

@@ -219,7 +219,10 @@ fn gue_port(ctx: &XdpContext, udp_off: usize) -> Result<(), DecapReason> {
 /// version 0, no control bit, no options, flags 0, proto_ctype = the inner protocol), or
 /// variant 1 (the inner IP header right after UDP).
 #[inline(always)]
-fn gue_header(ctx: &XdpContext, gue_off: usize) -> Result<(usize, Inner, DecapReason), DecapReason> {
+fn gue_header(
+    ctx: &XdpContext,
+    gue_off: usize,
+) -> Result<(usize, Inner, DecapReason), DecapReason> {
     let h = ptr_at::<[u8; GUE_LEN]>(ctx, gue_off).ok_or(DecapReason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
     let h = unsafe { &*h };
@@ -274,7 +277,8 @@ fn strip(ctx: &XdpContext, vlan: bool, outer_len: usize, inner: Inner) -> Result
     // verifier (the frame has already changed if they ever failed).
     match tag {
         Some(tag) => {
-            let eth = ptr_at::<[u8; ETH_LEN + VLAN_LEN]>(ctx, 0).ok_or(DecapReason::PassMalformed)?;
+            let eth =
+                ptr_at::<[u8; ETH_LEN + VLAN_LEN]>(ctx, 0).ok_or(DecapReason::PassMalformed)?;
             // SAFETY: bounds checked by ptr_at.
             let eth = unsafe { &mut *eth };
             eth[..12].copy_from_slice(&macs);

@@ -11,7 +11,10 @@ use lb_user::{
 
 fn main() -> ExitCode {
     // Subcommands with their own parsers; the rest is ipvsadm's syntax.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "realserver") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "realserver")
+    {
         return lb_user::realserver::main(std::env::args_os().skip(1));
     }
     let args = Args::parse();

@@ -185,7 +185,10 @@ impl Sysctl {
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/sys/net/ipv4/conf/{}/{}", self.dev, self.name))
+        PathBuf::from(format!(
+            "/proc/sys/net/ipv4/conf/{}/{}",
+            self.dev, self.name
+        ))
     }
 
     /// The current value.

@@ -28,9 +28,7 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::decap::{
-    self, AttachedMode, DecapConfig, DecapError, DecapMaps, Decapsulator, XdpMode,
-};
+use crate::decap::{self, AttachedMode, DecapConfig, DecapError, DecapMaps, Decapsulator, XdpMode};
 use host::{Sysctl, LOOPBACK};
 use state::{DecapRecord, Record, Request, StateLock, SysctlRecord, VipRecord, DEFAULT_STATE};
 
@@ -50,7 +48,9 @@ pub enum RealServerError {
     #[error("{0} has no global address to decapsulate for: give --local ADDR")]
     NoLocalAddresses(String),
     /// A different setup is recorded.
-    #[error("this host is already set up differently ({0}); run `xvsadm realserver teardown` first")]
+    #[error(
+        "this host is already set up differently ({0}); run `xvsadm realserver teardown` first"
+    )]
     AlreadySetUp(String),
     /// The record was written in another network namespace.
     #[error("{0} records a setup of another network namespace; give this one its own --state")]
@@ -267,7 +267,11 @@ fn run(args: &Args) -> Result<ExitCode, RealServerError> {
                 if report.changes.is_empty() {
                     println!("nothing to change: {} already set up", report.summary);
                 } else {
-                    println!("set up {} ({} changes)", report.summary, report.changes.len());
+                    println!(
+                        "set up {} ({} changes)",
+                        report.summary,
+                        report.changes.len()
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -356,7 +360,8 @@ pub async fn setup(
             ifname(idx).ok_or(RealServerError::NoDefaultRoute)?
         }
     };
-    let ifindex = host::ifindex(&iface).ok_or_else(|| RealServerError::NoInterface(iface.clone()))?;
+    let ifindex =
+        host::ifindex(&iface).ok_or_else(|| RealServerError::NoInterface(iface.clone()))?;
     if let Some(p) = &prior {
         if p.iface != iface {
             return Err(RealServerError::AlreadySetUp(format!(
@@ -365,7 +370,20 @@ pub async fn setup(
             )));
         }
     }
-    let lo = host::ifindex(LOOPBACK).ok_or_else(|| RealServerError::NoInterface(LOOPBACK.into()))?;
+    if req.mode == Mode::Tun {
+        // Refuse before changing anything when another XDP program holds the interface.
+        let ours = prior
+            .as_ref()
+            .and_then(|p| p.decap.as_ref())
+            .map(|d| d.prog_id);
+        if let Some(at) = decap::attached(handle, ifindex).await? {
+            if Some(at.prog_id) != ours {
+                return Err(xdp_busy(&iface, at));
+            }
+        }
+    }
+    let lo =
+        host::ifindex(LOOPBACK).ok_or_else(|| RealServerError::NoInterface(LOOPBACK.into()))?;
     let locals = match (&req.mode, &req.locals) {
         (Mode::Dr, _) => BTreeSet::new(),
         (Mode::Tun, Some(l)) => l.clone(),
@@ -393,15 +411,33 @@ pub async fn setup(
     let mut undo = Vec::new();
     let steps = async {
         apply_sysctls(&req, &iface, &mut rec, &mut report, &mut undo, state_path)?;
-        apply_vips(handle, lo, &req, &mut rec, &mut report, &mut undo, state_path).await?;
+        apply_vips(
+            handle,
+            lo,
+            &req,
+            &mut rec,
+            &mut report,
+            &mut undo,
+            state_path,
+        )
+        .await?;
         if req.mode == Mode::Tun {
             let want = DecapConfig {
                 locals: locals.clone(),
                 vips: req.vips.clone(),
                 gue_ports: req.gue_ports.clone(),
             };
-            apply_decap(handle, ifindex, &iface, &req, want, &mut rec, &mut report, &mut undo)
-                .await?;
+            apply_decap(
+                handle,
+                ifindex,
+                &iface,
+                &req,
+                want,
+                &mut rec,
+                &mut report,
+                &mut undo,
+            )
+            .await?;
         }
         state::save(state_path, &rec)
     }
@@ -439,8 +475,12 @@ fn describe_difference(old: &Request, new: &Request) -> String {
     field("VIPs", list(&old.vips), list(&new.vips));
     field(
         "interface",
-        old.iface.clone().unwrap_or_else(|| "default route's".into()),
-        new.iface.clone().unwrap_or_else(|| "default route's".into()),
+        old.iface
+            .clone()
+            .unwrap_or_else(|| "default route's".into()),
+        new.iface
+            .clone()
+            .unwrap_or_else(|| "default route's".into()),
     );
     field("GUE ports", list(&old.gue_ports), list(&new.gue_ports));
     let locals = |l: &Option<BTreeSet<IpAddr>>| match l {
@@ -559,9 +599,9 @@ async fn apply_vips(
         };
         if present.contains(vip) {
             if !rec.vips[i].added {
-                report
-                    .kept
-                    .push(format!("{vip} was already on {LOOPBACK}: kept, teardown keeps it"));
+                report.kept.push(format!(
+                    "{vip} was already on {LOOPBACK}: kept, teardown keeps it"
+                ));
             }
             continue;
         }
@@ -603,16 +643,7 @@ async fn apply_decap(
                 d.locals = want.locals;
             }
         }
-        Some(at) => {
-            let name = decap::program_info(at.prog_id)?
-                .and_then(|i| i.name_as_str().map(str::to_string))
-                .unwrap_or_else(|| "unknown".into());
-            return Err(RealServerError::XdpBusy {
-                iface: iface.to_string(),
-                prog_id: at.prog_id,
-                name,
-            });
-        }
+        Some(at) => return Err(xdp_busy(iface, at)),
         None => {
             let mut d = Decapsulator::load()?;
             d.maps.sync(&want)?;
@@ -637,6 +668,20 @@ async fn apply_decap(
         }
     }
     Ok(())
+}
+
+/// The error for an interface some other XDP program holds.
+fn xdp_busy(iface: &str, at: decap::Attached) -> RealServerError {
+    let name = decap::program_info(at.prog_id)
+        .ok()
+        .flatten()
+        .and_then(|i| i.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    RealServerError::XdpBusy {
+        iface: iface.to_string(),
+        prog_id: at.prog_id,
+        name,
+    }
 }
 
 fn mode_name(m: AttachedMode) -> &'static str {
@@ -778,9 +823,15 @@ impl Status {
                 "decapsulator: {} (id {}) {} {}{}",
                 lb_common::decap::names::PROG_DECAP,
                 d.prog_id,
-                if d.attached { "attached to" } else { "NOT attached to" },
+                if d.attached {
+                    "attached to"
+                } else {
+                    "NOT attached to"
+                },
                 d.iface,
-                d.mode.map(|m| format!(" ({})", mode_name(m))).unwrap_or_default()
+                d.mode
+                    .map(|m| format!(" ({})", mode_name(m)))
+                    .unwrap_or_default()
             );
             if d.attached {
                 let _ = writeln!(s, "  local addresses: {}", list(&d.locals));
@@ -842,7 +893,8 @@ pub async fn status(
     for v in &rec.vips {
         let present = on_lo.contains(&v.addr);
         if !present {
-            st.problems.push(format!("VIP {} is not on {LOOPBACK}", v.addr));
+            st.problems
+                .push(format!("VIP {} is not on {LOOPBACK}", v.addr));
         }
         st.vips.push(VipStatus {
             addr: v.addr,
@@ -973,7 +1025,10 @@ pub async fn teardown(
     let mut kept_vips = Vec::new();
     for v in std::mem::take(&mut rec.vips) {
         if !v.added {
-            out.push(format!("left {} on {LOOPBACK} (it was there before setup)", v.addr));
+            out.push(format!(
+                "left {} on {LOOPBACK} (it was there before setup)",
+                v.addr
+            ));
             continue;
         }
         let Some(lo) = lo else { continue };
