@@ -11,7 +11,6 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
     flow_hash, fwd, mask_addr,
@@ -21,6 +20,7 @@ use lb_common::{
     DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
     PROTO_TCP,
 };
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use lb_ebpf::packet::{parse, ptr_at, tcp_flag, Parsed};
 
@@ -124,10 +124,7 @@ fn director(ctx: &XdpContext) -> Result<(), Reason> {
                 family: p.family,
             };
             // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC).
-            let svc = match port_service
-                .then(|| unsafe { SERVICES.get(&skey) })
-                .flatten()
-            {
+            let svc = match port_service.then(|| unsafe { SERVICES.get(&skey) }).flatten() {
                 Some(svc) => svc,
                 None => {
                     skey.port_be = 0;
@@ -289,9 +286,7 @@ fn pick(svc: &ServiceValue, p: &Parsed) -> Result<(u32, Backend), Reason> {
             // One cursor shared by all CPUs (as IPVS's per-service scheduler state): the
             // sequence is handed out exactly in order however flows spread over CPUs, which a
             // load-aware plan needs. Only new flows touch it.
-            let cursor = SEQ_CURSOR
-                .get_ptr_mut(svc.id)
-                .ok_or(Reason::DropNoBackend)?;
+            let cursor = SEQ_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
             // SAFETY: a valid, aligned u64 inside the map value for the program's lifetime.
             // (core's AtomicU64::fetch_add is missing on a target without CAS; the intrinsic
             // lowers to BPF's atomic fetch-and-add. SeqCst, because this LLVM lowers a relaxed
