@@ -258,19 +258,18 @@ fn gue_headers_other_than_ipvs_variant_0_and_variant_1_pass_untouched() {
     let mut d = decap();
     let inner = &inners(VIP4)[1];
     let good = ethernet(&encapsulate(DIRECTOR4, LOCAL4, GUE_V0, inner), None);
-    let edits: [(&str, fn(&mut [u8; 4])); 6] = [
-        ("hlen 1 (options: remote checksum offload)", |h| h[0] = 0x01),
-        ("control message", |h| h[0] = 0x20),
-        ("version 2", |h| h[0] = 0x80),
-        ("unknown inner protocol (UDP)", |h| h[1] = 17),
-        ("flags set", |h| h[2] = 0x80),
-        ("variant 1 with IP version 5", |h| h[0] = 0x50),
+    // (what, byte of the GUE header, its new value)
+    let edits = [
+        ("hlen 1 (options: remote checksum offload)", 0, 0x01),
+        ("control message", 0, 0x20),
+        ("version 2", 0, 0x80),
+        ("unknown inner protocol (UDP)", 1, 17),
+        ("flags set", 2, 0x80),
+        ("variant 1 with IP version 5", 0, 0x50),
     ];
-    for (what, edit) in edits {
+    for (what, byte, value) in edits {
         let mut frame = good.clone();
-        let mut h: [u8; 4] = frame[GUE_AT..GUE_AT + 4].try_into().unwrap();
-        edit(&mut h);
-        frame[GUE_AT..GUE_AT + 4].copy_from_slice(&h);
+        frame[GUE_AT + byte] = value;
         let (v, out) = run_counted(&mut d, &frame, DecapReason::PassGueUnsupported);
         assert_eq!((v, &out), (verdict::PASS, &frame), "{what}");
     }
