@@ -208,7 +208,8 @@ impl SetupArgs {
         if self.iface.as_deref() == Some(LOOPBACK) {
             return usage("--iface is the interface traffic arrives on, not lo".into());
         }
-        if self.gue_port.len() > lb_common::decap::MAX_GUE_PORTS as usize {
+        let gue_ports: BTreeSet<u16> = self.gue_port.iter().copied().collect();
+        if gue_ports.len() > lb_common::decap::MAX_GUE_PORTS as usize {
             return usage(format!(
                 "at most {} GUE ports",
                 lb_common::decap::MAX_GUE_PORTS
@@ -218,7 +219,7 @@ impl SetupArgs {
             mode: self.mode,
             vips: self.vip.iter().copied().collect(),
             iface: self.iface.clone(),
-            gue_ports: self.gue_port.iter().copied().collect(),
+            gue_ports,
             locals: (!self.local.is_empty()).then(|| self.local.iter().copied().collect()),
             xdp_mode: self.xdp_mode.unwrap_or_default(),
         })
@@ -320,4 +321,96 @@ fn list<T: std::fmt::Display>(items: &BTreeSet<T>) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(args: &str) -> Result<Request, String> {
+        let argv = ["realserver", "setup"]
+            .into_iter()
+            .chain(args.split_whitespace());
+        let parsed = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Cmd::Setup(s) = parsed.cmd else {
+            panic!("setup expected")
+        };
+        s.request().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn setup_options_normalise_into_a_request() {
+        let r = request(
+            "--mode tun --vip 192.0.2.10,2001:db8::10 --vip 192.0.2.10 --gue-port 6080,6080 \
+             --local 198.51.100.2 2001:db8:1::2 --xdp-mode generic --iface eth0",
+        )
+        .unwrap();
+        assert_eq!(r.mode, Mode::Tun);
+        assert_eq!(r.vips.len(), 2, "deduplicated");
+        assert_eq!(r.gue_ports, [6080].into());
+        assert_eq!(r.locals.as_ref().map(BTreeSet::len), Some(2));
+        assert_eq!(r.xdp_mode, XdpMode::Generic);
+        assert_eq!(r.iface.as_deref(), Some("eth0"));
+        // Order and repetition do not make a different request (idempotent setup).
+        let same = request(
+            "--iface eth0 --xdp-mode generic --local 2001:db8:1::2,198.51.100.2 \
+             --gue-port 6080 --vip 2001:db8::10 --vip 192.0.2.10 --mode tun",
+        )
+        .unwrap();
+        assert_eq!(r, same);
+        let dr = request("--mode dr --vip 192.0.2.10").unwrap();
+        assert_eq!((dr.locals, dr.xdp_mode), (None, XdpMode::Auto));
+    }
+
+    #[test]
+    fn impossible_setups_are_refused_with_the_reason() {
+        for (args, why) in [
+            (
+                "--mode dr --vip 192.0.2.10 --gue-port 6080",
+                "--gue-port needs --mode tun",
+            ),
+            (
+                "--mode dr --vip 192.0.2.10 --local 192.0.2.1",
+                "--local needs --mode tun",
+            ),
+            (
+                "--mode dr --vip 192.0.2.10 --xdp-mode native",
+                "--xdp-mode needs --mode tun",
+            ),
+            ("--mode tun --vip 0.0.0.0", "cannot be a VIP"),
+            ("--mode tun --vip 224.0.0.1", "cannot be a VIP"),
+            ("--mode tun --vip ::1", "cannot be a VIP"),
+            ("--mode tun --vip 255.255.255.255", "cannot be a VIP"),
+            (
+                "--mode tun --vip 192.0.2.10 --local 127.0.0.1",
+                "cannot be a VIP or a local",
+            ),
+            ("--mode tun --vip 192.0.2.10 --iface lo", "not lo"),
+            (
+                "--mode tun --vip 192.0.2.10 --gue-port 0",
+                "0 is not in 1..=65535",
+            ),
+            ("--mode tun --vip 192.0.2.300", "invalid value"),
+            ("--mode ipip --vip 192.0.2.10", "invalid value 'ipip'"),
+            ("--mode dr", "--vip"),
+            (
+                "--mode tun --vip 192.0.2.10 --gue-port 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17",
+                "at most 16 GUE ports",
+            ),
+        ] {
+            let err = request(args).expect_err(args);
+            assert!(err.contains(why), "{args}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_different_request_is_described_field_by_field() {
+        let a = request("--mode tun --vip 192.0.2.10 --gue-port 6080").unwrap();
+        let b = request("--mode tun --vip 192.0.2.11 --gue-port 6080 --iface eth1").unwrap();
+        assert_eq!(
+            setup::describe_difference(&a, &b),
+            "VIPs: recorded 192.0.2.10, asked 192.0.2.11; \
+             interface: recorded default route's, asked eth1"
+        );
+    }
 }

@@ -174,7 +174,8 @@ pub async fn setup(
     Ok(report)
 }
 
-fn describe_difference(old: &Request, new: &Request) -> String {
+/// What differs between the recorded request and a new one, for the refusal.
+pub(super) fn describe_difference(old: &Request, new: &Request) -> String {
     fn show<T: std::fmt::Debug>(v: &T) -> String {
         format!("{v:?}")
     }

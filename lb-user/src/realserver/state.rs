@@ -209,3 +209,96 @@ impl StateLock {
         Ok(Self { _dir: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let request = Request {
+            mode: Mode::Tun,
+            vips: ["192.0.2.10".parse().unwrap()].into(),
+            iface: None,
+            gue_ports: [6080].into(),
+            locals: None,
+            xdp_mode: XdpMode::Auto,
+        };
+        let mut r = Record::new(4026531840, request, "eth0".into());
+        r.sysctls.push(SysctlRecord {
+            dev: "all".into(),
+            name: "arp_ignore".into(),
+            value: "1".into(),
+            original: Some("0".into()),
+        });
+        r.decap = Some(DecapRecord {
+            iface: "eth0".into(),
+            ifindex: 2,
+            prog_id: 42,
+            mode: AttachedMode::Native,
+            locals: ["198.51.100.2".parse().unwrap()].into(),
+        });
+        r
+    }
+
+    fn tmp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xvsdc-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_record_survives_a_round_trip_and_is_replaced_whole() {
+        let dir = tmp_dir("roundtrip");
+        let path = dir.join("sub/realserver.json");
+        assert_eq!(load(&path).unwrap(), None, "no record yet");
+        let mut rec = record();
+        save(&path, &rec).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(rec.clone()));
+        rec.vips.push(VipRecord {
+            addr: "192.0.2.10".parse().unwrap(),
+            prefix: 32,
+            added: true,
+        });
+        save(&path, &rec).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(rec));
+        assert!(!tmp_path(&path).exists(), "no temporary file left behind");
+        remove(&path).unwrap();
+        remove(&path).unwrap();
+        assert_eq!(load(&path).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn foreign_or_future_records_are_refused() {
+        let dir = tmp_dir("foreign");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("realserver.json");
+        std::fs::write(&path, "{\"services\": []}").unwrap();
+        assert!(matches!(
+            load(&path),
+            Err(RealServerError::StateFormat { .. })
+        ));
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["version"] = 2.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert!(matches!(
+            load(&path),
+            Err(RealServerError::StateVersion { version: 2, .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_setup_or_teardown_at_a_time() {
+        let dir = tmp_dir("lock");
+        let path = dir.join("realserver.json");
+        let held = StateLock::acquire(&path).unwrap();
+        assert!(matches!(
+            StateLock::acquire(&path),
+            Err(RealServerError::Busy(_))
+        ));
+        drop(held);
+        StateLock::acquire(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
