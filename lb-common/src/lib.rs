@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod csum;
 pub mod decap;
 pub mod filter;
 pub mod maps;
@@ -14,8 +15,8 @@ pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use maps::{
-    flow_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
-    PersistKey, ServiceKey, ServiceValue, Stats, NO_BACKEND,
+    backend_flags, flow_hash, tunnel_job_flags, tuple_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
+    PersistKey, ServiceKey, ServiceValue, Stats, TunnelJob, NO_BACKEND,
 };
 pub use reason::Reason;
 
@@ -28,6 +29,14 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// IP protocol number of IPv4 in IP (IPIP, 4in6).
+pub const PROTO_IPIP: u8 = 4;
+/// IP protocol number of IPv6 in IP (6in4, IP6IP6).
+pub const PROTO_IPV6: u8 = 41;
 
 /// Most virtual services the data plane holds (service ids index per-service arrays).
 pub const MAX_SERVICES: u32 = 65536;
@@ -44,6 +53,14 @@ pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
 pub mod names {
     /// The director's XDP program.
     pub const PROG_DIRECTOR: &str = "xvs_director";
+    /// The tunnel program the director tail-calls for TUN real servers.
+    pub const PROG_TUNNEL: &str = "xvs_tunnel";
+    /// The ICMP program the director tail-calls for ICMP to a VIP.
+    pub const PROG_ICMP: &str = "xvs_icmp";
+    /// Tail-call table: TAIL_TUNNEL, TAIL_ICMP.
+    pub const MAP_TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Per-CPU hand-over from the director to the tunnel program.
+    pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
     /// A program that passes every frame (for veth peers of XDP_TX interfaces).
     pub const PROG_PASS: &str = "xvs_pass";
     /// The benchmark floor: bounds check and XDP_TX.
@@ -75,6 +92,13 @@ pub mod names {
     /// Bitmap that rules out non-service traffic before any hash lookup.
     pub const MAP_SERVICE_FILTER: &str = "SERVICE_FILTER";
 }
+
+/// Index of the tunnel program in TAIL_CALLS.
+pub const TAIL_TUNNEL: u32 = 0;
+/// Index of the ICMP program in TAIL_CALLS.
+pub const TAIL_ICMP: u32 = 1;
+/// Size of TAIL_CALLS.
+pub const TAIL_SLOTS: u32 = 2;
 
 /// Copies an IPv4 address (network order bytes) into the 16-byte form used in keys.
 #[inline(always)]

@@ -126,6 +126,29 @@ pub fn flow_hash(addr: &[u8; 16], port_be: u16) -> u32 {
     h ^ (h >> 16)
 }
 
+/// A hash of the whole 5-tuple: the outer GUE source port and IPv6 flow label of a tunnelled
+/// flow, so the real server's NIC spreads tunnelled flows over its queues (and one flow stays
+/// on one queue).
+#[inline(always)]
+pub fn tuple_hash(src: &[u8; 16], dst: &[u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> u32 {
+    let w = |a: &[u8; 16], i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
+    h = mix(h, w(src, 0));
+    h = mix(h, w(src, 4));
+    h = mix(h, w(src, 8));
+    h = mix(h, w(src, 12));
+    h = mix(h, w(dst, 0));
+    h = mix(h, w(dst, 4));
+    h = mix(h, w(dst, 8));
+    h = mix(h, w(dst, 12));
+    h = mix(h, (sport_be as u32) << 16 | dport_be as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k
@@ -142,6 +165,17 @@ fn mix(h: u32, k: u32) -> u32 {
 pub mod fwd {
     /// Direct routing: rewrite the Ethernet header only.
     pub const DR: u8 = 0;
+    /// Tunnel, IP in IP (IPIP, IP6IP6, and the mixed 6in4 / 4in6): outer IP header to the real
+    /// server, protocol 4 or 41 after the inner family.
+    pub const TUN_IPIP: u8 = 1;
+    /// Tunnel, GUE (variant 0, as IPVS): outer IP + UDP to `tun_port_be` + a 4-byte GUE header.
+    pub const TUN_GUE: u8 = 2;
+}
+
+/// Backend::flags bits.
+pub mod backend_flags {
+    /// GUE over IPv4: fill the outer UDP checksum (`--tun-csum`); over IPv6 it is always filled.
+    pub const TUN_CSUM: u8 = 1;
 }
 
 /// One real server of one service, as the data plane forwards to it.
@@ -158,7 +192,7 @@ pub struct Backend {
     pub family: u8,
     /// Forwarding method (see `fwd`).
     pub fwd: u8,
-    /// Backend flags (reserved, 0 today).
+    /// Backend flags (see `backend_flags`).
     pub flags: u8,
     /// Explicit padding.
     pub _pad: u8,
@@ -166,8 +200,57 @@ pub struct Backend {
     /// that outlived its real server is recognised instead of reaching whoever reuses the slot.
     /// 0 means "slot unused".
     pub generation: u32,
+    /// GUE destination port, network byte order (fwd::TUN_GUE).
+    pub tun_port_be: u16,
+    /// Explicit padding.
+    pub _pad2: [u8; 2],
+    /// Id of the service this slot belongs to (lets a restarted controller adopt the tables).
+    pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+
+/// What the director hands to the tunnel program (map TUNNEL_JOB, per CPU, index 0) before it
+/// tail-calls it: the chosen backend and the parsed headers the encapsulation needs. Tail calls
+/// run on the same CPU without preemption, so one per-CPU slot is enough.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelJob {
+    /// Backend slot.
+    pub backend: u32,
+    /// The flow's tuple hash when `flags` has HASH_SET (the ICMP relay hashes the quoted flow);
+    /// otherwise the tunnel program hashes src, dst, ports and proto below (keeping that work
+    /// off the director's crowded stack).
+    pub hash: u32,
+    /// Offset of the (inner) L3 header.
+    pub l3_off: u16,
+    /// Offset of the L4 header.
+    pub l4_off: u16,
+    /// Inner source port, network order.
+    pub sport_be: u16,
+    /// Inner destination port, network order.
+    pub dport_be: u16,
+    /// TOS / traffic class of the inner packet.
+    pub tos: u8,
+    /// Inner family.
+    pub family: u8,
+    /// Inner L4 protocol.
+    pub proto: u8,
+    /// See `tunnel_job_flags`.
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+    /// Inner source address.
+    pub src: [u8; 16],
+    /// Inner destination address.
+    pub dst: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<TunnelJob>() == 56);
+
+/// TunnelJob::flags bits.
+pub mod tunnel_job_flags {
+    /// `hash` is set.
+    pub const HASH_SET: u8 = 1;
+}
 
 /// Traffic counters kept per CPU per service and per backend.
 #[repr(C)]
@@ -205,8 +288,14 @@ pub struct DataplaneConfig {
     pub tcp_syn_timeout_ns: u64,
     /// Idle timeout after a RST, ns (IPVS default 10 s).
     pub tcp_close_timeout_ns: u64,
+    /// Outer source address of IPv6 tunnel packets (the director's address on the egress side).
+    pub tun_src6: [u8; 16],
+    /// Outer source address of IPv4 tunnel packets.
+    pub tun_src4: [u8; 4],
+    /// Explicit padding.
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 64);
 
 const SEC: u64 = 1_000_000_000;
 
@@ -218,6 +307,9 @@ impl Default for DataplaneConfig {
             udp_timeout_ns: 300 * SEC,
             tcp_syn_timeout_ns: 60 * SEC,
             tcp_close_timeout_ns: 10 * SEC,
+            tun_src6: [0; 16],
+            tun_src4: [0; 4],
+            _pad: [0; 4],
         }
     }
 }
@@ -232,6 +324,7 @@ mod pod {
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::PersistEntry {}
+    unsafe impl aya::Pod for super::TunnelJob {}
 }
 
 #[cfg(test)]

@@ -42,10 +42,38 @@ pub enum Reason {
     PersistNew = 17,
     /// The persistence-template table refused an insert: the connection is not persistent.
     PersistInsertFailed = 18,
+    /// Forwarded in TUN mode: encapsulated and sent back out the ingress interface (XDP_TX).
+    TxTunnel = 19,
+    /// Forwarded in TUN mode through another interface the FIB chose (XDP_REDIRECT).
+    RedirectTunnel = 20,
+    /// Too big to tunnel: ICMP fragmentation-needed / ICMPv6 packet-too-big sent to the client.
+    TxIcmpTooBig = 21,
+    /// The FIB knows the route to a tunnelled real server but not the next hop's MAC yet
+    /// (xvsd pokes tunnelled servers so the kernel resolves it): dropped.
+    DropTunNoNeighbor = 22,
+    /// No usable route to a tunnelled real server (unreachable, blackhole, prohibited, no source
+    /// address): dropped.
+    DropTunNoRoute = 23,
+    /// IP forwarding is disabled on the interface, so the FIB cannot be asked: dropped
+    /// (sysctl net.ipv4.conf.IFACE.forwarding / net.ipv6.conf.IFACE.forwarding).
+    DropTunFwdDisabled = 24,
+    /// The packet could not be grown or shrunk for an encapsulation or ICMP reply: dropped.
+    DropTunHeadroom = 25,
+    /// An ICMP error quoting a tracked flow was forwarded to that flow's real server.
+    IcmpErrorForwarded = 26,
+    /// ICMP for no tracked flow (echo, neighbour discovery, errors for the host): passed.
+    PassIcmp = 27,
+    /// GUE over IPv6 of an inner UDP/IPv4 datagram without a checksum: outer checksum left 0.
+    TunZeroCsum = 28,
+    /// Too big to tunnel and not answerable with ICMP (an ICMP error itself, or too short to
+    /// quote): dropped.
+    DropTooBigUnquotable = 29,
+    /// The tunnel or ICMP program is not in the tail-call table (a loader bug): dropped.
+    DropTailCallMissing = 30,
 }
 
 /// Number of reasons (size of the REASONS map).
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 31;
 
 impl Reason {
     /// All reasons in index order.
@@ -69,7 +97,25 @@ impl Reason {
         Reason::PersistHit,
         Reason::PersistNew,
         Reason::PersistInsertFailed,
+        Reason::TxTunnel,
+        Reason::RedirectTunnel,
+        Reason::TxIcmpTooBig,
+        Reason::DropTunNoNeighbor,
+        Reason::DropTunNoRoute,
+        Reason::DropTunFwdDisabled,
+        Reason::DropTunHeadroom,
+        Reason::IcmpErrorForwarded,
+        Reason::PassIcmp,
+        Reason::TunZeroCsum,
+        Reason::DropTooBigUnquotable,
+        Reason::DropTailCallMissing,
     ];
+
+    /// The reason with this index (the REASONS map key), if any.
+    #[inline(always)]
+    pub fn from_index(i: u32) -> Option<Reason> {
+        Self::ALL.get(i as usize).copied()
+    }
 
     /// Whether the packet is dropped (otherwise it is passed to the kernel or forwarded).
     pub const fn is_drop(self) -> bool {
@@ -80,7 +126,18 @@ impl Reason {
                 | Reason::DropMalformedL4
                 | Reason::DropNoBackend
                 | Reason::DropBadBackend
+                | Reason::DropTunNoNeighbor
+                | Reason::DropTunNoRoute
+                | Reason::DropTunFwdDisabled
+                | Reason::DropTunHeadroom
+                | Reason::DropTooBigUnquotable
+                | Reason::DropTailCallMissing
         )
+    }
+
+    /// Whether the frame leaves through the ingress interface (XDP_TX).
+    pub const fn is_tx(self) -> bool {
+        matches!(self, Reason::TxDr | Reason::TxTunnel | Reason::TxIcmpTooBig)
     }
 
     /// A stable snake_case name (metrics label, JSON key).
@@ -105,6 +162,18 @@ impl Reason {
             Reason::PersistHit => "persist_hit",
             Reason::PersistNew => "persist_new",
             Reason::PersistInsertFailed => "persist_insert_failed",
+            Reason::TxTunnel => "tx_tunnel",
+            Reason::RedirectTunnel => "redirect_tunnel",
+            Reason::TxIcmpTooBig => "tx_icmp_too_big",
+            Reason::DropTunNoNeighbor => "drop_tun_no_neighbor",
+            Reason::DropTunNoRoute => "drop_tun_no_route",
+            Reason::DropTunFwdDisabled => "drop_tun_fwd_disabled",
+            Reason::DropTunHeadroom => "drop_tun_headroom",
+            Reason::IcmpErrorForwarded => "icmp_error_forwarded",
+            Reason::PassIcmp => "pass_icmp",
+            Reason::TunZeroCsum => "tun_zero_csum",
+            Reason::DropTooBigUnquotable => "drop_too_big_unquotable",
+            Reason::DropTailCallMissing => "drop_tail_call_missing",
         }
     }
 }

@@ -1,15 +1,21 @@
 //! Bounds-checked access to packet bytes and the director's header parser.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{Reason, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
-const ETH_LEN: usize = 14;
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+/// EtherType of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-const IPV6_LEN: usize = 40;
+/// IPv6 header length.
+pub const IPV6_LEN: usize = 40;
+/// IPv4 header length without options.
+pub const IPV4_LEN: usize = 20;
 const TCP_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 
@@ -38,9 +44,13 @@ fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
 pub struct Parsed {
     /// Offset of the L3 header (after Ethernet and an optional VLAN tag).
     pub l3_off: usize,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    /// IPv4 TOS / IPv6 traffic class (DSCP and ECN), copied to a tunnel's outer header.
+    pub tos: u8,
     /// FAMILY_V4 or FAMILY_V6.
     pub family: u8,
-    /// PROTO_TCP or PROTO_UDP.
+    /// PROTO_TCP or PROTO_UDP; PROTO_ICMP / PROTO_ICMPV6 (no ports) for the ICMP path.
     pub proto: u8,
     /// Source address (IPv4 in the first four bytes).
     pub src: [u8; 16],
@@ -81,6 +91,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
     }
     let mut p = Parsed {
         l3_off,
+        l4_off: 0,
+        tos: 0,
         family: 0,
         proto: 0,
         src: [0; 16],
@@ -94,6 +106,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
         ETH_P_IPV6 => parse_ipv6(ctx, &mut p)?,
         _ => return Err(Reason::PassNonIp),
     };
+    p.l4_off = l4_off;
     if p.proto == PROTO_TCP {
         let tcp = ptr_at::<[u8; TCP_LEN]>(ctx, l4_off).ok_or(Reason::DropMalformedL4)?;
         // SAFETY: bounds checked by ptr_at.
@@ -104,7 +117,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
         p.sport_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
         p.dport_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
         p.tcp_flags = tcp[13];
-    } else {
+    } else if p.proto == PROTO_UDP {
         let udp = ptr_at::<[u8; UDP_LEN]>(ctx, l4_off).ok_or(Reason::DropMalformedL4)?;
         // SAFETY: bounds checked by ptr_at.
         let udp = unsafe { &*udp };
@@ -133,9 +146,10 @@ fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed) -> Result<usize, Reason> {
         return Err(Reason::PassFragment);
     }
     let proto = ip[9];
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Reason::PassOtherProto);
     }
+    p.tos = ip[1];
     p.family = FAMILY_V4;
     p.proto = proto;
     p.src[..4].copy_from_slice(&ip[12..16]);
@@ -152,13 +166,14 @@ fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed) -> Result<usize, Reason> {
         return Err(Reason::DropMalformedL3);
     }
     let next = ip[6];
-    if next != PROTO_TCP && next != PROTO_UDP {
+    if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
         return Err(match next {
             // hop-by-hop, routing, fragment, destination options, AH, mobility
             0 | 43 | 44 | 60 | 51 | 135 => Reason::PassIpv6ExtHeader,
             _ => Reason::PassOtherProto,
         });
     }
+    p.tos = (ip[0] << 4) | (ip[1] >> 4);
     p.family = FAMILY_V6;
     p.proto = next;
     p.src.copy_from_slice(&ip[8..24]);

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::{
     listing::{Format, ListOptions},
     model::{
-        Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
+        Change, Config, ForwardMethod, Persistence, Tunnel, TunnelKind, Protocol, RealServer, SchedFlags, Scheduler,
         ServiceKey, VirtualAddr,
     },
     proto::DEFAULT_SOCKET,
@@ -119,9 +119,24 @@ pub struct Args {
     /// Direct routing (the default).
     #[arg(short = 'g', long = "gatewaying")]
     pub gatewaying: bool,
-    /// Tunnelling (not implemented yet).
+    /// Tunnelling: encapsulate to the real server, which may be routed (see --tun-type).
     #[arg(short = 'i', long = "ipip")]
     pub ipip: bool,
+    /// Tunnel type with -i: ipip (IP-in-IP, IP6IP6, 4in6, 6in4; the default) or gue.
+    #[arg(long = "tun-type", value_name = "TYPE")]
+    pub tun_type: Option<String>,
+    /// GUE destination port on the real server (required with --tun-type gue).
+    #[arg(long = "tun-port", value_name = "PORT")]
+    pub tun_port: Option<u16>,
+    /// GUE over IPv4: no outer UDP checksum (the default, as ipvsadm).
+    #[arg(long = "tun-nocsum")]
+    pub tun_nocsum: bool,
+    /// GUE over IPv4: fill the outer UDP checksum.
+    #[arg(long = "tun-csum")]
+    pub tun_csum: bool,
+    /// GUE remote checksum offload (refused: the decapsulator does not implement it).
+    #[arg(long = "tun-remcsum")]
+    pub tun_remcsum: bool,
     /// Masquerading (refused: xvs forwards by DR and tunnels).
     #[arg(short = 'm', long = "masquerading")]
     pub masquerading: bool,
@@ -348,13 +363,14 @@ impl Args {
             };
             let u_threshold = self.u_threshold.unwrap_or(0);
             let l_threshold = self.l_threshold.unwrap_or(0);
+            let forward = self.forward_method()?;
             if self.add_server {
                 Change::AddReal {
                     service: key,
                     real: RealServer {
                         addr,
                         weight,
-                        forward: ForwardMethod::Dr,
+                        forward,
                         u_threshold,
                         l_threshold,
                     },
@@ -364,7 +380,7 @@ impl Args {
                     service: key,
                     addr,
                     weight: Some(weight),
-                    forward: Some(ForwardMethod::Dr),
+                    forward: Some(forward),
                     u_threshold: Some(u_threshold),
                     l_threshold: Some(l_threshold),
                 }
@@ -375,15 +391,43 @@ impl Args {
         Ok(Action::Apply(vec![change]))
     }
 
+    /// -g / -i with --tun-type/--tun-port/--tun-csum, as ipvsadm reads them (-g when neither).
+    fn forward_method(&self) -> Result<ForwardMethod, CliError> {
+        let tun_opts = self.tun_type.is_some() || self.tun_port.is_some() || self.tun_csum || self.tun_nocsum;
+        if self.gatewaying && self.ipip {
+            return err("-g and -i are mutually exclusive");
+        }
+        if !self.ipip {
+            if tun_opts {
+                return err("--tun-type/--tun-port/--tun-csum/--tun-nocsum need -i (tunnelling)");
+            }
+            return Ok(ForwardMethod::Dr);
+        }
+        if self.tun_csum && self.tun_nocsum {
+            return err("--tun-csum and --tun-nocsum are mutually exclusive");
+        }
+        let kind = match self.tun_type.as_deref() {
+            None | Some("ipip") => TunnelKind::Ipip,
+            Some("gue") => TunnelKind::Gue,
+            Some("gre") => return err("--tun-type gre is not supported: use ipip or gue"),
+            Some(other) => return err(format!("Illegal tunnel type: {other} (ipip or gue)")),
+        };
+        Ok(ForwardMethod::Tunnel(Tunnel {
+            kind,
+            port: self.tun_port.unwrap_or(0),
+            csum: self.tun_csum,
+        }))
+    }
+
     fn refuse_unsupported(&self) -> Result<(), CliError> {
         if self.start_daemon.is_some() || self.stop_daemon.is_some() {
             return err("the IPVS connection-sync daemon does not apply to xvs: each director keeps its own connection table (use mh for directors that agree without talking)");
         }
         if self.masquerading {
-            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and, later, tunnelling (-i)");
+            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and tunnelling (-i); replies do not pass the director");
         }
-        if self.ipip {
-            return Err(not_yet("-i (tunnelling)"));
+        if self.tun_remcsum {
+            return err("--tun-remcsum (GUE remote checksum offload) is not supported: use --tun-csum or --tun-nocsum");
         }
         for (set, what) in [
             (self.ops, "-o (one-packet scheduling)"),
@@ -598,6 +642,18 @@ pub fn service_option(key: &ServiceKey) -> String {
     }
 }
 
+/// The tunnel options ipvsadm -S writes after `-w` (ipvsadm.c print_tunnel_rule).
+fn tunnel_options(t: &Tunnel) -> String {
+    match t.kind {
+        TunnelKind::Ipip => " --tun-type ipip".to_string(),
+        TunnelKind::Gue => format!(
+            " --tun-type gue --tun-port {} {}",
+            t.port,
+            if t.csum { "--tun-csum" } else { "--tun-nocsum" }
+        ),
+    }
+}
+
 /// Renders the configuration in ipvsadm's save format (`-S -n`).
 pub fn save(config: &Config) -> String {
     let mut out = String::new();
@@ -619,10 +675,11 @@ pub fn save(config: &Config) -> String {
         }
         out.push('\n');
         for r in &svc.reals {
-            let fwd = match r.forward {
-                ForwardMethod::Dr => "-g",
+            let (fwd, tun) = match r.forward {
+                ForwardMethod::Dr => ("-g", String::new()),
+                ForwardMethod::Tunnel(t) => ("-i", tunnel_options(&t)),
             };
-            out.push_str(&format!("-a {name} -r {} {fwd} -w {}", r.addr, r.weight));
+            out.push_str(&format!("-a {name} -r {} {fwd} -w {}{tun}", r.addr, r.weight));
             if r.u_threshold != 0 {
                 out.push_str(&format!(" -x {}", r.u_threshold));
             }

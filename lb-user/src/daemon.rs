@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
-    model::{Change, Config, Protocol, ServiceKey},
+    model::{Change, Config, ForwardMethod, Protocol, ServiceKey},
     neighbor::{self, Neighbors},
     proto::{
         Command, ConnStatus, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
@@ -134,13 +134,15 @@ impl Controller {
             .collect())
     }
 
-    /// Real-server addresses without a known MAC.
+    /// Direct-routing real-server addresses without a known MAC (a tunnelled server needs none).
     pub fn unresolved(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
             .services
             .iter()
-            .flat_map(|s| s.reals.iter().map(|r| r.addr.ip()))
+            .flat_map(|s| s.reals.iter())
+            .filter(|r| r.forward == ForwardMethod::Dr)
+            .map(|r| r.addr.ip())
             .filter(|ip| !self.macs.contains_key(ip))
             .collect();
         v.sort();
@@ -148,7 +150,9 @@ impl Controller {
         v
     }
 
-    /// Every real-server address.
+    /// Every real-server address (poked now and then: for a tunnelled server this keeps the
+    /// kernel's neighbour entry of the next hop toward it alive, which the data plane's FIB
+    /// lookup needs).
     pub fn all_reals(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config

@@ -307,6 +307,46 @@ impl SchedFlags {
 pub enum ForwardMethod {
     /// Direct routing ("gatewaying", `-g`): the Ethernet header is rewritten, nothing else.
     Dr,
+    /// Tunnelling (`-i`): the packet is encapsulated to the real server, which may be routed.
+    Tunnel(Tunnel),
+}
+
+/// The encapsulation of a tunnelled real server (`--tun-type`, `--tun-port`, `--tun-csum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// IPIP (IP-in-IP, IP6IP6 and the mixed families) or GUE.
+    #[serde(rename = "type")]
+    pub kind: TunnelKind,
+    /// GUE's UDP destination port (0 for IPIP).
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub port: u16,
+    /// GUE over IPv4: fill the outer UDP checksum (`--tun-csum`; ipvsadm's default is
+    /// `--tun-nocsum`). Over IPv6 the checksum is always filled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csum: bool,
+}
+
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+
+impl Tunnel {
+    /// Plain IP-in-IP.
+    pub const IPIP: Tunnel = Tunnel {
+        kind: TunnelKind::Ipip,
+        port: 0,
+        csum: false,
+    };
+}
+
+/// `--tun-type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    /// IP in IP: protocol 4 (inner IPv4) or 41 (inner IPv6) right after the outer header.
+    Ipip,
+    /// Generic UDP Encapsulation (variant 0, as IPVS): outer UDP to a port, 4-byte GUE header.
+    Gue,
 }
 
 impl ForwardMethod {
@@ -314,6 +354,7 @@ impl ForwardMethod {
     pub fn ipvsadm_name(self) -> &'static str {
         match self {
             ForwardMethod::Dr => "Route",
+            ForwardMethod::Tunnel(_) => "Tunnel",
         }
     }
 }
@@ -516,6 +557,9 @@ pub enum ConfigError {
     /// Weight outside 0..=65535.
     #[error("Illegal weight specified: {0} (must be 0..=65535)")]
     BadWeight(u64),
+    /// GUE without a port, or a port given for IPIP.
+    #[error("{0}")]
+    BadTunnel(&'static str),
     /// Real server and VIP of different families in DR mode.
     #[error(
         "Direct routing needs the real server {real} in the same address family as the VIP {vip}"
@@ -832,7 +876,29 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
             lower: real.l_threshold,
         });
     }
-    if ip.is_ipv4() != svc.key.is_ipv4() {
+    match real.forward {
+        ForwardMethod::Tunnel(Tunnel {
+            kind: TunnelKind::Gue,
+            port: 0,
+            ..
+        }) => {
+            return Err(ConfigError::BadTunnel(
+                "GUE tunnel needs a port: --tun-port PORT (1..=65535)",
+            ))
+        }
+        ForwardMethod::Tunnel(Tunnel {
+            kind: TunnelKind::Ipip,
+            port,
+            csum,
+        }) if port != 0 || csum => {
+            return Err(ConfigError::BadTunnel(
+                "--tun-port and --tun-csum apply to --tun-type gue only",
+            ))
+        }
+        _ => {}
+    }
+    // A tunnel may cross families (IPv6 VIP over IPv4, and the reverse), as in IPVS.
+    if ip.is_ipv4() != svc.key.is_ipv4() && real.forward == ForwardMethod::Dr {
         return Err(ConfigError::FamilyMismatch {
             real: ip.to_string(),
             vip: match svc.key {

@@ -17,6 +17,8 @@ pub mod verdict {
     pub const PASS: u32 = 2;
     /// XDP_TX.
     pub const TX: u32 = 3;
+    /// XDP_REDIRECT.
+    pub const REDIRECT: u32 = 4;
 }
 
 /// A loaded (unattached) director with a configuration and known MACs.
@@ -67,6 +69,29 @@ impl Director {
             .test_run(TestRunOptions {
                 data_in: Some(pkt),
                 data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// Runs one packet as if it arrived on interface `ifindex` (of the calling thread's network
+    /// namespace): the FIB lookups of TUN forwarding then see that namespace's routes.
+    pub fn run_on(&mut self, ifindex: u32, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; pkt.len() + 512];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (the kernel wants data = 0 and data_end = the packet's length).
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let res = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..Default::default()
             })
             .expect("BPF_PROG_TEST_RUN");

@@ -210,7 +210,7 @@ fn non_service_traffic_passes_untouched_and_is_counted() {
             tcp("2001:db8:2::1", 1, "2001:db8:10::99", 80, SYN),
             Reason::PassNotService,
         ),
-        ("icmp", icmp, Reason::PassOtherProto),
+        ("icmp (echo, no tracked flow)", icmp, Reason::PassIcmp),
         ("arp", arp, Reason::PassNonIp),
         ("fragment", frag, Reason::PassFragment),
         ("v6 ext header", ext, Reason::PassIpv6ExtHeader),

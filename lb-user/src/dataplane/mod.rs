@@ -19,13 +19,15 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
-    fwd, mask_addr, names,
+    backend_flags, fwd, mask_addr, names,
     reason::REASON_COUNT,
     service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
     PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
@@ -189,6 +191,8 @@ pub struct ConnInfo {
 /// The loaded director and the controller's bookkeeping of what it wrote.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Keeps the tail-call table (and so the programs in it) alive.
+    _tail: ProgramArray<MapData>,
     services: BpfHashMap<MapData, lb_common::ServiceKey, ServiceValue>,
     backends: Array<MapData, Backend>,
     slots: Array<MapData, u32>,
@@ -238,6 +242,24 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
             .try_into()?;
         prog.load()?;
+        // The programs the director tail-calls: TUN encapsulation and the ICMP relay.
+        let mut tail = ProgramArray::try_from(
+            ebpf.take_map(names::MAP_TAIL_CALLS)
+                .ok_or(DataplaneError::Missing(names::MAP_TAIL_CALLS))?,
+        )
+        .map_err(map_err(names::MAP_TAIL_CALLS))?;
+        for (index, name) in [
+            (lb_common::TAIL_TUNNEL, names::PROG_TUNNEL),
+            (lb_common::TAIL_ICMP, names::PROG_ICMP),
+        ] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            p.load()?;
+            tail.set(index, p.fd()?, 0)
+                .map_err(map_err(names::MAP_TAIL_CALLS))?;
+        }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let services = BpfHashMap::try_from(take(names::MAP_SERVICES)?)
@@ -268,6 +290,7 @@ impl Dataplane {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
+            _tail: tail,
             services,
             backends,
             slots,
@@ -402,7 +425,7 @@ impl Dataplane {
                 let m: Vec<_> = s
                     .reals
                     .iter()
-                    .map(|r| macs.get(&r.addr.ip()).copied())
+                    .map(|r| next_hop_mac(r, macs))
                     .collect();
                 !self
                     .placed
@@ -490,7 +513,7 @@ impl Dataplane {
         let svc_macs: Vec<Option<[u8; 6]>> = svc
             .reals
             .iter()
-            .map(|r| macs.get(&r.addr.ip()).copied())
+            .map(|r| next_hop_mac(r, macs))
             .collect();
         if let Some(p) = self.placed.get(&key) {
             if p.pushed
@@ -556,7 +579,7 @@ impl Dataplane {
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
         for (real, mac) in svc.reals.iter().zip(svc_macs) {
-            ids.push(self.place_backend(&mut placed.slots, real, mac.unwrap_or_default())?);
+            ids.push(self.place_backend(placed.id, &mut placed.slots, real, mac.unwrap_or_default())?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
         if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
@@ -685,6 +708,7 @@ impl Dataplane {
 
     fn place_backend(
         &mut self,
+        service_id: u32,
         slots: &mut HashMap<SocketAddr, Slot>,
         real: &model::RealServer,
         mac: [u8; 6],
@@ -697,10 +721,23 @@ impl Dataplane {
             family,
             fwd: match real.forward {
                 model::ForwardMethod::Dr => fwd::DR,
+                model::ForwardMethod::Tunnel(t) => match t.kind {
+                    model::TunnelKind::Ipip => fwd::TUN_IPIP,
+                    model::TunnelKind::Gue => fwd::TUN_GUE,
+                },
             },
-            flags: 0,
+            flags: match real.forward {
+                model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
+                _ => 0,
+            },
             _pad: 0,
             generation: 0,
+            tun_port_be: match real.forward {
+                model::ForwardMethod::Tunnel(t) => t.port.to_be(),
+                model::ForwardMethod::Dr => 0,
+            },
+            _pad2: [0; 2],
+            service: service_id,
         };
         if let Some(slot) = slots.get_mut(&real.addr) {
             want.generation = slot.written.generation;
@@ -1116,6 +1153,15 @@ fn sum_stats(
         total.add(s);
     }
     Ok(total.into())
+}
+
+/// The MAC a real server's frames are sent to: its own in DR mode (None until resolved); a
+/// tunnelled server needs none (the data plane asks the kernel's FIB for the next hop).
+fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
+    match r.forward {
+        model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
+        model::ForwardMethod::Tunnel(_) => Some([0; 6]),
+    }
 }
 
 /// The 16-byte address form and family tag used in map keys.
