@@ -15,8 +15,9 @@ pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use maps::{
-    backend_flags, flow_hash, tunnel_job_flags, tuple_hash, fwd, mask_addr, service_flags, table_kind, Backend, DataplaneConfig, PersistEntry,
-    PersistKey, ServiceKey, ServiceValue, Stats, TunnelJob, NO_BACKEND,
+    backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, tunnel_job_flags,
+    tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
+    Stats, TunnelJob, NO_BACKEND,
 };
 pub use reason::Reason;
 

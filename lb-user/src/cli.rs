@@ -17,8 +17,8 @@ use thiserror::Error;
 use crate::{
     listing::{Format, ListOptions},
     model::{
-        Change, Config, ForwardMethod, Persistence, Tunnel, TunnelKind, Protocol, RealServer, SchedFlags, Scheduler,
-        ServiceKey, VirtualAddr,
+        Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
+        ServiceKey, Tunnel, TunnelKind, VirtualAddr,
     },
     proto::DEFAULT_SOCKET,
 };
@@ -393,7 +393,8 @@ impl Args {
 
     /// -g / -i with --tun-type/--tun-port/--tun-csum, as ipvsadm reads them (-g when neither).
     fn forward_method(&self) -> Result<ForwardMethod, CliError> {
-        let tun_opts = self.tun_type.is_some() || self.tun_port.is_some() || self.tun_csum || self.tun_nocsum;
+        let tun_opts =
+            self.tun_type.is_some() || self.tun_port.is_some() || self.tun_csum || self.tun_nocsum;
         if self.gatewaying && self.ipip {
             return err("-g and -i are mutually exclusive");
         }
@@ -679,7 +680,10 @@ pub fn save(config: &Config) -> String {
                 ForwardMethod::Dr => ("-g", String::new()),
                 ForwardMethod::Tunnel(t) => ("-i", tunnel_options(&t)),
             };
-            out.push_str(&format!("-a {name} -r {} {fwd} -w {}{tun}", r.addr, r.weight));
+            out.push_str(&format!(
+                "-a {name} -r {} {fwd} -w {}{tun}",
+                r.addr, r.weight
+            ));
             if r.u_threshold != 0 {
                 out.push_str(&format!(" -x {}", r.u_threshold));
             }

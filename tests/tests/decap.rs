@@ -4,10 +4,14 @@
 //! exactly one counter. Root required.
 
 use lb_common::decap::DecapReason;
+use lb_user::model::{
+    Change, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey, Tunnel, TunnelKind,
+};
 use xvs_tests::{
     decap::Decap,
-    packets::{L4, SYN},
-    progtest::verdict,
+    netns,
+    packets::{frame, L4, SYN},
+    progtest::{verdict, Director},
     tunnel::{encapsulate, encapsulate_with, ethernet, ip_packet, Encap},
 };
 
@@ -351,4 +355,170 @@ fn maps_follow_the_configuration() {
     expect_decap(&mut d, &b, &b_inner, DecapReason::DecapGue);
     let (c, _) = frame_for(VIP4, GUE_PORT + 1);
     expect_untouched(&mut d, &c, DecapReason::PassNotVip);
+}
+
+/// The namespace of the round-trip test: the director's interface, its addresses, and the real
+/// server as a permanent neighbour (the director's FIB lookups see them). Removed on drop.
+struct RoundTripNs;
+
+const ROUND_TRIP_NS: &str = "xvsdc-roundtrip";
+
+impl RoundTripNs {
+    fn new() -> Self {
+        xvs_tests::require_root();
+        netns::destroy(ROUND_TRIP_NS);
+        netns::create(ROUND_TRIP_NS).expect("create namespace");
+        let ns = RoundTripNs;
+        netns::sh(
+            ROUND_TRIP_NS,
+            &format!(
+                "set -e
+                ip link add d0 type veth peer name d1
+                ip link set d0 up; ip link set d1 up
+                ip addr add {DIRECTOR4}/24 dev d0
+                ip addr add {DIRECTOR6}/64 dev d0 nodad
+                ip neigh add {LOCAL4} lladdr 02:00:00:00:00:20 dev d0 nud permanent
+                ip neigh add {LOCAL6} lladdr 02:00:00:00:00:20 dev d0 nud permanent
+                sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1"
+            ),
+        )
+        .expect("namespace setup");
+        ns
+    }
+}
+
+impl Drop for RoundTripNs {
+    fn drop(&mut self) {
+        netns::destroy(ROUND_TRIP_NS);
+    }
+}
+
+/// The director's TUN output, fed to the decapsulator, gives back the client's packet byte for
+/// byte: the two programs agree on every wire format they share.
+#[test]
+fn the_directors_tunnels_open_in_the_decapsulator() {
+    let _ns = RoundTripNs::new();
+    netns::in_netns(ROUND_TRIP_NS, || {
+        let mut dir = Director::new();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+        assert_ne!(ifindex, 0, "d0 exists");
+        let mut dec = decap();
+        let tun = |kind, port, csum| ForwardMethod::Tunnel(Tunnel { kind, port, csum });
+        let (ipip, gue) = (TunnelKind::Ipip, TunnelKind::Gue);
+        // (VIP, service port, real server, forwarding, what the decapsulator counts)
+        let cases = [
+            (
+                VIP4,
+                80,
+                LOCAL4,
+                tun(ipip, 0, false),
+                DecapReason::DecapIpip,
+            ),
+            (
+                VIP6,
+                80,
+                LOCAL4,
+                tun(ipip, 0, false),
+                DecapReason::Decap6in4,
+            ),
+            (
+                VIP6,
+                81,
+                LOCAL6,
+                tun(ipip, 0, false),
+                DecapReason::DecapIp6ip6,
+            ),
+            (
+                VIP4,
+                81,
+                LOCAL6,
+                tun(ipip, 0, false),
+                DecapReason::Decap4in6,
+            ),
+            (
+                VIP4,
+                82,
+                LOCAL4,
+                tun(gue, GUE_PORT, false),
+                DecapReason::DecapGue,
+            ),
+            (
+                VIP4,
+                83,
+                LOCAL4,
+                tun(gue, GUE_PORT, true),
+                DecapReason::DecapGue,
+            ),
+            (
+                VIP6,
+                82,
+                LOCAL4,
+                tun(gue, GUE_PORT, false),
+                DecapReason::DecapGue,
+            ),
+            (
+                VIP6,
+                83,
+                LOCAL6,
+                tun(gue, GUE_PORT, false),
+                DecapReason::DecapGue,
+            ),
+            (
+                VIP4,
+                84,
+                LOCAL6,
+                tun(gue, GUE_PORT, false),
+                DecapReason::DecapGue,
+            ),
+        ];
+        for (vip, port, rs, fwd, reason) in cases {
+            let bracket = |a: &str| {
+                if a.contains(':') {
+                    format!("[{a}]")
+                } else {
+                    a.into()
+                }
+            };
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                let key = ServiceKey::Addr {
+                    protocol,
+                    addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
+                };
+                dir.apply(&[
+                    Change::add_service(key, Scheduler::Rr),
+                    Change::AddReal {
+                        service: key,
+                        real: RealServer {
+                            forward: fwd,
+                            ..RealServer::dr(format!("{}:{port}", bracket(rs)).parse().unwrap(), 1)
+                        },
+                    },
+                ]);
+            }
+            let client = if vip.contains(':') { CLIENT6 } else { CLIENT4 };
+            for (l4, payload) in [(L4::Tcp(SYN), &b""[..]), (L4::Udp, &b"query"[..])] {
+                let pkt = frame(client, 40000, vip, port, l4, None, payload);
+                let (v, tunnelled) = dir.run_on(ifindex, &pkt);
+                assert_eq!(
+                    v,
+                    verdict::TX,
+                    "{vip}:{port} via {rs} {fwd:?}: the director tunnels"
+                );
+                let (v, out) = run_counted(&mut dec, &tunnelled, reason);
+                assert_eq!(v, verdict::PASS);
+                assert_eq!(
+                    out[12..],
+                    pkt[12..],
+                    "{vip}:{port} via {rs} {fwd:?}: the client's packet comes back whole"
+                );
+                assert_eq!(
+                    out[..12],
+                    tunnelled[..12],
+                    "the tunnel frame's MACs are kept"
+                );
+            }
+        }
+    })
+    .expect("test body (see the panic above)");
 }

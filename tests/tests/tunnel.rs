@@ -12,7 +12,7 @@ use lb_user::model::{
 };
 use xvs_tests::{
     netns,
-    packets::{frame, tcp, udp, L4, ACK, CLIENT_MAC, DIRECTOR_MAC, SYN},
+    packets::{frame, tcp, udp, ACK, CLIENT_MAC, DIRECTOR_MAC, L4, SYN},
     progtest::{verdict, Director},
 };
 
@@ -70,7 +70,11 @@ impl Ns {
             gw = mac_text(&GW_MAC),
         );
         let out = netns::sh(NS, &script).expect("namespace setup");
-        assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ns
     }
 }
@@ -82,7 +86,10 @@ impl Drop for Ns {
 }
 
 fn mac_text(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Runs `f` with a director loaded inside the namespace and d0's ifindex.
@@ -132,7 +139,11 @@ fn bracket(a: &str) -> String {
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum > 0xffff {
@@ -172,12 +183,25 @@ fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
 
 /// The flow hash the data plane uses for the outer port / label of a client flow.
 fn flow_hash(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> u32 {
-    tuple_hash(&addr16(src), &addr16(dst), sport.to_be(), dport.to_be(), proto)
+    tuple_hash(
+        &addr16(src),
+        &addr16(dst),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    )
 }
 
 /// The frame the director should send: Ethernet to `dmac` from d0, the outer IP header from
 /// `src` to `rs`, (GUE: UDP + GUE header), then the inner IP packet unchanged.
-fn expected(inner_frame: &[u8], dmac: [u8; 6], src: &[u8], rs: &str, gue: Option<(u16, bool)>, hash: u32) -> Vec<u8> {
+fn expected(
+    inner_frame: &[u8],
+    dmac: [u8; 6],
+    src: &[u8],
+    rs: &str,
+    gue: Option<(u16, bool)>,
+    hash: u32,
+) -> Vec<u8> {
     let inner = &inner_frame[14..];
     let inner_v6 = inner[0] >> 4 == 6;
     let inner_proto = if inner_v6 { 41u8 } else { 4u8 };
@@ -269,16 +293,96 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
         // (name, VIP, port, real server, method, next-hop MAC, outer source)
         let d0v6 = ip_bytes(D0_V6);
         let cases: Vec<(&str, &str, u16, &str, ForwardMethod, [u8; 6], Vec<u8>)> = vec![
-            ("ipip", VIP, 80, RS_LINK, tun(Ipip, 0, false), RS_MAC, D0_V4.to_vec()),
-            ("ipip routed", VIP, 81, RS_ROUTED, tun(Ipip, 0, false), GW_MAC, D0_V4.to_vec()),
-            ("gue v4 nocsum", VIP, 82, RS_LINK, tun(Gue, 6080, false), RS_MAC, D0_V4.to_vec()),
-            ("gue v4 csum", VIP, 83, RS_ROUTED, tun(Gue, 6080, true), GW_MAC, D0_V4.to_vec()),
-            ("4in6", VIP, 84, RS_LINK6, tun(Ipip, 0, false), RS_MAC, d0v6.clone()),
-            ("gue 4 over 6", VIP, 85, RS_ROUTED6, tun(Gue, 5555, false), GW_MAC, d0v6.clone()),
-            ("ip6ip6", VIP6, 80, RS_LINK6, tun(Ipip, 0, false), RS_MAC, d0v6.clone()),
-            ("gue v6", VIP6, 81, RS_ROUTED6, tun(Gue, 6080, false), GW_MAC, d0v6.clone()),
-            ("6in4", VIP6, 82, RS_LINK, tun(Ipip, 0, false), RS_MAC, D0_V4.to_vec()),
-            ("gue 6 over 4 csum", VIP6, 83, RS_ROUTED, tun(Gue, 6080, true), GW_MAC, D0_V4.to_vec()),
+            (
+                "ipip",
+                VIP,
+                80,
+                RS_LINK,
+                tun(Ipip, 0, false),
+                RS_MAC,
+                D0_V4.to_vec(),
+            ),
+            (
+                "ipip routed",
+                VIP,
+                81,
+                RS_ROUTED,
+                tun(Ipip, 0, false),
+                GW_MAC,
+                D0_V4.to_vec(),
+            ),
+            (
+                "gue v4 nocsum",
+                VIP,
+                82,
+                RS_LINK,
+                tun(Gue, 6080, false),
+                RS_MAC,
+                D0_V4.to_vec(),
+            ),
+            (
+                "gue v4 csum",
+                VIP,
+                83,
+                RS_ROUTED,
+                tun(Gue, 6080, true),
+                GW_MAC,
+                D0_V4.to_vec(),
+            ),
+            (
+                "4in6",
+                VIP,
+                84,
+                RS_LINK6,
+                tun(Ipip, 0, false),
+                RS_MAC,
+                d0v6.clone(),
+            ),
+            (
+                "gue 4 over 6",
+                VIP,
+                85,
+                RS_ROUTED6,
+                tun(Gue, 5555, false),
+                GW_MAC,
+                d0v6.clone(),
+            ),
+            (
+                "ip6ip6",
+                VIP6,
+                80,
+                RS_LINK6,
+                tun(Ipip, 0, false),
+                RS_MAC,
+                d0v6.clone(),
+            ),
+            (
+                "gue v6",
+                VIP6,
+                81,
+                RS_ROUTED6,
+                tun(Gue, 6080, false),
+                GW_MAC,
+                d0v6.clone(),
+            ),
+            (
+                "6in4",
+                VIP6,
+                82,
+                RS_LINK,
+                tun(Ipip, 0, false),
+                RS_MAC,
+                D0_V4.to_vec(),
+            ),
+            (
+                "gue 6 over 4 csum",
+                VIP6,
+                83,
+                RS_ROUTED,
+                tun(Gue, 6080, true),
+                GW_MAC,
+                D0_V4.to_vec(),
+            ),
         ];
         for (name, vip, port, rs, fwd, dmac, src) in &cases {
             service(d, Tcp, vip, *port, rs, *fwd);
@@ -290,8 +394,16 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
             };
             for (l4, proto, pkt) in [
                 ("tcp syn", 6u8, tcp(client, 40000, vip, *port, SYN)),
-                ("udp", 17u8, udp(client, 40001, vip, *port, b"a datagram payload")),
-                ("tcp data", 6u8, frame(client, 40000, vip, *port, L4::Tcp(ACK), None, &[7u8; 333])),
+                (
+                    "udp",
+                    17u8,
+                    udp(client, 40001, vip, *port, b"a datagram payload"),
+                ),
+                (
+                    "tcp data",
+                    6u8,
+                    frame(client, 40000, vip, *port, L4::Tcp(ACK), None, &[7u8; 333]),
+                ),
             ] {
                 let what = format!("{name} {l4}");
                 let sport = if proto == 17 { 40001 } else { 40000 };
@@ -299,7 +411,11 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
                 let before = d.reason(Reason::TxTunnel);
                 let (v, out) = d.run_on(ifx, &pkt);
                 assert_eq!(v, verdict::TX, "{what}: verdict");
-                assert_eq!(out, expected(&pkt, *dmac, src, rs, gue, hash), "{what}: bytes");
+                assert_eq!(
+                    out,
+                    expected(&pkt, *dmac, src, rs, gue, hash),
+                    "{what}: bytes"
+                );
                 assert_outer_checksums(&out, &what);
                 assert_eq!(d.reason(Reason::TxTunnel), before + 1, "{what}: counted");
             }
@@ -310,7 +426,10 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
         let (v, out) = d.run_on(ifx, &pkt);
         assert_eq!(v, verdict::TX);
         let hash = flow_hash(CLIENT, 40000, VIP, 80, 6);
-        assert_eq!(out, expected(&pkt, RS_MAC, &[198, 51, 100, 9], RS_LINK, None, hash));
+        assert_eq!(
+            out,
+            expected(&pkt, RS_MAC, &[198, 51, 100, 9], RS_LINK, None, hash)
+        );
         // The DR path is unchanged next to tunnels: a DR server in the same service set.
         assert_eq!(d.reason(Reason::DropTunNoRoute), 0);
         assert_eq!(d.reason(Reason::TunZeroCsum), 0);
@@ -320,8 +439,22 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
 #[test]
 fn tunnel_outer_port_and_label_follow_the_flow() {
     in_ns(|d, ifx| {
-        service(d, Protocol::Tcp, VIP, 80, RS_LINK, tun(TunnelKind::Gue, 6080, false));
-        service(d, Protocol::Tcp, VIP6, 80, RS_LINK6, tun(TunnelKind::Ipip, 0, false));
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            80,
+            RS_LINK,
+            tun(TunnelKind::Gue, 6080, false),
+        );
+        service(
+            d,
+            Protocol::Tcp,
+            VIP6,
+            80,
+            RS_LINK6,
+            tun(TunnelKind::Ipip, 0, false),
+        );
         let mut ports = std::collections::BTreeSet::new();
         let mut labels = std::collections::BTreeSet::new();
         for cport in 40000..40032u16 {
@@ -347,11 +480,26 @@ fn tunnel_outer_port_and_label_follow_the_flow() {
 fn too_big_for_the_tunnel_answers_the_client_with_icmp() {
     in_ns(|d, ifx| {
         // IPv4: route MTU 1300 toward RS_ROUTED; IPIP adds 20 bytes.
-        service(d, Protocol::Tcp, VIP, 80, RS_ROUTED, tun(TunnelKind::Ipip, 0, false));
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            80,
+            RS_ROUTED,
+            tun(TunnelKind::Ipip, 0, false),
+        );
         let syn = tcp(CLIENT, 40000, VIP, 80, SYN);
         assert_eq!(d.run_on(ifx, &syn).0, verdict::TX);
         // 1281 + 20 > 1300: too big. 1280 + 20 fits.
-        let fits = frame(CLIENT, 40000, VIP, 80, L4::Tcp(ACK), None, &[1u8; 1280 - 40]);
+        let fits = frame(
+            CLIENT,
+            40000,
+            VIP,
+            80,
+            L4::Tcp(ACK),
+            None,
+            &[1u8; 1280 - 40],
+        );
         assert_eq!(fits.len() - 14, 1280);
         assert_eq!(d.run_on(ifx, &fits).0, verdict::TX);
         assert_eq!(d.reason(Reason::TxIcmpTooBig), 0);
@@ -367,15 +515,30 @@ fn too_big_for_the_tunnel_answers_the_client_with_icmp() {
         assert_eq!(ip[9], 1, "ICMP");
         assert_eq!(ip[12..16], ip_bytes(VIP)[..], "from the VIP");
         assert_eq!(ip[16..20], ip_bytes(CLIENT)[..], "to the client");
-        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, out.len() - 14, "total length");
+        assert_eq!(
+            u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            out.len() - 14,
+            "total length"
+        );
         let icmp = &out[34..];
         assert_eq!(icmp[..2], [3, 4], "fragmentation needed");
-        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1280, "MTU 1300 - 20");
+        assert_eq!(
+            u16::from_be_bytes([icmp[6], icmp[7]]),
+            1280,
+            "MTU 1300 - 20"
+        );
         assert_eq!(checksum(icmp), 0, "ICMP checksum");
         assert_eq!(icmp[8..8 + 128], big[14..14 + 128], "quotes the packet");
 
         // IPv6: route MTU 1400 toward RS_ROUTED6; IP6IP6 adds 40.
-        service(d, Protocol::Tcp, VIP6, 80, RS_ROUTED6, tun(TunnelKind::Ipip, 0, false));
+        service(
+            d,
+            Protocol::Tcp,
+            VIP6,
+            80,
+            RS_ROUTED6,
+            tun(TunnelKind::Ipip, 0, false),
+        );
         let big6 = frame(CLIENT6, 40000, VIP6, 80, L4::Tcp(ACK), None, &[2u8; 1400]);
         let (v, out) = d.run_on(ifx, &big6);
         assert_eq!(v, verdict::TX);
@@ -386,9 +549,17 @@ fn too_big_for_the_tunnel_answers_the_client_with_icmp() {
         assert_eq!(ip[8..24], ip_bytes(VIP6)[..]);
         assert_eq!(ip[24..40], ip_bytes(CLIENT6)[..]);
         let icmp = &out[54..];
-        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]) as usize, icmp.len(), "payload length");
+        assert_eq!(
+            u16::from_be_bytes([ip[4], ip[5]]) as usize,
+            icmp.len(),
+            "payload length"
+        );
         assert_eq!(icmp[..2], [2, 0], "packet too big");
-        assert_eq!(u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]), 1360, "1400 - 40");
+        assert_eq!(
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+            1360,
+            "1400 - 40"
+        );
         let mut buf = pseudo(&ip[8..24], &ip[24..40], 58, icmp.len());
         buf.extend_from_slice(icmp);
         assert_eq!(checksum(&buf), 0, "ICMPv6 checksum");
@@ -433,24 +604,49 @@ fn icmp_errors_follow_their_flow_to_its_real_server() {
                 real: RealServer::dr("198.51.100.21:80".parse().unwrap(), 1),
             },
         ]);
-        service(d, Protocol::Tcp, VIP, 81, RS_LINK, tun(TunnelKind::Ipip, 0, false));
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            81,
+            RS_LINK,
+            tun(TunnelKind::Ipip, 0, false),
+        );
         // No flow yet: the error is the kernel's.
         let err80 = icmp_error_v4(80, 40000);
         let (v, out) = d.run_on(ifx, &err80);
-        assert_eq!((v, &out), (verdict::PASS, &err80), "unknown flow: passed untouched");
+        assert_eq!(
+            (v, &out),
+            (verdict::PASS, &err80),
+            "unknown flow: passed untouched"
+        );
         assert_eq!(d.reason(Reason::PassIcmp), 1);
         // Establish both flows, then the errors follow them.
-        assert_eq!(d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 80, SYN)).0, verdict::TX);
-        assert_eq!(d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 81, SYN)).0, verdict::TX);
+        assert_eq!(
+            d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 80, SYN)).0,
+            verdict::TX
+        );
+        assert_eq!(
+            d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 81, SYN)).0,
+            verdict::TX
+        );
         let (v, out) = d.run_on(ifx, &err80);
         assert_eq!(v, verdict::TX, "DR: relayed");
-        assert_eq!(out[..6], [0x02, 0, 0, 0, 0, 0x21], "to the flow's real server");
+        assert_eq!(
+            out[..6],
+            [0x02, 0, 0, 0, 0, 0x21],
+            "to the flow's real server"
+        );
         assert_eq!(out[12..], err80[12..], "otherwise untouched");
         let err81 = icmp_error_v4(81, 40000);
         let (v, out) = d.run_on(ifx, &err81);
         assert_eq!(v, verdict::TX, "TUN: relayed");
         let hash = flow_hash(CLIENT, 40000, VIP, 81, 6);
-        assert_eq!(out, expected(&err81, RS_MAC, &D0_V4, RS_LINK, None, hash), "encapsulated");
+        assert_eq!(
+            out,
+            expected(&err81, RS_MAC, &D0_V4, RS_LINK, None, hash),
+            "encapsulated"
+        );
         assert_eq!(d.reason(Reason::IcmpErrorForwarded), 2);
         // An echo request to the VIP is the kernel's.
         let mut echo = Vec::new();
@@ -475,14 +671,31 @@ fn tunnel_failures_are_dropped_and_counted() {
         assert_eq!(out[..6], D2_PEER_MAC, "to d2's neighbour");
         assert_eq!(d.reason(Reason::RedirectTunnel), 1);
         // No route.
-        service(d, Protocol::Tcp, VIP, 81, "192.0.2.200", tun(Ipip, 0, false));
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            81,
+            "192.0.2.200",
+            tun(Ipip, 0, false),
+        );
         let pkt = tcp(CLIENT, 40000, VIP, 81, SYN);
         let (v, out) = d.run_on(ifx, &pkt);
         assert_eq!((v, &out), (verdict::DROP, &pkt));
         assert_eq!(d.reason(Reason::DropTunNoRoute), 1);
         // On-link but not resolved.
-        service(d, Protocol::Tcp, VIP, 82, "198.51.100.33", tun(Ipip, 0, false));
-        assert_eq!(d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 82, SYN)).0, verdict::DROP);
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            82,
+            "198.51.100.33",
+            tun(Ipip, 0, false),
+        );
+        assert_eq!(
+            d.run_on(ifx, &tcp(CLIENT, 40000, VIP, 82, SYN)).0,
+            verdict::DROP
+        );
         assert_eq!(d.reason(Reason::DropTunNoNeighbor), 1);
         // Forwarding off: the FIB may not be asked.
         let out = std::process::Command::new("sysctl")
@@ -490,7 +703,10 @@ fn tunnel_failures_are_dropped_and_counted() {
             .status()
             .unwrap();
         assert!(out.success());
-        assert_eq!(d.run_on(ifx, &tcp(CLIENT, 40001, VIP, 80, SYN)).0, verdict::DROP);
+        assert_eq!(
+            d.run_on(ifx, &tcp(CLIENT, 40001, VIP, 80, SYN)).0,
+            verdict::DROP
+        );
         assert_eq!(d.reason(Reason::DropTunFwdDisabled), 1);
         assert_eq!(d.reason(Reason::TxTunnel), 0);
     });

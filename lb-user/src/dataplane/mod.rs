@@ -26,8 +26,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
+    backend_flags,
     filter::{filter_bit, FILTER_WORDS},
-    backend_flags, fwd, mask_addr, names,
+    fwd, mask_addr, names,
     reason::REASON_COUNT,
     service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
     PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
@@ -422,11 +423,7 @@ impl Dataplane {
             .services
             .iter()
             .filter(|s| {
-                let m: Vec<_> = s
-                    .reals
-                    .iter()
-                    .map(|r| next_hop_mac(r, macs))
-                    .collect();
+                let m: Vec<_> = s.reals.iter().map(|r| next_hop_mac(r, macs)).collect();
                 !self
                     .placed
                     .get(&s.key)
@@ -510,11 +507,8 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         let key = svc.key;
-        let svc_macs: Vec<Option<[u8; 6]>> = svc
-            .reals
-            .iter()
-            .map(|r| next_hop_mac(r, macs))
-            .collect();
+        let svc_macs: Vec<Option<[u8; 6]>> =
+            svc.reals.iter().map(|r| next_hop_mac(r, macs)).collect();
         if let Some(p) = self.placed.get(&key) {
             if p.pushed
                 .as_ref()
@@ -579,7 +573,12 @@ impl Dataplane {
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
         for (real, mac) in svc.reals.iter().zip(svc_macs) {
-            ids.push(self.place_backend(placed.id, &mut placed.slots, real, mac.unwrap_or_default())?);
+            ids.push(self.place_backend(
+                placed.id,
+                &mut placed.slots,
+                real,
+                mac.unwrap_or_default(),
+            )?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
         if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
