@@ -125,6 +125,15 @@ pub enum Mode {
     Tun,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Dr => "dr",
+            Mode::Tun => "tun",
+        })
+    }
+}
+
 /// `xvsadm realserver`'s command line.
 #[derive(Parser, Debug)]
 #[command(

@@ -32,18 +32,6 @@ enum Undo {
     Decap(u32, String, decap::Attached),
 }
 
-fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 /// Sets the host up as `req` asks and records it at `state_path`. Either every step succeeds,
 /// or the steps this run took are undone and the record is left as it was.
 pub async fn setup(
@@ -70,7 +58,7 @@ pub async fn setup(
             let idx = host::default_route_iface(handle)
                 .await?
                 .ok_or(RealServerError::NoDefaultRoute)?;
-            ifname(idx).ok_or(RealServerError::NoDefaultRoute)?
+            host::ifname(idx).ok_or(RealServerError::NoDefaultRoute)?
         }
     };
     let ifindex =
@@ -112,13 +100,7 @@ pub async fn setup(
         .clone()
         .unwrap_or_else(|| Record::new(netns, req.clone(), iface.clone()));
     let mut report = SetupReport {
-        summary: format!(
-            "{} on {iface}",
-            match req.mode {
-                Mode::Dr => "dr",
-                Mode::Tun => "tun",
-            }
-        ),
+        summary: format!("{} on {iface}", req.mode),
         ..Default::default()
     };
     let mut undo = Vec::new();

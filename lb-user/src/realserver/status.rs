@@ -93,10 +93,6 @@ impl Status {
             let _ = writeln!(s, "not set up (no record at {})", self.state.display());
             return s;
         };
-        let mode = match mode {
-            Mode::Dr => "dr",
-            Mode::Tun => "tun",
-        };
         let _ = writeln!(
             s,
             "real server: {mode} on {} (record {})",
@@ -304,4 +300,69 @@ async fn decap_status(
         .map(|(r, n)| (r.name().to_string(), n))
         .collect();
     Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Status {
+        Status {
+            state: "/run/xvs/realserver.json".into(),
+            set_up: false,
+            mode: None,
+            iface: None,
+            vips: Vec::new(),
+            sysctls: Vec::new(),
+            decap: None,
+            problems: vec!["not set up".into()],
+        }
+    }
+
+    #[test]
+    fn the_text_form_names_what_is_missing() {
+        assert_eq!(
+            empty().render(),
+            "not set up (no record at /run/xvs/realserver.json)\n"
+        );
+        let mut st = empty();
+        st.set_up = true;
+        st.mode = Some(Mode::Tun);
+        st.iface = Some("eth0".into());
+        st.vips.push(VipStatus {
+            addr: "192.0.2.10".parse().unwrap(),
+            prefix: 32,
+            on_lo: false,
+            added_by_setup: true,
+        });
+        st.sysctls.push(SysctlStatus {
+            key: "net.ipv4.conf.all.arp_ignore".into(),
+            value: Some("1".into()),
+            want: "1".into(),
+            original: Some("0".into()),
+        });
+        st.decap = Some(DecapStatus {
+            iface: "eth0".into(),
+            prog_id: 7,
+            attached: true,
+            mode: Some(AttachedMode::Native),
+            locals: ["198.51.100.2".parse().unwrap()].into(),
+            vips: ["192.0.2.10".parse().unwrap()].into(),
+            gue_ports: BTreeSet::new(),
+            counters: [("decap_ipip".to_string(), 3)].into(),
+        });
+        st.problems = vec!["VIP 192.0.2.10 is not on lo".into()];
+        assert_eq!(
+            st.render(),
+            "real server: tun on eth0 (record /run/xvs/realserver.json)\n\
+             VIP 192.0.2.10/32 on lo: MISSING (bound by setup)\n\
+             net.ipv4.conf.all.arp_ignore = 1 (setup changed it from 0)\n\
+             decapsulator: xvs_decap (id 7) attached to eth0 (native)\n  \
+             local addresses: 198.51.100.2\n  \
+             VIPs: 192.0.2.10\n  \
+             GUE ports: none\n  \
+             decap_ipip             3\n\
+             problem: VIP 192.0.2.10 is not on lo\n"
+        );
+    }
 }
