@@ -1119,4 +1119,61 @@ mod tests {
             .unwrap_err();
         assert!(e.0.starts_with("line 4:"), "{e}");
     }
+
+    #[test]
+    fn tunnel_options_as_ipvsadm_reads_and_saves_them() {
+        // ipvsadm's save format for tunnels (ipvsadm.c print_tunnel_rule): "--tun-type ipip",
+        // "--tun-type gue --tun-port N --tun-nocsum|--tun-csum" after -w; IPv6 VIP to an IPv4
+        // server is allowed for tunnels only.
+        let rules = "\
+-A -t 203.0.113.10:80 -s rr
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -i -w 1 --tun-type ipip
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -i -w 2 --tun-type gue --tun-port 6080 --tun-nocsum
+-a -t 203.0.113.10:80 -r 198.51.100.13:80 -i -w 3 --tun-type gue --tun-port 6080 --tun-csum
+-a -t 203.0.113.10:80 -r [2001:db8::13]:80 -i -w 1 --tun-type ipip
+-A -t [2001:db8::10]:80 -s rr
+-a -t [2001:db8::10]:80 -r 198.51.100.14:80 -i -w 1 --tun-type ipip
+";
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        assert_eq!(
+            config.services[0].reals[1].forward,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gue,
+                port: 6080,
+                csum: false
+            })
+        );
+        // -i alone is IPIP, as in ipvsadm.
+        let c = parse_rules("-A -t 203.0.113.10:80\n-a -t 203.0.113.10:80 -r 198.51.100.11 -i\n")
+            .unwrap();
+        let mut config = Config::default();
+        config.apply_all(&c).unwrap();
+        assert_eq!(
+            config.services[0].reals[0].forward,
+            ForwardMethod::Tunnel(Tunnel::IPIP)
+        );
+        for (bad, why) in [
+            ("-r 198.51.100.11 -i --tun-type gue", "needs a port"),
+            (
+                "-r 198.51.100.11 -i --tun-type ipip --tun-port 1",
+                "apply to --tun-type gue only",
+            ),
+            ("-r 198.51.100.11 --tun-type gue --tun-port 1", "need -i"),
+            ("-r 198.51.100.11 -i --tun-type gre", "gre is not supported"),
+            (
+                "-r 198.51.100.11 -i --tun-type gue --tun-port 1 --tun-remcsum",
+                "remote checksum",
+            ),
+            ("-r [2001:db8::11] -g", "same address family"),
+        ] {
+            let text = format!("-A -t 203.0.113.10:80\n-a -t 203.0.113.10:80 {bad}\n");
+            let e = parse_rules(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| Config::default().apply_all(&c).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -65,6 +65,9 @@ pub enum DaemonError {
     /// Netlink setup failed.
     #[error(transparent)]
     Neighbor(#[from] neighbor::NeighborError),
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -87,6 +90,9 @@ pub struct DaemonOptions {
     pub sched_slots: u32,
     /// Table tunables.
     pub params: crate::scheduler::Params,
+    /// Outer source addresses of tunnelled packets (at most one per family; the FIB chooses for
+    /// a family left out).
+    pub tun_src: Vec<IpAddr>,
 }
 
 /// The desired state and the data plane it is pushed to.
@@ -95,17 +101,29 @@ pub struct Controller {
     dataplane: Dataplane,
     macs: HashMap<IpAddr, [u8; 6]>,
     timeouts: DataplaneConfig,
+    iface: String,
 }
 
 impl Controller {
     /// A controller with an empty configuration.
-    pub fn new(dataplane: Dataplane) -> Self {
+    pub fn new(dataplane: Dataplane, iface: &str) -> Self {
         Self {
             config: Config::default(),
             dataplane,
             macs: HashMap::new(),
             timeouts: DataplaneConfig::default(),
+            iface: iface.to_string(),
         }
+    }
+
+    /// Sets the outer source addresses of tunnelled packets.
+    pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), DaemonError> {
+        let mut t = self.timeouts;
+        crate::tunnel::set_sources(&mut t, sources)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        self.dataplane.set_config(t)?;
+        self.timeouts = t;
+        Ok(())
     }
 
     /// Applies changes as one transaction: validated on a copy, pushed to the data plane, and
@@ -121,7 +139,8 @@ impl Controller {
             return Err(e.to_string());
         }
         self.config = next;
-        Ok(self
+        let mut warnings = crate::tunnel::forwarding_warnings(&self.config, &self.iface);
+        warnings.extend(self
             .config
             .unmatched_groups(changes)
             .into_iter()
@@ -130,8 +149,8 @@ impl Controller {
                     "{k} matches no traffic until it is given matches: xvsadm -E {} ... --match PROTO:VIP:PORT",
                     crate::cli::service_option(&k)
                 )
-            })
-            .collect())
+            }));
+        Ok(warnings)
     }
 
     /// Direct-routing real-server addresses without a known MAC (a tunnelled server needs none).
@@ -388,7 +407,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     dataplane.attach(&opts.iface, opts.mode)?;
     info!(iface = %opts.iface, mode = ?opts.mode, "director attached");
     let shared = Arc::new(Shared {
-        controller: Mutex::new(Controller::new(dataplane)),
+        controller: Mutex::new({
+            let mut c = Controller::new(dataplane, &opts.iface);
+            c.set_tunnel_sources(&opts.tun_src)?;
+            c
+        }),
         neighbors: Neighbors::new(ifindex)?,
     });
     let listener = bind_socket(&opts.socket)?;

@@ -13,3 +13,4 @@ pub mod object;
 pub mod proto;
 pub mod realserver;
 pub mod scheduler;
+pub mod tunnel;

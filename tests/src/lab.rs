@@ -85,6 +85,16 @@ pub fn rs_ip6(i: usize) -> String {
     format!("2001:db8:1::{}", 10 + i)
 }
 
+/// IPv4 address of routed real server `i` (behind the lab's router, see Lab::add_routed_real).
+pub fn routed_ip4(i: usize) -> String {
+    format!("192.0.2.{}", 10 + i)
+}
+
+/// IPv6 address of routed real server `i`.
+pub fn routed_ip6(i: usize) -> String {
+    format!("2001:db8:2::{}", 10 + i)
+}
+
 /// Where the test binaries find xvsd and xvsadm: XVS_BIN_DIR (set by `cargo xtask test`), or
 /// target/release next to this crate.
 pub fn default_bin_dir() -> PathBuf {
@@ -227,6 +237,10 @@ impl Lab {
     }
 
     fn start_apache(&mut self, i: usize) -> Result<()> {
+        self.start_apache_at(i, &rs_ip4(i))
+    }
+
+    fn start_apache_at(&mut self, i: usize, addr: &str) -> Result<()> {
         let ns = self.ns(&format!("rs{i}"));
         let dir = self.dir.join(format!("rs{i}"));
         let www = dir.join("www");
@@ -270,7 +284,7 @@ impl Lab {
             .spawn()
             .context("spawning apache2")?;
         self.apaches.push(child);
-        let url = format!("http://{}/", rs_ip4(i));
+        let url = format!("http://{addr}/");
         poll(
             Duration::from_secs(15),
             &format!("apache2 on rs{i}"),
@@ -385,6 +399,85 @@ impl Lab {
         })??;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(HttpConn { stream })
+    }
+
+    /// Adds a router (`rt`: 198.51.100.254 / 2001:db8:1::fe on the lab segment, 192.0.2.254 /
+    /// 2001:db8:2::fe on a link of its own) and real server `rs{i}` behind it (routed_ip4(i),
+    /// routed_ip6(i)) running apache2; no VIPs or tunnel setup (the test does that, as an
+    /// operator would). The router's segment-side MTU is `segment_mtu`: with less than 1500, the
+    /// server's large replies to the client need path-MTU discovery, whose ICMP errors go to the
+    /// VIP, that is to the director. The director routes 192.0.2.0/24 and 2001:db8:2::/64 via the
+    /// router and forwards IP (which TUN forwarding needs).
+    pub fn add_routed_real(&mut self, i: usize, segment_mtu: u32) -> Result<()> {
+        let sw = self.ns("sw");
+        let rt = self.ns("rt");
+        let rs = self.ns(&format!("rs{i}"));
+        create(&rt)?;
+        create(&rs)?;
+        ip(&[
+            "-n", &sw, "link", "add", "p-rt", "type", "veth", "peer", "name", "eth0", "netns", &rt,
+        ])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "p-rt",
+            "master",
+            "br0",
+            "mtu",
+            &segment_mtu.to_string(),
+            "up",
+        ])?;
+        ip(&[
+            "-n", &rt, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &rs,
+        ])?;
+        let (v4, v6) = (routed_ip4(i), routed_ip6(i));
+        let script = format!(
+            "set -e
+            ip link set eth0 mtu {segment_mtu} up
+            ip link set eth1 up
+            ip addr add 198.51.100.254/24 dev eth0
+            ip addr add 2001:db8:1::fe/64 dev eth0 nodad
+            ip addr add 192.0.2.254/24 dev eth1
+            ip addr add 2001:db8:2::fe/64 dev eth1 nodad
+            ip route add 203.0.113.0/24 via 198.51.100.2
+            ip -6 route add 2001:db8:10::/64 via 2001:db8:1::2
+            sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1
+            ethtool -K eth0 tx off >/dev/null
+            ethtool -K eth1 tx off >/dev/null"
+        );
+        let out = sh(&rt, &script)?;
+        if !out.status.success() {
+            bail!("router setup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let script = format!(
+            "set -e
+            ip link set eth0 up
+            ip addr add {v4}/24 dev eth0
+            ip addr add {v6}/64 dev eth0 nodad
+            ip route add default via 192.0.2.254
+            ip -6 route add default via 2001:db8:2::fe
+            ethtool -K eth0 tx off >/dev/null"
+        );
+        let out = sh(&rs, &script)?;
+        if !out.status.success() {
+            bail!(
+                "routed real server setup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = sh(
+            &self.ns("dir"),
+            "set -e
+            ip route add 192.0.2.0/24 via 198.51.100.254
+            ip -6 route add 2001:db8:2::/64 via 2001:db8:1::fe
+            sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
+        )?;
+        if !out.status.success() {
+            bail!("director routes: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.start_apache_at(i, &v4)
     }
 
     /// Path of a real server's apache pid file.

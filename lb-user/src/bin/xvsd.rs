@@ -36,6 +36,10 @@ struct Opts {
     /// recomputation (each second).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     plan_len: u32,
+    /// Outer source address of tunnelled packets, one per family (repeat for IPv4 and IPv6).
+    /// Default: the address the kernel's FIB prefers toward each real server.
+    #[arg(long = "tun-src", value_name = "ADDR")]
+    tun_src: Vec<std::net::IpAddr>,
 }
 
 fn parse_mh_size(s: &str) -> Result<usize, String> {
@@ -61,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             maglev_size: opts.mh_table_size,
             plan_len: opts.plan_len as usize,
         },
+        tun_src: opts.tun_src.clone(),
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface))

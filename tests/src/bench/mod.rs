@@ -10,6 +10,7 @@ pub mod chart;
 pub mod control;
 pub mod live;
 pub mod paths;
+pub mod tunnel;
 
 use std::fmt::Write;
 

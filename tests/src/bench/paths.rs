@@ -40,10 +40,26 @@ pub struct Scale {
 
 /// One BPF_PROG_TEST_RUN with repeat = 1: verdict, kernel-measured ns, output bytes.
 fn run_once(prog: &mut Xdp, pkt: &[u8], out: &mut [u8]) -> Result<(u32, u64, usize)> {
+    run_once_on(prog, pkt, out, None)
+}
+
+/// run_once as if the packet arrived on `ifindex` of the calling thread's namespace (FIB
+/// lookups then see that namespace's routes).
+pub(crate) fn run_once_on(
+    prog: &mut Xdp,
+    pkt: &[u8],
+    out: &mut [u8],
+    ifindex: Option<u32>,
+) -> Result<(u32, u64, usize)> {
+    // struct xdp_md: data, data_end (= the packet's length), data_meta, ingress_ifindex, ...
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.unwrap_or(0).to_ne_bytes());
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(out),
+            ctx_in: ifindex.map(|_| &ctx[..]),
             ..Default::default()
         })
         .context("BPF_PROG_TEST_RUN")?;
@@ -62,13 +78,25 @@ fn measure(
     runs: usize,
     reps: usize,
 ) -> Result<Spread> {
+    measure_on(prog, packets, verdict, runs, reps, None)
+}
+
+/// measure, with the packets arriving on `ifindex`.
+pub(crate) fn measure_on(
+    prog: &mut Xdp,
+    packets: &[Vec<u8>],
+    verdict: u32,
+    runs: usize,
+    reps: usize,
+    ifindex: Option<u32>,
+) -> Result<Spread> {
     let mut out = vec![0u8; 2048];
     let mut means = Vec::with_capacity(reps);
     let mut i = 0;
     for _ in 0..reps {
         let mut total = 0u64;
         for _ in 0..runs {
-            let (v, ns, _) = run_once(prog, &packets[i % packets.len()], &mut out)?;
+            let (v, ns, _) = run_once_on(prog, &packets[i % packets.len()], &mut out, ifindex)?;
             if v != verdict {
                 bail!("run {i}: verdict {v}, expected {verdict}: the intended path was not taken");
             }
@@ -217,7 +245,7 @@ pub fn prefill(dp: &mut Dataplane, scale: &Scale) -> Result<()> {
     Ok(())
 }
 
-fn reason(dp: &Dataplane, r: Reason) -> Result<u64> {
+pub(crate) fn reason(dp: &Dataplane, r: Reason) -> Result<u64> {
     Ok(dp
         .reasons()?
         .into_iter()

@@ -9,7 +9,7 @@ use xvs_tests::{
         control::{self, Daemon},
         live,
         paths::{self, Scale},
-        PathResult, Target,
+        tunnel, PathResult, Target,
     },
     lab::default_bin_dir,
 };
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     println!("loading the director and filling the connection table...");
     let mut dp = paths::director(&scale)?;
     paths::prefill(&mut dp, &scale)?;
-    let results = paths::director_paths(&mut dp, &scale)?;
+    let mut results = paths::director_paths(&mut dp, &scale)?;
     // The controller's periodic work: walking the filled connection table (counts, templates)
     // and recomputing load-aware tables, as xvsd does each second.
     let scan_ms = control::time_ms(|| {
@@ -82,6 +82,8 @@ fn main() -> Result<()> {
         anyhow::ensure!(n > 0, "the scan found no connection");
         Ok(())
     })?;
+    println!("tunnel paths (in a namespace of their own)...");
+    results.extend(tunnel::tunnel_paths(&scale)?);
     let floor_b = paths::floor(&scale)?;
     // The faster floor of the two: never flatters the figures over it.
     let floor = if floor_a.ns.median <= floor_b.ns.median {
