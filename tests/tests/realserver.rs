@@ -122,14 +122,23 @@ impl RsLab {
 
     /// `xvsadm realserver ARGS --state ...` inside the real server namespace.
     fn xvsadm(&self, args: &[&str]) -> Output {
+        let state = self.state();
+        self.xvsadm_with(&[args, &["--state", state.to_str().unwrap()]].concat())
+    }
+
+    /// `xvsadm realserver ARGS` inside the real server namespace, as given.
+    fn xvsadm_with(&self, args: &[&str]) -> Output {
         netns::cmd_in(&self.rs, default_bin_dir().join("xvsadm").to_str().unwrap())
             .arg("realserver")
             .args(args)
-            .arg("--state")
-            .arg(self.state())
             .stdin(Stdio::null())
             .output()
             .expect("run xvsadm")
+    }
+
+    /// The record xvsadm keeps for the real server namespace when not told where.
+    fn default_state(&self) -> PathBuf {
+        PathBuf::from(format!("/run/xvs/netns/{}/realserver.json", self.rs))
     }
 
     /// As xvsadm, and it must succeed: its stdout.
@@ -244,6 +253,9 @@ impl Drop for RsLab {
         netns::destroy(&self.rs);
         netns::destroy(&self.peer);
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = self.default_state().parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -835,6 +847,61 @@ fn dr_real_server_hides_its_vips_from_arp_and_answers_routed_traffic() -> Result
         lab.lo_addrs()?.contains(&format!("{VIP4}/32"))
             && !lab.lo_addrs()?.contains(&format!("{VIP6}/128")),
         "the VIP that was there stays, the one setup bound goes"
+    );
+    Ok(())
+}
+
+#[test]
+fn each_named_namespace_has_its_own_record_and_a_dead_ones_is_replaced() -> Result<()> {
+    let lab = RsLab::new("stale", true)?;
+    let ok = |out: Output| -> Result<String> {
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let setup = ["setup", "--mode", "tun", "--vip", VIP4];
+    // No --state: under `ip netns exec NAME` the record is NAME's own.
+    ok(lab.xvsadm_with(&setup))?;
+    let record = lab.default_state();
+    ensure!(record.exists(), "{} written", record.display());
+    ok(lab.xvsadm_with(&["status"]))?;
+
+    // The namespace dies without a teardown (a crash), and a new one takes its name.
+    netns::destroy(&lab.rs);
+    netns::create(&lab.rs)?;
+    let out = lab.xvsadm_with(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.status.success() && text.contains("no longer exists"),
+        "{text}"
+    );
+    // Setup in the new namespace replaces the dead one's record instead of refusing.
+    netns::ip(&[
+        "-n", &lab.rs, "link", "add", RS_IF, "type", "veth", "peer", "name", "rs1",
+    ])?;
+    netns::ip(&[
+        "-n",
+        &lab.rs,
+        "addr",
+        "add",
+        &format!("{RS4}/24"),
+        "dev",
+        RS_IF,
+    ])?;
+    netns::ip(&["-n", &lab.rs, "link", "set", RS_IF, "up"])?;
+    let out = ok(lab.xvsadm_with(&[&setup[..], &["--iface", RS_IF]].concat()))?;
+    ensure!(
+        out.contains("no longer exists") && out.contains("bound"),
+        "{out}"
+    );
+    ok(lab.xvsadm_with(&["status"]))?;
+    ok(lab.xvsadm_with(&["teardown"]))?;
+    ensure!(
+        !record.parent().unwrap().exists(),
+        "the namespace's record directory is removed"
     );
     Ok(())
 }

@@ -27,7 +27,7 @@ use thiserror::Error;
 
 use crate::decap::{AttachedMode, DecapError, XdpMode};
 use host::LOOPBACK;
-use state::{Request, DEFAULT_STATE};
+use state::Request;
 
 pub use setup::{setup, SetupReport};
 pub use status::{status, DecapStatus, Status, SysctlStatus, VipStatus};
@@ -54,7 +54,7 @@ pub enum RealServerError {
     )]
     AlreadySetUp(String),
     /// The record was written in another network namespace.
-    #[error("{0} records a setup of another network namespace; give this one its own --state")]
+    #[error("{0} records the setup of another network namespace, which still exists; give this one its own --state")]
     OtherNetns(PathBuf),
     /// Another XDP program holds the interface.
     #[error("{iface} already has an XDP program attached (id {prog_id}, {name}); detach it first")]
@@ -142,9 +142,10 @@ impl std::fmt::Display for Mode {
     about = "Set this host up as an LVS real server (DR or TUN), show it, undo it"
 )]
 pub struct Args {
-    /// Where setup records what it changed.
-    #[arg(long, global = true, env = "XVS_REALSERVER_STATE", default_value = DEFAULT_STATE)]
-    pub state: PathBuf,
+    /// Where setup records what it changed [default: /run/xvs/realserver.json; inside
+    /// `ip netns exec NAME`: /run/xvs/netns/NAME/realserver.json].
+    #[arg(long, global = true, env = "XVS_REALSERVER_STATE")]
+    pub state: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -263,12 +264,13 @@ fn run(args: &Args) -> Result<ExitCode, RealServerError> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let state = args.state.clone().unwrap_or_else(state::default_path);
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         match &args.cmd {
             Cmd::Setup(s) => {
                 let req = s.request()?;
-                let report = setup(&handle, &args.state, req).await?;
+                let report = setup(&handle, &state, req).await?;
                 for line in &report.changes {
                     println!("{line}");
                 }
@@ -287,7 +289,7 @@ fn run(args: &Args) -> Result<ExitCode, RealServerError> {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Status { json } => {
-                let st = status(&handle, &args.state).await?;
+                let st = status(&handle, &state).await?;
                 if *json {
                     println!(
                         "{}",
@@ -303,7 +305,7 @@ fn run(args: &Args) -> Result<ExitCode, RealServerError> {
                 })
             }
             Cmd::Teardown => {
-                for line in teardown(&handle, &args.state).await? {
+                for line in teardown(&handle, &state).await? {
                     println!("{line}");
                 }
                 Ok(ExitCode::SUCCESS)

@@ -41,7 +41,16 @@ pub async fn setup(
 ) -> Result<SetupReport, RealServerError> {
     let _lock = StateLock::acquire(state_path)?;
     let netns = state::netns_id()?;
-    let prior = state::load(state_path)?;
+    let mut prior = state::load(state_path)?;
+    let mut stale = false;
+    if prior
+        .as_ref()
+        .is_some_and(|p| p.netns != netns && !state::netns_alive(p.netns))
+    {
+        // Its namespace is gone, and everything the record describes went with it.
+        prior = None;
+        stale = true;
+    }
     if let Some(p) = &prior {
         if p.netns != netns {
             return Err(RealServerError::OtherNetns(state_path.to_path_buf()));
@@ -103,6 +112,12 @@ pub async fn setup(
         summary: format!("{} on {iface}", req.mode),
         ..Default::default()
     };
+    if stale {
+        report.kept.push(format!(
+            "replaced {}: it recorded a network namespace that no longer exists",
+            state_path.display()
+        ));
+    }
     let mut undo = Vec::new();
     let steps = async {
         apply_sysctls(&req, &iface, &mut rec, &mut report, &mut undo, state_path)?;

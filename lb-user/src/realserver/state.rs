@@ -15,8 +15,65 @@ use serde::{Deserialize, Serialize};
 use super::{host::Sysctl, Mode, RealServerError};
 use crate::decap::{AttachedMode, XdpMode};
 
-/// Where the record lives unless --state or XVS_REALSERVER_STATE says otherwise.
+/// Where the record lives unless --state or XVS_REALSERVER_STATE says otherwise (and unless
+/// xvsadm runs in a named network namespace, see `default_path`).
 pub const DEFAULT_STATE: &str = "/run/xvs/realserver.json";
+
+/// Where named network namespaces' records live: `/run/xvs/netns/NAME/realserver.json`.
+const NETNS_STATE_DIR: &str = "/run/xvs/netns";
+
+/// The default record: DEFAULT_STATE, or, inside a network namespace named in /run/netns (what
+/// `ip netns exec NAME` runs in), one of its own: /run is shared by every namespace, and each
+/// namespace is a real server of its own.
+pub fn default_path() -> PathBuf {
+    match current_netns_name() {
+        Some(name) => Path::new(NETNS_STATE_DIR)
+            .join(name)
+            .join("realserver.json"),
+        None => PathBuf::from(DEFAULT_STATE),
+    }
+}
+
+/// Whether `path` is a named namespace's default record (teardown removes its directory too).
+pub fn is_netns_default(path: &Path) -> bool {
+    path.parent()
+        .and_then(Path::parent)
+        .is_some_and(|d| d == Path::new(NETNS_STATE_DIR))
+}
+
+/// The name under /run/netns of this process's network namespace, if it has one.
+fn current_netns_name() -> Option<String> {
+    let me = std::fs::metadata("/proc/self/ns/net").ok()?;
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| {
+            std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == me.ino() && m.dev() == me.dev())
+        })
+        .and_then(|e| e.file_name().into_string().ok())
+}
+
+/// Whether network namespace `ino` still exists: some process is in it or /run/netns names it.
+/// A record of a namespace that is gone describes nothing left (its interfaces, addresses and
+/// sysctls went with it).
+pub fn netns_alive(ino: u64) -> bool {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino));
+    named
+        || std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .any(|e| std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| m.ino() == ino))
+}
 
 /// Format version of the record.
 const VERSION: u32 = 1;

@@ -186,8 +186,12 @@ pub async fn status(
     st.mode = Some(rec.request.mode);
     st.iface = Some(rec.iface.clone());
     if rec.netns != state::netns_id()? {
-        st.problems
-            .push("the record belongs to another network namespace".into());
+        st.problems.push(if state::netns_alive(rec.netns) {
+            "the record belongs to another network namespace".into()
+        } else {
+            "the record is of a network namespace that no longer exists (teardown removes it)"
+                .into()
+        });
         return Ok(st);
     }
     let on_lo: BTreeSet<IpAddr> = match host::ifindex(LOOPBACK) {

@@ -23,7 +23,14 @@ pub async fn teardown(
         )]);
     };
     if rec.netns != state::netns_id()? {
-        return Err(RealServerError::OtherNetns(state_path.to_path_buf()));
+        if state::netns_alive(rec.netns) {
+            return Err(RealServerError::OtherNetns(state_path.to_path_buf()));
+        }
+        remove_record(state_path)?;
+        return Ok(vec![format!(
+            "removed {}: it recorded a network namespace that no longer exists",
+            state_path.display()
+        )]);
     }
     let mut out = Vec::new();
     let mut failed = Vec::new();
@@ -82,7 +89,7 @@ pub async fn teardown(
     }
     rec.sysctls = kept_sysctls;
     if failed.is_empty() {
-        state::remove(state_path)?;
+        remove_record(state_path)?;
         out.push("torn down".into());
         Ok(out)
     } else {
@@ -115,4 +122,16 @@ async fn teardown_decap(
             d.iface
         )),
     }
+}
+
+/// Removes the record, and a named namespace's record directory with it.
+fn remove_record(path: &Path) -> Result<(), RealServerError> {
+    state::remove(path)?;
+    if state::is_netns_default(path) {
+        if let Some(dir) = path.parent() {
+            // Not empty (someone keeps files there): leave it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    Ok(())
 }
