@@ -1,13 +1,17 @@
-//! xvsadm's command line: ipvsadm's commands and options, turned into control requests.
+//! xvsadm's command line: ipvsadm's commands and options (ipvsadm.c of ipvsadm 1.31), turned
+//! into control requests.
 //!
-//! Options that only make sense for IPVS inside the kernel (masquerading, the sync daemon) or
-//! that xvs does not have yet are refused with a reason, never ignored.
+//! Every command and option of ipvsadm(8) is known. The ones that work do what they do in
+//! ipvsadm, with ipvsadm's table of which options go with which command (commands_v_options)
+//! and its defaults. The ones with no meaning for an XDP director (masquerading, the sync
+//! daemon, SCTP, persistence engines) or that xvs does not have yet are refused with the reason,
+//! never ignored.
 //!
 //! `-f MARK` names a service group: netfilter marks cannot reach XDP (it runs first), so what a
 //! group takes is declared on it with `--match PROTO:VIP:PORT` instead of an iptables rule.
 
 use std::{
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -18,24 +22,20 @@ use crate::{
     listing::{Format, ListOptions},
     model::{
         Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
-        ServiceKey, Tunnel, TunnelKind, VirtualAddr,
+        ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
     },
+    names::{self, Names, Numeric},
     proto::DEFAULT_SOCKET,
 };
 
-/// xvsadm's arguments, ipvsadm's spelling.
+/// xvsadm's arguments, ipvsadm's spelling. `--help` prints [`crate::help::USAGE`], not clap's
+/// generated text, so the help reads like ipvsadm's.
 #[derive(Parser, Debug)]
 #[command(
     name = "xvsadm",
-    version,
-    about = "Administer xvs, the XDP Virtual Server, with ipvsadm's commands",
-    long_about = "Administer xvs, the XDP Virtual Server. xvsadm speaks ipvsadm's syntax: \
-                  the commands LVS operators already type work unchanged, e.g.\n\n  \
-                  xvsadm -A -t 203.0.113.10:80 -s wrr\n  \
-                  xvsadm -a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 3\n  \
-                  xvsadm -L -n\n\n\
-                  It talks to the xvsd daemon over a Unix socket (--socket or XVS_SOCKET).",
-    group(ArgGroup::new("command").required(true).multiple(false)),
+    disable_help_flag = true,
+    disable_version_flag = true,
+    group(ArgGroup::new("command").multiple(false)),
 )]
 pub struct Args {
     /// Add a virtual service.
@@ -73,47 +73,67 @@ pub struct Args {
         group = "command"
     )]
     pub list: bool,
-    /// Zero the packet, byte and connection counters.
+    /// Zero the counters and rates of one service or of all.
     #[arg(short = 'Z', long = "zero", group = "command")]
     pub zero: bool,
     /// Set connection timeouts in seconds (0 keeps a value): tcp tcpfin udp.
     #[arg(long = "set", num_args = 3, value_names = ["TCP", "TCPFIN", "UDP"], group = "command")]
-    pub set: Option<Vec<u64>>,
-    /// (IPVS sync daemon: not applicable to xvs.)
+    pub set: Option<Vec<String>>,
+    /// IPVS sync daemon (refused).
     #[arg(long = "start-daemon", group = "command", value_name = "STATE")]
     pub start_daemon: Option<String>,
-    /// (IPVS sync daemon: not applicable to xvs.)
+    /// IPVS sync daemon (refused).
     #[arg(long = "stop-daemon", group = "command", value_name = "STATE")]
     pub stop_daemon: Option<String>,
+    /// Print the help.
+    #[arg(short = 'h', long = "help", group = "command")]
+    pub help: bool,
+    /// Print the version (ipvsadm's -v; -V as most tools).
+    #[arg(
+        short = 'v',
+        visible_short_alias = 'V',
+        long = "version",
+        group = "command"
+    )]
+    pub version: bool,
 
-    /// TCP service: VIP:port, or [IPv6]:port.
+    /// TCP service: host[:port], or [IPv6]:port.
     #[arg(short = 't', long = "tcp-service", value_name = "SERVICE-ADDRESS")]
     pub tcp_service: Option<String>,
-    /// UDP service: VIP:port, or [IPv6]:port.
+    /// UDP service: host[:port], or [IPv6]:port.
     #[arg(short = 'u', long = "udp-service", value_name = "SERVICE-ADDRESS")]
     pub udp_service: Option<String>,
-    /// Service group, ipvsadm's firewall-mark service: a mark > 0 naming it. What it takes is
-    /// given with --match (netfilter marks are set after XDP has run, so they cannot be used).
+    /// SCTP service (refused).
+    #[arg(long = "sctp-service", value_name = "SERVICE-ADDRESS")]
+    pub sctp_service: Option<String>,
+    /// Service group, ipvsadm's firewall-mark service.
     #[arg(short = 'f', long = "fwmark-service", value_name = "FWMARK")]
     pub fwmark_service: Option<String>,
     /// With -f: an IPv6 service group.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
-    /// xvs only, with -A/-E -f: traffic the group takes, PROTO:VIP:PORT (tcp:203.0.113.10:443,
-    /// udp:[2001:db8::10]:53; port 0 = every port). Repeatable; on -E it replaces the group's
-    /// matches (omitted: they are kept; `--match none`: the group takes no traffic).
+    /// xvs only, with -A/-E -f: traffic the group takes, PROTO:VIP:PORT.
     #[arg(long = "match", value_name = "PROTO:VIP:PORT", action = clap::ArgAction::Append)]
     pub matches: Vec<String>,
-    /// Scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos (default wlc).
+    /// Scheduler (default wlc).
     #[arg(short = 's', long = "scheduler", value_name = "SCHEDULER")]
     pub scheduler: Option<String>,
     /// Persistent service, with a timeout in seconds (default 300).
     #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "300", value_name = "TIMEOUT")]
-    pub persistent: Option<u32>,
-    /// Persistence granularity: a client netmask (255.255.255.0) or prefix length (IPv6: 64).
+    pub persistent: Option<String>,
+    /// Persistence granularity.
     #[arg(short = 'M', long = "netmask", value_name = "NETMASK")]
     pub netmask: Option<String>,
-    /// Real server: address[:port] ([IPv6]:port). In DR mode the port is the service's.
+    /// Persistence engine (refused).
+    #[arg(long = "pe", value_name = "ENGINE")]
+    pub pe: Option<String>,
+    /// Scheduler flags.
+    #[arg(short = 'b', long = "sched-flags", value_name = "FLAGS")]
+    pub sched_flags: Option<String>,
+    /// One-packet scheduling (refused).
+    #[arg(short = 'o', long = "ops")]
+    pub ops: bool,
+    /// Real server: host[:port].
     #[arg(short = 'r', long = "real-server", value_name = "SERVER-ADDRESS")]
     pub real_server: Option<String>,
     /// Direct routing (the default).
@@ -122,81 +142,106 @@ pub struct Args {
     /// Tunnelling: encapsulate to the real server, which may be routed (see --tun-type).
     #[arg(short = 'i', long = "ipip")]
     pub ipip: bool,
-    /// Tunnel type with -i: ipip (IP-in-IP, IP6IP6, 4in6, 6in4; the default) or gue.
+    /// Masquerading (refused).
+    #[arg(short = 'm', long = "masquerading")]
+    pub masquerading: bool,
+    /// Tunnel type with -i: ipip (IPIP, IP6IP6, 4in6, 6in4; the default) or gue.
     #[arg(long = "tun-type", value_name = "TYPE")]
     pub tun_type: Option<String>,
     /// GUE destination port on the real server (required with --tun-type gue).
     #[arg(long = "tun-port", value_name = "PORT")]
-    pub tun_port: Option<u16>,
-    /// GUE over IPv4: no outer UDP checksum (the default, as ipvsadm).
+    pub tun_port: Option<String>,
+    /// GUE over IPv4 without an outer UDP checksum (the default, as ipvsadm's).
     #[arg(long = "tun-nocsum")]
     pub tun_nocsum: bool,
-    /// GUE over IPv4: fill the outer UDP checksum.
+    /// GUE over IPv4 with an outer UDP checksum (over IPv6 it is always filled).
     #[arg(long = "tun-csum")]
     pub tun_csum: bool,
     /// GUE remote checksum offload (refused: the decapsulator does not implement it).
     #[arg(long = "tun-remcsum")]
     pub tun_remcsum: bool,
-    /// Masquerading (refused: xvs forwards by DR and tunnels).
-    #[arg(short = 'm', long = "masquerading")]
-    pub masquerading: bool,
-    /// Real server weight, 0..=65535 (0 quiesces: no new connections).
+    /// Real server weight, 0..=65535.
     #[arg(
         short = 'w',
         long = "weight",
         value_name = "WEIGHT",
         allow_negative_numbers = true
     )]
-    pub weight: Option<i64>,
-    /// Upper connection threshold: no new connections above it (0 = none).
-    #[arg(short = 'x', long = "u-threshold", value_name = "UTHRESHOLD")]
-    pub u_threshold: Option<u32>,
-    /// Lower connection threshold: an overloaded server takes new connections again below it.
-    #[arg(short = 'y', long = "l-threshold", value_name = "LTHRESHOLD")]
-    pub l_threshold: Option<u32>,
-    /// One-packet scheduling (not implemented yet).
-    #[arg(short = 'o', long = "ops")]
-    pub ops: bool,
-    /// Scheduler flags: sh-fallback, sh-port, mh-fallback, mh-port (comma-separated).
-    #[arg(short = 'b', long = "sched-flags", value_name = "FLAGS")]
-    pub sched_flags: Option<String>,
-    /// Persistence engine (not implemented yet).
-    #[arg(long = "pe", value_name = "ENGINE")]
-    pub pe: Option<String>,
-    /// Numeric output (xvs never resolves names; accepted for compatibility).
+    pub weight: Option<String>,
+    /// Upper connection threshold.
+    #[arg(
+        short = 'x',
+        long = "u-threshold",
+        value_name = "UTHRESHOLD",
+        allow_negative_numbers = true
+    )]
+    pub u_threshold: Option<String>,
+    /// Lower connection threshold.
+    #[arg(
+        short = 'y',
+        long = "l-threshold",
+        value_name = "LTHRESHOLD",
+        allow_negative_numbers = true
+    )]
+    pub l_threshold: Option<String>,
+    /// Numeric output.
     #[arg(short = 'n', long = "numeric")]
     pub numeric: bool,
-    /// With -L: list live connections.
+    /// With -L: list connections.
     #[arg(short = 'c', long = "connection")]
     pub connection: bool,
-    /// With -L: totals of connections, packets and bytes.
-    #[arg(long = "stats")]
-    pub stats: bool,
-    /// With -L: rates (not implemented yet).
-    #[arg(long = "rate")]
-    pub rate: bool,
-    /// With -L: exact numbers, no K/M/G.
-    #[arg(long = "exact")]
-    pub exact: bool,
-    /// With -L: upper/lower thresholds and connection counts.
-    #[arg(long = "thresholds")]
-    pub thresholds: bool,
-    /// With -L: weights, persistence templates and connection counts.
-    #[arg(long = "persistent-conn")]
-    pub persistent_conn: bool,
-    /// With -L: sort (the default, as ipvsadm; accepted for compatibility).
-    #[arg(long = "sort")]
-    pub sort: bool,
-    /// With -L: list services and real servers in the order they were added.
-    #[arg(long = "nosort")]
-    pub nosort: bool,
     /// With -L: show the connection timeouts.
     #[arg(long = "timeout")]
     pub timeout: bool,
+    /// With -L: sync daemon state (refused).
+    #[arg(long = "daemon")]
+    pub daemon: bool,
+    /// With -L: totals.
+    #[arg(long = "stats")]
+    pub stats: bool,
+    /// With -L: rates.
+    #[arg(long = "rate")]
+    pub rate: bool,
+    /// With -L: exact numbers (ipvsadm's hidden short form is -X).
+    #[arg(short = 'X', long = "exact")]
+    pub exact: bool,
+    /// With -L: thresholds.
+    #[arg(long = "thresholds")]
+    pub thresholds: bool,
+    /// With -L: persistence templates.
+    #[arg(long = "persistent-conn")]
+    pub persistent_conn: bool,
+    /// With -L: tunnel information.
+    #[arg(long = "tun-info")]
+    pub tun_info: bool,
+    /// With -L: sort (the default; accepted for compatibility).
+    #[arg(long = "sort")]
+    pub sort: bool,
+    /// With -L: the order services and real servers were added.
+    #[arg(long = "nosort")]
+    pub nosort: bool,
+    /// Sync daemon option (refused).
+    #[arg(long = "mcast-interface", value_name = "INTERFACE")]
+    pub mcast_interface: Option<String>,
+    /// Sync daemon option (refused).
+    #[arg(long = "syncid", value_name = "SID")]
+    pub syncid: Option<String>,
+    /// Sync daemon option (refused).
+    #[arg(long = "mcast-group", value_name = "ADDRESS")]
+    pub mcast_group: Option<String>,
+    /// Sync daemon option (refused).
+    #[arg(long = "mcast-port", value_name = "PORT")]
+    pub mcast_port: Option<String>,
+    /// Sync daemon option (refused).
+    #[arg(long = "mcast-ttl", value_name = "TTL")]
+    pub mcast_ttl: Option<String>,
+    /// Sync daemon option (refused).
+    #[arg(long = "sync-maxlen", value_name = "LENGTH")]
+    pub sync_maxlen: Option<String>,
     /// Control socket of xvsd.
     #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// With -L: print JSON instead of ipvsadm's table.
+    /// JSON instead of ipvsadm's text, for every listing.
     #[arg(long)]
     pub json: bool,
 }
@@ -216,11 +261,18 @@ pub enum Action {
         json: bool,
     },
     /// Show the timeouts (`-L --timeout`).
-    ListTimeouts,
+    ListTimeouts {
+        /// JSON instead of ipvsadm's line.
+        json: bool,
+    },
     /// Show live connections (`-L -c`).
     ListConnections {
         /// JSON instead of ipvsadm's table.
         json: bool,
+        /// `-n`: numbers, not names.
+        numeric: bool,
+        /// `--persistent-conn`: ipvsadm's wider title.
+        persistent_conn: bool,
     },
     /// Set timeouts in seconds; None keeps a value.
     SetTimeouts {
@@ -231,12 +283,22 @@ pub enum Action {
         /// UDP.
         udp: Option<u64>,
     },
-    /// Zero counters.
-    Zero,
+    /// Zero counters and rates, of one service or of all.
+    Zero {
+        /// `-Z -t VIP:port`.
+        service: Option<ServiceKey>,
+    },
     /// Print the rules in -R's format.
-    Save,
+    Save {
+        /// `-n`: numbers, not names.
+        numeric: bool,
+    },
     /// Read rules from standard input.
     Restore,
+    /// Print the help.
+    Help,
+    /// Print the version.
+    Version,
 }
 
 /// A command line that cannot be carried out.
@@ -248,203 +310,320 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
     Err(CliError(msg.into()))
 }
 
-fn not_yet(what: &str) -> CliError {
-    CliError(format!("{what} is not implemented by xvs yet"))
+/// ipvsadm's commands, in the order of its commands_v_options table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    Add,
+    Edit,
+    Del,
+    Flush,
+    List,
+    AddDest,
+    DelDest,
+    EditDest,
+    Timeout,
+    StartDaemon,
+    StopDaemon,
+    Restore,
+    Save,
+    Zero,
 }
+
+/// ipvsadm's cmdnames.
+const CMD_NAMES: [&str; 14] = [
+    "add-service",
+    "edit-service",
+    "delete-service",
+    "flush",
+    "list",
+    "add-server",
+    "delete-server",
+    "edit-server",
+    "set",
+    "start-daemon",
+    "stop-daemon",
+    "restore",
+    "save",
+    "zero",
+];
+
+/// ipvsadm's optnames, in the order of the table's columns.
+const OPT_NAMES: [&str; 34] = [
+    "numeric",
+    "connection",
+    "service-address",
+    "scheduler",
+    "persistent",
+    "netmask",
+    "real-server",
+    "forwarding-method",
+    "weight",
+    "u-threshold",
+    "l-threshold",
+    "mcast-interface",
+    "timeout",
+    "daemon",
+    "stats",
+    "rate",
+    "thresholds",
+    "persistent-conn",
+    "nosort",
+    "syncid",
+    "exact",
+    "ops",
+    "pe",
+    "sched-flags",
+    "mcast-group",
+    "mcast-port",
+    "mcast-ttl",
+    "sync-maxlen",
+    "tun-info",
+    "tun-type",
+    "tun-port",
+    "tun-nocsum",
+    "tun-csum",
+    "tun-remcsum",
+];
+
+/// ipvsadm.c commands_v_options, one row per command, one character per option of
+/// [`OPT_NAMES`]: '+' compulsory, 'x' illegal, '1' at most one of the '1's, ' ' optional.
+///
+/// ```text
+///              -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -pe -b grp port ttl size tinf type tprt nocs csum remc
+/// ```
+const COMMANDS_V_OPTIONS: [&[u8; 34]; 14] = [
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // add-service
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // edit-service
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-service
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // flush
+    b" 11xxxxxxxxx11       xxxxxxx xxxxx", // list
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // add-server
+    b"xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-server
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // edit-server
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // set
+    b"xxxxxxxxxxx xxxxxxx xxxx    xxxxxx", // start-daemon
+    b"xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxx", // stop-daemon
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // restore
+    b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // save
+    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // zero
+];
+
+/// Why the sync daemon has no place in xvs.
+const NO_SYNC_DAEMON: &str = "the IPVS connection-sync daemon does not apply to xvs: each \
+     director keeps its own connection table in an eBPF map (use mh so that directors behind \
+     ECMP agree on real servers without talking)";
 
 impl Args {
     /// Turns ipvsadm's flags into an action, refusing what xvs cannot honour.
     pub fn action(&self) -> Result<Action, CliError> {
+        if self.help {
+            return Ok(Action::Help);
+        }
+        if self.version {
+            return Ok(Action::Version);
+        }
+        let cmd = self.command()?;
+        self.check_options(cmd)?;
         self.refuse_unsupported()?;
-        if self.list {
-            if self.timeout {
-                return Ok(Action::ListTimeouts);
-            }
-            if self.rate {
-                return Err(not_yet("--rate"));
-            }
-            if self.connection {
-                return Ok(Action::ListConnections { json: self.json });
-            }
-            return Ok(Action::List {
-                opts: ListOptions {
-                    format: if self.stats {
-                        Format::Stats
-                    } else if self.thresholds {
-                        Format::Thresholds
-                    } else if self.persistent_conn {
-                        Format::PersistentConn
-                    } else {
-                        Format::Plain
-                    },
-                    exact: self.exact,
-                    nosort: self.nosort,
-                },
+        self.check_xvs_options(cmd)?;
+        match cmd {
+            Cmd::List => self.list_action(),
+            Cmd::Zero => Ok(Action::Zero {
                 service: self.service_opt()?,
-                json: self.json,
-            });
-        }
-        if self.zero {
-            return Ok(Action::Zero);
-        }
-        if self.save {
-            return Ok(Action::Save);
-        }
-        if self.restore {
-            return Ok(Action::Restore);
-        }
-        if let Some(v) = &self.set {
-            let keep = |x: u64| if x == 0 { None } else { Some(x) };
-            return Ok(Action::SetTimeouts {
-                tcp: keep(v[0]),
-                tcpfin: keep(v[1]),
-                udp: keep(v[2]),
-            });
-        }
-        if self.clear {
-            return Ok(Action::Apply(vec![Change::Clear]));
-        }
-        let key = self.service_opt()?.ok_or_else(|| {
-            CliError("a service is required: -t or -u SERVICE-ADDRESS, or -f FWMARK".into())
-        })?;
-        let matches = self.matches_opt(&key)?;
-        // -A and -E set every option of the service, -a and -e every option of the real
-        // server, with ipvsadm's defaults for what is not given (so `-E -s rr` also drops
-        // persistence, exactly as ipvsadm does).
-        let change = if self.add_service || self.edit_service {
-            let scheduler = match &self.scheduler {
-                Some(s) => s
-                    .parse::<Scheduler>()
-                    .map_err(|e| CliError(e.to_string()))?,
-                None => crate::model::DEFAULT_SCHEDULER,
-            };
-            let flags = match &self.sched_flags {
-                Some(f) => SchedFlags::parse(f).map_err(|e| CliError(e.to_string()))?,
-                None => SchedFlags::default(),
-            };
-            let persistence = self.persistence(&key)?;
-            let change = if self.add_service {
-                Change::AddService {
-                    key,
-                    scheduler,
-                    flags,
-                    persistence,
+            }),
+            Cmd::Save => Ok(Action::Save {
+                numeric: self.numeric,
+            }),
+            Cmd::Restore => Ok(Action::Restore),
+            Cmd::Timeout => {
+                let v = self.set.as_deref().unwrap_or_default();
+                let mut t = [None; 3];
+                for (i, s) in v.iter().enumerate().take(3) {
+                    let n = parse_number(s, 0, MAX_TIMEOUT as i64).ok_or_else(|| {
+                        CliError(format!("invalid timeout value `{s}' specified"))
+                    })?;
+                    t[i] = (n != 0).then_some(n as u64);
                 }
-            } else {
-                Change::EditService {
-                    key,
-                    scheduler: Some(scheduler),
-                    flags: Some(flags),
-                    persistence: Some(persistence),
-                }
-            };
-            // The service and its matches are one transaction: both or neither.
-            let mut changes = vec![change];
-            if let Some(matches) = matches {
-                changes.push(Change::SetMatches { key, matches });
+                Ok(Action::SetTimeouts {
+                    tcp: t[0],
+                    tcpfin: t[1],
+                    udp: t[2],
+                })
             }
-            return Ok(Action::Apply(changes));
-        } else if self.delete_service {
-            Change::DeleteService { key }
-        } else {
-            let real = self
-                .real_server
-                .as_deref()
-                .ok_or_else(|| CliError("a real server is required: -r SERVER-ADDRESS".into()))?;
-            // A group has no port: a server given without one keeps port 0 (the client's
-            // destination port), as ipvsadm stores it.
-            let addr = parse_real_addr(real, key.port())?;
-            let weight = match self.weight {
-                None => 1,
-                Some(w) if (0..=crate::model::MAX_WEIGHT as i64).contains(&w) => w as u32,
-                Some(w) => {
-                    return err(format!("Illegal weight specified: {w} (must be 0..=65535)"))
-                }
-            };
-            let u_threshold = self.u_threshold.unwrap_or(0);
-            let l_threshold = self.l_threshold.unwrap_or(0);
-            let forward = self.forward_method()?;
-            if self.add_server {
-                Change::AddReal {
-                    service: key,
-                    real: RealServer {
-                        addr,
-                        weight,
-                        forward,
-                        u_threshold,
-                        l_threshold,
-                    },
-                }
-            } else if self.edit_server {
-                Change::EditReal {
-                    service: key,
-                    addr,
-                    weight: Some(weight),
-                    forward: Some(forward),
-                    u_threshold: Some(u_threshold),
-                    l_threshold: Some(l_threshold),
-                }
-            } else {
-                Change::DeleteReal { service: key, addr }
-            }
-        };
-        Ok(Action::Apply(vec![change]))
+            Cmd::Flush => Ok(Action::Apply(vec![Change::Clear])),
+            Cmd::StartDaemon | Cmd::StopDaemon => err(NO_SYNC_DAEMON),
+            Cmd::Add | Cmd::Edit | Cmd::Del => self.service_action(cmd),
+            Cmd::AddDest | Cmd::EditDest | Cmd::DelDest => self.real_action(cmd),
+        }
     }
 
-    /// -g / -i with --tun-type/--tun-port/--tun-csum, as ipvsadm reads them (-g when neither).
-    fn forward_method(&self) -> Result<ForwardMethod, CliError> {
-        let tun_opts =
-            self.tun_type.is_some() || self.tun_port.is_some() || self.tun_csum || self.tun_nocsum;
-        if self.gatewaying && self.ipip {
-            return err("-g and -i are mutually exclusive");
+    fn command(&self) -> Result<Cmd, CliError> {
+        let cmds = [
+            (self.add_service, Cmd::Add),
+            (self.edit_service, Cmd::Edit),
+            (self.delete_service, Cmd::Del),
+            (self.clear, Cmd::Flush),
+            (self.list, Cmd::List),
+            (self.add_server, Cmd::AddDest),
+            (self.delete_server, Cmd::DelDest),
+            (self.edit_server, Cmd::EditDest),
+            (self.set.is_some(), Cmd::Timeout),
+            (self.start_daemon.is_some(), Cmd::StartDaemon),
+            (self.stop_daemon.is_some(), Cmd::StopDaemon),
+            (self.restore, Cmd::Restore),
+            (self.save, Cmd::Save),
+            (self.zero, Cmd::Zero),
+        ];
+        let mut given = cmds.iter().filter(|(on, _)| *on).map(|(_, c)| *c);
+        match (given.next(), given.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => err("multiple commands specified"),
+            (None, _) => err("no command specified: try `xvsadm -h' or 'xvsadm --help'"),
         }
-        if !self.ipip {
-            if tun_opts {
-                return err("--tun-type/--tun-port/--tun-csum/--tun-nocsum need -i (tunnelling)");
-            }
-            return Ok(ForwardMethod::Dr);
-        }
-        if self.tun_csum && self.tun_nocsum {
-            return err("--tun-csum and --tun-nocsum are mutually exclusive");
-        }
-        let kind = match self.tun_type.as_deref() {
-            None | Some("ipip") => TunnelKind::Ipip,
-            Some("gue") => TunnelKind::Gue,
-            Some("gre") => return err("--tun-type gre is not supported: use ipip or gue"),
-            Some(other) => return err(format!("Illegal tunnel type: {other} (ipip or gue)")),
-        };
-        Ok(ForwardMethod::Tunnel(Tunnel {
-            kind,
-            port: self.tun_port.unwrap_or(0),
-            csum: self.tun_csum,
-        }))
     }
 
-    fn refuse_unsupported(&self) -> Result<(), CliError> {
-        if self.start_daemon.is_some() || self.stop_daemon.is_some() {
-            return err("the IPVS connection-sync daemon does not apply to xvs: each director keeps its own connection table (use mh for directors that agree without talking)");
-        }
-        if self.masquerading {
-            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and tunnelling (-i); replies do not pass the director");
-        }
-        if self.tun_remcsum {
-            return err("--tun-remcsum (GUE remote checksum offload) is not supported: use --tun-csum or --tun-nocsum");
-        }
-        for (set, what) in [
-            (self.ops, "-o (one-packet scheduling)"),
-            (self.pe.is_some(), "--pe (persistence engine)"),
-        ] {
-            if set {
-                return Err(not_yet(what));
+    /// Which of ipvsadm's options were given, in [`OPT_NAMES`] order.
+    fn options_given(&self) -> [bool; 34] {
+        let service = self.tcp_service.is_some()
+            || self.udp_service.is_some()
+            || self.sctp_service.is_some()
+            || self.fwmark_service.is_some();
+        let forward = self.gatewaying || self.ipip || self.masquerading;
+        [
+            self.numeric,
+            self.connection,
+            service,
+            self.scheduler.is_some(),
+            self.persistent.is_some(),
+            self.netmask.is_some(),
+            self.real_server.is_some(),
+            forward,
+            self.weight.is_some(),
+            self.u_threshold.is_some(),
+            self.l_threshold.is_some(),
+            self.mcast_interface.is_some(),
+            self.timeout,
+            self.daemon,
+            self.stats,
+            self.rate,
+            self.thresholds,
+            self.persistent_conn,
+            self.nosort,
+            self.syncid.is_some(),
+            self.exact,
+            self.ops,
+            self.pe.is_some(),
+            self.sched_flags.is_some(),
+            self.mcast_group.is_some(),
+            self.mcast_port.is_some(),
+            self.mcast_ttl.is_some(),
+            self.sync_maxlen.is_some(),
+            self.tun_info,
+            self.tun_type.is_some(),
+            self.tun_port.is_some(),
+            self.tun_nocsum,
+            self.tun_csum,
+            self.tun_remcsum,
+        ]
+    }
+
+    /// ipvsadm.c generic_opt_check, with its messages.
+    fn check_options(&self, cmd: Cmd) -> Result<(), CliError> {
+        let i = cmd as usize;
+        let row = COMMANDS_V_OPTIONS[i];
+        let given = self.options_given();
+        let mut exclusive: Option<usize> = None;
+        for (j, on) in given.iter().enumerate() {
+            match (on, row[j]) {
+                (false, b'+') => {
+                    return err(format!(
+                        "You need to supply the '{}' option for the '{}' command",
+                        OPT_NAMES[j], CMD_NAMES[i]
+                    ))
+                }
+                (true, b'x') => {
+                    return err(format!(
+                        "Illegal '{}' option with the '{}' command",
+                        OPT_NAMES[j], CMD_NAMES[i]
+                    ))
+                }
+                (true, b'1') => {
+                    if let Some(last) = exclusive {
+                        return err(format!(
+                            "The option '{}' conflicts with the '{}' option in the '{}' command",
+                            OPT_NAMES[j], OPT_NAMES[last], CMD_NAMES[i]
+                        ));
+                    }
+                    exclusive = Some(j);
+                }
+                _ => {}
             }
         }
-        let given = [
+        let several = [
             self.tcp_service.is_some(),
             self.udp_service.is_some(),
+            self.sctp_service.is_some(),
             self.fwmark_service.is_some(),
         ];
-        if given.iter().filter(|g| **g).count() > 1 {
-            return err("give one service: -t, -u or -f, not several");
+        if several.iter().filter(|g| **g).count() > 1 {
+            return err("multiple 'service-address' options specified");
+        }
+        let forwards = [self.gatewaying, self.ipip, self.masquerading];
+        if forwards.iter().filter(|g| **g).count() > 1 {
+            return err("multiple 'forwarding-method' options specified");
+        }
+        if cmd == Cmd::List
+            && ((self.connection || self.timeout || self.daemon)
+                && (self.stats || self.rate || self.thresholds)
+                || (self.timeout || self.daemon) && self.persistent_conn)
+        {
+            return err("options conflicts in the list command");
+        }
+        // Only tunnelling takes tunnel options (process_options).
+        let tunnel_opts = self.tun_type.is_some()
+            || self.tun_port.is_some()
+            || self.tun_nocsum
+            || self.tun_csum
+            || self.tun_remcsum;
+        if tunnel_opts && !self.ipip {
+            return err("Tunnel options conflict with forward method");
+        }
+        Ok(())
+    }
+
+    /// Options and features xvs refuses, each with its reason.
+    fn refuse_unsupported(&self) -> Result<(), CliError> {
+        if self.start_daemon.is_some() || self.stop_daemon.is_some() {
+            return err(NO_SYNC_DAEMON);
+        }
+        if self.daemon {
+            return err(format!(
+                "--daemon lists the IPVS connection-sync daemons, which xvs does not have: {NO_SYNC_DAEMON}"
+            ));
+        }
+        if self.sctp_service.is_some() {
+            return err("--sctp-service: xvs balances TCP and UDP only; SCTP packets pass to the kernel untouched");
+        }
+        if self.masquerading {
+            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and tunnelling (-i); \
+                        the replies of a NAT real server would have to come back through the director, \
+                        which an XDP program that only sees packets on their way in cannot rewrite");
+        }
+        if self.tun_remcsum {
+            return err("--tun-remcsum (GUE remote checksum offload) is not supported: the real-server decapsulator does not implement it; use --tun-csum or --tun-nocsum");
+        }
+        if self.ops {
+            return err(
+                "-o (one-packet scheduling) is not implemented by xvs: every UDP flow gets a \
+                        connection entry, so its datagrams stay on one real server",
+            );
+        }
+        if self.pe.is_some() {
+            return err(
+                "--pe (persistence engine, e.g. sip) is not supported: xvs does not parse \
+                        application payloads such as SIP Call-IDs; persistence by client address \
+                        is -p [-M netmask]",
+            );
         }
         if self.ipv6 && self.fwmark_service.is_none() {
             return err("-6 applies to -f (firewall-mark service groups) only");
@@ -452,15 +631,208 @@ impl Args {
         Ok(())
     }
 
+    /// xvs's own options: --match with -A/-E, --json with listings.
+    fn check_xvs_options(&self, cmd: Cmd) -> Result<(), CliError> {
+        if !self.matches.is_empty() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
+            return err("--match applies to -A and -E only");
+        }
+        if self.json {
+            match cmd {
+                Cmd::List => {}
+                Cmd::Save => {
+                    return err("-S writes ipvsadm's rules, which have no JSON form: \
+                                `xvsadm -L -n --json` has the same configuration as JSON")
+                }
+                _ => return err("--json applies to listings (-L) only"),
+            }
+        }
+        Ok(())
+    }
+
+    fn list_action(&self) -> Result<Action, CliError> {
+        if self.timeout {
+            return Ok(Action::ListTimeouts { json: self.json });
+        }
+        if self.connection {
+            return Ok(Action::ListConnections {
+                json: self.json,
+                numeric: self.numeric,
+                persistent_conn: self.persistent_conn,
+            });
+        }
+        // ipvsadm's precedence when several formats are given (print_title).
+        let format = if self.stats {
+            Format::Stats
+        } else if self.rate {
+            Format::Rate
+        } else if self.thresholds {
+            Format::Thresholds
+        } else if self.persistent_conn {
+            Format::PersistentConn
+        } else if self.tun_info {
+            Format::TunInfo
+        } else {
+            Format::Plain
+        };
+        Ok(Action::List {
+            opts: ListOptions {
+                format,
+                exact: self.exact,
+                nosort: self.nosort,
+                numeric: self.numeric,
+            },
+            service: self.service_opt()?,
+            json: self.json,
+        })
+    }
+
+    /// -A, -E and -D. -A and -E set every option of the service, with ipvsadm's defaults for
+    /// what is not given (so `-E -s rr` also drops persistence, exactly as ipvsadm does).
+    fn service_action(&self, cmd: Cmd) -> Result<Action, CliError> {
+        let key = self
+            .service_opt()?
+            .ok_or_else(|| CliError("You need to supply the 'service-address' option".into()))?;
+        if cmd == Cmd::Del {
+            return Ok(Action::Apply(vec![Change::DeleteService { key }]));
+        }
+        let matches = self.matches_opt(&key)?;
+        let scheduler = match &self.scheduler {
+            Some(s) => s
+                .parse::<Scheduler>()
+                .map_err(|e| CliError(e.to_string()))?,
+            None => crate::model::DEFAULT_SCHEDULER,
+        };
+        let flags = match &self.sched_flags {
+            Some(f) => parse_sched_flags(scheduler, f)?,
+            None => SchedFlags::default(),
+        };
+        let persistence = self.persistence(&key)?;
+        let change = if cmd == Cmd::Add {
+            Change::AddService {
+                key,
+                scheduler,
+                flags,
+                persistence,
+            }
+        } else {
+            Change::EditService {
+                key,
+                scheduler: Some(scheduler),
+                flags: Some(flags),
+                persistence: Some(persistence),
+            }
+        };
+        // The service and its matches are one transaction: both or neither.
+        let mut changes = vec![change];
+        if let Some(matches) = matches {
+            changes.push(Change::SetMatches { key, matches });
+        }
+        Ok(Action::Apply(changes))
+    }
+
+    /// -a, -e and -d, with ipvsadm's defaults: weight 1, no thresholds, direct routing.
+    /// -g or -i with --tun-type/--tun-port/--tun-csum as ipvsadm reads them (-g when neither;
+    /// ipvsadm's tunnel_opt_check: gue needs --tun-port, ipip takes no tunnel option).
+    fn forward_method(&self) -> Result<ForwardMethod, CliError> {
+        if !self.ipip {
+            return Ok(ForwardMethod::Dr);
+        }
+        if self.tun_csum && self.tun_nocsum {
+            return err("The option 'tun-csum' conflicts with the 'tun-nocsum' option in the 'gue' tunnel type");
+        }
+        let kind = match self.tun_type.as_deref() {
+            None | Some("ipip") => TunnelKind::Ipip,
+            Some("gue") => TunnelKind::Gue,
+            Some("gre") => return err("--tun-type gre is not supported by xvs: use ipip or gue"),
+            Some(other) => {
+                return err(format!(
+                    "Invalid tunnel type specified: {other} (ipip or gue)"
+                ))
+            }
+        };
+        let port = match &self.tun_port {
+            None => 0,
+            Some(p) => parse_number(p, 1, 65535)
+                .ok_or_else(|| CliError(format!("Illegal tunnel port specified: {p}")))?
+                as u16,
+        };
+        Ok(ForwardMethod::Tunnel(Tunnel {
+            kind,
+            port,
+            csum: self.tun_csum,
+        }))
+    }
+
+    fn real_action(&self, cmd: Cmd) -> Result<Action, CliError> {
+        let key = self
+            .service_opt()?
+            .ok_or_else(|| CliError("You need to supply the 'service-address' option".into()))?;
+        let real = self
+            .real_server
+            .as_deref()
+            .ok_or_else(|| CliError("You need to supply the 'real-server' option".into()))?;
+        // A group has no port: a server given without one keeps port 0 (the client's
+        // destination port), as ipvsadm stores it.
+        let addr = parse_real_addr(real, key.port(), protocol_of(&key))?;
+        if cmd == Cmd::DelDest {
+            return Ok(Action::Apply(vec![Change::DeleteReal {
+                service: key,
+                addr,
+            }]));
+        }
+        let weight = match &self.weight {
+            None => 1,
+            Some(w) => parse_number(w, 0, crate::model::MAX_WEIGHT as i64).ok_or_else(|| {
+                CliError(format!("Illegal weight specified: {w} (must be 0..=65535)"))
+            })? as u32,
+        };
+        let threshold = |v: &Option<String>, which: &str| -> Result<u32, CliError> {
+            match v {
+                None => Ok(0),
+                Some(s) => parse_number(s, 0, i32::MAX as i64)
+                    .map(|n| n as u32)
+                    .ok_or_else(|| CliError(format!("illegal {which} specified: {s}"))),
+            }
+        };
+        let u_threshold = threshold(&self.u_threshold, "u_threshold")?;
+        let l_threshold = threshold(&self.l_threshold, "l_threshold")?;
+        let forward = self.forward_method()?;
+        let change = if cmd == Cmd::AddDest {
+            Change::AddReal {
+                service: key,
+                real: RealServer {
+                    addr,
+                    weight,
+                    forward,
+                    u_threshold,
+                    l_threshold,
+                },
+            }
+        } else {
+            Change::EditReal {
+                service: key,
+                addr,
+                weight: Some(weight),
+                forward: Some(forward),
+                u_threshold: Some(u_threshold),
+                l_threshold: Some(l_threshold),
+            }
+        };
+        Ok(Action::Apply(vec![change]))
+    }
+
     /// `-p [timeout]` and `-M netmask` for this service.
     fn persistence(&self, key: &ServiceKey) -> Result<Option<Persistence>, CliError> {
         let v4 = key.is_ipv4();
-        let Some(timeout) = self.persistent else {
+        let Some(timeout) = &self.persistent else {
             if self.netmask.is_some() {
                 return err("-M (persistence netmask) needs -p (persistence)");
             }
             return Ok(None);
         };
+        let timeout = parse_number(timeout, 1, MAX_TIMEOUT as i64)
+            .ok_or_else(|| CliError(format!("invalid timeout value `{timeout}' specified")))?
+            as u32;
         let prefix = match &self.netmask {
             None => {
                 if v4 {
@@ -483,16 +855,16 @@ impl Args {
             (None, Some(s)) => (Protocol::Udp, s),
             _ => return Ok(None),
         };
-        Ok(Some(ServiceKey::new(protocol, parse_service_addr(s)?)))
+        Ok(Some(ServiceKey::new(
+            protocol,
+            parse_service_addr(s, protocol)?,
+        )))
     }
 
     /// `--match` options: only on -A/-E of a group. None: not given (-E keeps the matches).
     fn matches_opt(&self, key: &ServiceKey) -> Result<Option<Vec<VirtualAddr>>, CliError> {
         if self.matches.is_empty() {
             return Ok(None);
-        }
-        if !(self.add_service || self.edit_service) {
-            return err("--match applies to -A and -E only");
         }
         if !key.is_group() {
             return err(format!(
@@ -510,6 +882,52 @@ impl Args {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+}
+
+/// ipvsadm's string_to_number: a whole decimal number within `min..=max`.
+fn parse_number(s: &str, min: i64, max: i64) -> Option<i64> {
+    s.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// `-b`: ipvsadm's flag names, and its generic `flag-1`/`flag-2` for the scheduler's first and
+/// second flag (sh/mh: fallback, port). A flag of another scheduler is "incompatible", as in
+/// ipvsadm's parse_sched_flags.
+pub fn parse_sched_flags(scheduler: Scheduler, list: &str) -> Result<SchedFlags, CliError> {
+    let prefix = match scheduler {
+        Scheduler::Sh => Some("sh"),
+        Scheduler::Mh => Some("mh"),
+        _ => None,
+    };
+    let mut names = Vec::new();
+    for flag in list.split(',').filter(|f| !f.is_empty()) {
+        let name = match (flag, prefix) {
+            ("flag-1", Some(p)) => format!("{p}-fallback"),
+            ("flag-2", Some(p)) => format!("{p}-port"),
+            ("flag-1" | "flag-2" | "flag-3", _) => {
+                return err(format!(
+                    "scheduler flag `{flag}' has no meaning for {scheduler} in xvs"
+                ))
+            }
+            (f, _) => f.to_string(),
+        };
+        let known = matches!(
+            name.as_str(),
+            "sh-fallback" | "sh-port" | "mh-fallback" | "mh-port"
+        );
+        if known && prefix.is_none_or(|p| !name.starts_with(p)) {
+            return err(format!("incompatible scheduler flag `{name}'"));
+        }
+        names.push(name);
+    }
+    SchedFlags::parse(&names.join(",")).map_err(|e| CliError(e.to_string()))
+}
+
+/// The protocol whose port names a service uses (a group's: TCP, as ipvsadm sets it).
+fn protocol_of(key: &ServiceKey) -> Protocol {
+    match key {
+        ServiceKey::Addr { protocol, .. } => *protocol,
+        ServiceKey::Fwmark { .. } => Protocol::Tcp,
     }
 }
 
@@ -550,43 +968,71 @@ pub fn parse_netmask(m: &str, v4: bool) -> Result<u8, CliError> {
     Ok(mask.count_ones() as u8)
 }
 
-/// Parses `VIP:port` / `[IPv6]:port` / a host name with a port, as ipvsadm accepts.
-pub fn parse_service_addr(s: &str) -> Result<SocketAddr, CliError> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
+/// ipvsadm's parse_service: `host[:port]`, `[IPv6]:port` or a bare IPv6 address; the host an
+/// address or a name (IPv4 first, as gethostbyname), the port a number or an /etc/services
+/// name of `protocol` (`http`). Returns the address and the port, if one was given.
+pub fn parse_host_port(s: &str, protocol: Protocol) -> Result<(IpAddr, Option<u16>), CliError> {
+    let bad = || CliError(format!("Illegal address: {s}"));
+    if s.is_empty() || s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
     }
-    if let Ok(ip) = s
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        // No port: ipvsadm's port 0, which the model refuses for non-persistent services.
-        return Ok(SocketAddr::new(ip, 0));
-    }
-    resolve(s)
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else if s.parse::<Ipv6Addr>().is_ok() {
+        (s, None)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let ip = match host.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) if !s.starts_with('[') && is_host_name(host) => {
+            names::forward(host).ok_or_else(bad)?
+        }
+        Err(_) => return Err(bad()),
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(match p.parse::<u16>() {
+            Ok(n) => n,
+            Err(_) => names::Services::system()
+                .port(p, protocol)
+                .ok_or_else(bad)?,
+        }),
+    };
+    Ok((ip, port))
 }
 
-/// Parses a real server: `addr`, `addr:port`, `[IPv6]`, `[IPv6]:port` or a bare IPv6 address;
-/// without a port the service's port is used.
-pub fn parse_real_addr(s: &str, service_port: u16) -> Result<SocketAddr, CliError> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = s
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        return Ok(SocketAddr::new(ip, service_port));
-    }
-    resolve(s)
+/// Whether `s` can be a host name (RFC 1123 letters, digits, '-' and '.', not only digits and
+/// dots): anything else is refused without asking a name server.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
-fn resolve(s: &str) -> Result<SocketAddr, CliError> {
-    match s.to_socket_addrs().map(|mut it| it.next()) {
-        Ok(Some(a)) => Ok(a),
-        _ => err(format!("Illegal address: {s}")),
-    }
+/// A service address (`-t`/`-u`): without a port, ipvsadm's port 0, which the model refuses
+/// for non-persistent services.
+pub fn parse_service_addr(s: &str, protocol: Protocol) -> Result<SocketAddr, CliError> {
+    let (ip, port) = parse_host_port(s, protocol)?;
+    Ok(SocketAddr::new(ip, port.unwrap_or(0)))
+}
+
+/// A real server (`-r`): without a port, the service's port is used.
+pub fn parse_real_addr(
+    s: &str,
+    service_port: u16,
+    protocol: Protocol,
+) -> Result<SocketAddr, CliError> {
+    let (ip, port) = parse_host_port(s, protocol)?;
+    Ok(SocketAddr::new(ip, port.unwrap_or(service_port)))
 }
 
 /// Parses one line of -R input (ipvsadm's save format) into changes.
@@ -594,10 +1040,19 @@ pub fn parse_rule_line(line: &str) -> Result<Vec<Change>, CliError> {
     parse_rule_with(&mut <Args as clap::CommandFactory>::command(), line)
 }
 
+/// The words of a rule line as ipvsadm's restore reads them (config_stream.c): split on
+/// blanks, a word `ipvsadm` dropped (lines may start with it), and from `#` on a comment.
+fn rule_words(line: &str) -> Vec<&str> {
+    let line = line.split('#').next().unwrap_or("");
+    line.split_whitespace()
+        .filter(|w| *w != "ipvsadm")
+        .collect()
+}
+
 /// parse_rule_line with a prepared clap command: building it is most of the cost of a line,
 /// and a restore of 10,000 rules should not pay it 10,000 times.
 fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, CliError> {
-    let argv = std::iter::once("xvsadm").chain(line.split_whitespace());
+    let argv = std::iter::once("xvsadm").chain(rule_words(line));
     let mut matches = cmd
         .try_get_matches_from_mut(argv)
         .map_err(|e| CliError(e.to_string()))?;
@@ -605,17 +1060,16 @@ fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, C
         .map_err(|e| CliError(e.to_string()))?;
     match args.action()? {
         Action::Apply(changes) => Ok(changes),
-        _ => err(format!("not a rule: {line}")),
+        _ => err(format!("not a rule: {}", line.trim())),
     }
 }
 
-/// Parses -R input: every non-empty, non-comment line is a rule; the result is one transaction.
+/// Parses -R input: every line with words is a rule; the result is one transaction.
 pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
     let mut cmd = <Args as clap::CommandFactory>::command();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        if rule_words(line).is_empty() {
             continue;
         }
         let changes = parse_rule_with(&mut cmd, line)
@@ -628,19 +1082,39 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
 /// The options naming a service, as ipvsadm's rule format writes them (its svc_name):
 /// `-t VIP:port`, `-u VIP:port`, `-f 1`, `-f 1 -6`.
 pub fn service_option(key: &ServiceKey) -> String {
+    service_option_named(key, &Numeric)
+}
+
+fn service_option_named(key: &ServiceKey, names: &dyn Names) -> String {
     match *key {
-        ServiceKey::Addr {
-            protocol: Protocol::Tcp,
-            addr,
-        } => format!("-t {addr}"),
-        ServiceKey::Addr {
-            protocol: Protocol::Udp,
-            addr,
-        } => format!("-u {addr}"),
+        ServiceKey::Addr { protocol, addr } => {
+            let flag = match protocol {
+                Protocol::Tcp => "-t",
+                Protocol::Udp => "-u",
+            };
+            format!("{flag} {}", names::addr_port(names, addr, protocol))
+        }
         ServiceKey::Fwmark { fwmark, ipv6 } => {
             format!("-f {fwmark}{}", if ipv6 { " -6" } else { "" })
         }
     }
+}
+
+/// Every address `-S` writes (what needs a name without `-n`).
+pub fn addresses(config: &Config) -> Vec<IpAddr> {
+    let mut v = Vec::new();
+    for s in &config.services {
+        if let ServiceKey::Addr { addr, .. } = s.key {
+            v.push(addr.ip());
+        }
+        v.extend(s.reals.iter().map(|r| r.addr.ip()));
+    }
+    v
+}
+
+/// Renders the configuration in ipvsadm's save format (`-S -n`).
+pub fn save(config: &Config) -> String {
+    save_named(config, &Numeric)
 }
 
 /// The tunnel options ipvsadm -S writes after `-w` (ipvsadm.c print_tunnel_rule).
@@ -655,34 +1129,43 @@ fn tunnel_options(t: &Tunnel) -> String {
     }
 }
 
-/// Renders the configuration in ipvsadm's save format (`-S -n`).
-pub fn save(config: &Config) -> String {
+/// ipvsadm's save format (print_service_entry with FMT_RULE), names as `names` gives them:
+/// `-A -t VIP:port -s sched [-p timeout [-M mask]] [-b flags]`, then one
+/// `-a -t VIP:port -r RIP:port -g -w weight` per real server, sorted as ipvsadm sorts them. Two additions that ipvsadm's -R reads: thresholds, which
+/// ipvsadm -S drops, as ` -x N -y N` after the weight, and a group's `--match` options last.
+pub fn save_named(config: &Config, names: &dyn Names) -> String {
+    let mut services: Vec<&crate::model::Service> = config.services.iter().collect();
+    services.sort_by_key(|s| crate::listing::service_order(&s.key));
     let mut out = String::new();
-    for svc in &config.services {
-        let name = service_option(&svc.key);
+    for svc in services {
+        let name = service_option_named(&svc.key, names);
         out.push_str(&format!("-A {name} -s {}", svc.scheduler));
-        if !svc.flags.is_empty() {
-            out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
-        }
         if let Some(p) = svc.persistence {
             out.push_str(&format!(" -p {}", p.timeout));
             if let Some(m) = crate::listing::netmask_text(svc.key.is_ipv4(), p.prefix) {
                 out.push_str(&format!(" -M {m}"));
             }
         }
+        if !svc.flags.is_empty() {
+            out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
+        }
         // xvs's own option last, so the ipvsadm part of the line reads as ipvsadm writes it.
         for m in &svc.matches {
             out.push_str(&format!(" --match {m}"));
         }
         out.push('\n');
-        for r in &svc.reals {
+        let proto = protocol_of(&svc.key);
+        let mut reals: Vec<&RealServer> = svc.reals.iter().collect();
+        reals.sort_by_key(|r| crate::listing::addr_order(&r.addr));
+        for r in reals {
             let (fwd, tun) = match r.forward {
                 ForwardMethod::Dr => ("-g", String::new()),
                 ForwardMethod::Tunnel(t) => ("-i", tunnel_options(&t)),
             };
             out.push_str(&format!(
                 "-a {name} -r {} {fwd} -w {}{tun}",
-                r.addr, r.weight
+                names::addr_port(names, r.addr, proto),
+                r.weight
             ));
             if r.u_threshold != 0 {
                 out.push_str(&format!(" -x {}", r.u_threshold));
@@ -828,7 +1311,10 @@ mod tests {
         assert_eq!(
             action(&["-L", "-n"]).unwrap(),
             Action::List {
-                opts: ListOptions::default(),
+                opts: ListOptions {
+                    numeric: true,
+                    ..Default::default()
+                },
                 service: None,
                 json: false
             }
@@ -840,12 +1326,16 @@ mod tests {
                     format: Format::Stats,
                     exact: true,
                     nosort: false,
+                    numeric: true,
                 },
                 service: None,
                 json: true
             }
         );
-        assert_eq!(action(&["-L", "--timeout"]).unwrap(), Action::ListTimeouts);
+        assert_eq!(
+            action(&["-L", "--timeout"]).unwrap(),
+            Action::ListTimeouts { json: false }
+        );
     }
 
     #[test]
@@ -888,8 +1378,14 @@ mod tests {
                 "masquerading",
             ),
             (&["-A", "-f", "0", "-s", "rr"], "Illegal fwmark"),
-            (&["-a", "-t", "203.0.113.10:80"], "real server is required"),
-            (&["-A", "-s", "rr"], "service is required"),
+            (
+                &["-a", "-t", "203.0.113.10:80"],
+                "You need to supply the 'real-server' option for the 'add-server' command",
+            ),
+            (
+                &["-A", "-s", "rr"],
+                "You need to supply the 'service-address' option for the 'add-service' command",
+            ),
             (&["--start-daemon", "master"], "sync daemon"),
             (
                 &[
@@ -1037,7 +1533,7 @@ mod tests {
             (&["-A", "-t", "203.0.113.10:80", "-6"], "-6 applies to -f"),
             (
                 &["-A", "-f", "1", "-t", "203.0.113.10:80"],
-                "give one service",
+                "multiple 'service-address' options specified",
             ),
             (
                 &["-A", "-f", "1", "--match", "sctp:203.0.113.10:80"],
@@ -1068,13 +1564,14 @@ mod tests {
 
     #[test]
     fn group_save_restore_round_trip() {
+        // In ipvsadm's order (marks first), as -S writes it.
         let rules = "\
 -A -f 1 -s rr -p 60 --match tcp:203.0.113.10:80 --match tcp:203.0.113.10:443
 -a -f 1 -r 198.51.100.11:0 -g -w 1
 -a -f 1 -r 198.51.100.12:0 -g -w 1
--A -t 203.0.113.10:25 -s wlc
 -A -f 2 -6 -s sh -p 300 -M 64 --match udp:[2001:db8::10]:0
 -a -f 2 -6 -r [2001:db8::11]:0 -g -w 3
+-A -t 203.0.113.10:25 -s wlc
 ";
         let mut config = Config::default();
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
@@ -1120,11 +1617,396 @@ mod tests {
         assert!(e.0.starts_with("line 4:"), "{e}");
     }
 
+    /// ipvsadm.c generic_opt_check: options that do not go with a command are refused with
+    /// ipvsadm's messages, not ignored.
+    #[test]
+    fn commands_v_options_as_ipvsadm() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["-A", "-t", "203.0.113.10:80", "-w", "3"],
+                "Illegal 'weight' option with the 'add-service' command",
+            ),
+            (
+                &["-D", "-t", "203.0.113.10:80", "-s", "rr"],
+                "Illegal 'scheduler' option with the 'delete-service' command",
+            ),
+            (
+                &["-C", "-t", "203.0.113.10:80"],
+                "Illegal 'service-address' option with the 'flush' command",
+            ),
+            (
+                &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-p"],
+                "Illegal 'persistent' option with the 'add-server' command",
+            ),
+            (
+                &["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-w", "1"],
+                "Illegal 'weight' option with the 'delete-server' command",
+            ),
+            (&["-Z", "-n"], "Illegal 'numeric' option with the 'zero' command"),
+            (&["-S", "--stats"], "Illegal 'stats' option with the 'save' command"),
+            (&["-R", "-n"], "Illegal 'numeric' option with the 'restore' command"),
+            (
+                &["--set", "1", "2", "3", "-n"],
+                "Illegal 'numeric' option with the 'set' command",
+            ),
+            (
+                &["-L", "-c", "-t", "203.0.113.10:80"],
+                "The option 'service-address' conflicts with the 'connection' option in the 'list' command",
+            ),
+            (
+                &["-L", "--timeout", "-c"],
+                "The option 'timeout' conflicts with the 'connection' option in the 'list' command",
+            ),
+            (&["-L", "-c", "--stats"], "options conflicts in the list command"),
+            (&["-L", "--timeout", "--persistent-conn"], "options conflicts in the list command"),
+            (&["-L", "-s", "rr"], "Illegal 'scheduler' option with the 'list' command"),
+            (&["-L", "-o"], "Illegal 'ops' option with the 'list' command"),
+            (
+                &["-A", "-t", "203.0.113.10:80", "--mcast-group", "224.0.0.81"],
+                "Illegal 'mcast-group' option with the 'add-service' command",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-r", "198.51.100.11"],
+                "Illegal 'real-server' option with the 'add-service' command",
+            ),
+            (
+                &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-g", "-m"],
+                "multiple 'forwarding-method' options specified",
+            ),
+            (&["-A", "-E", "-t", "203.0.113.10:80"], "cannot be used with"),
+            (&["-n"], "no command specified"),
+            (
+                &["--set", "900", "120", "2678401"],
+                "invalid timeout value `2678401' specified",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-p", "0"],
+                "invalid timeout value `0' specified",
+            ),
+            (
+                &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-x", "-1"],
+                "illegal u_threshold specified",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-s", "rr", "-b", "sh-port"],
+                "incompatible scheduler flag `sh-port'",
+            ),
+            (&["-S", "--json"], "-L -n --json"),
+            (&["-A", "-t", "203.0.113.10:80", "--json"], "--json applies to listings"),
+        ];
+        for (args, needle) in cases {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+        // What the table allows.
+        assert!(
+            action(&["-L", "-n", "--stats", "--rate", "--exact", "--nosort", "--sort"]).is_ok()
+        );
+        assert!(action(&["-L", "-c", "--persistent-conn", "-n"]).is_ok());
+        assert!(action(&["-Z", "-t", "203.0.113.10:80"]).is_ok());
+        assert!(action(&["-S", "-n"]).is_ok());
+    }
+
+    /// Every ipvsadm option xvs cannot honour is refused with its reason (the e2e test checks
+    /// that the daemon's table does not change).
+    pub(crate) const REFUSED: &[(&[&str], &str)] = &[
+        (
+            &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.13", "-m"],
+            "-m (masquerading/NAT) is not supported",
+        ),
+        (
+            &[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.13",
+                "-i",
+                "--tun-type",
+                "gue",
+                "--tun-port",
+                "6080",
+                "--tun-remcsum",
+            ],
+            "--tun-remcsum (GUE remote checksum offload) is not supported",
+        ),
+        (
+            &[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.13",
+                "--tun-type",
+                "gue",
+            ],
+            "Tunnel options conflict with forward method",
+        ),
+        (
+            &["-A", "--sctp-service", "203.0.113.10:80", "-s", "rr"],
+            "xvs balances TCP and UDP only",
+        ),
+        (
+            &["-A", "-u", "203.0.113.10:53", "-s", "rr", "-o"],
+            "-o (one-packet scheduling) is not implemented by xvs",
+        ),
+        (
+            &[
+                "-A",
+                "-t",
+                "203.0.113.10:5060",
+                "-s",
+                "rr",
+                "-p",
+                "--pe",
+                "sip",
+            ],
+            "--pe (persistence engine, e.g. sip) is not supported",
+        ),
+        (
+            &[
+                "--start-daemon",
+                "master",
+                "--mcast-interface",
+                "eth0",
+                "--syncid",
+                "3",
+            ],
+            "connection-sync daemon does not apply to xvs",
+        ),
+        (
+            &[
+                "--start-daemon",
+                "backup",
+                "--mcast-group",
+                "224.0.0.81",
+                "--mcast-port",
+                "8848",
+                "--mcast-ttl",
+                "1",
+                "--sync-maxlen",
+                "1472",
+            ],
+            "connection-sync daemon does not apply to xvs",
+        ),
+        (
+            &["--stop-daemon", "master"],
+            "connection-sync daemon does not apply to xvs",
+        ),
+        (
+            &["-L", "--daemon"],
+            "--daemon lists the IPVS connection-sync daemons",
+        ),
+    ];
+
+    #[test]
+    fn refused_options_say_why() {
+        for (args, needle) in REFUSED {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_version_and_list_shapes() {
+        assert_eq!(action(&["-h"]).unwrap(), Action::Help);
+        assert_eq!(action(&["--help"]).unwrap(), Action::Help);
+        assert_eq!(action(&["-v"]).unwrap(), Action::Version);
+        assert_eq!(action(&["-V"]).unwrap(), Action::Version);
+        assert_eq!(action(&["--version"]).unwrap(), Action::Version);
+        assert_eq!(
+            action(&["-L", "-t", "203.0.113.10:80", "--rate", "-X"]).unwrap(),
+            Action::List {
+                opts: ListOptions {
+                    format: Format::Rate,
+                    exact: true,
+                    nosort: false,
+                    numeric: false,
+                },
+                service: Some(tcp("203.0.113.10:80")),
+                json: false
+            }
+        );
+        // One UDP service, one group (IPv6).
+        for (args, key) in [
+            (
+                &["-L", "-u", "[2001:db8::10]:53"][..],
+                ServiceKey::new(Protocol::Udp, "[2001:db8::10]:53".parse().unwrap()),
+            ),
+            (
+                &["-l", "-f", "2", "-6", "-n"][..],
+                ServiceKey::fwmark(2, true),
+            ),
+        ] {
+            match action(args).unwrap() {
+                Action::List { service, .. } => assert_eq!(service, Some(key), "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // ipvsadm's precedence: --stats over --rate over --thresholds...
+        match action(&["-L", "--rate", "--thresholds", "--stats"]).unwrap() {
+            Action::List { opts, .. } => assert_eq!(opts.format, Format::Stats),
+            other => panic!("{other:?}"),
+        }
+        match action(&["-l", "--persistent-conn", "--tun-info"]).unwrap() {
+            Action::List { opts, .. } => assert_eq!(opts.format, Format::PersistentConn),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            action(&["-L", "-c", "--persistent-conn", "--json"]).unwrap(),
+            Action::ListConnections {
+                json: true,
+                numeric: false,
+                persistent_conn: true
+            }
+        );
+        assert_eq!(
+            action(&["-Z", "-u", "[2001:db8::10]:53"]).unwrap(),
+            Action::Zero {
+                service: Some(ServiceKey::new(
+                    Protocol::Udp,
+                    "[2001:db8::10]:53".parse().unwrap()
+                ))
+            }
+        );
+        assert_eq!(action(&["-Z"]).unwrap(), Action::Zero { service: None });
+        assert_eq!(action(&["-S"]).unwrap(), Action::Save { numeric: false });
+        assert_eq!(
+            action(&["--set", "900", "0", "300"]).unwrap(),
+            Action::SetTimeouts {
+                tcp: Some(900),
+                tcpfin: None,
+                udp: Some(300)
+            }
+        );
+    }
+
+    /// ipvsadm's parse_service: `host[:port]` with port names from /etc/services.
+    #[test]
+    fn addresses_and_port_names() {
+        let services = crate::names::Services::system();
+        assert_eq!(
+            services.name(80, Protocol::Tcp),
+            Some("http"),
+            "/etc/services is missing or lacks http (Debian: apt-get install netbase)"
+        );
+        let p = |s: &str| parse_host_port(s, Protocol::Tcp);
+        assert_eq!(
+            p("203.0.113.10:http").unwrap(),
+            ("203.0.113.10".parse().unwrap(), Some(80))
+        );
+        assert_eq!(p("203.0.113.10:https").unwrap().1, Some(443));
+        assert_eq!(p("203.0.113.10").unwrap().1, None);
+        assert_eq!(
+            p("[2001:db8::10]:80").unwrap(),
+            ("2001:db8::10".parse().unwrap(), Some(80))
+        );
+        assert_eq!(
+            p("2001:db8::10").unwrap(),
+            ("2001:db8::10".parse().unwrap(), None)
+        );
+        assert_eq!(p("localhost:80").unwrap().0, IpAddr::from([127, 0, 0, 1]));
+        for bad in [
+            "80",
+            "203.0.113.10:nosuchport",
+            "300.1.2.3:80",
+            "not an address",
+            "[2001:db8::10",
+            "[2001:db8::10]80",
+            "",
+        ] {
+            assert!(p(bad).is_err(), "{bad} accepted");
+        }
+        // A real server without a port takes the service's.
+        assert_eq!(
+            parse_real_addr("198.51.100.11", 443, Protocol::Tcp).unwrap(),
+            "198.51.100.11:443".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    /// `ipvsadm -Sn` output, verbatim, from Comcast/Ravel (pkg/system/ipvs_test.go,
+    /// "/app # ipvsadm -Sn"): restores into xvs and is written back byte for byte. Its
+    /// addresses are kept as ipvsadm printed them; nothing is sent to them.
+    #[test]
+    fn restores_an_ipvsadm_saved_file() {
+        let fixture = include_str!("../tests/fixtures/ravel-ipvsadm-Sn.rules");
+        let rules: String = fixture
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(fixture).unwrap()).unwrap();
+        assert_eq!(config.services.len(), 4);
+        assert_eq!(save(&config), rules);
+    }
+
+    /// `ipvsadm -S` (without -n) writes names; -R reads them back. The -A line is literal from
+    /// alibaba/LVS#15 ("-A -t 10.10.11.77:http -s rr"); the -a line is ipvsadm's DR form.
+    #[test]
+    fn restores_names_and_saves_them_as_ipvsadm() {
+        let fixture = include_str!("../tests/fixtures/ipvsadm-S-names.rules");
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(fixture).unwrap()).unwrap();
+        let numeric = save(&config);
+        assert_eq!(
+            numeric,
+            "-A -t 10.10.11.77:80 -s rr\n-a -t 10.10.11.77:80 -r 10.10.11.66:80 -g -w 100\n"
+        );
+        // -S without -n: port names from /etc/services, host names where the resolver has them.
+        let names = crate::names::Resolved::with(
+            std::collections::HashMap::from([("10.10.11.66".parse().unwrap(), "rs1.lab".into())]),
+            crate::names::Services::system(),
+        );
+        assert_eq!(
+            save_named(&config, &names),
+            "-A -t 10.10.11.77:http -s rr\n-a -t 10.10.11.77:http -r rs1.lab:http -g -w 100\n"
+        );
+    }
+
+    /// ipvsadm's restore reader (config_stream.c): lines may start with `ipvsadm`, words are
+    /// split on blanks and tabs, `#` starts a comment.
+    #[test]
+    fn restore_reads_lines_as_ipvsadm() {
+        let text = "ipvsadm -A -t 203.0.113.10:80 -s rr   # web\n\n# nothing\n\tipvsadm\t-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 2\n";
+        let changes = parse_rules(text).unwrap();
+        assert_eq!(changes.len(), 2);
+        let e = parse_rules("-A -t 203.0.113.10:80 -s rr\n-L -n\n").unwrap_err();
+        assert!(e.0.starts_with("line 2: not a rule"), "{e}");
+    }
+
+    /// -S writes ipvsadm's option order: -s, then -p and -M, then -b; thresholds (which
+    /// ipvsadm -S drops) after the weight, in the options -R reads.
+    #[test]
+    fn save_order_as_ipvsadm() {
+        let rules = "\
+-A -t 203.0.113.10:80 -s sh -p 300 -M 255.255.255.0 -b sh-fallback,sh-port
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1 -x 1000 -y 800
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 0
+";
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        // Options in any order, flag-N aliases, a port name: the same rules.
+        let mut again = Config::default();
+        again
+            .apply_all(
+                &parse_rules(
+                    "-A -b flag-1,flag-2 -M 24 -p -s sh -t 203.0.113.10:80\n\
+                     -a -t 203.0.113.10:80 -y 800 -x 1000 -r 198.51.100.11 -w 1\n\
+                     -a -r 198.51.100.12 -w 0 -t 203.0.113.10:80\n",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(save(&again), rules);
+    }
+
     #[test]
     fn tunnel_options_as_ipvsadm_reads_and_saves_them() {
         // ipvsadm's save format for tunnels (ipvsadm.c print_tunnel_rule): "--tun-type ipip",
-        // "--tun-type gue --tun-port N --tun-nocsum|--tun-csum" after -w; IPv6 VIP to an IPv4
-        // server is allowed for tunnels only.
+        // "--tun-type gue --tun-port N --tun-nocsum|--tun-csum" after -w; an IPv6 VIP may have
+        // an IPv4 server (and the reverse) for tunnels only.
         let rules = "\
 -A -t 203.0.113.10:80 -s rr
 -a -t 203.0.113.10:80 -r 198.51.100.11:80 -i -w 1 --tun-type ipip
@@ -1160,11 +2042,14 @@ mod tests {
                 "-r 198.51.100.11 -i --tun-type ipip --tun-port 1",
                 "apply to --tun-type gue only",
             ),
-            ("-r 198.51.100.11 --tun-type gue --tun-port 1", "need -i"),
+            (
+                "-r 198.51.100.11 --tun-type gue --tun-port 1",
+                "Tunnel options conflict",
+            ),
             ("-r 198.51.100.11 -i --tun-type gre", "gre is not supported"),
             (
-                "-r 198.51.100.11 -i --tun-type gue --tun-port 1 --tun-remcsum",
-                "remote checksum",
+                "-r 198.51.100.11 -i --tun-type gue --tun-port 0",
+                "Illegal tunnel port",
             ),
             ("-r [2001:db8::11] -g", "same address family"),
         ] {

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
+    estimator::{self, Estimator, Subject},
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey},
     neighbor::{self, Neighbors},
     proto::{
@@ -102,6 +103,8 @@ pub struct Controller {
     macs: HashMap<IpAddr, [u8; 6]>,
     timeouts: DataplaneConfig,
     iface: String,
+    /// IPVS-style rate estimates of every service and real server (`--rate`).
+    rates: Estimator,
 }
 
 impl Controller {
@@ -113,6 +116,7 @@ impl Controller {
             macs: HashMap::new(),
             timeouts: DataplaneConfig::default(),
             iface: iface.to_string(),
+            rates: Estimator::default(),
         }
     }
 
@@ -242,9 +246,46 @@ impl Controller {
         Ok(())
     }
 
-    /// Zeroes the counters of every service and real server.
-    pub fn zero(&mut self) -> Result<(), String> {
-        self.dataplane.zero_counters().map_err(|e| e.to_string())
+    /// Zeroes the counters and rate estimates of one service and its real servers, or of
+    /// every one (`-Z`). A service that does not exist is an error, as with ipvsadm.
+    pub fn zero(&mut self, service: Option<ServiceKey>) -> Result<(), String> {
+        match service {
+            Some(key) => {
+                if self.config.service(&key).is_none() {
+                    return Err(
+                        crate::model::ConfigError::NoSuchService(key.to_string()).to_string()
+                    );
+                }
+                self.dataplane
+                    .zero_service_counters(&key)
+                    .map_err(|e| e.to_string())?;
+                self.rates.zero(|s| s.service() == key);
+            }
+            None => {
+                self.dataplane.zero_counters().map_err(|e| e.to_string())?;
+                self.rates.zero(|_| true);
+            }
+        }
+        Ok(())
+    }
+
+    /// One sampling round of the rate estimator (every `estimator::PERIOD`).
+    pub fn estimate(&mut self) -> Result<(), DataplaneError> {
+        let mut samples = Vec::new();
+        for svc in &self.config.services {
+            samples.push((
+                Subject::Service(svc.key),
+                self.dataplane.service_counters(&svc.key)?,
+            ));
+            for r in &svc.reals {
+                samples.push((
+                    Subject::Real(svc.key, r.addr),
+                    self.dataplane.backend_counters(&svc.key, r.addr)?,
+                ));
+            }
+        }
+        self.rates.sample(samples);
+        Ok(())
     }
 
     /// Recomputes the load-aware schedulers' tables from fresh connection counts.
@@ -359,6 +400,7 @@ impl Controller {
                     active_conns: c.active,
                     inactive_conns: c.inactive,
                     stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
+                    rates: self.rates.rates(&Subject::Real(svc.key, r.addr)),
                     mac: self.macs.get(&r.addr.ip()).map(fmt_mac),
                 });
             }
@@ -369,6 +411,7 @@ impl Controller {
                 flags: svc.flags,
                 persistence: svc.persistence,
                 stats: self.dataplane.service_counters(&svc.key)?,
+                rates: self.rates.rates(&Subject::Service(svc.key)),
                 reals,
             });
         }
@@ -439,6 +482,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
     let mut recompute_tick = tokio::time::interval(RECOMPUTE_PERIOD);
     recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut estimate_tick = tokio::time::interval(estimator::PERIOD);
+    estimate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh = Instant::now();
     loop {
         tokio::select! {
@@ -456,6 +501,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 match shared.controller.lock().await.recompute() {
                     Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
                     Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
+                }
+            }
+            _ = estimate_tick.tick() => {
+                if let Err(e) = shared.controller.lock().await.estimate() {
+                    warn!(error = %e, "sampling counters for rate estimates failed");
                 }
             }
             _ = resolve_tick.tick() => {
@@ -655,7 +705,7 @@ async fn handle(line: &str, shared: &Shared) -> Response {
                 Err(e) => error(&e.to_string()),
             }
         }
-        Command::Zero => match shared.controller.lock().await.zero() {
+        Command::Zero { service } => match shared.controller.lock().await.zero(service) {
             Ok(()) => Response::Ok { warnings: vec![] },
             Err(e) => error(&e),
         },

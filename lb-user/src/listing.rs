@@ -1,29 +1,37 @@
-//! ipvsadm's listing formats, reproduced column for column (ipvsadm.c: print_title,
-//! print_service_entry, print_largenum), so scripts that parse `ipvsadm -L -n` parse ours.
+//! ipvsadm's listing formats, reproduced column for column (ipvsadm.c of ipvsadm 1.30/1.31:
+//! print_title, print_service_entry, print_largenum, list_conn, print_conn), so scripts that
+//! parse `ipvsadm -L` parse ours.
 
 use std::{fmt::Write, net::SocketAddr};
 
 use crate::{
     dataplane::Counters,
-    model::ServiceKey,
+    estimator::Rates,
+    model::{Protocol, ServiceKey},
+    names::{addr_port, truncate, Names},
     proto::{ConnStatus, Listing, ServiceStatus},
 };
 
 /// The IPVS version ipvsadm prints in its first line; scripts match on it.
 pub const IPVS_VERSION: &str = "1.2.1";
 
-/// Which of ipvsadm's listing formats.
+/// Which of ipvsadm's listing formats (when several are asked for, ipvsadm's precedence:
+/// stats, rate, thresholds, persistent-conn, tun-info).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
-    /// `-L -n`: weights and connection counts.
+    /// `-L`: weights and connection counts.
     #[default]
     Plain,
-    /// `-L -n --stats`: totals.
+    /// `-L --stats`: totals.
     Stats,
-    /// `-L -n --thresholds`: upper and lower thresholds with connection counts.
+    /// `-L --rate`: rates as IPVS estimates them.
+    Rate,
+    /// `-L --thresholds`: upper and lower thresholds with connection counts.
     Thresholds,
-    /// `-L -n --persistent-conn`: weight, persistence templates and connection counts.
+    /// `-L --persistent-conn`: weight, persistence templates and connection counts.
     PersistentConn,
+    /// `-L --tun-info`: the forwarding method's tunnel parameters.
+    TunInfo,
 }
 
 /// Options of a listing.
@@ -35,80 +43,130 @@ pub struct ListOptions {
     pub exact: bool,
     /// `--nosort`: services and real servers in the order they were added, not ipvsadm's order.
     pub nosort: bool,
+    /// `-n`: addresses and ports as numbers (otherwise names, as ipvsadm).
+    pub numeric: bool,
 }
 
-/// ipvsadm's default order (libipvs ipvs_cmp_services / ipvs_cmp_dests): marks first, then
-/// IPv4 before IPv6, TCP before UDP, address, port; real servers by address, then port.
-pub fn sort_like_ipvsadm(listing: &mut Listing) {
-    fn addr_key(a: &SocketAddr) -> (u8, [u8; 16], u16) {
-        match a {
-            SocketAddr::V4(v) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&v.ip().octets());
-                (0, b, v.port())
-            }
-            SocketAddr::V6(v) => (1, v.ip().octets(), v.port()),
-        }
-    }
-    listing.services.sort_by_key(|s| match s.key {
-        crate::model::ServiceKey::Fwmark { fwmark, ipv6 } => (0, fwmark, ipv6 as u8, 0, [0; 16], 0),
-        crate::model::ServiceKey::Addr { protocol, addr } => {
-            let (fam, bytes, port) = addr_key(&addr);
+/// ipvsadm's order of services (libipvs ipvs_cmp_services): marks first, then IPv4 before
+/// IPv6, TCP before UDP, address, port.
+pub fn service_order(key: &ServiceKey) -> (u8, u32, u8, u8, [u8; 16], u16) {
+    match *key {
+        ServiceKey::Fwmark { fwmark, ipv6 } => (0, fwmark, ipv6 as u8, 0, [0; 16], 0),
+        ServiceKey::Addr { protocol, addr } => {
+            let (fam, bytes, port) = addr_order(&addr);
             (1, 0, fam, protocol.number(), bytes, port)
         }
-    });
-    for s in &mut listing.services {
-        s.reals.sort_by_key(|r| addr_key(&r.addr));
     }
 }
 
-/// Renders a listing as `ipvsadm -L -n` would print it.
-pub fn render(listing: &Listing, opts: ListOptions) -> String {
-    let mut sorted;
-    let listing = if opts.nosort {
-        listing
+/// ipvsadm's order of real servers (ipvs_cmp_dests): address, then port.
+pub fn addr_order(a: &SocketAddr) -> (u8, [u8; 16], u16) {
+    match a {
+        SocketAddr::V4(v) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v.ip().octets());
+            (0, b, v.port())
+        }
+        SocketAddr::V6(v) => (1, v.ip().octets(), v.port()),
+    }
+}
+
+/// Sorts a listing in ipvsadm's default order.
+pub fn sort_like_ipvsadm(listing: &mut Listing) {
+    listing.services.sort_by_key(|s| service_order(&s.key));
+    for s in &mut listing.services {
+        s.reals.sort_by_key(|r| addr_order(&r.addr));
+    }
+}
+
+/// Every address a listing shows (what needs a name without `-n`).
+pub fn addresses(listing: &Listing) -> Vec<std::net::IpAddr> {
+    let mut v = Vec::new();
+    for s in &listing.services {
+        if let ServiceKey::Addr { addr, .. } = s.key {
+            v.push(addr.ip());
+        }
+        v.extend(s.reals.iter().map(|r| r.addr.ip()));
+    }
+    v
+}
+
+fn sorted(listing: &Listing, opts: ListOptions) -> std::borrow::Cow<'_, Listing> {
+    if opts.nosort {
+        std::borrow::Cow::Borrowed(listing)
     } else {
-        sorted = listing.clone();
-        sort_like_ipvsadm(&mut sorted);
-        &sorted
-    };
+        let mut l = listing.clone();
+        sort_like_ipvsadm(&mut l);
+        std::borrow::Cow::Owned(l)
+    }
+}
+
+/// `ipvsadm -L`: the version line, the title and every service (ipvsadm.c list_all).
+pub fn render(listing: &Listing, opts: ListOptions, names: &dyn Names) -> String {
+    let listing = sorted(listing, opts);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "IP Virtual Server version {IPVS_VERSION} (size={})",
         listing.conn_table_size
     );
-    match opts.format {
-        Format::Plain => {
-            out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-            out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
-        }
-        Format::Stats => {
-            let _ = writeln!(
-                out,
-                "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
-                "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
-            );
-        }
-        Format::Thresholds => {
-            let _ = writeln!(
-                out,
-                "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port",
-                "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
-            );
-        }
-        Format::PersistentConn => {
-            let _ = writeln!(
-                out,
-                "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port",
-                "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
-            );
-        }
-    }
+    title(&mut out, opts.format);
     for svc in &listing.services {
-        render_service(&mut out, svc, opts);
+        render_service(&mut out, svc, opts, names);
     }
     out
+}
+
+/// `ipvsadm -L -t VIP:port`: the title and that service only, without the version line
+/// (ipvsadm.c list_service).
+pub fn render_one(svc: &ServiceStatus, opts: ListOptions, names: &dyn Names) -> String {
+    let mut svc = svc.clone();
+    if !opts.nosort {
+        let mut l = Listing {
+            services: vec![svc],
+            ..Default::default()
+        };
+        sort_like_ipvsadm(&mut l);
+        svc = l.services.remove(0);
+    }
+    let mut out = String::new();
+    title(&mut out, opts.format);
+    render_service(&mut out, &svc, opts, names);
+    out
+}
+
+/// ipvsadm.c print_title.
+fn title(out: &mut String, format: Format) {
+    let _ = match format {
+        Format::Stats => writeln!(
+            out,
+            "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
+            "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+        ),
+        Format::Rate => writeln!(
+            out,
+            "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
+            "Prot LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
+        ),
+        Format::Thresholds => writeln!(
+            out,
+            "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port",
+            "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        ),
+        Format::PersistentConn => writeln!(
+            out,
+            "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port",
+            "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
+        ),
+        Format::TunInfo => writeln!(
+            out,
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn"
+        ),
+        Format::Plain => writeln!(
+            out,
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"
+        ),
+    };
 }
 
 /// What ipvsadm prints after the scheduler: ` (sh-fallback,sh-port)` for scheduler flags, then
@@ -145,100 +203,145 @@ pub fn netmask_text(v4: bool, prefix: u8) -> Option<String> {
     }
 }
 
-/// `ipvsadm -L -c -n`: the connection list (ipvsadm.c: list_conn, print_conn).
-pub fn render_connections(conns: &[ConnStatus]) -> String {
+/// `ipvsadm -L -c`: the connection list (ipvsadm.c list_conn, print_conn). With
+/// `--persistent-conn` the title has ipvsadm's persistence-engine columns; xvs has no engine,
+/// so rows never fill them (ipvsadm prints them only for connections that have engine data).
+pub fn render_connections(
+    conns: &[ConnStatus],
+    persistent_conn: bool,
+    names: &dyn Names,
+) -> String {
     let mut out = String::from("IPVS connection entries\n");
-    let _ = writeln!(
-        out,
-        "pro expire {:<11} {:<18} {:<18} destination",
-        "state", "source", "virtual"
-    );
+    if persistent_conn {
+        let _ = writeln!(
+            out,
+            "pro expire {:<11} {:<18} {:<18} {:<18} {:<16} pe_data",
+            "state", "source", "virtual", "destination", "pe name"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "pro expire {:<11} {:<18} {:<18} destination",
+            "state", "source", "virtual"
+        );
+    }
     for c in conns {
         let expire = format!("{:02}:{:02}", c.expires_s / 60, c.expires_s % 60);
+        let name = |a| addr_port(names, a, c.protocol);
         let _ = writeln!(
             out,
             "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
             c.protocol.to_string(),
             expire,
             c.state,
-            addr_port(c.client),
-            addr_port(c.virtual_addr),
-            addr_port(c.real)
+            name(c.client),
+            name(c.virtual_addr),
+            name(c.real)
         );
     }
     out
 }
 
-/// `TCP  203.0.113.10:80`, IPv6 in brackets; a group as ipvsadm prints a firewall-mark
-/// service: `FWM  1`, `FWM  1 IPv6` (its matches are in the JSON and -S, not in this table,
-/// whose lines scripts parse).
-fn service_name(svc: &ServiceStatus) -> String {
+/// `TCP  203.0.113.10:80` (ipvsadm's "%-4s %s", cut to 33 characters for IPv4), IPv6 in
+/// brackets; a group as ipvsadm prints a firewall-mark service: `FWM  1`, `FWM  1 IPv6` (its
+/// matches are in the JSON and -S, not in this table, whose lines scripts parse).
+fn service_name(svc: &ServiceStatus, names: &dyn Names) -> String {
     match svc.key {
-        ServiceKey::Addr { protocol, addr } => format!("{protocol}  {}", addr_port(addr)),
+        ServiceKey::Addr { protocol, addr } => {
+            let s = format!(
+                "{:<4} {}",
+                protocol.to_string(),
+                addr_port(names, addr, protocol)
+            );
+            if addr.is_ipv4() {
+                truncate(s, 33)
+            } else {
+                s
+            }
+        }
         ServiceKey::Fwmark { fwmark, ipv6 } => {
             format!("FWM  {fwmark}{}", if ipv6 { " IPv6" } else { "" })
         }
     }
 }
 
-/// ipvsadm prints IPv6 as `[addr]:port`; SocketAddr's Display does the same.
-fn addr_port(a: SocketAddr) -> String {
-    a.to_string()
+/// The protocol ipvsadm names a service's ports with (a firewall-mark service is TCP).
+fn protocol_of(key: &ServiceKey) -> Protocol {
+    match key {
+        ServiceKey::Addr { protocol, .. } => *protocol,
+        ServiceKey::Fwmark { .. } => Protocol::Tcp,
+    }
 }
 
-fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions) {
+/// A real server's column: `addr:port`, cut to 28 characters for IPv4 (ipvsadm's dname[28]).
+fn real_name(addr: SocketAddr, protocol: Protocol, names: &dyn Names) -> String {
+    let s = addr_port(names, addr, protocol);
+    if addr.is_ipv4() {
+        truncate(s, 28)
+    } else {
+        s
+    }
+}
+
+fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions, names: &dyn Names) {
+    let name = service_name(svc, names);
+    let proto = protocol_of(&svc.key);
     match opts.format {
-        Format::Plain | Format::Thresholds | Format::PersistentConn => {
-            let _ = writeln!(
-                out,
-                "{} {}{}",
-                service_name(svc),
-                svc.scheduler,
-                service_flags(svc)
-            );
-            for r in svc.reals.iter().filter(|_| opts.format != Format::Plain) {
-                let _ = if opts.format == Format::Thresholds {
-                    writeln!(
-                        out,
-                        "  -> {:<28} {:<10} {:<10} {:<10} {:<10}",
-                        addr_port(r.addr),
-                        r.u_threshold,
-                        r.l_threshold,
-                        r.active_conns,
-                        r.inactive_conns
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "  -> {:<28} {:<9} {:<11} {:<10} {:<10}",
-                        addr_port(r.addr),
-                        r.weight,
-                        r.persist_conns,
-                        r.active_conns,
-                        r.inactive_conns
-                    )
-                };
-            }
-            for r in svc.reals.iter().filter(|_| opts.format == Format::Plain) {
-                let _ = writeln!(
-                    out,
-                    "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
-                    addr_port(r.addr),
-                    r.forward.ipvsadm_name(),
-                    r.weight,
-                    r.active_conns,
-                    r.inactive_conns
-                );
+        Format::Stats | Format::Rate => {
+            let _ = write!(out, "{name:<33}");
+            if opts.format == Format::Stats {
+                stats_columns(out, &svc.stats, opts.exact);
+            } else {
+                rate_columns(out, &svc.rates, opts.exact, false);
             }
         }
-        Format::Stats => {
-            let _ = write!(out, "{:<33}", service_name(svc));
-            stats_columns(out, &svc.stats, opts.exact);
-            for r in &svc.reals {
-                let _ = write!(out, "  -> {:<28}", addr_port(r.addr));
+        _ => {
+            let _ = writeln!(out, "{name} {}{}", svc.scheduler, service_flags(svc));
+        }
+    }
+    for r in &svc.reals {
+        let dname = real_name(r.addr, proto, names);
+        let _ = match opts.format {
+            Format::Stats => {
+                let _ = write!(out, "  -> {dname:<28}");
                 stats_columns(out, &r.stats, opts.exact);
+                Ok(())
             }
-        }
+            Format::Rate => {
+                let _ = write!(out, "  -> {dname:<28}");
+                rate_columns(out, &r.rates, opts.exact, true);
+                Ok(())
+            }
+            Format::Thresholds => writeln!(
+                out,
+                "  -> {:<28} {:<10} {:<10} {:<10} {:<10}",
+                dname, r.u_threshold, r.l_threshold, r.active_conns, r.inactive_conns
+            ),
+            Format::PersistentConn => writeln!(
+                out,
+                "  -> {:<28} {:<9} {:<11} {:<10} {:<10}",
+                dname, r.weight, r.persist_conns, r.active_conns, r.inactive_conns
+            ),
+            Format::TunInfo => writeln!(
+                out,
+                "  -> {:<28} {:<7} {:<13} {:<6} {:<10} {:<10}",
+                dname,
+                r.forward.ipvsadm_name(),
+                tun_info(&r.forward),
+                r.weight,
+                r.active_conns,
+                r.inactive_conns
+            ),
+            Format::Plain => writeln!(
+                out,
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+                dname,
+                r.forward.ipvsadm_name(),
+                r.weight,
+                r.active_conns,
+                r.inactive_conns
+            ),
+        };
     }
 }
 
@@ -247,6 +350,22 @@ fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions) {
 fn stats_columns(out: &mut String, c: &Counters, exact: bool) {
     for v in [c.conns, c.packets, 0, c.bytes, 0] {
         out.push_str(&largenum(v, exact));
+    }
+    out.push('\n');
+}
+
+/// CPS, InPPS, OutPPS, InBPS, OutBPS. ipvsadm prints a service's five with print_largenum, but
+/// a real server's first three with a plain " %8llu" (never shortened).
+fn rate_columns(out: &mut String, r: &Rates, exact: bool, real: bool) {
+    for (i, v) in [r.cps, r.inpps, r.outpps, r.inbps, r.outbps]
+        .into_iter()
+        .enumerate()
+    {
+        if real && i < 3 {
+            let _ = write!(out, " {v:>8}");
+        } else {
+            out.push_str(&largenum(v, exact));
+        }
     }
     out.push('\n');
 }
@@ -267,16 +386,39 @@ pub fn largenum(i: u64, exact: bool) -> String {
     }
 }
 
+/// `ipvsadm -L --timeout` (ipvsadm.c list_timeout).
+pub fn render_timeouts(t: &crate::proto::Timeouts) -> String {
+    format!(
+        "Timeout (tcp tcpfin udp): {} {} {}\n",
+        t.tcp, t.tcpfin, t.udp
+    )
+}
+
+/// ipvsadm.c fwd_tun_info: "ipip", "gue:PORT:nocsum|csum", "n/a" for other methods.
+fn tun_info(f: &crate::model::ForwardMethod) -> String {
+    use crate::model::{ForwardMethod, TunnelKind};
+    match f {
+        ForwardMethod::Tunnel(t) if t.kind == TunnelKind::Ipip => "ipip".into(),
+        ForwardMethod::Tunnel(t) => {
+            format!("gue:{}:{}", t.port, if t.csum { "csum" } else { "nocsum" })
+        }
+        ForwardMethod::Dr => "n/a".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::{
-        model::{ForwardMethod, Protocol, Scheduler, ServiceKey},
+        model::{ForwardMethod, Persistence, Scheduler},
+        names::{Numeric, Resolved, Services},
         proto::RealStatus,
     };
 
-    fn listing() -> Listing {
-        let real = |a: &str, w, act, inact| RealStatus {
+    fn real(a: &str, w: u32, act: u64, inact: u64) -> RealStatus {
+        RealStatus {
             addr: a.parse().unwrap(),
             forward: ForwardMethod::Dr,
             weight: w,
@@ -285,49 +427,66 @@ mod tests {
             persist_conns: 0,
             active_conns: act,
             inactive_conns: inact,
-            stats: Counters {
+            stats: Counters::default(),
+            rates: Rates::default(),
+            mac: None,
+        }
+    }
+
+    fn service(key: ServiceKey, scheduler: Scheduler, reals: Vec<RealStatus>) -> ServiceStatus {
+        ServiceStatus {
+            key,
+            scheduler,
+            flags: Default::default(),
+            matches: Vec::new(),
+            persistence: None,
+            stats: Counters::default(),
+            rates: Rates::default(),
+            reals,
+        }
+    }
+
+    fn tcp(a: &str) -> ServiceKey {
+        ServiceKey::new(Protocol::Tcp, a.parse().unwrap())
+    }
+
+    fn listing() -> Listing {
+        let mut reals = vec![
+            real("198.51.100.11:80", 1, 3, 17),
+            real("198.51.100.12:80", 3, 0, 0),
+        ];
+        for r in &mut reals {
+            r.stats = Counters {
                 conns: 12,
                 packets: 345,
                 bytes: 123_456_789_012,
-            },
-            mac: None,
-        };
+            };
+        }
         Listing {
             conn_table_size: 4096,
             services: vec![
-                ServiceStatus {
-                    key: ServiceKey::Addr {
-                        protocol: Protocol::Tcp,
-                        addr: "203.0.113.10:80".parse().unwrap(),
-                    },
-                    scheduler: Scheduler::Wrr,
-                    flags: Default::default(),
-                    matches: Vec::new(),
-                    persistence: None,
-                    stats: Counters::default(),
-                    reals: vec![
-                        real("198.51.100.11:80", 1, 3, 17),
-                        real("198.51.100.12:80", 3, 0, 0),
-                    ],
-                },
-                ServiceStatus {
-                    key: ServiceKey::Addr {
-                        protocol: Protocol::Udp,
-                        addr: "[2001:db8::10]:53".parse().unwrap(),
-                    },
-                    scheduler: Scheduler::Rr,
-                    flags: Default::default(),
-                    matches: Vec::new(),
-                    persistence: None,
-                    stats: Counters::default(),
-                    reals: vec![real("[2001:db8::11]:53", 1, 0, 2)],
-                },
+                service(tcp("203.0.113.10:80"), Scheduler::Wrr, reals),
+                service(
+                    ServiceKey::new(Protocol::Udp, "[2001:db8::10]:53".parse().unwrap()),
+                    Scheduler::Rr,
+                    vec![real("[2001:db8::11]:53", 1, 0, 2)],
+                ),
             ],
             reasons: Default::default(),
             timeouts: Default::default(),
         }
     }
 
+    fn opts(format: Format) -> ListOptions {
+        ListOptions {
+            format,
+            ..Default::default()
+        }
+    }
+
+    /// ipvsadm.c print_title and print_service_entry (default format): the title lines, then
+    /// "%s %s" service lines and "  -> %-28s %-7s %-6d %-10u %-10u" real-server lines (with the
+    /// trailing blanks of the last column).
     #[test]
     fn plain_matches_ipvsadm() {
         let expected = "\
@@ -340,7 +499,95 @@ TCP  203.0.113.10:80 wrr
 UDP  [2001:db8::10]:53 rr
   -> [2001:db8::11]:53            Route   1      0          2         
 ";
-        assert_eq!(render(&listing(), ListOptions::default()), expected);
+        assert_eq!(
+            render(&listing(), ListOptions::default(), &Numeric),
+            expected
+        );
+    }
+
+    /// A literal `ipvsadm -ln` from a DR director (172.168.2.x addresses as printed there;
+    /// nothing is sent to them), trailing blanks as ipvsadm prints them. The same listing is in
+    /// many LVS notes, e.g. "TCP  172.168.2.33:80 rr persistent 600" /
+    /// "  -> 172.168.2.35:80              Route   1      2          0".
+    #[test]
+    fn literal_persistent_dr_listing() {
+        let mut svc = service(
+            tcp("172.168.2.33:80"),
+            Scheduler::Rr,
+            vec![real("172.168.2.35:80", 1, 2, 0)],
+        );
+        svc.persistence = Some(Persistence {
+            timeout: 600,
+            prefix: 32,
+        });
+        let l = Listing {
+            conn_table_size: 1048576,
+            services: vec![svc],
+            ..Default::default()
+        };
+        let out = render(&l, ListOptions::default(), &Numeric);
+        let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            [
+                "IP Virtual Server version 1.2.1 (size=1048576)",
+                "Prot LocalAddress:Port Scheduler Flags",
+                "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
+                "TCP  172.168.2.33:80 rr persistent 600",
+                "  -> 172.168.2.35:80              Route   1      2          0",
+            ]
+        );
+    }
+
+    /// `-L` without `-n`: names, cut as ipvsadm cuts them. Literal lines from an `ipvsadm -L`
+    /// in cloudnativelabs/kube-router#415: the service name is cut to 33 characters
+    /// ("TCP  ip-10-0-62-121.ec2.internal: rr") and a real server to 28
+    /// ("  -> ip-10-0-62-92.ec2.internal:9 Masq ..."; xvs forwards by DR, hence Route).
+    #[test]
+    fn names_are_cut_like_ipvsadm() {
+        static SERVICES: std::sync::OnceLock<Services> = std::sync::OnceLock::new();
+        let services = SERVICES.get_or_init(|| Services::parse("http 80/tcp www\n"));
+        let hosts = HashMap::from([
+            (
+                "10.0.62.121".parse().unwrap(),
+                "ip-10-0-62-121.ec2.internal".to_string(),
+            ),
+            (
+                "10.0.62.92".parse().unwrap(),
+                "ip-10-0-62-92.ec2.internal".to_string(),
+            ),
+        ]);
+        let names = Resolved::with(hosts, services);
+        let l = Listing {
+            conn_table_size: 4096,
+            services: vec![
+                service(
+                    tcp("10.0.62.121:9100"),
+                    Scheduler::Rr,
+                    vec![real("10.0.62.92:9100", 1, 0, 0)],
+                ),
+                service(
+                    tcp("10.0.62.121:80"),
+                    Scheduler::Rr,
+                    vec![real("100.98.125.10:80", 1, 2, 14)],
+                ),
+            ],
+            ..Default::default()
+        };
+        let out = render(&l, ListOptions::default(), &names);
+        let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+        assert_eq!(
+            &lines[3..],
+            [
+                "TCP  ip-10-0-62-121.ec2.internal: rr",
+                "  -> 100.98.125.10:http           Route   1      2          14",
+                "TCP  ip-10-0-62-121.ec2.internal: rr",
+                "  -> ip-10-0-62-92.ec2.internal:9 Route   1      0          0",
+            ]
+        );
+        // -n prints numbers.
+        let out = render(&l, ListOptions::default(), &Numeric);
+        assert!(out.contains("TCP  10.0.62.121:80 rr\n"), "{out}");
     }
 
     #[test]
@@ -350,7 +597,7 @@ UDP  [2001:db8::10]:53 rr
         let svc = &mut l.services[0];
         svc.key = ServiceKey::fwmark(1, false);
         svc.scheduler = Scheduler::Rr;
-        svc.persistence = Some(crate::model::Persistence {
+        svc.persistence = Some(Persistence {
             timeout: 60,
             prefix: 32,
         });
@@ -359,7 +606,7 @@ UDP  [2001:db8::10]:53 rr
         svc.reals[0].addr = "198.51.100.11:0".parse().unwrap();
         let mut v6 = svc.clone();
         v6.key = ServiceKey::fwmark(2, true);
-        v6.persistence = Some(crate::model::Persistence {
+        v6.persistence = Some(Persistence {
             timeout: 300,
             prefix: 64,
         });
@@ -374,7 +621,7 @@ FWM  1 rr persistent 60
 FWM  2 IPv6 rr persistent 300 mask 64
   -> [2001:db8::11]:0             Route   1      3          17        
 ";
-        assert_eq!(render(&l, ListOptions::default()), expected);
+        assert_eq!(render(&l, ListOptions::default(), &Numeric), expected);
         // The JSON carries the group's key and matches.
         let json = serde_json::to_string(&l.services[0]).unwrap();
         assert!(
@@ -385,16 +632,32 @@ FWM  2 IPv6 rr persistent 300 mask 64
         );
     }
 
+    /// `--stats`: the title and the all-zero lines are literal from an `ipvsadm -ln --stats`
+    /// in cloudnativelabs/kube-router#160 ("TCP  10.3.0.1:443" ... "0        0"); the counter
+    /// lines follow print_largenum ("%9llu", "%8lluK"...). The real servers' in-counters come
+    /// from the XDP program; Out stays 0 in DR.
     #[test]
     fn stats_matches_ipvsadm() {
-        let out = render(
-            &listing(),
-            ListOptions {
-                format: Format::Stats,
-                exact: false,
-                nosort: false,
-            },
+        let zero = Listing {
+            conn_table_size: 4096,
+            services: vec![service(
+                tcp("10.3.0.1:443"),
+                Scheduler::Rr,
+                vec![real("172.17.4.101:443", 1, 0, 0)],
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&zero, opts(Format::Stats), &Numeric),
+            "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.3.0.1:443                        0        0        0        0        0
+  -> 172.17.4.101:443                    0        0        0        0        0
+"
         );
+        let out = render(&listing(), opts(Format::Stats), &Numeric);
         let expected = "\
 IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
@@ -403,6 +666,75 @@ TCP  203.0.113.10:80                     0        0        0        0        0
   -> 198.51.100.11:80                   12      345        0     123G        0
 ";
         assert!(out.starts_with(expected), "{out}");
+        // --exact: the whole number.
+        let out = render(
+            &listing(),
+            ListOptions {
+                format: Format::Stats,
+                exact: true,
+                ..Default::default()
+            },
+            &Numeric,
+        );
+        assert!(
+            out.contains("  -> 198.51.100.11:80                   12      345        0 123456789012        0\n"),
+            "{out}"
+        );
+    }
+
+    /// `--rate`, from ipvsadm.c: print_title FMT_RATE ("%-33s %8s %8s %8s %8s %8s" with CPS
+    /// InPPS OutPPS InBPS OutBPS); a service's five values through print_largenum, a real
+    /// server's as "  -> %-28s %8llu %8llu %8llu" then print_largenum twice. The shape matches
+    /// published `ipvsadm -ln --rate` outputs, e.g.
+    /// "TCP  10.96.6.131:80                      1        4        2      234      268".
+    #[test]
+    fn rate_matches_ipvsadm() {
+        let mut l = listing();
+        l.services.truncate(1);
+        l.services[0].rates = Rates {
+            cps: 1,
+            inpps: 4,
+            outpps: 0,
+            inbps: 234,
+            outbps: 0,
+        };
+        l.services[0].reals[0].rates = Rates {
+            cps: 0,
+            inpps: 1,
+            outpps: 0,
+            inbps: 98,
+            outbps: 0,
+        };
+        // A real server's CPS/InPPS are never shortened; its InBPS is.
+        l.services[0].reals[1].rates = Rates {
+            cps: 123_456_789,
+            inpps: 987_654_321,
+            outpps: 0,
+            inbps: 5_000_000_000,
+            outbps: 0,
+        };
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
+  -> RemoteAddress:Port
+TCP  203.0.113.10:80                     1        4        0      234        0
+  -> 198.51.100.11:80                    0        1        0       98        0
+  -> 198.51.100.12:80             123456789 987654321        0    5000M        0
+";
+        assert_eq!(render(&l, opts(Format::Rate), &Numeric), expected);
+        let exact = render(
+            &l,
+            ListOptions {
+                format: Format::Rate,
+                exact: true,
+                ..Default::default()
+            },
+            &Numeric,
+        );
+        assert!(
+            exact.contains("123456789 987654321        0 5000000000        0\n"),
+            "{exact}"
+        );
     }
 
     /// ipvsadm.c print_title / print_service_entry, FMT_THRESHOLDS and FMT_PERSISTENTCONN:
@@ -412,21 +744,14 @@ TCP  203.0.113.10:80                     0        0        0        0        0
     #[test]
     fn thresholds_and_persistent_conn_match_ipvsadm() {
         let mut l = listing();
-        l.services[0].persistence = Some(crate::model::Persistence {
+        l.services[0].persistence = Some(Persistence {
             timeout: 300,
             prefix: 24,
         });
         l.services[0].reals[0].u_threshold = 100;
         l.services[0].reals[0].l_threshold = 50;
         l.services[0].reals[0].persist_conns = 7;
-        let out = render(
-            &l,
-            ListOptions {
-                format: Format::Thresholds,
-                exact: false,
-                nosort: false,
-            },
-        );
+        let out = render(&l, opts(Format::Thresholds), &Numeric);
         let expected = "\
 IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn 
@@ -435,14 +760,7 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
   -> 198.51.100.11:80             100        50         3          17        
 ";
         assert!(out.starts_with(expected), "{out}");
-        let out = render(
-            &l,
-            ListOptions {
-                format: Format::PersistentConn,
-                exact: false,
-                nosort: false,
-            },
-        );
+        let out = render(&l, opts(Format::PersistentConn), &Numeric);
         let expected = "\
 IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn 
@@ -453,31 +771,81 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
         assert!(out.starts_with(expected), "{out}");
         // Plain -L -n with flags: " (sh-fallback,sh-port)" after the scheduler.
         l.services[1].flags = crate::model::SchedFlags::parse("sh-port,sh-fallback").unwrap();
-        l.services[1].scheduler = crate::model::Scheduler::Sh;
-        let out = render(&l, ListOptions::default());
+        l.services[1].scheduler = Scheduler::Sh;
+        let out = render(&l, ListOptions::default(), &Numeric);
         assert!(
             out.contains("UDP  [2001:db8::10]:53 sh (sh-fallback,sh-port)\n"),
             "{out}"
         );
     }
 
-    /// ipvsadm.c list_conn / print_conn: "pro expire %-11s %-18s %-18s %s" header, rows
-    /// "%-3s %-6s %-11s %-18s %-18s %s" with expire as "%02d:%02d".
+    /// `--tun-info` (ipvsadm.c FMT_TUN_INFO): "  -> %-28s %-7s %-13s %-6d %-10u %-10u", "n/a"
+    /// for a server that does not tunnel.
+    #[test]
+    fn tun_info_matches_ipvsadm() {
+        let out = render(&listing(), opts(Format::TunInfo), &Numeric);
+        let expected = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn
+TCP  203.0.113.10:80 wrr
+  -> 198.51.100.11:80             Route   n/a           1      3          17        
+";
+        assert!(out.starts_with(expected), "{out}");
+    }
+
+    /// `-L -t VIP:port` (ipvsadm.c list_service): the title and the one service, no version
+    /// line.
+    #[test]
+    fn one_service_has_no_version_line() {
+        let l = listing();
+        let out = render_one(&l.services[0], ListOptions::default(), &Numeric);
+        assert!(
+            out.starts_with("Prot LocalAddress:Port Scheduler Flags\n"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 5, "{out}");
+        let out = render_one(&l.services[1], opts(Format::Stats), &Numeric);
+        assert!(
+            out.starts_with("Prot LocalAddress:Port               Conns"),
+            "{out}"
+        );
+    }
+
+    /// `-L -c -n`: literal rows from an `ipvsadm -L -c -n` in acassen/keepalived#1138
+    /// (minutes past 99 widen the column: "TCP 133:35 ESTABLISHED 10.142.81.39:49715
+    /// 10.40.25.43:18000  10.40.25.16:18000").
     #[test]
     fn connections_match_ipvsadm() {
-        let out = render_connections(&[ConnStatus {
-            protocol: crate::model::Protocol::Tcp,
-            client: "192.0.2.5:40000".parse().unwrap(),
-            virtual_addr: "203.0.113.10:80".parse().unwrap(),
-            real: "198.51.100.11:80".parse().unwrap(),
+        let conn = |client: &str, exp: u64| ConnStatus {
+            protocol: Protocol::Tcp,
+            client: client.parse().unwrap(),
+            virtual_addr: "10.40.25.43:18000".parse().unwrap(),
+            real: "10.40.25.16:18000".parse().unwrap(),
             state: "ESTABLISHED".into(),
-            expires_s: 899,
-        }]);
+            expires_s: exp,
+        };
+        let out = render_connections(
+            &[
+                conn("10.142.81.39:49715", 133 * 60 + 35),
+                conn("10.40.25.18:50868", 43 * 60 + 28),
+            ],
+            false,
+            &Numeric,
+        );
         assert_eq!(
             out,
             "IPVS connection entries\n\
              pro expire state       source             virtual            destination\n\
-             TCP 14:59  ESTABLISHED 192.0.2.5:40000    203.0.113.10:80    198.51.100.11:80\n"
+             TCP 133:35 ESTABLISHED 10.142.81.39:49715 10.40.25.43:18000  10.40.25.16:18000\n\
+             TCP 43:28  ESTABLISHED 10.40.25.18:50868  10.40.25.43:18000  10.40.25.16:18000\n"
+        );
+        // --persistent-conn widens the title with the persistence-engine columns.
+        let out = render_connections(&[], true, &Numeric);
+        assert_eq!(
+            out,
+            "IPVS connection entries\n\
+             pro expire state       source             virtual            destination        pe name          pe_data\n"
         );
     }
 
@@ -486,7 +854,7 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
         let mut l = listing();
         l.services.reverse();
         l.services[1].reals.reverse();
-        let sorted = render(&l, ListOptions::default());
+        let sorted = render(&l, ListOptions::default(), &Numeric);
         let tcp = sorted.find("TCP  203.0.113.10:80").unwrap();
         let udp = sorted.find("UDP  [2001:db8::10]:53").unwrap();
         assert!(tcp < udp, "{sorted}");
@@ -499,6 +867,7 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
                 nosort: true,
                 ..Default::default()
             },
+            &Numeric,
         );
         assert!(
             raw.find("UDP  [2001:db8::10]:53").unwrap() < raw.find("TCP  203.0.113.10:80").unwrap()
@@ -514,5 +883,19 @@ TCP  203.0.113.10:80 wrr persistent 300 mask 255.255.255.0
         assert_eq!(largenum(99_999_999_999, false), "   99999M");
         assert_eq!(largenum(100_000_000_000, false), "     100G");
         assert_eq!(largenum(100_000_000_000_000, false), "     100T");
+    }
+
+    /// ipvsadm.c list_timeout: "Timeout (tcp tcpfin udp): %d %d %d".
+    #[test]
+    fn timeouts_match_ipvsadm() {
+        let t = crate::proto::Timeouts {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+        };
+        assert_eq!(
+            render_timeouts(&t),
+            "Timeout (tcp tcpfin udp): 900 120 300\n"
+        );
     }
 }

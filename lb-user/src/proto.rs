@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Counters,
+    estimator::Rates,
     model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, VirtualAddr},
 };
 
 /// The version this build speaks.
 /// 2: service groups (ServiceKey may be a mark), thresholds, persistence, connection listing.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: rate estimates in listings, `-Z` of one service (a version-2 daemon would zero them all).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -51,8 +53,13 @@ pub enum Command {
     },
     /// The configuration with live counters.
     List,
-    /// Zero the packet, byte and connection counters (`-Z`).
-    Zero,
+    /// Zero the packet, byte and connection counters and the rate estimates (`-Z`), of one
+    /// service and its real servers or of everything.
+    Zero {
+        /// Only this service (`-Z -t VIP:port`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<ServiceKey>,
+    },
     /// Live connections (`-L -c`).
     Connections,
     /// Set connection timeouts in seconds (`--set`); None keeps a value.
@@ -148,6 +155,9 @@ pub struct ServiceStatus {
     pub persistence: Option<Persistence>,
     /// Traffic counters.
     pub stats: Counters,
+    /// Rates as IPVS estimates them (`--rate`).
+    #[serde(default)]
+    pub rates: Rates,
     /// Real servers.
     pub reals: Vec<RealStatus>,
 }
@@ -176,6 +186,9 @@ pub struct RealStatus {
     pub inactive_conns: u64,
     /// Traffic counters.
     pub stats: Counters,
+    /// Rates as IPVS estimates them (`--rate`).
+    #[serde(default)]
+    pub rates: Rates,
     /// Next-hop MAC address, once resolved; until then the server takes no new connections.
     pub mac: Option<String>,
 }

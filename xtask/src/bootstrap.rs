@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
+    ("netbase", "/etc/services"),
     (
         "fonts-dejavu-core",
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -1,77 +1,169 @@
 //! xvsadm: ipvsadm's command line for xvs.
-use std::{io::Read, process::ExitCode};
+//!
+//! Exit status as ipvsadm: 0 on success, 2 for a command line that cannot be carried out
+//! (ipvsadm's `fail(2, ...)`), 1 when xvsd refuses or cannot be reached.
+use std::{ffi::OsString, io::Read, process::ExitCode};
 
 use clap::Parser;
 use lb_user::{
-    cli::{self, Action, Args},
-    control, listing,
+    cli::{self, Action, Args, CliError},
+    control, help, listing,
     model::{Config, Service},
+    names::{self, Names, Numeric, Resolved},
     proto::{Command, Listing, Request, Response},
+    watch::{self, StatsArgs},
 };
 
 fn main() -> ExitCode {
-    // Subcommands with their own parsers; the rest is ipvsadm's syntax.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "realserver")
-    {
-        return lb_user::realserver::main(std::env::args_os().skip(1));
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    // `xvsadm realserver ...` sets up a real server (no xvsd involved): a parser of its own.
+    if argv.get(1).is_some_and(|a| a == "realserver") {
+        return lb_user::realserver::main(argv.into_iter().skip(1));
     }
-    let args = Args::parse();
-    match run(&args) {
+    // Subcommands of xvs's own (`xvsadm [--socket PATH] stats ...`); everything else is
+    // ipvsadm's command line, which has no words of its own.
+    if let Some((name, rest)) = subcommand(&argv) {
+        let rest = std::iter::once(OsString::from(format!("xvsadm {name}"))).chain(rest);
+        return finish(match name {
+            "stats" => stats(rest),
+            _ => unreachable!("subcommand() knows only these"),
+        });
+    }
+    // ipvsadm with no argument lists the table (names resolved).
+    let argv = if argv.len() <= 1 {
+        vec![OsString::from("xvsadm"), OsString::from("-L")]
+    } else {
+        argv
+    };
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    finish(run(&args))
+}
+
+/// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
+/// name moved after it.
+fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
+    const SUBCOMMANDS: [&str; 1] = ["stats"];
+    let mut global = Vec::new();
+    let mut i = 1;
+    while i < argv.len() {
+        let a = argv[i].to_str()?;
+        if a == "--socket" {
+            global.extend(argv.get(i..i + 2)?.iter().cloned());
+            i += 2;
+        } else if a.starts_with("--socket=") {
+            global.push(argv[i].clone());
+            i += 1;
+        } else {
+            let name = SUBCOMMANDS.into_iter().find(|n| *n == a)?;
+            return Some((name, argv[i + 1..].iter().cloned().chain(global).collect()));
+        }
+    }
+    None
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xvsadm: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<CliError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+fn send(args_socket: &std::path::Path, command: Command) -> anyhow::Result<Response> {
+    let resp = control::request(args_socket, &Request::new(command))?;
+    if let Response::Error { message } = &resp {
+        anyhow::bail!("{message}");
+    }
+    Ok(resp)
+}
+
+fn list(socket: &std::path::Path) -> anyhow::Result<Listing> {
+    match send(socket, Command::List)? {
+        Response::Listing(l) => Ok(l),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Names for these addresses: none with `-n`, else looked up within the resolver budget.
+fn names_for(numeric: bool, ips: Vec<std::net::IpAddr>) -> Box<dyn Names> {
+    if numeric {
+        Box::new(Numeric)
+    } else {
+        Box::new(Resolved::lookup(ips, names::RESOLVE_BUDGET))
     }
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let action = args.action()?;
-    let send = |command: Command| -> anyhow::Result<Response> {
-        let resp = control::request(&args.socket, &Request::new(command))?;
-        if let Response::Error { message } = &resp {
-            anyhow::bail!("{message}");
-        }
-        Ok(resp)
-    };
-    let list = || -> anyhow::Result<Listing> {
-        match send(Command::List)? {
-            Response::Listing(l) => Ok(l),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        }
-    };
+    let socket = args.socket.as_path();
     match action {
-        Action::Apply(changes) => apply(send(Command::Apply { changes })?),
+        Action::Help => {
+            println!("{}\n{}", help::version(), help::USAGE);
+            Ok(())
+        }
+        Action::Version => {
+            println!("{}", help::version());
+            Ok(())
+        }
+        Action::Apply(changes) => apply(send(socket, Command::Apply { changes })?),
         Action::Restore => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
             let changes = cli::parse_rules(&text)?;
-            apply(send(Command::Apply { changes })?)
+            apply(send(socket, Command::Apply { changes })?)
         }
-        Action::Zero => apply(send(Command::Zero)?),
+        Action::Zero { service } => apply(send(socket, Command::Zero { service })?),
         Action::SetTimeouts { tcp, tcpfin, udp } => {
-            apply(send(Command::SetTimeouts { tcp, tcpfin, udp })?)
+            apply(send(socket, Command::SetTimeouts { tcp, tcpfin, udp })?)
         }
-        Action::ListConnections { json } => match send(Command::Connections)? {
+        Action::ListConnections {
+            json,
+            numeric,
+            persistent_conn,
+        } => match send(socket, Command::Connections)? {
             Response::Connections { conns } => {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&conns)?);
                 } else {
-                    print!("{}", listing::render_connections(&conns));
+                    let ips = conns
+                        .iter()
+                        .flat_map(|c| [c.client.ip(), c.virtual_addr.ip(), c.real.ip()])
+                        .collect();
+                    let names = names_for(numeric, ips);
+                    print!(
+                        "{}",
+                        listing::render_connections(&conns, persistent_conn, names.as_ref())
+                    );
                 }
                 Ok(())
             }
             other => anyhow::bail!("unexpected answer: {other:?}"),
         },
-        Action::ListTimeouts => {
-            let t = list()?.timeouts;
-            println!("Timeout (tcp tcpfin udp): {} {} {}", t.tcp, t.tcpfin, t.udp);
+        Action::ListTimeouts { json } => {
+            let t = list(socket)?.timeouts;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", listing::render_timeouts(&t));
+            }
             Ok(())
         }
-        Action::Save => {
-            print!("{}", cli::save(&config_of(&list()?)));
+        Action::Save { numeric } => {
+            let config = config_of(&list(socket)?);
+            let names = names_for(numeric, cli::addresses(&config));
+            print!("{}", cli::save_named(&config, names.as_ref()));
             Ok(())
         }
         Action::List {
@@ -79,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             service,
             json,
         } => {
-            let mut l = list()?;
+            let mut l = list(socket)?;
             if let Some(key) = service {
                 l.services.retain(|s| s.key == key);
                 if l.services.is_empty() {
@@ -88,11 +180,48 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&l)?);
-            } else {
-                print!("{}", listing::render(&l, opts));
+                return Ok(());
+            }
+            let names = names_for(opts.numeric, listing::addresses(&l));
+            match service {
+                Some(_) => print!(
+                    "{}",
+                    listing::render_one(&l.services[0], opts, names.as_ref())
+                ),
+                None => print!("{}", listing::render(&l, opts, names.as_ref())),
             }
             Ok(())
         }
+    }
+}
+
+/// `xvsadm stats [--watch] [--once] [--interval SECS] [--json]`.
+fn stats(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
+    let args = StatsArgs::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
+    if args.help {
+        print!("{}", help::STATS_USAGE);
+        return Ok(());
+    }
+    let period = args.period().map_err(CliError)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let rows = watch::frame(&list(&args.socket)?);
+        if args.json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            // A terminal gets a fresh screen per frame; a pipe gets frames one after another.
+            if tty && !args.once {
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", watch::render(&rows, period));
+            if !tty && !args.once {
+                println!();
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+        std::thread::sleep(period);
     }
 }
 

@@ -1045,20 +1045,26 @@ impl Dataplane {
 
     /// Zeroes the counters of every service and backend in use (`-Z`).
     pub fn zero_counters(&mut self) -> Result<(), DataplaneError> {
-        let services: Vec<u32> = self.placed.values().map(|p| p.id).collect();
-        for id in services {
-            zero_stats(
-                &mut self.service_stats,
-                id,
-                self.cpus,
-                names::MAP_SERVICE_STATS,
-            )?;
+        let keys: Vec<ServiceKey> = self.placed.keys().copied().collect();
+        for key in keys {
+            self.zero_service_counters(&key)?;
         }
-        let backends: Vec<u32> = self
-            .placed
-            .values()
-            .flat_map(|p| p.slots.values().map(|s| s.id))
-            .collect();
+        Ok(())
+    }
+
+    /// Zeroes the counters of one service and of its backends (`-Z -t VIP:port`).
+    pub fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        let Some(p) = self.placed.get(key) else {
+            return Ok(());
+        };
+        let id = p.id;
+        let backends: Vec<u32> = p.slots.values().map(|s| s.id).collect();
+        zero_stats(
+            &mut self.service_stats,
+            id,
+            self.cpus,
+            names::MAP_SERVICE_STATS,
+        )?;
         for id in backends {
             zero_stats(
                 &mut self.backend_stats,

@@ -1,0 +1,133 @@
+//! `xvsadm --help` and `xvsadm -v`: ipvsadm's usage text (ipvsadm.c usage_exit), with a
+//! one-line description of every option as ipvsadm(8) describes it, and what xvs adds or
+//! refuses.
+
+/// ipvsadm's version that xvsadm's command line and formats follow.
+pub const IPVSADM_COMPAT: &str = "1.31";
+
+/// `xvsadm -v`: ipvsadm prints `ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS
+/// v1.2.1)`; xvsadm names itself and what it is compatible with in the same shape.
+pub fn version() -> String {
+    format!(
+        "xvsadm v{} (ipvsadm v{IPVSADM_COMPAT} compatible; IPVS v{} listing formats)",
+        env!("CARGO_PKG_VERSION"),
+        crate::listing::IPVS_VERSION
+    )
+}
+
+/// Everything after the version line of `xvsadm --help`.
+pub const USAGE: &str = "\
+Usage:
+  xvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
+                              [--match proto:vip:port]...
+  xvsadm -D virtual-service
+  xvsadm -C
+  xvsadm -R
+  xvsadm -S [-n]
+  xvsadm -a|e virtual-service -r server-address [-g] [-w weight] [-x upper] [-y lower]
+  xvsadm -d virtual-service -r server-address
+  xvsadm -L|l [virtual-service] [options]
+  xvsadm -Z [virtual-service]
+  xvsadm --set tcp tcpfin udp
+  xvsadm stats [--watch] [--once] [--interval secs] [--json]
+  xvsadm -h
+  xvsadm -v
+
+Commands:
+Either long or short options are allowed.
+  --add-service     -A        add virtual service with options
+  --edit-service    -E        edit virtual service with options (unset options get their defaults)
+  --delete-service  -D        delete virtual service, along with its real servers
+  --clear           -C        clear the whole table
+  --restore         -R        restore rules from stdin, all lines as one transaction
+  --save            -S        save rules to stdout, in the format -R reads
+  --add-server      -a        add real server with options
+  --edit-server     -e        edit real server with options (unset options get their defaults)
+  --delete-server   -d        delete real server
+  --list            -L|-l     list the table (all services, or the one given)
+  --zero            -Z        zero counters and rates in a service or all services
+  --set tcp tcpfin udp        set connection timeout values in seconds (0 keeps a value)
+  --help            -h        display this help message
+  --version         -v        display the version
+  stats                       live per-service and per-real-server rates (xvsadm stats --help)
+
+virtual-service:
+  --tcp-service|-t  service-address   service-address is host[:port]; IPv6 as [addr]:port;
+                                      port 0 or none: every port (persistent services only)
+  --udp-service|-u  service-address   service-address is host[:port]
+  --fwmark-service|-f fwmark          a service group: fwmark is an integer greater than zero;
+                                      what it takes is given with --match, not iptables
+
+Options:
+  --ipv6         -6                   fwmark entry (service group) uses IPv6
+  --scheduler    -s scheduler         one of rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh|twos,
+                                      the default scheduler is wlc.
+  --persistent   -p [timeout]         persistent service, timeout in seconds (default 300)
+  --netmask      -M netmask           persistent granularity mask: 255.255.255.0, or a prefix
+                                      length (IPv6: 1..128)
+  --sched-flags  -b flags             scheduler flags (comma-separated): sh-fallback, sh-port,
+                                      mh-fallback, mh-port (flag-1, flag-2)
+  --match        proto:vip:port       xvs: traffic a service group takes, e.g. tcp:203.0.113.10:443
+                                      (repeatable; port 0: every port; -E --match none: no traffic)
+  --real-server  -r server-address    server-address is host (and port; direct routing uses
+                                      the service's port)
+  --gatewaying   -g                   gatewaying (direct routing) (default)
+  --ipip         -i                   ipip encapsulation (tunneling): the server may be routed
+  --tun-type     type                 one of ipip|gue, the default tunnel type is ipip
+                                      (ipip: IPIP, IP6IP6, 6in4, 4in6)
+  --tun-port     port                 tunnel destination port (gue)
+  --tun-nocsum                        tunnel encapsulation without checksum (gue over IPv4;
+                                      the default)
+  --tun-csum                          tunnel encapsulation with checksum (always over IPv6)
+  --weight       -w weight            capacity of real server, 0..65535 (0: no new connections)
+  --u-threshold  -x uthreshold        upper threshold of connections (0: none)
+  --l-threshold  -y lthreshold        lower threshold of connections (0: 3/4 of the upper)
+  --connection   -c                   output of current connections and persistence templates
+  --timeout                           output of timeout (tcp tcpfin udp)
+  --stats                             output of statistics information
+  --rate                              output of rate information (IPVS's 2-second estimator)
+  --exact        -X                   expand numbers (display exact values)
+  --thresholds                        output of thresholds information
+  --persistent-conn                   output of persistent connection info
+  --tun-info                          output of tunnel information
+  --nosort                            disable sorting output of service/server entries
+  --sort                              does nothing, for backwards compatibility
+  --numeric      -n                   numeric output of addresses and ports
+  --json                              xvs: any listing as JSON (-L, --stats, --rate, -c, --timeout)
+  --socket       path                 xvs: xvsd's control socket (env XVS_SOCKET,
+                                      default /run/xvs/xvsd.sock)
+
+Refused, with the reason, never ignored (IPVS features without meaning for an XDP director,
+or not in xvs yet):
+  --masquerading -m                   masquerading (NAT): replies do not pass an XDP director
+  --tun-type gre, --tun-remcsum       GRE tunnels, GUE remote checksum offload: the real-server
+                                      decapsulator does IPIP and GUE
+  --sctp-service service-address      SCTP: xvs balances TCP and UDP
+  --ops          -o                   one-packet scheduling: every UDP flow has an entry
+  --pe           engine               persistence engine (sip): payloads are not parsed
+  --start-daemon, --stop-daemon {master|backup}, --daemon
+                                      connection sync daemon: each director keeps its own
+                                      connection table
+  --syncid, --sync-maxlen, --mcast-interface, --mcast-group, --mcast-port, --mcast-ttl
+                                      sync daemon options
+
+Names: without -n, -L, -c and -S print host names (reverse DNS, at most 2 s for a whole
+listing, then numbers) and /etc/services port names, as ipvsadm; -t, -u and -r accept both.
+";
+
+/// `xvsadm stats --help`.
+pub const STATS_USAGE: &str = "\
+Usage:
+  xvsadm stats [--watch] [--once] [--interval secs] [--json] [--socket path]
+
+Live rates of every service and real server: new connections, packets and bytes per second
+as IPVS estimates them (2-second samples, averaged over about 8 seconds; the same numbers as
+xvsadm -L --rate), with active and inactive connections.
+
+  --watch                             refresh until interrupted (the default)
+  --once                              print one frame and exit
+  --interval     secs                 seconds between frames (default 2, the estimator's period)
+  --json                              one JSON object per frame, one per line
+  --socket       path                 xvsd's control socket (env XVS_SOCKET)
+  --help         -h                   display this help message
+";

@@ -1,0 +1,274 @@
+//! `xvsadm stats`: a live terminal view of every service's and real server's rates (new
+//! connections, packets and bytes per second, as the daemon's IPVS-style estimator has them,
+//! the numbers of `-L --rate`) with their connection counts.
+
+use std::{fmt::Write, time::Duration};
+
+use clap::Parser;
+use serde::Serialize;
+
+use crate::{
+    estimator::Rates,
+    listing::sort_like_ipvsadm,
+    model::{Protocol, ServiceKey},
+    names::{addr_port, Numeric},
+    proto::{Listing, DEFAULT_SOCKET},
+};
+
+/// `xvsadm stats` options (`--help` prints [`crate::help::STATS_USAGE`]).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "xvsadm stats",
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+pub struct StatsArgs {
+    /// Refresh until interrupted (the default).
+    #[arg(long)]
+    pub watch: bool,
+    /// One frame, then exit.
+    #[arg(long, conflicts_with = "watch")]
+    pub once: bool,
+    /// Seconds between frames.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub interval: f64,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of xvsd.
+    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
+    /// Print the help.
+    #[arg(short = 'h', long)]
+    pub help: bool,
+}
+
+impl StatsArgs {
+    /// The refresh period, checked: at least 0.1 s, at most a day.
+    pub fn period(&self) -> Result<Duration, String> {
+        if !(0.1..=86400.0).contains(&self.interval) {
+            return Err(format!(
+                "--interval {}: must be between 0.1 and 86400 seconds",
+                self.interval
+            ));
+        }
+        Ok(Duration::from_secs_f64(self.interval))
+    }
+}
+
+/// One row of a frame.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Row {
+    /// The service or real server, as `-L -n` names it.
+    pub name: String,
+    /// Rates per second.
+    pub rates: Rates,
+    /// ESTABLISHED connections (a service: the sum over its real servers).
+    pub active: u64,
+    /// Other live connections.
+    pub inactive: u64,
+}
+
+/// A service and its real servers in a frame.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ServiceRows {
+    /// The service.
+    #[serde(flatten)]
+    pub service: Row,
+    /// Its real servers.
+    pub reals: Vec<Row>,
+}
+
+/// The rows of one frame, in ipvsadm's order.
+pub fn frame(listing: &Listing) -> Vec<ServiceRows> {
+    let mut l = listing.clone();
+    sort_like_ipvsadm(&mut l);
+    l.services
+        .iter()
+        .map(|s| {
+            let proto = match s.key {
+                ServiceKey::Addr { protocol, .. } => protocol,
+                ServiceKey::Fwmark { .. } => Protocol::Tcp,
+            };
+            let name = match s.key {
+                ServiceKey::Addr { protocol, addr } => {
+                    format!(
+                        "{:<4} {} {}",
+                        protocol.to_string(),
+                        addr_port(&Numeric, addr, protocol),
+                        s.scheduler
+                    )
+                }
+                ServiceKey::Fwmark { fwmark, ipv6 } => {
+                    format!(
+                        "FWM  {fwmark}{} {}",
+                        if ipv6 { " IPv6" } else { "" },
+                        s.scheduler
+                    )
+                }
+            };
+            ServiceRows {
+                service: Row {
+                    name,
+                    rates: s.rates,
+                    active: s.reals.iter().map(|r| r.active_conns).sum(),
+                    inactive: s.reals.iter().map(|r| r.inactive_conns).sum(),
+                },
+                reals: s
+                    .reals
+                    .iter()
+                    .map(|r| Row {
+                        name: addr_port(&Numeric, r.addr, proto),
+                        rates: r.rates,
+                        active: r.active_conns,
+                        inactive: r.inactive_conns,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A rate for people: 1234 -> `1234`, 12345 -> `12.3K`, 12345678 -> `12.3M` (powers of 1000).
+pub fn human(v: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "G"),
+        (1_000_000, "M"),
+        (1_000, "K"),
+    ];
+    if v < 10_000 {
+        return v.to_string();
+    }
+    for (scale, unit) in UNITS {
+        if v >= scale {
+            let x = v as f64 / scale as f64;
+            return if x < 100.0 {
+                format!("{x:.1}{unit}")
+            } else {
+                format!("{x:.0}{unit}")
+            };
+        }
+    }
+    v.to_string()
+}
+
+/// One frame as a table: a header, then per service a line and one line per real server.
+pub fn render(rows: &[ServiceRows], period: Duration) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "xvs: {} services; rates per second as IPVS estimates them (2 s samples, ~8 s average); every {:.1} s",
+        rows.len(),
+        period.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "Prot LocalAddress:Port Scheduler", "Conn/s", "Pkt/s", "Bytes/s", "ActiveConn", "InActConn"
+    );
+    out.push_str("  -> RemoteAddress:Port\n");
+    let line = |out: &mut String, name: &str, r: &Row| {
+        let _ = writeln!(
+            out,
+            "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10}",
+            name,
+            human(r.rates.cps),
+            human(r.rates.inpps),
+            human(r.rates.inbps),
+            r.active,
+            r.inactive
+        );
+    };
+    for s in rows {
+        line(&mut out, &s.service.name, &s.service);
+        for r in &s.reals {
+            line(&mut out, &format!("  -> {}", r.name), r);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::Counters,
+        model::{ForwardMethod, Scheduler},
+        proto::{RealStatus, ServiceStatus},
+    };
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(0), "0");
+        assert_eq!(human(9999), "9999");
+        assert_eq!(human(12_345), "12.3K");
+        assert_eq!(human(123_456), "123K");
+        assert_eq!(human(12_345_678), "12.3M");
+        assert_eq!(human(5_000_000_000), "5.0G");
+    }
+
+    #[test]
+    fn frame_shows_rates_and_connection_counts() {
+        let real = |a: &str, cps, act| RealStatus {
+            addr: a.parse().unwrap(),
+            forward: ForwardMethod::Dr,
+            weight: 1,
+            u_threshold: 0,
+            l_threshold: 0,
+            persist_conns: 0,
+            active_conns: act,
+            inactive_conns: 1,
+            stats: Counters::default(),
+            rates: Rates {
+                cps,
+                inpps: cps * 6,
+                outpps: 0,
+                inbps: cps * 600,
+                outbps: 0,
+            },
+            mac: None,
+        };
+        let l = Listing {
+            conn_table_size: 4096,
+            services: vec![ServiceStatus {
+                key: ServiceKey::new(Protocol::Tcp, "203.0.113.10:80".parse().unwrap()),
+                matches: vec![],
+                scheduler: Scheduler::Wrr,
+                flags: Default::default(),
+                persistence: None,
+                stats: Counters::default(),
+                rates: Rates {
+                    cps: 30,
+                    inpps: 180,
+                    outpps: 0,
+                    inbps: 18_000,
+                    outbps: 0,
+                },
+                reals: vec![
+                    real("198.51.100.12:80", 20, 3),
+                    real("198.51.100.11:80", 10, 2),
+                ],
+            }],
+            ..Default::default()
+        };
+        let rows = frame(&l);
+        assert_eq!(rows[0].service.active, 5);
+        assert_eq!(rows[0].reals[0].name, "198.51.100.11:80");
+        let text = render(&rows, Duration::from_secs(2));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[3],
+            "TCP  203.0.113.10:80 wrr                       30      180     18.0K          5          2"
+        );
+        assert_eq!(
+            lines[4],
+            "  -> 198.51.100.11:80                          10       60      6000          2          1"
+        );
+        let json = serde_json::to_string(&rows).unwrap();
+        assert!(
+            json.starts_with(r#"[{"name":"TCP  203.0.113.10:80 wrr","rates":{"cps":30"#),
+            "{json}"
+        );
+    }
+}
