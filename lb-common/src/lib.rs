@@ -10,6 +10,7 @@ pub mod conn;
 pub mod csum;
 pub mod decap;
 pub mod filter;
+pub mod layout;
 pub mod maps;
 pub mod reason;
 
@@ -19,6 +20,7 @@ pub use maps::{
     tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
     Stats, TunnelJob, NO_BACKEND,
 };
+pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.
@@ -92,6 +94,8 @@ pub mod names {
     pub const MAP_CONFIG: &str = "CONFIG";
     /// Bitmap that rules out non-service traffic before any hash lookup.
     pub const MAP_SERVICE_FILTER: &str = "SERVICE_FILTER";
+    /// The layout the maps were created with (one `layout::Meta`), for adoption after a restart.
+    pub const MAP_META: &str = "META";
 }
 
 /// Index of the tunnel program in TAIL_CALLS.

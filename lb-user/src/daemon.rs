@@ -14,15 +14,19 @@ use lb_common::DataplaneConfig;
 use thiserror::Error;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
     sync::Mutex,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
-    dataplane::{AttachMode, Dataplane, DataplaneError, Sizes},
+    dataplane::{
+        adopt::{PinnedStart, Start},
+        AttachMode, Dataplane, DataplaneError, Sizes,
+    },
     estimator::{self, Estimator, Subject},
+    metrics,
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey},
     neighbor::{self, Neighbors},
     proto::{
@@ -91,6 +95,12 @@ pub struct DaemonOptions {
     pub sched_slots: u32,
     /// Table tunables.
     pub params: crate::scheduler::Params,
+    /// Where the link, program and maps are pinned (see `dataplane::pin`).
+    pub pin_dir: PathBuf,
+    /// Replace an incompatible pinned data plane instead of refusing to start.
+    pub force_reload: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
     /// Outer source addresses of tunnelled packets (at most one per family; the FIB chooses for
     /// a family left out).
     pub tun_src: Vec<IpAddr>,
@@ -108,13 +118,14 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller with an empty configuration.
+    /// A controller with an empty configuration. An adopted data plane keeps its timeouts, and
+    /// its real servers' MACs are known at once.
     pub fn new(dataplane: Dataplane, iface: &str) -> Self {
         Self {
             config: Config::default(),
+            macs: dataplane.inherited_macs(),
+            timeouts: dataplane.current_config().unwrap_or_default(),
             dataplane,
-            macs: HashMap::new(),
-            timeouts: DataplaneConfig::default(),
             iface: iface.to_string(),
             rates: Estimator::default(),
         }
@@ -136,8 +147,13 @@ impl Controller {
     pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, String> {
         let mut next = self.config.clone();
         next.apply_all(changes).map_err(|e| e.to_string())?;
+        // Pushing the empty configuration back would tear down what an adopted data plane
+        // still forwards with: a failed first sync leaves it as it was.
+        let adopted = self.dataplane.adoption_pending();
         if let Err(e) = self.dataplane.sync(&next, &self.macs) {
-            if let Err(again) = self.dataplane.sync(&self.config, &self.macs) {
+            if adopted {
+                warn!(error = %e, "the first configuration after adoption failed; the adopted tables stay");
+            } else if let Err(again) = self.dataplane.sync(&self.config, &self.macs) {
                 warn!(error = %again, "restoring the previous configuration failed");
             }
             return Err(e.to_string());
@@ -454,18 +470,61 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
 struct Shared {
     controller: Mutex<Controller>,
     neighbors: Neighbors,
+    start: Start,
+    started: Instant,
 }
 
-/// Runs xvsd until SIGINT or SIGTERM; the program is detached and the socket removed on the way out.
+impl Shared {
+    /// The metrics exposition.
+    async fn scrape(&self) -> Result<String, String> {
+        let mut c = self.controller.lock().await;
+        let listing = c.listing().map_err(|e| e.to_string())?;
+        Ok(metrics::render(&metrics::Snapshot {
+            listing: &listing,
+            activity: c.dataplane().activity(),
+            start: self.start.name(),
+            adoption_pending: c.dataplane().adoption_pending(),
+            uptime: self.started.elapsed(),
+        }))
+    }
+}
+
+/// Runs xvsd until SIGINT or SIGTERM. The director stays attached and pinned when xvsd exits
+/// (a new xvsd adopts it); `dataplane::pin::cleanup` detaches it.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let started = Instant::now();
     let ifindex = ifindex(&opts.iface)?;
-    let mut dataplane = Dataplane::load_with(Sizes {
-        conns: opts.conn_table_size,
-        sched_slots: opts.sched_slots,
+    let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
+        iface: opts.iface.clone(),
+        ifindex,
+        mode: opts.mode,
+        sizes: Sizes {
+            conns: opts.conn_table_size,
+            sched_slots: opts.sched_slots,
+        },
+        dir: opts.pin_dir.clone(),
+        force_reload: opts.force_reload,
     })?;
     dataplane.set_params(opts.params);
-    dataplane.attach(&opts.iface, opts.mode)?;
-    info!(iface = %opts.iface, mode = ?opts.mode, "director attached");
+    let pins = opts.pin_dir.display();
+    match &start {
+        Start::Fresh => {
+            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned")
+        }
+        Start::Adopted {
+            services,
+            backends,
+            previous_program,
+        } => info!(
+            iface = %opts.iface, pins = %pins, services, backends, previous_program,
+            "adopted the pinned data plane: this build's program replaced the previous one on its \
+             link; the last tables keep forwarding until the configuration is synced"
+        ),
+        Start::Reloaded { reasons } => warn!(
+            iface = %opts.iface, mode = ?opts.mode, pins = %pins, why = %reasons.join("; "),
+            "reloaded: the incompatible data plane was replaced by a fresh one"
+        ),
+    }
     let shared = Arc::new(Shared {
         controller: Mutex::new({
             let mut c = Controller::new(dataplane, &opts.iface);
@@ -473,9 +532,25 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             c
         }),
         neighbors: Neighbors::new(ifindex)?,
+        start,
+        started,
     });
     let listener = bind_socket(&opts.socket)?;
     info!(socket = %opts.socket.display(), "control socket ready");
+    let metrics_task = match opts.metrics {
+        Some(addr) => {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(io_err(format!("binding the metrics endpoint {addr}")))?;
+            info!(%addr, "metrics endpoint ready: GET /metrics");
+            let shared = shared.clone();
+            Some(tokio::spawn(metrics::serve(tcp, move || {
+                let shared = shared.clone();
+                async move { shared.scrape().await }
+            })))
+        }
+        None => None,
+    };
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
@@ -517,7 +592,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             }
         }
     }
-    info!("shutting down: detaching the director");
+    info!(
+        pins = %opts.pin_dir.display(),
+        "shutting down: the director stays attached with its last tables (xvsd --cleanup --iface {} detaches it)",
+        opts.iface
+    );
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())

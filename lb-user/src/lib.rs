@@ -9,6 +9,7 @@ pub mod decap;
 pub mod estimator;
 pub mod help;
 pub mod listing;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod neighbor;

@@ -5,6 +5,11 @@
 //!
 //! Addresses (documentation ranges): segment 198.51.100.0/24 and 2001:db8:1::/64; client .1/::1,
 //! director .2/::2, real server N .1N/::1N; VIPs 203.0.113.10 and 2001:db8:10::10.
+//!
+//! xvsd pins its data plane in a bpffs instance the lab mounts in the host's mount namespace
+//! (`DIR/bpf`): `ip netns exec` replaces /sys, but mounts elsewhere stay visible inside it, so
+//! the pins outlive xvsd (a killed xvsd leaves the director forwarding, as in production) and
+//! are all released when the lab unmounts that instance.
 
 use std::{
     fs,
@@ -40,14 +45,22 @@ pub struct LabOptions {
     pub reals: usize,
     /// Directory holding xvsd and xvsadm.
     pub bin_dir: PathBuf,
+    /// Extra arguments for every start of xvsd (e.g. `--metrics`).
+    pub xvsd_args: Vec<String>,
 }
 
 /// A two-real-server lab for a test (panics with the reason if it cannot start).
 pub fn two_reals(tag: &str) -> Lab {
+    two_reals_with(tag, &[])
+}
+
+/// A two-real-server lab whose xvsd always gets `xvsd_args` too.
+pub fn two_reals_with(tag: &str, xvsd_args: &[&str]) -> Lab {
     Lab::start(LabOptions {
         tag: tag.into(),
         reals: 2,
         bin_dir: default_bin_dir(),
+        xvsd_args: xvsd_args.iter().map(|a| a.to_string()).collect(),
     })
     .expect("lab")
 }
@@ -70,6 +83,9 @@ pub struct Lab {
     pub socket: PathBuf,
     bin_dir: PathBuf,
     reals: usize,
+    xvsd_args: Vec<String>,
+    /// Mount point of the lab's bpffs instance.
+    bpffs: PathBuf,
     xvsd: Option<Child>,
     apaches: Vec<Child>,
     _pass: Option<Ebpf>,
@@ -111,18 +127,24 @@ impl Lab {
         let prefix = format!("xvs-{}-", opts.tag);
         netns::destroy_all(&prefix);
         let dir = std::env::temp_dir().join(format!("xvs-{}", opts.tag));
+        let bpffs = dir.join("bpf");
+        // A crashed run's bpffs first: its pins are released with it.
+        netns::unmount_all(&bpffs);
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&bpffs)?;
         let mut lab = Lab {
             prefix,
             socket: dir.join("xvsd.sock"),
             dir,
             bin_dir: opts.bin_dir.clone(),
             reals: opts.reals,
+            xvsd_args: opts.xvsd_args.clone(),
+            bpffs,
             xvsd: None,
             apaches: Vec::new(),
             _pass: None,
         };
+        netns::mount_bpffs(&lab.bpffs).context("mounting the lab's bpffs")?;
         lab.build_topology().context("building the lab topology")?;
         for i in 1..=opts.reals {
             lab.start_apache(i)
@@ -307,23 +329,44 @@ impl Lab {
         fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default()
     }
 
+    /// Where xvsd pins the director (inside the lab's bpffs).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("eth0")
+    }
+
+    /// The xvsd command line of this lab, with `extra` arguments.
+    fn xvsd_cmd(&self, extra: &[&str]) -> Command {
+        let mut cmd = cmd_in(
+            &self.ns("dir"),
+            &self.bin_dir.join("xvsd").display().to_string(),
+        );
+        cmd.args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(self.pin_dir())
+            .args(&self.xvsd_args)
+            .args(extra);
+        cmd
+    }
+
     /// Starts xvsd in the director namespace and waits until it answers.
     pub fn start_xvsd(&mut self) -> Result<()> {
+        self.start_xvsd_with(&[])
+    }
+
+    /// Starts xvsd with `extra` arguments for this start only, and waits until it answers.
+    pub fn start_xvsd_with(&mut self, extra: &[&str]) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("xvsd.log"))?;
-        let child = cmd_in(
-            &self.ns("dir"),
-            &self.bin_dir.join("xvsd").display().to_string(),
-        )
-        .args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
-        .arg(&self.socket)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("spawning xvsd")?;
+        let child = self
+            .xvsd_cmd(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning xvsd")?;
         self.xvsd = Some(child);
         poll(Duration::from_secs(20), "xvsd to answer", || {
             if let Some(c) = self.xvsd.as_mut() {
@@ -339,7 +382,65 @@ impl Lab {
         .with_context(|| fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default())
     }
 
-    /// Stops xvsd with SIGTERM and waits for it (the director detaches on the way out).
+    /// Runs xvsd with `extra` arguments to completion (`--cleanup`, or a start that must be
+    /// refused); fails if it is still running after 30 s.
+    pub fn xvsd_once(&self, extra: &[&str]) -> Result<Output> {
+        let mut child = self
+            .xvsd_cmd(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_BACKTRACE", "0")
+            .spawn()
+            .context("spawning xvsd")?;
+        let done = poll(Duration::from_secs(30), "xvsd to exit", || {
+            child.try_wait().ok().flatten()
+        });
+        if done.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("xvsd {extra:?} did not exit");
+        }
+        child.wait_with_output().context("reading xvsd's output")
+    }
+
+    /// Kills xvsd with SIGKILL and waits for it: nothing of xvsd runs any more, only what it
+    /// pinned.
+    pub fn kill_xvsd(&mut self) -> Result<()> {
+        if let Some(mut c) = self.xvsd.take() {
+            c.kill().context("killing xvsd")?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Restores `rules` (`xvsadm -S -n` output) with `xvsadm -R`.
+    pub fn xvsadm_restore(&self, rules: &str) -> Result<()> {
+        let mut child = Command::new(self.bin_dir.join("xvsadm"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("-R")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running xvsadm -R")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "xvsadm -R failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops xvsd with SIGTERM and waits for it (the director stays attached and pinned).
     pub fn stop_xvsd(&mut self) -> Result<()> {
         if let Some(mut c) = self.xvsd.take() {
             // SAFETY: plain kill(2) on our child. `ip netns exec` execs, so this is xvsd.
@@ -497,6 +598,9 @@ impl Lab {
         }
         self._pass = None;
         netns::destroy_all(&self.prefix);
+        // The pins (and with them the director's link and maps) go with the bpffs instance.
+        netns::unmount_all(&self.bpffs);
+        let _ = fs::remove_dir(&self.bpffs);
         for mut c in self.apaches.drain(..) {
             let _ = c.kill();
             let _ = c.wait();

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod decap;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packets;
 pub mod progtest;

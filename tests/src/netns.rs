@@ -127,3 +127,42 @@ pub fn spawn_in_netns<T: Send + 'static>(
         f()
     }))
 }
+
+/// Mounts a new bpffs instance on `dir` (in this process's mount namespace).
+pub fn mount_bpffs(dir: &std::path::Path) -> Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let target = c(&dir.display().to_string());
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c("bpf").as_ptr(),
+            target.as_ptr(),
+            c("bpf").as_ptr(),
+            0,
+            c("mode=0700").as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mount -t bpf bpf {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Unmounts everything mounted on `dir` (lazily: a mount still in use goes when it is no
+/// longer used). Errors are ignored: this runs on cleanup paths.
+pub fn unmount_all(dir: &std::path::Path) {
+    let Ok(target) = std::ffi::CString::new(dir.display().to_string()) else {
+        return;
+    };
+    // Stacked mounts come off one at a time; EINVAL once nothing is mounted there.
+    for _ in 0..16 {
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+            break;
+        }
+    }
+}

@@ -256,7 +256,7 @@ fn rejected_commands_exit_nonzero_and_change_nothing() {
 }
 
 #[test]
-fn xvsd_detaches_on_sigterm() {
+fn xvsd_stays_attached_after_sigterm_until_cleanup() {
     let mut lab = lab("e2e-stop");
     let f = &families()[0];
     setup(&lab, f, "rr", 1, 1).unwrap();
@@ -275,13 +275,23 @@ fn xvsd_detaches_on_sigterm() {
         link(&lab)
     );
     lab.stop_xvsd().unwrap();
+    assert!(!lab.socket.exists(), "socket left behind");
+    // The pinned director keeps balancing with its last tables.
+    assert!(link(&lab).contains("xdp"), "detached by SIGTERM");
+    assert_eq!(lab.curl_many(&f.url, 2).unwrap().len(), 2);
+    // --cleanup is how forwarding stops.
+    let out = lab.xvsd_once(&["--cleanup"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !link(&lab).contains("xdp"),
-        "still attached after SIGTERM: {}",
+        "still attached after --cleanup: {}",
         link(&lab)
     );
-    assert!(!lab.socket.exists(), "socket left behind");
-    // Without the director nothing balances the VIP any more.
+    assert!(!lab.pin_dir().exists(), "pins left behind");
     assert!(lab.curl_many(&f.url, 1).unwrap().is_empty());
 }
 
@@ -314,4 +324,10 @@ fn lab_demo_runs_and_cleans_up_even_after_a_crash() {
     // A second run works the same.
     assert!(demo().status.success());
     assert!(netns::list("xvs-lab-").is_empty());
+    // The lab's bpffs, and every pin in it, is gone too.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains("/xvs-lab/bpf")),
+        "bpffs left mounted:\n{mounts}"
+    );
 }

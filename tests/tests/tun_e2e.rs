@@ -19,6 +19,7 @@ fn lab() -> Lab {
         tag: "tun".into(),
         reals: 1,
         bin_dir: xvs_tests::lab::default_bin_dir(),
+        xvsd_args: Vec::new(),
     })
     .expect("lab");
     lab.add_routed_real(RS, 1400)

@@ -61,6 +61,11 @@ static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 #[map]
 static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
 
+// Read by the controller only: the layout the maps were created with (checked before a
+// restarted or upgraded controller adopts pinned maps).
+#[map]
+static META: Array<lb_common::Meta> = Array::with_max_entries(1, 0);
+
 /// Where a forwarded frame leaves.
 enum Out {
     /// XDP_TX, counted under this reason.

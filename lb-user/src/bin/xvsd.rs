@@ -1,24 +1,45 @@
 //! xvsd: the xvs director daemon.
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
 use lb_user::{
     daemon::{self, DaemonOptions},
-    dataplane::AttachMode,
+    dataplane::{pin, AttachMode},
     proto::DEFAULT_SOCKET,
 };
 
 /// The xvs director daemon: loads the XDP program on an interface and serves xvsadm.
+///
+/// The program, its XDP link and its maps are pinned in bpffs (--pin-dir): when xvsd exits or
+/// dies the director keeps forwarding with its last tables, and the next xvsd adopts it (a new
+/// build's program replaces the old one on the link, keeping connections and counters).
+/// `xvsd --cleanup --iface IF` detaches it and removes the pins.
 #[derive(Parser, Debug)]
 #[command(name = "xvsd", version)]
 struct Opts {
     /// Interface to attach the director to.
     #[arg(long)]
     iface: String,
-    /// XDP attach mode.
+    /// XDP attach mode of a fresh attachment (an adopted link keeps its mode).
     #[arg(long, value_enum, default_value = "native")]
     xdp_mode: AttachMode,
+    /// Where the link, program and maps are pinned (bpffs; default /sys/fs/bpf/xvs/IFACE,
+    /// mounting bpffs on /sys/fs/bpf if nothing is mounted there).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Replace a pinned data plane of an incompatible layout instead of refusing to start: it
+    /// is detached, and its connection table, persistence templates, counters and tables are
+    /// lost.
+    #[arg(long)]
+    force_reload: bool,
+    /// Detach the pinned director from the interface, remove its pins, and exit (refused
+    /// while an xvsd runs on them). Forwarding stops.
+    #[arg(long)]
+    cleanup: bool,
+    /// Serve Prometheus metrics on ADDR:PORT (GET /metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
     /// Control socket (root only).
     #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -50,11 +71,35 @@ fn parse_mh_size(s: &str) -> Result<usize, String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let opts = Opts::parse();
+    let pin_dir = opts
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| pin::default_dir(&opts.iface));
+    if opts.cleanup {
+        let done =
+            pin::cleanup(&pin_dir).with_context(|| format!("xvsd --cleanup on {}", opts.iface))?;
+        if done.removed.is_empty() {
+            println!("nothing pinned in {}", pin_dir.display());
+        } else {
+            println!(
+                "{}removed {} pins from {}",
+                if done.detached {
+                    format!("detached the director from {}; ", opts.iface)
+                } else {
+                    String::new()
+                },
+                done.removed.len(),
+                pin_dir.display()
+            );
+        }
+        return Ok(());
+    }
     daemon::run(DaemonOptions {
         iface: opts.iface.clone(),
         mode: opts.xdp_mode,
@@ -65,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
             maglev_size: opts.mh_table_size,
             plan_len: opts.plan_len as usize,
         },
+        pin_dir,
+        force_reload: opts.force_reload,
+        metrics: opts.metrics,
         tun_src: opts.tun_src.clone(),
     })
     .await

@@ -1,11 +1,12 @@
-//! Reading a whole hash map in batches (BPF_MAP_LOOKUP_BATCH): one system call per few thousand
-//! entries instead of two per entry, so the controller can walk a connection table of millions
-//! of entries every recomputation period. aya does not wrap this command yet.
+//! Reading maps in batches (BPF_MAP_LOOKUP_BATCH): one system call per few thousand entries
+//! instead of two per entry, so the controller can walk a connection table of millions of
+//! entries every recomputation period, and read back whole arrays when it adopts pinned maps.
+//! aya does not wrap this command yet.
 
 use std::{io, mem::size_of, os::fd::AsRawFd};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, IterableMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData},
     Pod,
 };
 
@@ -31,16 +32,49 @@ struct BatchAttr {
 /// not be seen (the kernel walks bucket by bucket), which is fine for counting.
 pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: &BpfHashMap<MapData, K, V>,
+    f: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    // A hash map's batch token is a bucket index (u32).
+    walk(
+        IterableMap::<K, V>::map(map).fd().as_fd_raw(),
+        None,
+        usize::MAX,
+        f,
+    )
+}
+
+/// Reads `len` entries of an array map from index `off` on.
+pub fn read_array<V: Pod + Default>(
+    map: &Array<MapData, V>,
+    off: u32,
+    len: u32,
+) -> io::Result<Vec<V>> {
+    let mut out = Vec::with_capacity(len as usize);
+    // An array's batch token is the previous index: start after `off - 1`.
+    walk(
+        IterableMap::<u32, V>::map(map).fd().as_fd_raw(),
+        off.checked_sub(1),
+        len as usize,
+        |_: &u32, v: &V| out.push(*v),
+    )?;
+    Ok(out)
+}
+
+/// Walks a map with BPF_MAP_LOOKUP_BATCH, from token `start` (None: the beginning), for at
+/// most `limit` entries. Both map kinds used here have 4-byte tokens.
+fn walk<K: Pod + Default, V: Pod + Default>(
+    fd: i32,
+    start: Option<u32>,
+    limit: usize,
     mut f: impl FnMut(&K, &V),
 ) -> io::Result<()> {
-    let fd = IterableMap::<K, V>::map(map).fd().as_fd_raw();
     let mut keys = vec![K::default(); BATCH as usize];
     let mut values = vec![V::default(); BATCH as usize];
-    // A hash map's batch token is a bucket index (u32).
-    let mut token_in: u32 = 0;
+    let mut token_in: u32 = start.unwrap_or(0);
     let mut token_out: u32 = 0;
-    let mut first = true;
-    loop {
+    let mut first = start.is_none();
+    let mut left = limit;
+    while left > 0 {
         let mut attr = BatchAttr {
             in_batch: if first {
                 0
@@ -50,7 +84,7 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
             out_batch: &mut token_out as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH,
+            count: BATCH.min(left.min(u32::MAX as usize) as u32),
             map_fd: fd as u32,
             ..Default::default()
         };
@@ -68,6 +102,7 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
         for i in 0..attr.count as usize {
             f(&keys[i], &values[i]);
         }
+        left = left.saturating_sub(attr.count as usize);
         match err {
             None => {}
             // ENOENT: the walk reached the end.
@@ -77,6 +112,7 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
         first = false;
         token_in = token_out;
     }
+    Ok(())
 }
 
 trait RawFd {

@@ -10,19 +10,27 @@
 //! own in SERVICES, all pointing at the group's one value (same id, table and flags), so the
 //! group shares one persistence template space, one scheduler and one set of counters.
 
+pub mod adopt;
 mod batch;
+pub mod layout;
+pub mod pin;
 pub mod regions;
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use aya::{
     maps::{
         Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
     },
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
@@ -30,7 +38,7 @@ use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
     fwd, mask_addr, names,
     reason::REASON_COUNT,
-    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey,
+    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Meta,
     PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
     MAX_SERVICES, NO_BACKEND,
 };
@@ -40,6 +48,7 @@ use crate::{
     model::{self, Config, ServiceKey, VirtualAddr},
     object, scheduler,
 };
+use pin::PinDir;
 use regions::{Region, Regions};
 
 /// Errors of the data plane.
@@ -68,6 +77,34 @@ pub enum DataplaneError {
     /// Reading the CPU count failed.
     #[error("cannot count CPUs: {0}")]
     Cpus(std::io::Error),
+    /// The embedded object could not be parsed for its map layout.
+    #[error("the director object: {0}")]
+    Object(String),
+    /// The pin directory.
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    /// Pinning the program or the link failed.
+    #[error("pinning: {0}")]
+    Pinning(#[from] aya::pin::PinError),
+    /// Opening or converting the pinned XDP link failed.
+    #[error("XDP link: {0}")]
+    Link(#[from] LinkError),
+    /// The pinned data plane was made by an incompatible build.
+    #[error(
+        "the data plane pinned in {dir} is incompatible with this xvsd: {}; it keeps running untouched. \
+         To replace it, losing its connection table, persistence templates, counters and tables \
+         (forwarding stops until the configuration is restored), start xvsd with --force-reload",
+        reasons.join("; ")
+    )]
+    Incompatible {
+        /// The pin directory.
+        dir: std::path::PathBuf,
+        /// Every difference found.
+        reasons: Vec<String>,
+    },
+    /// The pinned maps' contents could not be adopted.
+    #[error("adopting the pinned data plane: {0}")]
+    Adopt(String),
 }
 
 fn syscall_err(io_error: std::io::Error) -> aya::sys::SyscallError {
@@ -129,6 +166,9 @@ struct Slot {
 /// What the controller has written for one service.
 #[derive(Debug)]
 struct Placed {
+    /// Taken over from a previous xvsd and not rewritten yet: `table`, `kind` and
+    /// `value_flags` are what the maps hold, so an identical new table is not republished.
+    adopted: bool,
     id: u32,
     region: Region,
     /// The published table (backend ids, NO_BACKEND for empty hash slots) and its kind.
@@ -165,6 +205,21 @@ impl From<Stats> for Counters {
             bytes: s.bytes,
         }
     }
+}
+
+/// What the controller did to the data plane, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Successful configuration syncs.
+    pub syncs: u64,
+    /// How long the last one took.
+    pub last_sync: Duration,
+    /// Recomputations of the load-aware tables from connection counts.
+    pub recomputations: u64,
+    /// How long the last one took (connection-table walk included).
+    pub last_recomputation: Duration,
+    /// Tables the recomputations published.
+    pub tables_published: u64,
 }
 
 /// Live connection counts of one backend, as IPVS reports them.
@@ -205,6 +260,7 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     filter_map: Array<MapData, u64>,
+    meta: Array<MapData, Meta>,
     /// SERVICE_FILTER as written.
     filter: Vec<u64>,
     sizes: Sizes,
@@ -224,6 +280,13 @@ pub struct Dataplane {
     params: scheduler::Params,
     /// Connection counts per backend slot from the last scan (load-aware schedulers).
     counts: HashMap<u32, ConnCounts>,
+    /// The pin directory (locked) when the data plane is pinned.
+    pins: Option<PinDir>,
+    /// The XDP link this controller attached and pinned (an adopted link lives in the program).
+    link: Option<PinnedLink>,
+    /// What a previous xvsd left in the maps, until the first sync takes it over.
+    inherited: Option<adopt::Inherited>,
+    activity: Activity,
 }
 
 impl Dataplane {
@@ -234,16 +297,40 @@ impl Dataplane {
 
     /// Loads the director with these map sizes.
     pub fn load_with(sizes: Sizes) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_inner(sizes, None, true)
+    }
+
+    /// Loads the director. With a pin directory every map is opened from its pin, or created
+    /// and pinned there when it has none; `fresh` maps get their initial contents.
+    fn load_inner(
+        sizes: Sizes,
+        pins: Option<&PinDir>,
+        fresh: bool,
+    ) -> Result<Self, DataplaneError> {
+        let pinned: Vec<(String, std::path::PathBuf)> = match pins {
+            Some(dir) => layout::expected(sizes)?
+                .iter()
+                .map(|m| (m.name_str().to_string(), dir.map(m.name_str())))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::MAP_CONNS, sizes.conns)
-            .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots)
-            .load(object::DIRECTOR)?;
+            .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots);
+        for (name, path) in &pinned {
+            loader.map_pin_path(name.as_str(), path.clone());
+        }
+        let mut ebpf = loader.load(object::DIRECTOR)?;
         let prog: &mut Xdp = ebpf
             .program_mut(names::PROG_DIRECTOR)
             .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
             .try_into()?;
         prog.load()?;
-        // The programs the director tail-calls: TUN encapsulation and the ICMP relay.
+        // The programs the director tail-calls: TUN encapsulation and the ICMP relay. A pinned
+        // TAIL_CALLS is reused: each entry is replaced by this build's program in one step, and
+        // the pin keeps the entries after xvsd exits (a program array is emptied when its last
+        // user reference goes, and a pin is one).
         let mut tail = ProgramArray::try_from(
             ebpf.take_map(names::MAP_TAIL_CALLS)
                 .ok_or(DataplaneError::Missing(names::MAP_TAIL_CALLS))?,
@@ -283,11 +370,14 @@ impl Dataplane {
             .map_err(map_err(names::MAP_REASONS))?;
         let mut config: Array<MapData, DataplaneConfig> =
             Array::try_from(take(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
-        config
-            .set(0, DataplaneConfig::default(), 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
+        if fresh {
+            config
+                .set(0, DataplaneConfig::default(), 0)
+                .map_err(map_err(names::MAP_CONFIG))?;
+        }
         let filter_map = Array::try_from(take(names::MAP_SERVICE_FILTER)?)
             .map_err(map_err(names::MAP_SERVICE_FILTER))?;
+        let meta = Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
@@ -303,6 +393,7 @@ impl Dataplane {
             reasons,
             config,
             filter_map,
+            meta,
             filter: vec![0; FILTER_WORDS as usize],
             sizes,
             cpus,
@@ -316,6 +407,10 @@ impl Dataplane {
             attached: false,
             params: scheduler::Params::default(),
             counts: HashMap::new(),
+            pins: None,
+            link: None,
+            inherited: None,
+            activity: Activity::default(),
         })
     }
 
@@ -334,6 +429,60 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the director and pins the link and the program in `dir`: it then stays
+    /// attached after this value is dropped, until the link's pin is removed.
+    fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        dir: &PinDir,
+    ) -> Result<(), DataplaneError> {
+        let id = self.program().attach(iface, mode.into())?;
+        let link = self.program().take_link(id)?;
+        let link = FdLink::try_from(link)?;
+        self.link = Some(link.pin(dir.link())?);
+        self.program().pin(dir.prog())?;
+        self.attached = true;
+        Ok(())
+    }
+
+    /// Swaps this program in on the link pinned in `dir` (bpf_link_update: one atomic step,
+    /// the interface is never without a program), and pins it in place of the previous one.
+    fn replace_on_link(&mut self, dir: &PinDir) -> Result<(), DataplaneError> {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(dir.link())?))?;
+        self.program().attach_to_link(link)?;
+        match std::fs::remove_file(dir.prog()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(pin::PinError::Io {
+                    what: "removing",
+                    path: dir.prog(),
+                    source,
+                }
+                .into())
+            }
+        }
+        self.program().pin(dir.prog())?;
+        self.attached = true;
+        Ok(())
+    }
+
+    /// The pin directory, when the data plane is pinned.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(|d| d.path())
+    }
+
+    /// What the controller did to the data plane so far.
+    pub fn activity(&self) -> Activity {
+        self.activity
+    }
+
+    /// The global settings the data plane runs with (an adopted data plane keeps its own).
+    pub fn current_config(&self) -> Result<DataplaneConfig, DataplaneError> {
+        self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
     /// Connection-table capacity.
     pub fn conn_capacity(&self) -> u32 {
         self.sizes.conns
@@ -348,12 +497,37 @@ impl Dataplane {
 
     /// Makes the maps match `config`. Real servers whose MAC is not in `macs` get no new
     /// connections until it is. Capacity is checked before anything is written.
+    ///
+    /// After an adoption, the first sync takes over what the previous xvsd left: services and
+    /// real servers of `config` that match keep their ids (and so their connections, templates
+    /// and counters); whatever `config` does not name is removed.
     pub fn sync(
         &mut self,
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
+        let started = Instant::now();
+        self.sync_inner(config, macs)?;
+        self.activity.syncs += 1;
+        self.activity.last_sync = started.elapsed();
+        Ok(())
+    }
+
+    fn sync_inner(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
         self.check_capacity(config, macs)?;
+        // Regions freed by the previous sync are no longer read by any packet.
+        for r in std::mem::take(&mut self.quarantine) {
+            self.regions.free(r);
+        }
+        // After an adoption, first take over what the configuration still has, so the counts
+        // below cover the adopted real servers' connections.
+        if let Some(inherited) = self.inherited.take() {
+            self.take_over(config, inherited)?;
+        }
         // Tables that depend on connection counts are computed from fresh ones.
         if config.services.iter().any(table_uses_counts) {
             self.counts = self.scan()?;
@@ -362,10 +536,6 @@ impl Dataplane {
         let want = filter_words(config);
         let widened: Vec<u64> = self.filter.iter().zip(&want).map(|(c, w)| c | w).collect();
         self.write_filter(widened)?;
-        // Regions freed by the previous sync are no longer read by any packet.
-        for r in std::mem::take(&mut self.quarantine) {
-            self.regions.free(r);
-        }
         // Services that went away: unpublish first, then free their backends and region.
         let gone: Vec<ServiceKey> = self
             .placed
@@ -437,7 +607,8 @@ impl Dataplane {
             .values()
             .map(|p| p.region.len as u64)
             .sum::<u64>()
-            + self.quarantine.iter().map(|r| r.len as u64).sum::<u64>();
+            + self.quarantine.iter().map(|r| r.len as u64).sum::<u64>()
+            + self.inherited.as_ref().map_or(0, |i| i.slots_in_use());
         if need + in_use > self.sizes.sched_slots as u64 {
             return Err(DataplaneError::Capacity(format!(
                 "scheduler tables need up to {need} slots, {} available",
@@ -531,6 +702,7 @@ impl Dataplane {
                     names::MAP_SERVICE_STATS,
                 )?;
                 Placed {
+                    adopted: false,
                     id,
                     region: Region { off: 0, len: 0 },
                     table: Vec::new(),
@@ -643,7 +815,7 @@ impl Dataplane {
             _pad: [0; 2],
         };
         let keys = bpf_keys(svc);
-        if placed.pushed.is_some()
+        if (placed.pushed.is_some() || placed.adopted)
             && placed.table == table
             && placed.kind == kind
             && placed.value_flags == (flags, persist_timeout_s, persist_prefix)
@@ -689,6 +861,7 @@ impl Dataplane {
             placed.table = table;
             placed.kind = kind;
             placed.value_flags = (flags, persist_timeout_s, persist_prefix);
+            placed.adopted = false;
         }
         // Keys the service no longer has (a removed match): unpublished, so their traffic
         // passes (their filter bits are cleared at the end of the sync).
@@ -770,6 +943,11 @@ impl Dataplane {
     /// The backend slot id of a real server (tests and stats use it).
     pub fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
         self.placed.get(key)?.slots.get(&addr).map(|s| s.id)
+    }
+
+    /// What a backend slot holds (tests check generations across an adoption).
+    pub fn backend_entry(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
     }
 
     /// The service id of a service.
@@ -1004,6 +1182,19 @@ impl Dataplane {
         if !self.needs_walk(config) {
             return Ok(0);
         }
+        let started = Instant::now();
+        let published = self.recompute_tables(config, macs)?;
+        self.activity.recomputations += 1;
+        self.activity.last_recomputation = started.elapsed();
+        self.activity.tables_published += published as u64;
+        Ok(published)
+    }
+
+    fn recompute_tables(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
         self.counts = self.scan()?;
         for r in std::mem::take(&mut self.quarantine) {
             self.regions.free(r);

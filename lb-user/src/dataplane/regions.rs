@@ -59,6 +59,36 @@ impl Regions {
         }
     }
 
+    /// Takes a specific region out of the free space (an adopted table that is still published).
+    /// Fails when any of its slots is not free or lies outside the array.
+    pub fn reserve(&mut self, region: Region) -> Result<(), Region> {
+        if region.len == 0 {
+            return Ok(());
+        }
+        let end = region.off as u64 + region.len as u64;
+        let i = self
+            .free
+            .iter()
+            .position(|r| r.off <= region.off && end <= r.off as u64 + r.len as u64)
+            .ok_or(region)?;
+        let r = self.free.remove(i);
+        let tail = Region {
+            off: end as u32,
+            len: (r.off as u64 + r.len as u64 - end) as u32,
+        };
+        if tail.len > 0 {
+            self.free.insert(i, tail);
+        }
+        let head = Region {
+            off: r.off,
+            len: region.off - r.off,
+        };
+        if head.len > 0 {
+            self.free.insert(i, head);
+        }
+        Ok(())
+    }
+
     /// Total free slots.
     pub fn free_slots(&self) -> u64 {
         self.free.iter().map(|r| r.len as u64).sum()
@@ -84,5 +114,24 @@ mod tests {
         r.free(c);
         assert_eq!(r.free_slots(), 100);
         assert_eq!(r.alloc(100).unwrap(), Region { off: 0, len: 100 });
+    }
+
+    #[test]
+    fn reserve_carves_exact_regions_and_refuses_overlaps() {
+        let mut r = Regions::new(100);
+        r.reserve(Region { off: 10, len: 20 }).unwrap();
+        r.reserve(Region { off: 0, len: 5 }).unwrap();
+        r.reserve(Region { off: 90, len: 10 }).unwrap();
+        assert_eq!(r.free_slots(), 65);
+        // Overlapping a reserved region, or past the end: refused, nothing changes.
+        assert!(r.reserve(Region { off: 25, len: 10 }).is_err());
+        assert!(r.reserve(Region { off: 95, len: 10 }).is_err());
+        assert_eq!(r.free_slots(), 65);
+        // First fit sees the holes left around the reserved regions.
+        assert_eq!(r.alloc(5).unwrap(), Region { off: 5, len: 5 });
+        assert_eq!(r.alloc(60).unwrap(), Region { off: 30, len: 60 });
+        assert!(r.alloc(1).is_none());
+        r.free(Region { off: 10, len: 20 });
+        assert_eq!(r.alloc(20).unwrap(), Region { off: 10, len: 20 });
     }
 }

@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         tag: "lab".into(),
         reals: 2,
         bin_dir,
+        xvsd_args: Vec::new(),
     })?;
     let sh = |args: &[&str]| -> Result<()> {
         println!("# xvsadm {}", args.join(" "));

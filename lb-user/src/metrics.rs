@@ -1,0 +1,438 @@
+//! The Prometheus endpoint (`xvsd --metrics ADDR:PORT`): per-service and per-real-server
+//! traffic and connection figures, every data-plane reason counter, and the controller's own
+//! figures, in the text exposition format (version 0.0.4), over plain HTTP/1.1.
+//!
+//! Everything is read at scrape time (the listing `xvsadm -L` shows, from the per-CPU maps),
+//! so a scrape costs one connection-table walk, like `xvsadm -L`.
+
+use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, warn};
+
+use crate::{dataplane::Activity, proto::Listing};
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Longest request head read.
+const MAX_REQUEST: usize = 8 << 10;
+/// A client that has not sent its request by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a scrape shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    /// Services, real servers and reasons with their counters.
+    pub listing: &'a Listing,
+    /// The controller's work on the data plane.
+    pub activity: Activity,
+    /// How xvsd came by its data plane: `fresh`, `adopted`, `reloaded` (or `unpinned`).
+    pub start: &'a str,
+    /// Adopted, and no configuration synced since (the maps hold the previous xvsd's tables).
+    pub adoption_pending: bool,
+    /// Time since xvsd started.
+    pub uptime: Duration,
+}
+
+/// Metric type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (until the counters are zeroed with `-Z`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// A sample's value: counters stay exact integers (bytes pass 2^53 long before they wrap).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    /// An integer.
+    Int(u64),
+    /// A real number (durations in seconds).
+    Float(f64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A text exposition, written one metric family at a time.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Writes a family: its HELP and TYPE lines, then one line per sample.
+    pub fn family<'l>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: impl IntoIterator<Item = (Vec<(&'l str, String)>, Value)>,
+    ) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            self.out.push_str(name);
+            if !labels.is_empty() {
+                self.out.push('{');
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(',');
+                    }
+                    let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+                }
+                self.out.push('}');
+            }
+            let _ = writeln!(self.out, " {value}");
+        }
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition of a snapshot.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut e = Exposition::default();
+    let l = s.listing;
+    let svc = |k: &crate::model::ServiceKey| vec![("service", k.to_string())];
+    let real = |k: &crate::model::ServiceKey, a: &std::net::SocketAddr| {
+        vec![("service", k.to_string()), ("real", a.to_string())]
+    };
+    type Get<T> = fn(&T) -> Value;
+    use Value::{Float, Int};
+    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 5] = [
+        (
+            "xvs_service_connections_total",
+            Kind::Counter,
+            "New connections scheduled to the virtual service.",
+            |v| Int(v.stats.conns),
+        ),
+        (
+            "xvs_service_packets_total",
+            Kind::Counter,
+            "Packets forwarded for the virtual service (client to server).",
+            |v| Int(v.stats.packets),
+        ),
+        (
+            "xvs_service_bytes_total",
+            Kind::Counter,
+            "Bytes forwarded for the virtual service (client to server, whole frames).",
+            |v| Int(v.stats.bytes),
+        ),
+        (
+            "xvs_service_active_connections",
+            Kind::Gauge,
+            "ESTABLISHED connections of the virtual service (sum of its real servers' ActiveConn).",
+            |v| Int(v.reals.iter().map(|r| r.active_conns).sum::<u64>()),
+        ),
+        (
+            "xvs_service_inactive_connections",
+            Kind::Gauge,
+            "Other live connections of the virtual service (sum of its real servers' InActConn).",
+            |v| Int(v.reals.iter().map(|r| r.inactive_conns).sum::<u64>()),
+        ),
+    ];
+    for (name, kind, help, get) in service_series {
+        e.family(
+            name,
+            kind,
+            help,
+            l.services.iter().map(|v| (svc(&v.key), get(v))),
+        );
+    }
+    let real_series: [(&str, Kind, &str, Get<crate::proto::RealStatus>); 7] = [
+        (
+            "xvs_real_connections_total",
+            Kind::Counter,
+            "New connections scheduled to the real server.",
+            |r| Int(r.stats.conns),
+        ),
+        (
+            "xvs_real_packets_total",
+            Kind::Counter,
+            "Packets forwarded to the real server.",
+            |r| Int(r.stats.packets),
+        ),
+        (
+            "xvs_real_bytes_total",
+            Kind::Counter,
+            "Bytes forwarded to the real server (whole frames).",
+            |r| Int(r.stats.bytes),
+        ),
+        (
+            "xvs_real_active_connections",
+            Kind::Gauge,
+            "ESTABLISHED connections to the real server (ipvsadm's ActiveConn).",
+            |r| Int(r.active_conns),
+        ),
+        (
+            "xvs_real_inactive_connections",
+            Kind::Gauge,
+            "Other live connections to the real server (ipvsadm's InActConn).",
+            |r| Int(r.inactive_conns),
+        ),
+        (
+            "xvs_real_persistent_connections",
+            Kind::Gauge,
+            "Live persistence templates bound to the real server (ipvsadm's PersistConn).",
+            |r| Int(r.persist_conns),
+        ),
+        (
+            "xvs_real_weight",
+            Kind::Gauge,
+            "Configured weight of the real server (0: quiesced).",
+            |r| Int(r.weight as u64),
+        ),
+    ];
+    for (name, kind, help, get) in real_series {
+        e.family(
+            name,
+            kind,
+            help,
+            l.services
+                .iter()
+                .flat_map(|v| v.reals.iter().map(move |r| (real(&v.key, &r.addr), get(r)))),
+        );
+    }
+    e.family(
+        "xvs_dataplane_reason_total",
+        Kind::Counter,
+        "Data-plane outcomes by reason, summed over CPUs (a forwarded packet counts under its verdict and its connection-table outcome).",
+        l.reasons
+            .iter()
+            .map(|(name, n)| (vec![("reason", name.clone())], Int(*n))),
+    );
+    let a = s.activity;
+    let scalars: [(&str, Kind, &str, Value); 9] = [
+        ("xvs_controller_syncs_total", Kind::Counter, "Configuration changes pushed to the data plane.", Int(a.syncs)),
+        ("xvs_controller_sync_last_seconds", Kind::Gauge, "Duration of the last push to the data plane.", Float(a.last_sync.as_secs_f64())),
+        ("xvs_controller_recomputations_total", Kind::Counter, "Recomputations of the load-aware tables from live connection counts.", Int(a.recomputations)),
+        ("xvs_controller_recomputation_last_seconds", Kind::Gauge, "Duration of the last recomputation (connection-table walk included).", Float(a.last_recomputation.as_secs_f64())),
+        ("xvs_controller_tables_published_total", Kind::Counter, "Scheduler tables the recomputations published.", Int(a.tables_published)),
+        ("xvs_uptime_seconds", Kind::Gauge, "Time since xvsd started.", Float(s.uptime.as_secs_f64())),
+        ("xvs_dataplane_adopted", Kind::Gauge, "1 when xvsd adopted a pinned data plane at start, 0 when it loaded a fresh one.", Int((s.start == "adopted") as u64)),
+        ("xvs_dataplane_adoption_pending", Kind::Gauge, "1 while an adopted data plane still runs the previous xvsd's tables (no configuration synced yet).", Int(s.adoption_pending as u64)),
+        ("xvs_conn_table_capacity", Kind::Gauge, "Connection-table capacity (entries).", Int(l.conn_table_size as u64)),
+    ];
+    for (name, kind, help, v) in scalars {
+        e.family(name, kind, help, [(vec![], v)]);
+    }
+    e.family(
+        "xvs_start_info",
+        Kind::Gauge,
+        "How xvsd came by its data plane (mode: fresh, adopted, reloaded or unpinned) and the map layout version it runs.",
+        [(
+            vec![
+                ("mode", s.start.to_string()),
+                ("layout_version", lb_common::LAYOUT_VERSION.to_string()),
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ],
+            Int(1),
+        )],
+    );
+    e.finish()
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; each scrape calls `scrape`
+/// for the exposition (an Err becomes a 500 with its text).
+pub async fn serve<F, Fut>(listener: TcpListener, scrape: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+{
+    let scrape = Arc::new(scrape);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let scrape = scrape.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, &*scrape).await {
+                        debug!(%peer, error = %e, "metrics request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer<F, Fut>(mut stream: TcpStream, scrape: &F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Ok(h) => h?,
+        Err(_) => return Ok(()),
+    };
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => match scrape().await {
+            Ok(text) => ("200 OK", text),
+            Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+        },
+        ("GET", "/") => ("200 OK", "xvsd: metrics are at /metrics\n".to_string()),
+        ("GET", _) => ("404 Not Found", "not found: try /metrics\n".to_string()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Reads up to the end of the request head; returns its first line.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return Err(std::io::Error::other("request head too long"));
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::Counters,
+        model::{ForwardMethod, Scheduler, ServiceKey},
+        proto::{RealStatus, ServiceStatus},
+    };
+
+    fn listing() -> Listing {
+        let key = ServiceKey::new(
+            crate::model::Protocol::Tcp,
+            "203.0.113.10:80".parse().unwrap(),
+        );
+        Listing {
+            conn_table_size: 1024,
+            services: vec![ServiceStatus {
+                key,
+                matches: vec![],
+                scheduler: Scheduler::Rr,
+                flags: Default::default(),
+                persistence: None,
+                stats: Counters {
+                    conns: 7,
+                    packets: 70,
+                    bytes: 7000,
+                },
+                reals: vec![RealStatus {
+                    addr: "198.51.100.11:80".parse().unwrap(),
+                    forward: ForwardMethod::Dr,
+                    weight: 3,
+                    u_threshold: 0,
+                    l_threshold: 0,
+                    persist_conns: 0,
+                    active_conns: 2,
+                    inactive_conns: 5,
+                    stats: Counters {
+                        conns: 7,
+                        packets: 70,
+                        bytes: 7000,
+                    },
+                    mac: None,
+                }],
+            }],
+            reasons: lb_common::Reason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), 1))
+                .collect(),
+            timeouts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_series_is_written_with_its_type_and_labels() {
+        let l = listing();
+        let text = render(&Snapshot {
+            listing: &l,
+            activity: Activity {
+                syncs: 3,
+                ..Default::default()
+            },
+            start: "adopted",
+            adoption_pending: false,
+            uptime: Duration::from_secs(5),
+        });
+        for line in [
+            "# TYPE xvs_service_connections_total counter",
+            "xvs_service_connections_total{service=\"TCP 203.0.113.10:80\"} 7",
+            "xvs_service_active_connections{service=\"TCP 203.0.113.10:80\"} 2",
+            "xvs_real_bytes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 7000",
+            "xvs_real_inactive_connections{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 5",
+            "xvs_real_weight{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 3",
+            "xvs_controller_syncs_total 3",
+            "xvs_dataplane_adopted 1",
+            "xvs_uptime_seconds 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        for r in lb_common::Reason::ALL {
+            let line = format!("xvs_dataplane_reason_total{{reason=\"{}\"}} 1", r.name());
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        // Every family is announced exactly once, before its samples.
+        let mut seen = std::collections::HashSet::new();
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(
+                seen.insert(l.split_whitespace().nth(2).unwrap().to_string()),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut e = Exposition::default();
+        e.family(
+            "x",
+            Kind::Gauge,
+            "a\\b",
+            [(vec![("l", "a\"b\\c\nd".to_string())], Value::Int(1))],
+        );
+        assert_eq!(
+            e.finish(),
+            "# HELP x a\\\\b\n# TYPE x gauge\nx{l=\"a\\\"b\\\\c\\nd\"} 1\n"
+        );
+    }
+}
