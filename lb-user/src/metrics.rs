@@ -351,6 +351,7 @@ mod tests {
                 scheduler: Scheduler::Rr,
                 flags: Default::default(),
                 persistence: None,
+                rates: Default::default(),
                 stats: Counters {
                     conns: 7,
                     packets: 70,
@@ -371,6 +372,7 @@ mod tests {
                         bytes: 7000,
                     },
                     mac: None,
+                    rates: Default::default(),
                 }],
             }],
             reasons: lb_common::Reason::ALL
