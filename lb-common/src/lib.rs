@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod csum;
+pub mod decap;
 pub mod filter;
 pub mod layout;
 pub mod maps;
