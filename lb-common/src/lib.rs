@@ -15,12 +15,12 @@ pub mod maps;
 pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
+pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, tunnel_job_flags,
     tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
     Stats, TunnelJob, NO_BACKEND,
 };
-pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.
