@@ -8,18 +8,19 @@
 
 pub mod conn;
 pub mod csum;
+pub mod decap;
 pub mod filter;
 pub mod layout;
 pub mod maps;
 pub mod reason;
 
 pub use conn::{ConnEntry, ConnState, FlowKey};
+pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, tunnel_job_flags,
     tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
     Stats, TunnelJob, NO_BACKEND,
 };
-pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.
@@ -50,6 +51,14 @@ pub const DEFAULT_SCHED_SLOTS: u32 = 1 << 22;
 pub const DEFAULT_PERSIST_ENTRIES: u32 = 1 << 18;
 /// Default connection-table capacity (LRU: the least recently used entry makes room when full).
 pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
+/// Largest connection table xvsd accepts (`--conn-table-size`): 32M flows, about 4 GiB of kernel
+/// memory (BENCHMARKS.md has the kernel-reported figure).
+pub const MAX_CONN_ENTRIES: u32 = 1 << 25;
+/// Smallest connection table xvsd accepts.
+pub const MIN_CONN_ENTRIES: u32 = 1 << 10;
+/// Largest scheduler slot array xvsd accepts (`--sched-slots`): 64M slots, 256 MiB, room for
+/// a thousand full-size Maglev tables.
+pub const MAX_SCHED_SLOTS: u32 = 1 << 26;
 
 /// Names of the programs and maps in the director object, shared so userspace cannot misspell them.
 pub mod names {

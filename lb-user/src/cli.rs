@@ -23,8 +23,7 @@ use crate::{
     listing::{Format, ListOptions},
     model::{
         Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
-        Tunnel, TunnelKind,
-        ServiceKey, VirtualAddr, MAX_TIMEOUT,
+        ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
     },
     names::{self, Names, Numeric},
     proto::DEFAULT_SOCKET,
@@ -904,10 +903,12 @@ impl Args {
         let kind = match self.tun_type.as_deref() {
             None | Some("ipip") => TunnelKind::Ipip,
             Some("gue") => TunnelKind::Gue,
-            Some("gre") => {
-                return err("--tun-type gre is not supported by xvs: use ipip or gue")
+            Some("gre") => return err("--tun-type gre is not supported by xvs: use ipip or gue"),
+            Some(other) => {
+                return err(format!(
+                    "Invalid tunnel type specified: {other} (ipip or gue)"
+                ))
             }
-            Some(other) => return err(format!("Invalid tunnel type specified: {other} (ipip or gue)")),
         };
         let port = match &self.tun_port {
             None => 0,
@@ -2253,10 +2254,19 @@ mod tests {
         );
         for (bad, why) in [
             ("-r 198.51.100.11 -i --tun-type gue", "needs a port"),
-            ("-r 198.51.100.11 -i --tun-type ipip --tun-port 1", "apply to --tun-type gue only"),
-            ("-r 198.51.100.11 --tun-type gue --tun-port 1", "Tunnel options conflict"),
+            (
+                "-r 198.51.100.11 -i --tun-type ipip --tun-port 1",
+                "apply to --tun-type gue only",
+            ),
+            (
+                "-r 198.51.100.11 --tun-type gue --tun-port 1",
+                "Tunnel options conflict",
+            ),
             ("-r 198.51.100.11 -i --tun-type gre", "gre is not supported"),
-            ("-r 198.51.100.11 -i --tun-type gue --tun-port 0", "Illegal tunnel port"),
+            (
+                "-r 198.51.100.11 -i --tun-type gue --tun-port 0",
+                "Illegal tunnel port",
+            ),
             ("-r [2001:db8::11] -g", "same address family"),
         ] {
             let text = format!("-A -t 203.0.113.10:80\n-a -t 203.0.113.10:80 {bad}\n");

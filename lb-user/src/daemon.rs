@@ -281,6 +281,23 @@ impl Controller {
         v
     }
 
+    /// Tunnelled real servers' addresses. Poked after every change: the data plane's FIB lookup
+    /// needs the neighbour entry of the next hop toward each (the server, or a router), and
+    /// nothing else makes the kernel resolve it before the next refresh.
+    pub fn tunnelled_reals(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter())
+            .filter(|r| matches!(r.forward, ForwardMethod::Tunnel(_)))
+            .map(|r| r.addr.ip())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Takes a fresh neighbour table; re-syncs when a real server's MAC appeared or changed.
     pub fn update_macs(&mut self, table: HashMap<IpAddr, [u8; 6]>) -> Result<(), DataplaneError> {
         let wanted = self.all_reals();
@@ -769,6 +786,9 @@ async fn resolve_round(shared: &Shared, refresh: bool) {
 /// After a change: give newly added real servers a moment to resolve, so that the command
 /// returns with them taking traffic in the common case.
 async fn settle(shared: &Shared) -> Vec<String> {
+    for ip in shared.controller.lock().await.tunnelled_reals() {
+        neighbor::poke(ip);
+    }
     let deadline = Instant::now() + RESOLVE_WAIT;
     loop {
         let pending = shared.controller.lock().await.unresolved();

@@ -823,6 +823,26 @@ TCP  203.0.113.10:80 wrr
   -> 198.51.100.11:80             Route   n/a           1      3          17        
 ";
         assert!(out.starts_with(expected), "{out}");
+        // Tunnelling servers: "Tunnel" in the Forward column (-L -n too), and fwd_tun_info's
+        // "ipip" / "gue:PORT:nocsum|csum".
+        let mut l = listing();
+        l.services[0].reals[0].forward = ForwardMethod::Tunnel(crate::model::Tunnel::IPIP);
+        l.services[0].reals[1].forward = ForwardMethod::Tunnel(crate::model::Tunnel {
+            kind: crate::model::TunnelKind::Gue,
+            port: 6080,
+            csum: false,
+        });
+        let out = render(&l, opts(Format::TunInfo), &Numeric);
+        assert!(
+            out.contains("  -> 198.51.100.11:80             Tunnel  ipip          1      3          17        \n"),
+            "{out}"
+        );
+        assert!(out.contains("  -> 198.51.100.12:80             Tunnel  gue:6080:nocsum 3"), "{out}");
+        let out = render(&l, ListOptions::default(), &Numeric);
+        assert!(
+            out.contains("  -> 198.51.100.11:80             Tunnel  1      3          17        \n"),
+            "{out}"
+        );
     }
 
     /// `-L -t VIP:port` (ipvsadm.c list_service): the title and the one service, no version

@@ -2,11 +2,13 @@
 //! for BPF_PROG_TEST_RUN, and network-namespace topologies.
 
 pub mod bench;
+pub mod decap;
 pub mod lab;
 pub mod load;
 pub mod netns;
 pub mod packets;
 pub mod progtest;
+pub mod tunnel;
 
 /// Fails (never skips) when not root: CI runs as root, so a privileged test that cannot run
 /// there is a failure with a reason.

@@ -44,25 +44,6 @@ fn refused_options_say_why_and_change_nothing() {
             "masquerading/NAT) is not supported",
         ),
         (
-            &["-a", "-t", &vip, "-r", rs3, "-i"],
-            "tunnelling) is not implemented",
-        ),
-        (
-            &[
-                "-e",
-                "-t",
-                &vip,
-                "-r",
-                &format!("{}:80", rs_ip4(1)),
-                "-i",
-                "--tun-type",
-                "gue",
-                "--tun-port",
-                "6080",
-            ],
-            "tunnelling) is not implemented",
-        ),
-        (
             &["-a", "-t", &vip, "-r", rs3, "--tun-type", "ipip"],
             "Tunnel options conflict with forward method",
         ),

@@ -653,8 +653,18 @@ fn icmp_errors_follow_their_flow_to_its_real_server() {
         );
         assert_eq!(d.reason(Reason::IcmpErrorForwarded), 2);
         // IPv6: a packet-too-big about a reply of an IP6IP6 flow.
-        service(d, Protocol::Tcp, VIP6, 80, RS_LINK6, tun(TunnelKind::Ipip, 0, false));
-        assert_eq!(d.run_on(ifx, &tcp(CLIENT6, 40000, VIP6, 80, SYN)).0, verdict::TX);
+        service(
+            d,
+            Protocol::Tcp,
+            VIP6,
+            80,
+            RS_LINK6,
+            tun(TunnelKind::Ipip, 0, false),
+        );
+        assert_eq!(
+            d.run_on(ifx, &tcp(CLIENT6, 40000, VIP6, 80, SYN)).0,
+            verdict::TX
+        );
         let reply = etherparse::PacketBuilder::ipv6(ip6(VIP6), ip6(CLIENT6), 63)
             .tcp(80, 40000, 1, 65535)
             .ack(1001);
@@ -669,7 +679,10 @@ fn icmp_errors_follow_their_flow_to_its_real_server() {
         let (v, out) = d.run_on(ifx, &ptb);
         assert_eq!(v, verdict::TX, "ICMPv6 relayed");
         let hash = flow_hash(CLIENT6, 40000, VIP6, 80, 6);
-        assert_eq!(out, expected(&ptb, RS_MAC, &ip_bytes(D0_V6), RS_LINK6, None, hash));
+        assert_eq!(
+            out,
+            expected(&ptb, RS_MAC, &ip_bytes(D0_V6), RS_LINK6, None, hash)
+        );
         assert_eq!(d.reason(Reason::IcmpErrorForwarded), 3);
         // An echo request to the VIP is the kernel's.
         let mut echo = Vec::new();

@@ -16,6 +16,10 @@ use lb_user::{
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
+    // `xvsadm realserver ...` sets up a real server (no xvsd involved): a parser of its own.
+    if argv.get(1).is_some_and(|a| a == "realserver") {
+        return lb_user::realserver::main(argv.into_iter().skip(1));
+    }
     // Subcommands of xvs's own (`xvsadm [--socket PATH] stats ...`); everything else is
     // ipvsadm's command line, which has no words of its own.
     if let Some((name, rest)) = subcommand(&argv) {

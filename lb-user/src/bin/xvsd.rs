@@ -43,12 +43,16 @@ struct Opts {
     /// Control socket (root only).
     #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Connection-table capacity (entries); the least recently used entry makes room when full.
-    #[arg(long, default_value_t = lb_common::DEFAULT_CONN_ENTRIES)]
+    /// Connection-table capacity (entries, 1024..=33554432); the least recently used entry makes
+    /// room when full.
+    #[arg(long, default_value_t = lb_common::DEFAULT_CONN_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(lb_common::MIN_CONN_ENTRIES as i64..=lb_common::MAX_CONN_ENTRIES as i64))]
     conn_table_size: u32,
     /// Scheduler slots shared by all services' tables (u32 each): an mh service takes
-    /// --mh-table-size of them, a load-aware one --plan-len, sh/dh/lblc/lblcr 256.
-    #[arg(long, default_value_t = lb_common::DEFAULT_SCHED_SLOTS)]
+    /// --mh-table-size of them, a load-aware one --plan-len, sh/dh/lblc/lblcr 256
+    /// (at most 67108864).
+    #[arg(long, default_value_t = lb_common::DEFAULT_SCHED_SLOTS,
+          value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_SCHED_SLOTS as i64))]
     sched_slots: u32,
     /// Maglev (mh) table size, a prime (Katran: 65537; Cilium: 16381; IPVS: 4093).
     #[arg(long, default_value_t = lb_user::scheduler::maglev::DEFAULT_SIZE, value_parser = parse_mh_size)]

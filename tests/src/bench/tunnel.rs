@@ -214,3 +214,93 @@ fn measure_all(scale: &Scale) -> Result<Vec<PathResult>> {
     }
     Ok(results)
 }
+
+/// The real-server decapsulator (xvs_decap) on the packets a director sends: IPIP, IP6IP6 and
+/// GUE opened (XDP_PASS of the inner packet), and a plain TCP packet it only looks at.
+pub fn decap_paths(scale: &Scale) -> Result<Vec<PathResult>> {
+    use lb_common::decap::DecapReason;
+    use lb_user::decap::{DecapConfig, Decapsulator};
+
+    use crate::tunnel::{encapsulate, ethernet, ip_packet, Encap};
+
+    const PASS: u32 = 2;
+    let mut d = Decapsulator::load()?;
+    d.maps.sync(&DecapConfig {
+        locals: ["198.51.100.20".parse()?, "2001:db8:100::20".parse()?].into(),
+        vips: ["203.0.113.10".parse()?, "2001:db8:10::10".parse()?].into(),
+        gue_ports: [6080].into(),
+    })?;
+    let count = |d: &Decapsulator, r: DecapReason| -> Result<u64> {
+        Ok(d.maps
+            .counters()?
+            .into_iter()
+            .find(|(x, _)| *x == r)
+            .map(|(_, n)| n)
+            .unwrap_or(0))
+    };
+    let inner4 = ip_packet("192.0.2.1", 1000, "203.0.113.10", 80, L4::Tcp(ACK), b"");
+    let inner6 = ip_packet(
+        "2001:db8:2::1",
+        1000,
+        "2001:db8:10::10",
+        80,
+        L4::Tcp(ACK),
+        b"",
+    );
+    let cases = [
+        (
+            "IPIP",
+            ethernet(
+                &encapsulate("198.51.100.1", "198.51.100.20", Encap::Ip, &inner4),
+                None,
+            ),
+            DecapReason::DecapIpip,
+        ),
+        (
+            "IP6IP6",
+            ethernet(
+                &encapsulate("2001:db8:100::1", "2001:db8:100::20", Encap::Ip, &inner6),
+                None,
+            ),
+            DecapReason::DecapIp6ip6,
+        ),
+        (
+            "GUE over IPv4",
+            ethernet(
+                &encapsulate(
+                    "198.51.100.1",
+                    "198.51.100.20",
+                    Encap::GueV0 {
+                        sport: 50000,
+                        port: 6080,
+                    },
+                    &inner4,
+                ),
+                None,
+            ),
+            DecapReason::DecapGue,
+        ),
+        (
+            "not a tunnel (plain TCP)",
+            ethernet(&inner4, None),
+            DecapReason::PassNotTunnel,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, pkt, counted) in cases {
+        let before = count(&d, counted)?;
+        let ns = measure_on(d.program(), &[pkt], PASS, scale.runs, scale.reps, None)?;
+        let moved = count(&d, counted)? - before;
+        let expected = (scale.runs * scale.reps) as u64;
+        ensure!(
+            moved == expected,
+            "decap {name}: {counted:?} moved by {moved}, expected {expected}"
+        );
+        results.push(PathResult {
+            name: format!("real-server decapsulator: {name}"),
+            ns,
+            runs: scale.runs * scale.reps,
+        });
+    }
+    Ok(results)
+}

@@ -84,6 +84,7 @@ fn main() -> Result<()> {
     })?;
     println!("tunnel paths (in a namespace of their own)...");
     results.extend(tunnel::tunnel_paths(&scale)?);
+    results.extend(tunnel::decap_paths(&scale)?);
     let floor_b = paths::floor(&scale)?;
     // The faster floor of the two: never flatters the figures over it.
     let floor = if floor_a.ns.median <= floor_b.ns.median {
@@ -267,6 +268,26 @@ fn main() -> Result<()> {
             format!("{name} (benchmark size, {max} entries)"),
             mib(*bytes),
         ));
+    }
+    // The sized maps at the largest sizes xvsd accepts, allocated for real (preallocated maps
+    // take their memory when created).
+    if !quick {
+        println!("maps at xvsd's maximum sizes...");
+        let dp = lb_user::dataplane::Dataplane::load_with(lb_user::dataplane::Sizes {
+            conns: lb_common::MAX_CONN_ENTRIES,
+            sched_slots: lb_common::MAX_SCHED_SLOTS,
+        })?;
+        for (name, max, bytes) in
+            control::map_memory(std::process::id())?
+                .iter()
+                .filter(|(n, max, _)| {
+                    (n == "CONNS" && *max == lb_common::MAX_CONN_ENTRIES as u64)
+                        || (n == "SCHED_SLOTS" && *max == lb_common::MAX_SCHED_SLOTS as u64)
+                })
+        {
+            map_rows.push((format!("{name} (xvsd maximum, {max} entries)"), mib(*bytes)));
+        }
+        drop(dp);
     }
 
     let find = |prefix: &str| {
