@@ -59,7 +59,11 @@ impl FromStr for CheckKind {
             "https" => CheckKind::Https,
             "misc" => CheckKind::Misc,
             "none" => CheckKind::None,
-            _ => return Err(format!("Illegal check type: {s} (tcp, http, https, misc or none)")),
+            _ => {
+                return Err(format!(
+                    "Illegal check type: {s} (tcp, http, https, misc or none)"
+                ))
+            }
         })
     }
 }
@@ -189,6 +193,9 @@ pub struct CheckSpec {
     pub inhibit: Option<bool>,
 }
 
+/// Which checkers an option goes with.
+type AppliesTo = fn(CheckKind) -> bool;
+
 /// Built-in defaults. keepalived's own, except `delay_loop`: keepalived's 60 s is longer than
 /// most want; 6 s is what keepalived's sample configurations use.
 pub mod defaults {
@@ -302,8 +309,8 @@ impl CheckSpec {
     }
 
     /// The options set at this level that only some checkers take, with their option names.
-    fn specific(&self) -> Vec<(&'static str, fn(CheckKind) -> bool)> {
-        let mut v: Vec<(&'static str, fn(CheckKind) -> bool)> = Vec::new();
+    fn specific(&self) -> Vec<(&'static str, AppliesTo)> {
+        let mut v: Vec<(&'static str, AppliesTo)> = Vec::new();
         let http = |k: CheckKind| k.is_http();
         if self.port.is_some() {
             v.push(("--check-port", |k| k != CheckKind::Misc));
@@ -408,7 +415,8 @@ pub fn resolve(
     real.validate(Some(kind))?;
     // An inherited option only where it goes with the checker.
     let pick = |own: &Option<String>, inherited: &Option<String>, applies: bool| {
-        own.clone().or(if applies { inherited.clone() } else { None })
+        own.clone()
+            .or(if applies { inherited.clone() } else { None })
     };
     let http = kind.is_http();
     let ms = Duration::from_millis;
@@ -524,9 +532,9 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 /// A duration as `-S` writes it: `6s`, `1.5s`, `500ms`.
 pub fn format_ms(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
-    } else if ms > 1000 && ms % 100 == 0 {
+    } else if ms > 1000 && ms.is_multiple_of(100) {
         format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
     } else {
         format!("{ms}ms")
@@ -564,7 +572,12 @@ mod tests {
         for bad in ["", "s", "-1s", "1h", "1.0005s", "abc", "1e3"] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
-        for (ms, s) in [(6000, "6s"), (1500, "1.5s"), (500, "500ms"), (1250, "1250ms")] {
+        for (ms, s) in [
+            (6000, "6s"),
+            (1500, "1.5s"),
+            (500, "500ms"),
+            (1250, "1250ms"),
+        ] {
             assert_eq!(format_ms(ms), s);
             assert_eq!(parse_duration_ms(s), Ok(ms));
         }
@@ -595,7 +608,14 @@ mod tests {
             .unwrap();
         assert_eq!(c.target, real);
         assert_eq!(
-            (c.interval, c.timeout, c.retry, c.retry_delay, c.rise, c.inhibit),
+            (
+                c.interval,
+                c.timeout,
+                c.retry,
+                c.retry_delay,
+                c.rise,
+                c.inhibit
+            ),
             (
                 Duration::from_secs(6),
                 Duration::from_secs(5),
@@ -618,7 +638,9 @@ mod tests {
             command: Some("sh -c 'exit 1'".into()),
             ..spec(CheckKind::Misc)
         };
-        let c = resolve(&CheckSpec::default(), &misc, real).unwrap().unwrap();
+        let c = resolve(&CheckSpec::default(), &misc, real)
+            .unwrap()
+            .unwrap();
         assert_eq!((c.retry, c.retry_delay), (0, Duration::from_secs(1)));
         assert_eq!(
             c.probe,

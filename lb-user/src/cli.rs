@@ -265,7 +265,11 @@ pub struct Args {
     #[arg(long = "check-body", value_name = "TEXT", allow_hyphen_values = true)]
     pub check_body: Option<String>,
     /// MISC check: the command (program and arguments, shell quoting).
-    #[arg(long = "check-command", value_name = "COMMAND", allow_hyphen_values = true)]
+    #[arg(
+        long = "check-command",
+        value_name = "COMMAND",
+        allow_hyphen_values = true
+    )]
     pub check_command: Option<String>,
     /// Between checks (keepalived delay_loop).
     #[arg(long = "check-interval", value_name = "DURATION")]
@@ -1308,11 +1312,15 @@ pub fn check_options(spec: &CheckSpec) -> String {
     opt("check-interval", spec.interval_ms.map(check::format_ms));
     opt("check-timeout", spec.timeout_ms.map(check::format_ms));
     opt("check-retry", spec.retry.map(|r| r.to_string()));
-    opt("check-retry-delay", spec.retry_delay_ms.map(check::format_ms));
+    opt(
+        "check-retry-delay",
+        spec.retry_delay_ms.map(check::format_ms),
+    );
     opt("check-rise", spec.rise.map(|r| r.to_string()));
     opt(
         "check-inhibit",
-        spec.inhibit.map(|i| if i { "yes" } else { "no" }.to_string()),
+        spec.inhibit
+            .map(|i| if i { "yes" } else { "no" }.to_string()),
     );
     out
 }
@@ -2311,7 +2319,9 @@ mod tests {
             }
         );
         // The unchecked server and an inheriting one.
-        assert!(crate::model::check_of(svc, &svc.reals[4]).unwrap().is_none());
+        assert!(crate::model::check_of(svc, &svc.reals[4])
+            .unwrap()
+            .is_none());
         let rs1 = crate::model::check_of(svc, &svc.reals[0]).unwrap().unwrap();
         assert_eq!(rs1.retry, 2);
         // -E/-e without check options keep the check; with some, they replace it.
@@ -2322,7 +2332,10 @@ mod tests {
         config.apply_all(&edits).unwrap();
         assert_eq!(config.services[0].check.kind, Some(CheckKind::Http));
         assert_eq!(config.services[0].reals[1].check.rise, Some(3));
-        assert_eq!(config.services[0].sorry_server, Some("198.51.100.13:80".parse().unwrap()));
+        assert_eq!(
+            config.services[0].sorry_server,
+            Some("198.51.100.13:80".parse().unwrap())
+        );
         let edits = parse_rules(
             "-e -t 203.0.113.10:80 -r 198.51.100.12:80 -w 5 --check inherit\n\
              -E -t 203.0.113.10:80 -s wrr --sorry-server none --check tcp\n",
@@ -2336,24 +2349,147 @@ mod tests {
         config.apply_all(&edits).unwrap();
         let svc = &config.services[0];
         assert_eq!(svc.sorry_server, None);
-        assert_eq!(svc.check, CheckSpec { kind: Some(CheckKind::Tcp), ..Default::default() });
+        assert_eq!(
+            svc.check,
+            CheckSpec {
+                kind: Some(CheckKind::Tcp),
+                ..Default::default()
+            }
+        );
         assert!(svc.reals[1].check.is_empty());
     }
 
     #[test]
     fn health_check_options_are_refused_with_reasons() {
         for (args, why) in [
-            (&["-L", "-n", "--check", "tcp"][..], "--check applies to -A, -E, -a and -e only"),
-            (&["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check-rise", "2"], "--check-rise applies to"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--sorry-server", "198.51.100.13"], "--sorry-server applies to -A and -E only"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "ping"], "Illegal check type: ping"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-path", "/h"], "--check-path does not apply to --check tcp"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-interval", "soon"], "Illegal duration: soon"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-status", "2xx"], "Illegal status code list"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-digest", "abc"], "32 hexadecimal digits"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-port", "0"], "Illegal check port: 0"),
-            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-inhibit", "maybe"], "yes or no"),
-            (&["-A", "-t", "203.0.113.10:80", "--check", "inherit"], "applies to real servers"),
+            (
+                &["-L", "-n", "--check", "tcp"][..],
+                "--check applies to -A, -E, -a and -e only",
+            ),
+            (
+                &[
+                    "-d",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check-rise",
+                    "2",
+                ],
+                "--check-rise applies to",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--sorry-server",
+                    "198.51.100.13",
+                ],
+                "--sorry-server applies to -A and -E only",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "ping",
+                ],
+                "Illegal check type: ping",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "tcp",
+                    "--check-path",
+                    "/h",
+                ],
+                "--check-path does not apply to --check tcp",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "http",
+                    "--check-interval",
+                    "soon",
+                ],
+                "Illegal duration: soon",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "http",
+                    "--check-status",
+                    "2xx",
+                ],
+                "Illegal status code list",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "http",
+                    "--check-digest",
+                    "abc",
+                ],
+                "32 hexadecimal digits",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "tcp",
+                    "--check-port",
+                    "0",
+                ],
+                "Illegal check port: 0",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--check",
+                    "tcp",
+                    "--check-inhibit",
+                    "maybe",
+                ],
+                "yes or no",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "--check", "inherit"],
+                "applies to real servers",
+            ),
         ] {
             let e = action(args).unwrap_err();
             assert!(e.0.contains(why), "{args:?}: {e}");
@@ -2365,11 +2501,26 @@ mod tests {
             .unwrap();
         let before = config.clone();
         for (rule, why) in [
-            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check-path /h", "--check-path does not apply to --check tcp"),
-            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check misc", "needs --check-command"),
-            ("-E -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.11", "is a real server of the service"),
-            ("-E -t 203.0.113.10:80 -s rr --sorry-server [2001:db8::13]:80", "same address family"),
-            ("-E -t 203.0.113.10:80 -s rr --check misc", "needs --check-command"),
+            (
+                "-a -t 203.0.113.10:80 -r 198.51.100.12 --check-path /h",
+                "--check-path does not apply to --check tcp",
+            ),
+            (
+                "-a -t 203.0.113.10:80 -r 198.51.100.12 --check misc",
+                "needs --check-command",
+            ),
+            (
+                "-E -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.11",
+                "is a real server of the service",
+            ),
+            (
+                "-E -t 203.0.113.10:80 -s rr --sorry-server [2001:db8::13]:80",
+                "same address family",
+            ),
+            (
+                "-E -t 203.0.113.10:80 -s rr --check misc",
+                "needs --check-command",
+            ),
         ] {
             let e = config.apply_all(&parse_rules(rule).unwrap()).unwrap_err();
             assert!(e.to_string().contains(why), "{rule}: {e}");

@@ -479,32 +479,33 @@ impl Controller {
         let mut services = Vec::new();
         for svc in &self.config.services {
             let mut reals = Vec::new();
-            let status = |r: &crate::model::RealServer, table| -> Result<RealStatus, DataplaneError> {
-                let c = self
-                    .dataplane
-                    .backend_id(&svc.key, r.addr)
-                    .and_then(|id| counts.get(&id).copied())
-                    .unwrap_or_default();
-                Ok(RealStatus {
-                    addr: r.addr,
-                    forward: r.forward,
-                    weight: r.weight,
-                    u_threshold: r.u_threshold,
-                    l_threshold: r.l_threshold,
-                    persist_conns: c.persistent,
-                    active_conns: c.active,
-                    inactive_conns: c.inactive,
-                    stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
-                    rates: self.rates.rates(&Subject::Real(svc.key, r.addr)),
-                    mac: self.macs.get(&r.addr.ip()).map(fmt_mac),
-                    check: r.check.clone(),
-                    table,
-                    health: self.health.health(&CheckId {
-                        service: svc.key,
-                        real: r.addr,
-                    }),
-                })
-            };
+            let status =
+                |r: &crate::model::RealServer, table| -> Result<RealStatus, DataplaneError> {
+                    let c = self
+                        .dataplane
+                        .backend_id(&svc.key, r.addr)
+                        .and_then(|id| counts.get(&id).copied())
+                        .unwrap_or_default();
+                    Ok(RealStatus {
+                        addr: r.addr,
+                        forward: r.forward,
+                        weight: r.weight,
+                        u_threshold: r.u_threshold,
+                        l_threshold: r.l_threshold,
+                        persist_conns: c.persistent,
+                        active_conns: c.active,
+                        inactive_conns: c.inactive,
+                        stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
+                        rates: self.rates.rates(&Subject::Real(svc.key, r.addr)),
+                        mac: self.macs.get(&r.addr.ip()).map(fmt_mac),
+                        check: r.check.clone(),
+                        table,
+                        health: self.health.health(&CheckId {
+                            service: svc.key,
+                            real: r.addr,
+                        }),
+                    })
+                };
             for r in &svc.reals {
                 reals.push(status(r, self.applied.membership(&svc.key, r.addr))?);
             }

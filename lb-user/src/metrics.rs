@@ -308,7 +308,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
     ];
     for (name, kind, help, get) in health_series {
-        e.family(name, kind, help, checked().map(|(labels, h)| (labels, get(h))));
+        e.family(
+            name,
+            kind,
+            help,
+            checked().map(|(labels, h)| (labels, get(h))),
+        );
     }
     e.histogram(
         "xvs_real_check_duration_seconds",

@@ -839,9 +839,7 @@ impl Config {
             }
             Change::SetCheck { key, check } => {
                 let svc = self.service_mut(key)?;
-                check
-                    .validate(check.kind)
-                    .map_err(ConfigError::BadCheck)?;
+                check.validate(check.kind).map_err(ConfigError::BadCheck)?;
                 let mut next = svc.clone();
                 next.check = check.clone();
                 // Every real server's check must still make sense with the new defaults.

@@ -276,9 +276,11 @@ impl Lab {
         let (_, mut child) = self.apaches.remove(at);
         // SAFETY: plain kill(2) on our child (`ip netns exec` execs, so this is apache2).
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        poll(Duration::from_secs(15), &format!("apache2 on rs{i} to exit"), || {
-            child.try_wait().ok().flatten()
-        })?;
+        poll(
+            Duration::from_secs(15),
+            &format!("apache2 on rs{i} to exit"),
+            || child.try_wait().ok().flatten(),
+        )?;
         let ns = self.ns(&format!("rs{i}"));
         poll(
             Duration::from_secs(10),

@@ -168,7 +168,11 @@ fn a_stopped_server_leaves_the_tables_comes_back_after_rise_and_the_sorry_server
     );
     let bodies = lab.curl_many(&url(), 20).unwrap();
     assert_eq!(bodies, vec!["rs2".to_string(); 20], "{:?}", tally(&bodies));
-    assert_eq!(held.get().unwrap(), "rs2", "the kept-alive connection to rs2");
+    assert_eq!(
+        held.get().unwrap(),
+        "rs2",
+        "the kept-alive connection to rs2"
+    );
     let h = &real(&lab, &rs(1))["health"];
     assert_eq!(h["state"], "down", "{h}");
     assert_eq!(h["last"], "connection refused", "{h}");
@@ -188,13 +192,8 @@ fn a_stopped_server_leaves_the_tables_comes_back_after_rise_and_the_sorry_server
         .unwrap_or_else(|| panic!("{stats}"));
     assert!(rs1_row.ends_with(" down"), "{stats}");
     let metrics = scrape(&lab);
-    let series = |name: &str, i: usize| {
-        format!(
-            "{name}{{service=\"TCP {}\",real=\"{}\"}}",
-            vip(),
-            rs(i)
-        )
-    };
+    let series =
+        |name: &str, i: usize| format!("{name}{{service=\"TCP {}\",real=\"{}\"}}", vip(), rs(i));
     for (line, want) in [
         (series("xvs_real_health_up", 1), "0"),
         (series("xvs_real_health_up", 2), "1"),
@@ -246,11 +245,10 @@ fn a_stopped_server_leaves_the_tables_comes_back_after_rise_and_the_sorry_server
     assert_eq!(bodies, vec!["rs3".to_string(); 10]);
     assert!(plain_line(&lab, &rs(3)).is_some_and(|c| c[3] == "1"));
     assert!(plain_line(&lab, &rs(1)).is_none() && plain_line(&lab, &rs(2)).is_none());
-    assert!(
-        lab.xvsadm_ok(&["-S", "-n"])
-            .unwrap()
-            .contains(&format!("--sorry-server {}", rs(3))),
-    );
+    assert!(lab
+        .xvsadm_ok(&["-S", "-n"])
+        .unwrap()
+        .contains(&format!("--sorry-server {}", rs(3))),);
     // One real server back: the sorry server leaves.
     lab.start_apache(2).unwrap();
     wait_table(&lab, &rs(2), "active", Duration::from_secs(10));
@@ -311,7 +309,11 @@ fn http_status_inhibit_keeps_connections_and_removal_reschedules_them() {
     assert_eq!(real(&lab, &rs(1))["health"]["last"], "status 404");
     let cols = plain_line(&lab, &rs(1)).expect("an inhibited server stays listed");
     assert_eq!(cols[3], "0", "weight 0: {cols:?}");
-    assert_eq!(held1.get().unwrap(), "rs1", "inhibited: established flow kept");
+    assert_eq!(
+        held1.get().unwrap(),
+        "rs1",
+        "inhibited: established flow kept"
+    );
     let bodies = lab.curl_many(&url(), 20).unwrap();
     assert_eq!(bodies, vec!["rs2".to_string(); 20]);
     // Configured weight unchanged.
@@ -331,7 +333,10 @@ fn http_status_inhibit_keeps_connections_and_removal_reschedules_them() {
     assert_eq!(bodies, vec!["rs1".to_string(); 10]);
     // Its connection's next packet goes to rs1, which knows nothing of it and resets it
     // (IPVS, with the destination gone, would drop the packets instead).
-    assert!(held2.get().is_err(), "a removed server's connection is not kept");
+    assert!(
+        held2.get().is_err(),
+        "a removed server's connection is not kept"
+    );
     assert_eq!(held1.get().unwrap(), "rs1");
 }
 
@@ -344,8 +349,18 @@ fn https_digest_and_misc_checks() {
     lab.xvsadm_ok(&["-A", "-t", &vip(), "-s", "rr", "--check-interval", "300ms"])
         .unwrap();
     lab.xvsadm_ok(&[
-        "-a", "-t", &vip(), "-r", &rs(1), "-g", "--check", "https", "--check-port", "443",
-        "--check-body", "rs1",
+        "-a",
+        "-t",
+        &vip(),
+        "-r",
+        &rs(1),
+        "-g",
+        "--check",
+        "https",
+        "--check-port",
+        "443",
+        "--check-body",
+        "rs1",
     ])
     .unwrap();
     lab.xvsadm_ok(&[
@@ -386,8 +401,20 @@ fn https_digest_and_misc_checks() {
         .to_string();
     let https = |digest: &str| {
         lab.xvsadm_ok(&[
-            "-e", "-t", &vip(), "-r", &rs(1), "-g", "--check", "https", "--check-port", "443",
-            "--check-digest", digest, "--check-retry", "0",
+            "-e",
+            "-t",
+            &vip(),
+            "-r",
+            &rs(1),
+            "-g",
+            "--check",
+            "https",
+            "--check-port",
+            "443",
+            "--check-digest",
+            digest,
+            "--check-retry",
+            "0",
         ])
         .unwrap();
     };

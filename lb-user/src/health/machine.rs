@@ -135,7 +135,12 @@ mod tests {
             let start = due;
             starts.push(start - t0);
             let ok = healthy(start - t0);
-            let end = start + if ok { Duration::from_millis(1) } else { fail_takes };
+            let end = start
+                + if ok {
+                    Duration::from_millis(1)
+                } else {
+                    fail_takes
+                };
             let step = m.record(ok);
             if let Some(s) = step.change {
                 changes.push((end - t0, s));
@@ -155,7 +160,10 @@ mod tests {
             !(S(2500)..S(10_200)).contains(&t)
         });
         // Rounds at 0, 1, 2; the 3 s round fails, retries at 3.5 s and 4 s fail: down at 4 s.
-        assert_eq!(&starts[..6], &[S(0), S(1000), S(2000), S(3000), S(3500), S(4000)]);
+        assert_eq!(
+            &starts[..6],
+            &[S(0), S(1000), S(2000), S(3000), S(3500), S(4000)]
+        );
         assert_eq!(changes[0], (S(4000), HealthState::Down));
         // Back on the round schedule from the last retry, no retries while down.
         assert_eq!(&starts[6..9], &[S(5000), S(6000), S(7000)]);

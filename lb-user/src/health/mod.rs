@@ -578,7 +578,10 @@ mod tests {
         };
         let mut checker = Checker::new();
         let changed = checker.changed();
-        checker.reconcile([(id(1), check(l.local_addr().unwrap())), (id(2), check(dead))]);
+        checker.reconcile([
+            (id(1), check(l.local_addr().unwrap())),
+            (id(2), check(dead)),
+        ]);
         assert_eq!(checker.len(), 2);
         // The dead one goes down (inhibited) within one interval plus the attempt.
         tokio::time::timeout(Duration::from_secs(5), changed.notified())

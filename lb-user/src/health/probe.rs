@@ -370,7 +370,13 @@ mod tests {
     async fn http_status_digest_and_body() {
         const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
         let md5_ok = hex(&Md5::digest(b"ok\n"));
-        let cases: [(&[u8], &str, Option<BodyCheck>, Result<(), Failure>); 6] = [
+        type Case = (
+            &'static [u8],
+            &'static str,
+            Option<BodyCheck>,
+            Result<(), Failure>,
+        );
+        let cases: [Case; 6] = [
             (OK, "200", None, Ok(())),
             (OK, "200", Some(BodyCheck::Digest(md5_ok.clone())), Ok(())),
             (
@@ -379,7 +385,12 @@ mod tests {
                 Some(BodyCheck::Digest("0".repeat(32))),
                 Err(Failure::DigestMismatch(md5_ok)),
             ),
-            (OK, "200-299", Some(BodyCheck::Contains("ok".into())), Ok(())),
+            (
+                OK,
+                "200-299",
+                Some(BodyCheck::Contains("ok".into())),
+                Ok(()),
+            ),
             (
                 OK,
                 "200",
@@ -441,14 +452,14 @@ mod tests {
             Err(Failure::Exit(1))
         );
         assert_eq!(
-            attempt(&misc(r#"sh -c 'test "$XVS_CHECK_IP:$XVS_CHECK_PORT" = 198.51.100.11:80'"#, 5000))
-                .await,
+            attempt(&misc(
+                r#"sh -c 'test "$XVS_CHECK_IP:$XVS_CHECK_PORT" = 198.51.100.11:80'"#,
+                5000
+            ))
+            .await,
             Ok(())
         );
-        assert_eq!(
-            attempt(&misc("sleep 5", 100)).await,
-            Err(Failure::Timeout)
-        );
+        assert_eq!(attempt(&misc("sleep 5", 100)).await, Err(Failure::Timeout));
         assert!(matches!(
             attempt(&misc("/nonexistent/check", 5000)).await,
             Err(Failure::Spawn(_))

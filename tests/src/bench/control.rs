@@ -250,7 +250,9 @@ pub fn health_checks(n: usize, interval: Duration, run_for: Duration) -> Result<
     drop(rt);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = std::net::TcpStream::connect(target);
-    let listener_cpu = accepter.join().map_err(|_| anyhow::anyhow!("listener panicked"))?;
+    let listener_cpu = accepter
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener panicked"))?;
     // One attempt per check and interval (the first ones spread over the first interval).
     let expected = (n as f64 * wall.as_secs_f64() / interval.as_secs_f64()) as u64;
     Ok(HealthBench {

@@ -234,7 +234,10 @@ fn main() -> Result<()> {
         ),
     ));
     control_rows.push((
-        format!("{} health checks: start after due (drift), max / p99 / mean", h.checks),
+        format!(
+            "{} health checks: start after due (drift), max / p99 / mean",
+            h.checks
+        ),
         format!(
             "{:.1} ms / {} / {:.2} ms",
             h.max_late.as_secs_f64() * 1000.0,
@@ -245,7 +248,10 @@ fn main() -> Result<()> {
         ),
     ));
     control_rows.push((
-        format!("{} health checks: CPU (2 tokio workers on one core)", h.checks),
+        format!(
+            "{} health checks: CPU (2 tokio workers on one core)",
+            h.checks
+        ),
         format!("{:.1}% of a core", h.cpu_share * 100.0),
     ));
     for (k, v) in &control_rows {
