@@ -399,7 +399,8 @@ impl CheckSpec {
 }
 
 /// The check that runs against a real server of a service: the real server's spec over the
-/// service's over the built-in defaults. None when neither names a checker, or `none` wins.
+/// service's over the built-in defaults. None when neither names a checker (a real server
+/// that gives check options then is an error: they would do nothing), or `none` wins.
 /// The service's options that do not go with the real server's checker are not inherited (a
 /// service default of `--check http --check-path /h` and a real server's `--check tcp`).
 pub fn resolve(
@@ -408,6 +409,12 @@ pub fn resolve(
     real_addr: SocketAddr,
 ) -> Result<Option<Check>, String> {
     let kind = match real.kind.or(service.kind) {
+        None if !real.is_empty() => {
+            return Err(format!(
+                "real server {real_addr} has check options but no checker: give --check TYPE \
+                 (on it, or on the service for all its real servers)"
+            ))
+        }
         None | Some(CheckKind::None) => return Ok(None),
         Some(k) => k,
     };
@@ -687,12 +694,15 @@ mod tests {
             .unwrap();
         assert_eq!(c.probe, Probe::Tcp);
         assert_eq!(c.interval, Duration::from_secs(1));
-        // `none` turns the service's check off for this server.
+        // `none` turns the service's check off for this server, options and all.
         assert_eq!(resolve(&service, &spec(CheckKind::None), real), Ok(None));
         assert_eq!(
             resolve(&CheckSpec::default(), &CheckSpec::default(), real),
             Ok(None)
         );
+        // Options of a real server with no checker anywhere would do nothing.
+        let e = resolve(&CheckSpec::default(), &own, real).unwrap_err();
+        assert!(e.contains("no checker"), "{e}");
     }
 
     #[test]

@@ -557,10 +557,7 @@ mod tests {
     async fn checks_start_spread_over_their_interval_and_notify_changes() {
         // A listener nobody accepts on still completes TCP handshakes (backlog).
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let dead = {
-            let d = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            d.local_addr().unwrap()
-        };
+        let (_port, dead) = probe::tests::refusing_port();
         let check = |target| Check {
             probe: check::Probe::Tcp,
             target,

@@ -326,7 +326,7 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tokio::net::TcpListener;
@@ -420,14 +420,43 @@ mod tests {
         assert!(matches!(got, Err(Failure::BadAnswer(_))), "{got:?}");
     }
 
+    /// A loopback port that refuses connections: bound (so nothing else takes it while the
+    /// socket lives) but not listening. Closed when the returned fd is dropped.
+    pub fn refusing_port() -> (std::os::fd::OwnedFd, SocketAddr) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket/bind/getsockname on a socket this function owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            let mut got = len;
+            assert_eq!(
+                libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut got),
+                0
+            );
+            (
+                owned,
+                SocketAddr::from(([127, 0, 0, 1], u16::from_be(sa.sin_port))),
+            )
+        }
+    }
+
     #[tokio::test]
     async fn tcp_refused_and_timeout() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut c = http_check(addr, "200", None);
+        let mut c = http_check(l.local_addr().unwrap(), "200", None);
         c.probe = Probe::Tcp;
         assert_eq!(attempt(&c).await, Ok(()));
-        drop(l);
+        let (_port, refusing) = refusing_port();
+        c.target = refusing;
         assert_eq!(attempt(&c).await, Err(Failure::Refused));
         // A listener that never answers an HTTP request: the attempt times out.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
