@@ -2,10 +2,12 @@
 //! socket protocol, and the ipvsadm-compatible command line.
 
 pub mod cli;
+pub mod config_file;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod diff;
 pub mod estimator;
 pub mod help;
 pub mod listing;
@@ -17,5 +19,6 @@ pub mod object;
 pub mod proto;
 pub mod realserver;
 pub mod scheduler;
+pub mod state;
 pub mod tunnel;
 pub mod watch;
