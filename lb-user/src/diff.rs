@@ -37,7 +37,7 @@ impl Diff {
 pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
     let cur = &current.config;
     let tgt = &target.config;
-    let mut d = Diff::default();
+    let mut changes = Vec::new();
     let kept = || {
         cur.services
             .iter()
@@ -46,68 +46,59 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
     // Services that go away, with their real servers.
     for s in &cur.services {
         if tgt.service(&s.key).is_none() {
-            d.changes.push(Change::DeleteService { key: s.key });
-            d.lines.push(format!("-D {}", cli::service_option(&s.key)));
+            changes.push(Change::DeleteService { key: s.key });
         }
     }
     // Real servers that go away, and matches a group gives up (another service may take them).
     for (s, t) in kept() {
         for r in &s.reals {
             if !t.reals.iter().any(|x| x.addr == r.addr) {
-                d.changes.push(Change::DeleteReal {
+                changes.push(Change::DeleteReal {
                     service: s.key,
                     addr: r.addr,
                 });
-                d.lines
-                    .push(format!("-d {} -r {}", cli::service_option(&s.key), r.addr));
             }
         }
         let remaining = kept_matches(s, t);
         if remaining != s.matches {
-            d.changes.push(Change::SetMatches {
+            changes.push(Change::SetMatches {
                 key: s.key,
                 matches: remaining,
             });
         }
     }
-    // Services whose options or matches change.
+    // Services whose options change.
     for (s, t) in kept() {
-        let options_change =
-            s.scheduler != t.scheduler || s.flags != t.flags || s.persistence != t.persistence;
-        if options_change {
-            d.changes.push(Change::EditService {
+        if options_differ(s, t) {
+            changes.push(Change::EditService {
                 key: s.key,
                 scheduler: Some(t.scheduler),
                 flags: Some(t.flags),
                 persistence: Some(t.persistence),
             });
         }
-        if options_change || s.matches != t.matches {
-            d.lines.push(edit_line(service_rule(t)));
-        }
     }
     // New services.
     for t in &tgt.services {
         if cur.service(&t.key).is_none() {
-            d.changes.push(Change::AddService {
+            changes.push(Change::AddService {
                 key: t.key,
                 scheduler: t.scheduler,
                 flags: t.flags,
                 persistence: t.persistence,
             });
             if !t.matches.is_empty() {
-                d.changes.push(Change::SetMatches {
+                changes.push(Change::SetMatches {
                     key: t.key,
                     matches: t.matches.clone(),
                 });
             }
-            d.lines.push(service_rule(t));
         }
     }
     // Groups take their new matches once every match given up is free.
     for (s, t) in kept() {
         if s.matches != t.matches && kept_matches(s, t) != t.matches {
-            d.changes.push(Change::SetMatches {
+            changes.push(Change::SetMatches {
                 key: s.key,
                 matches: t.matches.clone(),
             });
@@ -119,34 +110,68 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         for r in &t.reals {
             match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
                 Some(c) if c == r => {}
-                Some(_) => {
-                    d.changes.push(Change::EditReal {
-                        service: t.key,
-                        addr: r.addr,
-                        weight: Some(r.weight),
-                        forward: Some(r.forward),
-                        u_threshold: Some(r.u_threshold),
-                        l_threshold: Some(r.l_threshold),
-                    });
-                    d.lines.push(edit_line(real_rule(t, r)));
-                }
-                None => {
-                    d.changes.push(Change::AddReal {
-                        service: t.key,
-                        real: *r,
-                    });
-                    d.lines.push(real_rule(t, r));
-                }
+                Some(_) => changes.push(Change::EditReal {
+                    service: t.key,
+                    addr: r.addr,
+                    weight: Some(r.weight),
+                    forward: Some(r.forward),
+                    u_threshold: Some(r.u_threshold),
+                    l_threshold: Some(r.l_threshold),
+                }),
+                None => changes.push(Change::AddReal {
+                    service: t.key,
+                    real: *r,
+                }),
             }
         }
     }
-    if current.timeouts != target.timeouts {
-        let t = target.timeouts;
-        d.timeouts = Some(t);
-        d.lines
-            .push(format!("--set {} {} {}", t.tcp, t.tcpfin, t.udp));
+    let timeouts = (current.timeouts != target.timeouts).then_some(target.timeouts);
+    Diff {
+        lines: rules(cur, tgt, timeouts),
+        changes,
+        timeouts,
     }
-    d
+}
+
+fn options_differ(s: &Service, t: &Service) -> bool {
+    s.scheduler != t.scheduler || s.flags != t.flags || s.persistence != t.persistence
+}
+
+/// The difference as ipvsadm rules, grouped as `-S` groups them: removed services first, then
+/// each service of the target with its real servers.
+fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in &cur.services {
+        if tgt.service(&s.key).is_none() {
+            lines.push(format!("-D {}", cli::service_option(&s.key)));
+        }
+    }
+    for t in &tgt.services {
+        let s = cur.service(&t.key);
+        match s {
+            None => lines.push(service_rule(t)),
+            Some(s) if options_differ(s, t) || s.matches != t.matches => {
+                lines.push(edit_line(service_rule(t)))
+            }
+            Some(_) => {}
+        }
+        for r in s.iter().flat_map(|s| &s.reals) {
+            if !t.reals.iter().any(|x| x.addr == r.addr) {
+                lines.push(format!("-d {} -r {}", cli::service_option(&t.key), r.addr));
+            }
+        }
+        for r in &t.reals {
+            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+                Some(c) if c == r => {}
+                Some(_) => lines.push(edit_line(real_rule(t, r))),
+                None => lines.push(real_rule(t, r)),
+            }
+        }
+    }
+    if let Some(t) = timeouts {
+        lines.push(format!("--set {} {} {}", t.tcp, t.tcpfin, t.udp));
+    }
+    lines
 }
 
 /// The matches of `s` that `t` keeps, in `s`'s order.
@@ -308,8 +333,8 @@ persistent = 60
         assert_eq!(
             d.lines,
             [
-                "-d -u 203.0.113.10:53 -r 198.51.100.11:53",
                 "-e -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 5",
+                "-d -u 203.0.113.10:53 -r 198.51.100.11:53",
                 "-a -u 203.0.113.10:53 -r 198.51.100.14:53 -g -w 1",
                 "--set 900 120 60",
             ]

@@ -1,7 +1,9 @@
 //! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
 //! socket protocol, and the ipvsadm-compatible command line.
 
+pub mod access;
 pub mod cli;
+pub mod config_cli;
 pub mod config_file;
 pub mod control;
 pub mod daemon;
