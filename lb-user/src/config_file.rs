@@ -25,8 +25,8 @@ use crate::{
     cli, listing,
     model::{
         Change, Config, ConfigError, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags,
-        Scheduler, ServiceKey, VirtualAddr, DEFAULT_PERSISTENCE_TIMEOUT, DEFAULT_SCHEDULER,
-        MAX_TIMEOUT, MAX_WEIGHT,
+        Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, DEFAULT_PERSISTENCE_TIMEOUT,
+        DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
     },
     proto::Timeouts,
     state::{DesiredState, DEFAULT_TIMEOUTS},
@@ -130,9 +130,20 @@ struct ServiceEntry {
 struct RealEntry {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
-    forward: Option<Spanned<ForwardMethod>>,
+    forward: Option<Spanned<Forward>>,
+    tun_type: Option<Spanned<TunnelKind>>,
+    tun_port: Option<Spanned<u16>>,
+    tun_csum: Option<Spanned<bool>>,
     u_threshold: Option<Spanned<u32>>,
     l_threshold: Option<Spanned<u32>>,
+}
+
+/// `forward`: ipvsadm's -g or -i (the tunnel's details in `tun-*`, as ipvsadm's options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Forward {
+    Dr,
+    Tunnel,
 }
 
 /// Collects errors with their positions.
@@ -351,6 +362,7 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
         if let Err(e) = config.apply(&Change::AddReal { service: key, real }) {
             let at = match &e {
                 ConfigError::BadWeight(_) => spans.weight.clone(),
+                ConfigError::BadTunnel(_) => spans.tunnel.clone(),
                 ConfigError::BadThreshold { .. } => {
                     spans.l_threshold.clone().or(spans.u_threshold.clone())
                 }
@@ -392,6 +404,7 @@ fn real_values<'i>(check: &mut Checker, value: Spanned<DeValue<'i>>) -> Vec<Span
 struct RealSpans {
     address: Range<usize>,
     weight: Option<Range<usize>>,
+    tunnel: Option<Range<usize>>,
     u_threshold: Option<Range<usize>>,
     l_threshold: Option<Range<usize>>,
 }
@@ -424,6 +437,12 @@ fn real(
     let spans = RealSpans {
         address: entry.address.span(),
         weight: entry.weight.as_ref().map(Spanned::span),
+        tunnel: entry
+            .tun_port
+            .as_ref()
+            .map(Spanned::span)
+            .or(entry.tun_type.as_ref().map(Spanned::span))
+            .or(entry.forward.as_ref().map(Spanned::span)),
         u_threshold: entry.u_threshold.as_ref().map(Spanned::span),
         l_threshold: entry.l_threshold.as_ref().map(Spanned::span),
     };
@@ -450,13 +469,35 @@ fn real(
             0
         }
     };
+    let forward = match entry.forward.as_ref().map(|f| *f.get_ref()) {
+        Some(Forward::Tunnel) => ForwardMethod::Tunnel(Tunnel {
+            kind: entry
+                .tun_type
+                .as_ref()
+                .map_or(TunnelKind::Ipip, |t| *t.get_ref()),
+            port: entry.tun_port.as_ref().map_or(0, |p| *p.get_ref()),
+            csum: entry.tun_csum.as_ref().is_some_and(|c| *c.get_ref()),
+        }),
+        None | Some(Forward::Dr) => {
+            let stray = [
+                entry.tun_type.as_ref().map(Spanned::span),
+                entry.tun_port.as_ref().map(Spanned::span),
+                entry.tun_csum.as_ref().map(Spanned::span),
+            ];
+            for span in stray.into_iter().flatten() {
+                check.error(
+                    span,
+                    "`tun-type`, `tun-port` and `tun-csum` need `forward = \"tunnel\"`",
+                );
+                ok = false;
+            }
+            ForwardMethod::Dr
+        }
+    };
     let real = RealServer {
         addr: addr?,
         weight,
-        forward: entry
-            .forward
-            .map(Spanned::into_inner)
-            .unwrap_or(ForwardMethod::Dr),
+        forward,
         u_threshold: entry.u_threshold.map(Spanned::into_inner).unwrap_or(0),
         l_threshold: entry.l_threshold.map(Spanned::into_inner).unwrap_or(0),
     };
@@ -657,7 +698,13 @@ struct ServiceOut {
 struct RealOut {
     address: String,
     weight: u32,
-    forward: ForwardMethod,
+    forward: Forward,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_type: Option<TunnelKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_port: Option<u16>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tun_csum: bool,
     #[serde(skip_serializing_if = "is_zero")]
     u_threshold: u32,
     #[serde(skip_serializing_if = "is_zero")]
@@ -719,7 +766,19 @@ pub fn render(state: &DesiredState) -> String {
                         .map(|r| RealOut {
                             address: r.addr.to_string(),
                             weight: r.weight,
-                            forward: r.forward,
+                            forward: match r.forward {
+                                ForwardMethod::Dr => Forward::Dr,
+                                ForwardMethod::Tunnel(_) => Forward::Tunnel,
+                            },
+                            tun_type: match r.forward {
+                                ForwardMethod::Tunnel(t) => Some(t.kind),
+                                ForwardMethod::Dr => None,
+                            },
+                            tun_port: match r.forward {
+                                ForwardMethod::Tunnel(t) if t.port != 0 => Some(t.port),
+                                _ => None,
+                            },
+                            tun_csum: matches!(r.forward, ForwardMethod::Tunnel(t) if t.csum),
                             u_threshold: r.u_threshold,
                             l_threshold: r.l_threshold,
                         })
@@ -808,7 +867,24 @@ mod tests {
             .expect("the IPv6 DNS service");
         assert_eq!(dns.scheduler, Scheduler::Mh);
         assert!(dns.flags.mh_port);
-        assert_eq!(c.services.len(), 4);
+        let tun = c
+            .service(&ServiceKey::new(
+                Protocol::Tcp,
+                "203.0.113.40:443".parse().unwrap(),
+            ))
+            .expect("the TUN service");
+        assert_eq!(
+            tun.reals.iter().map(|r| r.forward).collect::<Vec<_>>(),
+            [
+                ForwardMethod::Tunnel(Tunnel::IPIP),
+                ForwardMethod::Tunnel(Tunnel {
+                    kind: TunnelKind::Gue,
+                    port: 6080,
+                    csum: true
+                })
+            ]
+        );
+        assert_eq!(c.services.len(), 5);
     }
 
     #[test]
@@ -959,12 +1035,51 @@ tcp = "203.0.113.18:80"
                 (59, "Illegal weight specified: 70000"),
                 (63, "lower threshold 20 exceeds the upper threshold 10"),
                 (65, "Illegal address: real-server-4.example"),
-                (68, "unknown variant `masquerade`"),
+                (
+                    68,
+                    "unknown variant `masquerade`, expected `dr` or `tunnel`",
+                ),
                 (69, "missing field `address`"),
                 (73, "unknown field `colour`"),
                 (74, "reserved for health checks"),
                 (78, "Service already exists: TCP 203.0.113.18:80"),
             ],
+        );
+    }
+
+    #[test]
+    fn tunnel_options_belong_to_tunnels() {
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [[service.real]]
+  address = "192.0.2.21"
+  tun-port = 6080
+  [[service.real]]
+  address = "192.0.2.22"
+  forward = "tunnel"
+  tun-type = "gue"
+  [[service.real]]
+  address = "192.0.2.23"
+  forward = "tunnel"
+  tun-port = 6080
+  [[service.real]]
+  address = "192.0.2.24"
+  forward = "tunnel"
+  tun-type = "gre"
+"#,
+            &[
+                (5, "need `forward = \"tunnel\"`"),
+                (9, "GUE tunnel needs a port"),
+                (13, "apply to --tun-type gue only"),
+                (17, "unknown variant `gre`"),
+            ],
+        );
+        // A tunnel may cross families, unlike DR.
+        let s = parse("[[service]]\ntcp = \"[2001:db8::10]:80\"\n[[service.real]]\naddress = \"192.0.2.21\"\nforward = \"tunnel\"\n").unwrap();
+        assert_eq!(
+            s.config.services[0].reals[0].addr,
+            "192.0.2.21:80".parse().unwrap()
         );
     }
 

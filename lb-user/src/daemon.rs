@@ -708,13 +708,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             what: from.clone(),
             message,
         };
-        controller
-            .apply_desired(&desired, false)
-            .map_err(restore)?;
+        controller.apply_desired(&desired, false).map_err(restore)?;
         if opts.config.is_some() {
             // The file is the truth at start: the state says so too, even when the file
             // matched the (empty) starting point and nothing was applied.
-            controller.save_state().map_err(|e| restore(e.to_string()))?;
+            controller
+                .save_state()
+                .map_err(|e| restore(e.to_string()))?;
         }
         info!(
             from,
