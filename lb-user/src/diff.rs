@@ -398,8 +398,20 @@ scheduler = "mh"
         );
         // And back.
         check(&to, &from);
-        // From and to nothing.
-        check(&DesiredState::default(), &from);
+        // From and to nothing; each service is followed by its real servers, as -S writes them.
+        let d = check(&DesiredState::default(), &from);
+        assert_eq!(
+            d.lines,
+            [
+                "-A -t 203.0.113.10:80 -s wrr",
+                "-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1",
+                "-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 2",
+                "-A -u 203.0.113.10:53 -s rr",
+                "-a -u 203.0.113.10:53 -r 198.51.100.11:53 -g -w 1",
+                "-A -f 1 -s wlc -p 60 --match tcp:203.0.113.20:80 --match tcp:203.0.113.20:443",
+                "-a -f 1 -r 198.51.100.13:0 -g -w 1",
+            ]
+        );
         let d = check(&from, &DesiredState::default());
         assert_eq!(d.lines.len(), 3, "{:?}", d.lines);
     }
