@@ -1,11 +1,15 @@
 //! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
 //! socket protocol, and the ipvsadm-compatible command line.
 
+pub mod access;
 pub mod cli;
+pub mod config_cli;
+pub mod config_file;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod diff;
 pub mod estimator;
 pub mod help;
 pub mod listing;
@@ -17,5 +21,6 @@ pub mod object;
 pub mod proto;
 pub mod realserver;
 pub mod scheduler;
+pub mod state;
 pub mod tunnel;
 pub mod watch;
