@@ -806,10 +806,15 @@ TCP  203.0.113.10:80 wrr
             out.contains("  -> 198.51.100.11:80             Tunnel  ipip          1      3          17        \n"),
             "{out}"
         );
-        assert!(out.contains("  -> 198.51.100.12:80             Tunnel  gue:6080:nocsum 3"), "{out}");
+        assert!(
+            out.contains("  -> 198.51.100.12:80             Tunnel  gue:6080:nocsum 3"),
+            "{out}"
+        );
         let out = render(&l, ListOptions::default(), &Numeric);
         assert!(
-            out.contains("  -> 198.51.100.11:80             Tunnel  1      3          17        \n"),
+            out.contains(
+                "  -> 198.51.100.11:80             Tunnel  1      3          17        \n"
+            ),
             "{out}"
         );
     }

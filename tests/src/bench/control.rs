@@ -106,6 +106,19 @@ pub fn rules(n: usize) -> String {
         .collect()
 }
 
+/// The same `n` services as `rules`, as a configuration file (`xvsadm apply -f`).
+pub fn config_file(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[service]]\ntcp = \"203.0.113.{}:{}\"\nscheduler = \"rr\"\n\n",
+                1 + i % 250,
+                1 + i / 250
+            )
+        })
+        .collect()
+}
+
 /// Wall time of a closure, ms.
 pub fn time_ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
