@@ -19,6 +19,7 @@ use clap::{ArgGroup, Parser};
 use thiserror::Error;
 
 use crate::{
+    check::{self, CheckKind, CheckSpec},
     listing::{Format, ListOptions},
     model::{
         Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
@@ -244,6 +245,49 @@ pub struct Args {
     /// JSON instead of ipvsadm's text, for every listing.
     #[arg(long)]
     pub json: bool,
+    /// xvs only, with -A/-E (the service's default) and -a/-e: health check type, tcp, http,
+    /// https, misc or none (-a/-e: also inherit).
+    #[arg(long = "check", value_name = "TYPE")]
+    pub check: Option<String>,
+    /// Health check port (keepalived connect_port; default the real server's).
+    #[arg(long = "check-port", value_name = "PORT")]
+    pub check_port: Option<String>,
+    /// HTTP(S) check: the path to GET.
+    #[arg(long = "check-path", value_name = "PATH")]
+    pub check_path: Option<String>,
+    /// HTTP(S) check: accepted status codes (default 200-299).
+    #[arg(long = "check-status", value_name = "CODES")]
+    pub check_status: Option<String>,
+    /// HTTP(S) check: MD5 digest of the body (keepalived digest).
+    #[arg(long = "check-digest", value_name = "MD5")]
+    pub check_digest: Option<String>,
+    /// HTTP(S) check: a text the body must contain.
+    #[arg(long = "check-body", value_name = "TEXT", allow_hyphen_values = true)]
+    pub check_body: Option<String>,
+    /// MISC check: the command (program and arguments, shell quoting).
+    #[arg(long = "check-command", value_name = "COMMAND", allow_hyphen_values = true)]
+    pub check_command: Option<String>,
+    /// Between checks (keepalived delay_loop).
+    #[arg(long = "check-interval", value_name = "DURATION")]
+    pub check_interval: Option<String>,
+    /// Time limit of a check (keepalived connect_timeout).
+    #[arg(long = "check-timeout", value_name = "DURATION")]
+    pub check_timeout: Option<String>,
+    /// Retries before an up server is down (keepalived retry).
+    #[arg(long = "check-retry", value_name = "COUNT")]
+    pub check_retry: Option<String>,
+    /// Delay before a retry (keepalived delay_before_retry).
+    #[arg(long = "check-retry-delay", value_name = "DURATION")]
+    pub check_retry_delay: Option<String>,
+    /// Successes before a down server is up again.
+    #[arg(long = "check-rise", value_name = "COUNT")]
+    pub check_rise: Option<String>,
+    /// Down: weight 0 instead of removal (keepalived inhibit_on_failure).
+    #[arg(long = "check-inhibit", value_name = "yes|no", num_args = 0..=1, default_missing_value = "yes")]
+    pub check_inhibit: Option<String>,
+    /// xvs only, with -A/-E: the sorry server (keepalived sorry_server), or none.
+    #[arg(long = "sorry-server", value_name = "SERVER-ADDRESS")]
+    pub sorry_server: Option<String>,
 }
 
 /// What the command line asks for.
@@ -631,10 +675,19 @@ impl Args {
         Ok(())
     }
 
-    /// xvs's own options: --match with -A/-E, --json with listings.
+    /// xvs's own options: --match and --sorry-server with -A/-E, health checks with -A/-E
+    /// and -a/-e, --json with listings.
     fn check_xvs_options(&self, cmd: Cmd) -> Result<(), CliError> {
         if !self.matches.is_empty() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
             return err("--match applies to -A and -E only");
+        }
+        if self.sorry_server.is_some() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
+            return err("--sorry-server applies to -A and -E only");
+        }
+        if let Some(option) = self.check_options_given().first() {
+            if !matches!(cmd, Cmd::Add | Cmd::Edit | Cmd::AddDest | Cmd::EditDest) {
+                return err(format!("{option} applies to -A, -E, -a and -e only"));
+            }
         }
         if self.json {
             match cmd {
@@ -722,12 +775,119 @@ impl Args {
                 persistence: Some(persistence),
             }
         };
-        // The service and its matches are one transaction: both or neither.
+        // The service, its matches, its default check and its sorry server are one
+        // transaction: all or nothing.
         let mut changes = vec![change];
         if let Some(matches) = matches {
             changes.push(Change::SetMatches { key, matches });
         }
+        if let Some(check) = self.check_spec(false)? {
+            changes.push(Change::SetCheck { key, check });
+        }
+        if let Some(sorry) = &self.sorry_server {
+            let sorry_server = match sorry.as_str() {
+                "none" => None,
+                s => Some(parse_real_addr(s, key.port(), protocol_of(&key))?),
+            };
+            changes.push(Change::SetSorryServer { key, sorry_server });
+        }
         Ok(Action::Apply(changes))
+    }
+
+    /// The health-check options given, by name.
+    fn check_options_given(&self) -> Vec<&'static str> {
+        let given = [
+            ("--check", self.check.is_some()),
+            ("--check-port", self.check_port.is_some()),
+            ("--check-path", self.check_path.is_some()),
+            ("--check-status", self.check_status.is_some()),
+            ("--check-digest", self.check_digest.is_some()),
+            ("--check-body", self.check_body.is_some()),
+            ("--check-command", self.check_command.is_some()),
+            ("--check-interval", self.check_interval.is_some()),
+            ("--check-timeout", self.check_timeout.is_some()),
+            ("--check-retry", self.check_retry.is_some()),
+            ("--check-retry-delay", self.check_retry_delay.is_some()),
+            ("--check-rise", self.check_rise.is_some()),
+            ("--check-inhibit", self.check_inhibit.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// The health check given with `--check...`: None when no such option was given (-E and -e
+    /// keep the check, as -E keeps a group's matches); otherwise exactly what was given, the
+    /// rest inherited (from the service for a real server, from the defaults for a service).
+    fn check_spec(&self, real: bool) -> Result<Option<CheckSpec>, CliError> {
+        if self.check_options_given().is_empty() {
+            return Ok(None);
+        }
+        let kind = match self.check.as_deref() {
+            None => None,
+            Some("inherit") if real => None,
+            Some("inherit") => {
+                return err("--check inherit applies to real servers (-a/-e): a service's check is its real servers' default")
+            }
+            Some(k) => Some(k.parse::<CheckKind>().map_err(CliError)?),
+        };
+        let ms = |v: &Option<String>| -> Result<Option<u64>, CliError> {
+            v.as_deref()
+                .map(check::parse_duration_ms)
+                .transpose()
+                .map_err(CliError)
+        };
+        let count = |v: &Option<String>, what: &str, min: i64| -> Result<Option<u32>, CliError> {
+            v.as_deref()
+                .map(|s| {
+                    parse_number(s, min, 1000)
+                        .map(|n| n as u32)
+                        .ok_or_else(|| CliError(format!("Illegal {what}: {s} ({min} to 1000)")))
+                })
+                .transpose()
+        };
+        let spec = CheckSpec {
+            kind,
+            port: self
+                .check_port
+                .as_deref()
+                .map(|p| {
+                    parse_number(p, 1, 65535)
+                        .map(|n| n as u16)
+                        .ok_or_else(|| CliError(format!("Illegal check port: {p}")))
+                })
+                .transpose()?,
+            path: self.check_path.clone(),
+            status: self
+                .check_status
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(CliError)?,
+            digest: self.check_digest.as_ref().map(|d| d.to_ascii_lowercase()),
+            body: self.check_body.clone(),
+            command: self.check_command.clone(),
+            interval_ms: ms(&self.check_interval)?,
+            timeout_ms: ms(&self.check_timeout)?,
+            retry: count(&self.check_retry, "check retry count", 0)?,
+            retry_delay_ms: ms(&self.check_retry_delay)?,
+            rise: count(&self.check_rise, "check rise count", 1)?,
+            inhibit: self
+                .check_inhibit
+                .as_deref()
+                .map(|v| match v {
+                    "yes" | "on" | "true" => Ok(true),
+                    "no" | "off" | "false" => Ok(false),
+                    _ => err(format!("Illegal --check-inhibit value: {v} (yes or no)")),
+                })
+                .transpose()?,
+        };
+        // What can be told without the service: values, and options that do not go with the
+        // checker given here (inherited checkers are xvsd's to check).
+        spec.validate(kind).map_err(CliError)?;
+        Ok(Some(spec))
     }
 
     /// -a, -e and -d, with ipvsadm's defaults: weight 1, no thresholds, direct routing.
@@ -797,6 +957,7 @@ impl Args {
         let u_threshold = threshold(&self.u_threshold, "u_threshold")?;
         let l_threshold = threshold(&self.l_threshold, "l_threshold")?;
         let forward = self.forward_method()?;
+        let check = self.check_spec(true)?;
         let change = if cmd == Cmd::AddDest {
             Change::AddReal {
                 service: key,
@@ -806,6 +967,7 @@ impl Args {
                     forward,
                     u_threshold,
                     l_threshold,
+                    check: check.unwrap_or_default(),
                 },
             }
         } else {
@@ -816,6 +978,7 @@ impl Args {
                 forward: Some(forward),
                 u_threshold: Some(u_threshold),
                 l_threshold: Some(l_threshold),
+                check,
             }
         };
         Ok(Action::Apply(vec![change]))
@@ -1042,17 +1205,23 @@ pub fn parse_rule_line(line: &str) -> Result<Vec<Change>, CliError> {
 
 /// The words of a rule line as ipvsadm's restore reads them (config_stream.c): split on
 /// blanks, a word `ipvsadm` dropped (lines may start with it), and from `#` on a comment.
-fn rule_words(line: &str) -> Vec<&str> {
-    let line = line.split('#').next().unwrap_or("");
-    line.split_whitespace()
-        .filter(|w| *w != "ipvsadm")
-        .collect()
+/// A line with quotes (xvs's health-check options, which -S quotes as a shell would) is split
+/// as a shell splits words, a `#` starting a word starting the comment.
+fn rule_words(line: &str) -> Result<Vec<String>, CliError> {
+    let words: Vec<String> = if line.contains(['\'', '"', '\\']) {
+        shlex::split(line).ok_or_else(|| CliError(format!("unbalanced quotes: {}", line.trim())))?
+    } else {
+        let line = line.split('#').next().unwrap_or("");
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    Ok(words.into_iter().filter(|w| w != "ipvsadm").collect())
 }
 
 /// parse_rule_line with a prepared clap command: building it is most of the cost of a line,
 /// and a restore of 10,000 rules should not pay it 10,000 times.
 fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, CliError> {
-    let argv = std::iter::once("xvsadm").chain(rule_words(line));
+    let words = rule_words(line)?;
+    let argv = std::iter::once("xvsadm").chain(words.iter().map(String::as_str));
     let mut matches = cmd
         .try_get_matches_from_mut(argv)
         .map_err(|e| CliError(e.to_string()))?;
@@ -1069,7 +1238,10 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
     let mut cmd = <Args as clap::CommandFactory>::command();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        if rule_words(line).is_empty() {
+        if rule_words(line)
+            .map_err(|e| CliError(format!("line {}: {}", n + 1, e.0)))?
+            .is_empty()
+        {
             continue;
         }
         let changes = parse_rule_with(&mut cmd, line)
@@ -1108,8 +1280,41 @@ pub fn addresses(config: &Config) -> Vec<IpAddr> {
             v.push(addr.ip());
         }
         v.extend(s.reals.iter().map(|r| r.addr.ip()));
+        v.extend(s.sorry_server.map(|a| a.ip()));
     }
     v
+}
+
+/// A word of a rule as a shell would need it (health-check paths, texts and commands).
+fn quoted(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+}
+
+/// The health-check options of a spec, in a fixed order, as -R reads them back.
+pub fn check_options(spec: &CheckSpec) -> String {
+    let mut out = String::new();
+    let mut opt = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            out.push_str(&format!(" --{name} {v}"));
+        }
+    };
+    opt("check", spec.kind.map(|k| k.to_string()));
+    opt("check-port", spec.port.map(|p| p.to_string()));
+    opt("check-path", spec.path.as_deref().map(quoted));
+    opt("check-status", spec.status.as_ref().map(|s| s.to_string()));
+    opt("check-digest", spec.digest.clone());
+    opt("check-body", spec.body.as_deref().map(quoted));
+    opt("check-command", spec.command.as_deref().map(quoted));
+    opt("check-interval", spec.interval_ms.map(check::format_ms));
+    opt("check-timeout", spec.timeout_ms.map(check::format_ms));
+    opt("check-retry", spec.retry.map(|r| r.to_string()));
+    opt("check-retry-delay", spec.retry_delay_ms.map(check::format_ms));
+    opt("check-rise", spec.rise.map(|r| r.to_string()));
+    opt(
+        "check-inhibit",
+        spec.inhibit.map(|i| if i { "yes" } else { "no" }.to_string()),
+    );
+    out
 }
 
 /// Renders the configuration in ipvsadm's save format (`-S -n`).
@@ -1149,10 +1354,17 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
         if !svc.flags.is_empty() {
             out.push_str(&format!(" -b {}", svc.flags.names().join(",")));
         }
-        // xvs's own option last, so the ipvsadm part of the line reads as ipvsadm writes it.
+        // xvs's own options last, so the ipvsadm part of the line reads as ipvsadm writes it.
         for m in &svc.matches {
             out.push_str(&format!(" --match {m}"));
         }
+        if let Some(sorry) = svc.sorry_server {
+            out.push_str(&format!(
+                " --sorry-server {}",
+                names::addr_port(names, sorry, protocol_of(&svc.key))
+            ));
+        }
+        out.push_str(&check_options(&svc.check));
         out.push('\n');
         let proto = protocol_of(&svc.key);
         let mut reals: Vec<&RealServer> = svc.reals.iter().collect();
@@ -1173,6 +1385,7 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
             if r.l_threshold != 0 {
                 out.push_str(&format!(" -y {}", r.l_threshold));
             }
+            out.push_str(&check_options(&r.check));
             out.push('\n');
         }
     }
@@ -1243,6 +1456,7 @@ mod tests {
                     forward: ForwardMethod::Dr,
                     u_threshold: 0,
                     l_threshold: 0,
+                    check: CheckSpec::default(),
                 }
             }
         );
@@ -1263,6 +1477,7 @@ mod tests {
                 forward: Some(ForwardMethod::Dr),
                 u_threshold: Some(0),
                 l_threshold: Some(0),
+                check: None,
             }
         );
         assert_eq!(
@@ -1301,6 +1516,7 @@ mod tests {
                     forward: ForwardMethod::Dr,
                     u_threshold: 0,
                     l_threshold: 0,
+                    check: CheckSpec::default(),
                 }
             }
         );
@@ -2059,6 +2275,105 @@ mod tests {
                 .and_then(|c| Config::default().apply_all(&c).map_err(|e| e.to_string()))
                 .unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// Health checks: keepalived's vocabulary on -A/-E (the real servers' default) and -a/-e
+    /// (a real server's own), written by -S after the ipvsadm part of the line, quoted as a
+    /// shell would, and read back by -R.
+    #[test]
+    fn health_checks_parse_save_and_restore() {
+        let rules = r#"-A -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.13:80 --check http --check-path /health --check-status 200,204 --check-interval 1s --check-retry 2 --check-retry-delay 500ms
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 2 --check-port 8080 --check-body 'status: ok #1' --check-rise 3 --check-inhibit yes
+-a -t 203.0.113.10:80 -r 198.51.100.14:80 -g -w 1 --check misc --check-command "sh -c 'exit 1'" --check-timeout 1.5s
+-a -t 203.0.113.10:80 -r 198.51.100.15:80 -g -w 1 --check https --check-digest 9b3a0c85a887a256d6939da88aabd8cd
+-a -t 203.0.113.10:80 -r 198.51.100.16:80 -g -w 1 --check none
+"#;
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        let svc = &config.services[0];
+        assert_eq!(svc.sorry_server, Some("198.51.100.13:80".parse().unwrap()));
+        assert_eq!(svc.check.kind, Some(CheckKind::Http));
+        assert_eq!(svc.check.interval_ms, Some(1000));
+        assert_eq!(svc.reals[1].check.body.as_deref(), Some("status: ok #1"));
+        assert_eq!(svc.reals[1].check.inhibit, Some(true));
+        assert_eq!(
+            svc.reals[2].check.command.as_deref(),
+            Some("sh -c 'exit 1'")
+        );
+        let resolved = crate::model::check_of(svc, &svc.reals[2]).unwrap().unwrap();
+        assert_eq!(
+            resolved.probe,
+            check::Probe::Misc {
+                argv: vec!["sh".into(), "-c".into(), "exit 1".into()]
+            }
+        );
+        // The unchecked server and an inheriting one.
+        assert!(crate::model::check_of(svc, &svc.reals[4]).unwrap().is_none());
+        let rs1 = crate::model::check_of(svc, &svc.reals[0]).unwrap().unwrap();
+        assert_eq!(rs1.retry, 2);
+        // -E/-e without check options keep the check; with some, they replace it.
+        let edits = parse_rules(
+            "-E -t 203.0.113.10:80 -s wrr\n-e -t 203.0.113.10:80 -r 198.51.100.12:80 -w 5\n",
+        )
+        .unwrap();
+        config.apply_all(&edits).unwrap();
+        assert_eq!(config.services[0].check.kind, Some(CheckKind::Http));
+        assert_eq!(config.services[0].reals[1].check.rise, Some(3));
+        assert_eq!(config.services[0].sorry_server, Some("198.51.100.13:80".parse().unwrap()));
+        let edits = parse_rules(
+            "-e -t 203.0.113.10:80 -r 198.51.100.12:80 -w 5 --check inherit\n\
+             -E -t 203.0.113.10:80 -s wrr --sorry-server none --check tcp\n",
+        )
+        .unwrap();
+        // In the other order, the real server's --check-body would not go with tcp.
+        let mut refused = config.clone();
+        let mut swapped = edits.clone();
+        swapped.rotate_left(1);
+        assert!(refused.apply_all(&swapped).is_err());
+        config.apply_all(&edits).unwrap();
+        let svc = &config.services[0];
+        assert_eq!(svc.sorry_server, None);
+        assert_eq!(svc.check, CheckSpec { kind: Some(CheckKind::Tcp), ..Default::default() });
+        assert!(svc.reals[1].check.is_empty());
+    }
+
+    #[test]
+    fn health_check_options_are_refused_with_reasons() {
+        for (args, why) in [
+            (&["-L", "-n", "--check", "tcp"][..], "--check applies to -A, -E, -a and -e only"),
+            (&["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check-rise", "2"], "--check-rise applies to"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--sorry-server", "198.51.100.13"], "--sorry-server applies to -A and -E only"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "ping"], "Illegal check type: ping"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-path", "/h"], "--check-path does not apply to --check tcp"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-interval", "soon"], "Illegal duration: soon"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-status", "2xx"], "Illegal status code list"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "http", "--check-digest", "abc"], "32 hexadecimal digits"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-port", "0"], "Illegal check port: 0"),
+            (&["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "--check", "tcp", "--check-inhibit", "maybe"], "yes or no"),
+            (&["-A", "-t", "203.0.113.10:80", "--check", "inherit"], "applies to real servers"),
+        ] {
+            let e = action(args).unwrap_err();
+            assert!(e.0.contains(why), "{args:?}: {e}");
+        }
+        // What needs the service is xvsd's to refuse: nothing changes.
+        let mut config = Config::default();
+        config
+            .apply_all(&parse_rules("-A -t 203.0.113.10:80 -s rr --check tcp\n-a -t 203.0.113.10:80 -r 198.51.100.11\n").unwrap())
+            .unwrap();
+        let before = config.clone();
+        for (rule, why) in [
+            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check-path /h", "--check-path does not apply to --check tcp"),
+            ("-a -t 203.0.113.10:80 -r 198.51.100.12 --check misc", "needs --check-command"),
+            ("-E -t 203.0.113.10:80 -s rr --sorry-server 198.51.100.11", "is a real server of the service"),
+            ("-E -t 203.0.113.10:80 -s rr --sorry-server [2001:db8::13]:80", "same address family"),
+            ("-E -t 203.0.113.10:80 -s rr --check misc", "needs --check-command"),
+        ] {
+            let e = config.apply_all(&parse_rules(rule).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{rule}: {e}");
+            assert_eq!(config, before, "{rule}");
         }
     }
 }

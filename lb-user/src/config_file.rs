@@ -500,6 +500,7 @@ fn real(
         forward,
         u_threshold: entry.u_threshold.map(Spanned::into_inner).unwrap_or(0),
         l_threshold: entry.l_threshold.map(Spanned::into_inner).unwrap_or(0),
+        check: Default::default(),
     };
     ok.then_some((real, spans))
 }
@@ -524,8 +525,9 @@ fn real_addr(s: &str, service_port: u16) -> Result<SocketAddr, String> {
 
 fn health_checks_not_yet() -> String {
     format!(
-        "`{HEALTH_CHECK_KEY}` is reserved for health checks, which xvs does not have yet; \
-         remove it until they land"
+        "`{HEALTH_CHECK_KEY}` is reserved for health checks, which the configuration file does \
+         not carry yet: configure them with `xvsadm -a/-e ... --check ...` (a file applied \
+         later removes them, as it removes anything it does not name)"
     )
 }
 

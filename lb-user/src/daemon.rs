@@ -28,12 +28,13 @@ use crate::{
     },
     diff::{self, Diff},
     estimator::{self, Estimator, Subject},
+    health::{self, CheckId, Checker, Effective},
     metrics,
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey},
     neighbor::{self, Neighbors},
     proto::{
-        Command, ConnStatus, Listing, RealStatus, Request, Response, ServiceStatus, Timeouts,
-        MAX_REQUEST_BYTES, PROTOCOL_VERSION,
+        Command, ConnStatus, Listing, Membership, RealStatus, Request, Response, ServiceStatus,
+        Timeouts, MAX_REQUEST_BYTES, PROTOCOL_VERSION,
     },
     state::{DesiredState, StateFile},
 };
@@ -140,7 +141,14 @@ pub struct DaemonOptions {
 
 /// The desired state and the data plane it is pushed to.
 pub struct Controller {
+    /// As configured: what `-S` shows.
     config: Config,
+    /// What the data plane runs: `config` with health applied.
+    applied: Effective,
+    /// The health checks of `config`'s real servers.
+    health: Checker,
+    /// The checked real servers of `config`, with their `--check-inhibit`.
+    checked: HashMap<CheckId, bool>,
     dataplane: Dataplane,
     macs: HashMap<IpAddr, [u8; 6]>,
     timeouts: DataplaneConfig,
@@ -157,6 +165,9 @@ impl Controller {
     pub fn new(dataplane: Dataplane, iface: &str) -> Self {
         Self {
             config: Config::default(),
+            applied: Effective::default(),
+            health: Checker::new(),
+            checked: HashMap::new(),
             macs: dataplane.inherited_macs(),
             timeouts: dataplane.current_config().unwrap_or_default(),
             dataplane,
@@ -182,19 +193,24 @@ impl Controller {
         Ok(())
     }
 
-    /// Makes `next` (with `timeouts`) the running configuration: pushed to the data plane,
-    /// then saved; only then is it current. If the data plane refuses or the save fails, the
-    /// previous configuration is pushed back and the state file keeps it, so a refused change
-    /// is nowhere.
+    /// Makes `next` (with `timeouts`) the running configuration: its effective form (health
+    /// applied) pushed to the data plane, then the configured form saved; only then is it
+    /// current and are its health checks reconciled. If the data plane refuses or the save
+    /// fails, the previous configuration is pushed back and the state file keeps it, so a
+    /// refused change is nowhere.
     fn commit(&mut self, next: Config, timeouts: DataplaneConfig) -> Result<(), String> {
+        let wanted = health::wanted(&next);
+        let checked: HashMap<CheckId, bool> =
+            wanted.iter().map(|(id, c)| (*id, c.inhibit)).collect();
+        let effective = self.effective_of(&next, &checked);
         // Pushing the empty configuration back would tear down what an adopted data plane
         // still forwards with: a failed first sync leaves it as it was.
         let adopted = self.dataplane.adoption_pending();
-        let result = self.push_and_save(&next, timeouts);
+        let result = self.push_and_save(&next, &effective.config, timeouts);
         if result.is_err() {
             if adopted {
                 warn!("the first configuration after adoption failed; the adopted tables stay");
-            } else if let Err(again) = self.dataplane.sync(&self.config, &self.macs) {
+            } else if let Err(again) = self.dataplane.sync(&self.applied.config, &self.macs) {
                 warn!(error = %again, "restoring the previous configuration failed");
             }
             if let Err(again) = self.dataplane.set_config(self.timeouts) {
@@ -203,14 +219,23 @@ impl Controller {
         } else {
             self.config = next;
             self.timeouts = timeouts;
+            self.applied = effective;
+            self.checked = checked;
+            // New checks start, changed ones restart keeping their state, gone ones stop.
+            self.health.reconcile(wanted);
         }
         result
     }
 
-    fn push_and_save(&mut self, next: &Config, timeouts: DataplaneConfig) -> Result<(), String> {
-        if *next != self.config {
+    fn push_and_save(
+        &mut self,
+        next: &Config,
+        effective: &Config,
+        timeouts: DataplaneConfig,
+    ) -> Result<(), String> {
+        if *effective != self.applied.config {
             self.dataplane
-                .sync(next, &self.macs)
+                .sync(effective, &self.macs)
                 .map_err(|e| e.to_string())?;
         }
         if timeouts != self.timeouts {
@@ -299,15 +324,68 @@ impl Controller {
         Ok((d, warnings))
     }
 
-    /// Direct-routing real-server addresses without a known MAC (a tunnelled server needs none).
+    /// The configuration with health applied: down real servers out of the tables (or at
+    /// weight 0 when inhibited), sorry servers in while nothing is up. `checked`: the checked
+    /// real servers of `config` and their inhibit setting.
+    fn effective_of(&self, config: &Config, checked: &HashMap<CheckId, bool>) -> Effective {
+        health::effective(config, |id| match checked.get(id) {
+            Some(&inhibit) if self.health.is_up(id) == Some(false) => {
+                if inhibit {
+                    Membership::Inhibited
+                } else {
+                    Membership::Removed
+                }
+            }
+            _ => Membership::Active,
+        })
+    }
+
+    /// Notified when a real server went up or down.
+    pub fn health_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.health.changed()
+    }
+
+    /// Pushes what the health checks decided to the data plane, if that changes the tables.
+    /// Returns whether it did.
+    pub fn apply_health(&mut self) -> Result<bool, DataplaneError> {
+        // Until the first configuration arrives the maps hold an adopted data plane's tables.
+        if self.dataplane.adoption_pending() {
+            return Ok(false);
+        }
+        let effective = self.effective_of(&self.config, &self.checked);
+        if effective == self.applied {
+            return Ok(false);
+        }
+        self.dataplane.sync(&effective.config, &self.macs)?;
+        for key in effective.sorry.difference(&self.applied.sorry) {
+            warn!(service = %key, "no real server is up: the sorry server takes new connections");
+        }
+        for key in self.applied.sorry.difference(&effective.sorry) {
+            info!(service = %key, "a real server is up again: the sorry server leaves the tables");
+        }
+        info!(
+            down = effective.down.len(),
+            sorry = effective.sorry.len(),
+            "health applied to the tables"
+        );
+        self.applied = effective;
+        Ok(true)
+    }
+
+    /// Direct-routing real-server (and sorry-server) addresses without a known MAC (a tunnelled
+    /// server needs none). Sorry servers are resolved ahead, so they can stand in at once.
     pub fn unresolved(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
             .services
             .iter()
-            .flat_map(|s| s.reals.iter())
-            .filter(|r| r.forward == ForwardMethod::Dr)
-            .map(|r| r.addr.ip())
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .filter(|r| r.forward == ForwardMethod::Dr)
+                    .map(|r| r.addr.ip())
+                    .chain(s.sorry_server.map(|a| a.ip()))
+            })
             .filter(|ip| !self.macs.contains_key(ip))
             .collect();
         v.sort();
@@ -323,7 +401,12 @@ impl Controller {
             .config
             .services
             .iter()
-            .flat_map(|s| s.reals.iter().map(|r| r.addr.ip()))
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .map(|r| r.addr.ip())
+                    .chain(s.sorry_server.map(|a| a.ip()))
+            })
             .collect();
         v.sort();
         v.dedup();
@@ -361,7 +444,7 @@ impl Controller {
             }
         }
         if changed {
-            self.dataplane.sync(&self.config, &self.macs)?;
+            self.dataplane.sync(&self.applied.config, &self.macs)?;
         }
         Ok(())
     }
@@ -404,7 +487,9 @@ impl Controller {
     /// One sampling round of the rate estimator (every `estimator::PERIOD`).
     pub fn estimate(&mut self) -> Result<(), DataplaneError> {
         let mut samples = Vec::new();
-        for svc in &self.config.services {
+        // What is in the tables: a removed server's estimate starts afresh when it returns
+        // (its counters do, as with keepalived and IPVS).
+        for svc in &self.applied.config.services {
             samples.push((
                 Subject::Service(svc.key),
                 self.dataplane.service_counters(&svc.key)?,
@@ -422,7 +507,7 @@ impl Controller {
 
     /// Recomputes the load-aware schedulers' tables from fresh connection counts.
     pub fn recompute(&mut self) -> Result<usize, DataplaneError> {
-        self.dataplane.recompute(&self.config, &self.macs)
+        self.dataplane.recompute(&self.applied.config, &self.macs)
     }
 
     /// Live connections, for `-L -c` (at most `limit`).
@@ -430,7 +515,7 @@ impl Controller {
         // Service ids in use; the protocol and VIP shown are the flow's (a group has several).
         let mut by_id: HashSet<u32> = HashSet::new();
         let mut reals: HashMap<u32, SocketAddr> = HashMap::new();
-        for svc in &self.config.services {
+        for svc in &self.applied.config.services {
             if let Some(id) = self.dataplane.service_id(&svc.key) {
                 by_id.insert(id);
             }
@@ -516,13 +601,13 @@ impl Controller {
         let mut services = Vec::new();
         for svc in &self.config.services {
             let mut reals = Vec::new();
-            for r in &svc.reals {
+            let status = |r: &crate::model::RealServer, table| -> Result<RealStatus, DataplaneError> {
                 let c = self
                     .dataplane
                     .backend_id(&svc.key, r.addr)
                     .and_then(|id| counts.get(&id).copied())
                     .unwrap_or_default();
-                reals.push(RealStatus {
+                Ok(RealStatus {
                     addr: r.addr,
                     forward: r.forward,
                     weight: r.weight,
@@ -534,8 +619,28 @@ impl Controller {
                     stats: self.dataplane.backend_counters(&svc.key, r.addr)?,
                     rates: self.rates.rates(&Subject::Real(svc.key, r.addr)),
                     mac: self.macs.get(&r.addr.ip()).map(fmt_mac),
-                });
+                    check: r.check.clone(),
+                    table,
+                    health: self.health.health(&CheckId {
+                        service: svc.key,
+                        real: r.addr,
+                    }),
+                })
+            };
+            for r in &svc.reals {
+                reals.push(status(r, self.applied.membership(&svc.key, r.addr))?);
             }
+            let sorry_server = match svc.sorry_server {
+                Some(addr) => Some(status(
+                    &crate::model::RealServer::dr(addr, 1),
+                    if self.applied.sorry.contains(&svc.key) {
+                        Membership::Active
+                    } else {
+                        Membership::Removed
+                    },
+                )?),
+                None => None,
+            };
             services.push(ServiceStatus {
                 key: svc.key,
                 matches: svc.matches.clone(),
@@ -545,6 +650,8 @@ impl Controller {
                 stats: self.dataplane.service_counters(&svc.key)?,
                 rates: self.rates.rates(&Subject::Service(svc.key)),
                 reals,
+                check: svc.check.clone(),
+                sorry_server,
             });
         }
         Ok(Listing {
@@ -730,6 +837,20 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         access: opts.access.clone(),
         config_file: opts.config.clone(),
     });
+    // Health changes reach the tables as soon as a check decides (coalesced: one push for
+    // everything that changed meanwhile).
+    let health_task = {
+        let shared = shared.clone();
+        let changed = shared.controller.lock().await.health_changed();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                if let Err(e) = shared.controller.lock().await.apply_health() {
+                    warn!(error = %e, "pushing health changes to the data plane failed; retried every second");
+                }
+            }
+        })
+    };
     let listener = bind_socket(&opts.socket, &opts.access)?;
     info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
     let metrics_task = match opts.metrics {
@@ -781,7 +902,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             },
             _ = recompute_tick.tick() => {
                 let started = Instant::now();
-                match shared.controller.lock().await.recompute() {
+                let mut c = shared.controller.lock().await;
+                // A push of health changes that failed is retried here.
+                if let Err(e) = c.apply_health() {
+                    warn!(error = %e, "pushing health changes to the data plane failed");
+                }
+                match c.recompute() {
                     Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
                     Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
                 }
@@ -808,6 +934,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Some(t) = metrics_task {
         t.abort();
     }
+    health_task.abort();
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())

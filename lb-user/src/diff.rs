@@ -77,6 +77,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
                 persistence: Some(t.persistence),
             });
         }
+        health_changes(&mut changes, Some(s), t);
     }
     // New services.
     for t in &tgt.services {
@@ -93,6 +94,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
                     matches: t.matches.clone(),
                 });
             }
+            health_changes(&mut changes, None, t);
         }
     }
     // Groups take their new matches once every match given up is free.
@@ -117,10 +119,11 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
                     forward: Some(r.forward),
                     u_threshold: Some(r.u_threshold),
                     l_threshold: Some(r.l_threshold),
+                    check: Some(r.check.clone()),
                 }),
                 None => changes.push(Change::AddReal {
                     service: t.key,
-                    real: *r,
+                    real: r.clone(),
                 }),
             }
         }
@@ -130,6 +133,23 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         lines: rules(cur, tgt, timeouts),
         changes,
         timeouts,
+    }
+}
+
+/// A service's default health check and sorry server, where they differ from the current ones
+/// (`current` None: a new service).
+fn health_changes(changes: &mut Vec<Change>, current: Option<&Service>, t: &Service) {
+    if current.map_or(!t.check.is_empty(), |s| s.check != t.check) {
+        changes.push(Change::SetCheck {
+            key: t.key,
+            check: t.check.clone(),
+        });
+    }
+    if current.map_or(t.sorry_server.is_some(), |s| s.sorry_server != t.sorry_server) {
+        changes.push(Change::SetSorryServer {
+            key: t.key,
+            sorry_server: t.sorry_server,
+        });
     }
 }
 
@@ -203,7 +223,7 @@ fn service_rule(svc: &Service) -> String {
 fn real_rule(svc: &Service, real: &RealServer) -> String {
     let alone = Config {
         services: vec![Service {
-            reals: vec![*real],
+            reals: vec![real.clone()],
             ..svc.clone()
         }],
     };

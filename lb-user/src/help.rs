@@ -19,12 +19,14 @@ pub fn version() -> String {
 pub const USAGE: &str = "\
 Usage:
   xvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
-                              [--match proto:vip:port]...
+                              [--match proto:vip:port]... [--sorry-server server-address]
+                              [health-check options]
   xvsadm -D virtual-service
   xvsadm -C
   xvsadm -R
   xvsadm -S [-n]
   xvsadm -a|e virtual-service -r server-address [-g] [-w weight] [-x upper] [-y lower]
+                              [health-check options]
   xvsadm -d virtual-service -r server-address
   xvsadm -L|l [virtual-service] [options]
   xvsadm -Z [virtual-service]
@@ -103,6 +105,31 @@ Options:
   --json                              xvs: any listing as JSON (-L, --stats, --rate, -c, --timeout)
   --socket       path                 xvs: xvsd's control socket (env XVS_SOCKET,
                                       default /run/xvs/xvsd.sock)
+
+Health checks (xvs; keepalived's checkers and keywords): on -A/-E the default of the service's
+real servers, on -a/-e a real server's own (what it does not give, it inherits); -E and -e
+without any of them keep the check. Durations: 1s, 500ms, 1.5s, 2m.
+  --check        type                 tcp (TCP_CHECK), http (HTTP_GET), https (SSL_GET, the
+                                      certificate is not verified), misc (MISC_CHECK), none;
+                                      -a/-e: also inherit (the service's check)
+  --check-port   port                 port to check (connect_port; default the server's port)
+  --check-path   path                 http, https: the path to GET (default /)
+  --check-status codes                http, https: accepted status codes (status_code), e.g.
+                                      200 or 200-299,304 (default 200-299)
+  --check-digest md5                  http, https: MD5 digest of the body (digest)
+  --check-body   text                 http, https: a text the body must contain
+  --check-command 'program args'      misc: the command (misc_path); exit 0: up, else down
+  --check-interval duration           between checks (delay_loop; default 6s)
+  --check-timeout duration            time limit of one check (connect_timeout; default 5s)
+  --check-retry  count                failed checks retried before an up server is down
+                                      (retry; default 1, misc 0)
+  --check-retry-delay duration        before a retry (delay_before_retry; default 1s, http and
+                                      https 3s)
+  --check-rise   count                successes in a row before a down server is up (default 2)
+  --check-inhibit [yes|no]            a down server keeps weight 0 and its connections
+                                      (inhibit_on_failure); default: it leaves the tables
+  --sorry-server server-address       -A/-E: takes new connections while no real server is up
+                                      with a weight above 0 (sorry_server); none: no sorry server
 
 Refused, with the reason, never ignored (IPVS features without meaning for an XDP director,
 or not in xvs yet):

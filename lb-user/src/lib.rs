@@ -2,6 +2,7 @@
 //! socket protocol, and the ipvsadm-compatible command line.
 
 pub mod access;
+pub mod check;
 pub mod cli;
 pub mod config_cli;
 pub mod config_file;
@@ -11,6 +12,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod diff;
 pub mod estimator;
+pub mod health;
 pub mod help;
 pub mod listing;
 pub mod metrics;

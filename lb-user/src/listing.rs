@@ -9,7 +9,7 @@ use crate::{
     estimator::Rates,
     model::{Protocol, ServiceKey},
     names::{addr_port, truncate, Names},
-    proto::{ConnStatus, Listing, ServiceStatus},
+    proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
 };
 
 /// The IPVS version ipvsadm prints in its first line; scripts match on it.
@@ -87,8 +87,34 @@ pub fn addresses(listing: &Listing) -> Vec<std::net::IpAddr> {
             v.push(addr.ip());
         }
         v.extend(s.reals.iter().map(|r| r.addr.ip()));
+        v.extend(s.sorry_server.as_ref().map(|r| r.addr.ip()));
     }
     v
+}
+
+/// A service's real servers as the scheduler tables have them, which is what ipvsadm lists
+/// when keepalived drives IPVS: a server its check took out is not listed, an inhibited one
+/// has weight 0, and a sorry server in use is listed as a real server. Sorted as ipvsadm
+/// sorts unless `nosort`.
+pub fn table_rows(svc: &ServiceStatus, nosort: bool) -> Vec<RealStatus> {
+    let mut rows: Vec<RealStatus> = svc
+        .reals
+        .iter()
+        .chain(svc.sorry_server.as_ref())
+        .filter(|r| r.table != Membership::Removed)
+        .map(|r| RealStatus {
+            weight: if r.table == Membership::Inhibited {
+                0
+            } else {
+                r.weight
+            },
+            ..r.clone()
+        })
+        .collect();
+    if !nosort {
+        rows.sort_by_key(|r| addr_order(&r.addr));
+    }
+    rows
 }
 
 fn sorted(listing: &Listing, opts: ListOptions) -> std::borrow::Cow<'_, Listing> {
@@ -299,7 +325,7 @@ fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions, name
             let _ = writeln!(out, "{name} {}{}", svc.scheduler, service_flags(svc));
         }
     }
-    for r in &svc.reals {
+    for r in &table_rows(svc, opts.nosort) {
         let dname = real_name(r.addr, proto, names);
         let _ = match opts.format {
             Format::Stats => {
@@ -414,7 +440,7 @@ mod tests {
     use crate::{
         model::{ForwardMethod, Persistence, Scheduler},
         names::{Numeric, Resolved, Services},
-        proto::RealStatus,
+
     };
 
     fn real(a: &str, w: u32, act: u64, inact: u64) -> RealStatus {
@@ -430,6 +456,9 @@ mod tests {
             stats: Counters::default(),
             rates: Rates::default(),
             mac: None,
+            check: Default::default(),
+            table: Membership::Active,
+            health: None,
         }
     }
 
@@ -443,6 +472,8 @@ mod tests {
             stats: Counters::default(),
             rates: Rates::default(),
             reals,
+            check: Default::default(),
+            sorry_server: None,
         }
     }
 

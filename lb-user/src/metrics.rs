@@ -13,7 +13,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{dataplane::Activity, proto::Listing};
+use crate::{
+    dataplane::Activity,
+    health::{LatencyHistogram, LATENCY_BUCKETS},
+    proto::{HealthState, Listing, Membership},
+};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -98,6 +102,51 @@ impl Exposition {
                 self.out.push('}');
             }
             let _ = writeln!(self.out, " {value}");
+        }
+    }
+
+    /// Writes a histogram family: HELP and TYPE, then per series its cumulative buckets,
+    /// `+Inf`, sum and count.
+    pub fn histogram<'l>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Vec<(&'l str, String)>, &'l LatencyHistogram)>,
+    ) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (labels, h) in series {
+            let labels_with = |le: Option<&str>| {
+                let mut parts: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                    .collect();
+                if let Some(le) = le {
+                    parts.push(format!("le=\"{le}\""));
+                }
+                if parts.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", parts.join(","))
+                }
+            };
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    self.out,
+                    "{name}_bucket{} {cumulative}",
+                    labels_with(Some(&bound.to_string()))
+                );
+            }
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{} {}",
+                labels_with(Some("+Inf")),
+                h.count
+            );
+            let _ = writeln!(self.out, "{name}_sum{} {}", labels_with(None), h.sum_s);
+            let _ = writeln!(self.out, "{name}_count{} {}", labels_with(None), h.count);
         }
     }
 
@@ -217,6 +266,74 @@ pub fn render(s: &Snapshot<'_>) -> String {
                 .flat_map(|v| v.reals.iter().map(move |r| (real(&v.key, &r.addr), get(r)))),
         );
     }
+    // Health checks: checked real servers only.
+    let checked = || {
+        l.services.iter().flat_map(|v| {
+            v.reals
+                .iter()
+                .filter_map(move |r| Some((real(&v.key, &r.addr), r.health.as_ref()?)))
+        })
+    };
+    type GetHealth = fn(&crate::proto::Health) -> Value;
+    let health_series: [(&str, Kind, &str, GetHealth); 5] = [
+        (
+            "xvs_real_health_up",
+            Kind::Gauge,
+            "1 while the real server passes its health check, 0 while it is down.",
+            |h| Int((h.state == HealthState::Up) as u64),
+        ),
+        (
+            "xvs_real_health_changes_total",
+            Kind::Counter,
+            "Changes of the real server between up and down.",
+            |h| Int(h.changes),
+        ),
+        (
+            "xvs_real_checks_total",
+            Kind::Counter,
+            "Health-check attempts.",
+            |h| Int(h.checks),
+        ),
+        (
+            "xvs_real_check_failures_total",
+            Kind::Counter,
+            "Health-check attempts that failed (retries included).",
+            |h| Int(h.failures),
+        ),
+        (
+            "xvs_real_check_latency_last_seconds",
+            Kind::Gauge,
+            "Duration of the last health-check attempt.",
+            |h| Float(h.last_latency_s.unwrap_or(0.0)),
+        ),
+    ];
+    for (name, kind, help, get) in health_series {
+        e.family(name, kind, help, checked().map(|(labels, h)| (labels, get(h))));
+    }
+    e.histogram(
+        "xvs_real_check_duration_seconds",
+        "Durations of health-check attempts (a timed-out attempt counts its timeout).",
+        checked().map(|(labels, h)| (labels, &h.latency)),
+    );
+    e.family(
+        "xvs_real_in_tables",
+        Kind::Gauge,
+        "1 while the real server is in the scheduler tables (up, unchecked, or down and inhibited at weight 0), 0 while its check took it out.",
+        l.services.iter().flat_map(|v| {
+            v.reals.iter().map(move |r| {
+                (real(&v.key, &r.addr), Int((r.table != Membership::Removed) as u64))
+            })
+        }),
+    );
+    e.family(
+        "xvs_service_sorry_active",
+        Kind::Gauge,
+        "1 while the service's sorry server takes new connections (no real server up), 0 otherwise; services with a sorry server only.",
+        l.services.iter().filter_map(|v| {
+            let s = v.sorry_server.as_ref()?;
+            Some((svc(&v.key), Int((s.table == Membership::Active) as u64)))
+        }),
+    );
     e.family(
         "xvs_dataplane_reason_total",
         Kind::Counter,
@@ -373,7 +490,28 @@ mod tests {
                     },
                     mac: None,
                     rates: Default::default(),
+                    check: Default::default(),
+                    table: Default::default(),
+                    health: Some(crate::proto::Health {
+                        kind: crate::check::CheckKind::Http,
+                        target: "GET http://198.51.100.11:80/".into(),
+                        state: HealthState::Down,
+                        since_s: 1.0,
+                        last: Some("status 503".into()),
+                        last_latency_s: Some(0.002),
+                        checks: 9,
+                        failures: 2,
+                        changes: 1,
+                        latency: {
+                            let mut h = LatencyHistogram::default();
+                            h.observe(Duration::from_micros(300));
+                            h.observe(Duration::from_millis(2));
+                            h
+                        },
+                    }),
                 }],
+                check: Default::default(),
+                sorry_server: None,
             }],
             reasons: lb_common::Reason::ALL
                 .iter()
@@ -404,6 +542,14 @@ mod tests {
             "xvs_real_inactive_connections{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 5",
             "xvs_real_weight{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 3",
             "xvs_controller_syncs_total 3",
+            "xvs_real_health_up{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 0",
+            "xvs_real_health_changes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 1",
+            "xvs_real_check_failures_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 2",
+            "xvs_real_check_duration_seconds_bucket{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\",le=\"0.0005\"} 1",
+            "xvs_real_check_duration_seconds_bucket{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\",le=\"0.0025\"} 2",
+            "xvs_real_check_duration_seconds_bucket{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\",le=\"+Inf\"} 2",
+            "xvs_real_check_duration_seconds_count{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 2",
+            "xvs_real_in_tables{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 1",
             "xvs_dataplane_adopted 1",
             "xvs_uptime_seconds 5",
         ] {

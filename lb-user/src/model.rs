@@ -6,6 +6,8 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::check::{self, CheckSpec};
+
 /// Transport protocol of a virtual service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -363,7 +365,7 @@ impl ForwardMethod {
 pub const MAX_WEIGHT: u32 = 65535;
 
 /// One real server of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealServer {
     /// Address and port (in DR mode the port is the service's; in a group it is kept as given,
     /// 0 = the client's destination port, as ipvsadm shows it).
@@ -380,6 +382,10 @@ pub struct RealServer {
     /// below it. 0 = three quarters of the upper threshold, as IPVS.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub l_threshold: u32,
+    /// Its health check (xvs, keepalived's checkers): what is given here, over the service's
+    /// default check ([`Service::check`]); empty: the service's.
+    #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+    pub check: CheckSpec,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -395,6 +401,7 @@ impl RealServer {
             forward: ForwardMethod::Dr,
             u_threshold: 0,
             l_threshold: 0,
+            check: CheckSpec::default(),
         }
     }
 }
@@ -445,6 +452,14 @@ pub struct Service {
     pub persistence: Option<Persistence>,
     /// Real servers.
     pub reals: Vec<RealServer>,
+    /// The default health check of its real servers (keepalived: the virtual server's settings
+    /// are its real servers' defaults).
+    #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+    pub check: CheckSpec,
+    /// keepalived's `sorry_server`: takes new connections (direct routing) while no real
+    /// server is up with a weight above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<SocketAddr>,
 }
 
 /// The whole desired configuration, services in the order they were added.
@@ -521,6 +536,9 @@ pub enum Change {
         /// New lower threshold (None keeps it).
         #[serde(default)]
         l_threshold: Option<u32>,
+        /// New health check of its own (None keeps it; an empty spec: the service's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<CheckSpec>,
     },
     /// `-d`: delete a real server from a service.
     DeleteReal {
@@ -528,6 +546,20 @@ pub enum Change {
         service: ServiceKey,
         /// The real server's address.
         addr: SocketAddr,
+    },
+    /// `--check...` on `-A`/`-E`: replaces a service's default health check.
+    SetCheck {
+        /// The service.
+        key: ServiceKey,
+        /// Its real servers' default check (empty: none).
+        check: CheckSpec,
+    },
+    /// `--sorry-server` on `-A`/`-E`: sets or (None) drops a service's sorry server.
+    SetSorryServer {
+        /// The service.
+        key: ServiceKey,
+        /// The sorry server (direct routing; port as a real server's).
+        sorry_server: Option<SocketAddr>,
     },
 }
 
@@ -607,6 +639,12 @@ pub enum ConfigError {
         /// The service or group that has it.
         owner: String,
     },
+    /// A health check that cannot run as given.
+    #[error("{0}")]
+    BadCheck(String),
+    /// A sorry server that is also a real server of the service.
+    #[error("Sorry server {0} is a real server of the service")]
+    SorryIsReal(String),
     /// Lower threshold above the upper one.
     #[error("Illegal threshold: the lower threshold {lower} exceeds the upper threshold {upper}")]
     BadThreshold {
@@ -691,6 +729,8 @@ impl Config {
                     flags: *flags,
                     persistence: *persistence,
                     reals: Vec::new(),
+                    check: CheckSpec::default(),
+                    sorry_server: None,
                 });
             }
             Change::EditService {
@@ -760,6 +800,10 @@ impl Config {
                 if real_index(svc, real.addr).is_some() {
                     return Err(ConfigError::RealExists(real.addr.to_string()));
                 }
+                if svc.sorry_server.is_some_and(|s| s.ip() == real.addr.ip()) {
+                    return Err(ConfigError::SorryIsReal(real.addr.ip().to_string()));
+                }
+                check_of(svc, &real)?;
                 svc.reals.push(real);
             }
             Change::EditReal {
@@ -769,25 +813,56 @@ impl Config {
                 forward,
                 u_threshold,
                 l_threshold,
+                check,
             } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
                     .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
-                let current = svc.reals[i];
+                let current = &svc.reals[i];
                 let edited = RealServer {
                     addr: current.addr,
                     weight: weight.unwrap_or(current.weight),
                     forward: forward.unwrap_or(current.forward),
                     u_threshold: u_threshold.unwrap_or(current.u_threshold),
                     l_threshold: l_threshold.unwrap_or(current.l_threshold),
+                    check: check.clone().unwrap_or_else(|| current.check.clone()),
                 };
-                svc.reals[i] = normalise_real(svc, &edited)?;
+                let edited = normalise_real(svc, &edited)?;
+                check_of(svc, &edited)?;
+                svc.reals[i] = edited;
             }
             Change::DeleteReal { service, addr } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
                     .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
                 svc.reals.remove(i);
+            }
+            Change::SetCheck { key, check } => {
+                let svc = self.service_mut(key)?;
+                check
+                    .validate(check.kind)
+                    .map_err(ConfigError::BadCheck)?;
+                let mut next = svc.clone();
+                next.check = check.clone();
+                // Every real server's check must still make sense with the new defaults.
+                for r in &next.reals {
+                    check_of(&next, r)?;
+                }
+                *svc = next;
+            }
+            Change::SetSorryServer { key, sorry_server } => {
+                let svc = self.service_mut(key)?;
+                svc.sorry_server = match sorry_server {
+                    None => None,
+                    Some(addr) => {
+                        // Checked as a direct-routing real server of the service.
+                        let as_real = normalise_real(svc, &RealServer::dr(*addr, 1))?;
+                        if svc.reals.iter().any(|r| r.addr.ip() == addr.ip()) {
+                            return Err(ConfigError::SorryIsReal(addr.ip().to_string()));
+                        }
+                        Some(as_real.addr)
+                    }
+                };
             }
         }
         Ok(())
@@ -814,6 +889,11 @@ fn real_index(svc: &Service, addr: SocketAddr) -> Option<usize> {
         let addr = SocketAddr::new(addr.ip(), svc.key.port());
         svc.reals.iter().position(|r| r.addr == addr)
     }
+}
+
+/// The check that runs against a real server of `svc` (None: not checked), or why it cannot.
+pub fn check_of(svc: &Service, real: &RealServer) -> Result<Option<check::Check>, ConfigError> {
+    check::resolve(&svc.check, &real.check, real.addr).map_err(ConfigError::BadCheck)
 }
 
 /// A real server's address as an error names it.
@@ -913,7 +993,7 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
     };
     Ok(RealServer {
         addr: SocketAddr::new(ip, port),
-        ..*real
+        ..real.clone()
     })
 }
 
@@ -935,6 +1015,7 @@ mod tests {
             forward: ForwardMethod::Dr,
             u_threshold: 0,
             l_threshold: 0,
+            check: CheckSpec::default(),
         }
     }
 
@@ -966,6 +1047,7 @@ mod tests {
             forward: None,
             u_threshold: None,
             l_threshold: None,
+            check: None,
         })
         .unwrap();
         assert_eq!(c.services[0].reals[0].weight, 0);

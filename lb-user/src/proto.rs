@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    check::{CheckKind, CheckSpec},
     dataplane::Counters,
     estimator::Rates,
     model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, VirtualAddr},
@@ -16,7 +17,8 @@ use crate::{
 /// 2: service groups (ServiceKey may be a mark), thresholds, persistence, connection listing.
 /// 3: rate estimates in listings, `-Z` of one service (a version-2 daemon would zero them all).
 /// 4: apply_config and reload (the configuration file).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: health checks and sorry servers (changes and listings).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -186,6 +188,13 @@ pub struct ServiceStatus {
     pub rates: Rates,
     /// Real servers.
     pub reals: Vec<RealStatus>,
+    /// The default health check of its real servers, as configured.
+    #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+    pub check: CheckSpec,
+    /// The sorry server, when one is configured: in the tables (`table: active`) while no real
+    /// server is up with a weight above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<RealStatus>,
 }
 
 /// One real server with its counters.
@@ -217,4 +226,66 @@ pub struct RealStatus {
     pub rates: Rates,
     /// Next-hop MAC address, once resolved; until then the server takes no new connections.
     pub mac: Option<String>,
+    /// Its health check as configured (what -S writes; empty: the service's).
+    #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+    pub check: CheckSpec,
+    /// Where health checks left it in the scheduler tables.
+    #[serde(default)]
+    pub table: Membership,
+    /// Its health, when it is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Where a real server is in the scheduler tables the data plane runs: what `-L` shows, as
+/// keepalived would leave IPVS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// In the tables with its configured weight (up, or not checked; a sorry server in use).
+    #[default]
+    Active,
+    /// Down with `--check-inhibit`: in the tables with weight 0; its connections stay.
+    Inhibited,
+    /// Down: out of the tables, as keepalived removes it from IPVS (a sorry server not in use).
+    Removed,
+}
+
+/// Up or down, as the health checks decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Passing (or not failed enough yet).
+    Up,
+    /// Failed `retry + 1` times in a row; `rise` successes bring it back.
+    Down,
+}
+
+/// A real server's health as its checker sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The checker.
+    pub kind: CheckKind,
+    /// What it checks: `198.51.100.11:80`, `GET http://198.51.100.11:80/health`, or the command.
+    pub target: String,
+    /// Up or down.
+    pub state: HealthState,
+    /// Seconds in this state.
+    pub since_s: f64,
+    /// The last attempt's outcome: `ok`, or why it failed (`timeout`, `connection refused`,
+    /// `status 503`, `digest mismatch`, `exit 1`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// How long the last attempt took, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_latency_s: Option<f64>,
+    /// Attempts made.
+    pub checks: u64,
+    /// Attempts that failed.
+    pub failures: u64,
+    /// Changes between up and down.
+    pub changes: u64,
+    /// Attempt durations (for the metrics' histogram).
+    #[serde(default, skip_serializing)]
+    pub latency: crate::health::LatencyHistogram,
 }

@@ -12,7 +12,7 @@ use crate::{
     listing::sort_like_ipvsadm,
     model::{Protocol, ServiceKey},
     names::{addr_port, Numeric},
-    proto::{Listing, DEFAULT_SOCKET},
+    proto::{HealthState, Listing, Membership, RealStatus, DEFAULT_SOCKET},
 };
 
 /// `xvsadm stats` options (`--help` prints [`crate::help::STATS_USAGE`]).
@@ -67,6 +67,23 @@ pub struct Row {
     pub active: u64,
     /// Other live connections.
     pub inactive: u64,
+    /// A real server's health: `up`, `down` (out of the tables), `inhibited` (down, weight 0),
+    /// `sorry` (the sorry server, in use), or `-` (not checked). None for a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+/// The Health column of a real server.
+fn health_of(r: &RealStatus, sorry: bool) -> String {
+    match (sorry, r.table, &r.health) {
+        (true, _, _) => "sorry",
+        (_, Membership::Inhibited, _) => "inhibited",
+        (_, Membership::Removed, _) => "down",
+        (_, _, Some(h)) if h.state == HealthState::Down => "down",
+        (_, _, Some(_)) => "up",
+        (_, _, None) => "-",
+    }
+    .to_string()
 }
 
 /// A service and its real servers in a frame.
@@ -113,15 +130,25 @@ pub fn frame(listing: &Listing) -> Vec<ServiceRows> {
                     rates: s.rates,
                     active: s.reals.iter().map(|r| r.active_conns).sum(),
                     inactive: s.reals.iter().map(|r| r.inactive_conns).sum(),
+                    health: None,
                 },
+                // Every configured real server, and the sorry server while it is in use.
                 reals: s
                     .reals
                     .iter()
-                    .map(|r| Row {
+                    .map(|r| (r, false))
+                    .chain(
+                        s.sorry_server
+                            .iter()
+                            .filter(|r| r.table == Membership::Active)
+                            .map(|r| (r, true)),
+                    )
+                    .map(|(r, sorry)| Row {
                         name: addr_port(&Numeric, r.addr, proto),
                         rates: r.rates,
                         active: r.active_conns,
                         inactive: r.inactive_conns,
+                        health: Some(health_of(r, sorry)),
                     })
                     .collect(),
             }
@@ -164,12 +191,12 @@ pub fn render(rows: &[ServiceRows], period: Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10} Health",
         "Prot LocalAddress:Port Scheduler", "Conn/s", "Pkt/s", "Bytes/s", "ActiveConn", "InActConn"
     );
     out.push_str("  -> RemoteAddress:Port\n");
     let line = |out: &mut String, name: &str, r: &Row| {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10}",
             name,
@@ -179,6 +206,12 @@ pub fn render(rows: &[ServiceRows], period: Duration) -> String {
             r.active,
             r.inactive
         );
+        match &r.health {
+            Some(h) => {
+                let _ = writeln!(out, " {h}");
+            }
+            None => out.push('\n'),
+        }
     };
     for s in rows {
         line(&mut out, &s.service.name, &s.service);
@@ -228,6 +261,9 @@ mod tests {
                 outbps: 0,
             },
             mac: None,
+            check: Default::default(),
+            table: Default::default(),
+            health: None,
         };
         let l = Listing {
             conn_table_size: 4096,
@@ -249,6 +285,8 @@ mod tests {
                     real("198.51.100.12:80", 20, 3),
                     real("198.51.100.11:80", 10, 2),
                 ],
+                check: Default::default(),
+                sorry_server: None,
             }],
             ..Default::default()
         };
@@ -263,7 +301,7 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "  -> 198.51.100.11:80                          10       60      6000          2          1"
+            "  -> 198.51.100.11:80                          10       60      6000          2          1 -"
         );
         let json = serde_json::to_string(&rows).unwrap();
         assert!(

@@ -87,7 +87,8 @@ pub struct Lab {
     /// Mount point of the lab's bpffs instance.
     bpffs: PathBuf,
     xvsd: Option<Child>,
-    apaches: Vec<Child>,
+    /// Running apache2 parents, by real server number.
+    apaches: Vec<(usize, Child)>,
     _pass: Option<Ebpf>,
 }
 
@@ -258,8 +259,72 @@ impl Lab {
         Ok(())
     }
 
-    fn start_apache(&mut self, i: usize) -> Result<()> {
+    /// Starts apache2 on real server `i` of the segment (again, after stop_apache) and waits
+    /// until it answers.
+    pub fn start_apache(&mut self, i: usize) -> Result<()> {
         self.start_apache_at(i, &rs_ip4(i))
+    }
+
+    /// Stops apache2 on real server `i` as an operator would (SIGTERM: the parent stops its
+    /// workers and closes every connection) and waits until nothing listens on port 80 there.
+    pub fn stop_apache(&mut self, i: usize) -> Result<()> {
+        let at = self
+            .apaches
+            .iter()
+            .position(|(n, _)| *n == i)
+            .with_context(|| format!("apache2 of rs{i} is not running"))?;
+        let (_, mut child) = self.apaches.remove(at);
+        // SAFETY: plain kill(2) on our child (`ip netns exec` execs, so this is apache2).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        poll(Duration::from_secs(15), &format!("apache2 on rs{i} to exit"), || {
+            child.try_wait().ok().flatten()
+        })?;
+        let ns = self.ns(&format!("rs{i}"));
+        poll(
+            Duration::from_secs(10),
+            &format!("port 80 of rs{i} to close"),
+            || {
+                let out = sh(&ns, "ss -Htln 'sport = :80'").ok()?;
+                out.stdout.is_empty().then_some(())
+            },
+        )
+    }
+
+    /// Adds HTTPS on port 443 to real server `i`'s apache2 (mod_ssl, a self-signed certificate
+    /// made here with the openssl command) and restarts it.
+    pub fn enable_tls(&mut self, i: usize) -> Result<()> {
+        let dir = self.dir.join(format!("rs{i}"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+            ])
+            .arg(format!("/CN=rs{i}"))
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let d = dir.display();
+        fs::write(
+            dir.join("extra.conf"),
+            format!(
+                "LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so
+                 Listen 443
+                 <VirtualHost *:443>
+  SSLEngine on
+  SSLCertificateFile {d}/cert.pem
+                   SSLCertificateKeyFile {d}/key.pem
+</VirtualHost>
+"
+            ),
+        )?;
+        self.stop_apache(i)?;
+        self.start_apache(i)
     }
 
     fn start_apache_at(&mut self, i: usize, addr: &str) -> Result<()> {
@@ -286,7 +351,8 @@ impl Lab {
              DocumentRoot {d}/www\n\
              DirectoryIndex index.html\n\
              KeepAlive On\nKeepAliveTimeout 120\nMaxKeepAliveRequests 0\n\
-             <Directory {d}/www>\n  Require all granted\n</Directory>\n"
+             <Directory {d}/www>\n  Require all granted\n</Directory>\n\
+             IncludeOptional {d}/extra.conf\n"
         );
         let conf_path = dir.join("httpd.conf");
         fs::write(&conf_path, conf)?;
@@ -305,7 +371,7 @@ impl Lab {
             .stderr(log)
             .spawn()
             .context("spawning apache2")?;
-        self.apaches.push(child);
+        self.apaches.push((i, child));
         let url = format!("http://{addr}/");
         poll(
             Duration::from_secs(15),
@@ -609,7 +675,7 @@ impl Lab {
         // The pins (and with them the director's link and maps) go with the bpffs instance.
         netns::unmount_all(&self.bpffs);
         let _ = fs::remove_dir(&self.bpffs);
-        for mut c in self.apaches.drain(..) {
+        for (_, mut c) in self.apaches.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }

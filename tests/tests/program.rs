@@ -324,6 +324,7 @@ fn established_flow_keeps_its_real_server_through_changes() {
         forward: None,
         u_threshold: None,
         l_threshold: None,
+        check: None,
     }]);
     for i in 0..10 {
         let (_, out) = d.run(&tcp("192.0.2.1", a, "203.0.113.10", 80, ACK));
@@ -647,6 +648,7 @@ fn persistence_template_expires_and_follows_deleted_not_quiesced_servers() {
         forward: None,
         u_threshold: None,
         l_threshold: None,
+        check: None,
     }]);
     assert_eq!(
         dest_of(&mut d, &tcp("192.0.2.1", 1001, "203.0.113.10", 80, SYN)),
@@ -667,6 +669,7 @@ fn persistence_template_expires_and_follows_deleted_not_quiesced_servers() {
         forward: None,
         u_threshold: None,
         l_threshold: None,
+        check: None,
     }]);
     let other_ip = if first == RS1_MAC {
         "198.51.100.12:80"
@@ -890,6 +893,7 @@ fn service_group_shares_persistence_and_counters_across_its_matches() {
             forward: None,
             u_threshold: None,
             l_threshold: None,
+            check: None,
         },
     ]);
     let w80 = d.dp.published_value(&m80).unwrap();

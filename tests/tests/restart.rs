@@ -164,7 +164,10 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut w = rest.split_whitespace();
             typed.insert(w.next().unwrap().to_string());
-            assert!(matches!(w.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(w.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -174,8 +177,13 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad line {line:?}"));
         let name = series.split('{').next().unwrap();
+        // A histogram's samples carry suffixes of its family's name.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
         assert!(
-            typed.contains(name),
+            typed.contains(family),
             "{name} sampled before its # TYPE line"
         );
         let value: f64 = value

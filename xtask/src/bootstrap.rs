@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    // The HTTPS health-check test makes its real servers' self-signed certificates.
+    ("openssl", "/usr/bin/openssl"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
     ("netbase", "/etc/services"),
     (

@@ -237,7 +237,6 @@ fn apply(resp: Response) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configuration part of a listing, for -S.
 /// `apply`, `reload`, `export`: the configuration file.
 fn config(name: &str, rest: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
     let argv = [OsString::from("xvsadm"), OsString::from(name)]
@@ -299,6 +298,8 @@ fn config(name: &str, rest: impl Iterator<Item = OsString>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The configuration part of a listing, for -S: as configured, whatever health did to the
+/// tables.
 fn config_of(l: &Listing) -> Config {
     Config {
         services: l
@@ -319,8 +320,11 @@ fn config_of(l: &Listing) -> Config {
                         forward: r.forward,
                         u_threshold: r.u_threshold,
                         l_threshold: r.l_threshold,
+                        check: r.check.clone(),
                     })
                     .collect(),
+                check: s.check.clone(),
+                sorry_server: s.sorry_server.as_ref().map(|r| r.addr),
             })
             .collect(),
     }

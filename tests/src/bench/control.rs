@@ -168,3 +168,119 @@ pub fn map_memory(pid: u32) -> Result<Vec<(String, u64, u64)>> {
     out.dedup();
     Ok(out)
 }
+
+/// What running many health checks at once cost.
+#[derive(Clone, Debug)]
+pub struct HealthBench {
+    /// Checks running.
+    pub checks: usize,
+    /// Their interval.
+    pub interval: Duration,
+    /// How long they ran.
+    pub wall: Duration,
+    /// Attempts made, and how many failed.
+    pub attempts: (u64, u64),
+    /// Attempts the schedule asked for in that time.
+    pub expected: u64,
+    /// Latest start of an attempt after it was due.
+    pub max_late: Duration,
+    /// Bucket bound under which 99% of the starts were (None: above every bucket).
+    pub p99_late: Option<f64>,
+    /// Mean lateness.
+    pub mean_late: Duration,
+    /// CPU time of the checks (the listener's excluded), as a share of one core.
+    pub cpu_share: f64,
+}
+
+/// CPU time (user + system) of this thread or of the process.
+fn cpu_time(who: i32) -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Runs `n` TCP health checks every `interval` against one listener on loopback for `run_for`,
+/// on a 2-worker tokio runtime as xvsd's, through xvsd's own checker (lb_user::health): how
+/// late attempts start (drift), how many ran, and the CPU it took.
+pub fn health_checks(n: usize, interval: Duration, run_for: Duration) -> Result<HealthBench> {
+    use lb_user::{
+        check::{Check, Probe},
+        health::{CheckId, Checker},
+        model::{Protocol, ServiceKey},
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let target = listener.local_addr()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The listener accepts and closes on a thread of its own, which measures its own CPU.
+    let accepter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let before = cpu_time(libc::RUSAGE_THREAD);
+            for s in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                drop(s);
+            }
+            cpu_time(libc::RUSAGE_THREAD) - before
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let key = ServiceKey::new(Protocol::Tcp, "203.0.113.10:80".parse()?);
+    let check = Check {
+        probe: Probe::Tcp,
+        target,
+        interval,
+        timeout: Duration::from_secs(1),
+        retry: 1,
+        retry_delay: Duration::from_secs(1),
+        rise: 2,
+        inhibit: false,
+    };
+    let cpu_before = cpu_time(libc::RUSAGE_SELF);
+    let started = Instant::now();
+    let checker = rt.block_on(async {
+        let mut checker = Checker::new();
+        checker.reconcile((0..n).map(|i| {
+            (
+                CheckId {
+                    service: key,
+                    real: std::net::SocketAddr::new(
+                        std::net::Ipv4Addr::from(0xc633_6400u32 + i as u32).into(),
+                        80,
+                    ),
+                },
+                check.clone(),
+            )
+        }));
+        tokio::time::sleep(run_for).await;
+        checker
+    });
+    let wall = started.elapsed();
+    let attempts = checker.attempts();
+    let (max_late, late) = checker.lateness();
+    drop(checker);
+    let cpu = cpu_time(libc::RUSAGE_SELF) - cpu_before;
+    drop(rt);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::net::TcpStream::connect(target);
+    let listener_cpu = accepter.join().map_err(|_| anyhow::anyhow!("listener panicked"))?;
+    // One attempt per check and interval (the first ones spread over the first interval).
+    let expected = (n as f64 * wall.as_secs_f64() / interval.as_secs_f64()) as u64;
+    Ok(HealthBench {
+        checks: n,
+        interval,
+        wall,
+        attempts,
+        expected,
+        max_late,
+        p99_late: late.quantile_bound(0.99),
+        mean_late: Duration::from_secs_f64(late.sum_s / late.count.max(1) as f64),
+        cpu_share: cpu.saturating_sub(listener_cpu).as_secs_f64() / wall.as_secs_f64(),
+    })
+}

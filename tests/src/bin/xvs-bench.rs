@@ -230,6 +230,40 @@ fn main() -> Result<()> {
     ));
     let daemon_maps = control::map_memory(daemon.pid())?;
     drop(daemon);
+    // Health checks: many at once, through xvsd's checker, against a listener on loopback.
+    let (checks, run_for) = if quick {
+        (200, std::time::Duration::from_secs(3))
+    } else {
+        (2_000, std::time::Duration::from_secs(10))
+    };
+    let h = control::health_checks(checks, std::time::Duration::from_secs(1), run_for)?;
+    control_rows.push((
+        format!(
+            "{} TCP health checks every {:?}, {:.0} s (attempts made / scheduled)",
+            h.checks,
+            h.interval,
+            h.wall.as_secs_f64()
+        ),
+        format!(
+            "{} / {} ({} failed)",
+            h.attempts.0, h.expected, h.attempts.1
+        ),
+    ));
+    control_rows.push((
+        format!("{} health checks: start after due (drift), max / p99 / mean", h.checks),
+        format!(
+            "{:.1} ms / {} / {:.2} ms",
+            h.max_late.as_secs_f64() * 1000.0,
+            h.p99_late
+                .map(|b| format!("<= {} ms", b * 1000.0))
+                .unwrap_or_else(|| "> 10 s".into()),
+            h.mean_late.as_secs_f64() * 1000.0
+        ),
+    ));
+    control_rows.push((
+        format!("{} health checks: CPU (2 tokio workers on one core)", h.checks),
+        format!("{:.1}% of a core", h.cpu_share * 100.0),
+    ));
     for (k, v) in &control_rows {
         println!("{k:<60} {v}");
     }
