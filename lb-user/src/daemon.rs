@@ -4,7 +4,6 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -21,10 +20,13 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    access::SocketAccess,
+    config_file,
     dataplane::{
         adopt::{PinnedStart, Start},
         AttachMode, Dataplane, DataplaneError, Sizes,
     },
+    diff::{self, Diff},
     estimator::{self, Estimator, Subject},
     health::{self, CheckId, Checker, Effective},
     metrics,
@@ -34,6 +36,7 @@ use crate::{
         Command, ConnStatus, Listing, Membership, RealStatus, Request, Response, ServiceStatus,
         Timeouts, MAX_REQUEST_BYTES, PROTOCOL_VERSION,
     },
+    state::{DesiredState, StateFile},
 };
 
 /// How long a change waits for a new real server's MAC before answering.
@@ -46,8 +49,11 @@ const REFRESH_PERIOD: Duration = Duration::from_secs(30);
 pub const RECOMPUTE_PERIOD: Duration = Duration::from_secs(1);
 /// Most connections `-L -c` returns (the reply stays well under a few tens of MiB).
 const MAX_LISTED_CONNS: usize = 100_000;
-/// A client that has not sent its request by then is dropped.
+/// A client that has not sent its whole request by then is dropped (each connection has its
+/// own deadline, so a silent or slow client holds up nobody else).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not read its answer within this is dropped.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 const NS: u64 = 1_000_000_000;
 
@@ -74,6 +80,23 @@ pub enum DaemonError {
     /// A bad setting.
     #[error("{0}")]
     Config(String),
+    /// The socket group could not be set up.
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
+    /// The saved state could not be read, reset or written.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// The configuration file (`--config`) is unreadable or invalid.
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::LoadError),
+    /// The configuration to start with (file or saved state) was refused.
+    #[error("{what}: {message}")]
+    Restore {
+        /// Where it came from.
+        what: String,
+        /// Why it was refused.
+        message: String,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -105,6 +128,15 @@ pub struct DaemonOptions {
     /// Outer source addresses of tunnelled packets (at most one per family; the FIB chooses for
     /// a family left out).
     pub tun_src: Vec<IpAddr>,
+    /// Who may use the control socket.
+    pub access: SocketAccess,
+    /// Where the configuration is saved after every change (`STATE_DIR/IFACE.json`); None keeps
+    /// nothing.
+    pub state_dir: Option<PathBuf>,
+    /// Forget the saved state at start.
+    pub reset_state: bool,
+    /// Configuration file: the configuration at start, re-read on SIGHUP and `xvsadm reload`.
+    pub config: Option<PathBuf>,
 }
 
 /// The desired state and the data plane it is pushed to.
@@ -123,6 +155,8 @@ pub struct Controller {
     iface: String,
     /// IPVS-style rate estimates of every service and real server (`--rate`).
     rates: Estimator,
+    /// Where every accepted change is saved before it is acknowledged.
+    state: Option<StateFile>,
 }
 
 impl Controller {
@@ -139,7 +173,14 @@ impl Controller {
             dataplane,
             iface: iface.to_string(),
             rates: Estimator::default(),
+            state: None,
         }
+    }
+
+    /// Saves every accepted change to `state` from now on.
+    pub fn with_state(mut self, state: StateFile) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// Sets the outer source addresses of tunnelled packets.
@@ -152,12 +193,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Applies changes as one transaction: validated on a copy, pushed to the data plane, and
-    /// only then made current. If the data plane refuses, the previous state is pushed back.
-    /// Returns warnings: service groups these changes left without a match.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, String> {
-        let mut next = self.config.clone();
-        next.apply_all(changes).map_err(|e| e.to_string())?;
+    /// Makes `next` (with `timeouts`) the running configuration: its effective form (health
+    /// applied) pushed to the data plane, then the configured form saved; only then is it
+    /// current and are its health checks reconciled. If the data plane refuses or the save
+    /// fails, the previous configuration is pushed back and the state file keeps it, so a
+    /// refused change is nowhere.
+    fn commit(&mut self, next: Config, timeouts: DataplaneConfig) -> Result<(), String> {
         let wanted = health::wanted(&next);
         let checked: HashMap<CheckId, bool> =
             wanted.iter().map(|(id, c)| (*id, c.inhibit)).collect();
@@ -165,19 +206,62 @@ impl Controller {
         // Pushing the empty configuration back would tear down what an adopted data plane
         // still forwards with: a failed first sync leaves it as it was.
         let adopted = self.dataplane.adoption_pending();
-        if let Err(e) = self.dataplane.sync(&effective.config, &self.macs) {
+        let result = self.push_and_save(&next, &effective.config, timeouts);
+        if result.is_err() {
             if adopted {
-                warn!(error = %e, "the first configuration after adoption failed; the adopted tables stay");
+                warn!("the first configuration after adoption failed; the adopted tables stay");
             } else if let Err(again) = self.dataplane.sync(&self.applied.config, &self.macs) {
                 warn!(error = %again, "restoring the previous configuration failed");
             }
-            return Err(e.to_string());
+            if let Err(again) = self.dataplane.set_config(self.timeouts) {
+                warn!(error = %again, "restoring the previous timeouts failed");
+            }
+        } else {
+            self.config = next;
+            self.timeouts = timeouts;
+            self.applied = effective;
+            self.checked = checked;
+            // New checks start, changed ones restart keeping their state, gone ones stop.
+            self.health.reconcile(wanted);
         }
-        self.config = next;
-        self.applied = effective;
-        self.checked = checked;
-        // New checks start, changed ones restart keeping their state, gone ones stop.
-        self.health.reconcile(wanted);
+        result
+    }
+
+    fn push_and_save(
+        &mut self,
+        next: &Config,
+        effective: &Config,
+        timeouts: DataplaneConfig,
+    ) -> Result<(), String> {
+        if *effective != self.applied.config {
+            self.dataplane
+                .sync(effective, &self.macs)
+                .map_err(|e| e.to_string())?;
+        }
+        if timeouts != self.timeouts {
+            self.dataplane
+                .set_config(timeouts)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(state) = &self.state {
+            state
+                .save(next, timeouts_s(&timeouts))
+                .map_err(|e| format!("saving the configuration failed, nothing changed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies changes as one transaction: validated on a copy, pushed to the data plane,
+    /// saved, and only then made current. Returns warnings: tunnelled real servers whose
+    /// family has forwarding off, service groups these changes left without a match.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, String> {
+        let mut next = self.config.clone();
+        next.apply_all(changes).map_err(|e| e.to_string())?;
+        self.commit(next, self.timeouts)?;
+        Ok(self.warnings(changes))
+    }
+
+    fn warnings(&self, changes: &[Change]) -> Vec<String> {
         let mut warnings = crate::tunnel::forwarding_warnings(&self.config, &self.iface);
         warnings.extend(self
             .config
@@ -189,7 +273,55 @@ impl Controller {
                     crate::cli::service_option(&k)
                 )
             }));
-        Ok(warnings)
+        warnings
+    }
+
+    /// Saves the running configuration (when there is a state file).
+    pub fn save_state(&self) -> Result<(), crate::state::StateError> {
+        match &self.state {
+            Some(s) => s.save(&self.config, timeouts_s(&self.timeouts)),
+            None => Ok(()),
+        }
+    }
+
+    /// The running configuration and timeouts.
+    pub fn desired(&self) -> DesiredState {
+        DesiredState {
+            config: self.config.clone(),
+            timeouts: timeouts_s(&self.timeouts),
+        }
+    }
+
+    /// Makes the running configuration `target` (a configuration file's, or the saved state):
+    /// only the difference is applied, as one transaction; unchanged services and real
+    /// servers keep their tables and connections. With `dry_run`, nothing is applied.
+    /// Returns the difference and warnings.
+    pub fn apply_desired(
+        &mut self,
+        target: &DesiredState,
+        dry_run: bool,
+    ) -> Result<(Diff, Vec<String>), String> {
+        // It may come from a client: checked as the model checks every change.
+        let target = DesiredState {
+            config: diff::normalise(&target.config).map_err(|e| e.to_string())?,
+            timeouts: target.timeouts,
+        };
+        let mut timeouts = self.timeouts;
+        set_timeouts_ns(
+            &mut timeouts,
+            Some(target.timeouts.tcp),
+            Some(target.timeouts.tcpfin),
+            Some(target.timeouts.udp),
+        )?;
+        let d = diff::diff(&self.desired(), &target);
+        if dry_run || d.is_empty() {
+            return Ok((d, Vec::new()));
+        }
+        let mut next = self.config.clone();
+        next.apply_all(&d.changes).map_err(|e| e.to_string())?;
+        self.commit(next, timeouts)?;
+        let warnings = self.warnings(&d.changes);
+        Ok((d, warnings))
     }
 
     /// The configuration with health applied: down real servers out of the tables (or at
@@ -317,7 +449,7 @@ impl Controller {
         Ok(())
     }
 
-    /// Sets timeouts (seconds; None keeps the current value).
+    /// Sets timeouts (seconds; None keeps the current value), saved as every change is.
     pub fn set_timeouts(
         &mut self,
         tcp: Option<u64>,
@@ -325,18 +457,8 @@ impl Controller {
         udp: Option<u64>,
     ) -> Result<(), String> {
         let mut t = self.timeouts;
-        if let Some(v) = tcp {
-            t.tcp_timeout_ns = v.checked_mul(NS).ok_or("tcp timeout too large")?;
-        }
-        if let Some(v) = tcpfin {
-            t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or("tcpfin timeout too large")?;
-        }
-        if let Some(v) = udp {
-            t.udp_timeout_ns = v.checked_mul(NS).ok_or("udp timeout too large")?;
-        }
-        self.dataplane.set_config(t).map_err(|e| e.to_string())?;
-        self.timeouts = t;
-        Ok(())
+        set_timeouts_ns(&mut t, tcp, tcpfin, udp)?;
+        self.commit(self.config.clone(), t)
     }
 
     /// Zeroes the counters and rate estimates of one service and its real servers, or of
@@ -542,11 +664,7 @@ impl Controller {
                 .into_iter()
                 .map(|(r, n)| (r.name().to_string(), n))
                 .collect(),
-            timeouts: Timeouts {
-                tcp: self.timeouts.tcp_timeout_ns / NS,
-                tcpfin: self.timeouts.tcp_fin_timeout_ns / NS,
-                udp: self.timeouts.udp_timeout_ns / NS,
-            },
+            timeouts: timeouts_s(&self.timeouts),
         })
     }
 
@@ -558,6 +676,34 @@ impl Controller {
     /// The data plane (tests).
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+}
+
+/// Writes timeouts given in seconds (None keeps a value).
+fn set_timeouts_ns(
+    t: &mut DataplaneConfig,
+    tcp: Option<u64>,
+    tcpfin: Option<u64>,
+    udp: Option<u64>,
+) -> Result<(), String> {
+    if let Some(v) = tcp {
+        t.tcp_timeout_ns = v.checked_mul(NS).ok_or("tcp timeout too large")?;
+    }
+    if let Some(v) = tcpfin {
+        t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or("tcpfin timeout too large")?;
+    }
+    if let Some(v) = udp {
+        t.udp_timeout_ns = v.checked_mul(NS).ok_or("udp timeout too large")?;
+    }
+    Ok(())
+}
+
+/// The user-set timeouts in seconds.
+fn timeouts_s(t: &DataplaneConfig) -> Timeouts {
+    Timeouts {
+        tcp: t.tcp_timeout_ns / NS,
+        tcpfin: t.tcp_fin_timeout_ns / NS,
+        udp: t.udp_timeout_ns / NS,
     }
 }
 
@@ -574,6 +720,28 @@ struct Shared {
     neighbors: Neighbors,
     start: Start,
     started: Instant,
+    access: SocketAccess,
+    /// `--config`, re-read by SIGHUP and `xvsadm reload`.
+    config_file: Option<PathBuf>,
+}
+
+/// The configuration xvsd starts with, and where it comes from: with `--config`, the file
+/// (the saved state is rewritten from it); without, the saved state; else nothing. Read before
+/// anything is attached, so an invalid file or state stops xvsd with nothing changed.
+fn initial_state(
+    opts: &DaemonOptions,
+    state: Option<&StateFile>,
+) -> Result<Option<(DesiredState, String)>, DaemonError> {
+    if let Some(path) = &opts.config {
+        let desired = config_file::load(path)?;
+        return Ok(Some((desired, path.display().to_string())));
+    }
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    Ok(state
+        .load()?
+        .map(|desired| (desired, state.path().display().to_string())))
 }
 
 impl Shared {
@@ -596,6 +764,15 @@ impl Shared {
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let started = Instant::now();
     let ifindex = ifindex(&opts.iface)?;
+    let state_file = opts
+        .state_dir
+        .as_ref()
+        .map(|dir| StateFile::for_iface(dir, &opts.iface));
+    if let (true, Some(f)) = (opts.reset_state, &state_file) {
+        f.remove()?;
+        info!(state = %f.path().display(), "saved state reset");
+    }
+    let initial = initial_state(&opts, state_file.as_ref())?;
     let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
         iface: opts.iface.clone(),
         ifindex,
@@ -627,15 +804,39 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             "reloaded: the incompatible data plane was replaced by a fresh one"
         ),
     }
+    let mut controller = Controller::new(dataplane, &opts.iface);
+    controller.set_tunnel_sources(&opts.tun_src)?;
+    if let Some(f) = state_file {
+        controller = controller.with_state(f);
+    }
+    // The saved state (or the file) is the first configuration: after an adoption, it is the
+    // sync that takes the pinned tables over, keeping what did not change.
+    if let Some((desired, from)) = initial {
+        let restore = |message| DaemonError::Restore {
+            what: from.clone(),
+            message,
+        };
+        controller.apply_desired(&desired, false).map_err(restore)?;
+        if opts.config.is_some() {
+            // The file is the truth at start: the state says so too, even when the file
+            // matched the (empty) starting point and nothing was applied.
+            controller
+                .save_state()
+                .map_err(|e| restore(e.to_string()))?;
+        }
+        info!(
+            from,
+            services = desired.config.services.len(),
+            "configuration loaded"
+        );
+    }
     let shared = Arc::new(Shared {
-        controller: Mutex::new({
-            let mut c = Controller::new(dataplane, &opts.iface);
-            c.set_tunnel_sources(&opts.tun_src)?;
-            c
-        }),
+        controller: Mutex::new(controller),
         neighbors: Neighbors::new(ifindex)?,
         start,
         started,
+        access: opts.access.clone(),
+        config_file: opts.config.clone(),
     });
     // Health changes reach the tables as soon as a check decides (coalesced: one push for
     // everything that changed meanwhile).
@@ -651,8 +852,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             }
         })
     };
-    let listener = bind_socket(&opts.socket)?;
-    info!(socket = %opts.socket.display(), "control socket ready");
+    let listener = bind_socket(&opts.socket, &opts.access)?;
+    info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
     let metrics_task = match opts.metrics {
         Some(addr) => {
             let tcp = TcpListener::bind(addr)
@@ -670,6 +871,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
     let mut recompute_tick = tokio::time::interval(RECOMPUTE_PERIOD);
     recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -680,6 +882,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => match reload(&shared, false).await {
+                Ok((d, warnings)) => {
+                    for line in &d.lines {
+                        info!(rule = %line, "reload");
+                    }
+                    for w in &warnings {
+                        warn!(warning = %w, "reload");
+                    }
+                    info!(changes = d.lines.len(), "SIGHUP: configuration file reloaded");
+                }
+                Err(e) => warn!(error = %e, "SIGHUP: reload refused, the running configuration is unchanged"),
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
@@ -737,8 +951,8 @@ fn ifindex(iface: &str) -> Result<u32, DaemonError> {
     Ok(idx)
 }
 
-/// Binds the control socket so that only root can use it.
-fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+/// Binds the control socket so that only root (and the socket group) can use it.
+fn bind_socket(path: &Path, access: &SocketAccess) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
@@ -754,8 +968,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     let listener =
         UnixListener::bind(path).map_err(io_err(format!("binding {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err("socket permissions"))?;
+    access.apply_to_socket(path)?;
     Ok(listener)
 }
 
@@ -816,25 +1029,56 @@ async fn settle(shared: &Shared) -> Vec<String> {
     }
 }
 
+/// The Diff answer, after giving new real servers a moment to resolve.
+async fn diff_answer(
+    result: Result<(Diff, Vec<String>), String>,
+    dry_run: bool,
+    shared: &Shared,
+) -> Response {
+    match result {
+        Ok((d, mut warnings)) => {
+            let applied = !dry_run && !d.is_empty();
+            if applied {
+                info!(changes = d.lines.len(), "configuration applied");
+                debug!(rules = ?d.lines, "configuration applied");
+                warnings.extend(settle(shared).await);
+            }
+            Response::Diff {
+                lines: d.lines,
+                applied,
+                warnings,
+            }
+        }
+        Err(e) => error(&e),
+    }
+}
+
+/// Re-reads `--config` and applies the difference (SIGHUP, `xvsadm reload`).
+async fn reload(shared: &Shared, dry_run: bool) -> Result<(Diff, Vec<String>), String> {
+    let Some(path) = &shared.config_file else {
+        return Err("xvsd was started without --config: there is no file to reload (xvsadm apply -f FILE applies one)".into());
+    };
+    let desired = config_file::load(path).map_err(|e| e.to_string())?;
+    shared
+        .controller
+        .lock()
+        .await
+        .apply_desired(&desired, dry_run)
+}
+
 async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 => {}
-        Ok(cred) => {
-            warn!(
-                uid = cred.uid(),
-                "refused a control connection from a non-root user"
-            );
-            let _ = respond(
-                stream,
-                &error("permission denied: only root may control xvsd"),
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot read peer credentials");
-            return;
-        }
+    let refused = match stream.peer_cred() {
+        Ok(cred) => shared
+            .access
+            .check(&stream, cred.uid(), cred.gid())
+            .err()
+            .map(|why| (cred.uid(), why)),
+        Err(e) => Some((u32::MAX, format!("cannot read peer credentials: {e}"))),
+    };
+    if let Some((uid, why)) = refused {
+        warn!(uid, reason = %why, "refused a control connection");
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, respond(stream, &error(&why))).await;
+        return;
     }
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
@@ -850,7 +1094,8 @@ async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
     let mut stream = write;
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
-    let _ = stream.write_all(&out).await;
+    // A client that stops reading is dropped, not waited for.
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&out)).await;
 }
 
 async fn respond(mut stream: UnixStream, resp: &Response) -> std::io::Result<()> {
@@ -923,6 +1168,17 @@ async fn handle(line: &str, shared: &Shared) -> Response {
                 Ok(()) => Response::Ok { warnings: vec![] },
                 Err(e) => error(&e),
             }
+        }
+        Command::ApplyConfig { state, dry_run } => {
+            let result = shared
+                .controller
+                .lock()
+                .await
+                .apply_desired(&state, dry_run);
+            diff_answer(result, dry_run, shared).await
+        }
+        Command::Reload { dry_run } => {
+            diff_answer(reload(shared, dry_run).await, dry_run, shared).await
         }
     }
 }

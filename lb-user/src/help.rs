@@ -32,6 +32,9 @@ Usage:
   xvsadm -Z [virtual-service]
   xvsadm --set tcp tcpfin udp
   xvsadm stats [--watch] [--once] [--interval secs] [--json]
+  xvsadm apply -f file [--dry-run]
+  xvsadm reload [--dry-run]
+  xvsadm export
   xvsadm -h
   xvsadm -v
 
@@ -52,6 +55,10 @@ Either long or short options are allowed.
   --help            -h        display this help message
   --version         -v        display the version
   stats                       live per-service and per-real-server rates (xvsadm stats --help)
+  apply -f file               make the running configuration the file's (TOML), only the difference,
+                              as one transaction (xvsadm apply --help; examples/xvs.toml)
+  reload                      make xvsd re-read its --config file and apply the difference
+  export                      print the running configuration as a configuration file
 
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]; IPv6 as [addr]:port;

@@ -1,12 +1,16 @@
 //! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
 //! socket protocol, and the ipvsadm-compatible command line.
 
+pub mod access;
 pub mod check;
 pub mod cli;
+pub mod config_cli;
+pub mod config_file;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod diff;
 pub mod estimator;
 pub mod health;
 pub mod help;
@@ -19,5 +23,6 @@ pub mod object;
 pub mod proto;
 pub mod realserver;
 pub mod scheduler;
+pub mod state;
 pub mod tunnel;
 pub mod watch;

@@ -16,8 +16,9 @@ use crate::{
 /// The version this build speaks.
 /// 2: service groups (ServiceKey may be a mark), thresholds, persistence, connection listing.
 /// 3: rate estimates in listings, `-Z` of one service (a version-2 daemon would zero them all).
-/// 4: health checks and sorry servers (changes and listings).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 4: apply_config and reload (the configuration file).
+/// 5: health checks and sorry servers (changes and listings).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -73,6 +74,22 @@ pub enum Command {
         /// UDP.
         udp: Option<u64>,
     },
+    /// Make the running configuration this one (a configuration file's contents): only the
+    /// difference is applied, as one transaction (`xvsadm apply -f`).
+    ApplyConfig {
+        /// The whole desired configuration.
+        state: crate::state::DesiredState,
+        /// Only compute the difference.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Re-read the file xvsd was started with (`--config`) and apply the difference, as
+    /// SIGHUP does (`xvsadm reload`).
+    Reload {
+        /// Only compute the difference.
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -90,6 +107,15 @@ pub enum Response {
     Connections {
         /// One per connection-table entry.
         conns: Vec<ConnStatus>,
+    },
+    /// What apply_config or reload changed, or would change on a dry run.
+    Diff {
+        /// ipvsadm rules, one per added, removed or changed service and real server.
+        lines: Vec<String>,
+        /// Whether they were applied (false: a dry run, or nothing to do).
+        applied: bool,
+        /// As for Ok.
+        warnings: Vec<String>,
     },
     /// Refused; nothing changed.
     Error {

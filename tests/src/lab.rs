@@ -412,9 +412,17 @@ impl Lab {
             .arg(&self.socket)
             .arg("--pin-dir")
             .arg(self.pin_dir())
+            // The lab's own state: a restart within a lab restores it, labs never share one.
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
             .args(&self.xvsd_args)
             .args(extra);
         cmd
+    }
+
+    /// xvsd's pid, while it runs.
+    pub fn xvsd_pid(&self) -> Option<u32> {
+        self.xvsd.as_ref().map(Child::id)
     }
 
     /// Starts xvsd in the director namespace and waits until it answers.

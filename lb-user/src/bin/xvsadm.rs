@@ -7,10 +7,12 @@ use std::{ffi::OsString, io::Read, process::ExitCode};
 use clap::Parser;
 use lb_user::{
     cli::{self, Action, Args, CliError},
-    control, help, listing,
+    config_cli::{self, ConfigArgs, ConfigCommand},
+    config_file, control, help, listing,
     model::{Config, Service},
     names::{self, Names, Numeric, Resolved},
     proto::{Command, Listing, Request, Response},
+    state::DesiredState,
     watch::{self, StatsArgs},
 };
 
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         let rest = std::iter::once(OsString::from(format!("xvsadm {name}"))).chain(rest);
         return finish(match name {
             "stats" => stats(rest),
+            "apply" | "reload" | "export" => config(name, rest),
             _ => unreachable!("subcommand() knows only these"),
         });
     }
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
 /// name moved after it.
 fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
-    const SUBCOMMANDS: [&str; 1] = ["stats"];
+    const SUBCOMMANDS: [&str; 4] = ["stats", "apply", "reload", "export"];
     let mut global = Vec::new();
     let mut i = 1;
     while i < argv.len() {
@@ -230,6 +233,67 @@ fn apply(resp: Response) -> anyhow::Result<()> {
         for w in warnings {
             eprintln!("xvsadm: warning: {w}");
         }
+    }
+    Ok(())
+}
+
+/// `apply`, `reload`, `export`: the configuration file.
+fn config(name: &str, rest: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
+    let argv = [OsString::from("xvsadm"), OsString::from(name)]
+        .into_iter()
+        .chain(rest.skip(1));
+    let args = match ConfigArgs::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            print!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(CliError(e.to_string()).into()),
+    };
+    let socket = args.socket.as_path();
+    let (resp, dry_run) = match &args.command {
+        ConfigCommand::Apply { file, dry_run } => {
+            let state = config_file::load(file)?;
+            let command = Command::ApplyConfig {
+                state,
+                dry_run: *dry_run,
+            };
+            (send(socket, command)?, *dry_run)
+        }
+        ConfigCommand::Reload { dry_run } => (
+            send(socket, Command::Reload { dry_run: *dry_run })?,
+            *dry_run,
+        ),
+        ConfigCommand::Export => {
+            let l = list(socket)?;
+            let state = DesiredState {
+                config: config_of(&l),
+                timeouts: l.timeouts,
+            };
+            println!("# xvs configuration, exported by xvsadm (xvsadm apply -f FILE applies it)");
+            print!("{}", config_file::render(&state));
+            return Ok(());
+        }
+    };
+    let Response::Diff {
+        lines,
+        applied,
+        warnings,
+    } = resp
+    else {
+        anyhow::bail!("unexpected answer: {resp:?}");
+    };
+    for line in &lines {
+        println!("{line}");
+    }
+    println!("{}", config_cli::summary(lines.len(), applied, dry_run));
+    for w in warnings {
+        eprintln!("xvsadm: warning: {w}");
     }
     Ok(())
 }

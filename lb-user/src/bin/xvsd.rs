@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use lb_user::{
+    access::SocketAccess,
     daemon::{self, DaemonOptions},
     dataplane::{pin, AttachMode},
     proto::DEFAULT_SOCKET,
@@ -40,9 +41,25 @@ struct Opts {
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
-    /// Control socket (root only).
+    /// Control socket (root only, unless --socket-group).
     #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Members of this group (name or gid) may use the control socket too: it is made mode
+    /// 0660 and owned by the group, and every client's groups are checked.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Configuration file (TOML, see examples/xvs.toml): the configuration at start (it wins
+    /// over the saved state, which is rewritten from it); SIGHUP or `xvsadm reload` re-read it
+    /// and apply the difference.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where every accepted change is saved (atomically, before it is acknowledged), as
+    /// DIR/IFACE.json; without --config, xvsd restores it at start.
+    #[arg(long, value_name = "DIR", default_value = lb_user::state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Forget the saved state and start empty (or from --config).
+    #[arg(long)]
+    reset_state: bool,
     /// Connection-table capacity (entries, 1024..=33554432); the least recently used entry makes
     /// room when full.
     #[arg(long, default_value_t = lb_common::DEFAULT_CONN_ENTRIES,
@@ -104,6 +121,10 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let access = match &opts.socket_group {
+        Some(g) => SocketAccess::with_group(g)?,
+        None => SocketAccess::root_only(),
+    };
     daemon::run(DaemonOptions {
         iface: opts.iface.clone(),
         mode: opts.xdp_mode,
@@ -118,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
         force_reload: opts.force_reload,
         metrics: opts.metrics,
         tun_src: opts.tun_src.clone(),
+        access,
+        state_dir: Some(opts.state_dir),
+        reset_state: opts.reset_state,
+        config: opts.config,
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface))

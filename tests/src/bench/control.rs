@@ -32,9 +32,14 @@ impl Daemon {
         netns::ip(&["-n", &ns, "link", "set", "d0", "up"])?;
         netns::ip(&["-n", &ns, "link", "set", "d1", "up"])?;
         let socket = std::env::temp_dir().join("xvs-bench-cp.sock");
+        // A fresh state directory: the daemon starts empty and saves every change there.
+        let state = std::env::temp_dir().join("xvs-bench-cp-state");
+        let _ = std::fs::remove_dir_all(&state);
         let child = netns::cmd_in(&ns, &bin_dir.join("xvsd").display().to_string())
             .args(["--iface", "d0", "--xdp-mode", "native", "--socket"])
             .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -83,6 +88,7 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         netns::destroy(&self.ns);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join("xvs-bench-cp-state"));
     }
 }
 
@@ -93,6 +99,19 @@ pub fn rules(n: usize) -> String {
             format!(
                 "-A -t 203.0.{}.{}:{} -s rr\n",
                 113,
+                1 + i % 250,
+                1 + i / 250
+            )
+        })
+        .collect()
+}
+
+/// The same `n` services as `rules`, as a configuration file (`xvsadm apply -f`).
+pub fn config_file(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[service]]\ntcp = \"203.0.113.{}:{}\"\nscheduler = \"rr\"\n\n",
                 1 + i % 250,
                 1 + i / 250
             )

@@ -193,6 +193,28 @@ fn measure_all(scale: &Scale) -> Result<Vec<PathResult>> {
             Reason::TxTunnel,
         )?);
     }
+    // With `xvsd --tun-src`: the FIB does not choose a source address per packet.
+    let mut cfg = lb_common::DataplaneConfig::default();
+    lb_user::tunnel::set_sources(
+        &mut cfg,
+        &["198.51.100.1".parse()?, "2001:db8:100::1".parse()?],
+    )?;
+    dp.set_config(cfg)?;
+    for (name, vip, port, _, _) in cases().into_iter().filter(|c| c.4 == Tunnel::IPIP) {
+        let client = if vip.contains(':') {
+            "2001:db8:2::1"
+        } else {
+            "192.0.2.1"
+        };
+        let fam = if vip.contains(':') { "IPv6" } else { "IPv4" };
+        results.push(measure(
+            &mut dp,
+            format!("TUN established, one flow, {name}, --tun-src ({fam})"),
+            tcp(client, 1000, vip, port, ACK),
+            Reason::TxTunnel,
+        )?);
+    }
+    dp.set_config(lb_common::DataplaneConfig::default())?;
     for (vip, client, fam) in [
         ("203.0.113.10", "192.0.2.1", "IPv4"),
         ("2001:db8:10::10", "2001:db8:2::1", "IPv6"),

@@ -193,6 +193,22 @@ fn main() -> Result<()> {
             format!("clear {n} services (`xvsadm -C`)"),
             format!("{ms:.0} ms"),
         ));
+        // The same through a configuration file: parse, difference, one transaction.
+        let file = std::env::temp_dir().join(format!("xvs-bench-{n}.toml"));
+        std::fs::write(&file, control::config_file(n))?;
+        let path = file.display().to_string();
+        let ms = control::time_ms(|| daemon.xvsadm(&["apply", "-f", &path], None).map(|_| ()))?;
+        control_rows.push((
+            format!("apply {n} services from a configuration file (`xvsadm apply -f`)"),
+            format!("{ms:.0} ms"),
+        ));
+        let ms = control::time_ms(|| daemon.xvsadm(&["apply", "-f", &path], None).map(|_| ()))?;
+        control_rows.push((
+            format!("re-apply the same file ({n} services, nothing to change)"),
+            format!("{ms:.0} ms"),
+        ));
+        daemon.xvsadm(&["-C"], None)?;
+        let _ = std::fs::remove_file(&file);
     }
     let singles = if quick { 50 } else { 1_000 };
     let text = control::rules(singles);

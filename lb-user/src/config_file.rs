@@ -1,0 +1,1109 @@
+//! The declarative configuration file (TOML): the whole desired configuration of a director —
+//! services, their real servers, timeouts. `xvsadm apply -f FILE` and `xvsd --config FILE` make
+//! the running configuration exactly what the file says. The commented example is
+//! `examples/xvs.toml`.
+//!
+//! A file is checked as a whole: every error is reported with its line and column (syntax,
+//! unknown keys, wrong types, and what the model refuses, such as a real server of the other
+//! address family), and a file with any error changes nothing.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::{
+    de::{DeString, DeTable, DeValue, ValueDeserializer},
+    Spanned,
+};
+
+use crate::{
+    cli, listing,
+    model::{
+        Change, Config, ConfigError, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags,
+        Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, DEFAULT_PERSISTENCE_TIMEOUT,
+        DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
+    },
+    proto::Timeouts,
+    state::{DesiredState, DEFAULT_TIMEOUTS},
+};
+
+/// What health checks will be configured with; until they exist the key is refused, so a file
+/// written for a later xvs is not half understood.
+const HEALTH_CHECK_KEY: &str = "health-check";
+
+/// One problem in a configuration file and where it is (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileError {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column (characters), from 1.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// Why a configuration file was not taken.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file has errors; every one is listed.
+    #[error("{}", invalid_text(path, errors))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every error, in file order.
+        errors: Vec<FileError>,
+    },
+}
+
+fn invalid_text(path: &str, errors: &[FileError]) -> String {
+    let n = errors.len();
+    let mut out = format!(
+        "{path}: {n} error{}, nothing changed",
+        if n == 1 { "" } else { "s" }
+    );
+    for e in errors {
+        out.push_str(&format!("\n{path}:{e}"));
+    }
+    out
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<DesiredState, LoadError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&text).map_err(|errors| LoadError::Invalid {
+        path: shown,
+        errors,
+    })
+}
+
+/// `[timeouts]`: ipvsadm's `--set`, in seconds; a value not given is IPVS's default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsEntry {
+    tcp: Option<Spanned<u64>>,
+    tcpfin: Option<Spanned<u64>>,
+    udp: Option<Spanned<u64>>,
+}
+
+/// One `[[service]]`, without its real servers (they are checked one by one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServiceEntry {
+    tcp: Option<Spanned<String>>,
+    udp: Option<Spanned<String>>,
+    fwmark: Option<Spanned<u32>>,
+    ipv6: Option<Spanned<bool>>,
+    #[serde(rename = "match")]
+    matches: Option<Vec<Spanned<String>>>,
+    scheduler: Option<Spanned<Scheduler>>,
+    sched_flags: Option<Vec<Spanned<String>>>,
+    persistent: Option<Spanned<toml::Value>>,
+    netmask: Option<Spanned<toml::Value>>,
+}
+
+/// One `[[service.real]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RealEntry {
+    address: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+    forward: Option<Spanned<Forward>>,
+    tun_type: Option<Spanned<TunnelKind>>,
+    tun_port: Option<Spanned<u16>>,
+    tun_csum: Option<Spanned<bool>>,
+    u_threshold: Option<Spanned<u32>>,
+    l_threshold: Option<Spanned<u32>>,
+}
+
+/// `forward`: ipvsadm's -g or -i (the tunnel's details in `tun-*`, as ipvsadm's options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Forward {
+    Dr,
+    Tunnel,
+}
+
+/// Collects errors with their positions.
+struct Checker<'t> {
+    text: &'t str,
+    errors: Vec<(usize, String)>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push((span.start, message.into()));
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error, fallback: Range<usize>) {
+        let span = e.span().unwrap_or(fallback);
+        self.error(span, e.message().trim_end().to_string());
+    }
+
+    fn finish(mut self) -> Vec<FileError> {
+        self.errors.sort_by_key(|(at, _)| *at);
+        self.errors.dedup();
+        self.errors
+            .into_iter()
+            .map(|(at, message)| {
+                let (line, column) = position(self.text, at);
+                FileError {
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Line and column (1-based, in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// Parses and checks a configuration file's text: the desired state it declares, or every
+/// error in it.
+pub fn parse(text: &str) -> Result<DesiredState, Vec<FileError>> {
+    let mut check = Checker {
+        text,
+        errors: Vec::new(),
+    };
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        // A broken document would only yield follow-on errors: report the syntax ones.
+        for e in &syntax {
+            check.toml_error(e, 0..0);
+        }
+        return Err(check.finish());
+    }
+    let mut state = DesiredState::default();
+    let mut services = Vec::new();
+    for (key, value) in root.into_inner() {
+        match key.get_ref().as_ref() {
+            "timeouts" => {
+                if let Some(t) = timeouts(&mut check, value) {
+                    state.timeouts = t;
+                }
+            }
+            "service" => match value.into_inner() {
+                DeValue::Array(list) => services.extend(list),
+                _ => check.error(
+                    key.span(),
+                    "`service` is a list of tables: write each one as [[service]]",
+                ),
+            },
+            other => check.error(
+                key.span(),
+                format!("unknown key `{other}`, expected `timeouts` or `service`"),
+            ),
+        }
+    }
+    for value in services {
+        service(&mut check, &mut state.config, value);
+    }
+    if check.errors.is_empty() {
+        Ok(state)
+    } else {
+        Err(check.finish())
+    }
+}
+
+fn timeouts(check: &mut Checker, value: Spanned<DeValue>) -> Option<Timeouts> {
+    let span = value.span();
+    let entry = match TimeoutsEntry::deserialize(ValueDeserializer::from(value)) {
+        Ok(e) => e,
+        Err(e) => {
+            check.toml_error(&e, span);
+            return None;
+        }
+    };
+    let mut out = DEFAULT_TIMEOUTS;
+    let mut ok = true;
+    for (v, slot) in [
+        (entry.tcp, &mut out.tcp),
+        (entry.tcpfin, &mut out.tcpfin),
+        (entry.udp, &mut out.udp),
+    ] {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 || *v.get_ref() > MAX_TIMEOUT as u64 {
+                check.error(
+                    v.span(),
+                    format!(
+                        "Illegal timeout: {} (must be 1..={MAX_TIMEOUT} seconds)",
+                        v.get_ref()
+                    ),
+                );
+                ok = false;
+            } else {
+                *slot = v.into_inner();
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// Checks one `[[service]]` and adds it (and its real servers) to `config`, reporting every
+/// error it finds; a service the model refuses is left out so its real servers do not all
+/// report a missing service.
+fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        check.error(span, "a service is a table: write it as [[service]]");
+        return;
+    };
+    let reals = table.remove_entry("real");
+    if let Some((k, _)) = table.remove_entry(HEALTH_CHECK_KEY) {
+        check.error(k.span(), health_checks_not_yet());
+    }
+    let entry = match ServiceEntry::deserialize(ValueDeserializer::from(Spanned::new(
+        span.clone(),
+        DeValue::Table(table),
+    ))) {
+        Ok(e) => e,
+        Err(e) => {
+            check.toml_error(&e, span.clone());
+            return check_alone(check, reals);
+        }
+    };
+    let Some((key, key_span)) = service_key(check, &entry, span.clone()) else {
+        return check_alone(check, reals);
+    };
+    let persistence = persistence(check, &entry, &key);
+    let mut flags = SchedFlags::default();
+    for f in entry.sched_flags.iter().flatten() {
+        match SchedFlags::parse(f.get_ref()) {
+            Ok(one) => {
+                flags.sh_fallback |= one.sh_fallback;
+                flags.sh_port |= one.sh_port;
+                flags.mh_fallback |= one.mh_fallback;
+                flags.mh_port |= one.mh_port;
+            }
+            Err(e) => check.error(f.span(), e.to_string()),
+        }
+    }
+    let Some(persistence) = persistence else {
+        return check_alone(check, reals);
+    };
+    let add = Change::AddService {
+        key,
+        scheduler: entry
+            .scheduler
+            .map(Spanned::into_inner)
+            .unwrap_or(DEFAULT_SCHEDULER),
+        flags,
+        persistence,
+    };
+    if let Err(e) = config.apply(&add) {
+        let at = match (&e, &entry.netmask, &entry.persistent) {
+            (ConfigError::BadNetmask(_), Some(m), _) => m.span(),
+            (ConfigError::BadTimeout(_), _, Some(p)) => p.span(),
+            _ => key_span,
+        };
+        check.error(at, e.to_string());
+        return check_alone(check, reals);
+    }
+    // Matches one at a time, so a refused one is pointed at.
+    let mut matches: Vec<VirtualAddr> = Vec::new();
+    for m in entry.matches.iter().flatten() {
+        let parsed = match m.get_ref().parse::<VirtualAddr>() {
+            Ok(v) => v,
+            Err(e) => {
+                check.error(m.span(), e.to_string());
+                continue;
+            }
+        };
+        matches.push(parsed);
+        if let Err(e) = config.apply(&Change::SetMatches {
+            key,
+            matches: matches.clone(),
+        }) {
+            matches.pop();
+            check.error(m.span(), e.to_string());
+        }
+    }
+    for value in reals
+        .map(|(_, v)| real_values(check, v))
+        .into_iter()
+        .flatten()
+    {
+        let Some((real, spans)) = real(check, value, key.port()) else {
+            continue;
+        };
+        if let Err(e) = config.apply(&Change::AddReal { service: key, real }) {
+            let at = match &e {
+                ConfigError::BadWeight(_) => spans.weight.clone(),
+                ConfigError::BadTunnel(_) => spans.tunnel.clone(),
+                ConfigError::BadThreshold { .. } => {
+                    spans.l_threshold.clone().or(spans.u_threshold.clone())
+                }
+                _ => None,
+            };
+            check.error(at.unwrap_or(spans.address), e.to_string());
+        }
+    }
+}
+
+/// Checks the real servers of a service that could not be added, on their own (what can be
+/// checked without the service: keys, types, addresses, weights).
+fn check_alone(check: &mut Checker, reals: Option<(Spanned<DeString>, Spanned<DeValue>)>) {
+    for value in reals
+        .map(|(_, v)| real_values(check, v))
+        .into_iter()
+        .flatten()
+    {
+        let _ = real(check, value, 0);
+    }
+}
+
+/// The entries of `real = [...]` / `[[service.real]]`.
+fn real_values<'i>(check: &mut Checker, value: Spanned<DeValue<'i>>) -> Vec<Spanned<DeValue<'i>>> {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Array(list) => list.into_iter().collect(),
+        _ => {
+            check.error(
+                span,
+                "`real` is a list of tables: write each real server as [[service.real]]",
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Where a real server's values are, to point at the one the model refuses.
+struct RealSpans {
+    address: Range<usize>,
+    weight: Option<Range<usize>>,
+    tunnel: Option<Range<usize>>,
+    u_threshold: Option<Range<usize>>,
+    l_threshold: Option<Range<usize>>,
+}
+
+/// Checks one `[[service.real]]`: the real server (port defaulting to the service's), or None
+/// after reporting what is wrong.
+fn real(
+    check: &mut Checker,
+    value: Spanned<DeValue>,
+    service_port: u16,
+) -> Option<(RealServer, RealSpans)> {
+    let span = value.span();
+    let value = match value.into_inner() {
+        DeValue::Table(mut table) => {
+            if let Some((k, _)) = table.remove_entry(HEALTH_CHECK_KEY) {
+                check.error(k.span(), health_checks_not_yet());
+            }
+            DeValue::Table(table)
+        }
+        other => other,
+    };
+    let entry =
+        match RealEntry::deserialize(ValueDeserializer::from(Spanned::new(span.clone(), value))) {
+            Ok(e) => e,
+            Err(e) => {
+                check.toml_error(&e, span);
+                return None;
+            }
+        };
+    let spans = RealSpans {
+        address: entry.address.span(),
+        weight: entry.weight.as_ref().map(Spanned::span),
+        tunnel: entry
+            .tun_port
+            .as_ref()
+            .map(Spanned::span)
+            .or(entry.tun_type.as_ref().map(Spanned::span))
+            .or(entry.forward.as_ref().map(Spanned::span)),
+        u_threshold: entry.u_threshold.as_ref().map(Spanned::span),
+        l_threshold: entry.l_threshold.as_ref().map(Spanned::span),
+    };
+    let mut ok = true;
+    let addr = match real_addr(entry.address.get_ref(), service_port) {
+        Ok(a) => Some(a),
+        Err(msg) => {
+            check.error(entry.address.span(), msg);
+            None
+        }
+    };
+    let weight = match entry.weight {
+        None => 1,
+        Some(w) if (0..=MAX_WEIGHT as i64).contains(w.get_ref()) => *w.get_ref() as u32,
+        Some(w) => {
+            check.error(
+                w.span(),
+                format!(
+                    "Illegal weight specified: {} (must be 0..={MAX_WEIGHT})",
+                    w.get_ref()
+                ),
+            );
+            ok = false;
+            0
+        }
+    };
+    let forward = match entry.forward.as_ref().map(|f| *f.get_ref()) {
+        Some(Forward::Tunnel) => ForwardMethod::Tunnel(Tunnel {
+            kind: entry
+                .tun_type
+                .as_ref()
+                .map_or(TunnelKind::Ipip, |t| *t.get_ref()),
+            port: entry.tun_port.as_ref().map_or(0, |p| *p.get_ref()),
+            csum: entry.tun_csum.as_ref().is_some_and(|c| *c.get_ref()),
+        }),
+        None | Some(Forward::Dr) => {
+            let stray = [
+                entry.tun_type.as_ref().map(Spanned::span),
+                entry.tun_port.as_ref().map(Spanned::span),
+                entry.tun_csum.as_ref().map(Spanned::span),
+            ];
+            for span in stray.into_iter().flatten() {
+                check.error(
+                    span,
+                    "`tun-type`, `tun-port` and `tun-csum` need `forward = \"tunnel\"`",
+                );
+                ok = false;
+            }
+            ForwardMethod::Dr
+        }
+    };
+    let real = RealServer {
+        addr: addr?,
+        weight,
+        forward,
+        u_threshold: entry.u_threshold.map(Spanned::into_inner).unwrap_or(0),
+        l_threshold: entry.l_threshold.map(Spanned::into_inner).unwrap_or(0),
+        check: Default::default(),
+    };
+    ok.then_some((real, spans))
+}
+
+/// A real server's address: an IP address with or without a port (`198.51.100.11`,
+/// `198.51.100.11:80`, `2001:db8::11`, `[2001:db8::11]:80`); without one, the service's port.
+/// Names are not resolved: what a file says must not depend on DNS at the time it is applied.
+fn real_addr(s: &str, service_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, service_port))
+        .map_err(|_| {
+            format!("Illegal address: {s} (expected an IP address, with or without a port)")
+        })
+}
+
+fn health_checks_not_yet() -> String {
+    format!(
+        "`{HEALTH_CHECK_KEY}` is reserved for health checks, which the configuration file does \
+         not carry yet: configure them with `xvsadm -a/-e ... --check ...` (a file applied \
+         later removes them, as it removes anything it does not name)"
+    )
+}
+
+/// The service's identity: exactly one of `tcp`, `udp`, `fwmark`; `ipv6` and `match` belong
+/// to groups (`fwmark`). Returns the key and where it is written.
+fn service_key(
+    check: &mut Checker,
+    entry: &ServiceEntry,
+    span: Range<usize>,
+) -> Option<(ServiceKey, Range<usize>)> {
+    let given = [
+        entry.tcp.as_ref().map(|s| s.span()),
+        entry.udp.as_ref().map(|s| s.span()),
+        entry.fwmark.as_ref().map(|s| s.span()),
+    ];
+    let mut present = given.iter().flatten();
+    let Some(first) = present.next() else {
+        check.error(
+            span,
+            "a service needs one of `tcp = \"VIP:port\"`, `udp = \"VIP:port\"` or `fwmark = MARK`",
+        );
+        return None;
+    };
+    if let Some(second) = present.next() {
+        check.error(
+            second.clone(),
+            "a service is one of `tcp`, `udp` or `fwmark`, not several",
+        );
+        return None;
+    }
+    let mut ok = true;
+    if entry.fwmark.is_none() {
+        if let Some(v) = &entry.ipv6 {
+            check.error(v.span(), "`ipv6` applies to service groups (`fwmark`) only");
+            ok = false;
+        }
+        if let Some(m) = entry.matches.as_ref().and_then(|m| m.first()) {
+            check.error(
+                m.span(),
+                "`match` applies to service groups (`fwmark`) only: a tcp/udp service matches its own address",
+            );
+            ok = false;
+        }
+    }
+    let key = match (&entry.tcp, &entry.udp, &entry.fwmark) {
+        (Some(a), _, _) | (_, Some(a), _) => {
+            let protocol = if entry.tcp.is_some() {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => ServiceKey::new(protocol, addr),
+                Err(_) => {
+                    check.error(
+                        a.span(),
+                        format!(
+                            "Illegal address: {} (expected VIP:port, or [IPv6]:port)",
+                            a.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        (_, _, Some(m)) => ServiceKey::fwmark(
+            *m.get_ref(),
+            entry.ipv6.as_ref().is_some_and(|v| *v.get_ref()),
+        ),
+        _ => unreachable!("one of them was given"),
+    };
+    ok.then_some((key, first.clone()))
+}
+
+/// `persistent` (seconds, or `true` for ipvsadm's 300) and `netmask` (dotted IPv4 mask or a
+/// prefix length). Some(None): not persistent; None: an error was reported.
+fn persistence(
+    check: &mut Checker,
+    entry: &ServiceEntry,
+    key: &ServiceKey,
+) -> Option<Option<Persistence>> {
+    let timeout = match &entry.persistent {
+        None => None,
+        Some(p) => match p.get_ref() {
+            toml::Value::Boolean(false) => None,
+            toml::Value::Boolean(true) => Some(DEFAULT_PERSISTENCE_TIMEOUT),
+            toml::Value::Integer(n) if (1..=MAX_TIMEOUT as i64).contains(n) => Some(*n as u32),
+            other => {
+                check.error(
+                    p.span(),
+                    format!(
+                        "Illegal persistence: {other} (expected a timeout of 1..={MAX_TIMEOUT} seconds, or true for {DEFAULT_PERSISTENCE_TIMEOUT})"
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let v4 = key.is_ipv4();
+    let prefix = match &entry.netmask {
+        None => {
+            if v4 {
+                32
+            } else {
+                128
+            }
+        }
+        Some(m) => {
+            if timeout.is_none() {
+                check.error(m.span(), "`netmask` needs `persistent`");
+                return None;
+            }
+            let parsed = match m.get_ref() {
+                toml::Value::String(s) => cli::parse_netmask(s, v4).map_err(|e| e.0),
+                toml::Value::Integer(n) => u8::try_from(*n)
+                    .map_err(|_| format!("Illegal netmask: {n}"))
+                    .and_then(|n| cli::parse_netmask(&n.to_string(), v4).map_err(|e| e.0)),
+                other => Err(format!(
+                    "Illegal netmask: {other} (expected \"255.255.255.0\" or a prefix length)"
+                )),
+            };
+            match parsed {
+                Ok(p) => p,
+                Err(msg) => {
+                    check.error(m.span(), msg);
+                    return None;
+                }
+            }
+        }
+    };
+    Some(timeout.map(|timeout| Persistence { timeout, prefix }))
+}
+
+/// `[timeouts]` as written.
+#[derive(Serialize)]
+struct TimeoutsOut {
+    tcp: u64,
+    tcpfin: u64,
+    udp: u64,
+}
+
+/// A `[[service]]` as written.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ServiceOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fwmark: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ipv6: bool,
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<String>,
+    scheduler: Scheduler,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sched_flags: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netmask: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    real: Vec<RealOut>,
+}
+
+/// A `[[service.real]]` as written.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct RealOut {
+    address: String,
+    weight: u32,
+    forward: Forward,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_type: Option<TunnelKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tun_port: Option<u16>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tun_csum: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    u_threshold: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    l_threshold: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Serialize)]
+struct FileOut {
+    timeouts: TimeoutsOut,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service: Vec<ServiceOut>,
+}
+
+/// Writes a desired state as a configuration file that `parse` reads back to the same state
+/// (`xvsadm export`).
+pub fn render(state: &DesiredState) -> String {
+    let t = state.timeouts;
+    let file = FileOut {
+        timeouts: TimeoutsOut {
+            tcp: t.tcp,
+            tcpfin: t.tcpfin,
+            udp: t.udp,
+        },
+        service: state
+            .config
+            .services
+            .iter()
+            .map(|s| {
+                let (tcp, udp, fwmark, ipv6) = match s.key {
+                    ServiceKey::Addr {
+                        protocol: Protocol::Tcp,
+                        addr,
+                    } => (Some(addr.to_string()), None, None, false),
+                    ServiceKey::Addr {
+                        protocol: Protocol::Udp,
+                        addr,
+                    } => (None, Some(addr.to_string()), None, false),
+                    ServiceKey::Fwmark { fwmark, ipv6 } => (None, None, Some(fwmark), ipv6),
+                };
+                ServiceOut {
+                    tcp,
+                    udp,
+                    fwmark,
+                    ipv6,
+                    matches: s.matches.iter().map(ToString::to_string).collect(),
+                    scheduler: s.scheduler,
+                    sched_flags: s.flags.names(),
+                    persistent: s.persistence.map(|p| p.timeout),
+                    netmask: s
+                        .persistence
+                        .and_then(|p| listing::netmask_text(s.key.is_ipv4(), p.prefix)),
+                    real: s
+                        .reals
+                        .iter()
+                        .map(|r| RealOut {
+                            address: r.addr.to_string(),
+                            weight: r.weight,
+                            forward: match r.forward {
+                                ForwardMethod::Dr => Forward::Dr,
+                                ForwardMethod::Tunnel(_) => Forward::Tunnel,
+                            },
+                            tun_type: match r.forward {
+                                ForwardMethod::Tunnel(t) => Some(t.kind),
+                                ForwardMethod::Dr => None,
+                            },
+                            tun_port: match r.forward {
+                                ForwardMethod::Tunnel(t) if t.port != 0 => Some(t.port),
+                                _ => None,
+                            },
+                            tun_csum: matches!(r.forward, ForwardMethod::Tunnel(t) if t.csum),
+                            u_threshold: r.u_threshold,
+                            l_threshold: r.l_threshold,
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    };
+    toml::to_string(&file).expect("a configuration serialises as TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff;
+
+    const EXAMPLE: &str = include_str!("../../examples/xvs.toml");
+
+    fn errors(text: &str) -> Vec<FileError> {
+        match parse(text) {
+            Ok(s) => panic!("accepted: {s:?}\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts that exactly these (line, part of the message) errors were reported, in order.
+    fn assert_errors(text: &str, want: &[(usize, &str)]) {
+        let got = errors(text);
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), want.len(), "{shown:#?}");
+        for (e, (line, needle)) in got.iter().zip(want) {
+            assert_eq!(e.line, *line, "{shown:#?}");
+            assert!(
+                e.message.contains(needle),
+                "{e} lacks {needle:?}: {shown:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_file_parses_into_what_it_says() {
+        let s = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(
+            s.timeouts,
+            Timeouts {
+                tcp: 900,
+                tcpfin: 120,
+                udp: 60
+            }
+        );
+        let c = &s.config;
+        let web = c
+            .service(&ServiceKey::new(
+                Protocol::Tcp,
+                "203.0.113.10:80".parse().unwrap(),
+            ))
+            .expect("the web service");
+        assert_eq!(web.scheduler, Scheduler::Wrr);
+        assert_eq!(
+            web.reals
+                .iter()
+                .map(|r| (r.addr.to_string(), r.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("198.51.100.11:80".to_string(), 3),
+                ("198.51.100.12:80".to_string(), 1),
+                ("198.51.100.13:80".to_string(), 0),
+            ]
+        );
+        assert_eq!(web.reals[1].u_threshold, 1000);
+        assert_eq!(web.reals[1].l_threshold, 800);
+        let group = c.service(&ServiceKey::fwmark(1, false)).expect("the group");
+        assert_eq!(
+            group.persistence,
+            Some(Persistence {
+                timeout: 600,
+                prefix: 24
+            })
+        );
+        assert_eq!(group.matches.len(), 2);
+        let dns = c
+            .service(&ServiceKey::new(
+                Protocol::Udp,
+                "[2001:db8::10]:53".parse().unwrap(),
+            ))
+            .expect("the IPv6 DNS service");
+        assert_eq!(dns.scheduler, Scheduler::Mh);
+        assert!(dns.flags.mh_port);
+        let tun = c
+            .service(&ServiceKey::new(
+                Protocol::Tcp,
+                "203.0.113.40:443".parse().unwrap(),
+            ))
+            .expect("the TUN service");
+        assert_eq!(
+            tun.reals.iter().map(|r| r.forward).collect::<Vec<_>>(),
+            [
+                ForwardMethod::Tunnel(Tunnel::IPIP),
+                ForwardMethod::Tunnel(Tunnel {
+                    kind: TunnelKind::Gue,
+                    port: 6080,
+                    csum: true
+                })
+            ]
+        );
+        assert_eq!(c.services.len(), 5);
+    }
+
+    #[test]
+    fn config_to_file_to_config_is_the_same() {
+        let s = parse(EXAMPLE).unwrap();
+        let text = render(&s);
+        let back = parse(&text).unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
+        assert_eq!(back, s, "{text}");
+        // And an empty configuration.
+        let empty = DesiredState::default();
+        assert_eq!(parse(&render(&empty)).unwrap(), empty);
+        assert_eq!(parse("").unwrap(), empty, "an empty file is no services");
+    }
+
+    #[test]
+    fn defaults_are_ipvsadms() {
+        let s = parse("[[service]]\ntcp = \"203.0.113.10:80\"\n[[service.real]]\naddress = \"198.51.100.11\"\n")
+            .unwrap();
+        let svc = &s.config.services[0];
+        assert_eq!(svc.scheduler, Scheduler::Wlc);
+        assert_eq!(svc.persistence, None);
+        assert_eq!(
+            svc.reals,
+            [RealServer::dr("198.51.100.11:80".parse().unwrap(), 1)]
+        );
+        assert_eq!(s.timeouts, DEFAULT_TIMEOUTS);
+        let p = parse("[[service]]\ntcp = \"203.0.113.10:0\"\npersistent = true\n").unwrap();
+        assert_eq!(
+            p.config.services[0].persistence,
+            Some(Persistence {
+                timeout: 300,
+                prefix: 32
+            })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_their_line() {
+        assert_errors(
+            "[[service]]\ntcp = \"203.0.113.10:80\"\nscheduler = rr\n",
+            &[(3, "")],
+        );
+        let e = errors("[timeouts]\ntcp = 900\ntcp = 100\n");
+        assert_eq!(e[0].line, 3, "{e:?}");
+        assert!(e[0].message.contains("duplicate"), "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line() {
+        let text = r#"# errors on purpose, one per service
+colour = "blue"
+
+[timeouts]
+tcp = 0
+
+[[service]]
+udp = "203.0.113.10:53"
+
+[[service]]
+tcp = "203.0.113.10:80"
+scheduler = "wrrr"
+
+[[service]]
+tcp = "203.0.113.11:80"
+weight = 3
+
+[[service]]
+tcp = "203.0.113.12"
+
+[[service]]
+tcp = "203.0.113.13:80"
+udp = "203.0.113.13:53"
+
+[[service]]
+tcp = "203.0.113.14:80"
+netmask = "255.255.255.0"
+
+[[service]]
+tcp = "203.0.113.15:0"
+  [[service.real]]
+  address = "198.51.100.11"
+  weight = -1
+
+[[service]]
+tcp = "203.0.113.16:80"
+match = ["tcp:203.0.113.16:443"]
+
+[[service]]
+fwmark = 1
+match = ["tcp:203.0.113.20:80", "udp:203.0.113.10:53", "tcp:bogus"]
+
+[[service]]
+tcp = "203.0.113.17:80"
+persistent = 60
+netmask = "255.0.255.0"
+sched-flags = ["sh-port", "sh-everything"]
+
+[[service]]
+tcp = "203.0.113.18:80"
+  [[service.real]]
+  address = "198.51.100.11"
+  [[service.real]]
+  address = "198.51.100.11:80"
+  [[service.real]]
+  address = "2001:db8::11"
+  [[service.real]]
+  address = "198.51.100.12"
+  weight = 70000
+  [[service.real]]
+  address = "198.51.100.13"
+  u-threshold = 10
+  l-threshold = 20
+  [[service.real]]
+  address = "real-server-4.example"
+  [[service.real]]
+  address = "198.51.100.15"
+  forward = "masquerade"
+  [[service.real]]
+  weight = 1
+  [[service.real]]
+  address = "198.51.100.16"
+  colour = "red"
+  [service.real.health-check]
+  kind = "tcp"
+
+[[service]]
+tcp = "203.0.113.18:80"
+"#;
+        assert_errors(
+            text,
+            &[
+                (2, "unknown key `colour`"),
+                (5, "Illegal timeout: 0"),
+                (12, "unknown variant `wrrr`"),
+                (16, "unknown field `weight`"),
+                (19, "Illegal address: 203.0.113.12"),
+                (23, "not several"),
+                (27, "`netmask` needs `persistent`"),
+                (30, "Zero port"),
+                (33, "Illegal weight specified: -1"),
+                (37, "`match` applies to service groups"),
+                (41, "already taken by UDP 203.0.113.10:53"),
+                (41, "Illegal match: tcp:bogus"),
+                (46, "Illegal netmask: 255.0.255.0"),
+                (47, "Invalid scheduler flag: sh-everything"),
+                (54, "Destination already exists: 198.51.100.11:80"),
+                (56, "same address family"),
+                (59, "Illegal weight specified: 70000"),
+                (63, "lower threshold 20 exceeds the upper threshold 10"),
+                (65, "Illegal address: real-server-4.example"),
+                (
+                    68,
+                    "unknown variant `masquerade`, expected `dr` or `tunnel`",
+                ),
+                (69, "missing field `address`"),
+                (73, "unknown field `colour`"),
+                (74, "reserved for health checks"),
+                (78, "Service already exists: TCP 203.0.113.18:80"),
+            ],
+        );
+    }
+
+    #[test]
+    fn tunnel_options_belong_to_tunnels() {
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [[service.real]]
+  address = "192.0.2.21"
+  tun-port = 6080
+  [[service.real]]
+  address = "192.0.2.22"
+  forward = "tunnel"
+  tun-type = "gue"
+  [[service.real]]
+  address = "192.0.2.23"
+  forward = "tunnel"
+  tun-port = 6080
+  [[service.real]]
+  address = "192.0.2.24"
+  forward = "tunnel"
+  tun-type = "gre"
+"#,
+            &[
+                (5, "need `forward = \"tunnel\"`"),
+                (9, "GUE tunnel needs a port"),
+                (13, "apply to --tun-type gue only"),
+                (17, "unknown variant `gre`"),
+            ],
+        );
+        // A tunnel may cross families, unlike DR.
+        let s = parse("[[service]]\ntcp = \"[2001:db8::10]:80\"\n[[service.real]]\naddress = \"192.0.2.21\"\nforward = \"tunnel\"\n").unwrap();
+        assert_eq!(
+            s.config.services[0].reals[0].addr,
+            "192.0.2.21:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_carry_columns_and_the_file_name() {
+        let e = errors("[[service]]\ntcp = \"203.0.113.10:80\"\n  [[service.real]]\n  address = \"2001:db8::1\"\n");
+        assert_eq!((e[0].line, e[0].column), (4, 13), "{e:?}");
+        let text = LoadError::Invalid {
+            path: "/etc/xvs.toml".into(),
+            errors: e,
+        }
+        .to_string();
+        assert!(
+            text.starts_with("/etc/xvs.toml: 1 error, nothing changed\n/etc/xvs.toml:4:13: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_parsed_file_is_already_normalised() {
+        // What the daemon re-checks (diff::normalise) changes nothing in a parsed file.
+        let s = parse(EXAMPLE).unwrap();
+        assert_eq!(diff::normalise(&s.config).unwrap(), s.config);
+    }
+}

@@ -1,0 +1,497 @@
+//! The difference between two configurations, as the changes that turn one into the other and
+//! as ipvsadm rule lines an operator can read (`xvsadm apply`, `xvsadm reload`).
+//!
+//! Only what differs is changed: a service or real server that is the same in both keeps its
+//! data-plane ids, tables and connections. The changes are ordered so that they are valid one
+//! after another (the model checks each): removals first, and a group's match is given up
+//! before another service or group takes it.
+
+use crate::{
+    cli,
+    model::{Change, Config, ConfigError, RealServer, Service},
+    proto::Timeouts,
+    state::DesiredState,
+};
+
+/// What it takes to go from one configuration to another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// The changes, in an order in which each is valid.
+    pub changes: Vec<Change>,
+    /// New timeouts, if they differ.
+    pub timeouts: Option<Timeouts>,
+    /// One ipvsadm rule per added, removed or changed service and real server (`-A`, `-D`,
+    /// `-E`, `-a`, `-d`, `-e`, `--set`).
+    pub lines: Vec<String>,
+}
+
+impl Diff {
+    /// Whether the two configurations are the same.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.timeouts.is_none()
+    }
+}
+
+/// The changes from `current` to `target`. Both are valid configurations (real servers'
+/// addresses normalised by the model, as a configuration built by changes has them).
+pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
+    let cur = &current.config;
+    let tgt = &target.config;
+    let mut changes = Vec::new();
+    let kept = || {
+        cur.services
+            .iter()
+            .filter_map(|s| tgt.service(&s.key).map(|t| (s, t)))
+    };
+    // Services that go away, with their real servers.
+    for s in &cur.services {
+        if tgt.service(&s.key).is_none() {
+            changes.push(Change::DeleteService { key: s.key });
+        }
+    }
+    // Real servers that go away, and matches a group gives up (another service may take them).
+    for (s, t) in kept() {
+        for r in &s.reals {
+            if !t.reals.iter().any(|x| x.addr == r.addr) {
+                changes.push(Change::DeleteReal {
+                    service: s.key,
+                    addr: r.addr,
+                });
+            }
+        }
+        let remaining = kept_matches(s, t);
+        if remaining != s.matches {
+            changes.push(Change::SetMatches {
+                key: s.key,
+                matches: remaining,
+            });
+        }
+    }
+    // Services whose options change.
+    for (s, t) in kept() {
+        if options_differ(s, t) {
+            changes.push(Change::EditService {
+                key: s.key,
+                scheduler: Some(t.scheduler),
+                flags: Some(t.flags),
+                persistence: Some(t.persistence),
+            });
+        }
+        health_changes(&mut changes, Some(s), t);
+    }
+    // New services.
+    for t in &tgt.services {
+        if cur.service(&t.key).is_none() {
+            changes.push(Change::AddService {
+                key: t.key,
+                scheduler: t.scheduler,
+                flags: t.flags,
+                persistence: t.persistence,
+            });
+            if !t.matches.is_empty() {
+                changes.push(Change::SetMatches {
+                    key: t.key,
+                    matches: t.matches.clone(),
+                });
+            }
+            health_changes(&mut changes, None, t);
+        }
+    }
+    // Groups take their new matches once every match given up is free.
+    for (s, t) in kept() {
+        if s.matches != t.matches && kept_matches(s, t) != t.matches {
+            changes.push(Change::SetMatches {
+                key: s.key,
+                matches: t.matches.clone(),
+            });
+        }
+    }
+    // Real servers that change or are new.
+    for t in &tgt.services {
+        let s = cur.service(&t.key);
+        for r in &t.reals {
+            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+                Some(c) if c == r => {}
+                Some(_) => changes.push(Change::EditReal {
+                    service: t.key,
+                    addr: r.addr,
+                    weight: Some(r.weight),
+                    forward: Some(r.forward),
+                    u_threshold: Some(r.u_threshold),
+                    l_threshold: Some(r.l_threshold),
+                    check: Some(r.check.clone()),
+                }),
+                None => changes.push(Change::AddReal {
+                    service: t.key,
+                    real: r.clone(),
+                }),
+            }
+        }
+    }
+    let timeouts = (current.timeouts != target.timeouts).then_some(target.timeouts);
+    Diff {
+        lines: rules(cur, tgt, timeouts),
+        changes,
+        timeouts,
+    }
+}
+
+/// A service's default health check and sorry server, where they differ from the current ones
+/// (`current` None: a new service).
+fn health_changes(changes: &mut Vec<Change>, current: Option<&Service>, t: &Service) {
+    if current.map_or(!t.check.is_empty(), |s| s.check != t.check) {
+        changes.push(Change::SetCheck {
+            key: t.key,
+            check: t.check.clone(),
+        });
+    }
+    if current.map_or(t.sorry_server.is_some(), |s| s.sorry_server != t.sorry_server) {
+        changes.push(Change::SetSorryServer {
+            key: t.key,
+            sorry_server: t.sorry_server,
+        });
+    }
+}
+
+fn options_differ(s: &Service, t: &Service) -> bool {
+    s.scheduler != t.scheduler || s.flags != t.flags || s.persistence != t.persistence
+}
+
+/// The difference as ipvsadm rules, grouped as `-S` groups them: removed services first, then
+/// each service of the target with its real servers.
+fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in &cur.services {
+        if tgt.service(&s.key).is_none() {
+            lines.push(format!("-D {}", cli::service_option(&s.key)));
+        }
+    }
+    for t in &tgt.services {
+        let s = cur.service(&t.key);
+        match s {
+            None => lines.push(service_rule(t)),
+            Some(s) if options_differ(s, t) || s.matches != t.matches => {
+                lines.push(edit_line(service_rule(t)))
+            }
+            Some(_) => {}
+        }
+        for r in s.iter().flat_map(|s| &s.reals) {
+            if !t.reals.iter().any(|x| x.addr == r.addr) {
+                lines.push(format!("-d {} -r {}", cli::service_option(&t.key), r.addr));
+            }
+        }
+        for r in &t.reals {
+            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+                Some(c) if c == r => {}
+                Some(_) => lines.push(edit_line(real_rule(t, r))),
+                None => lines.push(real_rule(t, r)),
+            }
+        }
+    }
+    if let Some(t) = timeouts {
+        lines.push(format!("--set {} {} {}", t.tcp, t.tcpfin, t.udp));
+    }
+    lines
+}
+
+/// The matches of `s` that `t` keeps, in `s`'s order.
+fn kept_matches(s: &Service, t: &Service) -> Vec<crate::model::VirtualAddr> {
+    s.matches
+        .iter()
+        .filter(|m| t.matches.contains(m))
+        .copied()
+        .collect()
+}
+
+/// The `-A` rule `-S` writes for the service (its options, no real servers), so the diff
+/// reads as the rules `xvsadm -S` prints.
+fn service_rule(svc: &Service) -> String {
+    let alone = Config {
+        services: vec![Service {
+            reals: Vec::new(),
+            ..svc.clone()
+        }],
+    };
+    cli::save(&alone)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The `-a` rule `-S` writes for one real server of the service.
+fn real_rule(svc: &Service, real: &RealServer) -> String {
+    let alone = Config {
+        services: vec![Service {
+            reals: vec![real.clone()],
+            ..svc.clone()
+        }],
+    };
+    cli::save(&alone)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `-A ...` as `-E ...`, `-a ...` as `-e ...`.
+fn edit_line(rule: String) -> String {
+    if let Some(rest) = rule.strip_prefix("-A ") {
+        format!("-E {rest}")
+    } else if let Some(rest) = rule.strip_prefix("-a ") {
+        format!("-e {rest}")
+    } else {
+        rule
+    }
+}
+
+/// Checks a configuration that did not come from the model's own changes (a file, a client)
+/// and returns it as the model builds it: every service and real server validated, real
+/// servers' ports normalised.
+pub fn normalise(config: &Config) -> Result<Config, ConfigError> {
+    let d = diff(
+        &DesiredState {
+            config: Config::default(),
+            ..DesiredState::default()
+        },
+        &DesiredState {
+            config: config.clone(),
+            ..DesiredState::default()
+        },
+    );
+    let mut built = Config::default();
+    built.apply_all(&d.changes)?;
+    Ok(built)
+}
+
+/// The configuration in a canonical order (services by key, real servers by address), for
+/// comparing configurations that were built in different orders.
+pub fn canonical(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.services.sort_by_key(|s| s.key);
+    for s in &mut c.services {
+        s.reals.sort_by_key(|r| r.addr);
+        s.matches.sort();
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config_file, state::DEFAULT_TIMEOUTS};
+
+    fn state(text: &str) -> DesiredState {
+        config_file::parse(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"))
+    }
+
+    const BASE: &str = r#"
+[[service]]
+tcp = "203.0.113.10:80"
+scheduler = "wrr"
+  [[service.real]]
+  address = "198.51.100.11"
+  weight = 1
+  [[service.real]]
+  address = "198.51.100.12"
+  weight = 2
+
+[[service]]
+udp = "203.0.113.10:53"
+scheduler = "rr"
+  [[service.real]]
+  address = "198.51.100.11"
+
+[[service]]
+fwmark = 1
+match = ["tcp:203.0.113.20:80", "tcp:203.0.113.20:443"]
+persistent = 60
+  [[service.real]]
+  address = "198.51.100.13"
+"#;
+
+    /// Applies the diff to `from`, checks the result is `to` and that nothing is left to do.
+    fn check(from: &DesiredState, to: &DesiredState) -> Diff {
+        let d = diff(from, to);
+        let mut c = from.config.clone();
+        c.apply_all(&d.changes)
+            .unwrap_or_else(|e| panic!("{e}: {:#?}", d.changes));
+        assert_eq!(canonical(&c), canonical(&to.config), "{:#?}", d.changes);
+        let after = DesiredState {
+            config: c,
+            timeouts: d.timeouts.unwrap_or(from.timeouts),
+        };
+        assert!(diff(&after, to).is_empty(), "a second diff is empty");
+        d
+    }
+
+    #[test]
+    fn same_configuration_is_no_change() {
+        let s = state(BASE);
+        let d = diff(&s, &s);
+        assert!(d.is_empty() && d.lines.is_empty(), "{d:?}");
+        // Order does not matter.
+        let mut reordered = s.clone();
+        reordered.config.services.reverse();
+        reordered.config.services[0].reals.reverse();
+        assert!(diff(&s, &reordered).is_empty());
+    }
+
+    #[test]
+    fn only_the_difference_changes() {
+        let from = state(BASE);
+        let edited = BASE
+            // A weight changes, a real server goes, one comes.
+            .replace("weight = 2", "weight = 5")
+            .replace(
+                "udp = \"203.0.113.10:53\"\nscheduler = \"rr\"\n  [[service.real]]\n  address = \"198.51.100.11\"",
+                "udp = \"203.0.113.10:53\"\nscheduler = \"rr\"\n  [[service.real]]\n  address = \"198.51.100.14\"",
+            )
+            + "[timeouts]\nudp = 60\n";
+        let to = state(&edited);
+        let d = check(&from, &to);
+        assert_eq!(
+            d.lines,
+            [
+                "-e -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 5",
+                "-d -u 203.0.113.10:53 -r 198.51.100.11:53",
+                "-a -u 203.0.113.10:53 -r 198.51.100.14:53 -g -w 1",
+                "--set 900 120 60",
+            ]
+        );
+        assert_eq!(
+            d.timeouts,
+            Some(Timeouts {
+                udp: 60,
+                ..DEFAULT_TIMEOUTS
+            })
+        );
+        // Nothing touches the service that did not change, nor the unchanged real server.
+        for c in &d.changes {
+            let key = match c {
+                Change::EditReal { service, addr, .. } | Change::DeleteReal { service, addr } => {
+                    assert_ne!(*addr, "198.51.100.11:80".parse().unwrap(), "{c:?}");
+                    service
+                }
+                Change::AddReal { service, .. } => service,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert!(!key.is_group(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn services_come_and_go_and_change_options() {
+        let from = state(BASE);
+        let to = state(
+            r#"
+[[service]]
+tcp = "203.0.113.10:80"
+scheduler = "sh"
+sched-flags = ["sh-port"]
+persistent = 300
+netmask = "255.255.255.0"
+  [[service.real]]
+  address = "198.51.100.11"
+  weight = 1
+  [[service.real]]
+  address = "198.51.100.12"
+  weight = 2
+
+[[service]]
+tcp = "[2001:db8::10]:443"
+scheduler = "mh"
+  [[service.real]]
+  address = "2001:db8::11"
+"#,
+        );
+        let d = check(&from, &to);
+        assert_eq!(
+            d.lines,
+            [
+                "-D -u 203.0.113.10:53",
+                "-D -f 1",
+                "-E -t 203.0.113.10:80 -s sh -p 300 -M 255.255.255.0 -b sh-port",
+                "-A -t [2001:db8::10]:443 -s mh",
+                "-a -t [2001:db8::10]:443 -r [2001:db8::11]:443 -g -w 1",
+            ]
+        );
+        // And back.
+        check(&to, &from);
+        // From and to nothing; each service is followed by its real servers, as -S writes them.
+        let d = check(&DesiredState::default(), &from);
+        assert_eq!(
+            d.lines,
+            [
+                "-A -t 203.0.113.10:80 -s wrr",
+                "-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1",
+                "-a -t 203.0.113.10:80 -r 198.51.100.12:80 -g -w 2",
+                "-A -u 203.0.113.10:53 -s rr",
+                "-a -u 203.0.113.10:53 -r 198.51.100.11:53 -g -w 1",
+                "-A -f 1 -s wlc -p 60 --match tcp:203.0.113.20:80 --match tcp:203.0.113.20:443",
+                "-a -f 1 -r 198.51.100.13:0 -g -w 1",
+            ]
+        );
+        let d = check(&from, &DesiredState::default());
+        assert_eq!(d.lines.len(), 3, "{:?}", d.lines);
+    }
+
+    #[test]
+    fn matches_move_between_groups_and_services_in_one_transaction() {
+        let from = state(BASE);
+        // Group 1 gives :443 to a new group 2 and :80 to a new normal service.
+        let to = state(
+            r#"
+[[service]]
+fwmark = 1
+match = ["tcp:203.0.113.20:8080"]
+persistent = 60
+  [[service.real]]
+  address = "198.51.100.13"
+
+[[service]]
+fwmark = 2
+match = ["tcp:203.0.113.20:443"]
+
+[[service]]
+tcp = "203.0.113.20:80"
+scheduler = "rr"
+"#,
+        );
+        let d = check(&from, &to);
+        assert!(
+            d.lines
+                .contains(&"-E -f 1 -s wlc -p 60 --match tcp:203.0.113.20:8080".to_string()),
+            "{:?}",
+            d.lines
+        );
+        check(&to, &from);
+        // A group real server's port changes: the server is replaced.
+        let other_port = state(&BASE.replace(
+            "address = \"198.51.100.13\"",
+            "address = \"198.51.100.13:8080\"",
+        ));
+        let d = check(&from, &other_port);
+        assert_eq!(
+            d.lines,
+            [
+                "-d -f 1 -r 198.51.100.13:0",
+                "-a -f 1 -r 198.51.100.13:8080 -g -w 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn normalise_checks_what_the_model_checks() {
+        let mut c = state(BASE).config;
+        c.services.push(c.services[0].clone());
+        assert!(matches!(normalise(&c), Err(ConfigError::ServiceExists(_))));
+        let mut c = state(BASE).config;
+        // A DR server's port is the service's.
+        c.services[0].reals[0].addr = "198.51.100.11:8080".parse().unwrap();
+        assert_eq!(
+            normalise(&c).unwrap().services[0].reals[0].addr,
+            "198.51.100.11:80".parse().unwrap()
+        );
+    }
+}

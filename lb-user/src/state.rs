@@ -1,0 +1,266 @@
+//! Durable state: the configuration xvsd runs (services, real servers, timeouts), saved after
+//! every accepted change and restored when xvsd starts.
+//!
+//! One file per director interface, `STATE_DIR/IFACE.json`, written atomically: the new
+//! contents go to a temporary file in the same directory, which is fsynced, renamed over the
+//! old file, and the directory is fsynced. A crash at any point leaves the old file or the new
+//! one, never a mix, so xvsd restarts with a configuration that was committed.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{model::Config, proto::Timeouts};
+
+/// Where xvsd keeps its state unless told otherwise (`xvsd --state-dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xvs";
+
+/// Version of the state file's layout; a file of another version is refused, not guessed at.
+const FORMAT: u32 = 1;
+
+/// IPVS's default connection timeouts (seconds), which a configuration without `--set` has.
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    tcp: 900,
+    tcpfin: 120,
+    udp: 300,
+};
+
+/// Everything an operator configures: what the configuration file declares, what the state
+/// file keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Services and real servers.
+    pub config: Config,
+    /// Connection timeouts in seconds (`--set`).
+    pub timeouts: Timeouts,
+}
+
+impl Default for DesiredState {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            timeouts: DEFAULT_TIMEOUTS,
+        }
+    }
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// Reading, writing or syncing failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not a state file this xvsd understands.
+    #[error("{path} is not a valid xvs state file ({reason}); delete it or start xvsd with --reset-state to start empty")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// On disk: the layout version beside the state.
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    format: u32,
+    config: &'a Config,
+    timeouts: Timeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    format: u32,
+    config: Config,
+    timeouts: Timeouts,
+}
+
+/// The state file of one director.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file of the director on `iface`, in `dir`.
+    pub fn for_iface(dir: &Path, iface: &str) -> Self {
+        Self {
+            path: dir.join(format!("{iface}.json")),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!(".{name}.tmp"))
+    }
+
+    fn io(&self, what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+        let path = path.display().to_string();
+        move |source| StateError::Io { what, path, source }
+    }
+
+    /// The saved state, or None when there is none yet.
+    pub fn load(&self) -> Result<Option<DesiredState>, StateError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("reading", &self.path)(e)),
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let saved: Saved = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if saved.format != FORMAT {
+            return Err(corrupt(format!(
+                "layout version {}, this xvsd reads {FORMAT}",
+                saved.format
+            )));
+        }
+        Ok(Some(DesiredState {
+            config: saved.config,
+            timeouts: saved.timeouts,
+        }))
+    }
+
+    /// Saves the state atomically and durably: when this returns Ok, a crash or power loss
+    /// leaves exactly this state on disk; when it fails, the previous file is untouched.
+    pub fn save(&self, config: &Config, timeouts: Timeouts) -> Result<(), StateError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(self.io("creating", dir))?;
+        let mut text = serde_json::to_vec(&SavedRef {
+            format: FORMAT,
+            config,
+            timeouts,
+        })
+        .expect("the configuration serialises");
+        text.push(b'\n');
+        let temp = self.temp_path();
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(self.io("creating", &temp))?;
+        file.write_all(&text).map_err(self.io("writing", &temp))?;
+        file.sync_all().map_err(self.io("syncing", &temp))?;
+        drop(file);
+        fs::rename(&temp, &self.path).map_err(self.io("renaming into", &self.path))?;
+        // The rename is durable only once the directory entry is.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io("syncing", dir))
+    }
+
+    /// Deletes the saved state (`xvsd --reset-state`).
+    pub fn remove(&self) -> Result<(), StateError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io("removing", &self.path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, Protocol, RealServer, Scheduler, ServiceKey};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("xvs-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn save_then_load_returns_the_same_state() {
+        let dir = scratch("roundtrip");
+        let file = StateFile::for_iface(&dir, "eth0");
+        assert_eq!(file.load().unwrap(), None, "no state before the first save");
+        let key = ServiceKey::new(Protocol::Tcp, "203.0.113.10:80".parse().unwrap());
+        let mut config = Config::default();
+        config
+            .apply_all(&[
+                Change::add_service(key, Scheduler::Wrr),
+                Change::AddReal {
+                    service: key,
+                    real: RealServer::dr("198.51.100.11:80".parse().unwrap(), 3),
+                },
+            ])
+            .unwrap();
+        let timeouts = Timeouts {
+            tcp: 100,
+            tcpfin: 20,
+            udp: 30,
+        };
+        file.save(&config, timeouts).unwrap();
+        assert_eq!(
+            file.load().unwrap(),
+            Some(DesiredState { config, timeouts })
+        );
+        assert!(!file.temp_path().exists(), "the temporary file was renamed");
+        file.remove().unwrap();
+        assert_eq!(file.load().unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_save_leaves_the_previous_state() {
+        let dir = scratch("failed");
+        let file = StateFile::for_iface(&dir, "eth0");
+        file.save(&Config::default(), DEFAULT_TIMEOUTS).unwrap();
+        // A directory where the temporary file goes: creating it fails.
+        fs::create_dir_all(file.temp_path()).unwrap();
+        let other = Timeouts {
+            tcp: 1,
+            tcpfin: 1,
+            udp: 1,
+        };
+        let e = file.save(&Config::default(), other).unwrap_err();
+        assert!(e.to_string().contains("creating"), "{e}");
+        assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_refused_with_the_way_out() {
+        let dir = scratch("corrupt");
+        fs::create_dir_all(&dir).unwrap();
+        let file = StateFile::for_iface(&dir, "eth0");
+        for text in [
+            "{not json",
+            r#"{"format":99,"config":{"services":[]},"timeouts":{"tcp":1,"tcpfin":1,"udp":1}}"#,
+        ] {
+            fs::write(file.path(), text).unwrap();
+            let e = file.load().unwrap_err().to_string();
+            assert!(e.contains("--reset-state"), "{e}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

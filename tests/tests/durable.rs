@@ -1,0 +1,302 @@
+//! Durable state: every accepted change is saved before it is acknowledged, xvsd restores it
+//! at start, and a crash (kill -9) at any point leaves exactly one committed configuration.
+//! No traffic: a lone xvsd on a veth is enough.
+
+use std::{fs, time::Duration};
+
+use lb_user::{
+    cli, config_file,
+    diff::canonical,
+    model::Config,
+    proto::Timeouts,
+    state::{DesiredState, DEFAULT_TIMEOUTS},
+};
+use xvs_tests::daemon::Xvsd;
+
+/// What a restart must bring back: the rules (sorted, as `-S -n` writes them) and timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    rules: Vec<String>,
+    timeouts: String,
+}
+
+fn expected(config: &Config, t: Timeouts) -> Snapshot {
+    let mut rules: Vec<String> = cli::save(&canonical(config))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    rules.sort();
+    Snapshot {
+        rules,
+        timeouts: format!("Timeout (tcp tcpfin udp): {} {} {}", t.tcp, t.tcpfin, t.udp),
+    }
+}
+
+fn observed(x: &Xvsd) -> Snapshot {
+    let mut rules: Vec<String> = x
+        .xvsadm_ok(&["-S", "-n"])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    rules.sort();
+    Snapshot {
+        rules,
+        timeouts: x
+            .xvsadm_ok(&["-L", "--timeout"])
+            .unwrap()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Configuration number `i`: a few dozen services whose count, schedulers, weights and real
+/// servers depend on `i`, so consecutive ones differ everywhere.
+fn config_text(i: usize) -> String {
+    let mut out = format!("[timeouts]\nudp = {}\n", 100 + i);
+    for s in 0..(20 + (i * 7) % 40) {
+        let sched = ["rr", "wrr", "wlc", "sh", "mh"][(s + i) % 5];
+        out.push_str(&format!(
+            "[[service]]\ntcp = \"203.0.113.{}:{}\"\nscheduler = \"{sched}\"\n",
+            1 + s % 200,
+            80 + s / 200 + i % 3,
+        ));
+        for r in 0..(1 + (s + i) % 3) {
+            out.push_str(&format!(
+                "  [[service.real]]\n  address = \"198.51.100.{}\"\n  weight = {}\n",
+                10 + r + (i % 5),
+                (s + r + i) % 7,
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_crash_at_any_point_restores_a_committed_configuration() {
+    let mut x = Xvsd::new("xvscf-k").unwrap();
+    x.start(&[]).unwrap();
+    let mut committed = expected(&Config::default(), DEFAULT_TIMEOUTS);
+    assert_eq!(observed(&x), committed);
+    let mut current = DesiredState::default();
+    // Kill points after the change started, in ms; "between" kills wait for the answer first.
+    let delays = [0u64, 1, 3, 6, 10, 20, 40, 80, 150, 300];
+    let (mut mid_change, mut mid_new, mut acked_kills) = (0, 0, 0);
+    for i in 0..30 {
+        // Each iteration commits one change of a different kind: a configuration file, an
+        // ipvsadm restore (one transaction), a timeout change, or single commands.
+        let (args, stdin, next): (Vec<String>, Option<String>, DesiredState) = match i % 4 {
+            0 | 2 => {
+                let path = x.dir.join(format!("c{i}.toml"));
+                let text = config_text(i);
+                fs::write(&path, &text).unwrap();
+                let next = config_file::parse(&text).unwrap();
+                (
+                    vec!["apply".into(), "-f".into(), path.display().to_string()],
+                    None,
+                    next,
+                )
+            }
+            1 => {
+                let mut config = config_file::parse(&config_text(i + 100)).unwrap().config;
+                config.services.truncate(10);
+                let rules = format!("-C\n{}", cli::save(&config));
+                let next = DesiredState {
+                    config,
+                    timeouts: current.timeouts,
+                };
+                (vec!["-R".into()], Some(rules), next)
+            }
+            _ => {
+                let t = Timeouts {
+                    tcp: 900 + i as u64,
+                    tcpfin: 120,
+                    udp: 30 + i as u64,
+                };
+                let next = DesiredState {
+                    config: current.config.clone(),
+                    timeouts: t,
+                };
+                let args = ["--set", &t.tcp.to_string(), "0", &t.udp.to_string()]
+                    .map(String::from)
+                    .to_vec();
+                (args, None, next)
+            }
+        };
+        let want = expected(&next.config, next.timeouts);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut client = x
+            .xvsadm_cmd(&argv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if let Some(text) = &stdin {
+            use std::io::Write;
+            let _ = client.stdin.take().unwrap().write_all(text.as_bytes());
+        }
+        drop(client.stdin.take());
+        let between = i % 3 == 2;
+        let acked = if between {
+            let ok = client.wait().unwrap().success();
+            assert!(ok, "iteration {i}: {args:?} failed\n{}", x.log());
+            x.kill9();
+            acked_kills += 1;
+            true
+        } else {
+            // Not synchronisation: a varied point in the middle of the change to kill at.
+            std::thread::sleep(Duration::from_millis(delays[i % delays.len()]));
+            x.kill9();
+            client.wait().unwrap().success()
+        };
+        x.start(&[]).unwrap();
+        let got = observed(&x);
+        if acked {
+            assert_eq!(
+                got, want,
+                "iteration {i}: an acknowledged change was lost ({args:?})"
+            );
+        } else {
+            mid_change += 1;
+            assert!(
+                got == committed || got == want,
+                "iteration {i}: after a kill during {args:?} the state is neither the last committed configuration nor the new one:\n{got:#?}\nold {committed:#?}\nnew {want:#?}"
+            );
+            if got == want {
+                mid_new += 1;
+            }
+        }
+        if got == want {
+            current = next;
+        }
+        committed = got;
+    }
+    eprintln!(
+        "crash consistency: 30 kills, {acked_kills} after the answer, {mid_change} during a change ({mid_new} of those restored the new configuration)"
+    );
+    // Changes with real servers wait for their addresses to resolve before answering, so
+    // every kill scheduled during such a change lands before its answer.
+    assert!(
+        mid_change >= 10,
+        "only {mid_change} kills landed mid-change"
+    );
+}
+
+#[test]
+fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
+    let mut x = Xvsd::new("xvscf-p").unwrap();
+    x.start(&[]).unwrap();
+    x.xvsadm_ok(&["-A", "-t", "203.0.113.10:80", "-s", "rr"])
+        .unwrap();
+    let before = observed(&x);
+    // A directory where the state's temporary file goes: the save fails.
+    let blocker = x.state_dir.join(".d0.json.tmp");
+    fs::create_dir_all(&blocker).unwrap();
+    for args in [
+        &["-A", "-t", "203.0.113.11:80", "-s", "rr"][..],
+        &["-D", "-t", "203.0.113.10:80"],
+        &["--set", "1", "2", "3"],
+    ] {
+        let out = x.xvsadm(args).unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("saving the configuration failed, nothing changed"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            observed(&x),
+            before,
+            "{args:?} changed the running configuration"
+        );
+    }
+    let file = x.dir.join("c.toml");
+    fs::write(&file, "[[service]]\nudp = \"203.0.113.12:53\"\n").unwrap();
+    let out = x
+        .xvsadm(&["apply", "-f", &file.display().to_string()])
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(observed(&x), before);
+    // Once the state can be written again, the same change goes through, and survives a crash.
+    fs::remove_dir(&blocker).unwrap();
+    x.xvsadm_ok(&["-A", "-t", "203.0.113.11:80", "-s", "rr"])
+        .unwrap();
+    let after = observed(&x);
+    assert_ne!(after, before);
+    x.kill9();
+    x.start(&[]).unwrap();
+    assert_eq!(observed(&x), after);
+}
+
+#[test]
+fn config_file_wins_at_start_and_reset_state_forgets() {
+    let mut x = Xvsd::new("xvscf-s").unwrap();
+    x.start(&[]).unwrap();
+    x.xvsadm_ok(&["-A", "-u", "203.0.113.53:53", "-s", "rr"])
+        .unwrap();
+    x.xvsadm_ok(&["--set", "800", "0", "0"]).unwrap();
+    let saved = observed(&x);
+    // A clean stop and start restores it.
+    x.stop().unwrap();
+    x.start(&[]).unwrap();
+    assert_eq!(observed(&x), saved);
+    // With --config the file is the configuration, and the state is rewritten from it.
+    let file = x.dir.join("xvs.toml");
+    let text = "[[service]]\ntcp = \"203.0.113.10:80\"\nscheduler = \"wrr\"\n  [[service.real]]\n  address = \"198.51.100.11\"\n  weight = 2\n";
+    fs::write(&file, text).unwrap();
+    x.stop().unwrap();
+    x.start(&["--config", &file.display().to_string()]).unwrap();
+    let from_file = config_file::parse(text).unwrap();
+    let want = expected(&from_file.config, from_file.timeouts);
+    assert_eq!(observed(&x), want);
+    x.stop().unwrap();
+    x.start(&[]).unwrap();
+    assert_eq!(observed(&x), want, "the state was rewritten from the file");
+    // An empty file is an empty configuration, and the state says so too.
+    fs::write(&file, "# nothing\n").unwrap();
+    x.stop().unwrap();
+    x.start(&["--config", &file.display().to_string()]).unwrap();
+    x.stop().unwrap();
+    x.start(&[]).unwrap();
+    let empty = expected(&Config::default(), DEFAULT_TIMEOUTS);
+    assert_eq!(observed(&x), empty);
+    // --reset-state forgets.
+    x.xvsadm_ok(&["-A", "-t", "203.0.113.10:443", "-s", "rr"])
+        .unwrap();
+    x.stop().unwrap();
+    x.start(&["--reset-state"]).unwrap();
+    assert_eq!(observed(&x), empty);
+}
+
+#[test]
+fn an_invalid_config_or_state_stops_xvsd_before_it_attaches() {
+    let mut x = Xvsd::new("xvscf-i").unwrap();
+    let file = x.dir.join("bad.toml");
+    fs::write(
+        &file,
+        "[[service]]\ntcp = \"203.0.113.10:80\"\nscheduler = \"fastest\"\n\n[[service]]\nudp = \"203.0.113.10\"\n",
+    )
+    .unwrap();
+    let status = x
+        .start_refused(&["--config", &file.display().to_string()])
+        .unwrap();
+    assert!(!status.success());
+    let log = x.log();
+    let shown = file.display();
+    for needle in [
+        format!("{shown}: 2 errors, nothing changed"),
+        format!("{shown}:3:13: unknown variant `fastest`"),
+        format!("{shown}:6:7: Illegal address: 203.0.113.10"),
+    ] {
+        assert!(log.contains(&needle), "no {needle:?} in:\n{log}");
+    }
+    // A damaged state file: xvsd says how to get out.
+    fs::create_dir_all(&x.state_dir).unwrap();
+    fs::write(x.state_dir.join("d0.json"), "{\"format\":1,").unwrap();
+    let status = x.start_refused(&[]).unwrap();
+    assert!(!status.success());
+    assert!(x.log().contains("--reset-state"), "{}", x.log());
+    x.start(&["--reset-state"]).unwrap();
+    assert_eq!(observed(&x), expected(&Config::default(), DEFAULT_TIMEOUTS));
+}
