@@ -56,8 +56,8 @@ pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
 pub const MAX_CONN_ENTRIES: u32 = 1 << 25;
 /// Smallest connection table xvsd accepts.
 pub const MIN_CONN_ENTRIES: u32 = 1 << 10;
-/// Largest scheduler slot array xvsd accepts (`--sched-slots`): 64M slots, 256 MiB, room for
-/// a thousand full-size Maglev tables.
+/// Largest scheduler slot array xvsd accepts (`--sched-slots`): 64M slots (512 MiB as the kernel
+/// accounts it, BENCHMARKS.md), room for a thousand full-size Maglev tables.
 pub const MAX_SCHED_SLOTS: u32 = 1 << 26;
 
 /// Names of the programs and maps in the director object, shared so userspace cannot misspell them.
