@@ -145,7 +145,9 @@ fn health_changes(changes: &mut Vec<Change>, current: Option<&Service>, t: &Serv
             check: t.check.clone(),
         });
     }
-    if current.map_or(t.sorry_server.is_some(), |s| s.sorry_server != t.sorry_server) {
+    if current.map_or(t.sorry_server.is_some(), |s| {
+        s.sorry_server != t.sorry_server
+    }) {
         changes.push(Change::SetSorryServer {
             key: t.key,
             sorry_server: t.sorry_server,
