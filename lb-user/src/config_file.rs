@@ -1,5 +1,5 @@
 //! The declarative configuration file (TOML): the whole desired configuration of a director —
-//! services, their real servers, timeouts. `xvsadm apply -f FILE` and `xvsd --config FILE` make
+//! services, their real servers and their health checks, sorry servers, timeouts. `xvsadm apply -f FILE` and `xvsd --config FILE` make
 //! the running configuration exactly what the file says. The commented example is
 //! `examples/xvs.toml`.
 //!
@@ -22,6 +22,7 @@ use toml::{
 };
 
 use crate::{
+    check::CheckSpec,
     cli, listing,
     model::{
         Change, Config, ConfigError, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags,
@@ -32,9 +33,7 @@ use crate::{
     state::{DesiredState, DEFAULT_TIMEOUTS},
 };
 
-/// What health checks will be configured with; until they exist the key is refused, so a file
-/// written for a later xvs is not half understood.
-const HEALTH_CHECK_KEY: &str = "health-check";
+mod health_check;
 
 /// One problem in a configuration file and where it is (1-based line and column).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +121,7 @@ struct ServiceEntry {
     sched_flags: Option<Vec<Spanned<String>>>,
     persistent: Option<Spanned<toml::Value>>,
     netmask: Option<Spanned<toml::Value>>,
+    sorry_server: Option<Spanned<String>>,
 }
 
 /// One `[[service.real]]`.
@@ -282,9 +282,10 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
         return;
     };
     let reals = table.remove_entry("real");
-    if let Some((k, _)) = table.remove_entry(HEALTH_CHECK_KEY) {
-        check.error(k.span(), health_checks_not_yet());
-    }
+    // The service's check: None when it has none; Some(None) when it has errors.
+    let service_check = table
+        .remove_entry(health_check::KEY)
+        .map(|(k, v)| (k.span(), health_check::parse(check, k.span(), v, None)));
     let entry = match ServiceEntry::deserialize(ValueDeserializer::from(Spanned::new(
         span.clone(),
         DeValue::Table(table),
@@ -295,6 +296,12 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
             return check_alone(check, reals);
         }
     };
+    let sorry_server = entry.sorry_server.as_ref().map(|s| {
+        (
+            s.span(),
+            real_addr(s.get_ref(), 0).map_err(|msg| check.error(s.span(), msg)),
+        )
+    });
     let Some((key, key_span)) = service_key(check, &entry, span.clone()) else {
         return check_alone(check, reals);
     };
@@ -351,12 +358,31 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
             check.error(m.span(), e.to_string());
         }
     }
+    let inherited = match &service_check {
+        None => CheckSpec::default(),
+        Some((at, Some(spec))) => match config.apply(&Change::SetCheck {
+            key,
+            check: spec.clone(),
+        }) {
+            Ok(()) => spec.clone(),
+            Err(e) => {
+                check.error(at.clone(), e.to_string());
+                return check_alone(check, reals);
+            }
+        },
+        Some((_, None)) => return check_alone(check, reals),
+    };
     for value in reals
         .map(|(_, v)| real_values(check, v))
         .into_iter()
         .flatten()
     {
-        let Some((real, spans)) = real(check, value, key.port()) else {
+        let Some((real, spans)) = real(
+            check,
+            value,
+            key.port(),
+            health_check::Inherited::Service(&inherited),
+        ) else {
             continue;
         };
         if let Err(e) = config.apply(&Change::AddReal { service: key, real }) {
@@ -366,9 +392,24 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
                 ConfigError::BadThreshold { .. } => {
                     spans.l_threshold.clone().or(spans.u_threshold.clone())
                 }
+                ConfigError::BadCheck(_) => spans.check.clone(),
                 _ => None,
             };
             check.error(at.unwrap_or(spans.address), e.to_string());
+        }
+    }
+    // After the real servers: a sorry server that is one of them is pointed at here.
+    if let Some((at, Ok(addr))) = sorry_server {
+        let addr = if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), key.port())
+        } else {
+            addr
+        };
+        if let Err(e) = config.apply(&Change::SetSorryServer {
+            key,
+            sorry_server: Some(addr),
+        }) {
+            check.error(at, e.to_string());
         }
     }
 }
@@ -381,7 +422,7 @@ fn check_alone(check: &mut Checker, reals: Option<(Spanned<DeString>, Spanned<De
         .into_iter()
         .flatten()
     {
-        let _ = real(check, value, 0);
+        let _ = real(check, value, 0, health_check::Inherited::Unknown);
     }
 }
 
@@ -407,6 +448,7 @@ struct RealSpans {
     tunnel: Option<Range<usize>>,
     u_threshold: Option<Range<usize>>,
     l_threshold: Option<Range<usize>>,
+    check: Option<Range<usize>>,
 }
 
 /// Checks one `[[service.real]]`: the real server (port defaulting to the service's), or None
@@ -415,12 +457,17 @@ fn real(
     check: &mut Checker,
     value: Spanned<DeValue>,
     service_port: u16,
+    inherited: health_check::Inherited,
 ) -> Option<(RealServer, RealSpans)> {
     let span = value.span();
+    let mut own_check = None;
     let value = match value.into_inner() {
         DeValue::Table(mut table) => {
-            if let Some((k, _)) = table.remove_entry(HEALTH_CHECK_KEY) {
-                check.error(k.span(), health_checks_not_yet());
+            if let Some((k, v)) = table.remove_entry(health_check::KEY) {
+                own_check = Some((
+                    k.span(),
+                    health_check::parse(check, k.span(), v, Some(inherited)),
+                ));
             }
             DeValue::Table(table)
         }
@@ -445,6 +492,7 @@ fn real(
             .or(entry.forward.as_ref().map(Spanned::span)),
         u_threshold: entry.u_threshold.as_ref().map(Spanned::span),
         l_threshold: entry.l_threshold.as_ref().map(Spanned::span),
+        check: own_check.as_ref().map(|(at, _)| at.clone()),
     };
     let mut ok = true;
     let addr = match real_addr(entry.address.get_ref(), service_port) {
@@ -500,7 +548,11 @@ fn real(
         forward,
         u_threshold: entry.u_threshold.map(Spanned::into_inner).unwrap_or(0),
         l_threshold: entry.l_threshold.map(Spanned::into_inner).unwrap_or(0),
-        check: Default::default(),
+        check: match own_check {
+            None => CheckSpec::default(),
+            Some((_, Some(spec))) => spec,
+            Some((_, None)) => return None,
+        },
     };
     ok.then_some((real, spans))
 }
@@ -521,14 +573,6 @@ fn real_addr(s: &str, service_port: u16) -> Result<SocketAddr, String> {
         .map_err(|_| {
             format!("Illegal address: {s} (expected an IP address, with or without a port)")
         })
-}
-
-fn health_checks_not_yet() -> String {
-    format!(
-        "`{HEALTH_CHECK_KEY}` is reserved for health checks, which the configuration file does \
-         not carry yet: configure them with `xvsadm -a/-e ... --check ...` (a file applied \
-         later removes them, as it removes anything it does not name)"
-    )
 }
 
 /// The service's identity: exactly one of `tcp`, `udp`, `fwmark`; `ipv6` and `match` belong
@@ -690,6 +734,11 @@ struct ServiceOut {
     persistent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     netmask: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sorry_server: Option<String>,
+    // Tables after values, as TOML needs them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check: Option<health_check::Out>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     real: Vec<RealOut>,
 }
@@ -711,6 +760,8 @@ struct RealOut {
     u_threshold: u32,
     #[serde(skip_serializing_if = "is_zero")]
     l_threshold: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check: Option<health_check::Out>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -762,6 +813,8 @@ pub fn render(state: &DesiredState) -> String {
                     netmask: s
                         .persistence
                         .and_then(|p| listing::netmask_text(s.key.is_ipv4(), p.prefix)),
+                    sorry_server: s.sorry_server.map(|a| a.to_string()),
+                    health_check: health_check::render(&s.check),
                     real: s
                         .reals
                         .iter()
@@ -783,6 +836,7 @@ pub fn render(state: &DesiredState) -> String {
                             tun_csum: matches!(r.forward, ForwardMethod::Tunnel(t) if t.csum),
                             u_threshold: r.u_threshold,
                             l_threshold: r.l_threshold,
+                            health_check: health_check::render(&r.check),
                         })
                         .collect(),
                 }
@@ -794,8 +848,13 @@ pub fn render(state: &DesiredState) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::diff;
+    use crate::{
+        check::{CheckKind, Probe, StatusCodes},
+        diff, model,
+    };
 
     const EXAMPLE: &str = include_str!("../../examples/xvs.toml");
 
@@ -852,6 +911,43 @@ mod tests {
         );
         assert_eq!(web.reals[1].u_threshold, 1000);
         assert_eq!(web.reals[1].l_threshold, 800);
+        assert_eq!(web.sorry_server, Some("198.51.100.19:80".parse().unwrap()));
+        assert_eq!(
+            web.check,
+            CheckSpec {
+                kind: Some(CheckKind::Http),
+                path: Some("/health".into()),
+                status: Some(StatusCodes(vec![(200, 299), (304, 304)])),
+                interval_ms: Some(2000),
+                timeout_ms: Some(1000),
+                retry: Some(2),
+                retry_delay_ms: Some(500),
+                rise: Some(2),
+                inhibit: Some(false),
+                ..CheckSpec::default()
+            }
+        );
+        // What runs: the service's check, the second server's own TCP check on 8080 with the
+        // service's timers, none for the third.
+        let runs: Vec<_> = web
+            .reals
+            .iter()
+            .map(|r| model::check_of(web, r).unwrap())
+            .collect();
+        let first = runs[0].as_ref().expect("checked");
+        assert_eq!(first.target, "198.51.100.11:80".parse().unwrap());
+        assert!(matches!(&first.probe, Probe::Http { path, .. } if path == "/health"));
+        let second = runs[1].as_ref().expect("checked");
+        assert_eq!(
+            (second.kind(), second.target, second.interval, second.retry),
+            (
+                CheckKind::Tcp,
+                "198.51.100.12:8080".parse().unwrap(),
+                Duration::from_secs(2),
+                2
+            )
+        );
+        assert_eq!(runs[2], None);
         let group = c.service(&ServiceKey::fwmark(1, false)).expect("the group");
         assert_eq!(
             group.persistence,
@@ -886,7 +982,152 @@ mod tests {
                 })
             ]
         );
+        let misc = model::check_of(tun, &tun.reals[0])
+            .unwrap()
+            .expect("checked");
+        assert_eq!(
+            (misc.probe, misc.timeout),
+            (
+                Probe::Misc {
+                    argv: vec![
+                        "/usr/local/bin/check-app".into(),
+                        "--host".into(),
+                        "192.0.2.21".into()
+                    ]
+                },
+                Duration::from_secs(3)
+            )
+        );
         assert_eq!(c.services.len(), 5);
+    }
+
+    #[test]
+    fn health_checks_take_keepalived_timers_and_inherit() {
+        let s = parse(
+            r#"[[service]]
+fwmark = 3
+match = ["tcp:203.0.113.50:0"]
+persistent = true
+  [service.health-check]
+  port = 80
+  interval = 1.5
+  retry-delay = 2
+  [[service.real]]
+  address = "198.51.100.11"
+  health-check = { type = "https", port = 443, digest = "9B3A0C85A887A256D6939DA88AABD8CD", inhibit = true }
+  [[service.real]]
+  address = "198.51.100.12"
+  health-check = { type = "http", status = [200, "301-302"], body = "ok", timeout = "250ms" }
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+        let svc = &s.config.services[0];
+        assert_eq!(svc.check.interval_ms, Some(1500));
+        assert_eq!(svc.check.retry_delay_ms, Some(2000));
+        let a = model::check_of(svc, &svc.reals[0]).unwrap().unwrap();
+        assert_eq!(
+            (a.kind(), a.target, a.inhibit, a.interval),
+            (
+                CheckKind::Https,
+                "198.51.100.11:443".parse().unwrap(),
+                true,
+                Duration::from_millis(1500)
+            )
+        );
+        let b = model::check_of(svc, &svc.reals[1]).unwrap().unwrap();
+        assert_eq!(
+            b.target,
+            "198.51.100.12:80".parse().unwrap(),
+            "the service's port"
+        );
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert!(
+            matches!(&b.probe, Probe::Http { status, .. } if status.accepts(302) && !status.accepts(204))
+        );
+        // And back from the file export writes.
+        let text = render(&s);
+        assert!(text.contains("[service.health-check]"), "{text}");
+        assert_eq!(parse(&text).unwrap(), s, "{text}");
+    }
+
+    #[test]
+    fn health_check_errors_point_at_the_value() {
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.9:80"
+  [service.health-check]
+  type = "tcp"
+  path = "/health"
+  interval = "5 minutes"
+  timeout = 0
+  rise = 0
+  status = "600"
+
+[[service]]
+tcp = "203.0.113.10:80"
+sorry-server = "198.51.100.11"
+  [service.health-check]
+  type = "tcp"
+  [[service.real]]
+  address = "198.51.100.11"
+  [[service.real]]
+  address = "198.51.100.12"
+  health-check = { type = "http", digest = "abc", body = "ok", command = "true" }
+  [[service.real]]
+  address = "198.51.100.13"
+  health-check = { type = "ping" }
+  [[service.real]]
+  address = "198.51.100.14"
+  health-check = { type = "misc" }
+  [[service.real]]
+  address = "198.51.100.15"
+  health-check = "tcp"
+  [[service.real]]
+  address = "198.51.100.16"
+  health-check = { type = "tcp", colour = "red" }
+
+[[service]]
+tcp = "203.0.113.11:80"
+sorry-server = "sorry.example"
+  [[service.real]]
+  address = "198.51.100.11"
+  health-check = { path = "/health" }
+  [[service.real]]
+  address = "198.51.100.12"
+  health-check = { type = "inherit" }
+
+[[service]]
+tcp = "203.0.113.12:80"
+sorry-server = "198.51.100.11"
+  [[service.real]]
+  address = "198.51.100.11"
+"#,
+            &[
+                (5, "`path` does not apply to type = \"tcp\""),
+                (6, "Illegal duration: 5 minutes"),
+                (7, "Illegal check timeout: 0s"),
+                (8, "Illegal check rise count"),
+                (9, "Illegal status code list: 600"),
+                (
+                    13,
+                    "Sorry server 198.51.100.11 is a real server of the service",
+                ),
+                (20, "Illegal check digest: abc"),
+                (20, "`digest` and `body`: give one of them"),
+                (20, "`command` does not apply to type = \"http\""),
+                (23, "unknown variant `ping`"),
+                (26, "type = \"misc\" needs `command`"),
+                (29, "`health-check` is a table"),
+                (32, "unknown field `colour`"),
+                (36, "Illegal address: sorry.example"),
+                (39, "needs `type`"),
+                (42, "unknown variant `inherit`"),
+                (
+                    46,
+                    "Sorry server 198.51.100.11 is a real server of the service",
+                ),
+            ],
+        );
     }
 
     #[test]
@@ -1043,7 +1284,7 @@ tcp = "203.0.113.18:80"
                 ),
                 (69, "missing field `address`"),
                 (73, "unknown field `colour`"),
-                (74, "reserved for health checks"),
+                (75, "unknown field `kind`"),
                 (78, "Service already exists: TCP 203.0.113.18:80"),
             ],
         );

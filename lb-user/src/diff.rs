@@ -7,6 +7,7 @@
 //! before another service or group takes it.
 
 use crate::{
+    check::{CheckKind, CheckSpec},
     cli,
     model::{Change, Config, ConfigError, RealServer, Service},
     proto::Timeouts,
@@ -76,6 +77,30 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
                 flags: Some(t.flags),
                 persistence: Some(t.persistence),
             });
+        }
+        if s.check != t.check {
+            // A real server's own check may only be valid with the service's old default or
+            // only with its new one: those that change are unchecked (`none`, always valid)
+            // while the default changes, and get their new check below.
+            for r in &s.reals {
+                if t.reals
+                    .iter()
+                    .any(|x| x.addr == r.addr && x.check != r.check)
+                {
+                    changes.push(Change::EditReal {
+                        service: s.key,
+                        addr: r.addr,
+                        weight: None,
+                        forward: None,
+                        u_threshold: None,
+                        l_threshold: None,
+                        check: Some(CheckSpec {
+                            kind: Some(CheckKind::None),
+                            ..CheckSpec::default()
+                        }),
+                    });
+                }
+            }
         }
         health_changes(&mut changes, Some(s), t);
     }
@@ -172,8 +197,21 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
         let s = cur.service(&t.key);
         match s {
             None => lines.push(service_rule(t)),
-            Some(s) if options_differ(s, t) || s.matches != t.matches => {
-                lines.push(edit_line(service_rule(t)))
+            Some(s)
+                if options_differ(s, t)
+                    || s.matches != t.matches
+                    || s.check != t.check
+                    || s.sorry_server != t.sorry_server =>
+            {
+                // -E keeps what it does not name: say what goes away.
+                let mut line = edit_line(service_rule(t));
+                if t.check.is_empty() && !s.check.is_empty() {
+                    line.push_str(" --check none");
+                }
+                if t.sorry_server.is_none() && s.sorry_server.is_some() {
+                    line.push_str(" --sorry-server none");
+                }
+                lines.push(line)
             }
             Some(_) => {}
         }
@@ -185,7 +223,13 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
         for r in &t.reals {
             match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
                 Some(c) if c == r => {}
-                Some(_) => lines.push(edit_line(real_rule(t, r))),
+                Some(c) => {
+                    let mut line = edit_line(real_rule(t, r));
+                    if r.check.is_empty() && !c.check.is_empty() {
+                        line.push_str(" --check inherit");
+                    }
+                    lines.push(line)
+                }
                 None => lines.push(real_rule(t, r)),
             }
         }
@@ -494,6 +538,81 @@ scheduler = "rr"
         assert_eq!(
             normalise(&c).unwrap().services[0].reals[0].addr,
             "198.51.100.11:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn health_checks_and_sorry_servers_change_with_the_rest() {
+        let from = state(BASE);
+        let checked = BASE.replacen(
+            "scheduler = \"wrr\"\n",
+            "scheduler = \"wrr\"\nsorry-server = \"198.51.100.19\"\n  [service.health-check]\n  type = \"http\"\n  path = \"/health\"\n",
+            1,
+        );
+        let to = state(&checked);
+        let d = check(&from, &to);
+        assert_eq!(
+            d.lines,
+            ["-E -t 203.0.113.10:80 -s wrr --sorry-server 198.51.100.19:80 --check http --check-path /health"]
+        );
+        assert_eq!(d.changes.len(), 2, "{:#?}", d.changes);
+        let d = check(&to, &from);
+        assert_eq!(
+            d.lines,
+            ["-E -t 203.0.113.10:80 -s wrr --check none --sorry-server none"]
+        );
+        // A real server's own check that only goes with the old default and one that only
+        // goes with the new (http's path -> misc's command) change in one transaction.
+        let http = state(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [service.health-check]
+  type = "http"
+  [[service.real]]
+  address = "198.51.100.11"
+  health-check = { path = "/a" }
+  [[service.real]]
+  address = "198.51.100.12"
+"#,
+        );
+        let misc = state(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [service.health-check]
+  type = "misc"
+  command = "/bin/check"
+  [[service.real]]
+  address = "198.51.100.11"
+  health-check = { command = "/bin/check-a" }
+  [[service.real]]
+  address = "198.51.100.12"
+"#,
+        );
+        let d = check(&http, &misc);
+        assert_eq!(
+            d.lines,
+            [
+                "-E -t 203.0.113.10:80 -s wlc --check misc --check-command /bin/check",
+                "-e -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1 --check-command /bin/check-a",
+            ]
+        );
+        check(&misc, &http);
+        // A real server's own check given up: it inherits again.
+        let plain = state(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [service.health-check]
+  type = "http"
+  [[service.real]]
+  address = "198.51.100.11"
+  [[service.real]]
+  address = "198.51.100.12"
+"#,
+        );
+        let d = check(&http, &plain);
+        assert_eq!(
+            d.lines,
+            ["-e -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1 --check inherit"]
         );
     }
 }
