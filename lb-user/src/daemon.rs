@@ -137,6 +137,8 @@ pub struct DaemonOptions {
     pub reset_state: bool,
     /// Configuration file: the configuration at start, re-read on SIGHUP and `xvsadm reload`.
     pub config: Option<PathBuf>,
+    /// What the XDP programs log (`--kernel-log`).
+    pub kernel_log: crate::kernel_log::KernelLog,
 }
 
 /// The desired state and the data plane it is pushed to.
@@ -783,7 +785,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         },
         dir: opts.pin_dir.clone(),
         force_reload: opts.force_reload,
+        kernel_log: opts.kernel_log,
     })?;
+    if let Some(logger) = dataplane.take_kernel_logger() {
+        crate::kernel_log::spawn(logger);
+        info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
+    }
     dataplane.set_params(opts.params);
     let pins = opts.pin_dir.display();
     match &start {

@@ -14,6 +14,7 @@ pub mod diff;
 pub mod estimator;
 pub mod health;
 pub mod help;
+pub mod kernel_log;
 pub mod listing;
 pub mod metrics;
 pub mod model;

@@ -116,6 +116,7 @@ fn start(
         },
         dir: dir.to_path_buf(),
         force_reload,
+        kernel_log: Default::default(),
     })
 }
 

@@ -331,3 +331,71 @@ fn lab_demo_runs_and_cleans_up_even_after_a_crash() {
         "bpffs left mounted:\n{mounts}"
     );
 }
+
+/// The data plane logs only when asked: an xvsd without `--kernel-log` logs nothing of the
+/// packets it drops; restarted with `--kernel-log debug` (adopting the pinned data plane, its
+/// program reloaded with logging on), every dropped packet is logged with its reason under the
+/// target `xvs_director`, whatever RUST_LOG says.
+#[test]
+fn the_data_plane_logs_drops_only_when_asked() {
+    let mut lab = lab("xvskl");
+    // A service without real servers: its packets are dropped (drop_no_backend).
+    let vip = format!("{VIP4}:81");
+    lab.xvsadm_ok(&["-A", "-t", &vip]).unwrap();
+    let knock = |lab: &Lab| {
+        let out = netns::cmd_in(&lab.ns("cl"), "curl")
+            .args(["-s", "-m", "1", &format!("http://{vip}/")])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a service without real servers answered"
+        );
+    };
+    let logged = |lab: &Lab| {
+        lab.xvsd_log()
+            .lines()
+            .filter(|l| l.contains("drop_no_backend"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    knock(&lab);
+    assert_eq!(
+        logged(&lab),
+        Vec::<String>::new(),
+        "logged without --kernel-log"
+    );
+
+    lab.stop_xvsd().unwrap();
+    lab.start_xvsd_with(&["--kernel-log", "debug"]).unwrap();
+    knock(&lab);
+    let lines = xvs_tests::poll(
+        std::time::Duration::from_secs(10),
+        "the drop to be logged",
+        || Some(logged(&lab)).filter(|l| !l.is_empty()),
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", lab.xvsd_log()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("DEBUG") && l.contains("xvs_director")),
+        "{lines:#?}"
+    );
+    // Forwarded packets are trace, not debug: a request that is answered logs nothing.
+    let before = lab.xvsd_log().len();
+    lab.xvsadm_ok(&["-A", "-t", &format!("{VIP4}:80")]).unwrap();
+    lab.xvsadm_ok(&[
+        "-a",
+        "-t",
+        &format!("{VIP4}:80"),
+        "-r",
+        &format!("{}:80", rs_ip4(1)),
+    ])
+    .unwrap();
+    assert_eq!(
+        lab.curl_many(&format!("http://{VIP4}/"), 3).unwrap().len(),
+        3
+    );
+    let after = lab.xvsd_log();
+    assert!(!after[before..].contains("tx_dr"), "{}", &after[before..]);
+}

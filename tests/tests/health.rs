@@ -444,3 +444,135 @@ fn https_digest_and_misc_checks() {
         assert!((5..=15).contains(t.get(name).unwrap_or(&0)), "{t:?}");
     }
 }
+
+/// The same checks and sorry server declared in the configuration file: applied with
+/// `xvsadm apply -f`, they run (an HTTP default for the service, a real server's own TCP
+/// check), take failing servers out and put the sorry server in; `xvsadm export` writes them
+/// back; a file without them removes them and the servers are unchecked again.
+#[test]
+fn checks_and_the_sorry_server_from_the_configuration_file() {
+    let mut lab = Lab::start(LabOptions {
+        tag: "xvshc-file".into(),
+        reals: 3,
+        bin_dir: default_bin_dir(),
+        xvsd_args: Vec::new(),
+    })
+    .expect("lab");
+    std::fs::write(lab.rs_dir(1).join("www/health"), "ok\n").unwrap();
+    let reals = format!(
+        r#"  [[service.real]]
+  address = "{rs1}"
+  [[service.real]]
+  address = "{rs2}"
+"#,
+        rs1 = rs_ip4(1),
+        rs2 = rs_ip4(2),
+    );
+    let checked = format!(
+        r#"[[service]]
+tcp = "{vip}"
+scheduler = "rr"
+sorry-server = "{sorry}"
+  [service.health-check]
+  type = "http"
+  path = "/health"
+  interval = "300ms"
+  retry = 0
+  rise = 1
+{reals}    health-check = {{ type = "tcp", interval = 0.3 }}
+"#,
+        vip = vip(),
+        sorry = rs_ip4(3),
+    );
+    let file = lab.dir.join("xvs.toml");
+    let f = file.display().to_string();
+    std::fs::write(&file, &checked).unwrap();
+    let out = lab.xvsadm_ok(&["apply", "-f", &f]).unwrap();
+    assert!(
+        out.contains(&format!(
+            "-A -t {} -s rr --sorry-server {} --check http --check-path /health \
+             --check-interval 300ms --check-retry 0 --check-rise 1",
+            vip(),
+            rs(3)
+        )),
+        "{out}"
+    );
+    wait_checked(&lab, 1);
+    assert_eq!(
+        real(&lab, &rs(1))["health"]["target"],
+        format!("GET http://{}/health", rs(1))
+    );
+    let t = tally(&lab.curl_many(&url(), 20).unwrap());
+    assert!(
+        t.get("rs1").copied().unwrap_or(0) >= 5 && t.get("rs2").copied().unwrap_or(0) >= 5,
+        "{t:?}"
+    );
+
+    // rs1's page goes (its HTTP check fails), rs2 stops listening (its TCP check fails).
+    std::fs::remove_file(lab.rs_dir(1).join("www/health")).unwrap();
+    wait_table(&lab, &rs(1), "removed", Duration::from_secs(10));
+    assert_eq!(real(&lab, &rs(1))["health"]["last"], "status 404");
+    lab.stop_apache(2).unwrap();
+    wait_table(&lab, &rs(2), "removed", Duration::from_secs(10));
+    assert_eq!(real(&lab, &rs(2))["health"]["last"], "connection refused");
+    poll(Duration::from_secs(10), "the sorry server in use", || {
+        (service(&lab)["sorry_server"]["table"] == "active").then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        lab.curl_many(&url(), 10).unwrap(),
+        vec!["rs3".to_string(); 10]
+    );
+
+    // export writes the checks and the sorry server; applied, it is no change.
+    let exported = lab.xvsadm_ok(&["export"]).unwrap();
+    for needle in [
+        format!("sorry-server = \"{}\"", rs(3)),
+        "[service.health-check]".to_string(),
+        "type = \"http\"".to_string(),
+        "interval = \"300ms\"".to_string(),
+        "[service.real.health-check]".to_string(),
+        "type = \"tcp\"".to_string(),
+    ] {
+        assert!(exported.contains(&needle), "no {needle:?} in:\n{exported}");
+    }
+    let export_file = lab.dir.join("exported.toml");
+    std::fs::write(&export_file, &exported).unwrap();
+    let again = lab
+        .xvsadm_ok(&["apply", "-f", &export_file.display().to_string()])
+        .unwrap();
+    assert!(again.contains("no changes"), "{again}");
+
+    // The file without them: nothing is checked, both servers are back in the tables (rs2 is
+    // still stopped: unchecked, it is no longer known to be down) and the sorry server goes.
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\ntcp = \"{}\"\nscheduler = \"rr\"\n{reals}",
+            vip()
+        ),
+    )
+    .unwrap();
+    let out = lab.xvsadm_ok(&["apply", "-f", &f]).unwrap();
+    assert!(
+        out.contains(&format!(
+            "-E -t {} -s rr --check none --sorry-server none",
+            vip()
+        )) && out.contains(&format!(
+            "-e -t {} -r {} -g -w 1 --check inherit",
+            vip(),
+            rs(2)
+        )),
+        "{out}"
+    );
+    wait_table(&lab, &rs(1), "active", Duration::from_secs(10));
+    wait_table(&lab, &rs(2), "active", Duration::from_secs(10));
+    assert_eq!(service(&lab)["sorry_server"], Value::Null);
+    assert!(!lab.xvsadm_ok(&["-S", "-n"]).unwrap().contains("--check"));
+    lab.start_apache(2).unwrap();
+    let t = tally(&lab.curl_many(&url(), 20).unwrap());
+    assert!(
+        t.get("rs1").copied().unwrap_or(0) >= 5 && t.get("rs2").copied().unwrap_or(0) >= 5,
+        "{t:?}"
+    );
+}

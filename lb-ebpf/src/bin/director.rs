@@ -21,6 +21,7 @@ use lb_common::{
     TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
     MAX_SERVICES, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TAIL_ICMP, TAIL_SLOTS, TAIL_TUNNEL,
 };
+use aya_log_ebpf::{debug, trace};
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use lb_ebpf::{
@@ -77,27 +78,33 @@ enum Out {
 /// The director's entry point: maps the internal result to a verdict and counts the reason.
 #[xdp]
 pub fn xvs_director(ctx: XdpContext) -> u32 {
-    verdict(director(&ctx))
+    verdict(&ctx, director(&ctx))
 }
 
-/// Counts the outcome of a program run and turns it into the XDP verdict.
+/// Counts the outcome of a program run and turns it into the XDP verdict. Logs it only when
+/// xvsd runs with `--kernel-log` (drops at debug, everything at trace): the loader sets
+/// AYA_LOG_LEVEL, a read-only global, so at its default (off) the verifier removes the logging.
 #[inline(always)]
-fn verdict(result: Result<Out, Reason>) -> u32 {
+fn verdict(ctx: &XdpContext, result: Result<Out, Reason>) -> u32 {
     match result {
         Ok(Out::Tx(reason)) => {
             count(reason);
+            trace!(ctx, "{}", reason.name());
             xdp_action::XDP_TX
         }
         Ok(Out::Redirect(ifindex)) => {
             count(Reason::RedirectTunnel);
+            trace!(ctx, "{} ifindex {}", Reason::RedirectTunnel.name(), ifindex);
             // SAFETY: a plain helper call; it returns XDP_REDIRECT (or XDP_ABORTED on a bad flag).
             unsafe { bpf_redirect(ifindex, 0) as u32 }
         }
         Err(reason) => {
             count(reason);
             if reason.is_drop() {
+                debug!(ctx, "{}", reason.name());
                 xdp_action::XDP_DROP
             } else {
+                trace!(ctx, "{}", reason.name());
                 xdp_action::XDP_PASS
             }
         }
@@ -217,7 +224,7 @@ fn new_flow_inline(
 /// IPVS relays them; any other ICMP is the kernel's.
 #[xdp]
 pub fn xvs_icmp(ctx: XdpContext) -> u32 {
-    verdict(icmp_relay(&ctx))
+    verdict(&ctx, icmp_relay(&ctx))
 }
 
 #[inline(always)]
@@ -459,7 +466,7 @@ fn forward(
 /// the backend, or answers the client with ICMP too-big when the result would not fit the path.
 #[xdp]
 pub fn xvs_tunnel(ctx: XdpContext) -> u32 {
-    verdict(tunnel_job(&ctx))
+    verdict(&ctx, tunnel_job(&ctx))
 }
 
 #[inline(always)]

@@ -7,6 +7,7 @@ use lb_user::{
     access::SocketAccess,
     daemon::{self, DaemonOptions},
     dataplane::{pin, AttachMode},
+    kernel_log::KernelLog,
     proto::DEFAULT_SOCKET,
 };
 
@@ -82,6 +83,11 @@ struct Opts {
     /// Default: the address the kernel's FIB prefers toward each real server.
     #[arg(long = "tun-src", value_name = "ADDR")]
     tun_src: Vec<std::net::IpAddr>,
+    /// What the XDP programs log (aya-log), shown with target `xvs_director` whatever RUST_LOG
+    /// says: debug = every dropped packet with its reason, trace = every packet. Off by
+    /// default: then the logging code is removed at load and costs nothing.
+    #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
+    kernel_log: KernelLog,
 }
 
 fn parse_mh_size(s: &str) -> Result<usize, String> {
@@ -91,13 +97,16 @@ fn parse_mh_size(s: &str) -> Result<usize, String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if let Some(d) = opts.kernel_log.directive() {
+        filter = filter.add_directive(d.parse().context("--kernel-log")?);
+    }
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .init();
-    let opts = Opts::parse();
     let pin_dir = opts
         .pin_dir
         .clone()
@@ -143,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: Some(opts.state_dir),
         reset_state: opts.reset_state,
         config: opts.config,
+        kernel_log: opts.kernel_log,
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface))

@@ -25,7 +25,7 @@ use super::{
     batch, bpf_keys, layout, map_err, pin::LinkState, pin::PinDir, syscall_err, AttachMode,
     Dataplane, DataplaneError, Placed, Region, Regions, Sizes, Slot,
 };
-use crate::{model::Config, scheduler};
+use crate::{kernel_log::KernelLog, model::Config, scheduler};
 
 /// How xvsd came by its data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +74,8 @@ pub struct PinnedStart {
     pub dir: PathBuf,
     /// Replace an incompatible pinned data plane instead of refusing to start.
     pub force_reload: bool,
+    /// What the programs log (`--kernel-log`).
+    pub kernel_log: KernelLog,
 }
 
 /// What a previous xvsd left in the maps.
@@ -139,7 +141,7 @@ impl Dataplane {
             LinkState::Attached { prog_id, .. } => {
                 let reasons = layout::pinned_mismatches(&dir, &expected);
                 if reasons.is_empty() {
-                    let mut dp = Self::load_inner(opts.sizes, Some(&dir), false)?;
+                    let mut dp = Self::load_inner(opts.sizes, Some(&dir), false, opts.kernel_log)?;
                     dp.replace_on_link(&dir)?;
                     let (services, backends) = dp.inherit()?;
                     dp.pins = Some(dir);
@@ -199,7 +201,7 @@ impl Dataplane {
         expected: &[lb_common::MapLayout],
     ) -> Result<Dataplane, DataplaneError> {
         let result = (|| {
-            let mut dp = Self::load_inner(opts.sizes, Some(&dir), true)?;
+            let mut dp = Self::load_inner(opts.sizes, Some(&dir), true, opts.kernel_log)?;
             dp.meta
                 .set(0, layout::record(expected), 0)
                 .map_err(map_err(names::MAP_META))?;

@@ -12,21 +12,25 @@ use lb_common::{
 };
 
 use super::{pin::PinDir, DataplaneError, Sizes};
+
+/// aya-log's ring buffer.
+const AYA_LOGS: &str = "AYA_LOGS";
 use crate::object;
 
 /// The maps of the embedded director object as this xvsd would create them, sorted by name.
-/// Data sections (.rodata, .data, .bss) belong to one build of the program and are never pinned.
+/// Data sections (.rodata, .data, .bss) belong to one build of the program and are never pinned,
+/// nor is the log ring buffer (each load reads its own).
 pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
     let obj = aya_obj::Object::parse(object::DIRECTOR)
         .map_err(|e| DataplaneError::Object(e.to_string()))?;
     let mut out: Vec<MapLayout> = obj
         .maps
         .iter()
-        .filter(|(_, m)| {
+        .filter(|(name, m)| {
             !matches!(
                 m.section_kind(),
                 EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss
-            )
+            ) && name.as_str() != AYA_LOGS
         })
         .map(|(name, m)| MapLayout {
             name: MapLayout::name_field(name),

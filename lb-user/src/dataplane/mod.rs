@@ -45,6 +45,7 @@ use lb_common::{
 use thiserror::Error;
 
 use crate::{
+    kernel_log::{self, KernelLog},
     model::{self, Config, ServiceKey, VirtualAddr},
     object, scheduler,
 };
@@ -287,6 +288,8 @@ pub struct Dataplane {
     /// What a previous xvsd left in the maps, until the first sync takes it over.
     inherited: Option<adopt::Inherited>,
     activity: Activity,
+    /// The reader of the programs' log, with `--kernel-log`, until xvsd takes it.
+    kernel_logger: Option<kernel_log::Logger>,
 }
 
 impl Dataplane {
@@ -297,7 +300,7 @@ impl Dataplane {
 
     /// Loads the director with these map sizes.
     pub fn load_with(sizes: Sizes) -> Result<Self, DataplaneError> {
-        Self::load_inner(sizes, None, true)
+        Self::load_inner(sizes, None, true, KernelLog::Off)
     }
 
     /// Loads the director. With a pin directory every map is opened from its pin, or created
@@ -306,6 +309,7 @@ impl Dataplane {
         sizes: Sizes,
         pins: Option<&PinDir>,
         fresh: bool,
+        kernel_log: KernelLog,
     ) -> Result<Self, DataplaneError> {
         let pinned: Vec<(String, std::path::PathBuf)> = match pins {
             Some(dir) => layout::expected(sizes)?
@@ -314,10 +318,12 @@ impl Dataplane {
                 .collect(),
             None => Vec::new(),
         };
+        let level = kernel_log.level();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::MAP_CONNS, sizes.conns)
-            .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots);
+            .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots)
+            .override_global(kernel_log::LEVEL_GLOBAL, &level, true);
         for (name, path) in &pinned {
             loader.map_pin_path(name.as_str(), path.clone());
         }
@@ -378,6 +384,14 @@ impl Dataplane {
         let filter_map = Array::try_from(take(names::MAP_SERVICE_FILTER)?)
             .map_err(map_err(names::MAP_SERVICE_FILTER))?;
         let meta = Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
+        // After every program is loaded: the logger takes the log map out of `ebpf`.
+        let kernel_logger = match kernel_log {
+            KernelLog::Off => None,
+            _ => Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .map_err(|e| DataplaneError::Object(format!("kernel log: {e}")))?,
+            ),
+        };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             ebpf,
@@ -411,7 +425,13 @@ impl Dataplane {
             link: None,
             inherited: None,
             activity: Activity::default(),
+            kernel_logger,
         })
+    }
+
+    /// The reader of the data plane's log (`--kernel-log`), once.
+    pub fn take_kernel_logger(&mut self) -> Option<kernel_log::Logger> {
+        self.kernel_logger.take()
     }
 
     /// The director program (for BPF_PROG_TEST_RUN in tests and benchmarks).
