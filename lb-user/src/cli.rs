@@ -1237,20 +1237,45 @@ fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, C
     }
 }
 
-/// Parses -R input: every line with words is a rule; the result is one transaction.
+/// Parses -R input: every line with words is a rule; the result is one transaction. Large
+/// inputs are parsed in parallel, a block of lines per CPU (clap's parse of a line is most of
+/// the time a restore of 10,000 rules takes); the first error in line order is reported.
 pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
-    let mut cmd = <Args as clap::CommandFactory>::command();
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if rule_words(line)
-            .map_err(|e| CliError(format!("line {}: {}", n + 1, e.0)))?
-            .is_empty()
-        {
-            continue;
+    const PER_THREAD: usize = 1000;
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(lines.len().div_ceil(PER_THREAD))
+        .max(1);
+    let block = lines.len().div_ceil(threads).max(1);
+    let parse_block = |block: &[(usize, &str)]| -> Result<Vec<Change>, CliError> {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        let mut out = Vec::new();
+        for &(n, line) in block {
+            let at = |e: CliError| CliError(format!("line {}: {}", n + 1, e.0));
+            if rule_words(line).map_err(at)?.is_empty() {
+                continue;
+            }
+            out.extend(parse_rule_with(&mut cmd, line).map_err(at)?);
         }
-        let changes = parse_rule_with(&mut cmd, line)
-            .map_err(|e| CliError(format!("line {}: {}", n + 1, e.0)))?;
-        out.extend(changes);
+        Ok(out)
+    };
+    if threads == 1 {
+        return parse_block(&lines);
+    }
+    let results: Vec<Result<Vec<Change>, CliError>> = std::thread::scope(|scope| {
+        let running: Vec<_> = lines
+            .chunks(block)
+            .map(|b| scope.spawn(move || parse_block(b)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().expect("a rule parser panicked"))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
     }
     Ok(out)
 }
@@ -1279,7 +1304,7 @@ fn service_option_named(key: &ServiceKey, names: &dyn Names) -> String {
 /// Every address `-S` writes (what needs a name without `-n`).
 pub fn addresses(config: &Config) -> Vec<IpAddr> {
     let mut v = Vec::new();
-    for s in &config.services {
+    for s in config.services() {
         if let ServiceKey::Addr { addr, .. } = s.key {
             v.push(addr.ip());
         }
@@ -1347,7 +1372,7 @@ fn tunnel_options(t: &Tunnel) -> String {
 /// `-a -t VIP:port -r RIP:port -g -w weight` per real server, sorted as ipvsadm sorts them. Two additions that ipvsadm's -R reads: thresholds, which
 /// ipvsadm -S drops, as ` -x N -y N` after the weight, and a group's `--match` options last.
 pub fn save_named(config: &Config, names: &dyn Names) -> String {
-    let mut services: Vec<&crate::model::Service> = config.services.iter().collect();
+    let mut services: Vec<&crate::model::Service> = config.services().iter().collect();
     services.sort_by_key(|s| crate::listing::service_order(&s.key));
     let mut out = String::new();
     for svc in services {
@@ -1820,7 +1845,30 @@ mod tests {
                 .contains("already taken by TCP 203.0.113.10:80"),
             "{e}"
         );
-        assert!(config.services.is_empty());
+        assert!(config.services().is_empty());
+    }
+
+    #[test]
+    fn a_large_restore_keeps_line_order_and_reports_the_first_error() {
+        let rules: String = (0..5000)
+            .map(|i| format!("-A -t 203.0.113.{}:{} -s rr\n", 1 + i % 250, 1 + i / 250))
+            .collect();
+        let changes = parse_rules(&rules).unwrap();
+        assert_eq!(changes.len(), 5000);
+        for (i, c) in changes.iter().enumerate() {
+            let want: SocketAddr = format!("203.0.113.{}:{}", 1 + i % 250, 1 + i / 250)
+                .parse()
+                .unwrap();
+            assert!(
+                matches!(c, Change::AddService { key, .. } if key.virtual_addr().unwrap().addr == want),
+                "{i}: {c:?}"
+            );
+        }
+        let mut lines: Vec<String> = rules.lines().map(str::to_string).collect();
+        lines[3999] = "-A -t 203.0.113.1:1 -s nope".into();
+        lines[1499] = "-A -t bogus".into();
+        let e = parse_rules(&lines.join("\n")).unwrap_err();
+        assert!(e.0.starts_with("line 1500: "), "{e}");
     }
 
     #[test]
@@ -2161,7 +2209,7 @@ mod tests {
             .collect();
         let mut config = Config::default();
         config.apply_all(&parse_rules(fixture).unwrap()).unwrap();
-        assert_eq!(config.services.len(), 4);
+        assert_eq!(config.services().len(), 4);
         assert_eq!(save(&config), rules);
     }
 
@@ -2244,7 +2292,7 @@ mod tests {
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
         assert_eq!(save(&config), rules);
         assert_eq!(
-            config.services[0].reals[1].forward,
+            config.services()[0].reals[1].forward,
             ForwardMethod::Tunnel(Tunnel {
                 kind: TunnelKind::Gue,
                 port: 6080,
@@ -2257,7 +2305,7 @@ mod tests {
         let mut config = Config::default();
         config.apply_all(&c).unwrap();
         assert_eq!(
-            config.services[0].reals[0].forward,
+            config.services()[0].reals[0].forward,
             ForwardMethod::Tunnel(Tunnel::IPIP)
         );
         for (bad, why) in [
@@ -2301,7 +2349,7 @@ mod tests {
         let mut config = Config::default();
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
         assert_eq!(save(&config), rules);
-        let svc = &config.services[0];
+        let svc = &config.services()[0];
         assert_eq!(svc.sorry_server, Some("198.51.100.13:80".parse().unwrap()));
         assert_eq!(svc.check.kind, Some(CheckKind::Http));
         assert_eq!(svc.check.interval_ms, Some(1000));
@@ -2330,10 +2378,10 @@ mod tests {
         )
         .unwrap();
         config.apply_all(&edits).unwrap();
-        assert_eq!(config.services[0].check.kind, Some(CheckKind::Http));
-        assert_eq!(config.services[0].reals[1].check.rise, Some(3));
+        assert_eq!(config.services()[0].check.kind, Some(CheckKind::Http));
+        assert_eq!(config.services()[0].reals[1].check.rise, Some(3));
         assert_eq!(
-            config.services[0].sorry_server,
+            config.services()[0].sorry_server,
             Some("198.51.100.13:80".parse().unwrap())
         );
         let edits = parse_rules(
@@ -2347,7 +2395,7 @@ mod tests {
         swapped.rotate_left(1);
         assert!(refused.apply_all(&swapped).is_err());
         config.apply_all(&edits).unwrap();
-        let svc = &config.services[0];
+        let svc = &config.services()[0];
         assert_eq!(svc.sorry_server, None);
         assert_eq!(
             svc.check,

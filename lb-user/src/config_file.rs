@@ -787,7 +787,7 @@ pub fn render(state: &DesiredState) -> String {
         },
         service: state
             .config
-            .services
+            .services()
             .iter()
             .map(|s| {
                 let (tcp, udp, fwmark, ipv6) = match s.key {
@@ -998,7 +998,7 @@ mod tests {
                 Duration::from_secs(3)
             )
         );
-        assert_eq!(c.services.len(), 5);
+        assert_eq!(c.services().len(), 5);
     }
 
     #[test]
@@ -1021,7 +1021,7 @@ persistent = true
 "#,
         )
         .unwrap_or_else(|e| panic!("{e:#?}"));
-        let svc = &s.config.services[0];
+        let svc = &s.config.services()[0];
         assert_eq!(svc.check.interval_ms, Some(1500));
         assert_eq!(svc.check.retry_delay_ms, Some(2000));
         let a = model::check_of(svc, &svc.reals[0]).unwrap().unwrap();
@@ -1146,7 +1146,7 @@ sorry-server = "198.51.100.11"
     fn defaults_are_ipvsadms() {
         let s = parse("[[service]]\ntcp = \"203.0.113.10:80\"\n[[service.real]]\naddress = \"198.51.100.11\"\n")
             .unwrap();
-        let svc = &s.config.services[0];
+        let svc = &s.config.services()[0];
         assert_eq!(svc.scheduler, Scheduler::Wlc);
         assert_eq!(svc.persistence, None);
         assert_eq!(
@@ -1156,7 +1156,7 @@ sorry-server = "198.51.100.11"
         assert_eq!(s.timeouts, DEFAULT_TIMEOUTS);
         let p = parse("[[service]]\ntcp = \"203.0.113.10:0\"\npersistent = true\n").unwrap();
         assert_eq!(
-            p.config.services[0].persistence,
+            p.config.services()[0].persistence,
             Some(Persistence {
                 timeout: 300,
                 prefix: 32
@@ -1321,7 +1321,7 @@ tcp = "203.0.113.10:80"
         // A tunnel may cross families, unlike DR.
         let s = parse("[[service]]\ntcp = \"[2001:db8::10]:80\"\n[[service.real]]\naddress = \"192.0.2.21\"\nforward = \"tunnel\"\n").unwrap();
         assert_eq!(
-            s.config.services[0].reals[0].addr,
+            s.config.services()[0].reals[0].addr,
             "192.0.2.21:80".parse().unwrap()
         );
     }

@@ -379,7 +379,7 @@ impl Controller {
     pub fn unresolved(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
-            .services
+            .services()
             .iter()
             .flat_map(|s| {
                 s.reals
@@ -401,7 +401,7 @@ impl Controller {
     pub fn all_reals(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
-            .services
+            .services()
             .iter()
             .flat_map(|s| {
                 s.reals
@@ -421,7 +421,7 @@ impl Controller {
     pub fn tunnelled_reals(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
-            .services
+            .services()
             .iter()
             .flat_map(|s| s.reals.iter())
             .filter(|r| matches!(r.forward, ForwardMethod::Tunnel(_)))
@@ -491,7 +491,7 @@ impl Controller {
         let mut samples = Vec::new();
         // What is in the tables: a removed server's estimate starts afresh when it returns
         // (its counters do, as with keepalived and IPVS).
-        for svc in &self.applied.config.services {
+        for svc in self.applied.config.services() {
             samples.push((
                 Subject::Service(svc.key),
                 self.dataplane.service_counters(&svc.key)?,
@@ -517,7 +517,7 @@ impl Controller {
         // Service ids in use; the protocol and VIP shown are the flow's (a group has several).
         let mut by_id: HashSet<u32> = HashSet::new();
         let mut reals: HashMap<u32, SocketAddr> = HashMap::new();
-        for svc in &self.applied.config.services {
+        for svc in self.applied.config.services() {
             if let Some(id) = self.dataplane.service_id(&svc.key) {
                 by_id.insert(id);
             }
@@ -567,7 +567,7 @@ impl Controller {
         // Persistence templates, as IPVS lists them: state NONE, client port 0, the service's
         // VIP and port. (A group's templates are not listed: IPVS shows those under the mark.)
         let mut services: HashMap<u32, (Protocol, SocketAddr)> = HashMap::new();
-        for svc in &self.config.services {
+        for svc in self.config.services() {
             if let (Some(id), ServiceKey::Addr { protocol, addr }) =
                 (self.dataplane.service_id(&svc.key), svc.key)
             {
@@ -601,7 +601,7 @@ impl Controller {
     pub fn listing(&mut self) -> Result<Listing, DataplaneError> {
         let counts = self.dataplane.conn_counts()?;
         let mut services = Vec::new();
-        for svc in &self.config.services {
+        for svc in self.config.services() {
             let mut reals = Vec::new();
             let status =
                 |r: &crate::model::RealServer, table| -> Result<RealStatus, DataplaneError> {
@@ -833,7 +833,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         info!(
             from,
-            services = desired.config.services.len(),
+            services = desired.config.services().len(),
             "configuration loaded"
         );
     }

@@ -40,12 +40,12 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
     let tgt = &target.config;
     let mut changes = Vec::new();
     let kept = || {
-        cur.services
+        cur.services()
             .iter()
             .filter_map(|s| tgt.service(&s.key).map(|t| (s, t)))
     };
     // Services that go away, with their real servers.
-    for s in &cur.services {
+    for s in cur.services() {
         if tgt.service(&s.key).is_none() {
             changes.push(Change::DeleteService { key: s.key });
         }
@@ -105,7 +105,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         health_changes(&mut changes, Some(s), t);
     }
     // New services.
-    for t in &tgt.services {
+    for t in tgt.services() {
         if cur.service(&t.key).is_none() {
             changes.push(Change::AddService {
                 key: t.key,
@@ -132,7 +132,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         }
     }
     // Real servers that change or are new.
-    for t in &tgt.services {
+    for t in tgt.services() {
         let s = cur.service(&t.key);
         for r in &t.reals {
             match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
@@ -188,12 +188,12 @@ fn options_differ(s: &Service, t: &Service) -> bool {
 /// each service of the target with its real servers.
 fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> {
     let mut lines = Vec::new();
-    for s in &cur.services {
+    for s in cur.services() {
         if tgt.service(&s.key).is_none() {
             lines.push(format!("-D {}", cli::service_option(&s.key)));
         }
     }
-    for t in &tgt.services {
+    for t in tgt.services() {
         let s = cur.service(&t.key);
         match s {
             None => lines.push(service_rule(t)),
@@ -252,12 +252,10 @@ fn kept_matches(s: &Service, t: &Service) -> Vec<crate::model::VirtualAddr> {
 /// The `-A` rule `-S` writes for the service (its options, no real servers), so the diff
 /// reads as the rules `xvsadm -S` prints.
 fn service_rule(svc: &Service) -> String {
-    let alone = Config {
-        services: vec![Service {
-            reals: Vec::new(),
-            ..svc.clone()
-        }],
-    };
+    let alone = Config::from_services(vec![Service {
+        reals: Vec::new(),
+        ..svc.clone()
+    }]);
     cli::save(&alone)
         .lines()
         .next()
@@ -267,12 +265,10 @@ fn service_rule(svc: &Service) -> String {
 
 /// The `-a` rule `-S` writes for one real server of the service.
 fn real_rule(svc: &Service, real: &RealServer) -> String {
-    let alone = Config {
-        services: vec![Service {
-            reals: vec![real.clone()],
-            ..svc.clone()
-        }],
-    };
+    let alone = Config::from_services(vec![Service {
+        reals: vec![real.clone()],
+        ..svc.clone()
+    }]);
     cli::save(&alone)
         .lines()
         .nth(1)
@@ -313,13 +309,13 @@ pub fn normalise(config: &Config) -> Result<Config, ConfigError> {
 /// The configuration in a canonical order (services by key, real servers by address), for
 /// comparing configurations that were built in different orders.
 pub fn canonical(config: &Config) -> Config {
-    let mut c = config.clone();
-    c.services.sort_by_key(|s| s.key);
-    for s in &mut c.services {
+    let mut services = config.services().to_vec();
+    services.sort_by_key(|s| s.key);
+    for s in &mut services {
         s.reals.sort_by_key(|r| r.addr);
         s.matches.sort();
     }
-    c
+    Config::from_services(services)
 }
 
 #[cfg(test)]
@@ -377,9 +373,13 @@ persistent = 60
         let d = diff(&s, &s);
         assert!(d.is_empty() && d.lines.is_empty(), "{d:?}");
         // Order does not matter.
-        let mut reordered = s.clone();
-        reordered.config.services.reverse();
-        reordered.config.services[0].reals.reverse();
+        let reordered = DesiredState {
+            config: s.config.clone().map_services(|v| {
+                v.reverse();
+                v[0].reals.reverse();
+            }),
+            ..s.clone()
+        };
         assert!(diff(&s, &reordered).is_empty());
     }
 
@@ -529,14 +529,14 @@ scheduler = "rr"
 
     #[test]
     fn normalise_checks_what_the_model_checks() {
-        let mut c = state(BASE).config;
-        c.services.push(c.services[0].clone());
+        let c = state(BASE).config.map_services(|v| v.push(v[0].clone()));
         assert!(matches!(normalise(&c), Err(ConfigError::ServiceExists(_))));
-        let mut c = state(BASE).config;
         // A DR server's port is the service's.
-        c.services[0].reals[0].addr = "198.51.100.11:8080".parse().unwrap();
+        let c = state(BASE)
+            .config
+            .map_services(|v| v[0].reals[0].addr = "198.51.100.11:8080".parse().unwrap());
         assert_eq!(
-            normalise(&c).unwrap().services[0].reals[0].addr,
+            normalise(&c).unwrap().services()[0].reals[0].addr,
             "198.51.100.11:80".parse().unwrap()
         );
     }

@@ -1,7 +1,7 @@
 //! The desired state: virtual services, their real servers and schedulers. The controller holds
 //! it as the source of truth; every change is validated here before anything is touched.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -462,11 +462,52 @@ pub struct Service {
     pub sorry_server: Option<SocketAddr>,
 }
 
-/// The whole desired configuration, services in the order they were added.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole desired configuration, services in the order they were added. Services are
+/// found by key, and traffic by (protocol, VIP, port), through indexes kept with every change:
+/// a transaction of 10,000 changes is not quadratic.
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     /// Virtual services.
-    pub services: Vec<Service>,
+    services: Vec<Service>,
+    /// Service key -> position in `services`.
+    index: HashMap<ServiceKey, usize>,
+    /// What each (protocol, VIP, port) is taken by: its normal service, or the group matching it.
+    owners: HashMap<VirtualAddr, ServiceKey>,
+}
+
+impl PartialEq for Config {
+    /// The same services in the same order (the indexes follow from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+    }
+}
+
+impl Eq for Config {}
+
+/// How a configuration is written: its services, as a list.
+#[derive(Serialize)]
+struct ConfigOut<'a> {
+    services: &'a [Service],
+}
+
+#[derive(Deserialize)]
+struct ConfigIn {
+    services: Vec<Service>,
+}
+
+impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ConfigOut {
+            services: &self.services,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Config::from_services(ConfigIn::deserialize(d)?.services))
+    }
 }
 
 /// One change to the configuration, as ipvsadm's commands express them.
@@ -656,26 +697,58 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// A configuration of these services, as they are (no checks: for services taken from a
+    /// valid configuration, or read back from one). A key given twice keeps its last service
+    /// in the index.
+    pub fn from_services(services: Vec<Service>) -> Config {
+        let mut c = Config {
+            services,
+            ..Config::default()
+        };
+        for (i, s) in c.services.iter().enumerate() {
+            c.index.insert(s.key, i);
+            for v in s.key.virtual_addr().iter().chain(&s.matches) {
+                c.owners.insert(*v, s.key);
+            }
+        }
+        c
+    }
+
+    /// The services, in the order they were added.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// The services, to own.
+    pub fn into_services(self) -> Vec<Service> {
+        self.services
+    }
+
+    /// The same configuration with its services edited as a list (unchecked, as
+    /// [`Config::from_services`]).
+    pub fn map_services(self, edit: impl FnOnce(&mut Vec<Service>)) -> Config {
+        let mut services = self.services;
+        edit(&mut services);
+        Config::from_services(services)
+    }
+
     /// The service with this key.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services.iter().find(|s| s.key == *key)
+        self.index.get(key).map(|&i| &self.services[i])
     }
 
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut Service, ConfigError> {
-        self.services
-            .iter_mut()
-            .find(|s| s.key == *key)
-            .ok_or_else(|| ConfigError::NoSuchService(key.to_string()))
+        match self.index.get(key) {
+            Some(&i) => Ok(&mut self.services[i]),
+            None => Err(ConfigError::NoSuchService(key.to_string())),
+        }
     }
 
     /// The service whose traffic this (protocol, VIP, port) is: the normal service with that
     /// key, or the group that matches it. Each is taken at most once, so the data plane's
     /// service map has one owner per key.
     pub fn owner_of(&self, v: &VirtualAddr) -> Option<ServiceKey> {
-        self.services
-            .iter()
-            .find(|s| s.key.virtual_addr() == Some(*v) || s.matches.contains(v))
-            .map(|s| s.key)
+        self.owners.get(v).copied()
     }
 
     /// Service groups named by these changes that match no traffic: worth a warning, since a
@@ -721,6 +794,10 @@ impl Config {
                             owner: owner.to_string(),
                         });
                     }
+                }
+                self.index.insert(*key, self.services.len());
+                if let Some(v) = key.virtual_addr() {
+                    self.owners.insert(v, *key);
                 }
                 self.services.push(Service {
                     key: *key,
@@ -784,16 +861,29 @@ impl Config {
                         list.push(*m);
                     }
                 }
-                self.service_mut(key)?.matches = list;
-            }
-            Change::DeleteService { key } => {
-                let before = self.services.len();
-                self.services.retain(|s| s.key != *key);
-                if self.services.len() == before {
-                    return Err(ConfigError::NoSuchService(key.to_string()));
+                let svc = self.service_mut(key)?;
+                let old = std::mem::replace(&mut svc.matches, list.clone());
+                for m in old {
+                    self.owners.remove(&m);
+                }
+                for m in list {
+                    self.owners.insert(m, *key);
                 }
             }
-            Change::Clear => self.services.clear(),
+            Change::DeleteService { key } => {
+                let i = self
+                    .index
+                    .remove(key)
+                    .ok_or_else(|| ConfigError::NoSuchService(key.to_string()))?;
+                let gone = self.services.remove(i);
+                for v in gone.key.virtual_addr().iter().chain(&gone.matches) {
+                    self.owners.remove(v);
+                }
+                for (j, s) in self.services.iter().enumerate().skip(i) {
+                    self.index.insert(s.key, j);
+                }
+            }
+            Change::Clear => *self = Config::default(),
             Change::AddReal { service, real } => {
                 let svc = self.service_mut(service)?;
                 let real = normalise_real(svc, real)?;
@@ -1325,5 +1415,85 @@ mod tests {
             "bogus".parse::<Scheduler>(),
             Err(ConfigError::UnknownScheduler(_))
         ));
+    }
+
+    /// The indexes agree with a search of the services after adds, deletes (which move the
+    /// services after them), match changes, clears and a JSON round trip.
+    #[test]
+    fn lookups_follow_every_change() {
+        fn agree(c: &Config) {
+            for (i, s) in c.services().iter().enumerate() {
+                assert!(std::ptr::eq(c.service(&s.key).unwrap(), &c.services()[i]));
+            }
+            let mut taken = 0;
+            for s in c.services() {
+                for v in s.key.virtual_addr().iter().chain(&s.matches) {
+                    assert_eq!(c.owner_of(v), Some(s.key), "{v}");
+                    taken += 1;
+                }
+            }
+            assert_eq!(c.owners.len(), taken);
+            assert_eq!(c.index.len(), c.services().len());
+        }
+        let tcp =
+            |port: u16| ServiceKey::new(Protocol::Tcp, SocketAddr::from(([203, 0, 113, 10], port)));
+        let m = |port: u16| VirtualAddr {
+            protocol: Protocol::Tcp,
+            addr: SocketAddr::from(([203, 0, 113, 20], port)),
+        };
+        let mut c = Config::default();
+        for port in 1..=20 {
+            c.apply(&Change::add_service(tcp(port), Scheduler::Rr))
+                .unwrap();
+        }
+        let group = ServiceKey::fwmark(1, false);
+        c.apply(&Change::add_service(group, Scheduler::Rr)).unwrap();
+        c.apply(&Change::SetMatches {
+            key: group,
+            matches: vec![m(80), m(443)],
+        })
+        .unwrap();
+        agree(&c);
+        for port in [1, 7, 20, 8] {
+            c.apply(&Change::DeleteService { key: tcp(port) }).unwrap();
+            assert!(c.service(&tcp(port)).is_none());
+            agree(&c);
+        }
+        // A match given up is free for a normal service; the group's other stays taken.
+        c.apply(&Change::SetMatches {
+            key: group,
+            matches: vec![m(443), m(8443)],
+        })
+        .unwrap();
+        assert_eq!(c.owner_of(&m(80)), None);
+        c.apply(&Change::add_service(
+            ServiceKey::new(Protocol::Tcp, m(80).addr),
+            Scheduler::Rr,
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.apply(&Change::add_service(
+                ServiceKey::new(Protocol::Tcp, m(443).addr),
+                Scheduler::Rr
+            )),
+            Err(ConfigError::MatchTaken { .. })
+        ));
+        agree(&c);
+        // A failed transaction leaves the indexes as they were.
+        let before = c.clone();
+        assert!(c
+            .apply_all(&[
+                Change::DeleteService { key: tcp(2) },
+                Change::DeleteService { key: tcp(2) }
+            ])
+            .is_err());
+        assert_eq!(c, before);
+        agree(&c);
+        let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        agree(&back);
+        c.apply(&Change::Clear).unwrap();
+        agree(&c);
+        assert_eq!(c.owner_of(&m(443)), None);
     }
 }

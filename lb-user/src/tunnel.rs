@@ -51,7 +51,7 @@ pub fn set_sources(cfg: &mut DataplaneConfig, sources: &[IpAddr]) -> Result<(), 
 /// (their packets would be dropped as drop_tun_fwd_disabled).
 pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {
     let mut want = [false; 2];
-    for r in config.services.iter().flat_map(|s| s.reals.iter()) {
+    for r in config.services().iter().flat_map(|s| s.reals.iter()) {
         if let ForwardMethod::Tunnel(_) = r.forward {
             want[r.addr.is_ipv6() as usize] = true;
         }

@@ -98,8 +98,12 @@ fn a_crash_at_any_point_restores_a_committed_configuration() {
                 )
             }
             1 => {
-                let mut config = config_file::parse(&config_text(i + 100)).unwrap().config;
-                config.services.truncate(10);
+                let mut services = config_file::parse(&config_text(i + 100))
+                    .unwrap()
+                    .config
+                    .into_services();
+                services.truncate(10);
+                let config = lb_user::model::Config::from_services(services);
                 let rules = format!("-C\n{}", cli::save(&config));
                 let next = DesiredState {
                     config,

@@ -120,7 +120,9 @@ fn hostile_clients_neither_wedge_the_daemon_nor_change_anything() {
     bad.config
         .apply(&Change::add_service(key, Scheduler::Rr))
         .unwrap();
-    bad.config.services.push(bad.config.services[0].clone());
+    let mut twice = bad.config.clone().into_services();
+    twice.push(twice[0].clone());
+    bad.config = lb_user::model::Config::from_services(twice);
     match control::request(
         &socket,
         &Request::new(Req::ApplyConfig {

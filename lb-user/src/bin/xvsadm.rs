@@ -301,9 +301,8 @@ fn config(name: &str, rest: impl Iterator<Item = OsString>) -> anyhow::Result<()
 /// The configuration part of a listing, for -S: as configured, whatever health did to the
 /// tables.
 fn config_of(l: &Listing) -> Config {
-    Config {
-        services: l
-            .services
+    Config::from_services(
+        l.services
             .iter()
             .map(|s| Service {
                 key: s.key,
@@ -327,5 +326,5 @@ fn config_of(l: &Listing) -> Config {
                 sorry_server: s.sorry_server.as_ref().map(|r| r.addr),
             })
             .collect(),
-    }
+    )
 }

@@ -348,10 +348,10 @@ impl Dataplane {
         } = inherited;
         // Normal services first: a service's own key names its id before a group's match can.
         let order = config
-            .services
+            .services()
             .iter()
             .filter(|s| !s.key.is_group())
-            .chain(config.services.iter().filter(|s| s.key.is_group()));
+            .chain(config.services().iter().filter(|s| s.key.is_group()));
         let mut kept = 0;
         for svc in order {
             let Some(id) = bpf_keys(svc)

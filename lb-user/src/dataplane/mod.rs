@@ -549,7 +549,7 @@ impl Dataplane {
             self.take_over(config, inherited)?;
         }
         // Tables that depend on connection counts are computed from fresh ones.
-        if config.services.iter().any(table_uses_counts) {
+        if config.services().iter().any(table_uses_counts) {
             self.counts = self.scan()?;
         }
         // New services' filter bits go in before the services, removed ones' after.
@@ -566,7 +566,7 @@ impl Dataplane {
         for key in gone {
             self.remove_service(&key)?;
         }
-        for svc in &config.services {
+        for svc in config.services() {
             self.sync_service(svc, macs)?;
         }
         self.write_filter(want)
@@ -589,20 +589,20 @@ impl Dataplane {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
-        if config.services.len() > MAX_SERVICES as usize {
+        if config.services().len() > MAX_SERVICES as usize {
             return Err(DataplaneError::Capacity(format!(
                 "{} services (at most {MAX_SERVICES})",
-                config.services.len()
+                config.services().len()
             )));
         }
         // SERVICES holds one key per normal service and per group match.
-        let keys: usize = config.services.iter().map(|s| bpf_keys(s).len()).sum();
+        let keys: usize = config.services().iter().map(|s| bpf_keys(s).len()).sum();
         if keys > MAX_SERVICES as usize {
             return Err(DataplaneError::Capacity(format!(
                 "{keys} service addresses including group matches (at most {MAX_SERVICES})"
             )));
         }
-        let backends: usize = config.services.iter().map(|s| s.reals.len()).sum();
+        let backends: usize = config.services().iter().map(|s| s.reals.len()).sum();
         if backends > MAX_BACKENDS as usize {
             return Err(DataplaneError::Capacity(format!(
                 "{backends} real servers over all services (at most {MAX_BACKENDS})"
@@ -610,7 +610,7 @@ impl Dataplane {
         }
         // Worst case: every changed service gets a new table while the old ones are still live.
         let need: u64 = config
-            .services
+            .services()
             .iter()
             .filter(|s| {
                 let m: Vec<_> = s.reals.iter().map(|r| next_hop_mac(r, macs)).collect();
@@ -1117,7 +1117,7 @@ impl Dataplane {
     /// persistence templates to keep alive.
     pub fn needs_walk(&self, config: &Config) -> bool {
         config
-            .services
+            .services()
             .iter()
             .any(|s| table_uses_counts(s) || s.persistence.is_some())
     }
@@ -1220,7 +1220,7 @@ impl Dataplane {
             self.regions.free(r);
         }
         let mut published = 0;
-        for svc in &config.services {
+        for svc in config.services() {
             let Some(mut placed) = self.placed.remove(&svc.key) else {
                 continue;
             };
@@ -1313,7 +1313,7 @@ pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
 /// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key.
 pub fn filter_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; FILTER_WORDS as usize];
-    for k in config.services.iter().flat_map(bpf_keys) {
+    for k in config.services().iter().flat_map(bpf_keys) {
         let bit = filter_bit(&k.addr, k.port_be, k.proto);
         words[(bit >> 6) as usize] |= 1 << (bit & 63);
     }

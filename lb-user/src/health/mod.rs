@@ -377,7 +377,8 @@ impl Effective {
 /// direct routing with weight 1.
 pub fn effective(config: &Config, membership: impl Fn(&CheckId) -> Membership) -> Effective {
     let mut out = Effective::default();
-    for svc in &config.services {
+    let mut services = Vec::with_capacity(config.services().len());
+    for svc in config.services() {
         let mut s = svc.clone();
         s.check = Default::default();
         s.sorry_server = None;
@@ -410,15 +411,16 @@ pub fn effective(config: &Config, membership: impl Fn(&CheckId) -> Membership) -
             s.reals.push(RealServer::dr(sorry, 1));
             out.sorry.insert(svc.key);
         }
-        out.config.services.push(s);
+        services.push(s);
     }
+    out.config = Config::from_services(services);
     out
 }
 
 /// The checks a configuration asks for.
 pub fn wanted(config: &Config) -> Vec<(CheckId, Check)> {
     let mut out = Vec::new();
-    for svc in &config.services {
+    for svc in config.services() {
         for r in &svc.reals {
             match check::resolve(&svc.check, &r.check, r.addr) {
                 Ok(Some(c)) => out.push((
@@ -477,14 +479,14 @@ mod tests {
     #[test]
     fn down_servers_leave_or_are_inhibited_and_the_sorry_server_stands_in() {
         let c = config();
-        let key = c.services[0].key;
+        let key = c.services()[0].key;
         let rs1: SocketAddr = "198.51.100.11:80".parse().unwrap();
         let rs2: SocketAddr = "198.51.100.12:80".parse().unwrap();
         // All up: the configured tables, without checks or sorry server.
         let all_up = effective(&c, |_| Membership::Active);
-        assert_eq!(all_up.config.services[0].reals.len(), 2);
-        assert!(all_up.config.services[0].sorry_server.is_none());
-        assert!(all_up.config.services[0].check.is_empty());
+        assert_eq!(all_up.config.services()[0].reals.len(), 2);
+        assert!(all_up.config.services()[0].sorry_server.is_none());
+        assert!(all_up.config.services()[0].check.is_empty());
         assert!(all_up.sorry.is_empty() && all_up.down.is_empty());
         // rs1 removed, rs2 up.
         let e = effective(&c, |id| {
@@ -494,7 +496,11 @@ mod tests {
                 Membership::Active
             }
         });
-        let addrs: Vec<SocketAddr> = e.config.services[0].reals.iter().map(|r| r.addr).collect();
+        let addrs: Vec<SocketAddr> = e.config.services()[0]
+            .reals
+            .iter()
+            .map(|r| r.addr)
+            .collect();
         assert_eq!(addrs, vec![rs2]);
         assert_eq!(e.membership(&key, rs1), Membership::Removed);
         // rs1 inhibited, rs2 removed: rs1 at weight 0, nobody alive: the sorry server, with
@@ -506,7 +512,7 @@ mod tests {
                 Membership::Removed
             }
         });
-        let reals = &e.config.services[0].reals;
+        let reals = &e.config.services()[0].reals;
         assert_eq!(reals.len(), 2);
         assert_eq!((reals[0].addr, reals[0].weight), (rs1, 0));
         assert_eq!(
@@ -515,8 +521,7 @@ mod tests {
         );
         assert!(e.sorry.contains(&key));
         // An up server with weight 0 does not keep the sorry server out (keepalived's quorum).
-        let mut quiesced = c.clone();
-        quiesced.services[0].reals[1].weight = 0;
+        let quiesced = c.clone().map_services(|v| v[0].reals[1].weight = 0);
         let e = effective(&quiesced, |id| {
             if id.real == rs1 {
                 Membership::Removed
@@ -529,11 +534,12 @@ mod tests {
 
     #[test]
     fn every_checked_real_server_gets_its_resolved_check() {
-        let mut c = config();
-        c.services[0].reals[1].check = CheckSpec {
-            kind: Some(CheckKind::None),
-            ..Default::default()
-        };
+        let c = config().map_services(|v| {
+            v[0].reals[1].check = CheckSpec {
+                kind: Some(CheckKind::None),
+                ..Default::default()
+            }
+        });
         let w = wanted(&c);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].0.real, "198.51.100.11:80".parse().unwrap());
