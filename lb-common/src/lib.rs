@@ -19,7 +19,7 @@ pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, tunnel_job_flags,
     tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
-    Stats, TunnelJob, NO_BACKEND,
+    Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 
@@ -72,6 +72,8 @@ pub mod names {
     pub const MAP_TAIL_CALLS: &str = "TAIL_CALLS";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
+    /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.
+    pub const MAP_TUN_ROUTES: &str = "TUN_ROUTES";
     /// A program that passes every frame (for veth peers of XDP_TX interfaces).
     pub const PROG_PASS: &str = "xvs_pass";
     /// The benchmark floor: bounds check and XDP_TX.

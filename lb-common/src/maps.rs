@@ -246,6 +246,40 @@ pub struct TunnelJob {
 }
 const _: () = assert!(core::mem::size_of::<TunnelJob>() == 56);
 
+/// A tunnelled backend's route as the kernel's FIB last gave it (map TUN_ROUTES, per CPU, at
+/// the backend slot modulo [`TUN_ROUTE_SLOTS`]): the tunnel program reuses it instead of asking
+/// the FIB again while it is younger than [`TUN_ROUTE_TTL_NS`], belongs to this slot and
+/// generation, and the packet fits its MTU. A cache: never pinned, empty after every load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunRoute {
+    /// bpf_ktime_get_ns() after which the FIB is asked again (0: empty).
+    pub expires_ns: u64,
+    /// Backend slot it was looked up for.
+    pub backend: u32,
+    /// That backend's generation.
+    pub generation: u32,
+    /// Interface toward the next hop.
+    pub ifindex: u32,
+    /// Route MTU (outer packet).
+    pub mtu: u32,
+    /// Outer source the FIB chose (zero when the source was configured, --tun-src).
+    pub src: [u8; 16],
+    /// Next hop's MAC.
+    pub dmac: [u8; 6],
+    /// The interface's MAC.
+    pub smac: [u8; 6],
+    /// Padding.
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<TunRoute>() == 56);
+
+/// Entries of TUN_ROUTES per CPU (56 bytes each).
+pub const TUN_ROUTE_SLOTS: u32 = 4096;
+/// How long a FIB answer is reused: a route, neighbour or forwarding change reaches a
+/// tunnelled backend's packets within this time.
+pub const TUN_ROUTE_TTL_NS: u64 = 1_000_000_000;
+
 /// TunnelJob::flags bits.
 pub mod tunnel_job_flags {
     /// `hash` is set.
@@ -325,6 +359,7 @@ mod pod {
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::PersistEntry {}
     unsafe impl aya::Pod for super::TunnelJob {}
+    unsafe impl aya::Pod for super::TunRoute {}
 }
 
 #[cfg(test)]

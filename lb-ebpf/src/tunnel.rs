@@ -1,20 +1,23 @@
 //! TUN forwarding: wraps the frame's IP packet in an outer IPv4/IPv6 header (IPIP, IP6IP6, 6in4,
 //! 4in6) or outer IP + UDP + GUE (variant 0, as IPVS's ipvs_gue_encap), toward the real server,
-//! with the next hop and source the kernel's FIB chooses.
+//! with the next hop and source the kernel's FIB chooses. Each CPU keeps the FIB's answer per
+//! backend for a second (TUN_ROUTES): the lookup is the costliest step of TUN forwarding.
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
     },
-    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use lb_common::{
     backend_flags,
     csum::{finish, fold, sum_addr, sum_words},
-    fwd, Backend, DataplaneConfig, Reason, FAMILY_V6, PROTO_ICMP, PROTO_IPIP, PROTO_IPV6,
-    PROTO_UDP,
+    fwd, Backend, DataplaneConfig, Reason, TunRoute, FAMILY_V6, PROTO_ICMP, PROTO_IPIP,
+    PROTO_IPV6, PROTO_UDP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 
 use crate::packet::{ptr_at, Parsed, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN};
@@ -25,6 +28,10 @@ const UDP_LEN: usize = 8;
 const GUE_LEN: usize = 4;
 /// Hop limit / TTL of outer headers (the kernel's default).
 const OUTER_TTL: u8 = 64;
+
+/// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
+#[map]
+static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
 
 /// Where an encapsulated frame goes, or why it cannot.
 pub enum Sent {
@@ -48,10 +55,10 @@ pub fn overhead(b: &Backend) -> usize {
     }
 }
 
-/// Encapsulates the frame toward `b`. `hash` is the inner flow's tuple hash (outer GUE source
-/// port, IPv6 flow label). Returns where the frame goes and whether a GUE checksum that should
-/// have been filled was left zero (see Reason::TunZeroCsum); Err with the drop reason when there
-/// is no usable route.
+/// Encapsulates the frame toward `b` (backend slot `id`). `hash` is the inner flow's tuple hash
+/// (outer GUE source port, IPv6 flow label). Returns where the frame goes and whether a GUE
+/// checksum that should have been filled was left zero (see Reason::TunZeroCsum); Err with the
+/// drop reason when there is no usable route.
 #[inline(always)]
 pub fn encap(
     ctx: &XdpContext,
@@ -59,16 +66,23 @@ pub fn encap(
     b: &Backend,
     cfg: &DataplaneConfig,
     hash: u32,
+    id: u32,
 ) -> Result<(Sent, bool), Reason> {
-    encap_call(ctx, p, b, cfg, hash).decode()
+    encap_call(ctx, p, b, cfg, (id as u64) << 32 | hash as u64).decode()
 }
 
 /// `encap` as a BPF subprogram of its own (not inlined): its stack frame is separate from the
-/// fast path's, which keeps both under the 512-byte limit. A subprogram returns one register,
-/// hence the packed result.
+/// fast path's, which keeps both under the 512-byte limit. A subprogram takes at most five
+/// arguments (hash and slot share one) and returns one register, hence the packed result.
 #[inline(never)]
-fn encap_call(ctx: &XdpContext, p: &Parsed, b: &Backend, cfg: &DataplaneConfig, hash: u32) -> Packed {
-    Packed::encode(encap_inline(ctx, p, b, cfg, hash))
+fn encap_call(
+    ctx: &XdpContext,
+    p: &Parsed,
+    b: &Backend,
+    cfg: &DataplaneConfig,
+    id_hash: u64,
+) -> Packed {
+    Packed::encode(encap_inline(ctx, p, b, cfg, id_hash as u32, (id_hash >> 32) as u32))
 }
 
 /// encap's result in one u64: kind in bits 0..8 (0 Tx, 1 Redirect, 2 TooBig, 3 Err), the
@@ -109,6 +123,7 @@ fn encap_inline(
     b: &Backend,
     cfg: &DataplaneConfig,
     hash: u32,
+    id: u32,
 ) -> Result<(Sent, bool), Reason> {
     let outer_v6 = b.family == FAMILY_V6;
     let gue = b.fwd == fwd::TUN_GUE;
@@ -118,63 +133,59 @@ fn encap_inline(
     let inner_proto = if inner_v6 { PROTO_IPV6 } else { PROTO_IPIP };
     let sport: u16 = 0xc000 | (hash as u16 & 0x3fff);
 
-    // The route, next hop and (unless configured) source address, from the kernel's FIB.
-    // SAFETY: plain-old-data struct, all-zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = if outer_v6 { AF_INET6 } else { AF_INET };
-    fib.l4_protocol = if gue { PROTO_UDP } else { inner_proto };
-    if gue {
-        fib.sport = sport.to_be();
-        fib.dport = b.tun_port_be;
-    }
-    fib.__bindgen_anon_1.tot_len = (inner_len + over) as u16;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
     let mut src = [0u8; 16];
     if outer_v6 {
         src = cfg.tun_src6;
     } else {
         src[..4].copy_from_slice(&cfg.tun_src4);
     }
-    let flags = if src == [0u8; 16] { BPF_FIB_LOOKUP_SRC } else { 0 };
-    // Writing a union member is safe; these are plain integers and arrays.
-    if outer_v6 {
-        fib.__bindgen_anon_3.ipv6_src = words(&src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&b.addr);
-    } else {
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-        fib.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
-    }
-    // SAFETY: ctx.ctx is the program's context; fib lives on the stack for the call.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            flags,
-        )
-    } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            // SAFETY: the kernel wrote mtu_result.
-            let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as usize;
-            return Ok((Sent::TooBig(mtu.saturating_sub(over) as u32), false));
-        }
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::DropTunNoNeighbor),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::DropTunFwdDisabled),
-        _ => return Err(Reason::DropTunNoRoute),
-    }
-    if flags != 0 {
-        // SAFETY: BPF_FIB_LOOKUP_SRC filled the source member.
-        unsafe {
-            if outer_v6 {
-                src = bytes(&fib.__bindgen_anon_3.ipv6_src);
-            } else {
-                src[..4].copy_from_slice(&fib.__bindgen_anon_3.ipv4_src.to_ne_bytes());
+    let configured = src != [0u8; 16];
+    let total = inner_len + over;
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cached = TUN_ROUTES.get_ptr_mut(id % TUN_ROUTE_SLOTS);
+    let mut hop = None;
+    if let Some(r) = cached {
+        // SAFETY: this CPU's entry; nothing else runs on this CPU during this program.
+        let r = unsafe { &*r };
+        if r.expires_ns > now
+            && r.backend == id
+            && r.generation == b.generation
+            && total <= r.mtu as usize
+            && (configured || r.src != [0u8; 16])
+        {
+            if !configured {
+                src = r.src;
             }
+            hop = Some((r.ifindex, r.dmac, r.smac));
         }
     }
+    let (ifindex, dmac, smac) = match hop {
+        Some(h) => h,
+        None => {
+            let (ifindex, dmac, smac, mtu) =
+                match fib_lookup(ctx, b, inner_proto, gue, sport, total, configured, &mut src)? {
+                    Lookup::Via(ifindex, dmac, smac, mtu) => (ifindex, dmac, smac, mtu),
+                    Lookup::TooBig(mtu) => {
+                        return Ok((Sent::TooBig(mtu.saturating_sub(over as u32)), false))
+                    }
+                };
+            if let Some(r) = cached {
+                // SAFETY: as above. Written field by field (no stack copy).
+                unsafe {
+                    (*r).expires_ns = now + TUN_ROUTE_TTL_NS;
+                    (*r).backend = id;
+                    (*r).generation = b.generation;
+                    (*r).ifindex = ifindex;
+                    (*r).mtu = mtu;
+                    (*r).src = if configured { [0u8; 16] } else { src };
+                    (*r).dmac = dmac;
+                    (*r).smac = smac;
+                }
+            }
+            (ifindex, dmac, smac)
+        }
+    };
 
     // Everything read from the inner packet is read before the head moves.
     let udp_csum = if gue && (outer_v6 || b.flags & backend_flags::TUN_CSUM != 0) {
@@ -188,7 +199,7 @@ fn encap_inline(
         return Err(Reason::DropTunHeadroom);
     }
     // New layout: [L2 (l3_off) | outer (over) | inner], the old L2 now at `over`.
-    write_l2(ctx, p.l3_off, over, &fib.dmac, &fib.smac, outer_v6)?;
+    write_l2(ctx, p.l3_off, over, &dmac, &smac, outer_v6)?;
     let l4_len = inner_len + UDP_LEN + GUE_LEN;
     let next = if gue { PROTO_UDP } else { inner_proto };
     let outer_ip_sum = if outer_v6 {
@@ -258,12 +269,86 @@ fn encap_inline(
             None => {}
         }
     }
-    let sent = if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    let sent = if ifindex == ctx.ingress_ifindex() as u32 {
         Sent::Tx
     } else {
-        Sent::Redirect(fib.ifindex)
+        Sent::Redirect(ifindex)
     };
     Ok((sent, udp_csum.is_none()))
+}
+
+/// What the FIB says of a route.
+enum Lookup {
+    /// Outgoing interface, next hop's MAC, the interface's MAC, the route MTU.
+    Via(u32, [u8; 6], [u8; 6], u32),
+    /// A packet of the asked size does not fit: the route MTU.
+    TooBig(u32),
+}
+
+/// Asks the kernel's FIB for the route to `b` for an outer packet of `total` bytes; fills `src`
+/// unless `configured`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fib_lookup(
+    ctx: &XdpContext,
+    b: &Backend,
+    inner_proto: u8,
+    gue: bool,
+    sport: u16,
+    total: usize,
+    configured: bool,
+    src: &mut [u8; 16],
+) -> Result<Lookup, Reason> {
+    let outer_v6 = b.family == FAMILY_V6;
+    // SAFETY: plain-old-data struct, all-zero is a valid value.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = if outer_v6 { AF_INET6 } else { AF_INET };
+    fib.l4_protocol = if gue { PROTO_UDP } else { inner_proto };
+    if gue {
+        fib.sport = sport.to_be();
+        fib.dport = b.tun_port_be;
+    }
+    fib.__bindgen_anon_1.tot_len = total as u16;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    let flags = if configured { 0 } else { BPF_FIB_LOOKUP_SRC };
+    // Writing a union member is safe; these are plain integers and arrays.
+    if outer_v6 {
+        fib.__bindgen_anon_3.ipv6_src = words(src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&b.addr);
+    } else {
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+    }
+    // SAFETY: ctx.ctx is the program's context; fib lives on the stack for the call.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            flags,
+        )
+    } as u32;
+    // SAFETY: the kernel wrote mtu_result (on success too: the route's MTU).
+    let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Lookup::TooBig(mtu)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::DropTunNoNeighbor),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::DropTunFwdDisabled),
+        _ => return Err(Reason::DropTunNoRoute),
+    }
+    if !configured {
+        // SAFETY: BPF_FIB_LOOKUP_SRC filled the source member.
+        unsafe {
+            if outer_v6 {
+                *src = bytes(&fib.__bindgen_anon_3.ipv6_src);
+            } else {
+                src[..4].copy_from_slice(&fib.__bindgen_anon_3.ipv4_src.to_ne_bytes());
+            }
+        }
+    }
+    Ok(Lookup::Via(fib.ifindex, fib.dmac, fib.smac, mtu))
 }
 
 /// The ones-complement sum of the whole inner IP packet, from its headers only: a packet whose

@@ -733,17 +733,83 @@ fn tunnel_failures_are_dropped_and_counted() {
             verdict::DROP
         );
         assert_eq!(d.reason(Reason::DropTunNoNeighbor), 1);
-        // Forwarding off: the FIB may not be asked.
+        // Forwarding off: the FIB may not be asked, for a backend whose route is not cached...
+        service(d, Protocol::Tcp, VIP, 83, RS_LINK, tun(Ipip, 0, false));
         let out = std::process::Command::new("sysctl")
             .args(["-qw", "net.ipv4.conf.d0.forwarding=0"])
             .status()
             .unwrap();
         assert!(out.success());
         assert_eq!(
-            d.run_on(ifx, &tcp(CLIENT, 40001, VIP, 80, SYN)).0,
+            d.run_on(ifx, &tcp(CLIENT, 40001, VIP, 83, SYN)).0,
             verdict::DROP
         );
         assert_eq!(d.reason(Reason::DropTunFwdDisabled), 1);
+        // ...and, once its cached route expires (TUN_ROUTE_TTL_NS), for the one sent out d2.
+        let started = std::time::Instant::now();
+        xvs_tests::poll(
+            std::time::Duration::from_secs(5),
+            "the cached route to d2 to expire",
+            || (d.run_on(ifx, &tcp(CLIENT, 40002, VIP, 80, SYN)).0 == verdict::DROP).then_some(()),
+        )
+        .unwrap();
+        assert!(
+            started.elapsed().as_nanos() <= 2 * lb_common::TUN_ROUTE_TTL_NS as u128,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(d.reason(Reason::DropTunFwdDisabled), 2);
         assert_eq!(d.reason(Reason::TxTunnel), 0);
+    });
+}
+
+/// The FIB's answer for a tunnelled backend is reused for TUN_ROUTE_TTL_NS (each CPU its own):
+/// a changed neighbour reaches the backend's packets once that has passed, not at once.
+#[test]
+fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
+    in_ns(|d, ifx| {
+        use std::time::{Duration, Instant};
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            80,
+            RS_LINK,
+            tun(TunnelKind::Ipip, 0, false),
+        );
+        let mut next_hop = |port: u16| {
+            let (v, out) = d.run_on(ifx, &tcp(CLIENT, port, VIP, 80, SYN));
+            assert_eq!(v, verdict::TX);
+            <[u8; 6]>::try_from(&out[..6]).unwrap()
+        };
+        assert_eq!(next_hop(40000), RS_MAC);
+        let moved: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "replace", RS_LINK, "lladdr", &mac_text(&moved)])
+            .args(["dev", "d0", "nud", "permanent"])
+            .status()
+            .unwrap();
+        assert!(out.success());
+        let changed = Instant::now();
+        let right_after = next_hop(40001);
+        let quick = changed.elapsed() < Duration::from_millis(500);
+        let mut port = 40002;
+        xvs_tests::poll(
+            Duration::from_secs(5),
+            "the new neighbour to be used",
+            || {
+                port += 1;
+                (next_hop(port) == moved).then_some(())
+            },
+        )
+        .unwrap();
+        let seen = changed.elapsed();
+        assert!(
+            seen.as_nanos() <= 2 * lb_common::TUN_ROUTE_TTL_NS as u128,
+            "{seen:?}"
+        );
+        // Unless this thread stalled for half a second, the packet right after the change still
+        // went to the cached next hop.
+        assert!(!quick || right_after == RS_MAC, "{right_after:?}");
     });
 }

@@ -492,7 +492,7 @@ fn tunnel_job(ctx: &XdpContext) -> Result<Out, Reason> {
     } else {
         tuple_hash(&job.src, &job.dst, job.sport_be, job.dport_be, job.proto)
     };
-    let (sent, zero_csum) = tunnel::encap(ctx, &p, backend, cfg, hash)?;
+    let (sent, zero_csum) = tunnel::encap(ctx, &p, backend, cfg, hash, job.backend)?;
     if zero_csum {
         count(Reason::TunZeroCsum);
     }

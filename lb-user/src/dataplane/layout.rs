@@ -13,13 +13,13 @@ use lb_common::{
 
 use super::{pin::PinDir, DataplaneError, Sizes};
 
-/// aya-log's ring buffer.
-const AYA_LOGS: &str = "AYA_LOGS";
+/// Maps every load creates afresh: aya-log's ring buffer and the tunnel route cache.
+const UNPINNED: [&str; 2] = ["AYA_LOGS", names::MAP_TUN_ROUTES];
 use crate::object;
 
 /// The maps of the embedded director object as this xvsd would create them, sorted by name.
 /// Data sections (.rodata, .data, .bss) belong to one build of the program and are never pinned,
-/// nor is the log ring buffer (each load reads its own).
+/// nor are the log ring buffer and the route cache (each load has its own).
 pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
     let obj = aya_obj::Object::parse(object::DIRECTOR)
         .map_err(|e| DataplaneError::Object(e.to_string()))?;
@@ -30,7 +30,7 @@ pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
             !matches!(
                 m.section_kind(),
                 EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss
-            ) && name.as_str() != AYA_LOGS
+            ) && !UNPINNED.contains(&name.as_str())
         })
         .map(|(name, m)| MapLayout {
             name: MapLayout::name_field(name),
