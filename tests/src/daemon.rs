@@ -4,15 +4,13 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    time::Duration,
+    process::{Command, ExitStatus, Output},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
-use crate::{lab::default_bin_dir, netns, poll};
+use crate::{lab::default_bin_dir, netns, xvsd::XvsdProcess};
 
 /// A director namespace and the xvsd running in it (or not, between restarts).
 pub struct Xvsd {
@@ -25,8 +23,7 @@ pub struct Xvsd {
     pub state_dir: PathBuf,
     /// Mount point of this daemon's bpffs instance (its pins go with it).
     bpffs: PathBuf,
-    bin_dir: PathBuf,
-    child: Option<Child>,
+    xvsd: XvsdProcess,
 }
 
 impl Xvsd {
@@ -44,14 +41,41 @@ impl Xvsd {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&bpffs)?;
         netns::mount_bpffs(&bpffs)?;
+        let socket = dir.join("xvsd.sock");
+        let state_dir = dir.join("state");
+        let args = [
+            "--iface",
+            "d0",
+            "--xdp-mode",
+            "generic",
+            "--conn-table-size",
+            "65536",
+            "--socket",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            socket.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--pin-dir".into(),
+            bpffs.join("d0").display().to_string(),
+        ])
+        .collect();
+        let xvsd = XvsdProcess::new(
+            &ns,
+            &default_bin_dir(),
+            &socket,
+            &dir.join("xvsd.log"),
+            args,
+        );
         let x = Xvsd {
-            socket: dir.join("xvsd.sock"),
-            state_dir: dir.join("state"),
+            socket,
+            state_dir,
             bpffs,
             dir,
             ns,
-            bin_dir: default_bin_dir(),
-            child: None,
+            xvsd,
         };
         netns::create(&x.ns)?;
         netns::ip(&[
@@ -65,130 +89,57 @@ impl Xvsd {
 
     /// Where xvsd and xvsadm are.
     pub fn bin_dir(&self) -> &Path {
-        &self.bin_dir
-    }
-
-    fn spawn(&mut self, args: &[&str]) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("xvsd.log"))?;
-        let child = netns::cmd_in(&self.ns, &self.bin_dir.join("xvsd").display().to_string())
-            .args(["--iface", "d0", "--xdp-mode", "generic"])
-            .args(["--conn-table-size", "65536", "--socket"])
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--pin-dir")
-            .arg(self.bpffs.join("d0"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning xvsd")?;
-        self.child = Some(child);
-        Ok(())
+        self.xvsd.bin_dir()
     }
 
     /// Starts xvsd with extra arguments and waits until it answers.
     pub fn start(&mut self, args: &[&str]) -> Result<()> {
-        self.spawn(args)?;
-        poll(Duration::from_secs(20), "xvsd to answer", || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Some(Err(anyhow::anyhow!("xvsd exited: {status}")));
-            }
-            self.xvsadm(&["-L", "-n"])
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| Ok(()))
-        })?
-        .with_context(|| self.log())
+        self.xvsd.start(args)
     }
 
     /// Starts xvsd with arguments it must refuse; returns its exit status once it stopped.
     pub fn start_refused(&mut self, args: &[&str]) -> Result<ExitStatus> {
-        self.spawn(args)?;
-        let mut child = self.child.take().expect("spawned");
-        poll(Duration::from_secs(20), "xvsd to exit", || {
-            child.try_wait().ok().flatten()
-        })
-        .inspect_err(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-        })
+        self.xvsd.start_refused(args)
     }
 
     /// xvsd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.xvsd.pid()
     }
 
     /// Kills xvsd with SIGKILL (no cleanup of any kind) and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.xvsd.kill();
     }
 
     /// Stops xvsd with SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our child (`ip netns exec` execs into xvsd).
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let status = poll(Duration::from_secs(10), "xvsd to exit", || {
-                c.try_wait().ok().flatten()
-            })?;
-            if !status.success() {
-                bail!("xvsd exited with {status}");
-            }
-        }
-        Ok(())
+        self.xvsd.stop()
     }
 
     /// What xvsd logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default()
+        self.xvsd.log_text()
     }
 
     /// Runs xvsadm against this daemon.
     pub fn xvsadm(&self, args: &[&str]) -> Result<Output> {
-        self.xvsadm_in(args, None)
+        self.xvsd.xvsadm(args)
     }
 
     /// Runs xvsadm with `stdin` as its standard input.
     pub fn xvsadm_in(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut c = self
-            .xvsadm_cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(text) = stdin {
-            c.stdin.take().expect("piped").write_all(text.as_bytes())?;
-        }
-        drop(c.stdin.take());
-        Ok(c.wait_with_output()?)
+        self.xvsd.xvsadm_in(args, stdin)
     }
 
     /// The xvsadm command line for this daemon, not started.
     pub fn xvsadm_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(self.bin_dir.join("xvsadm"));
-        c.arg("--socket").arg(&self.socket).args(args);
-        c
+        self.xvsd.xvsadm_cmd(args)
     }
 
     /// Runs xvsadm and fails with its stderr when it fails; returns stdout.
     pub fn xvsadm_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.xvsadm(args)?;
-        if !out.status.success() {
-            bail!(
-                "xvsadm {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.xvsd.xvsadm_ok_in(args, None)
     }
 }
 

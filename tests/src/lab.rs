@@ -29,6 +29,7 @@ use aya::{
 use crate::{
     netns::{self, cmd_in, create, ip, sh},
     poll,
+    xvsd::XvsdProcess,
 };
 
 /// IPv4 VIP of the lab.
@@ -81,12 +82,10 @@ pub struct Lab {
     pub dir: PathBuf,
     /// xvsd's control socket.
     pub socket: PathBuf,
-    bin_dir: PathBuf,
     reals: usize,
-    xvsd_args: Vec<String>,
     /// Mount point of the lab's bpffs instance.
     bpffs: PathBuf,
-    xvsd: Option<Child>,
+    xvsd: XvsdProcess,
     /// Running apache2 parents, by real server number.
     apaches: Vec<(usize, Child)>,
     _pass: Option<Ebpf>,
@@ -133,15 +132,31 @@ impl Lab {
         netns::unmount_all(&bpffs);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&bpffs)?;
+        let socket = dir.join("xvsd.sock");
+        let mut args: Vec<String> = ["--iface", "eth0", "--xdp-mode", "native", "--socket"]
+            .map(String::from)
+            .into();
+        args.push(socket.display().to_string());
+        args.push("--pin-dir".into());
+        args.push(bpffs.join("eth0").display().to_string());
+        // The lab's own state: a restart within a lab restores it, labs never share one.
+        args.push("--state-dir".into());
+        args.push(dir.join("state").display().to_string());
+        args.extend(opts.xvsd_args.iter().cloned());
+        let xvsd = XvsdProcess::new(
+            &format!("{prefix}dir"),
+            &opts.bin_dir,
+            &socket,
+            &dir.join("xvsd.log"),
+            args,
+        );
         let mut lab = Lab {
             prefix,
-            socket: dir.join("xvsd.sock"),
+            socket,
             dir,
-            bin_dir: opts.bin_dir.clone(),
             reals: opts.reals,
-            xvsd_args: opts.xvsd_args.clone(),
             bpffs,
-            xvsd: None,
+            xvsd,
             apaches: Vec::new(),
             _pass: None,
         };
@@ -394,7 +409,7 @@ impl Lab {
 
     /// What xvsd logged so far (for failure messages).
     pub fn xvsd_log(&self) -> String {
-        fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default()
+        self.xvsd.log_text()
     }
 
     /// Where xvsd pins the director (inside the lab's bpffs).
@@ -402,27 +417,9 @@ impl Lab {
         self.bpffs.join("eth0")
     }
 
-    /// The xvsd command line of this lab, with `extra` arguments.
-    fn xvsd_cmd(&self, extra: &[&str]) -> Command {
-        let mut cmd = cmd_in(
-            &self.ns("dir"),
-            &self.bin_dir.join("xvsd").display().to_string(),
-        );
-        cmd.args(["--iface", "eth0", "--xdp-mode", "native", "--socket"])
-            .arg(&self.socket)
-            .arg("--pin-dir")
-            .arg(self.pin_dir())
-            // The lab's own state: a restart within a lab restores it, labs never share one.
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .args(&self.xvsd_args)
-            .args(extra);
-        cmd
-    }
-
     /// xvsd's pid, while it runs.
     pub fn xvsd_pid(&self) -> Option<u32> {
-        self.xvsd.as_ref().map(Child::id)
+        self.xvsd.pid()
     }
 
     /// Starts xvsd in the director namespace and waits until it answers.
@@ -432,126 +429,39 @@ impl Lab {
 
     /// Starts xvsd with `extra` arguments for this start only, and waits until it answers.
     pub fn start_xvsd_with(&mut self, extra: &[&str]) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("xvsd.log"))?;
-        let child = self
-            .xvsd_cmd(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning xvsd")?;
-        self.xvsd = Some(child);
-        poll(Duration::from_secs(20), "xvsd to answer", || {
-            if let Some(c) = self.xvsd.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Some(Err(anyhow::anyhow!("xvsd exited: {status}")));
-                }
-            }
-            self.xvsadm(&["-L", "-n"])
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| Ok(()))
-        })?
-        .with_context(|| fs::read_to_string(self.dir.join("xvsd.log")).unwrap_or_default())
+        self.xvsd.start(extra)
     }
 
     /// Runs xvsd with `extra` arguments to completion (`--cleanup`, or a start that must be
     /// refused); fails if it is still running after 30 s.
     pub fn xvsd_once(&self, extra: &[&str]) -> Result<Output> {
-        let mut child = self
-            .xvsd_cmd(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_BACKTRACE", "0")
-            .spawn()
-            .context("spawning xvsd")?;
-        let done = poll(Duration::from_secs(30), "xvsd to exit", || {
-            child.try_wait().ok().flatten()
-        });
-        if done.is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("xvsd {extra:?} did not exit");
-        }
-        child.wait_with_output().context("reading xvsd's output")
+        self.xvsd.once(extra)
     }
 
     /// Kills xvsd with SIGKILL and waits for it: nothing of xvsd runs any more, only what it
     /// pinned.
     pub fn kill_xvsd(&mut self) -> Result<()> {
-        if let Some(mut c) = self.xvsd.take() {
-            c.kill().context("killing xvsd")?;
-            c.wait()?;
-        }
-        Ok(())
+        self.xvsd.kill()
     }
 
     /// Restores `rules` (`xvsadm -S -n` output) with `xvsadm -R`.
     pub fn xvsadm_restore(&self, rules: &str) -> Result<()> {
-        let mut child = Command::new(self.bin_dir.join("xvsadm"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("-R")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running xvsadm -R")?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(rules.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "xvsadm -R failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        self.xvsd.xvsadm_ok_in(&["-R"], Some(rules)).map(drop)
     }
 
     /// Stops xvsd with SIGTERM and waits for it (the director stays attached and pinned).
     pub fn stop_xvsd(&mut self) -> Result<()> {
-        if let Some(mut c) = self.xvsd.take() {
-            // SAFETY: plain kill(2) on our child. `ip netns exec` execs, so this is xvsd.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let status = poll(Duration::from_secs(10), "xvsd to exit", || {
-                c.try_wait().ok().flatten()
-            })?;
-            if !status.success() {
-                bail!("xvsd exited with {status}");
-            }
-        }
-        Ok(())
+        self.xvsd.stop()
     }
 
     /// Runs xvsadm against this lab's daemon.
     pub fn xvsadm(&self, args: &[&str]) -> Result<Output> {
-        Command::new(self.bin_dir.join("xvsadm"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running xvsadm")
+        self.xvsd.xvsadm(args)
     }
 
     /// Runs xvsadm and fails with its stderr when it fails; returns stdout.
     pub fn xvsadm_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.xvsadm(args)?;
-        if !out.status.success() {
-            bail!(
-                "xvsadm {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.xvsd.xvsadm_ok_in(args, None)
     }
 
     /// `n` HTTP requests from the client to `url`, each on a new connection; the bodies of the
@@ -663,15 +573,7 @@ impl Lab {
     }
 
     fn cleanup(&mut self) {
-        if let Some(mut c) = self.xvsd.take() {
-            // SAFETY: plain kill(2) on our child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = poll(Duration::from_secs(5), "xvsd exit", || {
-                c.try_wait().ok().flatten()
-            });
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.xvsd.stop_within(Duration::from_secs(5));
         self._pass = None;
         netns::destroy_all(&self.prefix);
         // The pins (and with them the director's link and maps) go with the bpffs instance.
@@ -680,6 +582,11 @@ impl Lab {
         for (_, mut c) in self.apaches.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Logs, state and web roots: kept for a failed test to be looked at (the next run with
+        // the same tag removes them), removed after a passing one.
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }

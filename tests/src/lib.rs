@@ -10,6 +10,7 @@ pub mod netns;
 pub mod packets;
 pub mod progtest;
 pub mod tunnel;
+pub mod xvsd;
 
 /// Fails (never skips) when not root: CI runs as root, so a privileged test that cannot run
 /// there is a failure with a reason.

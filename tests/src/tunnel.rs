@@ -18,38 +18,8 @@ pub const IPPROTO_IPV6: u8 = 41;
 /// A bare IP packet (no Ethernet): src:sport -> dst:dport, TCP (flags, sequence number 1000)
 /// or UDP, with a payload and valid checksums.
 pub fn ip_packet(src: &str, sport: u16, dst: &str, dport: u16, l4: L4, payload: &[u8]) -> Vec<u8> {
-    let src: IpAddr = src.parse().expect("src address");
-    let dst: IpAddr = dst.parse().expect("dst address");
-    let mut out = Vec::new();
-    macro_rules! finish {
-        ($ip:expr) => {{
-            match l4 {
-                L4::Udp => $ip.udp(sport, dport).write(&mut out, payload).unwrap(),
-                L4::Tcp(f) => {
-                    let mut t = $ip.tcp(sport, dport, 1000, 64240);
-                    if f.syn {
-                        t = t.syn();
-                    }
-                    if f.ack {
-                        t = t.ack(1);
-                    }
-                    if f.fin {
-                        t = t.fin();
-                    }
-                    if f.rst {
-                        t = t.rst();
-                    }
-                    t.write(&mut out, payload).unwrap()
-                }
-            }
-        }};
-    }
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => finish!(PacketBuilder::ipv4(s.octets(), d.octets(), 64)),
-        (IpAddr::V6(s), IpAddr::V6(d)) => finish!(PacketBuilder::ipv6(s.octets(), d.octets(), 64)),
-        _ => panic!("mixed address families"),
-    }
-    out
+    // The Ethernet frame's packet, without its 14-byte Ethernet header.
+    crate::packets::frame(src, sport, dst, dport, l4, None, payload)[14..].to_vec()
 }
 
 /// A bare TCP segment (no Ethernet) with explicit sequence numbers: SYN when `ack` is None,
