@@ -160,7 +160,9 @@ pub fn report(
         "## Live traffic\n\nFrames generated with BPF_PROG_TEST_RUN live frames \
          (`XDP_TEST_RUN live frames`, batch 64) in a generator namespace, sent over a veth to the \
          program under test (native XDP, XDP_TX back) and counted by a sink program on the \
-         generator's veth. Packets per second received at the sink.\n\n| what | figure |\n| --- | --- |"
+         generator's veth. Packets per second received at the sink. The hairpin and the director \
+         are measured in adjacent pairs over several rounds (the host's load drifts): the figures \
+         are medians, the target is judged on the median pair's ratio.\n\n| what | figure |\n| --- | --- |"
     );
     for (k, v) in live {
         let _ = writeln!(md, "| {k} | {v} |");
