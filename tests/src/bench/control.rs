@@ -2,22 +2,19 @@
 //! kernel-reported memory of each map.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::{netns, poll};
+use crate::{netns, xvsd::XvsdProcess};
 
 /// A throwaway xvsd on a veth in its own namespace.
 pub struct Daemon {
     ns: String,
-    socket: PathBuf,
-    xvsadm: PathBuf,
-    child: Child,
+    xvsd: XvsdProcess,
 }
 
 impl Daemon {
@@ -33,63 +30,50 @@ impl Daemon {
         netns::ip(&["-n", &ns, "link", "set", "d1", "up"])?;
         let socket = std::env::temp_dir().join("xvs-bench-cp.sock");
         // A fresh state directory: the daemon starts empty and saves every change there.
-        let state = std::env::temp_dir().join("xvs-bench-cp-state");
+        let state = state_dir();
         let _ = std::fs::remove_dir_all(&state);
-        let child = netns::cmd_in(&ns, &bin_dir.join("xvsd").display().to_string())
-            .args(["--iface", "d0", "--xdp-mode", "native", "--socket"])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let d = Daemon {
-            ns,
-            socket,
-            xvsadm: bin_dir.join("xvsadm"),
-            child,
+        let log = std::env::temp_dir().join("xvs-bench-cp.log");
+        let _ = std::fs::remove_file(&log);
+        let args = ["--iface", "d0", "--xdp-mode", "native", "--socket"]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                socket.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ])
+            .collect();
+        let mut d = Daemon {
+            ns: ns.clone(),
+            xvsd: XvsdProcess::new(&ns, bin_dir, &socket, &log, args),
         };
-        poll(Duration::from_secs(20), "xvsd", || {
-            d.xvsadm(&["-L", "-n"], None).ok()
-        })?;
+        d.xvsd.start(&[])?;
         Ok(d)
     }
 
     /// Runs xvsadm, optionally with standard input; fails on a non-zero exit.
     pub fn xvsadm(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut c = Command::new(&self.xvsadm)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(text) = stdin {
-            c.stdin.take().expect("piped").write_all(text.as_bytes())?;
-        }
-        drop(c.stdin.take());
-        let out = c.wait_with_output()?;
-        if !out.status.success() {
-            bail!("xvsadm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.xvsd.xvsadm_ok_in(args, stdin)
     }
 
     /// xvsd's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.xvsd.pid().expect("xvsd runs")
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM: xvsd removes its socket (SIGKILL after 5 s).
+        let _ = self.xvsd.stop_within(Duration::from_secs(5));
         netns::destroy(&self.ns);
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join("xvs-bench-cp-state"));
+        let _ = std::fs::remove_dir_all(state_dir());
+        let _ = std::fs::remove_file(std::env::temp_dir().join("xvs-bench-cp.log"));
     }
+}
+
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("xvs-bench-cp-state")
 }
 
 /// `-A` rules for `n` services (no real servers, so nothing waits for address resolution).
