@@ -17,9 +17,9 @@ pub mod reason;
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
-    backend_flags, flow_hash, fwd, mask_addr, service_flags, table_kind, tunnel_job_flags,
-    tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey, ServiceValue,
-    Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    backend_flags, config_flags, flow_hash, fwd, mask_addr, service_flags, table_kind,
+    tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey,
+    ServiceValue, Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 

@@ -326,8 +326,19 @@ pub struct DataplaneConfig {
     pub tun_src6: [u8; 16],
     /// Outer source address of IPv4 tunnel packets.
     pub tun_src4: [u8; 4],
+    /// [`config_flags`].
+    pub flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
+}
+
+/// DataplaneConfig::flags bits.
+pub mod config_flags {
+    /// The kernel's IPv4 multipath hash uses ports (fib_multipath_hash_policy 1 or 3): a GUE
+    /// flow's route depends on its outer source port, so GUE routes are not cached per backend.
+    pub const GUE_ROUTE_PER_FLOW4: u8 = 1;
+    /// The same for IPv6.
+    pub const GUE_ROUTE_PER_FLOW6: u8 = 2;
 }
 const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 64);
 
@@ -343,7 +354,8 @@ impl Default for DataplaneConfig {
             tcp_close_timeout_ns: 10 * SEC,
             tun_src6: [0; 16],
             tun_src4: [0; 4],
-            _pad: [0; 4],
+            flags: 0,
+            _pad: [0; 3],
         }
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    backend_flags,
+    backend_flags, config_flags,
     csum::{finish, fold, sum_addr, sum_words},
     fwd, Backend, DataplaneConfig, Reason, TunRoute, FAMILY_V6, PROTO_ICMP, PROTO_IPIP,
     PROTO_IPV6, PROTO_UDP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
@@ -143,7 +143,21 @@ fn encap_inline(
     let total = inner_len + over;
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let cached = TUN_ROUTES.get_ptr_mut(id % TUN_ROUTE_SLOTS);
+    // A GUE flow's route depends on its ports where the kernel's multipath hash uses them: then
+    // it is not shared between the backend's flows.
+    let per_flow = gue
+        && cfg.flags
+            & if outer_v6 {
+                config_flags::GUE_ROUTE_PER_FLOW6
+            } else {
+                config_flags::GUE_ROUTE_PER_FLOW4
+            }
+            != 0;
+    let cached = if per_flow {
+        None
+    } else {
+        TUN_ROUTES.get_ptr_mut(id % TUN_ROUTE_SLOTS)
+    };
     let mut hop = None;
     if let Some(r) = cached {
         // SAFETY: this CPU's entry; nothing else runs on this CPU during this program.

@@ -185,13 +185,34 @@ impl Controller {
         self
     }
 
-    /// Sets the outer source addresses of tunnelled packets.
+    /// Sets the outer source addresses of tunnelled packets (and reads the kernel's multipath
+    /// policy, see [`Controller::refresh_multipath`]).
     pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), DaemonError> {
         let mut t = self.timeouts;
         crate::tunnel::set_sources(&mut t, sources)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
+        t.flags = crate::tunnel::multipath_flags();
         self.dataplane.set_config(t)?;
         self.timeouts = t;
+        Ok(())
+    }
+
+    /// Tells the data plane whether the kernel's multipath hash uses ports (GUE routes are then
+    /// looked up per flow, not shared per backend); re-read with every neighbour refresh.
+    pub fn refresh_multipath(&mut self) -> Result<(), DaemonError> {
+        let flags = crate::tunnel::multipath_flags();
+        if flags != self.timeouts.flags {
+            let t = DataplaneConfig {
+                flags,
+                ..self.timeouts
+            };
+            self.dataplane.set_config(t)?;
+            self.timeouts = t;
+            info!(
+                flags,
+                "the kernel's multipath hash policy changed: GUE route caching follows it"
+            );
+        }
         Ok(())
     }
 
@@ -981,8 +1002,11 @@ fn bind_socket(path: &Path, access: &SocketAccess) -> Result<UnixListener, Daemo
 
 async fn resolve_round(shared: &Shared, refresh: bool) {
     let targets = {
-        let c = shared.controller.lock().await;
+        let mut c = shared.controller.lock().await;
         if refresh {
+            if let Err(e) = c.refresh_multipath() {
+                warn!(error = %e, "pushing the multipath policy failed");
+            }
             c.all_reals()
         } else {
             c.unresolved()

@@ -4,8 +4,9 @@
 //! (`off`) the verifier drops the logging code and the fast path pays nothing. Records reach
 //! xvsd's tracing output with the target [`TARGET`].
 
+use std::os::fd::AsRawFd;
+
 use aya_log::EbpfLogger;
-use tokio::io::{unix::AsyncFd, Interest};
 use tracing::warn;
 
 /// The target the data plane's records are logged under (the eBPF crate's module).
@@ -55,25 +56,28 @@ impl KernelLog {
 /// The logger of a loaded program: reads its ring buffer.
 pub type Logger = EbpfLogger<&'static dyn log::Log>;
 
-/// Forwards the data plane's records to the `log` facade (and so to tracing) as they come.
-pub fn spawn(logger: Logger) {
-    tokio::spawn(async move {
-        // SAFETY: the logger owns its ring buffer's descriptor for as long as it lives and
-        // always answers that one.
-        let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };
-        let mut fd = match registered {
-            Ok(fd) => fd,
-            Err(e) => {
-                warn!(error = %e, "cannot poll the data plane's log: --kernel-log records are lost");
+/// Forwards the data plane's records to the `log` facade (and so to tracing) as they come, on
+/// a thread of its own: under a flood of logged packets draining the ring buffer can take all
+/// of a core, which must not be one of the controller's workers.
+pub fn spawn(mut logger: Logger) {
+    let spawned = std::thread::Builder::new()
+        .name("kernel-log".into())
+        .spawn(move || loop {
+            let mut fd = libc::pollfd {
+                fd: logger.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut fd, 1, -1) };
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                warn!(error = %std::io::Error::last_os_error(), "the data plane's log cannot be read any more");
                 return;
             }
-        };
-        loop {
-            let Ok(mut ready) = fd.readable_mut().await else {
-                return;
-            };
-            ready.get_inner_mut().flush();
-            ready.clear_ready();
-        }
-    });
+            logger.flush();
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the data plane's log reader: --kernel-log records are lost");
+    }
 }

@@ -959,10 +959,48 @@ impl Config {
     /// Applies changes as one transaction: all of them, or none.
     pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), ConfigError> {
         let mut next = self.clone();
-        for c in changes {
-            next.apply(c)?;
+        let mut rest = changes;
+        while let Some(c) = rest.first() {
+            // A run of deletions (a diff's removals, -D lines) is done in one pass: one by one,
+            // each would move every service after it.
+            let run = rest
+                .iter()
+                .take_while(|c| matches!(c, Change::DeleteService { .. }))
+                .count();
+            if run > 1 {
+                next.delete_services(&rest[..run])?;
+                rest = &rest[run..];
+            } else {
+                next.apply(c)?;
+                rest = &rest[1..];
+            }
         }
         *self = next;
+        Ok(())
+    }
+
+    /// DeleteService changes, all at once (the first missing service is the error).
+    fn delete_services(&mut self, deletions: &[Change]) -> Result<(), ConfigError> {
+        let mut gone = std::collections::HashSet::with_capacity(deletions.len());
+        for d in deletions {
+            if let Change::DeleteService { key } = d {
+                if !self.index.contains_key(key) || !gone.insert(*key) {
+                    return Err(ConfigError::NoSuchService(key.to_string()));
+                }
+            }
+        }
+        for s in self.services.iter().filter(|s| gone.contains(&s.key)) {
+            for v in s.key.virtual_addr().iter().chain(&s.matches) {
+                self.owners.remove(v);
+            }
+        }
+        self.services.retain(|s| !gone.contains(&s.key));
+        self.index = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key, i))
+            .collect();
         Ok(())
     }
 }
@@ -1479,6 +1517,25 @@ mod tests {
             Err(ConfigError::MatchTaken { .. })
         ));
         agree(&c);
+        // A run of deletions in one transaction, and one that names a service twice.
+        let mut batch = c.clone();
+        batch
+            .apply_all(&[
+                Change::DeleteService { key: tcp(3) },
+                Change::DeleteService { key: group },
+                Change::DeleteService { key: tcp(19) },
+            ])
+            .unwrap();
+        assert!(batch.service(&tcp(3)).is_none() && batch.service(&group).is_none());
+        assert_eq!(batch.owner_of(&m(443)), None);
+        agree(&batch);
+        assert!(matches!(
+            batch.clone().apply_all(&[
+                Change::DeleteService { key: tcp(4) },
+                Change::DeleteService { key: tcp(4) },
+            ]),
+            Err(ConfigError::NoSuchService(_))
+        ));
         // A failed transaction leaves the indexes as they were.
         let before = c.clone();
         assert!(c

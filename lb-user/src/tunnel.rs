@@ -47,6 +47,27 @@ pub fn set_sources(cfg: &mut DataplaneConfig, sources: &[IpAddr]) -> Result<(), 
     Ok(())
 }
 
+/// The data plane's multipath flags (lb_common::config_flags) from the kernel's
+/// `fib_multipath_hash_policy` of each family in this network namespace: 1 (L4) and 3 (custom
+/// fields) may use ports, so a GUE flow's route is its own; 0 and 2 hash addresses only. A
+/// kernel without multipath routing has no such knob: no flag.
+pub fn multipath_flags() -> u8 {
+    let uses_ports = |family: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(|p| p == 1 || p == 3)
+    };
+    let mut flags = 0;
+    if uses_ports("ipv4") {
+        flags |= lb_common::config_flags::GUE_ROUTE_PER_FLOW4;
+    }
+    if uses_ports("ipv6") {
+        flags |= lb_common::config_flags::GUE_ROUTE_PER_FLOW6;
+    }
+    flags
+}
+
 /// Warnings for tunnelled real servers whose outer family has forwarding disabled on `iface`
 /// (their packets would be dropped as drop_tun_fwd_disabled).
 pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {

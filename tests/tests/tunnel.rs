@@ -811,5 +811,32 @@ fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
         // Unless this thread stalled for half a second, the packet right after the change still
         // went to the cached next hop.
         assert!(!quick || right_after == RS_MAC, "{right_after:?}");
+
+        // Where the kernel's multipath hash uses ports, a GUE flow's route is its own: not
+        // cached, a neighbour change is seen by the very next packet.
+        set_config(d, |c| {
+            c.flags = lb_common::config_flags::GUE_ROUTE_PER_FLOW4
+        });
+        service(
+            d,
+            Protocol::Tcp,
+            VIP,
+            81,
+            RS_LINK,
+            tun(TunnelKind::Gue, 6080, false),
+        );
+        let mut gue_hop = |port: u16| {
+            let (v, out) = d.run_on(ifx, &tcp(CLIENT, port, VIP, 81, SYN));
+            assert_eq!(v, verdict::TX);
+            <[u8; 6]>::try_from(&out[..6]).unwrap()
+        };
+        assert_eq!(gue_hop(41000), moved);
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "replace", RS_LINK, "lladdr", &mac_text(&RS_MAC)])
+            .args(["dev", "d0", "nud", "permanent"])
+            .status()
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(gue_hop(41001), RS_MAC, "not cached");
     });
 }
