@@ -392,7 +392,11 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
                 ConfigError::BadThreshold { .. } => {
                     spans.l_threshold.clone().or(spans.u_threshold.clone())
                 }
-                ConfigError::BadCheck(_) => spans.check.clone(),
+                // A real server without a table of its own fails by what it inherits.
+                ConfigError::BadCheck(_) => spans
+                    .check
+                    .clone()
+                    .or_else(|| service_check.as_ref().map(|(at, _)| at.clone())),
                 _ => None,
             };
             check.error(at.unwrap_or(spans.address), e.to_string());
@@ -1048,6 +1052,20 @@ persistent = true
         let text = render(&s);
         assert!(text.contains("[service.health-check]"), "{text}");
         assert_eq!(parse(&text).unwrap(), s, "{text}");
+    }
+
+    #[test]
+    fn an_inherited_check_that_cannot_run_points_at_the_services_table() {
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+  [service.health-check]
+  type = "misc"
+  [[service.real]]
+  address = "198.51.100.11"
+"#,
+            &[(3, "needs --check-command")],
+        );
     }
 
     #[test]
