@@ -989,18 +989,9 @@ impl Config {
                 }
             }
         }
-        for s in self.services.iter().filter(|s| gone.contains(&s.key)) {
-            for v in s.key.virtual_addr().iter().chain(&s.matches) {
-                self.owners.remove(v);
-            }
-        }
-        self.services.retain(|s| !gone.contains(&s.key));
-        self.index = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.key, i))
-            .collect();
+        let mut services = std::mem::take(&mut self.services);
+        services.retain(|s| !gone.contains(&s.key));
+        *self = Config::from_services(services);
         Ok(())
     }
 }

@@ -777,21 +777,25 @@ fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
             RS_LINK,
             tun(TunnelKind::Ipip, 0, false),
         );
-        let mut next_hop = |port: u16| {
-            let (v, out) = d.run_on(ifx, &tcp(CLIENT, port, VIP, 80, SYN));
+        // The destination MAC of a new flow's first packet (SYN from `sport` to VIP:`vport`).
+        let next_hop = |d: &mut Director, vport: u16, sport: u16| {
+            let (v, out) = d.run_on(ifx, &tcp(CLIENT, sport, VIP, vport, SYN));
             assert_eq!(v, verdict::TX);
             <[u8; 6]>::try_from(&out[..6]).unwrap()
         };
-        assert_eq!(next_hop(40000), RS_MAC);
+        let move_neighbour = |mac: &[u8; 6]| {
+            let out = std::process::Command::new("ip")
+                .args(["neigh", "replace", RS_LINK, "lladdr", &mac_text(mac)])
+                .args(["dev", "d0", "nud", "permanent"])
+                .status()
+                .unwrap();
+            assert!(out.success());
+        };
+        assert_eq!(next_hop(d, 80, 40000), RS_MAC);
         let moved: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
-        let out = std::process::Command::new("ip")
-            .args(["neigh", "replace", RS_LINK, "lladdr", &mac_text(&moved)])
-            .args(["dev", "d0", "nud", "permanent"])
-            .status()
-            .unwrap();
-        assert!(out.success());
+        move_neighbour(&moved);
         let changed = Instant::now();
-        let right_after = next_hop(40001);
+        let right_after = next_hop(d, 80, 40001);
         let quick = changed.elapsed() < Duration::from_millis(500);
         let mut port = 40002;
         xvs_tests::poll(
@@ -799,7 +803,7 @@ fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
             "the new neighbour to be used",
             || {
                 port += 1;
-                (next_hop(port) == moved).then_some(())
+                (next_hop(d, 80, port) == moved).then_some(())
             },
         )
         .unwrap();
@@ -825,18 +829,8 @@ fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
             RS_LINK,
             tun(TunnelKind::Gue, 6080, false),
         );
-        let mut gue_hop = |port: u16| {
-            let (v, out) = d.run_on(ifx, &tcp(CLIENT, port, VIP, 81, SYN));
-            assert_eq!(v, verdict::TX);
-            <[u8; 6]>::try_from(&out[..6]).unwrap()
-        };
-        assert_eq!(gue_hop(41000), moved);
-        let out = std::process::Command::new("ip")
-            .args(["neigh", "replace", RS_LINK, "lladdr", &mac_text(&RS_MAC)])
-            .args(["dev", "d0", "nud", "permanent"])
-            .status()
-            .unwrap();
-        assert!(out.success());
-        assert_eq!(gue_hop(41001), RS_MAC, "not cached");
+        assert_eq!(next_hop(d, 81, 41000), moved);
+        move_neighbour(&RS_MAC);
+        assert_eq!(next_hop(d, 81, 41001), RS_MAC, "not cached");
     });
 }
