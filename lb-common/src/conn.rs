@@ -19,7 +19,7 @@ pub struct FlowKey {
     /// Explicit padding (always zero: it is part of the hashed key).
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowKey>() == 40);
 
 /// Connection state, as far as a director that sees only the client's side can tell (the
 /// input-only view IPVS has in DR and TUN mode).
@@ -103,12 +103,13 @@ pub struct ConnEntry {
     /// bpf_ktime_get_ns() of the last packet.
     pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);
+const _: () = assert!(size_of::<ConnEntry>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, any bit pattern valid.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::ConnEntry {}
 }
 

@@ -17,7 +17,7 @@ pub struct DecapAddrKey {
     /// Explicit padding (zero: part of the hashed key).
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<DecapAddrKey>() == 20);
+const _: () = assert!(size_of::<DecapAddrKey>() == 20);
 
 /// Roles of an address in DECAP_ADDRS (the value is a bit set of these).
 pub mod addr_role {
@@ -34,7 +34,7 @@ pub struct GuePortKey {
     /// UDP destination port, network byte order.
     pub port_be: u16,
 }
-const _: () = assert!(core::mem::size_of::<GuePortKey>() == 2);
+const _: () = assert!(size_of::<GuePortKey>() == 2);
 
 /// Most entries of DECAP_ADDRS (local addresses and VIPs together).
 pub const MAX_DECAP_ADDRS: u32 = 4096;
@@ -141,6 +141,7 @@ impl DecapReason {
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
     unsafe impl aya::Pod for super::DecapAddrKey {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::GuePortKey {}
 }
 

@@ -38,7 +38,7 @@ pub struct MapLayout {
     /// Explicit padding.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<MapLayout>() == 40);
+const _: () = assert!(size_of::<MapLayout>() == 40);
 
 impl MapLayout {
     /// The name as a string (up to the first NUL; empty if it is not UTF-8).
@@ -75,7 +75,7 @@ pub struct Meta {
     /// The maps, sorted by name.
     pub maps: [MapLayout; META_MAX_MAPS],
 }
-const _: () = assert!(core::mem::size_of::<Meta>() == 16 + 40 * META_MAX_MAPS);
+const _: () = assert!(size_of::<Meta>() == 16 + 40 * META_MAX_MAPS);
 
 impl Default for Meta {
     fn default() -> Self {

@@ -13,7 +13,7 @@ pub struct ServiceKey {
     /// FAMILY_V4 or FAMILY_V6.
     pub family: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<ServiceKey>() == 20);
 
 /// How a service's scheduler table is applied to a new flow.
 pub mod table_kind {
@@ -57,7 +57,7 @@ pub struct ServiceValue {
     /// Explicit padding.
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
+const _: () = assert!(size_of::<ServiceValue>() == 24);
 
 /// Key of a persistence template: the service and the client's masked address.
 #[repr(C)]
@@ -72,7 +72,7 @@ pub struct PersistKey {
     /// Explicit padding (zero: part of the hashed key).
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<PersistKey>() == 24);
+const _: () = assert!(size_of::<PersistKey>() == 24);
 
 /// A persistence template: which real server a client network is bound to, and since when idle.
 #[repr(C)]
@@ -85,7 +85,7 @@ pub struct PersistEntry {
     /// Last time a connection was placed or seen through this template (coarse ns clock).
     pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<PersistEntry>() == 16);
+const _: () = assert!(size_of::<PersistEntry>() == 16);
 
 /// Masks an address to its first `prefix` bits (IPv4 uses the first four bytes).
 #[inline(always)]
@@ -207,7 +207,7 @@ pub struct Backend {
     /// Id of the service this slot belongs to (lets a restarted controller adopt the tables).
     pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+const _: () = assert!(size_of::<Backend>() == 40);
 
 /// What the director hands to the tunnel program (map TUNNEL_JOB, per CPU, index 0) before it
 /// tail-calls it: the chosen backend and the parsed headers the encapsulation needs. Tail calls
@@ -244,7 +244,7 @@ pub struct TunnelJob {
     /// Inner destination address.
     pub dst: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<TunnelJob>() == 56);
+const _: () = assert!(size_of::<TunnelJob>() == 56);
 
 /// A tunnelled backend's route as the kernel's FIB last gave it (map TUN_ROUTES, per CPU, at
 /// the backend slot modulo [`TUN_ROUTE_SLOTS`]): the tunnel program reuses it instead of asking
@@ -272,7 +272,7 @@ pub struct TunRoute {
     /// Padding.
     pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<TunRoute>() == 56);
+const _: () = assert!(size_of::<TunRoute>() == 56);
 
 /// Entries of TUN_ROUTES per CPU (56 bytes each).
 pub const TUN_ROUTE_SLOTS: u32 = 4096;
@@ -297,7 +297,7 @@ pub struct Stats {
     /// Bytes forwarded (client to server, whole frames).
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 24);
+const _: () = assert!(size_of::<Stats>() == 24);
 
 impl Stats {
     /// Adds another CPU's counters to these.
@@ -340,7 +340,7 @@ pub mod config_flags {
     /// The same for IPv6.
     pub const GUE_ROUTE_PER_FLOW6: u8 = 2;
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 64);
+const _: () = assert!(size_of::<DataplaneConfig>() == 64);
 
 const SEC: u64 = 1_000_000_000;
 
@@ -364,13 +364,21 @@ impl Default for DataplaneConfig {
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::Stats {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::PersistKey {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::PersistEntry {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::TunnelJob {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::TunRoute {}
 }
 

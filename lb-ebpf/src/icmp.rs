@@ -71,7 +71,8 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
         let q = ptr_at::<[u8; QUOTE6]>(ctx, quote_off).ok_or(Reason::DropTunHeadroom)?;
         let mtu = mtu.max(IPV6_MIN_MTU);
         let len = (ICMP_LEN + QUOTE6) as u16;
-        let h = ptr_at::<[u8; IPV6_LEN + ICMP_LEN]>(ctx, p.l3_off).ok_or(Reason::DropTunHeadroom)?;
+        let h =
+            ptr_at::<[u8; IPV6_LEN + ICMP_LEN]>(ctx, p.l3_off).ok_or(Reason::DropTunHeadroom)?;
         // SAFETY: bounds checked by ptr_at; written in place (the stack is small).
         let out = unsafe { &mut *h };
         out[0] = 0x60;
@@ -87,14 +88,18 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
             let m = mtu.to_be_bytes();
             [2, 0, 0, 0, m[0], m[1], m[2], m[3]] // packet too big
         };
-        let pseudo = sum_addr(&p.dst, true) + sum_addr(&p.src, true) + len as u64
-            + PROTO_ICMPV6 as u64;
+        let pseudo =
+            sum_addr(&p.dst, true) + sum_addr(&p.src, true) + len as u64 + PROTO_ICMPV6 as u64;
         // SAFETY: q covers QUOTE6 bytes of packet (checked above).
         let body = unsafe { sum_packet(q as *mut u8, QUOTE6 as u32) };
         let c = finish(pseudo + sum_words(&icmp) + body).to_be_bytes();
-        out[40..48].copy_from_slice(&[icmp[0], icmp[1], c[0], c[1], icmp[4], icmp[5], icmp[6], icmp[7]]);
+        out[40..48].copy_from_slice(&[
+            icmp[0], icmp[1], c[0], c[1], icmp[4], icmp[5], icmp[6], icmp[7],
+        ]);
     } else {
         let q = ptr_at::<[u8; QUOTE4]>(ctx, quote_off).ok_or(Reason::DropTunHeadroom)?;
+        // Not clamp(): its min <= max assertion is a panic path the program must not carry.
+        #[allow(clippy::manual_clamp)]
         let mtu = mtu.max(IPV4_MIN_MTU).min(0xffff) as u16;
         let len = ((IPV4_LEN + ICMP_LEN + QUOTE4) as u16).to_be_bytes();
         let mut ip: [u8; IPV4_LEN] = [
@@ -110,11 +115,14 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
         // SAFETY: q covers QUOTE4 bytes of packet (checked above).
         let body = unsafe { sum_packet(q as *mut u8, QUOTE4 as u32) };
         let c = finish(sum_words(&icmp) + body).to_be_bytes();
-        let h = ptr_at::<[u8; IPV4_LEN + ICMP_LEN]>(ctx, p.l3_off).ok_or(Reason::DropTunHeadroom)?;
+        let h =
+            ptr_at::<[u8; IPV4_LEN + ICMP_LEN]>(ctx, p.l3_off).ok_or(Reason::DropTunHeadroom)?;
         // SAFETY: bounds checked by ptr_at; written in place.
         let out = unsafe { &mut *h };
         out[..IPV4_LEN].copy_from_slice(&ip);
-        out[IPV4_LEN..].copy_from_slice(&[icmp[0], icmp[1], c[0], c[1], icmp[4], icmp[5], icmp[6], icmp[7]]);
+        out[IPV4_LEN..].copy_from_slice(&[
+            icmp[0], icmp[1], c[0], c[1], icmp[4], icmp[5], icmp[6], icmp[7],
+        ]);
     }
     Ok(())
 }

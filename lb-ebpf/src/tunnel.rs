@@ -16,8 +16,8 @@ use aya_ebpf::{
 use lb_common::{
     backend_flags, config_flags,
     csum::{finish, fold, sum_addr, sum_words},
-    fwd, Backend, DataplaneConfig, Reason, TunRoute, FAMILY_V6, PROTO_ICMP, PROTO_IPIP,
-    PROTO_IPV6, PROTO_UDP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    fwd, Backend, DataplaneConfig, Reason, TunRoute, FAMILY_V6, PROTO_ICMP, PROTO_IPIP, PROTO_IPV6,
+    PROTO_UDP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 
 use crate::packet::{ptr_at, Parsed, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN};
@@ -47,7 +47,11 @@ pub enum Sent {
 /// Bytes an encapsulation adds in front of the inner IP packet.
 #[inline(always)]
 pub fn overhead(b: &Backend) -> usize {
-    let ip = if b.family == FAMILY_V6 { IPV6_LEN } else { IPV4_LEN };
+    let ip = if b.family == FAMILY_V6 {
+        IPV6_LEN
+    } else {
+        IPV4_LEN
+    };
     if b.fwd == fwd::TUN_GUE {
         ip + UDP_LEN + GUE_LEN
     } else {
@@ -82,7 +86,14 @@ fn encap_call(
     cfg: &DataplaneConfig,
     id_hash: u64,
 ) -> Packed {
-    Packed::encode(encap_inline(ctx, p, b, cfg, id_hash as u32, (id_hash >> 32) as u32))
+    Packed::encode(encap_inline(
+        ctx,
+        p,
+        b,
+        cfg,
+        id_hash as u32,
+        (id_hash >> 32) as u32,
+    ))
 }
 
 /// encap's result in one u64: kind in bits 0..8 (0 Tx, 1 Redirect, 2 TooBig, 3 Err), the

@@ -121,7 +121,7 @@ impl SocketAccess {
 fn peer_groups(fd: i32) -> std::io::Result<Vec<u32>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
         // SAFETY: the buffer is `len` bytes long and lives across the call.
         let rc = unsafe {
             libc::getsockopt(
@@ -132,7 +132,7 @@ fn peer_groups(fd: i32) -> std::io::Result<Vec<u32>> {
                 &mut len,
             )
         };
-        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        let n = len as usize / size_of::<libc::gid_t>();
         if rc == 0 {
             groups.truncate(n);
             return Ok(groups);

@@ -26,7 +26,7 @@ use crate::{
         ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
     },
     names::{self, Names, Numeric},
-    proto::DEFAULT_SOCKET,
+    proto::default_socket,
 };
 
 /// xvsadm's arguments, ipvsadm's spelling. `--help` prints [`crate::help::USAGE`], not clap's
@@ -240,7 +240,7 @@ pub struct Args {
     #[arg(long = "sync-maxlen", value_name = "LENGTH")]
     pub sync_maxlen: Option<String>,
     /// Control socket of xvsd.
-    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, env = "XVS_SOCKET", default_value_os_t = default_socket())]
     pub socket: PathBuf,
     /// JSON instead of ipvsadm's text, for every listing.
     #[arg(long)]
@@ -2156,7 +2156,7 @@ mod tests {
     /// ipvsadm's parse_service: `host[:port]` with port names from /etc/services.
     #[test]
     fn addresses_and_port_names() {
-        let services = crate::names::Services::system();
+        let services = names::Services::system();
         assert_eq!(
             services.name(80, Protocol::Tcp),
             Some("http"),
@@ -2226,9 +2226,9 @@ mod tests {
             "-A -t 10.10.11.77:80 -s rr\n-a -t 10.10.11.77:80 -r 10.10.11.66:80 -g -w 100\n"
         );
         // -S without -n: port names from /etc/services, host names where the resolver has them.
-        let names = crate::names::Resolved::with(
+        let names = names::Resolved::with(
             std::collections::HashMap::from([("10.10.11.66".parse().unwrap(), "rs1.lab".into())]),
-            crate::names::Services::system(),
+            names::Services::system(),
         );
         assert_eq!(
             save_named(&config, &names),

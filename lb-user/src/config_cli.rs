@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::proto::DEFAULT_SOCKET;
+use crate::proto::default_socket;
 
 /// xvsadm with a configuration-file subcommand.
 #[derive(Parser, Debug)]
@@ -26,7 +26,7 @@ pub struct ConfigArgs {
     #[command(subcommand)]
     pub command: ConfigCommand,
     /// Control socket of xvsd.
-    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    #[arg(long, env = "XVS_SOCKET", default_value_os_t = default_socket(), global = true)]
     pub socket: PathBuf,
 }
 

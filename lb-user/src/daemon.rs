@@ -791,6 +791,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .state_dir
         .as_ref()
         .map(|dir| StateFile::for_iface(dir, &opts.iface));
+    // Held while xvsd runs: a second xvsd on the same state file is refused before it reads it.
+    let _state_lock = state_file.as_ref().map(StateFile::lock).transpose()?;
     if let (true, Some(f)) = (opts.reset_state, &state_file) {
         f.remove()?;
         info!(state = %f.path().display(), "saved state reset");
@@ -816,7 +818,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let pins = opts.pin_dir.display();
     match &start {
         Start::Fresh => {
-            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned")
+            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned");
         }
         Start::Adopted {
             services,

@@ -211,7 +211,7 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
                 if t.sorry_server.is_none() && s.sorry_server.is_some() {
                     line.push_str(" --sorry-server none");
                 }
-                lines.push(line)
+                lines.push(line);
             }
             Some(_) => {}
         }
@@ -228,7 +228,7 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
                     if r.check.is_empty() && !c.check.is_empty() {
                         line.push_str(" --check inherit");
                     }
-                    lines.push(line)
+                    lines.push(line);
                 }
                 None => lines.push(real_rule(t, r)),
             }

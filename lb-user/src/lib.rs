@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod neighbor;
+pub mod netns;
 pub mod object;
 pub mod proto;
 pub mod realserver;

@@ -756,11 +756,11 @@ impl Config {
     pub fn unmatched_groups(&self, changes: &[Change]) -> Vec<ServiceKey> {
         let mut out = Vec::new();
         for c in changes {
-            let key = match c {
-                Change::AddService { key, .. }
-                | Change::EditService { key, .. }
-                | Change::SetMatches { key, .. } => key,
-                _ => continue,
+            let (Change::AddService { key, .. }
+            | Change::EditService { key, .. }
+            | Change::SetMatches { key, .. }) = c
+            else {
+                continue;
             };
             if self
                 .service(key)

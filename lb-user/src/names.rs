@@ -151,7 +151,7 @@ fn sockaddr_of(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
+            size_of::<libc::sockaddr_in>()
         }
         IpAddr::V6(v6) => {
             let sin6 = libc::sockaddr_in6 {
@@ -165,7 +165,7 @@ fn sockaddr_of(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
+            size_of::<libc::sockaddr_in6>()
         }
     };
     (storage, len as libc::socklen_t)

@@ -72,10 +72,10 @@ fn usable(msg: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
         match attr {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                ip = Some(IpAddr::V6(*a))
+                ip = Some(IpAddr::V6(*a));
             }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]);
             }
             _ => {}
         }

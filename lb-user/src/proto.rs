@@ -23,8 +23,15 @@ pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
-/// Default control socket path.
+/// Default control socket path in the host's network namespace.
 pub const DEFAULT_SOCKET: &str = "/run/xvs/xvsd.sock";
+
+/// The default control socket of this process's network namespace: [`DEFAULT_SOCKET`] in the
+/// host's, `/run/xvs/netns/NAME/xvsd.sock` in another, so xvsd and xvsadm run in one namespace
+/// find each other and directors in two namespaces do not collide.
+pub fn default_socket() -> std::path::PathBuf {
+    crate::netns::default_path("/run/xvs", "xvsd.sock")
+}
 
 /// A request from the CLI.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,8 +18,16 @@ use thiserror::Error;
 
 use crate::{model::Config, proto::Timeouts};
 
-/// Where xvsd keeps its state unless told otherwise (`xvsd --state-dir`).
+/// Where xvsd keeps its state unless told otherwise (`xvsd --state-dir`), in the host's
+/// network namespace.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xvs";
+
+/// The default state directory of this process's network namespace: [`DEFAULT_STATE_DIR`] in
+/// the host's, `/var/lib/xvs/netns/NAME` in another (two directors whose interfaces share a
+/// name in two namespaces must not share a state file).
+pub fn default_dir() -> PathBuf {
+    crate::netns::Netns::current().scope(Path::new(DEFAULT_STATE_DIR))
+}
 
 /// Version of the state file's layout; a file of another version is refused, not guessed at.
 const FORMAT: u32 = 1;
@@ -63,6 +71,12 @@ pub enum StateError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another xvsd holds the state file.
+    #[error("{path} is in use by another xvsd (a director on an interface of the same name, in another network namespace?); give each director its own --state-dir")]
+    InUse {
+        /// The state file.
+        path: String,
+    },
     /// The file is not a state file this xvsd understands.
     #[error("{path} is not a valid xvs state file ({reason}); delete it or start xvsd with --reset-state to start empty")]
     Corrupt {
@@ -87,6 +101,12 @@ struct Saved {
     format: u32,
     config: Config,
     timeouts: Timeouts,
+}
+
+/// Holds a state file's lock (see [`StateFile::lock`]) until dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
 }
 
 /// The state file of one director.
@@ -176,6 +196,41 @@ impl StateFile {
             .map_err(self.io("syncing", dir))
     }
 
+    /// Locks the state file for this process's lifetime (released when the lock is dropped):
+    /// two xvsd told to keep their state in one file would restore and overwrite each other's
+    /// configuration, so the second is refused.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        use std::os::fd::AsRawFd;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(self.io("creating", dir))?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = self.path.with_file_name(format!(".{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(self.io("creating", &path))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+                StateError::InUse {
+                    path: self.path.display().to_string(),
+                }
+            } else {
+                self.io("locking", &path)(err)
+            });
+        }
+        Ok(StateLock { _file: file })
+    }
+
     /// Deletes the saved state (`xvsd --reset-state`).
     pub fn remove(&self) -> Result<(), StateError> {
         match fs::remove_file(&self.path) {
@@ -190,6 +245,21 @@ impl StateFile {
 mod tests {
     use super::*;
     use crate::model::{Change, Protocol, RealServer, Scheduler, ServiceKey};
+
+    #[test]
+    fn a_second_holder_of_the_state_file_is_refused_until_the_first_lets_go() {
+        let dir = scratch("lock");
+        let file = StateFile::for_iface(&dir, "eth0");
+        let held = file.lock().expect("first lock");
+        let err = StateFile::for_iface(&dir, "eth0").lock().unwrap_err();
+        assert!(matches!(err, StateError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("--state-dir"), "{err}");
+        // Another interface's file is another lock.
+        let _other = StateFile::for_iface(&dir, "eth1").lock().expect("eth1");
+        drop(held);
+        let _again = file.lock().expect("free again");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =

@@ -12,7 +12,7 @@ use crate::{
     listing::sort_like_ipvsadm,
     model::{Protocol, ServiceKey},
     names::{addr_port, Numeric},
-    proto::{HealthState, Listing, Membership, RealStatus, DEFAULT_SOCKET},
+    proto::{default_socket, HealthState, Listing, Membership, RealStatus},
 };
 
 /// `xvsadm stats` options (`--help` prints [`crate::help::STATS_USAGE`]).
@@ -36,7 +36,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
     /// Control socket of xvsd.
-    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, env = "XVS_SOCKET", default_value_os_t = default_socket())]
     pub socket: std::path::PathBuf,
     /// Print the help.
     #[arg(short = 'h', long)]

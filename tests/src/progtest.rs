@@ -119,7 +119,7 @@ impl Default for Director {
 
 /// Pins the calling thread to CPU 0.
 pub fn pin_to_cpu0() {
-    pin_to_cpu(0)
+    pin_to_cpu(0);
 }
 
 /// Pins the calling thread to one CPU.
@@ -129,7 +129,7 @@ pub fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
             0,
             "sched_setaffinity"
         );

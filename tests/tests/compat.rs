@@ -360,15 +360,12 @@ fn xvsadm_in(lab: &Lab, ns: &str, args: &[&str], stdin: Option<&str>) -> Output 
             .write_all(text.as_bytes())
             .unwrap();
     }
-    let status = match poll(Duration::from_secs(60), "xvsadm to finish", || {
+    let Ok(status) = poll(Duration::from_secs(60), "xvsadm to finish", || {
         child.try_wait().ok().flatten()
-    }) {
-        Ok(status) => status,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("xvsadm {args:?} did not finish within 60 s: a resolver wait is not bounded");
-        }
+    }) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("xvsadm {args:?} did not finish within 60 s: a resolver wait is not bounded");
     };
     // The outputs are small (a listing): they fit the pipes while the process runs.
     use std::io::Read;

@@ -103,7 +103,7 @@ fn a_crash_at_any_point_restores_a_committed_configuration() {
                     .config
                     .into_services();
                 services.truncate(10);
-                let config = lb_user::model::Config::from_services(services);
+                let config = Config::from_services(services);
                 let rules = format!("-C\n{}", cli::save(&config));
                 let next = DesiredState {
                     config,
@@ -303,4 +303,157 @@ fn an_invalid_config_or_state_stops_xvsd_before_it_attaches() {
     assert!(x.log().contains("--reset-state"), "{}", x.log());
     x.start(&["--reset-state"]).unwrap();
     assert_eq!(observed(&x), expected(&Config::default(), DEFAULT_TIMEOUTS));
+}
+
+/// Two directors in two network namespaces on interfaces of the same name (`eth0`), both with
+/// every path at its default: each keeps its own state file, control socket and pins, so the
+/// second neither restores the first's configuration nor collides with it, and xvsadm run in a
+/// namespace finds that namespace's xvsd. Two xvsd told to share one state file are refused.
+#[test]
+fn directors_in_two_namespaces_with_one_interface_name_keep_their_own_state() {
+    use std::path::{Path, PathBuf};
+    use xvs_tests::{lab::default_bin_dir, netns, xvsd::XvsdProcess};
+
+    xvs_tests::require_root();
+    /// The namespaces and every default-path file they leave, removed even on failure.
+    struct Cleanup(Vec<String>, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                netns::destroy(ns);
+                let _ = fs::remove_dir_all(Path::new("/var/lib/xvs/netns").join(ns));
+                let _ = fs::remove_dir_all(Path::new("/run/xvs/netns").join(ns));
+            }
+            let _ = fs::remove_dir_all(&self.1);
+        }
+    }
+    let names = ["xvs-nsk-a".to_string(), "xvs-nsk-b".to_string()];
+    let scratch = std::env::temp_dir().join("xvs-nsk");
+    let _cleanup = Cleanup(names.to_vec(), scratch.clone());
+    for ns in &names {
+        netns::destroy(ns);
+        let _ = fs::remove_dir_all(Path::new("/var/lib/xvs/netns").join(ns));
+        netns::create(ns).unwrap();
+        netns::ip(&[
+            "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])
+        .unwrap();
+        netns::ip(&["-n", ns, "link", "set", "eth0", "up"]).unwrap();
+        netns::ip(&["-n", ns, "link", "set", "eth1", "up"]).unwrap();
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).unwrap();
+    let hosts_state = Path::new("/var/lib/xvs/eth0.json");
+    let hosts_before = fs::read(hosts_state).ok();
+    // Only the interface and the attach mode: state, socket and pins at their defaults.
+    let args = ["--iface", "eth0", "--xdp-mode", "generic"]
+        .map(String::from)
+        .to_vec();
+    let bin = default_bin_dir();
+    let mut xvsd: Vec<XvsdProcess> = names
+        .iter()
+        .map(|ns| {
+            let socket = Path::new("/run/xvs/netns").join(ns).join("xvsd.sock");
+            XvsdProcess::new(
+                ns,
+                &bin,
+                &socket,
+                &scratch.join(format!("{ns}.log")),
+                args.clone(),
+            )
+        })
+        .collect();
+    // xvsadm in the namespace, with no --socket: it must find that namespace's xvsd.
+    let xvsadm = |ns: &str, a: &[&str]| -> String {
+        let out = netns::run(netns::cmd_in(ns, &bin.join("xvsadm").display().to_string()).args(a))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    xvsd[0].start(&[]).unwrap();
+    xvsadm(&names[0], &["-A", "-t", "192.0.2.1:80", "-s", "rr"]);
+    xvsadm(
+        &names[0],
+        &["-a", "-t", "192.0.2.1:80", "-r", "198.51.100.10", "-g"],
+    );
+    // Before the fix the second xvsd restored the first one's state file, and this -A failed
+    // with "Service already exists".
+    xvsd[1].start(&[]).unwrap();
+    assert!(
+        !xvsadm(&names[1], &["-L", "-n"]).contains("192.0.2.1:80"),
+        "the second director started with the first one's configuration"
+    );
+    xvsadm(&names[1], &["-A", "-t", "192.0.2.1:80", "-s", "wlc"]);
+    xvsadm(
+        &names[1],
+        &["-a", "-t", "192.0.2.1:80", "-r", "198.51.100.20", "-g"],
+    );
+    for ns in &names {
+        let state = Path::new("/var/lib/xvs/netns").join(ns).join("eth0.json");
+        assert!(state.exists(), "{} was not written", state.display());
+    }
+    // A restart of each restores its own configuration.
+    for x in &mut xvsd {
+        x.stop().unwrap();
+    }
+    for x in &mut xvsd {
+        x.start(&[]).unwrap();
+    }
+    let a = xvsadm(&names[0], &["-L", "-n"]);
+    let b = xvsadm(&names[1], &["-L", "-n"]);
+    assert!(
+        a.contains("198.51.100.10") && !a.contains("198.51.100.20") && a.contains(" rr"),
+        "{a}"
+    );
+    assert!(
+        b.contains("198.51.100.20") && !b.contains("198.51.100.10") && b.contains(" wlc"),
+        "{b}"
+    );
+    assert_eq!(
+        fs::read(hosts_state).ok(),
+        hosts_before,
+        "the host namespace's state file was touched"
+    );
+    // Two xvsd pointed at one state file: the second is refused before it reads it.
+    let shared = scratch.join("shared-state");
+    let mut first = XvsdProcess::new(
+        &names[0],
+        &bin,
+        &scratch.join("s0.sock"),
+        &scratch.join("s0.log"),
+        args.clone(),
+    );
+    let second = XvsdProcess::new(
+        &names[1],
+        &bin,
+        &scratch.join("s1.sock"),
+        &scratch.join("s1.log"),
+        args.clone(),
+    );
+    xvsd[0].stop().unwrap();
+    let state_dir = shared.display().to_string();
+    first
+        .start(&[
+            "--state-dir",
+            &state_dir,
+            "--socket",
+            &scratch.join("s0.sock").display().to_string(),
+        ])
+        .unwrap();
+    let out = second
+        .once(&[
+            "--state-dir",
+            &state_dir,
+            "--socket",
+            &scratch.join("s1.sock").display().to_string(),
+        ])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second xvsd on one state file started"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another xvsd") && err.contains("--state-dir"),
+        "{err}"
+    );
 }

@@ -465,9 +465,9 @@ fn tun_real_server_answers_tunnelled_clients_directly() -> Result<()> {
             .with_context(|| format!("case {i}: {encap:?} to {outer}"))?;
         let want = SocketAddr::new(client.parse()?, cport);
         if vip == &VIP4 {
-            seen.0.push(want)
+            seen.0.push(want);
         } else {
-            seen.1.push(want)
+            seen.1.push(want);
         }
     }
     let got4 = echo4.join().expect("echo thread")?;

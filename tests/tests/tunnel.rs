@@ -292,7 +292,16 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
         use TunnelKind::{Gue, Ipip};
         // (name, VIP, port, real server, method, next-hop MAC, outer source)
         let d0v6 = ip_bytes(D0_V6);
-        let cases: Vec<(&str, &str, u16, &str, ForwardMethod, [u8; 6], Vec<u8>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            u16,
+            &'a str,
+            ForwardMethod,
+            [u8; 6],
+            Vec<u8>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "ipip",
                 VIP,
@@ -819,7 +828,7 @@ fn a_tunnelled_backends_route_is_reused_for_at_most_its_lifetime() {
         // Where the kernel's multipath hash uses ports, a GUE flow's route is its own: not
         // cached, a neighbour change is seen by the very next packet.
         set_config(d, |c| {
-            c.flags = lb_common::config_flags::GUE_ROUTE_PER_FLOW4
+            c.flags = lb_common::config_flags::GUE_ROUTE_PER_FLOW4;
         });
         service(
             d,

@@ -47,6 +47,37 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Adds `component` to `toolchain` when it is missing (a few seconds).
+fn ensure_component(toolchain: &str, component: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        toolchain,
+        "--installed",
+    ]))
+    .with_context(|| format!("the {toolchain} toolchain is needed (rustup toolchain list)"))?;
+    if !installed.lines().any(|l| l.starts_with(component)) {
+        eprintln!("xtask: installing {component} for the {toolchain} toolchain");
+        crate::run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            toolchain,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy, for `cargo xtask lint`: stable's for the workspace, nightly's clippy for
+/// the eBPF crates.
+pub fn lint_components() -> Result<()> {
+    ensure_component("stable", "rustfmt")?;
+    ensure_component("stable", "clippy")?;
+    ensure_component("nightly", "clippy")
+}
+
 /// rust-src for the nightly, and bpf-linker.
 pub fn ebpf_toolchain() -> Result<()> {
     let installed = output(Command::new("rustup").args([

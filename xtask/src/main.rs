@@ -34,6 +34,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// rustfmt --check and clippy with warnings denied, over every crate (the eBPF ones too).
+    Lint,
     /// Build, then run every test: host unit tests, program tests, end-to-end tests (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         Cmd::Run { args } => run(args),
         Cmd::Test { args } => test(args),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Lint => lint(),
     }
 }
 
@@ -72,10 +75,11 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds lb-ebpf for bpfel-unknown-none with the nightly toolchain (core from source, BTF).
-fn build_ebpf() -> Result<()> {
-    bootstrap::ebpf_toolchain()?;
-    eprintln!("xtask: building the eBPF objects");
+/// The crates built for bpfel-unknown-none, each a workspace of its own.
+const EBPF_CRATES: &[&str] = &["lb-ebpf"];
+
+/// `cargo SUBCOMMAND` for an eBPF crate: nightly, bpfel-unknown-none, core from source, BTF.
+fn ebpf_cargo(krate: &str, subcommand: &str, target_dir: &str) -> Command {
     let arch = std::env::consts::ARCH;
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
@@ -86,16 +90,62 @@ fn build_ebpf() -> Result<()> {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
+    cmd.args(["run", "nightly", "cargo", subcommand, "--release", "--bins"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(root().join("target/ebpf"))
-        .current_dir(root().join("lb-ebpf"))
+        .arg(root().join(target_dir))
+        .current_dir(root().join(krate))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTFLAGS");
-    run_cmd(&mut cmd)
+    cmd
+}
+
+/// Builds the eBPF crates for bpfel-unknown-none with the nightly toolchain.
+fn build_ebpf() -> Result<()> {
+    bootstrap::ebpf_toolchain()?;
+    eprintln!("xtask: building the eBPF objects");
+    for krate in EBPF_CRATES {
+        run_cmd(&mut ebpf_cargo(krate, "build", "target/ebpf"))?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy, warnings denied, over the userspace workspace and every eBPF crate.
+fn lint() -> Result<()> {
+    bootstrap::lint_components()?;
+    // Clippy compiles lb-user, which embeds the eBPF objects.
+    build_ebpf()?;
+    eprintln!("xtask: rustfmt --check");
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    for krate in EBPF_CRATES {
+        let manifest = root().join(krate).join("Cargo.toml");
+        run_cmd(
+            cargo()
+                .args(["fmt", "--check", "--manifest-path"])
+                .arg(manifest),
+        )?;
+    }
+    eprintln!("xtask: clippy (warnings denied)");
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for krate in EBPF_CRATES {
+        // A target directory of its own: clippy's check builds of core would otherwise be
+        // interleaved with the release objects the tests load.
+        let mut cmd = ebpf_cargo(krate, "clippy", "target/ebpf-clippy");
+        cmd.args(["--", "-D", "warnings"]);
+        run_cmd(&mut cmd)?;
+    }
+    eprintln!("xtask: lint passed");
+    Ok(())
 }
 
 fn cargo() -> Command {

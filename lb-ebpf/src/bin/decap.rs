@@ -72,7 +72,7 @@ fn has_role(family: u8, addr: [u8; 16], role: u32) -> bool {
         _pad: [0; 3],
     };
     // SAFETY: the value is a plain u32 read once.
-    match unsafe { DECAP_ADDRS.get(&key) } {
+    match unsafe { DECAP_ADDRS.get(key) } {
         Some(roles) => roles & role != 0,
         None => false,
     }
@@ -209,7 +209,7 @@ fn gue_port(ctx: &XdpContext, udp_off: usize) -> Result<(), DecapReason> {
     // SAFETY: bounds checked by ptr_at. The key keeps the port in network byte order.
     let port_be = u16::from_ne_bytes(unsafe { *port });
     // SAFETY: presence check only.
-    match unsafe { DECAP_GUE_PORTS.get(&GuePortKey { port_be }) } {
+    match unsafe { DECAP_GUE_PORTS.get(GuePortKey { port_be }) } {
         Some(_) => Ok(()),
         None => Err(DecapReason::PassNotTunnel),
     }

@@ -12,17 +12,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
+use aya_log_ebpf::{debug, trace};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::{filter_bit, FILTER_WORDS},
     flow_hash, fwd, mask_addr,
     reason::REASON_COUNT,
-    service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend, ConnEntry, ConnState, DataplaneConfig,
-    FlowKey, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats,
+    service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend, ConnEntry, ConnState,
+    DataplaneConfig, FlowKey, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats,
     TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TAIL_ICMP, TAIL_SLOTS, TAIL_TUNNEL,
+    MAX_SERVICES, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TAIL_ICMP, TAIL_SLOTS,
+    TAIL_TUNNEL,
 };
-use aya_log_ebpf::{debug, trace};
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use lb_ebpf::{
     icmp,
@@ -136,7 +137,7 @@ fn director(ctx: &XdpContext) -> Result<Out, Reason> {
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         // Rare and stack-hungry: handled by a program of its own (fresh stack).
         // SAFETY: a plain tail call; it only returns when the slot is empty.
-        let _ = unsafe { TAIL_CALLS.tail_call(ctx, TAIL_ICMP) };
+        unsafe { TAIL_CALLS.tail_call(ctx, TAIL_ICMP) };
         return Err(Reason::DropTailCallMissing);
     }
     // One array read rules out almost all traffic that is not for a service.
@@ -207,12 +208,15 @@ fn new_flow_inline(
         family: p.family,
     };
     // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC).
-    let svc = match port_service.then(|| unsafe { SERVICES.get(&skey) }).flatten() {
+    let svc = match port_service
+        .then(|| unsafe { SERVICES.get(skey) })
+        .flatten()
+    {
         Some(svc) => svc,
         None => {
             skey.port_be = 0;
             // SAFETY: as above.
-            unsafe { SERVICES.get(&skey) }.ok_or(Reason::PassNotService)?
+            unsafe { SERVICES.get(skey) }.ok_or(Reason::PassNotService)?
         }
     };
     let (id, _) = schedule(svc, fkey, p, now)?;
@@ -232,7 +236,7 @@ fn icmp_relay(ctx: &XdpContext) -> Result<Out, Reason> {
     let p = parse(ctx)?;
     let key = icmp::quoted_flow(ctx, &p).ok_or(Reason::PassIcmp)?;
     // SAFETY: read-only use of the entry for this run.
-    let e = unsafe { CONNS.get(&key) }.ok_or(Reason::PassIcmp)?;
+    let e = unsafe { CONNS.get(key) }.ok_or(Reason::PassIcmp)?;
     let backend = BACKENDS.get(e.backend).ok_or(Reason::PassIcmp)?;
     if backend.generation != e.generation {
         return Err(Reason::PassIcmp);
@@ -325,7 +329,7 @@ fn schedule(
                     generation: backend.generation,
                     last_seen_ns: now,
                 };
-                if PERSIST.insert(pkey, &entry, 0).is_err() {
+                if PERSIST.insert(pkey, entry, 0).is_err() {
                     count(Reason::PersistInsertFailed);
                 } else {
                     count(Reason::PersistNew);
@@ -385,7 +389,9 @@ fn pick(svc: &ServiceValue, p: &Parsed) -> Result<(u32, &'static Backend), Reaso
             // One cursor shared by all CPUs (as IPVS's per-service scheduler state): the
             // sequence is handed out exactly in order however flows spread over CPUs, which a
             // load-aware plan needs. Only new flows touch it.
-            let cursor = SEQ_CURSOR.get_ptr_mut(svc.id).ok_or(Reason::DropNoBackend)?;
+            let cursor = SEQ_CURSOR
+                .get_ptr_mut(svc.id)
+                .ok_or(Reason::DropNoBackend)?;
             // SAFETY: a valid, aligned u64 inside the map value for the program's lifetime.
             // (core's AtomicU64::fetch_add is missing on a target without CAS; the intrinsic
             // lowers to BPF's atomic fetch-and-add. SeqCst, because this LLVM lowers a relaxed
@@ -436,7 +442,9 @@ fn forward(
     }
     // Encapsulation runs in a program of its own, reached by a tail call: it gets a fresh
     // 512-byte stack, which the fast path's frame leaves too little of.
-    let job = TUNNEL_JOB.get_ptr_mut(0).ok_or(Reason::DropTailCallMissing)?;
+    let job = TUNNEL_JOB
+        .get_ptr_mut(0)
+        .ok_or(Reason::DropTailCallMissing)?;
     // SAFETY: per-CPU slot, no concurrent writer; the tail call runs on this CPU.
     // Written field by field, in place: a TunnelJob built on the stack would not fit there.
     let job = unsafe { &mut *job };
@@ -458,7 +466,7 @@ fn forward(
     job.src = p.src;
     job.dst = p.dst;
     // SAFETY: a plain tail call; it only returns when the slot is empty.
-    let _ = unsafe { TAIL_CALLS.tail_call(ctx, TAIL_TUNNEL) };
+    unsafe { TAIL_CALLS.tail_call(ctx, TAIL_TUNNEL) };
     Err(Reason::DropTailCallMissing)
 }
 

@@ -8,7 +8,7 @@ use lb_user::{
     daemon::{self, DaemonOptions},
     dataplane::{pin, AttachMode},
     kernel_log::KernelLog,
-    proto::DEFAULT_SOCKET,
+    proto::default_socket,
 };
 
 /// The xvs director daemon: loads the XDP program on an interface and serves xvsadm.
@@ -26,7 +26,8 @@ struct Opts {
     /// XDP attach mode of a fresh attachment (an adopted link keeps its mode).
     #[arg(long, value_enum, default_value = "native")]
     xdp_mode: AttachMode,
-    /// Where the link, program and maps are pinned (bpffs; default /sys/fs/bpf/xvs/IFACE,
+    /// Where the link, program and maps are pinned (bpffs; default /sys/fs/bpf/xvs/IFACE, or
+    /// /sys/fs/bpf/xvs/netns/NAME/IFACE in another network namespace than the host's,
     /// mounting bpffs on /sys/fs/bpf if nothing is mounted there).
     #[arg(long)]
     pin_dir: Option<PathBuf>,
@@ -42,8 +43,9 @@ struct Opts {
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
-    /// Control socket (root only, unless --socket-group).
-    #[arg(long, env = "XVS_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// Control socket (root only, unless --socket-group). Default /run/xvs/xvsd.sock, or
+    /// /run/xvs/netns/NAME/xvsd.sock in another network namespace than the host's.
+    #[arg(long, env = "XVS_SOCKET", default_value_os_t = default_socket())]
     socket: PathBuf,
     /// Members of this group (name or gid) may use the control socket too: it is made mode
     /// 0660 and owned by the group, and every client's groups are checked.
@@ -55,8 +57,9 @@ struct Opts {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where every accepted change is saved (atomically, before it is acknowledged), as
-    /// DIR/IFACE.json; without --config, xvsd restores it at start.
-    #[arg(long, value_name = "DIR", default_value = lb_user::state::DEFAULT_STATE_DIR)]
+    /// DIR/IFACE.json; without --config, xvsd restores it at start. Default /var/lib/xvs, or
+    /// /var/lib/xvs/netns/NAME when xvsd runs in another network namespace than the host's.
+    #[arg(long, value_name = "DIR", default_value_os_t = lb_user::state::default_dir())]
     state_dir: PathBuf,
     /// Forget the saved state and start empty (or from --config).
     #[arg(long)]

@@ -39,9 +39,12 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// The default pin directory of an interface.
+/// The default pin directory of an interface: `/sys/fs/bpf/xvs/IFACE` in the host's network
+/// namespace, `/sys/fs/bpf/xvs/netns/NAME/IFACE` in another (see [`crate::netns`]).
 pub fn default_dir(iface: &str) -> PathBuf {
-    Path::new(BPFFS_ROOT).join("xvs").join(iface)
+    crate::netns::Netns::current()
+        .scope(&Path::new(BPFFS_ROOT).join("xvs"))
+        .join(iface)
 }
 
 /// Errors of the pin directory.
@@ -304,7 +307,7 @@ fn link_info(fd: BorrowedFd<'_>) -> io::Result<bpf_link_info> {
     // union bpf_attr's info member: bpf_fd u32, info_len u32, info u64.
     let mut attr = [0u8; 16];
     attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(std::mem::size_of::<bpf_link_info>() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(size_of::<bpf_link_info>() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(&mut info as *mut bpf_link_info as u64).to_ne_bytes());
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
@@ -330,6 +333,7 @@ fn on_bpffs(path: &Path) -> Result<bool, PinError> {
         .map_err(|e| io_err("checking", p)(io::Error::other(e)))?;
     // SAFETY: statfs into a zeroed struct with a valid path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid struct for statfs to fill.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io_err("checking", p)(io::Error::last_os_error()));
     }

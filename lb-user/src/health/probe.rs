@@ -432,7 +432,7 @@ pub(crate) mod tests {
             let mut sa: libc::sockaddr_in = std::mem::zeroed();
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
             sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             assert_eq!(
                 libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len),
                 0

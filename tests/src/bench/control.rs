@@ -180,6 +180,7 @@ pub struct HealthBench {
 fn cpu_time(who: i32) -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `u` is a valid struct for getrusage to fill.
     unsafe { libc::getrusage(who, &mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
