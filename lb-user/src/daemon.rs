@@ -30,11 +30,11 @@ use crate::{
     estimator::{self, Estimator, Subject},
     health::{self, CheckId, Checker, Effective},
     metrics,
-    model::{Change, Config, ForwardMethod, Protocol, ServiceKey},
+    model::{Change, Config, ForwardMethod, Protocol, ServiceKey, Timeouts},
     neighbor::{self, Neighbors},
     proto::{
         Command, ConnStatus, Listing, Membership, RealStatus, Request, Response, ServiceStatus,
-        Timeouts, MAX_REQUEST_BYTES, PROTOCOL_VERSION,
+        MAX_REQUEST_BYTES, PROTOCOL_VERSION,
     },
     state::{DesiredState, StateFile},
 };
@@ -97,6 +97,30 @@ pub enum DaemonError {
         /// Why it was refused.
         message: String,
     },
+}
+
+/// Why the controller refused a request. A refused request changes nothing: the running
+/// configuration, the data plane and the state file stay as they were.
+#[derive(Debug, Error)]
+pub enum ControllerError {
+    /// The change is not valid for the running configuration (ipvsadm's rules).
+    #[error(transparent)]
+    Config(#[from] crate::model::ConfigError),
+    /// The data plane refused it (capacity, a map write).
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// It could not be saved.
+    #[error("saving the configuration failed, nothing changed: {0}")]
+    Save(#[source] crate::state::StateError),
+    /// A timeout in seconds that does not fit the data plane's nanoseconds.
+    #[error("{0} timeout too large")]
+    TimeoutTooLarge(&'static str),
+    /// `reload` without `--config`.
+    #[error("xvsd was started without --config: there is no file to reload (xvsadm apply -f FILE applies one)")]
+    NoConfigFile,
+    /// The configuration file could not be read or is invalid.
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::LoadError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -221,7 +245,7 @@ impl Controller {
     /// current and are its health checks reconciled. If the data plane refuses or the save
     /// fails, the previous configuration is pushed back and the state file keeps it, so a
     /// refused change is nowhere.
-    fn commit(&mut self, next: Config, timeouts: DataplaneConfig) -> Result<(), String> {
+    fn commit(&mut self, next: Config, timeouts: DataplaneConfig) -> Result<(), ControllerError> {
         let wanted = health::wanted(&next);
         let checked: HashMap<CheckId, bool> =
             wanted.iter().map(|(id, c)| (*id, c.inhibit)).collect();
@@ -255,21 +279,17 @@ impl Controller {
         next: &Config,
         effective: &Config,
         timeouts: DataplaneConfig,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         if *effective != self.applied.config {
-            self.dataplane
-                .sync(effective, &self.macs)
-                .map_err(|e| e.to_string())?;
+            self.dataplane.sync(effective, &self.macs)?;
         }
         if timeouts != self.timeouts {
-            self.dataplane
-                .set_config(timeouts)
-                .map_err(|e| e.to_string())?;
+            self.dataplane.set_config(timeouts)?;
         }
         if let Some(state) = &self.state {
             state
                 .save(next, timeouts_s(&timeouts))
-                .map_err(|e| format!("saving the configuration failed, nothing changed: {e}"))?;
+                .map_err(ControllerError::Save)?;
         }
         Ok(())
     }
@@ -277,9 +297,9 @@ impl Controller {
     /// Applies changes as one transaction: validated on a copy, pushed to the data plane,
     /// saved, and only then made current. Returns warnings: tunnelled real servers whose
     /// family has forwarding off, service groups these changes left without a match.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, String> {
+    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, ControllerError> {
         let mut next = self.config.clone();
-        next.apply_all(changes).map_err(|e| e.to_string())?;
+        next.apply_all(changes)?;
         self.commit(next, self.timeouts)?;
         Ok(self.warnings(changes))
     }
@@ -293,7 +313,7 @@ impl Controller {
             .map(|k| {
                 format!(
                     "{k} matches no traffic until it is given matches: xvsadm -E {} ... --match PROTO:VIP:PORT",
-                    crate::cli::service_option(&k)
+                    crate::rules::service_option(&k)
                 )
             }));
         warnings
@@ -323,10 +343,10 @@ impl Controller {
         &mut self,
         target: &DesiredState,
         dry_run: bool,
-    ) -> Result<(Diff, Vec<String>), String> {
+    ) -> Result<(Diff, Vec<String>), ControllerError> {
         // It may come from a client: checked as the model checks every change.
         let target = DesiredState {
-            config: diff::normalise(&target.config).map_err(|e| e.to_string())?,
+            config: diff::normalise(&target.config)?,
             timeouts: target.timeouts,
         };
         let mut timeouts = self.timeouts;
@@ -341,7 +361,7 @@ impl Controller {
             return Ok((d, Vec::new()));
         }
         let mut next = self.config.clone();
-        next.apply_all(&d.changes).map_err(|e| e.to_string())?;
+        next.apply_all(&d.changes)?;
         self.commit(next, timeouts)?;
         let warnings = self.warnings(&d.changes);
         Ok((d, warnings))
@@ -478,7 +498,7 @@ impl Controller {
         tcp: Option<u64>,
         tcpfin: Option<u64>,
         udp: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let mut t = self.timeouts;
         set_timeouts_ns(&mut t, tcp, tcpfin, udp)?;
         self.commit(self.config.clone(), t)
@@ -486,21 +506,17 @@ impl Controller {
 
     /// Zeroes the counters and rate estimates of one service and its real servers, or of
     /// every one (`-Z`). A service that does not exist is an error, as with ipvsadm.
-    pub fn zero(&mut self, service: Option<ServiceKey>) -> Result<(), String> {
+    pub fn zero(&mut self, service: Option<ServiceKey>) -> Result<(), ControllerError> {
         match service {
             Some(key) => {
                 if self.config.service(&key).is_none() {
-                    return Err(
-                        crate::model::ConfigError::NoSuchService(key.to_string()).to_string()
-                    );
+                    return Err(crate::model::ConfigError::NoSuchService(key.to_string()).into());
                 }
-                self.dataplane
-                    .zero_service_counters(&key)
-                    .map_err(|e| e.to_string())?;
+                self.dataplane.zero_service_counters(&key)?;
                 self.rates.zero(|s| s.service() == key);
             }
             None => {
-                self.dataplane.zero_counters().map_err(|e| e.to_string())?;
+                self.dataplane.zero_counters()?;
                 self.rates.zero(|_| true);
             }
         }
@@ -708,15 +724,16 @@ fn set_timeouts_ns(
     tcp: Option<u64>,
     tcpfin: Option<u64>,
     udp: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), ControllerError> {
+    let too_large = ControllerError::TimeoutTooLarge;
     if let Some(v) = tcp {
-        t.tcp_timeout_ns = v.checked_mul(NS).ok_or("tcp timeout too large")?;
+        t.tcp_timeout_ns = v.checked_mul(NS).ok_or(too_large("tcp"))?;
     }
     if let Some(v) = tcpfin {
-        t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or("tcpfin timeout too large")?;
+        t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or(too_large("tcpfin"))?;
     }
     if let Some(v) = udp {
-        t.udp_timeout_ns = v.checked_mul(NS).ok_or("udp timeout too large")?;
+        t.udp_timeout_ns = v.checked_mul(NS).ok_or(too_large("udp"))?;
     }
     Ok(())
 }
@@ -842,9 +859,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // The saved state (or the file) is the first configuration: after an adoption, it is the
     // sync that takes the pinned tables over, keeping what did not change.
     if let Some((desired, from)) = initial {
-        let restore = |message| DaemonError::Restore {
+        let restore = |e: ControllerError| DaemonError::Restore {
             what: from.clone(),
-            message,
+            message: e.to_string(),
         };
         controller.apply_desired(&desired, false).map_err(restore)?;
         if opts.config.is_some() {
@@ -852,7 +869,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             // matched the (empty) starting point and nothing was applied.
             controller
                 .save_state()
-                .map_err(|e| restore(e.to_string()))?;
+                .map_err(|e| restore(ControllerError::Save(e)))?;
         }
         info!(
             from,
@@ -1064,7 +1081,7 @@ async fn settle(shared: &Shared) -> Vec<String> {
 
 /// The Diff answer, after giving new real servers a moment to resolve.
 async fn diff_answer(
-    result: Result<(Diff, Vec<String>), String>,
+    result: Result<(Diff, Vec<String>), ControllerError>,
     dry_run: bool,
     shared: &Shared,
 ) -> Response {
@@ -1082,16 +1099,16 @@ async fn diff_answer(
                 warnings,
             }
         }
-        Err(e) => error(&e),
+        Err(e) => error(&e.to_string()),
     }
 }
 
 /// Re-reads `--config` and applies the difference (SIGHUP, `xvsadm reload`).
-async fn reload(shared: &Shared, dry_run: bool) -> Result<(Diff, Vec<String>), String> {
+async fn reload(shared: &Shared, dry_run: bool) -> Result<(Diff, Vec<String>), ControllerError> {
     let Some(path) = &shared.config_file else {
-        return Err("xvsd was started without --config: there is no file to reload (xvsadm apply -f FILE applies one)".into());
+        return Err(ControllerError::NoConfigFile);
     };
-    let desired = config_file::load(path).map_err(|e| e.to_string())?;
+    let desired = config_file::load(path)?;
     shared
         .controller
         .lock()
@@ -1174,7 +1191,7 @@ async fn handle(line: &str, shared: &Shared) -> Response {
                     warnings.extend(settle(shared).await);
                     Response::Ok { warnings }
                 }
-                Err(e) => error(&e),
+                Err(e) => error(&e.to_string()),
             }
         }
         Command::List => match shared.controller.lock().await.listing() {
@@ -1189,7 +1206,7 @@ async fn handle(line: &str, shared: &Shared) -> Response {
         }
         Command::Zero { service } => match shared.controller.lock().await.zero(service) {
             Ok(()) => Response::Ok { warnings: vec![] },
-            Err(e) => error(&e),
+            Err(e) => error(&e.to_string()),
         },
         Command::SetTimeouts { tcp, tcpfin, udp } => {
             match shared
@@ -1199,7 +1216,7 @@ async fn handle(line: &str, shared: &Shared) -> Response {
                 .set_timeouts(tcp, tcpfin, udp)
             {
                 Ok(()) => Response::Ok { warnings: vec![] },
-                Err(e) => error(&e),
+                Err(e) => error(&e.to_string()),
             }
         }
         Command::ApplyConfig { state, dry_run } => {

@@ -1,30 +1,24 @@
-//! The xvs controller: desired state, scheduler tables, the data plane behind it, the control
-//! socket protocol, and the ipvsadm-compatible command line.
+//! The xvs controller's I/O shell: the data plane (loading, pinning, map writes), health
+//! probes, neighbour resolution, the control socket, metrics, and the daemon that ties them
+//! together; also the real-server setup behind `xvsadm realserver`.
+//!
+//! The pure layers (domain model, ipvsadm's rules, the config file, scheduler tables, the diff,
+//! the control protocol, listings) are the `lb-core` crate; they are re-exported here under
+//! their own names so the shell and its tests say `crate::model`, `lb_user::proto`.
+
+pub use lb_core::{
+    check, client, config_file, diff, estimator, help, listing, model, names, netns, proto, rules,
+    scheduler, state, stats,
+};
 
 pub mod access;
-pub mod check;
-pub mod cli;
-pub mod config_cli;
-pub mod config_file;
-pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
-pub mod diff;
-pub mod estimator;
 pub mod health;
-pub mod help;
 pub mod kernel_log;
-pub mod listing;
 pub mod metrics;
-pub mod model;
-pub mod names;
 pub mod neighbor;
-pub mod netns;
 pub mod object;
-pub mod proto;
 pub mod realserver;
-pub mod scheduler;
-pub mod state;
 pub mod tunnel;
-pub mod watch;

@@ -15,8 +15,9 @@ use tracing::{debug, warn};
 
 use crate::{
     dataplane::Activity,
+    health::HealthState,
     health::{LatencyHistogram, LATENCY_BUCKETS},
-    proto::{HealthState, Listing, Membership},
+    proto::{Listing, Membership},
 };
 
 /// Content type of the text exposition format.

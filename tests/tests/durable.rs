@@ -5,10 +5,11 @@
 use std::{fs, time::Duration};
 
 use lb_user::{
-    cli, config_file,
+    config_file,
     diff::canonical,
     model::Config,
-    proto::Timeouts,
+    model::Timeouts,
+    rules,
     state::{DesiredState, DEFAULT_TIMEOUTS},
 };
 use xvs_tests::daemon::Xvsd;
@@ -21,7 +22,7 @@ struct Snapshot {
 }
 
 fn expected(config: &Config, t: Timeouts) -> Snapshot {
-    let mut rules: Vec<String> = cli::save(&canonical(config))
+    let mut rules: Vec<String> = rules::save(&canonical(config))
         .lines()
         .map(str::to_string)
         .collect();
@@ -104,7 +105,7 @@ fn a_crash_at_any_point_restores_a_committed_configuration() {
                     .into_services();
                 services.truncate(10);
                 let config = Config::from_services(services);
-                let rules = format!("-C\n{}", cli::save(&config));
+                let rules = format!("-C\n{}", rules::save(&config));
                 let next = DesiredState {
                     config,
                     timeouts: current.timeouts,

@@ -12,7 +12,7 @@ use std::{
 };
 
 use lb_user::{
-    control,
+    client as control,
     model::{Change, Protocol, RealServer, Scheduler, ServiceKey},
     proto::{Command as Req, Listing, Request, Response, MAX_REQUEST_BYTES, PROTOCOL_VERSION},
 };

@@ -112,6 +112,34 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// Crates of the daemon's I/O that xvsadm must not compile (it builds on lb-core alone).
+const DAEMON_ONLY: &[&str] = &["lb-user", "aya", "aya-log", "tokio", "rustls", "rtnetlink"];
+
+/// The layering rule between crates: xvsadm's dependency tree holds none of [`DAEMON_ONLY`].
+fn cli_needs_no_daemon() -> Result<()> {
+    let out = cargo()
+        .args(["tree", "-p", "xvsadm", "-e", "normal", "--prefix", "none"])
+        .output()
+        .context("cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p xvsadm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<&str> = DAEMON_ONLY
+        .iter()
+        .copied()
+        .filter(|d| tree.lines().any(|l| l.split_whitespace().next() == Some(d)))
+        .collect();
+    if !found.is_empty() {
+        bail!("xvsadm depends on the daemon's crates {found:?}: it must build on lb-core alone");
+    }
+    eprintln!("xtask: xvsadm builds without the daemon's crates");
+    Ok(())
+}
+
 /// rustfmt and clippy, warnings denied, over the userspace workspace and every eBPF crate.
 fn lint() -> Result<()> {
     bootstrap::lint_components()?;
@@ -144,6 +172,7 @@ fn lint() -> Result<()> {
         cmd.args(["--", "-D", "warnings"]);
         run_cmd(&mut cmd)?;
     }
+    cli_needs_no_daemon()?;
     eprintln!("xtask: lint passed");
     Ok(())
 }
@@ -162,6 +191,8 @@ fn build() -> Result<()> {
         "--release",
         "-p",
         "lb-user",
+        "-p",
+        "xvsadm",
         "-p",
         "xvs-tests",
         "--bins",

@@ -187,26 +187,7 @@ struct Placed {
     keys: Vec<lb_common::ServiceKey>,
 }
 
-/// Counters read back from the data plane, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    /// New connections.
-    pub conns: u64,
-    /// Packets in.
-    pub packets: u64,
-    /// Bytes in.
-    pub bytes: u64,
-}
-
-impl From<Stats> for Counters {
-    fn from(s: Stats) -> Self {
-        Self {
-            conns: s.conns,
-            packets: s.packets,
-            bytes: s.bytes,
-        }
-    }
-}
+pub use lb_core::stats::Counters;
 
 /// What the controller did to the data plane, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

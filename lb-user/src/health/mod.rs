@@ -5,8 +5,9 @@
 //! the configured one (what `-S` shows) with down servers removed from the tables, or at
 //! weight 0 with `--check-inhibit`, and the sorry server in while no real server is up.
 
-pub mod machine;
 pub mod probe;
+
+pub use lb_core::health::{machine, HealthState, LatencyHistogram, LATENCY_BUCKETS};
 
 use std::{
     collections::{hash_map::RandomState, HashMap, HashSet},
@@ -16,67 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
     check::{self, Check},
     model::{Config, RealServer, ServiceKey},
-    proto::{Health, HealthState, Membership},
+    proto::{Health, Membership},
 };
-
-/// Upper bounds of the latency histogram's buckets, seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Durations in buckets, as a Prometheus histogram keeps them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatencyHistogram {
-    /// Observations per bucket of [`LATENCY_BUCKETS`] (not cumulative); above the last: only
-    /// in `count`.
-    pub buckets: [u64; 14],
-    /// Sum of the observations, seconds.
-    pub sum_s: f64,
-    /// Observations.
-    pub count: u64,
-}
-
-impl LatencyHistogram {
-    /// Adds one observation.
-    pub fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum_s += s;
-        self.count += 1;
-    }
-
-    /// Adds another histogram's observations.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
-        }
-        self.sum_s += other.sum_s;
-        self.count += other.count;
-    }
-
-    /// The bucket bound under which at least `q` (0..=1) of the observations fall, None when
-    /// they are above every bucket.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let want = (self.count as f64 * q).ceil() as u64;
-        let mut seen = 0;
-        for (b, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            seen += n;
-            if seen >= want {
-                return Some(*b);
-            }
-        }
-        None
-    }
-}
 
 /// Which check: a real server of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

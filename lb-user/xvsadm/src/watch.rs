@@ -7,15 +7,16 @@ use std::{fmt::Write, time::Duration};
 use clap::Parser;
 use serde::Serialize;
 
-use crate::{
+use lb_core::{
     estimator::Rates,
+    health::HealthState,
     listing::sort_like_ipvsadm,
     model::{Protocol, ServiceKey},
     names::{addr_port, Numeric},
-    proto::{default_socket, HealthState, Listing, Membership, RealStatus},
+    proto::{default_socket, Listing, Membership, RealStatus},
 };
 
-/// `xvsadm stats` options (`--help` prints [`crate::help::STATS_USAGE`]).
+/// `xvsadm stats` options (`--help` prints [`lb_core::help::STATS_USAGE`]).
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "xvsadm stats",
@@ -225,10 +226,10 @@ pub fn render(rows: &[ServiceRows], period: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        dataplane::Counters,
+    use lb_core::{
         model::{ForwardMethod, Scheduler},
         proto::{RealStatus, ServiceStatus},
+        stats::Counters,
     };
 
     #[test]

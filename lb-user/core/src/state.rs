@@ -16,7 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{model::Config, proto::Timeouts};
+use crate::model::{Config, Timeouts};
 
 /// Where xvsd keeps its state unless told otherwise (`xvsd --state-dir`), in the host's
 /// network namespace.

@@ -5,11 +5,11 @@
 use std::{fmt::Write, net::SocketAddr};
 
 use crate::{
-    dataplane::Counters,
     estimator::Rates,
     model::{Protocol, ServiceKey},
     names::{addr_port, truncate, Names},
     proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
+    stats::Counters,
 };
 
 /// The IPVS version ipvsadm prints in its first line; scripts match on it.
@@ -413,7 +413,7 @@ pub fn largenum(i: u64, exact: bool) -> String {
 }
 
 /// `ipvsadm -L --timeout` (ipvsadm.c list_timeout).
-pub fn render_timeouts(t: &crate::proto::Timeouts) -> String {
+pub fn render_timeouts(t: &crate::model::Timeouts) -> String {
     format!(
         "Timeout (tcp tcpfin udp): {} {} {}\n",
         t.tcp, t.tcpfin, t.udp
@@ -943,7 +943,7 @@ TCP  203.0.113.10:80 wrr
     /// ipvsadm.c list_timeout: "Timeout (tcp tcpfin udp): %d %d %d".
     #[test]
     fn timeouts_match_ipvsadm() {
-        let t = crate::proto::Timeouts {
+        let t = crate::model::Timeouts {
             tcp: 900,
             tcpfin: 120,
             udp: 300,

@@ -8,9 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     check::{CheckKind, CheckSpec},
-    dataplane::Counters,
     estimator::Rates,
-    model::{Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, VirtualAddr},
+    health::HealthState,
+    model::{
+        Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, Timeouts,
+        VirtualAddr,
+    },
+    stats::Counters,
 };
 
 /// The version this build speaks.
@@ -161,17 +165,6 @@ pub struct Listing {
     pub timeouts: Timeouts,
 }
 
-/// Connection timeouts in seconds, as `ipvsadm -L --timeout` shows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Timeouts {
-    /// Established TCP.
-    pub tcp: u64,
-    /// TCP after a FIN.
-    pub tcpfin: u64,
-    /// UDP.
-    pub udp: u64,
-}
-
 /// One service with its counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -256,16 +249,6 @@ pub enum Membership {
     Inhibited,
     /// Down: out of the tables, as keepalived removes it from IPVS (a sorry server not in use).
     Removed,
-}
-
-/// Up or down, as the health checks decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthState {
-    /// Passing (or not failed enough yet).
-    Up,
-    /// Failed `retry + 1` times in a row; `rise` successes bring it back.
-    Down,
 }
 
 /// A real server's health as its checker sees it.

@@ -2,25 +2,26 @@
 //!
 //! Exit status as ipvsadm: 0 on success, 2 for a command line that cannot be carried out
 //! (ipvsadm's `fail(2, ...)`), 1 when xvsd refuses or cannot be reached.
+
 use std::{ffi::OsString, io::Read, process::ExitCode};
 
 use clap::Parser;
-use lb_user::{
-    cli::{self, Action, Args, CliError},
-    config_cli::{self, ConfigArgs, ConfigCommand},
-    config_file, control, help, listing,
+use lb_core::{
+    client as control, config_file, help, listing,
     model::{Config, Service},
     names::{self, Names, Numeric, Resolved},
     proto::{Command, Listing, Request, Response},
+    rules::{self, Action, Args, CliError},
     state::DesiredState,
-    watch::{self, StatsArgs},
 };
+use xvsadm::config_cli::{self, ConfigArgs, ConfigCommand};
+use xvsadm::watch::{self, StatsArgs};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     // `xvsadm realserver ...` sets up a real server (no xvsd involved): a parser of its own.
     if argv.get(1).is_some_and(|a| a == "realserver") {
-        return lb_user::realserver::main(argv.into_iter().skip(1));
+        return realserver(argv.into_iter().skip(2));
     }
     // Subcommands of xvs's own (`xvsadm [--socket PATH] stats ...`); everything else is
     // ipvsadm's command line, which has no words of its own.
@@ -46,6 +47,25 @@ fn main() -> ExitCode {
         }
     };
     finish(run(&args))
+}
+
+/// `xvsadm realserver ARGS`: runs xvs-realserver (installed beside xvsadm, or found on PATH),
+/// which loads the decapsulator; xvsadm itself has no eBPF loader.
+fn realserver(args: impl Iterator<Item = OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    const NAME: &str = "xvs-realserver";
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|p| p.with_file_name(NAME))
+        .filter(|p| p.exists());
+    let program = beside.map_or_else(|| OsString::from(NAME), OsString::from);
+    // exec only returns on failure.
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "xvsadm realserver: cannot run {}: {err} (it is installed beside xvsadm)",
+        program.to_string_lossy()
+    );
+    ExitCode::FAILURE
 }
 
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
@@ -124,7 +144,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Action::Restore => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            let changes = cli::parse_rules(&text)?;
+            let changes = rules::parse_rules(&text)?;
             apply(send(socket, Command::Apply { changes })?)
         }
         Action::Zero { service } => apply(send(socket, Command::Zero { service })?),
@@ -165,8 +185,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         Action::Save { numeric } => {
             let config = config_of(&list(socket)?);
-            let names = names_for(numeric, cli::addresses(&config));
-            print!("{}", cli::save_named(&config, names.as_ref()));
+            let names = names_for(numeric, rules::addresses(&config));
+            print!("{}", rules::save_named(&config, names.as_ref()));
             Ok(())
         }
         Action::List {
@@ -313,7 +333,7 @@ fn config_of(l: &Listing) -> Config {
                 reals: s
                     .reals
                     .iter()
-                    .map(|r| lb_user::model::RealServer {
+                    .map(|r| lb_core::model::RealServer {
                         addr: r.addr,
                         weight: r.weight,
                         forward: r.forward,

@@ -8,9 +8,9 @@
 
 use crate::{
     check::{CheckKind, CheckSpec},
-    cli,
+    model::Timeouts,
     model::{Change, Config, ConfigError, RealServer, Service},
-    proto::Timeouts,
+    rules,
     state::DesiredState,
 };
 
@@ -190,7 +190,7 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
     let mut lines = Vec::new();
     for s in cur.services() {
         if tgt.service(&s.key).is_none() {
-            lines.push(format!("-D {}", cli::service_option(&s.key)));
+            lines.push(format!("-D {}", rules::service_option(&s.key)));
         }
     }
     for t in tgt.services() {
@@ -217,7 +217,11 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
         }
         for r in s.iter().flat_map(|s| &s.reals) {
             if !t.reals.iter().any(|x| x.addr == r.addr) {
-                lines.push(format!("-d {} -r {}", cli::service_option(&t.key), r.addr));
+                lines.push(format!(
+                    "-d {} -r {}",
+                    rules::service_option(&t.key),
+                    r.addr
+                ));
             }
         }
         for r in &t.reals {
@@ -256,7 +260,7 @@ fn service_rule(svc: &Service) -> String {
         reals: Vec::new(),
         ..svc.clone()
     }]);
-    cli::save(&alone)
+    rules::save(&alone)
         .lines()
         .next()
         .unwrap_or_default()
@@ -269,7 +273,7 @@ fn real_rule(svc: &Service, real: &RealServer) -> String {
         reals: vec![real.clone()],
         ..svc.clone()
     }]);
-    cli::save(&alone)
+    rules::save(&alone)
         .lines()
         .nth(1)
         .unwrap_or_default()

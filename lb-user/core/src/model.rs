@@ -1114,6 +1114,17 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
     })
 }
 
+/// Connection timeouts in seconds, as `ipvsadm -L --timeout` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Established TCP.
+    pub tcp: u64,
+    /// TCP after a FIN.
+    pub tcpfin: u64,
+    /// UDP.
+    pub udp: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

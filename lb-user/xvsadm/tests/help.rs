@@ -4,7 +4,8 @@
 use std::process::Command;
 
 use clap::CommandFactory;
-use lb_user::{cli::Args, watch::StatsArgs};
+use lb_core::rules::Args;
+use xvsadm::watch::StatsArgs;
 
 fn xvsadm(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xvsadm"))
@@ -63,14 +64,14 @@ fn every_option_has_a_help_line() {
     for arg in StatsArgs::command().get_arguments() {
         if let Some(long) = arg.get_long() {
             assert!(
-                lb_user::help::STATS_USAGE.contains(&format!("--{long}")),
+                lb_core::help::STATS_USAGE.contains(&format!("--{long}")),
                 "stats --{long} is not in its help"
             );
         }
     }
     let (ok, out, _) = xvsadm(&["stats", "--help"]);
     assert!(ok);
-    assert_eq!(out, lb_user::help::STATS_USAGE);
+    assert_eq!(out, lb_core::help::STATS_USAGE);
 }
 
 #[test]

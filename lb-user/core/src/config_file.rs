@@ -23,13 +23,14 @@ use toml::{
 
 use crate::{
     check::CheckSpec,
-    cli, listing,
+    listing,
+    model::Timeouts,
     model::{
         Change, Config, ConfigError, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags,
         Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, DEFAULT_PERSISTENCE_TIMEOUT,
         DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
     },
-    proto::Timeouts,
+    rules,
     state::{DesiredState, DEFAULT_TIMEOUTS},
 };
 
@@ -689,10 +690,10 @@ fn persistence(
                 return None;
             }
             let parsed = match m.get_ref() {
-                toml::Value::String(s) => cli::parse_netmask(s, v4).map_err(|e| e.0),
+                toml::Value::String(s) => rules::parse_netmask(s, v4).map_err(|e| e.0),
                 toml::Value::Integer(n) => u8::try_from(*n)
                     .map_err(|_| format!("Illegal netmask: {n}"))
-                    .and_then(|n| cli::parse_netmask(&n.to_string(), v4).map_err(|e| e.0)),
+                    .and_then(|n| rules::parse_netmask(&n.to_string(), v4).map_err(|e| e.0)),
                 other => Err(format!(
                     "Illegal netmask: {other} (expected \"255.255.255.0\" or a prefix length)"
                 )),
@@ -860,7 +861,7 @@ mod tests {
         diff, model,
     };
 
-    const EXAMPLE: &str = include_str!("../../examples/xvs.toml");
+    const EXAMPLE: &str = include_str!("../../../examples/xvs.toml");
 
     fn errors(text: &str) -> Vec<FileError> {
         match parse(text) {

@@ -11,7 +11,7 @@ use std::{collections::HashMap, hash::Hash, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::Counters;
+use crate::stats::Counters;
 
 /// How often the counters are sampled (IPVS: `2*HZ`).
 pub const PERIOD: Duration = Duration::from_secs(2);

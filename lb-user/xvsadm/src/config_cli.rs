@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::proto::default_socket;
+use lb_core::proto::default_socket;
 
 /// xvsadm with a configuration-file subcommand.
 #[derive(Parser, Debug)]

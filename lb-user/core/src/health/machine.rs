@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{check::Check, proto::HealthState};
+use super::HealthState;
+use crate::check::Check;
 
 /// The state of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]

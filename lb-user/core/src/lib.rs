@@ -1,0 +1,34 @@
+//! The xvs controller's pure core, shared by the daemon (`lb-user`) and the CLI (`xvsadm`):
+//! no kernel maps, no sockets, no async runtime, all of it unit-tested without privileges.
+//!
+//! Layers, lowest first; a module imports only from layers below its own (or its own layer
+//! where named), which `tests::imports_point_down_the_layers` checks:
+//! 1. the domain: [`model`] (services, real servers, changes, timeouts), [`check`] (health
+//!    checks as configured), [`stats`], [`names`], [`netns`];
+//! 2. computations and persistence over the domain: [`scheduler`] (tables), [`estimator`]
+//!    (rates), [`health`] (the up/down machine, latency histograms), [`state`] (the saved
+//!    configuration), [`config_file`] (the TOML file);
+//! 3. the control protocol between xvsadm and xvsd: [`proto`], and its blocking [`client`];
+//! 4. presentation: [`listing`] (ipvsadm's output), [`help`];
+//! 5. ipvsadm's command language: [`rules`] (commands typed and saved by `-S`, read by `-R`);
+//! 6. [`diff`]: the changes from one configuration to another, printed as rules.
+
+pub mod check;
+pub mod client;
+pub mod config_file;
+pub mod diff;
+pub mod estimator;
+pub mod health;
+pub mod help;
+pub mod listing;
+pub mod model;
+pub mod names;
+pub mod netns;
+pub mod proto;
+pub mod rules;
+pub mod scheduler;
+pub mod state;
+pub mod stats;
+
+#[cfg(test)]
+mod layers;
