@@ -1,0 +1,152 @@
+//! [`Maps`] over the kernel's maps: thin wrappers around the aya maps, one system call per
+//! entry written, batch reads where a whole map or table is read.
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use lb_common::{
+    filter::FILTER_WORDS, names, Backend, ServiceKey as BpfKey, ServiceValue, Stats, MAX_BACKENDS,
+};
+
+use super::{
+    batch,
+    maps::{Maps, MapsError, StatsMap},
+};
+
+/// The controller's maps in the kernel.
+pub(super) struct KernelMaps {
+    pub(super) services: BpfHashMap<MapData, BpfKey, ServiceValue>,
+    pub(super) backends: Array<MapData, Backend>,
+    pub(super) slots: Array<MapData, u32>,
+    pub(super) cursors: Array<MapData, u64>,
+    pub(super) service_stats: PerCpuArray<MapData, Stats>,
+    pub(super) backend_stats: PerCpuArray<MapData, Stats>,
+    pub(super) filter: Array<MapData, u64>,
+    pub(super) cpus: usize,
+}
+
+fn err(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |e| MapsError::new(map, e)
+}
+
+fn io_err(map: &'static str) -> impl FnOnce(std::io::Error) -> MapsError {
+    move |e| MapsError::new(map, e)
+}
+
+impl KernelMaps {
+    fn stats_map(&self, map: StatsMap) -> &PerCpuArray<MapData, Stats> {
+        match map {
+            StatsMap::Service => &self.service_stats,
+            StatsMap::Backend => &self.backend_stats,
+        }
+    }
+}
+
+impl Maps for KernelMaps {
+    fn filter_words(&self) -> Result<Vec<u64>, MapsError> {
+        batch::read_array(&self.filter, 0, FILTER_WORDS).map_err(io_err(names::MAP_SERVICE_FILTER))
+    }
+
+    fn filter_word(&self, index: u32) -> Result<u64, MapsError> {
+        self.filter
+            .get(&index, 0)
+            .map_err(err(names::MAP_SERVICE_FILTER))
+    }
+
+    fn set_filter_word(&mut self, index: u32, word: u64) -> Result<(), MapsError> {
+        self.filter
+            .set(index, word, 0)
+            .map_err(err(names::MAP_SERVICE_FILTER))
+    }
+
+    fn slots(&self, off: u32, len: u32) -> Result<Vec<u32>, MapsError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let v = batch::read_array(&self.slots, off, len).map_err(io_err(names::MAP_SCHED_SLOTS))?;
+        if v.len() != len as usize {
+            return Err(MapsError::new(
+                names::MAP_SCHED_SLOTS,
+                format!("read {} of {len} slots from {off}", v.len()),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn set_slots(&mut self, off: u32, ids: &[u32]) -> Result<(), MapsError> {
+        for (i, id) in ids.iter().enumerate() {
+            self.slots
+                .set(off + i as u32, *id, 0)
+                .map_err(err(names::MAP_SCHED_SLOTS))?;
+        }
+        Ok(())
+    }
+
+    fn services(&self) -> Result<Vec<(BpfKey, ServiceValue)>, MapsError> {
+        let mut out = Vec::new();
+        batch::for_each(&self.services, |k, v| out.push((*k, *v)))
+            .map_err(io_err(names::MAP_SERVICES))?;
+        Ok(out)
+    }
+
+    fn service(&self, key: &BpfKey) -> Result<Option<ServiceValue>, MapsError> {
+        match self.services.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(err(names::MAP_SERVICES)(e)),
+        }
+    }
+
+    fn put_service(&mut self, key: &BpfKey, value: ServiceValue) -> Result<(), MapsError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(err(names::MAP_SERVICES))
+    }
+
+    fn delete_service(&mut self, key: &BpfKey) -> Result<(), MapsError> {
+        match self.services.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(names::MAP_SERVICES)(e)),
+        }
+    }
+
+    fn backends(&self) -> Result<Vec<Backend>, MapsError> {
+        batch::read_array(&self.backends, 0, MAX_BACKENDS).map_err(io_err(names::MAP_BACKENDS))
+    }
+
+    fn backend(&self, id: u32) -> Result<Backend, MapsError> {
+        self.backends.get(&id, 0).map_err(err(names::MAP_BACKENDS))
+    }
+
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapsError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(err(names::MAP_BACKENDS))
+    }
+
+    fn cursor(&self, id: u32) -> Result<u64, MapsError> {
+        self.cursors.get(&id, 0).map_err(err(names::MAP_SEQ_CURSOR))
+    }
+
+    fn set_cursor(&mut self, id: u32, value: u64) -> Result<(), MapsError> {
+        self.cursors
+            .set(id, value, 0)
+            .map_err(err(names::MAP_SEQ_CURSOR))
+    }
+
+    fn stats(&self, map: StatsMap, id: u32) -> Result<Vec<Stats>, MapsError> {
+        let v = self.stats_map(map).get(&id, 0).map_err(err(map.name()))?;
+        Ok(v.iter().copied().collect())
+    }
+
+    fn set_stats(&mut self, map: StatsMap, id: u32, per_cpu: &[Stats]) -> Result<(), MapsError> {
+        let values = PerCpuValues::try_from(per_cpu.to_vec()).map_err(io_err(map.name()))?;
+        let m = match map {
+            StatsMap::Service => &mut self.service_stats,
+            StatsMap::Backend => &mut self.backend_stats,
+        };
+        m.set(id, values, 0).map_err(err(map.name()))
+    }
+
+    fn cpus(&self) -> usize {
+        self.cpus
+    }
+}
