@@ -10,8 +10,9 @@ use lb_common::{Backend, ServiceKey as BpfKey, ServiceValue, Stats};
 use thiserror::Error;
 
 use super::{
+    inherit::TakeOver,
     maps::{Maps, MapsError, StatsMap},
-    plan::MapOp,
+    plan::{MapOp, Placement, Plan},
 };
 
 /// A plan could not be applied.
@@ -130,6 +131,33 @@ pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
         }
     }
     Ok(())
+}
+
+/// What an applied plan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Operations applied.
+    pub ops: usize,
+    /// Tables published.
+    pub published: usize,
+    /// What the first plan after an adoption kept and dropped.
+    pub took_over: Option<TakeOver>,
+}
+
+/// Applies a plan made from `placement` to `maps`, and only if every write succeeds makes its
+/// next placement current: a failed plan leaves both as they were.
+pub fn commit(
+    placement: &mut Placement,
+    maps: &mut dyn Maps,
+    plan: Plan,
+) -> Result<Applied, ExecError> {
+    execute(maps, &plan.ops)?;
+    *placement = plan.next;
+    Ok(Applied {
+        ops: plan.ops.len(),
+        published: plan.published,
+        took_over: plan.took_over,
+    })
 }
 
 #[cfg(test)]

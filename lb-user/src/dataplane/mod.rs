@@ -501,9 +501,8 @@ impl Dataplane {
                 params: &self.params,
             },
         )?;
-        exec::execute(&mut self.maps, &plan.ops)?;
-        self.placement = plan.next;
-        if let Some(t) = plan.took_over {
+        let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        if let Some(t) = applied.took_over {
             info!(
                 kept = t.kept,
                 dropped = t.dropped,
@@ -764,9 +763,7 @@ impl Dataplane {
                 params: &self.params,
             },
         )?;
-        exec::execute(&mut self.maps, &plan.ops)?;
-        self.placement = plan.next;
-        Ok(plan.published)
+        Ok(exec::commit(&mut self.placement, &mut self.maps, plan)?.published)
     }
 
     /// Sets the table tunables (Maglev size, plan length) used from the next sync on.
@@ -857,3 +854,6 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests;
