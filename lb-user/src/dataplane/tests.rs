@@ -490,7 +490,7 @@ fn freed_ids_are_reused_with_a_new_generation() {
         rig.maps.stats(StatsMap::Service, web).unwrap(),
         vec![Stats::default(); 2]
     );
-    assert!(rig.maps.services.get(&to_bpf_key(&vaddr(WEB))).is_none());
+    assert!(!rig.maps.services.contains_key(&to_bpf_key(&vaddr(WEB))));
     // Every generation handed out is new.
     let gens: Vec<u32> = rig.maps.backends.values().map(|b| b.generation).collect();
     assert!(gens.iter().all(|&g| g > g2));
