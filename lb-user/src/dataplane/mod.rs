@@ -9,6 +9,15 @@
 //! A service group (`-f`) is no different to the program: each of its matches is a key of its
 //! own in SERVICES, all pointing at the group's one value (same id, table and flags), so the
 //! group shares one persistence template space, one scheduler and one set of counters.
+//!
+//! A change is a plan and its execution. [`plan`] is pure: from the [`plan::Placement`] (what
+//! the maps hold, from the controller's point of view) and the desired configuration it makes
+//! the next placement and the ordered [`plan::MapOp`]s. [`exec`] applies them to a
+//! [`maps::Maps`] — the kernel's maps here, [`maps::MemoryMaps`] in unit tests — and on a
+//! failed write puts back everything it wrote, so the maps and the placement stay as they were.
+//! Adoption reads the pinned maps through the same trait ([`adopt::read_pinned`]) and rebuilds
+//! a placement from them ([`inherit`], pure). Counters, the connection table and CONFIG are read
+//! and written here directly: they are not part of a plan.
 
 pub mod adopt;
 mod batch;
