@@ -1124,3 +1124,28 @@ fn random_sequences_keep_placement_and_maps_consistent() {
         current = next;
     }
 }
+
+#[test]
+fn connections_are_counted_over_the_slots_the_take_over_keeps() {
+    let old = previous_xvsd();
+    let rig = adopt(&old);
+    let first = config(vec![service(
+        tcp(WEB),
+        Scheduler::Lc,
+        &[("10.0.0.1:80", 1), ("10.0.0.9:80", 1)],
+    )]);
+    // Before the take-over nothing is placed; after it, the kept service's slots count (the
+    // server it lost is freed later in the plan), not those of the dropped services.
+    assert!(rig.placement.generations().is_empty());
+    let staged = plan::staged(&rig.placement, &first);
+    let (r1, r2) = (
+        old.bid(&tcp(WEB), "10.0.0.1:80"),
+        old.bid(&tcp(WEB), "10.0.0.2:80"),
+    );
+    assert_eq!(
+        staged.generations(),
+        HashMap::from([(r1, old.generation(r1)), (r2, old.generation(r2))])
+    );
+    // Staging plans nothing: the placement it started from is still pending.
+    assert!(rig.placement.adoption_pending());
+}
