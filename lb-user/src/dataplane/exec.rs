@@ -2,7 +2,8 @@
 //! puts back, in reverse order, everything it changed, so the maps are as they were.
 //!
 //! Before each write it reads what the write will overwrite (one batch read for a table
-//! region). The failed operation itself is undone too: a run of slot writes may have failed
+//! region), except for a backend slot, whose previous value the plan carries (the placement
+//! knows what every slot holds, and the unit tests check it against the maps). The failed operation itself is undone too: a run of slot writes may have failed
 //! partway. Stats zeroed by a rolled-back operation get their values from before the write
 //! back, less whatever packets counted in between (a window of microseconds).
 
@@ -63,7 +64,7 @@ fn before(maps: &dyn Maps, op: &MapOp) -> Result<Undo, MapsError> {
         MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
             Undo::Service(*key, maps.service(key)?)
         }
-        MapOp::SetBackend { id, .. } => Undo::Backend(*id, maps.backend(*id)?),
+        MapOp::SetBackend { id, was, .. } => Undo::Backend(*id, *was),
         MapOp::ResetCursor { id } => Undo::Cursor(*id, maps.cursor(*id)?),
         MapOp::ZeroStats { map, id } => Undo::Stats(*map, *id, maps.stats(*map, *id)?),
     })
@@ -76,7 +77,7 @@ pub fn apply(maps: &mut dyn Maps, op: &MapOp) -> Result<(), MapsError> {
         MapOp::SetSlots { off, ids } => maps.set_slots(*off, ids),
         MapOp::PutService { key, value } => maps.put_service(key, *value),
         MapOp::DeleteService { key } => maps.delete_service(key),
-        MapOp::SetBackend { id, backend } => maps.set_backend(*id, *backend),
+        MapOp::SetBackend { id, backend, .. } => maps.set_backend(*id, *backend),
         MapOp::ResetCursor { id } => maps.set_cursor(*id, 0),
         MapOp::ZeroStats { map, id } => {
             let zero = vec![Stats::default(); maps.cpus()];
@@ -195,6 +196,10 @@ mod tests {
                 id: 5,
                 backend: Backend {
                     generation: 9,
+                    ..Default::default()
+                },
+                was: Backend {
+                    generation: 2,
                     ..Default::default()
                 },
             },

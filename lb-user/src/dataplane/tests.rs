@@ -392,7 +392,7 @@ fn the_operations_keep_packets_in_flight_safe() {
     let dns_backend = rig.bid(&tcp(DNS), "10.0.0.5:53");
     let unpublished = pos(&|o| matches!(o, MapOp::DeleteService { key } if *key == dns)).unwrap();
     let freed = pos(&|o| {
-        matches!(o, MapOp::SetBackend { id, backend } if *id == dns_backend && backend.generation == 0)
+        matches!(o, MapOp::SetBackend { id, backend, .. } if *id == dns_backend && backend.generation == 0)
     })
     .unwrap();
     assert!(unpublished < freed);
