@@ -56,8 +56,31 @@ enum Undo {
     Stats(StatsMap, u32, Vec<Stats>),
 }
 
+/// Counters to be zeroed, read ahead in bulk: by (map, id), their values before the plan.
+type StatsBefore = std::collections::HashMap<(StatsMap, u32), Vec<Stats>>;
+
+/// Reads the counters `ops` zero, a batch per map (a plan that places thousands of servers
+/// zeroes thousands of entries). Packets counted between this read and the zeroing are lost
+/// if the plan is rolled back, as they would be between a read and a write anyway.
+fn stats_before(maps: &dyn Maps, ops: &[MapOp]) -> Result<StatsBefore, MapsError> {
+    let mut out = StatsBefore::new();
+    for which in [StatsMap::Service, StatsMap::Backend] {
+        let ids: Vec<u32> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::ZeroStats { map, id } if *map == which => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for (id, v) in ids.iter().zip(maps.stats_of(which, &ids)?) {
+            out.insert((which, *id), v);
+        }
+    }
+    Ok(out)
+}
+
 /// Reads what `op` will overwrite.
-fn before(maps: &dyn Maps, op: &MapOp) -> Result<Undo, MapsError> {
+fn before(maps: &dyn Maps, op: &MapOp, stats: &mut StatsBefore) -> Result<Undo, MapsError> {
     Ok(match op {
         MapOp::SetFilterWord { index, .. } => Undo::FilterWord(*index, maps.filter_word(*index)?),
         MapOp::SetSlots { off, ids } => Undo::Slots(*off, maps.slots(*off, ids.len() as u32)?),
@@ -66,7 +89,13 @@ fn before(maps: &dyn Maps, op: &MapOp) -> Result<Undo, MapsError> {
         }
         MapOp::SetBackend { id, was, .. } => Undo::Backend(*id, *was),
         MapOp::ResetCursor { id } => Undo::Cursor(*id, maps.cursor(*id)?),
-        MapOp::ZeroStats { map, id } => Undo::Stats(*map, *id, maps.stats(*map, *id)?),
+        MapOp::ZeroStats { map, id } => {
+            let v = match stats.remove(&(*map, *id)) {
+                Some(v) => v,
+                None => maps.stats(*map, *id)?,
+            };
+            Undo::Stats(*map, *id, v)
+        }
     })
 }
 
@@ -102,8 +131,13 @@ fn undo(maps: &mut dyn Maps, u: &Undo) -> Result<(), MapsError> {
 /// the failed one) is undone in reverse order.
 pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
     let mut done: Vec<Undo> = Vec::with_capacity(ops.len());
+    let mut stats = stats_before(maps, ops).map_err(|source| ExecError::RolledBack {
+        index: 0,
+        total: ops.len(),
+        source,
+    })?;
     for (index, op) in ops.iter().enumerate() {
-        let result = before(maps, op).and_then(|u| {
+        let result = before(maps, op, &mut stats).and_then(|u| {
             done.push(u);
             apply(maps, op)
         });

@@ -1149,3 +1149,65 @@ fn connections_are_counted_over_the_slots_the_take_over_keeps() {
     // Staging plans nothing: the placement it started from is still pending.
     assert!(rig.placement.adoption_pending());
 }
+
+/// The kernel's maps behind the same trait, under `cargo xtask test` (root; it sets
+/// XVS_BIN_DIR). A plain `cargo test` loads nothing and the test passes without checking.
+#[test]
+fn kernel_maps_roll_back_as_memory_maps_do() {
+    if !nix::unistd::geteuid().is_root() || std::env::var_os("XVS_BIN_DIR").is_none() {
+        return;
+    }
+    let mut dp = super::Dataplane::load_with(super::Sizes {
+        conns: 1024,
+        sched_slots: 4096,
+    })
+    .expect("load the director");
+    let maps = &mut dp.maps;
+    let cpus = maps.cpus();
+    let stats = |id: u32, cpu: usize| Stats {
+        conns: id as u64,
+        packets: cpu as u64,
+        bytes: 1000 + id as u64,
+    };
+    for id in 0..40 {
+        let v: Vec<Stats> = (0..cpus).map(|c| stats(id, c)).collect();
+        maps.set_stats(StatsMap::Backend, id, &v).unwrap();
+    }
+    // A bulk read sees what reads one by one see.
+    let ids: Vec<u32> = (3..30).chain([5, 7]).collect();
+    let bulk = maps.stats_of(StatsMap::Backend, &ids).unwrap();
+    let single: Vec<Vec<Stats>> = ids
+        .iter()
+        .map(|&id| maps.stats(StatsMap::Backend, id).unwrap())
+        .collect();
+    assert_eq!(bulk, single);
+    assert_eq!(bulk[0][cpus - 1], stats(3, cpus - 1));
+    // A plan whose last write fails (past the end of SCHED_SLOTS) is undone.
+    let mut rig = Rig::with_slots(4096);
+    let c = mixed();
+    rig.resolve(&c);
+    let mut ops = rig.plan(&c).unwrap().ops;
+    let read = |m: &dyn Maps| {
+        let mut services = m.services().unwrap();
+        services.sort_by_key(|(k, _)| (k.addr, k.port_be));
+        (
+            services,
+            m.backends().unwrap(),
+            m.slots(0, 4096).unwrap(),
+            m.filter_words().unwrap(),
+            (0..40)
+                .map(|id| m.stats(StatsMap::Backend, id).unwrap())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let before = read(&*maps);
+    ops.push(MapOp::SetSlots {
+        off: 4095,
+        ids: vec![1, 2],
+    });
+    assert!(matches!(
+        exec::execute(&mut *maps, &ops),
+        Err(ExecError::RolledBack { .. })
+    ));
+    assert_eq!(read(&*maps), before);
+}
