@@ -1,11 +1,14 @@
 //! The executor: applies a plan's operations to the maps in order, and on the first failure
 //! puts back, in reverse order, everything it changed, so the maps are as they were.
 //!
-//! Before each write it reads what the write will overwrite (one batch read for a table
-//! region), except for a backend slot, whose previous value the plan carries (the placement
-//! knows what every slot holds, and the unit tests check it against the maps). The failed operation itself is undone too: a run of slot writes may have failed
+//! Before each write it reads what the write will overwrite, except for a backend slot, whose
+//! previous value the plan carries (the placement knows what every slot holds, and the unit
+//! tests check it against the maps). A plan with many writes to a map has them read ahead in
+//! a few batch reads instead. The failed operation itself is undone too: a run of slot writes may have failed
 //! partway. Stats zeroed by a rolled-back operation get their values from before the write
 //! back, less whatever packets counted in between (a window of microseconds).
+
+use std::collections::HashMap;
 
 use lb_common::{Backend, ServiceKey as BpfKey, ServiceValue, Stats};
 use thiserror::Error;
@@ -56,14 +59,37 @@ enum Undo {
     Stats(StatsMap, u32, Vec<Stats>),
 }
 
-/// Counters to be zeroed, read ahead in bulk: by (map, id), their values before the plan.
-type StatsBefore = std::collections::HashMap<(StatsMap, u32), Vec<Stats>>;
+/// What a plan's writes will overwrite, read ahead in bulk where a plan writes much: a plan
+/// that places thousands of services would otherwise pay a read per write. Each value is the
+/// one before the plan; a location written twice in one plan is undone to it in the end all
+/// the same (undo runs in reverse order). Packets counted between this read and the zeroing
+/// are lost if the plan is rolled back, as they would be between a read and a write anyway.
+#[derive(Default)]
+struct Ahead {
+    /// Counters to be zeroed, by (map, id).
+    stats: HashMap<(StatsMap, u32), Vec<Stats>>,
+    /// SCHED_SLOTS from an offset: the span of the tables written.
+    slots: Option<(u32, Vec<u32>)>,
+    /// SEQ_CURSOR from an id: the span of the cursors reset.
+    cursors: Option<(u32, Vec<u64>)>,
+    /// SERVICES entries written or deleted (None: absent).
+    services: HashMap<BpfKey, Option<ServiceValue>>,
+}
 
-/// Reads the counters `ops` zero, a batch per map (a plan that places thousands of servers
-/// zeroes thousands of entries). Packets counted between this read and the zeroing are lost
-/// if the plan is rolled back, as they would be between a read and a write anyway.
-fn stats_before(maps: &dyn Maps, ops: &[MapOp]) -> Result<StatsBefore, MapsError> {
-    let mut out = StatsBefore::new();
+/// Fewer writes than this to a map are read one by one.
+const BULK: usize = 32;
+
+/// The run `[lo, hi)` covering `runs` (offset, length), if reading it is worth it: enough runs,
+/// and not mostly made of gaps.
+fn span(runs: &[(u32, u32)]) -> Option<(u32, u32)> {
+    let lo = runs.iter().map(|r| r.0).min()?;
+    let hi = runs.iter().map(|r| r.0 + r.1).max()?;
+    let total: u64 = runs.iter().map(|r| r.1 as u64).sum();
+    (runs.len() >= BULK && (hi - lo) as u64 <= total * 4).then_some((lo, hi - lo))
+}
+
+fn read_ahead(maps: &dyn Maps, ops: &[MapOp]) -> Result<Ahead, MapsError> {
+    let mut ahead = Ahead::default();
     for which in [StatsMap::Service, StatsMap::Backend] {
         let ids: Vec<u32> = ops
             .iter()
@@ -73,24 +99,84 @@ fn stats_before(maps: &dyn Maps, ops: &[MapOp]) -> Result<StatsBefore, MapsError
             })
             .collect();
         for (id, v) in ids.iter().zip(maps.stats_of(which, &ids)?) {
-            out.insert((which, *id), v);
+            ahead.stats.insert((which, *id), v);
         }
     }
-    Ok(out)
+    let tables: Vec<(u32, u32)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::SetSlots { off, ids } => Some((*off, ids.len() as u32)),
+            _ => None,
+        })
+        .collect();
+    if let Some((off, len)) = span(&tables) {
+        ahead.slots = Some((off, maps.slots(off, len)?));
+    }
+    let cursors: Vec<(u32, u32)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::ResetCursor { id } => Some((*id, 1)),
+            _ => None,
+        })
+        .collect();
+    if let Some((off, len)) = span(&cursors) {
+        ahead.cursors = Some((off, maps.cursors(off, len)?));
+    }
+    let keys: Vec<BpfKey> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutService { key, .. } | MapOp::DeleteService { key } => Some(*key),
+            _ => None,
+        })
+        .collect();
+    if keys.len() >= BULK {
+        let all: HashMap<BpfKey, ServiceValue> = maps.services()?.into_iter().collect();
+        ahead.services = keys.iter().map(|k| (*k, all.get(k).copied())).collect();
+    }
+    Ok(ahead)
 }
 
-/// Reads what `op` will overwrite.
-fn before(maps: &dyn Maps, op: &MapOp, stats: &mut StatsBefore) -> Result<Undo, MapsError> {
+/// Reads what `op` will overwrite (or takes it from what was read ahead).
+fn before(maps: &dyn Maps, op: &MapOp, ahead: &mut Ahead) -> Result<Undo, MapsError> {
     Ok(match op {
         MapOp::SetFilterWord { index, .. } => Undo::FilterWord(*index, maps.filter_word(*index)?),
-        MapOp::SetSlots { off, ids } => Undo::Slots(*off, maps.slots(*off, ids.len() as u32)?),
+        MapOp::SetSlots { off, ids } => {
+            let len = ids.len() as u32;
+            let known = ahead.slots.as_ref().and_then(|(from, v)| {
+                let i = off.checked_sub(*from)? as usize;
+                v.get(i..i + len as usize).map(<[u32]>::to_vec)
+            });
+            Undo::Slots(
+                *off,
+                match known {
+                    Some(v) => v,
+                    None => maps.slots(*off, len)?,
+                },
+            )
+        }
         MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
-            Undo::Service(*key, maps.service(key)?)
+            let v = match ahead.services.remove(key) {
+                Some(v) => v,
+                None => maps.service(key)?,
+            };
+            Undo::Service(*key, v)
         }
         MapOp::SetBackend { id, was, .. } => Undo::Backend(*id, *was),
-        MapOp::ResetCursor { id } => Undo::Cursor(*id, maps.cursor(*id)?),
+        MapOp::ResetCursor { id } => {
+            let known = ahead
+                .cursors
+                .as_ref()
+                .and_then(|(from, v)| v.get(id.checked_sub(*from)? as usize).copied());
+            Undo::Cursor(
+                *id,
+                match known {
+                    Some(v) => v,
+                    None => maps.cursor(*id)?,
+                },
+            )
+        }
         MapOp::ZeroStats { map, id } => {
-            let v = match stats.remove(&(*map, *id)) {
+            let v = match ahead.stats.remove(&(*map, *id)) {
                 Some(v) => v,
                 None => maps.stats(*map, *id)?,
             };
@@ -131,13 +217,13 @@ fn undo(maps: &mut dyn Maps, u: &Undo) -> Result<(), MapsError> {
 /// the failed one) is undone in reverse order.
 pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
     let mut done: Vec<Undo> = Vec::with_capacity(ops.len());
-    let mut stats = stats_before(maps, ops).map_err(|source| ExecError::RolledBack {
+    let mut ahead = read_ahead(maps, ops).map_err(|source| ExecError::RolledBack {
         index: 0,
         total: ops.len(),
         source,
     })?;
     for (index, op) in ops.iter().enumerate() {
-        let result = before(maps, op, &mut stats).and_then(|u| {
+        let result = before(maps, op, &mut ahead).and_then(|u| {
             done.push(u);
             apply(maps, op)
         });

@@ -126,6 +126,21 @@ impl Maps for KernelMaps {
         self.cursors.get(&id, 0).map_err(err(names::MAP_SEQ_CURSOR))
     }
 
+    fn cursors(&self, off: u32, len: u32) -> Result<Vec<u64>, MapsError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let v =
+            batch::read_array(&self.cursors, off, len).map_err(io_err(names::MAP_SEQ_CURSOR))?;
+        if v.len() != len as usize {
+            return Err(MapsError::new(
+                names::MAP_SEQ_CURSOR,
+                format!("read {} of {len} cursors from {off}", v.len()),
+            ));
+        }
+        Ok(v)
+    }
+
     fn set_cursor(&mut self, id: u32, value: u64) -> Result<(), MapsError> {
         self.cursors
             .set(id, value, 0)

@@ -86,6 +86,11 @@ pub trait Maps {
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapsError>;
     /// A service's SEQ_CURSOR.
     fn cursor(&self, id: u32) -> Result<u64, MapsError>;
+    /// `len` SEQ_CURSOR entries from `off`. An implementation may read them in bulk; this one
+    /// reads them one by one.
+    fn cursors(&self, off: u32, len: u32) -> Result<Vec<u64>, MapsError> {
+        (off..off + len).map(|id| self.cursor(id)).collect()
+    }
     /// Writes a service's SEQ_CURSOR.
     fn set_cursor(&mut self, id: u32, value: u64) -> Result<(), MapsError>;
     /// One entry of a stats array, per CPU.

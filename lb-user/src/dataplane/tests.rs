@@ -320,6 +320,21 @@ fn changed() -> Config {
     ])
 }
 
+/// `n` services of three servers each: enough for the executor to read ahead in bulk.
+fn many(n: u32, weight: u32) -> Config {
+    config(
+        (0..n)
+            .map(|i| {
+                let reals: Vec<(String, u32)> = (0..3)
+                    .map(|r| (format!("10.2.{i}.{r}:80"), weight + r))
+                    .collect();
+                let reals: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+                service(tcp(&format!("203.0.114.{i}:80")), Scheduler::Wrr, &reals)
+            })
+            .collect(),
+    )
+}
+
 /// Traffic counted on every CPU for every id in use.
 fn count_traffic(rig: &mut Rig) {
     let s = Stats {
@@ -543,6 +558,36 @@ fn a_commit_failing_at_any_operation_leaves_maps_and_placement_as_they_were() {
         );
         rig.assert_consistent(&next);
     }
+}
+
+#[test]
+fn a_large_commit_read_ahead_in_bulk_rolls_back_exactly() {
+    let mut start = Rig::new();
+    start.sync(&many(40, 1)).unwrap();
+    count_traffic(&mut start);
+    // Every table rewritten, every server moved, half the services replaced.
+    let next = many(60, 2).map_services(|s| {
+        s.drain(..20);
+    });
+    start.resolve(&next);
+    let n = start.plan(&next).unwrap().ops.len();
+    assert!(n > 300, "{n} operations");
+    for fail in (0..n).step_by(7).chain([n - 1]) {
+        let mut rig = Rig {
+            placement: start.placement.clone(),
+            maps: start.maps.clone(),
+            macs: start.macs.clone(),
+            counts: HashMap::new(),
+            params: start.params,
+        };
+        let before = rig.snapshot();
+        rig.maps.fail_write(fail);
+        assert!(rig.sync(&next).is_err());
+        assert_eq!(rig.snapshot(), before, "failing write {fail}");
+    }
+    let mut rig = start;
+    rig.sync(&next).unwrap();
+    rig.assert_consistent(&next);
 }
 
 #[test]
@@ -1184,9 +1229,10 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
     assert_eq!(bulk[0][cpus - 1], stats(3, cpus - 1));
     // A plan whose last write fails (past the end of SCHED_SLOTS) is undone.
     let mut rig = Rig::with_slots(4096);
-    let c = mixed();
+    let c = many(40, 1);
     rig.resolve(&c);
-    let mut ops = rig.plan(&c).unwrap().ops;
+    let plan = rig.plan(&c).unwrap();
+    let mut ops = plan.ops.clone();
     let read = |m: &dyn Maps| {
         let mut services = m.services().unwrap();
         services.sort_by_key(|(k, _)| (k.addr, k.port_be));
@@ -1209,5 +1255,17 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
         exec::execute(&mut *maps, &ops),
         Err(ExecError::RolledBack { .. })
     ));
+    assert_eq!(read(&*maps), before);
+    // Applied for real, then a second plan (read ahead: 40 tables, keys and cursors) undone.
+    exec::commit(&mut rig.placement, &mut *maps, plan).unwrap();
+    let c2 = many(40, 2);
+    rig.resolve(&c2);
+    let mut ops = rig.plan(&c2).unwrap().ops;
+    let before = read(&*maps);
+    ops.push(MapOp::SetSlots {
+        off: 4095,
+        ids: vec![1, 2],
+    });
+    assert!(exec::execute(&mut *maps, &ops).is_err());
     assert_eq!(read(&*maps), before);
 }
