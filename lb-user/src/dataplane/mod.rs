@@ -362,6 +362,7 @@ impl Dataplane {
             ),
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let (slots_copy, slots_known) = KernelMaps::slots_copy(sizes.sched_slots, fresh);
         Ok(Self {
             ebpf,
             _tail: tail,
@@ -374,6 +375,8 @@ impl Dataplane {
                 backend_stats,
                 filter: filter_map,
                 cpus,
+                slots_copy,
+                slots_known,
             },
             conns,
             persist,
