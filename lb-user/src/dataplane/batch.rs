@@ -62,19 +62,19 @@ pub fn read_array<V: Pod + Default>(
     Ok(out)
 }
 
-/// Reads `len` entries of a per-CPU array from index `off` on, each as its `cpus` values. The
-/// kernel lays each entry out as one value per possible CPU, each rounded up to 8 bytes: `V`
-/// must be a multiple of 8 bytes long.
+/// Reads `len` entries of a per-CPU array from index `off` on, flat: `cpus` values per entry.
+/// The kernel lays each entry out as one value per possible CPU, each rounded up to 8 bytes:
+/// `V` must be a multiple of 8 bytes long.
 pub fn read_percpu_array<V: Pod + Default>(
     map: &PerCpuArray<MapData, V>,
     off: u32,
     len: u32,
     cpus: usize,
-) -> io::Result<Vec<Vec<V>>> {
+) -> io::Result<Vec<V>> {
     if !size_of::<V>().is_multiple_of(8) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    let mut out = Vec::with_capacity(len as usize);
+    let mut out = Vec::with_capacity(len as usize * cpus);
     walk(
         IterableMap::<u32, PerCpuValues<V>>::map(map)
             .fd()
@@ -82,7 +82,7 @@ pub fn read_percpu_array<V: Pod + Default>(
         off.checked_sub(1),
         len as usize,
         cpus,
-        |_: &u32, v: &[V]| out.push(v.to_vec()),
+        |_: &u32, v: &[V]| out.extend_from_slice(v),
     )?;
     Ok(out)
 }

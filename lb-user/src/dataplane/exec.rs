@@ -66,8 +66,11 @@ enum Undo {
 /// are lost if the plan is rolled back, as they would be between a read and a write anyway.
 #[derive(Default)]
 struct Ahead {
-    /// Counters to be zeroed, by (map, id).
-    stats: HashMap<(StatsMap, u32), Vec<Stats>>,
+    /// Counters to be zeroed, per map: the first id of the span read and its entries, flat
+    /// (`cpus` values each).
+    stats: [Option<(u32, Vec<Stats>)>; 2],
+    /// Values per stats entry.
+    cpus: usize,
     /// SCHED_SLOTS from an offset: the span of the tables written.
     slots: Option<(u32, Vec<u32>)>,
     /// SEQ_CURSOR from an id: the span of the cursors reset.
@@ -89,17 +92,20 @@ fn span(runs: &[(u32, u32)]) -> Option<(u32, u32)> {
 }
 
 fn read_ahead(maps: &dyn Maps, ops: &[MapOp]) -> Result<Ahead, MapsError> {
-    let mut ahead = Ahead::default();
+    let mut ahead = Ahead {
+        cpus: maps.cpus(),
+        ..Ahead::default()
+    };
     for which in [StatsMap::Service, StatsMap::Backend] {
-        let ids: Vec<u32> = ops
+        let ids: Vec<(u32, u32)> = ops
             .iter()
             .filter_map(|op| match op {
-                MapOp::ZeroStats { map, id } if *map == which => Some(*id),
+                MapOp::ZeroStats { map, id } if *map == which => Some((*id, 1)),
                 _ => None,
             })
             .collect();
-        for (id, v) in ids.iter().zip(maps.stats_of(which, &ids)?) {
-            ahead.stats.insert((which, *id), v);
+        if let Some((off, len)) = span(&ids) {
+            ahead.stats[which as usize] = Some((off, maps.stats_run(which, off, len)?));
         }
     }
     let tables: Vec<(u32, u32)> = ops
@@ -176,11 +182,19 @@ fn before(maps: &dyn Maps, op: &MapOp, ahead: &mut Ahead) -> Result<Undo, MapsEr
             )
         }
         MapOp::ZeroStats { map, id } => {
-            let v = match ahead.stats.remove(&(*map, *id)) {
-                Some(v) => v,
-                None => maps.stats(*map, *id)?,
-            };
-            Undo::Stats(*map, *id, v)
+            let cpus = ahead.cpus;
+            let known = ahead.stats[*map as usize].as_ref().and_then(|(from, v)| {
+                let i = id.checked_sub(*from)? as usize * cpus;
+                v.get(i..i + cpus).map(<[Stats]>::to_vec)
+            });
+            Undo::Stats(
+                *map,
+                *id,
+                match known {
+                    Some(v) => v,
+                    None => maps.stats(*map, *id)?,
+                },
+            )
         }
     })
 }

@@ -187,28 +187,19 @@ impl Maps for KernelMaps {
         Ok(v.iter().copied().collect())
     }
 
-    fn stats_of(&self, map: StatsMap, ids: &[u32]) -> Result<Vec<Vec<Stats>>, MapsError> {
-        let (Some(&lo), Some(&hi)) = (ids.iter().min(), ids.iter().max()) else {
-            return Ok(Vec::new());
-        };
-        // New ids come off the free lists mostly in order: one batch read of the run they
-        // span, unless they are too scattered for it to pay.
-        let span = hi - lo + 1;
-        if ids.len() < 8 || span as usize > ids.len() * 4 {
-            return ids.iter().map(|&id| self.stats(map, id)).collect();
-        }
-        let run = batch::read_percpu_array(self.stats_map(map), lo, span, self.cpus)
+    fn stats_run(&self, map: StatsMap, off: u32, len: u32) -> Result<Vec<Stats>, MapsError> {
+        let run = batch::read_percpu_array(self.stats_map(map), off, len, self.cpus)
             .map_err(io_err(map.name()))?;
-        if run.len() != span as usize {
+        if run.len() != len as usize * self.cpus {
             return Err(MapsError::new(
                 map.name(),
-                format!("read {} of {span} entries from {lo}", run.len()),
+                format!(
+                    "read {} of {len} entries from {off}",
+                    run.len() / self.cpus.max(1)
+                ),
             ));
         }
-        Ok(ids
-            .iter()
-            .map(|&id| run[(id - lo) as usize].clone())
-            .collect())
+        Ok(run)
     }
 
     fn set_stats(&mut self, map: StatsMap, id: u32, per_cpu: &[Stats]) -> Result<(), MapsError> {

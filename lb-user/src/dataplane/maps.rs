@@ -95,10 +95,14 @@ pub trait Maps {
     fn set_cursor(&mut self, id: u32, value: u64) -> Result<(), MapsError>;
     /// One entry of a stats array, per CPU.
     fn stats(&self, map: StatsMap, id: u32) -> Result<Vec<Stats>, MapsError>;
-    /// Entries of a stats array, per CPU, in the order of `ids` (which may repeat). An
+    /// `len` entries of a stats array from `off`, flat: `cpus()` values per entry. An
     /// implementation may read them in bulk; this one reads them one by one.
-    fn stats_of(&self, map: StatsMap, ids: &[u32]) -> Result<Vec<Vec<Stats>>, MapsError> {
-        ids.iter().map(|&id| self.stats(map, id)).collect()
+    fn stats_run(&self, map: StatsMap, off: u32, len: u32) -> Result<Vec<Stats>, MapsError> {
+        let mut out = Vec::with_capacity(len as usize * self.cpus());
+        for id in off..off + len {
+            out.extend(self.stats(map, id)?);
+        }
+        Ok(out)
     }
     /// Writes one entry of a stats array, per CPU.
     fn set_stats(&mut self, map: StatsMap, id: u32, per_cpu: &[Stats]) -> Result<(), MapsError>;

@@ -1219,14 +1219,13 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
         maps.set_stats(StatsMap::Backend, id, &v).unwrap();
     }
     // A bulk read sees what reads one by one see.
-    let ids: Vec<u32> = (3..30).chain([5, 7]).collect();
-    let bulk = maps.stats_of(StatsMap::Backend, &ids).unwrap();
-    let single: Vec<Vec<Stats>> = ids
-        .iter()
-        .map(|&id| maps.stats(StatsMap::Backend, id).unwrap())
+    let bulk = maps.stats_run(StatsMap::Backend, 3, 30).unwrap();
+    let single: Vec<Stats> = (3..33)
+        .flat_map(|id| maps.stats(StatsMap::Backend, id).unwrap())
         .collect();
     assert_eq!(bulk, single);
-    assert_eq!(bulk[0][cpus - 1], stats(3, cpus - 1));
+    assert_eq!(bulk[cpus - 1], stats(3, cpus - 1));
+    assert_eq!(bulk[cpus], stats(4, 0));
     // A plan whose last write fails (past the end of SCHED_SLOTS) is undone.
     let mut rig = Rig::with_slots(4096);
     let c = many(40, 1);
