@@ -22,6 +22,9 @@ use super::{
 /// A plan could not be applied.
 #[derive(Debug, Error)]
 pub enum ExecError {
+    /// Reading what the plan would overwrite failed: nothing was written.
+    #[error("{0} (before any write; nothing changed)")]
+    ReadAhead(#[source] MapsError),
     /// Operation `index` failed; everything before it was undone, the maps are as they were.
     #[error("{source} (operation {index} of {total}; the maps were restored)")]
     RolledBack {
@@ -231,11 +234,7 @@ fn undo(maps: &mut dyn Maps, u: &Undo) -> Result<(), MapsError> {
 /// the failed one) is undone in reverse order.
 pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
     let mut done: Vec<Undo> = Vec::with_capacity(ops.len());
-    let mut ahead = read_ahead(maps, ops).map_err(|source| ExecError::RolledBack {
-        index: 0,
-        total: ops.len(),
-        source,
-    })?;
+    let mut ahead = read_ahead(maps, ops).map_err(ExecError::ReadAhead)?;
     for (index, op) in ops.iter().enumerate() {
         let result = before(maps, op, &mut ahead).and_then(|u| {
             done.push(u);
