@@ -154,6 +154,9 @@ pub(crate) struct Slot {
     pub(crate) written: Backend,
 }
 
+/// A service and its servers' MACs (None: unresolved) as last pushed.
+pub(crate) type Pushed = (model::Service, Vec<Option<[u8; 6]>>);
+
 /// What the controller has written for one service.
 #[derive(Clone, Debug)]
 pub(crate) struct Placed {
@@ -175,7 +178,9 @@ pub(crate) struct Placed {
     /// Backend slots by real-server address.
     pub(crate) slots: HashMap<SocketAddr, Slot>,
     /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
-    pub(crate) pushed: Option<(model::Service, Vec<Option<[u8; 6]>>)>,
+    /// Shared: a plan copies a service's record before changing it, and this part it only
+    /// replaces.
+    pub(crate) pushed: Option<Arc<Pushed>>,
     /// The SERVICES keys written for it: its own key, or a group's matches.
     pub(crate) keys: Vec<BpfKey>,
 }
@@ -450,7 +455,7 @@ fn check_capacity(current: &Placement, config: &Config, inputs: &Inputs) -> Resu
             !current
                 .services
                 .get(&s.key)
-                .and_then(|p| p.pushed.as_ref())
+                .and_then(|p| p.pushed.as_deref())
                 .is_some_and(|(ps, pm)| ps == *s && *pm == m)
         })
         .map(|s| table_upper_bound(s, inputs.params) as u64)
@@ -562,7 +567,7 @@ impl<'a> Planner<'a> {
             .collect();
         if let Some(p) = self.next.services.get(&key) {
             if p.pushed
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(s, m)| s == svc && *m == svc_macs)
             {
                 return Ok(());
@@ -595,7 +600,7 @@ impl<'a> Planner<'a> {
             }
         };
         self.sync_placed(svc, &svc_macs, &mut placed)?;
-        placed.pushed = Some((svc.clone(), svc_macs));
+        placed.pushed = Some(Arc::new((svc.clone(), svc_macs)));
         self.next.services.insert(key, Arc::new(placed));
         Ok(())
     }
