@@ -3,29 +3,26 @@
 //! (an incompatible one: detach it and start afresh).
 //!
 //! After an adoption the maps are left as they are — the data plane keeps forwarding with the
-//! last tables — and the controller rebuilds its allocation from them: service ids from
-//! SERVICES, backend slots and generations from BACKENDS (each slot names its service), the
-//! scheduler-table regions in use from the services' values. The first sync then takes over
-//! the services and real servers the configuration still has, under their old ids, so the
-//! connection table, persistence templates and counters keep pointing at them.
+//! last tables — and the controller reads them ([`read_pinned`], through the [`Maps`] trait, so
+//! in-memory maps can play pinned ones in tests) and rebuilds its allocation from them
+//! (`super::inherit`, pure). The first sync then takes over the services and real servers the
+//! configuration still has, under their old ids, so the connection table, persistence
+//! templates and counters keep pointing at them.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
-};
+use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
-use aya::maps::MapError;
-use lb_common::{
-    filter::FILTER_WORDS, fwd, names, Backend, ServiceValue, FAMILY_V4, MAX_BACKENDS, MAX_SERVICES,
-};
+use lb_common::names;
 use tracing::{info, warn};
 
 use super::{
-    batch, bpf_keys, layout, map_err, pin::LinkState, pin::PinDir, syscall_err, AttachMode,
-    Dataplane, DataplaneError, Placed, Region, Regions, Sizes, Slot,
+    inherit::{self, PinnedMaps},
+    layout, map_err,
+    maps::{Maps, MapsError},
+    pin::LinkState,
+    pin::PinDir,
+    AttachMode, Dataplane, DataplaneError, Sizes,
 };
-use crate::{kernel_log::KernelLog, model::Config, scheduler};
+use crate::kernel_log::KernelLog;
 
 /// How xvsd came by its data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,48 +75,27 @@ pub struct PinnedStart {
     pub kernel_log: KernelLog,
 }
 
-/// What a previous xvsd left in the maps.
-#[derive(Debug)]
-pub(super) struct Inherited {
-    services: BTreeMap<u32, InheritedService>,
-    /// SERVICES key -> service id.
-    by_key: HashMap<lb_common::ServiceKey, u32>,
-    /// Slots in use whose service is not published (a group without matches).
-    orphans: Vec<(u32, Backend)>,
-}
-
-#[derive(Debug)]
-struct InheritedService {
-    value: ServiceValue,
-    keys: Vec<lb_common::ServiceKey>,
-    table: Vec<u32>,
-    /// Regions other keys of the same service still point at (an xvsd that died halfway
-    /// through republishing a group): kept until the first sync.
-    other_regions: Vec<Region>,
-    backends: Vec<(u32, Backend)>,
-}
-
-impl Inherited {
-    /// Scheduler slots the inherited tables occupy.
-    pub(super) fn slots_in_use(&self) -> u64 {
-        self.services
-            .values()
-            .flat_map(|s| {
-                std::iter::once(s.value.table_len).chain(s.other_regions.iter().map(|r| r.len))
-            })
-            .map(u64::from)
-            .sum()
+/// Reads what a previous xvsd left in the maps: every service, backend slot and filter word,
+/// and the tables the services point at (those inside SCHED_SLOTS' `sched_slots` entries; the
+/// others are refused by [`inherit::inherit`]).
+pub fn read_pinned(maps: &dyn Maps, sched_slots: u32) -> Result<PinnedMaps, MapsError> {
+    let services = maps.services()?;
+    let mut tables = HashMap::new();
+    for (_, v) in &services {
+        let (off, len) = (v.table_off, v.table_len);
+        if len > 0
+            && off as u64 + len as u64 <= sched_slots as u64
+            && !tables.contains_key(&(off, len))
+        {
+            tables.insert((off, len), maps.slots(off, len)?);
+        }
     }
-}
-
-/// The address a backend slot forwards to.
-fn backend_addr(b: &Backend) -> SocketAddr {
-    let ip = if b.family == FAMILY_V4 {
-        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
-    } else {
-        IpAddr::from(b.addr)
-    };
-    SocketAddr::new(ip, u16::from_be(b.port_be))
+    Ok(PinnedMaps {
+        services,
+        backends: maps.backends()?,
+        filter: maps.filter_words()?,
+        tables,
+    })
 }
 
 impl Dataplane {
@@ -225,219 +201,21 @@ impl Dataplane {
     /// Rebuilds the controller's allocation from the maps a previous xvsd filled. Returns the
     /// number of services and backend slots found.
     fn inherit(&mut self) -> Result<(usize, usize), DataplaneError> {
-        let walk_err =
-            |name: &'static str| move |e| map_err(name)(MapError::SyscallError(syscall_err(e)));
-        let mut services: BTreeMap<u32, InheritedService> = BTreeMap::new();
-        let mut by_key = HashMap::new();
-        let mut values: Vec<(lb_common::ServiceKey, ServiceValue)> = Vec::new();
-        batch::for_each(&self.services, |k, v| values.push((*k, *v)))
-            .map_err(walk_err(names::MAP_SERVICES))?;
-        for (k, v) in values {
-            by_key.insert(k, v.id);
-            let s = services.entry(v.id).or_insert_with(|| InheritedService {
-                value: v,
-                keys: Vec::new(),
-                table: Vec::new(),
-                other_regions: Vec::new(),
-                backends: Vec::new(),
-            });
-            s.keys.push(k);
-            let r = Region {
-                off: v.table_off,
-                len: v.table_len,
-            };
-            let first = Region {
-                off: s.value.table_off,
-                len: s.value.table_len,
-            };
-            if r != first && !s.other_regions.contains(&r) {
-                s.other_regions.push(r);
-            }
-        }
-        let slots = batch::read_array(&self.backends, 0, MAX_BACKENDS)
-            .map_err(walk_err(names::MAP_BACKENDS))?;
-        let mut orphans = Vec::new();
-        let mut in_use = vec![false; MAX_BACKENDS as usize];
-        let mut max_generation = 0u32;
-        let mut backends = 0;
-        for (id, b) in slots.iter().enumerate() {
-            if b.generation == 0 {
-                continue;
-            }
-            backends += 1;
-            in_use[id] = true;
-            max_generation = max_generation.max(b.generation);
-            match services.get_mut(&b.service) {
-                Some(s) => s.backends.push((id as u32, *b)),
-                None => orphans.push((id as u32, *b)),
-            }
-        }
-        let mut regions = Regions::new(self.sizes.sched_slots);
-        for (id, s) in services.iter_mut() {
-            let main = Region {
-                off: s.value.table_off,
-                len: s.value.table_len,
-            };
-            for r in std::iter::once(main).chain(s.other_regions.iter().copied()) {
-                regions.reserve(r).map_err(|r| {
-                    DataplaneError::Adopt(format!(
-                        "service {id}'s table (slots {}..{}) overlaps another table or lies outside SCHED_SLOTS ({} slots)",
-                        r.off,
-                        r.off as u64 + r.len as u64,
-                        self.sizes.sched_slots
-                    ))
-                })?;
-            }
-            s.table = batch::read_array(&self.slots, main.off, main.len)
-                .map_err(walk_err(names::MAP_SCHED_SLOTS))?;
-        }
-        self.filter = batch::read_array(&self.filter_map, 0, FILTER_WORDS)
-            .map_err(walk_err(names::MAP_SERVICE_FILTER))?;
-        self.regions = regions;
-        self.free_service_ids = (0..MAX_SERVICES)
-            .rev()
-            .filter(|id| !services.contains_key(id))
-            .collect();
-        self.free_backend_ids = (0..MAX_BACKENDS)
-            .rev()
-            .filter(|&id| !in_use[id as usize])
-            .collect();
-        self.next_generation = max_generation.wrapping_add(1).max(1);
-        let n = services.len();
-        self.inherited = Some(Inherited {
-            services,
-            by_key,
-            orphans,
-        });
-        Ok((n, backends))
+        let pinned = read_pinned(&self.maps, self.sizes.sched_slots)?;
+        let adopted = inherit::inherit(&pinned, self.sizes.sched_slots)?;
+        self.placement = adopted.placement;
+        Ok((adopted.services, adopted.backends))
     }
 
     /// Whether the data plane was adopted and no configuration has been synced since: its
     /// maps still hold what the previous xvsd wrote.
     pub fn adoption_pending(&self) -> bool {
-        self.inherited.is_some()
+        self.placement.adoption_pending()
     }
 
     /// Next-hop MACs of the adopted direct-routing real servers, so the first sync can publish
     /// them at once instead of waiting for the neighbour table.
     pub fn inherited_macs(&self) -> HashMap<IpAddr, [u8; 6]> {
-        let Some(i) = &self.inherited else {
-            return HashMap::new();
-        };
-        i.services
-            .values()
-            .flat_map(|s| s.backends.iter())
-            .chain(i.orphans.iter())
-            .filter(|(_, b)| b.fwd == fwd::DR && b.mac != [0; 6])
-            .map(|(_, b)| (backend_addr(b).ip(), b.mac))
-            .collect()
-    }
-
-    /// The first sync after an adoption: services of `config` whose key (or, for a group, one
-    /// of whose matches) the previous xvsd published keep its service id, table and the
-    /// backend slots of their real servers; everything else it left is unpublished and freed.
-    pub(super) fn take_over(
-        &mut self,
-        config: &Config,
-        inherited: Inherited,
-    ) -> Result<(), DataplaneError> {
-        let Inherited {
-            mut services,
-            by_key,
-            orphans,
-        } = inherited;
-        // Normal services first: a service's own key names its id before a group's match can.
-        let order = config
-            .services()
-            .iter()
-            .filter(|s| !s.key.is_group())
-            .chain(config.services().iter().filter(|s| s.key.is_group()));
-        let mut kept = 0;
-        for svc in order {
-            let Some(id) = bpf_keys(svc)
-                .iter()
-                .filter_map(|k| by_key.get(k))
-                .find(|id| services.contains_key(id))
-                .copied()
-            else {
-                continue;
-            };
-            let s = services.remove(&id).expect("found above");
-            let mut slots = HashMap::new();
-            for (bid, b) in s.backends {
-                // Two slots for one address cannot come from a sane xvsd: keep the first.
-                match slots.entry(backend_addr(&b)) {
-                    std::collections::hash_map::Entry::Occupied(_) => self.free_backend(Slot {
-                        id: bid,
-                        written: b,
-                    })?,
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(Slot {
-                            id: bid,
-                            written: b,
-                        });
-                    }
-                }
-            }
-            for k in &s.keys {
-                self.owners.insert(*k, svc.key);
-            }
-            self.quarantine.extend(s.other_regions);
-            self.placed.insert(
-                svc.key,
-                Placed {
-                    adopted: true,
-                    id,
-                    region: Region {
-                        off: s.value.table_off,
-                        len: s.value.table_len,
-                    },
-                    table: s.table,
-                    kind: s.value.table_kind,
-                    value_flags: (
-                        s.value.flags,
-                        s.value.persist_timeout_s,
-                        s.value.persist_prefix,
-                    ),
-                    sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
-                    slots,
-                    pushed: None,
-                    keys: s.keys,
-                },
-            );
-            kept += 1;
-        }
-        let dropped = services.len();
-        for (id, s) in services {
-            for k in &s.keys {
-                match self.services.remove(k) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(names::MAP_SERVICES)(e)),
-                }
-            }
-            self.quarantine.push(Region {
-                off: s.value.table_off,
-                len: s.value.table_len,
-            });
-            self.quarantine.extend(s.other_regions);
-            self.free_service_ids.push(id);
-            for (bid, b) in s.backends {
-                self.free_backend(Slot {
-                    id: bid,
-                    written: b,
-                })?;
-            }
-        }
-        for (bid, b) in orphans {
-            self.free_backend(Slot {
-                id: bid,
-                written: b,
-            })?;
-        }
-        info!(
-            kept,
-            dropped, "took over the adopted services the configuration still has"
-        );
-        Ok(())
+        self.placement.inherited_macs()
     }
 }

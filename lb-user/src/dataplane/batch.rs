@@ -6,7 +6,7 @@
 use std::{io, mem::size_of, os::fd::AsRawFd};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Pod,
 };
 
@@ -32,14 +32,15 @@ struct BatchAttr {
 /// not be seen (the kernel walks bucket by bucket), which is fine for counting.
 pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: &BpfHashMap<MapData, K, V>,
-    f: impl FnMut(&K, &V),
+    mut f: impl FnMut(&K, &V),
 ) -> io::Result<()> {
     // A hash map's batch token is a bucket index (u32).
     walk(
         IterableMap::<K, V>::map(map).fd().as_fd_raw(),
         None,
         usize::MAX,
-        f,
+        1,
+        |k: &K, v: &[V]| f(k, &v[0]),
     )
 }
 
@@ -55,21 +56,49 @@ pub fn read_array<V: Pod + Default>(
         IterableMap::<u32, V>::map(map).fd().as_fd_raw(),
         off.checked_sub(1),
         len as usize,
-        |_: &u32, v: &V| out.push(*v),
+        1,
+        |_: &u32, v: &[V]| out.push(v[0]),
+    )?;
+    Ok(out)
+}
+
+/// Reads `len` entries of a per-CPU array from index `off` on, flat: `cpus` values per entry.
+/// The kernel lays each entry out as one value per possible CPU, each rounded up to 8 bytes:
+/// `V` must be a multiple of 8 bytes long.
+pub fn read_percpu_array<V: Pod + Default>(
+    map: &PerCpuArray<MapData, V>,
+    off: u32,
+    len: u32,
+    cpus: usize,
+) -> io::Result<Vec<V>> {
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut out = Vec::with_capacity(len as usize * cpus);
+    walk(
+        IterableMap::<u32, PerCpuValues<V>>::map(map)
+            .fd()
+            .as_fd_raw(),
+        off.checked_sub(1),
+        len as usize,
+        cpus,
+        |_: &u32, v: &[V]| out.extend_from_slice(v),
     )?;
     Ok(out)
 }
 
 /// Walks a map with BPF_MAP_LOOKUP_BATCH, from token `start` (None: the beginning), for at
-/// most `limit` entries. Both map kinds used here have 4-byte tokens.
+/// most `limit` entries of `per_entry` values each (the CPU count for a per-CPU map, else 1).
+/// Both map kinds used here have 4-byte tokens.
 fn walk<K: Pod + Default, V: Pod + Default>(
     fd: i32,
     start: Option<u32>,
     limit: usize,
-    mut f: impl FnMut(&K, &V),
+    per_entry: usize,
+    mut f: impl FnMut(&K, &[V]),
 ) -> io::Result<()> {
     let mut keys = vec![K::default(); BATCH as usize];
-    let mut values = vec![V::default(); BATCH as usize];
+    let mut values = vec![V::default(); BATCH as usize * per_entry];
     let mut token_in: u32 = start.unwrap_or(0);
     let mut token_out: u32 = 0;
     let mut first = start.is_none();
@@ -100,7 +129,7 @@ fn walk<K: Pod + Default, V: Pod + Default>(
         };
         let err = (rc < 0).then(io::Error::last_os_error);
         for i in 0..attr.count as usize {
-            f(&keys[i], &values[i]);
+            f(&keys[i], &values[i * per_entry..(i + 1) * per_entry]);
         }
         left = left.saturating_sub(attr.count as usize);
         match err {

@@ -9,23 +9,36 @@
 //! A service group (`-f`) is no different to the program: each of its matches is a key of its
 //! own in SERVICES, all pointing at the group's one value (same id, table and flags), so the
 //! group shares one persistence template space, one scheduler and one set of counters.
+//!
+//! A change is a plan and its execution. [`plan`] is pure: from the [`plan::Placement`] (what
+//! the maps hold, from the controller's point of view) and the desired configuration it makes
+//! the next placement and the ordered [`plan::MapOp`]s. [`exec`] applies them to a
+//! [`maps::Maps`] — the kernel's maps here, [`maps::MemoryMaps`] in unit tests — and on a
+//! failed write puts back everything it wrote, so the maps and the placement stay as they were.
+//! Adoption reads the pinned maps through the same trait ([`adopt::read_pinned`]) and rebuilds
+//! a placement from them ([`inherit`], pure). Counters, the connection table and CONFIG are read
+//! and written here directly: they are not part of a plan.
 
 pub mod adopt;
 mod batch;
+pub mod exec;
+pub mod inherit;
+mod kernel;
 pub mod layout;
+pub mod maps;
 pub mod pin;
+pub mod plan;
 pub mod regions;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use aya::{
-    maps::{
-        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
-    },
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -34,23 +47,23 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
-    backend_flags,
-    filter::{filter_bit, FILTER_WORDS},
-    fwd, mask_addr, names,
-    reason::REASON_COUNT,
-    service_flags, table_kind, Backend, ConnEntry, ConnState, DataplaneConfig, FlowKey, Meta,
-    PersistEntry, PersistKey, Reason, ServiceValue, Stats, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND,
+    mask_addr, names, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig,
+    FlowKey, Meta, PersistEntry, PersistKey, Reason, ServiceValue, Stats, MAX_BACKENDS,
+    MAX_SERVICES,
 };
 use thiserror::Error;
+use tracing::info;
 
 use crate::{
     kernel_log::{self, KernelLog},
-    model::{self, Config, ServiceKey, VirtualAddr},
+    model::{Config, ServiceKey, VirtualAddr},
     object, scheduler,
 };
+use kernel::KernelMaps;
+use maps::MapsError;
 use pin::PinDir;
-use regions::{Region, Regions};
+pub use plan::{addr_bytes, bpf_keys, filter_words, to_bpf_key};
+use plan::{table_uses_counts, Inputs, Placement};
 
 /// Errors of the data plane.
 #[derive(Debug, Error)]
@@ -72,9 +85,15 @@ pub enum DataplaneError {
     /// The object lacks a map or program this controller needs.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
-    /// Out of service ids, backend slots or scheduler slots.
-    #[error("data-plane capacity exceeded: {0}")]
-    Capacity(String),
+    /// The configuration cannot be planned (capacity, an adopted layout): nothing changed.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Reading the controller's maps failed.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    /// Applying a plan failed (the maps were restored, unless it says otherwise).
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
     /// Reading the CPU count failed.
     #[error("cannot count CPUs: {0}")]
     Cpus(std::io::Error),
@@ -103,9 +122,6 @@ pub enum DataplaneError {
         /// Every difference found.
         reasons: Vec<String>,
     },
-    /// The pinned maps' contents could not be adopted.
-    #[error("adopting the pinned data plane: {0}")]
-    Adopt(String),
 }
 
 fn syscall_err(io_error: std::io::Error) -> aya::sys::SyscallError {
@@ -157,36 +173,6 @@ impl Default for Sizes {
     }
 }
 
-/// A backend slot the controller has handed out.
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    id: u32,
-    written: Backend,
-}
-
-/// What the controller has written for one service.
-#[derive(Debug)]
-struct Placed {
-    /// Taken over from a previous xvsd and not rewritten yet: `table`, `kind` and
-    /// `value_flags` are what the maps hold, so an identical new table is not republished.
-    adopted: bool,
-    id: u32,
-    region: Region,
-    /// The published table (backend ids, NO_BACKEND for empty hash slots) and its kind.
-    table: Vec<u32>,
-    kind: u8,
-    /// ServiceValue's flags, persistence timeout and prefix as published.
-    value_flags: (u32, u32, u8),
-    /// The scheduler and the state it keeps between recomputations.
-    sched: scheduler::Scheduling,
-    /// Backend slots by real-server address.
-    slots: HashMap<SocketAddr, Slot>,
-    /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
-    pushed: Option<(model::Service, Vec<Option<[u8; 6]>>)>,
-    /// The SERVICES keys written for it: its own key, or a group's matches.
-    keys: Vec<lb_common::ServiceKey>,
-}
-
 pub use lb_core::stats::Counters;
 
 /// What the controller did to the data plane, for metrics.
@@ -231,32 +217,17 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Keeps the tail-call table (and so the programs in it) alive.
     _tail: ProgramArray<MapData>,
-    services: BpfHashMap<MapData, lb_common::ServiceKey, ServiceValue>,
-    backends: Array<MapData, Backend>,
-    slots: Array<MapData, u32>,
-    cursors: Array<MapData, u64>,
+    /// The maps the planner's operations are applied to.
+    maps: KernelMaps,
     conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
     persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
-    service_stats: PerCpuArray<MapData, Stats>,
-    backend_stats: PerCpuArray<MapData, Stats>,
     reasons: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
-    filter_map: Array<MapData, u64>,
     meta: Array<MapData, Meta>,
-    /// SERVICE_FILTER as written.
-    filter: Vec<u64>,
     sizes: Sizes,
-    cpus: usize,
-    placed: HashMap<ServiceKey, Placed>,
-    /// Which service last wrote each SERVICES key: a key that moves from one service to
-    /// another within a sync (a match handed over between groups) is removed only by its
-    /// current owner, whatever order the services are synced in.
-    owners: HashMap<lb_common::ServiceKey, ServiceKey>,
-    free_service_ids: Vec<u32>,
-    free_backend_ids: Vec<u32>,
-    next_generation: u32,
-    regions: Regions,
-    quarantine: Vec<Region>,
+    /// What the maps hold, from the controller's point of view (after an adoption, what a
+    /// previous xvsd left until the first sync takes it over).
+    placement: Placement,
     attached: bool,
     /// Table tunables (Maglev size, plan length).
     params: scheduler::Params,
@@ -266,8 +237,6 @@ pub struct Dataplane {
     pins: Option<PinDir>,
     /// The XDP link this controller attached and pinned (an adopted link lives in the program).
     link: Option<PinnedLink>,
-    /// What a previous xvsd left in the maps, until the first sync takes it over.
-    inherited: Option<adopt::Inherited>,
     activity: Activity,
     /// The reader of the programs' log, with `--kernel-log`, until xvsd takes it.
     kernel_logger: Option<kernel_log::Logger>,
@@ -374,37 +343,34 @@ impl Dataplane {
             ),
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let (slots_copy, slots_known) = KernelMaps::slots_copy(sizes.sched_slots, fresh);
         Ok(Self {
             ebpf,
             _tail: tail,
-            services,
-            backends,
-            slots,
-            cursors,
+            maps: KernelMaps {
+                services,
+                backends,
+                slots,
+                cursors,
+                service_stats,
+                backend_stats,
+                filter: filter_map,
+                cpus,
+                slots_copy,
+                slots_known,
+            },
             conns,
             persist,
-            service_stats,
-            backend_stats,
             reasons,
             config,
-            filter_map,
             meta,
-            filter: vec![0; FILTER_WORDS as usize],
             sizes,
-            cpus,
-            placed: HashMap::new(),
-            owners: HashMap::new(),
-            free_service_ids: (0..MAX_SERVICES).rev().collect(),
-            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
-            next_generation: 1,
-            regions: Regions::new(sizes.sched_slots),
-            quarantine: Vec::new(),
+            placement: Placement::new(sizes.sched_slots),
             attached: false,
             params: scheduler::Params::default(),
             counts: HashMap::new(),
             pins: None,
             link: None,
-            inherited: None,
             activity: Activity::default(),
             kernel_logger,
         })
@@ -497,7 +463,8 @@ impl Dataplane {
     }
 
     /// Makes the maps match `config`. Real servers whose MAC is not in `macs` get no new
-    /// connections until it is. Capacity is checked before anything is written.
+    /// connections until it is. Capacity is checked before anything is written, and a write
+    /// that fails puts back everything written before it: the maps are as they were.
     ///
     /// After an adoption, the first sync takes over what the previous xvsd left: services and
     /// real servers of `config` that match keep their ids (and so their connections, templates
@@ -508,469 +475,68 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<(), DataplaneError> {
         let started = Instant::now();
-        self.sync_inner(config, macs)?;
+        // Tables that depend on connection counts are computed from fresh ones, counted over
+        // the backend slots the plan starts from (after an adoption, those it keeps).
+        if config.services().iter().any(table_uses_counts) {
+            let staged = match self.placement.adoption_pending() {
+                true => Cow::Owned(plan::staged(&self.placement, config)),
+                false => Cow::Borrowed(&self.placement),
+            };
+            let live = Live::of(&staged);
+            self.counts = self.scan_over(live)?;
+        }
+        let plan = plan::plan(
+            &self.placement,
+            config,
+            &Inputs {
+                macs,
+                counts: &self.counts,
+                params: &self.params,
+            },
+        )?;
+        let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        if let Some(t) = applied.took_over {
+            info!(
+                kept = t.kept,
+                dropped = t.dropped,
+                "took over the adopted services the configuration still has"
+            );
+        }
         self.activity.syncs += 1;
         self.activity.last_sync = started.elapsed();
         Ok(())
     }
 
-    fn sync_inner(
-        &mut self,
-        config: &Config,
-        macs: &HashMap<IpAddr, [u8; 6]>,
-    ) -> Result<(), DataplaneError> {
-        self.check_capacity(config, macs)?;
-        // Regions freed by the previous sync are no longer read by any packet.
-        for r in std::mem::take(&mut self.quarantine) {
-            self.regions.free(r);
-        }
-        // After an adoption, first take over what the configuration still has, so the counts
-        // below cover the adopted real servers' connections.
-        if let Some(inherited) = self.inherited.take() {
-            self.take_over(config, inherited)?;
-        }
-        // Tables that depend on connection counts are computed from fresh ones.
-        if config.services().iter().any(table_uses_counts) {
-            self.counts = self.scan()?;
-        }
-        // New services' filter bits go in before the services, removed ones' after.
-        let want = filter_words(config);
-        let widened: Vec<u64> = self.filter.iter().zip(&want).map(|(c, w)| c | w).collect();
-        self.write_filter(widened)?;
-        // Services that went away: unpublish first, then free their backends and region.
-        let gone: Vec<ServiceKey> = self
-            .placed
-            .keys()
-            .filter(|k| config.service(k).is_none())
-            .copied()
-            .collect();
-        for key in gone {
-            self.remove_service(&key)?;
-        }
-        for svc in config.services() {
-            self.sync_service(svc, macs)?;
-        }
-        self.write_filter(want)
-    }
-
-    fn write_filter(&mut self, want: Vec<u64>) -> Result<(), DataplaneError> {
-        for (i, (cur, w)) in self.filter.iter_mut().zip(&want).enumerate() {
-            if cur != w {
-                self.filter_map
-                    .set(i as u32, *w, 0)
-                    .map_err(map_err(names::MAP_SERVICE_FILTER))?;
-                *cur = *w;
-            }
-        }
-        Ok(())
-    }
-
-    fn check_capacity(
-        &self,
-        config: &Config,
-        macs: &HashMap<IpAddr, [u8; 6]>,
-    ) -> Result<(), DataplaneError> {
-        if config.services().len() > MAX_SERVICES as usize {
-            return Err(DataplaneError::Capacity(format!(
-                "{} services (at most {MAX_SERVICES})",
-                config.services().len()
-            )));
-        }
-        // SERVICES holds one key per normal service and per group match.
-        let keys: usize = config.services().iter().map(|s| bpf_keys(s).len()).sum();
-        if keys > MAX_SERVICES as usize {
-            return Err(DataplaneError::Capacity(format!(
-                "{keys} service addresses including group matches (at most {MAX_SERVICES})"
-            )));
-        }
-        let backends: usize = config.services().iter().map(|s| s.reals.len()).sum();
-        if backends > MAX_BACKENDS as usize {
-            return Err(DataplaneError::Capacity(format!(
-                "{backends} real servers over all services (at most {MAX_BACKENDS})"
-            )));
-        }
-        // Worst case: every changed service gets a new table while the old ones are still live.
-        let need: u64 = config
-            .services()
-            .iter()
-            .filter(|s| {
-                let m: Vec<_> = s.reals.iter().map(|r| next_hop_mac(r, macs)).collect();
-                !self
-                    .placed
-                    .get(&s.key)
-                    .and_then(|p| p.pushed.as_ref())
-                    .is_some_and(|(ps, pm)| ps == *s && *pm == m)
-            })
-            .map(|s| table_upper_bound(s, &self.params) as u64)
-            .sum();
-        let in_use: u64 = self
-            .placed
-            .values()
-            .map(|p| p.region.len as u64)
-            .sum::<u64>()
-            + self.quarantine.iter().map(|r| r.len as u64).sum::<u64>()
-            + self.inherited.as_ref().map_or(0, |i| i.slots_in_use());
-        if need + in_use > self.sizes.sched_slots as u64 {
-            return Err(DataplaneError::Capacity(format!(
-                "scheduler tables need up to {need} slots, {} available",
-                self.sizes.sched_slots as u64 - in_use
-            )));
-        }
-        Ok(())
-    }
-
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
-        let Some(p) = self.placed.remove(key) else {
-            return Ok(());
-        };
-        for k in &p.keys {
-            self.unpublish_key(key, k)?;
-        }
-        self.quarantine.push(p.region);
-        self.free_service_ids.push(p.id);
-        for slot in p.slots.into_values() {
-            self.free_backend(slot)?;
-        }
-        Ok(())
-    }
-
-    /// Removes a SERVICES key that `owner` wrote, unless another service has taken it since.
-    fn unpublish_key(
-        &mut self,
-        owner: &ServiceKey,
-        k: &lb_common::ServiceKey,
-    ) -> Result<(), DataplaneError> {
-        if self.owners.get(k) != Some(owner) {
-            return Ok(());
-        }
-        self.owners.remove(k);
-        match self.services.remove(k) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::MAP_SERVICES)(e)),
-        }
-    }
-
-    /// Writes a service's value under one of its keys.
-    fn publish_key(
-        &mut self,
-        owner: &ServiceKey,
-        k: &lb_common::ServiceKey,
-        value: ServiceValue,
-    ) -> Result<(), DataplaneError> {
-        self.services
-            .insert(k, value, 0)
-            .map_err(map_err(names::MAP_SERVICES))?;
-        self.owners.insert(*k, *owner);
-        Ok(())
-    }
-
-    fn free_backend(&mut self, slot: Slot) -> Result<(), DataplaneError> {
-        // Generation 0: connection entries bound to this slot see that their server is gone.
-        self.backends
-            .set(slot.id, Backend::default(), 0)
-            .map_err(map_err(names::MAP_BACKENDS))?;
-        self.free_backend_ids.push(slot.id);
-        Ok(())
-    }
-
-    fn sync_service(
-        &mut self,
-        svc: &model::Service,
-        macs: &HashMap<IpAddr, [u8; 6]>,
-    ) -> Result<(), DataplaneError> {
-        let key = svc.key;
-        let svc_macs: Vec<Option<[u8; 6]>> =
-            svc.reals.iter().map(|r| next_hop_mac(r, macs)).collect();
-        if let Some(p) = self.placed.get(&key) {
-            if p.pushed
-                .as_ref()
-                .is_some_and(|(s, m)| s == svc && *m == svc_macs)
-            {
-                return Ok(());
-            }
-        }
-        let mut placed = match self.placed.remove(&key) {
-            Some(p) => p,
-            None => {
-                let id = self
-                    .free_service_ids
-                    .pop()
-                    .ok_or_else(|| DataplaneError::Capacity("service ids".into()))?;
-                zero_stats(
-                    &mut self.service_stats,
-                    id,
-                    self.cpus,
-                    names::MAP_SERVICE_STATS,
-                )?;
-                Placed {
-                    adopted: false,
-                    id,
-                    region: Region { off: 0, len: 0 },
-                    table: Vec::new(),
-                    kind: table_kind::SEQUENCE,
-                    value_flags: (0, 0, 0),
-                    sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
-                    slots: HashMap::new(),
-                    pushed: None,
-                    keys: Vec::new(),
-                }
-            }
-        };
-        let result = self.sync_placed(svc, &svc_macs, &mut placed);
-        if result.is_ok() {
-            placed.pushed = Some((svc.clone(), svc_macs));
-        }
-        self.placed.insert(key, placed);
-        result
-    }
-
-    fn sync_placed(
-        &mut self,
-        svc: &model::Service,
-        svc_macs: &[Option<[u8; 6]>],
-        placed: &mut Placed,
-    ) -> Result<(), DataplaneError> {
-        // Real servers removed from this service.
-        let stale: Vec<SocketAddr> = placed
-            .slots
-            .keys()
-            .filter(|a| !svc.reals.iter().any(|r| r.addr == **a))
-            .copied()
-            .collect();
-        for a in stale {
-            if let Some(slot) = placed.slots.remove(&a) {
-                self.free_backend(slot)?;
-            }
-        }
-        // Backends, in the service's order; a server without a MAC takes no new connections.
-        let mut ids = Vec::with_capacity(svc.reals.len());
-        let mut weights = Vec::with_capacity(svc.reals.len());
-        for (real, mac) in svc.reals.iter().zip(svc_macs) {
-            ids.push(self.place_backend(
-                placed.id,
-                &mut placed.slots,
-                real,
-                mac.unwrap_or_default(),
-            )?);
-            weights.push(if mac.is_some() { real.weight } else { 0 });
-        }
-        if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
-            placed.sched = scheduler::Scheduling::new(svc.scheduler, svc.flags);
-        }
-        let dests: Vec<scheduler::Dest> = svc
-            .reals
-            .iter()
-            .zip(&weights)
-            .zip(&ids)
-            .map(|((r, &weight), id)| {
-                let c = self.counts.get(id).copied().unwrap_or_default();
-                scheduler::Dest {
-                    addr: r.addr,
-                    weight,
-                    active: c.active.min(u32::MAX as u64) as u32,
-                    inactive: c.inactive.min(u32::MAX as u64) as u32,
-                    u_threshold: r.u_threshold,
-                    l_threshold: r.l_threshold,
-                }
-            })
-            .collect();
-        let to_ids = |v: Vec<u32>| -> Vec<u32> {
-            v.into_iter()
-                .map(|i| {
-                    if i == scheduler::NO_DEST {
-                        NO_BACKEND
-                    } else {
-                        ids[i as usize]
-                    }
-                })
-                .collect()
-        };
-        let (kind, table) = match placed.sched.table(&dests, &self.params) {
-            scheduler::Table::Sequence(v) => (table_kind::SEQUENCE, to_ids(v)),
-            scheduler::Table::Hash { input, slots } => {
-                let kind = match input {
-                    scheduler::HashInput::Source => table_kind::HASH_SRC,
-                    scheduler::HashInput::SourcePort => table_kind::HASH_SRC_PORT,
-                    scheduler::HashInput::Destination => table_kind::HASH_DST,
-                };
-                // A hash table with no server anywhere is no table: drop early.
-                if slots.iter().all(|&s| s == scheduler::NO_DEST) {
-                    (kind, Vec::new())
-                } else {
-                    (kind, to_ids(slots))
-                }
-            }
-        };
-        let (flags, persist_timeout_s, persist_prefix) = match svc.persistence {
-            Some(p) => (service_flags::PERSISTENT, p.timeout, p.prefix),
-            None => (0, 0, 0),
-        };
-        let value = ServiceValue {
-            id: placed.id,
-            flags,
-            table_off: 0,
-            table_len: 0,
-            persist_timeout_s,
-            table_kind: kind,
-            persist_prefix,
-            _pad: [0; 2],
-        };
-        let keys = bpf_keys(svc);
-        if (placed.pushed.is_some() || placed.adopted)
-            && placed.table == table
-            && placed.kind == kind
-            && placed.value_flags == (flags, persist_timeout_s, persist_prefix)
-        {
-            // Same table and flags: only a group's matches may have changed. New keys get the
-            // published value; keys that went away are dropped below.
-            let value = ServiceValue {
-                table_off: placed.region.off,
-                table_len: placed.region.len,
-                ..value
-            };
-            for k in keys.iter().filter(|k| !placed.keys.contains(k)) {
-                self.publish_key(&svc.key, k, value)?;
-            }
-        } else {
-            let region = if table.is_empty() {
-                Region { off: 0, len: 0 }
-            } else {
-                self.regions.alloc(table.len() as u32).ok_or_else(|| {
-                    DataplaneError::Capacity(format!("no room for a {}-slot table", table.len()))
-                })?
-            };
-            for (i, b) in table.iter().enumerate() {
-                self.slots
-                    .set(region.off + i as u32, *b, 0)
-                    .map_err(map_err(names::MAP_SCHED_SLOTS))?;
-            }
-            let value = ServiceValue {
-                table_off: region.off,
-                table_len: region.len,
-                ..value
-            };
-            // Every key points at the new region before the old one is quarantined.
-            for k in &keys {
-                self.publish_key(&svc.key, k, value)?;
-            }
-            // A new plan is handed out from its head.
-            self.cursors
-                .set(placed.id, 0, 0)
-                .map_err(map_err(names::MAP_SEQ_CURSOR))?;
-            self.quarantine
-                .push(std::mem::replace(&mut placed.region, region));
-            placed.table = table;
-            placed.kind = kind;
-            placed.value_flags = (flags, persist_timeout_s, persist_prefix);
-            placed.adopted = false;
-        }
-        // Keys the service no longer has (a removed match): unpublished, so their traffic
-        // passes (their filter bits are cleared at the end of the sync).
-        let stale: Vec<lb_common::ServiceKey> = placed
-            .keys
-            .iter()
-            .filter(|k| !keys.contains(k))
-            .copied()
-            .collect();
-        for k in &stale {
-            self.unpublish_key(&svc.key, k)?;
-        }
-        placed.keys = keys;
-        Ok(())
-    }
-
-    fn place_backend(
-        &mut self,
-        service_id: u32,
-        slots: &mut HashMap<SocketAddr, Slot>,
-        real: &model::RealServer,
-        mac: [u8; 6],
-    ) -> Result<u32, DataplaneError> {
-        let (addr, family) = addr_bytes(real.addr.ip());
-        let mut want = Backend {
-            addr,
-            mac,
-            port_be: real.addr.port().to_be(),
-            family,
-            fwd: match real.forward {
-                model::ForwardMethod::Dr => fwd::DR,
-                model::ForwardMethod::Tunnel(t) => match t.kind {
-                    model::TunnelKind::Ipip => fwd::TUN_IPIP,
-                    model::TunnelKind::Gue => fwd::TUN_GUE,
-                },
-            },
-            flags: match real.forward {
-                model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
-                _ => 0,
-            },
-            _pad: 0,
-            generation: 0,
-            tun_port_be: match real.forward {
-                model::ForwardMethod::Tunnel(t) => t.port.to_be(),
-                model::ForwardMethod::Dr => 0,
-            },
-            _pad2: [0; 2],
-            service: service_id,
-        };
-        if let Some(slot) = slots.get_mut(&real.addr) {
-            want.generation = slot.written.generation;
-            if slot.written != want {
-                self.backends
-                    .set(slot.id, want, 0)
-                    .map_err(map_err(names::MAP_BACKENDS))?;
-                slot.written = want;
-            }
-            return Ok(slot.id);
-        }
-        let id = self
-            .free_backend_ids
-            .pop()
-            .ok_or_else(|| DataplaneError::Capacity("backend slots".into()))?;
-        want.generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        zero_stats(
-            &mut self.backend_stats,
-            id,
-            self.cpus,
-            names::MAP_BACKEND_STATS,
-        )?;
-        self.backends
-            .set(id, want, 0)
-            .map_err(map_err(names::MAP_BACKENDS))?;
-        slots.insert(real.addr, Slot { id, written: want });
-        Ok(id)
-    }
-
     /// The backend slot id of a real server (tests and stats use it).
     pub fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
-        self.placed.get(key)?.slots.get(&addr).map(|s| s.id)
+        self.placement.backend_id(key, addr)
     }
 
     /// What a backend slot holds (tests check generations across an adoption).
     pub fn backend_entry(&self, id: u32) -> Option<Backend> {
-        self.backends.get(&id, 0).ok()
+        self.maps.backends.get(&id, 0).ok()
     }
 
     /// The service id of a service.
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
-        self.placed.get(key).map(|p| p.id)
+        self.placement.service_id(key)
     }
 
     /// The value the data plane holds for a (protocol, VIP, port), if any (tests check that
     /// every match of a group points at the group's current table).
     pub fn published_value(&self, v: &VirtualAddr) -> Option<ServiceValue> {
-        self.services.get(&to_bpf_key(v), 0).ok()
+        self.maps.services.get(&to_bpf_key(v), 0).ok()
     }
 
     /// The scheduler table currently published for a service (backend ids).
     pub fn published_table(&self, key: &ServiceKey) -> Option<&[u32]> {
-        self.placed.get(key).map(|p| p.table.as_slice())
+        self.placement.table(key)
     }
 
     /// Summed counters of a service.
     pub fn service_counters(&self, key: &ServiceKey) -> Result<Counters, DataplaneError> {
         match self.service_id(key) {
-            Some(id) => sum_stats(&self.service_stats, id, names::MAP_SERVICE_STATS),
+            Some(id) => sum_stats(&self.maps.service_stats, id, names::MAP_SERVICE_STATS),
             None => Ok(Counters::default()),
         }
     }
@@ -982,7 +548,7 @@ impl Dataplane {
         addr: SocketAddr,
     ) -> Result<Counters, DataplaneError> {
         match self.backend_id(key, addr) {
-            Some(id) => sum_stats(&self.backend_stats, id, names::MAP_BACKEND_STATS),
+            Some(id) => sum_stats(&self.maps.backend_stats, id, names::MAP_BACKEND_STATS),
             None => Ok(Counters::default()),
         }
     }
@@ -1005,24 +571,18 @@ impl Dataplane {
     /// Also keeps alive the templates that still control a live connection, as IPVS does (a
     /// template does not expire while connections it placed are alive).
     pub fn scan(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        let live = Live::of(&self.placement);
+        self.scan_over(live)
+    }
+
+    /// [`Dataplane::scan`] over these backend slots and persistent services.
+    fn scan_over(&mut self, live: Live) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let now = monotonic_ns();
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
-        // Dense tables indexed by slot / service id: the walk touches millions of entries, so
-        // each one costs two array reads, not hash lookups.
-        let mut generations = vec![0u32; MAX_BACKENDS as usize];
-        for (id, g) in self.generations()? {
-            generations[id as usize] = g;
-        }
-        // Persistent services: id -> (prefix, timeout ns).
-        let mut persistent: Vec<Option<(u8, u64)>> = vec![None; MAX_SERVICES as usize];
-        for p in self
-            .placed
-            .values()
-            .filter(|p| p.value_flags.0 & service_flags::PERSISTENT != 0)
-        {
-            persistent[p.id as usize] =
-                Some((p.value_flags.2, p.value_flags.1 as u64 * 1_000_000_000));
-        }
+        let Live {
+            generations,
+            persistent,
+        } = live;
         let live = |backend: u32, generation: u32| {
             generation != 0 && generations.get(backend as usize) == Some(&generation)
         };
@@ -1110,12 +670,11 @@ impl Dataplane {
         limit: usize,
     ) -> Result<Vec<(PersistKey, PersistEntry, u64)>, DataplaneError> {
         let now = monotonic_ns();
-        let generations = self.generations()?;
+        let generations = self.placement.generations();
         let timeouts: HashMap<u32, u64> = self
-            .placed
-            .values()
-            .filter(|p| p.value_flags.0 & service_flags::PERSISTENT != 0)
-            .map(|p| (p.id, p.value_flags.1 as u64 * 1_000_000_000))
+            .placement
+            .persistent()
+            .map(|(id, _, timeout_s)| (id, timeout_s as u64 * 1_000_000_000))
             .collect();
         let mut out = Vec::new();
         batch::for_each(&self.persist, |k, t| {
@@ -1138,7 +697,7 @@ impl Dataplane {
     pub fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError> {
         let now = monotonic_ns();
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
-        let generations = self.generations()?;
+        let generations = self.placement.generations();
         let mut out = Vec::new();
         batch::for_each(&self.conns, |k, e| {
             let state = ConnState::from_u8(e.state);
@@ -1157,15 +716,6 @@ impl Dataplane {
         })
         .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
         Ok(out)
-    }
-
-    /// Generations of the backend slots in use.
-    fn generations(&self) -> Result<HashMap<u32, u32>, DataplaneError> {
-        Ok(self
-            .placed
-            .values()
-            .flat_map(|p| p.slots.values().map(|s| (s.id, s.written.generation)))
-            .collect())
     }
 
     /// Live connection counts per backend (a fresh scan).
@@ -1197,32 +747,16 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
         self.counts = self.scan()?;
-        for r in std::mem::take(&mut self.quarantine) {
-            self.regions.free(r);
-        }
-        let mut published = 0;
-        for svc in config.services() {
-            let Some(mut placed) = self.placed.remove(&svc.key) else {
-                continue;
-            };
-            if !table_uses_counts(svc) {
-                self.placed.insert(svc.key, placed);
-                continue;
-            }
-            let svc_macs: Vec<Option<[u8; 6]>> = svc
-                .reals
-                .iter()
-                .map(|r| macs.get(&r.addr.ip()).copied())
-                .collect();
-            let before = placed.region;
-            let result = self.sync_placed(svc, &svc_macs, &mut placed);
-            if placed.region != before {
-                published += 1;
-            }
-            self.placed.insert(svc.key, placed);
-            result?;
-        }
-        Ok(published)
+        let plan = plan::plan_recompute(
+            &self.placement,
+            config,
+            &Inputs {
+                macs,
+                counts: &self.counts,
+                params: &self.params,
+            },
+        )?;
+        Ok(exec::commit(&mut self.placement, &mut self.maps, plan)?.published)
     }
 
     /// Sets the table tunables (Maglev size, plan length) used from the next sync on.
@@ -1237,35 +771,14 @@ impl Dataplane {
 
     /// Zeroes the counters of every service and backend in use (`-Z`).
     pub fn zero_counters(&mut self) -> Result<(), DataplaneError> {
-        let keys: Vec<ServiceKey> = self.placed.keys().copied().collect();
-        for key in keys {
-            self.zero_service_counters(&key)?;
-        }
-        Ok(())
+        let ops = plan::plan_zero(&self.placement, None);
+        Ok(exec::execute(&mut self.maps, &ops)?)
     }
 
     /// Zeroes the counters of one service and of its backends (`-Z -t VIP:port`).
     pub fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
-        let Some(p) = self.placed.get(key) else {
-            return Ok(());
-        };
-        let id = p.id;
-        let backends: Vec<u32> = p.slots.values().map(|s| s.id).collect();
-        zero_stats(
-            &mut self.service_stats,
-            id,
-            self.cpus,
-            names::MAP_SERVICE_STATS,
-        )?;
-        for id in backends {
-            zero_stats(
-                &mut self.backend_stats,
-                id,
-                self.cpus,
-                names::MAP_BACKEND_STATS,
-            )?;
-        }
-        Ok(())
+        let ops = plan::plan_zero(&self.placement, Some(key));
+        Ok(exec::execute(&mut self.maps, &ops)?)
     }
 
     /// Whether the program is attached to an interface.
@@ -1274,10 +787,30 @@ impl Dataplane {
     }
 }
 
-/// Whether a service's table depends on live connection counts: a load-aware scheduler, or
-/// thresholds (overload flags change any scheduler's choices).
-fn table_uses_counts(svc: &model::Service) -> bool {
-    scheduler::is_load_aware(svc.scheduler) || svc.reals.iter().any(|r| r.u_threshold > 0)
+/// What a connection-table walk counts against: dense tables indexed by slot / service id (the
+/// walk touches millions of entries, so each one costs two array reads, not hash lookups).
+struct Live {
+    /// Generation of each backend slot in use (0: free).
+    generations: Vec<u32>,
+    /// Persistent services: id -> (prefix, timeout ns).
+    persistent: Vec<Option<(u8, u64)>>,
+}
+
+impl Live {
+    fn of(placement: &Placement) -> Live {
+        let mut generations = vec![0u32; MAX_BACKENDS as usize];
+        for (id, g) in placement.generations() {
+            generations[id as usize] = g;
+        }
+        let mut persistent: Vec<Option<(u8, u64)>> = vec![None; MAX_SERVICES as usize];
+        for (id, prefix, timeout_s) in placement.persistent() {
+            persistent[id as usize] = Some((prefix, timeout_s as u64 * 1_000_000_000));
+        }
+        Live {
+            generations,
+            persistent,
+        }
+    }
 }
 
 /// The timeout that applies to a connection in `state`.
@@ -1289,54 +822,6 @@ pub fn timeout_of(cfg: &DataplaneConfig, state: ConnState) -> u64 {
         ConnState::FinWait => cfg.tcp_fin_timeout_ns,
         ConnState::Close => cfg.tcp_close_timeout_ns,
     }
-}
-
-/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key.
-pub fn filter_words(config: &Config) -> Vec<u64> {
-    let mut words = vec![0u64; FILTER_WORDS as usize];
-    for k in config.services().iter().flat_map(bpf_keys) {
-        let bit = filter_bit(&k.addr, k.port_be, k.proto);
-        words[(bit >> 6) as usize] |= 1 << (bit & 63);
-    }
-    words
-}
-
-/// The SERVICES keys of a service: a normal service's own key, or each match of a group (a
-/// group without matches has none: it takes no traffic).
-pub fn bpf_keys(svc: &model::Service) -> Vec<lb_common::ServiceKey> {
-    match svc.key.virtual_addr() {
-        Some(v) => vec![to_bpf_key(&v)],
-        None => svc.matches.iter().map(to_bpf_key).collect(),
-    }
-}
-
-/// An upper bound of a service's table length before it is built.
-fn table_upper_bound(svc: &model::Service, params: &scheduler::Params) -> usize {
-    match svc.scheduler {
-        model::Scheduler::Rr => svc.reals.len(),
-        model::Scheduler::Wrr => scheduler::wrr(&scheduler::fit_weights(
-            &svc.reals.iter().map(|r| r.weight).collect::<Vec<_>>(),
-            scheduler::MAX_TABLE_LEN,
-        ))
-        .len(),
-        model::Scheduler::Mh => params.maglev_size,
-        model::Scheduler::Sh
-        | model::Scheduler::Dh
-        | model::Scheduler::Lblc
-        | model::Scheduler::Lblcr => scheduler::HASH_BUCKETS,
-        _ => params.plan_len,
-    }
-}
-
-fn zero_stats(
-    map: &mut PerCpuArray<MapData, Stats>,
-    id: u32,
-    cpus: usize,
-    name: &'static str,
-) -> Result<(), DataplaneError> {
-    let zero =
-        PerCpuValues::try_from(vec![Stats::default(); cpus]).map_err(DataplaneError::Cpus)?;
-    map.set(id, zero, 0).map_err(map_err(name))
 }
 
 fn sum_stats(
@@ -1352,34 +837,6 @@ fn sum_stats(
     Ok(total.into())
 }
 
-/// The MAC a real server's frames are sent to: its own in DR mode (None until resolved); a
-/// tunnelled server needs none (the data plane asks the kernel's FIB for the next hop).
-fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
-    match r.forward {
-        model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
-        model::ForwardMethod::Tunnel(_) => Some([0; 6]),
-    }
-}
-
-/// The 16-byte address form and family tag used in map keys.
-pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
-    match ip {
-        IpAddr::V4(v4) => (lb_common::addr_from_v4(v4.octets()), FAMILY_V4),
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
-    }
-}
-
-/// The data plane's key for a (protocol, VIP, port).
-pub fn to_bpf_key(key: &VirtualAddr) -> lb_common::ServiceKey {
-    let (addr, family) = addr_bytes(key.addr.ip());
-    lb_common::ServiceKey {
-        addr,
-        port_be: key.addr.port().to_be(),
-        proto: key.protocol.number(),
-        family,
-    }
-}
-
 /// CLOCK_MONOTONIC_COARSE in ns: the clock bpf_ktime_get_coarse_ns() reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -1390,3 +847,6 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests;

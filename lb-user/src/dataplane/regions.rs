@@ -10,7 +10,7 @@ pub struct Region {
 }
 
 /// Free space of the slot array, kept sorted and coalesced.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Regions {
     free: Vec<Region>,
 }
