@@ -392,12 +392,12 @@ pub fn plan_recompute(
             continue;
         };
         let mut placed = Arc::unwrap_or_clone(placed);
-        // The neighbour table's MACs as they are, tunnelled servers included: what the
-        // recomputation has always used (a sync uses next_hop_mac).
+        // As a sync sees them: a tunnelled server needs no MAC of its own (its packets go to
+        // the FIB's next hop), so it keeps its weight.
         let svc_macs: Vec<Option<[u8; 6]>> = svc
             .reals
             .iter()
-            .map(|r| inputs.macs.get(&r.addr.ip()).copied())
+            .map(|r| next_hop_mac(r, inputs.macs))
             .collect();
         p.sync_placed(svc, &svc_macs, &mut placed)?;
         p.next.services.insert(svc.key, Arc::new(placed));

@@ -761,6 +761,45 @@ fn load_aware_tables_follow_connection_counts() {
     }
 }
 
+/// A tunnelled real server has no MAC of its own in the neighbour table: a recomputation must
+/// not take it for unresolved and drop its weight to 0 (it did, about a second after each
+/// sync, before recomputation used the sync's view of MACs).
+#[test]
+fn recomputation_keeps_tunnelled_servers_without_a_neighbour_entry() {
+    let mut rig = Rig::new();
+    let mut svc = service(
+        tcp(WEB),
+        Scheduler::Wlc,
+        &[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)],
+    );
+    svc.reals[1].forward = ForwardMethod::Tunnel(crate::model::Tunnel {
+        kind: crate::model::TunnelKind::Ipip,
+        port: 0,
+        csum: false,
+    });
+    let c = config(vec![svc]);
+    rig.sync(&c).unwrap();
+    // Only the DR server's address is in the neighbour table.
+    rig.macs.remove(&"10.0.0.2".parse().unwrap());
+    let tunnelled = rig.bid(&tcp(WEB), "10.0.0.2:80");
+    let dr = rig.bid(&tcp(WEB), "10.0.0.1:80");
+    rig.counts.insert(
+        dr,
+        ConnCounts {
+            active: 10,
+            inactive: 0,
+            persistent: 0,
+        },
+    );
+    rig.recompute(&c).unwrap();
+    rig.assert_consistent(&c);
+    let table = rig.published(WEB).1;
+    assert!(
+        table.contains(&tunnelled),
+        "the tunnelled server left the table: {table:?}"
+    );
+}
+
 #[test]
 fn recomputation_leaves_count_blind_tables_alone() {
     let mut rig = Rig::new();
