@@ -72,10 +72,24 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds lb-ebpf for bpfel-unknown-none with the nightly toolchain (core from source, BTF).
+/// The eBPF crates, each a workspace of its own: the data plane, and the programs only the tests
+/// and benchmarks load (kept out of the production crate).
+const EBPF_CRATES: [&str; 2] = ["lb-ebpf", "tests/ebpf"];
+
+/// Builds the eBPF crates for bpfel-unknown-none with the nightly toolchain (core from source,
+/// BTF), into one target directory.
 fn build_ebpf() -> Result<()> {
     bootstrap::ebpf_toolchain()?;
     eprintln!("xtask: building the eBPF objects");
+    for krate in EBPF_CRATES {
+        run_cmd(&mut ebpf_cargo(krate, "build"))?;
+    }
+    Ok(())
+}
+
+/// `cargo +nightly SUBCOMMAND` for one eBPF crate, with the target, flags and target directory
+/// of the eBPF build.
+fn ebpf_cargo(krate: &str, subcommand: &str) -> Command {
     let arch = std::env::consts::ARCH;
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
@@ -86,16 +100,16 @@ fn build_ebpf() -> Result<()> {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
+    cmd.args(["run", "nightly", "cargo", subcommand, "--release", "--bins"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(root().join("target/ebpf"))
-        .current_dir(root().join("lb-ebpf"))
+        .current_dir(root().join(krate))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTFLAGS");
-    run_cmd(&mut cmd)
+    cmd
 }
 
 fn cargo() -> Command {
