@@ -8,6 +8,9 @@ use lb_ebpf::{helpers::redirect, packet::Packet};
 
 use crate::maps::count;
 
+/// The target of the records (xvsd's kernel_log::TARGET), whatever module logs them.
+const TARGET: &str = "xvs_director";
+
 /// Where a forwarded frame leaves.
 pub enum Out {
     /// XDP_TX, counted under this reason.
@@ -26,21 +29,21 @@ pub fn verdict(pkt: &Packet, result: Result<Out, Reason>) -> u32 {
     match result {
         Ok(Out::Tx(reason)) => {
             count(reason);
-            trace!(ctx, "{}", reason.name());
+            trace!(ctx, target: TARGET, "{}", reason.name());
             xdp_action::XDP_TX
         }
         Ok(Out::Redirect(ifindex)) => {
             count(Reason::RedirectTunnel);
-            trace!(ctx, "{} ifindex {}", Reason::RedirectTunnel.name(), ifindex);
+            trace!(ctx, target: TARGET, "{} ifindex {}", Reason::RedirectTunnel.name(), ifindex);
             redirect(ifindex)
         }
         Err(reason) => {
             count(reason);
             if reason.is_drop() {
-                debug!(ctx, "{}", reason.name());
+                debug!(ctx, target: TARGET, "{}", reason.name());
                 xdp_action::XDP_DROP
             } else {
-                trace!(ctx, "{}", reason.name());
+                trace!(ctx, target: TARGET, "{}", reason.name());
                 xdp_action::XDP_PASS
             }
         }
