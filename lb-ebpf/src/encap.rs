@@ -48,26 +48,28 @@ pub fn write_l2(
     outer_v6: bool,
 ) -> Result<(), Reason> {
     let ether_type = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
-    if vlan {
-        // The old tag's TPID and TCI, `moved` bytes further in (read before writing: no overlap
-        // is assumed).
-        let tag = *pkt
-            .header::<[u8; 4]>(moved + 12)
-            .ok_or(Reason::DropTunHeadroom)?;
-        let eth = pkt.header_mut::<EthHdr>(0).ok_or(Reason::DropTunHeadroom)?;
-        eth.dst = *dst;
-        eth.src = *src;
-        eth.ether_type = [tag[0], tag[1]];
-        let vh = pkt
-            .header_mut::<VlanHdr>(ETH_LEN)
-            .ok_or(Reason::DropTunHeadroom)?;
-        vh.tci = [tag[2], tag[3]];
-        vh.ether_type = ether_type;
+    // The old tag's TPID and TCI, `moved` bytes further in, read before anything is written.
+    let tag = if vlan {
+        Some(
+            *pkt.header::<[u8; 4]>(moved + 12)
+                .ok_or(Reason::DropTunHeadroom)?,
+        )
     } else {
-        let eth = pkt.header_mut::<EthHdr>(0).ok_or(Reason::DropTunHeadroom)?;
-        eth.dst = *dst;
-        eth.src = *src;
-        eth.ether_type = ether_type;
+        None
+    };
+    let eth = pkt.header_mut::<EthHdr>(0).ok_or(Reason::DropTunHeadroom)?;
+    eth.dst = *dst;
+    eth.src = *src;
+    match tag {
+        None => eth.ether_type = ether_type,
+        Some(tag) => {
+            eth.ether_type = [tag[0], tag[1]];
+            let vh = pkt
+                .header_mut::<VlanHdr>(ETH_LEN)
+                .ok_or(Reason::DropTunHeadroom)?;
+            vh.tci = [tag[2], tag[3]];
+            vh.ether_type = ether_type;
+        }
     }
     Ok(())
 }

@@ -72,6 +72,12 @@ impl Packet {
         self.ctx.ingress_ifindex() as u32
     }
 
+    /// Whether the frame's first `len` bytes exist (a length check without access).
+    #[inline(always)]
+    pub fn has(&self, len: usize) -> bool {
+        self.ctx.data() + len <= self.ctx.data_end()
+    }
+
     /// The address of a `T` at `offset` when all of it is inside the frame.
     #[inline(always)]
     fn bounded<T: Header>(&self, offset: usize) -> Option<usize> {
@@ -88,8 +94,12 @@ impl Packet {
         let at = self.bounded::<T>(offset)?;
         // SAFETY: `bounded` checked that the `T` lies inside the frame, which stays put while
         // `self` is borrowed (only adjust_head/tail, which need `&mut self`, move it); any bit
-        // pattern is a valid `T` and its alignment is 1 (`Header`).
-        Some(unsafe { &*(at as *const T) })
+        // pattern is a valid `T` and its alignment is 1 (`Header`). A frame is never at address
+        // 0: telling the compiler so spares every caller a null test of the Option<&T>.
+        unsafe {
+            core::hint::assert_unchecked(at != 0);
+            Some(&*(at as *const T))
+        }
     }
 
     /// The `T` at `offset`, writable in place; None when the frame is too short.
@@ -98,7 +108,10 @@ impl Packet {
         let at = self.bounded::<T>(offset)?;
         // SAFETY: as in `header`; the `&mut self` borrow makes this the only live reference
         // into the frame.
-        Some(unsafe { &mut *(at as *mut T) })
+        unsafe {
+            core::hint::assert_unchecked(at != 0);
+            Some(&mut *(at as *mut T))
+        }
     }
 
     /// Moves the frame's start by `delta` bytes (negative: grows headroom into the frame).

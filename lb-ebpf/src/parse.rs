@@ -255,7 +255,7 @@ fn parse_ipv4(pkt: &Packet, p: &mut Parsed) -> Result<usize, Reason> {
     }
     let hdr_len = ihl * 4;
     // Options, when present, must be inside the packet too.
-    if p.l3_off + hdr_len > pkt.len() {
+    if !pkt.has(p.l3_off + hdr_len) {
         return Err(Reason::DropMalformedL3);
     }
     // MF set or a non-zero offset: no usable L4 header in this packet.
