@@ -8,7 +8,7 @@ fn main() {
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/ebpf/bpfel-unknown-none/release"),
     };
-    for obj in ["xvs-director", "xvs-aux"] {
+    for obj in ["xvs-director", "xvs-decap"] {
         let path = dir.join(obj);
         if !path.exists() {
             panic!(

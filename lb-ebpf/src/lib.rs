@@ -1,7 +1,14 @@
-//! Shared pieces of the xvs XDP programs: bounds-checked packet access and header parsing.
+//! What the xvs XDP programs share, one concern per module: packet access and parsing,
+//! checksums, the outer-header writer, ICMP, kernel helpers, and the runtime pieces (panic
+//! handler, license). None of it declares a map: a map static in this library would be created
+//! by every program that links it, so each program's maps live with that program
+//! (`src/bin/director/maps.rs`, `src/bin/decap/maps.rs`).
 #![no_std]
 
 pub mod csum;
+pub mod encap;
+pub mod helpers;
 pub mod icmp;
 pub mod packet;
-pub mod tunnel;
+pub mod parse;
+pub mod runtime;

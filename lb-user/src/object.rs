@@ -4,8 +4,5 @@
 pub static DIRECTOR: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("XVS_EBPF_DIR"), "/xvs-director"));
 
-/// Auxiliary programs: `xvs_pass` (for veth peers) and `xvs_floor_tx` (benchmark floor).
-pub static AUX: &[u8] = aya::include_bytes_aligned!(concat!(env!("XVS_EBPF_DIR"), "/xvs-aux"));
-
 /// The real-server decapsulator (program `xvs_decap` and its maps).
 pub static DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("XVS_EBPF_DIR"), "/xvs-decap"));

@@ -259,7 +259,7 @@ impl Lab {
             )?;
         }
         // Native XDP_TX into a veth delivers only when the peer runs XDP too.
-        let aux = lb_user::object::AUX;
+        let aux = crate::object::AUX;
         let pass = netns::in_netns(&sw, move || -> Result<Ebpf> {
             let mut ebpf = Ebpf::load(aux)?;
             let prog: &mut Xdp = ebpf

@@ -7,6 +7,7 @@ pub mod decap;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod object;
 pub mod packets;
 pub mod progtest;
 pub mod tunnel;

@@ -688,7 +688,7 @@ fn refused_setups_change_nothing() -> Result<()> {
     let rs = lab.rs.clone();
     let state = lab.state();
     let err = netns::in_netns(&lab.rs, move || -> Result<String> {
-        let mut ebpf = aya::Ebpf::load(lb_user::object::AUX)?;
+        let mut ebpf = aya::Ebpf::load(xvs_tests::object::AUX)?;
         let prog: &mut aya::programs::Xdp = ebpf
             .program_mut("xvs_pass")
             .context("xvs_pass")?

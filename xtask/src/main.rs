@@ -75,8 +75,9 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The crates built for bpfel-unknown-none, each a workspace of its own.
-const EBPF_CRATES: &[&str] = &["lb-ebpf"];
+/// The eBPF crates, each a workspace of its own: the data plane, and the programs only the tests
+/// and benchmarks load (kept out of the production crate).
+const EBPF_CRATES: &[&str] = &["lb-ebpf", "tests/ebpf"];
 
 /// `cargo SUBCOMMAND` for an eBPF crate: nightly, bpfel-unknown-none, core from source, BTF.
 fn ebpf_cargo(krate: &str, subcommand: &str, target_dir: &str) -> Command {

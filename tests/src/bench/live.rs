@@ -66,7 +66,7 @@ fn rig(dut: Dut) -> Result<Rig> {
     netns::ip(&["-n", GEN, "link", "set", "g0", "up"])?;
     netns::ip(&["-n", DUT, "link", "set", "d0", "up"])?;
     let (gen, g0_ifindex) = netns::in_netns(GEN, || -> Result<(Ebpf, u32)> {
-        let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+        let mut ebpf = Ebpf::load(crate::object::AUX)?;
         let sink: &mut Xdp = ebpf
             .program_mut(names::PROG_SINK)
             .context("sink")?
@@ -82,7 +82,7 @@ fn rig(dut: Dut) -> Result<Rig> {
     })??;
     let dut_keep: Box<dyn Send> = match dut {
         Dut::Hairpin => Box::new(netns::in_netns(DUT, || -> Result<Ebpf> {
-            let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+            let mut ebpf = Ebpf::load(crate::object::AUX)?;
             let p: &mut Xdp = ebpf
                 .program_mut(names::PROG_FLOOR_TX)
                 .context("floor")?
@@ -147,7 +147,7 @@ pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
             netns::spawn_in_netns(GEN, move || -> Result<()> {
                 crate::progtest::pin_to_cpu(cpu);
                 let loaded = (|| -> Result<Ebpf> {
-                    let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+                    let mut ebpf = Ebpf::load(crate::object::AUX)?;
                     let p: &mut Xdp = ebpf
                         .program_mut(names::PROG_FLOOR_TX)
                         .context("floor")?

@@ -110,7 +110,7 @@ pub(crate) fn measure_on(
 
 /// The bare `bounds check + XDP_TX` floor.
 pub fn floor(scale: &Scale) -> Result<PathResult> {
-    let mut ebpf = Ebpf::load(lb_user::object::AUX)?;
+    let mut ebpf = Ebpf::load(crate::object::AUX)?;
     let prog: &mut Xdp = ebpf
         .program_mut(lb_common::names::PROG_FLOOR_TX)
         .context("floor program")?

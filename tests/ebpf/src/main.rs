@@ -1,6 +1,10 @@
-//! Auxiliary XDP programs: a pass-through for veth peers and the benchmark floor.
+//! XDP programs the tests and benchmarks load (never the daemon): a pass-through for veth peers,
+//! the benchmark floor, and a counting sink for live traffic.
 #![no_std]
 #![no_main]
+
+// The panic handler and the license.
+use lb_ebpf as _;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -37,13 +41,3 @@ pub fn xvs_sink(_ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_DROP
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

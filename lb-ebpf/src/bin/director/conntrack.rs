@@ -1,0 +1,91 @@
+//! Connection tracking: a live entry sends a flow to the real server it went to before, whatever
+//! the tables say now; entries expire by protocol state and timeout, as in IPVS.
+
+use lb_common::{Backend, ConnEntry, ConnState, FlowKey, Reason, PROTO_TCP};
+use lb_ebpf::parse::{tcp_flag, Parsed};
+
+use crate::maps::{self, count};
+
+/// The connection table's key for the packet's own flow.
+#[inline(always)]
+pub fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey {
+        src: p.src,
+        dst: p.dst,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A live entry for this flow whose real server still exists: (service, backend id, backend).
+/// Updates the entry's state and clock, writing only what changed.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static Backend)> {
+    maps::conn_update(key, |e| {
+        let state = ConnState::from_u8(e.state);
+        let cfg = maps::config()?;
+        let timeout = match state {
+            ConnState::Udp => cfg.udp_timeout_ns,
+            ConnState::SynRecv => cfg.tcp_syn_timeout_ns,
+            ConnState::Established => cfg.tcp_timeout_ns,
+            ConnState::FinWait => cfg.tcp_fin_timeout_ns,
+            ConnState::Close => cfg.tcp_close_timeout_ns,
+        };
+        let backend = maps::backend(e.backend)?;
+        let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
+        // Expired, the real server was removed, or a new SYN on a closing entry: schedule afresh.
+        if now.saturating_sub(e.last_seen_ns) > timeout
+            || backend.generation != e.generation
+            || (syn_only && matches!(state, ConnState::FinWait | ConnState::Close))
+        {
+            count(Reason::ConnRescheduled);
+            return None;
+        }
+        if e.last_seen_ns != now {
+            e.last_seen_ns = now;
+        }
+        if p.proto == PROTO_TCP {
+            let next = next_tcp_state(state, p.tcp_flags) as u8;
+            if next != e.state {
+                e.state = next;
+            }
+        }
+        Some((e.service, e.backend, backend))
+    })
+    .flatten()
+}
+
+/// Records a new flow's choice of real server.
+#[inline(always)]
+pub fn record(key: &FlowKey, p: &Parsed, service: u32, id: u32, backend: &Backend, now: u64) {
+    let state = if p.proto == PROTO_TCP {
+        next_tcp_state(ConnState::SynRecv, p.tcp_flags)
+    } else {
+        ConnState::Udp
+    };
+    let entry = ConnEntry {
+        backend: id,
+        generation: backend.generation,
+        service,
+        state: state as u8,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    if maps::conn_insert(key, &entry).is_err() {
+        count(Reason::ConnInsertFailed);
+    }
+    count(Reason::ConnNew);
+}
+
+#[inline(always)]
+fn next_tcp_state(state: ConnState, flags: u8) -> ConnState {
+    state.tcp_next(
+        flags & tcp_flag::SYN != 0,
+        flags & tcp_flag::FIN != 0,
+        flags & tcp_flag::RST != 0,
+        flags & tcp_flag::ACK != 0,
+    )
+}

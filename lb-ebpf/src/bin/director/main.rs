@@ -1,0 +1,153 @@
+//! The director: balances virtual-service traffic to real servers (DR and TUN mode), relays ICMP
+//! errors about balanced flows to their real servers, passes the rest.
+//!
+//! Three XDP programs share these maps: `xvs_director` (attached), and the tail-called
+//! `xvs_icmp` and `xvs_tunnel`, which run with a fresh stack of their own. A packet through
+//! `xvs_director`: parse -> ICMP hand-off -> service filter -> connection table -> (new flow:
+//! service, persistence, scheduler table, connection entry) -> counters -> forward.
+#![no_std]
+#![no_main]
+// The scheduler cursor's atomic fetch-and-add (maps::seq_next): core's atomics have no
+// fetch_add on a BPF target without CAS.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod conntrack;
+mod forward;
+mod maps;
+mod persist;
+mod sched;
+mod service;
+mod verdict;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::{FlowKey, Reason, PROTO_ICMP, PROTO_ICMPV6, TAIL_ICMP};
+use lb_ebpf::{
+    helpers::ktime_coarse_ns,
+    icmp,
+    packet::Packet,
+    parse::{parse, Parsed},
+};
+
+use crate::{
+    maps::{add_stats, count, StatsOf},
+    service::Filter,
+    verdict::{verdict, Out},
+};
+
+/// The director's entry point.
+#[xdp]
+pub fn xvs_director(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(ctx);
+    let result = director(&mut pkt);
+    verdict(&pkt, result)
+}
+
+#[inline(always)]
+fn director(pkt: &mut Packet) -> Result<Out, Reason> {
+    let p = parse(pkt)?;
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        // Rare and stack-hungry: handled by a program of its own (fresh stack).
+        maps::tail_call(pkt.ctx(), TAIL_ICMP);
+        return Err(Reason::DropTailCallMissing);
+    }
+    // One array read rules out almost all traffic that is not for a service.
+    let port_service = match service::filter(&p) {
+        Filter::Hit(port_service) => port_service,
+        Filter::Miss => return Err(Reason::PassNotService),
+    };
+    let key = conntrack::flow_key(&p);
+    let now = ktime_coarse_ns();
+    // An established flow needs no service lookup: its entry names the service.
+    let (service_id, backend_id, backend, new_conn) = match conntrack::lookup(&key, &p, now) {
+        Some((svc, id, b)) => {
+            count(Reason::ConnHit);
+            (svc, id, b, false)
+        }
+        None => {
+            let packed = new_flow(&key, &p, port_service, now);
+            if packed & NEW_FLOW_ERR != 0 {
+                return Err(Reason::from_index(packed as u32).unwrap_or(Reason::DropBadBackend));
+            }
+            let id = packed as u32;
+            let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+            ((packed >> 32) as u32, id, b, true)
+        }
+    };
+    let bytes = pkt.len() as u64;
+    add_stats(StatsOf::Service, service_id, new_conn, bytes);
+    add_stats(StatsOf::Backend, backend_id, new_conn, bytes);
+    forward::forward(pkt, &p, None, backend_id, backend)
+}
+
+/// Set in new_flow's result when it carries a Reason instead of (service id, backend id).
+const NEW_FLOW_ERR: u64 = 1 << 63;
+
+/// The new-flow path as a BPF subprogram of its own: its locals get their own stack frame
+/// instead of crowding the fast path's under the 512-byte limit. A subprogram returns one
+/// register: (service id << 32 | backend id), or NEW_FLOW_ERR | reason.
+#[inline(never)]
+fn new_flow(key: &FlowKey, p: &Parsed, port_service: bool, now: u64) -> u64 {
+    match new_flow_inline(key, p, port_service, now) {
+        Ok((svc, id)) => (svc as u64) << 32 | id as u64,
+        Err(reason) => NEW_FLOW_ERR | reason as u64,
+    }
+}
+
+/// Service, then the client network's persistence template, else the service's scheduler
+/// table (recording a template when the service is persistent); the choice goes into the
+/// connection table.
+#[inline(always)]
+fn new_flow_inline(
+    key: &FlowKey,
+    p: &Parsed,
+    port_service: bool,
+    now: u64,
+) -> Result<(u32, u32), Reason> {
+    let svc = service::lookup(p, port_service)?;
+    let pkey = persist::key(svc, p);
+    let (id, backend) = match pkey.as_ref().and_then(|k| persist::lookup(k, svc, now)) {
+        Some(found) => found,
+        None => {
+            let (id, backend) = sched::pick(svc, p)?;
+            if let Some(pkey) = &pkey {
+                persist::record(pkey, id, backend, now);
+            }
+            (id, backend)
+        }
+    };
+    conntrack::record(key, p, svc.id, id, backend, now);
+    Ok((svc.id, id))
+}
+
+/// ICMP for a VIP, tail-called by the director: an error about a reply of a tracked flow goes to
+/// that flow's real server (its TCP learns the path MTU or that the client is unreachable), as
+/// IPVS relays them; any other ICMP is the kernel's.
+#[xdp]
+pub fn xvs_icmp(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(ctx);
+    let result = icmp_relay(&mut pkt);
+    verdict(&pkt, result)
+}
+
+#[inline(always)]
+fn icmp_relay(pkt: &mut Packet) -> Result<Out, Reason> {
+    let p = parse(pkt)?;
+    let key = icmp::quoted_flow(pkt, &p).ok_or(Reason::PassIcmp)?;
+    let e = maps::conn(&key).ok_or(Reason::PassIcmp)?;
+    let backend = maps::backend(e.backend).ok_or(Reason::PassIcmp)?;
+    if backend.generation != e.generation {
+        return Err(Reason::PassIcmp);
+    }
+    count(Reason::IcmpErrorForwarded);
+    forward::forward(pkt, &p, Some(&key), e.backend, backend)
+}
+
+/// TUN forwarding, tail-called by the director with the job in TUNNEL_JOB: encapsulates toward
+/// the backend, or answers the client with ICMP too-big when the result would not fit the path.
+#[xdp]
+pub fn xvs_tunnel(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(ctx);
+    let result = forward::tun::run(&mut pkt);
+    verdict(&pkt, result)
+}

@@ -1,0 +1,210 @@
+//! The director's maps and their typed accessors: every map static of the director object is
+//! declared here, and every `unsafe` a map needs (hash-map reads, writes through a value
+//! pointer, the tail call, the shared cursor's atomic add) is here with its reason.
+//!
+//! The names, types, key and value sizes, capacities and flags are part of xvsd's pinned-map
+//! layout (lb_common::layout): a change here is a LAYOUT_VERSION change there.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use lb_common::{
+    filter::FILTER_WORDS, reason::REASON_COUNT, Backend, ConnEntry, DataplaneConfig, FlowKey, Meta,
+    PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
+    DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES,
+    TAIL_SLOTS, TUN_ROUTE_SLOTS,
+};
+
+// Services change under traffic: without preallocation, a replaced value is freed after an RCU
+// grace period, so a packet never reads a value that is being rewritten.
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+static SCHED_SLOTS: Array<u32> = Array::with_max_entries(DEFAULT_SCHED_SLOTS, 0);
+#[map]
+static SEQ_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+#[map]
+static PERSIST: LruHashMap<PersistKey, PersistEntry> =
+    LruHashMap::with_max_entries(DEFAULT_PERSIST_ENTRIES, 0);
+#[map]
+static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map]
+static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SERVICE_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+#[map]
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+#[map]
+static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
+/// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
+#[map]
+static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
+
+// Read by the controller only: the layout the maps were created with (checked before a
+// restarted or upgraded controller adopts pinned maps).
+#[map]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// Counts one outcome in this CPU's REASONS slot.
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Which per-CPU traffic counters a packet is added to.
+pub enum StatsOf {
+    /// SERVICE_STATS, by service id.
+    Service,
+    /// BACKEND_STATS, by backend id.
+    Backend,
+}
+
+/// Adds a packet of `bytes` (and a connection when `new_conn`) to a service's or backend's
+/// counters on this CPU.
+#[inline(always)]
+pub fn add_stats(of: StatsOf, index: u32, new_conn: bool, bytes: u64) {
+    let map = match of {
+        StatsOf::Service => &SERVICE_STATS,
+        StatsOf::Backend => &BACKEND_STATS,
+    };
+    if let Some(s) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot, as in `count`.
+        let s = unsafe { &mut *s };
+        s.conns += new_conn as u64;
+        s.packets += 1;
+        s.bytes += bytes;
+    }
+}
+
+/// The data plane's settings (timeouts, tunnel sources, flags).
+#[inline(always)]
+pub fn config() -> Option<&'static DataplaneConfig> {
+    CONFIG.get(0)
+}
+
+/// Word `index` of the service filter bitmap (lb_common::filter).
+#[inline(always)]
+pub fn filter_word(index: u32) -> Option<u64> {
+    SERVICE_FILTER.get(index).copied()
+}
+
+/// A virtual service.
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<&'static ServiceValue> {
+    // SAFETY: values are replaced, never written in place (BPF_F_NO_PREALLOC keeps a replaced
+    // value alive until the program run ends).
+    unsafe { SERVICES.get(key) }
+}
+
+/// A backend slot (generation 0: empty).
+#[inline(always)]
+pub fn backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id)
+}
+
+/// Slot `index` of the scheduler tables.
+#[inline(always)]
+pub fn sched_slot(index: u32) -> Option<u32> {
+    SCHED_SLOTS.get(index).copied()
+}
+
+/// Takes the next position of a service's sequence: one cursor shared by all CPUs (as IPVS's
+/// per-service scheduler state), so the sequence is handed out exactly in order however flows
+/// spread over CPUs, which a load-aware plan needs. Only new flows touch it.
+#[inline(always)]
+pub fn seq_next(service: u32) -> Option<u64> {
+    let cursor = SEQ_CURSOR.get_ptr_mut(service)?;
+    // SAFETY: a valid, aligned u64 inside the map value for the program's lifetime.
+    // (core's AtomicU64::fetch_add is missing on a target without CAS; the intrinsic lowers to
+    // BPF's atomic fetch-and-add. SeqCst, because this LLVM lowers a relaxed one to a plain
+    // XADD and then reads the old value from the wrong register.)
+    Some(unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) })
+}
+
+/// A connection entry, read-only.
+#[inline(always)]
+pub fn conn(key: &FlowKey) -> Option<&'static ConnEntry> {
+    // SAFETY: only read during this run; an LRU eviction or a racing update at worst shows an
+    // older or newer copy of plain integers.
+    unsafe { CONNS.get(key) }
+}
+
+/// Runs `f` on a connection entry in place. Racing CPUs may update the same entry: they write
+/// equivalent values (the clock, the TCP state), which is harmless.
+#[inline(always)]
+pub fn conn_update<R>(key: &FlowKey, f: impl FnOnce(&mut ConnEntry) -> R) -> Option<R> {
+    let e = CONNS.get_ptr_mut(key)?;
+    // SAFETY: the entry stays valid for this program run; the reference does not leave `f`.
+    Some(f(unsafe { &mut *e }))
+}
+
+/// Records a connection (Err when the kernel refuses it).
+#[inline(always)]
+pub fn conn_insert(key: &FlowKey, entry: &ConnEntry) -> Result<(), i32> {
+    CONNS.insert(key, entry, 0)
+}
+
+/// Runs `f` on a persistence template in place (racing CPUs write equivalent values).
+#[inline(always)]
+pub fn persist_update<R>(key: &PersistKey, f: impl FnOnce(&mut PersistEntry) -> R) -> Option<R> {
+    let t = PERSIST.get_ptr_mut(key)?;
+    // SAFETY: as in `conn_update`.
+    Some(f(unsafe { &mut *t }))
+}
+
+/// Records a persistence template (Err when the kernel refuses it).
+#[inline(always)]
+pub fn persist_insert(key: &PersistKey, entry: &PersistEntry) -> Result<(), i32> {
+    PERSIST.insert(key, entry, 0)
+}
+
+/// This CPU's tunnel job, the hand-off from the director to xvs_tunnel, to be written in place.
+/// Taken once per program run, so the reference is the only one.
+#[inline(always)]
+pub fn tunnel_job_mut() -> Option<&'static mut TunnelJob> {
+    let job = TUNNEL_JOB.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
+    // during the program (the tail call that reads it runs after this one, on this CPU), and
+    // the one caller (forward::tun::hand_off) takes it once per run.
+    Some(unsafe { &mut *job })
+}
+
+/// This CPU's tunnel job, as the director left it.
+#[inline(always)]
+pub fn tunnel_job() -> Option<&'static TunnelJob> {
+    TUNNEL_JOB.get(0)
+}
+
+/// This CPU's cached route for a tunnel backend slot. Taken once per program run (read, and
+/// rewritten after a FIB lookup), so the reference is the only one.
+#[inline(always)]
+pub fn tun_route(slot: u32) -> Option<&'static mut TunRoute> {
+    let r = TUN_ROUTES.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
+    // during the program, and the one caller (forward::tun) takes it once per run.
+    Some(unsafe { &mut *r })
+}
+
+/// Jumps to the program in tail-call slot `slot`; returns only when the slot is empty.
+#[inline(always)]
+pub fn tail_call(ctx: &XdpContext, slot: u32) {
+    // SAFETY: a plain tail call; on success it never returns, on failure nothing changed.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) }
+}
