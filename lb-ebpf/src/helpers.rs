@@ -66,7 +66,7 @@ pub fn fib_lookup(ctx: &XdpContext, params: &mut FibParams, flags: u32) -> u32 {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
             params,
-            core::mem::size_of::<FibParams>() as i32,
+            size_of::<FibParams>() as i32,
             flags,
         ) as u32
     }

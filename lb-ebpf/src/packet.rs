@@ -82,7 +82,7 @@ impl Packet {
     #[inline(always)]
     fn bounded<T: Header>(&self, offset: usize) -> Option<usize> {
         let start = self.ctx.data();
-        if start + offset + core::mem::size_of::<T>() > self.ctx.data_end() {
+        if start + offset + size_of::<T>() > self.ctx.data_end() {
             return None;
         }
         Some(start + offset)

@@ -85,9 +85,9 @@ pub struct UdpGueHdr {
 }
 
 /// Ethernet header length.
-pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
+pub const ETH_LEN: usize = size_of::<EthHdr>();
 /// VLAN tag length.
-pub const VLAN_LEN: usize = core::mem::size_of::<VlanHdr>();
+pub const VLAN_LEN: usize = size_of::<VlanHdr>();
 /// IPv4 header length without options.
 pub const IPV4_LEN: usize = Ipv4Hdr::LEN;
 /// IPv6 header length.
@@ -95,7 +95,7 @@ pub const IPV6_LEN: usize = Ipv6Hdr::LEN;
 /// UDP header length.
 pub const UDP_LEN: usize = UdpHdr::LEN;
 /// GUE header length (without options).
-pub const GUE_LEN: usize = core::mem::size_of::<GueHdr>();
+pub const GUE_LEN: usize = size_of::<GueHdr>();
 /// ICMP header length (type, code, checksum and four bytes).
 pub const ICMP_LEN: usize = IcmpHdr::LEN;
 /// EtherType of IPv4.
@@ -105,7 +105,7 @@ pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && core::mem::size_of::<TcpHdr>() == 20);
+const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && size_of::<TcpHdr>() == 20);
 const _: () =
     assert!(IPV4_LEN == 20 && IPV6_LEN == 40 && UDP_LEN == 8 && ICMP_LEN == 8 && GUE_LEN == 4);
 
