@@ -177,7 +177,11 @@ pub struct Controller {
     checked: HashMap<CheckId, bool>,
     dataplane: Dataplane,
     macs: HashMap<IpAddr, [u8; 6]>,
-    timeouts: DataplaneConfig,
+    /// Connection timeouts in seconds as configured: the one source of truth (saved, listed,
+    /// and turned into CONFIG's nanoseconds by [`Controller::dataplane_config`]).
+    timeouts: Timeouts,
+    /// CONFIG as last written: the timeouts above in nanoseconds, the tunnel sources and flags.
+    pushed: DataplaneConfig,
     iface: String,
     /// IPVS-style rate estimates of every service and real server (`--rate`).
     rates: Estimator,
@@ -189,13 +193,15 @@ impl Controller {
     /// A controller with an empty configuration. An adopted data plane keeps its timeouts, and
     /// its real servers' MACs are known at once.
     pub fn new(dataplane: Dataplane, iface: &str) -> Self {
+        let pushed = dataplane.current_config().unwrap_or_default();
         Self {
             config: Config::default(),
             applied: Effective::default(),
             health: Checker::new(),
             checked: HashMap::new(),
             macs: dataplane.inherited_macs(),
-            timeouts: dataplane.current_config().unwrap_or_default(),
+            timeouts: timeouts_s(&pushed),
+            pushed,
             dataplane,
             iface: iface.to_string(),
             rates: Estimator::default(),
@@ -212,12 +218,12 @@ impl Controller {
     /// Sets the outer source addresses of tunnelled packets (and reads the kernel's multipath
     /// policy, see [`Controller::refresh_multipath`]).
     pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), DaemonError> {
-        let mut t = self.timeouts;
+        let mut t = self.pushed;
         crate::tunnel::set_sources(&mut t, sources)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
         t.flags = crate::tunnel::multipath_flags();
         self.dataplane.set_config(t)?;
-        self.timeouts = t;
+        self.pushed = t;
         Ok(())
     }
 
@@ -225,13 +231,13 @@ impl Controller {
     /// looked up per flow, not shared per backend); re-read with every neighbour refresh.
     pub fn refresh_multipath(&mut self) -> Result<(), DaemonError> {
         let flags = crate::tunnel::multipath_flags();
-        if flags != self.timeouts.flags {
+        if flags != self.pushed.flags {
             let t = DataplaneConfig {
                 flags,
-                ..self.timeouts
+                ..self.pushed
             };
             self.dataplane.set_config(t)?;
-            self.timeouts = t;
+            self.pushed = t;
             info!(
                 flags,
                 "the kernel's multipath hash policy changed: GUE route caching follows it"
@@ -240,12 +246,18 @@ impl Controller {
         Ok(())
     }
 
+    /// CONFIG as it must be with `timeouts`: what was last written, with their nanoseconds.
+    fn dataplane_config(&self, timeouts: Timeouts) -> Result<DataplaneConfig, ControllerError> {
+        with_timeouts(self.pushed, timeouts)
+    }
+
     /// Makes `next` (with `timeouts`) the running configuration: its effective form (health
     /// applied) pushed to the data plane, then the configured form saved; only then is it
     /// current and are its health checks reconciled. If the data plane refuses or the save
     /// fails, the previous configuration is pushed back and the state file keeps it, so a
     /// refused change is nowhere.
-    fn commit(&mut self, next: Config, timeouts: DataplaneConfig) -> Result<(), ControllerError> {
+    fn commit(&mut self, next: Config, timeouts: Timeouts) -> Result<(), ControllerError> {
+        let pushed = self.dataplane_config(timeouts)?;
         let wanted = health::wanted(&next);
         let checked: HashMap<CheckId, bool> =
             wanted.iter().map(|(id, c)| (*id, c.inhibit)).collect();
@@ -253,19 +265,20 @@ impl Controller {
         // Pushing the empty configuration back would tear down what an adopted data plane
         // still forwards with: a failed first sync leaves it as it was.
         let adopted = self.dataplane.adoption_pending();
-        let result = self.push_and_save(&next, &effective.config, timeouts);
+        let result = self.push_and_save(&next, &effective.config, timeouts, pushed);
         if result.is_err() {
             if adopted {
                 warn!("the first configuration after adoption failed; the adopted tables stay");
             } else if let Err(again) = self.dataplane.sync(&self.applied.config, &self.macs) {
                 warn!(error = %again, "restoring the previous configuration failed");
             }
-            if let Err(again) = self.dataplane.set_config(self.timeouts) {
+            if let Err(again) = self.dataplane.set_config(self.pushed) {
                 warn!(error = %again, "restoring the previous timeouts failed");
             }
         } else {
             self.config = next;
             self.timeouts = timeouts;
+            self.pushed = pushed;
             self.applied = effective;
             self.checked = checked;
             // New checks start, changed ones restart keeping their state, gone ones stop.
@@ -278,18 +291,17 @@ impl Controller {
         &mut self,
         next: &Config,
         effective: &Config,
-        timeouts: DataplaneConfig,
+        timeouts: Timeouts,
+        pushed: DataplaneConfig,
     ) -> Result<(), ControllerError> {
         if *effective != self.applied.config {
             self.dataplane.sync(effective, &self.macs)?;
         }
-        if timeouts != self.timeouts {
-            self.dataplane.set_config(timeouts)?;
+        if pushed != self.pushed {
+            self.dataplane.set_config(pushed)?;
         }
         if let Some(state) = &self.state {
-            state
-                .save(next, timeouts_s(&timeouts))
-                .map_err(ControllerError::Save)?;
+            state.save(next, timeouts).map_err(ControllerError::Save)?;
         }
         Ok(())
     }
@@ -322,7 +334,7 @@ impl Controller {
     /// Saves the running configuration (when there is a state file).
     pub fn save_state(&self) -> Result<(), crate::state::StateError> {
         match &self.state {
-            Some(s) => s.save(&self.config, timeouts_s(&self.timeouts)),
+            Some(s) => s.save(&self.config, self.timeouts),
             None => Ok(()),
         }
     }
@@ -331,7 +343,7 @@ impl Controller {
     pub fn desired(&self) -> DesiredState {
         DesiredState {
             config: self.config.clone(),
-            timeouts: timeouts_s(&self.timeouts),
+            timeouts: self.timeouts,
         }
     }
 
@@ -349,13 +361,9 @@ impl Controller {
             config: diff::normalise(&target.config)?,
             timeouts: target.timeouts,
         };
-        let mut timeouts = self.timeouts;
-        set_timeouts_ns(
-            &mut timeouts,
-            Some(target.timeouts.tcp),
-            Some(target.timeouts.tcpfin),
-            Some(target.timeouts.udp),
-        )?;
+        // Refused here, before the diff, when the data plane cannot hold them.
+        self.dataplane_config(target.timeouts)?;
+        let timeouts = target.timeouts;
         let d = diff::diff(&self.desired(), &target);
         if dry_run || d.is_empty() {
             return Ok((d, Vec::new()));
@@ -499,8 +507,11 @@ impl Controller {
         tcpfin: Option<u64>,
         udp: Option<u64>,
     ) -> Result<(), ControllerError> {
-        let mut t = self.timeouts;
-        set_timeouts_ns(&mut t, tcp, tcpfin, udp)?;
+        let t = Timeouts {
+            tcp: tcp.unwrap_or(self.timeouts.tcp),
+            tcpfin: tcpfin.unwrap_or(self.timeouts.tcpfin),
+            udp: udp.unwrap_or(self.timeouts.udp),
+        };
         self.commit(self.config.clone(), t)
     }
 
@@ -703,7 +714,7 @@ impl Controller {
                 .into_iter()
                 .map(|(r, n)| (r.name().to_string(), n))
                 .collect(),
-            timeouts: timeouts_s(&self.timeouts),
+            timeouts: self.timeouts,
         })
     }
 
@@ -718,24 +729,19 @@ impl Controller {
     }
 }
 
-/// Writes timeouts given in seconds (None keeps a value).
-fn set_timeouts_ns(
-    t: &mut DataplaneConfig,
-    tcp: Option<u64>,
-    tcpfin: Option<u64>,
-    udp: Option<u64>,
-) -> Result<(), ControllerError> {
-    let too_large = ControllerError::TimeoutTooLarge;
-    if let Some(v) = tcp {
-        t.tcp_timeout_ns = v.checked_mul(NS).ok_or(too_large("tcp"))?;
-    }
-    if let Some(v) = tcpfin {
-        t.tcp_fin_timeout_ns = v.checked_mul(NS).ok_or(too_large("tcpfin"))?;
-    }
-    if let Some(v) = udp {
-        t.udp_timeout_ns = v.checked_mul(NS).ok_or(too_large("udp"))?;
-    }
-    Ok(())
+/// CONFIG's timeouts in nanoseconds from timeouts in seconds, over `base` (tunnel sources,
+/// flags and the fixed SYN and CLOSE timeouts stay as they are).
+fn with_timeouts(base: DataplaneConfig, t: Timeouts) -> Result<DataplaneConfig, ControllerError> {
+    let ns = |v: u64, name| {
+        v.checked_mul(NS)
+            .ok_or(ControllerError::TimeoutTooLarge(name))
+    };
+    Ok(DataplaneConfig {
+        tcp_timeout_ns: ns(t.tcp, "tcp")?,
+        tcp_fin_timeout_ns: ns(t.tcpfin, "tcpfin")?,
+        udp_timeout_ns: ns(t.udp, "udp")?,
+        ..base
+    })
 }
 
 /// The user-set timeouts in seconds.
@@ -1230,5 +1236,46 @@ async fn handle(line: &str, shared: &Shared) -> Response {
         Command::Reload { dry_run } => {
             diff_answer(reload(shared, dry_run).await, dry_run, shared).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_in_seconds_become_configs_nanoseconds_and_back() {
+        let base = DataplaneConfig {
+            tcp_syn_timeout_ns: 7,
+            flags: 1,
+            tun_src4: [192, 0, 2, 1],
+            ..DataplaneConfig::default()
+        };
+        let t = Timeouts {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+        };
+        let cfg = with_timeouts(base, t).unwrap();
+        assert_eq!(cfg.tcp_timeout_ns, 900 * NS);
+        assert_eq!(cfg.tcp_fin_timeout_ns, 120 * NS);
+        assert_eq!(cfg.udp_timeout_ns, 300 * NS);
+        // What is not a user timeout stays as it was.
+        assert_eq!(
+            (cfg.tcp_syn_timeout_ns, cfg.flags, cfg.tun_src4),
+            (7, 1, [192, 0, 2, 1])
+        );
+        assert_eq!(timeouts_s(&cfg), t);
+    }
+
+    #[test]
+    fn a_timeout_the_data_plane_cannot_hold_is_refused_by_name() {
+        let t = Timeouts {
+            tcp: 900,
+            tcpfin: u64::MAX,
+            udp: 300,
+        };
+        let err = with_timeouts(DataplaneConfig::default(), t).unwrap_err();
+        assert_eq!(err.to_string(), "tcpfin timeout too large");
     }
 }
