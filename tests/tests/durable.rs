@@ -325,6 +325,12 @@ fn directors_in_two_namespaces_with_one_interface_name_keep_their_own_state() {
                 let _ = fs::remove_dir_all(Path::new("/var/lib/xvs/netns").join(ns));
                 let _ = fs::remove_dir_all(Path::new("/run/xvs/netns").join(ns));
             }
+            // The directories above them too, when nothing else is in them (remove_dir
+            // refuses a directory that is not empty: never anyone else's files).
+            for base in ["/var/lib/xvs", "/run/xvs"] {
+                let _ = fs::remove_dir(Path::new(base).join("netns"));
+                let _ = fs::remove_dir(base);
+            }
             let _ = fs::remove_dir_all(&self.1);
         }
     }
