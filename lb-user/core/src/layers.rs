@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stats", 1),
     ("names", 1),
     ("netns", 1),
+    ("flock", 1),
     ("scheduler", 2),
     ("estimator", 2),
     ("health", 2),

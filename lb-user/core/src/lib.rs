@@ -18,6 +18,7 @@ pub mod client;
 pub mod config_file;
 pub mod diff;
 pub mod estimator;
+pub mod flock;
 pub mod health;
 pub mod help;
 pub mod listing;

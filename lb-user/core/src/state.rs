@@ -200,7 +200,6 @@ impl StateFile {
     /// two xvsd told to keep their state in one file would restore and overwrite each other's
     /// configuration, so the second is refused.
     pub fn lock(&self) -> Result<StateLock, StateError> {
-        use std::os::fd::AsRawFd;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(self.io("creating", dir))?;
         let name = self
@@ -216,16 +215,9 @@ impl StateFile {
             .mode(0o600)
             .open(&path)
             .map_err(self.io("creating", &path))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
-                StateError::InUse {
-                    path: self.path.display().to_string(),
-                }
-            } else {
-                self.io("locking", &path)(err)
+        if !crate::flock::try_lock_exclusive(&file).map_err(self.io("locking", &path))? {
+            return Err(StateError::InUse {
+                path: self.path.display().to_string(),
             });
         }
         Ok(StateLock { _file: file })

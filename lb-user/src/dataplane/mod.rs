@@ -485,15 +485,7 @@ impl Dataplane {
             let live = Live::of(&staged);
             self.counts = self.scan_over(live)?;
         }
-        let plan = plan::plan(
-            &self.placement,
-            config,
-            &Inputs {
-                macs,
-                counts: &self.counts,
-                params: &self.params,
-            },
-        )?;
+        let plan = plan::plan(&self.placement, config, &self.inputs(macs))?;
         let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
         if let Some(t) = applied.took_over {
             info!(
@@ -747,16 +739,17 @@ impl Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
         self.counts = self.scan()?;
-        let plan = plan::plan_recompute(
-            &self.placement,
-            config,
-            &Inputs {
-                macs,
-                counts: &self.counts,
-                params: &self.params,
-            },
-        )?;
+        let plan = plan::plan_recompute(&self.placement, config, &self.inputs(macs))?;
         Ok(exec::commit(&mut self.placement, &mut self.maps, plan)?.published)
+    }
+
+    /// What a plan reads besides the placement and the configuration.
+    fn inputs<'a>(&'a self, macs: &'a HashMap<IpAddr, [u8; 6]>) -> Inputs<'a> {
+        Inputs {
+            macs,
+            counts: &self.counts,
+            params: &self.params,
+        }
     }
 
     /// Sets the table tunables (Maglev size, plan length) used from the next sync on.

@@ -42,9 +42,7 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// The default pin directory of an interface: `/sys/fs/bpf/xvs/IFACE` in the host's network
 /// namespace, `/sys/fs/bpf/xvs/netns/NAME/IFACE` in another (see [`crate::netns`]).
 pub fn default_dir(iface: &str) -> PathBuf {
-    crate::netns::Netns::current()
-        .scope(&Path::new(BPFFS_ROOT).join("xvs"))
-        .join(iface)
+    crate::netns::default_path(&format!("{BPFFS_ROOT}/xvs"), iface)
 }
 
 /// Errors of the pin directory.
@@ -148,13 +146,8 @@ impl PinDir {
 
     fn lock(path: &Path) -> Result<PinDir, PinError> {
         let file = File::open(path).map_err(io_err("opening", path))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(PinError::Busy(path.to_path_buf()));
-            }
-            return Err(io_err("locking", path)(e));
+        if !lb_core::flock::try_lock_exclusive(&file).map_err(io_err("locking", path))? {
+            return Err(PinError::Busy(path.to_path_buf()));
         }
         Ok(PinDir {
             path: path.to_path_buf(),

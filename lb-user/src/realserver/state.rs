@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::Write,
     net::IpAddr,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -259,8 +259,7 @@ impl StateLock {
         };
         std::fs::create_dir_all(dir).map_err(state_err(dir))?;
         let file = File::open(dir).map_err(state_err(dir))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !lb_core::flock::try_lock_exclusive(&file).unwrap_or(false) {
             return Err(RealServerError::Busy(dir.to_path_buf()));
         }
         Ok(Self { _dir: file })
