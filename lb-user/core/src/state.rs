@@ -115,6 +115,38 @@ pub struct StateFile {
     path: PathBuf,
 }
 
+/// A state written beside the state file, not yet in its place (see [`StateFile::stage`]).
+#[derive(Debug)]
+pub struct Staged {
+    file: StateFile,
+    /// The temporary file, until it is renamed.
+    temp: Option<PathBuf>,
+}
+
+impl Staged {
+    /// Renames the staged state over the state file and makes that durable.
+    pub fn commit(mut self) -> Result<(), StateError> {
+        let Some(temp) = self.temp.take() else {
+            return Ok(());
+        };
+        let path = &self.file.path;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::rename(&temp, path).map_err(self.file.io("renaming into", path))?;
+        // The rename is durable only once the directory entry is.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.file.io("syncing", dir))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
 impl StateFile {
     /// The state file of the director on `iface`, in `dir`.
     pub fn for_iface(dir: &Path, iface: &str) -> Self {
@@ -169,6 +201,13 @@ impl StateFile {
     /// Saves the state atomically and durably: when this returns Ok, a crash or power loss
     /// leaves exactly this state on disk; when it fails, the previous file is untouched.
     pub fn save(&self, config: &Config, timeouts: Timeouts) -> Result<(), StateError> {
+        self.stage(config, timeouts)?.commit()
+    }
+
+    /// The first half of [`StateFile::save`]: the new state is written and synced to a
+    /// temporary file, which [`Staged::commit`] renames into place (dropped, it is removed).
+    /// What fails for lack of space or permission fails here, before anything else changes.
+    pub fn stage(&self, config: &Config, timeouts: Timeouts) -> Result<Staged, StateError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(self.io("creating", dir))?;
         let mut text = serde_json::to_vec(&SavedRef {
@@ -179,6 +218,10 @@ impl StateFile {
         .expect("the configuration serialises");
         text.push(b'\n');
         let temp = self.temp_path();
+        let staged = Staged {
+            file: self.clone(),
+            temp: Some(temp.clone()),
+        };
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -188,12 +231,7 @@ impl StateFile {
             .map_err(self.io("creating", &temp))?;
         file.write_all(&text).map_err(self.io("writing", &temp))?;
         file.sync_all().map_err(self.io("syncing", &temp))?;
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(self.io("renaming into", &self.path))?;
-        // The rename is durable only once the directory entry is.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io("syncing", dir))
+        Ok(staged)
     }
 
     /// Locks the state file for this process's lifetime (released when the lock is dropped):
@@ -289,6 +327,30 @@ mod tests {
         assert!(!file.temp_path().exists(), "the temporary file was renamed");
         file.remove().unwrap();
         assert_eq!(file.load().unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_staged_state_is_in_place_only_once_committed() {
+        let dir = scratch("staged");
+        let file = StateFile::for_iface(&dir, "eth0");
+        file.save(&Config::default(), DEFAULT_TIMEOUTS).unwrap();
+        let other = Timeouts {
+            tcp: 7,
+            tcpfin: 8,
+            udp: 9,
+        };
+        let staged = file.stage(&Config::default(), other).unwrap();
+        assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
+        drop(staged);
+        assert!(!file.temp_path().exists(), "a dropped stage leaves nothing");
+        assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
+        file.stage(&Config::default(), other)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(file.load().unwrap().unwrap().timeouts, other);
+        assert!(!file.temp_path().exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -26,6 +26,8 @@ pub mod inherit;
 mod kernel;
 pub mod layout;
 pub mod maps;
+pub mod memory;
+pub mod ops;
 pub mod pin;
 pub mod plan;
 pub mod regions;

@@ -1,103 +1,28 @@
-//! xvsd: owns the data plane and the desired configuration, serves the control socket, and keeps
-//! real servers' MAC addresses current.
+//! The controller: the desired configuration, what health made of it, and the data plane it
+//! is pushed to, changed one transaction at a time.
 
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use lb_common::DataplaneConfig;
 use thiserror::Error;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, UnixListener, UnixStream},
-    signal::unix::{signal, SignalKind},
-    sync::Mutex,
-};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    access::SocketAccess,
     config_file,
-    dataplane::{
-        adopt::{PinnedStart, Start},
-        AttachMode, Dataplane, DataplaneError, Sizes,
-    },
+    dataplane::{ops::DataplaneOps, Dataplane, DataplaneError},
     diff::{self, Diff},
-    estimator::{self, Estimator, Subject},
+    estimator::{Estimator, Subject},
     health::{self, CheckId, Checker, Effective},
-    metrics,
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey, Timeouts},
-    neighbor::{self, Neighbors},
-    proto::{
-        Command, ConnStatus, Listing, Membership, RealStatus, Request, Response, ServiceStatus,
-        MAX_REQUEST_BYTES, PROTOCOL_VERSION,
-    },
+    proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
     state::{DesiredState, StateFile},
 };
 
-/// How long a change waits for a new real server's MAC before answering.
-const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
-/// How often unresolved real servers are retried.
-const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
-/// How often every real server is re-probed, so a changed MAC is noticed.
-const REFRESH_PERIOD: Duration = Duration::from_secs(30);
-/// How often the load-aware schedulers' tables are recomputed from connection counts.
-pub const RECOMPUTE_PERIOD: Duration = Duration::from_secs(1);
-/// Most connections `-L -c` returns (the reply stays well under a few tens of MiB).
-const MAX_LISTED_CONNS: usize = 100_000;
-/// A client that has not sent its whole request by then is dropped (each connection has its
-/// own deadline, so a silent or slow client holds up nobody else).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that does not read its answer within this is dropped.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
 const NS: u64 = 1_000_000_000;
-
-/// Errors that stop the daemon.
-#[derive(Debug, Error)]
-pub enum DaemonError {
-    /// The data plane could not be set up.
-    #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
-    /// The interface does not exist.
-    #[error("interface {0} not found")]
-    NoInterface(String),
-    /// Socket or signal setup failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Netlink setup failed.
-    #[error(transparent)]
-    Neighbor(#[from] neighbor::NeighborError),
-    /// A bad setting.
-    #[error("{0}")]
-    Config(String),
-    /// The socket group could not be set up.
-    #[error(transparent)]
-    Access(#[from] crate::access::AccessError),
-    /// The saved state could not be read, reset or written.
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    /// The configuration file (`--config`) is unreadable or invalid.
-    #[error(transparent)]
-    ConfigFile(#[from] config_file::LoadError),
-    /// The configuration to start with (file or saved state) was refused.
-    #[error("{what}: {message}")]
-    Restore {
-        /// Where it came from.
-        what: String,
-        /// Why it was refused.
-        message: String,
-    },
-}
 
 /// Why the controller refused a request. A refused request changes nothing: the running
 /// configuration, the data plane and the state file stay as they were.
@@ -115,6 +40,9 @@ pub enum ControllerError {
     /// A timeout in seconds that does not fit the data plane's nanoseconds.
     #[error("{0} timeout too large")]
     TimeoutTooLarge(&'static str),
+    /// A bad `--tun-src`.
+    #[error(transparent)]
+    TunnelSource(#[from] crate::tunnel::TunnelSourceError),
     /// `reload` without `--config`.
     #[error("xvsd was started without --config: there is no file to reload (xvsadm apply -f FILE applies one)")]
     NoConfigFile,
@@ -123,50 +51,9 @@ pub enum ControllerError {
     ConfigFile(#[from] config_file::LoadError),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
-    let what = what.into();
-    move |source| DaemonError::Io { what, source }
-}
-
-/// Daemon settings.
-#[derive(Clone, Debug)]
-pub struct DaemonOptions {
-    /// Interface the director is attached to.
-    pub iface: String,
-    /// Native or generic XDP.
-    pub mode: AttachMode,
-    /// Control socket path.
-    pub socket: PathBuf,
-    /// Map sizes.
-    pub conn_table_size: u32,
-    /// Scheduler slots.
-    pub sched_slots: u32,
-    /// Table tunables.
-    pub params: crate::scheduler::Params,
-    /// Where the link, program and maps are pinned (see `dataplane::pin`).
-    pub pin_dir: PathBuf,
-    /// Replace an incompatible pinned data plane instead of refusing to start.
-    pub force_reload: bool,
-    /// Serve Prometheus metrics on this address.
-    pub metrics: Option<SocketAddr>,
-    /// Outer source addresses of tunnelled packets (at most one per family; the FIB chooses for
-    /// a family left out).
-    pub tun_src: Vec<IpAddr>,
-    /// Who may use the control socket.
-    pub access: SocketAccess,
-    /// Where the configuration is saved after every change (`STATE_DIR/IFACE.json`); None keeps
-    /// nothing.
-    pub state_dir: Option<PathBuf>,
-    /// Forget the saved state at start.
-    pub reset_state: bool,
-    /// Configuration file: the configuration at start, re-read on SIGHUP and `xvsadm reload`.
-    pub config: Option<PathBuf>,
-    /// What the XDP programs log (`--kernel-log`).
-    pub kernel_log: crate::kernel_log::KernelLog,
-}
-
-/// The desired state and the data plane it is pushed to.
-pub struct Controller {
+/// The desired state and the data plane it is pushed to: the kernel's ([`Dataplane`]) in
+/// xvsd, an in-memory one in unit tests.
+pub struct Controller<D = Dataplane> {
     /// As configured: what `-S` shows.
     config: Config,
     /// What the data plane runs: `config` with health applied.
@@ -175,7 +62,7 @@ pub struct Controller {
     health: Checker,
     /// The checked real servers of `config`, with their `--check-inhibit`.
     checked: HashMap<CheckId, bool>,
-    dataplane: Dataplane,
+    dataplane: D,
     macs: HashMap<IpAddr, [u8; 6]>,
     /// Connection timeouts in seconds as configured: the one source of truth (saved, listed,
     /// and turned into CONFIG's nanoseconds by [`Controller::dataplane_config`]).
@@ -189,10 +76,10 @@ pub struct Controller {
     state: Option<StateFile>,
 }
 
-impl Controller {
+impl<D: DataplaneOps> Controller<D> {
     /// A controller with an empty configuration. An adopted data plane keeps its timeouts, and
     /// its real servers' MACs are known at once.
-    pub fn new(dataplane: Dataplane, iface: &str) -> Self {
+    pub fn new(dataplane: D, iface: &str) -> Self {
         let pushed = dataplane.current_config().unwrap_or_default();
         Self {
             config: Config::default(),
@@ -217,10 +104,9 @@ impl Controller {
 
     /// Sets the outer source addresses of tunnelled packets (and reads the kernel's multipath
     /// policy, see [`Controller::refresh_multipath`]).
-    pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), DaemonError> {
+    pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), ControllerError> {
         let mut t = self.pushed;
-        crate::tunnel::set_sources(&mut t, sources)
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        crate::tunnel::set_sources(&mut t, sources)?;
         t.flags = crate::tunnel::multipath_flags();
         self.dataplane.set_config(t)?;
         self.pushed = t;
@@ -229,7 +115,7 @@ impl Controller {
 
     /// Tells the data plane whether the kernel's multipath hash uses ports (GUE routes are then
     /// looked up per flow, not shared per backend); re-read with every neighbour refresh.
-    pub fn refresh_multipath(&mut self) -> Result<(), DaemonError> {
+    pub fn refresh_multipath(&mut self) -> Result<(), DataplaneError> {
         let flags = crate::tunnel::multipath_flags();
         if flags != self.pushed.flags {
             let t = DataplaneConfig {
@@ -251,24 +137,35 @@ impl Controller {
         with_timeouts(self.pushed, timeouts)
     }
 
-    /// Makes `next` (with `timeouts`) the running configuration: its effective form (health
-    /// applied) pushed to the data plane, then the configured form saved; only then is it
-    /// current and are its health checks reconciled. If the data plane refuses or the save
-    /// fails, the previous configuration is pushed back and the state file keeps it, so a
-    /// refused change is nowhere.
+    /// Makes `next` (with `timeouts`) the running configuration: the configured form staged
+    /// beside the state file, its effective form (health applied) pushed to the data plane,
+    /// then the staged state put in place; only then is it current and are its health checks
+    /// reconciled. Whatever fails, the previous configuration is pushed back and the state file
+    /// keeps it, so a refused change is nowhere. (After an adoption the data plane is not
+    /// pushed back: that would tear down what it still forwards with. Staging first means only
+    /// a failed rename, after a successful first sync, can leave it ahead of the state file.)
     fn commit(&mut self, next: Config, timeouts: Timeouts) -> Result<(), ControllerError> {
         let pushed = self.dataplane_config(timeouts)?;
+        let staged = match &self.state {
+            Some(state) => Some(
+                state
+                    .stage(&next, timeouts)
+                    .map_err(ControllerError::Save)?,
+            ),
+            None => None,
+        };
         let wanted = health::wanted(&next);
         let checked: HashMap<CheckId, bool> =
             wanted.iter().map(|(id, c)| (*id, c.inhibit)).collect();
         let effective = self.effective_of(&next, &checked);
-        // Pushing the empty configuration back would tear down what an adopted data plane
-        // still forwards with: a failed first sync leaves it as it was.
         let adopted = self.dataplane.adoption_pending();
-        let result = self.push_and_save(&next, &effective.config, timeouts, pushed);
-        if result.is_err() {
+        let result = self.push_and_save(&effective.config, pushed, staged);
+        if let Err(e) = &result {
             if adopted {
                 warn!("the first configuration after adoption failed; the adopted tables stay");
+                if !self.dataplane.adoption_pending() {
+                    warn!(error = %e, "the data plane took the configuration over but it was not saved");
+                }
             } else if let Err(again) = self.dataplane.sync(&self.applied.config, &self.macs) {
                 warn!(error = %again, "restoring the previous configuration failed");
             }
@@ -289,10 +186,9 @@ impl Controller {
 
     fn push_and_save(
         &mut self,
-        next: &Config,
         effective: &Config,
-        timeouts: Timeouts,
         pushed: DataplaneConfig,
+        staged: Option<crate::state::Staged>,
     ) -> Result<(), ControllerError> {
         if *effective != self.applied.config {
             self.dataplane.sync(effective, &self.macs)?;
@@ -300,8 +196,8 @@ impl Controller {
         if pushed != self.pushed {
             self.dataplane.set_config(pushed)?;
         }
-        if let Some(state) = &self.state {
-            state.save(next, timeouts).map_err(ControllerError::Save)?;
+        if let Some(staged) = staged {
+            staged.commit().map_err(ControllerError::Save)?;
         }
         Ok(())
     }
@@ -724,8 +620,13 @@ impl Controller {
     }
 
     /// The data plane (tests).
-    pub fn dataplane(&self) -> &Dataplane {
+    pub fn dataplane(&self) -> &D {
         &self.dataplane
+    }
+
+    /// The data plane, to change (tests inject failures and counters through it).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
     }
 }
 
@@ -759,484 +660,6 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
-}
-
-struct Shared {
-    controller: Mutex<Controller>,
-    neighbors: Neighbors,
-    start: Start,
-    started: Instant,
-    access: SocketAccess,
-    /// `--config`, re-read by SIGHUP and `xvsadm reload`.
-    config_file: Option<PathBuf>,
-}
-
-/// The configuration xvsd starts with, and where it comes from: with `--config`, the file
-/// (the saved state is rewritten from it); without, the saved state; else nothing. Read before
-/// anything is attached, so an invalid file or state stops xvsd with nothing changed.
-fn initial_state(
-    opts: &DaemonOptions,
-    state: Option<&StateFile>,
-) -> Result<Option<(DesiredState, String)>, DaemonError> {
-    if let Some(path) = &opts.config {
-        let desired = config_file::load(path)?;
-        return Ok(Some((desired, path.display().to_string())));
-    }
-    let Some(state) = state else {
-        return Ok(None);
-    };
-    Ok(state
-        .load()?
-        .map(|desired| (desired, state.path().display().to_string())))
-}
-
-impl Shared {
-    /// The metrics exposition.
-    async fn scrape(&self) -> Result<String, String> {
-        let mut c = self.controller.lock().await;
-        let listing = c.listing().map_err(|e| e.to_string())?;
-        Ok(metrics::render(&metrics::Snapshot {
-            listing: &listing,
-            activity: c.dataplane().activity(),
-            start: self.start.name(),
-            adoption_pending: c.dataplane().adoption_pending(),
-            uptime: self.started.elapsed(),
-        }))
-    }
-}
-
-/// Runs xvsd until SIGINT or SIGTERM. The director stays attached and pinned when xvsd exits
-/// (a new xvsd adopts it); `dataplane::pin::cleanup` detaches it.
-pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
-    let started = Instant::now();
-    let ifindex = ifindex(&opts.iface)?;
-    let state_file = opts
-        .state_dir
-        .as_ref()
-        .map(|dir| StateFile::for_iface(dir, &opts.iface));
-    // Held while xvsd runs: a second xvsd on the same state file is refused before it reads it.
-    let _state_lock = state_file.as_ref().map(StateFile::lock).transpose()?;
-    if let (true, Some(f)) = (opts.reset_state, &state_file) {
-        f.remove()?;
-        info!(state = %f.path().display(), "saved state reset");
-    }
-    let initial = initial_state(&opts, state_file.as_ref())?;
-    let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
-        iface: opts.iface.clone(),
-        ifindex,
-        mode: opts.mode,
-        sizes: Sizes {
-            conns: opts.conn_table_size,
-            sched_slots: opts.sched_slots,
-        },
-        dir: opts.pin_dir.clone(),
-        force_reload: opts.force_reload,
-        kernel_log: opts.kernel_log,
-    })?;
-    if let Some(logger) = dataplane.take_kernel_logger() {
-        crate::kernel_log::spawn(logger);
-        info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
-    }
-    dataplane.set_params(opts.params);
-    let pins = opts.pin_dir.display();
-    match &start {
-        Start::Fresh => {
-            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned");
-        }
-        Start::Adopted {
-            services,
-            backends,
-            previous_program,
-        } => info!(
-            iface = %opts.iface, pins = %pins, services, backends, previous_program,
-            "adopted the pinned data plane: this build's program replaced the previous one on its \
-             link; the last tables keep forwarding until the configuration is synced"
-        ),
-        Start::Reloaded { reasons } => warn!(
-            iface = %opts.iface, mode = ?opts.mode, pins = %pins, why = %reasons.join("; "),
-            "reloaded: the incompatible data plane was replaced by a fresh one"
-        ),
-    }
-    let mut controller = Controller::new(dataplane, &opts.iface);
-    controller.set_tunnel_sources(&opts.tun_src)?;
-    if let Some(f) = state_file {
-        controller = controller.with_state(f);
-    }
-    // The saved state (or the file) is the first configuration: after an adoption, it is the
-    // sync that takes the pinned tables over, keeping what did not change.
-    if let Some((desired, from)) = initial {
-        let restore = |e: ControllerError| DaemonError::Restore {
-            what: from.clone(),
-            message: e.to_string(),
-        };
-        controller.apply_desired(&desired, false).map_err(restore)?;
-        if opts.config.is_some() {
-            // The file is the truth at start: the state says so too, even when the file
-            // matched the (empty) starting point and nothing was applied.
-            controller
-                .save_state()
-                .map_err(|e| restore(ControllerError::Save(e)))?;
-        }
-        info!(
-            from,
-            services = desired.config.services().len(),
-            "configuration loaded"
-        );
-    }
-    let shared = Arc::new(Shared {
-        controller: Mutex::new(controller),
-        neighbors: Neighbors::new(ifindex)?,
-        start,
-        started,
-        access: opts.access.clone(),
-        config_file: opts.config.clone(),
-    });
-    // Health changes reach the tables as soon as a check decides (coalesced: one push for
-    // everything that changed meanwhile).
-    let health_task = {
-        let shared = shared.clone();
-        let changed = shared.controller.lock().await.health_changed();
-        tokio::spawn(async move {
-            loop {
-                changed.notified().await;
-                if let Err(e) = shared.controller.lock().await.apply_health() {
-                    warn!(error = %e, "pushing health changes to the data plane failed; retried every second");
-                }
-            }
-        })
-    };
-    let listener = bind_socket(&opts.socket, &opts.access)?;
-    info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
-    let metrics_task = match opts.metrics {
-        Some(addr) => {
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(io_err(format!("binding the metrics endpoint {addr}")))?;
-            info!(%addr, "metrics endpoint ready: GET /metrics");
-            let shared = shared.clone();
-            Some(tokio::spawn(metrics::serve(tcp, move || {
-                let shared = shared.clone();
-                async move { shared.scrape().await }
-            })))
-        }
-        None => None,
-    };
-
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
-    let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
-    let mut recompute_tick = tokio::time::interval(RECOMPUTE_PERIOD);
-    recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut estimate_tick = tokio::time::interval(estimator::PERIOD);
-    estimate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_refresh = Instant::now();
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => match reload(&shared, false).await {
-                Ok((d, warnings)) => {
-                    for line in &d.lines {
-                        info!(rule = %line, "reload");
-                    }
-                    for w in &warnings {
-                        warn!(warning = %w, "reload");
-                    }
-                    info!(changes = d.lines.len(), "SIGHUP: configuration file reloaded");
-                }
-                Err(e) => warn!(error = %e, "SIGHUP: reload refused, the running configuration is unchanged"),
-            },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { serve_client(stream, shared).await });
-                }
-                Err(e) => warn!(error = %e, "accept failed"),
-            },
-            _ = recompute_tick.tick() => {
-                let started = Instant::now();
-                let mut c = shared.controller.lock().await;
-                // A push of health changes that failed is retried here.
-                if let Err(e) = c.apply_health() {
-                    warn!(error = %e, "pushing health changes to the data plane failed");
-                }
-                match c.recompute() {
-                    Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
-                    Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
-                }
-            }
-            _ = estimate_tick.tick() => {
-                if let Err(e) = shared.controller.lock().await.estimate() {
-                    warn!(error = %e, "sampling counters for rate estimates failed");
-                }
-            }
-            _ = resolve_tick.tick() => {
-                let refresh = last_refresh.elapsed() >= REFRESH_PERIOD;
-                if refresh {
-                    last_refresh = Instant::now();
-                }
-                resolve_round(&shared, refresh).await;
-            }
-        }
-    }
-    info!(
-        pins = %opts.pin_dir.display(),
-        "shutting down: the director stays attached with its last tables (xvsd --cleanup --iface {} detaches it)",
-        opts.iface
-    );
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    health_task.abort();
-    let _ = std::fs::remove_file(&opts.socket);
-    drop(shared);
-    Ok(())
-}
-
-fn ifindex(iface: &str) -> Result<u32, DaemonError> {
-    let name = std::ffi::CString::new(iface).map_err(|_| DaemonError::NoInterface(iface.into()))?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if idx == 0 {
-        return Err(DaemonError::NoInterface(iface.into()));
-    }
-    Ok(idx)
-}
-
-/// Binds the control socket so that only root (and the socket group) can use it.
-fn bind_socket(path: &Path, access: &SocketAccess) -> Result<UnixListener, DaemonError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    }
-    // A socket file left by a daemon that died; a live daemon would still answer on it.
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::Io {
-                what: format!("{} is in use by a running xvsd", path.display()),
-                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
-            });
-        }
-        std::fs::remove_file(path).map_err(io_err(format!("removing stale {}", path.display())))?;
-    }
-    let listener =
-        UnixListener::bind(path).map_err(io_err(format!("binding {}", path.display())))?;
-    access.apply_to_socket(path)?;
-    Ok(listener)
-}
-
-async fn resolve_round(shared: &Shared, refresh: bool) {
-    let targets = {
-        let mut c = shared.controller.lock().await;
-        if refresh {
-            if let Err(e) = c.refresh_multipath() {
-                warn!(error = %e, "pushing the multipath policy failed");
-            }
-            c.all_reals()
-        } else {
-            c.unresolved()
-        }
-    };
-    if targets.is_empty() && !refresh {
-        return;
-    }
-    for ip in &targets {
-        neighbor::poke(*ip);
-    }
-    match shared.neighbors.table().await {
-        Ok(table) => {
-            if let Err(e) = shared.controller.lock().await.update_macs(table) {
-                warn!(error = %e, "pushing resolved real servers failed");
-            }
-        }
-        Err(e) => warn!(error = %e, "reading the neighbour table failed"),
-    }
-}
-
-/// After a change: give newly added real servers a moment to resolve, so that the command
-/// returns with them taking traffic in the common case.
-async fn settle(shared: &Shared) -> Vec<String> {
-    for ip in shared.controller.lock().await.tunnelled_reals() {
-        neighbor::poke(ip);
-    }
-    let deadline = Instant::now() + RESOLVE_WAIT;
-    loop {
-        let pending = shared.controller.lock().await.unresolved();
-        if pending.is_empty() {
-            return Vec::new();
-        }
-        if Instant::now() >= deadline {
-            return pending
-                .iter()
-                .map(|ip| {
-                    format!("real server {ip}: no ARP/ND answer yet; it takes new connections once it is resolved")
-                })
-                .collect();
-        }
-        for ip in &pending {
-            neighbor::poke(*ip);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok(table) = shared.neighbors.table().await {
-            if let Err(e) = shared.controller.lock().await.update_macs(table) {
-                warn!(error = %e, "pushing resolved real servers failed");
-            }
-        }
-    }
-}
-
-/// The Diff answer, after giving new real servers a moment to resolve.
-async fn diff_answer(
-    result: Result<(Diff, Vec<String>), ControllerError>,
-    dry_run: bool,
-    shared: &Shared,
-) -> Response {
-    match result {
-        Ok((d, mut warnings)) => {
-            let applied = !dry_run && !d.is_empty();
-            if applied {
-                info!(changes = d.lines.len(), "configuration applied");
-                debug!(rules = ?d.lines, "configuration applied");
-                warnings.extend(settle(shared).await);
-            }
-            Response::Diff {
-                lines: d.lines,
-                applied,
-                warnings,
-            }
-        }
-        Err(e) => error(&e.to_string()),
-    }
-}
-
-/// Re-reads `--config` and applies the difference (SIGHUP, `xvsadm reload`).
-async fn reload(shared: &Shared, dry_run: bool) -> Result<(Diff, Vec<String>), ControllerError> {
-    let Some(path) = &shared.config_file else {
-        return Err(ControllerError::NoConfigFile);
-    };
-    let desired = config_file::load(path)?;
-    shared
-        .controller
-        .lock()
-        .await
-        .apply_desired(&desired, dry_run)
-}
-
-async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
-    let refused = match stream.peer_cred() {
-        Ok(cred) => shared
-            .access
-            .check(&stream, cred.uid(), cred.gid())
-            .err()
-            .map(|why| (cred.uid(), why)),
-        Err(e) => Some((u32::MAX, format!("cannot read peer credentials: {e}"))),
-    };
-    if let Some((uid, why)) = refused {
-        warn!(uid, reason = %why, "refused a control connection");
-        let _ = tokio::time::timeout(ANSWER_TIMEOUT, respond(stream, &error(&why))).await;
-        return;
-    }
-    let (read, write) = stream.into_split();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
-    let mut line = String::new();
-    let resp = match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await {
-        Err(_) => error("timed out waiting for the request"),
-        Ok(Err(e)) => error(&format!("reading the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
-            error(&format!("request larger than {MAX_REQUEST_BYTES} bytes"))
-        }
-        Ok(Ok(_)) => handle(&line, &shared).await,
-    };
-    let mut stream = write;
-    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-    out.push(b'\n');
-    // A client that stops reading is dropped, not waited for.
-    let _ = tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&out)).await;
-}
-
-async fn respond(mut stream: UnixStream, resp: &Response) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(resp).unwrap_or_default();
-    out.push(b'\n');
-    stream.write_all(&out).await
-}
-
-fn error(message: &str) -> Response {
-    Response::Error {
-        message: message.to_string(),
-    }
-}
-
-async fn handle(line: &str, shared: &Shared) -> Response {
-    // Check the version before the shape, so an old client gets a useful message.
-    let value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return error(&format!("malformed request: {e}")),
-    };
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == PROTOCOL_VERSION as u64 => {}
-        Some(v) => {
-            return error(&format!(
-                "protocol version {v} is not supported by this xvsd (it speaks {PROTOCOL_VERSION}); use the xvsadm that came with it"
-            ))
-        }
-        None => return error("malformed request: no protocol version"),
-    }
-    let req: Request = match serde_json::from_value(value) {
-        Ok(r) => r,
-        Err(e) => return error(&format!("malformed request: {e}")),
-    };
-    debug!(?req.command, "request");
-    match req.command {
-        Command::Apply { changes } => {
-            let result = shared.controller.lock().await.apply(&changes);
-            match result {
-                Ok(unmatched) => {
-                    info!(changes = changes.len(), "applied");
-                    debug!(?changes, "applied");
-                    let mut warnings = unmatched;
-                    warnings.extend(settle(shared).await);
-                    Response::Ok { warnings }
-                }
-                Err(e) => error(&e.to_string()),
-            }
-        }
-        Command::List => match shared.controller.lock().await.listing() {
-            Ok(l) => Response::Listing(l),
-            Err(e) => error(&e.to_string()),
-        },
-        Command::Connections => {
-            match shared.controller.lock().await.connections(MAX_LISTED_CONNS) {
-                Ok(conns) => Response::Connections { conns },
-                Err(e) => error(&e.to_string()),
-            }
-        }
-        Command::Zero { service } => match shared.controller.lock().await.zero(service) {
-            Ok(()) => Response::Ok { warnings: vec![] },
-            Err(e) => error(&e.to_string()),
-        },
-        Command::SetTimeouts { tcp, tcpfin, udp } => {
-            match shared
-                .controller
-                .lock()
-                .await
-                .set_timeouts(tcp, tcpfin, udp)
-            {
-                Ok(()) => Response::Ok { warnings: vec![] },
-                Err(e) => error(&e.to_string()),
-            }
-        }
-        Command::ApplyConfig { state, dry_run } => {
-            let result = shared
-                .controller
-                .lock()
-                .await
-                .apply_desired(&state, dry_run);
-            diff_answer(result, dry_run, shared).await
-        }
-        Command::Reload { dry_run } => {
-            diff_answer(reload(shared, dry_run).await, dry_run, shared).await
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,536 @@
+//! xvsd: owns the data plane and the desired configuration, serves the control socket, and keeps
+//! real servers' MAC addresses current.
+//!
+//! The [`Controller`] (the configuration and the data plane it is pushed to) and the handling of
+//! a request ([`request`]) are plain functions, tested with an in-memory data plane; this module
+//! is the shell around them: the socket, signals, timers, neighbour resolution.
+
+mod controller;
+pub mod request;
+#[cfg(test)]
+mod tests;
+
+pub use controller::{fmt_mac, Controller, ControllerError};
+use request::{error, with_warnings};
+pub use request::{parse_request, Answer};
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    access::SocketAccess,
+    config_file,
+    dataplane::{
+        adopt::{PinnedStart, Start},
+        AttachMode, Dataplane, DataplaneError, Sizes,
+    },
+    diff::Diff,
+    estimator, metrics,
+    neighbor::{self, Neighbors},
+    proto::{Response, MAX_REQUEST_BYTES},
+    state::{DesiredState, StateFile},
+};
+
+/// How long a change waits for a new real server's MAC before answering.
+const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
+/// How often unresolved real servers are retried.
+const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
+/// How often every real server is re-probed, so a changed MAC is noticed.
+const REFRESH_PERIOD: Duration = Duration::from_secs(30);
+/// How often the load-aware schedulers' tables are recomputed from connection counts.
+pub const RECOMPUTE_PERIOD: Duration = Duration::from_secs(1);
+/// A client that has not sent its whole request by then is dropped (each connection has its
+/// own deadline, so a silent or slow client holds up nobody else).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not read its answer within this is dropped.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors that stop the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The data plane could not be set up.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The interface does not exist.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    /// Socket or signal setup failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Netlink setup failed.
+    #[error(transparent)]
+    Neighbor(#[from] neighbor::NeighborError),
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
+    /// The controller refused a setting.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    /// The socket group could not be set up.
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
+    /// The saved state could not be read, reset or written.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// The configuration file (`--config`) is unreadable or invalid.
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::LoadError),
+    /// The configuration to start with (file or saved state) was refused.
+    #[error("{what}: {message}")]
+    Restore {
+        /// Where it came from.
+        what: String,
+        /// Why it was refused.
+        message: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Daemon settings.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Interface the director is attached to.
+    pub iface: String,
+    /// Native or generic XDP.
+    pub mode: AttachMode,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Map sizes.
+    pub conn_table_size: u32,
+    /// Scheduler slots.
+    pub sched_slots: u32,
+    /// Table tunables.
+    pub params: crate::scheduler::Params,
+    /// Where the link, program and maps are pinned (see `dataplane::pin`).
+    pub pin_dir: PathBuf,
+    /// Replace an incompatible pinned data plane instead of refusing to start.
+    pub force_reload: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+    /// Outer source addresses of tunnelled packets (at most one per family; the FIB chooses for
+    /// a family left out).
+    pub tun_src: Vec<IpAddr>,
+    /// Who may use the control socket.
+    pub access: SocketAccess,
+    /// Where the configuration is saved after every change (`STATE_DIR/IFACE.json`); None keeps
+    /// nothing.
+    pub state_dir: Option<PathBuf>,
+    /// Forget the saved state at start.
+    pub reset_state: bool,
+    /// Configuration file: the configuration at start, re-read on SIGHUP and `xvsadm reload`.
+    pub config: Option<PathBuf>,
+    /// What the XDP programs log (`--kernel-log`).
+    pub kernel_log: crate::kernel_log::KernelLog,
+}
+
+struct Shared {
+    controller: Mutex<Controller>,
+    neighbors: Neighbors,
+    start: Start,
+    started: Instant,
+    access: SocketAccess,
+    /// `--config`, re-read by SIGHUP and `xvsadm reload`.
+    config_file: Option<PathBuf>,
+}
+
+/// The configuration xvsd starts with, and where it comes from: with `--config`, the file
+/// (the saved state is rewritten from it); without, the saved state; else nothing. Read before
+/// anything is attached, so an invalid file or state stops xvsd with nothing changed.
+fn initial_state(
+    opts: &DaemonOptions,
+    state: Option<&StateFile>,
+) -> Result<Option<(DesiredState, String)>, DaemonError> {
+    if let Some(path) = &opts.config {
+        let desired = config_file::load(path)?;
+        return Ok(Some((desired, path.display().to_string())));
+    }
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    Ok(state
+        .load()?
+        .map(|desired| (desired, state.path().display().to_string())))
+}
+
+impl Shared {
+    /// The metrics exposition.
+    async fn scrape(&self) -> Result<String, String> {
+        let mut c = self.controller.lock().await;
+        let listing = c.listing().map_err(|e| e.to_string())?;
+        Ok(metrics::render(&metrics::Snapshot {
+            listing: &listing,
+            activity: c.dataplane().activity(),
+            start: self.start.name(),
+            adoption_pending: c.dataplane().adoption_pending(),
+            uptime: self.started.elapsed(),
+        }))
+    }
+}
+
+/// Runs xvsd until SIGINT or SIGTERM. The director stays attached and pinned when xvsd exits
+/// (a new xvsd adopts it); `dataplane::pin::cleanup` detaches it.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let ifindex = ifindex(&opts.iface)?;
+    let state_file = opts
+        .state_dir
+        .as_ref()
+        .map(|dir| StateFile::for_iface(dir, &opts.iface));
+    // Held while xvsd runs: a second xvsd on the same state file is refused before it reads it.
+    let _state_lock = state_file.as_ref().map(StateFile::lock).transpose()?;
+    if let (true, Some(f)) = (opts.reset_state, &state_file) {
+        f.remove()?;
+        info!(state = %f.path().display(), "saved state reset");
+    }
+    let initial = initial_state(&opts, state_file.as_ref())?;
+    let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
+        iface: opts.iface.clone(),
+        ifindex,
+        mode: opts.mode,
+        sizes: Sizes {
+            conns: opts.conn_table_size,
+            sched_slots: opts.sched_slots,
+        },
+        dir: opts.pin_dir.clone(),
+        force_reload: opts.force_reload,
+        kernel_log: opts.kernel_log,
+    })?;
+    if let Some(logger) = dataplane.take_kernel_logger() {
+        crate::kernel_log::spawn(logger);
+        info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
+    }
+    dataplane.set_params(opts.params);
+    let pins = opts.pin_dir.display();
+    match &start {
+        Start::Fresh => {
+            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned");
+        }
+        Start::Adopted {
+            services,
+            backends,
+            previous_program,
+        } => info!(
+            iface = %opts.iface, pins = %pins, services, backends, previous_program,
+            "adopted the pinned data plane: this build's program replaced the previous one on its \
+             link; the last tables keep forwarding until the configuration is synced"
+        ),
+        Start::Reloaded { reasons } => warn!(
+            iface = %opts.iface, mode = ?opts.mode, pins = %pins, why = %reasons.join("; "),
+            "reloaded: the incompatible data plane was replaced by a fresh one"
+        ),
+    }
+    let mut controller = Controller::new(dataplane, &opts.iface);
+    controller.set_tunnel_sources(&opts.tun_src)?;
+    if let Some(f) = state_file {
+        controller = controller.with_state(f);
+    }
+    // The saved state (or the file) is the first configuration: after an adoption, it is the
+    // sync that takes the pinned tables over, keeping what did not change.
+    if let Some((desired, from)) = initial {
+        let restore = |e: ControllerError| DaemonError::Restore {
+            what: from.clone(),
+            message: e.to_string(),
+        };
+        controller.apply_desired(&desired, false).map_err(restore)?;
+        if opts.config.is_some() {
+            // The file is the truth at start: the state says so too, even when the file
+            // matched the (empty) starting point and nothing was applied.
+            controller
+                .save_state()
+                .map_err(|e| restore(ControllerError::Save(e)))?;
+        }
+        info!(
+            from,
+            services = desired.config.services().len(),
+            "configuration loaded"
+        );
+    }
+    let shared = Arc::new(Shared {
+        controller: Mutex::new(controller),
+        neighbors: Neighbors::new(ifindex)?,
+        start,
+        started,
+        access: opts.access.clone(),
+        config_file: opts.config.clone(),
+    });
+    // Health changes reach the tables as soon as a check decides (coalesced: one push for
+    // everything that changed meanwhile).
+    let health_task = {
+        let shared = shared.clone();
+        let changed = shared.controller.lock().await.health_changed();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                if let Err(e) = shared.controller.lock().await.apply_health() {
+                    warn!(error = %e, "pushing health changes to the data plane failed; retried every second");
+                }
+            }
+        })
+    };
+    let listener = bind_socket(&opts.socket, &opts.access)?;
+    info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
+    let metrics_task = match opts.metrics {
+        Some(addr) => {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(io_err(format!("binding the metrics endpoint {addr}")))?;
+            info!(%addr, "metrics endpoint ready: GET /metrics");
+            let shared = shared.clone();
+            Some(tokio::spawn(metrics::serve(tcp, move || {
+                let shared = shared.clone();
+                async move { shared.scrape().await }
+            })))
+        }
+        None => None,
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
+    let mut resolve_tick = tokio::time::interval(RESOLVE_PERIOD);
+    let mut recompute_tick = tokio::time::interval(RECOMPUTE_PERIOD);
+    recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut estimate_tick = tokio::time::interval(estimator::PERIOD);
+    estimate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => match reload(&shared, false).await {
+                Ok((d, warnings)) => {
+                    for line in &d.lines {
+                        info!(rule = %line, "reload");
+                    }
+                    for w in &warnings {
+                        warn!(warning = %w, "reload");
+                    }
+                    info!(changes = d.lines.len(), "SIGHUP: configuration file reloaded");
+                }
+                Err(e) => warn!(error = %e, "SIGHUP: reload refused, the running configuration is unchanged"),
+            },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { serve_client(stream, shared).await });
+                }
+                Err(e) => warn!(error = %e, "accept failed"),
+            },
+            _ = recompute_tick.tick() => {
+                let started = Instant::now();
+                let mut c = shared.controller.lock().await;
+                // A push of health changes that failed is retried here.
+                if let Err(e) = c.apply_health() {
+                    warn!(error = %e, "pushing health changes to the data plane failed");
+                }
+                match c.recompute() {
+                    Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
+                    Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
+                }
+            }
+            _ = estimate_tick.tick() => {
+                if let Err(e) = shared.controller.lock().await.estimate() {
+                    warn!(error = %e, "sampling counters for rate estimates failed");
+                }
+            }
+            _ = resolve_tick.tick() => {
+                let refresh = last_refresh.elapsed() >= REFRESH_PERIOD;
+                if refresh {
+                    last_refresh = Instant::now();
+                }
+                resolve_round(&shared, refresh).await;
+            }
+        }
+    }
+    info!(
+        pins = %opts.pin_dir.display(),
+        "shutting down: the director stays attached with its last tables (xvsd --cleanup --iface {} detaches it)",
+        opts.iface
+    );
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    health_task.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(shared);
+    Ok(())
+}
+
+fn ifindex(iface: &str) -> Result<u32, DaemonError> {
+    let name = std::ffi::CString::new(iface).map_err(|_| DaemonError::NoInterface(iface.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(DaemonError::NoInterface(iface.into()));
+    }
+    Ok(idx)
+}
+
+/// Binds the control socket so that only root (and the socket group) can use it.
+fn bind_socket(path: &Path, access: &SocketAccess) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    // A socket file left by a daemon that died; a live daemon would still answer on it.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Io {
+                what: format!("{} is in use by a running xvsd", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err(format!("removing stale {}", path.display())))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(io_err(format!("binding {}", path.display())))?;
+    access.apply_to_socket(path)?;
+    Ok(listener)
+}
+
+async fn resolve_round(shared: &Shared, refresh: bool) {
+    let targets = {
+        let mut c = shared.controller.lock().await;
+        if refresh {
+            if let Err(e) = c.refresh_multipath() {
+                warn!(error = %e, "pushing the multipath policy failed");
+            }
+            c.all_reals()
+        } else {
+            c.unresolved()
+        }
+    };
+    if targets.is_empty() && !refresh {
+        return;
+    }
+    for ip in &targets {
+        neighbor::poke(*ip);
+    }
+    match shared.neighbors.table().await {
+        Ok(table) => {
+            if let Err(e) = shared.controller.lock().await.update_macs(table) {
+                warn!(error = %e, "pushing resolved real servers failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "reading the neighbour table failed"),
+    }
+}
+
+/// After a change: give newly added real servers a moment to resolve, so that the command
+/// returns with them taking traffic in the common case.
+async fn settle(shared: &Shared) -> Vec<String> {
+    for ip in shared.controller.lock().await.tunnelled_reals() {
+        neighbor::poke(ip);
+    }
+    let deadline = Instant::now() + RESOLVE_WAIT;
+    loop {
+        let pending = shared.controller.lock().await.unresolved();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= deadline {
+            return pending
+                .iter()
+                .map(|ip| {
+                    format!("real server {ip}: no ARP/ND answer yet; it takes new connections once it is resolved")
+                })
+                .collect();
+        }
+        for ip in &pending {
+            neighbor::poke(*ip);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(table) = shared.neighbors.table().await {
+            if let Err(e) = shared.controller.lock().await.update_macs(table) {
+                warn!(error = %e, "pushing resolved real servers failed");
+            }
+        }
+    }
+}
+
+/// Re-reads `--config` and applies the difference (SIGHUP).
+async fn reload(shared: &Shared, dry_run: bool) -> Result<(Diff, Vec<String>), ControllerError> {
+    shared
+        .controller
+        .lock()
+        .await
+        .reload(shared.config_file.as_deref(), dry_run)
+}
+
+async fn serve_client(stream: UnixStream, shared: Arc<Shared>) {
+    let refused = match stream.peer_cred() {
+        Ok(cred) => shared
+            .access
+            .check(&stream, cred.uid(), cred.gid())
+            .err()
+            .map(|why| (cred.uid(), why)),
+        Err(e) => Some((u32::MAX, format!("cannot read peer credentials: {e}"))),
+    };
+    if let Some((uid, why)) = refused {
+        warn!(uid, reason = %why, "refused a control connection");
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, respond(stream, &error(&why))).await;
+        return;
+    }
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = String::new();
+    let resp = match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => error("timed out waiting for the request"),
+        Ok(Err(e)) => error(&format!("reading the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
+            error(&format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+        }
+        Ok(Ok(_)) => handle(&line, &shared).await,
+    };
+    let mut stream = write;
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    // A client that stops reading is dropped, not waited for.
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&out)).await;
+}
+
+async fn respond(mut stream: UnixStream, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    stream.write_all(&out).await
+}
+
+async fn handle(line: &str, shared: &Shared) -> Response {
+    let command = match parse_request(line) {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    let answer = shared
+        .controller
+        .lock()
+        .await
+        .handle(command, shared.config_file.as_deref());
+    if answer.settle {
+        // New real servers get a moment to resolve, so that the command returns with them
+        // taking traffic in the common case.
+        let pending = settle(shared).await;
+        return with_warnings(answer.response, pending);
+    }
+    answer.response
+}

@@ -1,0 +1,663 @@
+//! The controller and its request handling on an in-memory data plane: every request a client
+//! can send, refused changes that must change nothing, failures at every map write, a failed
+//! save, adoption, health. No root, no socket.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason, Stats};
+
+use super::{parse_request, Answer, Controller};
+use crate::{
+    dataplane::{maps::StatsMap, memory::MemoryDataplane, ops::DataplaneOps, ConnInfo},
+    model::{Config, Protocol, ServiceKey, Timeouts},
+    proto::{Command, Request, Response, PROTOCOL_VERSION},
+    rules::parse_rules,
+    state::{DesiredState, StateFile},
+};
+
+type Ctl = Controller<MemoryDataplane>;
+
+fn controller() -> Ctl {
+    Controller::new(MemoryDataplane::new(), "eth0")
+}
+
+/// A scratch directory of this test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("xvs-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A request as the socket carries it: serialised, then read back as xvsd reads it.
+fn send(c: &mut Ctl, command: Command, config_file: Option<&Path>) -> Answer {
+    let line = serde_json::to_string(&Request::new(command)).unwrap();
+    let command = parse_request(&line).expect("a well-formed request");
+    c.handle(command, config_file)
+}
+
+fn rules(c: &mut Ctl, text: &str) -> Answer {
+    let changes = parse_rules(text).unwrap();
+    send(c, Command::Apply { changes }, None)
+}
+
+fn ok(a: Answer) -> Answer {
+    if let Response::Error { message } = &a.response {
+        panic!("refused: {message}");
+    }
+    a
+}
+
+fn refused(a: Answer) -> String {
+    match a.response {
+        Response::Error { message } => message,
+        other => panic!("accepted: {other:?}"),
+    }
+}
+
+fn listing(c: &mut Ctl) -> crate::proto::Listing {
+    match ok(send(c, Command::List, None)).response {
+        Response::Listing(l) => l,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every real server gets a MAC, as the neighbour table would give it.
+fn resolve(c: &mut Ctl) {
+    let table: HashMap<IpAddr, [u8; 6]> = c
+        .all_reals()
+        .into_iter()
+        .enumerate()
+        .map(|(i, ip)| (ip, [2, 0, 0, 0, 0, i as u8 + 1]))
+        .collect();
+    c.update_macs(table).unwrap();
+}
+
+/// Everything a refused request must leave as it was.
+#[derive(Debug, PartialEq)]
+struct Fingerprint {
+    config: Config,
+    timeouts: Timeouts,
+    maps: crate::dataplane::maps::MemoryMaps,
+    config_map: DataplaneConfig,
+    state_file: Option<String>,
+}
+
+fn fingerprint(c: &Ctl, state: Option<&StateFile>) -> Fingerprint {
+    Fingerprint {
+        config: c.config().clone(),
+        timeouts: c.desired().timeouts,
+        maps: c.dataplane().maps.contents(),
+        config_map: c.dataplane().config,
+        state_file: state.and_then(|s| std::fs::read_to_string(s.path()).ok()),
+    }
+}
+
+fn tcp(addr: &str) -> ServiceKey {
+    ServiceKey::new(Protocol::Tcp, addr.parse().unwrap())
+}
+
+const TWO_SERVICES: &str = "-A -t 203.0.113.1:80 -s wrr\n\
+     -a -t 203.0.113.1:80 -r 10.0.0.1:80 -g -w 2\n\
+     -a -t 203.0.113.1:80 -r 10.0.0.2:80 -g -w 1\n\
+     -A -u [2001:db8::1]:53 -s mh\n\
+     -a -u [2001:db8::1]:53 -r [2001:db8:1::1]:53 -i\n";
+
+#[test]
+fn a_request_line_is_read_version_first() {
+    let line = serde_json::to_string(&Request::new(Command::List)).unwrap();
+    assert_eq!(parse_request(&line).unwrap(), Command::List);
+    let message = |line: &str| match parse_request(line) {
+        Err(Response::Error { message }) => message,
+        other => panic!("{other:?}"),
+    };
+    assert!(message("{not json").starts_with("malformed request: "));
+    assert_eq!(
+        message(r#"{"command":"List"}"#),
+        "malformed request: no protocol version"
+    );
+    // An old or newer client is told what to do, whatever its command looks like.
+    let other = PROTOCOL_VERSION + 1;
+    assert_eq!(
+        message(&format!(r#"{{"version":{other},"command":{{"Frobnicate":1}}}}"#)),
+        format!(
+            "protocol version {other} is not supported by this xvsd (it speaks {PROTOCOL_VERSION}); use the xvsadm that came with it"
+        )
+    );
+    let unknown = message(&format!(
+        r#"{{"version":{PROTOCOL_VERSION},"command":"Frobnicate"}}"#
+    ));
+    assert!(unknown.starts_with("malformed request: "), "{unknown}");
+    assert!(unknown.contains("Frobnicate"), "{unknown}");
+}
+
+#[test]
+fn changes_reach_the_tables_and_the_listing() {
+    let mut c = controller();
+    let a = ok(rules(&mut c, TWO_SERVICES));
+    assert!(a.settle, "a change waits for new real servers' MACs");
+    // The direct-routing servers have no MAC yet: in the configuration, not in the table.
+    let web = tcp("203.0.113.1:80");
+    let dp = c.dataplane();
+    assert!(dp.service_id(&web).is_some());
+    assert!(
+        dp.placement()
+            .table(&web)
+            .unwrap()
+            .iter()
+            .all(|&b| b == lb_common::NO_BACKEND)
+            || dp.placement().table(&web).unwrap().is_empty()
+    );
+    resolve(&mut c);
+    let dp = c.dataplane();
+    let a1 = dp.backend_id(&web, "10.0.0.1:80".parse().unwrap()).unwrap();
+    let a2 = dp.backend_id(&web, "10.0.0.2:80".parse().unwrap()).unwrap();
+    let table = dp.placement().table(&web).unwrap();
+    // wrr: weight 2 gets twice the slots of weight 1.
+    let n = |id| table.iter().filter(|&&b| b == id).count();
+    assert_eq!(n(a1), 2 * n(a2), "{table:?}");
+
+    let l = listing(&mut c);
+    assert_eq!(l.services.len(), 2);
+    assert_eq!(l.services[0].key, web);
+    assert_eq!(l.services[0].reals.len(), 2);
+    assert_eq!(l.services[0].reals[0].weight, 2);
+    assert!(l.services[0].reals[0].mac.is_some());
+    assert_eq!(l.conn_table_size, c.dataplane().conn_capacity());
+    assert_eq!(l.reasons.len(), lb_common::reason::REASON_COUNT as usize);
+}
+
+#[test]
+fn a_refused_change_changes_nothing() {
+    let scratch = Scratch::new("refused");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    ok(rules(&mut c, TWO_SERVICES));
+    resolve(&mut c);
+    let before = fingerprint(&c, Some(&state));
+    assert!(before.state_file.is_some(), "an accepted change is saved");
+    // ipvsadm's rules: a service that exists, a real server of a service that does not, and a
+    // transaction whose last change fails.
+    for (text, why) in [
+        ("-A -t 203.0.113.1:80 -s rr", "Service already exists"),
+        ("-a -t 203.0.113.9:80 -r 10.0.0.1", "No such service"),
+        (
+            "-a -t 203.0.113.1:80 -r 10.0.0.3:80\n-D -t 203.0.113.99:80",
+            "No such service",
+        ),
+    ] {
+        let message = refused(rules(&mut c, text));
+        assert!(message.contains(why), "{text}: {message}");
+        assert_eq!(fingerprint(&c, Some(&state)), before, "{text}");
+    }
+    // Zeroing a service that does not exist is an error, as with ipvsadm.
+    let message = refused(send(
+        &mut c,
+        Command::Zero {
+            service: Some(tcp("203.0.113.9:80")),
+        },
+        None,
+    ));
+    assert!(message.contains("No such service"), "{message}");
+    assert_eq!(fingerprint(&c, Some(&state)), before);
+}
+
+#[test]
+fn a_change_failing_at_any_map_write_leaves_maps_config_and_state_as_they_were() {
+    let scratch = Scratch::new("every-write");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    ok(rules(&mut c, TWO_SERVICES));
+    resolve(&mut c);
+    let before = fingerprint(&c, Some(&state));
+    // One change that rewrites tables, moves real servers, deletes and adds services.
+    let change = "-E -t 203.0.113.1:80 -s rr\n\
+                  -d -t 203.0.113.1:80 -r 10.0.0.2:80\n\
+                  -e -t 203.0.113.1:80 -r 10.0.0.1:80 -g -w 5\n\
+                  -D -u [2001:db8::1]:53\n\
+                  -A -t 203.0.113.2:443 -s sh -p 60\n\
+                  -a -t 203.0.113.2:443 -r 10.0.0.7:443 -i\n";
+    // How many writes the change makes when nothing fails.
+    let mut probe = controller();
+    ok(rules(&mut probe, TWO_SERVICES));
+    resolve(&mut probe);
+    let start = probe.dataplane().maps.writes;
+    ok(rules(&mut probe, change));
+    let writes = probe.dataplane().maps.writes - start;
+    assert!(writes > 10, "the change writes {writes} times");
+    for n in 0..writes {
+        c.dataplane_mut().maps.fail_write(n);
+        let message = refused(rules(&mut c, change));
+        assert!(message.contains("injected failure"), "write {n}: {message}");
+        assert_eq!(fingerprint(&c, Some(&state)), before, "failing write {n}");
+    }
+    // And then it goes through.
+    ok(rules(&mut c, change));
+    assert_eq!(c.config(), probe.config());
+    assert_eq!(
+        c.dataplane().maps.contents(),
+        probe.dataplane().maps.contents()
+    );
+}
+
+#[test]
+fn a_change_that_cannot_be_saved_is_nowhere() {
+    let scratch = Scratch::new("save");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    ok(rules(&mut c, TWO_SERVICES));
+    resolve(&mut c);
+    let before = fingerprint(&c, Some(&state));
+    // A directory where the temporary state file goes: saving fails, whatever the change.
+    let temp = scratch.0.join(".eth0.json.tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut other = c.desired();
+    other
+        .config
+        .apply_all(&parse_rules("-A -u 203.0.113.12:53").unwrap())
+        .unwrap();
+    let changes = parse_rules("-A -t 203.0.113.3:80\n-D -t 203.0.113.1:80").unwrap();
+    for command in [
+        Command::Apply {
+            changes: changes[..1].to_vec(),
+        },
+        Command::Apply {
+            changes: changes[1..].to_vec(),
+        },
+        Command::SetTimeouts {
+            tcp: Some(1),
+            tcpfin: Some(2),
+            udp: Some(3),
+        },
+        Command::ApplyConfig {
+            state: other,
+            dry_run: false,
+        },
+    ] {
+        let what = format!("{command:?}");
+        let message = refused(send(&mut c, command, None));
+        assert!(
+            message.starts_with("saving the configuration failed, nothing changed"),
+            "{what}: {message}"
+        );
+        assert_eq!(fingerprint(&c, Some(&state)), before, "{what}");
+    }
+    // Once the state can be written again, the same change goes through and is saved.
+    std::fs::remove_dir(&temp).unwrap();
+    ok(rules(&mut c, "-A -t 203.0.113.3:80"));
+    let saved = state.load().unwrap().unwrap();
+    assert_eq!(&saved.config, c.config());
+}
+
+#[test]
+fn timeouts_are_set_saved_and_written_in_nanoseconds_and_a_bad_one_is_refused() {
+    let scratch = Scratch::new("timeouts");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    let set = |tcp, tcpfin, udp| Command::SetTimeouts { tcp, tcpfin, udp };
+    ok(send(&mut c, set(Some(900), None, Some(60)), None));
+    let t = c.desired().timeouts;
+    assert_eq!((t.tcp, t.udp), (900, 60));
+    assert_eq!(c.dataplane().config.tcp_timeout_ns, 900_000_000_000);
+    assert_eq!(c.dataplane().config.udp_timeout_ns, 60_000_000_000);
+    assert_eq!(state.load().unwrap().unwrap().timeouts, t);
+    assert_eq!(listing(&mut c).timeouts, t);
+
+    let before = fingerprint(&c, Some(&state));
+    let message = refused(send(&mut c, set(None, Some(u64::MAX), None), None));
+    assert_eq!(message, "tcpfin timeout too large");
+    assert_eq!(fingerprint(&c, Some(&state)), before);
+    // CONFIG refusing the write: nothing changes either.
+    c.dataplane_mut().fail_config = true;
+    let message = refused(send(&mut c, set(Some(1), None, None), None));
+    assert!(message.contains("injected failure"), "{message}");
+    assert_eq!(fingerprint(&c, Some(&state)), before);
+}
+
+#[test]
+fn counters_are_listed_and_zeroed_per_service_or_all() {
+    let mut c = controller();
+    ok(rules(&mut c, TWO_SERVICES));
+    resolve(&mut c);
+    let web = tcp("203.0.113.1:80");
+    let dns = ServiceKey::new(Protocol::Udp, "[2001:db8::1]:53".parse().unwrap());
+    let real: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let add = Stats {
+        conns: 3,
+        packets: 10,
+        bytes: 1000,
+    };
+    let dp = c.dataplane_mut();
+    let (w, d) = (dp.service_id(&web).unwrap(), dp.service_id(&dns).unwrap());
+    let b = dp.backend_id(&web, real).unwrap();
+    dp.count(StatsMap::Service, w, add).unwrap();
+    dp.count(StatsMap::Service, d, add).unwrap();
+    dp.count(StatsMap::Backend, b, add).unwrap();
+    dp.reasons[Reason::ALL[0] as usize] = 42;
+    let l = listing(&mut c);
+    assert_eq!(l.services[0].stats.packets, 10);
+    assert_eq!(l.services[0].reals[0].stats.bytes, 1000);
+    assert_eq!(l.reasons.get(Reason::ALL[0].name()), Some(&42));
+
+    ok(send(&mut c, Command::Zero { service: Some(web) }, None));
+    let l = listing(&mut c);
+    assert_eq!(l.services[0].stats, Default::default());
+    assert_eq!(l.services[0].reals[0].stats, Default::default());
+    assert_eq!(
+        l.services[1].stats.conns, 3,
+        "another service keeps its counters"
+    );
+    ok(send(&mut c, Command::Zero { service: None }, None));
+    assert_eq!(listing(&mut c).services[1].stats, Default::default());
+}
+
+#[test]
+fn connections_are_listed_with_their_real_server_and_templates_as_ipvs_shows_them() {
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        "-A -t 203.0.113.1:0 -s rr -p 300\n-a -t 203.0.113.1:0 -r 10.0.0.1 -g\n",
+    ));
+    resolve(&mut c);
+    let web = tcp("203.0.113.1:0");
+    let real: SocketAddr = "10.0.0.1:0".parse().unwrap();
+    let dp = c.dataplane_mut();
+    let service = dp.service_id(&web).unwrap();
+    let backend = dp.backend_id(&web, real).unwrap();
+    let generation = dp.placement().generations()[&backend];
+    let v4 = |a: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    };
+    let conn = |backend, generation| ConnInfo {
+        key: FlowKey {
+            src: v4([198, 51, 100, 7]),
+            dst: v4([203, 0, 113, 1]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        },
+        entry: ConnEntry {
+            backend,
+            generation,
+            service,
+            state: ConnState::Established as u8,
+            ..Default::default()
+        },
+        expires_in_ns: 899_500_000_000,
+    };
+    // One live connection, and one of a slot's earlier generation (a removed server's).
+    dp.conns = vec![conn(backend, generation), conn(backend, generation + 1)];
+    dp.templates = vec![(
+        lb_common::PersistKey {
+            client: v4([198, 51, 100, 0]),
+            service,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 3],
+        },
+        lb_common::PersistEntry {
+            backend,
+            generation,
+            ..Default::default()
+        },
+        299_000_000_000,
+    )];
+    let conns = match ok(send(&mut c, Command::Connections, None)).response {
+        Response::Connections { conns } => conns,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns[0].client, "198.51.100.7:40000".parse().unwrap());
+    // A port-0 service: the real server gets the client's destination port.
+    assert_eq!(conns[0].real, "10.0.0.1:443".parse().unwrap());
+    assert_eq!(conns[0].state, "ESTABLISHED");
+    assert_eq!(conns[0].expires_s, 900);
+    assert_eq!(conns[1].state, "NONE");
+    assert_eq!(conns[1].client, "198.51.100.0:0".parse().unwrap());
+    assert_eq!(conns[1].virtual_addr, "203.0.113.1:0".parse().unwrap());
+    assert_eq!(conns[1].expires_s, 299);
+}
+
+#[test]
+fn a_configuration_applies_as_a_difference_and_a_dry_run_changes_nothing() {
+    let scratch = Scratch::new("apply");
+    let mut c = controller();
+    ok(rules(&mut c, TWO_SERVICES));
+    resolve(&mut c);
+    let web = tcp("203.0.113.1:80");
+    let kept = c.dataplane().service_id(&web);
+    let mut target = c.desired();
+    target
+        .config
+        .apply_all(&parse_rules("-D -u [2001:db8::1]:53\n-A -t 203.0.113.5:25").unwrap())
+        .unwrap();
+    let before = fingerprint(&c, None);
+    let a = ok(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: target.clone(),
+            dry_run: true,
+        },
+        None,
+    ));
+    assert!(!a.settle);
+    match a.response {
+        Response::Diff { lines, applied, .. } => {
+            assert!(!applied);
+            assert_eq!(lines.len(), 2, "{lines:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fingerprint(&c, None), before);
+    let a = ok(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: target.clone(),
+            dry_run: false,
+        },
+        None,
+    ));
+    assert!(a.settle);
+    assert_eq!(c.desired(), target);
+    assert_eq!(c.dataplane().service_id(&web), kept, "unchanged: same id");
+    // The same again: nothing to do, nothing to wait for.
+    let a = ok(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: target,
+            dry_run: false,
+        },
+        None,
+    ));
+    assert!(!a.settle);
+
+    // reload: without --config it says how to apply a file; with one, it applies it.
+    let message = refused(send(&mut c, Command::Reload { dry_run: false }, None));
+    assert!(message.contains("without --config"), "{message}");
+    let file = scratch.0.join("xvs.toml");
+    std::fs::write(&file, "[[service]]\ntcp = \"203.0.113.8:80\"\n").unwrap();
+    ok(send(
+        &mut c,
+        Command::Reload { dry_run: false },
+        Some(&file),
+    ));
+    assert_eq!(c.config().services().len(), 1);
+    std::fs::write(&file, "[[service]]\ntcp = \"203.0.113.8:80\"\nbogus = 1\n").unwrap();
+    let before = fingerprint(&c, None);
+    refused(send(
+        &mut c,
+        Command::Reload { dry_run: false },
+        Some(&file),
+    ));
+    assert_eq!(fingerprint(&c, None), before);
+}
+
+#[test]
+fn an_adopted_data_plane_keeps_its_ids_through_the_first_configuration() {
+    // A first controller fills the maps, as an xvsd that then exits would leave them pinned.
+    let mut first = controller();
+    ok(rules(&mut first, TWO_SERVICES));
+    resolve(&mut first);
+    let web = tcp("203.0.113.1:80");
+    let real: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let (service, backend) = (
+        first.dataplane().service_id(&web).unwrap(),
+        first.dataplane().backend_id(&web, real).unwrap(),
+    );
+    let pinned = first.dataplane().maps.clone();
+    let timeouts = DataplaneConfig {
+        tcp_timeout_ns: 123_000_000_000,
+        ..Default::default()
+    };
+
+    let adopted = MemoryDataplane::adopt(pinned.clone(), timeouts).unwrap();
+    let mut c = Controller::new(adopted, "eth0");
+    assert!(c.dataplane().adoption_pending());
+    // The adopted data plane's timeouts and MACs are the controller's from the start.
+    assert_eq!(c.desired().timeouts.tcp, 123);
+    assert!(c.unresolved().is_empty());
+    // Health and recomputation leave adopted tables alone until a configuration arrives.
+    assert!(!c.apply_health().unwrap());
+    assert_eq!(c.dataplane().maps.contents(), pinned.contents());
+
+    // A first configuration that fails at its first write: the adopted tables stay.
+    let mut target = first.desired();
+    target.timeouts.tcp = 123;
+    let mut more = target.clone();
+    more.config
+        .apply_all(&parse_rules("-A -t 203.0.113.9:80").unwrap())
+        .unwrap();
+    c.dataplane_mut().maps.fail_write(0);
+    refused(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: more,
+            dry_run: false,
+        },
+        None,
+    ));
+    assert!(c.dataplane().adoption_pending());
+    assert_eq!(c.dataplane().maps.contents(), pinned.contents());
+
+    // The same configuration, now through: ids kept, so connections and counters are too.
+    ok(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: target,
+            dry_run: false,
+        },
+        None,
+    ));
+    assert!(!c.dataplane().adoption_pending());
+    assert_eq!(c.dataplane().service_id(&web), Some(service));
+    assert_eq!(c.dataplane().backend_id(&web, real), Some(backend));
+    // The same configuration as the previous controller's: the maps are exactly as it left them.
+    assert_eq!(c.dataplane().maps.contents(), pinned.contents());
+}
+
+#[tokio::test]
+async fn a_real_server_whose_check_fails_leaves_the_table_and_returns() {
+    // MISC checks (keepalived's MISC_CHECK): each server is up while its file exists.
+    let scratch = Scratch::new("health");
+    let flag = |n: u8| scratch.0.join(format!("up-{n}"));
+    std::fs::write(flag(1), "").unwrap();
+    std::fs::write(flag(2), "").unwrap();
+    let real = |n: u8| {
+        format!(
+            "-a -t 203.0.113.1:80 -r 10.0.0.{n}:80 -i --check misc --check-command 'test -e {}' \
+             --check-interval 100ms --check-timeout 1s --check-retry 0 --check-rise 1\n",
+            flag(n).display()
+        )
+    };
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        &format!("-A -t 203.0.113.1:80 -s rr\n{}{}", real(1), real(2)),
+    ));
+    let web = tcp("203.0.113.1:80");
+    let (one, two): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:80".parse().unwrap(),
+        "10.0.0.2:80".parse().unwrap(),
+    );
+    let kept = c.dataplane().backend_id(&web, one).unwrap();
+    assert!(c.dataplane().backend_id(&web, two).is_some());
+    let changed = c.health_changed();
+    // Polls (with a deadline) until the data plane has server two in its table or not.
+    async fn until(c: &mut Ctl, changed: &tokio::sync::Notify, in_table: bool) {
+        let web = tcp("203.0.113.1:80");
+        let two: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while c.dataplane().backend_id(&web, two).is_some() != in_table {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server two is still {} the table",
+                if in_table { "out of" } else { "in" }
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), changed.notified()).await;
+            c.apply_health().unwrap();
+        }
+    }
+    std::fs::remove_file(flag(2)).unwrap();
+    until(&mut c, &changed, false).await;
+    let table = c.dataplane().placement().table(&web).unwrap().to_vec();
+    assert!(table.iter().all(|&b| b == kept), "{table:?}");
+    let l = listing(&mut c);
+    let health = |l: &crate::proto::Listing, i: usize| l.services[0].reals[i].health.clone();
+    assert_eq!(
+        health(&l, 1).unwrap().state,
+        crate::health::HealthState::Down
+    );
+    assert_eq!(health(&l, 0).unwrap().state, crate::health::HealthState::Up);
+    // The configuration is as configured: health changes the tables, not the rules.
+    assert_eq!(c.config().services()[0].reals.len(), 2);
+    // Server one kept its slot (its connections and counters) through the change.
+    assert_eq!(c.dataplane().backend_id(&web, one), Some(kept));
+
+    std::fs::write(flag(2), "").unwrap();
+    until(&mut c, &changed, true).await;
+    assert_eq!(
+        health(&listing(&mut c), 1).unwrap().state,
+        crate::health::HealthState::Up
+    );
+}
+
+#[test]
+fn a_state_file_round_trips_through_a_new_controller() {
+    // What xvsd does at start: the saved state is the first configuration.
+    let scratch = Scratch::new("restart");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    ok(rules(&mut c, TWO_SERVICES));
+    ok(send(
+        &mut c,
+        Command::SetTimeouts {
+            tcp: Some(600),
+            tcpfin: None,
+            udp: None,
+        },
+        None,
+    ));
+    let saved: DesiredState = state.load().unwrap().unwrap();
+    let mut again = controller().with_state(state.clone());
+    let (d, _) = again.apply_desired(&saved, false).unwrap();
+    assert_eq!(d.lines.len(), 6, "{:?}", d.lines);
+    assert_eq!(again.desired(), c.desired());
+}

@@ -1,0 +1,247 @@
+//! A data plane in memory: the same planner and executor as [`super::Dataplane`], applied to
+//! [`MemoryMaps`]; connections, templates and reason counters are whatever a test puts there.
+//! It lets the controller and its request handling run in unit tests, without root.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{reason::REASON_COUNT, DataplaneConfig, PersistEntry, PersistKey, Reason, Stats};
+
+use super::{
+    adopt::read_pinned,
+    exec, inherit,
+    maps::{Maps, MapsError, MemoryMaps, StatsMap},
+    ops::DataplaneOps,
+    plan::{self, Inputs, Placement},
+    Activity, ConnCounts, ConnInfo, Counters, DataplaneError,
+};
+use crate::{
+    model::{Config, ServiceKey},
+    scheduler,
+};
+
+/// Scheduler slots of an in-memory data plane: enough for tests, small enough to compare.
+pub const MEMORY_SCHED_SLOTS: u32 = 1 << 16;
+/// Connection-table capacity it reports.
+const MEMORY_CONNS: u32 = 4096;
+
+/// The data plane in memory.
+#[derive(Debug)]
+pub struct MemoryDataplane {
+    placement: Placement,
+    /// The controller's maps.
+    pub maps: MemoryMaps,
+    /// CONFIG.
+    pub config: DataplaneConfig,
+    /// Makes the next CONFIG write fail (once).
+    pub fail_config: bool,
+    /// Connection counts per backend slot, as a table walk would find them.
+    pub counts: HashMap<u32, ConnCounts>,
+    /// The connection table's live entries.
+    pub conns: Vec<ConnInfo>,
+    /// Live persistence templates, with ns until each expires.
+    pub templates: Vec<(PersistKey, PersistEntry, u64)>,
+    /// Reason counters, by reason.
+    pub reasons: [u64; REASON_COUNT as usize],
+    /// Table tunables.
+    pub params: scheduler::Params,
+    activity: Activity,
+}
+
+impl Default for MemoryDataplane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryDataplane {
+    /// Empty maps, as a fresh load creates them (two CPUs).
+    pub fn new() -> Self {
+        Self::with_maps(
+            Placement::new(MEMORY_SCHED_SLOTS),
+            MemoryMaps::new(MEMORY_SCHED_SLOTS, 2),
+        )
+    }
+
+    fn with_maps(placement: Placement, maps: MemoryMaps) -> Self {
+        Self {
+            placement,
+            maps,
+            config: DataplaneConfig::default(),
+            fail_config: false,
+            counts: HashMap::new(),
+            conns: Vec::new(),
+            templates: Vec::new(),
+            reasons: [0; REASON_COUNT as usize],
+            // Small tables: a test compares them whole.
+            params: scheduler::Params {
+                maglev_size: 251,
+                plan_len: 32,
+            },
+            activity: Activity::default(),
+        }
+    }
+
+    /// Adopts maps a previous controller filled (as `Dataplane::start_pinned` adopts pins).
+    pub fn adopt(maps: MemoryMaps, config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let pinned = read_pinned(&maps, maps.sched_slots)?;
+        let adopted = inherit::inherit(&pinned, maps.sched_slots)?;
+        Ok(Self {
+            config,
+            ..Self::with_maps(adopted.placement, maps)
+        })
+    }
+
+    /// The placement (what the controller believes the maps hold).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Adds to a service's or a backend's counters on CPU 0, as forwarded packets would.
+    pub fn count(&mut self, map: StatsMap, id: u32, add: Stats) -> Result<(), MapsError> {
+        let mut per_cpu = self.maps.stats(map, id)?;
+        per_cpu[0].add(&add);
+        self.maps.set_stats(map, id, &per_cpu)
+    }
+
+    fn inputs<'a>(&'a self, macs: &'a HashMap<IpAddr, [u8; 6]>) -> Inputs<'a> {
+        Inputs {
+            macs,
+            counts: &self.counts,
+            params: &self.params,
+        }
+    }
+
+    fn sum(&self, map: StatsMap, id: Option<u32>) -> Result<Counters, DataplaneError> {
+        let Some(id) = id else {
+            return Ok(Counters::default());
+        };
+        let mut total = Stats::default();
+        for s in self.maps.stats(map, id)? {
+            total.add(&s);
+        }
+        Ok(total.into())
+    }
+}
+
+impl DataplaneOps for MemoryDataplane {
+    fn current_config(&self) -> Result<DataplaneConfig, DataplaneError> {
+        Ok(self.config)
+    }
+
+    fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
+        if std::mem::take(&mut self.fail_config) {
+            return Err(MapsError::new(lb_common::names::MAP_CONFIG, "injected failure").into());
+        }
+        self.config = cfg;
+        Ok(())
+    }
+
+    fn adoption_pending(&self) -> bool {
+        self.placement.adoption_pending()
+    }
+
+    fn inherited_macs(&self) -> HashMap<IpAddr, [u8; 6]> {
+        self.placement.inherited_macs()
+    }
+
+    fn sync(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        let plan = plan::plan(&self.placement, config, &self.inputs(macs))?;
+        exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        self.activity.syncs += 1;
+        Ok(())
+    }
+
+    fn recompute(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        let plan = plan::plan_recompute(&self.placement, config, &self.inputs(macs))?;
+        let published = exec::commit(&mut self.placement, &mut self.maps, plan)?.published;
+        self.activity.recomputations += 1;
+        self.activity.tables_published += published as u64;
+        Ok(published)
+    }
+
+    fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.placement.service_id(key)
+    }
+
+    fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
+        self.placement.backend_id(key, addr)
+    }
+
+    fn service_counters(&self, key: &ServiceKey) -> Result<Counters, DataplaneError> {
+        self.sum(StatsMap::Service, self.service_id(key))
+    }
+
+    fn backend_counters(
+        &self,
+        key: &ServiceKey,
+        addr: SocketAddr,
+    ) -> Result<Counters, DataplaneError> {
+        self.sum(StatsMap::Backend, self.backend_id(key, addr))
+    }
+
+    fn zero_counters(&mut self) -> Result<(), DataplaneError> {
+        let ops = plan::plan_zero(&self.placement, None);
+        Ok(exec::execute(&mut self.maps, &ops)?)
+    }
+
+    fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        let ops = plan::plan_zero(&self.placement, Some(key));
+        Ok(exec::execute(&mut self.maps, &ops)?)
+    }
+
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        Ok(Reason::ALL
+            .iter()
+            .map(|r| (*r, self.reasons[*r as usize]))
+            .collect())
+    }
+
+    fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError> {
+        // As the kernel's walk: entries of a freed or reused slot are not live.
+        let generations = self.placement.generations();
+        Ok(self
+            .conns
+            .iter()
+            .filter(|c| generations.get(&c.entry.backend) == Some(&c.entry.generation))
+            .take(limit)
+            .copied()
+            .collect())
+    }
+
+    fn templates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(PersistKey, PersistEntry, u64)>, DataplaneError> {
+        let generations = self.placement.generations();
+        Ok(self
+            .templates
+            .iter()
+            .filter(|(_, t, _)| generations.get(&t.backend) == Some(&t.generation))
+            .take(limit)
+            .copied()
+            .collect())
+    }
+
+    fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        Ok(self.counts.clone())
+    }
+
+    fn conn_capacity(&self) -> u32 {
+        MEMORY_CONNS
+    }
+
+    fn activity(&self) -> Activity {
+        self.activity
+    }
+}

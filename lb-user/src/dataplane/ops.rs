@@ -1,0 +1,141 @@
+//! What the controller asks of a data plane, as a trait: [`Dataplane`] answers it with the
+//! kernel's maps, [`super::memory::MemoryDataplane`] in memory, so the daemon's request
+//! handling is tested without root or sockets.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{DataplaneConfig, PersistEntry, PersistKey, Reason};
+
+use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError};
+use crate::model::{Config, ServiceKey};
+
+/// The data plane as the controller drives it: configuration syncs, CONFIG, counters and the
+/// connection table.
+pub trait DataplaneOps {
+    /// CONFIG as the data plane holds it (an adopted data plane keeps its own).
+    fn current_config(&self) -> Result<DataplaneConfig, DataplaneError>;
+    /// Writes CONFIG.
+    fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError>;
+    /// Whether adopted tables wait for the first configuration.
+    fn adoption_pending(&self) -> bool;
+    /// The adopted real servers' MACs.
+    fn inherited_macs(&self) -> HashMap<IpAddr, [u8; 6]>;
+    /// Makes the tables match `config`; on failure they are as they were.
+    fn sync(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError>;
+    /// Recomputes the load-aware tables; returns how many were published.
+    fn recompute(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError>;
+    /// A service's id in the maps.
+    fn service_id(&self, key: &ServiceKey) -> Option<u32>;
+    /// A real server's backend slot.
+    fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32>;
+    /// A service's counters.
+    fn service_counters(&self, key: &ServiceKey) -> Result<Counters, DataplaneError>;
+    /// A real server's counters.
+    fn backend_counters(
+        &self,
+        key: &ServiceKey,
+        addr: SocketAddr,
+    ) -> Result<Counters, DataplaneError>;
+    /// Zeroes every counter (`-Z`).
+    fn zero_counters(&mut self) -> Result<(), DataplaneError>;
+    /// Zeroes one service's counters and its real servers' (`-Z -t`).
+    fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+    /// Every reason counter.
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError>;
+    /// Live connections, at most `limit`.
+    fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError>;
+    /// Live persistence templates, at most `limit`, with ns until each expires.
+    fn templates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(PersistKey, PersistEntry, u64)>, DataplaneError>;
+    /// Live connection counts per backend slot.
+    fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError>;
+    /// Connection-table capacity.
+    fn conn_capacity(&self) -> u32;
+    /// What the controller did so far.
+    fn activity(&self) -> Activity;
+}
+
+impl DataplaneOps for Dataplane {
+    fn current_config(&self) -> Result<DataplaneConfig, DataplaneError> {
+        Dataplane::current_config(self)
+    }
+    fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
+        Dataplane::set_config(self, cfg)
+    }
+    fn adoption_pending(&self) -> bool {
+        Dataplane::adoption_pending(self)
+    }
+    fn inherited_macs(&self) -> HashMap<IpAddr, [u8; 6]> {
+        Dataplane::inherited_macs(self)
+    }
+    fn sync(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::sync(self, config, macs)
+    }
+    fn recompute(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::recompute(self, config, macs)
+    }
+    fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        Dataplane::service_id(self, key)
+    }
+    fn backend_id(&self, key: &ServiceKey, addr: SocketAddr) -> Option<u32> {
+        Dataplane::backend_id(self, key, addr)
+    }
+    fn service_counters(&self, key: &ServiceKey) -> Result<Counters, DataplaneError> {
+        Dataplane::service_counters(self, key)
+    }
+    fn backend_counters(
+        &self,
+        key: &ServiceKey,
+        addr: SocketAddr,
+    ) -> Result<Counters, DataplaneError> {
+        Dataplane::backend_counters(self, key, addr)
+    }
+    fn zero_counters(&mut self) -> Result<(), DataplaneError> {
+        Dataplane::zero_counters(self)
+    }
+    fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        Dataplane::zero_service_counters(self, key)
+    }
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        Dataplane::reasons(self)
+    }
+    fn connections(&self, limit: usize) -> Result<Vec<ConnInfo>, DataplaneError> {
+        Dataplane::connections(self, limit)
+    }
+    fn templates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(PersistKey, PersistEntry, u64)>, DataplaneError> {
+        Dataplane::templates(self, limit)
+    }
+    fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        Dataplane::conn_counts(self)
+    }
+    fn conn_capacity(&self) -> u32 {
+        Dataplane::conn_capacity(self)
+    }
+    fn activity(&self) -> Activity {
+        Dataplane::activity(self)
+    }
+}
