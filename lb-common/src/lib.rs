@@ -19,7 +19,7 @@ pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, mask_addr, service_flags, table_kind,
     tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey,
-    ServiceValue, Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    ServiceValue, Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS, nat_job, nat_reply_filter_proto, NatJob, NatReply,
 };
 pub use reason::Reason;
 
@@ -68,8 +68,14 @@ pub mod names {
     pub const PROG_TUNNEL: &str = "xvs_tunnel";
     /// The ICMP program the director tail-calls for ICMP to a VIP.
     pub const PROG_ICMP: &str = "xvs_icmp";
-    /// Tail-call table: TAIL_TUNNEL, TAIL_ICMP.
+    /// The NAT program the director tail-calls for NAT real servers and their replies.
+    pub const PROG_NAT: &str = "xvs_nat";
+    /// Tail-call table: TAIL_TUNNEL, TAIL_ICMP, TAIL_NAT.
     pub const MAP_TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Per-CPU hand-over from the director to the NAT program.
+    pub const MAP_NAT_JOB: &str = "NAT_JOB";
+    /// NAT replies' way back to their connection (lb_common::NatReply).
+    pub const MAP_NAT_REPLIES: &str = "NAT_REPLIES";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
     /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.
@@ -112,8 +118,10 @@ pub mod names {
 pub const TAIL_TUNNEL: u32 = 0;
 /// Index of the ICMP program in TAIL_CALLS.
 pub const TAIL_ICMP: u32 = 1;
-/// Size of TAIL_CALLS.
-pub const TAIL_SLOTS: u32 = 2;
+/// Index of the NAT program in TAIL_CALLS.
+pub const TAIL_NAT: u32 = 2;
+/// Size of TAIL_CALLS: room for programs later builds add without changing the pinned layout.
+pub const TAIL_SLOTS: u32 = 8;
 
 /// Copies an IPv4 address (network order bytes) into the 16-byte form used in keys.
 #[inline(always)]

@@ -170,6 +170,9 @@ pub mod fwd {
     pub const TUN_IPIP: u8 = 1;
     /// Tunnel, GUE (variant 0, as IPVS): outer IP + UDP to `tun_port_be` + a 4-byte GUE header.
     pub const TUN_GUE: u8 = 2;
+    /// NAT (masquerading): the destination becomes the real server's address and `port_be`
+    /// (unless 0), and its replies, routed back through the director, get the VIP back.
+    pub const NAT: u8 = 3;
 }
 
 /// Backend::flags bits.
@@ -286,6 +289,50 @@ pub mod tunnel_job_flags {
     pub const HASH_SET: u8 = 1;
 }
 
+/// What a NAT reply is translated back to (map NAT_REPLIES, keyed by the reply's own flow:
+/// real server -> client). The connection's state lives in its CONNS entry, shared by both
+/// directions; this only leads from a reply to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReply {
+    /// The VIP the client connected to (IPv4 in the first four bytes).
+    pub vip: [u8; 16],
+    /// The VIP's port, network order.
+    pub vport_be: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Backend slot the connection went to (a reply from another is not this connection's).
+    pub backend: u32,
+}
+const _: () = assert!(size_of::<NatReply>() == 24);
+
+/// What the director hands to the NAT program (map NAT_JOB, per CPU, index 0) before it
+/// tail-calls it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatJob {
+    /// [`nat_job::INBOUND`] or [`nat_job::REPLY`].
+    pub kind: u32,
+    /// Backend slot (INBOUND).
+    pub backend: u32,
+}
+const _: () = assert!(size_of::<NatJob>() == 8);
+
+/// NatJob::kind values.
+pub mod nat_job {
+    /// A client's packet to the real server `backend`: rewrite the destination.
+    pub const INBOUND: u32 = 0;
+    /// Maybe a NAT real server's reply: look its connection up, rewrite the source.
+    pub const REPLY: u32 = 1;
+}
+
+/// The protocol byte a NAT real server's (address, port, protocol) is entered under in the
+/// service filter, so one bitmap serves both and the two cannot be confused.
+#[inline(always)]
+pub const fn nat_reply_filter_proto(proto: u8) -> u8 {
+    proto | 0x80
+}
+
 /// Traffic counters kept per CPU per service and per backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -339,6 +386,9 @@ pub mod config_flags {
     pub const GUE_ROUTE_PER_FLOW4: u8 = 1;
     /// The same for IPv6.
     pub const GUE_ROUTE_PER_FLOW6: u8 = 2;
+    /// Some real server is reached by NAT: packets that are not for a service are checked for
+    /// being a NAT real server's reply (without it, traffic that is not ours pays nothing).
+    pub const NAT: u8 = 4;
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 64);
 

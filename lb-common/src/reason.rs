@@ -70,10 +70,35 @@ pub enum Reason {
     DropTooBigUnquotable = 29,
     /// The tunnel or ICMP program is not in the tail-call table (a loader bug): dropped.
     DropTailCallMissing = 30,
+    /// Forwarded in NAT mode: the destination rewritten to the real server's, sent back out the
+    /// ingress interface (XDP_TX).
+    TxNat = 31,
+    /// A NAT real server's reply: the source rewritten back to the VIP and port, sent to the
+    /// client out the ingress interface (XDP_TX).
+    TxNatReply = 32,
+    /// NAT traffic (either direction) sent out another interface the FIB chose (XDP_REDIRECT).
+    RedirectNat = 33,
+    /// From a NAT real server's address and port, but of no connection the director knows (the
+    /// table lost it, or it belongs to an earlier real server): passed to the kernel unchanged,
+    /// never rewritten by guess.
+    PassNatReplyUnknown = 34,
+    /// No usable route toward a NAT packet's new destination (unreachable, blackhole,
+    /// prohibited): dropped.
+    DropNatNoRoute = 35,
+    /// The FIB knows the route toward a NAT packet's new destination but not the next hop's MAC
+    /// yet: dropped (the kernel resolves it meanwhile).
+    DropNatNoNeighbor = 36,
+    /// IP forwarding is disabled on the interface, so a NAT packet cannot be routed: dropped
+    /// (sysctl net.ipv4.conf.IFACE.forwarding / net.ipv6.conf.IFACE.forwarding).
+    DropNatFwdDisabled = 37,
 }
 
-/// Number of reasons (size of the REASONS map).
-pub const REASON_COUNT: u32 = 31;
+/// Number of reasons.
+pub const REASON_COUNT: u32 = 38;
+/// Size of the REASONS map: room for reasons later builds add without changing the pinned
+/// layout (a hitless upgrade keeps the map).
+pub const REASON_SLOTS: u32 = 64;
+const _: () = assert!(REASON_COUNT <= REASON_SLOTS);
 
 impl Reason {
     /// All reasons in index order.
@@ -109,6 +134,13 @@ impl Reason {
         Reason::TunZeroCsum,
         Reason::DropTooBigUnquotable,
         Reason::DropTailCallMissing,
+        Reason::TxNat,
+        Reason::TxNatReply,
+        Reason::RedirectNat,
+        Reason::PassNatReplyUnknown,
+        Reason::DropNatNoRoute,
+        Reason::DropNatNoNeighbor,
+        Reason::DropNatFwdDisabled,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -132,12 +164,22 @@ impl Reason {
                 | Reason::DropTunHeadroom
                 | Reason::DropTooBigUnquotable
                 | Reason::DropTailCallMissing
+                | Reason::DropNatNoRoute
+                | Reason::DropNatNoNeighbor
+                | Reason::DropNatFwdDisabled
         )
     }
 
     /// Whether the frame leaves through the ingress interface (XDP_TX).
     pub const fn is_tx(self) -> bool {
-        matches!(self, Reason::TxDr | Reason::TxTunnel | Reason::TxIcmpTooBig)
+        matches!(
+            self,
+            Reason::TxDr
+                | Reason::TxTunnel
+                | Reason::TxIcmpTooBig
+                | Reason::TxNat
+                | Reason::TxNatReply
+        )
     }
 
     /// A stable snake_case name (metrics label, JSON key).
@@ -174,6 +216,13 @@ impl Reason {
             Reason::TunZeroCsum => "tun_zero_csum",
             Reason::DropTooBigUnquotable => "drop_too_big_unquotable",
             Reason::DropTailCallMissing => "drop_tail_call_missing",
+            Reason::TxNat => "tx_nat",
+            Reason::TxNatReply => "tx_nat_reply",
+            Reason::RedirectNat => "redirect_nat",
+            Reason::PassNatReplyUnknown => "pass_nat_reply_unknown",
+            Reason::DropNatNoRoute => "drop_nat_no_route",
+            Reason::DropNatNoNeighbor => "drop_nat_no_neighbor",
+            Reason::DropNatFwdDisabled => "drop_nat_fwd_disabled",
         }
     }
 }

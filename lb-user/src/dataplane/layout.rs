@@ -38,7 +38,7 @@ pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
             key_size: m.key_size(),
             value_size: m.value_size(),
             max_entries: match name.as_str() {
-                names::MAP_CONNS => sizes.conns,
+                names::MAP_CONNS | names::MAP_NAT_REPLIES => sizes.conns,
                 names::MAP_SCHED_SLOTS => sizes.sched_slots,
                 _ => m.max_entries(),
             },

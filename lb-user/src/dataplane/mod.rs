@@ -274,6 +274,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::MAP_CONNS, sizes.conns)
+            .map_max_entries(names::MAP_NAT_REPLIES, sizes.conns)
             .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots)
             .override_global(kernel_log::LEVEL_GLOBAL, &level, true);
         for (name, path) in &pinned {
@@ -285,7 +286,7 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(names::PROG_DIRECTOR))?
             .try_into()?;
         prog.load()?;
-        // The programs the director tail-calls: TUN encapsulation and the ICMP relay. A pinned
+        // The programs the director tail-calls: TUN encapsulation, the ICMP relay and NAT. A pinned
         // TAIL_CALLS is reused: each entry is replaced by this build's program in one step, and
         // the pin keeps the entries after xvsd exits (a program array is emptied when its last
         // user reference goes, and a pin is one).
@@ -297,6 +298,7 @@ impl Dataplane {
         for (index, name) in [
             (lb_common::TAIL_TUNNEL, names::PROG_TUNNEL),
             (lb_common::TAIL_ICMP, names::PROG_ICMP),
+            (lb_common::TAIL_NAT, names::PROG_NAT),
         ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)

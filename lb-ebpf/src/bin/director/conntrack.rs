@@ -26,14 +26,7 @@ pub fn flow_key(p: &Parsed) -> FlowKey {
 pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static Backend)> {
     maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
-        let cfg = maps::config()?;
-        let timeout = match state {
-            ConnState::Udp => cfg.udp_timeout_ns,
-            ConnState::SynRecv => cfg.tcp_syn_timeout_ns,
-            ConnState::Established => cfg.tcp_timeout_ns,
-            ConnState::FinWait => cfg.tcp_fin_timeout_ns,
-            ConnState::Close => cfg.tcp_close_timeout_ns,
-        };
+        let timeout = timeout(state)?;
         let backend = maps::backend(e.backend)?;
         let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
         // Expired, the real server was removed, or a new SYN on a closing entry: schedule afresh.
@@ -56,6 +49,49 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static
         Some((e.service, e.backend, backend))
     })
     .flatten()
+}
+
+/// A NAT real server's reply to connection `key` (as the client sent it), from backend `id`:
+/// whether the connection is live and went to that backend. Its clock and TCP state follow the
+/// reply as they follow the client's packets (a FIN or RST from either side closes it).
+#[inline(always)]
+pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> bool {
+    maps::conn_update(key, |e| {
+        let state = ConnState::from_u8(e.state);
+        let timeout = timeout(state)?;
+        let backend = maps::backend(e.backend)?;
+        if e.backend != id
+            || backend.generation != e.generation
+            || now.saturating_sub(e.last_seen_ns) > timeout
+        {
+            return None;
+        }
+        if e.last_seen_ns != now {
+            e.last_seen_ns = now;
+        }
+        if p.proto == PROTO_TCP {
+            let next = next_tcp_state(state, p.tcp_flags) as u8;
+            if next != e.state {
+                e.state = next;
+            }
+        }
+        Some(())
+    })
+    .flatten()
+    .is_some()
+}
+
+/// How long an entry in `state` lives without traffic.
+#[inline(always)]
+fn timeout(state: ConnState) -> Option<u64> {
+    let cfg = maps::config()?;
+    Some(match state {
+        ConnState::Udp => cfg.udp_timeout_ns,
+        ConnState::SynRecv => cfg.tcp_syn_timeout_ns,
+        ConnState::Established => cfg.tcp_timeout_ns,
+        ConnState::FinWait => cfg.tcp_fin_timeout_ns,
+        ConnState::Close => cfg.tcp_close_timeout_ns,
+    })
 }
 
 /// Records a new flow's choice of real server.

@@ -1,10 +1,12 @@
-//! The director: balances virtual-service traffic to real servers (DR and TUN mode), relays ICMP
-//! errors about balanced flows to their real servers, passes the rest.
+//! The director: balances virtual-service traffic to real servers (DR, TUN and NAT mode),
+//! translates NAT real servers' replies back, relays ICMP errors about balanced flows to their
+//! real servers, passes the rest.
 //!
-//! Three XDP programs share these maps: `xvs_director` (attached), and the tail-called
-//! `xvs_icmp` and `xvs_tunnel`, which run with a fresh stack of their own. A packet through
-//! `xvs_director`: parse -> ICMP hand-off -> service filter -> connection table -> (new flow:
-//! service, persistence, scheduler table, connection entry) -> counters -> forward.
+//! Four XDP programs share these maps: `xvs_director` (attached), and the tail-called
+//! `xvs_icmp`, `xvs_tunnel` and `xvs_nat`, which run with a fresh stack of their own. A packet
+//! through `xvs_director`: parse -> ICMP hand-off -> service filter (else: a NAT reply?) ->
+//! connection table -> (new flow: service, persistence, scheduler table, connection entry) ->
+//! counters -> forward.
 #![no_std]
 #![no_main]
 // The scheduler cursor's atomic fetch-and-add (maps::seq_next): core's atomics have no
@@ -21,7 +23,7 @@ mod service;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use lb_common::{FlowKey, Reason, PROTO_ICMP, PROTO_ICMPV6, TAIL_ICMP};
+use lb_common::{fwd, FlowKey, Reason, PROTO_ICMP, PROTO_ICMPV6, TAIL_ICMP};
 use lb_ebpf::{
     helpers::ktime_coarse_ns,
     icmp,
@@ -54,7 +56,7 @@ fn director(pkt: &mut Packet) -> Result<Out, Reason> {
     // One array read rules out almost all traffic that is not for a service.
     let port_service = match service::filter(&p) {
         Filter::Hit(port_service) => port_service,
-        Filter::Miss => return Err(Reason::PassNotService),
+        Filter::Miss => return not_a_service(pkt, &p),
     };
     let key = conntrack::flow_key(&p);
     let now = ktime_coarse_ns();
@@ -67,7 +69,11 @@ fn director(pkt: &mut Packet) -> Result<Out, Reason> {
         None => {
             let packed = new_flow(&key, &p, port_service, now);
             if packed & NEW_FLOW_ERR != 0 {
-                return Err(Reason::from_index(packed as u32).unwrap_or(Reason::DropBadBackend));
+                return match Reason::from_index(packed as u32) {
+                    // The filter's bit was another's: maybe a NAT reply after all.
+                    Some(Reason::PassNotService) => not_a_service(pkt, &p),
+                    reason => Err(reason.unwrap_or(Reason::DropBadBackend)),
+                };
             }
             let id = packed as u32;
             let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
@@ -78,6 +84,15 @@ fn director(pkt: &mut Packet) -> Result<Out, Reason> {
     add_stats(StatsOf::Service, service_id, new_conn, bytes);
     add_stats(StatsOf::Backend, backend_id, new_conn, bytes);
     forward::forward(pkt, &p, None, backend_id, backend)
+}
+
+/// A packet for no service: a NAT real server's reply goes to xvs_nat, the rest to the kernel.
+#[inline(always)]
+fn not_a_service(pkt: &Packet, p: &Parsed) -> Result<Out, Reason> {
+    if forward::nat::maybe_reply(p) {
+        return forward::nat::hand_off_reply(pkt);
+    }
+    Err(Reason::PassNotService)
 }
 
 /// Set in new_flow's result when it carries a Reason instead of (service id, backend id).
@@ -117,6 +132,9 @@ fn new_flow_inline(
         }
     };
     conntrack::record(key, p, svc.id, id, backend, now);
+    if backend.fwd == fwd::NAT {
+        forward::nat::record(key, id, backend);
+    }
     Ok((svc.id, id))
 }
 
@@ -149,5 +167,14 @@ fn icmp_relay(pkt: &mut Packet) -> Result<Out, Reason> {
 pub fn xvs_tunnel(ctx: XdpContext) -> u32 {
     let mut pkt = Packet::new(ctx);
     let result = forward::tun::run(&mut pkt);
+    verdict(&pkt, result)
+}
+
+/// NAT forwarding, tail-called by the director with the job in NAT_JOB: a client's packet to
+/// its NAT real server, or a NAT real server's reply back to its client.
+#[xdp]
+pub fn xvs_nat(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(ctx);
+    let result = forward::nat::run(&mut pkt);
     verdict(&pkt, result)
 }

@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
-    filter::FILTER_WORDS, reason::REASON_COUNT, Backend, ConnEntry, DataplaneConfig, FlowKey, Meta,
-    PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
+    filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey, Meta,
+    NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, TunRoute,
+    TunnelJob,
     DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES,
     TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
@@ -41,7 +42,7 @@ static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SER
 #[map]
 static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
-static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 #[map]
 static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -50,6 +51,13 @@ static SERVICE_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 #[map]
 static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static NAT_JOB: PerCpuArray<NatJob> = PerCpuArray::with_max_entries(1, 0);
+/// A NAT reply's way back to its connection: as large as CONNS (one per NAT connection), LRU
+/// like it, so a reply entry in use is not the one evicted.
+#[map]
+static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
 /// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
 #[map]
 static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
@@ -190,6 +198,36 @@ pub fn tunnel_job_mut() -> Option<&'static mut TunnelJob> {
 #[inline(always)]
 pub fn tunnel_job() -> Option<&'static TunnelJob> {
     TUNNEL_JOB.get(0)
+}
+
+/// This CPU's NAT job, the hand-off from the director to xvs_nat, to be written in place.
+/// Taken once per program run, so the reference is the only one.
+#[inline(always)]
+pub fn nat_job_mut() -> Option<&'static mut NatJob> {
+    let job = NAT_JOB.get_ptr_mut(0)?;
+    // SAFETY: as in `tunnel_job_mut`: this CPU's slot, taken once per run by
+    // forward::nat's hand-offs.
+    Some(unsafe { &mut *job })
+}
+
+/// This CPU's NAT job, as the director left it.
+#[inline(always)]
+pub fn nat_job() -> Option<&'static NatJob> {
+    NAT_JOB.get(0)
+}
+
+/// The way back of a NAT reply (keyed by the reply's flow: real server -> client).
+#[inline(always)]
+pub fn nat_reply(key: &FlowKey) -> Option<&'static NatReply> {
+    // SAFETY: entries are replaced whole by inserts, never written in place; a racing replace
+    // at worst shows the other copy of plain integers.
+    unsafe { NAT_REPLIES.get(key) }
+}
+
+/// Records a NAT connection's way back (Err when the kernel refuses it).
+#[inline(always)]
+pub fn nat_reply_insert(key: &FlowKey, reply: &NatReply) -> Result<(), i32> {
+    NAT_REPLIES.insert(key, reply, 0)
 }
 
 /// This CPU's cached route for a tunnel backend slot. Taken once per program run (read, and

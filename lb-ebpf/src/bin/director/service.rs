@@ -27,8 +27,9 @@ pub fn filter(p: &Parsed) -> Filter {
     }
 }
 
+/// Whether the filter has the bit of (address, port, protocol byte).
 #[inline(always)]
-fn filter_hit(addr: &[u8; 16], port_be: u16, proto: u8) -> bool {
+pub fn filter_hit(addr: &[u8; 16], port_be: u16, proto: u8) -> bool {
     let bit = filter_bit(addr, port_be, proto);
     match maps::filter_word(bit >> 6) {
         Some(word) => word & (1u64 << (bit & 63)) != 0,

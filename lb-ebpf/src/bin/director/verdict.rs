@@ -15,8 +15,9 @@ const TARGET: &str = "xvs_director";
 pub enum Out {
     /// XDP_TX, counted under this reason.
     Tx(Reason),
-    /// XDP_REDIRECT to this interface (a tunnel whose next hop is behind another interface).
-    Redirect(u32),
+    /// XDP_REDIRECT to this interface (a next hop behind another interface), counted under
+    /// this reason.
+    Redirect(u32, Reason),
 }
 
 /// Counts the outcome of a program run and turns it into the XDP verdict: Ok forwards, Err
@@ -32,9 +33,9 @@ pub fn verdict(pkt: &Packet, result: Result<Out, Reason>) -> u32 {
             trace!(ctx, target: TARGET, "{}", reason.name());
             xdp_action::XDP_TX
         }
-        Ok(Out::Redirect(ifindex)) => {
-            count(Reason::RedirectTunnel);
-            trace!(ctx, target: TARGET, "{} ifindex {}", Reason::RedirectTunnel.name(), ifindex);
+        Ok(Out::Redirect(ifindex, reason)) => {
+            count(reason);
+            trace!(ctx, target: TARGET, "{} ifindex {}", reason.name(), ifindex);
             redirect(ifindex)
         }
         Err(reason) => {

@@ -1,7 +1,9 @@
-//! Forwarding, one module per mode: DR rewrites the Ethernet header, TUN encapsulates (in a
-//! tail-called program of its own). NAT and FULLNAT will be modules beside them.
+//! Forwarding, one module per mode: DR rewrites the Ethernet header, TUN encapsulates and NAT
+//! translates addresses (each of these two in a tail-called program of its own). FULLNAT will
+//! be a module beside them.
 
 mod dr;
+pub mod nat;
 pub mod tun;
 
 use lb_common::{fwd, Backend, FlowKey, Reason};
@@ -22,6 +24,7 @@ pub fn forward(
     match backend.fwd {
         fwd::DR => dr::forward(pkt, backend),
         fwd::TUN_IPIP | fwd::TUN_GUE => tun::hand_off(pkt, p, key, backend_id),
+        fwd::NAT => nat::hand_off(pkt, backend_id),
         _ => Err(Reason::DropBadBackend),
     }
 }

@@ -96,7 +96,7 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
     }
     match sent {
         Sent::Tx => Ok(Out::Tx(Reason::TxTunnel)),
-        Sent::Redirect(ifindex) => Ok(Out::Redirect(ifindex)),
+        Sent::Redirect(ifindex) => Ok(Out::Redirect(ifindex, Reason::RedirectTunnel)),
         Sent::TooBig(mtu) => {
             icmp::too_big(pkt, &p, mtu)?;
             Ok(Out::Tx(Reason::TxIcmpTooBig))
