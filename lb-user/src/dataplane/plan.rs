@@ -24,6 +24,7 @@ use std::{
 use lb_common::{
     backend_flags,
     filter::{filter_bit, FILTER_WORDS},
+    nat_reply_filter_proto,
     fwd, service_flags, table_kind, Backend, ServiceKey as BpfKey, ServiceValue, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
 };
@@ -818,6 +819,7 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
                 model::TunnelKind::Ipip => fwd::TUN_IPIP,
                 model::TunnelKind::Gue => fwd::TUN_GUE,
             },
+            model::ForwardMethod::Nat => fwd::NAT,
         },
         flags: match real.forward {
             model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
@@ -827,7 +829,7 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
         generation: 0,
         tun_port_be: match real.forward {
             model::ForwardMethod::Tunnel(t) => t.port.to_be(),
-            model::ForwardMethod::Dr => 0,
+            model::ForwardMethod::Dr | model::ForwardMethod::Nat => 0,
         },
         _pad2: [0; 2],
         service: service_id,
@@ -840,14 +842,34 @@ pub fn table_uses_counts(svc: &model::Service) -> bool {
     scheduler::is_load_aware(svc.scheduler) || svc.reals.iter().any(|r| r.u_threshold > 0)
 }
 
-/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key.
+/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key, and one per NAT
+/// real server's (address, port, protocol) under lb_common::nat_reply_filter_proto, by which the
+/// data plane recognises their replies.
 pub fn filter_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; FILTER_WORDS as usize];
-    for k in config.services().iter().flat_map(bpf_keys) {
-        let bit = filter_bit(&k.addr, k.port_be, k.proto);
+    let mut set = |addr: &[u8; 16], port_be: u16, proto: u8| {
+        let bit = filter_bit(addr, port_be, proto);
         words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    };
+    for svc in config.services() {
+        for k in bpf_keys(svc) {
+            set(&k.addr, k.port_be, k.proto);
+            for r in svc.reals.iter().filter(|r| r.forward == model::ForwardMethod::Nat) {
+                let (addr, _) = addr_bytes(r.addr.ip());
+                set(&addr, r.addr.port().to_be(), nat_reply_filter_proto(k.proto));
+            }
+        }
     }
     words
+}
+
+/// Whether any real server is reached by NAT (CONFIG's NAT flag: replies are looked for).
+pub fn uses_nat(config: &Config) -> bool {
+    config
+        .services()
+        .iter()
+        .flat_map(|s| &s.reals)
+        .any(|r| r.forward == model::ForwardMethod::Nat)
 }
 
 /// The SERVICES keys of a service: a normal service's own key, or each match of a group (a
@@ -878,11 +900,11 @@ fn table_upper_bound(svc: &model::Service, params: &scheduler::Params) -> usize 
 }
 
 /// The MAC a real server's frames are sent to: its own in DR mode (None until resolved); a
-/// tunnelled server needs none (the data plane asks the kernel's FIB for the next hop).
+/// tunnelled or NAT server needs none (the data plane asks the kernel's FIB for the next hop).
 fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
     match r.forward {
         model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
-        model::ForwardMethod::Tunnel(_) => Some([0; 6]),
+        model::ForwardMethod::Tunnel(_) | model::ForwardMethod::Nat => Some([0; 6]),
     }
 }
 

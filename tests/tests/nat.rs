@@ -1,0 +1,388 @@
+//! NAT forwarding through the real director object (BPF_PROG_TEST_RUN), in a network namespace
+//! whose routes and neighbours the program's FIB lookups see. Every expected frame is built
+//! from scratch by etherparse (addresses and ports already translated, checksums computed over
+//! the whole packet), so the data plane's incremental checksum updates are checked against an
+//! independent computation: client -> real server (port mapping, TCP, UDP with and without a
+//! checksum, IPv4 and IPv6), the real server's replies back from the VIP, replies that belong
+//! to no connection, a real server behind another interface, mixed forwarding methods.
+
+use lb_common::{config_flags, ConnState, FlowKey, Reason, FAMILY_V4, PROTO_TCP};
+use lb_user::model::{
+    Change, ForwardMethod, Persistence, Protocol, RealServer, Scheduler, ServiceKey,
+};
+use xvs_tests::{
+    netns,
+    packets::{frame, tcp, udp, Flags, ACK, L4, SYN},
+    progtest::{verdict, Director},
+};
+
+const NS: &str = "xvsnat-prog";
+/// The director's interfaces in the namespace, and their MACs.
+const D0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd0];
+const D2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd2];
+/// An on-link real server's MAC, the router's (toward clients), the second arm's server's.
+const RS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const RS2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x82];
+const CLIENT: &str = "192.0.2.1";
+const CLIENT6: &str = "2001:db8:1::1";
+const VIP: &str = "203.0.113.10";
+const VIP6: &str = "2001:db8:10::10";
+const RS: &str = "198.51.100.20";
+const RS6: &str = "2001:db8:100::20";
+/// A real server behind the second interface d2 (two arms).
+const RS_D2: &str = "198.51.100.130";
+
+/// The namespace, removed on drop (also when a test fails).
+struct Ns;
+
+impl Ns {
+    fn new() -> Ns {
+        xvs_tests::require_root();
+        netns::destroy(NS);
+        netns::create(NS).expect("create namespace");
+        let ns = Ns;
+        let script = format!(
+            "set -e
+            ip link add d0 address {d0} type veth peer name d1
+            ip link add d2 address {d2} type veth peer name d3 address {rs2}
+            for l in d0 d1 d2 d3; do ip link set $l up; done
+            ip addr add 198.51.100.1/26 dev d0
+            ip addr add 2001:db8:100::1/64 dev d0 nodad
+            ip addr add 198.51.100.129/26 dev d2
+            ip neigh add {RS} lladdr {rs} dev d0 nud permanent
+            ip neigh add {RS6} lladdr {rs} dev d0 nud permanent
+            ip neigh add 198.51.100.62 lladdr {gw} dev d0 nud permanent
+            ip neigh add 2001:db8:100::fe lladdr {gw} dev d0 nud permanent
+            ip neigh add {RS_D2} lladdr {rs2} dev d2 nud permanent
+            ip route add 192.0.2.0/24 via 198.51.100.62
+            ip -6 route add 2001:db8:1::/64 via 2001:db8:100::fe
+            sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
+            d0 = mac_text(&D0_MAC),
+            d2 = mac_text(&D2_MAC),
+            rs = mac_text(&RS_MAC),
+            rs2 = mac_text(&RS2_MAC),
+            gw = mac_text(&GW_MAC),
+        );
+        let out = netns::sh(NS, &script).expect("namespace setup");
+        assert!(
+            out.status.success(),
+            "setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ns
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        netns::destroy(NS);
+    }
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Runs `f` with a director loaded inside the namespace and d0's ifindex.
+fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
+    let _ns = Ns::new();
+    netns::in_netns(NS, move || {
+        let mut d = Director::new();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+        assert_ne!(ifindex, 0, "d0 exists");
+        f(&mut d, ifindex);
+    })
+    .expect("test body (see the panic above)");
+}
+
+fn bracket(a: &str) -> String {
+    if a.contains(':') {
+        format!("[{a}]")
+    } else {
+        a.to_string()
+    }
+}
+
+fn key(proto: Protocol, vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: proto,
+        addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
+    }
+}
+
+fn real(rs: &str, port: u16, forward: ForwardMethod) -> RealServer {
+    RealServer {
+        forward,
+        ..RealServer::dr(format!("{}:{port}", bracket(rs)).parse().unwrap(), 1)
+    }
+}
+
+/// A service with NAT real servers (address, port), and CONFIG's NAT flag as xvsd sets it.
+fn nat_service(d: &mut Director, proto: Protocol, vip: &str, vport: u16, reals: &[(&str, u16)]) {
+    let k = key(proto, vip, vport);
+    let mut changes = vec![Change::add_service(k, Scheduler::Rr)];
+    for (rs, port) in reals {
+        changes.push(Change::AddReal {
+            service: k,
+            real: real(rs, *port, ForwardMethod::Nat),
+        });
+    }
+    d.apply(&changes);
+    nat_on(d);
+}
+
+fn nat_on(d: &mut Director) {
+    let mut c = d.dp.current_config().unwrap();
+    c.flags |= config_flags::NAT;
+    d.dp.set_config(c).unwrap();
+}
+
+/// `f` with its Ethernet addresses replaced.
+fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+const SYN_ACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+#[test]
+fn client_packets_reach_the_real_server_and_replies_come_back_from_the_vip_exact_bytes() {
+    in_ns(|d, ifx| {
+        use Protocol::{Tcp, Udp};
+        // (what, protocol, VIP, VIP port, real server, its port, client, payload, L4)
+        let cases: &[(&str, Protocol, &str, u16, &str, u16, &str, L4)] = &[
+            ("tcp v4 port map", Tcp, VIP, 80, RS, 8080, CLIENT, L4::Tcp(SYN)),
+            ("udp v4", Udp, VIP, 53, RS, 5353, CLIENT, L4::Udp),
+            ("tcp v6", Tcp, VIP6, 80, RS6, 8080, CLIENT6, L4::Tcp(SYN)),
+            ("udp v6", Udp, VIP6, 53, RS6, 53, CLIENT6, L4::Udp),
+        ];
+        for (n, &(what, proto, vip, vport, rs, rport, client, l4)) in cases.iter().enumerate() {
+            nat_service(d, proto, vip, vport, &[(rs, rport)]);
+            let cport = 40000 + n as u16;
+            let payload = b"0123456789abcdef-odd";
+            let sent = frame(client, cport, vip, vport, l4, None, payload);
+            let (v, out) = d.run_on(ifx, &sent);
+            assert_eq!(v, verdict::TX, "{what}: inbound verdict");
+            let want = with_macs(
+                frame(client, cport, rs, rport, l4, None, payload),
+                RS_MAC,
+                D0_MAC,
+            );
+            assert_eq!(out, want, "{what}: inbound bytes");
+            // The real server answers from its own address and port; the client sees the VIP.
+            let reply_l4 = match l4 {
+                L4::Tcp(_) => L4::Tcp(SYN_ACK),
+                L4::Udp => L4::Udp,
+            };
+            let answer = frame(rs, rport, client, cport, reply_l4, None, payload);
+            let (v, out) = d.run_on(ifx, &answer);
+            assert_eq!(v, verdict::TX, "{what}: reply verdict");
+            let want = with_macs(
+                frame(vip, vport, client, cport, reply_l4, None, payload),
+                GW_MAC,
+                D0_MAC,
+            );
+            assert_eq!(out, want, "{what}: reply bytes");
+        }
+        assert_eq!(d.reason(Reason::TxNat), 4);
+        assert_eq!(d.reason(Reason::TxNatReply), 4);
+    });
+}
+
+#[test]
+fn a_udp_datagram_without_checksum_keeps_none_both_ways() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Udp, VIP, 53, &[(RS, 5353)]);
+        let zero = |mut f: Vec<u8>| {
+            // UDP checksum: Ethernet 14 + IPv4 20 + 6.
+            f[40] = 0;
+            f[41] = 0;
+            f
+        };
+        let (v, out) = d.run_on(ifx, &zero(udp(CLIENT, 40000, VIP, 53, b"q")));
+        assert_eq!(v, verdict::TX);
+        let want = zero(with_macs(udp(CLIENT, 40000, RS, 5353, b"q"), RS_MAC, D0_MAC));
+        assert_eq!(out, want);
+        let (v, out) = d.run_on(ifx, &zero(udp(RS, 5353, CLIENT, 40000, b"a")));
+        assert_eq!(v, verdict::TX);
+        let want = zero(with_macs(udp(VIP, 53, CLIENT, 40000, b"a"), GW_MAC, D0_MAC));
+        assert_eq!(out, want);
+    });
+}
+
+#[test]
+fn replies_of_no_known_connection_pass_unchanged_and_are_counted() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        // From the real server's port, but to a client that never connected.
+        let unknown = tcp(RS, 8080, CLIENT, 41000, SYN_ACK);
+        let (v, out) = d.run_on(ifx, &unknown);
+        assert_eq!((v, out), (verdict::PASS, unknown.clone()));
+        assert_eq!(d.reason(Reason::PassNatReplyUnknown), 1);
+        // From another port of the real server, or from an address that is no real server:
+        // not even looked up.
+        for other in [
+            tcp(RS, 22, CLIENT, 41000, ACK),
+            tcp("198.51.100.21", 8080, CLIENT, 41000, ACK),
+        ] {
+            let (v, out) = d.run_on(ifx, &other);
+            assert_eq!((v, out), (verdict::PASS, other.clone()));
+        }
+        assert_eq!(d.reason(Reason::PassNatReplyUnknown), 1);
+        assert_eq!(d.reason(Reason::PassNotService), 2);
+
+        // A connection, then its real server removed: its replies are no longer translated.
+        let (v, _) = d.run_on(ifx, &tcp(CLIENT, 41001, VIP, 80, SYN));
+        assert_eq!(v, verdict::TX);
+        let reply = tcp(RS, 8080, CLIENT, 41001, SYN_ACK);
+        assert_eq!(d.run_on(ifx, &reply).0, verdict::TX);
+        d.apply(&[Change::DeleteReal {
+            service: key(Protocol::Tcp, VIP, 80),
+            addr: format!("{RS}:8080").parse().unwrap(),
+        }]);
+        let (v, out) = d.run_on(ifx, &reply);
+        assert_eq!((v, out), (verdict::PASS, reply.clone()));
+        assert_eq!(d.reason(Reason::PassNatReplyUnknown), 2);
+    });
+}
+
+#[test]
+fn the_connection_state_follows_both_directions() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        let conn = |d: &Director| {
+            let mut k = FlowKey {
+                sport_be: 42000u16.to_be(),
+                dport_be: 80u16.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+                ..FlowKey::default()
+            };
+            k.src[..4].copy_from_slice(&[192, 0, 2, 1]);
+            k.dst[..4].copy_from_slice(&[203, 0, 113, 10]);
+            ConnState::from_u8(d.dp.conn_entry(&k).expect("tracked").state)
+        };
+        d.run_on(ifx, &tcp(CLIENT, 42000, VIP, 80, SYN));
+        assert_eq!(conn(d), ConnState::SynRecv);
+        d.run_on(ifx, &tcp(RS, 8080, CLIENT, 42000, SYN_ACK));
+        d.run_on(ifx, &tcp(CLIENT, 42000, VIP, 80, ACK));
+        assert_eq!(conn(d), ConnState::Established);
+        // The real server resets: the connection closes, as IPVS's NAT state machine has it.
+        let (v, _) = d.run_on(ifx, &tcp(RS, 8080, CLIENT, 42000, RST));
+        assert_eq!(v, verdict::TX);
+        assert_eq!(conn(d), ConnState::Close);
+    });
+}
+
+#[test]
+fn a_real_server_behind_another_interface_is_reached_by_redirect() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS_D2, 80)]);
+        let (v, out) = d.run_on(ifx, &tcp(CLIENT, 43000, VIP, 80, SYN));
+        assert_eq!(v, verdict::REDIRECT);
+        assert_eq!(
+            out,
+            with_macs(tcp(CLIENT, 43000, RS_D2, 80, SYN), RS2_MAC, D2_MAC)
+        );
+        assert_eq!(d.reason(Reason::RedirectNat), 1);
+        // Its reply arrives on d2 and leaves by d0 toward the client's router.
+        // SAFETY: a NUL-terminated name.
+        let d2 = unsafe { libc::if_nametoindex(c"d2".as_ptr()) };
+        let (v, out) = d.run_on(d2, &tcp(RS_D2, 80, CLIENT, 43000, SYN_ACK));
+        assert_eq!(v, verdict::REDIRECT);
+        assert_eq!(
+            out,
+            with_macs(tcp(VIP, 80, CLIENT, 43000, SYN_ACK), GW_MAC, D0_MAC)
+        );
+        assert_eq!(d.reason(Reason::RedirectNat), 2);
+    });
+}
+
+#[test]
+fn one_service_mixes_direct_routing_and_nat_real_servers() {
+    in_ns(|d, ifx| {
+        let k = key(Protocol::Tcp, VIP, 80);
+        d.mac("198.51.100.21", [0x02, 0, 0, 0, 0, 0x21]);
+        d.apply(&[
+            Change::add_service(k, Scheduler::Rr),
+            Change::AddReal {
+                service: k,
+                real: real(RS, 8080, ForwardMethod::Nat),
+            },
+            Change::AddReal {
+                service: k,
+                real: real("198.51.100.21", 80, ForwardMethod::Dr),
+            },
+        ]);
+        nat_on(d);
+        let mut dr = 0;
+        let mut nat = 0;
+        for cport in 44000..44010u16 {
+            let sent = tcp(CLIENT, cport, VIP, 80, SYN);
+            let (v, out) = d.run_on(ifx, &sent);
+            assert_eq!(v, verdict::TX);
+            if out == with_macs(sent.clone(), [0x02, 0, 0, 0, 0, 0x21], sent[..6].try_into().unwrap()) {
+                dr += 1;
+            } else {
+                assert_eq!(
+                    out,
+                    with_macs(tcp(CLIENT, cport, RS, 8080, SYN), RS_MAC, D0_MAC)
+                );
+                nat += 1;
+            }
+        }
+        assert_eq!((dr, nat), (5, 5), "rr alternates between the two methods");
+    });
+}
+
+#[test]
+fn an_all_ports_service_keeps_the_clients_port_for_a_port_zero_real_server() {
+    in_ns(|d, ifx| {
+        let k = key(Protocol::Tcp, VIP, 0);
+        d.apply(&[
+            Change::AddService {
+                key: k,
+                scheduler: Scheduler::Rr,
+                flags: Default::default(),
+                persistence: Some(Persistence {
+                    timeout: 300,
+                    prefix: 32,
+                }),
+            },
+            Change::AddReal {
+                service: k,
+                real: real(RS, 0, ForwardMethod::Nat),
+            },
+        ]);
+        nat_on(d);
+        let (v, out) = d.run_on(ifx, &tcp(CLIENT, 45000, VIP, 443, SYN));
+        assert_eq!(v, verdict::TX);
+        assert_eq!(
+            out,
+            with_macs(tcp(CLIENT, 45000, RS, 443, SYN), RS_MAC, D0_MAC)
+        );
+        let (v, out) = d.run_on(ifx, &tcp(RS, 443, CLIENT, 45000, SYN_ACK));
+        assert_eq!(v, verdict::TX);
+        assert_eq!(
+            out,
+            with_macs(tcp(VIP, 443, CLIENT, 45000, SYN_ACK), GW_MAC, D0_MAC)
+        );
+    });
+}
