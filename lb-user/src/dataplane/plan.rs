@@ -72,6 +72,10 @@ pub enum PlanError {
     /// No backend slot left.
     #[error("data-plane capacity exceeded: backend slots")]
     BackendIds,
+    /// A masquerading real server: the model accepts -m, the data plane has no NAT yet.
+    // todo(nat): removed when the data plane forwards by NAT.
+    #[error("real server {0}: masquerading (NAT) is not implemented by the data plane yet")]
+    NatNotImplemented(String),
     /// No free run of scheduler slots long enough (fragmentation).
     #[error("data-plane capacity exceeded: no room for a {0}-slot table")]
     NoRoom(usize),
@@ -324,6 +328,15 @@ pub struct Plan {
 /// real servers of `desired` that match keep their ids (and so their connections, templates
 /// and counters); whatever `desired` does not name is removed.
 pub fn plan(current: &Placement, desired: &Config, inputs: &Inputs) -> Result<Plan, PlanError> {
+    // todo(nat): refused until the data plane forwards by NAT (backend_of has no fwd::NAT).
+    if let Some(r) = desired
+        .services()
+        .iter()
+        .flat_map(|s| &s.reals)
+        .find(|r| r.forward == model::ForwardMethod::Nat)
+    {
+        return Err(PlanError::NatNotImplemented(r.addr.to_string()));
+    }
     check_capacity(current, desired, inputs)?;
     let mut p = Planner::new(current, inputs);
     p.free_quarantine();
@@ -813,7 +826,8 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
         port_be: real.addr.port().to_be(),
         family,
         fwd: match real.forward {
-            model::ForwardMethod::Dr => fwd::DR,
+            // todo(nat): never reached, plan() refuses NAT real servers.
+            model::ForwardMethod::Dr | model::ForwardMethod::Nat => fwd::DR,
             model::ForwardMethod::Tunnel(t) => match t.kind {
                 model::TunnelKind::Ipip => fwd::TUN_IPIP,
                 model::TunnelKind::Gue => fwd::TUN_GUE,
@@ -827,7 +841,7 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
         generation: 0,
         tun_port_be: match real.forward {
             model::ForwardMethod::Tunnel(t) => t.port.to_be(),
-            model::ForwardMethod::Dr => 0,
+            model::ForwardMethod::Dr | model::ForwardMethod::Nat => 0,
         },
         _pad2: [0; 2],
         service: service_id,
@@ -881,7 +895,8 @@ fn table_upper_bound(svc: &model::Service, params: &scheduler::Params) -> usize 
 /// tunnelled server needs none (the data plane asks the kernel's FIB for the next hop).
 fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
     match r.forward {
-        model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
+        // todo(nat): the next hop's MAC is the data plane's choice; plan() refuses NAT for now.
+        model::ForwardMethod::Dr | model::ForwardMethod::Nat => macs.get(&r.addr.ip()).copied(),
         model::ForwardMethod::Tunnel(_) => Some([0; 6]),
     }
 }
