@@ -968,7 +968,7 @@ impl Config {
             } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
-                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
                 let current = &svc.reals[i];
                 let edited = RealServer {
                     addr: current.addr,
@@ -1002,7 +1002,7 @@ impl Config {
             Change::DeleteReal { service, addr } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
-                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
                 svc.reals.remove(i);
             }
             Change::SetCheck { key, check } => {
@@ -1077,7 +1077,8 @@ impl Config {
 /// Where the real server `-e`/`-d` name is in its service: the one with exactly this address
 /// and port (a NAT server is known by both, as IPVS knows every server), else the direct-routing
 /// or tunnelling server with this IP, whatever port was given (its port is the service's, or
-/// in a group meaningless: one IP is one such server, see [`same_server`]).
+/// in a group meaningless: one IP is one such server, see [`same_server`]). An error names the
+/// address as given (the command line fills in the service's port when none is given).
 fn real_index(svc: &Service, addr: SocketAddr) -> Option<usize> {
     svc.reals.iter().position(|r| r.addr == addr).or_else(|| {
         svc.reals
@@ -1100,12 +1101,6 @@ fn same_server(a: &RealServer, b: &RealServer) -> bool {
 /// The check that runs against a real server of `svc` (None: not checked), or why it cannot.
 pub fn check_of(svc: &Service, real: &RealServer) -> Result<Option<check::Check>, ConfigError> {
     check::resolve(&svc.check, &real.check, real.addr).map_err(ConfigError::BadCheck)
-}
-
-/// A real server's address as an error names it: as given (ipvsadm fills in the service's
-/// port when none is given; a NAT server is known by its own port).
-fn shown_real(_svc: &Service, addr: SocketAddr) -> String {
-    addr.to_string()
 }
 
 fn validate_service(
