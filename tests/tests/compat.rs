@@ -40,8 +40,20 @@ fn refused_options_say_why_and_change_nothing() {
     let rs3 = "198.51.100.13:80";
     let cases: &[(&[&str], &str)] = &[
         (
-            &["-a", "-t", &vip, "-r", rs3, "-m"],
-            "masquerading/NAT) is not supported",
+            &[
+                "-a",
+                "-t",
+                &vip,
+                "-r",
+                rs3,
+                "-i",
+                "--tun-type",
+                "gue",
+                "--tun-port",
+                "6080",
+                "--tun-remcsum",
+            ],
+            "GUE remote checksum offload) is not supported",
         ),
         (
             &["-a", "-t", &vip, "-r", rs3, "--tun-type", "ipip"],
@@ -139,10 +151,12 @@ fn refused_options_say_why_and_change_nothing() {
     // The same lines inside a restore refuse the whole restore.
     let out = restore(
         &lab,
-        &format!("-A -t 203.0.113.20:80 -s rr\n-a -t {vip} -r {rs3} -m\n"),
+        &format!(
+            "-A -t 203.0.113.20:80 -s rr\n-a -t {vip} -r {rs3} -i --tun-type gue --tun-port 6080 --tun-remcsum\n"
+        ),
     );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: -m (masquerading/NAT)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: --tun-remcsum"));
     assert_eq!(lab.xvsadm_ok(&["-S", "-n"]).unwrap(), before);
 }
 

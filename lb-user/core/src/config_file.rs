@@ -139,12 +139,15 @@ struct RealEntry {
     l_threshold: Option<Spanned<u32>>,
 }
 
-/// `forward`: ipvsadm's -g or -i (the tunnel's details in `tun-*`, as ipvsadm's options).
+/// `forward`: ipvsadm's -g, -i or -m (the tunnel's details in `tun-*`, as ipvsadm's options).
+/// NAT is also read by ipvsadm's and keepalived's names for it (`masq`, `masquerade`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Forward {
     Dr,
     Tunnel,
+    #[serde(alias = "masq", alias = "masquerade")]
+    Nat,
 }
 
 /// Collects errors with their positions.
@@ -531,7 +534,7 @@ fn real(
             port: entry.tun_port.as_ref().map_or(0, |p| *p.get_ref()),
             csum: entry.tun_csum.as_ref().is_some_and(|c| *c.get_ref()),
         }),
-        None | Some(Forward::Dr) => {
+        f @ (Some(Forward::Dr | Forward::Nat) | None) => {
             let stray = [
                 entry.tun_type.as_ref().map(Spanned::span),
                 entry.tun_port.as_ref().map(Spanned::span),
@@ -544,7 +547,11 @@ fn real(
                 );
                 ok = false;
             }
-            ForwardMethod::Dr
+            if f == Some(Forward::Nat) {
+                ForwardMethod::Nat
+            } else {
+                ForwardMethod::Dr
+            }
         }
     };
     let real = RealServer {
@@ -829,10 +836,11 @@ pub fn render(state: &DesiredState) -> String {
                             forward: match r.forward {
                                 ForwardMethod::Dr => Forward::Dr,
                                 ForwardMethod::Tunnel(_) => Forward::Tunnel,
+                                ForwardMethod::Nat => Forward::Nat,
                             },
                             tun_type: match r.forward {
                                 ForwardMethod::Tunnel(t) => Some(t.kind),
-                                ForwardMethod::Dr => None,
+                                ForwardMethod::Dr | ForwardMethod::Nat => None,
                             },
                             tun_port: match r.forward {
                                 ForwardMethod::Tunnel(t) if t.port != 0 => Some(t.port),
@@ -1263,7 +1271,7 @@ tcp = "203.0.113.18:80"
   address = "real-server-4.example"
   [[service.real]]
   address = "198.51.100.15"
-  forward = "masquerade"
+  forward = "masquerading"
   [[service.real]]
   weight = 1
   [[service.real]]
@@ -1299,7 +1307,7 @@ tcp = "203.0.113.18:80"
                 (65, "Illegal address: real-server-4.example"),
                 (
                     68,
-                    "unknown variant `masquerade`, expected `dr` or `tunnel`",
+                    "unknown variant `masquerading`, expected one of `dr`, `tunnel`, `masq`, `masquerade`, `nat`",
                 ),
                 (69, "missing field `address`"),
                 (73, "unknown field `colour`"),
@@ -1342,6 +1350,80 @@ tcp = "203.0.113.10:80"
         assert_eq!(
             s.config.services()[0].reals[0].addr,
             "192.0.2.21:80".parse().unwrap()
+        );
+    }
+
+    /// `forward = "nat"` (ipvsadm's -m; also read as `masq` and `masquerade`): the server keeps
+    /// its port, the file is written back with "nat", and the model's refusals point at the
+    /// address.
+    #[test]
+    fn nat_real_servers() {
+        let text = r#"[[service]]
+tcp = "203.0.113.10:80"
+  [[service.real]]
+  address = "198.51.100.11:8080"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.12"
+  forward = "masq"
+  [[service.real]]
+  address = "198.51.100.13:8080"
+  forward = "masquerade"
+  weight = 2
+  [[service.real]]
+  address = "198.51.100.14:8080"
+  forward = "dr"
+"#;
+        let s = parse(text).unwrap();
+        let reals = &s.config.services()[0].reals;
+        assert_eq!(
+            reals
+                .iter()
+                .map(|r| (r.addr.to_string(), r.forward))
+                .collect::<Vec<_>>(),
+            [
+                ("198.51.100.11:8080".to_string(), ForwardMethod::Nat),
+                ("198.51.100.12:80".to_string(), ForwardMethod::Nat),
+                ("198.51.100.13:8080".to_string(), ForwardMethod::Nat),
+                ("198.51.100.14:80".to_string(), ForwardMethod::Dr),
+            ]
+        );
+        let out = render(&s);
+        assert!(
+            out.contains("address = \"198.51.100.13:8080\"\nweight = 2\nforward = \"nat\"\n"),
+            "{out}"
+        );
+        assert!(!out.contains("masq"), "{out}");
+        assert_eq!(parse(&out).unwrap(), s, "{out}");
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.20:0"
+persistent = 300
+  [[service.real]]
+  address = "198.51.100.11:0"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.12:8080"
+  forward = "nat"
+  [[service.real]]
+  address = "2001:db8::13"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.14"
+  forward = "nat"
+  tun-type = "ipip"
+"#,
+            &[
+                (
+                    8,
+                    "Illegal port for masquerading real server 198.51.100.12:8080 of TCP 203.0.113.20:0",
+                ),
+                (
+                    11,
+                    "Masquerading (NAT) needs the real server 2001:db8::13 in the same address family",
+                ),
+                (16, "need `forward = \"tunnel\"`"),
+            ],
         );
     }
 

@@ -387,6 +387,95 @@ persistent = 60
         assert!(diff(&s, &reordered).is_empty());
     }
 
+    /// A change of forwarding method is an edit of the server (`-e ... -m`); a NAT server's
+    /// port is part of its identity (IPVS knows a server by address and port, and -e cannot
+    /// change it), so a new port, or a NAT server on its own port made DR, is `-d` then `-a`.
+    #[test]
+    fn forwarding_method_and_nat_port_changes() {
+        let from = state(
+            r#"
+[[service]]
+tcp = "203.0.113.10:80"
+  [[service.real]]
+  address = "198.51.100.11"
+  [[service.real]]
+  address = "198.51.100.12:8080"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.13:8080"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.14"
+  forward = "nat"
+"#,
+        );
+        let to = state(
+            r#"
+[[service]]
+tcp = "203.0.113.10:80"
+  [[service.real]]
+  address = "198.51.100.11"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.12:8081"
+  forward = "nat"
+  [[service.real]]
+  address = "198.51.100.13"
+  [[service.real]]
+  address = "198.51.100.14"
+  forward = "tunnel"
+"#,
+        );
+        let d = check(&from, &to);
+        assert_eq!(
+            d.lines,
+            [
+                "-d -t 203.0.113.10:80 -r 198.51.100.12:8080",
+                "-d -t 203.0.113.10:80 -r 198.51.100.13:8080",
+                "-e -t 203.0.113.10:80 -r 198.51.100.11:80 -m -w 1",
+                "-a -t 203.0.113.10:80 -r 198.51.100.12:8081 -m -w 1",
+                "-a -t 203.0.113.10:80 -r 198.51.100.13:80 -g -w 1",
+                "-e -t 203.0.113.10:80 -r 198.51.100.14:80 -i -w 1 --tun-type ipip",
+            ]
+        );
+        let k = from.config.services()[0].key;
+        let edit = |addr: &str, forward| Change::EditReal {
+            service: k,
+            addr: addr.parse().unwrap(),
+            weight: Some(1),
+            forward: Some(forward),
+            u_threshold: Some(0),
+            l_threshold: Some(0),
+            check: Some(CheckSpec::default()),
+        };
+        assert_eq!(
+            d.changes,
+            [
+                Change::DeleteReal {
+                    service: k,
+                    addr: "198.51.100.12:8080".parse().unwrap()
+                },
+                Change::DeleteReal {
+                    service: k,
+                    addr: "198.51.100.13:8080".parse().unwrap()
+                },
+                edit("198.51.100.11:80", crate::model::ForwardMethod::Nat),
+                Change::AddReal {
+                    service: k,
+                    real: to.config.services()[0].reals[1].clone()
+                },
+                Change::AddReal {
+                    service: k,
+                    real: to.config.services()[0].reals[2].clone()
+                },
+                edit(
+                    "198.51.100.14:80",
+                    crate::model::ForwardMethod::Tunnel(crate::model::Tunnel::IPIP)
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn only_the_difference_changes() {
         let from = state(BASE);

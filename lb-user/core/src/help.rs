@@ -78,10 +78,12 @@ Options:
                                       mh-fallback, mh-port (flag-1, flag-2)
   --match        proto:vip:port       xvs: traffic a service group takes, e.g. tcp:203.0.113.10:443
                                       (repeatable; port 0: every port; -E --match none: no traffic)
-  --real-server  -r server-address    server-address is host (and port; direct routing uses
-                                      the service's port)
+  --real-server  -r server-address    server-address is host (and port; masquerading keeps it,
+                                      direct routing and tunneling use the service's port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
   --ipip         -i                   ipip encapsulation (tunneling): the server may be routed
+  --masquerading -m                   masquerading (NAT): the director rewrites the destination;
+                                      real servers route replies back through it
   --tun-type     type                 one of ipip|gue, the default tunnel type is ipip
                                       (ipip: IPIP, IP6IP6, 6in4, 4in6)
   --tun-port     port                 tunnel destination port (gue)
@@ -133,7 +135,6 @@ without any of them keep the check. Durations: 1s, 500ms, 1.5s, 2m.
 
 Refused, with the reason, never ignored (IPVS features without meaning for an XDP director,
 or not in xvs yet):
-  --masquerading -m                   masquerading (NAT): replies do not pass an XDP director
   --tun-type gre, --tun-remcsum       GRE tunnels, GUE remote checksum offload: the real-server
                                       decapsulator does IPIP and GUE
   --sctp-service service-address      SCTP: xvs balances TCP and UDP

@@ -428,7 +428,7 @@ fn tun_info(f: &crate::model::ForwardMethod) -> String {
         ForwardMethod::Tunnel(t) => {
             format!("gue:{}:{}", t.port, if t.csum { "csum" } else { "nocsum" })
         }
-        ForwardMethod::Dr => "n/a".into(),
+        ForwardMethod::Dr | ForwardMethod::Nat => "n/a".into(),
     }
 }
 
@@ -570,9 +570,10 @@ UDP  [2001:db8::10]:53 rr
     }
 
     /// `-L` without `-n`: names, cut as ipvsadm cuts them. Literal lines from an `ipvsadm -L`
-    /// in cloudnativelabs/kube-router#415: the service name is cut to 33 characters
-    /// ("TCP  ip-10-0-62-121.ec2.internal: rr") and a real server to 28
-    /// ("  -> ip-10-0-62-92.ec2.internal:9 Masq ..."; xvs forwards by DR, hence Route).
+    /// in cloudnativelabs/kube-router#415 (kube-router's servers masquerade): the service name
+    /// is cut to 33 characters ("TCP  ip-10-0-62-121.ec2.internal: rr") and a real server to
+    /// 28 ("  -> ip-10-0-62-92.ec2.internal:9 Masq    1      0          0", and with the port
+    /// cut off entirely "  -> ip-10-0-62-110.ec2.internal: Masq    1      0          0").
     #[test]
     fn names_are_cut_like_ipvsadm() {
         static SERVICES: std::sync::OnceLock<Services> = std::sync::OnceLock::new();
@@ -586,7 +587,15 @@ UDP  [2001:db8::10]:53 rr
                 "10.0.62.92".parse().unwrap(),
                 "ip-10-0-62-92.ec2.internal".to_string(),
             ),
+            (
+                "10.0.62.110".parse().unwrap(),
+                "ip-10-0-62-110.ec2.internal".to_string(),
+            ),
         ]);
+        let masq = |a: &str| RealStatus {
+            forward: ForwardMethod::Nat,
+            ..real(a, 1, 0, 0)
+        };
         let names = Resolved::with(hosts, services);
         let l = Listing {
             conn_table_size: 4096,
@@ -594,7 +603,7 @@ UDP  [2001:db8::10]:53 rr
                 service(
                     tcp("10.0.62.121:9100"),
                     Scheduler::Rr,
-                    vec![real("10.0.62.92:9100", 1, 0, 0)],
+                    vec![masq("10.0.62.92:9100"), masq("10.0.62.110:9100")],
                 ),
                 service(
                     tcp("10.0.62.121:80"),
@@ -612,7 +621,8 @@ UDP  [2001:db8::10]:53 rr
                 "TCP  ip-10-0-62-121.ec2.internal: rr",
                 "  -> 100.98.125.10:http           Route   1      2          14",
                 "TCP  ip-10-0-62-121.ec2.internal: rr",
-                "  -> ip-10-0-62-92.ec2.internal:9 Route   1      0          0",
+                "  -> ip-10-0-62-92.ec2.internal:9 Masq    1      0          0",
+                "  -> ip-10-0-62-110.ec2.internal: Masq    1      0          0",
             ]
         );
         // -n prints numbers.
@@ -846,6 +856,32 @@ TCP  203.0.113.10:80 wrr
                 "  -> 198.51.100.11:80             Tunnel  1      3          17        \n"
             ),
             "{out}"
+        );
+    }
+
+    /// Masquerading servers: "Masq" in the Forward column (ipvsadm.c fwd_name), their own
+    /// port, "n/a" in --tun-info, "nat" in the JSON.
+    #[test]
+    fn masquerading_is_masq() {
+        let mut l = listing();
+        l.services[0].reals[1].forward = ForwardMethod::Nat;
+        l.services[0].reals[1].addr = "198.51.100.12:8080".parse().unwrap();
+        let out = render(&l, ListOptions::default(), &Numeric);
+        assert!(
+            out.contains(
+                "  -> 198.51.100.11:80             Route   1      3          17        \n  -> 198.51.100.12:8080           Masq    3      0          0         \n"
+            ),
+            "{out}"
+        );
+        let out = render(&l, opts(Format::TunInfo), &Numeric);
+        assert!(
+            out.contains("  -> 198.51.100.12:8080           Masq    n/a           3      0"),
+            "{out}"
+        );
+        let json = serde_json::to_string(&l.services[0].reals[1]).unwrap();
+        assert!(
+            json.contains(r#""addr":"198.51.100.12:8080","forward":"nat""#),
+            "{json}"
         );
     }
 

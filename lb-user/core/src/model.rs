@@ -311,6 +311,10 @@ pub enum ForwardMethod {
     Dr,
     /// Tunnelling (`-i`): the packet is encapsulated to the real server, which may be routed.
     Tunnel(Tunnel),
+    /// Masquerading (NAT, `-m`): the director rewrites the destination address and port; the
+    /// real server routes its replies back through the director, which rewrites their source.
+    /// The real server keeps the port it was given (0: the client's destination port).
+    Nat,
 }
 
 /// The encapsulation of a tunnelled real server (`--tun-type`, `--tun-port`, `--tun-csum`).
@@ -357,6 +361,7 @@ impl ForwardMethod {
         match self {
             ForwardMethod::Dr => "Route",
             ForwardMethod::Tunnel(_) => "Tunnel",
+            ForwardMethod::Nat => "Masq",
         }
     }
 }
@@ -367,8 +372,8 @@ pub const MAX_WEIGHT: u32 = 65535;
 /// One real server of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealServer {
-    /// Address and port (in DR mode the port is the service's; in a group it is kept as given,
-    /// 0 = the client's destination port, as ipvsadm shows it).
+    /// Address and port: the service's port by direct routing and tunnelling; kept as given by
+    /// masquerading and in a group (0 = the client's destination port), as ipvsadm stores it.
     pub addr: SocketAddr,
     /// Weight; 0 quiesces the server (no new connections, established ones stay).
     pub weight: u32,
@@ -393,6 +398,16 @@ fn is_zero(v: &u32) -> bool {
 }
 
 impl RealServer {
+    /// The destination port a connection sent to `vport` is forwarded to: a masquerading
+    /// server's own port, or `vport` when that is 0 (IPVS's `dest->port ? dest->port : vport`);
+    /// the other methods leave the port alone (`vport`).
+    pub fn dest_port(&self, vport: u16) -> u16 {
+        match self.forward {
+            ForwardMethod::Nat if self.addr.port() != 0 => self.addr.port(),
+            _ => vport,
+        }
+    }
+
     /// A direct-routing real server without thresholds.
     pub fn dr(addr: SocketAddr, weight: u32) -> RealServer {
         RealServer {
@@ -460,6 +475,14 @@ pub struct Service {
     /// server is up with a weight above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<SocketAddr>,
+}
+
+impl Service {
+    /// Whether any real server forwards by masquerading (NAT): the data plane must then
+    /// rewrite the replies of this service's connections on their way back through it.
+    pub fn has_nat(&self) -> bool {
+        self.reals.iter().any(|r| r.forward == ForwardMethod::Nat)
+    }
 }
 
 /// The whole desired configuration, services in the order they were added. Services are
@@ -642,6 +665,44 @@ pub enum ConfigError {
         real: String,
         /// The VIP.
         vip: String,
+    },
+    /// Real server and VIP of different families in NAT mode (ipvsadm: "Different address
+    /// family is allowed only for tunneling servers").
+    #[error(
+        "Masquerading (NAT) needs the real server {real} in the same address family as the VIP {vip}"
+    )]
+    NatFamilyMismatch {
+        /// The real server.
+        real: String,
+        /// The VIP.
+        vip: String,
+    },
+    /// A masquerading real server of a port-0 (every port) service with a port of its own.
+    #[error(
+        "Illegal port for masquerading real server {real} of {service}: a service on every port \
+         sends each connection to the port it was addressed to, so its NAT real servers take \
+         port 0 ({as_zero}, or no port)"
+    )]
+    NatPortOnPortZero {
+        /// The real server as given.
+        real: String,
+        /// Its address with port 0, as it should be written.
+        as_zero: String,
+        /// The service.
+        service: String,
+    },
+    /// `-e` to direct routing or tunnelling of a NAT real server whose port is not the
+    /// service's: its address would change (ipvsadm looks the server up at the service's
+    /// port and does not find it).
+    #[error(
+        "Real server {real} keeps its own port only with masquerading (-m): -g and -i use the \
+         service's port {port}; delete it (-d) and add it again (-a)"
+    )]
+    PortWouldChange {
+        /// The real server.
+        real: String,
+        /// The service's port.
+        port: u16,
     },
     /// Port 0 service (all ports), which needs persistence.
     #[error("Zero port specified for non-persistent service: {0}")]
@@ -887,7 +948,7 @@ impl Config {
             Change::AddReal { service, real } => {
                 let svc = self.service_mut(service)?;
                 let real = normalise_real(svc, real)?;
-                if real_index(svc, real.addr).is_some() {
+                if svc.reals.iter().any(|r| same_server(r, &real)) {
                     return Err(ConfigError::RealExists(real.addr.to_string()));
                 }
                 if svc.sorry_server.is_some_and(|s| s.ip() == real.addr.ip()) {
@@ -907,7 +968,7 @@ impl Config {
             } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
-                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
                 let current = &svc.reals[i];
                 let edited = RealServer {
                     addr: current.addr,
@@ -918,13 +979,30 @@ impl Config {
                     check: check.clone().unwrap_or_else(|| current.check.clone()),
                 };
                 let edited = normalise_real(svc, &edited)?;
+                // Only a NAT server's port is its own: made -g or -i, a NAT server on another
+                // port than the service's would become another server.
+                if edited.addr != current.addr {
+                    return Err(ConfigError::PortWouldChange {
+                        real: current.addr.to_string(),
+                        port: edited.addr.port(),
+                    });
+                }
+                // Made -g or -i, a group's NAT server may now be one IP twice.
+                if svc
+                    .reals
+                    .iter()
+                    .enumerate()
+                    .any(|(j, r)| j != i && same_server(r, &edited))
+                {
+                    return Err(ConfigError::RealExists(edited.addr.to_string()));
+                }
                 check_of(svc, &edited)?;
                 svc.reals[i] = edited;
             }
             Change::DeleteReal { service, addr } => {
                 let svc = self.service_mut(service)?;
                 let i = real_index(svc, *addr)
-                    .ok_or_else(|| ConfigError::NoSuchReal(shown_real(svc, *addr)))?;
+                    .ok_or_else(|| ConfigError::NoSuchReal(addr.to_string()))?;
                 svc.reals.remove(i);
             }
             Change::SetCheck { key, check } => {
@@ -996,30 +1074,33 @@ impl Config {
     }
 }
 
-/// Where a real server is in its service. A normal service's servers all have the service's
-/// port, so the address is compared with that port; a group's servers are told apart by IP
-/// alone (DR only rewrites MACs: one IP is one server whatever port was given).
+/// Where the real server `-e`/`-d` name is in its service: the one with exactly this address
+/// and port (a NAT server is known by both, as IPVS knows every server), else the direct-routing
+/// or tunnelling server with this IP, whatever port was given (its port is the service's, or
+/// in a group meaningless: one IP is one such server, see [`same_server`]). An error names the
+/// address as given (the command line fills in the service's port when none is given).
 fn real_index(svc: &Service, addr: SocketAddr) -> Option<usize> {
-    if svc.key.is_group() {
-        svc.reals.iter().position(|r| r.addr.ip() == addr.ip())
-    } else {
-        let addr = SocketAddr::new(addr.ip(), svc.key.port());
-        svc.reals.iter().position(|r| r.addr == addr)
-    }
+    svc.reals.iter().position(|r| r.addr == addr).or_else(|| {
+        svc.reals
+            .iter()
+            .position(|r| r.forward != ForwardMethod::Nat && r.addr.ip() == addr.ip())
+    })
+}
+
+/// Whether two (normalised) real servers of one service are the same server: the same address
+/// and port, as IPVS compares them, or the same IP where neither masquerades (DR and tunnels
+/// send to the IP alone, so a group's `RIP:0` and `RIP:8080` would be one server twice).
+/// NAT servers on one IP with different ports are different servers, as in IPVS.
+fn same_server(a: &RealServer, b: &RealServer) -> bool {
+    a.addr == b.addr
+        || (a.addr.ip() == b.addr.ip()
+            && a.forward != ForwardMethod::Nat
+            && b.forward != ForwardMethod::Nat)
 }
 
 /// The check that runs against a real server of `svc` (None: not checked), or why it cannot.
 pub fn check_of(svc: &Service, real: &RealServer) -> Result<Option<check::Check>, ConfigError> {
     check::resolve(&svc.check, &real.check, real.addr).map_err(ConfigError::BadCheck)
-}
-
-/// A real server's address as an error names it.
-fn shown_real(svc: &Service, addr: SocketAddr) -> String {
-    if svc.key.is_group() {
-        addr.to_string()
-    } else {
-        SocketAddr::new(addr.ip(), svc.key.port()).to_string()
-    }
 }
 
 fn validate_service(
@@ -1056,9 +1137,11 @@ fn validate_service(
     Ok(())
 }
 
-/// Checks a real server against its service and applies DR's rule that the port is the VIP's
-/// (ipvsadm does the same for every method but masquerading). A group has no port: its
-/// servers keep the port given, as ipvsadm stores it.
+/// Checks a real server against its service and applies ipvsadm's rule that a direct-routing
+/// or tunnelling server's port is the VIP's (process_options: "The destination port must be
+/// equal to the service port if the IP_VS_CONN_F_TUNNEL or IP_VS_CONN_F_DROUTE is set").
+/// A masquerading server keeps its port (a port-0 service's must be 0); a group has no port:
+/// its servers keep the port given, as ipvsadm stores it.
 fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, ConfigError> {
     let ip = real.addr.ip();
     if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
@@ -1095,18 +1178,32 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
         _ => {}
     }
     // A tunnel may cross families (IPv6 VIP over IPv4, and the reverse), as in IPVS.
-    if ip.is_ipv4() != svc.key.is_ipv4() && real.forward == ForwardMethod::Dr {
-        return Err(ConfigError::FamilyMismatch {
-            real: ip.to_string(),
-            vip: match svc.key {
-                ServiceKey::Addr { addr, .. } => addr.ip().to_string(),
-                ServiceKey::Fwmark { .. } => svc.key.to_string(),
-            },
-        });
+    if ip.is_ipv4() != svc.key.is_ipv4() {
+        let shown = ip.to_string();
+        let vip = match svc.key {
+            ServiceKey::Addr { addr, .. } => addr.ip().to_string(),
+            ServiceKey::Fwmark { .. } => svc.key.to_string(),
+        };
+        match real.forward {
+            ForwardMethod::Dr => return Err(ConfigError::FamilyMismatch { real: shown, vip }),
+            ForwardMethod::Nat => return Err(ConfigError::NatFamilyMismatch { real: shown, vip }),
+            ForwardMethod::Tunnel(_) => {}
+        }
     }
-    let port = match svc.key {
-        ServiceKey::Addr { addr, .. } => addr.port(),
-        ServiceKey::Fwmark { .. } => real.addr.port(),
+    let port = match (svc.key, real.forward) {
+        // IPVS would send every port to this one; xvs keeps a port-0 service's meaning.
+        (ServiceKey::Addr { addr, .. }, ForwardMethod::Nat)
+            if addr.port() == 0 && real.addr.port() != 0 =>
+        {
+            return Err(ConfigError::NatPortOnPortZero {
+                real: real.addr.to_string(),
+                as_zero: SocketAddr::new(ip, 0).to_string(),
+                service: svc.key.to_string(),
+            })
+        }
+        (ServiceKey::Addr { .. }, ForwardMethod::Nat) => real.addr.port(),
+        (ServiceKey::Addr { addr, .. }, _) => addr.port(),
+        (ServiceKey::Fwmark { .. }, _) => real.addr.port(),
     };
     Ok(RealServer {
         addr: SocketAddr::new(ip, port),
@@ -1417,6 +1514,266 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.services[0].reals.len(), 1);
+    }
+
+    fn nat(s: &str, weight: u32) -> RealServer {
+        RealServer {
+            forward: ForwardMethod::Nat,
+            ..real(s, weight)
+        }
+    }
+
+    fn edit_forward(service: ServiceKey, addr: &str, forward: ForwardMethod) -> Change {
+        Change::EditReal {
+            service,
+            addr: addr.parse().unwrap(),
+            weight: None,
+            forward: Some(forward),
+            u_threshold: None,
+            l_threshold: None,
+            check: None,
+        }
+    }
+
+    /// ipvsadm sets a -g or -i server's port to the service's and keeps a -m server's; IPVS
+    /// knows a server by address and port, so NAT servers of one IP on different ports are
+    /// different servers.
+    #[test]
+    fn nat_real_servers_keep_their_port() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:80");
+        c.apply_all(&[
+            Change::add_service(k, Scheduler::Rr),
+            Change::AddReal {
+                service: k,
+                real: nat("198.51.100.11:8080", 1),
+            },
+            Change::AddReal {
+                service: k,
+                real: nat("198.51.100.11:8081", 1),
+            },
+            // DR on the same IP: the service's port, another server (as in IPVS).
+            Change::AddReal {
+                service: k,
+                real: real("198.51.100.11:9999", 1),
+            },
+            Change::AddReal {
+                service: k,
+                real: nat("198.51.100.12:80", 1),
+            },
+        ])
+        .unwrap();
+        let addrs: Vec<String> = c.services()[0]
+            .reals
+            .iter()
+            .map(|r| r.addr.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "198.51.100.11:8080",
+                "198.51.100.11:8081",
+                "198.51.100.11:80",
+                "198.51.100.12:80"
+            ]
+        );
+        assert!(c.services()[0].has_nat());
+        let before = c.clone();
+        let refused: [(Change, &str); 4] = [
+            (
+                Change::AddReal {
+                    service: k,
+                    real: nat("198.51.100.11:8080", 1),
+                },
+                "Destination already exists: 198.51.100.11:8080",
+            ),
+            // The DR server 198.51.100.11:80 is that address too.
+            (
+                Change::AddReal {
+                    service: k,
+                    real: nat("198.51.100.11:80", 1),
+                },
+                "Destination already exists: 198.51.100.11:80",
+            ),
+            (
+                Change::AddReal {
+                    service: k,
+                    real: nat("[2001:db8::11]:80", 1),
+                },
+                "Masquerading (NAT) needs the real server 2001:db8::11 in the same address family \
+                 as the VIP 203.0.113.10",
+            ),
+            // Made -g, a NAT server on its own port would move to the service's.
+            (
+                edit_forward(k, "198.51.100.11:8081", ForwardMethod::Dr),
+                "Real server 198.51.100.11:8081 keeps its own port only with masquerading (-m): \
+                 -g and -i use the service's port 80; delete it (-d) and add it again (-a)",
+            ),
+        ];
+        for (b, message) in &refused {
+            let e = c.apply(b).expect_err(&format!("{b:?} accepted"));
+            assert_eq!(e.to_string(), *message);
+            assert_eq!(c, before, "{b:?} changed the configuration");
+        }
+        // -e and -d name a NAT server by its port; a port no server has is no server.
+        c.apply(&Change::DeleteReal {
+            service: k,
+            addr: "198.51.100.11:8081".parse().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(
+            c.apply(&Change::DeleteReal {
+                service: k,
+                addr: "198.51.100.12:8080".parse().unwrap(),
+            })
+            .unwrap_err()
+            .to_string(),
+            "No such destination: 198.51.100.12:8080"
+        );
+        // On the service's port, the method changes both ways and the address stays.
+        c.apply(&edit_forward(k, "198.51.100.12:80", ForwardMethod::Dr))
+            .unwrap();
+        c.apply(&edit_forward(
+            k,
+            "198.51.100.12:80",
+            ForwardMethod::Tunnel(Tunnel::IPIP),
+        ))
+        .unwrap();
+        c.apply(&edit_forward(k, "198.51.100.12:80", ForwardMethod::Nat))
+            .unwrap();
+        assert_eq!(c.services()[0].reals[2], nat("198.51.100.12:80", 1));
+        // A DR server is still found whatever port is given.
+        c.apply(&edit_forward(k, "198.51.100.11:1", ForwardMethod::Nat))
+            .unwrap();
+        assert_eq!(c.services()[0].reals[1], nat("198.51.100.11:80", 1));
+        // A sorry server stays direct routing.
+        c.apply(&Change::SetSorryServer {
+            key: k,
+            sorry_server: Some("198.51.100.99:8080".parse().unwrap()),
+        })
+        .unwrap();
+        assert_eq!(
+            c.services()[0].sorry_server,
+            Some("198.51.100.99:80".parse().unwrap())
+        );
+    }
+
+    /// A port-0 service forwards each connection to the port it was sent to: its NAT servers
+    /// take port 0 (IPVS would send every port to the server's one; xvs refuses that). A
+    /// group's NAT servers keep any port, as IPVS's firewall-mark services.
+    #[test]
+    fn nat_ports_of_every_port_services_and_groups() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:0");
+        let g = ServiceKey::fwmark(1, false);
+        c.apply_all(&[
+            Change::AddService {
+                key: k,
+                scheduler: Scheduler::Rr,
+                flags: SchedFlags::default(),
+                persistence: Some(Persistence {
+                    timeout: 300,
+                    prefix: 32,
+                }),
+            },
+            Change::AddReal {
+                service: k,
+                real: nat("198.51.100.11:0", 1),
+            },
+            group(1, None),
+            Change::AddReal {
+                service: g,
+                real: nat("198.51.100.11:0", 1),
+            },
+            Change::AddReal {
+                service: g,
+                real: nat("198.51.100.11:8443", 1),
+            },
+            // DR in a group: one IP is one server, unless the other is NAT.
+            Change::AddReal {
+                service: g,
+                real: real("198.51.100.11:25", 1),
+            },
+        ])
+        .unwrap();
+        assert_eq!(c.services()[1].reals.len(), 3);
+        let e = c
+            .apply(&Change::AddReal {
+                service: k,
+                real: nat("198.51.100.12:8080", 1),
+            })
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::NatPortOnPortZero {
+                real: "198.51.100.12:8080".into(),
+                as_zero: "198.51.100.12:0".into(),
+                service: "TCP 203.0.113.10:0".into(),
+            }
+        );
+        assert!(c
+            .apply(&Change::AddReal {
+                service: g,
+                real: real("198.51.100.11:0", 1),
+            })
+            .is_err());
+        assert_eq!(
+            c.apply(&edit_forward(g, "198.51.100.11:8443", ForwardMethod::Dr))
+                .unwrap_err()
+                .to_string(),
+            "Destination already exists: 198.51.100.11:8443"
+        );
+        // IPv6 addresses are written with brackets.
+        let k6 = key("[2001:db8::10]:0");
+        let mut c6 = Config::default();
+        c6.apply(&Change::AddService {
+            key: k6,
+            scheduler: Scheduler::Rr,
+            flags: SchedFlags::default(),
+            persistence: Some(Persistence {
+                timeout: 300,
+                prefix: 128,
+            }),
+        })
+        .unwrap();
+        let e = c6
+            .apply(&Change::AddReal {
+                service: k6,
+                real: nat("[2001:db8::11]:8080", 1),
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("([2001:db8::11]:0, or no port)"),
+            "{e}"
+        );
+    }
+
+    /// What the data plane asks of a NAT server: the port a connection goes to.
+    #[test]
+    fn nat_destination_ports() {
+        assert_eq!(nat("198.51.100.11:8080", 1).dest_port(80), 8080);
+        assert_eq!(nat("198.51.100.11:0", 1).dest_port(443), 443);
+        assert_eq!(real("198.51.100.11:80", 1).dest_port(80), 80);
+        assert_eq!(ForwardMethod::Nat.ipvsadm_name(), "Masq");
+        assert_eq!(
+            serde_json::to_string(&ForwardMethod::Nat).unwrap(),
+            "\"nat\""
+        );
+        assert_eq!(
+            serde_json::from_str::<ForwardMethod>("\"nat\"").unwrap(),
+            ForwardMethod::Nat
+        );
+        let svc = Service {
+            key: key("203.0.113.10:80"),
+            matches: vec![],
+            scheduler: Scheduler::Rr,
+            flags: SchedFlags::default(),
+            persistence: None,
+            reals: vec![real("198.51.100.11:80", 1)],
+            check: CheckSpec::default(),
+            sorry_server: None,
+        };
+        assert!(!svc.has_nat());
     }
 
     #[test]

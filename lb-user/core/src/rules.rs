@@ -3,9 +3,9 @@
 //!
 //! Every command and option of ipvsadm(8) is known. The ones that work do what they do in
 //! ipvsadm, with ipvsadm's table of which options go with which command (commands_v_options)
-//! and its defaults. The ones with no meaning for an XDP director (masquerading, the sync
-//! daemon, SCTP, persistence engines) or that xvs does not have yet are refused with the reason,
-//! never ignored.
+//! and its defaults. The ones with no meaning for an XDP director (the sync daemon, SCTP,
+//! persistence engines) or that xvs does not have yet are refused with the reason, never
+//! ignored.
 //!
 //! `-f MARK` names a service group: netfilter marks cannot reach XDP (it runs first), so what a
 //! group takes is declared on it with `--match PROTO:VIP:PORT` instead of an iptables rule.
@@ -143,7 +143,7 @@ pub struct Args {
     /// Tunnelling: encapsulate to the real server, which may be routed (see --tun-type).
     #[arg(short = 'i', long = "ipip")]
     pub ipip: bool,
-    /// Masquerading (refused).
+    /// Masquerading (NAT).
     #[arg(short = 'm', long = "masquerading")]
     pub masquerading: bool,
     /// Tunnel type with -i: ipip (IPIP, IP6IP6, 4in6, 6in4; the default) or gue.
@@ -652,11 +652,6 @@ impl Args {
         if self.sctp_service.is_some() {
             return err("--sctp-service: xvs balances TCP and UDP only; SCTP packets pass to the kernel untouched");
         }
-        if self.masquerading {
-            return err("-m (masquerading/NAT) is not supported: xvs forwards by direct routing (-g) and tunnelling (-i); \
-                        the replies of a NAT real server would have to come back through the director, \
-                        which an XDP program that only sees packets on their way in cannot rewrite");
-        }
         if self.tun_remcsum {
             return err("--tun-remcsum (GUE remote checksum offload) is not supported: the real-server decapsulator does not implement it; use --tun-csum or --tun-nocsum");
         }
@@ -895,9 +890,12 @@ impl Args {
     }
 
     /// -a, -e and -d, with ipvsadm's defaults: weight 1, no thresholds, direct routing.
-    /// -g or -i with --tun-type/--tun-port/--tun-csum as ipvsadm reads them (-g when neither;
-    /// ipvsadm's tunnel_opt_check: gue needs --tun-port, ipip takes no tunnel option).
+    /// -g, -m, or -i with --tun-type/--tun-port/--tun-csum as ipvsadm reads them (-g when
+    /// none; ipvsadm's tunnel_opt_check: gue needs --tun-port, ipip takes no tunnel option).
     fn forward_method(&self) -> Result<ForwardMethod, CliError> {
+        if self.masquerading {
+            return Ok(ForwardMethod::Nat);
+        }
         if !self.ipip {
             return Ok(ForwardMethod::Dr);
         }
@@ -1406,6 +1404,7 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
             let (fwd, tun) = match r.forward {
                 ForwardMethod::Dr => ("-g", String::new()),
                 ForwardMethod::Tunnel(t) => ("-i", tunnel_options(&t)),
+                ForwardMethod::Nat => ("-m", String::new()),
             };
             out.push_str(&format!(
                 "-a {name} -r {} {fwd} -w {}{tun}",
@@ -1621,10 +1620,6 @@ mod tests {
                     "70000",
                 ],
                 "Illegal weight",
-            ),
-            (
-                &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-m"],
-                "masquerading",
             ),
             (&["-A", "-f", "0", "-s", "rr"], "Illegal fwmark"),
             (
@@ -1883,10 +1878,11 @@ mod tests {
 ";
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
         assert_eq!(save(&config), rules);
-        // A file saved by ipvsadm (comments, blank lines, -m refused with its line number).
-        let e = parse_rules("# saved\n\n-A -t 203.0.113.10:80 -s rr\n-a -t 203.0.113.10:80 -r 198.51.100.11:80 -m -w 1\n")
+        // A file saved by ipvsadm (comments, blank lines, --tun-remcsum refused with its line
+        // number).
+        let e = parse_rules("# saved\n\n-A -t 203.0.113.10:80 -s rr\n-a -t 203.0.113.10:80 -r 198.51.100.11:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-remcsum\n")
             .unwrap_err();
-        assert!(e.0.starts_with("line 4:"), "{e}");
+        assert!(e.0.starts_with("line 4: --tun-remcsum"), "{e}");
     }
 
     /// ipvsadm.c generic_opt_check: options that do not go with a command are refused with
@@ -1982,10 +1978,6 @@ mod tests {
     /// Every ipvsadm option xvs cannot honour is refused with its reason (the e2e test checks
     /// that the daemon's table does not change).
     pub(crate) const REFUSED: &[(&[&str], &str)] = &[
-        (
-            &["-a", "-t", "203.0.113.10:80", "-r", "198.51.100.13", "-m"],
-            "-m (masquerading/NAT) is not supported",
-        ),
         (
             &[
                 "-a",
@@ -2332,6 +2324,146 @@ mod tests {
                 .unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    /// Masquerading as ipvsadm reads and saves it: `-m` on -a/-e, "-m" in -S after the address
+    /// (print_service_entry's fwd_switch), the port kept as given (ipvsadm's process_options
+    /// sets the service's port for -g and -i only), the service's when none is given; -g, -i
+    /// and -m mix in one service.
+    #[test]
+    fn masquerading_as_ipvsadm_reads_and_saves_it() {
+        assert_eq!(
+            one(&[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:8080",
+                "-m"
+            ]),
+            Change::AddReal {
+                service: tcp("203.0.113.10:80"),
+                real: RealServer {
+                    addr: "198.51.100.11:8080".parse().unwrap(),
+                    weight: 1,
+                    forward: ForwardMethod::Nat,
+                    u_threshold: 0,
+                    l_threshold: 0,
+                    check: CheckSpec::default(),
+                }
+            }
+        );
+        assert_eq!(
+            one(&[
+                "--edit-server",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:8080",
+                "--masquerading",
+                "-w",
+                "2"
+            ]),
+            Change::EditReal {
+                service: tcp("203.0.113.10:80"),
+                addr: "198.51.100.11:8080".parse().unwrap(),
+                weight: Some(2),
+                forward: Some(ForwardMethod::Nat),
+                u_threshold: Some(0),
+                l_threshold: Some(0),
+                check: None,
+            }
+        );
+        let rules = "\
+-A -f 1 -s rr
+-a -f 1 -r 198.51.100.15:0 -m -w 1
+-a -f 1 -r 198.51.100.15:8443 -m -w 1
+-A -t 203.0.113.10:80 -s rr
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
+-a -t 203.0.113.10:80 -r 198.51.100.12:80 -m -w 2
+-a -t 203.0.113.10:80 -r 198.51.100.12:8080 -m -w 3 -x 100
+-a -t 203.0.113.10:80 -r 198.51.100.13:80 -i -w 1 --tun-type ipip
+-A -t 203.0.113.20:0 -s rr -p 300
+-a -t 203.0.113.20:0 -r 198.51.100.14:0 -m -w 1
+-A -u [2001:db8::10]:53 -s rr
+-a -u [2001:db8::10]:53 -r [2001:db8::11]:5353 -m -w 1
+";
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        // -R of what -S wrote builds the same configuration.
+        let mut again = Config::default();
+        again
+            .apply_all(&parse_rules(&save(&config)).unwrap())
+            .unwrap();
+        assert_eq!(again, config);
+        // A NAT server without a port takes the service's; one on a port-0 service takes 0.
+        let mut c = Config::default();
+        c.apply_all(
+            &parse_rules(
+                "-A -t 203.0.113.10:80\n-a -t 203.0.113.10:80 -r 198.51.100.11 -m\n\
+                 -A -t 203.0.113.20:0 -p\n-a -t 203.0.113.20:0 -r 198.51.100.11 -m\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            save(&c),
+            "-A -t 203.0.113.10:80 -s wlc\n-a -t 203.0.113.10:80 -r 198.51.100.11:80 -m -w 1\n\
+             -A -t 203.0.113.20:0 -s wlc -p 300\n-a -t 203.0.113.20:0 -r 198.51.100.11:0 -m -w 1\n"
+        );
+        // -e and -d find a NAT server by its port.
+        config
+            .apply_all(
+                &parse_rules(
+                    "-e -t 203.0.113.10:80 -r 198.51.100.12:8080 -m -w 5\n\
+                     -d -t 203.0.113.10:80 -r 198.51.100.12\n",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let reals = &config.service(&tcp("203.0.113.10:80")).unwrap().reals;
+        assert_eq!(reals.len(), 3);
+        assert_eq!(reals[1].addr, "198.51.100.12:8080".parse().unwrap());
+        assert_eq!(reals[1].weight, 5);
+        // One forwarding method per line, tunnel options with -i only, as ipvsadm.
+        for (bad, why) in [
+            (
+                "-r 198.51.100.11 -g -m",
+                "multiple 'forwarding-method' options specified",
+            ),
+            (
+                "-r 198.51.100.11 -m -i",
+                "multiple 'forwarding-method' options specified",
+            ),
+            (
+                "-r 198.51.100.11 -m --tun-type gue --tun-port 6080",
+                "Tunnel options conflict with forward method",
+            ),
+            (
+                "-r [2001:db8::11] -m",
+                "Masquerading (NAT) needs the real server 2001:db8::11 in the same address \
+                 family as the VIP 203.0.113.10",
+            ),
+        ] {
+            let text = format!("-A -t 203.0.113.10:80\n-a -t 203.0.113.10:80 {bad}\n");
+            let e = parse_rules(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| Config::default().apply_all(&c).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e =
+            parse_rules("-A -t 203.0.113.20:0 -p\n-a -t 203.0.113.20:0 -r 198.51.100.11:8080 -m\n")
+                .map_err(|e| e.to_string())
+                .and_then(|c| Config::default().apply_all(&c).map_err(|e| e.to_string()))
+                .unwrap_err();
+        assert_eq!(
+            e,
+            "Illegal port for masquerading real server 198.51.100.11:8080 of TCP 203.0.113.20:0: \
+             a service on every port sends each connection to the port it was addressed to, so its \
+             NAT real servers take port 0 (198.51.100.11:0, or no port)"
+        );
     }
 
     /// Health checks: keepalived's vocabulary on -A/-E (the real servers' default) and -a/-e

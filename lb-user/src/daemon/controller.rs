@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::DataplaneConfig;
+use lb_common::{config_flags, DataplaneConfig};
+
+/// CONFIG's flags that follow the kernel's multipath hash policy.
+const MULTIPATH_FLAGS: u8 = config_flags::GUE_ROUTE_PER_FLOW4 | config_flags::GUE_ROUTE_PER_FLOW6;
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -107,7 +110,7 @@ impl<D: DataplaneOps> Controller<D> {
     pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), ControllerError> {
         let mut t = self.pushed;
         crate::tunnel::set_sources(&mut t, sources)?;
-        t.flags = crate::tunnel::multipath_flags();
+        t.flags = (t.flags & !MULTIPATH_FLAGS) | crate::tunnel::multipath_flags();
         self.dataplane.set_config(t)?;
         self.pushed = t;
         Ok(())
@@ -116,7 +119,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// Tells the data plane whether the kernel's multipath hash uses ports (GUE routes are then
     /// looked up per flow, not shared per backend); re-read with every neighbour refresh.
     pub fn refresh_multipath(&mut self) -> Result<(), DataplaneError> {
-        let flags = crate::tunnel::multipath_flags();
+        let flags = (self.pushed.flags & !MULTIPATH_FLAGS) | crate::tunnel::multipath_flags();
         if flags != self.pushed.flags {
             let t = DataplaneConfig {
                 flags,
@@ -137,6 +140,21 @@ impl<D: DataplaneOps> Controller<D> {
         with_timeouts(self.pushed, timeouts)
     }
 
+    /// CONFIG as it must be for `config` with `timeouts`: also its NAT flag (the data plane
+    /// looks for NAT replies only while some real server is reached by NAT).
+    fn dataplane_config_for(
+        &self,
+        config: &Config,
+        timeouts: Timeouts,
+    ) -> Result<DataplaneConfig, ControllerError> {
+        let mut c = self.dataplane_config(timeouts)?;
+        c.flags &= !config_flags::NAT;
+        if crate::dataplane::plan::uses_nat(config) {
+            c.flags |= config_flags::NAT;
+        }
+        Ok(c)
+    }
+
     /// Makes `next` (with `timeouts`) the running configuration: the configured form staged
     /// beside the state file, its effective form (health applied) pushed to the data plane,
     /// then the staged state put in place; only then is it current and are its health checks
@@ -145,7 +163,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// pushed back: that would tear down what it still forwards with. Staging first means only
     /// a failed rename, after a successful first sync, can leave it ahead of the state file.)
     fn commit(&mut self, next: Config, timeouts: Timeouts) -> Result<(), ControllerError> {
-        let pushed = self.dataplane_config(timeouts)?;
+        let pushed = self.dataplane_config_for(&next, timeouts)?;
         let staged = match &self.state {
             Some(state) => Some(
                 state
@@ -360,16 +378,16 @@ impl<D: DataplaneOps> Controller<D> {
         v
     }
 
-    /// Tunnelled real servers' addresses. Poked after every change: the data plane's FIB lookup
+    /// Tunnelled and NAT real servers' addresses. Poked after every change: the data plane's FIB lookup
     /// needs the neighbour entry of the next hop toward each (the server, or a router), and
     /// nothing else makes the kernel resolve it before the next refresh.
-    pub fn tunnelled_reals(&self) -> Vec<IpAddr> {
+    pub fn routed_reals(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .config
             .services()
             .iter()
             .flat_map(|s| s.reals.iter())
-            .filter(|r| matches!(r.forward, ForwardMethod::Tunnel(_)))
+            .filter(|r| matches!(r.forward, ForwardMethod::Tunnel(_) | ForwardMethod::Nat))
             .map(|r| r.addr.ip())
             .collect();
         v.sort();

@@ -440,7 +440,7 @@ async fn resolve_round(shared: &Shared, refresh: bool) {
 /// After a change: give newly added real servers a moment to resolve, so that the command
 /// returns with them taking traffic in the common case.
 async fn settle(shared: &Shared) -> Vec<String> {
-    for ip in shared.controller.lock().await.tunnelled_reals() {
+    for ip in shared.controller.lock().await.routed_reals() {
         neighbor::poke(ip);
     }
     let deadline = Instant::now() + RESOLVE_WAIT;

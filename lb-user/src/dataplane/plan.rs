@@ -865,11 +865,7 @@ pub fn filter_words(config: &Config) -> Vec<u64> {
 
 /// Whether any real server is reached by NAT (CONFIG's NAT flag: replies are looked for).
 pub fn uses_nat(config: &Config) -> bool {
-    config
-        .services()
-        .iter()
-        .flat_map(|s| &s.reals)
-        .any(|r| r.forward == model::ForwardMethod::Nat)
+    config.services().iter().any(model::Service::has_nat)
 }
 
 /// The SERVICES keys of a service: a normal service's own key, or each match of a group (a
