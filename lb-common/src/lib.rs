@@ -17,9 +17,10 @@ pub mod reason;
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
-    backend_flags, config_flags, flow_hash, fwd, mask_addr, service_flags, table_kind,
-    tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, PersistEntry, PersistKey, ServiceKey,
-    ServiceValue, Stats, TunRoute, TunnelJob, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS, nat_job, nat_reply_filter_proto, NatJob, NatReply,
+    backend_flags, config_flags, flow_hash, fwd, mask_addr, nat_job, nat_reply_filter_proto,
+    service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, NatJob,
+    NatReply, PersistEntry, PersistKey, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
+    NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 

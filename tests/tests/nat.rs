@@ -168,7 +168,16 @@ fn client_packets_reach_the_real_server_and_replies_come_back_from_the_vip_exact
         use Protocol::{Tcp, Udp};
         // (what, protocol, VIP, VIP port, real server, its port, client, payload, L4)
         let cases: &[(&str, Protocol, &str, u16, &str, u16, &str, L4)] = &[
-            ("tcp v4 port map", Tcp, VIP, 80, RS, 8080, CLIENT, L4::Tcp(SYN)),
+            (
+                "tcp v4 port map",
+                Tcp,
+                VIP,
+                80,
+                RS,
+                8080,
+                CLIENT,
+                L4::Tcp(SYN),
+            ),
             ("udp v4", Udp, VIP, 53, RS, 5353, CLIENT, L4::Udp),
             ("tcp v6", Tcp, VIP6, 80, RS6, 8080, CLIENT6, L4::Tcp(SYN)),
             ("udp v6", Udp, VIP6, 53, RS6, 53, CLIENT6, L4::Udp),
@@ -218,7 +227,11 @@ fn a_udp_datagram_without_checksum_keeps_none_both_ways() {
         };
         let (v, out) = d.run_on(ifx, &zero(udp(CLIENT, 40000, VIP, 53, b"q")));
         assert_eq!(v, verdict::TX);
-        let want = zero(with_macs(udp(CLIENT, 40000, RS, 5353, b"q"), RS_MAC, D0_MAC));
+        let want = zero(with_macs(
+            udp(CLIENT, 40000, RS, 5353, b"q"),
+            RS_MAC,
+            D0_MAC,
+        ));
         assert_eq!(out, want);
         let (v, out) = d.run_on(ifx, &zero(udp(RS, 5353, CLIENT, 40000, b"a")));
         assert_eq!(v, verdict::TX);
@@ -256,6 +269,16 @@ fn replies_of_no_known_connection_pass_unchanged_and_are_counted() {
         d.apply(&[Change::DeleteReal {
             service: key(Protocol::Tcp, VIP, 80),
             addr: format!("{RS}:8080").parse().unwrap(),
+        }]);
+        let (v, out) = d.run_on(ifx, &reply);
+        assert_eq!((v, out), (verdict::PASS, reply.clone()));
+        // No NAT real server has that address and port any more: not even looked up.
+        assert_eq!(d.reason(Reason::PassNotService), 3);
+        // Added again, it is another real server (a new slot generation): the old connection's
+        // replies are still not its.
+        d.apply(&[Change::AddReal {
+            service: key(Protocol::Tcp, VIP, 80),
+            real: real(RS, 8080, ForwardMethod::Nat),
         }]);
         let (v, out) = d.run_on(ifx, &reply);
         assert_eq!((v, out), (verdict::PASS, reply.clone()));
@@ -338,7 +361,13 @@ fn one_service_mixes_direct_routing_and_nat_real_servers() {
             let sent = tcp(CLIENT, cport, VIP, 80, SYN);
             let (v, out) = d.run_on(ifx, &sent);
             assert_eq!(v, verdict::TX);
-            if out == with_macs(sent.clone(), [0x02, 0, 0, 0, 0, 0x21], sent[..6].try_into().unwrap()) {
+            if out
+                == with_macs(
+                    sent.clone(),
+                    [0x02, 0, 0, 0, 0, 0x21],
+                    sent[..6].try_into().unwrap(),
+                )
+            {
                 dr += 1;
             } else {
                 assert_eq!(

@@ -24,9 +24,8 @@ use std::{
 use lb_common::{
     backend_flags,
     filter::{filter_bit, FILTER_WORDS},
-    nat_reply_filter_proto,
-    fwd, service_flags, table_kind, Backend, ServiceKey as BpfKey, ServiceValue, FAMILY_V4,
-    FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    fwd, nat_reply_filter_proto, service_flags, table_kind, Backend, ServiceKey as BpfKey,
+    ServiceValue, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
 };
 use thiserror::Error;
 
@@ -854,9 +853,17 @@ pub fn filter_words(config: &Config) -> Vec<u64> {
     for svc in config.services() {
         for k in bpf_keys(svc) {
             set(&k.addr, k.port_be, k.proto);
-            for r in svc.reals.iter().filter(|r| r.forward == model::ForwardMethod::Nat) {
+            for r in svc
+                .reals
+                .iter()
+                .filter(|r| r.forward == model::ForwardMethod::Nat)
+            {
                 let (addr, _) = addr_bytes(r.addr.ip());
-                set(&addr, r.addr.port().to_be(), nat_reply_filter_proto(k.proto));
+                set(
+                    &addr,
+                    r.addr.port().to_be(),
+                    nat_reply_filter_proto(k.proto),
+                );
             }
         }
     }
