@@ -86,8 +86,9 @@ pub enum Reason {
     /// prohibited): dropped.
     DropNatNoRoute = 35,
     /// The FIB knows the route toward a NAT packet's new destination but not the next hop's MAC
-    /// yet: dropped (the kernel resolves it meanwhile).
-    DropNatNoNeighbor = 36,
+    /// yet (a client the director never talked to): translated, then passed to the kernel, which
+    /// forwards it and resolves the neighbour for the next packets.
+    PassNatNoNeighbor = 36,
     /// IP forwarding is disabled on the interface, so a NAT packet cannot be routed: dropped
     /// (sysctl net.ipv4.conf.IFACE.forwarding / net.ipv6.conf.IFACE.forwarding).
     DropNatFwdDisabled = 37,
@@ -139,7 +140,7 @@ impl Reason {
         Reason::RedirectNat,
         Reason::PassNatReplyUnknown,
         Reason::DropNatNoRoute,
-        Reason::DropNatNoNeighbor,
+        Reason::PassNatNoNeighbor,
         Reason::DropNatFwdDisabled,
     ];
 
@@ -165,7 +166,6 @@ impl Reason {
                 | Reason::DropTooBigUnquotable
                 | Reason::DropTailCallMissing
                 | Reason::DropNatNoRoute
-                | Reason::DropNatNoNeighbor
                 | Reason::DropNatFwdDisabled
         )
     }
@@ -221,7 +221,7 @@ impl Reason {
             Reason::RedirectNat => "redirect_nat",
             Reason::PassNatReplyUnknown => "pass_nat_reply_unknown",
             Reason::DropNatNoRoute => "drop_nat_no_route",
-            Reason::DropNatNoNeighbor => "drop_nat_no_neighbor",
+            Reason::PassNatNoNeighbor => "pass_nat_no_neighbor",
             Reason::DropNatFwdDisabled => "drop_nat_fwd_disabled",
         }
     }

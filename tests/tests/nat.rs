@@ -415,3 +415,26 @@ fn an_all_ports_service_keeps_the_clients_port_for_a_port_zero_real_server() {
         );
     });
 }
+
+#[test]
+fn a_next_hop_without_a_known_mac_gets_the_translated_packet_through_the_kernel() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        // A client on d0's own network whose MAC the namespace has not learnt.
+        let client = "198.51.100.30";
+        let (v, out) = d.run_on(ifx, &tcp(client, 46000, VIP, 80, SYN));
+        assert_eq!(v, verdict::TX);
+        assert_eq!(
+            out,
+            with_macs(tcp(client, 46000, RS, 8080, SYN), RS_MAC, D0_MAC)
+        );
+        let answer = tcp(RS, 8080, client, 46000, SYN_ACK);
+        let (v, out) = d.run_on(ifx, &answer);
+        // Passed translated (the kernel forwards it and resolves the client), MACs untouched.
+        assert_eq!(v, verdict::PASS);
+        let mut want = tcp(VIP, 80, client, 46000, SYN_ACK);
+        want[..12].copy_from_slice(&answer[..12]);
+        assert_eq!(out, want);
+        assert_eq!(d.reason(Reason::PassNatNoNeighbor), 1);
+    });
+}

@@ -4,6 +4,10 @@
 //! are routed by the kernel's FIB, so one arm (clients and real servers on one segment) and two
 //! arms (an interface each) work alike.
 //!
+//! A next hop whose MAC the FIB does not know yet (typically a client the director never
+//! talked to) gets the packet translated and passed to the kernel, which forwards it and
+//! resolves the neighbour: the next packets are sent by XDP again.
+//!
 //! The director hands the packet to xvs_nat through NAT_JOB and a tail call, as it does for TUN:
 //! the rewrite and the FIB lookup then run with a fresh stack. Replies are recognised by their
 //! source: each NAT real server's (address, port, protocol) has a bit in the service filter
@@ -132,6 +136,10 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Result<Out, Reason> {
             icmp::too_big(pkt, p, mtu)?;
             return Ok(Out::Tx(Reason::TxIcmpTooBig));
         }
+        Err(NoRoute::NoNeighbor) => {
+            rewrite(pkt, p, End::Dst, &b.addr, port)?;
+            return Err(Reason::PassNatNoNeighbor);
+        }
         Err(e) => return Err(no_route(e)),
     };
     rewrite(pkt, p, End::Dst, &b.addr, port)?;
@@ -174,6 +182,10 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Result<Out, Reason> {
             icmp::too_big(pkt, p, mtu)?;
             return Ok(Out::Tx(Reason::TxIcmpTooBig));
         }
+        Err(NoRoute::NoNeighbor) => {
+            rewrite(pkt, p, End::Src, &vip, vport)?;
+            return Err(Reason::PassNatNoNeighbor);
+        }
         Err(e) => return Err(no_route(e)),
     };
     rewrite(pkt, p, End::Src, &vip, vport)?;
@@ -199,9 +211,8 @@ fn ip_len(pkt: &Packet, p: &Parsed) -> Result<u16, Reason> {
 #[inline(always)]
 fn no_route(e: NoRoute) -> Reason {
     match e {
-        NoRoute::NoNeighbor => Reason::DropNatNoNeighbor,
         NoRoute::ForwardingDisabled => Reason::DropNatFwdDisabled,
-        NoRoute::Unreachable | NoRoute::TooBig(_) => Reason::DropNatNoRoute,
+        NoRoute::Unreachable | NoRoute::NoNeighbor | NoRoute::TooBig(_) => Reason::DropNatNoRoute,
     }
 }
 
