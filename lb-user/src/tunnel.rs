@@ -71,21 +71,32 @@ pub fn multipath_flags() -> u8 {
 /// Warnings for tunnelled real servers whose outer family has forwarding disabled on `iface`
 /// (their packets would be dropped as drop_tun_fwd_disabled).
 pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {
-    let mut want = [false; 2];
+    // Per family: tunnelled real servers, NAT real servers.
+    let mut want = [[false; 2]; 2];
     for r in config.services().iter().flat_map(|s| s.reals.iter()) {
-        if let ForwardMethod::Tunnel(_) = r.forward {
-            want[r.addr.is_ipv6() as usize] = true;
+        match r.forward {
+            ForwardMethod::Tunnel(_) => want[r.addr.is_ipv6() as usize][0] = true,
+            ForwardMethod::Nat => want[r.addr.is_ipv6() as usize][1] = true,
+            ForwardMethod::Dr => {}
         }
     }
     let mut out = Vec::new();
     for (i, (family, knob)) in [("IPv4", "ipv4"), ("IPv6", "ipv6")].iter().enumerate() {
-        if !want[i] {
+        let path = format!("/proc/sys/net/{knob}/conf/{iface}/forwarding");
+        if !want[i].contains(&true)
+            || !std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0")
+        {
             continue;
         }
-        let path = format!("/proc/sys/net/{knob}/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        let fix = format!("enable it: sysctl -w net.{knob}.conf.{iface}.forwarding=1");
+        if want[i][0] {
             out.push(format!(
-                "{family} forwarding is disabled on {iface}: tunnelled packets to {family} real servers are dropped (drop_tun_fwd_disabled); enable it: sysctl -w net.{knob}.conf.{iface}.forwarding=1"
+                "{family} forwarding is disabled on {iface}: tunnelled packets to {family} real servers are dropped (drop_tun_fwd_disabled); {fix}"
+            ));
+        }
+        if want[i][1] {
+            out.push(format!(
+                "{family} forwarding is disabled on {iface}: packets to and from {family} NAT real servers are dropped (drop_nat_fwd_disabled); {fix}"
             ));
         }
     }

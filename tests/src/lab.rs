@@ -359,6 +359,7 @@ impl Lab {
              Listen 8080\n\
              PidFile {d}/httpd.pid\n\
              ErrorLog {d}/error.log\n\
+             CustomLog {d}/access.log \"%a %{{local}}p %U\"\n\
              DefaultRuntimeDir {d}\n\
              Mutex file:{d}\n\
              LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
@@ -565,6 +566,11 @@ impl Lab {
             bail!("director routes: {}", String::from_utf8_lossy(&out.stderr));
         }
         self.start_apache_at(i, &v4)
+    }
+
+    /// Real server `i`'s apache access log: one line per request, "CLIENT LOCAL_PORT PATH".
+    pub fn access_log(&self, i: usize) -> String {
+        fs::read_to_string(self.rs_dir(i).join("access.log")).unwrap_or_default()
     }
 
     /// Path of a real server's apache pid file.
