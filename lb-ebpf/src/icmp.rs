@@ -83,6 +83,31 @@ pub fn too_big(pkt: &mut Packet, p: &Parsed, mtu: u32) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Where the packet an ICMP error quotes lies in the frame.
+pub struct Quote {
+    /// Offset of the quoted IP header.
+    pub l3_off: u16,
+    /// Offset of the quoted TCP/UDP header (its ports at least are inside the frame).
+    pub l4_off: u16,
+}
+
+/// Where the quoted packet of an ICMP error (already checked by [`quoted_flow`]) is.
+#[inline(always)]
+pub fn quote(pkt: &Packet, p: &Parsed) -> Option<Quote> {
+    let l3_off = p.l4_off + ICMP_LEN;
+    let l4_off = if p.family == FAMILY_V4 {
+        let ip = pkt.header::<Ipv4Hdr>(l3_off)?;
+        l3_off + (ip.vihl & 0x0f) as usize * 4
+    } else {
+        l3_off + IPV6_LEN
+    };
+    pkt.header::<[u8; 4]>(l4_off)?;
+    Some(Quote {
+        l3_off: l3_off as u16,
+        l4_off: l4_off as u16,
+    })
+}
+
 /// For an ICMP error addressed to us that quotes a TCP/UDP packet a real server sent from a VIP
 /// (an error about a reply, on its way to the client), the client's flow as the connection table
 /// keys it. IPv4: destination unreachable, source quench, time exceeded; IPv6: destination

@@ -438,3 +438,92 @@ fn a_next_hop_without_a_known_mac_gets_the_translated_packet_through_the_kernel(
         assert_eq!(d.reason(Reason::PassNatNoNeighbor), 1);
     });
 }
+
+/// An IP packet (no Ethernet) src:sport -> dst:dport, TCP ACK or UDP, with 100 bytes of payload:
+/// what an ICMP error quotes.
+fn quoted(src: &str, sport: u16, dst: &str, dport: u16, udp: bool) -> Vec<u8> {
+    let l4 = if udp { L4::Udp } else { L4::Tcp(ACK) };
+    frame(src, sport, dst, dport, l4, None, &[9u8; 100])[14..].to_vec()
+}
+
+/// An ICMP error frame from `src` to `dst`, quoting `quote`: IPv4 (type, code, rest) or IPv6
+/// by the addresses' family. MACs as the program tests send them.
+fn icmp_error(src: &str, dst: &str, ty: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(
+        xvs_tests::packets::CLIENT_MAC,
+        xvs_tests::packets::DIRECTOR_MAC,
+    );
+    let mut out = Vec::new();
+    match (src.parse().unwrap(), dst.parse().unwrap()) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_raw(ty, code, rest)
+            .write(&mut out, quote)
+            .unwrap(),
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_raw(ty, code, rest)
+            .write(&mut out, quote)
+            .unwrap(),
+        _ => panic!("mixed families"),
+    }
+    out
+}
+
+/// `translated` with the quoted TCP checksum of `original` (the data plane leaves it, as IPVS
+/// does: receivers do not check a quote's L4 checksum).
+fn keep_quoted_l4_check(mut translated: Vec<u8>, original: &[u8], v6: bool) -> Vec<u8> {
+    let at = if v6 { 40 + 16 } else { 20 + 16 };
+    translated[at..at + 2].copy_from_slice(&original[at..at + 2]);
+    translated
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways_inner_headers_included() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        nat_service(d, Protocol::Udp, VIP, 53, &[(RS, 5353)]);
+        nat_service(d, Protocol::Tcp, VIP6, 80, &[(RS6, 8080)]);
+        d.run_on(ifx, &tcp(CLIENT, 47000, VIP, 80, SYN));
+        d.run_on(ifx, &udp(CLIENT, 47001, VIP, 53, b"q"));
+        d.run_on(ifx, &tcp(CLIENT6, 47002, VIP6, 80, SYN));
+
+        // The path toward the client says "fragmentation needed" about a reply (quoted from the
+        // VIP): the real server gets it from its own address and port.
+        let q = quoted(VIP, 80, CLIENT, 47000, false);
+        let sent = icmp_error("192.0.2.254", VIP, 3, 4, [0, 0, 0x05, 0x00], &q);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!(v, verdict::TX, "v4 frag needed");
+        let want_q = keep_quoted_l4_check(quoted(RS, 8080, CLIENT, 47000, false), &q, false);
+        let want = icmp_error("192.0.2.254", RS, 3, 4, [0, 0, 0x05, 0x00], &want_q);
+        assert_eq!(out, with_macs(want, RS_MAC, D0_MAC), "v4 frag needed");
+        // The same in IPv6 (packet too big: the pseudo-header's destination changes too).
+        let q = quoted(VIP6, 80, CLIENT6, 47002, false);
+        let mtu = 1400u32.to_be_bytes();
+        let sent = icmp_error("2001:db8:1::fe", VIP6, 2, 0, mtu, &q);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!(v, verdict::TX, "v6 packet too big");
+        let want_q = keep_quoted_l4_check(quoted(RS6, 8080, CLIENT6, 47002, false), &q, true);
+        let want = icmp_error("2001:db8:1::fe", RS6, 2, 0, mtu, &want_q);
+        assert_eq!(out, with_macs(want, RS_MAC, D0_MAC), "v6 packet too big");
+
+        // The real server says "port unreachable" about the client's datagram: the client gets
+        // it from the VIP, about a datagram to the VIP.
+        let q = quoted(CLIENT, 47001, RS, 5353, true);
+        let sent = icmp_error(RS, CLIENT, 3, 3, [0; 4], &q);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!(v, verdict::TX, "v4 port unreachable");
+        let mut want_q = quoted(CLIENT, 47001, VIP, 53, true);
+        // The quoted UDP checksum is the original's too.
+        want_q[26..28].copy_from_slice(&q[26..28]);
+        let want = icmp_error(VIP, CLIENT, 3, 3, [0; 4], &want_q);
+        assert_eq!(out, with_macs(want, GW_MAC, D0_MAC), "v4 port unreachable");
+        assert_eq!(d.reason(Reason::IcmpErrorForwarded), 3);
+
+        // About a connection the director does not know: the kernel's, unchanged.
+        let q = quoted(CLIENT, 47999, RS, 5353, true);
+        let sent = icmp_error(RS, CLIENT, 3, 3, [0; 4], &q);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!((v, out), (verdict::PASS, sent));
+    });
+}

@@ -152,7 +152,15 @@ pub fn xvs_icmp(ctx: XdpContext) -> u32 {
 fn icmp_relay(pkt: &mut Packet) -> Result<Out, Reason> {
     let p = parse(pkt)?;
     let key = icmp::quoted_flow(pkt, &p).ok_or(Reason::PassIcmp)?;
-    let e = maps::conn(&key).ok_or(Reason::PassIcmp)?;
+    let Some(e) = maps::conn(&key) else {
+        // Maybe about a client's packet a NAT real server received: the quote, from the
+        // server's side, is the key of the connection's way back.
+        if forward::nat::in_use() && maps::nat_reply(&key).is_some() {
+            count(Reason::IcmpErrorForwarded);
+            return forward::nat::hand_off_reply(pkt);
+        }
+        return Err(Reason::PassIcmp);
+    };
     let backend = maps::backend(e.backend).ok_or(Reason::PassIcmp)?;
     if backend.generation != e.generation {
         return Err(Reason::PassIcmp);

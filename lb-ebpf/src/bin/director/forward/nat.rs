@@ -16,14 +16,15 @@
 
 use lb_common::{
     config_flags, nat_job, nat_reply_filter_proto, Backend, FlowKey, NatReply, Reason, FAMILY_V6,
-    TAIL_NAT,
+    PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT,
 };
 use lb_ebpf::{
     helpers::ktime_coarse_ns,
     icmp,
-    nat::{rewrite, End},
+    nat::{rewrite, rewrite_icmp, End, IcmpTranslation},
     packet::Packet,
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
+    icmp::Quote,
     route::{self, Hop, NoRoute, Query},
 };
 
@@ -31,7 +32,7 @@ use crate::{
     conntrack,
     maps::{self, count},
     service::filter_hit,
-    verdict::Out,
+    verdict::{Out, Packed},
 };
 
 /// Hands a client's packet for NAT backend `backend_id` to xvs_nat. Returns only when the NAT
@@ -49,14 +50,17 @@ pub fn hand_off(pkt: &Packet, backend_id: u32) -> Result<Out, Reason> {
 /// its source (address and port, or address and any port) is a NAT real server's.
 #[inline(always)]
 pub fn maybe_reply(p: &Parsed) -> bool {
-    let Some(cfg) = maps::config() else {
-        return false;
-    };
-    if cfg.flags & config_flags::NAT == 0 {
+    if !in_use() {
         return false;
     }
     let proto = nat_reply_filter_proto(p.proto);
     filter_hit(&p.src, p.sport_be, proto) || filter_hit(&p.src, 0, proto)
+}
+
+/// Whether some real server is reached by NAT (CONFIG's flag).
+#[inline(always)]
+pub fn in_use() -> bool {
+    maps::config().is_some_and(|c| c.flags & config_flags::NAT != 0)
 }
 
 /// Hands a possible reply to xvs_nat. Returns only when the NAT program is missing.
@@ -106,20 +110,184 @@ fn real_port(b: &Backend, dport_be: u16) -> u16 {
 #[inline(always)]
 pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
-    let (kind, id) = (job.kind, job.backend);
+    let (inbound, id) = (job.kind == nat_job::INBOUND, job.backend);
     let p = parse(pkt)?;
-    if kind == nat_job::INBOUND {
-        inbound(pkt, &p, id)
-    } else {
-        reply(pkt, &p)
+    if is_icmp(&p) {
+        // Planned by one subprogram, done by others: the frames are siblings.
+        let mut plan = IcmpPlan {
+            t: IcmpTranslation {
+                quote: Quote {
+                    l3_off: 0,
+                    l4_off: 0,
+                },
+                outer: None,
+                inner: End::Src,
+                addr: &p.dst,
+                port_be: 0,
+            },
+            hop: Hop::default(),
+            tx: Reason::TxNat,
+        };
+        let planned = if inbound {
+            icmp_inbound_call(pkt, &p, id, &mut plan)
+        } else {
+            icmp_reply_call(pkt, &p, &mut plan)
+        };
+        translated(planned)?;
+        translated(rewrite_icmp(pkt, &p, &plan.t))?;
+        return send(pkt, &plan.hop, plan.tx);
     }
+    let step = if inbound {
+        l4_inbound_call(pkt, &p, id)
+    } else {
+        l4_reply_call(pkt, &p)
+    };
+    if let Some(mtu) = step.too_big() {
+        // As a router would: the sender learns the path MTU.
+        icmp::too_big(pkt, &p, mtu)?;
+        return Ok(Out::Tx(Reason::TxIcmpTooBig));
+    }
+    step.decode()
+}
+
+/// How an ICMP error about a NAT connection is translated and where it goes.
+struct IcmpPlan<'a> {
+    t: IcmpTranslation<'a>,
+    hop: Hop,
+    tx: Reason,
+}
+
+// Each kind of packet is translated in a BPF subprogram of its own, and the too-big answer is
+// made by the caller: their stack frames are siblings, never added up.
+
+#[inline(never)]
+fn l4_inbound_call(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
+    inbound(pkt, p, id)
+}
+
+#[inline(never)]
+fn l4_reply_call(pkt: &mut Packet, p: &Parsed) -> Packed {
+    reply(pkt, p)
+}
+
+#[inline(never)]
+fn icmp_inbound_call(pkt: &Packet, p: &Parsed, id: u32, plan: &mut IcmpPlan<'_>) -> u32 {
+    status(icmp_inbound(pkt, p, id, plan))
+}
+
+#[inline(never)]
+fn icmp_reply_call(pkt: &Packet, p: &Parsed, plan: &mut IcmpPlan<'_>) -> u32 {
+    status(icmp_reply(pkt, p, plan))
+}
+
+/// Address equality as four word compares (an array compare may become a bcmp call, which BPF
+/// has not).
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
+}
+
+/// 0, or the reason: the inverse of `translated`.
+#[inline(always)]
+fn status(r: Result<(), Reason>) -> u32 {
+    match r {
+        Ok(()) => 0,
+        Err(reason) => reason as u32,
+    }
+}
+
+#[inline(always)]
+fn is_icmp(p: &Parsed) -> bool {
+    p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6
+}
+
+/// An ICMP error about a reply of NAT connection (slot `id`), addressed to the VIP (the path
+/// toward the client reports a problem): to the real server, its quote made what the server
+/// sent (source RIP:rport instead of VIP:vport), so its stack finds the connection.
+#[inline(always)]
+fn icmp_inbound(
+    pkt: &Packet,
+    p: &Parsed,
+    id: u32,
+    plan: &mut IcmpPlan<'_>,
+) -> Result<(), Reason> {
+    let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+    let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
+    plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
+    plan.t.outer = Some(End::Dst);
+    plan.t.inner = End::Src;
+    plan.t.addr = &b.addr;
+    plan.t.port_be = real_port(b, dport_be);
+    plan.hop = route_to(pkt, p, &b.addr)?;
+    plan.tx = Reason::TxNat;
+    Ok(())
+}
+
+/// An ICMP error a NAT real server (or a router on its side) sends to a client about the
+/// client's packet: the quote and, from the real server itself, the error's source become the
+/// VIP's, as the client knows the connection.
+#[inline(always)]
+fn icmp_reply(pkt: &Packet, p: &Parsed, plan: &mut IcmpPlan<'_>) -> Result<(), Reason> {
+    // The quoted packet went client -> real server: as NAT_REPLIES keys it, from the server.
+    let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
+    let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
+    let from_server = same_addr(&p.src, &key.src);
+    // The same key, now the connection's as the client made it.
+    let client = key.dst;
+    key.src = client;
+    key.dst = back.vip;
+    key.sport_be = key.dport_be;
+    key.dport_be = back.vport_be;
+    if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
+        return Err(Reason::PassNatReplyUnknown);
+    }
+    plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
+    plan.t.outer = from_server.then_some(End::Src);
+    plan.t.inner = End::Dst;
+    plan.t.addr = &back.vip;
+    plan.t.port_be = back.vport_be;
+    plan.hop = route_to(pkt, p, &p.dst)?;
+    plan.tx = Reason::TxNatReply;
+    Ok(())
+}
+
+/// rewrite_icmp's result as a Result.
+#[inline(always)]
+fn translated(rc: u32) -> Result<(), Reason> {
+    match rc {
+        0 => Ok(()),
+        r => Err(Reason::from_index(r).unwrap_or(Reason::DropMalformedL4)),
+    }
+}
+
+/// The next hop toward `dst` for an ICMP error (no ports), or why there is none (an error that
+/// cannot be routed now is dropped: ICMP is best effort, and its sender retries).
+#[inline(always)]
+fn route_to(pkt: &Packet, p: &Parsed, dst: &[u8; 16]) -> Result<Hop, Reason> {
+    let q = Query {
+        family: p.family,
+        proto: p.proto,
+        src: &p.src,
+        dst,
+        sport_be: 0,
+        dport_be: 0,
+        len: ip_len(pkt, p)?,
+    };
+    route::lookup(pkt, &q).map_err(no_route)
 }
 
 /// A client's packet: to the real server's address and port.
 #[inline(always)]
-fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Result<Out, Reason> {
-    let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
+    let Some(b) = maps::backend(id) else {
+        return Packed::encode(Err(Reason::DropBadBackend));
+    };
     let port = real_port(b, p.dport_be);
+    let len = match ip_len(pkt, p) {
+        Ok(len) => len,
+        Err(reason) => return Packed::encode(Err(reason)),
+    };
     let q = Query {
         family: p.family,
         proto: p.proto,
@@ -127,69 +295,62 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Result<Out, Reason> {
         dst: &b.addr,
         sport_be: p.sport_be,
         dport_be: port,
-        len: ip_len(pkt, p)?,
+        len,
     };
-    let hop = match route::lookup(pkt, &q) {
-        Ok(hop) => hop,
-        Err(NoRoute::TooBig(mtu)) => {
-            // As a router would: the client learns the path MTU (the VIP answers).
-            icmp::too_big(pkt, p, mtu)?;
-            return Ok(Out::Tx(Reason::TxIcmpTooBig));
-        }
-        Err(NoRoute::NoNeighbor) => {
-            rewrite(pkt, p, End::Dst, &b.addr, port)?;
-            return Err(Reason::PassNatNoNeighbor);
-        }
-        Err(e) => return Err(no_route(e)),
-    };
-    rewrite(pkt, p, End::Dst, &b.addr, port)?;
-    send(pkt, &hop, Reason::TxNat)
+    match route::lookup(pkt, &q) {
+        Ok(hop) => Packed::encode(
+            rewrite(pkt, p, End::Dst, &b.addr, port).and_then(|()| send(pkt, &hop, Reason::TxNat)),
+        ),
+        Err(NoRoute::NoNeighbor) => Packed::encode(
+            rewrite(pkt, p, End::Dst, &b.addr, port).and(Err(Reason::PassNatNoNeighbor)),
+        ),
+        Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
+        Err(e) => Packed::encode(Err(no_route(e))),
+    }
 }
 
 /// Maybe a real server's reply: its connection's VIP and port become its source, toward the
 /// client. Anything that is not a live connection's reply from its own real server goes to
 /// the kernel unchanged.
 #[inline(always)]
-fn reply(pkt: &mut Packet, p: &Parsed) -> Result<Out, Reason> {
-    let key = conntrack::flow_key(p);
-    let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
-    let (vip, vport, id) = (back.vip, back.vport_be, back.backend);
-    let conn = FlowKey {
-        src: p.dst,
-        dst: vip,
-        sport_be: p.dport_be,
-        dport_be: vport,
-        proto: p.proto,
-        family: p.family,
-        _pad: [0; 2],
+fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
+    let mut key = conntrack::flow_key(p);
+    let Some(back) = maps::nat_reply(&key) else {
+        return Packed::encode(Err(Reason::PassNatReplyUnknown));
     };
-    if !conntrack::reply_seen(&conn, p, id, ktime_coarse_ns()) {
-        return Err(Reason::PassNatReplyUnknown);
+    let (vport, id) = (back.vport_be, back.backend);
+    // The same key, now the connection's as the client made it (one key on the stack).
+    key.src = p.dst;
+    key.dst = back.vip;
+    key.sport_be = p.dport_be;
+    key.dport_be = vport;
+    if !conntrack::reply_seen(&key, p, id, ktime_coarse_ns()) {
+        return Packed::encode(Err(Reason::PassNatReplyUnknown));
     }
+    let len = match ip_len(pkt, p) {
+        Ok(len) => len,
+        Err(reason) => return Packed::encode(Err(reason)),
+    };
     let q = Query {
         family: p.family,
         proto: p.proto,
-        src: &vip,
+        src: &back.vip,
         dst: &p.dst,
         sport_be: vport,
         dport_be: p.dport_be,
-        len: ip_len(pkt, p)?,
+        len,
     };
-    let hop = match route::lookup(pkt, &q) {
-        Ok(hop) => hop,
-        Err(NoRoute::TooBig(mtu)) => {
-            // The real server's TCP learns the path MTU toward the client.
-            icmp::too_big(pkt, p, mtu)?;
-            return Ok(Out::Tx(Reason::TxIcmpTooBig));
-        }
-        Err(NoRoute::NoNeighbor) => {
-            rewrite(pkt, p, End::Src, &vip, vport)?;
-            return Err(Reason::PassNatNoNeighbor);
-        }
-        Err(e) => return Err(no_route(e)),
-    };
-    rewrite(pkt, p, End::Src, &vip, vport)?;
-    send(pkt, &hop, Reason::TxNatReply)
+    match route::lookup(pkt, &q) {
+        Ok(hop) => Packed::encode(
+            rewrite(pkt, p, End::Src, &back.vip, vport)
+                .and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
+        ),
+        Err(NoRoute::NoNeighbor) => Packed::encode(
+            rewrite(pkt, p, End::Src, &back.vip, vport).and(Err(Reason::PassNatNoNeighbor)),
+        ),
+        Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
+        Err(e) => Packed::encode(Err(no_route(e))),
+    }
 }
 
 /// The IP packet's length, from its header (what the FIB compares with the route MTU).
