@@ -84,6 +84,14 @@ pub trait Maps {
     fn backend(&self, id: u32) -> Result<Backend, MapsError>;
     /// Writes a BACKENDS slot.
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapsError>;
+    /// Writes BACKENDS slots in order (an implementation may batch them); on failure, how many
+    /// were written before the one that failed.
+    fn set_backends(&mut self, run: &[(u32, Backend)]) -> Result<(), (usize, MapsError)> {
+        for (i, (id, backend)) in run.iter().enumerate() {
+            self.set_backend(*id, *backend).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// A service's SEQ_CURSOR.
     fn cursor(&self, id: u32) -> Result<u64, MapsError>;
     /// `len` SEQ_CURSOR entries from `off`. An implementation may read them in bulk; this one

@@ -626,6 +626,7 @@ impl<'a> Planner<'a> {
         // Backends, in the service's order; a server without a MAC takes no new connections.
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
+        let mark = self.ops.len();
         for (real, mac) in svc.reals.iter().zip(svc_macs) {
             ids.push(self.place_backend(
                 placed.id,
@@ -635,6 +636,9 @@ impl<'a> Planner<'a> {
             )?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
+        // New slots' counters zeroed first, then the backend writes in one run (the executor
+        // writes a run in one call); each slot is still zeroed before it is written.
+        self.ops[mark..].sort_by_key(|op| matches!(op, MapOp::SetBackend { .. }));
         if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
             placed.sched = scheduler::Scheduling::new(svc.scheduler, svc.flags);
         }
