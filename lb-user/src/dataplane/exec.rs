@@ -354,13 +354,21 @@ pub struct Applied {
 }
 
 /// Applies a plan made from `placement` to `maps`, and only if every write succeeds makes its
-/// next placement current: a failed plan leaves both as they were.
+/// next placement current: a failed plan leaves both as they were, except when its undo failed
+/// too ([`ExecError::Partial`]): then `placement` is marked so that the next plan rewrites
+/// everything.
 pub fn commit(
     placement: &mut Placement,
     maps: &mut dyn Maps,
     plan: Plan,
 ) -> Result<Applied, ExecError> {
-    execute(maps, &plan.ops)?;
+    if let Err(e) = execute(maps, &plan.ops) {
+        if matches!(e, ExecError::Partial { .. }) {
+            // The maps hold part of the plan: the next one rewrites everything.
+            placement.mark_unsure(&plan.ops);
+        }
+        return Err(e);
+    }
     *placement = plan.next;
     Ok(Applied {
         ops: plan.ops.len(),
