@@ -403,9 +403,7 @@ pub fn plan(current: &Placement, desired: &Config, inputs: &Inputs) -> Result<Pl
         .filter(|k| desired.service(k).is_none())
         .copied()
         .collect();
-    for key in gone {
-        p.remove_service(&key);
-    }
+    p.remove_services(&gone);
     for svc in desired.services() {
         p.sync_service(svc)?;
     }
@@ -583,17 +581,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn remove_service(&mut self, key: &ServiceKey) {
-        let Some(p) = self.next.services.remove(key) else {
-            return;
-        };
-        for k in &p.keys {
-            self.unpublish_key(key, k);
+    /// Removes services: every key first, then every backend slot, so that the slot writes
+    /// form one run (the executor writes a run in one call).
+    fn remove_services(&mut self, keys: &[ServiceKey]) {
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(p) = self.next.services.remove(key) else {
+                continue;
+            };
+            for k in &p.keys {
+                self.unpublish_key(key, k);
+            }
+            self.next.quarantine.push(p.region);
+            self.next.free_service_ids.push(p.id);
+            removed.push(p);
         }
-        self.next.quarantine.push(p.region);
-        self.next.free_service_ids.push(p.id);
-        for slot in p.slots.values() {
-            self.free_backend(*slot);
+        for p in removed {
+            for slot in p.slots.values() {
+                self.free_backend(*slot);
+            }
         }
     }
 
