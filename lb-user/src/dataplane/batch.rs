@@ -1,7 +1,8 @@
 //! Reading maps in batches (BPF_MAP_LOOKUP_BATCH): one system call per few thousand entries
 //! instead of two per entry, so the controller can walk a connection table of millions of
 //! entries every recomputation period, and read back whole arrays when it adopts pinned maps.
-//! aya does not wrap this command yet.
+//! aya does not wrap this command yet. Tables are written the same way (BPF_MAP_UPDATE_BATCH):
+//! one system call per table instead of one per slot.
 
 use std::{io, mem::size_of, os::fd::AsRawFd};
 
@@ -11,6 +12,7 @@ use aya::{
 };
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries fetched per system call.
 const BATCH: u32 = 4096;
 
@@ -60,6 +62,59 @@ pub fn read_array<V: Pod + Default>(
         |_: &u32, v: &[V]| out.push(v[0]),
     )?;
     Ok(out)
+}
+
+/// Writes `values` into an array map from index `off` on with BPF_MAP_UPDATE_BATCH: one system
+/// call per run instead of one per entry (the kernel writes entry by entry, each as a single
+/// update would). On failure, returns how many entries from `off` were written before it.
+pub fn write_array<V: Pod>(
+    map: &mut Array<MapData, V>,
+    off: u32,
+    values: &[V],
+) -> Result<(), (usize, io::Error)> {
+    let keys: Vec<u32> = (off..off + values.len() as u32).collect();
+    write_array_at(map, &keys, values)
+}
+
+/// Writes `values[i]` at index `keys[i]` of an array map, in order, with BPF_MAP_UPDATE_BATCH.
+/// On failure, returns how many entries were written before it.
+pub fn write_array_at<V: Pod>(
+    map: &mut Array<MapData, V>,
+    keys: &[u32],
+    values: &[V],
+) -> Result<(), (usize, io::Error)> {
+    assert_eq!(keys.len(), values.len());
+    let fd = IterableMap::<u32, V>::map(map).fd().as_fd_raw();
+    let mut done = 0;
+    for (keys, values) in keys
+        .chunks(BATCH as usize)
+        .zip(values.chunks(BATCH as usize))
+    {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at `count` keys and `count` values of the map's key and value
+        // sizes (u32 indexes, `V` as the map holds it), which outlive the call; the kernel
+        // only reads them and writes back `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err((done + (attr.count as usize).min(keys.len()), e));
+        }
+        done += keys.len();
+    }
+    Ok(())
 }
 
 /// Reads `len` entries of a per-CPU array from index `off` on, flat: `cpus` values per entry.

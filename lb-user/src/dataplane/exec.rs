@@ -51,13 +51,15 @@ pub enum ExecError {
     },
 }
 
-/// What an operation overwrote, to put it back.
+/// What an operation overwrote, read one by one just before it, to put it back. What the
+/// operation itself carries (a backend's previous value) or what was read ahead needs no
+/// record: it is found again from the operation if the plan is rolled back, so a large plan
+/// allocates nothing per operation for its undo.
 #[derive(Debug)]
 enum Undo {
     FilterWord(u32, u64),
     Slots(u32, Vec<u32>),
     Service(BpfKey, Option<ServiceValue>),
-    Backend(u32, Backend),
     Cursor(u32, u64),
     Stats(StatsMap, u32, Vec<Stats>),
 }
@@ -145,65 +147,99 @@ fn read_ahead(maps: &dyn Maps, ops: &[MapOp]) -> Result<Ahead, MapsError> {
     Ok(ahead)
 }
 
-/// Reads what `op` will overwrite (or takes it from what was read ahead).
-fn before(maps: &dyn Maps, op: &MapOp, ahead: &mut Ahead) -> Result<Undo, MapsError> {
-    Ok(match op {
+impl Ahead {
+    /// SCHED_SLOTS\[off..off + len\] before the plan, if read ahead.
+    fn slots(&self, off: u32, len: usize) -> Option<&[u32]> {
+        let (from, v) = self.slots.as_ref()?;
+        let i = off.checked_sub(*from)? as usize;
+        v.get(i..i + len)
+    }
+
+    /// A cursor before the plan, if read ahead.
+    fn cursor(&self, id: u32) -> Option<u64> {
+        let (from, v) = self.cursors.as_ref()?;
+        v.get(id.checked_sub(*from)? as usize).copied()
+    }
+
+    /// A stats entry before the plan, if read ahead.
+    fn stats(&self, map: StatsMap, id: u32) -> Option<&[Stats]> {
+        let (from, v) = self.stats[map as usize].as_ref()?;
+        let i = id.checked_sub(*from)? as usize * self.cpus;
+        v.get(i..i + self.cpus)
+    }
+
+    /// A SERVICES entry before the plan (None: absent), if read ahead.
+    fn service(&self, key: &BpfKey) -> Option<Option<ServiceValue>> {
+        self.services.get(key).copied()
+    }
+
+    /// Whether what `op` overwrites is known without reading it: the operation carries it,
+    /// or it was read ahead.
+    fn knows(&self, op: &MapOp) -> bool {
+        match op {
+            MapOp::SetFilterWord { .. } => false,
+            MapOp::SetSlots { off, ids } => self.slots(*off, ids.len()).is_some(),
+            MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
+                self.service(key).is_some()
+            }
+            MapOp::SetBackend { .. } => true,
+            MapOp::ResetCursor { id } => self.cursor(*id).is_some(),
+            MapOp::ZeroStats { map, id } => self.stats(*map, *id).is_some(),
+        }
+    }
+
+    /// Puts back what `op` overwrote, from the operation or what was read ahead (`knows`).
+    /// A location written twice in one plan is put back to its value before the plan both
+    /// times, which is where undoing in reverse order ends anyway.
+    fn undo(&self, maps: &mut dyn Maps, op: &MapOp) -> Result<(), MapsError> {
+        let unknown = || MapsError::new("undo", "nothing read ahead for this operation");
+        match op {
+            MapOp::SetFilterWord { .. } => Err(unknown()),
+            MapOp::SetSlots { off, ids } => {
+                maps.set_slots(*off, self.slots(*off, ids.len()).ok_or_else(unknown)?)
+            }
+            MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
+                match self.service(key).ok_or_else(unknown)? {
+                    Some(v) => maps.put_service(key, v),
+                    None => maps.delete_service(key),
+                }
+            }
+            MapOp::SetBackend { id, was, .. } => maps.set_backend(*id, *was),
+            MapOp::ResetCursor { id } => {
+                maps.set_cursor(*id, self.cursor(*id).ok_or_else(unknown)?)
+            }
+            MapOp::ZeroStats { map, id } => {
+                maps.set_stats(*map, *id, self.stats(*map, *id).ok_or_else(unknown)?)
+            }
+        }
+    }
+}
+
+/// Reads what `op` will overwrite, unless it is known without reading (`Ahead::knows`).
+fn before(maps: &dyn Maps, op: &MapOp, ahead: &Ahead) -> Result<Option<Undo>, MapsError> {
+    if ahead.knows(op) {
+        return Ok(None);
+    }
+    Ok(Some(match op {
         MapOp::SetFilterWord { index, .. } => Undo::FilterWord(*index, maps.filter_word(*index)?),
-        MapOp::SetSlots { off, ids } => {
-            let len = ids.len() as u32;
-            let known = ahead.slots.as_ref().and_then(|(from, v)| {
-                let i = off.checked_sub(*from)? as usize;
-                v.get(i..i + len as usize).map(<[u32]>::to_vec)
-            });
-            Undo::Slots(
-                *off,
-                match known {
-                    Some(v) => v,
-                    None => maps.slots(*off, len)?,
-                },
-            )
-        }
+        MapOp::SetSlots { off, ids } => Undo::Slots(*off, maps.slots(*off, ids.len() as u32)?),
         MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
-            let v = match ahead.services.remove(key) {
-                Some(v) => v,
-                None => maps.service(key)?,
-            };
-            Undo::Service(*key, v)
+            Undo::Service(*key, maps.service(key)?)
         }
-        MapOp::SetBackend { id, was, .. } => Undo::Backend(*id, *was),
-        MapOp::ResetCursor { id } => {
-            let known = ahead
-                .cursors
-                .as_ref()
-                .and_then(|(from, v)| v.get(id.checked_sub(*from)? as usize).copied());
-            Undo::Cursor(
-                *id,
-                match known {
-                    Some(v) => v,
-                    None => maps.cursor(*id)?,
-                },
-            )
-        }
-        MapOp::ZeroStats { map, id } => {
-            let cpus = ahead.cpus;
-            let known = ahead.stats[*map as usize].as_ref().and_then(|(from, v)| {
-                let i = id.checked_sub(*from)? as usize * cpus;
-                v.get(i..i + cpus).map(<[Stats]>::to_vec)
-            });
-            Undo::Stats(
-                *map,
-                *id,
-                match known {
-                    Some(v) => v,
-                    None => maps.stats(*map, *id)?,
-                },
-            )
-        }
-    })
+        MapOp::ResetCursor { id } => Undo::Cursor(*id, maps.cursor(*id)?),
+        MapOp::ZeroStats { map, id } => Undo::Stats(*map, *id, maps.stats(*map, *id)?),
+        MapOp::SetBackend { .. } => unreachable!("a backend write carries what it overwrites"),
+    }))
 }
 
 /// Applies one operation.
 pub fn apply(maps: &mut dyn Maps, op: &MapOp) -> Result<(), MapsError> {
+    let zero = vec![Stats::default(); maps.cpus()];
+    apply_with(maps, op, &zero)
+}
+
+/// Applies one operation; `zero` is a zeroed stats entry (one value per CPU).
+fn apply_with(maps: &mut dyn Maps, op: &MapOp, zero: &[Stats]) -> Result<(), MapsError> {
     match op {
         MapOp::SetFilterWord { index, word } => maps.set_filter_word(*index, *word),
         MapOp::SetSlots { off, ids } => maps.set_slots(*off, ids),
@@ -211,10 +247,7 @@ pub fn apply(maps: &mut dyn Maps, op: &MapOp) -> Result<(), MapsError> {
         MapOp::DeleteService { key } => maps.delete_service(key),
         MapOp::SetBackend { id, backend, .. } => maps.set_backend(*id, *backend),
         MapOp::ResetCursor { id } => maps.set_cursor(*id, 0),
-        MapOp::ZeroStats { map, id } => {
-            let zero = vec![Stats::default(); maps.cpus()];
-            maps.set_stats(*map, *id, &zero)
-        }
+        MapOp::ZeroStats { map, id } => maps.set_stats(*map, *id, zero),
     }
 }
 
@@ -224,7 +257,6 @@ fn undo(maps: &mut dyn Maps, u: &Undo) -> Result<(), MapsError> {
         Undo::Slots(off, ids) => maps.set_slots(*off, ids),
         Undo::Service(k, Some(v)) => maps.put_service(k, *v),
         Undo::Service(k, None) => maps.delete_service(k),
-        Undo::Backend(id, b) => maps.set_backend(*id, *b),
         Undo::Cursor(id, v) => maps.set_cursor(*id, *v),
         Undo::Stats(m, id, v) => maps.set_stats(*m, *id, v),
     }
@@ -233,19 +265,61 @@ fn undo(maps: &mut dyn Maps, u: &Undo) -> Result<(), MapsError> {
 /// Applies `ops` in order, all or nothing: on the first failure every operation applied (and
 /// the failed one) is undone in reverse order.
 pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
-    let mut done: Vec<Undo> = Vec::with_capacity(ops.len());
-    let mut ahead = read_ahead(maps, ops).map_err(ExecError::ReadAhead)?;
-    for (index, op) in ops.iter().enumerate() {
-        let result = before(maps, op, &mut ahead).and_then(|u| {
-            done.push(u);
-            apply(maps, op)
-        });
+    let ahead = read_ahead(maps, ops).map_err(ExecError::ReadAhead)?;
+    // What was read one by one, by operation index; the rest `ahead` knows.
+    let mut read: Vec<(usize, Undo)> = Vec::new();
+    let zero = vec![Stats::default(); maps.cpus()];
+    let mut run: Vec<(u32, Backend)> = Vec::new();
+    let mut index = 0;
+    while index < ops.len() {
+        // Consecutive backend writes go in one call (they carry what they overwrite).
+        let end = index
+            + ops[index..]
+                .iter()
+                .take_while(|op| matches!(op, MapOp::SetBackend { .. }))
+                .count();
+        let mut started = false;
+        let result = if end > index {
+            run.clear();
+            run.extend(ops[index..end].iter().filter_map(|op| match op {
+                MapOp::SetBackend { id, backend, .. } => Some((*id, *backend)),
+                _ => None,
+            }));
+            started = true;
+            match maps.set_backends(&run) {
+                Ok(()) => {
+                    index = end;
+                    continue;
+                }
+                Err((written, e)) => {
+                    index += written;
+                    Err(e)
+                }
+            }
+        } else {
+            let op = &ops[index];
+            before(maps, op, &ahead).and_then(|u| {
+                read.extend(u.map(|u| (index, u)));
+                started = true;
+                apply_with(maps, op, &zero)
+            })
+        };
         if let Err(source) = result {
             let total = ops.len();
-            // Keep undoing after a failed undo: the more is restored, the better.
+            // The failed operation is undone too (a run of slot writes may have failed
+            // partway), unless it failed before writing. Keep undoing after a failed undo:
+            // the more is restored, the better.
+            let upto = if started { index + 1 } else { index };
             let mut first = None;
-            for u in done.iter().rev() {
-                if let Err(e) = undo(maps, u) {
+            for i in (0..upto).rev() {
+                let result = match read.last() {
+                    Some((at, _)) if *at == i => {
+                        let (_, u) = read.pop().expect("just seen");
+                        undo(maps, &u)
+                    }
+                    _ => ahead.undo(maps, &ops[i]),
+                };
+                if let Err(e) = result {
                     first.get_or_insert(e);
                 }
             }
@@ -263,6 +337,7 @@ pub fn execute(maps: &mut dyn Maps, ops: &[MapOp]) -> Result<(), ExecError> {
                 },
             });
         }
+        index += 1;
     }
     Ok(())
 }
@@ -279,13 +354,21 @@ pub struct Applied {
 }
 
 /// Applies a plan made from `placement` to `maps`, and only if every write succeeds makes its
-/// next placement current: a failed plan leaves both as they were.
+/// next placement current: a failed plan leaves both as they were, except when its undo failed
+/// too ([`ExecError::Partial`]): then `placement` is marked so that the next plan rewrites
+/// everything.
 pub fn commit(
     placement: &mut Placement,
     maps: &mut dyn Maps,
     plan: Plan,
 ) -> Result<Applied, ExecError> {
-    execute(maps, &plan.ops)?;
+    if let Err(e) = execute(maps, &plan.ops) {
+        if matches!(e, ExecError::Partial { .. }) {
+            // The maps hold part of the plan: the next one rewrites everything.
+            placement.mark_unsure(&plan.ops);
+        }
+        return Err(e);
+    }
     *placement = plan.next;
     Ok(Applied {
         ops: plan.ops.len(),

@@ -1,5 +1,5 @@
 //! [`Maps`] over the kernel's maps: thin wrappers around the aya maps, one system call per
-//! entry written, batch reads where a whole map or table is read.
+//! entry written (a table: one batch write), batch reads where a whole map or table is read.
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
@@ -96,23 +96,20 @@ impl Maps for KernelMaps {
     }
 
     fn set_slots(&mut self, off: u32, ids: &[u32]) -> Result<(), MapsError> {
-        for (i, id) in ids.iter().enumerate() {
-            let at = off + i as u32;
-            self.slots
-                .set(at, *id, 0)
-                .map_err(err(names::MAP_SCHED_SLOTS))?;
-            if let Some(c) = self.slots_copy.get_mut(at as usize) {
-                *c = *id;
-            }
-            if let Some(k) = self
-                .slots_known
-                .as_mut()
-                .and_then(|k| k.get_mut(at as usize))
-            {
-                *k = true;
-            }
+        // One batch write per table: the region is not published yet, so no packet reads it
+        // while it is written.
+        let (written, result) = match batch::write_array(&mut self.slots, off, ids) {
+            Ok(()) => (ids.len(), Ok(())),
+            Err((n, e)) => (n, Err(MapsError::new(names::MAP_SCHED_SLOTS, e))),
+        };
+        let range = off as usize..off as usize + written;
+        if let Some(c) = self.slots_copy.get_mut(range.clone()) {
+            c.copy_from_slice(&ids[..written]);
         }
-        Ok(())
+        if let Some(k) = self.slots_known.as_mut().and_then(|k| k.get_mut(range)) {
+            k.fill(true);
+        }
+        result
     }
 
     fn services(&self) -> Result<Vec<(BpfKey, ServiceValue)>, MapsError> {
@@ -155,6 +152,12 @@ impl Maps for KernelMaps {
         self.backends
             .set(id, backend, 0)
             .map_err(err(names::MAP_BACKENDS))
+    }
+
+    fn set_backends(&mut self, run: &[(u32, Backend)]) -> Result<(), (usize, MapsError)> {
+        let (ids, backends): (Vec<u32>, Vec<Backend>) = run.iter().copied().unzip();
+        batch::write_array_at(&mut self.backends, &ids, &backends)
+            .map_err(|(n, e)| (n, MapsError::new(names::MAP_BACKENDS, e)))
     }
 
     fn cursor(&self, id: u32) -> Result<u64, MapsError> {

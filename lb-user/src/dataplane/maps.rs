@@ -6,7 +6,7 @@
 //! SCHED_SLOTS, SEQ_CURSOR, SERVICE_FILTER and the two per-CPU stats arrays. The connection
 //! table, templates, reasons and CONFIG stay with `Dataplane`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
     filter::FILTER_WORDS, names, Backend, ServiceKey as BpfKey, ServiceValue, Stats, MAX_BACKENDS,
@@ -84,6 +84,14 @@ pub trait Maps {
     fn backend(&self, id: u32) -> Result<Backend, MapsError>;
     /// Writes a BACKENDS slot.
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapsError>;
+    /// Writes BACKENDS slots in order (an implementation may batch them); on failure, how many
+    /// were written before the one that failed.
+    fn set_backends(&mut self, run: &[(u32, Backend)]) -> Result<(), (usize, MapsError)> {
+        for (i, (id, backend)) in run.iter().enumerate() {
+            self.set_backend(*id, *backend).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// A service's SEQ_CURSOR.
     fn cursor(&self, id: u32) -> Result<u64, MapsError>;
     /// `len` SEQ_CURSOR entries from `off`. An implementation may read them in bulk; this one
@@ -138,8 +146,8 @@ pub struct MemoryMaps {
     pub cpus: usize,
     /// Writes made so far (every write counts, those that fail too).
     pub writes: usize,
-    /// The write (0-based, counted in `writes`) that fails, once.
-    pub fail_at: Option<usize>,
+    /// The writes (0-based, counted in `writes`) that fail, once each.
+    pub fail_at: BTreeSet<usize>,
 }
 
 impl MemoryMaps {
@@ -155,20 +163,20 @@ impl MemoryMaps {
             stats: BTreeMap::new(),
             cpus,
             writes: 0,
-            fail_at: None,
+            fail_at: BTreeSet::new(),
         }
     }
 
-    /// Makes the `n`-th write from now fail (once).
+    /// Makes the `n`-th write from now fail (once); several can be chosen.
     pub fn fail_write(&mut self, n: usize) {
-        self.fail_at = Some(self.writes + n);
+        self.fail_at.insert(self.writes + n);
     }
 
     /// The contents only (no write counter, no fault): what two states are compared by.
     pub fn contents(&self) -> MemoryMaps {
         MemoryMaps {
             writes: 0,
-            fail_at: None,
+            fail_at: BTreeSet::new(),
             ..self.clone()
         }
     }
@@ -177,8 +185,7 @@ impl MemoryMaps {
     fn write(&mut self, map: &'static str) -> Result<(), MapsError> {
         let n = self.writes;
         self.writes += 1;
-        if self.fail_at == Some(n) {
-            self.fail_at = None;
+        if self.fail_at.remove(&n) {
             return Err(MapsError::new(map, Injected(n)));
         }
         Ok(())

@@ -207,6 +207,20 @@ pub struct Placement {
     /// What a previous xvsd left in the maps, until the first plan takes it over.
     pub(crate) inherited: Option<Arc<Inherited>>,
     pub(crate) sched_slots: u32,
+    /// Set when a plan was applied in part and its undo failed too: the maps may differ from
+    /// this placement anywhere that plan wrote, so the next plan rewrites everything.
+    pub(crate) unsure: Option<Arc<Unsure>>,
+}
+
+/// What a plan that was only partly undone wrote, besides what the placement describes: the
+/// next plan rewrites every placed service, backend, table, key and filter word, and clears
+/// these where the new placement has nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Unsure {
+    /// SERVICES keys it wrote or deleted.
+    pub(crate) keys: Vec<BpfKey>,
+    /// BACKENDS slots it wrote.
+    pub(crate) backends: Vec<u32>,
 }
 
 impl Placement {
@@ -223,7 +237,37 @@ impl Placement {
             filter: vec![0; FILTER_WORDS as usize],
             inherited: None,
             sched_slots,
+            unsure: None,
         }
+    }
+
+    /// Marks the maps as possibly different from this placement wherever `ops` (a plan that
+    /// failed and could not be wholly undone) wrote: the next plan rewrites everything.
+    pub fn mark_unsure(&mut self, ops: &[MapOp]) {
+        let mut unsure = self.unsure.as_deref().cloned().unwrap_or_default();
+        for op in ops {
+            match op {
+                MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
+                    unsure.keys.push(*key);
+                }
+                MapOp::SetBackend { id, .. } => {
+                    unsure.backends.push(*id);
+                }
+                _ => {}
+            }
+        }
+        unsure
+            .keys
+            .sort_unstable_by_key(|k| (k.family, k.addr, k.port_be, k.proto));
+        unsure.keys.dedup();
+        unsure.backends.sort_unstable();
+        unsure.backends.dedup();
+        self.unsure = Some(Arc::new(unsure));
+    }
+
+    /// Whether the next plan rewrites everything (a failed plan could not be wholly undone).
+    pub fn rewrite_pending(&self) -> bool {
+        self.unsure.is_some()
     }
 
     /// The service id of a service.
@@ -330,6 +374,17 @@ pub fn plan(current: &Placement, desired: &Config, inputs: &Inputs) -> Result<Pl
     if let Some(inherited) = p.next.inherited.take() {
         p.took_over = Some(p.take_over(desired, Arc::unwrap_or_clone(inherited)));
     }
+    // After a plan that could not be undone, nothing the placement says about the maps is
+    // trusted: every word, table, key and backend is written again.
+    let unsure = p.next.unsure.take();
+    if unsure.is_some() {
+        p.rewrite = true;
+        for placed in p.next.services.values_mut() {
+            let placed = Arc::make_mut(placed);
+            placed.pushed = None;
+            placed.adopted = false;
+        }
+    }
     // New services' filter bits go in before the services, removed ones' after.
     let want = filter_words(desired);
     let widened: Vec<u64> = p
@@ -348,12 +403,14 @@ pub fn plan(current: &Placement, desired: &Config, inputs: &Inputs) -> Result<Pl
         .filter(|k| desired.service(k).is_none())
         .copied()
         .collect();
-    for key in gone {
-        p.remove_service(&key);
-    }
+    p.remove_services(&gone);
     for svc in desired.services() {
         p.sync_service(svc)?;
     }
+    if let Some(unsure) = unsure {
+        p.clear_strays(&unsure);
+    }
+    p.rewrite = false;
     p.write_filter(want);
     Ok(p.finish())
 }
@@ -447,6 +504,9 @@ fn check_capacity(current: &Placement, config: &Config, inputs: &Inputs) -> Resu
         .services()
         .iter()
         .filter(|s| {
+            if current.unsure.is_some() {
+                return true;
+            }
             let m: Vec<_> = s
                 .reals
                 .iter()
@@ -477,6 +537,8 @@ pub(super) struct Planner<'a> {
     inputs: &'a Inputs<'a>,
     published: usize,
     took_over: Option<TakeOver>,
+    /// Write every filter word and backend, even those the placement says hold their value.
+    rewrite: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -487,6 +549,7 @@ impl<'a> Planner<'a> {
             inputs,
             published: 0,
             took_over: None,
+            rewrite: false,
         }
     }
 
@@ -508,7 +571,7 @@ impl<'a> Planner<'a> {
 
     fn write_filter(&mut self, want: Vec<u64>) {
         for (i, (cur, w)) in self.next.filter.iter_mut().zip(&want).enumerate() {
-            if cur != w {
+            if cur != w || self.rewrite {
                 self.ops.push(MapOp::SetFilterWord {
                     index: i as u32,
                     word: *w,
@@ -518,17 +581,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn remove_service(&mut self, key: &ServiceKey) {
-        let Some(p) = self.next.services.remove(key) else {
-            return;
-        };
-        for k in &p.keys {
-            self.unpublish_key(key, k);
+    /// Removes services: every key first, then every backend slot, so that the slot writes
+    /// form one run (the executor writes a run in one call).
+    fn remove_services(&mut self, keys: &[ServiceKey]) {
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(p) = self.next.services.remove(key) else {
+                continue;
+            };
+            for k in &p.keys {
+                self.unpublish_key(key, k);
+            }
+            self.next.quarantine.push(p.region);
+            self.next.free_service_ids.push(p.id);
+            removed.push(p);
         }
-        self.next.quarantine.push(p.region);
-        self.next.free_service_ids.push(p.id);
-        for slot in p.slots.values() {
-            self.free_backend(*slot);
+        for p in removed {
+            for slot in p.slots.values() {
+                self.free_backend(*slot);
+            }
         }
     }
 
@@ -545,6 +616,31 @@ impl<'a> Planner<'a> {
     fn publish_key(&mut self, owner: &ServiceKey, k: &BpfKey, value: ServiceValue) {
         self.ops.push(MapOp::PutService { key: *k, value });
         self.next.owners.insert(*k, *owner);
+    }
+
+    /// After a plan that could not be undone: removes the keys it wrote that no service owns
+    /// now, and frees the backend slots it wrote that no service uses now.
+    fn clear_strays(&mut self, unsure: &Unsure) {
+        for k in &unsure.keys {
+            if !self.next.owners.contains_key(k) {
+                self.ops.push(MapOp::DeleteService { key: *k });
+            }
+        }
+        let in_use: std::collections::HashSet<u32> = self
+            .next
+            .services
+            .values()
+            .flat_map(|p| p.slots.values().map(|s| s.id))
+            .collect();
+        for &id in &unsure.backends {
+            if !in_use.contains(&id) {
+                self.ops.push(MapOp::SetBackend {
+                    id,
+                    backend: Backend::default(),
+                    was: Backend::default(),
+                });
+            }
+        }
     }
 
     /// Frees a backend slot. Generation 0: connection entries bound to it see that their
@@ -626,6 +722,7 @@ impl<'a> Planner<'a> {
         // Backends, in the service's order; a server without a MAC takes no new connections.
         let mut ids = Vec::with_capacity(svc.reals.len());
         let mut weights = Vec::with_capacity(svc.reals.len());
+        let mark = self.ops.len();
         for (real, mac) in svc.reals.iter().zip(svc_macs) {
             ids.push(self.place_backend(
                 placed.id,
@@ -635,6 +732,9 @@ impl<'a> Planner<'a> {
             )?);
             weights.push(if mac.is_some() { real.weight } else { 0 });
         }
+        // New slots' counters zeroed first, then the backend writes in one run (the executor
+        // writes a run in one call); each slot is still zeroed before it is written.
+        self.ops[mark..].sort_by_key(|op| matches!(op, MapOp::SetBackend { .. }));
         if placed.sched.scheduler != svc.scheduler || placed.sched.flags != svc.flags {
             placed.sched = scheduler::Scheduling::new(svc.scheduler, svc.flags);
         }
@@ -773,7 +873,7 @@ impl<'a> Planner<'a> {
         let mut want = backend_of(service_id, real, mac);
         if let Some(slot) = slots.get_mut(&real.addr) {
             want.generation = slot.written.generation;
-            if slot.written != want {
+            if slot.written != want || self.rewrite {
                 self.ops.push(MapOp::SetBackend {
                     id: slot.id,
                     backend: want,

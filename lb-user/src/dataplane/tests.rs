@@ -561,6 +561,51 @@ fn a_commit_failing_at_any_operation_leaves_maps_and_placement_as_they_were() {
 }
 
 #[test]
+fn a_commit_whose_undo_fails_makes_the_next_sync_rewrite_everything() {
+    let mut start = Rig::new();
+    start.sync(&mixed()).unwrap();
+    count_traffic(&mut start);
+    let next = changed();
+    start.resolve(&next);
+    let n = start.plan(&next).unwrap().ops.len();
+    // Write `fail` fails, then the undo of the operation before it (writes are undone in
+    // reverse order, the failed one first): the maps hold part of the plan.
+    for fail in 1..n {
+        for target in [mixed(), next.clone()] {
+            let mut rig = Rig {
+                placement: start.placement.clone(),
+                maps: start.maps.clone(),
+                macs: start.macs.clone(),
+                counts: HashMap::new(),
+                params: start.params,
+            };
+            rig.maps.fail_write(fail);
+            rig.maps.fail_write(fail + 2);
+            match rig.sync(&next) {
+                Err(DataplaneError::Exec(ExecError::Partial { index, total, .. })) => {
+                    assert_eq!((index, total), (fail, n));
+                }
+                other => panic!("failing writes {fail} and {}: {other:?}", fail + 2),
+            }
+            assert!(rig.placement.rewrite_pending(), "failing write {fail}");
+            // Whether the next sync goes on to the new configuration or back to the one the
+            // placement still describes, the maps end up exactly as it says.
+            rig.sync(&target).unwrap();
+            assert!(!rig.placement.rewrite_pending());
+            rig.assert_consistent(&target);
+            for (k, placed) in &rig.placement.services {
+                assert_eq!(rig.maps.cursor(placed.id).unwrap(), 0, "{k}");
+            }
+            // And it was a full rewrite once: the next plan is a difference again.
+            assert!(
+                rig.plan(&target).unwrap().ops.is_empty(),
+                "failing write {fail}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_large_commit_read_ahead_in_bulk_rolls_back_exactly() {
     let mut start = Rig::new();
     start.sync(&many(40, 1)).unwrap();
@@ -1193,7 +1238,7 @@ fn random_sequences_keep_placement_and_maps_consistent() {
             if n > 0 {
                 rig.maps.fail_write(rng.next(n) as usize);
                 assert!(rig.sync(&next).is_err(), "step {step}");
-                rig.maps.fail_at = None;
+                rig.maps.fail_at.clear();
                 assert_eq!(rig.snapshot().1, before.1, "step {step}");
                 assert_eq!(rig.snapshot().0, before.0, "step {step}");
                 rig.assert_consistent(&current);

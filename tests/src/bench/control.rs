@@ -271,3 +271,80 @@ pub fn health_checks(n: usize, interval: Duration, run_for: Duration) -> Result<
         cpu_share: cpu.saturating_sub(listener_cpu).as_secs_f64() / wall.as_secs_f64(),
     })
 }
+
+/// What syncing many services in process cost, ms.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncBulk {
+    /// The first sync into empty maps.
+    pub first: f64,
+    /// Every real server's weight changed (every table rewritten).
+    pub reweight: f64,
+    /// Every service removed.
+    pub clear: f64,
+}
+
+/// The configuration `sync_bulk` syncs: `services` wrr TCP services, each with `reals`
+/// direct-routing real servers 198.51.100.1.. (weights 1..=reals, or reversed; at most 254),
+/// and their MACs.
+pub fn wrr_config(
+    services: usize,
+    reals: usize,
+    reversed: bool,
+) -> Result<(
+    lb_user::model::Config,
+    std::collections::HashMap<std::net::IpAddr, [u8; 6]>,
+)> {
+    use lb_user::model::{Change, Config, Protocol, RealServer, Scheduler, ServiceKey};
+    let mut changes = Vec::with_capacity(services * (reals + 1));
+    let mut macs = std::collections::HashMap::new();
+    for s in 0..services {
+        let key = ServiceKey::Addr {
+            protocol: Protocol::Tcp,
+            addr: std::net::SocketAddr::new(
+                std::net::Ipv4Addr::new(203, 0, 113, 1 + (s % 250) as u8).into(),
+                1 + (s / 250) as u16,
+            ),
+        };
+        changes.push(Change::AddService {
+            key,
+            scheduler: Scheduler::Wrr,
+            flags: Default::default(),
+            persistence: None,
+        });
+        for r in 0..reals {
+            // The same real servers behind every service, as a farm usually is.
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::new(198, 51, 100, 1 + r as u8));
+            macs.insert(ip, [0x02, 0, 0, 0, 0, 1 + r as u8]);
+            let weight = if reversed { reals - r } else { r + 1 } as u32;
+            changes.push(Change::AddReal {
+                service: key,
+                real: RealServer::dr(std::net::SocketAddr::new(ip, 80), weight),
+            });
+        }
+    }
+    let mut config = Config::default();
+    config.apply_all(&changes)?;
+    Ok((config, macs))
+}
+
+/// `Dataplane::sync` in process on freshly loaded kernel maps (root): `services` wrr services
+/// with `reals` DR real servers each (MACs given, so nothing waits for ARP): the first sync,
+/// a sync changing every weight, and a sync to the empty configuration.
+pub fn sync_bulk(services: usize, reals: usize) -> Result<SyncBulk> {
+    use lb_user::dataplane::{Dataplane, Sizes};
+    let (config, macs) = wrr_config(services, reals, false)?;
+    let (reweighted, _) = wrr_config(services, reals, true)?;
+    let empty = lb_user::model::Config::default();
+    let mut dp = Dataplane::load_with(Sizes {
+        conns: 1 << 16,
+        sched_slots: lb_common::DEFAULT_SCHED_SLOTS,
+    })?;
+    let first = time_ms(|| Ok(dp.sync(&config, &macs)?))?;
+    let reweight = time_ms(|| Ok(dp.sync(&reweighted, &macs)?))?;
+    let clear = time_ms(|| Ok(dp.sync(&empty, &macs)?))?;
+    Ok(SyncBulk {
+        first,
+        reweight,
+        clear,
+    })
+}

@@ -236,6 +236,16 @@ fn main() -> Result<()> {
         daemon.xvsadm(&["-C"], None)?;
         let _ = std::fs::remove_file(&file);
     }
+    // The controller's own cost of a large change, in process on the kernel's maps (no
+    // socket, no state file): what `Dataplane::sync` takes for many services.
+    let (services, reals) = if quick { (500, 10) } else { (5_000, 10) };
+    let s = control::sync_bulk(services, reals)?;
+    control_rows.push((
+        format!(
+            "sync {services} wrr services x {reals} DR real servers (in process): first / reweight all / clear"
+        ),
+        format!("{:.0} / {:.0} / {:.0} ms", s.first, s.reweight, s.clear),
+    ));
     let singles = if quick { 50 } else { 1_000 };
     let text = control::rules(singles);
     let ms = control::time_ms(|| {
