@@ -166,8 +166,9 @@ const RST: Flags = Flags {
 fn client_packets_reach_the_real_server_and_replies_come_back_from_the_vip_exact_bytes() {
     in_ns(|d, ifx| {
         use Protocol::{Tcp, Udp};
-        // (what, protocol, VIP, VIP port, real server, its port, client, payload, L4)
-        let cases: &[(&str, Protocol, &str, u16, &str, u16, &str, L4)] = &[
+        // (what, protocol, VIP, VIP port, real server, its port, client, L4)
+        type Case<'a> = (&'a str, Protocol, &'a str, u16, &'a str, u16, &'a str, L4);
+        let cases: &[Case] = &[
             (
                 "tcp v4 port map",
                 Tcp,

@@ -15,9 +15,8 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey, Meta,
     NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, TunRoute,
-    TunnelJob,
-    DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS, MAX_SERVICES,
-    TAIL_SLOTS, TUN_ROUTE_SLOTS,
+    TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 
 // Services change under traffic: without preallocation, a replaced value is freed after an RCU

@@ -54,7 +54,8 @@ impl Packed {
     /// The outcome packed (not too big).
     #[inline(always)]
     pub fn decode(self) -> Result<Out, Reason> {
-        let reason = Reason::from_index(((self.0 >> 8) & 0xff) as u32).unwrap_or(Reason::DropBadBackend);
+        let reason =
+            Reason::from_index(((self.0 >> 8) & 0xff) as u32).unwrap_or(Reason::DropBadBackend);
         match self.0 & 0xff {
             0 => Ok(Out::Tx(reason)),
             1 => Ok(Out::Redirect((self.0 >> 32) as u32, reason)),

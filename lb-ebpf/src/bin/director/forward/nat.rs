@@ -21,10 +21,10 @@ use lb_common::{
 use lb_ebpf::{
     helpers::ktime_coarse_ns,
     icmp,
+    icmp::Quote,
     nat::{rewrite, rewrite_icmp, End, IcmpTranslation},
     packet::Packet,
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
-    icmp::Quote,
     route::{self, Hop, NoRoute, Query},
 };
 
@@ -206,12 +206,7 @@ fn is_icmp(p: &Parsed) -> bool {
 /// toward the client reports a problem): to the real server, its quote made what the server
 /// sent (source RIP:rport instead of VIP:vport), so its stack finds the connection.
 #[inline(always)]
-fn icmp_inbound(
-    pkt: &Packet,
-    p: &Parsed,
-    id: u32,
-    plan: &mut IcmpPlan<'_>,
-) -> Result<(), Reason> {
+fn icmp_inbound(pkt: &Packet, p: &Parsed, id: u32, plan: &mut IcmpPlan<'_>) -> Result<(), Reason> {
     let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
     let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
     plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
