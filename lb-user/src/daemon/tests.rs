@@ -13,7 +13,12 @@ use lb_common::{ConnEntry, ConnState, DataplaneConfig, FlowKey, Reason, Stats};
 
 use super::{parse_request, Answer, Controller};
 use crate::{
-    dataplane::{maps::StatsMap, memory::MemoryDataplane, ops::DataplaneOps, ConnInfo},
+    dataplane::{
+        maps::{Maps, StatsMap},
+        memory::MemoryDataplane,
+        ops::DataplaneOps,
+        ConnInfo,
+    },
     model::{Config, Protocol, ServiceKey, Timeouts},
     proto::{Command, Request, Response, PROTOCOL_VERSION},
     rules::parse_rules,
@@ -660,4 +665,39 @@ fn a_state_file_round_trips_through_a_new_controller() {
     let (d, _) = again.apply_desired(&saved, false).unwrap();
     assert_eq!(d.lines.len(), 6, "{:?}", d.lines);
     assert_eq!(again.desired(), c.desired());
+}
+
+#[test]
+fn configs_nat_flag_follows_nat_real_servers_and_keeps_the_other_flags() {
+    use lb_common::config_flags;
+    let mut c = controller();
+    let multipath = config_flags::GUE_ROUTE_PER_FLOW4;
+    c.dataplane_mut().config.flags = multipath;
+    let mut c = Controller::new(std::mem::take(c.dataplane_mut()), "eth0");
+    ok(rules(&mut c, TWO_SERVICES));
+    assert_eq!(c.dataplane().config.flags, multipath, "no NAT server yet");
+    ok(rules(&mut c, "-a -t 203.0.113.1:80 -r 10.0.0.9:8080 -m"));
+    assert_eq!(
+        c.dataplane().config.flags,
+        multipath | config_flags::NAT,
+        "a NAT server: replies are looked for"
+    );
+    let web = tcp("203.0.113.1:80");
+    let nat = c
+        .dataplane()
+        .backend_id(&web, "10.0.0.9:8080".parse().unwrap())
+        .expect("in the table without a MAC (routed by the FIB)");
+    assert_eq!(
+        c.dataplane().maps.backend(nat).unwrap().fwd,
+        lb_common::fwd::NAT
+    );
+    // NAT real servers are poked like tunnelled ones, so the FIB knows their neighbour.
+    assert!(c.routed_reals().contains(&"10.0.0.9".parse().unwrap()));
+    assert!(!c.unresolved().contains(&"10.0.0.9".parse().unwrap()));
+    ok(rules(&mut c, "-d -t 203.0.113.1:80 -r 10.0.0.9:8080"));
+    assert_eq!(
+        c.dataplane().config.flags,
+        multipath,
+        "the last NAT server gone"
+    );
 }

@@ -1358,3 +1358,42 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
     assert!(exec::execute(&mut *maps, &ops).is_err());
     assert_eq!((read(&*maps), slots(maps)), before);
 }
+
+#[test]
+fn nat_real_servers_get_a_nat_backend_and_a_reply_filter_bit() {
+    use lb_common::{filter::filter_bit, fwd, nat_reply_filter_proto, FAMILY_V4};
+    let nat = |addr: &str| RealServer {
+        forward: ForwardMethod::Nat,
+        ..real(addr, 1)
+    };
+    let mut svc = service(tcp(WEB), Scheduler::Rr, &[("10.0.0.1:80", 1)]);
+    svc.reals.push(nat("10.0.0.2:8080"));
+    let cfg = config(vec![svc]);
+    assert!(plan::uses_nat(&cfg));
+    assert!(!plan::uses_nat(&mixed()));
+    let mut rig = Rig::new();
+    rig.sync(&cfg).unwrap();
+    let id = rig
+        .placement
+        .backend_id(&tcp(WEB), "10.0.0.2:8080".parse().unwrap())
+        .unwrap();
+    let b = rig.maps.backend(id).unwrap();
+    // Its own port, its family, NAT; no MAC needed (the data plane routes by the FIB).
+    assert_eq!(
+        (b.fwd, u16::from_be(b.port_be), b.family, b.mac),
+        (fwd::NAT, 8080, FAMILY_V4, [0; 6])
+    );
+    // Replies from the NAT server's address and port are looked for; the DR server's are not.
+    let bit = |addr: [u8; 4], port: u16| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&addr);
+        let bit = filter_bit(
+            &a,
+            port.to_be(),
+            nat_reply_filter_proto(lb_common::PROTO_TCP),
+        );
+        rig.maps.filter[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
+    };
+    assert!(bit([10, 0, 0, 2], 8080));
+    assert!(!bit([10, 0, 0, 1], 80));
+}
