@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod control;
 pub mod live;
+pub mod nat;
 pub mod paths;
 pub mod tunnel;
 

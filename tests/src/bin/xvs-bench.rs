@@ -7,7 +7,7 @@ use xvs_tests::{
     bench::{
         self, chart,
         control::{self, Daemon},
-        live,
+        live, nat,
         paths::{self, Scale},
         tunnel, PathResult, Target,
     },
@@ -85,6 +85,8 @@ fn main() -> Result<()> {
     println!("tunnel paths (in a namespace of their own)...");
     results.extend(tunnel::tunnel_paths(&scale)?);
     results.extend(tunnel::decap_paths(&scale)?);
+    println!("NAT paths (in a namespace of their own)...");
+    results.extend(nat::nat_paths(&scale)?);
     let floor_b = paths::floor(&scale)?;
     // The faster floor of the two: never flatters the figures over it.
     let floor = if floor_a.ns.median <= floor_b.ns.median {
@@ -390,6 +392,16 @@ fn main() -> Result<()> {
             format!("{:+.1} ns", worst_over(find("DR new flow, Maglev"))),
             Some(worst_over(find("DR new flow, Maglev")) <= 80.0),
         ),
+        {
+            let dr = worst_over(find("DR established, one flow"));
+            let nat = worst_over(find("NAT established")).max(worst_over(find("NAT reply")));
+            target(
+                "NAT established and reply vs DR established, one flow (worst of v4/v6)",
+                "<= 1.3x DR's cost over floor",
+                format!("{nat:+.1} ns vs DR {dr:+.1} ns ({:.2}x)", nat / dr),
+                Some(nat <= 1.3 * dr),
+            )
+        },
         target(
             "live forwarding vs bare XDP_TX hairpin (one generator core)",
             ">= 70% of pps",
