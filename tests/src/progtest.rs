@@ -135,3 +135,48 @@ pub fn pin_to_cpu(cpu: usize) {
         );
     }
 }
+
+/// A network namespace for program tests whose FIB lookups need routes and neighbours: made by
+/// `script` (run with `sh -e` inside it), removed on drop, also when a test fails.
+struct FibNs(&'static str);
+
+impl Drop for FibNs {
+    fn drop(&mut self) {
+        crate::netns::destroy(self.0);
+    }
+}
+
+/// Runs `f` with a director loaded inside namespace `ns` (made by `script`, which must create
+/// the interface `d0`) and d0's ifindex, as the packets' ingress interface.
+pub fn in_fib_ns(
+    ns: &'static str,
+    script: &str,
+    f: impl FnOnce(&mut Director, u32) + Send + 'static,
+) {
+    crate::require_root();
+    crate::netns::destroy(ns);
+    crate::netns::create(ns).expect("create namespace");
+    let _ns = FibNs(ns);
+    let out = crate::netns::sh(ns, &format!("set -e\n{script}")).expect("namespace setup");
+    assert!(
+        out.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::netns::in_netns(ns, move || {
+        let mut d = Director::new();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+        assert_ne!(ifindex, 0, "d0 exists");
+        f(&mut d, ifindex);
+    })
+    .expect("test body (see the panic above)");
+}
+
+/// A MAC address as `ip` writes it.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

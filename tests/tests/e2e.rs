@@ -189,7 +189,7 @@ fn rejected_commands_exit_nonzero_and_change_nothing() {
         &["-A", "-t", "300.1.2.3:80", "-s", "rr"],        // bad address
         &["-a", "-t", &f.vip, "-r", "[2001:db8:1::11]:80"], // family mismatch
         &["-e", "-t", &f.vip, "-r", &f.rs[0], "-w", "65536"], // weight out of range
-        &["-a", "-t", &f.vip, "-r", "198.51.100.13:80", "-m"], // NAT refused
+        &["-a", "-t", &f.vip, "-r", "198.51.100.13:80", "-g", "-m"], // two methods
         &["-A", "-t", "203.0.113.20:0", "-s", "rr"],      // port 0 without persistence
         &["-A", "-t", "203.0.113.20:80", "-p", "-M", "255.0.255.0"], // non-contiguous mask
         &[

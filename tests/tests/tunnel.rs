@@ -11,9 +11,8 @@ use lb_user::model::{
     Change, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey, Tunnel, TunnelKind,
 };
 use xvs_tests::{
-    netns,
     packets::{frame, tcp, udp, ACK, CLIENT_MAC, DIRECTOR_MAC, L4, SYN},
-    progtest::{verdict, Director},
+    progtest::{in_fib_ns, mac_text, verdict, Director},
 };
 
 const NS: &str = "xvstun-prog";
@@ -39,18 +38,11 @@ const RS_ROUTED: &str = "198.51.100.70";
 const RS_ROUTED6: &str = "2001:db8:200::70";
 const RS_D2: &str = "198.51.100.130";
 
-/// The namespace, removed on drop (also when a test fails).
-struct Ns;
-
-impl Ns {
-    fn new() -> Ns {
-        xvs_tests::require_root();
-        netns::destroy(NS);
-        netns::create(NS).expect("create namespace");
-        let ns = Ns;
-        let script = format!(
-            "set -e
-            ip link add d0 address {d0} type veth peer name d1
+/// Runs `f` with a director loaded in this test's namespace (its routes and neighbours below)
+/// and d0's ifindex.
+fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
+    let script = format!(
+        "ip link add d0 address {d0} type veth peer name d1
             ip link add d2 type veth peer name d3 address {d3}
             for l in d0 d1 d2 d3; do ip link set $l up; done
             ip addr add 198.51.100.1/26 dev d0
@@ -64,45 +56,12 @@ impl Ns {
             ip route add 198.51.100.64/26 via 198.51.100.62 mtu lock 1300
             ip -6 route add 2001:db8:200::/64 via 2001:db8:100::fe mtu lock 1400
             sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
-            d0 = mac_text(&D0_MAC),
-            d3 = mac_text(&D2_PEER_MAC),
-            rs = mac_text(&RS_MAC),
-            gw = mac_text(&GW_MAC),
-        );
-        let out = netns::sh(NS, &script).expect("namespace setup");
-        assert!(
-            out.status.success(),
-            "setup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ns
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        netns::destroy(NS);
-    }
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Runs `f` with a director loaded inside the namespace and d0's ifindex.
-fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
-    let _ns = Ns::new();
-    netns::in_netns(NS, move || {
-        let mut d = Director::new();
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
-        assert_ne!(ifindex, 0, "d0 exists");
-        f(&mut d, ifindex);
-    })
-    .expect("test body (see the panic above)");
+        d0 = mac_text(&D0_MAC),
+        d3 = mac_text(&D2_PEER_MAC),
+        rs = mac_text(&RS_MAC),
+        gw = mac_text(&GW_MAC),
+    );
+    in_fib_ns(NS, &script, f);
 }
 
 fn tun(kind: TunnelKind, port: u16, csum: bool) -> ForwardMethod {

@@ -26,26 +26,16 @@ pub fn flow_key(p: &Parsed) -> FlowKey {
 pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static Backend)> {
     maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
-        let timeout = timeout(state)?;
-        let backend = maps::backend(e.backend)?;
         let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
         // Expired, the real server was removed, or a new SYN on a closing entry: schedule afresh.
-        if now.saturating_sub(e.last_seen_ns) > timeout
-            || backend.generation != e.generation
-            || (syn_only && matches!(state, ConnState::FinWait | ConnState::Close))
-        {
-            count(Reason::ConnRescheduled);
-            return None;
-        }
-        if e.last_seen_ns != now {
-            e.last_seen_ns = now;
-        }
-        if p.proto == PROTO_TCP {
-            let next = next_tcp_state(state, p.tcp_flags) as u8;
-            if next != e.state {
-                e.state = next;
+        let backend = match live_backend(e, state, now) {
+            Some(b) if !(syn_only && matches!(state, ConnState::FinWait | ConnState::Close)) => b,
+            _ => {
+                count(Reason::ConnRescheduled);
+                return None;
             }
-        }
+        };
+        touch(e, state, p, now);
         Some((e.service, e.backend, backend))
     })
     .flatten()
@@ -58,27 +48,38 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static
 pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> bool {
     maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
-        let timeout = timeout(state)?;
-        let backend = maps::backend(e.backend)?;
-        if e.backend != id
-            || backend.generation != e.generation
-            || now.saturating_sub(e.last_seen_ns) > timeout
-        {
-            return None;
+        if e.backend != id || live_backend(e, state, now).is_none() {
+            return false;
         }
-        if e.last_seen_ns != now {
-            e.last_seen_ns = now;
-        }
-        if p.proto == PROTO_TCP {
-            let next = next_tcp_state(state, p.tcp_flags) as u8;
-            if next != e.state {
-                e.state = next;
-            }
-        }
-        Some(())
+        touch(e, state, p, now);
+        true
     })
-    .flatten()
-    .is_some()
+    .unwrap_or(false)
+}
+
+/// The backend of an entry that is live: not expired, and its slot still holds the real server
+/// the connection went to (same generation).
+#[inline(always)]
+fn live_backend(e: &ConnEntry, state: ConnState, now: u64) -> Option<&'static Backend> {
+    let timeout = timeout(state)?;
+    let backend = maps::backend(e.backend)?;
+    (now.saturating_sub(e.last_seen_ns) <= timeout && backend.generation == e.generation)
+        .then_some(backend)
+}
+
+/// A packet of a live entry: its clock, and its TCP state from the packet's flags, each written
+/// only when it changed.
+#[inline(always)]
+fn touch(e: &mut ConnEntry, state: ConnState, p: &Parsed, now: u64) {
+    if e.last_seen_ns != now {
+        e.last_seen_ns = now;
+    }
+    if p.proto == PROTO_TCP {
+        let next = next_tcp_state(state, p.tcp_flags) as u8;
+        if next != e.state {
+            e.state = next;
+        }
+    }
 }
 
 /// How long an entry in `state` lives without traffic.
