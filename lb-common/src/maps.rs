@@ -430,6 +430,8 @@ mod pod {
     unsafe impl aya::Pod for super::TunnelJob {}
     // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::TunRoute {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::NatReply {}
 }
 
 #[cfg(test)]

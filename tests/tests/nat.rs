@@ -487,3 +487,40 @@ fn icmp_errors_are_translated_both_ways_inner_headers_included() {
         assert_eq!((v, out), (verdict::PASS, sent));
     });
 }
+
+#[test]
+fn a_connections_way_back_is_removed_once_the_connection_is_gone() {
+    in_ns(|d, ifx| {
+        nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        // Flow A established, flow B half-open.
+        d.run_on(ifx, &tcp(CLIENT, 48000, VIP, 80, SYN));
+        d.run_on(ifx, &tcp(CLIENT, 48000, VIP, 80, ACK));
+        d.run_on(ifx, &tcp(CLIENT, 48001, VIP, 80, SYN));
+        assert_eq!(d.dp.nat_replies().unwrap().len(), 2);
+        // Half-open connections now expire at once: B is gone, A lives.
+        let mut c = d.dp.current_config().unwrap();
+        c.tcp_syn_timeout_ns = 1;
+        d.dp.set_config(c).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            d.dp.conn_counts().unwrap();
+            let left = d.dp.nat_replies().unwrap();
+            if left.len() == 1 {
+                assert_eq!(
+                    u16::from_be(left[0].0.dport_be),
+                    48000,
+                    "A's way back stays"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B's way back stays: {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // A's replies are still translated.
+        let (v, _) = d.run_on(ifx, &tcp(RS, 8080, CLIENT, 48000, ACK));
+        assert_eq!(v, verdict::TX);
+    });
+}

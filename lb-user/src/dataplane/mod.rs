@@ -50,7 +50,7 @@ use aya::{
 };
 use lb_common::{
     mask_addr, names, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig,
-    FlowKey, Meta, PersistEntry, PersistKey, Reason, ServiceValue, Stats, MAX_BACKENDS,
+    FlowKey, Meta, NatReply, PersistEntry, PersistKey, Reason, ServiceValue, Stats, MAX_BACKENDS,
     MAX_SERVICES,
 };
 use thiserror::Error;
@@ -223,6 +223,7 @@ pub struct Dataplane {
     maps: KernelMaps,
     conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
     persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
+    nat_replies: BpfHashMap<MapData, FlowKey, NatReply>,
     reasons: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     meta: Array<MapData, Meta>,
@@ -322,6 +323,8 @@ impl Dataplane {
             BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
         let persist =
             BpfHashMap::try_from(take(names::MAP_PERSIST)?).map_err(map_err(names::MAP_PERSIST))?;
+        let nat_replies = BpfHashMap::try_from(take(names::MAP_NAT_REPLIES)?)
+            .map_err(map_err(names::MAP_NAT_REPLIES))?;
         let service_stats = PerCpuArray::try_from(take(names::MAP_SERVICE_STATS)?)
             .map_err(map_err(names::MAP_SERVICE_STATS))?;
         let backend_stats = PerCpuArray::try_from(take(names::MAP_BACKEND_STATS)?)
@@ -365,6 +368,7 @@ impl Dataplane {
             },
             conns,
             persist,
+            nat_replies,
             reasons,
             config,
             meta,
@@ -591,7 +595,15 @@ impl Dataplane {
         let Live {
             generations,
             persistent,
+            nat,
         } = live;
+        // NAT connections' ways back as they are before the walk: an entry whose connection the
+        // walk does not find live is removed after it (a connection is recorded before its way
+        // back, so one made meanwhile is not taken for gone).
+        let mut replies: Vec<(FlowKey, NatReply)> = Vec::new();
+        batch::for_each(&self.nat_replies, |k, r| replies.push((*k, *r)))
+            .map_err(|e| map_err(names::MAP_NAT_REPLIES)(MapError::SyscallError(syscall_err(e))))?;
+        let mut live_replies: std::collections::HashSet<FlowKey> = Default::default();
         let live = |backend: u32, generation: u32| {
             generation != 0 && generations.get(backend as usize) == Some(&generation)
         };
@@ -603,6 +615,17 @@ impl Dataplane {
                 || !live(e.backend, e.generation)
             {
                 return;
+            }
+            if let Some(Some((addr, port_be))) = nat.get(e.backend as usize) {
+                live_replies.insert(FlowKey {
+                    src: *addr,
+                    dst: k.src,
+                    sport_be: if *port_be != 0 { *port_be } else { k.dport_be },
+                    dport_be: k.sport_be,
+                    proto: k.proto,
+                    family: k.family,
+                    _pad: [0; 2],
+                });
             }
             let c = &mut dense[e.backend as usize];
             if state.is_active() {
@@ -646,6 +669,11 @@ impl Dataplane {
             }
         })
         .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
+        for (k, r) in replies {
+            if !live_replies.contains(&k) {
+                self.sweep_reply(&k, &r, &cfg, &generations, now)?;
+            }
+        }
         for (k, t) in refresh {
             // The data plane may have replaced it meanwhile; BPF_EXIST keeps a vanished one gone.
             match self.persist.insert(k, t, 2) {
@@ -663,13 +691,58 @@ impl Dataplane {
             .collect())
     }
 
-    /// Whether any service needs the periodic walk: load-aware tables, thresholds, or
-    /// persistence templates to keep alive.
+    /// Removes a NAT connection's way back whose connection the walk did not find live, unless
+    /// the connection is live now (made or rescheduled to the same real server since).
+    fn sweep_reply(
+        &mut self,
+        k: &FlowKey,
+        r: &NatReply,
+        cfg: &DataplaneConfig,
+        generations: &[u32],
+        now: u64,
+    ) -> Result<(), DataplaneError> {
+        let conn = FlowKey {
+            src: k.dst,
+            dst: r.vip,
+            sport_be: k.dport_be,
+            dport_be: r.vport_be,
+            proto: k.proto,
+            family: k.family,
+            _pad: [0; 2],
+        };
+        if let Ok(e) = self.conns.get(&conn, 0) {
+            let state = ConnState::from_u8(e.state);
+            if e.backend == r.backend
+                && now.saturating_sub(e.last_seen_ns) <= timeout_of(cfg, state)
+                && generations.get(e.backend as usize) == Some(&e.generation)
+            {
+                return Ok(());
+            }
+        }
+        match self.nat_replies.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(names::MAP_NAT_REPLIES)(e)),
+        }
+    }
+
+    /// NAT connections' ways back (tests).
+    pub fn nat_replies(&self) -> Result<Vec<(FlowKey, NatReply)>, DataplaneError> {
+        let mut out = Vec::new();
+        batch::for_each(&self.nat_replies, |k, r| out.push((*k, *r)))
+            .map_err(|e| map_err(names::MAP_NAT_REPLIES)(MapError::SyscallError(syscall_err(e))))?;
+        Ok(out)
+    }
+
+    /// Whether any service needs the periodic walk: load-aware tables, thresholds, persistence
+    /// templates to keep alive, or NAT connections' ways back to remove when they end.
     pub fn needs_walk(&self, config: &Config) -> bool {
         config
             .services()
             .iter()
-            .any(|s| table_uses_counts(s) || s.persistence.is_some())
+            .any(|s| table_uses_counts(s) || s.persistence.is_some() || s.has_nat())
     }
 
     /// Every live persistence template (for `-L -c`), at most `limit`: key, entry, ns until it
@@ -804,6 +877,8 @@ struct Live {
     generations: Vec<u32>,
     /// Persistent services: id -> (prefix, timeout ns).
     persistent: Vec<Option<(u8, u64)>>,
+    /// NAT backend slots: id -> (address, port): empty when there is none.
+    nat: Vec<Option<([u8; 16], u16)>>,
 }
 
 impl Live {
@@ -816,9 +891,17 @@ impl Live {
         for (id, prefix, timeout_s) in placement.persistent() {
             persistent[id as usize] = Some((prefix, timeout_s as u64 * 1_000_000_000));
         }
+        let mut nat: Vec<Option<([u8; 16], u16)>> = Vec::new();
+        for (id, addr, port_be) in placement.nat_backends() {
+            if nat.is_empty() {
+                nat = vec![None; MAX_BACKENDS as usize];
+            }
+            nat[id as usize] = Some((addr, port_be));
+        }
         Live {
             generations,
             persistent,
+            nat,
         }
     }
 }

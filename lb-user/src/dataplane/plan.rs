@@ -306,6 +306,15 @@ impl Placement {
             .collect()
     }
 
+    /// NAT backend slots: id -> (address, port in network order), as written.
+    pub fn nat_backends(&self) -> impl Iterator<Item = (u32, [u8; 16], u16)> + '_ {
+        self.services
+            .values()
+            .flat_map(|p| p.slots.values())
+            .filter(|s| s.written.fwd == fwd::NAT)
+            .map(|s| (s.id, s.written.addr, s.written.port_be))
+    }
+
     /// Persistent services: id -> (client prefix, timeout in seconds), as published.
     pub fn persistent(&self) -> impl Iterator<Item = (u32, u8, u32)> + '_ {
         self.services

@@ -52,11 +52,12 @@ static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static NAT_JOB: PerCpuArray<NatJob> = PerCpuArray::with_max_entries(1, 0);
-/// A NAT reply's way back to its connection: as large as CONNS (one per NAT connection), LRU
-/// like it, so a reply entry in use is not the one evicted.
+/// A NAT reply's way back to its connection: room for one per connection (sized as CONNS), but
+/// not preallocated, so only NAT connections take memory; xvsd removes the entries whose
+/// connection is gone (each second, with its walk of CONNS).
 #[map]
-static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
-    LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+static NAT_REPLIES: HashMap<FlowKey, NatReply> =
+    HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, BPF_F_NO_PREALLOC);
 /// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
 #[map]
 static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
