@@ -95,6 +95,27 @@ fn nat_one_arm_with_port_mapping_serves_both_families_and_servers_see_the_client
             "rs{i}: {log}"
         );
     }
+    // wrk: twenty connections at once for two seconds, every request answered.
+    let out = netns::cmd_in(&lab.ns("cl"), "wrk")
+        .args(["-t2", "-c20", "-d2s", &format!("http://{VIP4}/")])
+        .output()
+        .expect("wrk runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk: {report}");
+    assert!(
+        !report.contains("Socket errors") && !report.contains("Non-2xx"),
+        "wrk saw errors through NAT:\n{report}"
+    );
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.parse().ok())
+        })
+        .flatten()
+        .unwrap_or(0);
+    assert!(requests > 100, "wrk: {report}");
     let reasons = lab.xvsadm_ok(&["-L", "-n", "--json"]).unwrap();
     let json: serde_json::Value = serde_json::from_str(&reasons).unwrap();
     assert!(
