@@ -42,6 +42,8 @@ pub struct Hop {
     pub dmac: [u8; 6],
     /// The outgoing interface's MAC.
     pub smac: [u8; 6],
+    /// The route's MTU.
+    pub mtu: u32,
 }
 
 /// Why a packet cannot be routed.
@@ -96,6 +98,7 @@ fn lookup_call(pkt: &Packet, q: &Query, hop: &mut Hop) -> u32 {
             hop.ifindex = fib.ifindex;
             hop.dmac = fib.dmac;
             hop.smac = fib.smac;
+            hop.mtu = fib_mtu(&fib);
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => hop.ifindex = fib_mtu(&fib),
         _ => {}

@@ -16,10 +16,10 @@
 
 use lb_common::{
     config_flags, nat_job, nat_reply_filter_proto, Backend, FlowKey, NatReply, Reason, FAMILY_V6,
-    PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT,
+    PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
-    helpers::ktime_coarse_ns,
+    helpers::{ktime_coarse_ns, ktime_ns},
     icmp,
     icmp::Quote,
     nat::{rewrite, rewrite_icmp, End, IcmpTranslation},
@@ -283,6 +283,29 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
         Ok(len) => len,
         Err(reason) => return Packed::encode(Err(reason)),
     };
+    // This CPU's last FIB answer for the backend, while it is young, of this slot and
+    // generation, and the packet fits its MTU (the cache TUN uses: backends of either mode own
+    // their slot's entry).
+    let now = ktime_ns();
+    let cache = maps::tun_route(id % TUN_ROUTE_SLOTS);
+    if let Some(r) = &cache {
+        if r.expires_ns > now
+            && r.backend == id
+            && r.generation == b.generation
+            && len as u32 <= r.mtu
+        {
+            let hop = Hop {
+                ifindex: r.ifindex,
+                dmac: r.dmac,
+                smac: r.smac,
+                mtu: r.mtu,
+            };
+            return Packed::encode(
+                rewrite(pkt, p, End::Dst, &b.addr, port)
+                    .and_then(|()| send(pkt, &hop, Reason::TxNat)),
+            );
+        }
+    }
     let q = Query {
         family: p.family,
         proto: p.proto,
@@ -293,9 +316,22 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
         len,
     };
     match route::lookup(pkt, &q) {
-        Ok(hop) => Packed::encode(
-            rewrite(pkt, p, End::Dst, &b.addr, port).and_then(|()| send(pkt, &hop, Reason::TxNat)),
-        ),
+        Ok(hop) => {
+            if let Some(r) = cache {
+                r.expires_ns = now + TUN_ROUTE_TTL_NS;
+                r.backend = id;
+                r.generation = b.generation;
+                r.ifindex = hop.ifindex;
+                r.mtu = hop.mtu;
+                r.src = [0; 16];
+                r.dmac = hop.dmac;
+                r.smac = hop.smac;
+            }
+            Packed::encode(
+                rewrite(pkt, p, End::Dst, &b.addr, port)
+                    .and_then(|()| send(pkt, &hop, Reason::TxNat)),
+            )
+        }
         Err(NoRoute::NoNeighbor) => Packed::encode(
             rewrite(pkt, p, End::Dst, &b.addr, port).and(Err(Reason::PassNatNoNeighbor)),
         ),
