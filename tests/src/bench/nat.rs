@@ -14,24 +14,13 @@ use lb_user::{
 
 use super::{
     paths::{measure_on, reason, run_once_on, Scale},
+    tunnel::in_fib_ns,
     PathResult,
 };
-use crate::{
-    netns,
-    packets::{tcp, Flags, ACK, SYN},
-};
+use crate::packets::{tcp, Flags, ACK, SYN};
 
 const NS: &str = "xvsbench-nat";
 const TX: u32 = 3;
-
-/// Removes the namespace on drop.
-struct Ns;
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        netns::destroy(NS);
-    }
-}
 
 /// (family, VIP, real server, client network prefix)
 const FAMILIES: [(&str, &str, &str, &str); 2] = [
@@ -46,31 +35,13 @@ const FAMILIES: [(&str, &str, &str, &str); 2] = [
 
 /// NAT inbound (established and new flow) and reply paths, IPv4 and IPv6.
 pub fn nat_paths(scale: &Scale) -> Result<Vec<PathResult>> {
-    netns::destroy(NS);
-    netns::create(NS)?;
-    let _ns = Ns;
-    let out = netns::sh(
-        NS,
-        "set -e
-        ip link add d0 type veth peer name d1
-        ip link set d0 up; ip link set d1 up
-        ip addr add 198.51.100.1/26 dev d0
-        ip addr add 2001:db8:100::1/64 dev d0 nodad
-        ip neigh add 198.51.100.20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
-        ip neigh add 2001:db8:100::20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
-        ip neigh add 198.51.100.62 lladdr 02:00:00:00:00:fe dev d0 nud permanent
-        ip neigh add 2001:db8:100::fe lladdr 02:00:00:00:00:fe dev d0 nud permanent
-        ip route add 192.0.2.0/24 via 198.51.100.62
-        ip -6 route add 2001:db8:2::/64 via 2001:db8:100::fe
-        sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
-    )?;
-    ensure!(
-        out.status.success(),
-        "namespace: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let scale = *scale;
-    netns::in_netns(NS, move || measure_all(&scale))?
+    in_fib_ns(
+        NS,
+        "ip route add 192.0.2.0/24 via 198.51.100.62
+        ip -6 route add 2001:db8:2::/64 via 2001:db8:100::fe",
+        move || measure_all(&scale),
+    )
 }
 
 fn bracket(a: &str, port: u16) -> String {

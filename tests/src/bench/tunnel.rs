@@ -26,15 +26,6 @@ use crate::{
 const NS: &str = "xvsbench-tun";
 const TX: u32 = 3;
 
-/// Removes the namespace on drop.
-struct Ns;
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        netns::destroy(NS);
-    }
-}
-
 /// One tunnelled service per case: (name, VIP, port, real server, tunnel).
 fn cases() -> Vec<(&'static str, &'static str, u16, &'static str, Tunnel)> {
     let gue = Tunnel {
@@ -77,31 +68,55 @@ fn cases() -> Vec<(&'static str, &'static str, u16, &'static str, Tunnel)> {
 
 /// TUN established-flow hits (one flow each) and ICMP too-big generation, IPv4 and IPv6.
 pub fn tunnel_paths(scale: &Scale) -> Result<Vec<PathResult>> {
-    netns::destroy(NS);
-    netns::create(NS)?;
-    let _ns = Ns;
-    let out = netns::sh(
+    let scale = *scale;
+    in_fib_ns(
         NS,
-        "set -e
-        ip link add d0 type veth peer name d1
-        ip link set d0 up; ip link set d1 up
-        ip addr add 198.51.100.1/26 dev d0
-        ip addr add 2001:db8:100::1/64 dev d0 nodad
-        ip neigh add 198.51.100.20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
-        ip neigh add 2001:db8:100::20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
-        ip neigh add 198.51.100.62 lladdr 02:00:00:00:00:fe dev d0 nud permanent
-        ip neigh add 2001:db8:100::fe lladdr 02:00:00:00:00:fe dev d0 nud permanent
-        ip route add 198.51.100.64/26 via 198.51.100.62 mtu lock 1300
-        ip -6 route add 2001:db8:200::/64 via 2001:db8:100::fe mtu lock 1400
-        sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
+        "ip route add 198.51.100.64/26 via 198.51.100.62 mtu lock 1300
+        ip -6 route add 2001:db8:200::/64 via 2001:db8:100::fe mtu lock 1400",
+        move || measure_all(&scale),
+    )
+}
+
+/// Runs `f` inside namespace `ns`, made for it and removed after: d0 (198.51.100.1/26,
+/// 2001:db8:100::1/64) with on-link neighbours .20 / ::20 and a router .62 / ::fe, IP forwarding
+/// on (the FIB answers only then), and the `routes` given.
+pub(crate) fn in_fib_ns<T: Send + 'static>(
+    ns: &'static str,
+    routes: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    /// Removes the namespace on drop.
+    struct Ns(&'static str);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            netns::destroy(self.0);
+        }
+    }
+    netns::destroy(ns);
+    netns::create(ns)?;
+    let _ns = Ns(ns);
+    let out = netns::sh(
+        ns,
+        &format!(
+            "set -e
+            ip link add d0 type veth peer name d1
+            ip link set d0 up; ip link set d1 up
+            ip addr add 198.51.100.1/26 dev d0
+            ip addr add 2001:db8:100::1/64 dev d0 nodad
+            ip neigh add 198.51.100.20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
+            ip neigh add 2001:db8:100::20 lladdr 02:00:00:00:00:20 dev d0 nud permanent
+            ip neigh add 198.51.100.62 lladdr 02:00:00:00:00:fe dev d0 nud permanent
+            ip neigh add 2001:db8:100::fe lladdr 02:00:00:00:00:fe dev d0 nud permanent
+            {routes}
+            sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1"
+        ),
     )?;
     ensure!(
         out.status.success(),
         "namespace: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let scale = *scale;
-    netns::in_netns(NS, move || measure_all(&scale))?
+    netns::in_netns(ns, f)?
 }
 
 fn measure_all(scale: &Scale) -> Result<Vec<PathResult>> {
