@@ -518,6 +518,7 @@ mod tests {
                 }],
                 check: Default::default(),
                 sorry_server: None,
+                laddrs: Vec::new(),
             }],
             reasons: lb_common::Reason::ALL
                 .iter()

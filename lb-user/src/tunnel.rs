@@ -77,6 +77,8 @@ pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {
         match r.forward {
             ForwardMethod::Tunnel(_) => want[r.addr.is_ipv6() as usize][0] = true,
             ForwardMethod::Nat => want[r.addr.is_ipv6() as usize][1] = true,
+            // FULLNAT: placeholder, the main session plans it
+            ForwardMethod::FullNat => want[r.addr.is_ipv6() as usize][1] = true,
             ForwardMethod::Dr => {}
         }
     }

@@ -26,9 +26,9 @@ use crate::{
     listing,
     model::Timeouts,
     model::{
-        Change, Config, ConfigError, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags,
-        Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, DEFAULT_PERSISTENCE_TIMEOUT,
-        DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
+        Change, Config, ConfigError, ForwardMethod, LocalAddr, Persistence, PortRange, Protocol,
+        RealServer, SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr,
+        DEFAULT_PERSISTENCE_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
     },
     rules,
     state::{DesiredState, DEFAULT_TIMEOUTS},
@@ -123,6 +123,17 @@ struct ServiceEntry {
     persistent: Option<Spanned<toml::Value>>,
     netmask: Option<Spanned<toml::Value>>,
     sorry_server: Option<Spanned<String>>,
+    laddrs: Option<Vec<Spanned<toml::Value>>>,
+}
+
+/// One local address of `laddrs` written as a table (a plain string is an address with the
+/// default ports and no interface).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LaddrEntry {
+    addr: String,
+    ports: Option<String>,
+    iface: Option<String>,
 }
 
 /// One `[[service.real]]`.
@@ -140,7 +151,8 @@ struct RealEntry {
 }
 
 /// `forward`: ipvsadm's -g, -i or -m (the tunnel's details in `tun-*`, as ipvsadm's options).
-/// NAT is also read by ipvsadm's and keepalived's names for it (`masq`, `masquerade`).
+/// NAT is also read by ipvsadm's and keepalived's names for it (`masq`, `masquerade`);
+/// `fullnat` is DPVS's FULLNAT (the service needs `laddrs` of the real server's family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Forward {
@@ -148,6 +160,7 @@ enum Forward {
     Tunnel,
     #[serde(alias = "masq", alias = "masquerade")]
     Nat,
+    Fullnat,
 }
 
 /// Collects errors with their positions.
@@ -362,6 +375,18 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
             check.error(m.span(), e.to_string());
         }
     }
+    // Local addresses before the real servers: a FULLNAT real server needs one of its family.
+    for l in entry.laddrs.iter().flatten() {
+        let Some(laddr) = local_addr(check, l) else {
+            continue;
+        };
+        if let Err(e) = config.apply(&Change::AddLocalAddr {
+            service: key,
+            laddr,
+        }) {
+            check.error(l.span(), e.to_string());
+        }
+    }
     let inherited = match &service_check {
         None => CheckSpec::default(),
         Some((at, Some(spec))) => match config.apply(&Change::SetCheck {
@@ -534,7 +559,7 @@ fn real(
             port: entry.tun_port.as_ref().map_or(0, |p| *p.get_ref()),
             csum: entry.tun_csum.as_ref().is_some_and(|c| *c.get_ref()),
         }),
-        f @ (Some(Forward::Dr | Forward::Nat) | None) => {
+        f @ (Some(Forward::Dr | Forward::Nat | Forward::Fullnat) | None) => {
             let stray = [
                 entry.tun_type.as_ref().map(Spanned::span),
                 entry.tun_port.as_ref().map(Spanned::span),
@@ -547,10 +572,10 @@ fn real(
                 );
                 ok = false;
             }
-            if f == Some(Forward::Nat) {
-                ForwardMethod::Nat
-            } else {
-                ForwardMethod::Dr
+            match f {
+                Some(Forward::Nat) => ForwardMethod::Nat,
+                Some(Forward::Fullnat) => ForwardMethod::FullNat,
+                _ => ForwardMethod::Dr,
             }
         }
     };
@@ -567,6 +592,60 @@ fn real(
         },
     };
     ok.then_some((real, spans))
+}
+
+/// One entry of `laddrs`: `"10.0.0.9"`, or `{ addr = "10.0.0.10", ports = "40000-40999",
+/// iface = "eth1" }`; None after reporting what is wrong.
+fn local_addr(check: &mut Checker, value: &Spanned<toml::Value>) -> Option<LocalAddr> {
+    let entry = match value.get_ref() {
+        toml::Value::String(a) => LaddrEntry {
+            addr: a.clone(),
+            ports: None,
+            iface: None,
+        },
+        toml::Value::Table(t) => match LaddrEntry::deserialize(t.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                check.error(
+                    value.span(),
+                    format!("{} (a local address is \"ADDR\" or {{ addr = \"ADDR\", ports = \"LO-HI\", iface = \"IFACE\" }})", e.message().trim_end()),
+                );
+                return None;
+            }
+        },
+        other => {
+            check.error(
+                value.span(),
+                format!("Illegal local address: {other} (expected \"ADDR\" or {{ addr = \"ADDR\", ports = \"LO-HI\", iface = \"IFACE\" }})"),
+            );
+            return None;
+        }
+    };
+    let Ok(addr) = entry.addr.parse::<IpAddr>() else {
+        check.error(
+            value.span(),
+            format!(
+                "Illegal local address: {} (expected an IP address without a port)",
+                entry.addr
+            ),
+        );
+        return None;
+    };
+    let ports = match entry.ports.as_deref() {
+        None => PortRange::DEFAULT,
+        Some(p) => match p.parse::<PortRange>() {
+            Ok(r) => r,
+            Err(e) => {
+                check.error(value.span(), e.to_string());
+                return None;
+            }
+        },
+    };
+    Some(LocalAddr {
+        addr,
+        ports,
+        iface: entry.iface,
+    })
 }
 
 /// A real server's address: an IP address with or without a port (`198.51.100.11`,
@@ -748,11 +827,40 @@ struct ServiceOut {
     netmask: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sorry_server: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    laddrs: Vec<LaddrOut>,
     // Tables after values, as TOML needs them.
     #[serde(skip_serializing_if = "Option::is_none")]
     health_check: Option<health_check::Out>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     real: Vec<RealOut>,
+}
+
+/// One entry of `laddrs` as written: the plain address when it has nothing else.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum LaddrOut {
+    Addr(String),
+    Full {
+        addr: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ports: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iface: Option<String>,
+    },
+}
+
+impl From<&LocalAddr> for LaddrOut {
+    fn from(l: &LocalAddr) -> LaddrOut {
+        if l.ports.is_default() && l.iface.is_none() {
+            return LaddrOut::Addr(l.addr.to_string());
+        }
+        LaddrOut::Full {
+            addr: l.addr.to_string(),
+            ports: (!l.ports.is_default()).then(|| l.ports.to_string()),
+            iface: l.iface.clone(),
+        }
+    }
 }
 
 /// A `[[service.real]]` as written.
@@ -826,6 +934,7 @@ pub fn render(state: &DesiredState) -> String {
                         .persistence
                         .and_then(|p| listing::netmask_text(s.key.is_ipv4(), p.prefix)),
                     sorry_server: s.sorry_server.map(|a| a.to_string()),
+                    laddrs: s.laddrs.iter().map(LaddrOut::from).collect(),
                     health_check: health_check::render(&s.check),
                     real: s
                         .reals
@@ -837,10 +946,13 @@ pub fn render(state: &DesiredState) -> String {
                                 ForwardMethod::Dr => Forward::Dr,
                                 ForwardMethod::Tunnel(_) => Forward::Tunnel,
                                 ForwardMethod::Nat => Forward::Nat,
+                                ForwardMethod::FullNat => Forward::Fullnat,
                             },
                             tun_type: match r.forward {
                                 ForwardMethod::Tunnel(t) => Some(t.kind),
-                                ForwardMethod::Dr | ForwardMethod::Nat => None,
+                                ForwardMethod::Dr | ForwardMethod::Nat | ForwardMethod::FullNat => {
+                                    None
+                                }
                             },
                             tun_port: match r.forward {
                                 ForwardMethod::Tunnel(t) if t.port != 0 => Some(t.port),

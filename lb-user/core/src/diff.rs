@@ -4,12 +4,15 @@
 //! Only what differs is changed: a service or real server that is the same in both keeps its
 //! data-plane ids, tables and connections. The changes are ordered so that they are valid one
 //! after another (the model checks each): removals first, and a group's match is given up
-//! before another service or group takes it.
+//! before another service or group takes it. A FULLNAT service's local addresses are added
+//! before the real servers that need them and deleted after the real servers that used them.
+
+use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     check::{CheckKind, CheckSpec},
     model::Timeouts,
-    model::{Change, Config, ConfigError, RealServer, Service},
+    model::{Change, Config, ConfigError, ForwardMethod, LocalAddr, RealServer, Service},
     rules,
     state::DesiredState,
 };
@@ -44,6 +47,9 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
             .iter()
             .filter_map(|s| tgt.service(&s.key).map(|t| (s, t)))
     };
+    // How each kept service's local addresses change, and the FULLNAT real servers that must
+    // go and come back for it (see `laddr_plan`).
+    let plans: Vec<LaddrPlan> = kept().map(|(s, t)| laddr_plan(s, t)).collect();
     // Services that go away, with their real servers.
     for s in cur.services() {
         if tgt.service(&s.key).is_none() {
@@ -51,9 +57,9 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         }
     }
     // Real servers that go away, and matches a group gives up (another service may take them).
-    for (s, t) in kept() {
+    for ((s, t), plan) in kept().zip(&plans) {
         for r in &s.reals {
-            if !t.reals.iter().any(|x| x.addr == r.addr) {
+            if !t.reals.iter().any(|x| x.addr == r.addr) || plan.readd.contains(&r.addr) {
                 changes.push(Change::DeleteReal {
                     service: s.key,
                     addr: r.addr,
@@ -69,7 +75,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
         }
     }
     // Services whose options change.
-    for (s, t) in kept() {
+    for ((s, t), plan) in kept().zip(&plans) {
         if options_differ(s, t) {
             changes.push(Change::EditService {
                 key: s.key,
@@ -82,7 +88,7 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
             // A real server's own check may only be valid with the service's old default or
             // only with its new one: those that change are unchecked (`none`, always valid)
             // while the default changes, and get their new check below.
-            for r in &s.reals {
+            for r in s.reals.iter().filter(|r| !plan.readd.contains(&r.addr)) {
                 if t.reals
                     .iter()
                     .any(|x| x.addr == r.addr && x.check != r.check)
@@ -131,11 +137,56 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
             });
         }
     }
+    // Local addresses, before the real servers that need them.
+    for ((s, _), plan) in kept().zip(&plans) {
+        for addr in &plan.early_del {
+            changes.push(Change::DelLocalAddr {
+                service: s.key,
+                addr: *addr,
+            });
+        }
+        for laddr in &plan.add {
+            changes.push(Change::AddLocalAddr {
+                service: s.key,
+                laddr: laddr.clone(),
+            });
+        }
+        for laddr in &plan.mid {
+            changes.push(Change::DelLocalAddr {
+                service: s.key,
+                addr: laddr.addr,
+            });
+            changes.push(Change::AddLocalAddr {
+                service: s.key,
+                laddr: laddr.clone(),
+            });
+        }
+    }
+    for t in tgt.services() {
+        if cur.service(&t.key).is_none() {
+            for laddr in &t.laddrs {
+                changes.push(Change::AddLocalAddr {
+                    service: t.key,
+                    laddr: laddr.clone(),
+                });
+            }
+        }
+    }
     // Real servers that change or are new.
+    let readd = |key| {
+        kept()
+            .zip(&plans)
+            .find(|((s, _), _)| s.key == key)
+            .map_or(&[][..], |(_, p)| &p.readd[..])
+    };
     for t in tgt.services() {
         let s = cur.service(&t.key);
+        let again = readd(t.key);
         for r in &t.reals {
-            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+            let found = s
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .filter(|_| !again.contains(&r.addr));
+            match found {
                 Some(c) if c == r => {}
                 Some(_) => changes.push(Change::EditReal {
                     service: t.key,
@@ -153,12 +204,92 @@ pub fn diff(current: &DesiredState, target: &DesiredState) -> Diff {
             }
         }
     }
+    // Local addresses that FULLNAT real servers used until the changes above.
+    for ((s, _), plan) in kept().zip(&plans) {
+        for addr in &plan.late_del {
+            changes.push(Change::DelLocalAddr {
+                service: s.key,
+                addr: *addr,
+            });
+        }
+    }
     let timeouts = (current.timeouts != target.timeouts).then_some(target.timeouts);
     Diff {
         lines: rules(cur, tgt, timeouts),
         changes,
         timeouts,
     }
+}
+
+/// How a kept service's local addresses go from `s`'s to `t`'s, in an order the model accepts
+/// at every step: it refuses to delete the last local address of a family that FULLNAT real
+/// servers of the service use, and to add a FULLNAT real server without one.
+#[derive(Debug, Default)]
+struct LaddrPlan {
+    /// Deleted first (after the real servers that go away): another address of their family
+    /// stays, or no FULLNAT real server of their family is left.
+    early_del: Vec<IpAddr>,
+    /// Added before the real servers (new ones, and the new settings of changed ones).
+    add: Vec<LocalAddr>,
+    /// Changed addresses deleted and added again after `add`, when only an address added
+    /// there keeps their family covered meanwhile.
+    mid: Vec<LocalAddr>,
+    /// Deleted last, after the real servers that used them changed or went away.
+    late_del: Vec<IpAddr>,
+    /// FULLNAT real servers deleted and added again: a changed local address (new ports or
+    /// interface) was the only one of their family, and there is no changing it in place.
+    readd: Vec<SocketAddr>,
+}
+
+fn laddr_plan(s: &Service, t: &Service) -> LaddrPlan {
+    let mut plan = LaddrPlan::default();
+    let mut have: Vec<IpAddr> = s.laddrs.iter().map(|l| l.addr).collect();
+    // FULLNAT real servers of `s` that stay while local addresses are deleted early.
+    let users = |v4: bool, readd: &[SocketAddr]| {
+        s.reals.iter().any(|r| {
+            r.forward == ForwardMethod::FullNat
+                && r.addr.is_ipv4() == v4
+                && t.reals.iter().any(|x| x.addr == r.addr)
+                && !readd.contains(&r.addr)
+        })
+    };
+    let mut mid_addrs = Vec::new();
+    for l in s.laddrs.iter().filter(|l| !t.laddrs.contains(l)) {
+        let v4 = l.addr.is_ipv4();
+        let others = have.iter().any(|a| *a != l.addr && a.is_ipv4() == v4);
+        let changed = t.laddrs.iter().any(|x| x.addr == l.addr);
+        if others || !users(v4, &plan.readd) {
+            plan.early_del.push(l.addr);
+            have.retain(|a| *a != l.addr);
+        } else if !changed {
+            plan.late_del.push(l.addr);
+        } else if t
+            .laddrs
+            .iter()
+            .any(|x| x.addr != l.addr && x.addr.is_ipv4() == v4)
+        {
+            mid_addrs.push(l.addr);
+        } else {
+            for r in &s.reals {
+                if r.forward == ForwardMethod::FullNat
+                    && r.addr.is_ipv4() == v4
+                    && !plan.readd.contains(&r.addr)
+                {
+                    plan.readd.push(r.addr);
+                }
+            }
+            plan.early_del.push(l.addr);
+            have.retain(|a| *a != l.addr);
+        }
+    }
+    for l in t.laddrs.iter().filter(|l| !s.laddrs.contains(l)) {
+        if mid_addrs.contains(&l.addr) {
+            plan.mid.push(l.clone());
+        } else {
+            plan.add.push(l.clone());
+        }
+    }
+    plan
 }
 
 /// A service's default health check and sorry server, where they differ from the current ones
@@ -215,6 +346,19 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
             }
             Some(_) => {}
         }
+        let name = rules::service_option(&t.key);
+        for l in s.iter().flat_map(|s| &s.laddrs) {
+            if !t.laddrs.contains(l) {
+                lines.push(format!("-Q {name} -z {}", l.addr));
+            }
+        }
+        let added: Vec<LocalAddr> = t
+            .laddrs
+            .iter()
+            .filter(|l| s.is_none_or(|s| !s.laddrs.contains(l)))
+            .cloned()
+            .collect();
+        lines.extend(rules::laddr_rules(&name, &added).lines().map(String::from));
         for r in s.iter().flat_map(|s| &s.reals) {
             if !t.reals.iter().any(|x| x.addr == r.addr) {
                 lines.push(format!(
@@ -271,6 +415,7 @@ fn service_rule(svc: &Service) -> String {
 fn real_rule(svc: &Service, real: &RealServer) -> String {
     let alone = Config::from_services(vec![Service {
         reals: vec![real.clone()],
+        laddrs: Vec::new(),
         ..svc.clone()
     }]);
     rules::save(&alone)
@@ -318,6 +463,7 @@ pub fn canonical(config: &Config) -> Config {
     for s in &mut services {
         s.reals.sort_by_key(|r| r.addr);
         s.matches.sort();
+        s.laddrs.sort_by_key(|l| l.addr);
     }
     Config::from_services(services)
 }
@@ -459,7 +605,7 @@ tcp = "203.0.113.10:80"
                     service: k,
                     addr: "198.51.100.13:8080".parse().unwrap()
                 },
-                edit("198.51.100.11:80", crate::model::ForwardMethod::Nat),
+                edit("198.51.100.11:80", ForwardMethod::Nat),
                 Change::AddReal {
                     service: k,
                     real: to.config.services()[0].reals[1].clone()
@@ -470,7 +616,7 @@ tcp = "203.0.113.10:80"
                 },
                 edit(
                     "198.51.100.14:80",
-                    crate::model::ForwardMethod::Tunnel(crate::model::Tunnel::IPIP)
+                    ForwardMethod::Tunnel(crate::model::Tunnel::IPIP)
                 ),
             ]
         );

@@ -25,9 +25,12 @@ Usage:
   xvsadm -C
   xvsadm -R
   xvsadm -S [-n]
-  xvsadm -a|e virtual-service -r server-address [-g] [-w weight] [-x upper] [-y lower]
+  xvsadm -a|e virtual-service -r server-address [-g|i|m|b] [-w weight] [-x upper] [-y lower]
                               [health-check options]
   xvsadm -d virtual-service -r server-address
+  xvsadm -P virtual-service -z local-address [-F ifname] [--laddr-ports lo-hi]
+  xvsadm -Q virtual-service -z local-address
+  xvsadm -G [virtual-service] [--json]
   xvsadm -L|l [virtual-service] [options]
   xvsadm -Z [virtual-service]
   xvsadm --set tcp tcpfin udp
@@ -49,6 +52,9 @@ Either long or short options are allowed.
   --add-server      -a        add real server with options
   --edit-server     -e        edit real server with options (unset options get their defaults)
   --delete-server   -d        delete real server
+  --add-laddr       -P        add a FULLNAT local address to a service (DPVS)
+  --del-laddr       -Q        delete a FULLNAT local address of a service (DPVS)
+  --get-laddr       -G        list the FULLNAT local addresses of a service or of all (DPVS)
   --list            -L|-l     list the table (all services, or the one given)
   --zero            -Z        zero counters and rates in a service or all services
   --set tcp tcpfin udp        set connection timeout values in seconds (0 keeps a value)
@@ -74,8 +80,8 @@ Options:
   --persistent   -p [timeout]         persistent service, timeout in seconds (default 300)
   --netmask      -M netmask           persistent granularity mask: 255.255.255.0, or a prefix
                                       length (IPv6: 1..128)
-  --sched-flags  -b flags             scheduler flags (comma-separated): sh-fallback, sh-port,
-                                      mh-fallback, mh-port (flag-1, flag-2)
+  --sched-flags  -b flags             -A/-E: scheduler flags (comma-separated): sh-fallback,
+                                      sh-port, mh-fallback, mh-port (flag-1, flag-2)
   --match        proto:vip:port       xvs: traffic a service group takes, e.g. tcp:203.0.113.10:443
                                       (repeatable; port 0: every port; -E --match none: no traffic)
   --real-server  -r server-address    server-address is host (and port; masquerading keeps it,
@@ -84,6 +90,14 @@ Options:
   --ipip         -i                   ipip encapsulation (tunneling): the server may be routed
   --masquerading -m                   masquerading (NAT): the director rewrites the destination;
                                       real servers route replies back through it
+  --fullnat      -b                   -a/-e, no value: FULLNAT (DPVS): the director rewrites both
+                                      ends, the client's address becoming a local address of the
+                                      service (-P first), so replies need no route; the server
+                                      keeps its port as with -m; same address family as the VIP
+  --laddr        -z local-address     -P/-Q: a local address (an address, no port)
+  --ifname       -F ifname            -P: the interface it is on (informational; -Q accepts it)
+  --laddr-ports  lo-hi                xvs, -P: source ports handed out on the local address
+                                      (default 1024-65535)
   --tun-type     type                 one of ipip|gue, the default tunnel type is ipip
                                       (ipip: IPIP, IP6IP6, 6in4, 4in6)
   --tun-port     port                 tunnel destination port (gue)
@@ -104,7 +118,8 @@ Options:
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports
-  --json                              xvs: any listing as JSON (-L, --stats, --rate, -c, --timeout)
+  --json                              xvs: any listing as JSON (-L, --stats, --rate, -c, --timeout,
+                                      -G)
   --socket       path                 xvs: xvsd's control socket (env XVS_SOCKET,
                                       default /run/xvs/xvsd.sock)
 

@@ -232,31 +232,51 @@ pub fn netmask_text(v4: bool, prefix: u8) -> Option<String> {
 /// `ipvsadm -L -c`: the connection list (ipvsadm.c list_conn, print_conn). With
 /// `--persistent-conn` the title has ipvsadm's persistence-engine columns; xvs has no engine,
 /// so rows never fill them (ipvsadm prints them only for connections that have engine data).
+///
+/// When any connection has a local address (FULLNAT), the list takes DPVS's layout
+/// (print_conn_entry): a `local` column between `virtual` and `destination`, 18 wide as the
+/// others. Two things differ from DPVS, on purpose: rows have no `[lcore]` prefix (xvs's
+/// connection table is not split by core, and a made-up core number would mislead), and the
+/// title lines, expiry (`mm:ss`) and protocol (`TCP`) stay ipvsadm's, since DPVS prints no
+/// title at all and its columns would be unlabelled. A connection without a local address
+/// (not FULLNAT) shows `-` there. Without any local address the output is exactly ipvsadm's.
 pub fn render_connections(
     conns: &[ConnStatus],
     persistent_conn: bool,
     names: &dyn Names,
 ) -> String {
+    let with_local = conns.iter().any(|c| c.local.is_some());
     let mut out = String::from("IPVS connection entries\n");
+    let local_title = if with_local {
+        format!("{:<18} ", "local")
+    } else {
+        String::new()
+    };
     if persistent_conn {
         let _ = writeln!(
             out,
-            "pro expire {:<11} {:<18} {:<18} {:<18} {:<16} pe_data",
+            "pro expire {:<11} {:<18} {:<18} {local_title}{:<18} {:<16} pe_data",
             "state", "source", "virtual", "destination", "pe name"
         );
     } else {
         let _ = writeln!(
             out,
-            "pro expire {:<11} {:<18} {:<18} destination",
+            "pro expire {:<11} {:<18} {:<18} {local_title}destination",
             "state", "source", "virtual"
         );
     }
     for c in conns {
         let expire = format!("{:02}:{:02}", c.expires_s / 60, c.expires_s % 60);
         let name = |a| addr_port(names, a, c.protocol);
+        let local = if with_local {
+            let l = c.local.map_or_else(|| "-".to_string(), name);
+            format!("{l:<18} ")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+            "{:<3} {:<6} {:<11} {:<18} {:<18} {local}{}",
             c.protocol.to_string(),
             expire,
             c.state,
@@ -264,6 +284,63 @@ pub fn render_connections(
             name(c.virtual_addr),
             name(c.real)
         );
+    }
+    out
+}
+
+/// One service's local addresses, as `-G --json` prints them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceLaddrs {
+    /// The service.
+    pub service: ServiceKey,
+    /// Its local addresses, in the order they were added.
+    pub laddrs: Vec<crate::model::LocalAddr>,
+}
+
+/// `-G --json`: every listed service with its local addresses, in ipvsadm's order.
+pub fn laddrs_json(listing: &Listing) -> Vec<ServiceLaddrs> {
+    let mut services: Vec<&ServiceStatus> = listing.services.iter().collect();
+    services.sort_by_key(|s| service_order(&s.key));
+    services
+        .into_iter()
+        .map(|s| ServiceLaddrs {
+            service: s.key,
+            laddrs: s.laddrs.clone(),
+        })
+        .collect()
+}
+
+/// `ipvsadm -G` (DPVS's get-laddr: list_laddrs, list_all_laddrs): a title, then per service
+/// its `VIP:VPORT` (numeric, as DPVS always prints it; a group as `FWM 1`) and the number of
+/// its local addresses, then one line per local address. DPVS's CONFLICTS (source-port
+/// conflicts) and CONNS (connections per local address) are counters xvs does not keep per
+/// local address: both print 0. As DPVS: the title once, before the first service; every
+/// service is listed, with or without local addresses; no services, no output. Services come
+/// in ipvsadm's order (sorted as `-L`), local addresses in the order they were added.
+pub fn render_laddrs(services: &[ServiceStatus]) -> String {
+    let mut out = String::new();
+    let mut services: Vec<&ServiceStatus> = services.iter().collect();
+    services.sort_by_key(|s| service_order(&s.key));
+    for (i, svc) in services.iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "VIP:VPORT", "TOTAL", "SNAT_IP", "CONFLICTS", "CONNS"
+            );
+        }
+        let vname = match svc.key {
+            ServiceKey::Addr { addr, .. } => addr.to_string(),
+            ServiceKey::Fwmark { .. } => svc.key.to_string(),
+        };
+        let _ = writeln!(out, "{:<20} {:<8} ", vname, svc.laddrs.len());
+        for l in &svc.laddrs {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "", "", l.addr, 0, 0
+            );
+        }
     }
     out
 }
@@ -428,7 +505,7 @@ fn tun_info(f: &crate::model::ForwardMethod) -> String {
         ForwardMethod::Tunnel(t) => {
             format!("gue:{}:{}", t.port, if t.csum { "csum" } else { "nocsum" })
         }
-        ForwardMethod::Dr | ForwardMethod::Nat => "n/a".into(),
+        ForwardMethod::Dr | ForwardMethod::Nat | ForwardMethod::FullNat => "n/a".into(),
     }
 }
 
@@ -473,6 +550,7 @@ mod tests {
             reals,
             check: Default::default(),
             sorry_server: None,
+            laddrs: Vec::new(),
         }
     }
 
@@ -915,6 +993,7 @@ TCP  203.0.113.10:80 wrr
             real: "10.40.25.16:18000".parse().unwrap(),
             state: "ESTABLISHED".into(),
             expires_s: exp,
+            local: None,
         };
         let out = render_connections(
             &[

@@ -1,7 +1,12 @@
 //! The desired state: virtual services, their real servers and schedulers. The controller holds
 //! it as the source of truth; every change is validated here before anything is touched.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -303,7 +308,7 @@ impl SchedFlags {
     }
 }
 
-/// How packets reach a real server (`-g`, `-i`, `-m`).
+/// How packets reach a real server (`-g`, `-i`, `-m`, `-b`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardMethod {
@@ -315,6 +320,136 @@ pub enum ForwardMethod {
     /// real server routes its replies back through the director, which rewrites their source.
     /// The real server keeps the port it was given (0: the client's destination port).
     Nat,
+    /// FULLNAT (`-b` on -a/-e, as DPVS's ipvsadm; `--fullnat`): both ends rewritten, the
+    /// client's address and port replaced by a local address and port from the service's pool
+    /// ([`Service::laddrs`]), so replies come back to the director without any route on the
+    /// real server. The real server keeps its port as with NAT (0: the client's destination
+    /// port).
+    FullNat,
+}
+
+impl ForwardMethod {
+    /// Whether a real server of this method is known by its address and port and keeps its own
+    /// port (NAT and FULLNAT rewrite the destination port); DR and tunnels send to the IP alone.
+    pub fn keeps_port(self) -> bool {
+        matches!(self, ForwardMethod::Nat | ForwardMethod::FullNat)
+    }
+}
+
+/// Largest number of local addresses of one FULLNAT service.
+pub const MAX_LADDRS: usize = 64;
+
+/// A range of source ports (inclusive), written `LO-HI`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port, >= 1.
+    pub lo: u16,
+    /// Last port, >= lo.
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// The ports handed out when none are given: every unprivileged port.
+    pub const DEFAULT: PortRange = PortRange {
+        lo: 1024,
+        hi: 65535,
+    };
+
+    /// How many ports the range has.
+    pub fn len(&self) -> u32 {
+        (self.hi as u32 + 1).saturating_sub(self.lo as u32)
+    }
+
+    /// Whether the range has no port (lo > hi; never true of a checked range).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this is [`PortRange::DEFAULT`] (not written in JSON, files and rules).
+    pub fn is_default(&self) -> bool {
+        *self == PortRange::DEFAULT
+    }
+
+    /// The range if it is usable: 1 <= lo <= hi (port 0 is no port to send from).
+    pub fn checked(self) -> Result<PortRange, ConfigError> {
+        if self.lo == 0 || self.lo > self.hi {
+            return Err(ConfigError::BadPortRange(self.to_string()));
+        }
+        Ok(self)
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange::DEFAULT
+    }
+}
+
+impl fmt::Display for PortRange {
+    /// `LO-HI`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = ConfigError;
+    /// Parses `LO-HI` (or a single port `P`, the range P-P) and checks it.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadPortRange(s.to_string());
+        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+        let lo = lo.trim().parse::<u16>().map_err(|_| bad())?;
+        let hi = hi.trim().parse::<u16>().map_err(|_| bad())?;
+        PortRange { lo, hi }.checked().map_err(|_| bad())
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A FULLNAT service's local address (DPVS `--add-laddr -z ADDR -t VIP:PORT [-F IFACE]`): the
+/// source address, with a port of `ports`, that the director gives the connections it forwards
+/// to FULLNAT real servers of the address's family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalAddr {
+    /// The address.
+    pub addr: IpAddr,
+    /// Source ports handed out on this address (inclusive); default [`PortRange::DEFAULT`].
+    #[serde(default, skip_serializing_if = "PortRange::is_default")]
+    pub ports: PortRange,
+    /// The interface it lives on (DPVS -F); informational, may be None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+}
+
+impl LocalAddr {
+    /// A local address with the default ports and no interface.
+    pub fn new(addr: IpAddr) -> LocalAddr {
+        LocalAddr {
+            addr,
+            ports: PortRange::DEFAULT,
+            iface: None,
+        }
+    }
+}
+
+/// `IPv4` or `IPv6`, as errors name a family.
+fn family_name(ipv4: bool) -> &'static str {
+    if ipv4 {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 /// The encapsulation of a tunnelled real server (`--tun-type`, `--tun-port`, `--tun-csum`).
@@ -362,6 +497,8 @@ impl ForwardMethod {
             ForwardMethod::Dr => "Route",
             ForwardMethod::Tunnel(_) => "Tunnel",
             ForwardMethod::Nat => "Masq",
+            // As DPVS's ipvsadm prints it (fwd_name).
+            ForwardMethod::FullNat => "FullNat",
         }
     }
 }
@@ -398,12 +535,14 @@ fn is_zero(v: &u32) -> bool {
 }
 
 impl RealServer {
-    /// The destination port a connection sent to `vport` is forwarded to: a masquerading
-    /// server's own port, or `vport` when that is 0 (IPVS's `dest->port ? dest->port : vport`);
-    /// the other methods leave the port alone (`vport`).
+    /// The destination port a connection sent to `vport` is forwarded to: a masquerading or
+    /// FULLNAT server's own port, or `vport` when that is 0 (IPVS's
+    /// `dest->port ? dest->port : vport`); the other methods leave the port alone (`vport`).
     pub fn dest_port(&self, vport: u16) -> u16 {
         match self.forward {
-            ForwardMethod::Nat if self.addr.port() != 0 => self.addr.port(),
+            ForwardMethod::Nat | ForwardMethod::FullNat if self.addr.port() != 0 => {
+                self.addr.port()
+            }
             _ => vport,
         }
     }
@@ -475,13 +614,30 @@ pub struct Service {
     /// server is up with a weight above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<SocketAddr>,
+    /// FULLNAT local addresses (`--add-laddr`), in the order they were added: the sources of
+    /// the connections forwarded to its FULLNAT real servers. They belong to the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub laddrs: Vec<LocalAddr>,
 }
 
 impl Service {
     /// Whether any real server forwards by masquerading (NAT): the data plane must then
     /// rewrite the replies of this service's connections on their way back through it.
+    /// FULLNAT is not NAT here: see [`Service::has_fullnat`].
     pub fn has_nat(&self) -> bool {
         self.reals.iter().any(|r| r.forward == ForwardMethod::Nat)
+    }
+
+    /// Whether any real server forwards by FULLNAT.
+    pub fn has_fullnat(&self) -> bool {
+        self.reals
+            .iter()
+            .any(|r| r.forward == ForwardMethod::FullNat)
+    }
+
+    /// Whether the service has a local address of this family (`ipv4`).
+    fn has_laddr_of(&self, ipv4: bool) -> bool {
+        self.laddrs.iter().any(|l| l.addr.is_ipv4() == ipv4)
     }
 }
 
@@ -625,6 +781,20 @@ pub enum Change {
         /// The sorry server (direct routing; port as a real server's).
         sorry_server: Option<SocketAddr>,
     },
+    /// `-P`/`--add-laddr`: adds a FULLNAT local address to a service.
+    AddLocalAddr {
+        /// The service.
+        service: ServiceKey,
+        /// The local address.
+        laddr: LocalAddr,
+    },
+    /// `-Q`/`--del-laddr`: deletes a FULLNAT local address of a service.
+    DelLocalAddr {
+        /// The service.
+        service: ServiceKey,
+        /// The local address.
+        addr: IpAddr,
+    },
 }
 
 /// Why a change was refused. Messages follow ipvsadm's wording where ipvsadm has one.
@@ -747,6 +917,82 @@ pub enum ConfigError {
     /// A sorry server that is also a real server of the service.
     #[error("Sorry server {0} is a real server of the service")]
     SorryIsReal(String),
+    /// A FULLNAT real server of the other address family than the VIP.
+    #[error(
+        "FULLNAT needs the real server {real} in the same address family as the VIP {vip} \
+         (an IPv6 service with IPv4 FULLNAT real servers (NAT64) is not supported yet)"
+    )]
+    FullNatFamilyMismatch {
+        /// The real server.
+        real: String,
+        /// The VIP.
+        vip: String,
+    },
+    /// A FULLNAT real server of a port-0 (every port) service with a port of its own.
+    #[error(
+        "Illegal port for FULLNAT real server {real} of {service}: a service on every port \
+         sends each connection to the port it was addressed to, so its FULLNAT real servers \
+         take port 0 ({as_zero}, or no port)"
+    )]
+    FullNatPortOnPortZero {
+        /// The real server as given.
+        real: String,
+        /// Its address with port 0, as it should be written.
+        as_zero: String,
+        /// The service.
+        service: String,
+    },
+    /// A FULLNAT real server for a service without a local address of its family.
+    #[error(
+        "FULLNAT real server {real} of {service} needs an {family} local address of the \
+         service to send from: add one with --add-laddr first"
+    )]
+    NoLocalAddr {
+        /// The real server.
+        real: String,
+        /// The service.
+        service: String,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// `--add-laddr` of an address the service already has.
+    #[error("Local address already exists: {addr} of {service}")]
+    LocalAddrExists {
+        /// The address.
+        addr: String,
+        /// The service.
+        service: String,
+    },
+    /// `--del-laddr` of an address the service does not have.
+    #[error("No such local address: {addr} of {service}")]
+    NoSuchLocalAddr {
+        /// The address.
+        addr: String,
+        /// The service.
+        service: String,
+    },
+    /// More than [`MAX_LADDRS`] local addresses.
+    #[error("Too many local addresses for {0}: at most 64")]
+    TooManyLocalAddrs(String),
+    /// A source port range that is empty or includes port 0.
+    #[error("Illegal local port range: {0} (expected LO-HI with 1 <= LO <= HI <= 65535)")]
+    BadPortRange(String),
+    /// `--del-laddr` of the last local address of a family FULLNAT real servers use.
+    #[error(
+        "Local address {addr} is the last {family} local address of {service}, which its \
+         FULLNAT real servers {reals} send from: add another one, or delete them or change \
+         their forwarding method first"
+    )]
+    LocalAddrInUse {
+        /// The address.
+        addr: String,
+        /// The service.
+        service: String,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// The real servers, separated by spaces.
+        reals: String,
+    },
     /// Lower threshold above the upper one.
     #[error("Illegal threshold: the lower threshold {lower} exceeds the upper threshold {upper}")]
     BadThreshold {
@@ -869,6 +1115,7 @@ impl Config {
                     reals: Vec::new(),
                     check: CheckSpec::default(),
                     sorry_server: None,
+                    laddrs: Vec::new(),
                 });
             }
             Change::EditService {
@@ -955,6 +1202,7 @@ impl Config {
                     return Err(ConfigError::SorryIsReal(real.addr.ip().to_string()));
                 }
                 check_of(svc, &real)?;
+                needs_laddr(svc, &real)?;
                 svc.reals.push(real);
             }
             Change::EditReal {
@@ -997,6 +1245,7 @@ impl Config {
                     return Err(ConfigError::RealExists(edited.addr.to_string()));
                 }
                 check_of(svc, &edited)?;
+                needs_laddr(svc, &edited)?;
                 svc.reals[i] = edited;
             }
             Change::DeleteReal { service, addr } => {
@@ -1029,6 +1278,59 @@ impl Config {
                         Some(as_real.addr)
                     }
                 };
+            }
+            Change::AddLocalAddr { service, laddr } => {
+                let svc = self.service_mut(service)?;
+                let ip = laddr.addr;
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                    return Err(ConfigError::BadAddress(ip.to_string()));
+                }
+                let ports = laddr.ports.checked()?;
+                if svc.laddrs.iter().any(|l| l.addr == ip) {
+                    return Err(ConfigError::LocalAddrExists {
+                        addr: ip.to_string(),
+                        service: service.to_string(),
+                    });
+                }
+                if svc.laddrs.len() >= MAX_LADDRS {
+                    return Err(ConfigError::TooManyLocalAddrs(service.to_string()));
+                }
+                svc.laddrs.push(LocalAddr {
+                    ports,
+                    ..laddr.clone()
+                });
+            }
+            Change::DelLocalAddr { service, addr } => {
+                let svc = self.service_mut(service)?;
+                let i = svc
+                    .laddrs
+                    .iter()
+                    .position(|l| l.addr == *addr)
+                    .ok_or_else(|| ConfigError::NoSuchLocalAddr {
+                        addr: addr.to_string(),
+                        service: service.to_string(),
+                    })?;
+                let v4 = addr.is_ipv4();
+                let others = svc
+                    .laddrs
+                    .iter()
+                    .enumerate()
+                    .any(|(j, l)| j != i && l.addr.is_ipv4() == v4);
+                let users: Vec<String> = svc
+                    .reals
+                    .iter()
+                    .filter(|r| r.forward == ForwardMethod::FullNat && r.addr.is_ipv4() == v4)
+                    .map(|r| r.addr.to_string())
+                    .collect();
+                if !others && !users.is_empty() {
+                    return Err(ConfigError::LocalAddrInUse {
+                        addr: addr.to_string(),
+                        service: service.to_string(),
+                        family: family_name(v4),
+                        reals: users.join(" "),
+                    });
+                }
+                svc.laddrs.remove(i);
             }
         }
         Ok(())
@@ -1083,19 +1385,31 @@ fn real_index(svc: &Service, addr: SocketAddr) -> Option<usize> {
     svc.reals.iter().position(|r| r.addr == addr).or_else(|| {
         svc.reals
             .iter()
-            .position(|r| r.forward != ForwardMethod::Nat && r.addr.ip() == addr.ip())
+            .position(|r| !r.forward.keeps_port() && r.addr.ip() == addr.ip())
     })
 }
 
 /// Whether two (normalised) real servers of one service are the same server: the same address
 /// and port, as IPVS compares them, or the same IP where neither masquerades (DR and tunnels
 /// send to the IP alone, so a group's `RIP:0` and `RIP:8080` would be one server twice).
-/// NAT servers on one IP with different ports are different servers, as in IPVS.
+/// NAT (and FULLNAT) servers on one IP with different ports are different servers, as in IPVS.
 fn same_server(a: &RealServer, b: &RealServer) -> bool {
     a.addr == b.addr
-        || (a.addr.ip() == b.addr.ip()
-            && a.forward != ForwardMethod::Nat
-            && b.forward != ForwardMethod::Nat)
+        || (a.addr.ip() == b.addr.ip() && !a.forward.keeps_port() && !b.forward.keeps_port())
+}
+
+/// A FULLNAT real server sends from a local address of its own family: the service must have
+/// one (`--add-laddr` first), or its connections would have no source to be given.
+fn needs_laddr(svc: &Service, real: &RealServer) -> Result<(), ConfigError> {
+    let v4 = real.addr.is_ipv4();
+    if real.forward == ForwardMethod::FullNat && !svc.has_laddr_of(v4) {
+        return Err(ConfigError::NoLocalAddr {
+            real: real.addr.to_string(),
+            service: svc.key.to_string(),
+            family: family_name(v4),
+        });
+    }
+    Ok(())
 }
 
 /// The check that runs against a real server of `svc` (None: not checked), or why it cannot.
@@ -1187,6 +1501,9 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
         match real.forward {
             ForwardMethod::Dr => return Err(ConfigError::FamilyMismatch { real: shown, vip }),
             ForwardMethod::Nat => return Err(ConfigError::NatFamilyMismatch { real: shown, vip }),
+            ForwardMethod::FullNat => {
+                return Err(ConfigError::FullNatFamilyMismatch { real: shown, vip })
+            }
             ForwardMethod::Tunnel(_) => {}
         }
     }
@@ -1201,7 +1518,16 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
                 service: svc.key.to_string(),
             })
         }
-        (ServiceKey::Addr { .. }, ForwardMethod::Nat) => real.addr.port(),
+        (ServiceKey::Addr { addr, .. }, ForwardMethod::FullNat)
+            if addr.port() == 0 && real.addr.port() != 0 =>
+        {
+            return Err(ConfigError::FullNatPortOnPortZero {
+                real: real.addr.to_string(),
+                as_zero: SocketAddr::new(ip, 0).to_string(),
+                service: svc.key.to_string(),
+            })
+        }
+        (ServiceKey::Addr { .. }, ForwardMethod::Nat | ForwardMethod::FullNat) => real.addr.port(),
         (ServiceKey::Addr { addr, .. }, _) => addr.port(),
         (ServiceKey::Fwmark { .. }, _) => real.addr.port(),
     };
@@ -1772,6 +2098,7 @@ mod tests {
             reals: vec![real("198.51.100.11:80", 1)],
             check: CheckSpec::default(),
             sorry_server: None,
+            laddrs: Vec::new(),
         };
         assert!(!svc.has_nat());
     }

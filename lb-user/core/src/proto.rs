@@ -11,7 +11,7 @@ use crate::{
     estimator::Rates,
     health::HealthState,
     model::{
-        Change, ForwardMethod, Persistence, SchedFlags, Scheduler, ServiceKey, Timeouts,
+        Change, ForwardMethod, LocalAddr, Persistence, SchedFlags, Scheduler, ServiceKey, Timeouts,
         VirtualAddr,
     },
     stats::Counters,
@@ -22,7 +22,9 @@ use crate::{
 /// 3: rate estimates in listings, `-Z` of one service (a version-2 daemon would zero them all).
 /// 4: apply_config and reload (the configuration file).
 /// 5: health checks and sorry servers (changes and listings).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: FULLNAT (the `fullnat` forwarding method, local-address changes, local addresses in
+///    listings and connections): a version-5 daemon would not read them.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -146,6 +148,10 @@ pub struct ConnStatus {
     pub virtual_addr: SocketAddr,
     /// Real server.
     pub real: SocketAddr,
+    /// FULLNAT: the local address and port the connection was given toward the real server
+    /// (None for the other methods; then `-L -c` keeps ipvsadm's layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
     /// IPVS's state name (ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, UDP).
     pub state: String,
     /// Seconds until the entry expires.
@@ -195,6 +201,9 @@ pub struct ServiceStatus {
     /// server is up with a weight above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<RealStatus>,
+    /// FULLNAT local addresses, as configured (`-G` lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub laddrs: Vec<LocalAddr>,
 }
 
 /// One real server with its counters.

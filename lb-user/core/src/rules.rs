@@ -7,6 +7,10 @@
 //! persistence engines) or that xvs does not have yet are refused with the reason, never
 //! ignored.
 //!
+//! FULLNAT follows DPVS's ipvsadm: `-b` on -a/-e (no value), and its local-address commands
+//! `-P`/`--add-laddr`, `-Q`/`--del-laddr`, `-G`/`--get-laddr` with `-z ADDR` and `-F IFACE`;
+//! `-b FLAGS` on -A/-E stays ipvsadm's `--sched-flags`.
+//!
 //! `-f MARK` names a service group: netfilter marks cannot reach XDP (it runs first), so what a
 //! group takes is declared on it with `--match PROTO:VIP:PORT` instead of an iptables rule.
 
@@ -22,8 +26,8 @@ use crate::{
     check::{self, CheckKind, CheckSpec},
     listing::{Format, ListOptions},
     model::{
-        Change, Config, ForwardMethod, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
-        ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
+        Change, Config, ForwardMethod, LocalAddr, Persistence, PortRange, Protocol, RealServer,
+        SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
     },
     names::{self, Names, Numeric},
     proto::default_socket,
@@ -77,6 +81,15 @@ pub struct Args {
     /// Zero the counters and rates of one service or of all.
     #[arg(short = 'Z', long = "zero", group = "command")]
     pub zero: bool,
+    /// DPVS: add a FULLNAT local address to a service (`-z ADDR [-F IFACE]`).
+    #[arg(short = 'P', long = "add-laddr", group = "command")]
+    pub add_laddr: bool,
+    /// DPVS: delete a FULLNAT local address of a service (`-z ADDR`).
+    #[arg(short = 'Q', long = "del-laddr", group = "command")]
+    pub del_laddr: bool,
+    /// DPVS: list the local addresses of one service or of all.
+    #[arg(short = 'G', long = "get-laddr", group = "command")]
+    pub get_laddr: bool,
     /// Set connection timeouts in seconds (0 keeps a value): tcp tcpfin udp.
     #[arg(long = "set", num_args = 3, value_names = ["TCP", "TCPFIN", "UDP"], group = "command")]
     pub set: Option<Vec<String>>,
@@ -128,9 +141,28 @@ pub struct Args {
     /// Persistence engine (refused).
     #[arg(long = "pe", value_name = "ENGINE")]
     pub pe: Option<String>,
-    /// Scheduler flags.
-    #[arg(short = 'b', long = "sched-flags", value_name = "FLAGS")]
+    /// Scheduler flags on -A/-E; on -a/-e, without a value, FULLNAT (DPVS's `-b`). Empty when
+    /// given without a value.
+    #[arg(
+        short = 'b',
+        long = "sched-flags",
+        value_name = "FLAGS",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
     pub sched_flags: Option<String>,
+    /// FULLNAT (DPVS's `--fullnat`, the long form of its `-b`).
+    #[arg(long = "fullnat")]
+    pub fullnat: bool,
+    /// With -P/-Q: the local address (DPVS `--laddr`).
+    #[arg(short = 'z', long = "laddr", value_name = "LOCAL-ADDRESS")]
+    pub laddr: Option<String>,
+    /// With -P: the interface the local address is on (DPVS `--ifname`; informational).
+    #[arg(short = 'F', long = "ifname", value_name = "IFNAME")]
+    pub ifname: Option<String>,
+    /// xvs only, with -P: the source ports handed out on the local address, LO-HI.
+    #[arg(long = "laddr-ports", value_name = "LO-HI")]
+    pub laddr_ports: Option<String>,
     /// One-packet scheduling (refused).
     #[arg(short = 'o', long = "ops")]
     pub ops: bool,
@@ -336,6 +368,13 @@ pub enum Action {
         /// `-Z -t VIP:port`.
         service: Option<ServiceKey>,
     },
+    /// Show the FULLNAT local addresses (`-G`).
+    ListLaddrs {
+        /// Only this service.
+        service: Option<ServiceKey>,
+        /// JSON instead of DPVS's table.
+        json: bool,
+    },
     /// Print the rules in -R's format.
     Save {
         /// `-n`: numbers, not names.
@@ -375,10 +414,13 @@ enum Cmd {
     Restore,
     Save,
     Zero,
+    AddLaddr,
+    DelLaddr,
+    GetLaddr,
 }
 
-/// ipvsadm's cmdnames.
-const CMD_NAMES: [&str; 14] = [
+/// ipvsadm's cmdnames, and DPVS's for its local-address commands.
+const CMD_NAMES: [&str; 17] = [
     "add-service",
     "edit-service",
     "delete-service",
@@ -393,10 +435,14 @@ const CMD_NAMES: [&str; 14] = [
     "restore",
     "save",
     "zero",
+    "add-laddr",
+    "del-laddr",
+    "get-laddr",
 ];
 
-/// ipvsadm's optnames, in the order of the table's columns.
-const OPT_NAMES: [&str; 34] = [
+/// ipvsadm's optnames, in the order of the table's columns; then DPVS's local-address and
+/// ifname, and xvs's laddr-ports.
+const OPT_NAMES: [&str; 37] = [
     "numeric",
     "connection",
     "service-address",
@@ -431,29 +477,39 @@ const OPT_NAMES: [&str; 34] = [
     "tun-nocsum",
     "tun-csum",
     "tun-remcsum",
+    "local-address",
+    "ifname",
+    "laddr-ports",
 ];
 
 /// ipvsadm.c commands_v_options, one row per command, one character per option of
 /// [`OPT_NAMES`]: '+' compulsory, 'x' illegal, '1' at most one of the '1's, ' ' optional.
+/// The last three rows and columns are DPVS's local-address commands and options (and xvs's
+/// laddr-ports): DPVS makes `-F` compulsory with -P and -Q; xvs takes it as optional (it is
+/// informational) and accepts it on -Q for DPVS's scripts, where the address alone names the
+/// local address.
 ///
 /// ```text
-///              -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -pe -b grp port ttl size tinf type tprt nocs csum remc
+///              -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -pe -b grp port ttl size tinf type tprt nocs csum remc -z -F lprt
 /// ```
-const COMMANDS_V_OPTIONS: [&[u8; 34]; 14] = [
-    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // add-service
-    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // edit-service
-    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-service
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // flush
-    b" 11xxxxxxxxx11       xxxxxxx xxxxx", // list
-    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // add-server
-    b"xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-server
-    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // edit-server
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // set
-    b"xxxxxxxxxxx xxxxxxx xxxx    xxxxxx", // start-daemon
-    b"xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxx", // stop-daemon
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // restore
-    b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // save
-    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // zero
+const COMMANDS_V_OPTIONS: [&[u8; 37]; 17] = [
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxxxxx", // add-service
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxxxxx", // edit-service
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-service
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // flush
+    b" 11xxxxxxxxx11       xxxxxxx xxxxxxxx", // list
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     xxx", // add-server
+    b"xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-server
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     xxx", // edit-server
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // set
+    b"xxxxxxxxxxx xxxxxxx xxxx    xxxxxxxxx", // start-daemon
+    b"xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxxxxx", // stop-daemon
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // restore
+    b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // save
+    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // zero
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+  ", // add-laddr
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+ x", // del-laddr
+    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // get-laddr
 ];
 
 /// Why the sync daemon has no place in xvs.
@@ -476,6 +532,11 @@ impl Args {
         self.check_xvs_options(cmd)?;
         match cmd {
             Cmd::List => self.list_action(),
+            Cmd::AddLaddr | Cmd::DelLaddr => self.laddr_action(cmd),
+            Cmd::GetLaddr => Ok(Action::ListLaddrs {
+                service: self.service_opt()?,
+                json: self.json,
+            }),
             Cmd::Zero => Ok(Action::Zero {
                 service: self.service_opt()?,
             }),
@@ -521,6 +582,9 @@ impl Args {
             (self.restore, Cmd::Restore),
             (self.save, Cmd::Save),
             (self.zero, Cmd::Zero),
+            (self.add_laddr, Cmd::AddLaddr),
+            (self.del_laddr, Cmd::DelLaddr),
+            (self.get_laddr, Cmd::GetLaddr),
         ];
         let mut given = cmds.iter().filter(|(on, _)| *on).map(|(_, c)| *c);
         match (given.next(), given.next()) {
@@ -530,13 +594,24 @@ impl Args {
         }
     }
 
+    /// Whether `-b` is DPVS's FULLNAT here (on the real-server commands) rather than
+    /// ipvsadm's scheduler flags (everywhere else).
+    fn b_is_fullnat(cmd: Cmd) -> bool {
+        matches!(cmd, Cmd::AddDest | Cmd::EditDest | Cmd::DelDest)
+    }
+
+    /// FULLNAT given: `--fullnat`, or `-b` on a real-server command.
+    fn fullnat_given(&self, cmd: Cmd) -> bool {
+        self.fullnat || (Self::b_is_fullnat(cmd) && self.sched_flags.is_some())
+    }
+
     /// Which of ipvsadm's options were given, in [`OPT_NAMES`] order.
-    fn options_given(&self) -> [bool; 34] {
+    fn options_given(&self, cmd: Cmd) -> [bool; 37] {
         let service = self.tcp_service.is_some()
             || self.udp_service.is_some()
             || self.sctp_service.is_some()
             || self.fwmark_service.is_some();
-        let forward = self.gatewaying || self.ipip || self.masquerading;
+        let forward = self.gatewaying || self.ipip || self.masquerading || self.fullnat_given(cmd);
         [
             self.numeric,
             self.connection,
@@ -561,7 +636,7 @@ impl Args {
             self.exact,
             self.ops,
             self.pe.is_some(),
-            self.sched_flags.is_some(),
+            self.sched_flags.is_some() && !Self::b_is_fullnat(cmd),
             self.mcast_group.is_some(),
             self.mcast_port.is_some(),
             self.mcast_ttl.is_some(),
@@ -572,6 +647,9 @@ impl Args {
             self.tun_nocsum,
             self.tun_csum,
             self.tun_remcsum,
+            self.laddr.is_some(),
+            self.ifname.is_some(),
+            self.laddr_ports.is_some(),
         ]
     }
 
@@ -579,7 +657,7 @@ impl Args {
     fn check_options(&self, cmd: Cmd) -> Result<(), CliError> {
         let i = cmd as usize;
         let row = COMMANDS_V_OPTIONS[i];
-        let given = self.options_given();
+        let given = self.options_given(cmd);
         let mut exclusive: Option<usize> = None;
         for (j, on) in given.iter().enumerate() {
             match (on, row[j]) {
@@ -616,7 +694,12 @@ impl Args {
         if several.iter().filter(|g| **g).count() > 1 {
             return err("multiple 'service-address' options specified");
         }
-        let forwards = [self.gatewaying, self.ipip, self.masquerading];
+        let forwards = [
+            self.gatewaying,
+            self.ipip,
+            self.masquerading,
+            self.fullnat_given(cmd),
+        ];
         if forwards.iter().filter(|g| **g).count() > 1 {
             return err("multiple 'forwarding-method' options specified");
         }
@@ -690,12 +773,12 @@ impl Args {
         }
         if self.json {
             match cmd {
-                Cmd::List => {}
+                Cmd::List | Cmd::GetLaddr => {}
                 Cmd::Save => {
                     return err("-S writes ipvsadm's rules, which have no JSON form: \
                                 `xvsadm -L -n --json` has the same configuration as JSON")
                 }
-                _ => return err("--json applies to listings (-L) only"),
+                _ => return err("--json applies to listings (-L, -G) only"),
             }
         }
         Ok(())
@@ -754,7 +837,14 @@ impl Args {
                 .map_err(|e| CliError(e.to_string()))?,
             None => crate::model::DEFAULT_SCHEDULER,
         };
-        let flags = match &self.sched_flags {
+        let flags = match self.sched_flags.as_deref() {
+            // Given without a value: DPVS's FULLNAT switch, which belongs to real servers.
+            Some("") => {
+                return err(
+                    "-b on -A/-E takes scheduler flags (sh-fallback, sh-port, mh-fallback, \
+                     mh-port); -b without a value is FULLNAT, an option of -a/-e",
+                )
+            }
             Some(f) => parse_sched_flags(scheduler, f)?,
             None => SchedFlags::default(),
         };
@@ -893,6 +983,15 @@ impl Args {
     /// -g, -m, or -i with --tun-type/--tun-port/--tun-csum as ipvsadm reads them (-g when
     /// none; ipvsadm's tunnel_opt_check: gue needs --tun-port, ipip takes no tunnel option).
     fn forward_method(&self) -> Result<ForwardMethod, CliError> {
+        if let Some(v) = self.sched_flags.as_deref().filter(|v| !v.is_empty()) {
+            return err(format!(
+                "-b on -a/-e is FULLNAT (as DPVS's ipvsadm) and takes no value, not `{v}': \
+                 scheduler flags go with -A/-E"
+            ));
+        }
+        if self.fullnat || self.sched_flags.is_some() {
+            return Ok(ForwardMethod::FullNat);
+        }
         if self.masquerading {
             return Ok(ForwardMethod::Nat);
         }
@@ -984,6 +1083,44 @@ impl Args {
             }
         };
         Ok(Action::Apply(vec![change]))
+    }
+
+    /// `-P` and `-Q`: a local address (`-z`, an address without a port), with `-F` and
+    /// `--laddr-ports` on `-P`.
+    fn laddr_action(&self, cmd: Cmd) -> Result<Action, CliError> {
+        let key = self
+            .service_opt()?
+            .ok_or_else(|| CliError("You need to supply the 'service-address' option".into()))?;
+        let given = self
+            .laddr
+            .as_deref()
+            .ok_or_else(|| CliError("You need to supply the 'local-address' option".into()))?;
+        let addr = parse_local_addr(given, protocol_of(&key))?;
+        if cmd == Cmd::DelLaddr {
+            return Ok(Action::Apply(vec![Change::DelLocalAddr {
+                service: key,
+                addr,
+            }]));
+        }
+        let ports = match &self.laddr_ports {
+            None => PortRange::DEFAULT,
+            Some(p) => p
+                .parse()
+                .map_err(|e: crate::model::ConfigError| CliError(e.to_string()))?,
+        };
+        let iface = match self.ifname.as_deref() {
+            None => None,
+            Some(i) if valid_ifname(i) => Some(i.to_string()),
+            Some(i) => {
+                return err(format!(
+                    "Illegal interface name: `{i}' (1 to 15 characters, no '/', ':' or blanks)"
+                ))
+            }
+        };
+        Ok(Action::Apply(vec![Change::AddLocalAddr {
+            service: key,
+            laddr: LocalAddr { addr, ports, iface },
+        }]))
     }
 
     /// `-p [timeout]` and `-M netmask` for this service.
@@ -1190,6 +1327,29 @@ pub fn parse_service_addr(s: &str, protocol: Protocol) -> Result<SocketAddr, Cli
     Ok(SocketAddr::new(ip, port.unwrap_or(0)))
 }
 
+/// A local address (`-z`): an address (or host name), with no port (its ports are
+/// `--laddr-ports`); an IPv6 address bare or in brackets.
+pub fn parse_local_addr(s: &str, protocol: Protocol) -> Result<IpAddr, CliError> {
+    match parse_host_port(s, protocol) {
+        Ok((ip, None)) => Ok(ip),
+        Ok((_, Some(_))) => err(format!(
+            "Illegal local address: {s} (an address without a port: the ports it hands out are \
+             --laddr-ports LO-HI)"
+        )),
+        Err(_) => err(format!("Illegal local address: {s}")),
+    }
+}
+
+/// Whether `name` can be a Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or
+/// white space).
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// A real server (`-r`): without a port, the service's port is used.
 pub fn parse_real_addr(
     s: &str,
@@ -1348,6 +1508,24 @@ pub fn check_options(spec: &CheckSpec) -> String {
     out
 }
 
+/// The `-P` rules of a service's local addresses (`name` is the service's `-t VIP:port`), in
+/// the order they were added: `-P -t VIP:port -z ADDR [-F IFACE] [--laddr-ports LO-HI]`.
+/// Addresses are written as numbers: they are the director's own, and DPVS lists them so.
+pub fn laddr_rules(name: &str, laddrs: &[LocalAddr]) -> String {
+    let mut out = String::new();
+    for l in laddrs {
+        out.push_str(&format!("-P {name} -z {}", l.addr));
+        if let Some(i) = &l.iface {
+            out.push_str(&format!(" -F {i}"));
+        }
+        if !l.ports.is_default() {
+            out.push_str(&format!(" --laddr-ports {}", l.ports));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Renders the configuration in ipvsadm's save format (`-S -n`).
 pub fn save(config: &Config) -> String {
     save_named(config, &Numeric)
@@ -1366,8 +1544,9 @@ fn tunnel_options(t: &Tunnel) -> String {
 }
 
 /// ipvsadm's save format (print_service_entry with FMT_RULE), names as `names` gives them:
-/// `-A -t VIP:port -s sched [-p timeout [-M mask]] [-b flags]`, then one
-/// `-a -t VIP:port -r RIP:port -g -w weight` per real server, sorted as ipvsadm sorts them. Two additions that ipvsadm's -R reads: thresholds, which
+/// `-A -t VIP:port -s sched [-p timeout [-M mask]] [-b flags]`, its local addresses' `-P`
+/// lines, then one `-a -t VIP:port -r RIP:port -g -w weight` per real server (`-b` for FULLNAT,
+/// as DPVS), sorted as ipvsadm sorts them. Two additions that ipvsadm's -R reads: thresholds, which
 /// ipvsadm -S drops, as ` -x N -y N` after the weight, and a group's `--match` options last.
 pub fn save_named(config: &Config, names: &dyn Names) -> String {
     let mut services: Vec<&crate::model::Service> = config.services().iter().collect();
@@ -1397,6 +1576,9 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
         }
         out.push_str(&check_options(&svc.check));
         out.push('\n');
+        // Local addresses right after their service and before its real servers: -R adds a
+        // FULLNAT real server only to a service that has a local address of its family.
+        out.push_str(&laddr_rules(&name, &svc.laddrs));
         let proto = protocol_of(&svc.key);
         let mut reals: Vec<&RealServer> = svc.reals.iter().collect();
         reals.sort_by_key(|r| crate::listing::addr_order(&r.addr));
@@ -1405,6 +1587,8 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
                 ForwardMethod::Dr => ("-g", String::new()),
                 ForwardMethod::Tunnel(t) => ("-i", tunnel_options(&t)),
                 ForwardMethod::Nat => ("-m", String::new()),
+                // DPVS's switch for FULLNAT.
+                ForwardMethod::FullNat => ("-b", String::new()),
             };
             out.push_str(&format!(
                 "-a {name} -r {} {fwd} -w {}{tun}",

@@ -523,6 +523,7 @@ impl<D: DataplaneOps> Controller<D> {
                 state: lb_common::ConnState::from_u8(c.entry.state)
                     .name()
                     .to_string(),
+                local: None, // FULLNAT: placeholder, the main session plans it
                 expires_s: c.expires_in_ns.div_ceil(NS),
             });
         }
@@ -553,6 +554,7 @@ impl<D: DataplaneOps> Controller<D> {
                 virtual_addr: vip,
                 real,
                 state: "NONE".to_string(),
+                local: None,
                 expires_s: expires_ns.div_ceil(NS),
             });
         }
@@ -617,6 +619,7 @@ impl<D: DataplaneOps> Controller<D> {
                 reals,
                 check: svc.check.clone(),
                 sorry_server,
+                laddrs: svc.laddrs.clone(),
             });
         }
         Ok(Listing {

@@ -928,6 +928,8 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
                 model::TunnelKind::Gue => fwd::TUN_GUE,
             },
             model::ForwardMethod::Nat => fwd::NAT,
+            // FULLNAT: placeholder, the main session plans it
+            model::ForwardMethod::FullNat => fwd::NAT,
         },
         flags: match real.forward {
             model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
@@ -938,6 +940,8 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
         tun_port_be: match real.forward {
             model::ForwardMethod::Tunnel(t) => t.port.to_be(),
             model::ForwardMethod::Dr | model::ForwardMethod::Nat => 0,
+            // FULLNAT: placeholder, the main session plans it
+            model::ForwardMethod::FullNat => 0,
         },
         _pad2: [0; 2],
         service: service_id,
@@ -1017,6 +1021,8 @@ fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Optio
     match r.forward {
         model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
         model::ForwardMethod::Tunnel(_) | model::ForwardMethod::Nat => Some([0; 6]),
+        // FULLNAT: placeholder, the main session plans it
+        model::ForwardMethod::FullNat => Some([0; 6]),
     }
 }
 

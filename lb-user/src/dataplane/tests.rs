@@ -250,6 +250,7 @@ fn service(key: ServiceKey, scheduler: Scheduler, reals: &[(&str, u32)]) -> Serv
         reals: reals.iter().map(|(a, w)| real(a, *w)).collect(),
         check: Default::default(),
         sorry_server: None,
+        laddrs: Vec::new(),
     }
 }
 

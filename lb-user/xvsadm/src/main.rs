@@ -163,6 +163,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                     let ips = conns
                         .iter()
                         .flat_map(|c| [c.client.ip(), c.virtual_addr.ip(), c.real.ip()])
+                        .chain(conns.iter().filter_map(|c| c.local.map(|l| l.ip())))
                         .collect();
                     let names = names_for(numeric, ips);
                     print!(
@@ -187,6 +188,24 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let config = config_of(&list(socket)?);
             let names = names_for(numeric, rules::addresses(&config));
             print!("{}", rules::save_named(&config, names.as_ref()));
+            Ok(())
+        }
+        Action::ListLaddrs { service, json } => {
+            let mut l = list(socket)?;
+            if let Some(key) = service {
+                l.services.retain(|s| s.key == key);
+                if l.services.is_empty() {
+                    anyhow::bail!("No such service: {key}");
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&listing::laddrs_json(&l))?
+                );
+            } else {
+                print!("{}", listing::render_laddrs(&l.services));
+            }
             Ok(())
         }
         Action::List {
@@ -344,6 +363,7 @@ fn config_of(l: &Listing) -> Config {
                     .collect(),
                 check: s.check.clone(),
                 sorry_server: s.sorry_server.as_ref().map(|r| r.addr),
+                laddrs: s.laddrs.clone(),
             })
             .collect(),
     )

@@ -288,6 +288,7 @@ mod tests {
                 ],
                 check: Default::default(),
                 sorry_server: None,
+                laddrs: Vec::new(),
             }],
             ..Default::default()
         };
