@@ -98,8 +98,12 @@ pub struct ConnEntry {
     pub service: u32,
     /// ConnState as u8.
     pub state: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
+    /// FULLNAT: the slot of the service's local address the connection was given (see
+    /// `maps::laddr_key`), with `lport_be`.
+    pub local: u8,
+    /// FULLNAT: the local port the connection was given, network order; 0 for every other mode,
+    /// and for a FULLNAT connection whose port is not allocated yet.
+    pub lport_be: u16,
     /// bpf_ktime_get_ns() of the last packet.
     pub last_seen_ns: u64,
 }

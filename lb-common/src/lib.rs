@@ -17,10 +17,11 @@ pub mod reason;
 pub use conn::{ConnEntry, ConnState, FlowKey};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
-    backend_flags, config_flags, flow_hash, fwd, mask_addr, nat_job, nat_reply_filter_proto,
-    service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, NatJob,
-    NatReply, PersistEntry, PersistKey, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
-    NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
+    nat_reply_filter_proto, service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend,
+    DataplaneConfig, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey, ServiceKey,
+    ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_PROBES, MAX_LADDR_SLOTS, NO_BACKEND,
+    TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 
@@ -71,12 +72,20 @@ pub mod names {
     pub const PROG_ICMP: &str = "xvs_icmp";
     /// The NAT program the director tail-calls for NAT real servers and their replies.
     pub const PROG_NAT: &str = "xvs_nat";
-    /// Tail-call table: TAIL_TUNNEL, TAIL_ICMP, TAIL_NAT.
+    /// The program xvs_nat tail-calls for ICMP errors about NAT connections.
+    pub const PROG_NAT_ICMP: &str = "xvs_nat_icmp";
+    /// Tail-call table: TAIL_TUNNEL, TAIL_ICMP, TAIL_NAT, TAIL_NAT_ICMP.
     pub const MAP_TAIL_CALLS: &str = "TAIL_CALLS";
     /// Per-CPU hand-over from the director to the NAT program.
     pub const MAP_NAT_JOB: &str = "NAT_JOB";
-    /// NAT replies' way back to their connection (lb_common::NatReply).
+    /// NAT and FULLNAT replies' way back to their connection (lb_common::NatReply).
     pub const MAP_NAT_REPLIES: &str = "NAT_REPLIES";
+    /// FULLNAT services' local addresses: laddr_key(service, slot) -> lb_common::LocalAddr.
+    pub const MAP_LADDRS: &str = "LADDRS";
+    /// Per-CPU cursor per service into its FULLNAT (local address, port) candidates.
+    pub const MAP_FULLNAT_CURSOR: &str = "FNAT_CURSOR";
+    /// Per-CPU count per service of new FULLNAT connections refused for want of a port.
+    pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
     /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.
@@ -121,6 +130,8 @@ pub const TAIL_TUNNEL: u32 = 0;
 pub const TAIL_ICMP: u32 = 1;
 /// Index of the NAT program in TAIL_CALLS.
 pub const TAIL_NAT: u32 = 2;
+/// Index of the NAT ICMP-error program in TAIL_CALLS.
+pub const TAIL_NAT_ICMP: u32 = 3;
 /// Size of TAIL_CALLS: room for programs later builds add without changing the pinned layout.
 pub const TAIL_SLOTS: u32 = 8;
 

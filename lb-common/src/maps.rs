@@ -54,8 +54,11 @@ pub struct ServiceValue {
     pub table_kind: u8,
     /// Client prefix length grouped by persistence (`-M`): 0..=32 for IPv4, 0..=128 for IPv6.
     pub persist_prefix: u8,
+    /// FULLNAT: slots 0..laddrs of the service's local addresses (LADDRS, `laddr_key`); a
+    /// slot may be empty (an address deleted while others stay where they are).
+    pub laddrs: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<ServiceValue>() == 24);
 
@@ -173,6 +176,10 @@ pub mod fwd {
     /// NAT (masquerading): the destination becomes the real server's address and `port_be`
     /// (unless 0), and its replies, routed back through the director, get the VIP back.
     pub const NAT: u8 = 3;
+    /// FULLNAT: the source becomes a local address and port of the service's pool and the
+    /// destination the real server's; its replies (to the local address) get the VIP and the
+    /// client back.
+    pub const FULLNAT: u8 = 4;
 }
 
 /// Backend::flags bits.
@@ -289,22 +296,26 @@ pub mod tunnel_job_flags {
     pub const HASH_SET: u8 = 1;
 }
 
-/// What a NAT reply is translated back to (map NAT_REPLIES, keyed by the reply's own flow:
-/// real server -> client). The connection's state lives in its CONNS entry, shared by both
-/// directions; this only leads from a reply to it.
+/// What a NAT or FULLNAT reply is translated back to (map NAT_REPLIES, keyed by the reply's
+/// own flow: real server -> client for NAT, real server -> local address and port for
+/// FULLNAT). The reply's source becomes `vip`:`vport_be` and its destination
+/// `client`:`cport_be` (for NAT the destination is the client already). The connection's
+/// state lives in its CONNS entry (client, vip, cport, vport), shared by both directions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReply {
     /// The VIP the client connected to (IPv4 in the first four bytes).
     pub vip: [u8; 16],
+    /// The client's address.
+    pub client: [u8; 16],
     /// The VIP's port, network order.
     pub vport_be: u16,
-    /// Explicit padding.
-    pub _pad: [u8; 2],
+    /// The client's port, network order.
+    pub cport_be: u16,
     /// Backend slot the connection went to (a reply from another is not this connection's).
     pub backend: u32,
 }
-const _: () = assert!(size_of::<NatReply>() == 24);
+const _: () = assert!(size_of::<NatReply>() == 40);
 
 /// What the director hands to the NAT program (map NAT_JOB, per CPU, index 0) before it
 /// tail-calls it.
@@ -315,16 +326,58 @@ pub struct NatJob {
     pub kind: u32,
     /// Backend slot (INBOUND).
     pub backend: u32,
+    /// Service id (INBOUND, FULLNAT: whose local addresses).
+    pub service: u32,
+    /// FULLNAT: the connection's local-address slot.
+    pub local: u8,
+    /// 1 when the director made the connection for this packet: a NAT connection's way back
+    /// is recorded by the NAT program.
+    pub fresh: u8,
+    /// FULLNAT: the connection's local port, network order (0: allocate one).
+    pub lport_be: u16,
 }
-const _: () = assert!(size_of::<NatJob>() == 8);
+const _: () = assert!(size_of::<NatJob>() == 16);
 
 /// NatJob::kind values.
 pub mod nat_job {
-    /// A client's packet to the real server `backend`: rewrite the destination.
+    /// A client's packet to the real server `backend`: rewrite the destination (and for
+    /// FULLNAT the source).
     pub const INBOUND: u32 = 0;
-    /// Maybe a NAT real server's reply: look its connection up, rewrite the source.
+    /// Maybe a NAT or FULLNAT real server's reply: look its connection up, rewrite it back.
     pub const REPLY: u32 = 1;
 }
+
+/// One local address of a FULLNAT service (map LADDRS, at `laddr_key(service, slot)`), and
+/// the source ports handed out on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalAddr {
+    /// The address (IPv4 in the first four bytes); a local address of the director.
+    pub addr: [u8; 16],
+    /// First port handed out, host order (at least 1).
+    pub port_lo: u16,
+    /// Number of ports handed out from `port_lo` (at least 1).
+    pub port_count: u16,
+    /// FAMILY_V4 or FAMILY_V6.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<LocalAddr>() == 24);
+
+/// LADDRS's key of a service's local-address slot.
+#[inline(always)]
+pub const fn laddr_key(service: u32, slot: u8) -> u32 {
+    service << 8 | slot as u32
+}
+
+/// Most local addresses (slots) one FULLNAT service has.
+pub const MAX_LADDR_SLOTS: u32 = 64;
+
+/// How many (local address, port) candidates a new FULLNAT connection tries before it is
+/// refused: with a pool of at most this many pairs every one is tried; with a larger pool the
+/// refusal means this many consecutive candidates after the CPU's cursor were taken.
+pub const FULLNAT_PROBES: u32 = 32;
 
 /// The protocol byte a NAT real server's (address, port, protocol) is entered under in the
 /// service filter, so one bitmap serves both and the two cannot be confused.
@@ -386,8 +439,8 @@ pub mod config_flags {
     pub const GUE_ROUTE_PER_FLOW4: u8 = 1;
     /// The same for IPv6.
     pub const GUE_ROUTE_PER_FLOW6: u8 = 2;
-    /// Some real server is reached by NAT: packets that are not for a service are checked for
-    /// being a NAT real server's reply (without it, traffic that is not ours pays nothing).
+    /// Some real server is reached by NAT or FULLNAT: packets that are not for a service are checked for
+    /// being such a real server's reply (without it, traffic that is not ours pays nothing).
     pub const NAT: u8 = 4;
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 64);
@@ -432,6 +485,8 @@ mod pod {
     unsafe impl aya::Pod for super::TunRoute {}
     // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::NatReply {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::LocalAddr {}
 }
 
 #[cfg(test)]

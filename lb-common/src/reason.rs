@@ -92,10 +92,18 @@ pub enum Reason {
     /// IP forwarding is disabled on the interface, so a NAT packet cannot be routed: dropped
     /// (sysctl net.ipv4.conf.IFACE.forwarding / net.ipv6.conf.IFACE.forwarding).
     DropNatFwdDisabled = 37,
+    /// Forwarded in FULLNAT mode: source and destination rewritten (the client's address and
+    /// port replaced by a local address and port of the service's pool), sent back out the
+    /// ingress interface (XDP_TX). Replies count under TxNatReply.
+    TxFullNat = 38,
+    /// A new FULLNAT connection found no free (local address, port) for its real server after
+    /// a bounded number of probes: its packet is dropped (the client retries), and xvsd logs the
+    /// service and its pool. Never a port in use handed out twice.
+    DropFullNatNoPort = 39,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 38;
+pub const REASON_COUNT: u32 = 40;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -142,6 +150,8 @@ impl Reason {
         Reason::DropNatNoRoute,
         Reason::PassNatNoNeighbor,
         Reason::DropNatFwdDisabled,
+        Reason::TxFullNat,
+        Reason::DropFullNatNoPort,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -167,6 +177,7 @@ impl Reason {
                 | Reason::DropTailCallMissing
                 | Reason::DropNatNoRoute
                 | Reason::DropNatFwdDisabled
+                | Reason::DropFullNatNoPort
         )
     }
 
@@ -179,6 +190,7 @@ impl Reason {
                 | Reason::TxIcmpTooBig
                 | Reason::TxNat
                 | Reason::TxNatReply
+                | Reason::TxFullNat
         )
     }
 
@@ -223,6 +235,8 @@ impl Reason {
             Reason::DropNatNoRoute => "drop_nat_no_route",
             Reason::PassNatNoNeighbor => "pass_nat_no_neighbor",
             Reason::DropNatFwdDisabled => "drop_nat_fwd_disabled",
+            Reason::TxFullNat => "tx_fullnat",
+            Reason::DropFullNatNoPort => "drop_fullnat_no_port",
         }
     }
 }

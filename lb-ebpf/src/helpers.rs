@@ -6,7 +6,8 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     helpers::{
-        bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
+        bpf_csum_diff, bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_ns, bpf_redirect,
     },
     programs::XdpContext,
 };
@@ -24,6 +25,13 @@ pub fn ktime_ns() -> u64 {
 pub fn ktime_coarse_ns() -> u64 {
     // SAFETY: a plain helper call without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The CPU the program runs on.
+#[inline(always)]
+pub fn smp_processor_id() -> u32 {
+    // SAFETY: a plain helper call without arguments.
+    unsafe { bpf_get_smp_processor_id() }
 }
 
 /// XDP_REDIRECT toward interface `ifindex` (XDP_ABORTED on a bad flag).

@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod kernel_log;
+pub mod local_addr;
 pub mod metrics;
 pub mod neighbor;
 pub mod object;

@@ -71,14 +71,14 @@ pub fn multipath_flags() -> u8 {
 /// Warnings for tunnelled real servers whose outer family has forwarding disabled on `iface`
 /// (their packets would be dropped as drop_tun_fwd_disabled).
 pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {
-    // Per family: tunnelled real servers, NAT real servers.
+    // Per family: tunnelled real servers, NAT or FULLNAT real servers.
     let mut want = [[false; 2]; 2];
     for r in config.services().iter().flat_map(|s| s.reals.iter()) {
         match r.forward {
             ForwardMethod::Tunnel(_) => want[r.addr.is_ipv6() as usize][0] = true,
-            ForwardMethod::Nat => want[r.addr.is_ipv6() as usize][1] = true,
-            // FULLNAT: placeholder, the main session plans it
-            ForwardMethod::FullNat => want[r.addr.is_ipv6() as usize][1] = true,
+            ForwardMethod::Nat | ForwardMethod::FullNat => {
+                want[r.addr.is_ipv6() as usize][1] = true;
+            }
             ForwardMethod::Dr => {}
         }
     }
@@ -98,7 +98,7 @@ pub fn forwarding_warnings(config: &Config, iface: &str) -> Vec<String> {
         }
         if want[i][1] {
             out.push(format!(
-                "{family} forwarding is disabled on {iface}: packets to and from {family} NAT real servers are dropped (drop_nat_fwd_disabled); {fix}"
+                "{family} forwarding is disabled on {iface}: packets to and from {family} NAT and FULLNAT real servers are dropped (drop_nat_fwd_disabled); {fix}"
             ));
         }
     }

@@ -77,6 +77,19 @@ pub struct Controller<D = Dataplane> {
     rates: Estimator,
     /// Where every accepted change is saved before it is acknowledged.
     state: Option<StateFile>,
+    /// FULLNAT refusals per service id as last reported (see [`Controller::fullnat_refusals`]).
+    refused: HashMap<u32, u64>,
+}
+
+/// New FULLNAT connections of one service refused for want of a local port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusals {
+    /// The service.
+    pub service: ServiceKey,
+    /// Its local addresses and their port ranges.
+    pub pool: String,
+    /// How many since the last report.
+    pub refused: u64,
 }
 
 impl<D: DataplaneOps> Controller<D> {
@@ -96,6 +109,7 @@ impl<D: DataplaneOps> Controller<D> {
             iface: iface.to_string(),
             rates: Estimator::default(),
             state: None,
+            refused: HashMap::new(),
         }
     }
 
@@ -221,8 +235,9 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     /// Applies changes as one transaction: validated on a copy, pushed to the data plane,
-    /// saved, and only then made current. Returns warnings: tunnelled real servers whose
-    /// family has forwarding off, service groups these changes left without a match.
+    /// saved, and only then made current. Returns warnings: tunnelled or NAT real servers whose
+    /// family has forwarding off, FULLNAT local addresses the host does not have, service
+    /// groups these changes left without a match.
     pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<String>, ControllerError> {
         let mut next = self.config.clone();
         next.apply_all(changes)?;
@@ -232,6 +247,7 @@ impl<D: DataplaneOps> Controller<D> {
 
     fn warnings(&self, changes: &[Change]) -> Vec<String> {
         let mut warnings = crate::tunnel::forwarding_warnings(&self.config, &self.iface);
+        warnings.extend(crate::local_addr::warnings(&self.config));
         warnings.extend(self
             .config
             .unmatched_groups(changes)
@@ -378,7 +394,7 @@ impl<D: DataplaneOps> Controller<D> {
         v
     }
 
-    /// Tunnelled and NAT real servers' addresses. Poked after every change: the data plane's FIB lookup
+    /// Tunnelled, NAT and FULLNAT real servers' addresses. Poked after every change: the data plane's FIB lookup
     /// needs the neighbour entry of the next hop toward each (the server, or a router), and
     /// nothing else makes the kernel resolve it before the next refresh.
     pub fn routed_reals(&self) -> Vec<IpAddr> {
@@ -387,7 +403,12 @@ impl<D: DataplaneOps> Controller<D> {
             .services()
             .iter()
             .flat_map(|s| s.reals.iter())
-            .filter(|r| matches!(r.forward, ForwardMethod::Tunnel(_) | ForwardMethod::Nat))
+            .filter(|r| {
+                matches!(
+                    r.forward,
+                    ForwardMethod::Tunnel(_) | ForwardMethod::Nat | ForwardMethod::FullNat
+                )
+            })
             .map(|r| r.addr.ip())
             .collect();
         v.sort();
@@ -474,6 +495,35 @@ impl<D: DataplaneOps> Controller<D> {
         self.dataplane.recompute(&self.applied.config, &self.macs)
     }
 
+    /// The FULLNAT services that refused new connections for want of a local port since the
+    /// last call: each with its pool (as `-G` would show it) and how many it refused. The first
+    /// call after a start reports what the maps counted before it.
+    pub fn fullnat_refusals(&mut self) -> Result<Vec<Refusals>, DataplaneError> {
+        let counts = self.dataplane.fullnat_exhausted()?;
+        let mut out = Vec::new();
+        for svc in self.applied.config.services() {
+            let Some(id) = self.dataplane.service_id(&svc.key) else {
+                continue;
+            };
+            let now = counts.get(&id).copied().unwrap_or(0);
+            let before = self.refused.insert(id, now).unwrap_or(0);
+            if now > before {
+                let pool = svc
+                    .laddrs
+                    .iter()
+                    .map(|l| format!("{} ports {}-{}", l.addr, l.ports.lo, l.ports.hi))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out.push(Refusals {
+                    service: svc.key,
+                    pool,
+                    refused: now - before,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Live connections, for `-L -c` (at most `limit`).
     pub fn connections(&self, limit: usize) -> Result<Vec<ConnStatus>, DataplaneError> {
         // Service ids in use; the protocol and VIP shown are the flow's (a group has several).
@@ -523,8 +573,12 @@ impl<D: DataplaneOps> Controller<D> {
                 state: lb_common::ConnState::from_u8(c.entry.state)
                     .name()
                     .to_string(),
-                local: None, // FULLNAT: placeholder, the main session plans it
                 expires_s: c.expires_in_ns.div_ceil(NS),
+                // FULLNAT: the local address and port the real server sees.
+                local: (c.entry.lport_be != 0)
+                    .then(|| self.dataplane.local_addr(c.entry.service, c.entry.local))
+                    .flatten()
+                    .map(|ip| SocketAddr::new(ip, u16::from_be(c.entry.lport_be))),
             });
         }
         // Persistence templates, as IPVS lists them: state NONE, client port 0, the service's

@@ -349,6 +349,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                     Ok(n) => debug!(published = n, took_us = started.elapsed().as_micros() as u64, "recomputed load-aware tables"),
                     Err(e) => warn!(error = %e, "recomputing load-aware tables failed"),
                 }
+                match c.fullnat_refusals() {
+                    Ok(refusals) => {
+                        for r in refusals {
+                            warn!(service = %r.service, pool = %r.pool, refused = r.refused, "FULLNAT local ports exhausted: new connections refused (drop_fullnat_no_port); add local addresses or widen their port ranges");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "reading FULLNAT refusals failed"),
+                }
             }
             _ = estimate_tick.tick() => {
                 if let Err(e) = shared.controller.lock().await.estimate() {

@@ -95,6 +95,7 @@ pub fn read_pinned(maps: &dyn Maps, sched_slots: u32) -> Result<PinnedMaps, Maps
         backends: maps.backends()?,
         filter: maps.filter_words()?,
         tables,
+        laddrs: maps.laddrs()?,
     })
 }
 

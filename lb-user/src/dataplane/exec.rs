@@ -182,7 +182,7 @@ impl Ahead {
             MapOp::PutService { key, .. } | MapOp::DeleteService { key } => {
                 self.service(key).is_some()
             }
-            MapOp::SetBackend { .. } => true,
+            MapOp::SetBackend { .. } | MapOp::SetLaddr { .. } => true,
             MapOp::ResetCursor { id } => self.cursor(*id).is_some(),
             MapOp::ZeroStats { map, id } => self.stats(*map, *id).is_some(),
         }
@@ -205,6 +205,7 @@ impl Ahead {
                 }
             }
             MapOp::SetBackend { id, was, .. } => maps.set_backend(*id, *was),
+            MapOp::SetLaddr { key, was, .. } => maps.set_laddr(*key, *was),
             MapOp::ResetCursor { id } => {
                 maps.set_cursor(*id, self.cursor(*id).ok_or_else(unknown)?)
             }
@@ -228,7 +229,9 @@ fn before(maps: &dyn Maps, op: &MapOp, ahead: &Ahead) -> Result<Option<Undo>, Ma
         }
         MapOp::ResetCursor { id } => Undo::Cursor(*id, maps.cursor(*id)?),
         MapOp::ZeroStats { map, id } => Undo::Stats(*map, *id, maps.stats(*map, *id)?),
-        MapOp::SetBackend { .. } => unreachable!("a backend write carries what it overwrites"),
+        MapOp::SetBackend { .. } | MapOp::SetLaddr { .. } => {
+            unreachable!("a backend or local-address write carries what it overwrites")
+        }
     }))
 }
 
@@ -246,6 +249,7 @@ fn apply_with(maps: &mut dyn Maps, op: &MapOp, zero: &[Stats]) -> Result<(), Map
         MapOp::PutService { key, value } => maps.put_service(key, *value),
         MapOp::DeleteService { key } => maps.delete_service(key),
         MapOp::SetBackend { id, backend, .. } => maps.set_backend(*id, *backend),
+        MapOp::SetLaddr { key, value, .. } => maps.set_laddr(*key, *value),
         MapOp::ResetCursor { id } => maps.set_cursor(*id, 0),
         MapOp::ZeroStats { map, id } => maps.set_stats(*map, *id, zero),
     }

@@ -15,7 +15,9 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{fwd, Backend, ServiceKey as BpfKey, ServiceValue, FAMILY_V4, MAX_SERVICES};
+use lb_common::{
+    fwd, Backend, LocalAddr, ServiceKey as BpfKey, ServiceValue, FAMILY_V4, MAX_SERVICES,
+};
 
 use super::{
     plan::{bpf_keys, MapOp, Placed, Placement, PlanError, Planner, Slot},
@@ -35,6 +37,8 @@ pub struct PinnedMaps {
     /// The contents of every region a SERVICES value points at that lies inside SCHED_SLOTS,
     /// by (offset, length).
     pub tables: HashMap<(u32, u32), Vec<u32>>,
+    /// Every LADDRS entry, by key (lb_common::laddr_key).
+    pub laddrs: Vec<(u32, LocalAddr)>,
 }
 
 /// What a previous xvsd left in the maps, until the first plan takes it over.
@@ -45,6 +49,8 @@ pub(crate) struct Inherited {
     by_key: HashMap<BpfKey, u32>,
     /// Slots in use whose service is not published (a group without matches).
     orphans: Vec<(u32, Backend)>,
+    /// LADDRS entries of no published service.
+    orphan_laddrs: Vec<(u32, LocalAddr)>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +62,8 @@ struct InheritedService {
     /// through republishing a group): kept until the first plan.
     other_regions: Vec<Region>,
     backends: Vec<(u32, Backend)>,
+    /// Its local addresses by slot (FULLNAT).
+    laddrs: Vec<Option<LocalAddr>>,
 }
 
 impl InheritedService {
@@ -125,6 +133,7 @@ pub fn inherit(pinned: &PinnedMaps, sched_slots: u32) -> Result<Adopted, PlanErr
             table: Vec::new(),
             other_regions: Vec::new(),
             backends: Vec::new(),
+            laddrs: Vec::new(),
         });
         s.keys.push(k);
         let r = Region {
@@ -149,6 +158,19 @@ pub fn inherit(pinned: &PinnedMaps, sched_slots: u32) -> Result<Adopted, PlanErr
         match services.get_mut(&b.service) {
             Some(s) => s.backends.push((id as u32, *b)),
             None => orphans.push((id as u32, *b)),
+        }
+    }
+    let mut orphan_laddrs = Vec::new();
+    for &(key, la) in &pinned.laddrs {
+        let slot = (key & 0xff) as usize;
+        match services.get_mut(&(key >> 8)) {
+            Some(s) if slot < lb_common::MAX_LADDR_SLOTS as usize => {
+                if s.laddrs.len() <= slot {
+                    s.laddrs.resize(slot + 1, None);
+                }
+                s.laddrs[slot] = Some(la);
+            }
+            _ => orphan_laddrs.push((key, la)),
         }
     }
     let mut placement = Placement::new(sched_slots);
@@ -190,6 +212,7 @@ pub fn inherit(pinned: &PinnedMaps, sched_slots: u32) -> Result<Adopted, PlanErr
         services,
         by_key,
         orphans,
+        orphan_laddrs,
     }));
     Ok(Adopted {
         placement,
@@ -216,6 +239,7 @@ impl Planner<'_> {
             mut services,
             by_key,
             orphans,
+            orphan_laddrs,
         } = inherited;
         // Normal services first: a service's own key names its id before a group's match can.
         let order = config
@@ -272,6 +296,7 @@ impl Planner<'_> {
                     slots,
                     pushed: None,
                     keys: s.keys,
+                    laddrs: s.laddrs,
                 }),
             );
             kept += 1;
@@ -290,6 +315,14 @@ impl Planner<'_> {
                     written: b,
                 });
             }
+            self.free_laddrs(id, &s.laddrs);
+        }
+        for (key, la) in orphan_laddrs {
+            self.ops.push(MapOp::SetLaddr {
+                key,
+                value: None,
+                was: Some(la),
+            });
         }
         for (bid, b) in orphans {
             self.free_backend(Slot {

@@ -3,7 +3,8 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    filter::FILTER_WORDS, names, Backend, ServiceKey as BpfKey, ServiceValue, Stats, MAX_BACKENDS,
+    filter::FILTER_WORDS, names, Backend, LocalAddr, ServiceKey as BpfKey, ServiceValue, Stats,
+    MAX_BACKENDS,
 };
 
 use super::{
@@ -17,6 +18,7 @@ pub(super) struct KernelMaps {
     pub(super) backends: Array<MapData, Backend>,
     pub(super) slots: Array<MapData, u32>,
     pub(super) cursors: Array<MapData, u64>,
+    pub(super) laddrs: BpfHashMap<MapData, u32, LocalAddr>,
     pub(super) service_stats: PerCpuArray<MapData, Stats>,
     pub(super) backend_stats: PerCpuArray<MapData, Stats>,
     pub(super) filter: Array<MapData, u64>,
@@ -158,6 +160,24 @@ impl Maps for KernelMaps {
         let (ids, backends): (Vec<u32>, Vec<Backend>) = run.iter().copied().unzip();
         batch::write_array_at(&mut self.backends, &ids, &backends)
             .map_err(|(n, e)| (n, MapsError::new(names::MAP_BACKENDS, e)))
+    }
+
+    fn laddrs(&self) -> Result<Vec<(u32, LocalAddr)>, MapsError> {
+        self.laddrs
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err(names::MAP_LADDRS))
+    }
+
+    fn set_laddr(&mut self, key: u32, value: Option<LocalAddr>) -> Result<(), MapsError> {
+        match value {
+            Some(v) => self.laddrs.insert(key, v, 0),
+            None => match self.laddrs.remove(&key) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                r => r,
+            },
+        }
+        .map_err(err(names::MAP_LADDRS))
     }
 
     fn cursor(&self, id: u32) -> Result<u64, MapsError> {

@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    filter::FILTER_WORDS, names, Backend, ServiceKey as BpfKey, ServiceValue, Stats, MAX_BACKENDS,
+    filter::FILTER_WORDS, names, Backend, LocalAddr, ServiceKey as BpfKey, ServiceValue, Stats,
+    MAX_BACKENDS,
 };
 use thiserror::Error;
 
@@ -92,6 +93,10 @@ pub trait Maps {
         }
         Ok(())
     }
+    /// Every LADDRS entry (a FULLNAT service's local addresses), by key.
+    fn laddrs(&self) -> Result<Vec<(u32, LocalAddr)>, MapsError>;
+    /// LADDRS\[key\] = value, or removed (None).
+    fn set_laddr(&mut self, key: u32, value: Option<LocalAddr>) -> Result<(), MapsError>;
     /// A service's SEQ_CURSOR.
     fn cursor(&self, id: u32) -> Result<u64, MapsError>;
     /// `len` SEQ_CURSOR entries from `off`. An implementation may read them in bulk; this one
@@ -140,6 +145,8 @@ pub struct MemoryMaps {
     pub backends: BTreeMap<u32, Backend>,
     /// SEQ_CURSOR, non-zero entries.
     pub cursors: BTreeMap<u32, u64>,
+    /// LADDRS.
+    pub laddrs: BTreeMap<u32, LocalAddr>,
     /// SERVICE_STATS and BACKEND_STATS, entries with a non-zero CPU.
     pub stats: BTreeMap<(StatsMap, u32), Vec<Stats>>,
     /// CPUs.
@@ -160,6 +167,7 @@ impl MemoryMaps {
             services: HashMap::new(),
             backends: BTreeMap::new(),
             cursors: BTreeMap::new(),
+            laddrs: BTreeMap::new(),
             stats: BTreeMap::new(),
             cpus,
             writes: 0,
@@ -292,6 +300,19 @@ impl Maps for MemoryMaps {
         Self::check(names::MAP_BACKENDS, id, MAX_BACKENDS)?;
         self.write(names::MAP_BACKENDS)?;
         store(&mut self.backends, id, backend);
+        Ok(())
+    }
+
+    fn laddrs(&self) -> Result<Vec<(u32, LocalAddr)>, MapsError> {
+        Ok(self.laddrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_laddr(&mut self, key: u32, value: Option<LocalAddr>) -> Result<(), MapsError> {
+        self.write(names::MAP_LADDRS)?;
+        match value {
+            Some(v) => self.laddrs.insert(key, v),
+            None => self.laddrs.remove(&key),
+        };
         Ok(())
     }
 

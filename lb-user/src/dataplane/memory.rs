@@ -47,6 +47,8 @@ pub struct MemoryDataplane {
     pub reasons: [u64; REASON_COUNT as usize],
     /// Table tunables.
     pub params: scheduler::Params,
+    /// FULLNAT refusals per service id, as FNAT_EXHAUSTED would sum them.
+    pub fullnat_exhausted: HashMap<u32, u64>,
     activity: Activity,
 }
 
@@ -80,6 +82,7 @@ impl MemoryDataplane {
                 maglev_size: 251,
                 plan_len: 32,
             },
+            fullnat_exhausted: HashMap::new(),
             activity: Activity::default(),
         }
     }
@@ -243,5 +246,13 @@ impl DataplaneOps for MemoryDataplane {
 
     fn activity(&self) -> Activity {
         self.activity
+    }
+
+    fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        Ok(self.fullnat_exhausted.clone())
+    }
+
+    fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
+        self.placement.local_addr(service_id, slot)
     }
 }

@@ -225,6 +225,8 @@ pub struct Dataplane {
     persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
     nat_replies: BpfHashMap<MapData, FlowKey, NatReply>,
     reasons: PerCpuArray<MapData, u64>,
+    /// New FULLNAT connections refused for want of a port, per CPU per service id.
+    fullnat_exhausted: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     meta: Array<MapData, Meta>,
     sizes: Sizes,
@@ -300,6 +302,7 @@ impl Dataplane {
             (lb_common::TAIL_TUNNEL, names::PROG_TUNNEL),
             (lb_common::TAIL_ICMP, names::PROG_ICMP),
             (lb_common::TAIL_NAT, names::PROG_NAT),
+            (lb_common::TAIL_NAT_ICMP, names::PROG_NAT_ICMP),
         ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
@@ -319,6 +322,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_SCHED_SLOTS))?;
         let cursors = Array::try_from(take(names::MAP_SEQ_CURSOR)?)
             .map_err(map_err(names::MAP_SEQ_CURSOR))?;
+        let laddrs =
+            BpfHashMap::try_from(take(names::MAP_LADDRS)?).map_err(map_err(names::MAP_LADDRS))?;
         let conns =
             BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
         let persist =
@@ -331,6 +336,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_BACKEND_STATS))?;
         let reasons = PerCpuArray::try_from(take(names::MAP_REASONS)?)
             .map_err(map_err(names::MAP_REASONS))?;
+        let fullnat_exhausted = PerCpuArray::try_from(take(names::MAP_FULLNAT_EXHAUSTED)?)
+            .map_err(map_err(names::MAP_FULLNAT_EXHAUSTED))?;
         let mut config: Array<MapData, DataplaneConfig> =
             Array::try_from(take(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
         if fresh {
@@ -359,6 +366,7 @@ impl Dataplane {
                 backends,
                 slots,
                 cursors,
+                laddrs,
                 service_stats,
                 backend_stats,
                 filter: filter_map,
@@ -370,6 +378,7 @@ impl Dataplane {
             persist,
             nat_replies,
             reasons,
+            fullnat_exhausted,
             config,
             meta,
             sizes,
@@ -579,6 +588,31 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// The local address in slot `slot` of service `service_id` (FULLNAT), as placed.
+    pub fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
+        self.placement.local_addr(service_id, slot)
+    }
+
+    /// New FULLNAT connections refused for want of a port since the maps were created, per
+    /// service id (services with none are left out).
+    pub fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        let mut out = HashMap::new();
+        for (id, placed) in self.placement.services.values().map(|p| (p.id, p)) {
+            if placed.laddrs.is_empty() {
+                continue;
+            }
+            let v = self
+                .fullnat_exhausted
+                .get(&id, 0)
+                .map_err(map_err(names::MAP_FULLNAT_EXHAUSTED))?;
+            let n: u64 = v.iter().sum();
+            if n > 0 {
+                out.insert(id, n);
+            }
+        }
+        Ok(out)
+    }
+
     /// Live (unexpired) connections and persistence templates per backend slot, split as
     /// IPVS's ActiveConn / InActConn / PersistConn. Walks both tables in batches: O(entries).
     /// Also keeps alive the templates that still control a live connection, as IPVS does (a
@@ -597,13 +631,14 @@ impl Dataplane {
             persistent,
             nat,
         } = live;
-        // NAT connections' ways back as they are before the walk: an entry whose connection the
-        // walk does not find live is removed after it (a connection is recorded before its way
-        // back, so one made meanwhile is not taken for gone).
+        // NAT and FULLNAT connections' ways back as they are before the walk: an entry whose
+        // connection the walk does not find live (for FULLNAT: holding that port) is removed
+        // after it, which frees a FULLNAT port. A connection is recorded before its way back,
+        // so one made meanwhile is not taken for gone.
         let mut replies: Vec<(FlowKey, NatReply)> = Vec::new();
         batch::for_each(&self.nat_replies, |k, r| replies.push((*k, *r)))
             .map_err(|e| map_err(names::MAP_NAT_REPLIES)(MapError::SyscallError(syscall_err(e))))?;
-        let mut live_replies: std::collections::HashSet<FlowKey> = Default::default();
+        let mut live_conns: HashMap<FlowKey, (u32, u16)> = HashMap::new();
         let live = |backend: u32, generation: u32| {
             generation != 0 && generations.get(backend as usize) == Some(&generation)
         };
@@ -616,16 +651,8 @@ impl Dataplane {
             {
                 return;
             }
-            if let Some(Some((addr, port_be))) = nat.get(e.backend as usize) {
-                live_replies.insert(FlowKey {
-                    src: *addr,
-                    dst: k.src,
-                    sport_be: if *port_be != 0 { *port_be } else { k.dport_be },
-                    dport_be: k.sport_be,
-                    proto: k.proto,
-                    family: k.family,
-                    _pad: [0; 2],
-                });
+            if nat.get(e.backend as usize) == Some(&true) {
+                live_conns.insert(*k, (e.backend, e.lport_be));
             }
             let c = &mut dense[e.backend as usize];
             if state.is_active() {
@@ -670,7 +697,7 @@ impl Dataplane {
         })
         .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
         for (k, r) in replies {
-            if !live_replies.contains(&k) {
+            if live_conns.get(&conn_of_reply(&k, &r)) != Some(&(r.backend, local_port(&k, &r))) {
                 self.sweep_reply(&k, &r, &cfg, &generations, now)?;
             }
         }
@@ -691,8 +718,9 @@ impl Dataplane {
             .collect())
     }
 
-    /// Removes a NAT connection's way back whose connection the walk did not find live, unless
-    /// the connection is live now (made or rescheduled to the same real server since).
+    /// Removes a NAT or FULLNAT connection's way back whose connection the walk did not find
+    /// live, unless the connection is live now (made or rescheduled to the same real server
+    /// since, and for FULLNAT given this port).
     fn sweep_reply(
         &mut self,
         k: &FlowKey,
@@ -701,18 +729,11 @@ impl Dataplane {
         generations: &[u32],
         now: u64,
     ) -> Result<(), DataplaneError> {
-        let conn = FlowKey {
-            src: k.dst,
-            dst: r.vip,
-            sport_be: k.dport_be,
-            dport_be: r.vport_be,
-            proto: k.proto,
-            family: k.family,
-            _pad: [0; 2],
-        };
+        let conn = conn_of_reply(k, r);
         if let Ok(e) = self.conns.get(&conn, 0) {
             let state = ConnState::from_u8(e.state);
             if e.backend == r.backend
+                && e.lport_be == local_port(k, r)
                 && now.saturating_sub(e.last_seen_ns) <= timeout_of(cfg, state)
                 && generations.get(e.backend as usize) == Some(&e.generation)
             {
@@ -739,10 +760,9 @@ impl Dataplane {
     /// Whether any service needs the periodic walk: load-aware tables, thresholds, persistence
     /// templates to keep alive, or NAT connections' ways back to remove when they end.
     pub fn needs_walk(&self, config: &Config) -> bool {
-        config
-            .services()
-            .iter()
-            .any(|s| table_uses_counts(s) || s.persistence.is_some() || s.has_nat())
+        config.services().iter().any(|s| {
+            table_uses_counts(s) || s.persistence.is_some() || s.has_nat() || s.has_fullnat()
+        })
     }
 
     /// Every live persistence template (for `-L -c`), at most `limit`: key, entry, ns until it
@@ -877,8 +897,8 @@ struct Live {
     generations: Vec<u32>,
     /// Persistent services: id -> (prefix, timeout ns).
     persistent: Vec<Option<(u8, u64)>>,
-    /// NAT backend slots: id -> (address, port): empty when there is none.
-    nat: Vec<Option<([u8; 16], u16)>>,
+    /// NAT and FULLNAT backend slots (by id): empty when there is none.
+    nat: Vec<bool>,
 }
 
 impl Live {
@@ -891,18 +911,41 @@ impl Live {
         for (id, prefix, timeout_s) in placement.persistent() {
             persistent[id as usize] = Some((prefix, timeout_s as u64 * 1_000_000_000));
         }
-        let mut nat: Vec<Option<([u8; 16], u16)>> = Vec::new();
-        for (id, addr, port_be) in placement.nat_backends() {
+        let mut nat: Vec<bool> = Vec::new();
+        for id in placement.nat_backends() {
             if nat.is_empty() {
-                nat = vec![None; MAX_BACKENDS as usize];
+                nat = vec![false; MAX_BACKENDS as usize];
             }
-            nat[id as usize] = Some((addr, port_be));
+            nat[id as usize] = true;
         }
         Live {
             generations,
             persistent,
             nat,
         }
+    }
+}
+
+/// The connection (as the client made it) whose way back is reply flow `k` -> `r`.
+pub fn conn_of_reply(k: &FlowKey, r: &NatReply) -> FlowKey {
+    FlowKey {
+        src: r.client,
+        dst: r.vip,
+        sport_be: r.cport_be,
+        dport_be: r.vport_be,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    }
+}
+
+/// The local port a connection with way back `k` -> `r` holds: FULLNAT's (the reply goes to
+/// the local address and port, not the client), 0 for NAT.
+pub fn local_port(k: &FlowKey, r: &NatReply) -> u16 {
+    if k.dst == r.client && k.dport_be == r.cport_be {
+        0
+    } else {
+        k.dport_be
     }
 }
 

@@ -66,6 +66,11 @@ pub trait DataplaneOps {
     fn conn_capacity(&self) -> u32;
     /// What the controller did so far.
     fn activity(&self) -> Activity;
+    /// New FULLNAT connections refused for want of a port, per service id (since the maps were
+    /// created; services with none left out).
+    fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError>;
+    /// The local address in slot `slot` of service `service_id` (FULLNAT), as placed.
+    fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr>;
 }
 
 impl DataplaneOps for Dataplane {
@@ -137,5 +142,11 @@ impl DataplaneOps for Dataplane {
     }
     fn activity(&self) -> Activity {
         Dataplane::activity(self)
+    }
+    fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        Dataplane::fullnat_exhausted(self)
+    }
+    fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
+        Dataplane::local_addr(self, service_id, slot)
     }
 }

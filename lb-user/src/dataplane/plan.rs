@@ -24,8 +24,9 @@ use std::{
 use lb_common::{
     backend_flags,
     filter::{filter_bit, FILTER_WORDS},
-    fwd, nat_reply_filter_proto, service_flags, table_kind, Backend, ServiceKey as BpfKey,
-    ServiceValue, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    fwd, laddr_key, nat_reply_filter_proto, service_flags, table_kind, Backend, LocalAddr,
+    ServiceKey as BpfKey, ServiceValue, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_LADDR_SLOTS,
+    MAX_SERVICES, NO_BACKEND,
 };
 use thiserror::Error;
 
@@ -131,6 +132,15 @@ pub enum MapOp {
         /// real server.
         was: Backend,
     },
+    /// LADDRS\[key\] = value, or removed (None): a FULLNAT service's local address slot.
+    SetLaddr {
+        /// lb_common::laddr_key(service id, slot).
+        key: u32,
+        /// What it holds.
+        value: Option<LocalAddr>,
+        /// What it held before, as the placement knows it (carried, as SetBackend's).
+        was: Option<LocalAddr>,
+    },
     /// SEQ_CURSOR\[id\] = 0: a new plan is handed out from its head.
     ResetCursor {
         /// The service id.
@@ -183,6 +193,10 @@ pub(crate) struct Placed {
     pub(crate) pushed: Option<Arc<Pushed>>,
     /// The SERVICES keys written for it: its own key, or a group's matches.
     pub(crate) keys: Vec<BpfKey>,
+    /// FULLNAT: its local addresses by LADDRS slot, as written. A slot keeps its address while
+    /// the address stays (connections name their local address by slot); a deleted one leaves
+    /// a hole that the next new address fills.
+    pub(crate) laddrs: Vec<Option<LocalAddr>>,
 }
 
 /// What the controller's maps hold, from its point of view: every placed service with its
@@ -306,13 +320,24 @@ impl Placement {
             .collect()
     }
 
-    /// NAT backend slots: id -> (address, port in network order), as written.
-    pub fn nat_backends(&self) -> impl Iterator<Item = (u32, [u8; 16], u16)> + '_ {
+    /// The local address in slot `slot` of service `service_id` (FULLNAT), as written.
+    pub fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
+        let p = self.services.values().find(|p| p.id == service_id)?;
+        let la = (*p.laddrs.get(slot as usize)?)?;
+        Some(if la.family == FAMILY_V4 {
+            IpAddr::from([la.addr[0], la.addr[1], la.addr[2], la.addr[3]])
+        } else {
+            IpAddr::from(la.addr)
+        })
+    }
+
+    /// NAT and FULLNAT backend slots, as written.
+    pub fn nat_backends(&self) -> impl Iterator<Item = u32> + '_ {
         self.services
             .values()
             .flat_map(|p| p.slots.values())
-            .filter(|s| s.written.fwd == fwd::NAT)
-            .map(|s| (s.id, s.written.addr, s.written.port_be))
+            .filter(|s| s.written.fwd == fwd::NAT || s.written.fwd == fwd::FULLNAT)
+            .map(|s| s.id)
     }
 
     /// Persistent services: id -> (client prefix, timeout in seconds), as published.
@@ -609,6 +634,7 @@ impl<'a> Planner<'a> {
             for slot in p.slots.values() {
                 self.free_backend(*slot);
             }
+            self.free_laddrs(p.id, &p.laddrs);
         }
     }
 
@@ -650,6 +676,81 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+    }
+
+    /// Removes a service's local addresses.
+    pub(super) fn free_laddrs(&mut self, id: u32, laddrs: &[Option<LocalAddr>]) {
+        for (slot, la) in laddrs.iter().enumerate() {
+            if la.is_some() {
+                self.ops.push(MapOp::SetLaddr {
+                    key: laddr_key(id, slot as u8),
+                    value: None,
+                    was: *la,
+                });
+            }
+        }
+    }
+
+    /// Places a service's local addresses in LADDRS slots: an address keeps its slot, a new
+    /// one takes the first hole (or a new slot at the end), a deleted one leaves a hole; the
+    /// trailing holes are trimmed. Returns the slot count the data plane walks.
+    fn place_laddrs(&mut self, svc: &model::Service, placed: &mut Placed) -> u8 {
+        let want: Vec<LocalAddr> = svc.laddrs.iter().map(laddr_of).collect();
+        let id = placed.id;
+        let mut next = placed.laddrs.clone();
+        for (slot, cur) in next.iter_mut().enumerate() {
+            let Some(c) = *cur else { continue };
+            match want
+                .iter()
+                .find(|w| w.addr == c.addr && w.family == c.family)
+            {
+                Some(w) if *w == c && !self.rewrite => {}
+                Some(w) => {
+                    self.ops.push(MapOp::SetLaddr {
+                        key: laddr_key(id, slot as u8),
+                        value: Some(*w),
+                        was: Some(c),
+                    });
+                    *cur = Some(*w);
+                }
+                None => {
+                    self.ops.push(MapOp::SetLaddr {
+                        key: laddr_key(id, slot as u8),
+                        value: None,
+                        was: Some(c),
+                    });
+                    *cur = None;
+                }
+            }
+        }
+        for w in &want {
+            if next
+                .iter()
+                .flatten()
+                .any(|c| c.addr == w.addr && c.family == w.family)
+            {
+                continue;
+            }
+            let slot = match next.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    next.push(None);
+                    next.len() - 1
+                }
+            };
+            debug_assert!(slot < MAX_LADDR_SLOTS as usize, "the model bounds laddrs");
+            self.ops.push(MapOp::SetLaddr {
+                key: laddr_key(id, slot as u8),
+                value: Some(*w),
+                was: None,
+            });
+            next[slot] = Some(*w);
+        }
+        while next.last() == Some(&None) {
+            next.pop();
+        }
+        placed.laddrs = next;
+        placed.laddrs.len() as u8
     }
 
     /// Frees a backend slot. Generation 0: connection entries bound to it see that their
@@ -701,6 +802,7 @@ impl<'a> Planner<'a> {
                     slots: HashMap::new(),
                     pushed: None,
                     keys: Vec::new(),
+                    laddrs: Vec::new(),
                 }
             }
         };
@@ -796,6 +898,8 @@ impl<'a> Planner<'a> {
             Some(p) => (service_flags::PERSISTENT, p.timeout, p.prefix),
             None => (0, 0, 0),
         };
+        let laddr_slots_before = placed.laddrs.len();
+        let laddrs = self.place_laddrs(svc, placed);
         let value = ServiceValue {
             id: placed.id,
             flags,
@@ -804,10 +908,12 @@ impl<'a> Planner<'a> {
             persist_timeout_s,
             table_kind: kind,
             persist_prefix,
-            _pad: [0; 2],
+            laddrs,
+            _pad: 0,
         };
         let keys = bpf_keys(svc);
         if (placed.pushed.is_some() || placed.adopted)
+            && laddr_slots_before == laddrs as usize
             && placed.table == table
             && placed.kind == kind
             && placed.value_flags == (flags, persist_timeout_s, persist_prefix)
@@ -928,8 +1034,7 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
                 model::TunnelKind::Gue => fwd::TUN_GUE,
             },
             model::ForwardMethod::Nat => fwd::NAT,
-            // FULLNAT: placeholder, the main session plans it
-            model::ForwardMethod::FullNat => fwd::NAT,
+            model::ForwardMethod::FullNat => fwd::FULLNAT,
         },
         flags: match real.forward {
             model::ForwardMethod::Tunnel(t) if t.csum => backend_flags::TUN_CSUM,
@@ -939,9 +1044,9 @@ fn backend_of(service_id: u32, real: &model::RealServer, mac: [u8; 6]) -> Backen
         generation: 0,
         tun_port_be: match real.forward {
             model::ForwardMethod::Tunnel(t) => t.port.to_be(),
-            model::ForwardMethod::Dr | model::ForwardMethod::Nat => 0,
-            // FULLNAT: placeholder, the main session plans it
-            model::ForwardMethod::FullNat => 0,
+            model::ForwardMethod::Dr
+            | model::ForwardMethod::Nat
+            | model::ForwardMethod::FullNat => 0,
         },
         _pad2: [0; 2],
         service: service_id,
@@ -954,9 +1059,9 @@ pub fn table_uses_counts(svc: &model::Service) -> bool {
     scheduler::is_load_aware(svc.scheduler) || svc.reals.iter().any(|r| r.u_threshold > 0)
 }
 
-/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key, and one per NAT
-/// real server's (address, port, protocol) under lb_common::nat_reply_filter_proto, by which the
-/// data plane recognises their replies.
+/// The SERVICE_FILTER bitmap for a configuration: one bit per SERVICES key, and one per NAT or
+/// FULLNAT real server's (address, port, protocol) under lb_common::nat_reply_filter_proto, by
+/// which the data plane recognises their replies.
 pub fn filter_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; FILTER_WORDS as usize];
     let mut set = |addr: &[u8; 16], port_be: u16, proto: u8| {
@@ -966,11 +1071,12 @@ pub fn filter_words(config: &Config) -> Vec<u64> {
     for svc in config.services() {
         for k in bpf_keys(svc) {
             set(&k.addr, k.port_be, k.proto);
-            for r in svc
-                .reals
-                .iter()
-                .filter(|r| r.forward == model::ForwardMethod::Nat)
-            {
+            for r in svc.reals.iter().filter(|r| {
+                matches!(
+                    r.forward,
+                    model::ForwardMethod::Nat | model::ForwardMethod::FullNat
+                )
+            }) {
                 let (addr, _) = addr_bytes(r.addr.ip());
                 set(
                     &addr,
@@ -983,9 +1089,25 @@ pub fn filter_words(config: &Config) -> Vec<u64> {
     words
 }
 
-/// Whether any real server is reached by NAT (CONFIG's NAT flag: replies are looked for).
+/// Whether any real server is reached by NAT or FULLNAT (CONFIG's NAT flag: replies are looked
+/// for).
 pub fn uses_nat(config: &Config) -> bool {
-    config.services().iter().any(model::Service::has_nat)
+    config
+        .services()
+        .iter()
+        .any(|s| s.has_nat() || s.has_fullnat())
+}
+
+/// The LADDRS value of a local address.
+fn laddr_of(la: &model::LocalAddr) -> LocalAddr {
+    let (addr, family) = addr_bytes(la.addr);
+    LocalAddr {
+        addr,
+        port_lo: la.ports.lo,
+        port_count: (la.ports.len().min(u16::MAX as u32)) as u16,
+        family,
+        _pad: [0; 3],
+    }
 }
 
 /// The SERVICES keys of a service: a normal service's own key, or each match of a group (a
@@ -1016,13 +1138,13 @@ fn table_upper_bound(svc: &model::Service, params: &scheduler::Params) -> usize 
 }
 
 /// The MAC a real server's frames are sent to: its own in DR mode (None until resolved); a
-/// tunnelled or NAT server needs none (the data plane asks the kernel's FIB for the next hop).
+/// tunnelled, NAT or FULLNAT server needs none (the data plane asks the kernel's FIB).
 fn next_hop_mac(r: &model::RealServer, macs: &HashMap<IpAddr, [u8; 6]>) -> Option<[u8; 6]> {
     match r.forward {
         model::ForwardMethod::Dr => macs.get(&r.addr.ip()).copied(),
-        model::ForwardMethod::Tunnel(_) | model::ForwardMethod::Nat => Some([0; 6]),
-        // FULLNAT: placeholder, the main session plans it
-        model::ForwardMethod::FullNat => Some([0; 6]),
+        model::ForwardMethod::Tunnel(_)
+        | model::ForwardMethod::Nat
+        | model::ForwardMethod::FullNat => Some([0; 6]),
     }
 }
 

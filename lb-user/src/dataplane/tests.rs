@@ -198,8 +198,17 @@ fn fingerprint(p: &Placement) -> String {
             let mut slots: Vec<_> = s.slots.iter().map(|(a, s)| (a, s.id, s.written)).collect();
             slots.sort_by_key(|(a, ..)| **a);
             format!(
-                "{k} {} {} {:?} {:?} {} {:?} {:?} {:?} {:?}",
-                s.adopted, s.id, s.region, s.table, s.kind, s.value_flags, slots, s.pushed, s.keys
+                "{k} {} {} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?}",
+                s.adopted,
+                s.id,
+                s.region,
+                s.table,
+                s.kind,
+                s.value_flags,
+                slots,
+                s.pushed,
+                s.keys,
+                s.laddrs
             )
         })
         .collect();
@@ -1397,4 +1406,104 @@ fn nat_real_servers_get_a_nat_backend_and_a_reply_filter_bit() {
     };
     assert!(bit([10, 0, 0, 2], 8080));
     assert!(!bit([10, 0, 0, 1], 80));
+}
+
+#[test]
+fn local_addresses_keep_their_slots_and_follow_the_service() {
+    use crate::model::{LocalAddr, PortRange};
+    use lb_common::{filter::filter_bit, fwd, laddr_key, nat_reply_filter_proto, FAMILY_V4};
+    let laddr = |a: &str, lo: u16, hi: u16| LocalAddr {
+        addr: a.parse().unwrap(),
+        ports: PortRange { lo, hi },
+        iface: None,
+    };
+    let mut svc = service(tcp(WEB), Scheduler::Rr, &[]);
+    svc.laddrs = vec![
+        laddr("10.0.9.1", 1024, 65535),
+        laddr("10.0.9.2", 2000, 2003),
+        laddr("10.0.9.3", 1024, 65535),
+    ];
+    svc.reals.push(RealServer {
+        forward: ForwardMethod::FullNat,
+        ..real("10.0.0.2:8080", 1)
+    });
+    let mut rig = Rig::new();
+    let cfg = config(vec![svc.clone()]);
+    assert!(plan::uses_nat(&cfg));
+    rig.sync(&cfg).unwrap();
+    let id = rig.sid(&tcp(WEB));
+    let at = |rig: &Rig, slot: u8| rig.maps.laddrs.get(&laddr_key(id, slot)).copied();
+    let value = |rig: &Rig| rig.maps.services[&to_bpf_key(&vaddr(WEB))];
+    assert_eq!(value(&rig).laddrs, 3);
+    let second = at(&rig, 1).unwrap();
+    assert_eq!(
+        (
+            second.addr[..4].to_vec(),
+            second.port_lo,
+            second.port_count,
+            second.family
+        ),
+        (vec![10, 0, 9, 2], 2000, 4, FAMILY_V4)
+    );
+    // A FULLNAT backend, and its replies are looked for as NAT's are.
+    let b = rig
+        .maps
+        .backend(rig.bid(&tcp(WEB), "10.0.0.2:8080"))
+        .unwrap();
+    assert_eq!(b.fwd, fwd::FULLNAT);
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[10, 0, 0, 2]);
+    let bit = filter_bit(
+        &a,
+        8080u16.to_be(),
+        nat_reply_filter_proto(lb_common::PROTO_TCP),
+    );
+    assert!(rig.maps.filter[(bit >> 6) as usize] & (1 << (bit & 63)) != 0);
+    rig.assert_consistent(&cfg);
+
+    // The first address goes: the others keep their slots (connections name them by slot),
+    // and a new one fills the hole.
+    svc.laddrs.remove(0);
+    let cfg = config(vec![svc.clone()]);
+    rig.sync(&cfg).unwrap();
+    assert_eq!(at(&rig, 0), None);
+    assert_eq!(at(&rig, 1), Some(second));
+    assert_eq!(value(&rig).laddrs, 3);
+    svc.laddrs.push(laddr("10.0.9.4", 1024, 65535));
+    let cfg = config(vec![svc.clone()]);
+    rig.sync(&cfg).unwrap();
+    assert_eq!(at(&rig, 0).unwrap().addr[..4], [10, 0, 9, 4]);
+    assert_eq!(at(&rig, 1), Some(second));
+    // A changed port range is rewritten in place.
+    svc.laddrs[0].ports = PortRange { lo: 3000, hi: 3999 };
+    rig.sync(&config(vec![svc.clone()])).unwrap();
+    assert_eq!(at(&rig, 1).unwrap().port_lo, 3000);
+
+    // A new xvsd adopts the slots as they are: the same configuration writes nothing.
+    let pinned = read_pinned(&rig.maps, SCHED_SLOTS).unwrap();
+    let adopted = inherit::inherit(&pinned, SCHED_SLOTS).unwrap();
+    let mut next = Rig {
+        placement: adopted.placement,
+        maps: rig.maps.clone(),
+        macs: rig.placement.inherited_macs(),
+        counts: HashMap::new(),
+        params: rig.params,
+    };
+    next.macs = rig.macs.clone();
+    let cfg = config(vec![svc.clone()]);
+    let plan = next.plan(&cfg).unwrap();
+    assert!(
+        !plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, MapOp::SetLaddr { .. })),
+        "{:?}",
+        plan.ops
+    );
+    next.sync(&cfg).unwrap();
+    assert_eq!(next.maps.laddrs, rig.maps.laddrs);
+
+    // The service goes, and its local addresses with it.
+    next.sync(&Config::default()).unwrap();
+    assert!(next.maps.laddrs.is_empty());
 }

@@ -20,10 +20,59 @@ pub fn flow_key(p: &Parsed) -> FlowKey {
     }
 }
 
-/// A live entry for this flow whose real server still exists: (service, backend id, backend).
+/// A connection as forwarding needs it: its service, real server slot and (FULLNAT) local
+/// address slot and port.
+#[derive(Clone, Copy)]
+pub struct Conn {
+    /// Service id.
+    pub service: u32,
+    /// Backend slot.
+    pub backend: u32,
+    /// FULLNAT: the local-address slot, or while `lport_be` is 0 the pool's slot count.
+    pub local: u8,
+    /// FULLNAT: the local port, network order (0: none given yet).
+    pub lport_be: u16,
+    /// Made by this packet (a NAT connection's way back is still to be recorded).
+    pub fresh: bool,
+}
+
+impl Conn {
+    /// The entry's connection.
+    #[inline(always)]
+    pub fn of(e: &ConnEntry) -> Conn {
+        Conn {
+            service: e.service,
+            backend: e.backend,
+            local: e.local,
+            lport_be: e.lport_be,
+            fresh: false,
+        }
+    }
+
+    /// In one register (a subprogram's result; bit 63 stays clear): backend in bits 0..32,
+    /// service (< 2^16) in 32..48, local in 48..56.
+    #[inline(always)]
+    pub fn pack(&self) -> u64 {
+        self.backend as u64 | (self.service as u64 & 0xffff) << 32 | (self.local as u64) << 48
+    }
+
+    /// The inverse of `pack`: a connection this packet made.
+    #[inline(always)]
+    pub fn unpack(v: u64) -> Conn {
+        Conn {
+            service: ((v >> 32) & 0xffff) as u32,
+            backend: v as u32,
+            local: (v >> 48) as u8,
+            lport_be: 0,
+            fresh: true,
+        }
+    }
+}
+
+/// A live entry for this flow whose real server still exists: the connection and its backend.
 /// Updates the entry's state and clock, writing only what changed.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static Backend)> {
+pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Backend)> {
     maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
         let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
@@ -36,9 +85,26 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(u32, u32, &'static
             }
         };
         touch(e, state, p, now);
-        Some((e.service, e.backend, backend))
+        Some((Conn::of(e), backend))
     })
     .flatten()
+}
+
+/// Gives FULLNAT connection `key` its local address slot and port.
+#[inline(always)]
+pub fn set_local(key: &FlowKey, local: u8, lport_be: u16) -> bool {
+    maps::conn_update(key, |e| {
+        e.local = local;
+        e.lport_be = lport_be;
+    })
+    .is_some()
+}
+
+/// Forgets connection `key` (a new FULLNAT connection that got no port: the client's retry
+/// is scheduled afresh).
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    maps::conn_remove(key);
 }
 
 /// A NAT real server's reply to connection `key` (as the client sent it), from backend `id`:
@@ -95,9 +161,17 @@ fn timeout(state: ConnState) -> Option<u64> {
     })
 }
 
-/// Records a new flow's choice of real server.
+/// Records a new flow's choice of real server (`local`: a FULLNAT pool's slot count).
 #[inline(always)]
-pub fn record(key: &FlowKey, p: &Parsed, service: u32, id: u32, backend: &Backend, now: u64) {
+pub fn record(
+    key: &FlowKey,
+    p: &Parsed,
+    service: u32,
+    id: u32,
+    backend: &Backend,
+    local: u8,
+    now: u64,
+) {
     let state = if p.proto == PROTO_TCP {
         next_tcp_state(ConnState::SynRecv, p.tcp_flags)
     } else {
@@ -108,7 +182,8 @@ pub fn record(key: &FlowKey, p: &Parsed, service: u32, id: u32, backend: &Backen
         generation: backend.generation,
         service,
         state: state as u8,
-        _pad: [0; 3],
+        local,
+        lport_be: 0,
         last_seen_ns: now,
     };
     if maps::conn_insert(key, &entry).is_err() {

@@ -32,6 +32,7 @@ use lb_ebpf::{
 };
 
 use crate::{
+    conntrack::Conn,
     maps::{add_stats, count, StatsOf},
     service::Filter,
     verdict::{verdict, Out},
@@ -61,10 +62,10 @@ fn director(pkt: &mut Packet) -> Result<Out, Reason> {
     let key = conntrack::flow_key(&p);
     let now = ktime_coarse_ns();
     // An established flow needs no service lookup: its entry names the service.
-    let (service_id, backend_id, backend, new_conn) = match conntrack::lookup(&key, &p, now) {
-        Some((svc, id, b)) => {
+    let (conn, backend, new_conn) = match conntrack::lookup(&key, &p, now) {
+        Some((conn, b)) => {
             count(Reason::ConnHit);
-            (svc, id, b, false)
+            (conn, b, false)
         }
         None => {
             let packed = new_flow(&key, &p, port_service, now);
@@ -75,15 +76,15 @@ fn director(pkt: &mut Packet) -> Result<Out, Reason> {
                     reason => Err(reason.unwrap_or(Reason::DropBadBackend)),
                 };
             }
-            let id = packed as u32;
-            let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
-            ((packed >> 32) as u32, id, b, true)
+            let conn = Conn::unpack(packed);
+            let b = maps::backend(conn.backend).ok_or(Reason::DropBadBackend)?;
+            (conn, b, true)
         }
     };
     let bytes = pkt.len() as u64;
-    add_stats(StatsOf::Service, service_id, new_conn, bytes);
-    add_stats(StatsOf::Backend, backend_id, new_conn, bytes);
-    forward::forward(pkt, &p, None, backend_id, backend)
+    add_stats(StatsOf::Service, conn.service, new_conn, bytes);
+    add_stats(StatsOf::Backend, conn.backend, new_conn, bytes);
+    forward::forward(pkt, &p, None, &conn, backend)
 }
 
 /// A packet for no service: a NAT real server's reply goes to xvs_nat, the rest to the kernel.
@@ -100,11 +101,11 @@ const NEW_FLOW_ERR: u64 = 1 << 63;
 
 /// The new-flow path as a BPF subprogram of its own: its locals get their own stack frame
 /// instead of crowding the fast path's under the 512-byte limit. A subprogram returns one
-/// register: (service id << 32 | backend id), or NEW_FLOW_ERR | reason.
+/// register: the new connection (Conn::pack), or NEW_FLOW_ERR | reason.
 #[inline(never)]
 fn new_flow(key: &FlowKey, p: &Parsed, port_service: bool, now: u64) -> u64 {
     match new_flow_inline(key, p, port_service, now) {
-        Ok((svc, id)) => (svc as u64) << 32 | id as u64,
+        Ok(conn) => conn.pack(),
         Err(reason) => NEW_FLOW_ERR | reason as u64,
     }
 }
@@ -118,7 +119,7 @@ fn new_flow_inline(
     p: &Parsed,
     port_service: bool,
     now: u64,
-) -> Result<(u32, u32), Reason> {
+) -> Result<Conn, Reason> {
     let svc = service::lookup(p, port_service)?;
     let pkey = persist::key(svc, p);
     let (id, backend) = match pkey.as_ref().and_then(|k| persist::lookup(k, svc, now)) {
@@ -131,11 +132,21 @@ fn new_flow_inline(
             (id, backend)
         }
     };
-    conntrack::record(key, p, svc.id, id, backend, now);
-    if backend.fwd == fwd::NAT {
-        forward::nat::record(key, id, backend);
-    }
-    Ok((svc.id, id))
+    // A FULLNAT connection's entry holds the pool's size until xvs_nat gives it a port.
+    let local = if backend.fwd == fwd::FULLNAT {
+        svc.laddrs
+    } else {
+        0
+    };
+    conntrack::record(key, p, svc.id, id, backend, local, now);
+    // A NAT connection's way back is recorded by xvs_nat (off this crowded stack).
+    Ok(Conn {
+        service: svc.id,
+        backend: id,
+        local,
+        lport_be: 0,
+        fresh: true,
+    })
 }
 
 /// ICMP for a VIP, tail-called by the director: an error about a reply of a tracked flow goes to
@@ -166,7 +177,7 @@ fn icmp_relay(pkt: &mut Packet) -> Result<Out, Reason> {
         return Err(Reason::PassIcmp);
     }
     count(Reason::IcmpErrorForwarded);
-    forward::forward(pkt, &p, Some(&key), e.backend, backend)
+    forward::forward(pkt, &p, Some(&key), &Conn::of(e), backend)
 }
 
 /// TUN forwarding, tail-called by the director with the job in TUNNEL_JOB: encapsulates toward
@@ -178,11 +189,19 @@ pub fn xvs_tunnel(ctx: XdpContext) -> u32 {
     verdict(&pkt, result)
 }
 
-/// NAT forwarding, tail-called by the director with the job in NAT_JOB: a client's packet to
-/// its NAT real server, or a NAT real server's reply back to its client.
+/// NAT and FULLNAT forwarding, tail-called by the director with the job in NAT_JOB: a client's
+/// packet to its real server, or a real server's reply back to its client.
 #[xdp]
 pub fn xvs_nat(ctx: XdpContext) -> u32 {
     let mut pkt = Packet::new(ctx);
     let result = forward::nat::run(&mut pkt);
+    verdict(&pkt, result)
+}
+
+/// An ICMP error about a NAT connection, tail-called by xvs_nat with the job in NAT_JOB.
+#[xdp]
+pub fn xvs_nat_icmp(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(ctx);
+    let result = forward::nat::run_icmp(&mut pkt);
     verdict(&pkt, result)
 }

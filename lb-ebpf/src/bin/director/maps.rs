@@ -6,17 +6,17 @@
 //! layout (lb_common::layout): a change here is a LAYOUT_VERSION change there.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
-    filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey, Meta,
-    NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue, Stats, TunRoute,
-    TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
+    filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey,
+    LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue,
+    Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
+    MAX_BACKENDS, MAX_SERVICES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 
 // Services change under traffic: without preallocation, a replaced value is freed after an RCU
@@ -58,6 +58,18 @@ static NAT_JOB: PerCpuArray<NatJob> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static NAT_REPLIES: HashMap<FlowKey, NatReply> =
     HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, BPF_F_NO_PREALLOC);
+/// FULLNAT services' local addresses (lb_common::laddr_key); replaced whole, never written in
+/// place.
+#[map]
+static LADDRS: HashMap<u32, LocalAddr> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+/// Each CPU's cursor per service into its FULLNAT candidates: CPUs walk their own sequence, so
+/// allocating a port takes no lock and shares no cache line.
+#[map]
+static FNAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+/// New FULLNAT connections refused for want of a port, per CPU per service (xvsd logs the
+/// service and its pool when it grows).
+#[map]
+static FNAT_EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 /// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
 #[map]
 static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
@@ -228,6 +240,45 @@ pub fn nat_reply(key: &FlowKey) -> Option<&'static NatReply> {
 #[inline(always)]
 pub fn nat_reply_insert(key: &FlowKey, reply: &NatReply) -> Result<(), i32> {
     NAT_REPLIES.insert(key, reply, 0)
+}
+
+/// Records a FULLNAT connection's way back only if that reply flow is not taken: the kernel
+/// checks and inserts atomically, so two CPUs can never be handed the same (local address,
+/// port) toward one real server. Err when taken (or the map is full).
+#[inline(always)]
+pub fn nat_reply_claim(key: &FlowKey, reply: &NatReply) -> Result<(), i32> {
+    NAT_REPLIES.insert(key, reply, BPF_NOEXIST as u64)
+}
+
+/// Forgets a connection (a FULLNAT connection that got no port).
+#[inline(always)]
+pub fn conn_remove(key: &FlowKey) {
+    let _ = CONNS.remove(key);
+}
+
+/// A FULLNAT service's local address in slot `key` (lb_common::laddr_key).
+#[inline(always)]
+pub fn laddr(key: u32) -> Option<&'static LocalAddr> {
+    // SAFETY: values are replaced whole, never written in place (as SERVICES).
+    unsafe { LADDRS.get(&key) }
+}
+
+/// This CPU's FULLNAT cursor of a service. Taken once per program run.
+#[inline(always)]
+pub fn fullnat_cursor(service: u32) -> Option<&'static mut u32> {
+    let c = FNAT_CURSOR.get_ptr_mut(service)?;
+    // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
+    // during the program, and the one caller (forward::nat's allocation) takes it once per run.
+    Some(unsafe { &mut *c })
+}
+
+/// Counts a new FULLNAT connection of `service` refused for want of a port.
+#[inline(always)]
+pub fn count_fullnat_exhausted(service: u32) {
+    if let Some(c) = FNAT_EXHAUSTED.get_ptr_mut(service) {
+        // SAFETY: this CPU's slot, as in `count`.
+        unsafe { *c += 1 };
+    }
 }
 
 /// This CPU's cached route for a tunnel backend slot. Taken once per program run (read, and

@@ -1,53 +1,70 @@
 //! NAT (masquerading, ipvsadm's `-m`): a client's packet gets the real server's address and
 //! port as its destination; the real server routes its replies back through the director, which
-//! finds their connection and gives them the VIP and port back as their source. Both directions
-//! are routed by the kernel's FIB, so one arm (clients and real servers on one segment) and two
-//! arms (an interface each) work alike.
+//! finds their connection and gives them the VIP and port back as their source. FULLNAT (DPVS's
+//! `-b`) also replaces the client's address and port by a local address and port of the
+//! service's pool, so the real server answers the director whatever its routes; the reply gets
+//! the VIP as its source and the client as its destination back. Both directions are routed by
+//! the kernel's FIB, so one arm (clients and real servers on one segment) and two arms (an
+//! interface each) work alike.
+//!
+//! A FULLNAT port is allocated when the connection's first packet reaches xvs_nat: this CPU's
+//! cursor walks the pool's (address, port) candidates, and the first whose reply flow (real
+//! server -> local address and port) the kernel inserts into NAT_REPLIES with BPF_NOEXIST is
+//! the connection's. The insert is the check, atomically, so no two connections toward one real
+//! server ever share a (local address, port); CPUs start their walks far apart, so they rarely
+//! meet. xvsd removes the way back when the connection ends, which frees the port.
 //!
 //! A next hop whose MAC the FIB does not know yet (typically a client the director never
 //! talked to) gets the packet translated and passed to the kernel, which forwards it and
 //! resolves the neighbour: the next packets are sent by XDP again.
 //!
 //! The director hands the packet to xvs_nat through NAT_JOB and a tail call, as it does for TUN:
-//! the rewrite and the FIB lookup then run with a fresh stack. Replies are recognised by their
+//! the rewrite and the FIB lookup then run with a fresh stack; ICMP errors go on to
+//! xvs_nat_icmp, another fresh stack, for their translation. Replies are recognised by their
 //! source: each NAT real server's (address, port, protocol) has a bit in the service filter
 //! (under lb_common::nat_reply_filter_proto), probed only when CONFIG says NAT is in use and
 //! the packet is for no service, so traffic that is not ours pays one CONFIG read.
 
 use lb_common::{
-    config_flags, nat_job, nat_reply_filter_proto, Backend, FlowKey, NatReply, Reason, FAMILY_V6,
-    PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    config_flags, fwd, laddr_key, nat_job, nat_reply_filter_proto, Backend, FlowKey, NatReply,
+    Reason, FAMILY_V6, FULLNAT_PROBES, PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT, TAIL_NAT_ICMP,
+    TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
-    helpers::{ktime_coarse_ns, ktime_ns},
+    helpers::{ktime_coarse_ns, ktime_ns, smp_processor_id},
     icmp,
     icmp::Quote,
-    nat::{rewrite, rewrite_icmp, End, IcmpTranslation},
+    nat::{rewrite, rewrite_icmp, End, IcmpTranslation, Tuple},
     packet::Packet,
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
     route::{self, Hop, NoRoute, Query},
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, Conn},
     maps::{self, count},
     service::filter_hit,
     verdict::{Out, Packed},
 };
 
-/// Hands a client's packet for NAT backend `backend_id` to xvs_nat. Returns only when the NAT
-/// program is missing.
+/// Hands a client's packet of NAT or FULLNAT connection `conn` to xvs_nat. Returns only when
+/// the NAT program is missing.
 #[inline(always)]
-pub fn hand_off(pkt: &Packet, backend_id: u32) -> Result<Out, Reason> {
+pub fn hand_off(pkt: &Packet, conn: &Conn) -> Result<Out, Reason> {
     let job = maps::nat_job_mut().ok_or(Reason::DropTailCallMissing)?;
     job.kind = nat_job::INBOUND;
-    job.backend = backend_id;
+    job.backend = conn.backend;
+    job.service = conn.service;
+    job.local = conn.local;
+    job.fresh = conn.fresh as u8;
+    job.lport_be = conn.lport_be;
     maps::tail_call(pkt.ctx(), TAIL_NAT);
     Err(Reason::DropTailCallMissing)
 }
 
-/// Whether a packet that is for no service may be a NAT real server's reply: NAT is in use and
-/// its source (address and port, or address and any port) is a NAT real server's.
+/// Whether a packet that is for no service may be a NAT or FULLNAT real server's reply: one of
+/// them is in use and its source (address and port, or address and any port) is such a real
+/// server's.
 #[inline(always)]
 pub fn maybe_reply(p: &Parsed) -> bool {
     if !in_use() {
@@ -57,7 +74,7 @@ pub fn maybe_reply(p: &Parsed) -> bool {
     filter_hit(&p.src, p.sport_be, proto) || filter_hit(&p.src, 0, proto)
 }
 
-/// Whether some real server is reached by NAT (CONFIG's flag).
+/// Whether some real server is reached by NAT or FULLNAT (CONFIG's flag).
 #[inline(always)]
 pub fn in_use() -> bool {
     maps::config().is_some_and(|c| c.flags & config_flags::NAT != 0)
@@ -72,23 +89,27 @@ pub fn hand_off_reply(pkt: &Packet) -> Result<Out, Reason> {
     Err(Reason::DropTailCallMissing)
 }
 
-/// Records the way back of a new NAT connection `key` (client -> VIP) to backend `id`: its
-/// replies come from the real server's address and port to the client's.
-#[inline(always)]
-pub fn record(key: &FlowKey, id: u32, b: &Backend) {
+/// Records the way back of the new NAT connection of packet `p` (client -> VIP) to backend
+/// `id`: its replies come from the real server's address and port to the client's.
+#[inline(never)]
+fn record_call(p: &Parsed, id: u32) {
+    let Some(b) = maps::backend(id) else {
+        return;
+    };
     let reply = FlowKey {
         src: b.addr,
-        dst: key.src,
-        sport_be: real_port(b, key.dport_be),
-        dport_be: key.sport_be,
-        proto: key.proto,
-        family: key.family,
+        dst: p.src,
+        sport_be: real_port(b, p.dport_be),
+        dport_be: p.sport_be,
+        proto: p.proto,
+        family: p.family,
         _pad: [0; 2],
     };
     let back = NatReply {
-        vip: key.dst,
-        vport_be: key.dport_be,
-        _pad: [0; 2],
+        vip: p.dst,
+        client: p.src,
+        vport_be: p.dport_be,
+        cport_be: p.sport_be,
         backend: id,
     };
     if maps::nat_reply_insert(&reply, &back).is_err() {
@@ -111,36 +132,35 @@ fn real_port(b: &Backend, dport_be: u16) -> u16 {
 pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
     let (inbound, id) = (job.kind == nat_job::INBOUND, job.backend);
+    let mut local = Local {
+        service: job.service,
+        slot: job.local,
+        lport_be: job.lport_be,
+    };
     let p = parse(pkt)?;
     if is_icmp(&p) {
-        // Planned by one subprogram, done by others: the frames are siblings.
-        let mut plan = IcmpPlan {
-            t: IcmpTranslation {
-                quote: Quote {
-                    l3_off: 0,
-                    l4_off: 0,
-                },
-                outer: None,
-                inner: End::Src,
-                addr: &p.dst,
-                port_be: 0,
-            },
-            hop: Hop::default(),
-            tx: Reason::TxNat,
-        };
-        let planned = if inbound {
-            icmp_inbound_call(pkt, &p, id, &mut plan)
-        } else {
-            icmp_reply_call(pkt, &p, &mut plan)
-        };
-        translated(planned)?;
-        translated(rewrite_icmp(pkt, &p, &plan.t))?;
-        return send(pkt, &plan.hop, plan.tx);
+        // ICMP errors have a program of their own (a fresh stack for their translation).
+        maps::tail_call(pkt.ctx(), TAIL_NAT_ICMP);
+        return Err(Reason::DropTailCallMissing);
+    }
+    let fwd = maps::backend(id).map_or(fwd::DR, |b| b.fwd);
+    if inbound && job.fresh != 0 && fwd == fwd::NAT {
+        record_call(&p, id);
+    }
+    if inbound && local.lport_be == 0 && fwd == fwd::FULLNAT {
+        // A new FULLNAT connection: its (local address, port) first.
+        let got = allocate_call(&p, id, local.service, local.slot);
+        settle_call(&p, (got >> 16) as u8, got as u16);
+        if got == 0 {
+            return Err(Reason::DropFullNatNoPort);
+        }
+        local.slot = (got >> 16) as u8;
+        local.lport_be = got as u16;
     }
     let step = if inbound {
-        l4_inbound_call(pkt, &p, id)
+        to_server(pkt, &p, id, &local)
     } else {
-        l4_reply_call(pkt, &p)
+        reply(pkt, &p)
     };
     if let Some(mtu) = step.too_big() {
         // As a router would: the sender learns the path MTU.
@@ -150,6 +170,38 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
     step.decode()
 }
 
+/// The body of xvs_nat_icmp: an ICMP error about a NAT connection, tail-called by xvs_nat with
+/// the job it was given.
+#[inline(always)]
+pub fn run_icmp(pkt: &mut Packet) -> Result<Out, Reason> {
+    let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
+    let (inbound, id) = (job.kind == nat_job::INBOUND, job.backend);
+    let p = parse(pkt)?;
+    // Planned by one subprogram, done by others: the frames are siblings.
+    let mut plan = IcmpPlan {
+        t: IcmpTranslation {
+            quote: Quote {
+                l3_off: 0,
+                l4_off: 0,
+            },
+            outer: None,
+            inner: End::Src,
+            addr: &p.dst,
+            port_be: 0,
+        },
+        hop: Hop::default(),
+        tx: Reason::TxNat,
+    };
+    let planned = if inbound {
+        icmp_inbound_call(pkt, &p, id, &mut plan)
+    } else {
+        icmp_reply_call(pkt, &p, &mut plan)
+    };
+    translated(planned)?;
+    translated(rewrite_icmp(pkt, &p, &plan.t))?;
+    send(pkt, &plan.hop, plan.tx)
+}
+
 /// How an ICMP error about a NAT connection is translated and where it goes.
 struct IcmpPlan<'a> {
     t: IcmpTranslation<'a>,
@@ -157,17 +209,98 @@ struct IcmpPlan<'a> {
     tx: Reason,
 }
 
-// Each kind of packet is translated in a BPF subprogram of its own, and the too-big answer is
-// made by the caller: their stack frames are siblings, never added up.
+// The allocation, the way back's record and each kind of ICMP error are BPF subprograms of
+// their own, and the too-big answer is made by the caller: their stack frames are siblings,
+// never added up.
 
 #[inline(never)]
-fn l4_inbound_call(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
-    inbound(pkt, p, id)
+fn allocate_call(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
+    allocate(p, id, service, slots)
 }
 
+/// A FULLNAT connection's local side as the job carries it.
+struct Local {
+    /// Service id.
+    service: u32,
+    /// Local-address slot (the pool's slot count while `lport_be` is 0).
+    slot: u8,
+    /// Local port, network order; 0 for NAT.
+    lport_be: u16,
+}
+
+/// Gives the new FULLNAT connection of packet `p` (client -> VIP) to backend `id` a local
+/// address and port: this CPU's cursor walks the service's candidates, and the first whose
+/// reply flow the kernel records as new is taken. The result is (slot << 16 | port, network
+/// order), or 0 when FULLNAT_PROBES candidates were all taken (the service's refusals are
+/// counted for xvsd's log).
+#[inline(always)]
+fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
+    let Some(b) = maps::backend(id) else {
+        return 0;
+    };
+    let Some(cursor) = maps::fullnat_cursor(service) else {
+        return 0;
+    };
+    let n = slots as u32;
+    if n == 0 {
+        maps::count_fullnat_exhausted(service);
+        return 0;
+    }
+    // CPUs start far apart in the candidates (a large odd stride), so they seldom meet.
+    let base = cursor.wrapping_add(smp_processor_id().wrapping_mul(0x9e37_79b1));
+    let mut reply = FlowKey {
+        src: b.addr,
+        dst: [0; 16],
+        sport_be: real_port(b, p.dport_be),
+        dport_be: 0,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    };
+    let back = NatReply {
+        vip: p.dst,
+        client: p.src,
+        vport_be: p.dport_be,
+        cport_be: p.sport_be,
+        backend: id,
+    };
+    let mut i = 0;
+    while i < FULLNAT_PROBES {
+        let k = base.wrapping_add(i);
+        i += 1;
+        let slot = (k % n) as u8;
+        let Some(la) = maps::laddr(laddr_key(service, slot)) else {
+            continue;
+        };
+        if la.family != p.family || la.port_count == 0 {
+            continue;
+        }
+        let port = la
+            .port_lo
+            .wrapping_add(((k / n) % la.port_count as u32) as u16);
+        reply.dst = la.addr;
+        reply.dport_be = port.to_be();
+        if maps::nat_reply_claim(&reply, &back).is_ok() {
+            *cursor = cursor.wrapping_add(i);
+            return (slot as u32) << 16 | reply.dport_be as u32;
+        }
+    }
+    *cursor = cursor.wrapping_add(FULLNAT_PROBES);
+    maps::count_fullnat_exhausted(service);
+    0
+}
+
+/// Gives the connection of packet `p` its local slot and port, or (port 0: none was free)
+/// forgets it, so the client's retry is a new connection. A subprogram: its key stays off
+/// the allocation's frame.
 #[inline(never)]
-fn l4_reply_call(pkt: &mut Packet, p: &Parsed) -> Packed {
-    reply(pkt, p)
+fn settle_call(p: &Parsed, slot: u8, lport_be: u16) {
+    let key = conntrack::flow_key(p);
+    if lport_be == 0 {
+        conntrack::forget(&key);
+    } else {
+        conntrack::set_local(&key, slot, lport_be);
+    }
 }
 
 #[inline(never)]
@@ -208,6 +341,10 @@ fn is_icmp(p: &Parsed) -> bool {
 #[inline(always)]
 fn icmp_inbound(pkt: &Packet, p: &Parsed, id: u32, plan: &mut IcmpPlan<'_>) -> Result<(), Reason> {
     let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+    if b.fwd == fwd::FULLNAT {
+        // Both ends of the quote would change: not translated yet, the kernel gets it.
+        return Err(Reason::PassIcmp);
+    }
     let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
     plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
     plan.t.outer = Some(End::Dst);
@@ -227,6 +364,10 @@ fn icmp_reply(pkt: &Packet, p: &Parsed, plan: &mut IcmpPlan<'_>) -> Result<(), R
     // The quoted packet went client -> real server: as NAT_REPLIES keys it, from the server.
     let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
     let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
+    if !same_addr(&back.client, &key.dst) {
+        // FULLNAT: both ends of the quote would change; not translated yet.
+        return Err(Reason::PassIcmp);
+    }
     let from_server = same_addr(&p.src, &key.src);
     // The same key, now the connection's as the client made it.
     let client = key.dst;
@@ -272,13 +413,28 @@ fn route_to(pkt: &Packet, p: &Parsed, dst: &[u8; 16]) -> Result<Hop, Reason> {
     route::lookup(pkt, &q).map_err(no_route)
 }
 
-/// A client's packet: to the real server's address and port.
+/// A client's packet: to the real server's address and port (FULLNAT: from the connection's
+/// local address and port).
 #[inline(always)]
-fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
+fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
     let Some(b) = maps::backend(id) else {
         return Packed::encode(Err(Reason::DropBadBackend));
     };
-    let port = real_port(b, p.dport_be);
+    let (src, sport, tx) = if b.fwd == fwd::FULLNAT {
+        match maps::laddr(laddr_key(local.service, local.slot)) {
+            Some(la) => (&la.addr, local.lport_be, Reason::TxFullNat),
+            // Its local address was deleted: the connection cannot go on.
+            None => return Packed::encode(Err(Reason::DropBadBackend)),
+        }
+    } else {
+        (&p.src, p.sport_be, Reason::TxNat)
+    };
+    let t = Tuple {
+        src,
+        sport_be: sport,
+        dst: &b.addr,
+        dport_be: real_port(b, p.dport_be),
+    };
     let len = match ip_len(pkt, p) {
         Ok(len) => len,
         Err(reason) => return Packed::encode(Err(reason)),
@@ -300,19 +456,16 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
                 smac: r.smac,
                 mtu: r.mtu,
             };
-            return Packed::encode(
-                rewrite(pkt, p, End::Dst, &b.addr, port)
-                    .and_then(|()| send(pkt, &hop, Reason::TxNat)),
-            );
+            return Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, tx)));
         }
     }
     let q = Query {
         family: p.family,
         proto: p.proto,
-        src: &p.src,
+        src: t.src,
         dst: &b.addr,
-        sport_be: p.sport_be,
-        dport_be: port,
+        sport_be: t.sport_be,
+        dport_be: t.dport_be,
         len,
     };
     match route::lookup(pkt, &q) {
@@ -327,58 +480,59 @@ fn inbound(pkt: &mut Packet, p: &Parsed, id: u32) -> Packed {
                 r.dmac = hop.dmac;
                 r.smac = hop.smac;
             }
-            Packed::encode(
-                rewrite(pkt, p, End::Dst, &b.addr, port)
-                    .and_then(|()| send(pkt, &hop, Reason::TxNat)),
-            )
+            Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, tx)))
         }
-        Err(NoRoute::NoNeighbor) => Packed::encode(
-            rewrite(pkt, p, End::Dst, &b.addr, port).and(Err(Reason::PassNatNoNeighbor)),
-        ),
+        Err(NoRoute::NoNeighbor) => {
+            Packed::encode(rewrite(pkt, p, &t).and(Err(Reason::PassNatNoNeighbor)))
+        }
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
     }
 }
 
-/// Maybe a real server's reply: its connection's VIP and port become its source, toward the
-/// client. Anything that is not a live connection's reply from its own real server goes to
-/// the kernel unchanged.
+/// Maybe a real server's reply: its connection's VIP and port become its source, and (FULLNAT)
+/// the client's address and port its destination. Anything that is not a live connection's
+/// reply from its own real server goes to the kernel unchanged.
 #[inline(always)]
 fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     let mut key = conntrack::flow_key(p);
     let Some(back) = maps::nat_reply(&key) else {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     };
-    let (vport, id) = (back.vport_be, back.backend);
     // The same key, now the connection's as the client made it (one key on the stack).
-    key.src = p.dst;
+    key.src = back.client;
     key.dst = back.vip;
-    key.sport_be = p.dport_be;
-    key.dport_be = vport;
-    if !conntrack::reply_seen(&key, p, id, ktime_coarse_ns()) {
+    key.sport_be = back.cport_be;
+    key.dport_be = back.vport_be;
+    if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     }
     let len = match ip_len(pkt, p) {
         Ok(len) => len,
         Err(reason) => return Packed::encode(Err(reason)),
     };
+    let t = Tuple {
+        src: &back.vip,
+        sport_be: back.vport_be,
+        dst: &back.client,
+        dport_be: back.cport_be,
+    };
     let q = Query {
         family: p.family,
         proto: p.proto,
-        src: &back.vip,
-        dst: &p.dst,
-        sport_be: vport,
-        dport_be: p.dport_be,
+        src: t.src,
+        dst: t.dst,
+        sport_be: t.sport_be,
+        dport_be: t.dport_be,
         len,
     };
     match route::lookup(pkt, &q) {
-        Ok(hop) => Packed::encode(
-            rewrite(pkt, p, End::Src, &back.vip, vport)
-                .and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
-        ),
-        Err(NoRoute::NoNeighbor) => Packed::encode(
-            rewrite(pkt, p, End::Src, &back.vip, vport).and(Err(Reason::PassNatNoNeighbor)),
-        ),
+        Ok(hop) => {
+            Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, Reason::TxNatReply)))
+        }
+        Err(NoRoute::NoNeighbor) => {
+            Packed::encode(rewrite(pkt, p, &t).and(Err(Reason::PassNatNoNeighbor)))
+        }
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
     }

@@ -1,0 +1,337 @@
+//! FULLNAT forwarding through the real director object (BPF_PROG_TEST_RUN), in a network
+//! namespace whose routes and neighbours the program's FIB lookups see. Expected frames are
+//! built from scratch by etherparse (both ends translated, checksums computed over the whole
+//! packet), so the incremental updates of both addresses and ports are checked against an
+//! independent computation: client -> real server from the local address and an allocated
+//! port (TCP, UDP, IPv4, IPv6, port mapping), the real server's replies to the local address
+//! back to the client from the VIP; the port pool exhausted, refused, counted, and free again
+//! once a connection is gone; one port reused toward another real server; replies of no
+//! connection.
+
+use std::collections::HashSet;
+
+use lb_common::{config_flags, FlowKey, Reason, FAMILY_V4, PROTO_TCP};
+use lb_user::model::{
+    Change, ForwardMethod, LocalAddr, PortRange, Protocol, RealServer, Scheduler, ServiceKey,
+};
+use xvs_tests::{
+    packets::{frame, tcp, Flags, ACK, L4, SYN},
+    progtest::{in_fib_ns, mac_text, verdict, Director},
+};
+
+const NS: &str = "xvsfnat-prog";
+const D0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd0];
+const RS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+const RS2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const CLIENT: &str = "192.0.2.1";
+const CLIENT6: &str = "2001:db8:1::1";
+const VIP: &str = "203.0.113.10";
+const VIP6: &str = "2001:db8:10::10";
+const RS: &str = "198.51.100.20";
+const RS2: &str = "198.51.100.21";
+const RS6: &str = "2001:db8:100::20";
+/// The local addresses (the director's, on the real servers' segment).
+const LIP: &str = "198.51.100.5";
+const LIP6: &str = "2001:db8:100::5";
+
+fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
+    let script = format!(
+        "ip link add d0 address {d0} type veth peer name d1
+            for l in d0 d1; do ip link set $l up; done
+            ip addr add 198.51.100.1/26 dev d0
+            ip addr add {LIP}/26 dev d0
+            ip addr add 2001:db8:100::1/64 dev d0 nodad
+            ip addr add {LIP6}/64 dev d0 nodad
+            ip neigh add {RS} lladdr {rs} dev d0 nud permanent
+            ip neigh add {RS2} lladdr {rs2} dev d0 nud permanent
+            ip neigh add {RS6} lladdr {rs} dev d0 nud permanent
+            ip neigh add 198.51.100.62 lladdr {gw} dev d0 nud permanent
+            ip neigh add 2001:db8:100::fe lladdr {gw} dev d0 nud permanent
+            ip route add 192.0.2.0/24 via 198.51.100.62
+            ip -6 route add 2001:db8:1::/64 via 2001:db8:100::fe
+            sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
+        d0 = mac_text(&D0_MAC),
+        rs = mac_text(&RS_MAC),
+        rs2 = mac_text(&RS2_MAC),
+        gw = mac_text(&GW_MAC),
+    );
+    in_fib_ns(NS, &script, f);
+}
+
+fn bracket(a: &str) -> String {
+    if a.contains(':') {
+        format!("[{a}]")
+    } else {
+        a.to_string()
+    }
+}
+
+fn key(proto: Protocol, vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: proto,
+        addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
+    }
+}
+
+fn fullnat(rs: &str, port: u16) -> RealServer {
+    RealServer {
+        forward: ForwardMethod::FullNat,
+        ..RealServer::dr(format!("{}:{port}", bracket(rs)).parse().unwrap(), 1)
+    }
+}
+
+/// A FULLNAT service with one local address (ports `lo..=hi`) and these real servers, and
+/// CONFIG's NAT flag as xvsd sets it.
+fn service(d: &mut Director, k: ServiceKey, lip: &str, (lo, hi): (u16, u16), reals: &[RealServer]) {
+    let mut changes = vec![
+        Change::add_service(k, Scheduler::Rr),
+        Change::AddLocalAddr {
+            service: k,
+            laddr: LocalAddr {
+                addr: lip.parse().unwrap(),
+                ports: PortRange { lo, hi },
+                iface: None,
+            },
+        },
+    ];
+    for r in reals {
+        changes.push(Change::AddReal {
+            service: k,
+            real: r.clone(),
+        });
+    }
+    d.apply(&changes);
+    let mut c = d.dp.current_config().unwrap();
+    c.flags |= config_flags::NAT;
+    d.dp.set_config(c).unwrap();
+}
+
+fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+/// The source port of a translated frame (IPv4 or IPv6, no VLAN).
+fn sport(f: &[u8]) -> u16 {
+    let l4 = if f[12..14] == [0x86, 0xdd] {
+        14 + 40
+    } else {
+        14 + 20
+    };
+    u16::from_be_bytes([f[l4], f[l4 + 1]])
+}
+
+const SYN_ACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+#[test]
+fn both_ends_are_translated_both_ways_exact_bytes() {
+    in_ns(|d, ifx| {
+        use Protocol::{Tcp, Udp};
+        // (what, protocol, VIP, VIP port, real server, its port, client, local address, L4)
+        type Case<'a> = (
+            &'a str,
+            Protocol,
+            &'a str,
+            u16,
+            &'a str,
+            u16,
+            &'a str,
+            &'a str,
+            L4,
+        );
+        let cases: &[Case] = &[
+            (
+                "tcp v4 port map",
+                Tcp,
+                VIP,
+                80,
+                RS,
+                8080,
+                CLIENT,
+                LIP,
+                L4::Tcp(SYN),
+            ),
+            ("udp v4", Udp, VIP, 53, RS, 5353, CLIENT, LIP, L4::Udp),
+            (
+                "tcp v6",
+                Tcp,
+                VIP6,
+                80,
+                RS6,
+                8080,
+                CLIENT6,
+                LIP6,
+                L4::Tcp(SYN),
+            ),
+            ("udp v6", Udp, VIP6, 53, RS6, 53, CLIENT6, LIP6, L4::Udp),
+        ];
+        for (n, &(what, proto, vip, vport, rs, rport, client, lip, l4)) in cases.iter().enumerate()
+        {
+            service(
+                d,
+                key(proto, vip, vport),
+                lip,
+                (20000, 29999),
+                &[fullnat(rs, rport)],
+            );
+            let cport = 40000 + n as u16;
+            let payload = b"0123456789abcdef-odd";
+            let (v, out) = d.run_on(ifx, &frame(client, cport, vip, vport, l4, None, payload));
+            assert_eq!(v, verdict::TX, "{what}: inbound verdict");
+            let lport = sport(&out);
+            assert!(
+                (20000..=29999).contains(&lport),
+                "{what}: local port {lport}"
+            );
+            let want = with_macs(
+                frame(lip, lport, rs, rport, l4, None, payload),
+                RS_MAC,
+                D0_MAC,
+            );
+            assert_eq!(out, want, "{what}: inbound bytes");
+            // The next packet of the connection keeps its local port.
+            let (v, again) = d.run_on(ifx, &frame(client, cport, vip, vport, l4, None, payload));
+            assert_eq!((v, again), (verdict::TX, want), "{what}: second packet");
+            // The real server answers the local address; the client sees the VIP.
+            let reply_l4 = match l4 {
+                L4::Tcp(_) => L4::Tcp(SYN_ACK),
+                L4::Udp => L4::Udp,
+            };
+            let answer = frame(rs, rport, lip, lport, reply_l4, None, payload);
+            let (v, out) = d.run_on(ifx, &answer);
+            assert_eq!(v, verdict::TX, "{what}: reply verdict");
+            let want = with_macs(
+                frame(vip, vport, client, cport, reply_l4, None, payload),
+                GW_MAC,
+                D0_MAC,
+            );
+            assert_eq!(out, want, "{what}: reply bytes");
+        }
+        assert_eq!(d.reason(Reason::TxFullNat), 8);
+        assert_eq!(d.reason(Reason::TxNatReply), 4);
+        assert_eq!(d.reason(Reason::DropFullNatNoPort), 0);
+    });
+}
+
+#[test]
+fn an_exhausted_pool_refuses_new_connections_and_recovers_when_one_ends() {
+    in_ns(|d, ifx| {
+        let k = key(Protocol::Tcp, VIP, 80);
+        service(d, k, LIP, (41000, 41003), &[fullnat(RS, 80)]);
+        let mut ports = HashSet::new();
+        for cport in 50000..50004u16 {
+            let (v, out) = d.run_on(ifx, &tcp(CLIENT, cport, VIP, 80, SYN));
+            assert_eq!(v, verdict::TX, "connection {cport}");
+            assert!(
+                ports.insert(sport(&out)),
+                "port {} handed out twice",
+                sport(&out)
+            );
+        }
+        assert_eq!(ports, (41000..=41003).collect::<HashSet<u16>>());
+        // A fifth: refused, counted under its reason and for its service, and not tracked.
+        let (v, _) = d.run_on(ifx, &tcp(CLIENT, 50004, VIP, 80, SYN));
+        assert_eq!(v, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropFullNatNoPort), 1);
+        let id = d.dp.service_id(&k).unwrap();
+        assert_eq!(d.dp.fullnat_exhausted().unwrap().get(&id), Some(&1));
+        let conn = |cport: u16| {
+            let mut k = FlowKey {
+                sport_be: cport.to_be(),
+                dport_be: 80u16.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+                ..FlowKey::default()
+            };
+            k.src[..4].copy_from_slice(&[192, 0, 2, 1]);
+            k.dst[..4].copy_from_slice(&[203, 0, 113, 10]);
+            k
+        };
+        assert!(d.dp.conn_entry(&conn(50004)).is_none());
+        let first = d.dp.conn_entry(&conn(50000)).expect("tracked");
+        assert!((41000..=41003).contains(&u16::from_be(first.lport_be)));
+        assert_eq!(d.dp.nat_replies().unwrap().len(), 4);
+        // The first connection is reset and its entry expires at once (a zero CLOSE timeout):
+        // xvsd's walk removes its way back, which frees its port for the refused client.
+        let mut c = d.dp.current_config().unwrap();
+        c.tcp_close_timeout_ns = 0;
+        d.dp.set_config(c).unwrap();
+        let freed = sport(&d.run_on(ifx, &tcp(CLIENT, 50000, VIP, 80, RST)).1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        d.dp.conn_counts().unwrap();
+        assert_eq!(d.dp.nat_replies().unwrap().len(), 3);
+        let (v, out) = d.run_on(ifx, &tcp(CLIENT, 50004, VIP, 80, SYN));
+        assert_eq!(v, verdict::TX);
+        assert_eq!(sport(&out), freed);
+        // Every other connection kept its port all along.
+        for cport in 50001..50004u16 {
+            let (v, out) = d.run_on(ifx, &tcp(CLIENT, cport, VIP, 80, ACK));
+            assert_eq!(v, verdict::TX);
+            assert!(ports.contains(&sport(&out)) && sport(&out) != freed);
+        }
+    });
+}
+
+#[test]
+fn one_local_port_serves_connections_to_different_real_servers() {
+    in_ns(|d, ifx| {
+        // One address, one port: unique per (local address, port, real server, port).
+        let k = key(Protocol::Tcp, VIP, 80);
+        service(
+            d,
+            k,
+            LIP,
+            (42000, 42000),
+            &[fullnat(RS, 80), fullnat(RS2, 80)],
+        );
+        let (v1, a) = d.run_on(ifx, &tcp(CLIENT, 51000, VIP, 80, SYN));
+        let (v2, b) = d.run_on(ifx, &tcp(CLIENT, 51001, VIP, 80, SYN));
+        assert_eq!((v1, v2), (verdict::TX, verdict::TX));
+        assert_eq!((sport(&a), sport(&b)), (42000, 42000));
+        assert_ne!(a[..6], b[..6], "two real servers");
+        // A third connection would need a second port toward one of them.
+        let (v, _) = d.run_on(ifx, &tcp(CLIENT, 51002, VIP, 80, SYN));
+        assert_eq!(v, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropFullNatNoPort), 1);
+    });
+}
+
+#[test]
+fn replies_of_no_connection_pass_unchanged() {
+    in_ns(|d, ifx| {
+        service(
+            d,
+            key(Protocol::Tcp, VIP, 80),
+            LIP,
+            (43000, 43999),
+            &[fullnat(RS, 80)],
+        );
+        // To the local address from the real server, for a port no connection holds.
+        let unknown = tcp(RS, 80, LIP, 43000, SYN_ACK);
+        let (v, out) = d.run_on(ifx, &unknown);
+        assert_eq!((v, out), (verdict::PASS, unknown.clone()));
+        assert_eq!(d.reason(Reason::PassNatReplyUnknown), 1);
+        // A connection; then a packet to its local port from an address that is no real
+        // server: not even looked up.
+        let (v, out) = d.run_on(ifx, &tcp(CLIENT, 52000, VIP, 80, SYN));
+        assert_eq!(v, verdict::TX);
+        let spoofed = tcp("198.51.100.30", 80, LIP, sport(&out), SYN_ACK);
+        let (v, got) = d.run_on(ifx, &spoofed);
+        assert_eq!((v, got), (verdict::PASS, spoofed.clone()));
+        assert_eq!(d.reason(Reason::PassNatReplyUnknown), 1);
+        assert_eq!(d.reason(Reason::PassNotService), 1);
+    });
+}
