@@ -1615,6 +1615,21 @@ laddrs = ["10.0.0.9", { addr = "10.0.0.10", ports = "40000-40999", iface = "eth1
         assert_eq!(diff::normalise(&s.config).unwrap(), s.config);
     }
 
+    /// The example file's commented FULLNAT service is valid once uncommented.
+    #[test]
+    fn the_examples_fullnat_service_parses() {
+        let at = EXAMPLE.rfind("# [[service]]").expect("the FULLNAT example");
+        let text: String = EXAMPLE[at..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = parse(&text).unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
+        let svc = &s.config.services()[0];
+        assert_eq!(svc.laddrs.len(), 2);
+        assert_eq!(svc.reals[0].forward, ForwardMethod::FullNat);
+    }
+
     #[test]
     fn fullnat_errors_point_at_their_values() {
         assert_errors(

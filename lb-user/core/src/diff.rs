@@ -347,6 +347,13 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
             Some(_) => {}
         }
         let name = rules::service_option(&t.key);
+        // FULLNAT servers that go and come back around a changed local address.
+        let readd = s.map(|s| laddr_plan(s, t).readd).unwrap_or_default();
+        for r in s.iter().flat_map(|s| &s.reals) {
+            if !t.reals.iter().any(|x| x.addr == r.addr) || readd.contains(&r.addr) {
+                lines.push(format!("-d {name} -r {}", r.addr));
+            }
+        }
         for l in s.iter().flat_map(|s| &s.laddrs) {
             if !t.laddrs.contains(l) {
                 lines.push(format!("-Q {name} -z {}", l.addr));
@@ -359,17 +366,11 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
             .cloned()
             .collect();
         lines.extend(rules::laddr_rules(&name, &added).lines().map(String::from));
-        for r in s.iter().flat_map(|s| &s.reals) {
-            if !t.reals.iter().any(|x| x.addr == r.addr) {
-                lines.push(format!(
-                    "-d {} -r {}",
-                    rules::service_option(&t.key),
-                    r.addr
-                ));
-            }
-        }
         for r in &t.reals {
-            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+            let found = s
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .filter(|_| !readd.contains(&r.addr));
+            match found {
                 Some(c) if c == r => {}
                 Some(c) => {
                     let mut line = edit_line(real_rule(t, r));
@@ -968,8 +969,10 @@ tcp = "203.0.113.10:80"
         assert_eq!(
             d.lines,
             [
+                "-d -t 203.0.113.10:80 -r 198.51.100.11:8080",
                 "-Q -t 203.0.113.10:80 -z 10.0.0.9",
                 "-P -t 203.0.113.10:80 -z 10.0.0.9 --laddr-ports 40000-40999",
+                "-a -t 203.0.113.10:80 -r 198.51.100.11:8080 -b -w 1",
             ]
         );
         // With a new address of its family in the target, the servers stay.
