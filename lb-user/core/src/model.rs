@@ -443,6 +443,16 @@ impl LocalAddr {
     }
 }
 
+/// Whether `name` can be a Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or
+/// white space), so that -S can write it as one word.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// `IPv4` or `IPv6`, as errors name a family.
 fn family_name(ipv4: bool) -> &'static str {
     if ipv4 {
@@ -974,6 +984,9 @@ pub enum ConfigError {
     /// More than [`MAX_LADDRS`] local addresses.
     #[error("Too many local addresses for {0}: at most 64")]
     TooManyLocalAddrs(String),
+    /// A local address's interface name that cannot be a Linux interface's.
+    #[error("Illegal interface name: `{0}' (1 to 15 bytes, no '/', ':' or blanks)")]
+    BadInterface(String),
     /// A source port range that is empty or includes port 0.
     #[error("Illegal local port range: {0} (expected LO-HI with 1 <= LO <= HI <= 65535)")]
     BadPortRange(String),
@@ -1286,6 +1299,9 @@ impl Config {
                     return Err(ConfigError::BadAddress(ip.to_string()));
                 }
                 let ports = laddr.ports.checked()?;
+                if let Some(i) = laddr.iface.as_deref().filter(|i| !valid_ifname(i)) {
+                    return Err(ConfigError::BadInterface(i.to_string()));
+                }
                 if svc.laddrs.iter().any(|l| l.addr == ip) {
                     return Err(ConfigError::LocalAddrExists {
                         addr: ip.to_string(),
@@ -2408,6 +2424,26 @@ mod tests {
                 ConfigError::BadPortRange("2000-1999".into()),
             ),
             (with(0, 100), ConfigError::BadPortRange("0-100".into())),
+            (
+                Change::AddLocalAddr {
+                    service: k,
+                    laddr: LocalAddr {
+                        iface: Some("eth 1".into()),
+                        ..LocalAddr::new("10.0.0.2".parse().unwrap())
+                    },
+                },
+                ConfigError::BadInterface("eth 1".into()),
+            ),
+            (
+                Change::AddLocalAddr {
+                    service: k,
+                    laddr: LocalAddr {
+                        iface: Some("a-very-long-name".into()),
+                        ..LocalAddr::new("10.0.0.2".parse().unwrap())
+                    },
+                },
+                ConfigError::BadInterface("a-very-long-name".into()),
+            ),
             (
                 add_laddr(k, "127.0.0.1"),
                 ConfigError::BadAddress("127.0.0.1".into()),

@@ -1110,10 +1110,10 @@ impl Args {
         };
         let iface = match self.ifname.as_deref() {
             None => None,
-            Some(i) if valid_ifname(i) => Some(i.to_string()),
+            Some(i) if crate::model::valid_ifname(i) => Some(i.to_string()),
             Some(i) => {
-                return err(format!(
-                    "Illegal interface name: `{i}' (1 to 15 characters, no '/', ':' or blanks)"
+                return Err(CliError(
+                    crate::model::ConfigError::BadInterface(i.to_string()).to_string(),
                 ))
             }
         };
@@ -1340,16 +1340,6 @@ pub fn parse_local_addr(s: &str, protocol: Protocol) -> Result<IpAddr, CliError>
     }
 }
 
-/// Whether `name` can be a Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or
-/// white space).
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 16
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-}
-
 /// A real server (`-r`): without a port, the service's port is used.
 pub fn parse_real_addr(
     s: &str,
@@ -1516,7 +1506,8 @@ pub fn laddr_rules(name: &str, laddrs: &[LocalAddr]) -> String {
     for l in laddrs {
         out.push_str(&format!("-P {name} -z {}", l.addr));
         if let Some(i) = &l.iface {
-            out.push_str(&format!(" -F {i}"));
+            // Quoted as a shell would (a name may hold a quote or '#'), as -R splits it.
+            out.push_str(&format!(" -F {}", quoted(i)));
         }
         if !l.ports.is_default() {
             out.push_str(&format!(" --laddr-ports {}", l.ports));
@@ -3292,7 +3283,20 @@ mod tests {
             "{e}"
         );
         assert_eq!(c, Config::default());
-        // -L -n's Forward column.
-        assert_eq!(ForwardMethod::FullNat.ipvsadm_name(), "FullNat");
+        // An interface name with a '#' or a quote is quoted, and read back.
+        let mut odd = Config::default();
+        odd.apply_all(&[
+            Change::add_service(tcp("203.0.113.10:80"), Scheduler::Rr),
+            Change::AddLocalAddr {
+                service: tcp("203.0.113.10:80"),
+                laddr: laddr("10.0.0.9", None, Some("eth#1'x")),
+            },
+        ])
+        .unwrap();
+        let text = save(&odd);
+        assert!(text.contains(r#"-F "eth#1'x""#), "{text}");
+        let mut back = Config::default();
+        back.apply_all(&parse_rules(&text).unwrap()).unwrap();
+        assert_eq!(back, odd);
     }
 }
