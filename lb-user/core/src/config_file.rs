@@ -1560,4 +1560,111 @@ persistent = 300
         let s = parse(EXAMPLE).unwrap();
         assert_eq!(diff::normalise(&s.config).unwrap(), s.config);
     }
+
+    const FULLNAT: &str = r#"
+[[service]]
+tcp = "203.0.113.10:80"
+scheduler = "rr"
+laddrs = ["10.0.0.9", { addr = "10.0.0.10", ports = "40000-40999", iface = "eth1" }, "2001:db8::9"]
+  [[service.real]]
+  address = "198.51.100.11:8080"
+  forward = "fullnat"
+  [[service.real]]
+  address = "198.51.100.12"
+  forward = "nat"
+"#;
+
+    /// `laddrs`: plain addresses and tables; `forward = "fullnat"`; and back from render.
+    #[test]
+    fn fullnat_services_read_and_write() {
+        let s = parse(FULLNAT).unwrap_or_else(|e| panic!("{e:#?}"));
+        let svc = &s.config.services()[0];
+        assert_eq!(
+            svc.laddrs,
+            [
+                LocalAddr::new("10.0.0.9".parse().unwrap()),
+                LocalAddr {
+                    addr: "10.0.0.10".parse().unwrap(),
+                    ports: PortRange {
+                        lo: 40000,
+                        hi: 40999
+                    },
+                    iface: Some("eth1".into()),
+                },
+                LocalAddr::new("2001:db8::9".parse().unwrap()),
+            ]
+        );
+        assert_eq!(svc.reals[0].forward, ForwardMethod::FullNat);
+        assert_eq!(svc.reals[1].forward, ForwardMethod::Nat);
+        let text = render(&s);
+        assert!(
+            text.contains(r#"laddrs = ["10.0.0.9", { addr = "10.0.0.10", ports = "40000-40999", iface = "eth1" }, "2001:db8::9"]"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"forward = "fullnat""#), "{text}");
+        assert_eq!(parse(&text).unwrap(), s, "{text}");
+        // Only tables: still read back.
+        let tables = DesiredState {
+            config: s.config.clone().map_services(|v| {
+                v[0].laddrs.remove(0);
+            }),
+            ..s.clone()
+        };
+        let text = render(&tables);
+        assert_eq!(parse(&text).unwrap(), tables, "{text}");
+        assert_eq!(diff::normalise(&s.config).unwrap(), s.config);
+    }
+
+    /// The example file's commented FULLNAT service is valid once uncommented.
+    #[test]
+    fn the_examples_fullnat_service_parses() {
+        let at = EXAMPLE.rfind("# [[service]]").expect("the FULLNAT example");
+        let text: String = EXAMPLE[at..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = parse(&text).unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
+        let svc = &s.config.services()[0];
+        assert_eq!(svc.laddrs.len(), 2);
+        assert_eq!(svc.reals[0].forward, ForwardMethod::FullNat);
+    }
+
+    #[test]
+    fn fullnat_errors_point_at_their_values() {
+        assert_errors(
+            r#"[[service]]
+tcp = "203.0.113.10:80"
+laddrs = [
+  "10.0.0.9:80",
+  { addr = "10.0.0.10", ports = "0-10" },
+  { addr = "10.0.0.11", port = "1-2" },
+  "10.0.0.12",
+  "10.0.0.12",
+  7,
+]
+  [[service.real]]
+  address = "198.51.100.11"
+  forward = "fullnat"
+  [[service.real]]
+  address = "2001:db8::11"
+  forward = "fullnat"
+
+[[service]]
+tcp = "203.0.113.20:80"
+  [[service.real]]
+  address = "198.51.100.11"
+  forward = "fullnat"
+"#,
+            &[
+                (4, "Illegal local address: 10.0.0.9:80"),
+                (5, "Illegal local port range: 0-10"),
+                (6, "unknown field `port`"),
+                (8, "Local address already exists: 10.0.0.12"),
+                (9, "Illegal local address: 7"),
+                (15, "(NAT64) is not supported yet"),
+                (21, "add one with --add-laddr first"),
+            ],
+        );
+    }
 }

@@ -347,6 +347,13 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
             Some(_) => {}
         }
         let name = rules::service_option(&t.key);
+        // FULLNAT servers that go and come back around a changed local address.
+        let readd = s.map(|s| laddr_plan(s, t).readd).unwrap_or_default();
+        for r in s.iter().flat_map(|s| &s.reals) {
+            if !t.reals.iter().any(|x| x.addr == r.addr) || readd.contains(&r.addr) {
+                lines.push(format!("-d {name} -r {}", r.addr));
+            }
+        }
         for l in s.iter().flat_map(|s| &s.laddrs) {
             if !t.laddrs.contains(l) {
                 lines.push(format!("-Q {name} -z {}", l.addr));
@@ -359,17 +366,11 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
             .cloned()
             .collect();
         lines.extend(rules::laddr_rules(&name, &added).lines().map(String::from));
-        for r in s.iter().flat_map(|s| &s.reals) {
-            if !t.reals.iter().any(|x| x.addr == r.addr) {
-                lines.push(format!(
-                    "-d {} -r {}",
-                    rules::service_option(&t.key),
-                    r.addr
-                ));
-            }
-        }
         for r in &t.reals {
-            match s.and_then(|s| s.reals.iter().find(|x| x.addr == r.addr)) {
+            let found = s
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .filter(|_| !readd.contains(&r.addr));
+            match found {
                 Some(c) if c == r => {}
                 Some(c) => {
                     let mut line = edit_line(real_rule(t, r));
@@ -852,6 +853,156 @@ tcp = "203.0.113.10:80"
         assert_eq!(
             d.lines,
             ["-e -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1 --check inherit"]
+        );
+    }
+
+    fn fullnat_state(laddrs: &str, reals: &[(&str, &str)]) -> DesiredState {
+        let mut text = format!("[[service]]\ntcp = \"203.0.113.10:80\"\nladdrs = [{laddrs}]\n");
+        for (addr, forward) in reals {
+            text.push_str(&format!(
+                "  [[service.real]]\n  address = \"{addr}\"\n  forward = \"{forward}\"\n"
+            ));
+        }
+        state(&text)
+    }
+
+    fn ops(d: &Diff) -> Vec<String> {
+        d.changes
+            .iter()
+            .map(|c| match c {
+                Change::AddLocalAddr { laddr, .. } => {
+                    format!("+laddr {} {}", laddr.addr, laddr.ports)
+                }
+                Change::DelLocalAddr { addr, .. } => format!("-laddr {addr}"),
+                Change::AddReal { real, .. } => {
+                    format!("+real {} {}", real.addr, real.forward.ipvsadm_name())
+                }
+                Change::DeleteReal { addr, .. } => format!("-real {addr}"),
+                Change::EditReal { addr, forward, .. } => {
+                    format!("=real {addr} {}", forward.map_or("-", |f| f.ipvsadm_name()))
+                }
+                Change::AddService { key, .. } => format!("+service {key}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Local addresses are added before the real servers that need them and deleted after
+    /// the ones that used them, whatever the change; `check` applies each diff with the
+    /// model's rules.
+    #[test]
+    fn local_addresses_come_before_and_go_after_their_fullnat_servers() {
+        let nat = fullnat_state("", &[("198.51.100.11:8080", "nat")]);
+        let one = fullnat_state(r#""10.0.0.9""#, &[("198.51.100.11:8080", "fullnat")]);
+        // NAT made FULLNAT with a new local address.
+        let d = check(&nat, &one);
+        assert_eq!(
+            ops(&d),
+            [
+                "+laddr 10.0.0.9 1024-65535",
+                "=real 198.51.100.11:8080 FullNat"
+            ]
+        );
+        assert_eq!(
+            d.lines,
+            [
+                "-P -t 203.0.113.10:80 -z 10.0.0.9",
+                "-e -t 203.0.113.10:80 -r 198.51.100.11:8080 -b -w 1",
+            ]
+        );
+        // And back: the local address goes after the server stopped using it.
+        assert_eq!(
+            ops(&check(&one, &nat)),
+            ["=real 198.51.100.11:8080 Masq", "-laddr 10.0.0.9"]
+        );
+        // The server goes, then its local address.
+        let none = fullnat_state("", &[]);
+        assert_eq!(
+            ops(&check(&one, &none)),
+            ["-real 198.51.100.11:8080", "-laddr 10.0.0.9"]
+        );
+        // A new service: its local addresses, then its servers.
+        let empty = DesiredState::default();
+        assert_eq!(
+            ops(&check(&empty, &one)),
+            [
+                "+service TCP 203.0.113.10:80",
+                "+laddr 10.0.0.9 1024-65535",
+                "+real 198.51.100.11:8080 FullNat"
+            ]
+        );
+        // One local address replaced by another: the new one first, the old one last.
+        let other = fullnat_state(r#""10.0.0.10""#, &[("198.51.100.11:8080", "fullnat")]);
+        assert_eq!(
+            ops(&check(&one, &other)),
+            ["+laddr 10.0.0.10 1024-65535", "-laddr 10.0.0.9"]
+        );
+        // One of two goes: at once (another of its family stays).
+        let two = fullnat_state(
+            r#""10.0.0.9", "10.0.0.10""#,
+            &[("198.51.100.11:8080", "fullnat")],
+        );
+        assert_eq!(ops(&check(&two, &other)), ["-laddr 10.0.0.9"]);
+    }
+
+    /// A local address's ports or interface cannot change in place: it is deleted and added
+    /// again, while another address of its family covers its servers; when it is the only one,
+    /// its FULLNAT servers go and come back around it.
+    #[test]
+    fn a_changed_local_address_is_replaced_in_an_order_the_model_accepts() {
+        let reals = [
+            ("198.51.100.11:8080", "fullnat"),
+            ("198.51.100.12:80", "nat"),
+        ];
+        let one = fullnat_state(r#""10.0.0.9""#, &reals);
+        let ported = fullnat_state(r#"{ addr = "10.0.0.9", ports = "40000-40999" }"#, &reals);
+        let d = check(&one, &ported);
+        assert_eq!(
+            ops(&d),
+            [
+                "-real 198.51.100.11:8080",
+                "-laddr 10.0.0.9",
+                "+laddr 10.0.0.9 40000-40999",
+                "+real 198.51.100.11:8080 FullNat"
+            ]
+        );
+        assert_eq!(
+            d.lines,
+            [
+                "-d -t 203.0.113.10:80 -r 198.51.100.11:8080",
+                "-Q -t 203.0.113.10:80 -z 10.0.0.9",
+                "-P -t 203.0.113.10:80 -z 10.0.0.9 --laddr-ports 40000-40999",
+                "-a -t 203.0.113.10:80 -r 198.51.100.11:8080 -b -w 1",
+            ]
+        );
+        // With a new address of its family in the target, the servers stay.
+        let ported_and_new = fullnat_state(
+            r#"{ addr = "10.0.0.9", iface = "eth1" }, "10.0.0.10""#,
+            &reals,
+        );
+        assert_eq!(
+            ops(&check(&one, &ported_and_new)),
+            [
+                "+laddr 10.0.0.10 1024-65535",
+                "-laddr 10.0.0.9",
+                "+laddr 10.0.0.9 1024-65535"
+            ]
+        );
+        // Both of two change: the first is replaced at once (the second covers), then the
+        // second (the first's new self covers).
+        let two = fullnat_state(r#""10.0.0.9", "10.0.0.10""#, &reals);
+        let two_ported = fullnat_state(
+            r#"{ addr = "10.0.0.9", ports = "2000-2999" }, { addr = "10.0.0.10", ports = "3000-3999" }"#,
+            &reals,
+        );
+        assert_eq!(
+            ops(&check(&two, &two_ported)),
+            [
+                "-laddr 10.0.0.9",
+                "+laddr 10.0.0.9 2000-2999",
+                "-laddr 10.0.0.10",
+                "+laddr 10.0.0.10 3000-3999"
+            ]
         );
     }
 }

@@ -515,7 +515,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{ForwardMethod, Persistence, Scheduler},
+        model::{ForwardMethod, LocalAddr, Persistence, PortRange, Scheduler},
         names::{Numeric, Resolved, Services},
     };
 
@@ -1066,6 +1066,129 @@ TCP  203.0.113.10:80 wrr
         assert_eq!(
             render_timeouts(&t),
             "Timeout (tcp tcpfin udp): 900 120 300\n"
+        );
+    }
+
+    fn fullnat_listing() -> Listing {
+        let mut l = listing();
+        l.services[0].reals[1].forward = ForwardMethod::FullNat;
+        l.services[0].laddrs = vec![
+            LocalAddr::new("10.0.0.9".parse().unwrap()),
+            LocalAddr {
+                addr: "10.0.0.10".parse().unwrap(),
+                ports: PortRange {
+                    lo: 40000,
+                    hi: 40999,
+                },
+                iface: Some("eth1".into()),
+            },
+        ];
+        l
+    }
+
+    /// `-L -n` names a FULLNAT real server's method as DPVS's ipvsadm does (fwd_name).
+    #[test]
+    fn fullnat_in_the_forward_column() {
+        let out = render(&fullnat_listing(), ListOptions::default(), &Numeric);
+        assert!(
+            out.contains(
+                "  -> 198.51.100.12:80             FullNat 3      0          0         \n"
+            ),
+            "{out}"
+        );
+        let out = render(&fullnat_listing(), opts(Format::TunInfo), &Numeric);
+        assert!(out.contains("FullNat n/a"), "{out}");
+    }
+
+    /// DPVS's list_laddrs/list_all_laddrs: "%-20s %-8s %-20s %-10s %-10s" title, "%-20s %-8u "
+    /// per service, "%-20s %-8s %-20s %-10lu %-10u" per local address (CONFLICTS and CONNS 0).
+    #[test]
+    fn get_laddr_matches_dpvs() {
+        let l = fullnat_listing();
+        let expected = "\
+VIP:VPORT            TOTAL    SNAT_IP              CONFLICTS  CONNS     
+203.0.113.10:80      2        
+                              10.0.0.9             0          0         
+                              10.0.0.10            0          0         
+[2001:db8::10]:53    0        
+";
+        assert_eq!(render_laddrs(&l.services), expected);
+        // Sorted as -L, whatever order the services came in; one service: the title and it.
+        let mut reversed = l.clone();
+        reversed.services.reverse();
+        assert_eq!(render_laddrs(&reversed.services), expected);
+        assert_eq!(
+            render_laddrs(&l.services[1..]),
+            "VIP:VPORT            TOTAL    SNAT_IP              CONFLICTS  CONNS     \n\
+             [2001:db8::10]:53    0        \n"
+        );
+        assert_eq!(render_laddrs(&[]), "");
+        // A group is named as -L names it, without ipvsadm's double blank.
+        let g = service(ServiceKey::fwmark(1, true), Scheduler::Rr, Vec::new());
+        assert!(render_laddrs(&[g]).contains("\nFWM 1 IPv6           0        \n"));
+        // --json: the services with their local addresses.
+        let json = serde_json::to_string(&laddrs_json(&reversed)).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"service":{"protocol":"tcp","addr":"203.0.113.10:80"},"laddrs":[{"addr":"10.0.0.9"},{"addr":"10.0.0.10","ports":"40000-40999","iface":"eth1"}]},{"service":{"protocol":"udp","addr":"[2001:db8::10]:53"},"laddrs":[]}]"#
+        );
+        // And -L --json carries them in the service.
+        let listing_json = serde_json::to_string(&l).unwrap();
+        assert!(
+            listing_json.contains(r#""laddrs":[{"addr":"10.0.0.9"}"#),
+            "{listing_json}"
+        );
+        assert_eq!(serde_json::from_str::<Listing>(&listing_json).unwrap(), l);
+    }
+
+    /// `-L -c` with FULLNAT connections: DPVS's extra local column (between virtual and
+    /// destination, 18 wide); a connection without one shows `-`.
+    #[test]
+    fn connections_with_local_addresses_take_dpvs_layout() {
+        let conn = |client: &str, local: Option<&str>, real: &str| ConnStatus {
+            protocol: Protocol::Tcp,
+            client: client.parse().unwrap(),
+            virtual_addr: "203.0.113.10:80".parse().unwrap(),
+            real: real.parse().unwrap(),
+            state: "ESTABLISHED".into(),
+            expires_s: 899,
+            local: local.map(|l| l.parse().unwrap()),
+        };
+        let conns = [
+            conn(
+                "192.0.2.7:50123",
+                Some("10.0.0.9:40001"),
+                "198.51.100.12:8080",
+            ),
+            conn("192.0.2.8:50124", None, "198.51.100.11:80"),
+        ];
+        assert_eq!(
+            render_connections(&conns, false, &Numeric),
+            "IPVS connection entries\n\
+             pro expire state       source             virtual            local              destination\n\
+             TCP 14:59  ESTABLISHED 192.0.2.7:50123    203.0.113.10:80    10.0.0.9:40001     198.51.100.12:8080\n\
+             TCP 14:59  ESTABLISHED 192.0.2.8:50124    203.0.113.10:80    -                  198.51.100.11:80\n"
+        );
+        assert_eq!(
+            render_connections(&conns[..1], true, &Numeric).lines().nth(1),
+            Some(
+                "pro expire state       source             virtual            local              destination        pe name          pe_data"
+            )
+        );
+        // Without any local address: ipvsadm's layout, byte for byte.
+        assert_eq!(
+            render_connections(&conns[1..], false, &Numeric),
+            "IPVS connection entries\n\
+             pro expire state       source             virtual            destination\n\
+             TCP 14:59  ESTABLISHED 192.0.2.8:50124    203.0.113.10:80    198.51.100.11:80\n"
+        );
+        // JSON: `local` only where there is one.
+        let json = serde_json::to_string(&conns).unwrap();
+        assert_eq!(json.matches("\"local\"").count(), 1, "{json}");
+        assert!(json.contains(r#""local":"10.0.0.9:40001""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Vec<ConnStatus>>(&json).unwrap(),
+            conns
         );
     }
 }

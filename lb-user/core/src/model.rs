@@ -443,6 +443,16 @@ impl LocalAddr {
     }
 }
 
+/// Whether `name` can be a Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or
+/// white space), so that -S can write it as one word.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// `IPv4` or `IPv6`, as errors name a family.
 fn family_name(ipv4: bool) -> &'static str {
     if ipv4 {
@@ -974,6 +984,9 @@ pub enum ConfigError {
     /// More than [`MAX_LADDRS`] local addresses.
     #[error("Too many local addresses for {0}: at most 64")]
     TooManyLocalAddrs(String),
+    /// A local address's interface name that cannot be a Linux interface's.
+    #[error("Illegal interface name: `{0}' (1 to 15 bytes, no '/', ':' or blanks)")]
+    BadInterface(String),
     /// A source port range that is empty or includes port 0.
     #[error("Illegal local port range: {0} (expected LO-HI with 1 <= LO <= HI <= 65535)")]
     BadPortRange(String),
@@ -1286,6 +1299,9 @@ impl Config {
                     return Err(ConfigError::BadAddress(ip.to_string()));
                 }
                 let ports = laddr.ports.checked()?;
+                if let Some(i) = laddr.iface.as_deref().filter(|i| !valid_ifname(i)) {
+                    return Err(ConfigError::BadInterface(i.to_string()));
+                }
                 if svc.laddrs.iter().any(|l| l.addr == ip) {
                     return Err(ConfigError::LocalAddrExists {
                         addr: ip.to_string(),
@@ -2238,5 +2254,347 @@ mod tests {
         c.apply(&Change::Clear).unwrap();
         agree(&c);
         assert_eq!(c.owner_of(&m(443)), None);
+    }
+
+    fn fullnat(s: &str, weight: u32) -> RealServer {
+        RealServer {
+            forward: ForwardMethod::FullNat,
+            ..real(s, weight)
+        }
+    }
+
+    fn add_laddr(service: ServiceKey, addr: &str) -> Change {
+        Change::AddLocalAddr {
+            service,
+            laddr: LocalAddr::new(addr.parse().unwrap()),
+        }
+    }
+
+    fn del_laddr(service: ServiceKey, addr: &str) -> Change {
+        Change::DelLocalAddr {
+            service,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    /// Every FULLNAT rule refuses with its message and leaves the configuration as it was.
+    #[test]
+    fn fullnat_needs_local_addresses_of_its_family() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:80");
+        let k6 = key("[2001:db8::10]:80");
+        c.apply_all(&[
+            Change::add_service(k, Scheduler::Rr),
+            Change::add_service(k6, Scheduler::Rr),
+            Change::AddReal {
+                service: k,
+                real: nat("198.51.100.20:8080", 1),
+            },
+        ])
+        .unwrap();
+        let refused: [(Change, &str); 4] = [
+            (
+                Change::AddReal {
+                    service: k,
+                    real: fullnat("198.51.100.11:8080", 1),
+                },
+                "FULLNAT real server 198.51.100.11:8080 of TCP 203.0.113.10:80 needs an IPv4 \
+                 local address of the service to send from: add one with --add-laddr first",
+            ),
+            // -e to FULLNAT needs one too.
+            (
+                edit_forward(k, "198.51.100.20:8080", ForwardMethod::FullNat),
+                "FULLNAT real server 198.51.100.20:8080 of TCP 203.0.113.10:80 needs an IPv4 \
+                 local address of the service to send from: add one with --add-laddr first",
+            ),
+            (
+                Change::AddReal {
+                    service: k6,
+                    real: fullnat("198.51.100.11:80", 1),
+                },
+                "FULLNAT needs the real server 198.51.100.11 in the same address family as the \
+                 VIP 2001:db8::10 (an IPv6 service with IPv4 FULLNAT real servers (NAT64) is \
+                 not supported yet)",
+            ),
+            (
+                del_laddr(k, "10.0.0.9"),
+                "No such local address: 10.0.0.9 of TCP 203.0.113.10:80",
+            ),
+        ];
+        let before = c.clone();
+        for (change, message) in &refused {
+            let e = c.apply(change).expect_err(&format!("{change:?} accepted"));
+            assert_eq!(e.to_string(), *message);
+            assert_eq!(c, before, "{change:?} changed the configuration");
+        }
+        // An IPv6 local address does not serve IPv4 real servers.
+        c.apply(&add_laddr(k, "2001:db8::9")).unwrap();
+        assert!(matches!(
+            c.apply(&Change::AddReal {
+                service: k,
+                real: fullnat("198.51.100.11:8080", 1),
+            }),
+            Err(ConfigError::NoLocalAddr { family: "IPv4", .. })
+        ));
+        c.apply_all(&[
+            add_laddr(k, "10.0.0.9"),
+            Change::AddReal {
+                service: k,
+                real: fullnat("198.51.100.11:8080", 1),
+            },
+            // FULLNAT servers are known by address and port, as NAT ones.
+            Change::AddReal {
+                service: k,
+                real: fullnat("198.51.100.11:8081", 2),
+            },
+            edit_forward(k, "198.51.100.20:8080", ForwardMethod::FullNat),
+        ])
+        .unwrap();
+        let svc = c.service(&k).unwrap();
+        assert_eq!(svc.reals.len(), 3);
+        assert!(svc.has_fullnat() && !svc.has_nat());
+        assert_eq!(svc.reals[0], fullnat("198.51.100.20:8080", 1));
+        // The IPv6 local address has no users: it goes.
+        c.apply(&del_laddr(k, "2001:db8::9")).unwrap();
+        // The last IPv4 one is in use: refused, naming the servers.
+        let before = c.clone();
+        let e = c.apply(&del_laddr(k, "10.0.0.9")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Local address 10.0.0.9 is the last IPv4 local address of TCP 203.0.113.10:80, \
+             which its FULLNAT real servers 198.51.100.20:8080 198.51.100.11:8080 \
+             198.51.100.11:8081 send from: add another one, or delete them or change their \
+             forwarding method first"
+        );
+        assert_eq!(c, before);
+        // With another one it may go; then the servers use that.
+        c.apply_all(&[add_laddr(k, "10.0.0.10"), del_laddr(k, "10.0.0.9")])
+            .unwrap();
+        assert_eq!(
+            c.service(&k).unwrap().laddrs,
+            [LocalAddr::new("10.0.0.10".parse().unwrap())]
+        );
+        // A real server given up makes its family's last local address free.
+        let mut free = c.clone();
+        free.apply_all(&[
+            edit_forward(k, "198.51.100.11:8080", ForwardMethod::Nat),
+            edit_forward(k, "198.51.100.11:8081", ForwardMethod::Nat),
+            Change::DeleteReal {
+                service: k,
+                addr: "198.51.100.20:8080".parse().unwrap(),
+            },
+            del_laddr(k, "10.0.0.10"),
+        ])
+        .unwrap();
+        assert!(free.service(&k).unwrap().laddrs.is_empty());
+        // Deleting the service deletes its local addresses: added again, it has none.
+        c.apply_all(&[
+            Change::DeleteService { key: k },
+            Change::add_service(k, Scheduler::Rr),
+        ])
+        .unwrap();
+        assert!(c.service(&k).unwrap().laddrs.is_empty());
+    }
+
+    #[test]
+    fn local_address_lists_are_checked() {
+        let mut c = Config::default();
+        let k = key("203.0.113.10:80");
+        c.apply(&Change::add_service(k, Scheduler::Rr)).unwrap();
+        c.apply(&add_laddr(k, "10.0.0.1")).unwrap();
+        let with = |lo, hi| Change::AddLocalAddr {
+            service: k,
+            laddr: LocalAddr {
+                addr: "10.0.0.2".parse().unwrap(),
+                ports: PortRange { lo, hi },
+                iface: Some("eth1".into()),
+            },
+        };
+        let before = c.clone();
+        for (change, want) in [
+            (
+                add_laddr(k, "10.0.0.1"),
+                ConfigError::LocalAddrExists {
+                    addr: "10.0.0.1".into(),
+                    service: "TCP 203.0.113.10:80".into(),
+                },
+            ),
+            (
+                with(2000, 1999),
+                ConfigError::BadPortRange("2000-1999".into()),
+            ),
+            (with(0, 100), ConfigError::BadPortRange("0-100".into())),
+            (
+                Change::AddLocalAddr {
+                    service: k,
+                    laddr: LocalAddr {
+                        iface: Some("eth 1".into()),
+                        ..LocalAddr::new("10.0.0.2".parse().unwrap())
+                    },
+                },
+                ConfigError::BadInterface("eth 1".into()),
+            ),
+            (
+                Change::AddLocalAddr {
+                    service: k,
+                    laddr: LocalAddr {
+                        iface: Some("a-very-long-name".into()),
+                        ..LocalAddr::new("10.0.0.2".parse().unwrap())
+                    },
+                },
+                ConfigError::BadInterface("a-very-long-name".into()),
+            ),
+            (
+                add_laddr(k, "127.0.0.1"),
+                ConfigError::BadAddress("127.0.0.1".into()),
+            ),
+            (
+                add_laddr(key("203.0.113.99:80"), "10.0.0.3"),
+                ConfigError::NoSuchService("TCP 203.0.113.99:80".into()),
+            ),
+        ] {
+            assert_eq!(c.apply(&change), Err(want));
+            assert_eq!(c, before);
+        }
+        assert_eq!(
+            ConfigError::BadPortRange("0-100".into()).to_string(),
+            "Illegal local port range: 0-100 (expected LO-HI with 1 <= LO <= HI <= 65535)"
+        );
+        // One port is a range; the settings are kept as given.
+        c.apply(&with(40000, 40000)).unwrap();
+        assert_eq!(c.service(&k).unwrap().laddrs[1].ports.len(), 1);
+        assert_eq!(
+            c.service(&k).unwrap().laddrs[1].iface.as_deref(),
+            Some("eth1")
+        );
+        // At most MAX_LADDRS.
+        for i in 3..=MAX_LADDRS as u8 {
+            c.apply(&add_laddr(k, &format!("10.0.1.{i}"))).unwrap();
+        }
+        assert_eq!(c.service(&k).unwrap().laddrs.len(), MAX_LADDRS);
+        let before = c.clone();
+        assert_eq!(
+            c.apply(&add_laddr(k, "10.0.2.1")).unwrap_err().to_string(),
+            "Too many local addresses for TCP 203.0.113.10:80: at most 64"
+        );
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn port_ranges_parse_and_serialise_as_lo_hi() {
+        assert_eq!(PortRange::DEFAULT.len(), 64512);
+        assert_eq!(
+            "40000-40999".parse::<PortRange>().unwrap(),
+            PortRange {
+                lo: 40000,
+                hi: 40999
+            }
+        );
+        assert_eq!("5000".parse::<PortRange>().unwrap().len(), 1);
+        for bad in ["0-10", "10-9", "a-b", "1-65536", "", "-"] {
+            assert!(
+                matches!(bad.parse::<PortRange>(), Err(ConfigError::BadPortRange(s)) if s == bad),
+                "{bad}"
+            );
+        }
+        let l = LocalAddr {
+            addr: "10.0.0.10".parse().unwrap(),
+            ports: "40000-40999".parse().unwrap(),
+            iface: Some("eth1".into()),
+        };
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            json,
+            r#"{"addr":"10.0.0.10","ports":"40000-40999","iface":"eth1"}"#
+        );
+        assert_eq!(serde_json::from_str::<LocalAddr>(&json).unwrap(), l);
+        // Defaults are left out, and read back.
+        let plain = LocalAddr::new("10.0.0.9".parse().unwrap());
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"addr":"10.0.0.9"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<LocalAddr>(r#"{"addr":"10.0.0.9"}"#).unwrap(),
+            plain
+        );
+        assert!(serde_json::from_str::<LocalAddr>(r#"{"addr":"10.0.0.9","ports":"9-1"}"#).is_err());
+    }
+
+    /// What the data plane and the daemon read: the method's names, ports, and JSON of a
+    /// configuration and of the changes.
+    #[test]
+    fn fullnat_in_json_and_for_the_data_plane() {
+        assert_eq!(fullnat("198.51.100.11:8080", 1).dest_port(80), 8080);
+        assert_eq!(fullnat("198.51.100.11:0", 1).dest_port(443), 443);
+        assert_eq!(ForwardMethod::FullNat.ipvsadm_name(), "FullNat");
+        assert_eq!(
+            serde_json::to_string(&ForwardMethod::FullNat).unwrap(),
+            "\"fullnat\""
+        );
+        let k = key("203.0.113.10:80");
+        let change = Change::AddLocalAddr {
+            service: k,
+            laddr: LocalAddr::new("10.0.0.9".parse().unwrap()),
+        };
+        let json = serde_json::to_string(&change).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"add_local_addr","service":{"protocol":"tcp","addr":"203.0.113.10:80"},"laddr":{"addr":"10.0.0.9"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), change);
+        let del = del_laddr(k, "10.0.0.9");
+        let json = serde_json::to_string(&del).unwrap();
+        assert!(json.starts_with(r#"{"op":"del_local_addr""#), "{json}");
+        assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), del);
+        let mut c = Config::default();
+        c.apply_all(&[
+            Change::add_service(k, Scheduler::Rr),
+            change,
+            Change::AddReal {
+                service: k,
+                real: fullnat("198.51.100.11:8080", 1),
+            },
+        ])
+        .unwrap();
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains(r#""laddrs":[{"addr":"10.0.0.9"}]"#), "{text}");
+        assert!(text.contains(r#""forward":"fullnat""#), "{text}");
+        assert_eq!(serde_json::from_str::<Config>(&text).unwrap(), c);
+        // A service without local addresses writes none (older readers see no new key).
+        let plain = Config::from_services(vec![Service {
+            laddrs: Vec::new(),
+            reals: Vec::new(),
+            ..c.services()[0].clone()
+        }]);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("laddrs"));
+        // A port-0 service's FULLNAT servers take port 0, as NAT ones.
+        let k0 = key("203.0.113.10:0");
+        let mut c0 = Config::default();
+        c0.apply_all(&[
+            Change::AddService {
+                key: k0,
+                scheduler: Scheduler::Rr,
+                flags: SchedFlags::default(),
+                persistence: Some(Persistence {
+                    timeout: 300,
+                    prefix: 32,
+                }),
+            },
+            add_laddr(k0, "10.0.0.9"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            c0.apply(&Change::AddReal {
+                service: k0,
+                real: fullnat("198.51.100.11:8080", 1),
+            }),
+            Err(ConfigError::FullNatPortOnPortZero { .. })
+        ));
+        c0.apply(&Change::AddReal {
+            service: k0,
+            real: fullnat("198.51.100.11:0", 1),
+        })
+        .unwrap();
     }
 }

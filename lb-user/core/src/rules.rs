@@ -1110,10 +1110,10 @@ impl Args {
         };
         let iface = match self.ifname.as_deref() {
             None => None,
-            Some(i) if valid_ifname(i) => Some(i.to_string()),
+            Some(i) if crate::model::valid_ifname(i) => Some(i.to_string()),
             Some(i) => {
-                return err(format!(
-                    "Illegal interface name: `{i}' (1 to 15 characters, no '/', ':' or blanks)"
+                return Err(CliError(
+                    crate::model::ConfigError::BadInterface(i.to_string()).to_string(),
                 ))
             }
         };
@@ -1340,16 +1340,6 @@ pub fn parse_local_addr(s: &str, protocol: Protocol) -> Result<IpAddr, CliError>
     }
 }
 
-/// Whether `name` can be a Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or
-/// white space).
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 16
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-}
-
 /// A real server (`-r`): without a port, the service's port is used.
 pub fn parse_real_addr(
     s: &str,
@@ -1516,7 +1506,8 @@ pub fn laddr_rules(name: &str, laddrs: &[LocalAddr]) -> String {
     for l in laddrs {
         out.push_str(&format!("-P {name} -z {}", l.addr));
         if let Some(i) = &l.iface {
-            out.push_str(&format!(" -F {i}"));
+            // Quoted as a shell would (a name may hold a quote or '#'), as -R splits it.
+            out.push_str(&format!(" -F {}", quoted(i)));
         }
         if !l.ports.is_default() {
             out.push_str(&format!(" --laddr-ports {}", l.ports));
@@ -2890,5 +2881,422 @@ mod tests {
             assert!(e.to_string().contains(why), "{rule}: {e}");
             assert_eq!(config, before, "{rule}");
         }
+    }
+
+    fn laddr(addr: &str, ports: Option<(u16, u16)>, iface: Option<&str>) -> LocalAddr {
+        LocalAddr {
+            addr: addr.parse().unwrap(),
+            ports: ports.map_or(PortRange::DEFAULT, |(lo, hi)| PortRange { lo, hi }),
+            iface: iface.map(String::from),
+        }
+    }
+
+    /// DPVS's local-address commands: -P/--add-laddr, -Q/--del-laddr, -G/--get-laddr, with
+    /// -z/--laddr and -F/--ifname, and xvs's --laddr-ports.
+    #[test]
+    fn local_address_commands_parse_as_dpvs() {
+        let k = tcp("203.0.113.10:80");
+        assert_eq!(
+            one(&[
+                "-P",
+                "-t",
+                "203.0.113.10:80",
+                "-z",
+                "10.0.0.9",
+                "-F",
+                "eth1"
+            ]),
+            Change::AddLocalAddr {
+                service: k,
+                laddr: laddr("10.0.0.9", None, Some("eth1")),
+            }
+        );
+        assert_eq!(
+            one(&[
+                "--add-laddr",
+                "--tcp-service",
+                "203.0.113.10:80",
+                "--laddr",
+                "10.0.0.10",
+                "--laddr-ports",
+                "40000-40999"
+            ]),
+            Change::AddLocalAddr {
+                service: k,
+                laddr: laddr("10.0.0.10", Some((40000, 40999)), None),
+            }
+        );
+        // IPv6, bare or in brackets; a group's.
+        assert_eq!(
+            one(&["-P", "-f", "1", "-6", "-z", "[2001:db8::9]"]),
+            Change::AddLocalAddr {
+                service: ServiceKey::fwmark(1, true),
+                laddr: laddr("2001:db8::9", None, None),
+            }
+        );
+        assert_eq!(
+            one(&["-Q", "-u", "[2001:db8::10]:53", "-z", "2001:db8::9"]),
+            Change::DelLocalAddr {
+                service: ServiceKey::new(Protocol::Udp, "[2001:db8::10]:53".parse().unwrap()),
+                addr: "2001:db8::9".parse().unwrap(),
+            }
+        );
+        // DPVS's scripts give -F with -Q too: accepted; the address names the local address.
+        assert_eq!(
+            one(&[
+                "--del-laddr",
+                "-t",
+                "203.0.113.10:80",
+                "-z",
+                "10.0.0.9",
+                "-F",
+                "eth1"
+            ]),
+            Change::DelLocalAddr {
+                service: k,
+                addr: "10.0.0.9".parse().unwrap(),
+            }
+        );
+        assert_eq!(
+            action(&["-G"]).unwrap(),
+            Action::ListLaddrs {
+                service: None,
+                json: false
+            }
+        );
+        assert_eq!(
+            action(&["--get-laddr", "-t", "203.0.113.10:80", "--json"]).unwrap(),
+            Action::ListLaddrs {
+                service: Some(k),
+                json: true
+            }
+        );
+        let refused: &[(&[&str], &str)] = &[
+            (
+                &["-P", "-t", "203.0.113.10:80"],
+                "You need to supply the 'local-address' option for the 'add-laddr' command",
+            ),
+            (
+                &["-P", "-z", "10.0.0.9"],
+                "You need to supply the 'service-address' option for the 'add-laddr' command",
+            ),
+            (
+                &["-Q", "-t", "203.0.113.10:80"],
+                "You need to supply the 'local-address' option for the 'del-laddr' command",
+            ),
+            (
+                &[
+                    "-Q",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-z",
+                    "10.0.0.9",
+                    "--laddr-ports",
+                    "1-2",
+                ],
+                "Illegal 'laddr-ports' option with the 'del-laddr' command",
+            ),
+            (
+                &["-P", "-t", "203.0.113.10:80", "-z", "10.0.0.9", "-w", "1"],
+                "Illegal 'weight' option with the 'add-laddr' command",
+            ),
+            (
+                &["-G", "-n"],
+                "Illegal 'numeric' option with the 'get-laddr' command",
+            ),
+            (
+                &["-G", "-z", "10.0.0.9"],
+                "Illegal 'local-address' option with the 'get-laddr' command",
+            ),
+            (
+                &["-L", "-z", "10.0.0.9"],
+                "Illegal 'local-address' option with the 'list' command",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-F", "eth1"],
+                "Illegal 'ifname' option with the 'add-service' command",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--laddr-ports",
+                    "1-2",
+                ],
+                "Illegal 'laddr-ports' option with the 'add-server' command",
+            ),
+            (&["-P", "-G"], "cannot be used with"),
+            (
+                &["-P", "-t", "203.0.113.10:80", "-z", "10.0.0.9:80"],
+                "Illegal local address: 10.0.0.9:80 (an address without a port",
+            ),
+            (
+                &["-P", "-t", "203.0.113.10:80", "-z", "999.0.0.1"],
+                "Illegal local address: 999.0.0.1",
+            ),
+            (
+                &[
+                    "-P",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-z",
+                    "10.0.0.9",
+                    "--laddr-ports",
+                    "2000-1000",
+                ],
+                "Illegal local port range: 2000-1000",
+            ),
+            (
+                &[
+                    "-P",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-z",
+                    "10.0.0.9",
+                    "--laddr-ports",
+                    "0-1000",
+                ],
+                "Illegal local port range: 0-1000",
+            ),
+            (
+                &["-P", "-t", "203.0.113.10:80", "-z", "10.0.0.9", "-F", "a/b"],
+                "Illegal interface name: `a/b'",
+            ),
+            (
+                &["-P", "-t", "203.0.113.10:80", "-z", "10.0.0.9", "--json"],
+                "--json applies to listings (-L, -G) only",
+            ),
+        ];
+        for (args, needle) in refused {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    /// `-b` is DPVS's FULLNAT on -a/-e (no value) and ipvsadm's --sched-flags on -A/-E.
+    #[test]
+    fn b_is_fullnat_on_real_servers_and_sched_flags_on_services() {
+        let k = tcp("203.0.113.10:80");
+        let added = |forward| Change::AddReal {
+            service: k,
+            real: RealServer {
+                addr: "198.51.100.11:8080".parse().unwrap(),
+                weight: 1,
+                forward,
+                u_threshold: 0,
+                l_threshold: 0,
+                check: CheckSpec::default(),
+            },
+        };
+        for args in [
+            &[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:8080",
+                "-b",
+            ][..],
+            &[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-b",
+                "-r",
+                "198.51.100.11:8080",
+            ],
+            &[
+                "-a",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:8080",
+                "--fullnat",
+            ],
+        ] {
+            assert_eq!(one(args), added(ForwardMethod::FullNat), "{args:?}");
+        }
+        // -b before another option takes no value.
+        assert_eq!(
+            one(&[
+                "-e",
+                "-t",
+                "203.0.113.10:80",
+                "-r",
+                "198.51.100.11:8080",
+                "-b",
+                "-w",
+                "3"
+            ]),
+            Change::EditReal {
+                service: k,
+                addr: "198.51.100.11:8080".parse().unwrap(),
+                weight: Some(3),
+                forward: Some(ForwardMethod::FullNat),
+                u_threshold: Some(0),
+                l_threshold: Some(0),
+                check: None,
+            }
+        );
+        // On -A/-E it stays the scheduler flags.
+        assert_eq!(
+            one(&["-A", "-t", "203.0.113.10:80", "-s", "sh", "-b", "sh-port"]),
+            Change::AddService {
+                key: k,
+                scheduler: Scheduler::Sh,
+                flags: SchedFlags {
+                    sh_port: true,
+                    ..SchedFlags::default()
+                },
+                persistence: None,
+            }
+        );
+        let refused: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "-b",
+                    "sh-port",
+                ],
+                "-b on -a/-e is FULLNAT (as DPVS's ipvsadm) and takes no value, not `sh-port': \
+                 scheduler flags go with -A/-E",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "-s", "sh", "-b"],
+                "-b on -A/-E takes scheduler flags",
+            ),
+            (
+                &["-A", "-t", "203.0.113.10:80", "--fullnat"],
+                "Illegal 'forwarding-method' option with the 'add-service' command",
+            ),
+            (
+                &["-d", "-t", "203.0.113.10:80", "-r", "198.51.100.11", "-b"],
+                "Illegal 'forwarding-method' option with the 'delete-server' command",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "-b",
+                    "-m",
+                ],
+                "multiple 'forwarding-method' options specified",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "--fullnat",
+                    "-g",
+                ],
+                "multiple 'forwarding-method' options specified",
+            ),
+            (
+                &[
+                    "-a",
+                    "-t",
+                    "203.0.113.10:80",
+                    "-r",
+                    "198.51.100.11",
+                    "-b",
+                    "--tun-type",
+                    "gue",
+                ],
+                "Tunnel options conflict with forward method",
+            ),
+        ];
+        for (args, needle) in refused {
+            let e = action(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    /// -S writes a service's local addresses right after its -A line, so -R adds them before
+    /// the FULLNAT real servers (`-b`, as DPVS) that need them; -R of that builds the same.
+    #[test]
+    fn fullnat_save_restore_round_trip() {
+        let rules = "\
+-A -f 1 -s rr
+-P -f 1 -z 10.0.0.11
+-a -f 1 -r 198.51.100.15:0 -b -w 1
+-A -t 203.0.113.10:80 -s rr
+-P -t 203.0.113.10:80 -z 10.0.0.9 -F eth1
+-P -t 203.0.113.10:80 -z 10.0.0.10 --laddr-ports 40000-40999
+-P -t 203.0.113.10:80 -z 2001:db8::9 -F eth1 --laddr-ports 1024-2047
+-a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
+-a -t 203.0.113.10:80 -r 198.51.100.12:8080 -b -w 2 -x 100
+-a -t 203.0.113.10:80 -r 198.51.100.12:8081 -b -w 3
+-A -u [2001:db8::10]:53 -s rr
+-P -u [2001:db8::10]:53 -z 2001:db8::9
+-a -u [2001:db8::10]:53 -r [2001:db8::11]:5353 -b -w 1
+";
+        let mut config = Config::default();
+        config.apply_all(&parse_rules(rules).unwrap()).unwrap();
+        assert_eq!(save(&config), rules);
+        let svc = config.service(&tcp("203.0.113.10:80")).unwrap();
+        assert_eq!(
+            svc.laddrs,
+            [
+                laddr("10.0.0.9", None, Some("eth1")),
+                laddr("10.0.0.10", Some((40000, 40999)), None),
+                laddr("2001:db8::9", Some((1024, 2047)), Some("eth1")),
+            ]
+        );
+        assert_eq!(svc.reals[1].forward, ForwardMethod::FullNat);
+        let mut again = Config::default();
+        again
+            .apply_all(&parse_rules(&save(&config)).unwrap())
+            .unwrap();
+        assert_eq!(again, config);
+        // The long forms read the same.
+        let long = "-A -t 203.0.113.10:80 -s rr\n\
+                    --add-laddr -t 203.0.113.10:80 --laddr 10.0.0.9 --ifname eth1\n\
+                    -a -t 203.0.113.10:80 -r 198.51.100.12:8080 --fullnat -w 2\n";
+        let mut c = Config::default();
+        c.apply_all(&parse_rules(long).unwrap()).unwrap();
+        assert_eq!(
+            save(&c),
+            "-A -t 203.0.113.10:80 -s rr\n-P -t 203.0.113.10:80 -z 10.0.0.9 -F eth1\n\
+             -a -t 203.0.113.10:80 -r 198.51.100.12:8080 -b -w 2\n"
+        );
+        // In the wrong order, -R is refused as a whole, naming the rule that needs -P first.
+        let wrong = "-A -t 203.0.113.10:80 -s rr\n\
+                     -a -t 203.0.113.10:80 -r 198.51.100.12:8080 -b\n\
+                     -P -t 203.0.113.10:80 -z 10.0.0.9\n";
+        let mut c = Config::default();
+        let e = c.apply_all(&parse_rules(wrong).unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("add one with --add-laddr first"),
+            "{e}"
+        );
+        assert_eq!(c, Config::default());
+        // An interface name with a '#' or a quote is quoted, and read back.
+        let mut odd = Config::default();
+        odd.apply_all(&[
+            Change::add_service(tcp("203.0.113.10:80"), Scheduler::Rr),
+            Change::AddLocalAddr {
+                service: tcp("203.0.113.10:80"),
+                laddr: laddr("10.0.0.9", None, Some("eth#1'x")),
+            },
+        ])
+        .unwrap();
+        let text = save(&odd);
+        assert!(text.contains(r#"-F "eth#1'x""#), "{text}");
+        let mut back = Config::default();
+        back.apply_all(&parse_rules(&text).unwrap()).unwrap();
+        assert_eq!(back, odd);
     }
 }
