@@ -260,7 +260,7 @@ pub fn conn_remove(key: &FlowKey) {
 #[inline(always)]
 pub fn laddr(key: u32) -> Option<&'static LocalAddr> {
     // SAFETY: values are replaced whole, never written in place (as SERVICES).
-    unsafe { LADDRS.get(&key) }
+    unsafe { LADDRS.get(key) }
 }
 
 /// This CPU's FULLNAT cursor of a service. Taken once per program run.
