@@ -88,6 +88,8 @@ pub mod names {
     pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
+    /// Per-CPU scratch of the NAT ICMP-error translation; never pinned.
+    pub const MAP_ICMP_SCRATCH: &str = "ICMP_SCRATCH";
     /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.
     pub const MAP_TUN_ROUTES: &str = "TUN_ROUTES";
     /// A program that passes every frame (for veth peers of XDP_TX interfaces).

@@ -9,19 +9,9 @@ use lb_common::{
 };
 
 use crate::{
-    icmp::Quote,
     packet::Packet,
     parse::{IcmpHdr, Ipv4Hdr, Ipv6Hdr, Parsed, TcpHdr, UdpHdr},
 };
-
-/// Which end of the packet is translated (ICMP errors).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The source address and port.
-    Src,
-    /// The destination address and port.
-    Dst,
-}
 
 /// A TCP/UDP packet's new addresses and ports (16-byte form, IPv4 in the first four bytes, the
 /// packet's family; ports in network order). An end that NAT leaves alone is given as it is.
@@ -88,70 +78,119 @@ pub fn rewrite(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Translates an ICMP error about a translated connection: `outer` (when Some) rewrites the
-/// error's own source or destination address, and the quoted packet's `inner` end gets `addr`
-/// and `port_be` (its IPv4 header checksum updated). The ICMP checksum follows every change,
-/// the IPv6 pseudo-header's addresses included. The quoted L4 checksum is left as it is (the
-/// quote is often cut short; receivers do not check it, and IPVS leaves it too).
-/// A BPF subprogram of its own; the result is 0 or the reason the packet is malformed.
+/// How an ICMP error about a translated connection is rewritten: the error's own source and
+/// destination, and the quoted packet's ends (address and port), each only when its flag is
+/// set. Kept in a per-CPU scratch map by the programs, not on their crowded stacks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpRewrite {
+    /// The error's new source (OUTER_SRC).
+    pub outer_src: [u8; 16],
+    /// The error's new destination (OUTER_DST).
+    pub outer_dst: [u8; 16],
+    /// The quoted packet's new source address (INNER_SRC), with `inner_sport_be`.
+    pub inner_src: [u8; 16],
+    /// The quoted packet's new destination address (INNER_DST), with `inner_dport_be`.
+    pub inner_dst: [u8; 16],
+    /// The quoted packet's new source port, network order.
+    pub inner_sport_be: u16,
+    /// The quoted packet's new destination port, network order.
+    pub inner_dport_be: u16,
+    /// Offset of the quoted IP header.
+    pub quote_l3: u16,
+    /// Offset of the quoted TCP/UDP header.
+    pub quote_l4: u16,
+    /// Which parts are rewritten ([`icmp_rewrite`]).
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+
+/// IcmpRewrite::flags bits.
+pub mod icmp_rewrite {
+    /// Rewrite the error's source.
+    pub const OUTER_SRC: u8 = 1;
+    /// Rewrite the error's destination.
+    pub const OUTER_DST: u8 = 2;
+    /// Rewrite the quoted packet's source address and port.
+    pub const INNER_SRC: u8 = 4;
+    /// Rewrite the quoted packet's destination address and port.
+    pub const INNER_DST: u8 = 8;
+}
+
+/// Translates an ICMP error about a translated connection as `t` says. The ICMP checksum
+/// follows every change, the ICMPv6 pseudo-header's addresses included; the outer and quoted
+/// IPv4 header checksums are updated. The quoted L4 checksum is left as it is (the quote is
+/// often cut short; receivers do not check it, and IPVS leaves it too). A BPF subprogram of its
+/// own; the result is 0 or the reason the packet is malformed.
 #[inline(never)]
-pub fn rewrite_icmp(pkt: &mut Packet, p: &Parsed, t: &IcmpTranslation) -> u32 {
+pub fn rewrite_icmp(pkt: &mut Packet, p: &Parsed, t: &IcmpRewrite) -> u32 {
     match rewrite_icmp_inline(pkt, p, t) {
         Ok(()) => 0,
         Err(reason) => reason as u32,
     }
 }
 
-/// What [`rewrite_icmp`] changes.
-pub struct IcmpTranslation<'a> {
-    /// Where the quoted packet is.
-    pub quote: Quote,
-    /// The error's own address to rewrite (to `addr` too: a NAT error's outer and quoted
-    /// addresses translate alike).
-    pub outer: Option<End>,
-    /// The quoted packet's end to rewrite.
-    pub inner: End,
-    /// Its new address.
-    pub addr: &'a [u8; 16],
-    /// Its new port, network order.
-    pub port_be: u16,
+/// The 16-byte form of an IPv4 address.
+#[inline(always)]
+fn wide(a: [u8; 4]) -> [u8; 16] {
+    let mut w = [0u8; 16];
+    w[..4].copy_from_slice(&a);
+    w
 }
 
 #[inline(always)]
-fn rewrite_icmp_inline(pkt: &mut Packet, p: &Parsed, t: &IcmpTranslation) -> Result<(), Reason> {
-    let (q, inner, addr, port_be) = (&t.quote, t.inner, t.addr, t.port_be);
-    let outer = t.outer.map(|end| (end, addr));
+fn rewrite_icmp_inline(pkt: &mut Packet, p: &Parsed, t: &IcmpRewrite) -> Result<(), Reason> {
+    use icmp_rewrite::{INNER_DST, INNER_SRC, OUTER_DST, OUTER_SRC};
     // Offsets the verifier can bound (a quote lies within the first 512 bytes).
-    let (q_l3, q_l4) = ((q.l3_off & 0x1ff) as usize, (q.l4_off & 0x1ff) as usize);
+    let (q_l3, q_l4) = ((t.quote_l3 & 0x1ff) as usize, (t.quote_l4 & 0x1ff) as usize);
     let v6 = p.family == FAMILY_V6;
+    let f = t.flags;
     // What the ICMP checksum covers before and after (sums of 16-bit words).
     let mut old = 0u64;
-    let mut new = sum_addr(addr, v6) + u16::from_be(port_be) as u64;
-    if let Some((end, to)) = outer {
-        let from = if end == End::Src { &p.src } else { &p.dst };
-        let (from_sum, to_sum) = (sum_addr(from, v6), sum_addr(to, v6));
+    let mut new = 0u64;
+    if f & (OUTER_SRC | OUTER_DST) != 0 {
         if v6 {
             // ICMPv6's pseudo-header.
-            old += from_sum;
-            new += to_sum;
             let ip = pkt
                 .header_mut::<Ipv6Hdr>(p.l3_off)
                 .ok_or(Reason::DropMalformedL3)?;
-            match end {
-                End::Src => ip.src_addr = *to,
-                End::Dst => ip.dst_addr = *to,
+            if f & OUTER_SRC != 0 {
+                old += sum_addr(&ip.src_addr, true);
+                new += sum_addr(&t.outer_src, true);
+                ip.src_addr = t.outer_src;
+            }
+            if f & OUTER_DST != 0 {
+                old += sum_addr(&ip.dst_addr, true);
+                new += sum_addr(&t.outer_dst, true);
+                ip.dst_addr = t.outer_dst;
             }
         } else {
             let ip = pkt
                 .header_mut::<Ipv4Hdr>(p.l3_off)
                 .ok_or(Reason::DropMalformedL3)?;
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&to[..4]);
-            match end {
-                End::Src => ip.src_addr = a,
-                End::Dst => ip.dst_addr = a,
+            let (mut o, mut n) = (0u64, 0u64);
+            if f & OUTER_SRC != 0 {
+                o += sum_addr(&wide(ip.src_addr), false);
+                n += sum_addr(&t.outer_src, false);
+                ip.src_addr = [
+                    t.outer_src[0],
+                    t.outer_src[1],
+                    t.outer_src[2],
+                    t.outer_src[3],
+                ];
             }
-            ip.check = update(u16::from_be_bytes(ip.check), from_sum, to_sum).to_be_bytes();
+            if f & OUTER_DST != 0 {
+                o += sum_addr(&wide(ip.dst_addr), false);
+                n += sum_addr(&t.outer_dst, false);
+                ip.dst_addr = [
+                    t.outer_dst[0],
+                    t.outer_dst[1],
+                    t.outer_dst[2],
+                    t.outer_dst[3],
+                ];
+            }
+            ip.check = update(u16::from_be_bytes(ip.check), o, n).to_be_bytes();
         }
     }
     // The quoted L3 header.
@@ -159,39 +198,65 @@ fn rewrite_icmp_inline(pkt: &mut Packet, p: &Parsed, t: &IcmpTranslation) -> Res
         let ip = pkt
             .header_mut::<Ipv6Hdr>(q_l3)
             .ok_or(Reason::DropMalformedL3)?;
-        let was = match inner {
-            End::Src => core::mem::replace(&mut ip.src_addr, *addr),
-            End::Dst => core::mem::replace(&mut ip.dst_addr, *addr),
-        };
-        old += sum_addr(&was, true);
+        if f & INNER_SRC != 0 {
+            old += sum_addr(&ip.src_addr, true);
+            new += sum_addr(&t.inner_src, true);
+            ip.src_addr = t.inner_src;
+        }
+        if f & INNER_DST != 0 {
+            old += sum_addr(&ip.dst_addr, true);
+            new += sum_addr(&t.inner_dst, true);
+            ip.dst_addr = t.inner_dst;
+        }
     } else {
         let ip = pkt
             .header_mut::<Ipv4Hdr>(q_l3)
             .ok_or(Reason::DropMalformedL3)?;
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&addr[..4]);
-        let was = match inner {
-            End::Src => core::mem::replace(&mut ip.src_addr, a),
-            End::Dst => core::mem::replace(&mut ip.dst_addr, a),
-        };
-        let mut w = [0u8; 16];
-        w[..4].copy_from_slice(&was);
-        let was_sum = sum_addr(&w, false);
+        let (mut o, mut n) = (0u64, 0u64);
+        if f & INNER_SRC != 0 {
+            o += sum_addr(&wide(ip.src_addr), false);
+            n += sum_addr(&t.inner_src, false);
+            ip.src_addr = [
+                t.inner_src[0],
+                t.inner_src[1],
+                t.inner_src[2],
+                t.inner_src[3],
+            ];
+        }
+        if f & INNER_DST != 0 {
+            o += sum_addr(&wide(ip.dst_addr), false);
+            n += sum_addr(&t.inner_dst, false);
+            ip.dst_addr = [
+                t.inner_dst[0],
+                t.inner_dst[1],
+                t.inner_dst[2],
+                t.inner_dst[3],
+            ];
+        }
         let check = u16::from_be_bytes(ip.check);
-        let now = update(check, was_sum, sum_addr(addr, false));
+        let now = update(check, o, n);
         ip.check = now.to_be_bytes();
-        old += was_sum + check as u64;
-        new += now as u64;
+        old += o + check as u64;
+        new += n + now as u64;
     }
-    // The quoted port.
+    // The quoted ports.
     let ports = pkt
         .header_mut::<[u8; 4]>(q_l4)
         .ok_or(Reason::DropMalformedL4)?;
-    let at = if inner == End::Src { 0 } else { 2 };
-    old += u16::from_be_bytes([ports[at], ports[at + 1]]) as u64;
-    let b = port_be.to_ne_bytes();
-    ports[at] = b[0];
-    ports[at + 1] = b[1];
+    if f & INNER_SRC != 0 {
+        old += u16::from_be_bytes([ports[0], ports[1]]) as u64;
+        new += u16::from_be(t.inner_sport_be) as u64;
+        let b = t.inner_sport_be.to_ne_bytes();
+        ports[0] = b[0];
+        ports[1] = b[1];
+    }
+    if f & INNER_DST != 0 {
+        old += u16::from_be_bytes([ports[2], ports[3]]) as u64;
+        new += u16::from_be(t.inner_dport_be) as u64;
+        let b = t.inner_dport_be.to_ne_bytes();
+        ports[2] = b[0];
+        ports[3] = b[1];
+    }
     let icmp = pkt
         .header_mut::<IcmpHdr>(p.l4_off)
         .ok_or(Reason::DropMalformedL4)?;

@@ -106,3 +106,46 @@ pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags) -> Vec<u8
 pub fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
     frame(src, sport, dst, dport, L4::Udp, None, payload)
 }
+
+/// An IP packet (no Ethernet) src:sport -> dst:dport, TCP ACK or UDP, with 100 bytes of payload:
+/// what an ICMP error quotes.
+pub fn quoted(src: &str, sport: u16, dst: &str, dport: u16, udp: bool) -> Vec<u8> {
+    let l4 = if udp { L4::Udp } else { L4::Tcp(ACK) };
+    frame(src, sport, dst, dport, l4, None, &[9u8; 100])[14..].to_vec()
+}
+
+/// An ICMP error frame from `src` to `dst`, quoting `quote`: IPv4 (type, code, rest) or IPv6
+/// by the addresses' family. MACs as the program tests send them.
+pub fn icmp_error(src: &str, dst: &str, ty: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC);
+    let mut out = Vec::new();
+    match (src.parse().unwrap(), dst.parse().unwrap()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_raw(ty, code, rest)
+            .write(&mut out, quote)
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_raw(ty, code, rest)
+            .write(&mut out, quote)
+            .unwrap(),
+        _ => panic!("mixed families"),
+    }
+    out
+}
+
+/// `translated` with the quoted TCP checksum of `original` (the data plane leaves it, as IPVS
+/// does: receivers do not check a quote's L4 checksum).
+pub fn keep_quoted_l4_check(mut translated: Vec<u8>, original: &[u8], v6: bool) -> Vec<u8> {
+    let at = if v6 { 40 + 16 } else { 20 + 16 };
+    translated[at..at + 2].copy_from_slice(&original[at..at + 2]);
+    translated
+}
+
+/// `f` with its Ethernet addresses replaced.
+pub fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}

@@ -15,7 +15,9 @@ use lb_user::model::{
     Change, ForwardMethod, LocalAddr, PortRange, Protocol, RealServer, Scheduler, ServiceKey,
 };
 use xvs_tests::{
-    packets::{frame, tcp, Flags, ACK, L4, SYN},
+    packets::{
+        frame, icmp_error, keep_quoted_l4_check, quoted, tcp, with_macs, Flags, ACK, L4, SYN,
+    },
     progtest::{in_fib_ns, mac_text, verdict, Director},
 };
 
@@ -105,12 +107,6 @@ fn service(d: &mut Director, k: ServiceKey, lip: &str, (lo, hi): (u16, u16), rea
     let mut c = d.dp.current_config().unwrap();
     c.flags |= config_flags::NAT;
     d.dp.set_config(c).unwrap();
-}
-
-fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f
 }
 
 /// The source port of a translated frame (IPv4 or IPv6, no VLAN).
@@ -270,9 +266,18 @@ fn an_exhausted_pool_refuses_new_connections_and_recovers_when_one_ends() {
         c.tcp_close_timeout_ns = 0;
         d.dp.set_config(c).unwrap();
         let freed = sport(&d.run_on(ifx, &tcp(CLIENT, 50000, VIP, 80, RST)).1);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        d.dp.conn_counts().unwrap();
-        assert_eq!(d.dp.nat_replies().unwrap().len(), 3);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            d.dp.conn_counts().unwrap();
+            if d.dp.nat_replies().unwrap().len() == 3 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reset connection's port stays taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let (v, out) = d.run_on(ifx, &tcp(CLIENT, 50004, VIP, 80, SYN));
         assert_eq!(v, verdict::TX);
         assert_eq!(sport(&out), freed);
@@ -333,5 +338,75 @@ fn replies_of_no_connection_pass_unchanged() {
         assert_eq!((v, got), (verdict::PASS, spoofed.clone()));
         assert_eq!(d.reason(Reason::PassNatReplyUnknown), 1);
         assert_eq!(d.reason(Reason::PassNotService), 1);
+    });
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways_both_ends_of_the_quote() {
+    in_ns(|d, ifx| {
+        service(
+            d,
+            key(Protocol::Tcp, VIP, 80),
+            LIP,
+            (44000, 44999),
+            &[fullnat(RS, 8080)],
+        );
+        service(
+            d,
+            key(Protocol::Tcp, VIP6, 80),
+            LIP6,
+            (44000, 44999),
+            &[fullnat(RS6, 8080)],
+        );
+        let lport = sport(&d.run_on(ifx, &tcp(CLIENT, 53000, VIP, 80, SYN)).1);
+        let lport6 = sport(&d.run_on(ifx, &tcp(CLIENT6, 53001, VIP6, 80, SYN)).1);
+
+        // The path toward the client says "fragmentation needed" about a reply (VIP -> client):
+        // the real server gets it from the local address, about what it sent (RIP -> LIP).
+        let q = quoted(VIP, 80, CLIENT, 53000, false);
+        let rest = [0, 0, 0x05, 0x00];
+        let (v, out) = d.run_on(ifx, &icmp_error("192.0.2.254", VIP, 3, 4, rest, &q));
+        assert_eq!(v, verdict::TX, "v4 frag needed");
+        let want_q = keep_quoted_l4_check(quoted(RS, 8080, LIP, lport, false), &q, false);
+        let want = icmp_error(LIP, RS, 3, 4, rest, &want_q);
+        assert_eq!(out, with_macs(want, RS_MAC, D0_MAC), "v4 frag needed");
+        // IPv6: packet too big (the pseudo-header's two addresses change too).
+        let q = quoted(VIP6, 80, CLIENT6, 53001, false);
+        let mtu = 1400u32.to_be_bytes();
+        let (v, out) = d.run_on(ifx, &icmp_error("2001:db8:1::fe", VIP6, 2, 0, mtu, &q));
+        assert_eq!(v, verdict::TX, "v6 packet too big");
+        let want_q = keep_quoted_l4_check(quoted(RS6, 8080, LIP6, lport6, false), &q, true);
+        let want = icmp_error(LIP6, RS6, 2, 0, mtu, &want_q);
+        assert_eq!(out, with_macs(want, RS_MAC, D0_MAC), "v6 packet too big");
+
+        // The real server (or a router on its side) reports a problem with what the director
+        // sent it (LIP -> RIP): the client gets it from the VIP, about its own packet.
+        let q = quoted(LIP, lport, RS, 8080, false);
+        let (v, out) = d.run_on(ifx, &icmp_error(RS, LIP, 3, 4, rest, &q));
+        assert_eq!(v, verdict::TX, "v4 from the real server");
+        let want_q = keep_quoted_l4_check(quoted(CLIENT, 53000, VIP, 80, false), &q, false);
+        let want = icmp_error(VIP, CLIENT, 3, 4, rest, &want_q);
+        assert_eq!(
+            out,
+            with_macs(want, GW_MAC, D0_MAC),
+            "v4 from the real server"
+        );
+        let q = quoted(LIP6, lport6, RS6, 8080, false);
+        let (v, out) = d.run_on(ifx, &icmp_error(RS6, LIP6, 2, 0, mtu, &q));
+        assert_eq!(v, verdict::TX, "v6 from the real server");
+        let want_q = keep_quoted_l4_check(quoted(CLIENT6, 53001, VIP6, 80, false), &q, true);
+        let want = icmp_error(VIP6, CLIENT6, 2, 0, mtu, &want_q);
+        assert_eq!(
+            out,
+            with_macs(want, GW_MAC, D0_MAC),
+            "v6 from the real server"
+        );
+        assert_eq!(d.reason(Reason::IcmpErrorForwarded), 4);
+
+        // About a local port no connection holds: the kernel's, unchanged.
+        let q = quoted(LIP, 44999, RS, 8080, false);
+        let sent = icmp_error(RS, LIP, 3, 4, rest, &q);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!((v, out), (verdict::PASS, sent));
     });
 }

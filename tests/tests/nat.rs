@@ -11,7 +11,9 @@ use lb_user::model::{
     Change, ForwardMethod, Persistence, Protocol, RealServer, Scheduler, ServiceKey,
 };
 use xvs_tests::{
-    packets::{frame, tcp, udp, Flags, ACK, L4, SYN},
+    packets::{
+        frame, icmp_error, keep_quoted_l4_check, quoted, tcp, udp, with_macs, Flags, ACK, L4, SYN,
+    },
     progtest::{in_fib_ns, mac_text, verdict, Director},
 };
 
@@ -99,13 +101,6 @@ fn nat_on(d: &mut Director) {
     let mut c = d.dp.current_config().unwrap();
     c.flags |= config_flags::NAT;
     d.dp.set_config(c).unwrap();
-}
-
-/// `f` with its Ethernet addresses replaced.
-fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f
 }
 
 const SYN_ACK: Flags = Flags {
@@ -397,45 +392,6 @@ fn a_next_hop_without_a_known_mac_gets_the_translated_packet_through_the_kernel(
         assert_eq!(out, want);
         assert_eq!(d.reason(Reason::PassNatNoNeighbor), 1);
     });
-}
-
-/// An IP packet (no Ethernet) src:sport -> dst:dport, TCP ACK or UDP, with 100 bytes of payload:
-/// what an ICMP error quotes.
-fn quoted(src: &str, sport: u16, dst: &str, dport: u16, udp: bool) -> Vec<u8> {
-    let l4 = if udp { L4::Udp } else { L4::Tcp(ACK) };
-    frame(src, sport, dst, dport, l4, None, &[9u8; 100])[14..].to_vec()
-}
-
-/// An ICMP error frame from `src` to `dst`, quoting `quote`: IPv4 (type, code, rest) or IPv6
-/// by the addresses' family. MACs as the program tests send them.
-fn icmp_error(src: &str, dst: &str, ty: u8, code: u8, rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(
-        xvs_tests::packets::CLIENT_MAC,
-        xvs_tests::packets::DIRECTOR_MAC,
-    );
-    let mut out = Vec::new();
-    match (src.parse().unwrap(), dst.parse().unwrap()) {
-        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => b
-            .ipv4(s.octets(), d.octets(), 64)
-            .icmpv4_raw(ty, code, rest)
-            .write(&mut out, quote)
-            .unwrap(),
-        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => b
-            .ipv6(s.octets(), d.octets(), 64)
-            .icmpv6_raw(ty, code, rest)
-            .write(&mut out, quote)
-            .unwrap(),
-        _ => panic!("mixed families"),
-    }
-    out
-}
-
-/// `translated` with the quoted TCP checksum of `original` (the data plane leaves it, as IPVS
-/// does: receivers do not check a quote's L4 checksum).
-fn keep_quoted_l4_check(mut translated: Vec<u8>, original: &[u8], v6: bool) -> Vec<u8> {
-    let at = if v6 { 40 + 16 } else { 20 + 16 };
-    translated[at..at + 2].copy_from_slice(&original[at..at + 2]);
-    translated
 }
 
 #[test]

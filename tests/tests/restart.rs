@@ -218,9 +218,12 @@ fn sigkill_under_load_fails_no_request_and_the_new_xvsd_adopts_the_pinned_state(
         "the director detached when xvsd died"
     );
     check_held(&mut held, "while xvsd was dead");
-    // The tail-called TUN, ICMP and NAT programs stay in their table (the pin keeps it from being
+    // The tail-called TUN, ICMP, NAT and NAT-ICMP programs stay in their table (the pin keeps it from being
     // emptied when xvsd's descriptors close).
-    assert_eq!(tail_programs(&lab).len(), lb_common::TAIL_NAT as usize + 1);
+    assert_eq!(
+        tail_programs(&lab).len(),
+        lb_common::TAIL_NAT_ICMP as usize + 1
+    );
 
     lab.start_xvsd().unwrap();
     let answering = killed.elapsed();
@@ -314,7 +317,7 @@ fn upgrade_under_load_swaps_the_program_on_the_same_link_and_keeps_the_connectio
     assert_ne!(prog_after, prog_before, "the program was not replaced");
     // The tail-called programs were replaced by the new build's too, every slot filled.
     let tail_after = tail_programs(&lab);
-    assert_eq!(tail_after.len(), lb_common::TAIL_NAT as usize + 1);
+    assert_eq!(tail_after.len(), lb_common::TAIL_NAT_ICMP as usize + 1);
     assert!(
         tail_after.iter().all(|id| !tail_before.contains(id)),
         "tail-call table still runs old programs: {tail_before:?} -> {tail_after:?}"

@@ -701,3 +701,33 @@ fn configs_nat_flag_follows_nat_real_servers_and_keeps_the_other_flags() {
         "the last NAT server gone"
     );
 }
+
+#[test]
+fn fullnat_refusals_are_reported_once_each_with_the_service_and_its_pool() {
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        "-A -t 203.0.113.1:80 -s rr\n\
+         -P -t 203.0.113.1:80 -z 10.0.9.1 --laddr-ports 2000-2003\n\
+         -a -t 203.0.113.1:80 -r 10.0.0.2:8080 -b\n",
+    ));
+    let web = tcp("203.0.113.1:80");
+    let id = c.dataplane().service_id(&web).unwrap();
+    // The local address is in the listing (-G) and placed in the data plane's slot 0.
+    let l = listing(&mut c);
+    assert_eq!(l.services[0].laddrs.len(), 1);
+    assert_eq!(
+        c.dataplane().local_addr(id, 0),
+        Some("10.0.9.1".parse().unwrap())
+    );
+    assert!(c.fullnat_refusals().unwrap().is_empty());
+    c.dataplane_mut().fullnat_exhausted.insert(id, 3);
+    let r = c.fullnat_refusals().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].service, r[0].refused), (web, 3));
+    assert_eq!(r[0].pool, "10.0.9.1 ports 2000-2003");
+    // Reported once; only what is new next time.
+    assert!(c.fullnat_refusals().unwrap().is_empty());
+    c.dataplane_mut().fullnat_exhausted.insert(id, 5);
+    assert_eq!(c.fullnat_refusals().unwrap()[0].refused, 2);
+}

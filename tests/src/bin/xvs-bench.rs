@@ -402,6 +402,17 @@ fn main() -> Result<()> {
                 Some(nat <= 1.3 * dr),
             )
         },
+        {
+            let dr = worst_over(find("DR established, one flow"));
+            let fnat =
+                worst_over(find("FULLNAT established")).max(worst_over(find("FULLNAT reply")));
+            target(
+                "FULLNAT established and reply vs DR established, one flow (worst of v4/v6)",
+                "<= 1.3x DR's cost over floor",
+                format!("{fnat:+.1} ns vs DR {dr:+.1} ns ({:.2}x)", fnat / dr),
+                Some(fnat <= 1.3 * dr),
+            )
+        },
         target(
             "live forwarding vs bare XDP_TX hairpin (one generator core)",
             ">= 70% of pps",

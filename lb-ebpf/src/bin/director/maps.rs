@@ -18,6 +18,7 @@ use lb_common::{
     Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
     MAX_BACKENDS, MAX_SERVICES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
+use lb_ebpf::nat::IcmpRewrite;
 
 // Services change under traffic: without preallocation, a replaced value is freed after an RCU
 // grace period, so a packet never reads a value that is being rewritten.
@@ -70,6 +71,9 @@ static FNAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICE
 /// service and its pool when it grows).
 #[map]
 static FNAT_EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+/// Each CPU's plan for the ICMP error it translates (xvs_nat_icmp): off the stack.
+#[map]
+static ICMP_SCRATCH: PerCpuArray<IcmpRewrite> = PerCpuArray::with_max_entries(1, 0);
 /// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
 #[map]
 static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
@@ -279,6 +283,16 @@ pub fn count_fullnat_exhausted(service: u32) {
         // SAFETY: this CPU's slot, as in `count`.
         unsafe { *c += 1 };
     }
+}
+
+/// This CPU's ICMP translation scratch. Written by the planning step and read by the rewrite,
+/// one after the other in one program run.
+#[inline(always)]
+pub fn icmp_scratch() -> Option<&'static mut IcmpRewrite> {
+    let t = ICMP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
+    // during the program, and its users (forward::nat's ICMP steps) run one after the other.
+    Some(unsafe { &mut *t })
 }
 
 /// This CPU's cached route for a tunnel backend slot. Taken once per program run (read, and

@@ -33,8 +33,7 @@ use lb_common::{
 use lb_ebpf::{
     helpers::{ktime_coarse_ns, ktime_ns, smp_processor_id},
     icmp,
-    icmp::Quote,
-    nat::{rewrite, rewrite_icmp, End, IcmpTranslation, Tuple},
+    nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
     packet::Packet,
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
     route::{self, Hop, NoRoute, Query},
@@ -170,43 +169,32 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
     step.decode()
 }
 
-/// The body of xvs_nat_icmp: an ICMP error about a NAT connection, tail-called by xvs_nat with
-/// the job it was given.
+/// The body of xvs_nat_icmp: an ICMP error about a NAT or FULLNAT connection, tail-called by
+/// xvs_nat with the job it was given. The translation is planned into this CPU's scratch
+/// (not the stack) by one subprogram and done by another: their frames are siblings.
 #[inline(always)]
 pub fn run_icmp(pkt: &mut Packet) -> Result<Out, Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
-    let (inbound, id) = (job.kind == nat_job::INBOUND, job.backend);
+    let inbound = job.kind == nat_job::INBOUND;
     let p = parse(pkt)?;
-    // Planned by one subprogram, done by others: the frames are siblings.
-    let mut plan = IcmpPlan {
-        t: IcmpTranslation {
-            quote: Quote {
-                l3_off: 0,
-                l4_off: 0,
-            },
-            outer: None,
-            inner: End::Src,
-            addr: &p.dst,
-            port_be: 0,
-        },
-        hop: Hop::default(),
-        tx: Reason::TxNat,
-    };
+    let mut hop = Hop::default();
     let planned = if inbound {
-        icmp_inbound_call(pkt, &p, id, &mut plan)
+        icmp_inbound_call(pkt, &p, &mut hop)
     } else {
-        icmp_reply_call(pkt, &p, &mut plan)
+        icmp_reply_call(pkt, &p, &mut hop)
     };
     translated(planned)?;
-    translated(rewrite_icmp(pkt, &p, &plan.t))?;
-    send(pkt, &plan.hop, plan.tx)
-}
-
-/// How an ICMP error about a NAT connection is translated and where it goes.
-struct IcmpPlan<'a> {
-    t: IcmpTranslation<'a>,
-    hop: Hop,
-    tx: Reason,
+    let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
+    translated(rewrite_icmp(pkt, &p, t))?;
+    send(
+        pkt,
+        &hop,
+        if inbound {
+            Reason::TxNat
+        } else {
+            Reason::TxNatReply
+        },
+    )
 }
 
 // The allocation, the way back's record and each kind of ICMP error are BPF subprograms of
@@ -304,13 +292,13 @@ fn settle_call(p: &Parsed, slot: u8, lport_be: u16) {
 }
 
 #[inline(never)]
-fn icmp_inbound_call(pkt: &Packet, p: &Parsed, id: u32, plan: &mut IcmpPlan<'_>) -> u32 {
-    status(icmp_inbound(pkt, p, id, plan))
+fn icmp_inbound_call(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> u32 {
+    status(icmp_inbound(pkt, p, hop))
 }
 
 #[inline(never)]
-fn icmp_reply_call(pkt: &Packet, p: &Parsed, plan: &mut IcmpPlan<'_>) -> u32 {
-    status(icmp_reply(pkt, p, plan))
+fn icmp_reply_call(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> u32 {
+    status(icmp_reply(pkt, p, hop))
 }
 
 /// Address equality as four word compares (an array compare may become a bcmp call, which BPF
@@ -335,56 +323,76 @@ fn is_icmp(p: &Parsed) -> bool {
     p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6
 }
 
-/// An ICMP error about a reply of NAT connection (slot `id`), addressed to the VIP (the path
-/// toward the client reports a problem): to the real server, its quote made what the server
-/// sent (source RIP:rport instead of VIP:vport), so its stack finds the connection.
+/// An ICMP error about a reply of the job's NAT or FULLNAT connection, addressed to the VIP
+/// (the path toward the client reports a problem): to the real server, its quote made what the
+/// server sent (source RIP:rport instead of VIP:vport; FULLNAT: to LIP:lport instead of the
+/// client, and the error itself from the local address), so its stack finds the connection.
 #[inline(always)]
-fn icmp_inbound(pkt: &Packet, p: &Parsed, id: u32, plan: &mut IcmpPlan<'_>) -> Result<(), Reason> {
+fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
+    let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
+    let (id, service, slot, lport_be) = (job.backend, job.service, job.local, job.lport_be);
     let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
-    if b.fwd == fwd::FULLNAT {
-        // Both ends of the quote would change: not translated yet, the kernel gets it.
-        return Err(Reason::PassIcmp);
-    }
     let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
-    plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
-    plan.t.outer = Some(End::Dst);
-    plan.t.inner = End::Src;
-    plan.t.addr = &b.addr;
-    plan.t.port_be = real_port(b, dport_be);
-    plan.hop = route_to(pkt, p, &b.addr)?;
-    plan.tx = Reason::TxNat;
+    let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
+    let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
+    t.quote_l3 = q.l3_off;
+    t.quote_l4 = q.l4_off;
+    t.outer_dst = b.addr;
+    t.inner_src = b.addr;
+    t.inner_sport_be = real_port(b, dport_be);
+    t.flags = icmp_rewrite::OUTER_DST | icmp_rewrite::INNER_SRC;
+    if b.fwd == fwd::FULLNAT {
+        let la = maps::laddr(laddr_key(service, slot)).ok_or(Reason::PassIcmp)?;
+        if lport_be == 0 {
+            return Err(Reason::PassIcmp);
+        }
+        t.outer_src = la.addr;
+        t.inner_dst = la.addr;
+        t.inner_dport_be = lport_be;
+        t.flags |= icmp_rewrite::OUTER_SRC | icmp_rewrite::INNER_DST;
+    }
+    *hop = route_to(pkt, p, &b.addr)?;
     Ok(())
 }
 
-/// An ICMP error a NAT real server (or a router on its side) sends to a client about the
-/// client's packet: the quote and, from the real server itself, the error's source become the
-/// VIP's, as the client knows the connection.
+/// An ICMP error a NAT or FULLNAT real server (or a router on its side) sends about a packet
+/// the director sent it: toward the client, about a packet to the VIP. NAT: the quote's
+/// destination becomes the VIP's, and an error from the real server itself comes from the
+/// VIP. FULLNAT: the quote becomes the client's packet (CIP:cport -> VIP:vport), and the error
+/// goes from the VIP to the client.
 #[inline(always)]
-fn icmp_reply(pkt: &Packet, p: &Parsed, plan: &mut IcmpPlan<'_>) -> Result<(), Reason> {
-    // The quoted packet went client -> real server: as NAT_REPLIES keys it, from the server.
+fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
+    // The quoted packet went toward the real server: as NAT_REPLIES keys it, from the server.
     let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
     let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
-    if !same_addr(&back.client, &key.dst) {
-        // FULLNAT: both ends of the quote would change; not translated yet.
-        return Err(Reason::PassIcmp);
-    }
+    let fullnat = !same_addr(&back.client, &key.dst) || back.cport_be != key.dport_be;
     let from_server = same_addr(&p.src, &key.src);
     // The same key, now the connection's as the client made it.
-    let client = key.dst;
-    key.src = client;
+    key.src = back.client;
     key.dst = back.vip;
-    key.sport_be = key.dport_be;
+    key.sport_be = back.cport_be;
     key.dport_be = back.vport_be;
     if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
         return Err(Reason::PassNatReplyUnknown);
     }
-    plan.t.quote = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
-    plan.t.outer = from_server.then_some(End::Src);
-    plan.t.inner = End::Dst;
-    plan.t.addr = &back.vip;
-    plan.t.port_be = back.vport_be;
-    plan.hop = route_to(pkt, p, &p.dst)?;
-    plan.tx = Reason::TxNatReply;
+    let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
+    let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
+    t.quote_l3 = q.l3_off;
+    t.quote_l4 = q.l4_off;
+    t.outer_src = back.vip;
+    t.inner_dst = back.vip;
+    t.inner_dport_be = back.vport_be;
+    t.flags = icmp_rewrite::INNER_DST;
+    if from_server || fullnat {
+        t.flags |= icmp_rewrite::OUTER_SRC;
+    }
+    if fullnat {
+        t.outer_dst = back.client;
+        t.inner_src = back.client;
+        t.inner_sport_be = back.cport_be;
+        t.flags |= icmp_rewrite::OUTER_DST | icmp_rewrite::INNER_SRC;
+    }
+    *hop = route_to(pkt, p, &back.client)?;
     Ok(())
 }
 
