@@ -19,9 +19,9 @@ pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
     nat_reply_filter_proto, service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend,
-    DataplaneConfig, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey, ServiceKey,
-    ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_PROBES, MAX_LADDR_SLOTS, NO_BACKEND,
-    TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    DataplaneConfig, FullNatAudit, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey,
+    ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_AUDIT_BYTES, FULLNAT_PROBES,
+    MAX_LADDR_SLOTS, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 
@@ -84,6 +84,8 @@ pub mod names {
     pub const MAP_LADDRS: &str = "LADDRS";
     /// Per-CPU cursor per service into its FULLNAT (local address, port) candidates.
     pub const MAP_FULLNAT_CURSOR: &str = "FNAT_CURSOR";
+    /// New FULLNAT connections for xvsd's audit log (ring buffer of lb_common::FullNatAudit).
+    pub const MAP_FULLNAT_AUDIT: &str = "FNAT_AUDIT";
     /// Per-CPU count per service of new FULLNAT connections refused for want of a port.
     pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
     /// Per-CPU hand-over from the director to the tunnel program.

@@ -365,6 +365,43 @@ pub struct LocalAddr {
 }
 const _: () = assert!(size_of::<LocalAddr>() == 24);
 
+/// One new FULLNAT connection, as the data plane reports it on the FNAT_AUDIT ring buffer for
+/// xvsd's audit log (`--audit-fullnat`): the client the real server never sees, beside the
+/// local address and port it sees instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FullNatAudit {
+    /// The client's address.
+    pub client: [u8; 16],
+    /// The VIP.
+    pub vip: [u8; 16],
+    /// The local address the connection was given.
+    pub local: [u8; 16],
+    /// The real server's address.
+    pub real: [u8; 16],
+    /// The client's port, network order.
+    pub cport_be: u16,
+    /// The VIP's port, network order.
+    pub vport_be: u16,
+    /// The local port, network order.
+    pub lport_be: u16,
+    /// The real server's port, network order.
+    pub rport_be: u16,
+    /// Service id.
+    pub service: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// FAMILY_V4 or FAMILY_V6.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FullNatAudit>() == 80);
+
+/// Size of the FNAT_AUDIT ring buffer: 256 KiB, about 3,000 connections' reports waiting for
+/// xvsd (which reads them as they come).
+pub const FULLNAT_AUDIT_BYTES: u32 = 256 * 1024;
+
 /// LADDRS's key of a service's local-address slot.
 #[inline(always)]
 pub const fn laddr_key(service: u32, slot: u8) -> u32 {
@@ -442,6 +479,9 @@ pub mod config_flags {
     /// Some real server is reached by NAT or FULLNAT: packets that are not for a service are checked for
     /// being such a real server's reply (without it, traffic that is not ours pays nothing).
     pub const NAT: u8 = 4;
+    /// xvsd runs with `--audit-fullnat`: each new FULLNAT connection is reported on the
+    /// FNAT_AUDIT ring buffer (client, local address and port, real server).
+    pub const AUDIT_FULLNAT: u8 = 8;
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 64);
 
@@ -487,6 +527,8 @@ mod pod {
     unsafe impl aya::Pod for super::NatReply {}
     // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::LocalAddr {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::FullNatAudit {}
 }
 
 #[cfg(test)]

@@ -100,10 +100,13 @@ pub enum Reason {
     /// a bounded number of probes: its packet is dropped (the client retries), and xvsd logs the
     /// service and its pool. Never a port in use handed out twice.
     DropFullNatNoPort = 39,
+    /// A new FULLNAT connection's audit report did not fit the FNAT_AUDIT ring buffer (xvsd
+    /// fell behind): the connection was forwarded, its audit line is missing.
+    FullNatAuditLost = 40,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 40;
+pub const REASON_COUNT: u32 = 41;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -152,6 +155,7 @@ impl Reason {
         Reason::DropNatFwdDisabled,
         Reason::TxFullNat,
         Reason::DropFullNatNoPort,
+        Reason::FullNatAuditLost,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -237,6 +241,7 @@ impl Reason {
             Reason::DropNatFwdDisabled => "drop_nat_fwd_disabled",
             Reason::TxFullNat => "tx_fullnat",
             Reason::DropFullNatNoPort => "drop_fullnat_no_port",
+            Reason::FullNatAuditLost => "fullnat_audit_lost",
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use xvs_tests::{
-    lab::{rs_ip4, rs_ip6, tally, two_reals, Lab, VIP4, VIP6},
+    lab::{rs_ip4, rs_ip6, tally, two_reals_with, Lab, VIP4, VIP6},
     netns, poll,
 };
 
@@ -49,7 +49,7 @@ fn plain_real_servers(lab: &Lab) {
 
 #[test]
 fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
-    let mut lab = two_reals("fnat-e2e");
+    let mut lab = two_reals_with("fnat-e2e", &["--audit-fullnat"]);
     plain_real_servers(&lab);
     for (vip, lip, rs) in [
         (
@@ -99,7 +99,20 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
         }
         assert!(!log.contains("198.51.100.1 "), "rs{i}: {log}");
     }
-    // The client is not lost to the operator: -L -c shows both tuples.
+    // The client is not lost to the operator: the audit log pairs it with the local address
+    // (one line per new connection), and -L -c shows both tuples.
+    poll(Duration::from_secs(5), "audit lines", || {
+        let log = lab.xvsd_log();
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("new FULLNAT connection: TCP 198.51.100.1:")
+                    && l.contains(&format!("as {LIP4}:"))
+            })
+            .count();
+        (lines >= 10).then_some(())
+    })
+    .unwrap();
     let mut conn = lab.connect(format!("{VIP4}:80").parse().unwrap()).unwrap();
     let first = conn.get().unwrap();
     let conns = lab.xvsadm_ok(&["-L", "-n", "-c"]).unwrap();

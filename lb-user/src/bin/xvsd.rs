@@ -91,6 +91,10 @@ struct Opts {
     /// default: then the logging code is removed at load and costs nothing.
     #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
     kernel_log: KernelLog,
+    /// Log each new FULLNAT connection in one line: client, VIP, local address and port, real
+    /// server (the real server sees only the local address).
+    #[arg(long)]
+    audit_fullnat: bool,
 }
 
 fn parse_mh_size(s: &str) -> Result<usize, String> {
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         reset_state: opts.reset_state,
         config: opts.config,
         kernel_log: opts.kernel_log,
+        audit_fullnat: opts.audit_fullnat,
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface))

@@ -119,6 +119,20 @@ impl<D: DataplaneOps> Controller<D> {
         self
     }
 
+    /// Turns the FULLNAT audit reports (`--audit-fullnat`) on or off in CONFIG.
+    pub fn set_audit_fullnat(&mut self, on: bool) -> Result<(), ControllerError> {
+        let mut t = self.pushed;
+        t.flags &= !config_flags::AUDIT_FULLNAT;
+        if on {
+            t.flags |= config_flags::AUDIT_FULLNAT;
+        }
+        if t != self.pushed {
+            self.dataplane.set_config(t)?;
+            self.pushed = t;
+        }
+        Ok(())
+    }
+
     /// Sets the outer source addresses of tunnelled packets (and reads the kernel's multipath
     /// policy, see [`Controller::refresh_multipath`]).
     pub fn set_tunnel_sources(&mut self, sources: &[IpAddr]) -> Result<(), ControllerError> {

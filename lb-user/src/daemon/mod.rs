@@ -141,6 +141,8 @@ pub struct DaemonOptions {
     pub reset_state: bool,
     /// Configuration file: the configuration at start, re-read on SIGHUP and `xvsadm reload`.
     pub config: Option<PathBuf>,
+    /// Log each new FULLNAT connection (client, local address and port, real server).
+    pub audit_fullnat: bool,
     /// What the XDP programs log (`--kernel-log`).
     pub kernel_log: crate::kernel_log::KernelLog,
 }
@@ -217,6 +219,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         force_reload: opts.force_reload,
         kernel_log: opts.kernel_log,
     })?;
+    if opts.audit_fullnat {
+        if let Some(ring) = dataplane.take_audit() {
+            crate::audit::spawn(ring);
+            info!(
+                target = crate::audit::TARGET,
+                "each new FULLNAT connection is logged (--audit-fullnat)"
+            );
+        }
+    }
     if let Some(logger) = dataplane.take_kernel_logger() {
         crate::kernel_log::spawn(logger);
         info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
@@ -243,6 +254,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     let mut controller = Controller::new(dataplane, &opts.iface);
     controller.set_tunnel_sources(&opts.tun_src)?;
+    controller.set_audit_fullnat(opts.audit_fullnat)?;
     if let Some(f) = state_file {
         controller = controller.with_state(f);
     }

@@ -40,7 +40,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -245,6 +245,8 @@ pub struct Dataplane {
     activity: Activity,
     /// The reader of the programs' log, with `--kernel-log`, until xvsd takes it.
     kernel_logger: Option<kernel_log::Logger>,
+    /// The FULLNAT audit reports (FNAT_AUDIT), until xvsd takes them.
+    audit: Option<RingBuf<MapData>>,
 }
 
 impl Dataplane {
@@ -348,6 +350,8 @@ impl Dataplane {
         let filter_map = Array::try_from(take(names::MAP_SERVICE_FILTER)?)
             .map_err(map_err(names::MAP_SERVICE_FILTER))?;
         let meta = Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
+        let audit = RingBuf::try_from(take(names::MAP_FULLNAT_AUDIT)?)
+            .map_err(map_err(names::MAP_FULLNAT_AUDIT))?;
         // After every program is loaded: the logger takes the log map out of `ebpf`.
         let kernel_logger = match kernel_log {
             KernelLog::Off => None,
@@ -390,7 +394,13 @@ impl Dataplane {
             link: None,
             activity: Activity::default(),
             kernel_logger,
+            audit: Some(audit),
         })
+    }
+
+    /// The FULLNAT audit reports (`--audit-fullnat`), once.
+    pub fn take_audit(&mut self) -> Option<RingBuf<MapData>> {
+        self.audit.take()
     }
 
     /// The reader of the data plane's log (`--kernel-log`), once.

@@ -8,15 +8,16 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey,
-    LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey, ServiceValue,
-    Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
-    MAX_BACKENDS, MAX_SERVICES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
+    FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey,
+    ServiceValue, Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES,
+    DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES, TAIL_SLOTS,
+    TUN_ROUTE_SLOTS,
 };
 use lb_ebpf::nat::IcmpRewrite;
 
@@ -71,6 +72,9 @@ static FNAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICE
 /// service and its pool when it grows).
 #[map]
 static FNAT_EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+/// New FULLNAT connections reported to xvsd's audit log (`--audit-fullnat`).
+#[map]
+static FNAT_AUDIT: RingBuf = RingBuf::with_byte_size(FULLNAT_AUDIT_BYTES, 0);
 /// Each CPU's plan for the ICMP error it translates (xvs_nat_icmp): off the stack.
 #[map]
 static ICMP_SCRATCH: PerCpuArray<IcmpRewrite> = PerCpuArray::with_max_entries(1, 0);
@@ -283,6 +287,19 @@ pub fn count_fullnat_exhausted(service: u32) {
         // SAFETY: this CPU's slot, as in `count`.
         unsafe { *c += 1 };
     }
+}
+
+/// Reports a new FULLNAT connection to xvsd's audit log: `fill` writes the report in place in
+/// the ring buffer. False when the buffer is full (xvsd fell behind).
+#[inline(always)]
+pub fn audit_fullnat(fill: impl FnOnce(&mut FullNatAudit)) -> bool {
+    let Some(mut entry) = FNAT_AUDIT.reserve::<FullNatAudit>(0) else {
+        return false;
+    };
+    // Zeroed first: the ring's memory is not cleared, and padding must not leak.
+    fill(entry.write(FullNatAudit::default()));
+    entry.submit(0);
+    true
 }
 
 /// This CPU's ICMP translation scratch. Written by the planning step and read by the rewrite,

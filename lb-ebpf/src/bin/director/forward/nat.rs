@@ -155,6 +155,9 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
         }
         local.slot = (got >> 16) as u8;
         local.lport_be = got as u16;
+        if maps::config().is_some_and(|c| c.flags & config_flags::AUDIT_FULLNAT != 0) {
+            audit_call(&p, id, local.service, local.slot, local.lport_be);
+        }
     }
     let step = if inbound {
         to_server(pkt, &p, id, &local)
@@ -276,6 +279,31 @@ fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
     *cursor = cursor.wrapping_add(FULLNAT_PROBES);
     maps::count_fullnat_exhausted(service);
     0
+}
+
+/// Reports the new FULLNAT connection of packet `p` (to backend `id`, given local address
+/// `slot` of `service` and port `lport_be`) for xvsd's audit log.
+#[inline(never)]
+fn audit_call(p: &Parsed, id: u32, service: u32, slot: u8, lport_be: u16) {
+    let (Some(b), Some(la)) = (maps::backend(id), maps::laddr(laddr_key(service, slot))) else {
+        return;
+    };
+    let sent = maps::audit_fullnat(|e| {
+        e.client = p.src;
+        e.vip = p.dst;
+        e.local = la.addr;
+        e.real = b.addr;
+        e.cport_be = p.sport_be;
+        e.vport_be = p.dport_be;
+        e.lport_be = lport_be;
+        e.rport_be = real_port(b, p.dport_be);
+        e.service = service;
+        e.proto = p.proto;
+        e.family = p.family;
+    });
+    if !sent {
+        count(Reason::FullNatAuditLost);
+    }
 }
 
 /// Gives the connection of packet `p` its local slot and port, or (port 0: none was free)
