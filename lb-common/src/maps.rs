@@ -299,8 +299,9 @@ pub mod tunnel_job_flags {
 /// What a NAT or FULLNAT reply is translated back to (map NAT_REPLIES, keyed by the reply's
 /// own flow: real server -> client for NAT, real server -> local address and port for
 /// FULLNAT). The reply's source becomes `vip`:`vport_be` and its destination
-/// `client`:`cport_be` (for NAT the destination is the client already). The connection's
-/// state lives in its CONNS entry (client, vip, cport, vport), shared by both directions.
+/// `client`:`cport_be` (for NAT the destination is the client already; for NAT64 the family
+/// changes too). The connection's state lives in its CONNS entry (client, vip, cport, vport,
+/// `family`), shared by both directions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReply {
@@ -314,8 +315,13 @@ pub struct NatReply {
     pub cport_be: u16,
     /// Backend slot the connection went to (a reply from another is not this connection's).
     pub backend: u32,
+    /// The connection's family (FAMILY_V4 or FAMILY_V6): NAT64's IPv6 connections have IPv4
+    /// replies.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<NatReply>() == 40);
+const _: () = assert!(size_of::<NatReply>() == 48);
 
 /// What the director hands to the NAT program (map NAT_JOB, per CPU, index 0) before it
 /// tail-calls it.

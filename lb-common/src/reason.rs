@@ -103,10 +103,13 @@ pub enum Reason {
     /// A new FULLNAT connection's audit report did not fit the FNAT_AUDIT ring buffer (xvsd
     /// fell behind): the connection was forwarded, its audit line is missing.
     FullNatAuditLost = 40,
+    /// An IPv4 UDP datagram without a checksum from a NAT64 real server: IPv6 requires one,
+    /// and computing it would read the whole payload: dropped.
+    DropNat64UdpNoChecksum = 41,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 41;
+pub const REASON_COUNT: u32 = 42;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -156,6 +159,7 @@ impl Reason {
         Reason::TxFullNat,
         Reason::DropFullNatNoPort,
         Reason::FullNatAuditLost,
+        Reason::DropNat64UdpNoChecksum,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -182,6 +186,7 @@ impl Reason {
                 | Reason::DropNatNoRoute
                 | Reason::DropNatFwdDisabled
                 | Reason::DropFullNatNoPort
+                | Reason::DropNat64UdpNoChecksum
         )
     }
 
@@ -242,6 +247,7 @@ impl Reason {
             Reason::TxFullNat => "tx_fullnat",
             Reason::DropFullNatNoPort => "drop_fullnat_no_port",
             Reason::FullNatAuditLost => "fullnat_audit_lost",
+            Reason::DropNat64UdpNoChecksum => "drop_nat64_udp_no_checksum",
         }
     }
 }

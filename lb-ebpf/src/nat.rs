@@ -49,7 +49,22 @@ pub fn rewrite(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
         let check = update(u16::from_be_bytes(ip.check), old_sum, new_sum);
         ip.check = check.to_be_bytes();
     }
-    // The L4 checksum covers the pseudo-header's addresses and the ports.
+    rewrite_ports(pkt, p, old_sum, new_sum, t, true)
+}
+
+/// Writes `t`'s ports into the TCP/UDP header and updates its checksum for the ports and for
+/// the pseudo-header's addresses, whose sums were `old_sum` and are `new_sum` (the rest of a
+/// pseudo-header sums alike in IPv4 and IPv6). A UDP datagram without a checksum keeps none
+/// when `zero_ok` (IPv4 to IPv4); otherwise (toward IPv6, which requires one) it is refused.
+#[inline(always)]
+pub fn rewrite_ports(
+    pkt: &mut Packet,
+    p: &Parsed,
+    old_sum: u64,
+    new_sum: u64,
+    t: &Tuple,
+    zero_ok: bool,
+) -> Result<(), Reason> {
     let l4_old = old_sum + u16::from_be(p.sport_be) as u64 + u16::from_be(p.dport_be) as u64;
     let l4_new = new_sum + u16::from_be(t.sport_be) as u64 + u16::from_be(t.dport_be) as u64;
     if p.proto == PROTO_TCP {
@@ -63,11 +78,15 @@ pub fn rewrite(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
         let udp = pkt
             .header_mut::<UdpHdr>(p.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
-        udp.src = t.sport_be.to_ne_bytes();
-        udp.dst = t.dport_be.to_ne_bytes();
         // Zero means "no checksum" (IPv4 only; IPv6 requires one), and a computed zero is sent
         // as 0xffff.
-        if udp.check != [0, 0] || v6 {
+        let none = udp.check == [0, 0] && p.family != FAMILY_V6;
+        if none && !zero_ok {
+            return Err(Reason::DropNat64UdpNoChecksum);
+        }
+        udp.src = t.sport_be.to_ne_bytes();
+        udp.dst = t.dport_be.to_ne_bytes();
+        if !none {
             let c = match update(u16::from_be_bytes(udp.check), l4_old, l4_new) {
                 0 => 0xffff,
                 c => c,

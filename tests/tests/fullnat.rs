@@ -410,3 +410,113 @@ fn icmp_errors_are_translated_both_ways_both_ends_of_the_quote() {
         assert_eq!((v, out), (verdict::PASS, sent));
     });
 }
+
+/// Checks a translated frame with etherparse: its addresses and ports, valid IP and TCP/UDP
+/// checksums (computed afresh over the whole packet), and the payload unchanged.
+fn assert_translated(f: &[u8], src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) {
+    use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+    let h = PacketHeaders::from_ethernet_slice(f).expect("a well-formed frame");
+    let (s, d): (std::net::IpAddr, std::net::IpAddr) = match h.net.as_ref().expect("IP") {
+        NetHeaders::Ipv4(ip, _) => {
+            let mut check = ip.clone();
+            check.header_checksum = check.calc_header_checksum();
+            assert_eq!(
+                ip.header_checksum, check.header_checksum,
+                "IPv4 header checksum"
+            );
+            assert!(ip.dont_fragment, "DF on a translated IPv6 packet");
+            (ip.source.into(), ip.destination.into())
+        }
+        NetHeaders::Ipv6(ip, _) => (ip.source.into(), ip.destination.into()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (s.to_string(), d.to_string()),
+        (src.to_string(), dst.to_string())
+    );
+    assert_eq!(h.payload.slice(), payload, "payload");
+    let ports = match (h.net.as_ref().unwrap(), h.transport.as_ref().expect("L4")) {
+        (NetHeaders::Ipv4(ip, _), TransportHeader::Tcp(t)) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(ip, payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        (NetHeaders::Ipv6(ip, _), TransportHeader::Tcp(t)) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv6(ip, payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        (NetHeaders::Ipv4(ip, _), TransportHeader::Udp(u)) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv4(ip, payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        (NetHeaders::Ipv6(ip, _), TransportHeader::Udp(u)) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv6(ip, payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ports, (sport, dport));
+}
+
+#[test]
+fn nat64_an_ipv6_vip_reaches_ipv4_real_servers_and_their_answers_come_back_as_ipv6() {
+    in_ns(|d, ifx| {
+        use Protocol::{Tcp, Udp};
+        for (n, (proto, l4, reply_l4)) in [
+            (Tcp, L4::Tcp(SYN), L4::Tcp(SYN_ACK)),
+            (Udp, L4::Udp, L4::Udp),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // An IPv6 VIP, an IPv4 real server and local address.
+            service(
+                d,
+                key(proto, VIP6, 80),
+                LIP,
+                (45000, 45999),
+                &[fullnat(RS, 8080)],
+            );
+            let cport = 54000 + n as u16;
+            let payload = b"nat64 payload, odd length";
+            let (v, out) = d.run_on(ifx, &frame(CLIENT6, cport, VIP6, 80, l4, None, payload));
+            assert_eq!(v, verdict::TX, "{proto:?} inbound");
+            assert_eq!(out[..12], with_macs(out.clone(), RS_MAC, D0_MAC)[..12]);
+            assert_eq!(out[12..14], [0x08, 0x00], "an IPv4 frame");
+            let lport = sport(&out);
+            assert!((45000..=45999).contains(&lport));
+            assert_translated(&out, LIP, lport, RS, 8080, payload);
+            // The IPv4 answer to the local address goes back to the client as IPv6.
+            let (v, back) = d.run_on(ifx, &frame(RS, 8080, LIP, lport, reply_l4, None, payload));
+            assert_eq!(v, verdict::TX, "{proto:?} reply");
+            assert_eq!(back[..6], GW_MAC);
+            assert_eq!(back[12..14], [0x86, 0xdd], "an IPv6 frame");
+            assert_translated(&back, VIP6, 80, CLIENT6, cport, payload);
+        }
+        // An IPv4 UDP answer without a checksum cannot become IPv6: dropped and counted.
+        let lport = {
+            let (_, out) = d.run_on(ifx, &frame(CLIENT6, 54100, VIP6, 80, L4::Udp, None, b"q"));
+            sport(&out)
+        };
+        let mut bare = frame(RS, 8080, LIP, lport, L4::Udp, None, b"a");
+        bare[40] = 0;
+        bare[41] = 0;
+        assert_eq!(d.run_on(ifx, &bare).0, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropNat64UdpNoChecksum), 1);
+    });
+}

@@ -99,6 +99,34 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
         }
         assert!(!log.contains("198.51.100.1 "), "rs{i}: {log}");
     }
+    // NAT64: an IPv6 VIP served by the IPv4 real servers, from the IPv4 local address.
+    let v64 = format!("[{VIP6}]:8081");
+    lab.xvsadm_ok(&["-A", "-t", &v64, "-s", "rr"]).unwrap();
+    lab.xvsadm_ok(&["--add-laddr", "-t", &v64, "-z", LIP4])
+        .unwrap();
+    for r in [rs_ip4(1), rs_ip4(2)] {
+        lab.xvsadm_ok(&["-a", "-t", &v64, "-r", &format!("{r}:8080"), "-b"])
+            .unwrap();
+    }
+    let bodies = lab.curl_many(&format!("http://{v64}/"), 4).unwrap();
+    let t = tally(&bodies);
+    assert_eq!(
+        (t.get("rs1").copied(), t.get("rs2").copied()),
+        (Some(2), Some(2)),
+        "NAT64: {bodies:?}\n{}",
+        lab.xvsd_log()
+    );
+    for i in 1..=2 {
+        let log = lab.access_log(i);
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.starts_with(&format!("{LIP4} 8080 /")))
+                .count(),
+            7,
+            "rs{i}: five IPv4 FULLNAT and two NAT64 requests from {LIP4}: {log}"
+        );
+    }
+
     // The client is not lost to the operator: the audit log pairs it with the local address
     // (one line per new connection), and -L -c shows both tuples.
     poll(Duration::from_secs(5), "audit lines", || {

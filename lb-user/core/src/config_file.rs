@@ -1662,7 +1662,7 @@ tcp = "203.0.113.20:80"
                 (6, "unknown field `port`"),
                 (8, "Local address already exists: 10.0.0.12"),
                 (9, "Illegal local address: 7"),
-                (15, "(NAT64) is not supported yet"),
+                (15, "(NAT64), not the reverse"),
                 (21, "add one with --add-laddr first"),
             ],
         );

@@ -929,8 +929,8 @@ pub enum ConfigError {
     SorryIsReal(String),
     /// A FULLNAT real server of the other address family than the VIP.
     #[error(
-        "FULLNAT needs the real server {real} in the same address family as the VIP {vip} \
-         (an IPv6 service with IPv4 FULLNAT real servers (NAT64) is not supported yet)"
+        "FULLNAT cannot reach the IPv6 real server {real} from the IPv4 VIP {vip}: an IPv6 VIP \
+         may have IPv4 FULLNAT real servers (NAT64), not the reverse"
     )]
     FullNatFamilyMismatch {
         /// The real server.
@@ -1517,6 +1517,8 @@ fn normalise_real(svc: &Service, real: &RealServer) -> Result<RealServer, Config
         match real.forward {
             ForwardMethod::Dr => return Err(ConfigError::FamilyMismatch { real: shown, vip }),
             ForwardMethod::Nat => return Err(ConfigError::NatFamilyMismatch { real: shown, vip }),
+            // NAT64: an IPv6 VIP with IPv4 real servers (their local addresses IPv4 too).
+            ForwardMethod::FullNat if ip.is_ipv4() => {}
             ForwardMethod::FullNat => {
                 return Err(ConfigError::FullNatFamilyMismatch { real: shown, vip })
             }
@@ -2307,14 +2309,15 @@ mod tests {
                 "FULLNAT real server 198.51.100.20:8080 of TCP 203.0.113.10:80 needs an IPv4 \
                  local address of the service to send from: add one with --add-laddr first",
             ),
+            // NAT64 goes one way only: an IPv4 VIP cannot have IPv6 FULLNAT real servers.
             (
                 Change::AddReal {
-                    service: k6,
-                    real: fullnat("198.51.100.11:80", 1),
+                    service: k,
+                    real: fullnat("[2001:db8::11]:80", 1),
                 },
-                "FULLNAT needs the real server 198.51.100.11 in the same address family as the \
-                 VIP 2001:db8::10 (an IPv6 service with IPv4 FULLNAT real servers (NAT64) is \
-                 not supported yet)",
+                "FULLNAT cannot reach the IPv6 real server 2001:db8::11 from the IPv4 VIP \
+                 203.0.113.10: an IPv6 VIP may have IPv4 FULLNAT real servers (NAT64), not the \
+                 reverse",
             ),
             (
                 del_laddr(k, "10.0.0.9"),

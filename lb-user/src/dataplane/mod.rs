@@ -944,7 +944,8 @@ pub fn conn_of_reply(k: &FlowKey, r: &NatReply) -> FlowKey {
         sport_be: r.cport_be,
         dport_be: r.vport_be,
         proto: k.proto,
-        family: k.family,
+        // NAT64: an IPv6 connection's replies are IPv4.
+        family: r.family,
         _pad: [0; 2],
     }
 }

@@ -34,6 +34,7 @@ use lb_ebpf::{
     helpers::{ktime_coarse_ns, ktime_ns, smp_processor_id},
     icmp,
     nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
+    nat64,
     packet::Packet,
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
     route::{self, Hop, NoRoute, Query},
@@ -110,6 +111,8 @@ fn record_call(p: &Parsed, id: u32) {
         vport_be: p.dport_be,
         cport_be: p.sport_be,
         backend: id,
+        family: p.family,
+        _pad: [0; 7],
     };
     if maps::nat_reply_insert(&reply, &back).is_err() {
         count(Reason::ConnInsertFailed);
@@ -239,13 +242,14 @@ fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
     }
     // CPUs start far apart in the candidates (a large odd stride), so they seldom meet.
     let base = cursor.wrapping_add(smp_processor_id().wrapping_mul(0x9e37_79b1));
+    // Its replies come from the real server, in the real server's family (NAT64: IPv4).
     let mut reply = FlowKey {
         src: b.addr,
         dst: [0; 16],
         sport_be: real_port(b, p.dport_be),
         dport_be: 0,
         proto: p.proto,
-        family: p.family,
+        family: b.family,
         _pad: [0; 2],
     };
     let back = NatReply {
@@ -254,6 +258,8 @@ fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
         vport_be: p.dport_be,
         cport_be: p.sport_be,
         backend: id,
+        family: p.family,
+        _pad: [0; 7],
     };
     let mut i = 0;
     while i < FULLNAT_PROBES {
@@ -263,7 +269,7 @@ fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
         let Some(la) = maps::laddr(laddr_key(service, slot)) else {
             continue;
         };
-        if la.family != p.family || la.port_count == 0 {
+        if la.family != b.family || la.port_count == 0 {
             continue;
         }
         let port = la
@@ -360,6 +366,10 @@ fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
     let (id, service, slot, lport_be) = (job.backend, job.service, job.local, job.lport_be);
     let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+    if b.family != p.family {
+        // NAT64's ICMP translation (ICMPv6 <-> ICMP types and codes) is not done: the kernel's.
+        return Err(Reason::PassIcmp);
+    }
     let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
     let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
     let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
@@ -393,6 +403,10 @@ fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
     // The quoted packet went toward the real server: as NAT_REPLIES keys it, from the server.
     let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
     let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
+    if back.family != p.family {
+        // NAT64's ICMP translation is not done: the kernel's.
+        return Err(Reason::PassIcmp);
+    }
     let fullnat = !same_addr(&back.client, &key.dst) || back.cport_be != key.dport_be;
     let from_server = same_addr(&p.src, &key.src);
     // The same key, now the connection's as the client made it.
@@ -471,7 +485,10 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
         dst: &b.addr,
         dport_be: real_port(b, p.dport_be),
     };
+    // NAT64: an IPv6 client's packet leaves as IPv4, 20 bytes shorter.
+    let nat64 = b.family != p.family;
     let len = match ip_len(pkt, p) {
+        Ok(len) if nat64 => len.saturating_sub(20),
         Ok(len) => len,
         Err(reason) => return Packed::encode(Err(reason)),
     };
@@ -492,11 +509,11 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
                 smac: r.smac,
                 mtu: r.mtu,
             };
-            return Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, tx)));
+            return Packed::encode(translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, tx)));
         }
     }
     let q = Query {
-        family: p.family,
+        family: b.family,
         proto: p.proto,
         src: t.src,
         dst: &b.addr,
@@ -516,19 +533,33 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
                 r.dmac = hop.dmac;
                 r.smac = hop.smac;
             }
-            Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, tx)))
+            Packed::encode(translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, tx)))
         }
         Err(NoRoute::NoNeighbor) => {
-            Packed::encode(rewrite(pkt, p, &t).and(Err(Reason::PassNatNoNeighbor)))
+            Packed::encode(translate(pkt, p, &t, nat64).and(Err(Reason::PassNatNoNeighbor)))
         }
+        // NAT64: the IPv6 sender's packets may be 20 bytes longer than the route's MTU.
+        Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu + 20),
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
     }
 }
 
+/// The packet's addresses and ports to `t`, in its own family or (`nat64`) the other one.
+#[inline(always)]
+fn translate(pkt: &mut Packet, p: &Parsed, t: &Tuple, nat64: bool) -> Result<(), Reason> {
+    if !nat64 {
+        rewrite(pkt, p, t)
+    } else if p.family == FAMILY_V6 {
+        nat64::to_ipv4(pkt, p, t)
+    } else {
+        nat64::to_ipv6(pkt, p, t)
+    }
+}
+
 /// Maybe a real server's reply: its connection's VIP and port become its source, and (FULLNAT)
-/// the client's address and port its destination. Anything that is not a live connection's
-/// reply from its own real server goes to the kernel unchanged.
+/// the client's address and port its destination (NAT64: as IPv6). Anything that is not a live
+/// connection's reply from its own real server goes to the kernel unchanged.
 #[inline(always)]
 fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     let mut key = conntrack::flow_key(p);
@@ -540,10 +571,14 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     key.dst = back.vip;
     key.sport_be = back.cport_be;
     key.dport_be = back.vport_be;
+    key.family = back.family;
     if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     }
+    // NAT64: an IPv4 reply goes back as IPv6, 20 bytes longer.
+    let nat64 = back.family != p.family;
     let len = match ip_len(pkt, p) {
+        Ok(len) if nat64 => len.saturating_add(20),
         Ok(len) => len,
         Err(reason) => return Packed::encode(Err(reason)),
     };
@@ -554,7 +589,7 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         dport_be: back.cport_be,
     };
     let q = Query {
-        family: p.family,
+        family: back.family,
         proto: p.proto,
         src: t.src,
         dst: t.dst,
@@ -563,12 +598,14 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         len,
     };
     match route::lookup(pkt, &q) {
-        Ok(hop) => {
-            Packed::encode(rewrite(pkt, p, &t).and_then(|()| send(pkt, &hop, Reason::TxNatReply)))
-        }
+        Ok(hop) => Packed::encode(
+            translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
+        ),
         Err(NoRoute::NoNeighbor) => {
-            Packed::encode(rewrite(pkt, p, &t).and(Err(Reason::PassNatNoNeighbor)))
+            Packed::encode(translate(pkt, p, &t, nat64).and(Err(Reason::PassNatNoNeighbor)))
         }
+        // NAT64: the IPv4 real server's packets must be 20 bytes shorter than the route's MTU.
+        Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu.saturating_sub(20)),
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
     }
