@@ -562,6 +562,12 @@ impl Lab {
         self.xvsd.start(extra)
     }
 
+    /// The interfaces (`--iface`, in this order) of xvsd's next starts, e.g. to take an arm
+    /// away from the director or give it back across a restart.
+    pub fn set_xvsd_interfaces(&mut self, ifaces: &[&str]) {
+        self.xvsd.set_option("--iface", ifaces);
+    }
+
     /// Runs xvsd with `extra` arguments to completion (`--cleanup`, or a start that must be
     /// refused); fails if it is still running after 30 s.
     pub fn xvsd_once(&self, extra: &[&str]) -> Result<Output> {

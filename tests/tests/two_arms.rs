@@ -179,6 +179,20 @@ fn nat_and_fullnat_cross_a_director_on_two_interfaces_and_survive_a_restart() {
     assert_eq!(fnat.get().unwrap(), fnat_rs, "FULLNAT after the restart");
     curl_five_each(&lab, &format!("http://{VIP4}/"));
 
+    // An arm left out on a restart is detached (its connections go with it); given back, it
+    // is attached again and serves at once.
+    lab.stop_xvsd().unwrap();
+    lab.set_xvsd_interfaces(&["eth0"]);
+    lab.start_xvsd().unwrap();
+    let log = lab.xvsd_log();
+    assert!(log.contains("detached the director from eth1"), "{log}");
+    assert!(xdp_prog(&lab, "eth0").is_some() && xdp_prog(&lab, "eth1").is_none());
+    lab.stop_xvsd().unwrap();
+    lab.set_xvsd_interfaces(&["eth0", "eth1"]);
+    lab.start_xvsd().unwrap();
+    same_program_on_both(&lab);
+    curl_five_each(&lab, &format!("http://[{VIP6}]:8080/"));
+
     // --cleanup detaches the director from both interfaces.
     lab.stop_xvsd().unwrap();
     let out = lab.xvsd_once(&["--cleanup"]).unwrap();
