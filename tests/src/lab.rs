@@ -6,6 +6,19 @@
 //! Addresses (documentation ranges): segment 198.51.100.0/24 and 2001:db8:1::/64; client .1/::1,
 //! director .2/::2, real server N .1N/::1N; VIPs 203.0.113.10 and 2001:db8:10::10.
 //!
+//! The two-arm lab ([`LabOptions::two_arms`]) puts the real servers on a segment of their own,
+//! behind the director instead of beside it, for NAT and FULLNAT as an operator of a two-arm
+//! director has them: a second bridge (namespace `sw2`) joins the director's eth1 and the real
+//! servers; 192.0.2.0/24 and 2001:db8:2::/64, director .1/::1 ([`ARM_DIR4`], [`ARM_DIR6`]), real
+//! server N .1N/::1N. xvsd runs with `--iface eth0 --iface eth1`, the director forwards IP, and
+//! the real servers have no VIP and no route off their segment (a NAT test gives them a default
+//! route through the director with [`Lab::route_via_director`]).
+//!
+//! ```text
+//!  cl 198.51.100.1 ── br0 ── eth0 198.51.100.2  dir  eth1 192.0.2.1 ── br1 ─┬─ rs1 192.0.2.11
+//!                   (sw)                                          (sw2)  └─ rs2 192.0.2.12
+//! ```
+//!
 //! xvsd pins its data plane in a bpffs instance the lab mounts in the host's mount namespace
 //! (`DIR/bpf`): `ip netns exec` replaces /sys, but mounts elsewhere stay visible inside it, so
 //! the pins outlive xvsd (a killed xvsd leaves the director forwarding, as in production) and
@@ -36,6 +49,10 @@ use crate::{
 pub const VIP4: &str = "203.0.113.10";
 /// IPv6 VIP of the lab.
 pub const VIP6: &str = "2001:db8:10::10";
+/// The director's IPv4 address on the real servers' segment of the two-arm lab (eth1).
+pub const ARM_DIR4: &str = "192.0.2.1";
+/// The director's IPv6 address on the real servers' segment of the two-arm lab (eth1).
+pub const ARM_DIR6: &str = "2001:db8:2::1";
 
 /// Lab settings.
 #[derive(Clone, Debug)]
@@ -48,6 +65,9 @@ pub struct LabOptions {
     pub bin_dir: PathBuf,
     /// Extra arguments for every start of xvsd (e.g. `--metrics`).
     pub xvsd_args: Vec<String>,
+    /// Two arms: the real servers on a segment of their own behind the director's eth1 (see
+    /// the module's documentation) instead of on the client's segment as DR real servers.
+    pub two_arms: bool,
 }
 
 /// A two-real-server lab for a test (panics with the reason if it cannot start).
@@ -62,8 +82,21 @@ pub fn two_reals_with(tag: &str, xvsd_args: &[&str]) -> Lab {
         reals: 2,
         bin_dir: default_bin_dir(),
         xvsd_args: xvsd_args.iter().map(|a| a.to_string()).collect(),
+        two_arms: false,
     })
     .expect("lab")
+}
+
+/// A two-arm lab with two real servers (panics with the reason if it cannot start).
+pub fn two_arms(tag: &str) -> Lab {
+    Lab::start(LabOptions {
+        tag: tag.into(),
+        reals: 2,
+        bin_dir: default_bin_dir(),
+        xvsd_args: Vec::new(),
+        two_arms: true,
+    })
+    .expect("two-arm lab")
 }
 
 /// How many times each body (each real server's name) came back.
@@ -83,12 +116,14 @@ pub struct Lab {
     /// xvsd's control socket.
     pub socket: PathBuf,
     reals: usize,
+    two_arms: bool,
     /// Mount point of the lab's bpffs instance.
     bpffs: PathBuf,
     xvsd: XvsdProcess,
     /// Running apache2 parents, by real server number.
     apaches: Vec<(usize, Child)>,
-    _pass: Option<Ebpf>,
+    /// The XDP_PASS programs on the director's peers (see build_topology).
+    pass: Vec<Ebpf>,
 }
 
 /// IPv4 address of real server `i` (1-based).
@@ -99,6 +134,16 @@ pub fn rs_ip4(i: usize) -> String {
 /// IPv6 address of real server `i` (1-based).
 pub fn rs_ip6(i: usize) -> String {
     format!("2001:db8:1::{}", 10 + i)
+}
+
+/// IPv4 address of real server `i` of the two-arm lab (1-based).
+pub fn arm_ip4(i: usize) -> String {
+    format!("192.0.2.{}", 10 + i)
+}
+
+/// IPv6 address of real server `i` of the two-arm lab (1-based).
+pub fn arm_ip6(i: usize) -> String {
+    format!("2001:db8:2::{}", 10 + i)
 }
 
 /// IPv4 address of routed real server `i` (behind the lab's router, see Lab::add_routed_real).
@@ -137,6 +182,9 @@ impl Lab {
             .map(String::from)
             .into();
         args.push(socket.display().to_string());
+        if opts.two_arms {
+            args.extend(["--iface".into(), "eth1".into()]);
+        }
         args.push("--pin-dir".into());
         args.push(bpffs.join("eth0").display().to_string());
         // The lab's own state: a restart within a lab restores it, labs never share one.
@@ -155,10 +203,11 @@ impl Lab {
             socket,
             dir,
             reals: opts.reals,
+            two_arms: opts.two_arms,
             bpffs,
             xvsd,
             apaches: Vec::new(),
-            _pass: None,
+            pass: Vec::new(),
         };
         netns::mount_bpffs(&lab.bpffs).context("mounting the lab's bpffs")?;
         lab.build_topology().context("building the lab topology")?;
@@ -192,32 +241,42 @@ impl Lab {
                 "2001:db8:1::2".to_string(),
             ),
         ];
+        let mut arm = Vec::new();
         for i in 1..=self.reals {
-            hosts.push((format!("rs{i}"), rs_ip4(i), rs_ip6(i)));
+            let host = (format!("rs{i}"), self.real_ip4(i), self.real_ip6(i));
+            if self.two_arms {
+                arm.push(host);
+            } else {
+                hosts.push(host);
+            }
         }
         for (role, v4, v6) in &hosts {
             let ns = self.ns(role);
             create(&ns)?;
-            let port = format!("p-{role}");
-            ip(&[
-                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
-            netns::run(cmd_in(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
+            self.plug(&sw, &ns, role, "eth0", v4, v6)?;
+        }
+        if self.two_arms {
+            let sw2 = self.ns("sw2");
+            create(&sw2)?;
+            ip(&["-n", &sw2, "link", "add", "br1", "type", "bridge"])?;
+            ip(&["-n", &sw2, "link", "set", "br1", "up"])?;
+            self.plug(&sw2, &self.ns("dir"), "dir", "eth1", ARM_DIR4, ARM_DIR6)?;
+            for (role, v4, v6) in &arm {
+                let ns = self.ns(role);
+                create(&ns)?;
+                self.plug(&sw2, &ns, role, "eth0", v4, v6)?;
+            }
+            // A router between its arms: the data plane's FIB lookups need forwarding on.
+            let out = sh(
+                &self.ns("dir"),
+                "sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
+            )?;
+            if !out.status.success() {
+                bail!(
+                    "director forwarding: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         let cl = self.ns("cl");
         ip(&[
@@ -239,7 +298,7 @@ impl Lab {
             "via",
             "2001:db8:1::2",
         ])?;
-        for i in 1..=self.reals {
+        for i in (1..=self.reals).filter(|_| !self.two_arms) {
             let ns = self.ns(&format!("rs{i}"));
             ip(&["-n", &ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
             ip(&[
@@ -258,26 +317,96 @@ impl Lab {
                  net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2",
             )?;
         }
-        // Native XDP_TX into a veth delivers only when the peer runs XDP too.
+        // Native XDP_TX into a veth, and XDP_REDIRECT from one of the director's interfaces
+        // into another, deliver only when the peer runs XDP too.
         let aux = crate::object::AUX;
-        let pass = netns::in_netns(&sw, move || -> Result<Ebpf> {
-            let mut ebpf = Ebpf::load(aux)?;
-            let prog: &mut Xdp = ebpf
-                .program_mut(lb_common::names::PROG_PASS)
-                .context("xvs_pass program")?
-                .try_into()?;
-            prog.load()?;
-            prog.attach("p-dir", XdpMode::Driver)?;
-            Ok(ebpf)
-        })??;
-        self._pass = Some(pass);
+        let bridges: &[&str] = if self.two_arms {
+            &["sw", "sw2"]
+        } else {
+            &["sw"]
+        };
+        for bridge in bridges {
+            let pass = netns::in_netns(&self.ns(bridge), move || -> Result<Ebpf> {
+                let mut ebpf = Ebpf::load(aux)?;
+                let prog: &mut Xdp = ebpf
+                    .program_mut(lb_common::names::PROG_PASS)
+                    .context("xvs_pass program")?
+                    .try_into()?;
+                prog.load()?;
+                prog.attach("p-dir", XdpMode::Driver)?;
+                Ok(ebpf)
+            })??;
+            self.pass.push(pass);
+        }
+        Ok(())
+    }
+
+    /// Connects namespace `ns` to the bridge in `sw` through a veth (`p-ROLE` on the bridge,
+    /// `ifname` in `ns`) with these addresses.
+    fn plug(&self, sw: &str, ns: &str, role: &str, ifname: &str, v4: &str, v6: &str) -> Result<()> {
+        let port = format!("p-{role}");
+        ip(&[
+            "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns,
+        ])?;
+        let bridge = if sw.ends_with("sw2") { "br1" } else { "br0" };
+        ip(&["-n", sw, "link", "set", &port, "master", bridge, "up"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ])?;
+        ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
+        netns::run(cmd_in(ns, "ethtool").args(["-K", ifname, "tx", "off"]))?;
+        Ok(())
+    }
+
+    /// IPv4 address of real server `i`: on the client's segment ([`rs_ip4`]), or on the
+    /// real servers' own in the two-arm lab ([`arm_ip4`]).
+    pub fn real_ip4(&self, i: usize) -> String {
+        if self.two_arms {
+            arm_ip4(i)
+        } else {
+            rs_ip4(i)
+        }
+    }
+
+    /// IPv6 address of real server `i` (see [`Lab::real_ip4`]).
+    pub fn real_ip6(&self, i: usize) -> String {
+        if self.two_arms {
+            arm_ip6(i)
+        } else {
+            rs_ip6(i)
+        }
+    }
+
+    /// Two-arm lab, NAT: every real server's default routes go through the director's eth1,
+    /// so that replies to clients cross it.
+    pub fn route_via_director(&self) -> Result<()> {
+        for i in 1..=self.reals {
+            let script = format!(
+                "set -e
+                ip route add default via {ARM_DIR4}
+                ip -6 route add default via {ARM_DIR6}"
+            );
+            let out = sh(&self.ns(&format!("rs{i}")), &script)?;
+            if !out.status.success() {
+                bail!("rs{i} routes: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
         Ok(())
     }
 
     /// Starts apache2 on real server `i` of the segment (again, after stop_apache) and waits
     /// until it answers.
     pub fn start_apache(&mut self, i: usize) -> Result<()> {
-        self.start_apache_at(i, &rs_ip4(i))
+        self.start_apache_at(i, &self.real_ip4(i))
     }
 
     /// Stops apache2 on real server `i` as an operator would (SIGTERM: the parent stops its
@@ -433,6 +562,12 @@ impl Lab {
         self.xvsd.start(extra)
     }
 
+    /// The interfaces (`--iface`, in this order) of xvsd's next starts, e.g. to take an arm
+    /// away from the director or give it back across a restart.
+    pub fn set_xvsd_interfaces(&mut self, ifaces: &[&str]) {
+        self.xvsd.set_option("--iface", ifaces);
+    }
+
     /// Runs xvsd with `extra` arguments to completion (`--cleanup`, or a start that must be
     /// refused); fails if it is still running after 30 s.
     pub fn xvsd_once(&self, extra: &[&str]) -> Result<Output> {
@@ -580,7 +715,7 @@ impl Lab {
 
     fn cleanup(&mut self) {
         let _ = self.xvsd.stop_within(Duration::from_secs(5));
-        self._pass = None;
+        self.pass.clear();
         netns::destroy_all(&self.prefix);
         // The pins (and with them the director's link and maps) go with the bpffs instance.
         netns::unmount_all(&self.bpffs);

@@ -39,6 +39,28 @@ impl XvsdProcess {
         }
     }
 
+    /// Replaces every value of the option `name` (`--iface`...) in the arguments of every
+    /// start by `values`, given in that order where the option first was (or at the end).
+    pub fn set_option(&mut self, name: &str, values: &[&str]) {
+        let mut kept = Vec::with_capacity(self.args.len());
+        let mut at = None;
+        let mut args = std::mem::take(&mut self.args).into_iter();
+        while let Some(a) = args.next() {
+            if a == name {
+                at.get_or_insert(kept.len());
+                args.next();
+            } else {
+                kept.push(a);
+            }
+        }
+        let at = at.unwrap_or(kept.len());
+        let new = values
+            .iter()
+            .flat_map(|v| [name.to_string(), v.to_string()]);
+        kept.splice(at..at, new);
+        self.args = kept;
+    }
+
     /// Where xvsd and xvsadm are.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir

@@ -109,6 +109,7 @@ fn start(
     Dataplane::start_pinned(&PinnedStart {
         iface: "eth0".into(),
         ifindex,
+        more_ifaces: Vec::new(),
         mode: AttachMode::Generic,
         sizes: Sizes {
             conns,
@@ -287,7 +288,7 @@ fn the_first_sync_after_adoption_keeps_what_the_configuration_names_and_frees_th
         drop(dp);
 
         let done = pin::cleanup(&dp_pins).unwrap();
-        assert!(done.detached);
+        assert_eq!(done.detached, ["link"]);
         assert!(done.removed.iter().any(|n| n == "link"));
         assert!(done.removed.iter().any(|n| n == "CONNS"));
         assert!(!dp_pins.exists());

@@ -16,6 +16,7 @@ fn lab(tag: &str) -> Lab {
         reals: 3,
         bin_dir: default_bin_dir(),
         xvsd_args: Vec::new(),
+        two_arms: false,
     })
     .expect("lab")
 }

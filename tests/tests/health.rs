@@ -108,6 +108,7 @@ fn a_stopped_server_leaves_the_tables_comes_back_after_rise_and_the_sorry_server
         reals: 3,
         bin_dir: default_bin_dir(),
         xvsd_args: vec!["--metrics".into(), METRICS.into()],
+        two_arms: false,
     })
     .expect("lab");
     // rs3 is the sorry server: not a real server of the service, but on the segment with the
@@ -456,6 +457,7 @@ fn checks_and_the_sorry_server_from_the_configuration_file() {
         reals: 3,
         bin_dir: default_bin_dir(),
         xvsd_args: Vec::new(),
+        two_arms: false,
     })
     .expect("lab");
     std::fs::write(lab.rs_dir(1).join("www/health"), "ok\n").unwrap();

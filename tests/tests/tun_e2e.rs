@@ -20,6 +20,7 @@ fn lab() -> Lab {
         reals: 1,
         bin_dir: xvs_tests::lab::default_bin_dir(),
         xvsd_args: Vec::new(),
+        two_arms: false,
     })
     .expect("lab");
     lab.add_routed_real(RS, 1400)

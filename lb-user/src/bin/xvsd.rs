@@ -17,18 +17,26 @@ use lb_user::{
 /// dies the director keeps forwarding with its last tables, and the next xvsd adopts it (a new
 /// build's program replaces the old one on the link, keeping connections and counters).
 /// `xvsd --cleanup --iface IF` detaches it and removes the pins.
+///
+/// `--iface` given more than once runs one director on several interfaces (two arms: clients
+/// on one, NAT or FULLNAT real servers on another): one program and one set of maps, attached
+/// to each. The first interface names the director (its pin directory and state file), so it
+/// should stay first across restarts; an interface added on a restart is attached, one left
+/// out is detached.
 #[derive(Parser, Debug)]
 #[command(name = "xvsd", version)]
 struct Opts {
-    /// Interface to attach the director to.
-    #[arg(long)]
-    iface: String,
+    /// Interface to attach the director to; repeat it for a director on several interfaces
+    /// (two arms). The first names the director: its default pin directory and state file.
+    #[arg(long, required = true, value_name = "IFACE")]
+    iface: Vec<String>,
     /// XDP attach mode of a fresh attachment (an adopted link keeps its mode).
     #[arg(long, value_enum, default_value = "native")]
     xdp_mode: AttachMode,
-    /// Where the link, program and maps are pinned (bpffs; default /sys/fs/bpf/xvs/IFACE, or
-    /// /sys/fs/bpf/xvs/netns/NAME/IFACE in another network namespace than the host's,
-    /// mounting bpffs on /sys/fs/bpf if nothing is mounted there).
+    /// Where the links, program and maps are pinned (bpffs; default /sys/fs/bpf/xvs/IFACE
+    /// after the first --iface, or /sys/fs/bpf/xvs/netns/NAME/IFACE in another network
+    /// namespace than the host's, mounting bpffs on /sys/fs/bpf if nothing is mounted there).
+    /// The first interface's link is pinned as `link`, every other's as `link-IFACE`.
     #[arg(long)]
     pin_dir: Option<PathBuf>,
     /// Replace a pinned data plane of an incompatible layout instead of refusing to start: it
@@ -36,8 +44,8 @@ struct Opts {
     /// lost.
     #[arg(long)]
     force_reload: bool,
-    /// Detach the pinned director from the interface, remove its pins, and exit (refused
-    /// while an xvsd runs on them). Forwarding stops.
+    /// Detach the pinned director from every interface it is attached to, remove its pins,
+    /// and exit (refused while an xvsd runs on them). Forwarding stops.
     #[arg(long)]
     cleanup: bool,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics).
@@ -57,7 +65,7 @@ struct Opts {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where every accepted change is saved (atomically, before it is acknowledged), as
-    /// DIR/IFACE.json; without --config, xvsd restores it at start. Default /var/lib/xvs, or
+    /// DIR/IFACE.json (the first --iface); without --config, xvsd restores it at start. Default /var/lib/xvs, or
     /// /var/lib/xvs/netns/NAME when xvsd runs in another network namespace than the host's.
     #[arg(long, value_name = "DIR", default_value_os_t = lb_user::state::default_dir())]
     state_dir: PathBuf,
@@ -114,22 +122,27 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(filter)
         .init();
+    let (iface, more_ifaces) = daemon::split_interfaces(&opts.iface)?;
     let pin_dir = opts
         .pin_dir
         .clone()
-        .unwrap_or_else(|| pin::default_dir(&opts.iface));
+        .unwrap_or_else(|| pin::default_dir(iface));
     if opts.cleanup {
-        let done =
-            pin::cleanup(&pin_dir).with_context(|| format!("xvsd --cleanup on {}", opts.iface))?;
+        let done = pin::cleanup(&pin_dir).with_context(|| format!("xvsd --cleanup on {iface}"))?;
         if done.removed.is_empty() {
             println!("nothing pinned in {}", pin_dir.display());
         } else {
+            let detached: Vec<&str> = done
+                .detached
+                .iter()
+                .map(|p| pin::link_iface(p, iface))
+                .collect();
             println!(
                 "{}removed {} pins from {}",
-                if done.detached {
-                    format!("detached the director from {}; ", opts.iface)
-                } else {
+                if detached.is_empty() {
                     String::new()
+                } else {
+                    format!("detached the director from {}; ", detached.join(", "))
                 },
                 done.removed.len(),
                 pin_dir.display()
@@ -141,8 +154,10 @@ async fn main() -> anyhow::Result<()> {
         Some(g) => SocketAccess::with_group(g)?,
         None => SocketAccess::root_only(),
     };
+    let (iface, more_ifaces) = (iface.to_string(), more_ifaces.to_vec());
     daemon::run(DaemonOptions {
-        iface: opts.iface.clone(),
+        iface: iface.clone(),
+        more_ifaces,
         mode: opts.xdp_mode,
         socket: opts.socket,
         conn_table_size: opts.conn_table_size,
@@ -163,5 +178,5 @@ async fn main() -> anyhow::Result<()> {
         audit_fullnat: opts.audit_fullnat,
     })
     .await
-    .with_context(|| format!("xvsd on {}", opts.iface))
+    .with_context(|| format!("xvsd on {}", opts.iface.join(", ")))
 }

@@ -72,7 +72,9 @@ pub struct Controller<D = Dataplane> {
     timeouts: Timeouts,
     /// CONFIG as last written: the timeouts above in nanoseconds, the tunnel sources and flags.
     pushed: DataplaneConfig,
-    iface: String,
+    /// The interfaces the director is attached to (forwarding must be on for each: the data
+    /// plane's FIB lookups happen on the one a packet came in on).
+    ifaces: Vec<String>,
     /// IPVS-style rate estimates of every service and real server (`--rate`).
     rates: Estimator,
     /// Where every accepted change is saved before it is acknowledged.
@@ -106,11 +108,17 @@ impl<D: DataplaneOps> Controller<D> {
             timeouts: timeouts_s(&pushed),
             pushed,
             dataplane,
-            iface: iface.to_string(),
+            ifaces: vec![iface.to_string()],
             rates: Estimator::default(),
             state: None,
             refused: HashMap::new(),
         }
+    }
+
+    /// The director runs on these interfaces too (two arms).
+    pub fn also_on(mut self, more: &[String]) -> Self {
+        self.ifaces.extend(more.iter().cloned());
+        self
     }
 
     /// Saves every accepted change to `state` from now on.
@@ -260,7 +268,11 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     fn warnings(&self, changes: &[Change]) -> Vec<String> {
-        let mut warnings = crate::tunnel::forwarding_warnings(&self.config, &self.iface);
+        let mut warnings: Vec<String> = self
+            .ifaces
+            .iter()
+            .flat_map(|i| crate::tunnel::forwarding_warnings(&self.config, i))
+            .collect();
         warnings.extend(crate::local_addr::warnings(&self.config));
         warnings.extend(self
             .config

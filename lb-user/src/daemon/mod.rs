@@ -111,8 +111,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
 /// Daemon settings.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
-    /// Interface the director is attached to.
+    /// Interface the director is attached to; it names the director (its default pin
+    /// directory and its state file).
     pub iface: String,
+    /// Further interfaces the same director is attached to (`--iface` repeated: two arms).
+    pub more_ifaces: Vec<String>,
     /// Native or generic XDP.
     pub mode: AttachMode,
     /// Control socket path.
@@ -196,6 +199,15 @@ impl Shared {
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let started = Instant::now();
     let ifindex = ifindex(&opts.iface)?;
+    let more_ifaces = opts
+        .more_ifaces
+        .iter()
+        .map(|i| Ok((i.clone(), self::ifindex(i)?)))
+        .collect::<Result<Vec<_>, DaemonError>>()?;
+    let ifaces = std::iter::once(opts.iface.as_str())
+        .chain(opts.more_ifaces.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ");
     let state_file = opts
         .state_dir
         .as_ref()
@@ -210,6 +222,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
         iface: opts.iface.clone(),
         ifindex,
+        more_ifaces,
         mode: opts.mode,
         sizes: Sizes {
             conns: opts.conn_table_size,
@@ -236,23 +249,23 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let pins = opts.pin_dir.display();
     match &start {
         Start::Fresh => {
-            info!(iface = %opts.iface, mode = ?opts.mode, pins = %pins, "director attached and pinned");
+            info!(ifaces, mode = ?opts.mode, pins = %pins, "director attached and pinned");
         }
         Start::Adopted {
             services,
             backends,
             previous_program,
         } => info!(
-            iface = %opts.iface, pins = %pins, services, backends, previous_program,
+            ifaces, pins = %pins, services, backends, previous_program,
             "adopted the pinned data plane: this build's program replaced the previous one on its \
              link; the last tables keep forwarding until the configuration is synced"
         ),
         Start::Reloaded { reasons } => warn!(
-            iface = %opts.iface, mode = ?opts.mode, pins = %pins, why = %reasons.join("; "),
+            ifaces, mode = ?opts.mode, pins = %pins, why = %reasons.join("; "),
             "reloaded: the incompatible data plane was replaced by a fresh one"
         ),
     }
-    let mut controller = Controller::new(dataplane, &opts.iface);
+    let mut controller = Controller::new(dataplane, &opts.iface).also_on(&opts.more_ifaces);
     controller.set_tunnel_sources(&opts.tun_src)?;
     controller.set_audit_fullnat(opts.audit_fullnat)?;
     if let Some(f) = state_file {
@@ -396,6 +409,22 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())
+}
+
+/// Splits `--iface` (given once or more) into the first interface, which names the director,
+/// and the others; refuses none, and one given twice.
+pub fn split_interfaces(ifaces: &[String]) -> Result<(&str, &[String]), DaemonError> {
+    let (first, more) = ifaces
+        .split_first()
+        .ok_or_else(|| DaemonError::Config("no interface to attach to (--iface)".into()))?;
+    for (i, name) in ifaces.iter().enumerate() {
+        if ifaces[..i].contains(name) {
+            return Err(DaemonError::Config(format!(
+                "--iface {name} is given twice"
+            )));
+        }
+    }
+    Ok((first, more))
 }
 
 fn ifindex(iface: &str) -> Result<u32, DaemonError> {

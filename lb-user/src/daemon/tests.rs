@@ -731,3 +731,17 @@ fn fullnat_refusals_are_reported_once_each_with_the_service_and_its_pool() {
     c.dataplane_mut().fullnat_exhausted.insert(id, 5);
     assert_eq!(c.fullnat_refusals().unwrap()[0].refused, 2);
 }
+
+#[test]
+fn the_first_interface_names_the_director_and_none_is_given_twice() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let one = names(&["eth0"]);
+    assert_eq!(super::split_interfaces(&one).unwrap(), ("eth0", &[][..]));
+    let two = names(&["eth0", "eth1"]);
+    let (first, more) = super::split_interfaces(&two).unwrap();
+    assert_eq!((first, more), ("eth0", &two[1..]));
+    assert!(super::split_interfaces(&[]).is_err());
+    let twice = names(&["eth0", "eth1", "eth0"]);
+    let err = super::split_interfaces(&twice).unwrap_err().to_string();
+    assert!(err.contains("--iface eth0 is given twice"), "{err}");
+}

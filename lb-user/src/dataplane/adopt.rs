@@ -18,8 +18,7 @@ use super::{
     inherit::{self, PinnedMaps},
     layout, map_err,
     maps::{Maps, MapsError},
-    pin::LinkState,
-    pin::PinDir,
+    pin::{self, LinkState, PinDir},
     AttachMode, Dataplane, DataplaneError, Sizes,
 };
 use crate::kernel_log::KernelLog;
@@ -63,6 +62,10 @@ pub struct PinnedStart {
     pub iface: String,
     /// Its index.
     pub ifindex: u32,
+    /// Further interfaces the same program and maps run on (`--iface` repeated: two arms), by
+    /// name and index, each through a link of its own pinned as `link-IFACE`. A pinned further
+    /// link whose interface is not here any more is detached.
+    pub more_ifaces: Vec<(String, u32)>,
     /// Attach mode of a fresh attachment (an adopted link keeps its own).
     pub mode: AttachMode,
     /// Map sizes.
@@ -107,7 +110,7 @@ impl Dataplane {
         let expected = layout::expected(opts.sizes)?;
         match dir.link_state()? {
             LinkState::Attached { ifindex, .. } if ifindex != opts.ifindex => {
-                Err(super::pin::PinError::OtherInterface {
+                Err(pin::PinError::OtherInterface {
                     dir: opts.dir.clone(),
                     iface: opts.iface.clone(),
                     expected: opts.ifindex,
@@ -120,6 +123,7 @@ impl Dataplane {
                 if reasons.is_empty() {
                     let mut dp = Self::load_inner(opts.sizes, Some(&dir), false, opts.kernel_log)?;
                     dp.replace_on_link(&dir)?;
+                    dp.sync_more_links(&dir, opts)?;
                     let (services, backends) = dp.inherit()?;
                     dp.pins = Some(dir);
                     return Ok((
@@ -144,7 +148,6 @@ impl Dataplane {
                      table, persistence templates, counters and tables are lost, and virtual \
                      services pass to the kernel until the configuration is restored"
                 );
-                dir.detach_link()?;
                 dir.clear()?;
                 let dp = Self::start_fresh(dir, opts, &expected)?;
                 Ok((dp, Start::Reloaded { reasons }))
@@ -170,7 +173,64 @@ impl Dataplane {
         }
     }
 
-    /// Loads with new maps pinned in `dir`, records their layout, attaches and pins the link.
+    /// Makes the further interfaces' links match `opts.more_ifaces`: this program is swapped
+    /// in on the pinned links still wanted, the missing ones are attached and pinned, and the
+    /// pinned ones no longer wanted are detached and unpinned (an operator who drops an
+    /// `--iface` means the director to leave that interface, as `--cleanup` would).
+    fn sync_more_links(&mut self, dir: &PinDir, opts: &PinnedStart) -> Result<(), DataplaneError> {
+        let wanted: Vec<String> = opts.more_ifaces.iter().map(|(n, _)| n.clone()).collect();
+        let plan = pin::plan_links(&dir.more_links()?, &wanted);
+        for iface in &plan.detach {
+            let name = pin::link_pin_name(false, iface);
+            let detached = matches!(dir.link_state_of(&name)?, LinkState::Attached { .. })
+                && dir.detach_link_of(&name)?;
+            let path = dir.link_named(&name);
+            std::fs::remove_file(&path).map_err(|source| pin::PinError::Io {
+                what: "removing",
+                path: path.clone(),
+                source,
+            })?;
+            info!(
+                iface = %iface, detached,
+                "detached the director from {iface}: it is not given with --iface any more"
+            );
+        }
+        for (iface, ifindex) in &opts.more_ifaces {
+            let name = pin::link_pin_name(false, iface);
+            let path = dir.link_named(&name);
+            match dir.link_state_of(&name)? {
+                LinkState::Attached { ifindex: found, .. } if found != *ifindex => {
+                    return Err(pin::PinError::OtherInterface {
+                        dir: opts.dir.clone(),
+                        iface: iface.clone(),
+                        expected: *ifindex,
+                        found,
+                    }
+                    .into());
+                }
+                LinkState::Attached { prog_id, .. } => {
+                    self.swap_on_link(&path)?;
+                    info!(iface = %iface, previous_program = prog_id, "adopted the pinned link on {iface}");
+                }
+                LinkState::Detached => {
+                    std::fs::remove_file(&path).map_err(|source| pin::PinError::Io {
+                        what: "removing",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    info!(iface = %iface, "the pinned link on {iface} was attached to nothing any more: attaching anew");
+                    self.attach_link_pinned(iface, opts.mode, &path)?;
+                }
+                LinkState::Absent => {
+                    self.attach_link_pinned(iface, opts.mode, &path)?;
+                    info!(iface = %iface, mode = ?opts.mode, "attached the director to {iface}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads with new maps pinned in `dir`, records their layout, attaches and pins the links.
     /// On failure nothing stays pinned.
     fn start_fresh(
         dir: PinDir,
@@ -183,6 +243,7 @@ impl Dataplane {
                 .set(0, layout::record(expected), 0)
                 .map_err(map_err(names::MAP_META))?;
             dp.attach_pinned(&opts.iface, opts.mode, &dir)?;
+            dp.sync_more_links(&dir, opts)?;
             Ok(dp)
         })();
         match result {

@@ -240,8 +240,9 @@ pub struct Dataplane {
     counts: HashMap<u32, ConnCounts>,
     /// The pin directory (locked) when the data plane is pinned.
     pins: Option<PinDir>,
-    /// The XDP link this controller attached and pinned (an adopted link lives in the program).
-    link: Option<PinnedLink>,
+    /// The XDP links this controller attached and pinned, one per interface (an adopted link
+    /// lives in the program).
+    links: Vec<PinnedLink>,
     activity: Activity,
     /// The reader of the programs' log, with `--kernel-log`, until xvsd takes it.
     kernel_logger: Option<kernel_log::Logger>,
@@ -391,7 +392,7 @@ impl Dataplane {
             params: scheduler::Params::default(),
             counts: HashMap::new(),
             pins: None,
-            link: None,
+            links: Vec::new(),
             activity: Activity::default(),
             kernel_logger,
             audit: Some(audit),
@@ -431,11 +432,23 @@ impl Dataplane {
         mode: AttachMode,
         dir: &PinDir,
     ) -> Result<(), DataplaneError> {
+        self.attach_link_pinned(iface, mode, &dir.link())?;
+        self.program().pin(dir.prog())?;
+        Ok(())
+    }
+
+    /// Attaches the (already loaded, maybe already attached) director to one more interface and
+    /// pins that link at `pin`.
+    fn attach_link_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pin: &std::path::Path,
+    ) -> Result<(), DataplaneError> {
         let id = self.program().attach(iface, mode.into())?;
         let link = self.program().take_link(id)?;
         let link = FdLink::try_from(link)?;
-        self.link = Some(link.pin(dir.link())?);
-        self.program().pin(dir.prog())?;
+        self.links.push(link.pin(pin)?);
         self.attached = true;
         Ok(())
     }
@@ -443,8 +456,7 @@ impl Dataplane {
     /// Swaps this program in on the link pinned in `dir` (bpf_link_update: one atomic step,
     /// the interface is never without a program), and pins it in place of the previous one.
     fn replace_on_link(&mut self, dir: &PinDir) -> Result<(), DataplaneError> {
-        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(dir.link())?))?;
-        self.program().attach_to_link(link)?;
+        self.swap_on_link(&dir.link())?;
         match std::fs::remove_file(dir.prog()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -458,6 +470,13 @@ impl Dataplane {
             }
         }
         self.program().pin(dir.prog())?;
+        Ok(())
+    }
+
+    /// Swaps this program in on the link pinned at `pin` (bpf_link_update).
+    fn swap_on_link(&mut self, pin: &std::path::Path) -> Result<(), DataplaneError> {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(pin)?))?;
+        self.program().attach_to_link(link)?;
         self.attached = true;
         Ok(())
     }

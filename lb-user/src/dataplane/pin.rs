@@ -1,7 +1,11 @@
 //! Pinning the data plane in bpffs so that it outlives xvsd, and finding it again.
 //!
-//! One directory per interface (`--pin-dir`, default `/sys/fs/bpf/xvs/IFACE`) holds the XDP link
-//! (`link`), the program (`prog`) and every map under its own name. While the link is pinned the
+//! One directory per director (`--pin-dir`, default `/sys/fs/bpf/xvs/IFACE` after the first
+//! `--iface`) holds the XDP link of that first interface (`link`), the program (`prog`) and
+//! every map under its own name. A director on several interfaces (`--iface` repeated: two
+//! arms) runs the same program and maps on each, through one link per further interface,
+//! pinned as `link-IFACE` beside the first: a single-interface install keeps its layout, and
+//! adding or removing an arm never renames a pin. While the link is pinned the
 //! program stays attached and keeps forwarding with the last tables, whatever happens to xvsd;
 //! a new xvsd adopts the maps and swaps its program in on the same link (bpf_link_update), so
 //! the interface is never without a director. Only `xvsd --cleanup` detaches.
@@ -29,6 +33,8 @@ use tracing::{info, warn};
 
 /// Pin of the XDP link inside the pin directory.
 pub const LINK_PIN: &str = "link";
+/// Prefix of the pins of the links on the further interfaces (`link-IFACE`).
+pub const MORE_LINK_PREFIX: &str = "link-";
 /// Pin of the director program inside the pin directory.
 pub const PROG_PIN: &str = "prog";
 /// Where bpffs is conventionally mounted.
@@ -43,6 +49,63 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// namespace, `/sys/fs/bpf/xvs/netns/NAME/IFACE` in another (see [`crate::netns`]).
 pub fn default_dir(iface: &str) -> PathBuf {
     crate::netns::default_path(&format!("{BPFFS_ROOT}/xvs"), iface)
+}
+
+/// Name of the pin of the link on `iface`: `link` for the first interface (the layout of a
+/// single-interface director), `link-IFACE` for every other.
+pub fn link_pin_name(first: bool, iface: &str) -> String {
+    if first {
+        LINK_PIN.to_string()
+    } else {
+        format!("{MORE_LINK_PREFIX}{iface}")
+    }
+}
+
+/// The interface a further link's pin is named after (`link-IFACE`), None for any other pin.
+pub fn more_link_iface(pin: &str) -> Option<&str> {
+    pin.strip_prefix(MORE_LINK_PREFIX).filter(|i| !i.is_empty())
+}
+
+/// The interface the link pinned as `pin` belongs to, in the pin directory of the director
+/// whose first interface is `first`.
+pub fn link_iface<'a>(pin: &'a str, first: &'a str) -> &'a str {
+    more_link_iface(pin).unwrap_or(first)
+}
+
+/// Whether a pin is an XDP link (`link` or `link-IFACE`).
+fn is_link_pin(pin: &str) -> bool {
+    pin == LINK_PIN || more_link_iface(pin).is_some()
+}
+
+/// What a start does with the links on the further interfaces: the ones pinned by the previous
+/// xvsd against the ones on the command line now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkPlan {
+    /// Pinned and still wanted: this build's program is swapped in on the link.
+    pub keep: Vec<String>,
+    /// Wanted and not pinned: attached and pinned anew.
+    pub attach: Vec<String>,
+    /// Pinned and no longer wanted: detached and unpinned.
+    pub detach: Vec<String>,
+}
+
+/// Plans the further links of a start (pure): `pinned` are the interfaces with a `link-IFACE`
+/// pin, `wanted` the further interfaces on the command line (in its order).
+pub fn plan_links(pinned: &[String], wanted: &[String]) -> LinkPlan {
+    let mut plan = LinkPlan::default();
+    for w in wanted {
+        if pinned.contains(w) {
+            plan.keep.push(w.clone());
+        } else {
+            plan.attach.push(w.clone());
+        }
+    }
+    plan.detach = pinned
+        .iter()
+        .filter(|p| !wanted.contains(p))
+        .cloned()
+        .collect();
+    plan
 }
 
 /// Errors of the pin directory.
@@ -170,9 +233,23 @@ impl PinDir {
         self.path.join(LINK_PIN)
     }
 
+    /// Where the link named `pin` (see [`link_pin_name`]) is pinned.
+    pub fn link_named(&self, pin: &str) -> PathBuf {
+        self.path.join(pin)
+    }
+
     /// Where the program is pinned.
     pub fn prog(&self) -> PathBuf {
         self.path.join(PROG_PIN)
+    }
+
+    /// The further interfaces with a link pinned here (`link-IFACE`), sorted.
+    pub fn more_links(&self) -> Result<Vec<String>, PinError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .filter_map(|n| more_link_iface(n).map(str::to_string))
+            .collect())
     }
 
     /// Names of everything pinned here.
@@ -186,9 +263,14 @@ impl PinDir {
         Ok(names)
     }
 
-    /// What the pinned link is attached to.
+    /// What the pinned link of the first interface is attached to.
     pub fn link_state(&self) -> Result<LinkState, PinError> {
-        let path = self.link();
+        self.link_state_of(LINK_PIN)
+    }
+
+    /// What the link pinned as `pin` is attached to.
+    pub fn link_state_of(&self, pin: &str) -> Result<LinkState, PinError> {
+        let path = self.link_named(pin);
         if !path.exists() {
             return Ok(LinkState::Absent);
         }
@@ -218,10 +300,15 @@ impl PinDir {
         })
     }
 
-    /// Detaches the pinned link from its interface at once, whoever else holds it open
+    /// Detaches the pinned link of the first interface at once, whoever else holds it open
     /// (BPF_LINK_DETACH). Nothing happens when no link is pinned.
     pub fn detach_link(&self) -> Result<bool, PinError> {
-        let path = self.link();
+        self.detach_link_of(LINK_PIN)
+    }
+
+    /// Detaches the link pinned as `pin` (see [`PinDir::detach_link`]).
+    pub fn detach_link_of(&self, pin: &str) -> Result<bool, PinError> {
+        let path = self.link_named(pin);
         if !path.exists() {
             return Ok(false);
         }
@@ -234,12 +321,28 @@ impl PinDir {
         Ok(true)
     }
 
-    /// Removes every pin in the directory (the link's last, so forwarding stops at one point).
+    /// Detaches every link pinned here that is still attached; returns their pin names.
+    pub fn detach_links(&self) -> Result<Vec<String>, PinError> {
+        let mut detached = Vec::new();
+        for n in self.entries()?.into_iter().filter(|n| is_link_pin(n)) {
+            if matches!(self.link_state_of(&n)?, LinkState::Attached { .. })
+                && self.detach_link_of(&n)?
+            {
+                detached.push(n);
+            }
+        }
+        Ok(detached)
+    }
+
+    /// Removes every pin in the directory, the links' last. Links still attached are detached
+    /// first: removing the last reference to a link releases it only later (the kernel defers
+    /// it), and a fresh attachment to the same interface in the meantime would find it busy.
     /// Returns the names removed.
     pub fn clear(&self) -> Result<Vec<String>, PinError> {
+        self.detach_links()?;
         let mut names = self.entries()?;
-        // The link last: until then the old program keeps its maps.
-        names.sort_by_key(|n| n == LINK_PIN);
+        // The links last: until then the old program keeps its maps.
+        names.sort_by_key(|n| is_link_pin(n));
         for n in &names {
             let p = self.path.join(n);
             std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
@@ -385,8 +488,8 @@ fn private_mount_namespace() -> bool {
 /// What `xvsd --cleanup` did.
 #[derive(Debug, Default)]
 pub struct Cleanup {
-    /// Whether a link was attached and is now detached.
-    pub detached: bool,
+    /// Pins of the links that were attached and are now detached (`link`, `link-IFACE`).
+    pub detached: Vec<String>,
     /// Pins removed.
     pub removed: Vec<String>,
 }
@@ -397,8 +500,59 @@ pub fn cleanup(path: &Path) -> Result<Cleanup, PinError> {
     let Some(dir) = PinDir::open_existing(path)? else {
         return Ok(Cleanup::default());
     };
-    let detached = matches!(dir.link_state()?, LinkState::Attached { .. }) && dir.detach_link()?;
+    let detached = dir.detach_links()?;
     let removed = dir.clear()?;
     std::fs::remove_dir(path).map_err(io_err("removing", path))?;
     Ok(Cleanup { detached, removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_first_interface_keeps_the_single_interface_layout() {
+        assert_eq!(link_pin_name(true, "eth0"), "link");
+        assert_eq!(link_pin_name(false, "eth1"), "link-eth1");
+        assert_eq!(more_link_iface("link-eth1"), Some("eth1"));
+        assert_eq!(more_link_iface("link-"), None);
+        for pin in ["link", "prog", "XVS_CONNS", "linketh1"] {
+            assert_eq!(more_link_iface(pin), None, "{pin}");
+        }
+        assert!(is_link_pin("link") && is_link_pin("link-eth1"));
+        assert_eq!(link_iface("link", "eth0"), "eth0");
+        assert_eq!(link_iface("link-eth1", "eth0"), "eth1");
+        assert!(!is_link_pin("prog") && !is_link_pin("XVS_CONNS"));
+    }
+
+    #[test]
+    fn a_restart_keeps_attaches_and_detaches_the_further_links() {
+        let plan = plan_links(&names(&["eth1", "eth2"]), &names(&["eth3", "eth1"]));
+        assert_eq!(
+            plan,
+            LinkPlan {
+                keep: names(&["eth1"]),
+                attach: names(&["eth3"]),
+                detach: names(&["eth2"]),
+            }
+        );
+        // One interface again: every further link goes.
+        assert_eq!(
+            plan_links(&names(&["eth1"]), &[]),
+            LinkPlan {
+                detach: names(&["eth1"]),
+                ..LinkPlan::default()
+            }
+        );
+        // A fresh start attaches all of them.
+        assert_eq!(
+            plan_links(&[], &names(&["eth1", "eth2"])).attach,
+            names(&["eth1", "eth2"])
+        );
+        assert_eq!(plan_links(&[], &[]), LinkPlan::default());
+    }
 }

@@ -47,6 +47,7 @@ fn main() -> Result<()> {
         reals: 2,
         bin_dir,
         xvsd_args: Vec::new(),
+        two_arms: false,
     })?;
     let sh = |args: &[&str]| -> Result<()> {
         println!("# xvsadm {}", args.join(" "));
