@@ -439,8 +439,13 @@ pub struct Stats {
     pub packets: u64,
     /// Bytes forwarded (client to server, whole frames).
     pub bytes: u64,
+    /// Replies translated back to the client (NAT and FULLNAT; DR and TUN replies never cross
+    /// the director).
+    pub out_packets: u64,
+    /// Their bytes (whole frames, as received).
+    pub out_bytes: u64,
 }
-const _: () = assert!(size_of::<Stats>() == 24);
+const _: () = assert!(size_of::<Stats>() == 40);
 
 impl Stats {
     /// Adds another CPU's counters to these.
@@ -448,6 +453,8 @@ impl Stats {
         self.conns += other.conns;
         self.packets += other.packets;
         self.bytes += other.bytes;
+        self.out_packets += other.out_packets;
+        self.out_bytes += other.out_bytes;
     }
 }
 

@@ -173,7 +173,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     };
     type Get<T> = fn(&T) -> Value;
     use Value::{Float, Int};
-    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 5] = [
+    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 7] = [
         (
             "xvs_service_connections_total",
             Kind::Counter,
@@ -191,6 +191,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
             Kind::Counter,
             "Bytes forwarded for the virtual service (client to server, whole frames).",
             |v| Int(v.stats.bytes),
+        ),
+        (
+            "xvs_service_out_packets_total",
+            Kind::Counter,
+            "Replies translated back to clients of the virtual service (NAT and FULLNAT; DR and TUN replies bypass the director).",
+            |v| Int(v.stats.out_packets),
+        ),
+        (
+            "xvs_service_out_bytes_total",
+            Kind::Counter,
+            "Bytes of replies translated back to clients of the virtual service (whole frames as received).",
+            |v| Int(v.stats.out_bytes),
         ),
         (
             "xvs_service_active_connections",
@@ -213,7 +225,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             l.services.iter().map(|v| (svc(&v.key), get(v))),
         );
     }
-    let real_series: [(&str, Kind, &str, Get<crate::proto::RealStatus>); 7] = [
+    let real_series: [(&str, Kind, &str, Get<crate::proto::RealStatus>); 9] = [
         (
             "xvs_real_connections_total",
             Kind::Counter,
@@ -231,6 +243,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
             Kind::Counter,
             "Bytes forwarded to the real server (whole frames).",
             |r| Int(r.stats.bytes),
+        ),
+        (
+            "xvs_real_out_packets_total",
+            Kind::Counter,
+            "Replies from the real server translated back to clients (NAT and FULLNAT).",
+            |r| Int(r.stats.out_packets),
+        ),
+        (
+            "xvs_real_out_bytes_total",
+            Kind::Counter,
+            "Bytes of the real server's replies translated back to clients (whole frames).",
+            |r| Int(r.stats.out_bytes),
         ),
         (
             "xvs_real_active_connections",
@@ -479,6 +503,8 @@ mod tests {
                     conns: 7,
                     packets: 70,
                     bytes: 7000,
+                    out_packets: 60,
+                    out_bytes: 6000,
                 },
                 reals: vec![RealStatus {
                     addr: "198.51.100.11:80".parse().unwrap(),
@@ -493,6 +519,8 @@ mod tests {
                         conns: 7,
                         packets: 70,
                         bytes: 7000,
+                        out_packets: 60,
+                        out_bytes: 6000,
                     },
                     mac: None,
                     rates: Default::default(),

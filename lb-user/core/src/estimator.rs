@@ -23,11 +23,12 @@ pub struct Rates {
     pub cps: u64,
     /// Packets in per second.
     pub inpps: u64,
-    /// Packets out per second (0: replies do not cross a DR/TUN director).
+    /// Packets out per second (NAT and FULLNAT replies; 0 for DR and TUN, whose replies do
+    /// not cross the director).
     pub outpps: u64,
     /// Bytes in per second.
     pub inbps: u64,
-    /// Bytes out per second (0, as `outpps`).
+    /// Bytes out per second (as `outpps`).
     pub outbps: u64,
 }
 
@@ -41,6 +42,10 @@ pub struct Estimate {
     inpps: i64,
     /// Bytes per second << 5.
     inbps: i64,
+    /// Reply packets per second << 10.
+    outpps: i64,
+    /// Reply bytes per second << 5.
+    outbps: i64,
 }
 
 /// `avg += (rate - avg) >> 2`, with the kernel's arithmetic shift of a signed difference.
@@ -71,6 +76,14 @@ impl Estimate {
         self.cps = smooth(self.cps, shl(delta(now.conns, self.last.conns), 9));
         self.inpps = smooth(self.inpps, shl(delta(now.packets, self.last.packets), 9));
         self.inbps = smooth(self.inbps, shl(delta(now.bytes, self.last.bytes), 4));
+        self.outpps = smooth(
+            self.outpps,
+            shl(delta(now.out_packets, self.last.out_packets), 9),
+        );
+        self.outbps = smooth(
+            self.outbps,
+            shl(delta(now.out_bytes, self.last.out_bytes), 4),
+        );
         self.last = now;
     }
 
@@ -81,9 +94,9 @@ impl Estimate {
         Rates {
             cps: read(self.cps, 0x1FF, 10),
             inpps: read(self.inpps, 0x1FF, 10),
-            outpps: 0,
+            outpps: read(self.outpps, 0x1FF, 10),
             inbps: read(self.inbps, 0xF, 5),
-            outbps: 0,
+            outbps: read(self.outbps, 0xF, 5),
         }
     }
 
@@ -171,6 +184,7 @@ mod tests {
             conns,
             packets,
             bytes,
+            ..Counters::default()
         }
     }
 
@@ -252,5 +266,24 @@ mod tests {
         // Subject 2 is gone.
         assert_eq!(est.rates(&2), Rates::default());
         assert_eq!(est.estimates.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod out_tests {
+    use super::*;
+
+    /// Replies are estimated as the client's direction is: 100 reply packets and 10,000 bytes
+    /// per 2-second sample read as IPVS would read them.
+    #[test]
+    fn replies_have_rates_of_their_own() {
+        let mut e = Estimate::new(Counters::default());
+        e.sample(Counters {
+            out_packets: 100,
+            out_bytes: 10_000,
+            ..Counters::default()
+        });
+        let r = e.rates();
+        assert_eq!((r.inpps, r.outpps, r.outbps), (0, 12, 1250));
     }
 }

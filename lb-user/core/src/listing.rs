@@ -449,9 +449,9 @@ fn render_service(out: &mut String, svc: &ServiceStatus, opts: ListOptions, name
 }
 
 /// Conns, InPkts, OutPkts, InBytes, OutBytes. A DR/TUN director never sees the replies, so the
-/// Out columns are 0, as with IPVS in those modes.
+/// Out columns are 0, as with IPVS in those modes; NAT and FULLNAT count their replies.
 fn stats_columns(out: &mut String, c: &Counters, exact: bool) {
-    for v in [c.conns, c.packets, 0, c.bytes, 0] {
+    for v in [c.conns, c.packets, c.out_packets, c.bytes, c.out_bytes] {
         out.push_str(&largenum(v, exact));
     }
     out.push('\n');
@@ -568,6 +568,7 @@ mod tests {
                 conns: 12,
                 packets: 345,
                 bytes: 123_456_789_012,
+                ..Counters::default()
             };
         }
         Listing {
@@ -1190,5 +1191,19 @@ VIP:VPORT            TOTAL    SNAT_IP              CONFLICTS  CONNS
             serde_json::from_str::<Vec<ConnStatus>>(&json).unwrap(),
             conns
         );
+    }
+
+    #[test]
+    fn stats_show_replies_in_the_out_columns() {
+        let mut out = String::new();
+        let c = Counters {
+            conns: 3,
+            packets: 10,
+            bytes: 1000,
+            out_packets: 8,
+            out_bytes: 900,
+        };
+        stats_columns(&mut out, &c, false);
+        assert_eq!(out, "        3       10        8     1000      900\n");
     }
 }

@@ -12,6 +12,13 @@ pub struct Counters {
     pub packets: u64,
     /// Bytes in.
     pub bytes: u64,
+    /// Packets out (NAT and FULLNAT replies; 0 for DR and TUN, whose replies bypass the
+    /// director, as with IPVS).
+    #[serde(default)]
+    pub out_packets: u64,
+    /// Bytes out.
+    #[serde(default)]
+    pub out_bytes: u64,
 }
 
 impl From<Stats> for Counters {
@@ -20,6 +27,8 @@ impl From<Stats> for Counters {
             conns: s.conns,
             packets: s.packets,
             bytes: s.bytes,
+            out_packets: s.out_packets,
+            out_bytes: s.out_bytes,
         }
     }
 }

@@ -346,6 +346,8 @@ fn counters_are_listed_and_zeroed_per_service_or_all() {
         conns: 3,
         packets: 10,
         bytes: 1000,
+        out_packets: 8,
+        out_bytes: 900,
     };
     let dp = c.dataplane_mut();
     let (w, d) = (dp.service_id(&web).unwrap(), dp.service_id(&dns).unwrap());
@@ -357,6 +359,10 @@ fn counters_are_listed_and_zeroed_per_service_or_all() {
     let l = listing(&mut c);
     assert_eq!(l.services[0].stats.packets, 10);
     assert_eq!(l.services[0].reals[0].stats.bytes, 1000);
+    // Replies (NAT, FULLNAT) have counters of their own, in ipvsadm's Out columns.
+    assert_eq!(l.services[0].stats.out_packets, 8);
+    assert_eq!(l.services[0].reals[0].stats.out_bytes, 900);
+
     assert_eq!(l.reasons.get(Reason::ALL[0].name()), Some(&42));
 
     ok(send(&mut c, Command::Zero { service: Some(web) }, None));

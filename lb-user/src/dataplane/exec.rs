@@ -452,6 +452,8 @@ mod tests {
             conns: 1,
             packets: 2,
             bytes: 3,
+            out_packets: 4,
+            out_bytes: 5,
         };
         m.stats.insert((StatsMap::Service, 4), vec![s, s]);
         m.stats

@@ -351,6 +351,8 @@ fn count_traffic(rig: &mut Rig) {
         conns: 1,
         packets: 10,
         bytes: 1000,
+        out_packets: 9,
+        out_bytes: 900,
     };
     let ids: Vec<(StatsMap, u32)> = rig
         .placement
@@ -1307,6 +1309,8 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
         conns: id as u64,
         packets: cpu as u64,
         bytes: 1000 + id as u64,
+        out_packets: 2 * cpu as u64,
+        out_bytes: 500 + id as u64,
     };
     for id in 0..40 {
         let v: Vec<Stats> = (0..cpus).map(|c| stats(id, c)).collect();

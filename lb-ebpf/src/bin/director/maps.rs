@@ -121,6 +121,19 @@ pub fn add_stats(of: StatsOf, index: u32, new_conn: bool, bytes: u64) {
     }
 }
 
+/// Adds a reply of `bytes` to a service's and a backend's out counters on this CPU.
+#[inline(always)]
+pub fn add_out_stats(service: u32, backend: u32, bytes: u64) {
+    for (map, index) in [(&SERVICE_STATS, service), (&BACKEND_STATS, backend)] {
+        if let Some(s) = map.get_ptr_mut(index) {
+            // SAFETY: this CPU's slot, as in `count`.
+            let s = unsafe { &mut *s };
+            s.out_packets += 1;
+            s.out_bytes += bytes;
+        }
+    }
+}
+
 /// The data plane's settings (timeouts, tunnel sources, flags).
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {

@@ -575,6 +575,9 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     }
+    if let Some(b) = maps::backend(back.backend) {
+        maps::add_out_stats(b.service, back.backend, pkt.len() as u64);
+    }
     // NAT64: an IPv4 reply goes back as IPv6, 20 bytes longer.
     let nat64 = back.family != p.family;
     let len = match ip_len(pkt, p) {
