@@ -219,9 +219,7 @@ fn both_ends_are_translated_both_ways_exact_bytes() {
         assert_eq!(d.reason(Reason::TxFullNat), 8);
         assert_eq!(d.reason(Reason::TxNatReply), 4);
         // Replies have counters of their own (ipvsadm's OutPkts and OutBytes).
-        let c =
-            d.dp.service_counters(&key(Udp, VIP6, 53))
-                .unwrap();
+        let c = d.dp.service_counters(&key(Udp, VIP6, 53)).unwrap();
         assert_eq!((c.packets, c.out_packets), (2, 1));
         assert_eq!(
             c.out_bytes,
