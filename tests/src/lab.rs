@@ -703,6 +703,63 @@ impl Lab {
         self.start_apache_at(i, &v4)
     }
 
+    /// A UDP echo server in each real server's namespace on port 5353 (both families),
+    /// answering "rsN" to every datagram, until the returned guard is dropped.
+    pub fn udp_echo(&self) -> UdpEcho {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (1..=self.reals)
+            .map(|i| {
+                let ns = self.ns(&format!("rs{i}"));
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    netns::in_netns(&ns, move || {
+                        let sock = std::net::UdpSocket::bind("[::]:5353").expect("bind [::]:5353");
+                        sock.set_read_timeout(Some(Duration::from_millis(100)))
+                            .unwrap();
+                        let mut buf = [0u8; 512];
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                                let _ = sock.send_to(format!("rs{i}").as_bytes(), from);
+                            }
+                        }
+                    })
+                    .expect("echo server");
+                })
+            })
+            .collect();
+        UdpEcho { stop, threads }
+    }
+
+    /// `n` datagrams from the client to `target`, each from a socket of its own (a flow of its
+    /// own) connected to it, so only answers from `target` count: the answers, "no answer"
+    /// where none came after three tries.
+    pub fn udp_ask(&self, target: SocketAddr, n: usize) -> Vec<String> {
+        netns::in_netns(&self.ns("cl"), move || {
+            (0..n)
+                .map(|_| {
+                    let local = if target.is_ipv4() {
+                        "0.0.0.0:0"
+                    } else {
+                        "[::]:0"
+                    };
+                    let s = std::net::UdpSocket::bind(local).unwrap();
+                    s.connect(target).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut buf = [0u8; 64];
+                    // A first datagram may wait for the director's kernel to resolve a neighbour.
+                    for _ in 0..3 {
+                        s.send(b"ping").unwrap();
+                        if let Ok(n) = s.recv(&mut buf) {
+                            return String::from_utf8_lossy(&buf[..n]).into_owned();
+                        }
+                    }
+                    String::from("no answer")
+                })
+                .collect::<Vec<String>>()
+        })
+        .expect("the client's namespace")
+    }
+
     /// Real server `i`'s apache access log: one line per request, "CLIENT LOCAL_PORT PATH".
     pub fn access_log(&self, i: usize) -> String {
         fs::read_to_string(self.rs_dir(i).join("access.log")).unwrap_or_default()
@@ -770,6 +827,21 @@ impl HttpConn {
                     return Ok(text[head_end + 4..head_end + 4 + len].trim().to_string());
                 }
             }
+        }
+    }
+}
+
+/// The lab's UDP echo servers (`Lab::udp_echo`), stopped and joined when dropped.
+pub struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }

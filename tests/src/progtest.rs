@@ -180,3 +180,36 @@ pub fn mac_text(m: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// `addr` as it goes before `:port`: an IPv6 address in brackets.
+pub fn bracket(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The service (protocol, VIP, port).
+pub fn service_key(
+    proto: lb_user::model::Protocol,
+    vip: &str,
+    port: u16,
+) -> lb_user::model::ServiceKey {
+    lb_user::model::ServiceKey::Addr {
+        protocol: proto,
+        addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
+    }
+}
+
+/// A real server at `addr`:`port` reached by `forward`, weight 1.
+pub fn real_server(
+    addr: &str,
+    port: u16,
+    forward: lb_user::model::ForwardMethod,
+) -> lb_user::model::RealServer {
+    lb_user::model::RealServer {
+        forward,
+        ..lb_user::model::RealServer::dr(format!("{}:{port}", bracket(addr)).parse().unwrap(), 1)
+    }
+}

@@ -18,7 +18,7 @@ use xvs_tests::{
     packets::{
         frame, icmp_error, keep_quoted_l4_check, quoted, tcp, with_macs, Flags, ACK, L4, SYN,
     },
-    progtest::{in_fib_ns, mac_text, verdict, Director},
+    progtest::{in_fib_ns, mac_text, real_server, service_key, verdict, Director},
 };
 
 const NS: &str = "xvsfnat-prog";
@@ -61,26 +61,12 @@ fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
     in_fib_ns(NS, &script, f);
 }
 
-fn bracket(a: &str) -> String {
-    if a.contains(':') {
-        format!("[{a}]")
-    } else {
-        a.to_string()
-    }
-}
-
 fn key(proto: Protocol, vip: &str, port: u16) -> ServiceKey {
-    ServiceKey::Addr {
-        protocol: proto,
-        addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
-    }
+    service_key(proto, vip, port)
 }
 
 fn fullnat(rs: &str, port: u16) -> RealServer {
-    RealServer {
-        forward: ForwardMethod::FullNat,
-        ..RealServer::dr(format!("{}:{port}", bracket(rs)).parse().unwrap(), 1)
-    }
+    real_server(rs, port, ForwardMethod::FullNat)
 }
 
 /// A FULLNAT service with one local address (ports `lo..=hi`) and these real servers, and
@@ -525,5 +511,46 @@ fn nat64_an_ipv6_vip_reaches_ipv4_real_servers_and_their_answers_come_back_as_ip
         bare[41] = 0;
         assert_eq!(d.run_on(ifx, &bare).0, verdict::DROP);
         assert_eq!(d.reason(Reason::DropNat64UdpNoChecksum), 1);
+    });
+}
+
+#[test]
+fn malformed_replies_are_counted_and_never_misforwarded() {
+    in_ns(|d, ifx| {
+        service(
+            d,
+            key(Protocol::Tcp, VIP, 80),
+            LIP,
+            (46000, 46999),
+            &[fullnat(RS, 80)],
+        );
+        let lport = sport(&d.run_on(ifx, &tcp(CLIENT, 55000, VIP, 80, SYN)).1);
+        let good = tcp(RS, 80, LIP, lport, SYN_ACK);
+        // Cut inside its TCP header: dropped before any lookup, counted.
+        let (v, _) = d.run_on(ifx, &good[..14 + 20 + 10]);
+        assert_eq!(v, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropMalformedL4), 1);
+        // A fragment (more fragments set): no ports to find its connection by; the kernel's,
+        // unchanged.
+        let mut frag = good.clone();
+        frag[14 + 6] |= 0x20;
+        let (v, out) = d.run_on(ifx, &frag);
+        assert_eq!((v, out), (verdict::PASS, frag.clone()));
+        assert_eq!(d.reason(Reason::PassFragment), 1);
+        // A wrong TCP checksum stays wrong by the same amount: the client's stack drops it, as
+        // it would have dropped the original (the director never recomputes a checksum over
+        // the payload, so it cannot make a damaged packet look sound).
+        let mut bad = good.clone();
+        bad[14 + 20 + 16] ^= 0x01;
+        let (v, out) = d.run_on(ifx, &bad);
+        assert_eq!(v, verdict::TX);
+        let want = with_macs(tcp(VIP, 80, CLIENT, 55000, SYN_ACK), GW_MAC, D0_MAC);
+        assert_eq!(out[..50], want[..50]);
+        assert_ne!(
+            out[50..52],
+            want[50..52],
+            "the damage is carried, not repaired"
+        );
+        assert_eq!(out[52..], want[52..]);
     });
 }

@@ -127,6 +127,40 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
         );
     }
 
+    // UDP through FULLNAT (and NAT64), ten flows each: the client hears the VIP.
+    let _echo = lab.udp_echo();
+    for (vip, lip, rs) in [
+        (
+            format!("{VIP4}:53"),
+            LIP4,
+            [rs_ip4(1), rs_ip4(2)].map(|a| format!("{a}:5353")),
+        ),
+        (
+            format!("[{VIP6}]:53"),
+            LIP6,
+            [rs_ip6(1), rs_ip6(2)].map(|a| format!("[{a}]:5353")),
+        ),
+        (
+            format!("[{VIP6}]:54"),
+            LIP4,
+            [rs_ip4(1), rs_ip4(2)].map(|a| format!("{a}:5353")),
+        ),
+    ] {
+        lab.xvsadm_ok(&["-A", "-u", &vip, "-s", "rr"]).unwrap();
+        lab.xvsadm_ok(&["--add-laddr", "-u", &vip, "-z", lip])
+            .unwrap();
+        for r in &rs {
+            lab.xvsadm_ok(&["-a", "-u", &vip, "-r", r, "-b"]).unwrap();
+        }
+        let answers = lab.udp_ask(vip.parse().unwrap(), 10);
+        let t = tally(&answers);
+        assert_eq!(
+            (t.get("rs1").copied(), t.get("rs2").copied()),
+            (Some(5), Some(5)),
+            "UDP {vip}: {answers:?}"
+        );
+    }
+
     // The client is not lost to the operator: the audit log pairs it with the local address
     // (one line per new connection), and -L -c shows both tuples.
     poll(Duration::from_secs(5), "audit lines", || {

@@ -14,7 +14,7 @@ use xvs_tests::{
     packets::{
         frame, icmp_error, keep_quoted_l4_check, quoted, tcp, udp, with_macs, Flags, ACK, L4, SYN,
     },
-    progtest::{in_fib_ns, mac_text, verdict, Director},
+    progtest::{in_fib_ns, mac_text, real_server, service_key, verdict, Director},
 };
 
 const NS: &str = "xvsnat-prog";
@@ -61,26 +61,12 @@ fn in_ns(f: impl FnOnce(&mut Director, u32) + Send + 'static) {
     in_fib_ns(NS, &script, f);
 }
 
-fn bracket(a: &str) -> String {
-    if a.contains(':') {
-        format!("[{a}]")
-    } else {
-        a.to_string()
-    }
-}
-
 fn key(proto: Protocol, vip: &str, port: u16) -> ServiceKey {
-    ServiceKey::Addr {
-        protocol: proto,
-        addr: format!("{}:{port}", bracket(vip)).parse().unwrap(),
-    }
+    service_key(proto, vip, port)
 }
 
 fn real(rs: &str, port: u16, forward: ForwardMethod) -> RealServer {
-    RealServer {
-        forward,
-        ..RealServer::dr(format!("{}:{port}", bracket(rs)).parse().unwrap(), 1)
-    }
+    real_server(rs, port, forward)
 }
 
 /// A service with NAT real servers (address, port), and CONFIG's NAT flag as xvsd sets it.

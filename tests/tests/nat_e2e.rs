@@ -147,36 +147,11 @@ fn nat_one_arm_with_port_mapping_serves_both_families_and_servers_see_the_client
     .unwrap();
 }
 
-/// A UDP echo server in real server `i`'s namespace on port 5353 (both families), answering
-/// "rsN" to each datagram, until `stop` is set.
-fn udp_echo(
-    lab: &Lab,
-    i: usize,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let ns = lab.ns(&format!("rs{i}"));
-    std::thread::spawn(move || {
-        netns::in_netns(&ns, move || {
-            let sock = std::net::UdpSocket::bind("[::]:5353").expect("bind [::]:5353");
-            sock.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let mut buf = [0u8; 512];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok((_, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(format!("rs{i}").as_bytes(), from);
-                }
-            }
-        })
-        .expect("echo server");
-    })
-}
-
 #[test]
 fn nat_carries_udp_both_ways_and_the_client_hears_the_vip() {
     let lab = two_reals("nat-udp");
     masquerade(&lab);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let servers: Vec<_> = (1..=2).map(|i| udp_echo(&lab, i, stop.clone())).collect();
+    let _echo = lab.udp_echo();
     for (vip, rs) in [
         (
             format!("{VIP4}:53"),
@@ -191,32 +166,8 @@ fn nat_carries_udp_both_ways_and_the_client_hears_the_vip() {
         for r in &rs {
             lab.xvsadm_ok(&["-a", "-u", &vip, "-r", r, "-m"]).unwrap();
         }
-        // Ten client sockets (ten flows): a connected socket takes only answers from the VIP.
-        let target: std::net::SocketAddr = vip.parse().unwrap();
-        let answers = netns::in_netns(&lab.ns("cl"), move || {
-            (0..10)
-                .map(|_| {
-                    let local = if target.is_ipv4() {
-                        "0.0.0.0:0"
-                    } else {
-                        "[::]:0"
-                    };
-                    let s = std::net::UdpSocket::bind(local).unwrap();
-                    s.connect(target).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = [0u8; 64];
-                    // A first datagram may wait for the director's kernel to resolve the client.
-                    for _ in 0..3 {
-                        s.send(b"ping").unwrap();
-                        if let Ok(n) = s.recv(&mut buf) {
-                            return String::from_utf8_lossy(&buf[..n]).into_owned();
-                        }
-                    }
-                    String::from("no answer")
-                })
-                .collect::<Vec<String>>()
-        })
-        .unwrap();
+        // Ten flows: a connected socket takes only answers from the VIP.
+        let answers = lab.udp_ask(vip.parse().unwrap(), 10);
         let t = tally(&answers);
         assert_eq!(
             (t.get("rs1").copied(), t.get("rs2").copied()),
@@ -224,9 +175,5 @@ fn nat_carries_udp_both_ways_and_the_client_hears_the_vip() {
             "{vip}: {answers:?}\n{}",
             lab.xvsd_log()
         );
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for s in servers {
-        s.join().unwrap();
     }
 }

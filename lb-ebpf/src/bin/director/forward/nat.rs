@@ -96,27 +96,34 @@ fn record_call(p: &Parsed, id: u32) {
     let Some(b) = maps::backend(id) else {
         return;
     };
-    let reply = FlowKey {
-        src: b.addr,
+    let mut reply = FlowKey {
         dst: p.src,
-        sport_be: real_port(b, p.dport_be),
         dport_be: p.sport_be,
-        proto: p.proto,
-        family: p.family,
-        _pad: [0; 2],
+        ..FlowKey::default()
     };
-    let back = NatReply {
-        vip: p.dst,
-        client: p.src,
-        vport_be: p.dport_be,
-        cport_be: p.sport_be,
-        backend: id,
-        family: p.family,
-        _pad: [0; 7],
-    };
+    let mut back = NatReply::default();
+    way_back(p, id, b, &mut reply, &mut back);
     if maps::nat_reply_insert(&reply, &back).is_err() {
         count(Reason::ConnInsertFailed);
     }
+}
+
+/// Fills in the way back of the connection of packet `p` (client -> VIP) to backend `id`: its
+/// replies' flow (from the real server, in the real server's family; the caller sets where they
+/// go: the client for NAT, a local address and port for FULLNAT) and what they are translated
+/// back to. In place: the callers' frames are tight.
+#[inline(always)]
+fn way_back(p: &Parsed, id: u32, b: &Backend, reply: &mut FlowKey, back: &mut NatReply) {
+    reply.src = b.addr;
+    reply.sport_be = real_port(b, p.dport_be);
+    reply.proto = p.proto;
+    reply.family = b.family;
+    back.vip = p.dst;
+    back.client = p.src;
+    back.vport_be = p.dport_be;
+    back.cport_be = p.sport_be;
+    back.backend = id;
+    back.family = p.family;
 }
 
 /// The port a NAT real server is reached on: its own, or (port 0) the client's destination.
@@ -242,25 +249,10 @@ fn allocate(p: &Parsed, id: u32, service: u32, slots: u8) -> u32 {
     }
     // CPUs start far apart in the candidates (a large odd stride), so they seldom meet.
     let base = cursor.wrapping_add(smp_processor_id().wrapping_mul(0x9e37_79b1));
-    // Its replies come from the real server, in the real server's family (NAT64: IPv4).
-    let mut reply = FlowKey {
-        src: b.addr,
-        dst: [0; 16],
-        sport_be: real_port(b, p.dport_be),
-        dport_be: 0,
-        proto: p.proto,
-        family: b.family,
-        _pad: [0; 2],
-    };
-    let back = NatReply {
-        vip: p.dst,
-        client: p.src,
-        vport_be: p.dport_be,
-        cport_be: p.sport_be,
-        backend: id,
-        family: p.family,
-        _pad: [0; 7],
-    };
+    // The local address and port are filled in per candidate.
+    let mut reply = FlowKey::default();
+    let mut back = NatReply::default();
+    way_back(p, id, b, &mut reply, &mut back);
     let mut i = 0;
     while i < FULLNAT_PROBES {
         let k = base.wrapping_add(i);
