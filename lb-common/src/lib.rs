@@ -20,8 +20,9 @@ pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
     nat_reply_filter_proto, service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend,
     DataplaneConfig, FullNatAudit, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey,
-    ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_AUDIT_BYTES, FULLNAT_PROBES,
-    MAX_LADDR_SLOTS, NO_BACKEND, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    ReplyRoute, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_AUDIT_BYTES,
+    FULLNAT_PROBES, MAX_LADDR_SLOTS, NO_BACKEND, REPLY_ROUTE_SLOTS, TUN_ROUTE_SLOTS,
+    TUN_ROUTE_TTL_NS,
 };
 pub use reason::Reason;
 
@@ -90,6 +91,9 @@ pub mod names {
     pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
+    /// Per-CPU cache of NAT and FULLNAT replies' routes to clients (lb_common::ReplyRoute);
+    /// never pinned.
+    pub const MAP_REPLY_ROUTES: &str = "REPLY_ROUTES";
     /// Per-CPU scratch of the NAT ICMP-error translation; never pinned.
     pub const MAP_ICMP_SCRATCH: &str = "ICMP_SCRATCH";
     /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.

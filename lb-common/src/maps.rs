@@ -290,6 +290,35 @@ pub const TUN_ROUTE_SLOTS: u32 = 4096;
 /// tunnelled backend's packets within this time.
 pub const TUN_ROUTE_TTL_NS: u64 = 1_000_000_000;
 
+/// A client's route as the kernel's FIB last gave it to NAT and FULLNAT replies (map
+/// REPLY_ROUTES, per CPU, at flow_hash(client, 0) % [`REPLY_ROUTE_SLOTS`]): reused while younger
+/// than [`TUN_ROUTE_TTL_NS`], for this client and family, when the packet fits its MTU. A cache:
+/// never pinned, empty after every load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplyRoute {
+    /// bpf_ktime_get_ns() after which the FIB is asked again (0: empty).
+    pub expires_ns: u64,
+    /// The client's address.
+    pub addr: [u8; 16],
+    /// Interface toward the next hop.
+    pub ifindex: u32,
+    /// Route MTU.
+    pub mtu: u32,
+    /// Next hop's MAC.
+    pub dmac: [u8; 6],
+    /// The interface's MAC.
+    pub smac: [u8; 6],
+    /// FAMILY_V4 or FAMILY_V6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: [u8; 11],
+}
+const _: () = assert!(size_of::<ReplyRoute>() == 56);
+
+/// Entries of REPLY_ROUTES per CPU (56 bytes each).
+pub const REPLY_ROUTE_SLOTS: u32 = 4096;
+
 /// TunnelJob::flags bits.
 pub mod tunnel_job_flags {
     /// `hash` is set.

@@ -201,15 +201,18 @@ fn both_ends_are_translated_both_ways_exact_bytes() {
                 D0_MAC,
             );
             assert_eq!(out, want, "{what}: reply bytes");
+            // The next answer takes this CPU's cached route to the client: the same bytes.
+            let (v, again) = d.run_on(ifx, &answer);
+            assert_eq!((v, again), (verdict::TX, want), "{what}: second reply");
         }
         assert_eq!(d.reason(Reason::TxFullNat), 8);
-        assert_eq!(d.reason(Reason::TxNatReply), 4);
+        assert_eq!(d.reason(Reason::TxNatReply), 8);
         // Replies have counters of their own (ipvsadm's OutPkts and OutBytes).
         let c = d.dp.service_counters(&key(Udp, VIP6, 53)).unwrap();
-        assert_eq!((c.packets, c.out_packets), (2, 1));
+        assert_eq!((c.packets, c.out_packets), (2, 2));
         assert_eq!(
             c.out_bytes,
-            frame(RS6, 53, LIP6, 0, L4::Udp, None, b"0123456789abcdef-odd").len() as u64
+            2 * frame(RS6, 53, LIP6, 0, L4::Udp, None, b"0123456789abcdef-odd").len() as u64
         );
         assert_eq!(d.reason(Reason::DropFullNatNoPort), 0);
     });

@@ -13,9 +13,14 @@ use lb_common::{
 
 use super::{pin::PinDir, DataplaneError, Sizes};
 
-/// Maps every load creates afresh: aya-log's ring buffer, the tunnel route cache and the ICMP
-/// translation scratch.
-const UNPINNED: [&str; 3] = ["AYA_LOGS", names::MAP_TUN_ROUTES, names::MAP_ICMP_SCRATCH];
+/// Maps every load creates afresh: aya-log's ring buffer, the tunnel and reply route caches and
+/// the ICMP translation scratch.
+const UNPINNED: [&str; 4] = [
+    "AYA_LOGS",
+    names::MAP_TUN_ROUTES,
+    names::MAP_REPLY_ROUTES,
+    names::MAP_ICMP_SCRATCH,
+];
 use crate::object;
 
 /// The maps of the embedded director object as this xvsd would create them, sorted by name.

@@ -14,10 +14,10 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey,
-    FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ServiceKey,
-    ServiceValue, Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES,
-    DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES, TAIL_SLOTS,
-    TUN_ROUTE_SLOTS,
+    FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ReplyRoute,
+    ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES,
+    DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES,
+    REPLY_ROUTE_SLOTS, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 use lb_ebpf::nat::IcmpRewrite;
 
@@ -75,6 +75,9 @@ static FNAT_EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERV
 /// New FULLNAT connections reported to xvsd's audit log (`--audit-fullnat`).
 #[map]
 static FNAT_AUDIT: RingBuf = RingBuf::with_byte_size(FULLNAT_AUDIT_BYTES, 0);
+/// Each CPU's last FIB answer per client of NAT and FULLNAT replies (lb_common::ReplyRoute).
+#[map]
+static REPLY_ROUTES: PerCpuArray<ReplyRoute> = PerCpuArray::with_max_entries(REPLY_ROUTE_SLOTS, 0);
 /// Each CPU's plan for the ICMP error it translates (xvs_nat_icmp): off the stack.
 #[map]
 static ICMP_SCRATCH: PerCpuArray<IcmpRewrite> = PerCpuArray::with_max_entries(1, 0);
@@ -323,6 +326,16 @@ pub fn icmp_scratch() -> Option<&'static mut IcmpRewrite> {
     // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
     // during the program, and its users (forward::nat's ICMP steps) run one after the other.
     Some(unsafe { &mut *t })
+}
+
+/// This CPU's cached route toward a client of NAT and FULLNAT replies, slot `slot`. Taken once
+/// per program run.
+#[inline(always)]
+pub fn reply_route(slot: u32) -> Option<&'static mut ReplyRoute> {
+    let r = REPLY_ROUTES.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's slot, valid for the program's lifetime; nothing else runs on this CPU
+    // during the program, and the one caller (forward::nat's reply) takes it once per run.
+    Some(unsafe { &mut *r })
 }
 
 /// This CPU's cached route for a tunnel backend slot. Taken once per program run (read, and

@@ -26,9 +26,9 @@
 //! the packet is for no service, so traffic that is not ours pays one CONFIG read.
 
 use lb_common::{
-    config_flags, fwd, laddr_key, nat_job, nat_reply_filter_proto, Backend, FlowKey, NatReply,
-    Reason, FAMILY_V6, FULLNAT_PROBES, PROTO_ICMP, PROTO_ICMPV6, TAIL_NAT, TAIL_NAT_ICMP,
-    TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    config_flags, flow_hash, fwd, laddr_key, nat_job, nat_reply_filter_proto, Backend, FlowKey,
+    NatReply, Reason, FAMILY_V6, FULLNAT_PROBES, PROTO_ICMP, PROTO_ICMPV6, REPLY_ROUTE_SLOTS,
+    TAIL_NAT, TAIL_NAT_ICMP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
     helpers::{ktime_coarse_ns, ktime_ns, smp_processor_id},
@@ -583,6 +583,32 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         dst: &back.client,
         dport_be: back.cport_be,
     };
+    // This CPU's last FIB answer for the client, while it is young, of this client and family,
+    // and the packet fits its MTU; not when the kernel's multipath hash uses ports (then the
+    // route is the flow's, not the client's).
+    let now = ktime_ns();
+    let cache = if maps::config().is_some_and(|c| c.flags & per_flow_routes(back.family) != 0) {
+        None
+    } else {
+        maps::reply_route(flow_hash(&back.client, 0) % REPLY_ROUTE_SLOTS)
+    };
+    if let Some(r) = &cache {
+        if r.expires_ns > now
+            && r.family == back.family
+            && same_addr(&r.addr, &back.client)
+            && len as u32 <= r.mtu
+        {
+            let hop = Hop {
+                ifindex: r.ifindex,
+                dmac: r.dmac,
+                smac: r.smac,
+                mtu: r.mtu,
+            };
+            return Packed::encode(
+                translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
+            );
+        }
+    }
     let q = Query {
         family: back.family,
         proto: p.proto,
@@ -593,9 +619,20 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         len,
     };
     match route::lookup(pkt, &q) {
-        Ok(hop) => Packed::encode(
-            translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
-        ),
+        Ok(hop) => {
+            if let Some(r) = cache {
+                r.expires_ns = now + TUN_ROUTE_TTL_NS;
+                r.addr = back.client;
+                r.family = back.family;
+                r.ifindex = hop.ifindex;
+                r.mtu = hop.mtu;
+                r.dmac = hop.dmac;
+                r.smac = hop.smac;
+            }
+            Packed::encode(
+                translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
+            )
+        }
         Err(NoRoute::NoNeighbor) => {
             Packed::encode(translate(pkt, p, &t, nat64).and(Err(Reason::PassNatNoNeighbor)))
         }
@@ -603,6 +640,17 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu.saturating_sub(20)),
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
+    }
+}
+
+/// CONFIG's flag saying the kernel's multipath hash of `family` uses ports (named for GUE, whose
+/// routes it first concerned): a route is then a flow's, never cached per address.
+#[inline(always)]
+fn per_flow_routes(family: u8) -> u8 {
+    if family == FAMILY_V6 {
+        config_flags::GUE_ROUTE_PER_FLOW6
+    } else {
+        config_flags::GUE_ROUTE_PER_FLOW4
     }
 }
 
