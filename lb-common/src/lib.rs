@@ -104,6 +104,10 @@ pub mod names {
     pub const PROG_FLOOR_TX: &str = "xvs_floor_tx";
     /// Counts and drops frames (live-traffic benchmark sink).
     pub const PROG_SINK: &str = "xvs_sink";
+    /// A live generator that stamps its template over every frame, then XDP_TX.
+    pub const PROG_GEN_STAMP: &str = "xvs_gen_stamp";
+    /// The template xvs_gen_stamp writes (54 bytes: Ethernet, IPv4, TCP).
+    pub const MAP_GEN_TEMPLATE: &str = "GEN_TEMPLATE";
     /// The sink's per-CPU counter.
     pub const MAP_SINK_COUNT: &str = "SINK_COUNT";
     /// Virtual services: ServiceKey -> ServiceValue.

@@ -1,5 +1,6 @@
 //! XDP programs the tests and benchmarks load (never the daemon): a pass-through for veth peers,
-//! the benchmark floor, and a counting sink for live traffic.
+//! the benchmark floor, a counting sink for live traffic, and a live generator that stamps its
+//! frame afresh each time.
 #![no_std]
 #![no_main]
 
@@ -9,13 +10,38 @@ use lb_ebpf as _;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 
 /// Frames counted by xvs_sink.
 #[map]
 static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes xvs_gen_stamp writes: Ethernet, IPv4 and TCP headers without options.
+const STAMP_LEN: usize = 54;
+
+/// The frame xvs_gen_stamp sends.
+#[map]
+static GEN_TEMPLATE: Array<[u8; STAMP_LEN]> = Array::with_max_entries(1, 0);
+
+/// A live generator for paths that rewrite the frame (NAT): live frames recycle their pages
+/// without restoring the data, so a frame the director translated would be sent again
+/// translated. This writes the template over the frame's first bytes, then XDP_TX.
+#[xdp]
+pub fn xvs_gen_stamp(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + STAMP_LEN > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(t) = GEN_TEMPLATE.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the frame has STAMP_LEN bytes from `start` (checked above), which the program
+    // may write; the template is a map value of that size.
+    unsafe { *(start as *mut [u8; STAMP_LEN]) = *t };
+    xdp_action::XDP_TX
+}
 
 /// Passes every frame. Native XDP_TX into a veth only delivers when the peer has an XDP program.
 #[xdp]

@@ -3,6 +3,11 @@
 //! generator's side (the program under test sends every frame back with XDP_TX).
 //!
 //! gen ns: g0 [xvs_sink counts and drops]  <-- veth -->  d0 [program under test, XDP_TX]  :dut ns
+//!
+//! Two-arm NAT: the director translates each frame toward a real server behind a second veth
+//! and redirects it there (XDP_REDIRECT), where the sink counts it:
+//!
+//! gen ns: g0 --> d0 [director: NAT, redirect to d1] d1 --> g1 [xvs_sink]  (dut ns: d0, d1)
 
 use std::{
     collections::HashMap,
@@ -11,14 +16,14 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use aya::{
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
-use lb_common::names;
+use lb_common::{config_flags, names};
 use lb_user::{
     dataplane::{AttachMode, Dataplane, Sizes},
-    model::{Change, Config, Protocol, RealServer, Scheduler, ServiceKey},
+    model::{Change, Config, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey},
 };
 
 use crate::{netns, packets::tcp, packets::ACK};
@@ -33,13 +38,43 @@ pub enum Dut {
     Hairpin,
     /// The director forwarding an established DR flow.
     Director,
+    /// The director translating an established NAT flow toward a real server behind its second
+    /// interface (two arms: XDP_REDIRECT).
+    TwoArmNat,
 }
 
 /// Holds the namespaces and programs; removes the namespaces on drop.
 struct Rig {
     gen: Ebpf,
-    _dut: Box<dyn Send>,
+    dut: DutKeep,
     g0_ifindex: u32,
+}
+
+/// What runs on the device under test, kept loaded while it is measured.
+enum DutKeep {
+    /// The hairpin's object.
+    Hairpin(#[allow(dead_code)] Ebpf),
+    /// The director (boxed: it is much larger than the hairpin's object).
+    Director(Box<Dataplane>),
+}
+
+impl DutKeep {
+    /// The director's non-zero reason counters (for a failure's message).
+    fn reasons(&self) -> String {
+        match self {
+            DutKeep::Hairpin(_) => String::new(),
+            DutKeep::Director(dp) => dp
+                .reasons()
+                .map(|r| {
+                    r.into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| format!("{}={n}", r.name()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Drop for Rig {
@@ -65,7 +100,27 @@ fn rig(dut: Dut) -> Result<Rig> {
     ])?;
     netns::ip(&["-n", GEN, "link", "set", "g0", "up"])?;
     netns::ip(&["-n", DUT, "link", "set", "d0", "up"])?;
-    let (gen, g0_ifindex) = netns::in_netns(GEN, || -> Result<(Ebpf, u32)> {
+    if dut == Dut::TwoArmNat {
+        netns::ip(&[
+            "-n", GEN, "link", "add", "g1", "type", "veth", "peer", "name", "d1", "netns", DUT,
+        ])?;
+        netns::ip(&["-n", GEN, "link", "set", "g1", "up"])?;
+        let out = netns::sh(
+            DUT,
+            "set -e
+            ip link set d1 up
+            ip addr add 198.51.100.2/24 dev d0
+            ip addr add 10.9.0.1/24 dev d1
+            ip neigh add 10.9.0.11 lladdr 02:00:00:00:00:11 dev d1 nud permanent
+            sysctl -qw net.ipv4.conf.all.forwarding=1",
+        )?;
+        ensure!(
+            out.status.success(),
+            "two-arm rig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (gen, g0_ifindex) = netns::in_netns(GEN, move || -> Result<(Ebpf, u32)> {
         let mut ebpf = Ebpf::load(crate::object::AUX)?;
         let sink: &mut Xdp = ebpf
             .program_mut(names::PROG_SINK)
@@ -73,6 +128,11 @@ fn rig(dut: Dut) -> Result<Rig> {
             .try_into()?;
         sink.load()?;
         sink.attach("g0", XdpMode::Driver)?;
+        if dut == Dut::TwoArmNat {
+            // Counts what the director redirects out of d1 (and gives d1's redirects a peer
+            // with an XDP program, which veth needs to deliver them).
+            sink.attach("g1", XdpMode::Driver)?;
+        }
         let floor: &mut Xdp = ebpf
             .program_mut(names::PROG_FLOOR_TX)
             .context("floor")?
@@ -80,8 +140,8 @@ fn rig(dut: Dut) -> Result<Rig> {
         floor.load()?;
         Ok((ebpf, ifindex("g0")))
     })??;
-    let dut_keep: Box<dyn Send> = match dut {
-        Dut::Hairpin => Box::new(netns::in_netns(DUT, || -> Result<Ebpf> {
+    let dut_keep = match dut {
+        Dut::Hairpin => DutKeep::Hairpin(netns::in_netns(DUT, || -> Result<Ebpf> {
             let mut ebpf = Ebpf::load(crate::object::AUX)?;
             let p: &mut Xdp = ebpf
                 .program_mut(names::PROG_FLOOR_TX)
@@ -91,32 +151,66 @@ fn rig(dut: Dut) -> Result<Rig> {
             p.attach("d0", XdpMode::Driver)?;
             Ok(ebpf)
         })??),
-        Dut::Director => Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
-            let mut dp = Dataplane::load_with(Sizes {
-                conns: 1 << 16,
-                sched_slots: 1 << 16,
-            })?;
-            let key = ServiceKey::Addr {
-                protocol: Protocol::Tcp,
-                addr: "203.0.113.1:80".parse()?,
-            };
-            let mut config = Config::default();
-            config.apply_all(&[
-                Change::add_service(key, Scheduler::Rr),
-                Change::AddReal {
-                    service: key,
-                    real: RealServer::dr("198.51.100.1:80".parse()?, 1),
-                },
-            ])?;
-            let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);
-            dp.sync(&config, &macs)?;
-            dp.attach("d0", AttachMode::Native)?;
-            Ok(dp)
-        })??),
+        Dut::Director => {
+            DutKeep::Director(Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
+                let mut dp = Dataplane::load_with(Sizes {
+                    conns: 1 << 16,
+                    sched_slots: 1 << 16,
+                })?;
+                let key = ServiceKey::Addr {
+                    protocol: Protocol::Tcp,
+                    addr: "203.0.113.1:80".parse()?,
+                };
+                let mut config = Config::default();
+                config.apply_all(&[
+                    Change::add_service(key, Scheduler::Rr),
+                    Change::AddReal {
+                        service: key,
+                        real: RealServer::dr("198.51.100.1:80".parse()?, 1),
+                    },
+                ])?;
+                let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);
+                dp.sync(&config, &macs)?;
+                dp.attach("d0", AttachMode::Native)?;
+                Ok(dp)
+            })??))
+        }
+        Dut::TwoArmNat => {
+            DutKeep::Director(Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
+                let mut dp = Dataplane::load_with(Sizes {
+                    conns: 1 << 16,
+                    sched_slots: 1 << 16,
+                })?;
+                let key = ServiceKey::Addr {
+                    protocol: Protocol::Tcp,
+                    addr: "203.0.113.1:80".parse()?,
+                };
+                let mut config = Config::default();
+                config.apply_all(&[
+                    Change::add_service(key, Scheduler::Rr),
+                    Change::AddReal {
+                        service: key,
+                        real: RealServer {
+                            forward: ForwardMethod::Nat,
+                            ..RealServer::dr("10.9.0.11:8080".parse()?, 1)
+                        },
+                    },
+                ])?;
+                dp.sync(&config, &HashMap::new())?;
+                let mut cfg = dp.current_config()?;
+                cfg.flags |= config_flags::NAT;
+                dp.set_config(cfg)?;
+                dp.attach("d0", AttachMode::Native)?;
+                // The redirect target needs the program too (veth delivers a redirected frame only
+                // into an interface whose peer runs XDP; xvsd attaches to every arm anyway).
+                dp.attach("d1", AttachMode::Native)?;
+                Ok(dp)
+            })??))
+        }
     };
     Ok(Rig {
         gen,
-        _dut: dut_keep,
+        dut: dut_keep,
         g0_ifindex,
     })
 }
@@ -132,6 +226,13 @@ fn sink_count(gen: &Ebpf) -> Result<u64> {
 pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
     let rig = rig(dut)?;
     let pkt = tcp("192.0.2.1", 40000, "203.0.113.1", 80, ACK);
+    // A path that rewrites the frame needs it restored each time it is sent again (the
+    // generator then costs a 54-byte copy more per frame: its ratio errs low, if anything).
+    let generator = if dut == Dut::TwoArmNat {
+        names::PROG_GEN_STAMP
+    } else {
+        names::PROG_FLOOR_TX
+    };
     let before = sink_count(&rig.gen)?;
     // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     // The kernel requires data = 0 and data_end = the frame length.
@@ -148,9 +249,15 @@ pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
                 crate::progtest::pin_to_cpu(cpu);
                 let loaded = (|| -> Result<Ebpf> {
                     let mut ebpf = Ebpf::load(crate::object::AUX)?;
+                    if generator == names::PROG_GEN_STAMP {
+                        let mut t: Array<_, [u8; 54]> = Array::try_from(
+                            ebpf.map_mut(names::MAP_GEN_TEMPLATE).context("template")?,
+                        )?;
+                        t.set(0, <[u8; 54]>::try_from(&pkt[..54])?, 0)?;
+                    }
                     let p: &mut Xdp = ebpf
-                        .program_mut(names::PROG_FLOOR_TX)
-                        .context("floor")?
+                        .program_mut(generator)
+                        .context("generator")?
                         .try_into()?;
                     p.load()?;
                     Ok(ebpf)
@@ -158,8 +265,8 @@ pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
                 barrier.wait();
                 let mut ebpf = loaded?;
                 let prog: &mut Xdp = ebpf
-                    .program_mut(names::PROG_FLOOR_TX)
-                    .context("floor")?
+                    .program_mut(generator)
+                    .context("generator")?
                     .try_into()?;
                 prog.test_run(TestRunOptions {
                     data_in: Some(&pkt),
@@ -185,7 +292,8 @@ pub fn pps(dut: Dut, threads: usize, frames: u32) -> Result<f64> {
     let sent = frames as u64 * threads as u64;
     ensure!(
         received * 10 >= sent,
-        "{dut:?}: the sink saw {received} of {sent} frames: the path is not forwarding"
+        "{dut:?}: the sink saw {received} of {sent} frames: the path is not forwarding ({})",
+        rig.dut.reasons()
     );
     Ok(received as f64 / elapsed.as_secs_f64())
 }
