@@ -173,7 +173,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     };
     type Get<T> = fn(&T) -> Value;
     use Value::{Float, Int};
-    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 7] = [
+    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 8] = [
         (
             "xvs_service_connections_total",
             Kind::Counter,
@@ -203,6 +203,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
             Kind::Counter,
             "Bytes of replies translated back to clients of the virtual service (whole frames as received).",
             |v| Int(v.stats.out_bytes),
+        ),
+        (
+            "xvs_service_fullnat_refused_total",
+            Kind::Counter,
+            "New FULLNAT connections of the virtual service refused for want of a local port (its pool is exhausted).",
+            |v| Int(v.fullnat_refused),
         ),
         (
             "xvs_service_active_connections",
@@ -547,6 +553,7 @@ mod tests {
                 check: Default::default(),
                 sorry_server: None,
                 laddrs: Vec::new(),
+                fullnat_refused: 2,
             }],
             reasons: lb_common::Reason::ALL
                 .iter()
@@ -573,6 +580,9 @@ mod tests {
             "# TYPE xvs_service_connections_total counter",
             "xvs_service_connections_total{service=\"TCP 203.0.113.10:80\"} 7",
             "xvs_service_active_connections{service=\"TCP 203.0.113.10:80\"} 2",
+            "xvs_service_out_packets_total{service=\"TCP 203.0.113.10:80\"} 60",
+            "xvs_service_fullnat_refused_total{service=\"TCP 203.0.113.10:80\"} 2",
+            "xvs_real_out_bytes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 6000",
             "xvs_real_bytes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 7000",
             "xvs_real_inactive_connections{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 5",
             "xvs_real_weight{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 3",

@@ -551,6 +551,7 @@ mod tests {
             check: Default::default(),
             sorry_server: None,
             laddrs: Vec::new(),
+            fullnat_refused: 0,
         }
     }
 

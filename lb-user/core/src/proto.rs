@@ -204,6 +204,10 @@ pub struct ServiceStatus {
     /// FULLNAT local addresses, as configured (`-G` lists them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub laddrs: Vec<LocalAddr>,
+    /// FULLNAT: new connections refused for want of a local port since the data plane was
+    /// created (a metric, and xvsd logs each increase).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub fullnat_refused: u64,
 }
 
 /// One real server with its counters.
@@ -287,4 +291,8 @@ pub struct Health {
     /// Attempt durations (for the metrics' histogram).
     #[serde(default, skip_serializing)]
     pub latency: crate::health::LatencyHistogram,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }

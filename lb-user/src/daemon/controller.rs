@@ -644,6 +644,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// The configuration with live counters.
     pub fn listing(&mut self) -> Result<Listing, DataplaneError> {
         let counts = self.dataplane.conn_counts()?;
+        let refused = self.dataplane.fullnat_exhausted()?;
         let mut services = Vec::new();
         for svc in self.config.services() {
             let mut reals = Vec::new();
@@ -700,6 +701,11 @@ impl<D: DataplaneOps> Controller<D> {
                 check: svc.check.clone(),
                 sorry_server,
                 laddrs: svc.laddrs.clone(),
+                fullnat_refused: self
+                    .dataplane
+                    .service_id(&svc.key)
+                    .and_then(|id| refused.get(&id).copied())
+                    .unwrap_or(0),
             });
         }
         Ok(Listing {

@@ -730,6 +730,8 @@ fn fullnat_refusals_are_reported_once_each_with_the_service_and_its_pool() {
     c.dataplane_mut().fullnat_exhausted.insert(id, 3);
     let r = c.fullnat_refusals().unwrap();
     assert_eq!(r.len(), 1);
+    // Also in the listing, per service (the metric xvs_service_fullnat_refused_total).
+    assert_eq!(listing(&mut c).services[0].fullnat_refused, 3);
     assert_eq!((r[0].service, r[0].refused), (web, 3));
     assert_eq!(r[0].pool, "10.0.9.1 ports 2000-2003");
     // Reported once; only what is new next time.

@@ -289,6 +289,7 @@ mod tests {
                 check: Default::default(),
                 sorry_server: None,
                 laddrs: Vec::new(),
+                fullnat_refused: 0,
             }],
             ..Default::default()
         };
