@@ -600,6 +600,27 @@ impl Lab {
         self.xvsd.xvsadm_ok_in(args, None)
     }
 
+    /// A FULLNAT service as an operator types it: `-A` (`proto` is "-t" or "-u", rr), one
+    /// `--add-laddr -z LIP` with `laddr_args` after it (`-F IFACE`, `--laddr-ports LO-HI`),
+    /// then `-a ... -b` for each real server.
+    pub fn add_fullnat(
+        &self,
+        proto: &str,
+        vip: &str,
+        lip: &str,
+        laddr_args: &[&str],
+        reals: &[String],
+    ) -> Result<()> {
+        self.xvsadm_ok(&["-A", proto, vip, "-s", "rr"])?;
+        let mut args = vec!["--add-laddr", proto, vip, "-z", lip];
+        args.extend_from_slice(laddr_args);
+        self.xvsadm_ok(&args)?;
+        for r in reals {
+            self.xvsadm_ok(&["-a", proto, vip, "-r", r, "-b"])?;
+        }
+        Ok(())
+    }
+
     /// `n` HTTP requests from the client to `url`, each on a new connection; the bodies of the
     /// ones that succeeded, in order.
     pub fn curl_many(&self, url: &str, n: usize) -> Result<Vec<String>> {

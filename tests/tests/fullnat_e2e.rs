@@ -63,12 +63,8 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
             [rs_ip6(1), rs_ip6(2)].map(|a| format!("[{a}]:8080")),
         ),
     ] {
-        lab.xvsadm_ok(&["-A", "-t", &vip, "-s", "rr"]).unwrap();
-        lab.xvsadm_ok(&["--add-laddr", "-t", &vip, "-z", lip, "-F", "eth0"])
+        lab.add_fullnat("-t", &vip, lip, &["-F", "eth0"], &rs)
             .unwrap();
-        for r in &rs {
-            lab.xvsadm_ok(&["-a", "-t", &vip, "-r", r, "-b"]).unwrap();
-        }
     }
     let listing = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
     assert_eq!(listing.matches(" FullNat ").count(), 4, "{listing}");
@@ -101,13 +97,8 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
     }
     // NAT64: an IPv6 VIP served by the IPv4 real servers, from the IPv4 local address.
     let v64 = format!("[{VIP6}]:8081");
-    lab.xvsadm_ok(&["-A", "-t", &v64, "-s", "rr"]).unwrap();
-    lab.xvsadm_ok(&["--add-laddr", "-t", &v64, "-z", LIP4])
-        .unwrap();
-    for r in [rs_ip4(1), rs_ip4(2)] {
-        lab.xvsadm_ok(&["-a", "-t", &v64, "-r", &format!("{r}:8080"), "-b"])
-            .unwrap();
-    }
+    let rs4 = [rs_ip4(1), rs_ip4(2)].map(|a| format!("{a}:8080"));
+    lab.add_fullnat("-t", &v64, LIP4, &[], &rs4).unwrap();
     let bodies = lab.curl_many(&format!("http://{v64}/"), 4).unwrap();
     let t = tally(&bodies);
     assert_eq!(
@@ -146,12 +137,7 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
             [rs_ip4(1), rs_ip4(2)].map(|a| format!("{a}:5353")),
         ),
     ] {
-        lab.xvsadm_ok(&["-A", "-u", &vip, "-s", "rr"]).unwrap();
-        lab.xvsadm_ok(&["--add-laddr", "-u", &vip, "-z", lip])
-            .unwrap();
-        for r in &rs {
-            lab.xvsadm_ok(&["-a", "-u", &vip, "-r", r, "-b"]).unwrap();
-        }
+        lab.add_fullnat("-u", &vip, lip, &[], &rs).unwrap();
         let answers = lab.udp_ask(vip.parse().unwrap(), 10);
         let t = tally(&answers);
         assert_eq!(
@@ -224,25 +210,13 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
     // pool; once a connection ends (a short FIN timeout lets its entry expire) its port is free
     // again.
     let small = "203.0.113.12:80";
-    lab.xvsadm_ok(&["-A", "-t", small, "-s", "rr"]).unwrap();
-    lab.xvsadm_ok(&[
-        "--add-laddr",
+    lab.add_fullnat(
         "-t",
         small,
-        "-z",
         LIP4,
-        "--laddr-ports",
-        "30000-30001",
-    ])
-    .unwrap();
-    lab.xvsadm_ok(&[
-        "-a",
-        "-t",
-        small,
-        "-r",
-        &format!("{}:8080", rs_ip4(1)),
-        "-b",
-    ])
+        &["--laddr-ports", "30000-30001"],
+        &[format!("{}:8080", rs_ip4(1))],
+    )
     .unwrap();
     lab.xvsadm_ok(&["--set", "0", "1", "0"]).unwrap();
     let mut held: Vec<_> = (0..2)

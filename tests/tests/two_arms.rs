@@ -100,12 +100,8 @@ fn nat_and_fullnat_cross_a_director_on_two_interfaces_and_survive_a_restart() {
             [arm_ip6(1), arm_ip6(2)].map(|a| format!("[{a}]:8080")),
         ),
     ] {
-        lab.xvsadm_ok(&["-A", "-t", &vip, "-s", "rr"]).unwrap();
-        lab.xvsadm_ok(&["--add-laddr", "-t", &vip, "-z", lip, "-F", "eth1"])
+        lab.add_fullnat("-t", &vip, lip, &["-F", "eth1"], &rs)
             .unwrap();
-        for r in &rs {
-            lab.xvsadm_ok(&["-a", "-t", &vip, "-r", r, "-b"]).unwrap();
-        }
     }
     curl_five_each(&lab, &format!("http://{VIP4}:8080/"));
     curl_five_each(&lab, &format!("http://[{VIP6}]:8080/"));

@@ -566,6 +566,8 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
         let mut out = Vec::new();
+        // FULLNAT local addresses by (service id, slot), looked up once each.
+        let mut locals: HashMap<(u32, u8), Option<IpAddr>> = HashMap::new();
         for c in self.dataplane.connections(limit)? {
             let Some(&real) = reals.get(&c.entry.backend) else {
                 continue;
@@ -602,7 +604,13 @@ impl<D: DataplaneOps> Controller<D> {
                 expires_s: c.expires_in_ns.div_ceil(NS),
                 // FULLNAT: the local address and port the real server sees.
                 local: (c.entry.lport_be != 0)
-                    .then(|| self.dataplane.local_addr(c.entry.service, c.entry.local))
+                    .then(|| {
+                        *locals
+                            .entry((c.entry.service, c.entry.local))
+                            .or_insert_with(|| {
+                                self.dataplane.local_addr(c.entry.service, c.entry.local)
+                            })
+                    })
                     .flatten()
                     .map(|ip| SocketAddr::new(ip, u16::from_be(c.entry.lport_be))),
             });

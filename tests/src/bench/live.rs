@@ -151,68 +151,59 @@ fn rig(dut: Dut) -> Result<Rig> {
             p.attach("d0", XdpMode::Driver)?;
             Ok(ebpf)
         })??),
-        Dut::Director => {
-            DutKeep::Director(Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
-                let mut dp = Dataplane::load_with(Sizes {
-                    conns: 1 << 16,
-                    sched_slots: 1 << 16,
-                })?;
-                let key = ServiceKey::Addr {
-                    protocol: Protocol::Tcp,
-                    addr: "203.0.113.1:80".parse()?,
-                };
-                let mut config = Config::default();
-                config.apply_all(&[
-                    Change::add_service(key, Scheduler::Rr),
-                    Change::AddReal {
-                        service: key,
-                        real: RealServer::dr("198.51.100.1:80".parse()?, 1),
-                    },
-                ])?;
-                let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);
-                dp.sync(&config, &macs)?;
-                dp.attach("d0", AttachMode::Native)?;
-                Ok(dp)
-            })??))
-        }
-        Dut::TwoArmNat => {
-            DutKeep::Director(Box::new(netns::in_netns(DUT, || -> Result<Dataplane> {
-                let mut dp = Dataplane::load_with(Sizes {
-                    conns: 1 << 16,
-                    sched_slots: 1 << 16,
-                })?;
-                let key = ServiceKey::Addr {
-                    protocol: Protocol::Tcp,
-                    addr: "203.0.113.1:80".parse()?,
-                };
-                let mut config = Config::default();
-                config.apply_all(&[
-                    Change::add_service(key, Scheduler::Rr),
-                    Change::AddReal {
-                        service: key,
-                        real: RealServer {
-                            forward: ForwardMethod::Nat,
-                            ..RealServer::dr("10.9.0.11:8080".parse()?, 1)
-                        },
-                    },
-                ])?;
-                dp.sync(&config, &HashMap::new())?;
-                let mut cfg = dp.current_config()?;
-                cfg.flags |= config_flags::NAT;
-                dp.set_config(cfg)?;
-                dp.attach("d0", AttachMode::Native)?;
-                // The redirect target needs the program too (veth delivers a redirected frame only
-                // into an interface whose peer runs XDP; xvsd attaches to every arm anyway).
-                dp.attach("d1", AttachMode::Native)?;
-                Ok(dp)
-            })??))
-        }
+        Dut::Director => DutKeep::Director(Box::new(netns::in_netns(DUT, || {
+            let real = RealServer::dr("198.51.100.1:80".parse()?, 1);
+            let macs = HashMap::from([("198.51.100.1".parse()?, [0x02, 0, 0, 0, 0, 0x11])]);
+            director(real, &macs, &["d0"])
+        })??)),
+        Dut::TwoArmNat => DutKeep::Director(Box::new(netns::in_netns(DUT, || {
+            let real = RealServer {
+                forward: ForwardMethod::Nat,
+                ..RealServer::dr("10.9.0.11:8080".parse()?, 1)
+            };
+            // The redirect target needs the program too (veth delivers a redirected frame only
+            // into an interface whose peer runs XDP; xvsd attaches to every arm anyway).
+            director(real, &HashMap::new(), &["d0", "d1"])
+        })??)),
     };
     Ok(Rig {
         gen,
         dut: dut_keep,
         g0_ifindex,
     })
+}
+
+/// The director with one service (TCP 203.0.113.1:80, rr) and one real server, CONFIG's NAT
+/// flag set when it is NAT, attached in native mode to `ifaces`.
+fn director(
+    real: RealServer,
+    macs: &HashMap<std::net::IpAddr, [u8; 6]>,
+    ifaces: &[&str],
+) -> Result<Dataplane> {
+    let mut dp = Dataplane::load_with(Sizes {
+        conns: 1 << 16,
+        sched_slots: 1 << 16,
+    })?;
+    let key = ServiceKey::Addr {
+        protocol: Protocol::Tcp,
+        addr: "203.0.113.1:80".parse()?,
+    };
+    let nat = real.forward == ForwardMethod::Nat;
+    let mut config = Config::default();
+    config.apply_all(&[
+        Change::add_service(key, Scheduler::Rr),
+        Change::AddReal { service: key, real },
+    ])?;
+    dp.sync(&config, macs)?;
+    if nat {
+        let mut cfg = dp.current_config()?;
+        cfg.flags |= config_flags::NAT;
+        dp.set_config(cfg)?;
+    }
+    for iface in ifaces {
+        dp.attach(iface, AttachMode::Native)?;
+    }
+    Ok(dp)
 }
 
 fn sink_count(gen: &Ebpf) -> Result<u64> {

@@ -107,20 +107,21 @@ pub fn forget(key: &FlowKey) {
     maps::conn_remove(key);
 }
 
-/// A NAT real server's reply to connection `key` (as the client sent it), from backend `id`:
-/// whether the connection is live and went to that backend. Its clock and TCP state follow the
+/// A NAT or FULLNAT real server's reply to connection `key` (as the client sent it), from
+/// backend `id`: that backend, when the connection is live and went to it. Its clock and TCP state follow the
 /// reply as they follow the client's packets (a FIN or RST from either side closes it).
 #[inline(always)]
-pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> bool {
+pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> Option<&'static Backend> {
     maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
-        if e.backend != id || live_backend(e, state, now).is_none() {
-            return false;
+        if e.backend != id {
+            return None;
         }
+        let backend = live_backend(e, state, now)?;
         touch(e, state, p, now);
-        true
+        Some(backend)
     })
-    .unwrap_or(false)
+    .flatten()
 }
 
 /// The backend of an entry that is live: not expired, and its slot still holds the real server

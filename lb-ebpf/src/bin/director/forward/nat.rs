@@ -152,11 +152,16 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
         maps::tail_call(pkt.ctx(), TAIL_NAT_ICMP);
         return Err(Reason::DropTailCallMissing);
     }
-    let fwd = maps::backend(id).map_or(fwd::DR, |b| b.fwd);
-    if inbound && job.fresh != 0 && fwd == fwd::NAT {
+    // A new connection's way back first (replies need no backend here).
+    let fwd = if inbound {
+        maps::backend(id).map_or(fwd::DR, |b| b.fwd)
+    } else {
+        fwd::DR
+    };
+    if job.fresh != 0 && fwd == fwd::NAT {
         record_call(&p, id);
     }
-    if inbound && local.lport_be == 0 && fwd == fwd::FULLNAT {
+    if local.lport_be == 0 && fwd == fwd::FULLNAT {
         // A new FULLNAT connection: its (local address, port) first.
         let got = allocate_call(&p, id, local.service, local.slot);
         settle_call(&p, (got >> 16) as u8, got as u16);
@@ -406,7 +411,7 @@ fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
     key.dst = back.vip;
     key.sport_be = back.cport_be;
     key.dport_be = back.vport_be;
-    if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
+    if conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()).is_none() {
         return Err(Reason::PassNatReplyUnknown);
     }
     let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
@@ -501,7 +506,7 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
                 smac: r.smac,
                 mtu: r.mtu,
             };
-            return Packed::encode(translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, tx)));
+            return deliver(pkt, p, &t, nat64, Ok(hop), tx);
         }
     }
     let q = Query {
@@ -513,25 +518,42 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
         dport_be: t.dport_be,
         len,
     };
-    match route::lookup(pkt, &q) {
-        Ok(hop) => {
-            if let Some(r) = cache {
-                r.expires_ns = now + TUN_ROUTE_TTL_NS;
-                r.backend = id;
-                r.generation = b.generation;
-                r.ifindex = hop.ifindex;
-                r.mtu = hop.mtu;
-                r.src = [0; 16];
-                r.dmac = hop.dmac;
-                r.smac = hop.smac;
-            }
-            Packed::encode(translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, tx)))
-        }
+    let route = route::lookup(pkt, &q);
+    if let (Ok(hop), Some(r)) = (&route, cache) {
+        r.expires_ns = now + TUN_ROUTE_TTL_NS;
+        r.backend = id;
+        r.generation = b.generation;
+        r.ifindex = hop.ifindex;
+        r.mtu = hop.mtu;
+        r.src = [0; 16];
+        r.dmac = hop.dmac;
+        r.smac = hop.smac;
+    }
+    deliver(pkt, p, &t, nat64, route, tx)
+}
+
+/// The packet translated to `t` and sent along the FIB's answer, or what the answer says
+/// instead: a next hop without a MAC gets the translated packet through the kernel, a packet
+/// too big for the route is answered by the caller with the MTU its sender must use (NAT64:
+/// the translation changes the length by 20 bytes), no route drops it.
+#[inline(always)]
+fn deliver(
+    pkt: &mut Packet,
+    p: &Parsed,
+    t: &Tuple,
+    nat64: bool,
+    route: Result<Hop, NoRoute>,
+    tx: Reason,
+) -> Packed {
+    match route {
+        Ok(hop) => Packed::encode(translate(pkt, p, t, nat64).and_then(|()| send(pkt, &hop, tx))),
         Err(NoRoute::NoNeighbor) => {
-            Packed::encode(translate(pkt, p, &t, nat64).and(Err(Reason::PassNatNoNeighbor)))
+            Packed::encode(translate(pkt, p, t, nat64).and(Err(Reason::PassNatNoNeighbor)))
         }
-        // NAT64: the IPv6 sender's packets may be 20 bytes longer than the route's MTU.
-        Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu + 20),
+        // IPv6 to IPv4 shrinks by 20 bytes: the IPv6 sender may send 20 more than the route's
+        // MTU; IPv4 to IPv6 grows by 20: the IPv4 sender must send 20 less.
+        Err(NoRoute::TooBig(mtu)) if nat64 && p.family == FAMILY_V6 => Packed::too_big_of(mtu + 20),
+        Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu.saturating_sub(20)),
         Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
         Err(e) => Packed::encode(Err(no_route(e))),
     }
@@ -564,12 +586,10 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     key.sport_be = back.cport_be;
     key.dport_be = back.vport_be;
     key.family = back.family;
-    if !conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) {
+    let Some(b) = conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) else {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
-    }
-    if let Some(b) = maps::backend(back.backend) {
-        maps::add_out_stats(b.service, back.backend, pkt.len() as u64);
-    }
+    };
+    maps::add_out_stats(b.service, back.backend, pkt.len() as u64);
     // NAT64: an IPv4 reply goes back as IPv6, 20 bytes longer.
     let nat64 = back.family != p.family;
     let len = match ip_len(pkt, p) {
@@ -604,9 +624,7 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
                 smac: r.smac,
                 mtu: r.mtu,
             };
-            return Packed::encode(
-                translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
-            );
+            return deliver(pkt, p, &t, nat64, Ok(hop), Reason::TxNatReply);
         }
     }
     let q = Query {
@@ -618,29 +636,17 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         dport_be: t.dport_be,
         len,
     };
-    match route::lookup(pkt, &q) {
-        Ok(hop) => {
-            if let Some(r) = cache {
-                r.expires_ns = now + TUN_ROUTE_TTL_NS;
-                r.addr = back.client;
-                r.family = back.family;
-                r.ifindex = hop.ifindex;
-                r.mtu = hop.mtu;
-                r.dmac = hop.dmac;
-                r.smac = hop.smac;
-            }
-            Packed::encode(
-                translate(pkt, p, &t, nat64).and_then(|()| send(pkt, &hop, Reason::TxNatReply)),
-            )
-        }
-        Err(NoRoute::NoNeighbor) => {
-            Packed::encode(translate(pkt, p, &t, nat64).and(Err(Reason::PassNatNoNeighbor)))
-        }
-        // NAT64: the IPv4 real server's packets must be 20 bytes shorter than the route's MTU.
-        Err(NoRoute::TooBig(mtu)) if nat64 => Packed::too_big_of(mtu.saturating_sub(20)),
-        Err(NoRoute::TooBig(mtu)) => Packed::too_big_of(mtu),
-        Err(e) => Packed::encode(Err(no_route(e))),
+    let route = route::lookup(pkt, &q);
+    if let (Ok(hop), Some(r)) = (&route, cache) {
+        r.expires_ns = now + TUN_ROUTE_TTL_NS;
+        r.addr = back.client;
+        r.family = back.family;
+        r.ifindex = hop.ifindex;
+        r.mtu = hop.mtu;
+        r.dmac = hop.dmac;
+        r.smac = hop.smac;
     }
+    deliver(pkt, p, &t, nat64, route, Reason::TxNatReply)
 }
 
 /// CONFIG's flag saying the kernel's multipath hash of `family` uses ports (named for GUE, whose
