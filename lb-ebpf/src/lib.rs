@@ -4,6 +4,8 @@
 //! by every program that links it, so each program's maps live with that program
 //! (`src/bin/director/maps.rs`, `src/bin/decap/maps.rs`).
 #![no_std]
+// Packet words loaded in one instruction whatever their alignment (packet::load_*).
+#![feature(asm_experimental_arch)]
 
 pub mod csum;
 pub mod encap;

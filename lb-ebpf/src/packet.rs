@@ -33,6 +33,143 @@ macro_rules! headers {
 }
 headers!(EthHdr, VlanHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, IcmpHdr, GueHdr, UdpGueHdr);
 
+/// A header's first `N` bytes as one field (both ports of TCP or UDP, for one load).
+#[inline(always)]
+pub fn leading<const N: usize, T: Header>(header: &T) -> &[u8; N] {
+    const { assert!(N <= size_of::<T>()) };
+    // SAFETY: the first N bytes of a `T` (N <= its size, checked above) are initialised bytes
+    // of alignment 1, borrowed for as long as the header.
+    unsafe { &*(header as *const T as *const [u8; N]) }
+}
+
+/// Loads the 2 bytes of a header field (native order) in one instruction.
+///
+/// For fields of packet memory only, as [`Packet::header`] hands them out: the verifier allows a
+/// load at any alignment there (its strict alignment mode is off for XDP), and x86-64 and arm64
+/// do unaligned loads at full speed. It insists on alignment for the stack, so these are never
+/// for local arrays. The compiler, told that the bytes have alignment 1, would otherwise
+/// assemble every field byte by byte.
+#[inline(always)]
+pub fn load_u16(field: &[u8; 2]) -> u16 {
+    let v: u64;
+    // SAFETY: `field` is a valid reference to two readable bytes; the asm reads exactly those
+    // and writes only its output register.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u16 *)({1} + 0)",
+            lateout(reg) v,
+            in(reg) field.as_ptr(),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    v as u16
+}
+
+/// Loads the 4 bytes of a header field (native order) in one instruction; as [`load_u16`].
+#[inline(always)]
+pub fn load_u32(field: &[u8; 4]) -> u32 {
+    let v: u64;
+    // SAFETY: as in `load_u16`, for four bytes.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u32 *)({1} + 0)",
+            lateout(reg) v,
+            in(reg) field.as_ptr(),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    v as u32
+}
+
+/// Loads 8 bytes of packet memory in one instruction; as [`load_u16`].
+#[inline(always)]
+pub fn load_u64(bytes: &[u8; 8]) -> u64 {
+    let v: u64;
+    // SAFETY: as in `load_u16`, for eight bytes.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u64 *)({1} + 0)",
+            lateout(reg) v,
+            in(reg) bytes.as_ptr(),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    v
+}
+
+/// Stores the 2 bytes of a header field (native order) in one instruction; for packet memory
+/// only, as [`load_u16`].
+#[inline(always)]
+pub fn store_u16(field: &mut [u8; 2], v: u16) {
+    // SAFETY: `field` is a valid exclusive reference to two writable bytes; the asm writes
+    // exactly those.
+    unsafe {
+        core::arch::asm!(
+            "*(u16 *)({0} + 0) = {1}",
+            in(reg) field.as_mut_ptr(),
+            in(reg) v as u64,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Stores the 4 bytes of a header field (native order) in one instruction; as [`store_u16`].
+#[inline(always)]
+pub fn store_u32(field: &mut [u8; 4], v: u32) {
+    // SAFETY: as in `store_u16`, for four bytes.
+    unsafe {
+        core::arch::asm!(
+            "*(u32 *)({0} + 0) = {1}",
+            in(reg) field.as_mut_ptr(),
+            in(reg) v as u64,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Copies a MAC address into a header field in two loads and two stores: from packet memory or
+/// a map value (either may sit at any alignment), never from the stack (as [`load_u16`]).
+#[inline(always)]
+pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    // SAFETY: a [u8; 6] is a [u8; 4] followed by a [u8; 2], all of alignment 1; `dst` and `src`
+    // are distinct borrows (one exclusive), so the halves do not alias anything live.
+    let (s4, s2) = unsafe {
+        (
+            &*(src.as_ptr() as *const [u8; 4]),
+            &*(src.as_ptr().add(4) as *const [u8; 2]),
+        )
+    };
+    let (hi, lo) = (load_u32(s4), load_u16(s2));
+    // SAFETY: as above, for the destination.
+    let (d4, d2) = unsafe {
+        (
+            &mut *(dst.as_mut_ptr() as *mut [u8; 4]),
+            &mut *(dst.as_mut_ptr().add(4) as *mut [u8; 2]),
+        )
+    };
+    store_u32(d4, hi);
+    store_u16(d2, lo);
+}
+
+/// An IPv6 address field in two loads; as [`load_u16`].
+#[inline(always)]
+pub fn load_addr6(field: &[u8; 16]) -> [u8; 16] {
+    // SAFETY: [u8; 16] and [[u8; 8]; 2] have the same size and alignment 1.
+    let halves = unsafe { &*(field.as_ptr() as *const [[u8; 8]; 2]) };
+    let words = [load_u64(&halves[0]), load_u64(&halves[1])];
+    // SAFETY: two u64 are sixteen bytes, every bit pattern a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
+/// An IPv4 address field as the 16-byte form (the address in the first four bytes, zeros
+/// after), in one load.
+#[inline(always)]
+pub fn load_addr4(field: &[u8; 4]) -> [u8; 16] {
+    let words = [load_u32(field), 0, 0, 0];
+    // SAFETY: four u32 are sixteen bytes, every bit pattern a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 /// The kernel refused to move the frame's head or tail (not enough room); the frame is unchanged.
 pub struct Refused;
 

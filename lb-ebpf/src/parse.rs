@@ -14,7 +14,7 @@ pub use network_types::{
 
 use lb_common::{Reason, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
-use crate::packet::Packet;
+use crate::packet::{leading, load_addr4, load_addr6, load_u16, load_u32, Packet};
 
 /// Ethernet header.
 #[repr(C)]
@@ -150,7 +150,7 @@ pub enum L2Error {
 #[inline(always)]
 pub fn l2(pkt: &Packet) -> Result<L2, L2Error> {
     let eth = pkt.header::<EthHdr>(0).ok_or(L2Error::Truncated)?;
-    let ether_type = u16::from_be_bytes(eth.ether_type);
+    let ether_type = u16::from_be(load_u16(&eth.ether_type));
     if !is_vlan(ether_type) {
         return Ok(L2 {
             l3_off: ETH_LEN,
@@ -159,7 +159,7 @@ pub fn l2(pkt: &Packet) -> Result<L2, L2Error> {
         });
     }
     let tag = pkt.header::<VlanHdr>(ETH_LEN).ok_or(L2Error::Truncated)?;
-    let ether_type = u16::from_be_bytes(tag.ether_type);
+    let ether_type = u16::from_be(load_u16(&tag.ether_type));
     if is_vlan(ether_type) {
         return Err(L2Error::StackedVlan);
     }
@@ -175,79 +175,100 @@ fn is_vlan(ether_type: u16) -> bool {
     ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }
 
-/// What the director needs from a packet's headers.
+/// What the director needs from a packet's headers. Aligned to 8, addresses first: they are
+/// filled, copied into the flow key and compared in 64-bit words.
+#[repr(C, align(8))]
 pub struct Parsed {
+    /// Source address (IPv4 in the first four bytes, zeros after).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
     /// Offset of the L3 header (after Ethernet and an optional VLAN tag).
     pub l3_off: usize,
     /// Offset of the L4 header.
     pub l4_off: usize,
+    /// Source port, network order.
+    pub sport_be: u16,
+    /// Destination port, network order.
+    pub dport_be: u16,
     /// IPv4 TOS / IPv6 traffic class (DSCP and ECN), copied to a tunnel's outer header.
     pub tos: u8,
     /// FAMILY_V4 or FAMILY_V6.
     pub family: u8,
     /// PROTO_TCP or PROTO_UDP; PROTO_ICMP / PROTO_ICMPV6 (no ports) for the ICMP path.
     pub proto: u8,
-    /// Source address (IPv4 in the first four bytes).
-    pub src: [u8; 16],
-    /// Destination address.
-    pub dst: [u8; 16],
-    /// Source port, network order.
-    pub sport_be: u16,
-    /// Destination port, network order.
-    pub dport_be: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
 }
 
+/// What the IP header gave: the fields of [`Parsed`] it fills, and where L4 starts.
+struct L3 {
+    src: [u8; 16],
+    dst: [u8; 16],
+    l4_off: usize,
+    tos: u8,
+    family: u8,
+    proto: u8,
+}
+
 /// Parses Ethernet, one optional 802.1Q/802.1ad tag, IPv4 or IPv6, then TCP or UDP. Err carries
 /// the reason the packet is not balanced (a Pass* reason, or a Drop* reason when it is malformed).
+/// Header fields are loaded as words (`packet::load_*`), and nothing is zeroed first.
 #[inline(always)]
 pub fn parse(pkt: &Packet) -> Result<Parsed, Reason> {
     let l2 = l2(pkt).map_err(|e| match e {
         L2Error::Truncated => Reason::DropTruncatedL2,
         L2Error::StackedVlan => Reason::PassStackedVlan,
     })?;
-    let mut p = Parsed {
-        l3_off: l2.l3_off,
-        l4_off: 0,
-        tos: 0,
-        family: 0,
-        proto: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        sport_be: 0,
-        dport_be: 0,
-        tcp_flags: 0,
-    };
-    p.l4_off = match l2.ether_type {
-        ETH_P_IP => parse_ipv4(pkt, &mut p)?,
-        ETH_P_IPV6 => parse_ipv6(pkt, &mut p)?,
+    let l3 = match l2.ether_type {
+        ETH_P_IP => parse_ipv4(pkt, l2.l3_off)?,
+        ETH_P_IPV6 => parse_ipv6(pkt, l2.l3_off)?,
         _ => return Err(Reason::PassNonIp),
     };
-    if p.proto == PROTO_TCP {
+    let (ports, tcp_flags) = if l3.proto == PROTO_TCP {
         let tcp = pkt
-            .header::<TcpHdr>(p.l4_off)
+            .header::<TcpHdr>(l3.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
         if (tcp.doff >> 4) < 5 {
             return Err(Reason::DropMalformedL4);
         }
-        p.sport_be = u16::from_ne_bytes(tcp.source);
-        p.dport_be = u16::from_ne_bytes(tcp.dest);
-        p.tcp_flags = tcp.flags;
-    } else if p.proto == PROTO_UDP {
+        (load_u32(leading(tcp)), tcp.flags)
+    } else if l3.proto == PROTO_UDP {
         let udp = pkt
-            .header::<UdpHdr>(p.l4_off)
+            .header::<UdpHdr>(l3.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
-        p.sport_be = u16::from_ne_bytes(udp.src);
-        p.dport_be = u16::from_ne_bytes(udp.dst);
-    }
-    Ok(p)
+        (load_u32(leading(udp)), 0)
+    } else {
+        (0, 0)
+    };
+    Ok(Parsed {
+        src: l3.src,
+        dst: l3.dst,
+        l3_off: l2.l3_off,
+        l4_off: l3.l4_off,
+        // Both ports in one load: source first in memory, so in the low half on a
+        // little-endian machine (and the high half on a big-endian one).
+        sport_be: if cfg!(target_endian = "little") {
+            ports as u16
+        } else {
+            (ports >> 16) as u16
+        },
+        dport_be: if cfg!(target_endian = "little") {
+            (ports >> 16) as u16
+        } else {
+            ports as u16
+        },
+        tos: l3.tos,
+        family: l3.family,
+        proto: l3.proto,
+        tcp_flags,
+    })
 }
 
 #[inline(always)]
-fn parse_ipv4(pkt: &Packet, p: &mut Parsed) -> Result<usize, Reason> {
+fn parse_ipv4(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
     let ip = pkt
-        .header::<Ipv4Hdr>(p.l3_off)
+        .header::<Ipv4Hdr>(l3_off)
         .ok_or(Reason::DropMalformedL3)?;
     let ihl = (ip.vihl & 0x0f) as usize;
     if ip.vihl >> 4 != 4 || ihl < 5 {
@@ -255,29 +276,31 @@ fn parse_ipv4(pkt: &Packet, p: &mut Parsed) -> Result<usize, Reason> {
     }
     let hdr_len = ihl * 4;
     // Options, when present, must be inside the packet too.
-    if !pkt.has(p.l3_off + hdr_len) {
+    if !pkt.has(l3_off + hdr_len) {
         return Err(Reason::DropMalformedL3);
     }
     // MF set or a non-zero offset: no usable L4 header in this packet.
-    if (u16::from_be_bytes(ip.frags) & 0x3fff) != 0 {
+    if (u16::from_be(load_u16(&ip.frags)) & 0x3fff) != 0 {
         return Err(Reason::PassFragment);
     }
     let proto = ip.proto;
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Reason::PassOtherProto);
     }
-    p.tos = ip.tos;
-    p.family = FAMILY_V4;
-    p.proto = proto;
-    p.src[..4].copy_from_slice(&ip.src_addr);
-    p.dst[..4].copy_from_slice(&ip.dst_addr);
-    Ok(p.l3_off + hdr_len)
+    Ok(L3 {
+        src: load_addr4(&ip.src_addr),
+        dst: load_addr4(&ip.dst_addr),
+        l4_off: l3_off + hdr_len,
+        tos: ip.tos,
+        family: FAMILY_V4,
+        proto,
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6(pkt: &Packet, p: &mut Parsed) -> Result<usize, Reason> {
+fn parse_ipv6(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
     let ip = pkt
-        .header::<Ipv6Hdr>(p.l3_off)
+        .header::<Ipv6Hdr>(l3_off)
         .ok_or(Reason::DropMalformedL3)?;
     if ip.vcf[0] >> 4 != 6 {
         return Err(Reason::DropMalformedL3);
@@ -290,10 +313,12 @@ fn parse_ipv6(pkt: &Packet, p: &mut Parsed) -> Result<usize, Reason> {
             Reason::PassOtherProto
         });
     }
-    p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
-    p.family = FAMILY_V6;
-    p.proto = next;
-    p.src = ip.src_addr;
-    p.dst = ip.dst_addr;
-    Ok(p.l3_off + IPV6_LEN)
+    Ok(L3 {
+        src: load_addr6(&ip.src_addr),
+        dst: load_addr6(&ip.dst_addr),
+        l4_off: l3_off + IPV6_LEN,
+        tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
+        family: FAMILY_V6,
+        proto: next,
+    })
 }
