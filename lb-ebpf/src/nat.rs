@@ -9,12 +9,14 @@ use lb_common::{
 };
 
 use crate::{
-    packet::Packet,
+    packet::{addr_words, load_u16, store_addr6, store_u16, store_u32, Packet},
     parse::{IcmpHdr, Ipv4Hdr, Ipv6Hdr, Parsed, TcpHdr, UdpHdr},
 };
 
 /// A TCP/UDP packet's new addresses and ports (16-byte form, IPv4 in the first four bytes, the
 /// packet's family; ports in network order). An end that NAT leaves alone is given as it is.
+/// The addresses are read as words ([`addr_words`]): they live in maps, the packet, or the
+/// 8-aligned address fields of `Parsed` and `FlowKey`.
 pub struct Tuple<'a> {
     /// New source address.
     pub src: &'a [u8; 16],
@@ -26,72 +28,106 @@ pub struct Tuple<'a> {
     pub dport_be: u16,
 }
 
+/// The ones-complement sums (unfolded, of 16-bit words in memory order) of a packet's two
+/// addresses before and after a translation: what its pseudo-header checksum must follow.
+/// Sums in memory order need no byte swaps; an incremental update (RFC 1624) is the same in
+/// either order as long as the checksum field is read and written in that order too.
+pub struct AddrSums {
+    old: u64,
+    new: u64,
+}
+
+impl AddrSums {
+    /// From the packet's parsed addresses (`old_v6`: their family) to `t`'s (`new_v6`).
+    #[inline(always)]
+    pub fn of(p: &Parsed, t: &Tuple, old_v6: bool, new_v6: bool) -> AddrSums {
+        AddrSums {
+            old: sum_words(&addr_words(&p.src), old_v6) + sum_words(&addr_words(&p.dst), old_v6),
+            new: sum_words(&addr_words(t.src), new_v6) + sum_words(&addr_words(t.dst), new_v6),
+        }
+    }
+}
+
+/// The sum of an address's 16-bit words in memory order: the first word for IPv4, all four for
+/// IPv6.
+#[inline(always)]
+fn sum_words(w: &[u32; 4], v6: bool) -> u64 {
+    let halves = |x: u32| (x & 0xffff) as u64 + (x >> 16) as u64;
+    if v6 {
+        halves(w[0]) + halves(w[1]) + halves(w[2]) + halves(w[3])
+    } else {
+        halves(w[0])
+    }
+}
+
 /// Rewrites the parsed packet's addresses and ports to `t`. A UDP/IPv4 datagram sent without a
 /// checksum keeps none. A BPF subprogram of its own (its temporaries stay off the caller's
 /// stack frame).
 #[inline(never)]
 pub fn rewrite(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
     let v6 = p.family == FAMILY_V6;
-    let old_sum = sum_addr(&p.src, v6) + sum_addr(&p.dst, v6);
-    let new_sum = sum_addr(t.src, v6) + sum_addr(t.dst, v6);
+    let sums = AddrSums::of(p, t, v6, v6);
+    let (src, dst) = (addr_words(t.src), addr_words(t.dst));
     if v6 {
         let ip = pkt
             .header_mut::<Ipv6Hdr>(p.l3_off)
             .ok_or(Reason::DropMalformedL3)?;
-        ip.src_addr = *t.src;
-        ip.dst_addr = *t.dst;
+        store_addr6(&mut ip.src_addr, &src);
+        store_addr6(&mut ip.dst_addr, &dst);
     } else {
         let ip = pkt
             .header_mut::<Ipv4Hdr>(p.l3_off)
             .ok_or(Reason::DropMalformedL3)?;
-        ip.src_addr = [t.src[0], t.src[1], t.src[2], t.src[3]];
-        ip.dst_addr = [t.dst[0], t.dst[1], t.dst[2], t.dst[3]];
-        let check = update(u16::from_be_bytes(ip.check), old_sum, new_sum);
-        ip.check = check.to_be_bytes();
+        store_u32(&mut ip.src_addr, src[0]);
+        store_u32(&mut ip.dst_addr, dst[0]);
+        let check = update(load_u16(&ip.check), sums.old, sums.new);
+        store_u16(&mut ip.check, check);
     }
-    rewrite_ports(pkt, p, old_sum, new_sum, t, true)
+    write_ports(pkt, p, &sums, t, true)
 }
 
 /// Writes `t`'s ports into the TCP/UDP header and updates its checksum for the ports and for
-/// the pseudo-header's addresses, whose sums were `old_sum` and are `new_sum` (the rest of a
-/// pseudo-header sums alike in IPv4 and IPv6). A UDP datagram without a checksum keeps none
-/// when `zero_ok` (IPv4 to IPv4); otherwise (toward IPv6, which requires one) it is refused.
+/// the pseudo-header's addresses (`sums`; the rest of a pseudo-header sums alike in IPv4 and
+/// IPv6). A UDP datagram without a checksum keeps none when `zero_ok` (IPv4 to IPv4);
+/// otherwise (toward IPv6, which requires one) it is refused.
 #[inline(always)]
-pub fn rewrite_ports(
+pub fn write_ports(
     pkt: &mut Packet,
     p: &Parsed,
-    old_sum: u64,
-    new_sum: u64,
+    sums: &AddrSums,
     t: &Tuple,
     zero_ok: bool,
 ) -> Result<(), Reason> {
-    let l4_old = old_sum + u16::from_be(p.sport_be) as u64 + u16::from_be(p.dport_be) as u64;
-    let l4_new = new_sum + u16::from_be(t.sport_be) as u64 + u16::from_be(t.dport_be) as u64;
+    // Ports as they lie in memory, like the sums.
+    let l4_old = sums.old + p.sport_be as u64 + p.dport_be as u64;
+    let l4_new = sums.new + t.sport_be as u64 + t.dport_be as u64;
     if p.proto == PROTO_TCP {
         let tcp = pkt
             .header_mut::<TcpHdr>(p.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
-        tcp.source = t.sport_be.to_ne_bytes();
-        tcp.dest = t.dport_be.to_ne_bytes();
-        tcp.check = update(u16::from_be_bytes(tcp.check), l4_old, l4_new).to_be_bytes();
+        store_u16(&mut tcp.source, t.sport_be);
+        store_u16(&mut tcp.dest, t.dport_be);
+        let check = update(load_u16(&tcp.check), l4_old, l4_new);
+        store_u16(&mut tcp.check, check);
     } else if p.proto == PROTO_UDP {
         let udp = pkt
             .header_mut::<UdpHdr>(p.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
         // Zero means "no checksum" (IPv4 only; IPv6 requires one), and a computed zero is sent
-        // as 0xffff.
-        let none = udp.check == [0, 0] && p.family != FAMILY_V6;
+        // as 0xffff (the same in either byte order).
+        let old_check = load_u16(&udp.check);
+        let none = old_check == 0 && p.family != FAMILY_V6;
         if none && !zero_ok {
             return Err(Reason::DropNat64UdpNoChecksum);
         }
-        udp.src = t.sport_be.to_ne_bytes();
-        udp.dst = t.dport_be.to_ne_bytes();
+        store_u16(&mut udp.src, t.sport_be);
+        store_u16(&mut udp.dst, t.dport_be);
         if !none {
-            let c = match update(u16::from_be_bytes(udp.check), l4_old, l4_new) {
+            let c = match update(old_check, l4_old, l4_new) {
                 0 => 0xffff,
                 c => c,
             };
-            udp.check = c.to_be_bytes();
+            store_u16(&mut udp.check, c);
         }
     }
     Ok(())

@@ -8,11 +8,11 @@
 //! (which requires one, and computing it would read the whole payload): it is dropped and
 //! counted. The Ethernet header (MACs, a VLAN tag) is kept; its EtherType follows the family.
 
-use lb_common::{csum::sum_addr, Reason};
+use lb_common::Reason;
 
 use crate::{
     encap::{write_ipv4, write_ipv6, OuterIp},
-    nat::{rewrite_ports, Tuple},
+    nat::{write_ports, AddrSums, Tuple},
     packet::Packet,
     parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, VlanHdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPV6_LEN},
 };
@@ -65,9 +65,7 @@ fn write_l2(pkt: &mut Packet, l2: &L2Copy, ether_type: u16) -> Result<(), Reason
 /// in the first four bytes) and ports. A BPF subprogram of its own.
 #[inline(never)]
 pub fn to_ipv4(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
-    let old = sum_addr(&p.src, true) + sum_addr(&p.dst, true);
-    let new = sum_addr(t.src, false) + sum_addr(t.dst, false);
-    rewrite_ports(pkt, p, old, new, t, true)?;
+    write_ports(pkt, p, &AddrSums::of(p, t, true, false), t, true)?;
     let payload = {
         let ip = pkt
             .header::<Ipv6Hdr>(p.l3_off)
@@ -93,9 +91,7 @@ pub fn to_ipv4(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
 /// dropped). A BPF subprogram of its own.
 #[inline(never)]
 pub fn to_ipv6(pkt: &mut Packet, p: &Parsed, t: &Tuple) -> Result<(), Reason> {
-    let old = sum_addr(&p.src, false) + sum_addr(&p.dst, false);
-    let new = sum_addr(t.src, true) + sum_addr(t.dst, true);
-    rewrite_ports(pkt, p, old, new, t, false)?;
+    write_ports(pkt, p, &AddrSums::of(p, t, false, true), t, false)?;
     // The IPv4 header's length with its options (5..=15 words).
     let ihl = (p.l4_off - p.l3_off) & 0x3c;
     let total = {

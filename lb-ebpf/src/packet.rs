@@ -151,6 +151,33 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     store_u16(d2, lo);
 }
 
+/// An address in the 16-byte form as four 32-bit words in memory order, one load each: from
+/// packet memory, a map value, or a stack array aligned to 4 (the address fields of `Parsed`
+/// and `FlowKey`, which are aligned to 8); never from another stack array (as [`load_u16`]).
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: [u8; 16] and [[u8; 4]; 4] have the same size and alignment 1.
+    let q = unsafe { &*(a.as_ptr() as *const [[u8; 4]; 4]) };
+    [
+        load_u32(&q[0]),
+        load_u32(&q[1]),
+        load_u32(&q[2]),
+        load_u32(&q[3]),
+    ]
+}
+
+/// Writes an IPv6 address's words (as [`addr_words`] gives them) into a header field; for
+/// packet memory only.
+#[inline(always)]
+pub fn store_addr6(field: &mut [u8; 16], words: &[u32; 4]) {
+    // SAFETY: as in `addr_words`, for the destination.
+    let q = unsafe { &mut *(field.as_mut_ptr() as *mut [[u8; 4]; 4]) };
+    store_u32(&mut q[0], words[0]);
+    store_u32(&mut q[1], words[1]);
+    store_u32(&mut q[2], words[2]);
+    store_u32(&mut q[3], words[3]);
+}
+
 /// An IPv6 address field in two loads; as [`load_u16`].
 #[inline(always)]
 pub fn load_addr6(field: &[u8; 16]) -> [u8; 16] {

@@ -33,15 +33,21 @@ pub struct Query<'a> {
     pub len: u16,
 }
 
+/// A MAC address on the stack, aligned to 4 so that it is copied into a frame in two loads and
+/// two stores (`packet::copy_mac`): the verifier wants every stack access aligned to its size.
+#[repr(C, align(4))]
+#[derive(Default, Clone, Copy)]
+pub struct Mac(pub [u8; 6]);
+
 /// Where the FIB sends a packet.
 #[derive(Default)]
 pub struct Hop {
     /// Outgoing interface.
     pub ifindex: u32,
     /// Next hop's MAC.
-    pub dmac: [u8; 6],
+    pub dmac: Mac,
     /// The outgoing interface's MAC.
-    pub smac: [u8; 6],
+    pub smac: Mac,
     /// The route's MTU.
     pub mtu: u32,
 }
@@ -96,8 +102,8 @@ fn lookup_call(pkt: &Packet, q: &Query, hop: &mut Hop) -> u32 {
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             hop.ifindex = fib.ifindex;
-            hop.dmac = fib.dmac;
-            hop.smac = fib.smac;
+            hop.dmac = Mac(fib.dmac);
+            hop.smac = Mac(fib.smac);
             hop.mtu = fib_mtu(&fib);
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => hop.ifindex = fib_mtu(&fib),

@@ -35,9 +35,9 @@ use lb_ebpf::{
     icmp,
     nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
     nat64,
-    packet::Packet,
+    packet::{copy_mac, Packet},
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
-    route::{self, Hop, NoRoute, Query},
+    route::{self, Hop, Mac, NoRoute, Query},
 };
 
 use crate::{
@@ -502,8 +502,8 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
         {
             let hop = Hop {
                 ifindex: r.ifindex,
-                dmac: r.dmac,
-                smac: r.smac,
+                dmac: Mac(r.dmac),
+                smac: Mac(r.smac),
                 mtu: r.mtu,
             };
             return deliver(pkt, p, &t, nat64, Ok(hop), tx);
@@ -526,8 +526,8 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
         r.ifindex = hop.ifindex;
         r.mtu = hop.mtu;
         r.src = [0; 16];
-        r.dmac = hop.dmac;
-        r.smac = hop.smac;
+        r.dmac = hop.dmac.0;
+        r.smac = hop.smac.0;
     }
     deliver(pkt, p, &t, nat64, route, tx)
 }
@@ -620,8 +620,8 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         {
             let hop = Hop {
                 ifindex: r.ifindex,
-                dmac: r.dmac,
-                smac: r.smac,
+                dmac: Mac(r.dmac),
+                smac: Mac(r.smac),
                 mtu: r.mtu,
             };
             return deliver(pkt, p, &t, nat64, Ok(hop), Reason::TxNatReply);
@@ -643,8 +643,8 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         r.family = back.family;
         r.ifindex = hop.ifindex;
         r.mtu = hop.mtu;
-        r.dmac = hop.dmac;
-        r.smac = hop.smac;
+        r.dmac = hop.dmac.0;
+        r.smac = hop.smac.0;
     }
     deliver(pkt, p, &t, nat64, route, Reason::TxNatReply)
 }
@@ -688,8 +688,8 @@ fn no_route(e: NoRoute) -> Reason {
 #[inline(always)]
 fn send(pkt: &mut Packet, hop: &Hop, tx: Reason) -> Result<Out, Reason> {
     let eth = pkt.header_mut::<EthHdr>(0).ok_or(Reason::DropTruncatedL2)?;
-    eth.dst.copy_from_slice(&hop.dmac);
-    eth.src.copy_from_slice(&hop.smac);
+    copy_mac(&mut eth.dst, &hop.dmac.0);
+    copy_mac(&mut eth.src, &hop.smac.0);
     if hop.ifindex == pkt.ingress_ifindex() {
         Ok(Out::Tx(tx))
     } else {
