@@ -5,13 +5,13 @@
 //! header in place (not built on the stack: the callers' frames are tight).
 
 use lb_common::{
-    csum::{finish, sum_addr},
+    csum::{finish, fold},
     Reason,
 };
 
 use crate::{
-    packet::Packet,
-    parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+    packet::{addr_words, store_u32, Packet},
+    parse::{EthHdr, VlanHdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
 
 /// Hop limit / TTL of headers we originate (the kernel's default).
@@ -76,7 +76,8 @@ pub fn write_l2(
 
 /// Writes an IPv4 header without options at `off`: `total_len` bytes in all, DF when `df` (a
 /// tunnel's outer packet is never fragmented: the client hears about the MTU instead). Returns
-/// the sum of the two addresses, for a pseudo-header.
+/// the sum of the two addresses, for a pseudo-header. Written as five 32-bit words; the
+/// checksum is summed in memory order ([`halves`]) and placed as it lies in memory.
 #[inline(always)]
 pub fn write_ipv4(
     pkt: &mut Packet,
@@ -85,32 +86,30 @@ pub fn write_ipv4(
     total_len: usize,
     df: bool,
 ) -> Result<u64, Reason> {
-    let addrs = sum_addr(ip.src, false) + sum_addr(ip.dst, false);
-    let frags: u16 = if df { 0x4000 } else { 0 };
-    let sum = (0x4500 | ip.tos as u64)
-        + total_len as u64
-        + frags as u64
-        + ((TTL as u64) << 8 | ip.proto as u64)
-        + addrs;
+    let (src, dst) = (addr_words(ip.src)[0], addr_words(ip.dst)[0]);
+    let len = (total_len as u16).to_be_bytes();
+    let frags: u8 = if df { 0x40 } else { 0 };
+    let w0 = u32::from_ne_bytes([0x45, ip.tos, len[0], len[1]]);
+    let w1 = u32::from_ne_bytes([0, 0, frags, 0]);
+    let ttl_proto = u32::from_ne_bytes([TTL, ip.proto, 0, 0]);
+    let addrs = halves(src) + halves(dst);
+    let check = finish(halves(w0) + halves(w1) + halves(ttl_proto) + addrs).to_ne_bytes();
     let h = pkt
-        .header_mut::<Ipv4Hdr>(off)
+        .header_mut::<[[u8; 4]; 5]>(off)
         .ok_or(Reason::DropTunHeadroom)?;
-    h.vihl = 0x45;
-    h.tos = ip.tos;
-    h.tot_len = (total_len as u16).to_be_bytes();
-    h.id = [0; 2];
-    h.frags = frags.to_be_bytes();
-    h.ttl = TTL;
-    h.proto = ip.proto;
-    h.check = finish(sum).to_be_bytes();
-    h.src_addr = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
-    h.dst_addr = [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]];
-    Ok(addrs)
+    store_u32(&mut h[0], w0);
+    store_u32(&mut h[1], w1);
+    store_u32(
+        &mut h[2],
+        u32::from_ne_bytes([TTL, ip.proto, check[0], check[1]]),
+    );
+    store_u32(&mut h[3], src);
+    store_u32(&mut h[4], dst);
+    Ok(be_sum(addrs))
 }
 
 /// Writes an IPv6 header at `off` with `payload_len` bytes after it and flow label `label` (20
-/// bits).
-/// Returns the sum of the two addresses, for a pseudo-header.
+/// bits), as ten 32-bit words. Returns the sum of the two addresses, for a pseudo-header.
 #[inline(always)]
 pub fn write_ipv6(
     pkt: &mut Packet,
@@ -119,19 +118,44 @@ pub fn write_ipv6(
     payload_len: usize,
     label: u32,
 ) -> Result<u64, Reason> {
+    let (src, dst) = (addr_words(ip.src), addr_words(ip.dst));
+    let len = (payload_len as u16).to_be_bytes();
     let h = pkt
-        .header_mut::<Ipv6Hdr>(off)
+        .header_mut::<[[u8; 4]; 10]>(off)
         .ok_or(Reason::DropTunHeadroom)?;
-    h.vcf = [
-        0x60 | (ip.tos >> 4),
-        (ip.tos << 4) | (label >> 16) as u8,
-        (label >> 8) as u8,
-        label as u8,
-    ];
-    h.payload_len = (payload_len as u16).to_be_bytes();
-    h.next_hdr = ip.proto;
-    h.hop_limit = TTL;
-    h.src_addr = *ip.src;
-    h.dst_addr = *ip.dst;
-    Ok(sum_addr(ip.src, true) + sum_addr(ip.dst, true))
+    store_u32(
+        &mut h[0],
+        u32::from_ne_bytes([
+            0x60 | (ip.tos >> 4),
+            (ip.tos << 4) | (label >> 16) as u8,
+            (label >> 8) as u8,
+            label as u8,
+        ]),
+    );
+    store_u32(
+        &mut h[1],
+        u32::from_ne_bytes([len[0], len[1], ip.proto, TTL]),
+    );
+    for i in 0..4 {
+        store_u32(&mut h[2 + i], src[i]);
+        store_u32(&mut h[6 + i], dst[i]);
+    }
+    let mut addrs = 0;
+    for i in 0..4 {
+        addrs += halves(src[i]) + halves(dst[i]);
+    }
+    Ok(be_sum(addrs))
+}
+
+/// The sum of a 32-bit word's two 16-bit halves as they lie in memory.
+#[inline(always)]
+pub fn halves(w: u32) -> u64 {
+    (w & 0xffff) as u64 + (w >> 16) as u64
+}
+
+/// A sum of 16-bit words taken in memory order, as the big-endian sum the callers add to
+/// (folded first: ones-complement sums commute with swapping bytes).
+#[inline(always)]
+fn be_sum(s: u64) -> u64 {
+    u16::from_be(fold(s)) as u64
 }

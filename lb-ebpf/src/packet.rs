@@ -22,6 +22,9 @@ pub unsafe trait Header {}
 
 // SAFETY: byte arrays have alignment 1 and no invalid values.
 unsafe impl<const N: usize> Header for [u8; N] {}
+// SAFETY: arrays of 32-bit fields as bytes (a header seen word by word): alignment 1, no
+// invalid values.
+unsafe impl<const N: usize> Header for [[u8; 4]; N] {}
 
 macro_rules! headers {
     ($($t:ty),* $(,)?) => {
@@ -165,6 +168,11 @@ pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
         load_u32(&q[3]),
     ]
 }
+
+/// A 16-byte address kept on the stack, aligned so that [`addr_words`] may read it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StackAddr(pub [u8; 16]);
 
 /// Writes an IPv6 address's words (as [`addr_words`] gives them) into a header field; for
 /// packet memory only.

@@ -21,7 +21,7 @@ use lb_ebpf::{
     encap::{self, OuterIp},
     helpers::{fib_lookup, fib_mtu, fib_params, fib_src, ktime_ns},
     icmp,
-    packet::Packet,
+    packet::{Packet, StackAddr},
     parse::{GueHdr, Parsed, UdpGueHdr, UdpHdr, GUE_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN},
 };
 
@@ -215,13 +215,14 @@ fn encap_inline(
     let inner_proto = if inner_v6 { PROTO_IPV6 } else { PROTO_IPIP };
     let sport: u16 = 0xc000 | (hash as u16 & 0x3fff);
 
-    let mut src = [0u8; 16];
+    // Aligned: the outer header's writer reads it as words.
+    let mut src = StackAddr([0u8; 16]);
     if outer_v6 {
-        src = cfg.tun_src6;
+        src.0 = cfg.tun_src6;
     } else {
-        src[..4].copy_from_slice(&cfg.tun_src4);
+        src.0[..4].copy_from_slice(&cfg.tun_src4);
     }
-    let configured = src != [0u8; 16];
+    let configured = src.0 != [0u8; 16];
     let total = inner_len + over;
     let now = ktime_ns();
     // A GUE flow's route depends on its ports where the kernel's multipath hash uses them: then
@@ -248,7 +249,7 @@ fn encap_inline(
             && (configured || r.src != [0u8; 16])
         {
             if !configured {
-                src = r.src;
+                src.0 = r.src;
             }
             hop = Some((r.ifindex, r.dmac, r.smac));
         }
@@ -263,7 +264,7 @@ fn encap_inline(
                 total,
                 configured,
             };
-            let (ifindex, dmac, smac, mtu) = match route.lookup(pkt, b, &mut src)? {
+            let (ifindex, dmac, smac, mtu) = match route.lookup(pkt, b, &mut src.0)? {
                 Lookup::Via(ifindex, dmac, smac, mtu) => (ifindex, dmac, smac, mtu),
                 Lookup::TooBig(mtu) => {
                     return Ok((Sent::TooBig(mtu.saturating_sub(over as u32)), false))
@@ -276,7 +277,7 @@ fn encap_inline(
                 r.generation = b.generation;
                 r.ifindex = ifindex;
                 r.mtu = mtu;
-                r.src = if configured { [0u8; 16] } else { src };
+                r.src = if configured { [0u8; 16] } else { src.0 };
                 r.dmac = dmac;
                 r.smac = smac;
             }
@@ -298,7 +299,7 @@ fn encap_inline(
     let outer = OuterIp {
         tos: p.tos,
         proto: if gue { PROTO_UDP } else { inner_proto },
-        src: &src,
+        src: &src.0,
         dst: &b.addr,
     };
     let addrs = if outer_v6 {
