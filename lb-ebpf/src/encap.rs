@@ -10,8 +10,9 @@ use lb_common::{
 };
 
 use crate::{
-    packet::{addr_words, store_u32, Packet},
+    packet::{addr_words, copy_mac, load_u32, store_u16, store_u32, Packet},
     parse::{EthHdr, VlanHdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+    route::Mac,
 };
 
 /// Hop limit / TTL of headers we originate (the kernel's default).
@@ -37,38 +38,42 @@ pub fn push(pkt: &mut Packet, grow: usize) -> Result<(), Reason> {
 }
 
 /// Writes the Ethernet header of a frame whose head grew by `moved` bytes: the given MACs, the
-/// old header's VLAN tag when it had one, and the EtherType of the new outer header.
+/// old header's VLAN tag when it had one, and the EtherType of the new outer header. In word
+/// moves (the MACs are 4-aligned on the callers' stacks).
 #[inline(always)]
 pub fn write_l2(
     pkt: &mut Packet,
     moved: usize,
     vlan: bool,
-    dst: &[u8; 6],
-    src: &[u8; 6],
+    dst: &Mac,
+    src: &Mac,
     outer_v6: bool,
 ) -> Result<(), Reason> {
-    let ether_type = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
+    let ether_type = u16::to_be(if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP });
     // The old tag's TPID and TCI, `moved` bytes further in, read before anything is written.
     let tag = if vlan {
-        Some(
-            *pkt.header::<[u8; 4]>(moved + 12)
+        Some(load_u32(
+            pkt.header::<[u8; 4]>(moved + 12)
                 .ok_or(Reason::DropTunHeadroom)?,
-        )
+        ))
     } else {
         None
     };
     let eth = pkt.header_mut::<EthHdr>(0).ok_or(Reason::DropTunHeadroom)?;
-    eth.dst = *dst;
-    eth.src = *src;
+    copy_mac(&mut eth.dst, &dst.0);
+    copy_mac(&mut eth.src, &src.0);
     match tag {
-        None => eth.ether_type = ether_type,
+        None => store_u16(&mut eth.ether_type, ether_type),
         Some(tag) => {
-            eth.ether_type = [tag[0], tag[1]];
+            // TPID and TCI as they were, then the new EtherType after them.
+            let tpid_tci = pkt
+                .header_mut::<[u8; 4]>(ETH_LEN - 2)
+                .ok_or(Reason::DropTunHeadroom)?;
+            store_u32(tpid_tci, tag);
             let vh = pkt
                 .header_mut::<VlanHdr>(ETH_LEN)
                 .ok_or(Reason::DropTunHeadroom)?;
-            vh.tci = [tag[2], tag[3]];
-            vh.ether_type = ether_type;
+            store_u16(&mut vh.ether_type, ether_type);
         }
     }
     Ok(())
@@ -156,6 +161,6 @@ pub fn halves(w: u32) -> u64 {
 /// A sum of 16-bit words taken in memory order, as the big-endian sum the callers add to
 /// (folded first: ones-complement sums commute with swapping bytes).
 #[inline(always)]
-fn be_sum(s: u64) -> u64 {
+pub fn be_sum(s: u64) -> u64 {
     u16::from_be(fold(s)) as u64
 }

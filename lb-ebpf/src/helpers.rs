@@ -7,20 +7,14 @@ use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     helpers::{
         bpf_csum_diff, bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
-        bpf_ktime_get_ns, bpf_redirect,
+        bpf_redirect,
     },
     programs::XdpContext,
 };
 
-/// Nanoseconds since boot.
-#[inline(always)]
-pub fn ktime_ns() -> u64 {
-    // SAFETY: a plain helper call without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// Nanoseconds since boot at tick resolution: plenty for timeouts counted in seconds, and
-/// cheaper than `ktime_ns`.
+/// Nanoseconds since boot at tick resolution (CLOCK_MONOTONIC, as xvsd reads it): plenty for
+/// timeouts and cache lifetimes counted in seconds, and much cheaper than bpf_ktime_get_ns,
+/// which reads the clock source.
 #[inline(always)]
 pub fn ktime_coarse_ns() -> u64 {
     // SAFETY: a plain helper call without arguments.

@@ -11,6 +11,7 @@ use crate::{
     encap::{self, OuterIp},
     packet::Packet,
     parse::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ICMP_LEN, IPV4_LEN, IPV6_LEN},
+    route::Mac,
 };
 
 /// Bytes of the offending IPv4 packet quoted (the header with any options, and then some: RFC
@@ -46,7 +47,7 @@ pub fn too_big(pkt: &mut Packet, p: &Parsed, mtu: u32) -> Result<(), Reason> {
     encap::push(pkt, grow)?;
     // New layout: [L2 (l3_off) | IP | ICMP | old L2 (l3_off) ... ] — the quote starts at
     // grow + l3_off, where the original IP header now is. Back to the client: the MACs swap.
-    encap::write_l2(pkt, grow, p.l3_off > 14, &old.src, &old.dst, v6)?;
+    encap::write_l2(pkt, grow, p.l3_off > 14, &Mac(old.src), &Mac(old.dst), v6)?;
     let quote_off = p.l3_off + grow;
     let icmp_off = p.l3_off + ip_len;
     // From the VIP back to the client.

@@ -388,6 +388,29 @@ fn tunnel_encapsulation_exact_bytes_every_family_and_type() {
                 assert_eq!(d.reason(Reason::TxTunnel), before + 1, "{what}: counted");
             }
         }
+        // A VLAN-tagged frame keeps its tag in front of the outer header, for each outer
+        // family (IPIP to an IPv4 real server, GUE to an IPv6 one).
+        for (vip, port, rs, dmac, src, gue) in [
+            (VIP, 80, RS_LINK, RS_MAC, D0_V4.to_vec(), None),
+            (
+                VIP6,
+                81,
+                RS_ROUTED6,
+                GW_MAC,
+                d0v6.clone(),
+                Some((6080, false)),
+            ),
+        ] {
+            let client = if vip.contains(':') { CLIENT6 } else { CLIENT };
+            let tagged = frame(client, 40009, vip, port, L4::Tcp(ACK), Some(42), b"tagged");
+            let plain = frame(client, 40009, vip, port, L4::Tcp(ACK), None, b"tagged");
+            let hash = flow_hash(client, 40009, vip, port, 6);
+            let mut want = expected(&plain, dmac, &src, rs, gue, hash);
+            want.splice(12..12, [0x81, 0x00, 0x00, 42]);
+            let (v, out) = d.run_on(ifx, &tagged);
+            assert_eq!(v, verdict::TX, "{vip} vlan: verdict");
+            assert_eq!(out, want, "{vip} vlan: bytes");
+        }
         // A configured outer source replaces the FIB's choice.
         set_config(d, |c| c.tun_src4 = [198, 51, 100, 9]);
         let pkt = tcp(CLIENT, 40000, VIP, 80, ACK);

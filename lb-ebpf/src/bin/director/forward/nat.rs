@@ -31,7 +31,7 @@ use lb_common::{
     TAIL_NAT, TAIL_NAT_ICMP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
-    helpers::{ktime_coarse_ns, ktime_ns, smp_processor_id},
+    helpers::{ktime_coarse_ns, smp_processor_id},
     icmp,
     nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
     nat64,
@@ -492,7 +492,7 @@ fn to_server(pkt: &mut Packet, p: &Parsed, id: u32, local: &Local) -> Packed {
     // This CPU's last FIB answer for the backend, while it is young, of this slot and
     // generation, and the packet fits its MTU (the cache TUN uses: backends of either mode own
     // their slot's entry).
-    let now = ktime_ns();
+    let now = ktime_coarse_ns();
     let cache = maps::tun_route(id % TUN_ROUTE_SLOTS);
     if let Some(r) = &cache {
         if r.expires_ns > now
@@ -606,7 +606,7 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
     // This CPU's last FIB answer for the client, while it is young, of this client and family,
     // and the packet fits its MTU; not when the kernel's multipath hash uses ports (then the
     // route is the flow's, not the client's).
-    let now = ktime_ns();
+    let now = ktime_coarse_ns();
     let cache = if maps::config().is_some_and(|c| c.flags & per_flow_routes(back.family) != 0) {
         None
     } else {

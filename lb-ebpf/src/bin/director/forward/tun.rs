@@ -13,16 +13,17 @@ use aya_ebpf::bindings::{
 };
 use lb_common::{
     backend_flags, config_flags,
-    csum::{finish, fold, sum_addr, sum_words},
+    csum::{finish, fold, sum_addr},
     fwd, tunnel_job_flags, tuple_hash, Backend, DataplaneConfig, FlowKey, Reason, FAMILY_V6,
     PROTO_ICMP, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, TAIL_TUNNEL, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
     encap::{self, OuterIp},
-    helpers::{fib_lookup, fib_mtu, fib_params, fib_src, ktime_ns},
+    helpers::{fib_lookup, fib_mtu, fib_params, fib_src, ktime_coarse_ns},
     icmp,
-    packet::{Packet, StackAddr},
+    packet::{load_u32, Packet, StackAddr},
     parse::{GueHdr, Parsed, UdpGueHdr, UdpHdr, GUE_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN},
+    route::Mac,
 };
 
 use crate::{
@@ -224,7 +225,7 @@ fn encap_inline(
     }
     let configured = src.0 != [0u8; 16];
     let total = inner_len + over;
-    let now = ktime_ns();
+    let now = ktime_coarse_ns();
     // A GUE flow's route depends on its ports where the kernel's multipath hash uses them: then
     // it is not shared between the backend's flows.
     let per_flow = gue
@@ -251,7 +252,7 @@ fn encap_inline(
             if !configured {
                 src.0 = r.src;
             }
-            hop = Some((r.ifindex, r.dmac, r.smac));
+            hop = Some((r.ifindex, Mac(r.dmac), Mac(r.smac)));
         }
     }
     let (ifindex, dmac, smac) = match hop {
@@ -278,8 +279,8 @@ fn encap_inline(
                 r.ifindex = ifindex;
                 r.mtu = mtu;
                 r.src = if configured { [0u8; 16] } else { src.0 };
-                r.dmac = dmac;
-                r.smac = smac;
+                r.dmac = dmac.0;
+                r.smac = smac.0;
             }
             (ifindex, dmac, smac)
         }
@@ -354,7 +355,7 @@ fn encap_inline(
 /// What the FIB says of a route.
 enum Lookup {
     /// Outgoing interface, next hop's MAC, the interface's MAC, the route MTU.
-    Via(u32, [u8; 6], [u8; 6], u32),
+    Via(u32, Mac, Mac, u32),
     /// A packet of the asked size does not fit: the route MTU.
     TooBig(u32),
 }
@@ -415,7 +416,7 @@ impl Route {
             // BPF_FIB_LOOKUP_SRC filled the source member.
             fib_src(&fib, outer_v6, src);
         }
-        Ok(Lookup::Via(fib.ifindex, fib.dmac, fib.smac, mtu))
+        Ok(Lookup::Via(fib.ifindex, Mac(fib.dmac), Mac(fib.smac), mtu))
     }
 }
 
@@ -438,7 +439,12 @@ fn inner_sum(pkt: &Packet, p: &Parsed, inner_len: usize) -> Option<u64> {
     let l4 = (!fold(pseudo)) as u64;
     let hdr = if v6 {
         // The IPv6 header has no checksum of its own: its words count.
-        sum_words(pkt.header::<[u8; IPV6_LEN]>(p.l3_off)?)
+        let h = pkt.header::<[[u8; 4]; IPV6_LEN / 4]>(p.l3_off)?;
+        let mut sum = 0;
+        for w in h {
+            sum += encap::halves(load_u32(w));
+        }
+        encap::be_sum(sum)
     } else {
         0
     };
