@@ -93,13 +93,39 @@ pub fn machine() -> String {
     format!("{cpus} x {cpu}, {mem} RAM, Linux {kernel}")
 }
 
+/// The size of each loaded xvs program as the kernel holds it: BPF instructions after the
+/// verifier's rewrites (8 bytes each) and bytes of JIT-compiled machine code. A proxy for the
+/// instructions a path executes, which these machines cannot count: their virtual CPUs expose
+/// no hardware performance counters (no `cpu` PMU under /sys/bus/event_source/devices).
+pub fn program_sizes() -> Vec<(String, String)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some(name) = info.name_as_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with("xvs_") && !seen.contains_key(&name) {
+            let insns = info.size_translated().unwrap_or(0) / 8;
+            seen.insert(
+                name,
+                format!(
+                    "{insns} BPF instructions, {} bytes of machine code",
+                    info.size_jitted()
+                ),
+            );
+        }
+    }
+    seen.into_iter().collect()
+}
+
 /// The Markdown report.
+#[allow(clippy::too_many_arguments)]
 pub fn report(
     paths: &[PathResult],
     floor: &PathResult,
     live: &[(String, String)],
     control: &[(String, String)],
     maps: &[(String, String)],
+    programs: &[(String, String)],
     targets: &[Target],
     setup: &str,
 ) -> String {
@@ -177,6 +203,16 @@ pub fn report(
         "\n## Map memory (kernel-reported memlock)\n\n| map | size |\n| --- | --- |"
     );
     for (k, v) in maps {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Program size (as loaded: after the verifier's rewrites, and JIT-compiled)\n\n\
+         Subprograms (the new-flow path, NAT's allocation, the encapsulation) are counted in \
+         their program. Instructions executed per path cannot be counted here: the virtual CPUs \
+         have no hardware performance counters.\n\n| program | size |\n| --- | --- |"
+    );
+    for (k, v) in programs {
         let _ = writeln!(md, "| {k} | {v} |");
     }
     md
