@@ -45,93 +45,58 @@ pub fn leading<const N: usize, T: Header>(header: &T) -> &[u8; N] {
     unsafe { &*(header as *const T as *const [u8; N]) }
 }
 
-/// Loads the 2 bytes of a header field (native order) in one instruction.
+/// One-instruction loads and stores of 2, 4 or 8 bytes (native order), whatever their
+/// alignment.
 ///
-/// For fields of packet memory only, as [`Packet::header`] hands them out: the verifier allows a
-/// load at any alignment there (its strict alignment mode is off for XDP), and x86-64 and arm64
-/// do unaligned loads at full speed. It insists on alignment for the stack, so these are never
-/// for local arrays. The compiler, told that the bytes have alignment 1, would otherwise
-/// assemble every field byte by byte.
-#[inline(always)]
-pub fn load_u16(field: &[u8; 2]) -> u16 {
-    let v: u64;
-    // SAFETY: `field` is a valid reference to two readable bytes; the asm reads exactly those
-    // and writes only its output register.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u16 *)({1} + 0)",
-            lateout(reg) v,
-            in(reg) field.as_ptr(),
-            options(pure, readonly, nostack, preserves_flags),
-        );
-    }
-    v as u16
+/// The compiler, told that header bytes have alignment 1, would assemble every field byte by
+/// byte. The verifier allows an access at any alignment to packet memory and map values (its
+/// strict alignment mode is off for XDP), and x86-64 and arm64 do them at full speed; it insists
+/// that a stack access be aligned to its size. So these are for header fields as
+/// [`Packet::header`] hands them out, map values, and stack memory aligned to the access (such
+/// as the 8-aligned address fields of `Parsed` and `FlowKey`, or [`StackAddr`]), never for other
+/// local arrays: a misuse is refused when the program is loaded, never at run time.
+macro_rules! word_access {
+    ($($load:ident, $store:ident, $t:ty, $n:literal, $insn:literal;)*) => {$(
+        #[doc = concat!("Loads ", $n, " bytes in one instruction (see `word_access`).")]
+        #[inline(always)]
+        pub fn $load(field: &[u8; $n]) -> $t {
+            let v: u64;
+            // SAFETY: `field` is a valid reference to exactly the bytes read; the asm writes
+            // only its output register.
+            unsafe {
+                core::arch::asm!(
+                    concat!("{0} = *(", $insn, " *)({1} + 0)"),
+                    lateout(reg) v,
+                    in(reg) field.as_ptr(),
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            v as $t
+        }
+
+        #[doc = concat!("Stores ", $n, " bytes in one instruction (see `word_access`).")]
+        #[inline(always)]
+        pub fn $store(field: &mut [u8; $n], v: $t) {
+            // SAFETY: `field` is a valid exclusive reference to exactly the bytes written.
+            unsafe {
+                core::arch::asm!(
+                    concat!("*(", $insn, " *)({0} + 0) = {1}"),
+                    in(reg) field.as_mut_ptr(),
+                    in(reg) v as u64,
+                    options(nostack, preserves_flags),
+                );
+            }
+        }
+    )*};
+}
+word_access! {
+    load_u16, store_u16, u16, 2, "u16";
+    load_u32, store_u32, u32, 4, "u32";
+    load_u64, store_u64, u64, 8, "u64";
 }
 
-/// Loads the 4 bytes of a header field (native order) in one instruction; as [`load_u16`].
-#[inline(always)]
-pub fn load_u32(field: &[u8; 4]) -> u32 {
-    let v: u64;
-    // SAFETY: as in `load_u16`, for four bytes.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u32 *)({1} + 0)",
-            lateout(reg) v,
-            in(reg) field.as_ptr(),
-            options(pure, readonly, nostack, preserves_flags),
-        );
-    }
-    v as u32
-}
-
-/// Loads 8 bytes of packet memory in one instruction; as [`load_u16`].
-#[inline(always)]
-pub fn load_u64(bytes: &[u8; 8]) -> u64 {
-    let v: u64;
-    // SAFETY: as in `load_u16`, for eight bytes.
-    unsafe {
-        core::arch::asm!(
-            "{0} = *(u64 *)({1} + 0)",
-            lateout(reg) v,
-            in(reg) bytes.as_ptr(),
-            options(pure, readonly, nostack, preserves_flags),
-        );
-    }
-    v
-}
-
-/// Stores the 2 bytes of a header field (native order) in one instruction; for packet memory
-/// only, as [`load_u16`].
-#[inline(always)]
-pub fn store_u16(field: &mut [u8; 2], v: u16) {
-    // SAFETY: `field` is a valid exclusive reference to two writable bytes; the asm writes
-    // exactly those.
-    unsafe {
-        core::arch::asm!(
-            "*(u16 *)({0} + 0) = {1}",
-            in(reg) field.as_mut_ptr(),
-            in(reg) v as u64,
-            options(nostack, preserves_flags),
-        );
-    }
-}
-
-/// Stores the 4 bytes of a header field (native order) in one instruction; as [`store_u16`].
-#[inline(always)]
-pub fn store_u32(field: &mut [u8; 4], v: u32) {
-    // SAFETY: as in `store_u16`, for four bytes.
-    unsafe {
-        core::arch::asm!(
-            "*(u32 *)({0} + 0) = {1}",
-            in(reg) field.as_mut_ptr(),
-            in(reg) v as u64,
-            options(nostack, preserves_flags),
-        );
-    }
-}
-
-/// Copies a MAC address into a header field in two loads and two stores: from packet memory or
-/// a map value (either may sit at any alignment), never from the stack (as [`load_u16`]).
+/// Copies a MAC address into a header field in two loads and two stores: from packet memory, a
+/// map value, or a 4-aligned stack slot ([`crate::route::Mac`]); see `word_access`.
 #[inline(always)]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     // SAFETY: a [u8; 6] is a [u8; 4] followed by a [u8; 2], all of alignment 1; `dst` and `src`
@@ -156,7 +121,7 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
 
 /// An address in the 16-byte form as four 32-bit words in memory order, one load each: from
 /// packet memory, a map value, or a stack array aligned to 4 (the address fields of `Parsed`
-/// and `FlowKey`, which are aligned to 8); never from another stack array (as [`load_u16`]).
+/// and `FlowKey`, which are aligned to 8); never from another stack array (see `word_access`).
 #[inline(always)]
 pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     // SAFETY: [u8; 16] and [[u8; 4]; 4] have the same size and alignment 1.
@@ -186,7 +151,7 @@ pub fn store_addr6(field: &mut [u8; 16], words: &[u32; 4]) {
     store_u32(&mut q[3], words[3]);
 }
 
-/// An IPv6 address field in two loads; as [`load_u16`].
+/// An IPv6 address field in two loads (see `word_access`).
 #[inline(always)]
 pub fn load_addr6(field: &[u8; 16]) -> [u8; 16] {
     // SAFETY: [u8; 16] and [[u8; 8]; 2] have the same size and alignment 1.
