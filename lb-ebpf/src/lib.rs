@@ -11,6 +11,7 @@ pub mod helpers;
 pub mod icmp;
 pub mod nat;
 pub mod nat64;
+pub mod nat64_icmp;
 pub mod packet;
 pub mod parse;
 pub mod route;
