@@ -14,9 +14,10 @@
 //! same-family translation leaves it: the quote is often cut short, and receivers do not check
 //! it). The quoted packet's length fields say the original packet's length (not the quote's),
 //! translated; its TTL becomes the hop limit and back. A quoted IPv4 header with options (the
-//! director never sends one) and an ICMPv6 message that would exceed IPv6's 1280 bytes
-//! (RFC 4443; an IPv4 error longer than 1220 bytes: RFC 1812 routers send at most 576) are not
-//! translated.
+//! director never sends one) and an ICMPv6 error that would exceed IPv6's 1280 bytes (RFC 4443
+//! 2.4; an ICMPv4 message of more than 1220 bytes after its IP header, where RFC 1812 routers
+//! send at most 576 in all) are not translated: cutting the quote would mean summing what is
+//! cut off.
 
 use lb_common::{
     csum::{finish, update},
