@@ -10,6 +10,7 @@ pub mod conn;
 pub mod csum;
 pub mod decap;
 pub mod filter;
+pub mod icmp64;
 pub mod layout;
 pub mod maps;
 pub mod reason;

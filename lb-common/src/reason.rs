@@ -106,10 +106,14 @@ pub enum Reason {
     /// An IPv4 UDP datagram without a checksum from a NAT64 real server: IPv6 requires one,
     /// and computing it would read the whole payload: dropped.
     DropNat64UdpNoChecksum = 41,
+    /// An ICMP error about a NAT64 connection that RFC 7915 does not translate (source quench,
+    /// a destination-unreachable code with no counterpart), or whose quote cannot be (a quoted
+    /// IPv4 header with options, or an IPv6 message longer than 1280 bytes): dropped.
+    DropNat64IcmpUntranslatable = 42,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 42;
+pub const REASON_COUNT: u32 = 43;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -160,6 +164,7 @@ impl Reason {
         Reason::DropFullNatNoPort,
         Reason::FullNatAuditLost,
         Reason::DropNat64UdpNoChecksum,
+        Reason::DropNat64IcmpUntranslatable,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -187,6 +192,7 @@ impl Reason {
                 | Reason::DropNatFwdDisabled
                 | Reason::DropFullNatNoPort
                 | Reason::DropNat64UdpNoChecksum
+                | Reason::DropNat64IcmpUntranslatable
         )
     }
 
@@ -248,6 +254,7 @@ impl Reason {
             Reason::DropFullNatNoPort => "drop_fullnat_no_port",
             Reason::FullNatAuditLost => "fullnat_audit_lost",
             Reason::DropNat64UdpNoChecksum => "drop_nat64_udp_no_checksum",
+            Reason::DropNat64IcmpUntranslatable => "drop_nat64_icmp_untranslatable",
         }
     }
 }

@@ -557,3 +557,351 @@ fn malformed_replies_are_counted_and_never_misforwarded() {
         assert_eq!(out[52..], want[52..]);
     });
 }
+
+/// `translated` (a quoted IP packet) with the L4 checksum of `original`, a quote of the other
+/// family or the same: the data plane leaves a quote's TCP/UDP checksum as it was.
+fn keep_quoted_check(mut translated: Vec<u8>, original: &[u8], udp: bool) -> Vec<u8> {
+    let at = if udp { 6 } else { 16 };
+    let ip_len = |q: &[u8]| if q[0] >> 4 == 6 { 40 } else { 20 };
+    let (t, o) = (ip_len(&translated) + at, ip_len(original) + at);
+    translated[t..t + 2].copy_from_slice(&original[o..o + 2]);
+    translated
+}
+
+/// The IPv4 header checksum of `h` (20 bytes) computed afresh.
+fn fix_ipv4_check(h: &mut [u8]) {
+    h[10..12].copy_from_slice(&[0, 0]);
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+/// An IPv4 frame (no VLAN) without DF: a translated ICMPv4 error of up to 1260 bytes has
+/// none (RFC 7915 5.1), etherparse's builder sets it.
+fn without_df(mut f: Vec<u8>) -> Vec<u8> {
+    f[14 + 6] &= !0x40;
+    fix_ipv4_check(&mut f[14..34]);
+    f
+}
+
+/// A frame (no VLAN) with an 802.1Q tag `tci` after its MACs.
+fn with_vlan(mut f: Vec<u8>, tci: u16) -> Vec<u8> {
+    let t = tci.to_be_bytes();
+    f.splice(12..12, [0x81, 0x00, t[0], t[1]]);
+    f
+}
+
+/// Checks an ICMP error frame's checksums with etherparse, computed afresh: the ICMP checksum
+/// over the whole message (ICMPv6: with its pseudo-header) and, in an ICMPv4 error, the quoted
+/// IPv4 header's.
+fn assert_icmp_checksums(f: &[u8], what: &str) {
+    use etherparse::{Ipv4Header, NetHeaders, PacketHeaders, TransportHeader};
+    let h = PacketHeaders::from_ethernet_slice(f).expect("a well-formed frame");
+    let payload = h.payload.slice();
+    match (
+        h.net.as_ref().expect("IP"),
+        h.transport.as_ref().expect("ICMP"),
+    ) {
+        (NetHeaders::Ipv4(ip, _), TransportHeader::Icmpv4(icmp)) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "{what}: IPv4 header checksum"
+            );
+            assert_eq!(
+                icmp.checksum,
+                icmp.icmp_type.calc_checksum(payload),
+                "{what}: ICMPv4 checksum"
+            );
+            let (q, _) = Ipv4Header::from_slice(payload).expect("a quoted IPv4 header");
+            assert_eq!(
+                q.header_checksum,
+                q.calc_header_checksum(),
+                "{what}: quoted IPv4 header checksum"
+            );
+        }
+        (NetHeaders::Ipv6(ip, _), TransportHeader::Icmpv6(icmp)) => {
+            let want = icmp
+                .icmp_type
+                .calc_checksum(ip.source, ip.destination, payload)
+                .unwrap();
+            assert_eq!(icmp.checksum, want, "{what}: ICMPv6 checksum");
+            assert!(
+                f.len() - 14 <= 1280,
+                "{what}: longer than IPv6's 1280 bytes"
+            );
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+/// A router on the real servers' side (the director's gateway there) and on the clients' side.
+const ROUTER4: &str = "198.51.100.62";
+const ROUTER6: &str = "2001:db8:1::fe";
+
+#[test]
+fn nat64_icmp_errors_are_translated_to_the_other_family_both_ways() {
+    in_ns(|d, ifx| {
+        service(
+            d,
+            key(Protocol::Tcp, VIP6, 80),
+            LIP,
+            (47000, 47999),
+            &[fullnat(RS, 8080)],
+        );
+        service(
+            d,
+            key(Protocol::Udp, VIP6, 53),
+            LIP,
+            (47000, 47999),
+            &[fullnat(RS, 5353)],
+        );
+        let lport = sport(&d.run_on(ifx, &tcp(CLIENT6, 56000, VIP6, 80, SYN)).1);
+        let (_, out) = d.run_on(ifx, &frame(CLIENT6, 56001, VIP6, 53, L4::Udp, None, b"q"));
+        let lport_u = sport(&out);
+
+        // IPv4 -> IPv6: the real server or a router on its side reports a problem with what
+        // the director sent it (LIP -> RIP); the client gets an ICMPv6 error from the VIP about
+        // its own packet (CIP6 -> VIP6), the quote 20 bytes longer.
+        // (what, error's source, type, code, rest, UDP, ICMPv6 type, code, rest)
+        type Case<'a> = (&'a str, &'a str, u8, u8, [u8; 4], bool, u8, u8, [u8; 4]);
+        let v4_cases: &[Case] = &[
+            (
+                "frag needed",
+                ROUTER4,
+                3,
+                4,
+                [0, 0, 0x05, 0x78],
+                false,
+                2,
+                0,
+                1420u32.to_be_bytes(),
+            ),
+            (
+                "frag needed, small MTU",
+                ROUTER4,
+                3,
+                4,
+                [0, 0, 0x02, 0x40],
+                false,
+                2,
+                0,
+                1280u32.to_be_bytes(),
+            ),
+            ("port unreachable", RS, 3, 3, [0; 4], true, 1, 4, [0; 4]),
+            (
+                "host unreachable",
+                ROUTER4,
+                3,
+                1,
+                [0; 4],
+                false,
+                1,
+                0,
+                [0; 4],
+            ),
+            (
+                "admin prohibited",
+                ROUTER4,
+                3,
+                13,
+                [0; 4],
+                true,
+                1,
+                1,
+                [0; 4],
+            ),
+            (
+                "protocol unreachable",
+                RS,
+                3,
+                2,
+                [0; 4],
+                true,
+                4,
+                1,
+                [0, 0, 0, 6],
+            ),
+            ("time exceeded", ROUTER4, 11, 0, [0; 4], false, 3, 0, [0; 4]),
+        ];
+        for &(what, from, ty, code, rest, udp, ty6, code6, rest6) in v4_cases {
+            let (lp, rport, cport, vport) = if udp {
+                (lport_u, 5353, 56001, 53)
+            } else {
+                (lport, 8080, 56000, 80)
+            };
+            let mut q = quoted(LIP, lp, RS, rport, udp);
+            if ty == 11 {
+                // It expired on the way: its TTL becomes the quote's hop limit.
+                q[8] = 1;
+                fix_ipv4_check(&mut q[..20]);
+            }
+            let (v, out) = d.run_on(ifx, &icmp_error(from, LIP, ty, code, rest, &q));
+            assert_eq!(v, verdict::TX, "{what}");
+            let mut want_q = keep_quoted_check(quoted(CLIENT6, cport, VIP6, vport, udp), &q, udp);
+            if ty == 11 {
+                want_q[7] = 1;
+            }
+            let want = icmp_error(VIP6, CLIENT6, ty6, code6, rest6, &want_q);
+            assert_eq!(out, with_macs(want, GW_MAC, D0_MAC), "{what}");
+            assert_icmp_checksums(&out, what);
+        }
+
+        // IPv6 -> IPv4: the client's path reports a problem with a reply (VIP6 -> CIP6); the
+        // real server gets an ICMPv4 error from the local address about what it sent
+        // (RIP -> LIP), the quote 20 bytes shorter.
+        let v6_cases: &[Case] = &[
+            (
+                "packet too big",
+                ROUTER6,
+                2,
+                0,
+                1400u32.to_be_bytes(),
+                false,
+                3,
+                4,
+                [0, 0, 0x05, 0x64],
+            ),
+            ("no route", ROUTER6, 1, 0, [0; 4], false, 3, 1, [0; 4]),
+            (
+                "admin prohibited",
+                ROUTER6,
+                1,
+                1,
+                [0; 4],
+                false,
+                3,
+                10,
+                [0; 4],
+            ),
+            (
+                "port unreachable",
+                CLIENT6,
+                1,
+                4,
+                [0; 4],
+                true,
+                3,
+                3,
+                [0; 4],
+            ),
+            ("time exceeded", ROUTER6, 3, 0, [0; 4], false, 11, 0, [0; 4]),
+        ];
+        for &(what, from, ty, code, rest, udp, ty4, code4, rest4) in v6_cases {
+            let (lp, rport, cport, vport) = if udp {
+                (lport_u, 5353, 56001, 53)
+            } else {
+                (lport, 8080, 56000, 80)
+            };
+            let mut q = quoted(VIP6, vport, CLIENT6, cport, udp);
+            if ty == 3 {
+                q[7] = 1;
+            }
+            let (v, out) = d.run_on(ifx, &icmp_error(from, VIP6, ty, code, rest, &q));
+            assert_eq!(v, verdict::TX, "{what}");
+            let mut want_q = keep_quoted_check(quoted(RS, rport, LIP, lp, udp), &q, udp);
+            if ty == 3 {
+                want_q[8] = 1;
+                fix_ipv4_check(&mut want_q[..20]);
+            }
+            let want = without_df(icmp_error(LIP, RS, ty4, code4, rest4, &want_q));
+            assert_eq!(out, with_macs(want, RS_MAC, D0_MAC), "{what}");
+            assert_icmp_checksums(&out, what);
+        }
+        assert_eq!(d.reason(Reason::TxNatReply), 7);
+        assert_eq!(d.reason(Reason::TxNat), 5);
+
+        // A VLAN tag stays, in front of the other family's headers.
+        let q = quoted(LIP, lport, RS, 8080, false);
+        let rest = [0, 0, 0x05, 0x78];
+        let (v, out) = d.run_on(ifx, &with_vlan(icmp_error(ROUTER4, LIP, 3, 4, rest, &q), 7));
+        assert_eq!(v, verdict::TX, "VLAN, to IPv6");
+        let want_q = keep_quoted_check(quoted(CLIENT6, 56000, VIP6, 80, false), &q, false);
+        let want = icmp_error(VIP6, CLIENT6, 2, 0, 1420u32.to_be_bytes(), &want_q);
+        assert_eq!(
+            out,
+            with_vlan(with_macs(want, GW_MAC, D0_MAC), 7),
+            "VLAN, to IPv6"
+        );
+        let q = quoted(VIP6, 80, CLIENT6, 56000, false);
+        let sent = with_vlan(icmp_error(ROUTER6, VIP6, 1, 0, [0; 4], &q), 7);
+        let (v, out) = d.run_on(ifx, &sent);
+        assert_eq!(v, verdict::TX, "VLAN, to IPv4");
+        let want_q = keep_quoted_check(quoted(RS, 8080, LIP, lport, false), &q, false);
+        let want = without_df(icmp_error(LIP, RS, 3, 1, [0; 4], &want_q));
+        assert_eq!(
+            out,
+            with_vlan(with_macs(want, RS_MAC, D0_MAC), 7),
+            "VLAN, to IPv4"
+        );
+        assert_eq!(d.reason(Reason::DropNat64IcmpUntranslatable), 0);
+    });
+}
+
+#[test]
+fn nat64_icmp_errors_without_a_translation_are_dropped_and_counted() {
+    in_ns(|d, ifx| {
+        service(
+            d,
+            key(Protocol::Tcp, VIP6, 80),
+            LIP,
+            (48000, 48999),
+            &[fullnat(RS, 8080)],
+        );
+        let lport = sport(&d.run_on(ifx, &tcp(CLIENT6, 57000, VIP6, 80, SYN)).1);
+        let q4 = quoted(LIP, lport, RS, 8080, false);
+        let q6 = quoted(VIP6, 80, CLIENT6, 57000, false);
+        let mut untranslatable = 0;
+        // Source quench, host precedence violation (RFC 7915: silently dropped); an IPv6
+        // unreachable code with no IPv4 counterpart (source address failed policy).
+        for sent in [
+            icmp_error(RS, LIP, 4, 0, [0; 4], &q4),
+            icmp_error(ROUTER4, LIP, 3, 14, [0; 4], &q4),
+            icmp_error(ROUTER6, VIP6, 1, 5, [0; 4], &q6),
+        ] {
+            let (v, _) = d.run_on(ifx, &sent);
+            assert_eq!(v, verdict::DROP);
+            untranslatable += 1;
+            assert_eq!(
+                d.reason(Reason::DropNat64IcmpUntranslatable),
+                untranslatable
+            );
+        }
+        // An IPv4 error whose ICMPv6 form would pass IPv6's 1280 bytes: not cut (that would
+        // mean summing what is cut off), dropped.
+        let long = frame(LIP, lport, RS, 8080, L4::Tcp(ACK), None, &[9u8; 1200])[14..].to_vec();
+        let (v, _) = d.run_on(ifx, &icmp_error(ROUTER4, LIP, 3, 4, [0, 0, 5, 0], &long));
+        assert_eq!(v, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropNat64IcmpUntranslatable), 4);
+        // A quote that ends inside the quoted ports: no connection to find, the kernel's,
+        // unchanged, in both families.
+        for sent in [
+            icmp_error(RS, LIP, 3, 3, [0; 4], &q4[..22]),
+            icmp_error(ROUTER6, VIP6, 1, 4, [0; 4], &q6[..42]),
+        ] {
+            let (v, out) = d.run_on(ifx, &sent);
+            assert_eq!((v, out), (verdict::PASS, sent));
+        }
+        assert_eq!(d.reason(Reason::PassIcmp), 2);
+        // A quote cut after 8 bytes of TCP (RFC 792's minimum): translated, as short, and its
+        // length fields still say the original packet's.
+        let (v, out) = d.run_on(ifx, &icmp_error(RS, LIP, 3, 3, [0; 4], &q4[..28]));
+        assert_eq!(v, verdict::TX);
+        let want_q = quoted(CLIENT6, 57000, VIP6, 80, false)[..48].to_vec();
+        let want = icmp_error(VIP6, CLIENT6, 1, 4, [0; 4], &want_q);
+        assert_eq!(out, with_macs(want, GW_MAC, D0_MAC));
+        assert_icmp_checksums(&out, "short quote, to IPv6");
+        let (v, out) = d.run_on(ifx, &icmp_error(ROUTER6, VIP6, 1, 4, [0; 4], &q6[..48]));
+        assert_eq!(v, verdict::TX);
+        let want_q = quoted(RS, 8080, LIP, lport, false)[..28].to_vec();
+        let want = without_df(icmp_error(LIP, RS, 3, 3, [0; 4], &want_q));
+        assert_eq!(out, with_macs(want, RS_MAC, D0_MAC));
+        assert_icmp_checksums(&out, "short quote, to IPv4");
+        assert_eq!(d.reason(Reason::DropNat64IcmpUntranslatable), 4);
+    });
+}

@@ -146,6 +146,35 @@ fn fullnat_serves_both_families_and_real_servers_see_the_local_address() {
             "UDP {vip}: {answers:?}"
         );
     }
+    // NAT64's ICMP errors, end to end: to a port no real server listens on, the real server's
+    // ICMPv4 "port unreachable" (to the local address) reaches the client as ICMPv6 from the
+    // VIP, about its own datagram: its connected socket is refused.
+    let closed = format!("[{VIP6}]:55");
+    let rs_closed = [rs_ip4(1), rs_ip4(2)].map(|a| format!("{a}:5399"));
+    lab.add_fullnat("-u", &closed, LIP4, &[], &rs_closed)
+        .unwrap();
+    let target: std::net::SocketAddr = closed.parse().unwrap();
+    let refused = netns::in_netns(&lab.ns("cl"), move || {
+        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+        s.connect(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 64];
+        (0..3).find_map(|_| {
+            let _ = s.send(b"anyone?");
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+                _ => None,
+            }
+        })
+    })
+    .expect("the client's namespace");
+    let json: serde_json::Value =
+        serde_json::from_str(&lab.xvsadm_ok(&["-L", "-n", "--json"]).unwrap()).unwrap();
+    assert!(
+        refused.is_some(),
+        "no ICMPv6 port unreachable reached the client: {}",
+        json["reasons"]
+    );
 
     // The client is not lost to the operator: the audit log pairs it with the local address
     // (one line per new connection), and -L -c shows both tuples.

@@ -27,16 +27,16 @@
 
 use lb_common::{
     config_flags, flow_hash, fwd, laddr_key, nat_job, nat_reply_filter_proto, Backend, FlowKey,
-    NatReply, Reason, FAMILY_V6, FULLNAT_PROBES, PROTO_ICMP, PROTO_ICMPV6, REPLY_ROUTE_SLOTS,
-    TAIL_NAT, TAIL_NAT_ICMP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
+    NatReply, Reason, FAMILY_V4, FAMILY_V6, FULLNAT_PROBES, PROTO_ICMP, PROTO_ICMPV6,
+    REPLY_ROUTE_SLOTS, TAIL_NAT, TAIL_NAT_ICMP, TUN_ROUTE_SLOTS, TUN_ROUTE_TTL_NS,
 };
 use lb_ebpf::{
     helpers::{ktime_coarse_ns, smp_processor_id},
     icmp,
     nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
-    nat64,
+    nat64, nat64_icmp,
     packet::{copy_mac, Packet},
-    parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV6_LEN},
+    parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV4_LEN, IPV6_LEN},
     route::{self, Hop, Mac, NoRoute, Query},
 };
 
@@ -189,21 +189,33 @@ pub fn run(pkt: &mut Packet) -> Result<Out, Reason> {
 
 /// The body of xvs_nat_icmp: an ICMP error about a NAT or FULLNAT connection, tail-called by
 /// xvs_nat with the job it was given. The translation is planned into this CPU's scratch
-/// (not the stack) by one subprogram and done by another: their frames are siblings.
+/// (not the stack) by one subprogram and done by another: their frames are siblings. A NAT64
+/// connection's error (the other family's) is planned and translated by subprograms of its own.
 #[inline(always)]
 pub fn run_icmp(pkt: &mut Packet) -> Result<Out, Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
     let inbound = job.kind == nat_job::INBOUND;
     let p = parse(pkt)?;
     let mut hop = Hop::default();
-    let planned = if inbound {
+    let mut planned = if inbound {
         icmp_inbound_call(pkt, &p, &mut hop)
     } else {
         icmp_reply_call(pkt, &p, &mut hop)
     };
+    let nat64 = planned == PLAN_NAT64;
+    if nat64 {
+        planned = icmp64_call(pkt, &p, inbound);
+        if planned == 0 {
+            planned = route64_call(pkt, &p, &mut hop);
+        }
+    }
     translated(planned)?;
     let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
-    translated(rewrite_icmp(pkt, &p, t))?;
+    translated(if nat64 {
+        nat64_icmp::translate(pkt, &p, t)
+    } else {
+        rewrite_icmp(pkt, &p, t)
+    })?;
     send(
         pkt,
         &hop,
@@ -324,12 +336,45 @@ fn settle_call(p: &Parsed, slot: u8, lport_be: u16) {
 
 #[inline(never)]
 fn icmp_inbound_call(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> u32 {
-    status(icmp_inbound(pkt, p, hop))
+    plan_status(icmp_inbound(pkt, p, hop))
 }
 
 #[inline(never)]
 fn icmp_reply_call(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> u32 {
-    status(icmp_reply(pkt, p, hop))
+    plan_status(icmp_reply(pkt, p, hop))
+}
+
+#[inline(never)]
+fn icmp64_call(pkt: &Packet, p: &Parsed, inbound: bool) -> u32 {
+    status(icmp64(pkt, p, inbound))
+}
+
+#[inline(never)]
+fn route64_call(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> u32 {
+    status(route64(pkt, p, hop))
+}
+
+/// What a same-family ICMP planner found.
+enum Planned {
+    /// The translation is planned in this CPU's scratch.
+    Ready,
+    /// The connection is NAT64's (the error is the other family's): `icmp64` plans it.
+    Nat64,
+}
+
+/// The ICMP planners' answer (instead of 0 or a reason) for an error about a NAT64
+/// connection.
+const PLAN_NAT64: u32 = 0x100;
+const _: () = assert!(PLAN_NAT64 >= lb_common::reason::REASON_SLOTS);
+
+/// A planner's result in one register: 0, PLAN_NAT64, or the reason.
+#[inline(always)]
+fn plan_status(r: Result<Planned, Reason>) -> u32 {
+    match r {
+        Ok(Planned::Ready) => 0,
+        Ok(Planned::Nat64) => PLAN_NAT64,
+        Err(reason) => reason as u32,
+    }
 }
 
 /// Address equality as four word compares (an array compare may become a bcmp call, which BPF
@@ -359,13 +404,12 @@ fn is_icmp(p: &Parsed) -> bool {
 /// server sent (source RIP:rport instead of VIP:vport; FULLNAT: to LIP:lport instead of the
 /// client, and the error itself from the local address), so its stack finds the connection.
 #[inline(always)]
-fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
+fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<Planned, Reason> {
     let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
     let (id, service, slot, lport_be) = (job.backend, job.service, job.local, job.lport_be);
     let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
     if b.family != p.family {
-        // NAT64's ICMP translation (ICMPv6 <-> ICMP types and codes) is not done: the kernel's.
-        return Err(Reason::PassIcmp);
+        return Ok(Planned::Nat64);
     }
     let dport_be = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?.dport_be;
     let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
@@ -387,7 +431,7 @@ fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
         t.flags |= icmp_rewrite::OUTER_SRC | icmp_rewrite::INNER_DST;
     }
     *hop = route_to(pkt, p, &b.addr)?;
-    Ok(())
+    Ok(Planned::Ready)
 }
 
 /// An ICMP error a NAT or FULLNAT real server (or a router on its side) sends about a packet
@@ -396,13 +440,12 @@ fn icmp_inbound(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
 /// VIP. FULLNAT: the quote becomes the client's packet (CIP:cport -> VIP:vport), and the error
 /// goes from the VIP to the client.
 #[inline(always)]
-fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
+fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<Planned, Reason> {
     // The quoted packet went toward the real server: as NAT_REPLIES keys it, from the server.
     let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
     let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
     if back.family != p.family {
-        // NAT64's ICMP translation is not done: the kernel's.
-        return Err(Reason::PassIcmp);
+        return Ok(Planned::Nat64);
     }
     let fullnat = !same_addr(&back.client, &key.dst) || back.cport_be != key.dport_be;
     let from_server = same_addr(&p.src, &key.src);
@@ -432,6 +475,97 @@ fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
         t.flags |= icmp_rewrite::OUTER_DST | icmp_rewrite::INNER_SRC;
     }
     *hop = route_to(pkt, p, &back.client)?;
+    Ok(Planned::Ready)
+}
+
+/// An ICMP error about a NAT64 connection, planned for nat64_icmp's translation: as FULLNAT's
+/// (`icmp_inbound`, `icmp_reply`), both ends of the quote and of the error itself, in the other
+/// family. Inbound (ICMPv6 from the client's path, about VIP6:vport -> CIP6:cport): to the real
+/// server from the local address, about RIP:rport -> LIP:lport. A reply's (ICMPv4 from the real
+/// server's side, about LIP:lport -> RIP:rport): to the client from the VIP, about
+/// CIP6:cport -> VIP6:vport.
+#[inline(always)]
+fn icmp64(pkt: &Packet, p: &Parsed, inbound: bool) -> Result<(), Reason> {
+    let q = icmp::quote(pkt, p).ok_or(Reason::PassIcmp)?;
+    let mut key = icmp::quoted_flow(pkt, p).ok_or(Reason::PassIcmp)?;
+    let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
+    t.quote_l3 = q.l3_off;
+    t.quote_l4 = q.l4_off;
+    t.flags = icmp_rewrite::OUTER_SRC
+        | icmp_rewrite::OUTER_DST
+        | icmp_rewrite::INNER_SRC
+        | icmp_rewrite::INNER_DST;
+    if inbound {
+        let job = maps::nat_job().ok_or(Reason::DropTailCallMissing)?;
+        let (id, service, slot, lport_be) = (job.backend, job.service, job.local, job.lport_be);
+        let b = maps::backend(id).ok_or(Reason::DropBadBackend)?;
+        let la = maps::laddr(laddr_key(service, slot)).ok_or(Reason::PassIcmp)?;
+        if b.fwd != fwd::FULLNAT || lport_be == 0 {
+            return Err(Reason::PassIcmp);
+        }
+        t.outer_src = la.addr;
+        t.outer_dst = b.addr;
+        t.inner_src = b.addr;
+        // The quote's source port is the VIP's (the key's destination port).
+        t.inner_sport_be = real_port(b, key.dport_be);
+        t.inner_dst = la.addr;
+        t.inner_dport_be = lport_be;
+    } else {
+        // The quoted packet went toward the real server: as NAT_REPLIES keys it.
+        let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
+        key.src = back.client;
+        key.dst = back.vip;
+        key.sport_be = back.cport_be;
+        key.dport_be = back.vport_be;
+        key.family = back.family;
+        if conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()).is_none() {
+            return Err(Reason::PassNatReplyUnknown);
+        }
+        t.outer_src = back.vip;
+        t.outer_dst = back.client;
+        t.inner_src = back.client;
+        t.inner_sport_be = back.cport_be;
+        t.inner_dst = back.vip;
+        t.inner_dport_be = back.vport_be;
+    }
+    Ok(())
+}
+
+/// The next hop of a NAT64 connection's ICMP error, planned by `icmp64`, once translated to
+/// the other family. A step of its own: its query's frame is not the planner's.
+#[inline(always)]
+fn route64(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<(), Reason> {
+    let t = maps::icmp_scratch().ok_or(Reason::DropTailCallMissing)?;
+    let family = if p.family == FAMILY_V6 {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    };
+    // The translated length: IPv4 -> IPv6 trades two IPv4 headers (the outer one with any
+    // options) for two IPv6 headers; IPv6 -> IPv4 is 40 bytes shorter.
+    let len = ip_len(pkt, p)?;
+    let len = if family == FAMILY_V6 {
+        let ihl = (p.l4_off - p.l3_off) as u16;
+        len.saturating_add((2 * IPV6_LEN - IPV4_LEN) as u16)
+            .saturating_sub(ihl)
+    } else {
+        len.saturating_sub((2 * (IPV6_LEN - IPV4_LEN)) as u16)
+    };
+    let proto = if family == FAMILY_V6 {
+        PROTO_ICMPV6
+    } else {
+        PROTO_ICMP
+    };
+    let q = Query {
+        family,
+        proto,
+        src: &t.outer_src,
+        dst: &t.outer_dst,
+        sport_be: 0,
+        dport_be: 0,
+        len,
+    };
+    *hop = route::lookup(pkt, &q).map_err(no_route)?;
     Ok(())
 }
 
