@@ -106,10 +106,15 @@ pub enum Reason {
     /// An IPv4 UDP datagram without a checksum from a NAT64 real server: IPv6 requires one,
     /// and computing it would read the whole payload: dropped.
     DropNat64UdpNoChecksum = 41,
+    /// A TCP packet that does not open a connection (anything but a SYN without ACK) for a flow
+    /// the connection table does not have, or has only expired: scheduled like a SYN, so the
+    /// connection may have moved to another real server (which resets it). Counted besides the
+    /// packet's verdict; a rise means the table is too small or is being flooded.
+    ConnMidflowMiss = 42,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 42;
+pub const REASON_COUNT: u32 = 43;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -160,6 +165,7 @@ impl Reason {
         Reason::DropFullNatNoPort,
         Reason::FullNatAuditLost,
         Reason::DropNat64UdpNoChecksum,
+        Reason::ConnMidflowMiss,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -248,6 +254,7 @@ impl Reason {
             Reason::DropFullNatNoPort => "drop_fullnat_no_port",
             Reason::FullNatAuditLost => "fullnat_audit_lost",
             Reason::DropNat64UdpNoChecksum => "drop_nat64_udp_no_checksum",
+            Reason::ConnMidflowMiss => "conn_midflow_miss",
         }
     }
 }
