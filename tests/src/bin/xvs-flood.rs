@@ -4,12 +4,13 @@
 //! ACK pairs, which make junk entries look used twice) is measured here, not tested, as xvs has
 //! no defence against it yet (README, "Connection table under pressure").
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use xvs_tests::{
     flood::{self, Kind, Scenario, ECHO_PORT},
     lab::{default_bin_dir, rs_ip4, Lab, LabOptions, VIP4},
+    poll,
 };
 
 fn main() -> Result<()> {
@@ -60,6 +61,13 @@ fn main() -> Result<()> {
         },
     )?;
     println!("{kind:?} into a {table}-entry table, {idle} idle + {active} active: {out}");
+    print!("{}", lab.xvsadm_ok(&["stats", "--once"])?);
+    // xvsd's warnings: the one about the fill the last listing found comes at its next sample.
+    let warned = |log: &str| log.lines().filter(|l| l.contains("under pressure")).count();
+    let seen = warned(&lab.xvsd_log());
+    let _ = poll(Duration::from_secs(3), "another warning", || {
+        (warned(&lab.xvsd_log()) > seen).then_some(())
+    });
     for l in lab
         .xvsd_log()
         .lines()
