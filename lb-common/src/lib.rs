@@ -90,6 +90,9 @@ pub mod names {
     pub const MAP_FULLNAT_AUDIT: &str = "FNAT_AUDIT";
     /// Per-CPU count per service of new FULLNAT connections refused for want of a port.
     pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
+    /// Per-CPU count per service of TCP packets that arrived mid-flow for a connection the
+    /// table did not have (Reason::ConnMidflowMiss, per service).
+    pub const MAP_MIDFLOW_MISS: &str = "MIDFLOW_MISS";
     /// Per-CPU hand-over from the director to the tunnel program.
     pub const MAP_TUNNEL_JOB: &str = "TUNNEL_JOB";
     /// Per-CPU cache of NAT and FULLNAT replies' routes to clients (lb_common::ReplyRoute);

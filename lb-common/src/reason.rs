@@ -110,10 +110,15 @@ pub enum Reason {
     /// a destination-unreachable code with no counterpart), or whose quote cannot be (a quoted
     /// IPv4 header with options, or an IPv6 message longer than 1280 bytes): dropped.
     DropNat64IcmpUntranslatable = 42,
+    /// A TCP packet that does not open a connection (anything but a SYN without ACK) for a flow
+    /// the connection table does not have, or has only expired: scheduled like a SYN, so the
+    /// connection may have moved to another real server (which resets it). Counted besides the
+    /// packet's verdict; a rise means the table is too small or is being flooded.
+    ConnMidflowMiss = 43,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 43;
+pub const REASON_COUNT: u32 = 44;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -165,6 +170,7 @@ impl Reason {
         Reason::FullNatAuditLost,
         Reason::DropNat64UdpNoChecksum,
         Reason::DropNat64IcmpUntranslatable,
+        Reason::ConnMidflowMiss,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -255,6 +261,7 @@ impl Reason {
             Reason::FullNatAuditLost => "fullnat_audit_lost",
             Reason::DropNat64UdpNoChecksum => "drop_nat64_udp_no_checksum",
             Reason::DropNat64IcmpUntranslatable => "drop_nat64_icmp_untranslatable",
+            Reason::ConnMidflowMiss => "conn_midflow_miss",
         }
     }
 }

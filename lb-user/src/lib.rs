@@ -7,8 +7,8 @@
 //! their own names so the shell and its tests say `crate::model`, `lb_user::proto`.
 
 pub use lb_core::{
-    check, client, config_file, diff, estimator, help, listing, model, names, netns, proto, rules,
-    scheduler, state, stats,
+    check, client, config_file, diff, estimator, help, listing, model, names, netns, pressure,
+    proto, rules, scheduler, state, stats,
 };
 
 pub mod access;

@@ -173,7 +173,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     };
     type Get<T> = fn(&T) -> Value;
     use Value::{Float, Int};
-    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 8] = [
+    let service_series: [(&str, Kind, &str, Get<crate::proto::ServiceStatus>); 9] = [
         (
             "xvs_service_connections_total",
             Kind::Counter,
@@ -209,6 +209,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
             Kind::Counter,
             "New FULLNAT connections of the virtual service refused for want of a local port (its pool is exhausted).",
             |v| Int(v.fullnat_refused),
+        ),
+        (
+            "xvs_service_midflow_miss_total",
+            Kind::Counter,
+            "TCP packets of the virtual service that arrived mid-flow for a connection the connection table did not have (evicted or expired): each one a connection that may have moved to another real server.",
+            |v| Int(v.midflow_misses),
         ),
         (
             "xvs_service_active_connections",
@@ -379,7 +385,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
             .map(|(name, n)| (vec![("reason", name.clone())], Int(*n))),
     );
     let a = s.activity;
-    let scalars: [(&str, Kind, &str, Value); 9] = [
+    let t = l.table;
+    let scalars: [(&str, Kind, &str, Value); 13] = [
         ("xvs_controller_syncs_total", Kind::Counter, "Configuration changes pushed to the data plane.", Int(a.syncs)),
         ("xvs_controller_sync_last_seconds", Kind::Gauge, "Duration of the last push to the data plane.", Float(a.last_sync.as_secs_f64())),
         ("xvs_controller_recomputations_total", Kind::Counter, "Recomputations of the load-aware tables from live connection counts.", Int(a.recomputations)),
@@ -389,6 +396,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("xvs_dataplane_adopted", Kind::Gauge, "1 when xvsd adopted a pinned data plane at start, 0 when it loaded a fresh one.", Int((s.start == "adopted") as u64)),
         ("xvs_dataplane_adoption_pending", Kind::Gauge, "1 while an adopted data plane still runs the previous xvsd's tables (no configuration synced yet).", Int(s.adoption_pending as u64)),
         ("xvs_conn_table_capacity", Kind::Gauge, "Connection-table capacity (entries).", Int(l.conn_table_size as u64)),
+        ("xvs_conn_table_entries", Kind::Gauge, "Connection-table entries, expired ones included (they keep their slot until the LRU evicts them), as this scrape's walk found them.", Int(t.entries)),
+        ("xvs_conn_table_live_entries", Kind::Gauge, "Connection-table entries not expired whose real server is still configured: above 90% of the capacity, the LRU evicts live connections.", Int(t.live)),
+        ("xvs_conn_table_new_per_second", Kind::Gauge, "New connection-table entries per second over xvsd's last 2-second sample (the rate of conn_new).", Int(t.new_per_s)),
+        ("xvs_conn_midflow_miss_per_second", Kind::Gauge, "TCP packets per second that arrived mid-flow for a connection the table did not have, over xvsd's last 2-second sample (the rate of conn_midflow_miss).", Int(t.midflow_miss_per_s)),
     ];
     for (name, kind, help, v) in scalars {
         e.family(name, kind, help, [(vec![], v)]);
@@ -554,12 +565,20 @@ mod tests {
                 sorry_server: None,
                 laddrs: Vec::new(),
                 fullnat_refused: 2,
+                midflow_misses: 9,
             }],
             reasons: lb_common::Reason::ALL
                 .iter()
                 .map(|r| (r.name().to_string(), 1))
                 .collect(),
             timeouts: Default::default(),
+            table: crate::pressure::TableStatus {
+                entries: 4000,
+                live: 3900,
+                new_per_s: 1500,
+                midflow_miss_per_s: 12,
+                midflow_misses: 9,
+            },
         }
     }
 
@@ -582,6 +601,11 @@ mod tests {
             "xvs_service_active_connections{service=\"TCP 203.0.113.10:80\"} 2",
             "xvs_service_out_packets_total{service=\"TCP 203.0.113.10:80\"} 60",
             "xvs_service_fullnat_refused_total{service=\"TCP 203.0.113.10:80\"} 2",
+            "xvs_service_midflow_miss_total{service=\"TCP 203.0.113.10:80\"} 9",
+            "xvs_conn_table_entries 4000",
+            "xvs_conn_table_live_entries 3900",
+            "xvs_conn_table_new_per_second 1500",
+            "xvs_conn_midflow_miss_per_second 12",
             "xvs_real_out_bytes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 6000",
             "xvs_real_bytes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 7000",
             "xvs_real_inactive_connections{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 5",

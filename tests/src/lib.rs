@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod decap;
+pub mod flood;
 pub mod lab;
 pub mod load;
 pub mod netns;

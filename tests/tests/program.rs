@@ -464,6 +464,51 @@ fn expired_entries_are_rescheduled_and_state_tracked() {
 }
 
 #[test]
+fn midflow_packets_of_unknown_connections_are_counted_per_service() {
+    let mut d = director();
+    let web = key(Protocol::Tcp, "203.0.113.10:80");
+    let id = d.dp.service_id(&web).unwrap();
+    let misses = |d: &Director| d.dp.midflow_misses().unwrap().get(&id).copied();
+    // A connection's opening SYN, and the rest of it: no miss.
+    d.run(&tcp("192.0.2.1", 40001, "203.0.113.10", 80, SYN));
+    d.run(&tcp("192.0.2.1", 40001, "203.0.113.10", 80, ACK));
+    assert_eq!(d.reason(Reason::ConnMidflowMiss), 0);
+    // An ACK, a FIN and a RST of connections the table never had: each scheduled like a SYN
+    // (forwarded), and counted as a possible move.
+    let fin = Flags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    let rst = Flags {
+        rst: true,
+        ..Default::default()
+    };
+    for (port, flags) in [(40002, ACK), (40003, fin), (40004, rst)] {
+        let (v, _) = d.run(&tcp("192.0.2.1", port, "203.0.113.10", 80, flags));
+        assert_eq!(v, verdict::TX, "{flags:?}");
+    }
+    assert_eq!(d.reason(Reason::ConnMidflowMiss), 3);
+    assert_eq!(misses(&d), Some(3));
+    // Its entry now exists: the next ACK of that connection is a hit, not a miss.
+    d.run(&tcp("192.0.2.1", 40002, "203.0.113.10", 80, ACK));
+    assert_eq!(d.reason(Reason::ConnMidflowMiss), 3);
+    // UDP has no connection opening: never a mid-flow miss. Other services count apart.
+    d.run(&udp("192.0.2.1", 40005, "203.0.113.10", 53, b"q"));
+    d.run(&tcp("2001:db8::1", 40006, "2001:db8:10::10", 80, ACK));
+    assert_eq!(d.reason(Reason::ConnMidflowMiss), 4);
+    assert_eq!(misses(&d), Some(3));
+    // The walk that counts connections also measures the table.
+    d.dp.conn_counts().unwrap();
+    let fill = d.dp.table_fill();
+    assert_eq!((fill.entries, fill.live), (6, 6), "{fill:?}");
+    // -Z zeroes the service's misses; the reason counter stays (as every reason).
+    d.dp.zero_service_counters(&web).unwrap();
+    assert_eq!(misses(&d), None);
+    assert_eq!(d.reason(Reason::ConnMidflowMiss), 4);
+}
+
+#[test]
 fn service_without_usable_server_drops_and_counts() {
     let mut d = Director::new();
     let k = key(Protocol::Tcp, "203.0.113.10:80");

@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    // The flood test's random-source SYN flood.
+    ("hping3", "/usr/sbin/hping3"),
     // The HTTPS health-check test makes its real servers' self-signed certificates.
     ("openssl", "/usr/bin/openssl"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.

@@ -172,7 +172,9 @@ Usage:
 
 Live rates of every service and real server: new connections, packets and bytes per second
 as IPVS estimates them (2-second samples, averaged over about 8 seconds; the same numbers as
-xvsadm -L --rate), with active and inactive connections.
+xvsadm -L --rate), with active and inactive connections; above them, the connection table:
+live entries against its capacity, new entries and mid-flow misses per second (TCP packets of
+connections the table no longer had, which may have moved to another real server).
 
   --watch                             refresh until interrupted (the default)
   --once                              print one frame and exit

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("flock", 1),
     ("scheduler", 2),
     ("estimator", 2),
+    ("pressure", 2),
     ("health", 2),
     ("state", 2),
     ("proto", 3),

@@ -6,7 +6,7 @@
 //! 1. the domain: [`model`] (services, real servers, changes, timeouts), [`check`] (health
 //!    checks as configured), [`stats`], [`names`], [`netns`];
 //! 2. computations and persistence over the domain: [`scheduler`] (tables), [`estimator`]
-//!    (rates), [`health`] (the up/down machine, latency histograms), [`state`] (the saved
+//!    (rates), [`pressure`] (the connection table's fill and losses), [`health`] (the up/down machine, latency histograms), [`state`] (the saved
 //!    configuration), [`config_file`] (the TOML file);
 //! 3. the control protocol between xvsadm and xvsd: [`proto`], and its blocking [`client`];
 //! 4. presentation: [`listing`] (ipvsadm's output), [`help`];
@@ -25,6 +25,7 @@ pub mod listing;
 pub mod model;
 pub mod names;
 pub mod netns;
+pub mod pressure;
 pub mod proto;
 pub mod rules;
 pub mod scheduler;

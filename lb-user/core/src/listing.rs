@@ -552,6 +552,7 @@ mod tests {
             sorry_server: None,
             laddrs: Vec::new(),
             fullnat_refused: 0,
+            midflow_misses: 0,
         }
     }
 
@@ -584,6 +585,7 @@ mod tests {
             ],
             reasons: Default::default(),
             timeouts: Default::default(),
+            table: Default::default(),
         }
     }
 

@@ -169,6 +169,9 @@ pub struct Listing {
     pub reasons: BTreeMap<String, u64>,
     /// Connection timeouts in seconds.
     pub timeouts: Timeouts,
+    /// The connection table's fill (from the walk this listing made) and its rates.
+    #[serde(default)]
+    pub table: crate::pressure::TableStatus,
 }
 
 /// One service with its counters.
@@ -208,6 +211,11 @@ pub struct ServiceStatus {
     /// created (a metric, and xvsd logs each increase).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub fullnat_refused: u64,
+    /// TCP packets that arrived mid-flow for a connection of this service the table did not
+    /// have (each one a connection that may have moved to another real server), since the
+    /// service was placed or its counters zeroed.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub midflow_misses: u64,
 }
 
 /// One real server with its counters.

@@ -5,9 +5,10 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
-use lb_common::{config_flags, DataplaneConfig};
+use lb_common::{config_flags, DataplaneConfig, Reason};
 
 /// CONFIG's flags that follow the kernel's multipath hash policy.
 const MULTIPATH_FLAGS: u8 = config_flags::GUE_ROUTE_PER_FLOW4 | config_flags::GUE_ROUTE_PER_FLOW6;
@@ -21,6 +22,7 @@ use crate::{
     estimator::{Estimator, Subject},
     health::{self, CheckId, Checker, Effective},
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey, Timeouts},
+    pressure::{self, Pressure, TableStatus},
     proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
     state::{DesiredState, StateFile},
 };
@@ -81,6 +83,10 @@ pub struct Controller<D = Dataplane> {
     state: Option<StateFile>,
     /// FULLNAT refusals per service id as last reported (see [`Controller::fullnat_refusals`]).
     refused: HashMap<u32, u64>,
+    /// The connection table's fill and rates (see [`Controller::pressure`]).
+    pressure: Pressure,
+    /// The data plane's walk count when its fill was last taken.
+    walks_seen: u64,
 }
 
 /// New FULLNAT connections of one service refused for want of a local port.
@@ -112,6 +118,8 @@ impl<D: DataplaneOps> Controller<D> {
             rates: Estimator::default(),
             state: None,
             refused: HashMap::new(),
+            pressure: Pressure::default(),
+            walks_seen: 0,
         }
     }
 
@@ -550,6 +558,38 @@ impl<D: DataplaneOps> Controller<D> {
         Ok(out)
     }
 
+    /// One sampling round of the connection table's pressure at `now` (a monotonic clock):
+    /// the rates of new entries and mid-flow misses from the data plane's counters, the fill
+    /// the last connection-table walk found (walks happen for the load-aware schedulers,
+    /// persistence and NAT each second, and for every listing and metrics scrape: none is made
+    /// for this). A warning when the table is under pressure, at most one per
+    /// [`pressure::WARN_INTERVAL`].
+    pub fn pressure(&mut self, now: Duration) -> Result<Option<pressure::Warning>, DataplaneError> {
+        let reasons = self.dataplane.reasons()?;
+        let count = |want: Reason| {
+            reasons
+                .iter()
+                .find(|(r, _)| *r == want)
+                .map_or(0, |(_, n)| *n)
+        };
+        self.pressure
+            .sample(now, count(Reason::ConnNew), count(Reason::ConnMidflowMiss));
+        self.take_fill(now);
+        Ok(self
+            .pressure
+            .check(now, self.dataplane.conn_capacity() as u64))
+    }
+
+    /// The fill of the data plane's last walk, if it is new since the last call (at `now`, close
+    /// enough: the walks run in this task).
+    fn take_fill(&mut self, now: Duration) {
+        let fill = self.dataplane.table_fill();
+        if fill.walks != self.walks_seen {
+            self.walks_seen = fill.walks;
+            self.pressure.walked(now, fill.entries, fill.live);
+        }
+    }
+
     /// Live connections, for `-L -c` (at most `limit`).
     pub fn connections(&self, limit: usize) -> Result<Vec<ConnStatus>, DataplaneError> {
         // Service ids in use; the protocol and VIP shown are the flow's (a group has several).
@@ -653,6 +693,7 @@ impl<D: DataplaneOps> Controller<D> {
     pub fn listing(&mut self) -> Result<Listing, DataplaneError> {
         let counts = self.dataplane.conn_counts()?;
         let refused = self.dataplane.fullnat_exhausted()?;
+        let midflow = self.dataplane.midflow_misses()?;
         let mut services = Vec::new();
         for svc in self.config.services() {
             let mut reals = Vec::new();
@@ -714,6 +755,11 @@ impl<D: DataplaneOps> Controller<D> {
                     .service_id(&svc.key)
                     .and_then(|id| refused.get(&id).copied())
                     .unwrap_or(0),
+                midflow_misses: self
+                    .dataplane
+                    .service_id(&svc.key)
+                    .and_then(|id| midflow.get(&id).copied())
+                    .unwrap_or(0),
             });
         }
         Ok(Listing {
@@ -726,6 +772,16 @@ impl<D: DataplaneOps> Controller<D> {
                 .map(|(r, n)| (r.name().to_string(), n))
                 .collect(),
             timeouts: self.timeouts,
+            // The fill of the walk conn_counts just made (the pressure monitor takes it at its
+            // next sample), with the rates of the last sample.
+            table: {
+                let fill = self.dataplane.table_fill();
+                TableStatus {
+                    entries: fill.entries,
+                    live: fill.live,
+                    ..self.pressure.status()
+                }
+            },
         })
     }
 

@@ -384,8 +384,23 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 }
             }
             _ = estimate_tick.tick() => {
-                if let Err(e) = shared.controller.lock().await.estimate() {
+                let mut c = shared.controller.lock().await;
+                if let Err(e) = c.estimate() {
                     warn!(error = %e, "sampling counters for rate estimates failed");
+                }
+                match c.pressure(shared.started.elapsed()) {
+                    Ok(Some(w)) => warn!(
+                        live = w.live,
+                        entries = w.entries,
+                        capacity = w.capacity,
+                        fill_percent = w.fill_percent,
+                        new_per_s = w.new_per_s,
+                        midflow_miss_per_s = w.midflow_miss_per_s,
+                        fill_age_s = w.fill_age.map(|a| a.as_secs()),
+                        "connection table under pressure: connections may be lost to eviction and moved to another real server (conn_midflow_miss); a larger --conn-table-size, or a flood to look at"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "sampling the connection table's pressure failed"),
                 }
             }
             _ = resolve_tick.tick() => {

@@ -741,6 +741,47 @@ fn fullnat_refusals_are_reported_once_each_with_the_service_and_its_pool() {
 }
 
 #[test]
+fn table_pressure_is_listed_per_service_and_warned_about_once_per_interval() {
+    use std::time::Duration;
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        "-A -t 203.0.113.1:80 -s rr\n-a -t 203.0.113.1:80 -r 10.0.0.2:80 -g\n",
+    ));
+    let id = c.dataplane().service_id(&tcp("203.0.113.1:80")).unwrap();
+    // A quiet start: no warning.
+    assert_eq!(c.pressure(Duration::from_secs(0)).unwrap(), None);
+    // Two seconds later: 8,000 new entries, 40 mid-flow misses, the table 95% live.
+    let d = c.dataplane_mut();
+    d.reasons[Reason::ConnNew as usize] = 8_000;
+    d.reasons[Reason::ConnMidflowMiss as usize] = 40;
+    d.midflow_misses.insert(id, 40);
+    d.table = crate::dataplane::TableFill {
+        entries: 4096,
+        live: 3900,
+        walks: 1,
+    };
+    let w = c
+        .pressure(Duration::from_secs(2))
+        .unwrap()
+        .expect("a warning");
+    assert_eq!(
+        (w.fill_percent, w.new_per_s, w.midflow_miss_per_s),
+        (95, 4_000, 20)
+    );
+    // Still pressed: no second warning within the interval.
+    assert_eq!(c.pressure(Duration::from_secs(4)).unwrap(), None);
+    // In the listing (-L --json, metrics): the table and the service's misses.
+    let l = listing(&mut c);
+    assert_eq!(l.services[0].midflow_misses, 40);
+    assert_eq!((l.table.entries, l.table.live), (4096, 3900));
+    assert_eq!(l.table.midflow_misses, 40);
+    // -Z zeroes the service's misses as its other counters.
+    ok(send(&mut c, Command::Zero { service: None }, None));
+    assert_eq!(listing(&mut c).services[0].midflow_misses, 0);
+}
+
+#[test]
 fn the_first_interface_names_the_director_and_none_is_given_twice() {
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let one = names(&["eth0"]);

@@ -15,7 +15,7 @@ use super::{
     maps::{Maps, MapsError, MemoryMaps, StatsMap},
     ops::DataplaneOps,
     plan::{self, Inputs, Placement},
-    Activity, ConnCounts, ConnInfo, Counters, DataplaneError,
+    Activity, ConnCounts, ConnInfo, Counters, DataplaneError, TableFill,
 };
 use crate::{
     model::{Config, ServiceKey},
@@ -49,6 +49,10 @@ pub struct MemoryDataplane {
     pub params: scheduler::Params,
     /// FULLNAT refusals per service id, as FNAT_EXHAUSTED would sum them.
     pub fullnat_exhausted: HashMap<u32, u64>,
+    /// Mid-flow misses per service id, as MIDFLOW_MISS would sum them.
+    pub midflow_misses: HashMap<u32, u64>,
+    /// The connection table's fill, as a walk would find it.
+    pub table: TableFill,
     activity: Activity,
 }
 
@@ -83,6 +87,8 @@ impl MemoryDataplane {
                 plan_len: 32,
             },
             fullnat_exhausted: HashMap::new(),
+            midflow_misses: HashMap::new(),
+            table: TableFill::default(),
             activity: Activity::default(),
         }
     }
@@ -195,12 +201,18 @@ impl DataplaneOps for MemoryDataplane {
 
     fn zero_counters(&mut self) -> Result<(), DataplaneError> {
         let ops = plan::plan_zero(&self.placement, None);
-        Ok(exec::execute(&mut self.maps, &ops)?)
+        exec::execute(&mut self.maps, &ops)?;
+        self.midflow_misses.clear();
+        Ok(())
     }
 
     fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let ops = plan::plan_zero(&self.placement, Some(key));
-        Ok(exec::execute(&mut self.maps, &ops)?)
+        exec::execute(&mut self.maps, &ops)?;
+        if let Some(id) = self.placement.service_id(key) {
+            self.midflow_misses.remove(&id);
+        }
+        Ok(())
     }
 
     fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
@@ -254,5 +266,13 @@ impl DataplaneOps for MemoryDataplane {
 
     fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
         self.placement.local_addr(service_id, slot)
+    }
+
+    fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        Ok(self.midflow_misses.clone())
+    }
+
+    fn table_fill(&self) -> TableFill {
+        self.table
     }
 }

@@ -40,7 +40,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+        RingBuf,
+    },
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -203,6 +206,17 @@ pub struct ConnCounts {
     pub persistent: u64,
 }
 
+/// The connection table's fill, as a walk found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableFill {
+    /// Entries, expired ones included.
+    pub entries: u64,
+    /// Entries not expired whose backend slot still holds their real server.
+    pub live: u64,
+    /// Walks so far (0: none yet), to tell a new walk's figures from the last one's.
+    pub walks: u64,
+}
+
 /// One live connection-table entry, for `-L -c`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -227,6 +241,9 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, u64>,
     /// New FULLNAT connections refused for want of a port, per CPU per service id.
     fullnat_exhausted: PerCpuArray<MapData, u64>,
+    /// TCP packets that arrived mid-flow for a connection the table did not have, per CPU per
+    /// service id.
+    midflow_miss: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     meta: Array<MapData, Meta>,
     sizes: Sizes,
@@ -238,6 +255,8 @@ pub struct Dataplane {
     params: scheduler::Params,
     /// Connection counts per backend slot from the last scan (load-aware schedulers).
     counts: HashMap<u32, ConnCounts>,
+    /// The connection table's fill as the last scan found it.
+    table: TableFill,
     /// The pin directory (locked) when the data plane is pinned.
     pins: Option<PinDir>,
     /// The XDP links this controller attached and pinned, one per interface (an adopted link
@@ -341,6 +360,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_REASONS))?;
         let fullnat_exhausted = PerCpuArray::try_from(take(names::MAP_FULLNAT_EXHAUSTED)?)
             .map_err(map_err(names::MAP_FULLNAT_EXHAUSTED))?;
+        let midflow_miss = PerCpuArray::try_from(take(names::MAP_MIDFLOW_MISS)?)
+            .map_err(map_err(names::MAP_MIDFLOW_MISS))?;
         let mut config: Array<MapData, DataplaneConfig> =
             Array::try_from(take(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
         if fresh {
@@ -384,6 +405,7 @@ impl Dataplane {
             nat_replies,
             reasons,
             fullnat_exhausted,
+            midflow_miss,
             config,
             meta,
             sizes,
@@ -391,6 +413,7 @@ impl Dataplane {
             attached: false,
             params: scheduler::Params::default(),
             counts: HashMap::new(),
+            table: TableFill::default(),
             pins: None,
             links: Vec::new(),
             activity: Activity::default(),
@@ -532,7 +555,15 @@ impl Dataplane {
             self.counts = self.scan_over(live)?;
         }
         let plan = plan::plan(&self.placement, config, &self.inputs(macs))?;
+        let placed_before: std::collections::HashSet<u32> =
+            self.placement.services.values().map(|p| p.id).collect();
         let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        // A service id new to the tables starts its mid-flow misses at 0 (an id is reused
+        // after its service was removed). Misses counted between the commit and this are lost.
+        let new_ids: Vec<u32> = (self.placement.services.values().map(|p| p.id))
+            .filter(|id| !placed_before.contains(id))
+            .collect();
+        self.zero_midflow(new_ids)?;
         // A large plan's transient memory (its operations, what was read ahead, the replaced
         // placement) is kept by the allocator: glibc keeps freed chunks in the arena of the
         // thread that synced, one arena per thread, each at its own high-water mark (xvsd's
@@ -642,6 +673,41 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// TCP packets that arrived mid-flow for a connection the table did not have, per placed
+    /// service id (services with none left out).
+    pub fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        let mut out = HashMap::new();
+        for id in self.placement.services.values().map(|p| p.id) {
+            let v = self
+                .midflow_miss
+                .get(&id, 0)
+                .map_err(map_err(names::MAP_MIDFLOW_MISS))?;
+            let n: u64 = v.iter().sum();
+            if n > 0 {
+                out.insert(id, n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Zeroes the mid-flow miss counters of these service ids (new ids, or `-Z`).
+    fn zero_midflow(&mut self, ids: impl IntoIterator<Item = u32>) -> Result<(), DataplaneError> {
+        for id in ids {
+            let zero = PerCpuValues::try_from(vec![0u64; self.maps.cpus]).map_err(|e| {
+                map_err(names::MAP_MIDFLOW_MISS)(MapError::SyscallError(syscall_err(e)))
+            })?;
+            self.midflow_miss
+                .set(id, zero, 0)
+                .map_err(map_err(names::MAP_MIDFLOW_MISS))?;
+        }
+        Ok(())
+    }
+
+    /// The connection table's fill as the last walk found it.
+    pub fn table_fill(&self) -> TableFill {
+        self.table
+    }
+
     /// Live (unexpired) connections and persistence templates per backend slot, split as
     /// IPVS's ActiveConn / InActConn / PersistConn. Walks both tables in batches: O(entries).
     /// Also keeps alive the templates that still control a live connection, as IPVS does (a
@@ -673,13 +739,17 @@ impl Dataplane {
         };
         let mut dense = vec![ConnCounts::default(); MAX_BACKENDS as usize];
         let mut in_use: HashMap<PersistKey, u64> = HashMap::new();
+        // The table's fill comes with the walk: no walk of its own.
+        let mut fill = TableFill::default();
         batch::for_each(&self.conns, |k, e| {
+            fill.entries += 1;
             let state = ConnState::from_u8(e.state);
             if now.saturating_sub(e.last_seen_ns) > timeout_of(&cfg, state)
                 || !live(e.backend, e.generation)
             {
                 return;
             }
+            fill.live += 1;
             if nat.get(e.backend as usize) == Some(&true) {
                 live_conns.insert(*k, (e.backend, e.lport_be));
             }
@@ -701,6 +771,8 @@ impl Dataplane {
             }
         })
         .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
+        fill.walks = self.table.walks + 1;
+        self.table = fill;
         let mut refresh = Vec::new();
         batch::for_each(&self.persist, |k, t| {
             let Some(Some((_, timeout))) = persistent.get(k.service as usize).copied() else {
@@ -904,13 +976,17 @@ impl Dataplane {
     /// Zeroes the counters of every service and backend in use (`-Z`).
     pub fn zero_counters(&mut self) -> Result<(), DataplaneError> {
         let ops = plan::plan_zero(&self.placement, None);
-        Ok(exec::execute(&mut self.maps, &ops)?)
+        exec::execute(&mut self.maps, &ops)?;
+        let ids: Vec<u32> = self.placement.services.values().map(|p| p.id).collect();
+        self.zero_midflow(ids)
     }
 
     /// Zeroes the counters of one service and of its backends (`-Z -t VIP:port`).
     pub fn zero_service_counters(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let ops = plan::plan_zero(&self.placement, Some(key));
-        Ok(exec::execute(&mut self.maps, &ops)?)
+        exec::execute(&mut self.maps, &ops)?;
+        let id = self.service_id(key);
+        self.zero_midflow(id)
     }
 
     /// Whether the program is attached to an interface.

@@ -9,7 +9,7 @@ use std::{
 
 use lb_common::{DataplaneConfig, PersistEntry, PersistKey, Reason};
 
-use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError};
+use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError, TableFill};
 use crate::model::{Config, ServiceKey};
 
 /// The data plane as the controller drives it: configuration syncs, CONFIG, counters and the
@@ -71,6 +71,11 @@ pub trait DataplaneOps {
     fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError>;
     /// The local address in slot `slot` of service `service_id` (FULLNAT), as placed.
     fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr>;
+    /// TCP packets that arrived mid-flow for a connection the table did not have, per service
+    /// id (services with none left out).
+    fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError>;
+    /// The connection table's fill as the last walk (`conn_counts`, a recomputation) found it.
+    fn table_fill(&self) -> TableFill;
 }
 
 impl DataplaneOps for Dataplane {
@@ -148,5 +153,11 @@ impl DataplaneOps for Dataplane {
     }
     fn local_addr(&self, service_id: u32, slot: u8) -> Option<IpAddr> {
         Dataplane::local_addr(self, service_id, slot)
+    }
+    fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
+        Dataplane::midflow_misses(self)
+    }
+    fn table_fill(&self) -> TableFill {
+        Dataplane::table_fill(self)
     }
 }

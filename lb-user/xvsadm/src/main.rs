@@ -247,7 +247,8 @@ fn stats(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
     let period = args.period().map_err(CliError)?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
-        let rows = watch::frame(&list(&args.socket)?);
+        let listing = list(&args.socket)?;
+        let rows = watch::frame(&listing);
         if args.json {
             println!("{}", serde_json::to_string(&rows)?);
         } else {
@@ -255,7 +256,10 @@ fn stats(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
             if tty && !args.once {
                 print!("\x1b[H\x1b[2J");
             }
-            print!("{}", watch::render(&rows, period));
+            print!(
+                "{}",
+                watch::render(&rows, &watch::table_line(&listing), period)
+            );
             if !tty && !args.once {
                 println!();
             }

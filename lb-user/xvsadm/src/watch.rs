@@ -157,6 +157,23 @@ pub fn frame(listing: &Listing) -> Vec<ServiceRows> {
         .collect()
 }
 
+/// The connection table's line of a frame: live entries against the capacity, all entries,
+/// new entries and mid-flow misses per second (the pressure xvsd warns about).
+pub fn table_line(listing: &Listing) -> String {
+    let t = &listing.table;
+    let capacity = listing.conn_table_size as u64;
+    format!(
+        "Connection table: {} live of {} ({}%), {} entries; {} new/s; {} mid-flow misses/s ({} in all)",
+        t.live,
+        capacity,
+        lb_core::pressure::fill_percent(t.live, capacity),
+        t.entries,
+        human(t.new_per_s),
+        human(t.midflow_miss_per_s),
+        t.midflow_misses
+    )
+}
+
 /// A rate for people: 1234 -> `1234`, 12345 -> `12.3K`, 12345678 -> `12.3M` (powers of 1000).
 pub fn human(v: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -181,8 +198,9 @@ pub fn human(v: u64) -> String {
     v.to_string()
 }
 
-/// One frame as a table: a header, then per service a line and one line per real server.
-pub fn render(rows: &[ServiceRows], period: Duration) -> String {
+/// One frame as a table: a header, the connection table's line ([`table_line`]), then per
+/// service a line and one line per real server.
+pub fn render(rows: &[ServiceRows], table: &str, period: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -190,6 +208,7 @@ pub fn render(rows: &[ServiceRows], period: Duration) -> String {
         rows.len(),
         period.as_secs_f64()
     );
+    let _ = writeln!(out, "{table}");
     let _ = writeln!(
         out,
         "{:<40} {:>8} {:>8} {:>9} {:>10} {:>10} Health",
@@ -290,20 +309,32 @@ mod tests {
                 sorry_server: None,
                 laddrs: Vec::new(),
                 fullnat_refused: 0,
+                midflow_misses: 0,
             }],
+            table: lb_core::pressure::TableStatus {
+                entries: 4000,
+                live: 3900,
+                new_per_s: 12_000,
+                midflow_miss_per_s: 12,
+                midflow_misses: 9,
+            },
             ..Default::default()
         };
         let rows = frame(&l);
         assert_eq!(rows[0].service.active, 5);
         assert_eq!(rows[0].reals[0].name, "198.51.100.11:80");
-        let text = render(&rows, Duration::from_secs(2));
+        let text = render(&rows, &table_line(&l), Duration::from_secs(2));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            lines[3],
-            "TCP  203.0.113.10:80 wrr                       30      180     18.0K          5          2"
+            lines[1],
+            "Connection table: 3900 live of 4096 (95%), 4000 entries; 12.0K new/s; 12 mid-flow misses/s (9 in all)"
         );
         assert_eq!(
             lines[4],
+            "TCP  203.0.113.10:80 wrr                       30      180     18.0K          5          2"
+        );
+        assert_eq!(
+            lines[5],
             "  -> 198.51.100.11:80                          10       60      6000          2          1 -"
         );
         let json = serde_json::to_string(&rows).unwrap();

@@ -191,6 +191,12 @@ pub fn record(
         count(Reason::ConnInsertFailed);
     }
     count(Reason::ConnNew);
+    // Not a connection's first packet, yet no live entry: the table lost it (evicted under
+    // pressure, or expired), and it may now go to another real server. Counted here, off the
+    // established path.
+    if p.proto == PROTO_TCP && p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) != tcp_flag::SYN {
+        maps::count_midflow_miss(service);
+    }
 }
 
 #[inline(always)]

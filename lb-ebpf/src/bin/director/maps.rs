@@ -72,6 +72,10 @@ static FNAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICE
 /// service and its pool when it grows).
 #[map]
 static FNAT_EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+/// TCP packets that arrived mid-flow for a connection the table did not have, per CPU per
+/// service (Reason::ConnMidflowMiss, per service). Written only on the new-flow path.
+#[map]
+static MIDFLOW_MISS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 /// New FULLNAT connections reported to xvsd's audit log (`--audit-fullnat`).
 #[map]
 static FNAT_AUDIT: RingBuf = RingBuf::with_byte_size(FULLNAT_AUDIT_BYTES, 0);
@@ -300,6 +304,16 @@ pub fn fullnat_cursor(service: u32) -> Option<&'static mut u32> {
 #[inline(always)]
 pub fn count_fullnat_exhausted(service: u32) {
     if let Some(c) = FNAT_EXHAUSTED.get_ptr_mut(service) {
+        // SAFETY: this CPU's slot, as in `count`.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts a mid-flow TCP packet of `service` that found no live connection entry.
+#[inline(always)]
+pub fn count_midflow_miss(service: u32) {
+    count(Reason::ConnMidflowMiss);
+    if let Some(c) = MIDFLOW_MISS.get_ptr_mut(service) {
         // SAFETY: this CPU's slot, as in `count`.
         unsafe { *c += 1 };
     }
