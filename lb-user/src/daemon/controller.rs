@@ -516,9 +516,15 @@ impl<D: DataplaneOps> Controller<D> {
         Ok(())
     }
 
-    /// Recomputes the load-aware schedulers' tables from fresh connection counts.
+    /// The sweep's step and the load-aware tables' refresh (each recomputation period).
     pub fn recompute(&mut self) -> Result<usize, DataplaneError> {
         self.dataplane.recompute(&self.applied.config, &self.macs)
+    }
+
+    /// Refreshes the load-aware tables from the live counts (each plan period).
+    pub fn refresh_plans(&mut self) -> Result<usize, DataplaneError> {
+        self.dataplane
+            .refresh_plans(&self.applied.config, &self.macs)
     }
 
     /// The FULLNAT services that refused new connections for want of a local port since the

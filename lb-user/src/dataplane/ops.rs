@@ -35,6 +35,12 @@ pub trait DataplaneOps {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError>;
+    /// Recomputes the load-aware tables from the live counts only (no sweep step).
+    fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError>;
     /// A service's id in the maps.
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     /// A real server's backend slot.
@@ -99,6 +105,13 @@ impl DataplaneOps for Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
         Dataplane::recompute(self, config, macs)
+    }
+    fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::refresh_plans(self, config, macs)
     }
     fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         Dataplane::service_id(self, key)
