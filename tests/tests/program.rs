@@ -983,3 +983,116 @@ fn a_match_handed_between_groups_in_one_transaction_stays_published() {
         RS2_MAC
     );
 }
+
+/// (ActiveConn, InActConn) summed over slots, from the live counts; the full walk must agree.
+fn live_and_walked(d: &mut Director) -> (u64, u64) {
+    let sum = |m: std::collections::HashMap<u32, lb_user::dataplane::ConnCounts>| {
+        m.values()
+            .fold((0, 0), |(a, i), c| (a + c.active, i + c.inactive))
+    };
+    let live = sum(d.dp.conn_counts().unwrap());
+    let walked = sum(d.dp.full_walk().unwrap());
+    assert_eq!(live, walked, "live counts against a full walk");
+    live
+}
+
+#[test]
+fn live_counts_follow_new_established_fin_rst_and_expired_entries() {
+    xvs_tests::progtest::pin_to_cpu0();
+    let mut d = director();
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    let slot =
+        d.dp.backend_id(&k, "198.51.100.11:80".parse().unwrap())
+            .unwrap();
+    let pkt = |port: u16, flags: Flags| tcp("192.0.2.7", port, "203.0.113.10", 80, flags);
+    let fin = Flags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    let rst = Flags {
+        rst: true,
+        ..Default::default()
+    };
+    // Three new connections: half-open, InActConn.
+    for port in [1001, 1002, 1003] {
+        assert_eq!(d.run(&pkt(port, SYN)).0, verdict::TX);
+    }
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    // Two established: moved to ActiveConn.
+    d.run(&pkt(1001, ACK));
+    d.run(&pkt(1002, ACK));
+    assert_eq!(live_and_walked(&mut d), (2, 1));
+    // Established hits write no counter.
+    let before = d.dp.conn_counters_per_cpu(slot).unwrap();
+    for _ in 0..100 {
+        d.run(&pkt(1001, ACK));
+        d.run(&pkt(1002, ACK));
+    }
+    assert_eq!(d.dp.conn_counters_per_cpu(slot).unwrap(), before);
+    // A FIN and a RST: back to InActConn.
+    d.run(&pkt(1001, fin));
+    assert_eq!(live_and_walked(&mut d), (1, 2));
+    d.run(&pkt(1002, rst));
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    // A new SYN on the closing entry: the old connection is removed, a new one counted.
+    let rescheduled = d.reason(Reason::ConnRescheduled);
+    d.run(&pkt(1001, SYN));
+    assert_eq!(d.reason(Reason::ConnRescheduled), rescheduled + 1);
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    d.run(&pkt(1001, ACK));
+    assert_eq!(live_and_walked(&mut d), (1, 2));
+    // CLOSE entries expire at once: the reset one (1002) is dead, but no packet says so. The
+    // full walk no longer counts it; the sweep removes it and takes it off the live counts.
+    d.dp.set_config(DataplaneConfig {
+        tcp_close_timeout_ns: 0,
+        ..Default::default()
+    })
+    .unwrap();
+    xvs_tests::poll(std::time::Duration::from_secs(1), "a clock tick", || {
+        let walked: u64 = d.dp.full_walk().unwrap().values().map(|c| c.inactive).sum();
+        (walked == 1).then_some(())
+    })
+    .unwrap();
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (1, 1));
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.7", 1002, "203.0.113.10", 80))
+        .is_none());
+    // A packet that finds its entry expired removes it (subtracted once) and starts afresh.
+    d.run(&pkt(1003, rst));
+    assert_eq!(
+        live_and_walked(&mut d),
+        (1, 1),
+        "1003 is CLOSE, counted until it expires"
+    );
+    xvs_tests::poll(std::time::Duration::from_secs(1), "a clock tick", || {
+        let walked: u64 = d.dp.full_walk().unwrap().values().map(|c| c.inactive).sum();
+        (walked == 0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(d.run(&pkt(1003, SYN)).0, verdict::TX);
+    assert_eq!(
+        live_and_walked(&mut d),
+        (1, 1),
+        "dead CLOSE replaced by a new SYN_RECV"
+    );
+    // The sweep finds nothing more to take off: the counts stay exact.
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (1, 1));
+    // A removed real server's slot is written off; its successor starts from zero.
+    d.apply(&[Change::DeleteReal {
+        service: k,
+        addr: "198.51.100.11:80".parse().unwrap(),
+    }]);
+    d.apply(&[Change::AddReal {
+        service: k,
+        real: RealServer::dr("198.51.100.12:80".parse().unwrap(), 1),
+    }]);
+    assert_eq!(live_and_walked(&mut d), (0, 0));
+    assert_eq!(d.run(&pkt(1004, SYN)).0, verdict::TX);
+    assert_eq!(live_and_walked(&mut d), (0, 1));
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (0, 1));
+}

@@ -1227,6 +1227,15 @@ impl Dataplane {
         self.params = params;
     }
 
+    /// Each CPU's CONN_COUNTS value of a backend slot (tests: which packets wrote it).
+    pub fn conn_counters_per_cpu(&self, slot: u32) -> Result<Vec<ConnCounters>, DataplaneError> {
+        let v = self
+            .conn_counters
+            .get(&slot, 0)
+            .map_err(map_err(names::MAP_CONN_COUNTS))?;
+        Ok(v.iter().copied().collect())
+    }
+
     /// Raw connection-table entries (tests).
     pub fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
         self.conns.get(key, 0).ok()

@@ -12,9 +12,11 @@
 //!   counts in CONN_ADJUST (xvsd's own pinned ledger: the data plane never writes it, so a
 //!   restarted xvsd goes on from it; the per-CPU counters cannot take a subtraction from user
 //!   space without racing the CPUs that add to them). A full cycle over a table of C entries
-//!   takes `C / SWEEP_RATE` seconds (4M entries: 16 s; the 1M default: 4 s; a table smaller than
-//!   the rate: 1 s): an entry that expires without traffic stays counted up to one cycle after
-//!   its timeout. Entries that a packet finds dead are subtracted by the data plane at once.
+//!   takes `C / SWEEP_RATE` seconds (4M entries: 42 s; the 1M default: 11 s; a table smaller
+//!   than the rate: 1 s): an entry that expires without traffic stays counted up to one cycle
+//!   after its timeout (on average half a cycle), which over-counts InActConn by about the
+//!   silent expiries of that time. Entries that a packet finds dead are subtracted by the data
+//!   plane at once.
 //! - **Races.** Whoever removes an entry (the data plane finding it dead, or the sweep) is told
 //!   so by the kernel, and only that one subtracts it: nothing is subtracted twice. A packet can
 //!   revive an expired entry between the sweep's read and its delete (the data plane removes the
@@ -44,9 +46,11 @@ use lb_common::{
 
 use super::{plan::MapOp, timeout_of};
 
-/// Connection-table entries the sweep reads per second: about 30 ms of one core at 4M entries
-/// (BENCHMARKS.md), and a cycle of capacity / rate seconds.
-pub const SWEEP_RATE: u64 = 1 << 18;
+/// Connection-table entries the sweep reads per second, and so a cycle of capacity / rate
+/// seconds. Reading costs about 400 ns an entry on a full 4M-entry table, nearly all of it the
+/// kernel's bucket walk (BPF_MAP_LOOKUP_BATCH touching every bucket and entry: cache misses):
+/// about 40 ms of a core each second (BENCHMARKS.md), where the whole walk cost 1.3 s.
+pub const SWEEP_RATE: u64 = 100_000;
 
 /// Entries one batch read returns (and so the most a revival race can span).
 pub const SWEEP_BATCH: u32 = 4096;
@@ -340,8 +344,8 @@ mod tests {
             SWEEP_BATCH as usize
         );
         assert_eq!(budget(Duration::from_secs(3600), 1 << 20), 1 << 20);
-        assert_eq!(cycle_secs(4 << 20), 16);
-        assert_eq!(cycle_secs(1 << 20), 4);
+        assert_eq!(cycle_secs(4 << 20), 42);
+        assert_eq!(cycle_secs(1 << 20), 11);
         assert_eq!(cycle_secs(1 << 10), 1);
     }
 
