@@ -570,6 +570,8 @@ fn metrics_endpoint_serves_every_reason_and_the_counters_xvsadm_shows() {
         "xvs_controller_sync_last_seconds",
         "xvs_controller_recomputations_total",
         "xvs_controller_recomputation_last_seconds",
+        "xvs_controller_sweep_cycles_total",
+        "xvs_controller_swept_total",
         "xvs_uptime_seconds",
         "xvs_dataplane_adopted",
         "xvs_conn_table_capacity",

@@ -869,10 +869,19 @@ impl Dataplane {
     }
 
     /// Live connection counts per backend slot in use: what the data plane counted plus
-    /// xvsd's adjustments (O(slots), no table walk), and the templates the last sweep cycle
-    /// counted.
+    /// xvsd's adjustments (O(slots), no connection-table walk), and the live persistence
+    /// templates (a walk of PERSIST, when a service is persistent; the sweep keeps the
+    /// templates of live connections alive).
     pub fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
-        self.live_counts_of(&self.placement)
+        let mut counts = self.live_counts_of(&self.placement)?;
+        let live = Live::of(&self.placement);
+        let (persistent, _) = self.templates_pass(&live, &HashMap::new(), monotonic_ns())?;
+        for (slot, n) in persistent {
+            if live.generations.get(slot as usize).is_some_and(|&g| g != 0) {
+                counts.entry(slot).or_default().persistent = n;
+            }
+        }
+        Ok(counts)
     }
 
     /// The sweep's period step and the load-aware tables' refresh (every recomputation period):
@@ -985,11 +994,10 @@ impl Dataplane {
         let mut out = HashMap::new();
         for slot in slots.into_keys() {
             let (active, inactive) = ledger[slot as usize].clamped();
-            let persistent = self.sweep.persistent.get(&slot).copied().unwrap_or(0);
             let c = ConnCounts {
                 active,
                 inactive,
-                persistent,
+                persistent: 0,
             };
             if c != ConnCounts::default() {
                 out.insert(slot, c);
@@ -1048,7 +1056,7 @@ impl Dataplane {
             for i in 0..got {
                 match sweep::judge(&values[i], now, &cfg, &live.generations) {
                     sweep::Judged::Live { class, .. } => {
-                        cycle.live(&keys[i], &values[i], class, &view)
+                        cycle.live(&keys[i], &values[i], class, &view);
                     }
                     sweep::Judged::Expired { slot, class } => {
                         doomed.push(keys[i]);
@@ -1125,8 +1133,7 @@ impl Dataplane {
             tracing::debug!(slots = fixes.len(), "sweep: connection counts re-baselined");
         }
         let now = monotonic_ns();
-        let (persistent, refresh) = self.templates_pass(live, &cycle.in_use, now)?;
-        self.sweep.persistent = persistent;
+        let (_, refresh) = self.templates_pass(live, &cycle.in_use, now)?;
         self.refresh_templates(refresh)?;
         let mut replies: Vec<(FlowKey, NatReply)> = Vec::new();
         batch::for_each(&self.nat_replies, |k, r| replies.push((*k, *r)))
@@ -1270,8 +1277,6 @@ struct SweepState {
     cycle_started: Option<Instant>,
     /// When the last step ran.
     last_step: Option<Instant>,
-    /// Live templates per slot, as the last cycle counted them.
-    persistent: HashMap<u32, u64>,
 }
 
 /// How often xvsd refreshes the load-aware tables from the live counts between two

@@ -64,7 +64,7 @@ static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
 static NAT_JOB: PerCpuArray<NatJob> = PerCpuArray::with_max_entries(1, 0);
 /// A NAT reply's way back to its connection: room for one per connection (sized as CONNS), but
 /// not preallocated, so only NAT connections take memory; xvsd removes the entries whose
-/// connection is gone (each second, with its walk of CONNS).
+/// connection is gone (at the end of each cycle of its sweep of CONNS).
 #[map]
 static NAT_REPLIES: HashMap<FlowKey, NatReply> =
     HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, BPF_F_NO_PREALLOC);
