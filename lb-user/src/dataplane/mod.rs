@@ -187,7 +187,7 @@ pub struct Activity {
     pub last_sync: Duration,
     /// Recomputations of the load-aware tables from connection counts.
     pub recomputations: u64,
-    /// How long the last one took (connection-table walk included).
+    /// How long the last recomputation period's work took (its sweep slice included).
     pub last_recomputation: Duration,
     /// Tables the recomputations published.
     pub tables_published: u64,

@@ -80,11 +80,11 @@ fn main() -> Result<()> {
     let mut dp = paths::director(&scale)?;
     paths::prefill(&mut dp, &scale)?;
     let mut results = paths::director_paths(&mut dp, &scale)?;
-    // The controller's periodic work: walking the filled connection table (counts, templates)
-    // and recomputing load-aware tables, as xvsd does each second.
+    // What the controller did each second before live counts: walking the whole filled
+    // connection table (counts, templates). The live counts' own rows come below.
     let scan_ms = control::time_ms(|| {
         let n = dp
-            .conn_counts()?
+            .full_walk()?
             .values()
             .map(|c| c.active + c.inactive)
             .sum::<u64>();
@@ -203,7 +203,7 @@ fn main() -> Result<()> {
     let daemon = Daemon::start(&bin_dir)?;
     let mut control_rows = vec![(
         format!(
-            "connection-table walk for counts (each recomputation, every {} s; {} entries filled)",
+            "connection-table walk for counts (what xvsd did every {} s before live counts; {} entries filled)",
             lb_user::daemon::RECOMPUTE_PERIOD.as_secs(),
             scale.prefill
         ),
