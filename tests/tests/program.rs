@@ -1096,3 +1096,49 @@ fn live_counts_follow_new_established_fin_rst_and_expired_entries() {
     d.dp.sweep_step(usize::MAX).unwrap();
     assert_eq!(live_and_walked(&mut d), (0, 1));
 }
+
+#[test]
+fn entries_expiring_silently_leave_the_counts_within_a_step_of_their_timeout() {
+    xvs_tests::progtest::pin_to_cpu0();
+    let mut d = director();
+    let pkt = |port: u16, flags: Flags| tcp("192.0.2.8", port, "203.0.113.10", 80, flags);
+    let fin = Flags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    // FIN_WAIT lives 2 s without traffic here.
+    d.dp.set_config(DataplaneConfig {
+        tcp_fin_timeout_ns: 2_000_000_000,
+        ..Default::default()
+    })
+    .unwrap();
+    for port in [2001, 2002] {
+        d.run(&pkt(port, SYN));
+        d.run(&pkt(port, ACK));
+        d.run(&pkt(port, fin));
+    }
+    assert_eq!(live_and_walked(&mut d), (0, 2));
+    // The sweep sees both live, due to expire before its next visit: it watches them.
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (0, 2));
+    // 2002 gets a packet a second later: it lives on.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    d.run(&pkt(2002, ACK));
+    // Past 2001's timeout, the full walk no longer counts it; the calendar removes it.
+    xvs_tests::poll(std::time::Duration::from_secs(3), "2001's timeout", || {
+        let walked: u64 = d.dp.full_walk().unwrap().values().map(|c| c.inactive).sum();
+        (walked == 1).then_some(())
+    })
+    .unwrap();
+    d.dp.sweep_due().unwrap();
+    assert_eq!(live_and_walked(&mut d), (0, 1));
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.8", 2001, "203.0.113.10", 80))
+        .is_none());
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.8", 2002, "203.0.113.10", 80))
+        .is_some());
+}

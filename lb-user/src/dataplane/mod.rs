@@ -1025,6 +1025,11 @@ impl Dataplane {
     /// step stopped, removes the expired ones after each batch read (subtracting those this
     /// step removed), and at the end of the table closes the cycle.
     pub fn sweep_step(&mut self, budget: usize) -> Result<(), DataplaneError> {
+        // Until the first sync takes an adopted data plane over, the placement names no slot:
+        // every entry would look orphaned.
+        if self.placement.adoption_pending() {
+            return Ok(());
+        }
         let live = Live::of(&self.placement);
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
         if self.sweep.cycle.is_none() {
@@ -1037,6 +1042,10 @@ impl Dataplane {
             persistent: &live.persistent,
             nat: &live.nat,
         };
+        self.sweep_due()?;
+        // The sweep's next visit to what it reads now (a cycle, and a step to spare).
+        let horizon = monotonic_ns()
+            .saturating_add((sweep::cycle_secs(self.sizes.conns) + 1) * 1_000_000_000);
         let n = sweep::SWEEP_BATCH as usize;
         let mut keys = vec![FlowKey::default(); n];
         let mut values = vec![ConnEntry::default(); n];
@@ -1057,6 +1066,9 @@ impl Dataplane {
                 match sweep::judge(&values[i], now, &cfg, &live.generations) {
                     sweep::Judged::Live { class, .. } => {
                         cycle.live(&keys[i], &values[i], class, &view);
+                        if let Some(at) = sweep::expires_before(&values[i], &cfg, horizon) {
+                            self.sweep.calendar.watch(keys[i], values[i], at);
+                        }
                     }
                     sweep::Judged::Expired { slot, class } => {
                         doomed.push(keys[i]);
@@ -1093,6 +1105,47 @@ impl Dataplane {
             self.end_cycle(&live, &cfg)?;
         }
         Ok(())
+    }
+
+    /// Removes the watched entries that are due and did expire (see [`sweep::Calendar`]),
+    /// taking those this call removed off the counts; one lookup per due entry.
+    pub fn sweep_due(&mut self) -> Result<(), DataplaneError> {
+        if self.placement.adoption_pending() {
+            return Ok(());
+        }
+        let now = monotonic_ns();
+        let due = self.sweep.calendar.take_due(now);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
+        let live = Live::of(&self.placement);
+        let mut doomed = Vec::new();
+        let mut counted = Vec::new();
+        for (key, seen) in due {
+            let Ok(e) = self.conns.get(&key, 0) else {
+                continue;
+            };
+            if sweep::still_expired(&seen, &e, now, &cfg, &live.generations) {
+                doomed.push(key);
+                counted.push((e.backend, lb_common::ConnClass::of_state(e.state)));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let deleted = batch::delete_keys(&self.conns, &doomed)
+            .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
+        let mut fixes: HashMap<u32, ConnCounters> = HashMap::new();
+        for (gone, (slot, class)) in deleted.into_iter().zip(counted) {
+            // Removed after the cycle's visit (or before it): traffic to the cycle's
+            // re-baselining, like a removal by the data plane.
+            if gone {
+                fixes.entry(slot).or_default().add(class, u64::MAX);
+                self.activity.swept += 1;
+            }
+        }
+        self.add_adjust(&fixes)
     }
 
     /// Adds `fixes` to the slots' CONN_ADJUST (xvsd is its only writer).
@@ -1277,6 +1330,8 @@ struct SweepState {
     cycle_started: Option<Instant>,
     /// When the last step ran.
     last_step: Option<Instant>,
+    /// Live entries due to expire before the sweep comes back to them.
+    calendar: sweep::Calendar,
 }
 
 /// How often xvsd refreshes the load-aware tables from the live counts between two

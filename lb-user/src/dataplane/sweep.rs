@@ -13,9 +13,14 @@
 //!   restarted xvsd goes on from it; the per-CPU counters cannot take a subtraction from user
 //!   space without racing the CPUs that add to them). A full cycle over a table of C entries
 //!   takes `C / SWEEP_RATE` seconds (4M entries: 42 s; the 1M default: 11 s; a table smaller
-//!   than the rate: 1 s): an entry that expires without traffic stays counted up to one cycle
-//!   after its timeout (on average half a cycle), which over-counts InActConn by about the
-//!   silent expiries of that time. Entries that a packet finds dead are subtracted by the data
+//!   than the rate: 1 s). A live entry the sweep reads that will expire before its next visit
+//!   if no packet comes (a FIN_WAIT entry, 120 s, at most 120 s before it expires, an idle
+//!   established one near its 900 s) goes into the expiry [`Calendar`]: when it is due, xvsd
+//!   reads it again (one lookup) and removes it if no packet touched it, so it leaves the counts
+//!   within a step (1 s) of its timeout; the cost follows the rate of silent expiries, not the
+//!   table's size. What expires before the sweep ever saw it live (an entry made and left within
+//!   less than a cycle of its timeout: CLOSE after a RST, 10 s) stays counted until the sweep
+//!   reaches it: at most one cycle. Entries that a packet finds dead are subtracted by the data
 //!   plane at once.
 //! - **Races.** Whoever removes an entry (the data plane finding it dead, or the sweep) is told
 //!   so by the kernel, and only that one subtracts it: nothing is subtracted twice. A packet can
@@ -24,7 +29,8 @@
 //!   entry. The window is one batch's read and judgement (4096 entries, about a millisecond),
 //!   and it takes a client reusing the tuple of an expired connection in that millisecond; the
 //!   connection's next packet is then scheduled like a SYN (as after any lost entry), and the
-//!   counts are off by one until the cycle's re-baselining.
+//!   counts are off by one until the cycle's re-baselining. The calendar's read-again and delete
+//!   have the same window (a few microseconds per due entry, one batch delete per step).
 //! - **Drift.** An LRU eviction (or such a race) leaves a count that no entry stands for. At
 //!   the end of each cycle the counts are compared, slot by slot and class by class, with what
 //!   the cycle saw ([`drift`]), and a difference beyond what the traffic during the cycle can
@@ -38,7 +44,10 @@
 //!   are counted per real server (PersistConn) — a service whose persistence timeout is shorter
 //!   than a cycle can lose a template while its connections live.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use lb_common::{
     mask_addr, ConnClass, ConnCounters, ConnEntry, ConnState, DataplaneConfig, FlowKey, PersistKey,
@@ -257,6 +266,85 @@ impl Cycle {
     }
 }
 
+/// Most entries the expiry calendar watches (about 64 bytes each): beyond, an entry that expires
+/// silently waits for the sweep's next visit.
+pub const CALENDAR_MAX: usize = 1 << 20;
+
+/// When live entry `e` expires if no packet comes, if that is before `horizon` (the sweep's next
+/// visit): the expiry calendar watches it then.
+pub fn expires_before(e: &ConnEntry, cfg: &DataplaneConfig, horizon: u64) -> Option<u64> {
+    let at = e
+        .last_seen_ns
+        .saturating_add(timeout_of(cfg, ConnState::from_u8(e.state)))
+        .saturating_add(1);
+    (at < horizon).then_some(at)
+}
+
+/// Whether a watched entry, read again as `now_read`, is the entry the sweep saw and is expired
+/// now: no packet touched it since (same clock and state), same real server, past its timeout.
+/// Anything else (a packet came, the flow was rescheduled) is left to the data plane and the
+/// sweep's next visit.
+pub fn still_expired(
+    seen: &ConnEntry,
+    now_read: &ConnEntry,
+    now: u64,
+    cfg: &DataplaneConfig,
+    generations: &[u32],
+) -> bool {
+    now_read.last_seen_ns == seen.last_seen_ns
+        && now_read.state == seen.state
+        && now_read.backend == seen.backend
+        && now_read.generation == seen.generation
+        && matches!(
+            judge(now_read, now, cfg, generations),
+            Judged::Expired { .. }
+        )
+}
+
+/// The expiry calendar: live entries the sweep saw that will expire, if no packet comes, before
+/// the sweep comes back to them, by expiry time. Each step xvsd reads the due ones again (one
+/// lookup each: the cost follows the rate of silent expiries, not the table's size) and removes
+/// those that did expire, so their counts drop within a step of their timeout rather than up to
+/// a cycle later.
+#[derive(Debug, Default)]
+pub struct Calendar {
+    due: BTreeMap<u64, Vec<(FlowKey, ConnEntry)>>,
+    len: usize,
+}
+
+impl Calendar {
+    /// Watches `key` (as `entry` was read) until `at`; false when full.
+    pub fn watch(&mut self, key: FlowKey, entry: ConnEntry, at: u64) -> bool {
+        if self.len >= CALENDAR_MAX {
+            return false;
+        }
+        self.due.entry(at).or_default().push((key, entry));
+        self.len += 1;
+        true
+    }
+
+    /// Takes the entries due at `now`.
+    pub fn take_due(&mut self, now: u64) -> Vec<(FlowKey, ConnEntry)> {
+        let later = self.due.split_off(&now.saturating_add(1));
+        let due: Vec<_> = std::mem::replace(&mut self.due, later)
+            .into_values()
+            .flatten()
+            .collect();
+        self.len -= due.len();
+        due
+    }
+
+    /// Entries watched.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The backend slots a plan hands to a real server under a new generation: their counts (what
 /// the slot's previous real server left) are written off once the plan is applied.
 pub fn handed_over(ops: &[MapOp]) -> Vec<u32> {
@@ -456,6 +544,42 @@ mod tests {
                 "cycle {cycle}: off by {after} of {truth} (was {before})"
             );
         }
+    }
+
+    #[test]
+    fn the_calendar_watches_entries_expiring_before_the_next_visit() {
+        let c = cfg();
+        let now = 10 * c.tcp_timeout_ns;
+        let fin = entry(1, 7, ConnState::FinWait, now);
+        let horizon = now + 60_000_000_000;
+        // FIN_WAIT (120 s) expires after a 60 s horizon: not watched; with 200 s it is.
+        assert_eq!(expires_before(&fin, &c, horizon), None);
+        let at = now + c.tcp_fin_timeout_ns + 1;
+        assert_eq!(expires_before(&fin, &c, now + 200_000_000_000), Some(at));
+        let mut cal = Calendar::default();
+        let k = |n: u8| FlowKey {
+            src: [n; 16],
+            ..FlowKey::default()
+        };
+        assert!(cal.watch(k(1), fin, at));
+        assert!(cal.watch(k(2), fin, at + 5));
+        assert!(cal.take_due(at - 1).is_empty());
+        assert_eq!(cal.take_due(at), [(k(1), fin)]);
+        assert_eq!(cal.len(), 1);
+        assert_eq!(cal.take_due(u64::MAX), [(k(2), fin)]);
+        assert!(cal.is_empty());
+        // Read again when due: expired only if no packet touched it.
+        let gens = [0, 7];
+        assert!(still_expired(&fin, &fin, at, &c, &gens));
+        let touched = ConnEntry {
+            last_seen_ns: now + 1,
+            ..fin
+        };
+        assert!(!still_expired(&fin, &touched, at, &c, &gens));
+        let rescheduled = entry(1, 7, ConnState::SynRecv, now);
+        assert!(!still_expired(&fin, &rescheduled, at, &c, &gens));
+        // Not yet past its timeout (a clock read early): left alone.
+        assert!(!still_expired(&fin, &fin, at - 2, &c, &gens));
     }
 
     #[test]
