@@ -900,22 +900,39 @@ impl Dataplane {
             .map_or(Duration::from_secs(1), |t| t.elapsed());
         self.sweep.last_step = Some(started);
         self.sweep_step(sweep::budget(elapsed, self.sizes.conns))?;
-        let published = self.refresh_plans(config, macs)?;
+        let published = self.plan_from_live_counts(config, macs, true)?;
         self.activity.last_recomputation = started.elapsed();
         Ok(published)
     }
 
     /// Recomputes the load-aware tables from the live counts (cheap: no table walk) and
     /// publishes those that changed: between two recomputation periods, xvsd calls this every
-    /// [`PLAN_PERIOD`], so a plan follows the connections that ended since it was made.
+    /// [`PLAN_PERIOD`], so a plan follows the connections that ended since it was made. Counts
+    /// that did not move since the last plan make no new one (twos would draw a new table).
     pub fn refresh_plans(
         &mut self,
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
+        self.plan_from_live_counts(config, macs, false)
+    }
+
+    /// [`Dataplane::refresh_plans`]; `always`: even when the counts did not move (each
+    /// recomputation period, as before live counts: lblcr's sets age with time).
+    fn plan_from_live_counts(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+        always: bool,
+    ) -> Result<usize, DataplaneError> {
         if !Self::uses_counts(config) {
             return Ok(0);
         }
+        let counts = self.live_counts_of(&self.placement)?;
+        if !always && counts == self.counts {
+            return Ok(0);
+        }
+        self.counts = counts;
         let published = self.recompute_tables(config, macs)?;
         self.activity.recomputations += 1;
         self.activity.tables_published += published as u64;
@@ -1268,7 +1285,6 @@ impl Dataplane {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
-        self.counts = self.live_counts_of(&self.placement)?;
         let plan = plan::plan_recompute(&self.placement, config, &self.inputs(macs))?;
         Ok(self.commit(plan)?.published)
     }
