@@ -110,12 +110,85 @@ pub struct ConnEntry {
 }
 const _: () = assert!(size_of::<ConnEntry>() == 24);
 
+/// IPVS's two connection classes: ActiveConn (TCP ESTABLISHED) and InActConn (every other TCP
+/// state, and UDP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnClass {
+    /// Counted in ActiveConn.
+    Active,
+    /// Counted in InActConn.
+    Inactive,
+}
+
+impl ConnClass {
+    /// The class of an entry in `state` (the byte ConnEntry::state holds).
+    pub const fn of_state(state: u8) -> ConnClass {
+        if ConnState::from_u8(state).is_active() {
+            ConnClass::Active
+        } else {
+            ConnClass::Inactive
+        }
+    }
+}
+
+/// Live connections of one backend slot by class (map CONN_COUNTS per CPU, CONN_ADJUST).
+///
+/// The data plane counts as entries change: +1 in the entry's class when it records a new
+/// connection, -1/+1 when a packet moves the entry to the other class, -1 when it removes an
+/// entry it found dead (expired) or forgets one. One CPU may add what another subtracts, so a
+/// CPU's value alone means nothing: the fields wrap, and only the sum over CPUs (plus xvsd's
+/// CONN_ADJUST for the slot, as wrapping two's-complement) is the count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnCounters {
+    /// ActiveConn, wrapping.
+    pub active: u64,
+    /// InActConn, wrapping.
+    pub inactive: u64,
+}
+const _: () = assert!(size_of::<ConnCounters>() == 16 && align_of::<ConnCounters>() == 8);
+
+impl ConnCounters {
+    /// Adds `n` (two's complement: -1 is u64::MAX) to the field of `class`.
+    #[inline(always)]
+    pub fn add(&mut self, class: ConnClass, n: u64) {
+        match class {
+            ConnClass::Active => self.active = self.active.wrapping_add(n),
+            ConnClass::Inactive => self.inactive = self.inactive.wrapping_add(n),
+        }
+    }
+
+    /// The wrapping sum of two ledgers (another CPU's, or xvsd's adjustment).
+    pub const fn plus(self, other: ConnCounters) -> ConnCounters {
+        ConnCounters {
+            active: self.active.wrapping_add(other.active),
+            inactive: self.inactive.wrapping_add(other.inactive),
+        }
+    }
+
+    /// What must be added to `self` to make `target` (wrapping).
+    pub const fn to(self, target: ConnCounters) -> ConnCounters {
+        ConnCounters {
+            active: target.active.wrapping_sub(self.active),
+            inactive: target.inactive.wrapping_sub(self.inactive),
+        }
+    }
+
+    /// The counts, a negative sum (a transient of counting on several CPUs) read as 0.
+    pub fn clamped(self) -> (u64, u64) {
+        let f = |v: u64| if (v as i64) < 0 { 0 } else { v };
+        (f(self.active), f(self.inactive))
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, any bit pattern valid.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
     unsafe impl aya::Pod for super::ConnEntry {}
+    // SAFETY: as above (repr(C), Copy, no padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::ConnCounters {}
 }
 
 #[cfg(test)]
@@ -131,5 +204,35 @@ mod tests {
         assert_eq!(Close.tcp_next(true, false, false, false), SynRecv);
         assert!(Established.is_active());
         assert!(!FinWait.is_active());
+    }
+
+    #[test]
+    fn classes_are_ipvs_active_and_inactive_and_sums_wrap() {
+        use super::{ConnClass, ConnCounters};
+        for (state, class) in [
+            (Udp, ConnClass::Inactive),
+            (SynRecv, ConnClass::Inactive),
+            (Established, ConnClass::Active),
+            (FinWait, ConnClass::Inactive),
+            (Close, ConnClass::Inactive),
+        ] {
+            assert_eq!(ConnClass::of_state(state as u8), class, "{state:?}");
+        }
+        // Added on one CPU, subtracted on another: the sum is right, each CPU's value is not.
+        let (mut cpu0, mut cpu1) = (ConnCounters::default(), ConnCounters::default());
+        cpu0.add(ConnClass::Inactive, 1);
+        cpu0.add(ConnClass::Inactive, u64::MAX);
+        cpu0.add(ConnClass::Active, 1);
+        cpu1.add(ConnClass::Active, 1);
+        cpu1.add(ConnClass::Active, u64::MAX);
+        cpu1.add(ConnClass::Active, u64::MAX);
+        cpu0.add(ConnClass::Active, 1);
+        assert_eq!(cpu1.clamped(), (0, 0));
+        assert_eq!(cpu0.plus(cpu1).clamped(), (1, 0));
+        let fix = cpu0.plus(cpu1).to(ConnCounters {
+            active: 5,
+            inactive: 2,
+        });
+        assert_eq!(cpu0.plus(cpu1).plus(fix).clamped(), (5, 2));
     }
 }

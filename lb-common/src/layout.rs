@@ -8,7 +8,7 @@
 /// or what its fields mean, changes, or a map is added or removed. Sizes alone are compared too
 /// (every map's type, key and value size, capacity and flags are recorded), but a change of
 /// meaning that keeps the sizes is only caught by this number.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Most maps one `Meta` record describes.
 pub const META_MAX_MAPS: usize = 24;

@@ -15,7 +15,7 @@ pub mod layout;
 pub mod maps;
 pub mod reason;
 
-pub use conn::{ConnEntry, ConnState, FlowKey};
+pub use conn::{ConnClass, ConnCounters, ConnEntry, ConnState, FlowKey};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
@@ -130,6 +130,13 @@ pub mod names {
     pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
     /// Per-CPU stats per backend.
     pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU live connections per backend slot by class (lb_common::ConnCounters), kept by
+    /// the data plane as entries change.
+    pub const MAP_CONN_COUNTS: &str = "CONN_COUNTS";
+    /// xvsd's own part of each backend slot's live connections (lb_common::ConnCounters): the
+    /// entries its sweep removed, and the corrections of its re-baselining; never written by
+    /// the data plane.
+    pub const MAP_CONN_ADJUST: &str = "CONN_ADJUST";
     /// Per-CPU counters per Reason.
     pub const MAP_REASONS: &str = "REASONS";
     /// Global data-plane configuration (one entry).

@@ -3,7 +3,8 @@
 //! figures, in the text exposition format (version 0.0.4), over plain HTTP/1.1.
 //!
 //! Everything is read at scrape time (the listing `xvsadm -L` shows, from the per-CPU maps),
-//! so a scrape costs one connection-table walk, like `xvsadm -L`.
+//! so a scrape costs what `xvsadm -L` does: the live connection counts are read per backend slot,
+//! with no connection-table walk.
 
 use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
 
@@ -386,11 +387,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     let a = s.activity;
     let t = l.table;
-    let scalars: [(&str, Kind, &str, Value); 13] = [
+    let scalars: [(&str, Kind, &str, Value); 17] = [
         ("xvs_controller_syncs_total", Kind::Counter, "Configuration changes pushed to the data plane.", Int(a.syncs)),
         ("xvs_controller_sync_last_seconds", Kind::Gauge, "Duration of the last push to the data plane.", Float(a.last_sync.as_secs_f64())),
         ("xvs_controller_recomputations_total", Kind::Counter, "Recomputations of the load-aware tables from live connection counts.", Int(a.recomputations)),
-        ("xvs_controller_recomputation_last_seconds", Kind::Gauge, "Duration of the last recomputation (connection-table walk included).", Float(a.last_recomputation.as_secs_f64())),
+        ("xvs_controller_recomputation_last_seconds", Kind::Gauge, "Duration of the last recomputation period's work (its connection-table sweep slice included).", Float(a.last_recomputation.as_secs_f64())),
+        ("xvs_controller_sweep_cycles_total", Kind::Counter, "Full cycles of the connection-table sweep (expired entries removed, counts re-baselined).", Int(a.sweep_cycles)),
+        ("xvs_controller_sweep_cycle_last_seconds", Kind::Gauge, "How long the last full sweep cycle took (the staleness bound of counts of connections that expire without traffic).", Float(a.last_sweep_cycle.as_secs_f64())),
+        ("xvs_controller_swept_total", Kind::Counter, "Expired connection-table entries the sweep removed and took off the live counts.", Int(a.swept)),
+        ("xvs_controller_rebaselined_total", Kind::Counter, "Connections by which the sweep's re-baselining corrected the live counts (LRU evictions and races).", Int(a.rebaselined)),
         ("xvs_controller_tables_published_total", Kind::Counter, "Scheduler tables the recomputations published.", Int(a.tables_published)),
         ("xvs_uptime_seconds", Kind::Gauge, "Time since xvsd started.", Float(s.uptime.as_secs_f64())),
         ("xvs_dataplane_adopted", Kind::Gauge, "1 when xvsd adopted a pinned data plane at start, 0 when it loaded a fresh one.", Int((s.start == "adopted") as u64)),

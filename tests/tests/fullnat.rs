@@ -257,14 +257,15 @@ fn an_exhausted_pool_refuses_new_connections_and_recovers_when_one_ends() {
         assert!((41000..=41003).contains(&u16::from_be(first.lport_be)));
         assert_eq!(d.dp.nat_replies().unwrap().len(), 4);
         // The first connection is reset and its entry expires at once (a zero CLOSE timeout):
-        // xvsd's walk removes its way back, which frees its port for the refused client.
+        // xvsd's sweep removes its way back, which frees its port for the refused client.
         let mut c = d.dp.current_config().unwrap();
         c.tcp_close_timeout_ns = 0;
         d.dp.set_config(c).unwrap();
         let freed = sport(&d.run_on(ifx, &tcp(CLIENT, 50000, VIP, 80, RST)).1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            d.dp.conn_counts().unwrap();
+            // One whole cycle of xvsd's sweep.
+            d.dp.sweep_step(usize::MAX).unwrap();
             if d.dp.nat_replies().unwrap().len() == 3 {
                 break;
             }

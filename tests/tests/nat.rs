@@ -445,7 +445,8 @@ fn a_connections_way_back_is_removed_once_the_connection_is_gone() {
         d.dp.set_config(c).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            d.dp.conn_counts().unwrap();
+            // One whole cycle of xvsd's sweep.
+            d.dp.sweep_step(usize::MAX).unwrap();
             let left = d.dp.nat_replies().unwrap();
             if left.len() == 1 {
                 assert_eq!(

@@ -498,8 +498,10 @@ fn midflow_packets_of_unknown_connections_are_counted_per_service() {
     d.run(&tcp("2001:db8::1", 40006, "2001:db8:10::10", 80, ACK));
     assert_eq!(d.reason(Reason::ConnMidflowMiss), 4);
     assert_eq!(misses(&d), Some(3));
-    // The walk that counts connections also measures the table.
-    d.dp.conn_counts().unwrap();
+    // Each recomputation period measures the table: live entries from the live counts, all
+    // entries from the sweep's cycle (one step covers this small table).
+    let (config, macs) = (d.config.clone(), d.macs.clone());
+    d.dp.recompute(&config, &macs).unwrap();
     let fill = d.dp.table_fill();
     assert_eq!((fill.entries, fill.live), (6, 6), "{fill:?}");
     // -Z zeroes the service's misses; the reason counter stays (as every reason).
@@ -1027,4 +1029,176 @@ fn a_match_handed_between_groups_in_one_transaction_stays_published() {
         dest_of(&mut d, &tcp("192.0.2.1", 1001, "203.0.113.10", 80, SYN)),
         RS2_MAC
     );
+}
+
+/// (ActiveConn, InActConn) summed over slots, from the live counts; the full walk must agree.
+fn live_and_walked(d: &mut Director) -> (u64, u64) {
+    let sum = |m: std::collections::HashMap<u32, lb_user::dataplane::ConnCounts>| {
+        m.values()
+            .fold((0, 0), |(a, i), c| (a + c.active, i + c.inactive))
+    };
+    let live = sum(d.dp.conn_counts().unwrap());
+    let walked = sum(d.dp.full_walk().unwrap());
+    assert_eq!(live, walked, "live counts against a full walk");
+    live
+}
+
+#[test]
+fn live_counts_follow_new_established_fin_rst_and_expired_entries() {
+    xvs_tests::progtest::pin_to_cpu0();
+    let mut d = director();
+    let k = key(Protocol::Tcp, "203.0.113.10:80");
+    let slot =
+        d.dp.backend_id(&k, "198.51.100.11:80".parse().unwrap())
+            .unwrap();
+    let pkt = |port: u16, flags: Flags| tcp("192.0.2.7", port, "203.0.113.10", 80, flags);
+    let fin = Flags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    let rst = Flags {
+        rst: true,
+        ..Default::default()
+    };
+    // Three new connections: half-open, InActConn.
+    for port in [1001, 1002, 1003] {
+        assert_eq!(d.run(&pkt(port, SYN)).0, verdict::TX);
+    }
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    // Two established: moved to ActiveConn.
+    d.run(&pkt(1001, ACK));
+    d.run(&pkt(1002, ACK));
+    assert_eq!(live_and_walked(&mut d), (2, 1));
+    // Established hits write no counter.
+    let before = d.dp.conn_counters_per_cpu(slot).unwrap();
+    for _ in 0..100 {
+        d.run(&pkt(1001, ACK));
+        d.run(&pkt(1002, ACK));
+    }
+    assert_eq!(d.dp.conn_counters_per_cpu(slot).unwrap(), before);
+    // A FIN and a RST: back to InActConn.
+    d.run(&pkt(1001, fin));
+    assert_eq!(live_and_walked(&mut d), (1, 2));
+    d.run(&pkt(1002, rst));
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    // A new SYN on the closing entry: the old connection is removed, a new one counted.
+    let rescheduled = d.reason(Reason::ConnRescheduled);
+    d.run(&pkt(1001, SYN));
+    assert_eq!(d.reason(Reason::ConnRescheduled), rescheduled + 1);
+    assert_eq!(live_and_walked(&mut d), (0, 3));
+    d.run(&pkt(1001, ACK));
+    assert_eq!(live_and_walked(&mut d), (1, 2));
+    // CLOSE entries live 0.3 s here: the reset one (1002) soon is dead, but no packet says so.
+    // The full walk no longer counts it; the sweep removes it and takes it off the live counts.
+    // (Not 0 s: the data plane's coarse clock and xvsd's would disagree about "now" at a tick.)
+    d.dp.set_config(DataplaneConfig {
+        tcp_close_timeout_ns: 300_000_000,
+        ..Default::default()
+    })
+    .unwrap();
+    xvs_tests::poll(std::time::Duration::from_secs(3), "1002's timeout", || {
+        let walked: u64 = d.dp.full_walk().unwrap().values().map(|c| c.inactive).sum();
+        (walked == 1).then_some(())
+    })
+    .unwrap();
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (1, 1));
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.7", 1002, "203.0.113.10", 80))
+        .is_none());
+    // A packet that finds its entry expired removes it (subtracted once) and starts afresh.
+    d.run(&pkt(1003, rst));
+    assert_eq!(
+        live_and_walked(&mut d),
+        (1, 1),
+        "1003 is CLOSE, counted until it expires"
+    );
+    xvs_tests::poll(std::time::Duration::from_secs(3), "1003's timeout", || {
+        let walked: u64 = d.dp.full_walk().unwrap().values().map(|c| c.inactive).sum();
+        (walked == 0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(d.run(&pkt(1003, SYN)).0, verdict::TX);
+    assert_eq!(
+        live_and_walked(&mut d),
+        (1, 1),
+        "dead CLOSE replaced by a new SYN_RECV"
+    );
+    // The sweep finds nothing more to take off: the counts stay exact.
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (1, 1));
+    // A removed real server's slot is written off; its successor starts from zero.
+    d.apply(&[Change::DeleteReal {
+        service: k,
+        addr: "198.51.100.11:80".parse().unwrap(),
+    }]);
+    d.apply(&[Change::AddReal {
+        service: k,
+        real: RealServer::dr("198.51.100.12:80".parse().unwrap(), 1),
+    }]);
+    assert_eq!(live_and_walked(&mut d), (0, 0));
+    assert_eq!(d.run(&pkt(1004, SYN)).0, verdict::TX);
+    assert_eq!(live_and_walked(&mut d), (0, 1));
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (0, 1));
+}
+
+#[test]
+fn entries_expiring_silently_leave_the_counts_within_a_step_of_their_timeout() {
+    xvs_tests::progtest::pin_to_cpu0();
+    let mut d = director();
+    let pkt = |port: u16, flags: Flags| tcp("192.0.2.8", port, "203.0.113.10", 80, flags);
+    let fin = Flags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    // FIN_WAIT lives 1.5 s without traffic here: well inside the sweep's horizon (its next
+    // visit, 1 s for this table, and a step to spare), not at its edge.
+    d.dp.set_config(DataplaneConfig {
+        tcp_fin_timeout_ns: 1_500_000_000,
+        ..Default::default()
+    })
+    .unwrap();
+    for port in [2001, 2002] {
+        d.run(&pkt(port, SYN));
+        d.run(&pkt(port, ACK));
+        d.run(&pkt(port, fin));
+    }
+    assert_eq!(live_and_walked(&mut d), (0, 2));
+    // The sweep sees both live, due to expire before its next visit: it watches them.
+    d.dp.sweep_step(usize::MAX).unwrap();
+    assert_eq!(live_and_walked(&mut d), (0, 2));
+    // 2002 gets a packet half a second later: it lives on.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    d.run(&pkt(2002, ACK));
+    // Past 2001's timeout, the full walk no longer counts it, and once due (within a step of
+    // the timeout) the calendar removes it: the live counts follow.
+    let sum = |m: std::collections::HashMap<u32, lb_user::dataplane::ConnCounts>| {
+        m.values()
+            .fold((0, 0), |(a, i), c| (a + c.active, i + c.inactive))
+    };
+    xvs_tests::poll(
+        std::time::Duration::from_secs(5),
+        "2001 expired and taken off the live counts",
+        || {
+            // 2002 stays alive meanwhile: only 2001 is silent.
+            d.run(&pkt(2002, ACK));
+            d.dp.sweep_due().unwrap();
+            let live = sum(d.dp.conn_counts().unwrap());
+            let walked = sum(d.dp.full_walk().unwrap());
+            (live == (0, 1) && walked == (0, 1)).then_some(())
+        },
+    )
+    .unwrap();
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.8", 2001, "203.0.113.10", 80))
+        .is_none());
+    assert!(d
+        .dp
+        .conn_entry(&flow_key("192.0.2.8", 2002, "203.0.113.10", 80))
+        .is_some());
 }

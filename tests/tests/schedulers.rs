@@ -65,7 +65,8 @@ fn wlc_sends_new_connections_away_from_long_lived_ones_and_lc_splits_a_burst() {
         || counts(&lab, &rs1).1 == 10,
     );
     // ... and wlc sends the next ten new connections to rs2: the plan counts each as active
-    // until the next recomputation, so rs2 takes them until its load equals rs1's ten.
+    // until its next refresh from the live counts, so rs2 takes them until its load equals
+    // rs1's ten.
     let t = tally(&lab.curl_many(&format!("http://{VIP4}/"), 10).unwrap());
     assert_eq!(
         t,
@@ -80,7 +81,7 @@ fn wlc_sends_new_connections_away_from_long_lived_ones_and_lc_splits_a_burst() {
     drop(held);
 
     // lc: a burst of 1,000 new connections between two servers of equal load. The plan hands
-    // them out alternately (ties go to the first server), recomputed each second from counts
+    // them out alternately (ties go to the first server), refreshed every 100 ms from counts
     // that grow equally: expect 500 each, within 5% (450..=550) for the recomputations that
     // land mid-burst with unequal closing states.
     lab.xvsadm_ok(&["-C"]).unwrap();

@@ -87,7 +87,7 @@ struct Opts {
     #[arg(long, default_value_t = lb_user::scheduler::maglev::DEFAULT_SIZE, value_parser = parse_mh_size)]
     mh_table_size: usize,
     /// New connections a load-aware scheduler (lc wlc sed nq fo ovf twos) plans per
-    /// recomputation (each second).
+    /// refresh (every 100 ms when the live connection counts moved).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     plan_len: u32,
     /// Outer source address of tunnelled packets, one per family (repeat for IPv4 and IPv6).

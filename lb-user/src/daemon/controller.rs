@@ -524,9 +524,15 @@ impl<D: DataplaneOps> Controller<D> {
         Ok(())
     }
 
-    /// Recomputes the load-aware schedulers' tables from fresh connection counts.
+    /// The sweep's step and the load-aware tables' refresh (each recomputation period).
     pub fn recompute(&mut self) -> Result<usize, DataplaneError> {
         self.dataplane.recompute(&self.applied.config, &self.macs)
+    }
+
+    /// Refreshes the load-aware tables from the live counts (each plan period).
+    pub fn refresh_plans(&mut self) -> Result<usize, DataplaneError> {
+        self.dataplane
+            .refresh_plans(&self.applied.config, &self.macs)
     }
 
     /// The FULLNAT services that refused new connections for want of a local port since the
@@ -580,8 +586,8 @@ impl<D: DataplaneOps> Controller<D> {
             .check(now, self.dataplane.conn_capacity() as u64))
     }
 
-    /// The fill of the data plane's last walk, if it is new since the last call (at `now`, close
-    /// enough: the walks run in this task).
+    /// The data plane's fill, if it is new since the last call (at `now`, close enough: the
+    /// recomputation periods run in this task).
     fn take_fill(&mut self, now: Duration) {
         let fill = self.dataplane.table_fill();
         if fill.walks != self.walks_seen {
@@ -772,8 +778,8 @@ impl<D: DataplaneOps> Controller<D> {
                 .map(|(r, n)| (r.name().to_string(), n))
                 .collect(),
             timeouts: self.timeouts,
-            // The fill of the walk conn_counts just made (the pressure monitor takes it at its
-            // next sample), with the rates of the last sample.
+            // The fill of the last recomputation period (live counts) and sweep cycle, with the
+            // rates of the last sample.
             table: {
                 let fill = self.dataplane.table_fill();
                 TableStatus {

@@ -50,7 +50,8 @@ const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
 const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
 /// How often every real server is re-probed, so a changed MAC is noticed.
 const REFRESH_PERIOD: Duration = Duration::from_secs(30);
-/// How often the load-aware schedulers' tables are recomputed from connection counts.
+/// How often the connection-table sweep takes its next slice (and the load-aware tables are
+/// recomputed; they are also refreshed from the live counts every `dataplane::PLAN_PERIOD`).
 pub const RECOMPUTE_PERIOD: Duration = Duration::from_secs(1);
 /// A client that has not sent its whole request by then is dropped (each connection has its
 /// own deadline, so a silent or slow client holds up nobody else).
@@ -339,6 +340,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     recompute_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut estimate_tick = tokio::time::interval(estimator::PERIOD);
     estimate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut plan_tick = tokio::time::interval(crate::dataplane::PLAN_PERIOD);
+    plan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh = Instant::now();
     loop {
         tokio::select! {
@@ -381,6 +384,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                         }
                     }
                     Err(e) => warn!(error = %e, "reading FULLNAT refusals failed"),
+                }
+            }
+            _ = plan_tick.tick() => {
+                if let Err(e) = shared.controller.lock().await.refresh_plans() {
+                    warn!(error = %e, "refreshing load-aware tables from live counts failed");
                 }
             }
             _ = estimate_tick.tick() => {

@@ -13,6 +13,7 @@ use aya::{
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries fetched per system call.
 const BATCH: u32 = 4096;
 
@@ -197,6 +198,95 @@ fn walk<K: Pod + Default, V: Pod + Default>(
         token_in = token_out;
     }
     Ok(())
+}
+
+/// Reads the next entries of a hash map from bucket token `token` (None: the first bucket) into
+/// `keys` and `values` (as many as they hold): how many were read, and the token to go on from
+/// (None: the walk reached the end of the table).
+pub fn read_chunk<K: Pod + Default, V: Pod + Default>(
+    map: &BpfHashMap<MapData, K, V>,
+    token: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<(usize, Option<u32>)> {
+    assert_eq!(keys.len(), values.len());
+    let token_in: u32 = token.unwrap_or(0);
+    let mut token_out: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: match token {
+            None => 0,
+            Some(_) => &token_in as *const u32 as u64,
+        },
+        out_batch: &mut token_out as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len().min(u32::MAX as usize) as u32,
+        map_fd: IterableMap::<K, V>::map(map).fd().as_fd_raw() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr points at `count` keys and values of the map's sizes, which outlive the
+    // call; the kernel writes at most `count` of each and the tokens.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    let n = (attr.count as usize).min(keys.len());
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT: the walk reached the end (with the last entries, if any, read).
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok((n, None)),
+            _ => Err(e),
+        };
+    }
+    Ok((n, Some(token_out)))
+}
+
+/// Deletes `keys` from a hash map with BPF_MAP_DELETE_BATCH; `deleted[i]` tells whether this
+/// call removed `keys[i]` (false: it was already gone). The kernel deletes key by key and stops
+/// at the first one that is missing, so the batch goes on after it.
+pub fn delete_keys<K: Pod, V: Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    keys: &[K],
+) -> io::Result<Vec<bool>> {
+    let fd = IterableMap::<K, V>::map(map).fd().as_fd_raw();
+    let mut deleted = vec![false; keys.len()];
+    let mut at = 0;
+    while at < keys.len() {
+        let rest = &keys[at..];
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len().min(u32::MAX as usize) as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at `count` keys of the map's key size, which outlive the call;
+        // the kernel only reads them and writes back `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let done = (attr.count as usize).min(rest.len());
+        deleted[at..at + done].iter_mut().for_each(|d| *d = true);
+        if rc >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+        // keys[at + done] was missing: skip it.
+        at += done + 1;
+    }
+    Ok(deleted)
 }
 
 trait RawFd {

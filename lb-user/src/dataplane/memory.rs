@@ -179,6 +179,14 @@ impl DataplaneOps for MemoryDataplane {
         Ok(published)
     }
 
+    fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        self.recompute(config, macs)
+    }
+
     fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         self.placement.service_id(key)
     }

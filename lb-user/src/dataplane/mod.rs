@@ -31,6 +31,7 @@ pub mod ops;
 pub mod pin;
 pub mod plan;
 pub mod regions;
+pub mod sweep;
 
 use std::{
     borrow::Cow,
@@ -52,9 +53,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
-    mask_addr, names, reason::REASON_COUNT, Backend, ConnEntry, ConnState, DataplaneConfig,
-    FlowKey, Meta, NatReply, PersistEntry, PersistKey, Reason, ServiceValue, Stats, MAX_BACKENDS,
-    MAX_SERVICES,
+    mask_addr, names, reason::REASON_COUNT, Backend, ConnCounters, ConnEntry, ConnState,
+    DataplaneConfig, FlowKey, Meta, NatReply, PersistEntry, PersistKey, Reason, ServiceValue,
+    Stats, MAX_BACKENDS, MAX_SERVICES,
 };
 use thiserror::Error;
 use tracing::info;
@@ -189,10 +190,18 @@ pub struct Activity {
     pub last_sync: Duration,
     /// Recomputations of the load-aware tables from connection counts.
     pub recomputations: u64,
-    /// How long the last one took (connection-table walk included).
+    /// How long the last recomputation period's work took (its sweep slice included).
     pub last_recomputation: Duration,
     /// Tables the recomputations published.
     pub tables_published: u64,
+    /// Full cycles of the connection-table sweep.
+    pub sweep_cycles: u64,
+    /// How long the last full cycle took, first slice to last.
+    pub last_sweep_cycle: Duration,
+    /// Expired entries the sweep removed (and took off the counts).
+    pub swept: u64,
+    /// Counts the sweep's re-baselining corrected (entries, either way).
+    pub rebaselined: u64,
 }
 
 /// Live connection counts of one backend, as IPVS reports them.
@@ -236,6 +245,12 @@ pub struct Dataplane {
     /// The maps the planner's operations are applied to.
     maps: KernelMaps,
     conns: BpfHashMap<MapData, FlowKey, ConnEntry>,
+    /// Live connections per backend slot, per CPU, as the data plane counts them.
+    conn_counters: PerCpuArray<MapData, ConnCounters>,
+    /// xvsd's part of the same counts (sweep removals, write-offs, corrections).
+    conn_adjust: Array<MapData, ConnCounters>,
+    /// The incremental sweep's position and what its cycle gathered.
+    sweep: SweepState,
     persist: BpfHashMap<MapData, PersistKey, PersistEntry>,
     nat_replies: BpfHashMap<MapData, FlowKey, NatReply>,
     reasons: PerCpuArray<MapData, u64>,
@@ -253,7 +268,7 @@ pub struct Dataplane {
     attached: bool,
     /// Table tunables (Maglev size, plan length).
     params: scheduler::Params,
-    /// Connection counts per backend slot from the last scan (load-aware schedulers).
+    /// Connection counts per backend slot the last plan was made from (load-aware schedulers).
     counts: HashMap<u32, ConnCounts>,
     /// The connection table's fill as the last scan found it.
     table: TableFill,
@@ -348,6 +363,10 @@ impl Dataplane {
             BpfHashMap::try_from(take(names::MAP_LADDRS)?).map_err(map_err(names::MAP_LADDRS))?;
         let conns =
             BpfHashMap::try_from(take(names::MAP_CONNS)?).map_err(map_err(names::MAP_CONNS))?;
+        let conn_counters = PerCpuArray::try_from(take(names::MAP_CONN_COUNTS)?)
+            .map_err(map_err(names::MAP_CONN_COUNTS))?;
+        let conn_adjust = Array::try_from(take(names::MAP_CONN_ADJUST)?)
+            .map_err(map_err(names::MAP_CONN_ADJUST))?;
         let persist =
             BpfHashMap::try_from(take(names::MAP_PERSIST)?).map_err(map_err(names::MAP_PERSIST))?;
         let nat_replies = BpfHashMap::try_from(take(names::MAP_NAT_REPLIES)?)
@@ -401,6 +420,9 @@ impl Dataplane {
                 slots_known,
             },
             conns,
+            conn_counters,
+            conn_adjust,
+            sweep: SweepState::default(),
             persist,
             nat_replies,
             reasons,
@@ -551,13 +573,12 @@ impl Dataplane {
                 true => Cow::Owned(plan::staged(&self.placement, config)),
                 false => Cow::Borrowed(&self.placement),
             };
-            let live = Live::of(&staged);
-            self.counts = self.scan_over(live)?;
+            self.counts = self.live_counts_of(&staged)?;
         }
         let plan = plan::plan(&self.placement, config, &self.inputs(macs))?;
         let placed_before: std::collections::HashSet<u32> =
             self.placement.services.values().map(|p| p.id).collect();
-        let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        let applied = self.commit(plan)?;
         // A service id new to the tables starts its mid-flow misses at 0 (an id is reused
         // after its service was removed). Misses counted between the commit and this are lost.
         let new_ids: Vec<u32> = (self.placement.services.values().map(|p| p.id))
@@ -703,16 +724,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The connection table's fill as the last walk found it.
+    /// The connection table's fill (see [`Dataplane::refresh_fill`]; a full walk sets it too).
     pub fn table_fill(&self) -> TableFill {
         self.table
     }
 
     /// Live (unexpired) connections and persistence templates per backend slot, split as
-    /// IPVS's ActiveConn / InActConn / PersistConn. Walks both tables in batches: O(entries).
-    /// Also keeps alive the templates that still control a live connection, as IPVS does (a
-    /// template does not expire while connections it placed are alive).
-    pub fn scan(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+    /// IPVS's ActiveConn / InActConn / PersistConn, by walking both tables whole in batches:
+    /// O(entries). xvsd no longer does this (see [`sweep`]); tests and the benchmark compare
+    /// the live counts with it. Like the sweep, it keeps alive the templates that still
+    /// control a live connection and removes the ways back of NAT connections that ended.
+    pub fn full_walk(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let live = Live::of(&self.placement);
         self.scan_over(live)
     }
@@ -858,12 +880,9 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Whether any service needs the periodic walk: load-aware tables, thresholds, persistence
-    /// templates to keep alive, or NAT connections' ways back to remove when they end.
-    pub fn needs_walk(&self, config: &Config) -> bool {
-        config.services().iter().any(|s| {
-            table_uses_counts(s) || s.persistence.is_some() || s.has_nat() || s.has_fullnat()
-        })
+    /// Whether any service's table follows the live counts (load-aware, thresholds).
+    pub fn uses_counts(config: &Config) -> bool {
+        config.services().iter().any(table_uses_counts)
     }
 
     /// Every live persistence template (for `-L -c`), at most `limit`: key, entry, ns until it
@@ -921,27 +940,436 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Live connection counts per backend (a fresh scan).
+    /// Live connection counts per backend slot in use: what the data plane counted plus
+    /// xvsd's adjustments (O(slots), no connection-table walk), and the live persistence
+    /// templates (a walk of PERSIST, when a service is persistent; the sweep keeps the
+    /// templates of live connections alive).
     pub fn conn_counts(&mut self) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
-        self.scan()
+        let mut counts = self.live_counts_of(&self.placement)?;
+        let live = Live::of(&self.placement);
+        let (persistent, _) = self.templates_pass(&live, &HashMap::new(), monotonic_ns())?;
+        for (slot, n) in persistent {
+            if live.generations.get(slot as usize).is_some_and(|&g| g != 0) {
+                counts.entry(slot).or_default().persistent = n;
+            }
+        }
+        Ok(counts)
     }
 
-    /// Recomputes the tables of the load-aware schedulers from fresh connection counts and
-    /// publishes those that changed. Returns how many tables were published.
+    /// The sweep's period step and the load-aware tables' refresh (every recomputation period):
+    /// reads the next slice of the connection table (its share of [`sweep::SWEEP_RATE`] for the
+    /// time since the last step), then recomputes the load-aware tables from the live counts
+    /// and publishes those that changed. Returns how many tables were published.
     pub fn recompute(
         &mut self,
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
-        if !self.needs_walk(config) {
+        let started = Instant::now();
+        let elapsed = self
+            .sweep
+            .last_step
+            .map_or(Duration::from_secs(1), |t| t.elapsed());
+        self.sweep.last_step = Some(started);
+        self.sweep_step(sweep::budget(elapsed, self.sizes.conns))?;
+        self.refresh_fill()?;
+        let published = self.plan_from_live_counts(config, macs, true)?;
+        self.activity.last_recomputation = started.elapsed();
+        Ok(published)
+    }
+
+    /// The table's fill for the pressure monitor, each recomputation period: live entries from
+    /// the live counts (current, no walk), all entries (expired ones included) as the last sweep
+    /// cycle read them.
+    fn refresh_fill(&mut self) -> Result<(), DataplaneError> {
+        let live: u64 = self
+            .live_counts_of(&self.placement)?
+            .values()
+            .map(|c| c.active + c.inactive)
+            .sum();
+        self.table = TableFill {
+            entries: self.table.entries.max(live),
+            live,
+            walks: self.table.walks + 1,
+        };
+        Ok(())
+    }
+
+    /// Recomputes the load-aware tables from the live counts (cheap: no table walk) and
+    /// publishes those that changed: between two recomputation periods, xvsd calls this every
+    /// [`PLAN_PERIOD`], so a plan follows the connections that ended since it was made. Counts
+    /// that did not move since the last plan make no new one (twos would draw a new table).
+    pub fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        self.plan_from_live_counts(config, macs, false)
+    }
+
+    /// [`Dataplane::refresh_plans`]; `always`: even when the counts did not move (each
+    /// recomputation period, as before live counts: lblcr's sets age with time).
+    fn plan_from_live_counts(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+        always: bool,
+    ) -> Result<usize, DataplaneError> {
+        if !Self::uses_counts(config) {
             return Ok(0);
         }
-        let started = Instant::now();
+        let counts = self.live_counts_of(&self.placement)?;
+        if !always && counts == self.counts {
+            return Ok(0);
+        }
+        self.counts = counts;
         let published = self.recompute_tables(config, macs)?;
         self.activity.recomputations += 1;
-        self.activity.last_recomputation = started.elapsed();
         self.activity.tables_published += published as u64;
         Ok(published)
+    }
+
+    /// Applies a plan; the backend slots it hands to new real servers have their counts
+    /// written off (what the previous holder left is no connection of the new one).
+    fn commit(&mut self, plan: plan::Plan) -> Result<exec::Applied, DataplaneError> {
+        let handed = sweep::handed_over(&plan.ops);
+        let applied = exec::commit(&mut self.placement, &mut self.maps, plan)?;
+        if !handed.is_empty() {
+            self.write_off(&handed)?;
+        }
+        Ok(applied)
+    }
+
+    /// Sets CONN_ADJUST of these slots so that their counts read 0.
+    fn write_off(&mut self, slots: &[u32]) -> Result<(), DataplaneError> {
+        let upto = slots.iter().copied().max().map_or(0, |m| m + 1);
+        let dp = self.dataplane_counts(upto)?;
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for &slot in slots {
+            let target = ConnCounters::default();
+            let fix = dp[slot as usize].to(target);
+            keys.push(slot);
+            values.push(fix);
+        }
+        batch::write_array_at(&mut self.conn_adjust, &keys, &values).map_err(|(_, e)| {
+            map_err(names::MAP_CONN_ADJUST)(MapError::SyscallError(syscall_err(e)))
+        })?;
+        if let Some(c) = self.sweep.cycle.as_mut() {
+            // Not re-baselined this cycle: what it saw of the slot was the previous holder's.
+            for &slot in slots {
+                if let Some(g) = c.generations.get_mut(slot as usize) {
+                    *g = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data plane's counts (summed over CPUs) of slots `0..upto`.
+    fn dataplane_counts(&self, upto: u32) -> Result<Vec<ConnCounters>, DataplaneError> {
+        let cpus = self.maps.cpus;
+        let flat = batch::read_percpu_array(&self.conn_counters, 0, upto, cpus)
+            .map_err(|e| map_err(names::MAP_CONN_COUNTS)(MapError::SyscallError(syscall_err(e))))?;
+        let mut out = vec![ConnCounters::default(); upto as usize];
+        for (i, v) in flat.iter().enumerate() {
+            let slot = i / cpus;
+            out[slot] = out[slot].plus(*v);
+        }
+        Ok(out)
+    }
+
+    /// The counts (data plane plus adjustments, wrapping) of slots `0..upto`.
+    fn ledger(&self, upto: u32) -> Result<Vec<ConnCounters>, DataplaneError> {
+        let mut out = self.dataplane_counts(upto)?;
+        let adjust = batch::read_array(&self.conn_adjust, 0, upto)
+            .map_err(|e| map_err(names::MAP_CONN_ADJUST)(MapError::SyscallError(syscall_err(e))))?;
+        for (o, a) in out.iter_mut().zip(adjust) {
+            *o = o.plus(a);
+        }
+        Ok(out)
+    }
+
+    /// Live counts of the slots `placement` uses.
+    fn live_counts_of(
+        &self,
+        placement: &Placement,
+    ) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        let slots = placement.generations();
+        let upto = slots.keys().copied().max().map_or(0, |m| m + 1);
+        let ledger = self.ledger(upto)?;
+        let mut out = HashMap::new();
+        for slot in slots.into_keys() {
+            let (active, inactive) = ledger[slot as usize].clamped();
+            let c = ConnCounts {
+                active,
+                inactive,
+                persistent: 0,
+            };
+            if c != ConnCounts::default() {
+                out.insert(slot, c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Signed counts of every slot in use (a sweep cycle's start and end).
+    fn signed_counts(&self, generations: &[u32]) -> Result<HashMap<u32, [i64; 2]>, DataplaneError> {
+        let upto = generations
+            .iter()
+            .rposition(|&g| g != 0)
+            .map_or(0, |m| m as u32 + 1);
+        let ledger = self.ledger(upto)?;
+        Ok(ledger
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| generations[*i] != 0)
+            .map(|(i, c)| (i as u32, sweep::signed(c)))
+            .collect())
+    }
+
+    /// One step of the sweep (see [`sweep`]): reads up to `budget` entries from where the last
+    /// step stopped, removes the expired ones after each batch read (subtracting those this
+    /// step removed), and at the end of the table closes the cycle.
+    pub fn sweep_step(&mut self, budget: usize) -> Result<(), DataplaneError> {
+        // Until the first sync takes an adopted data plane over, the placement names no slot:
+        // every entry would look orphaned.
+        if self.placement.adoption_pending() {
+            return Ok(());
+        }
+        let live = Live::of(&self.placement);
+        let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
+        if self.sweep.cycle.is_none() {
+            let start = self.signed_counts(&live.generations)?;
+            self.sweep.cycle = Some(sweep::Cycle::new(start, live.generations.clone()));
+            self.sweep.cycle_started = Some(Instant::now());
+        }
+        let view = sweep::Live {
+            generations: &live.generations,
+            persistent: &live.persistent,
+            nat: &live.nat,
+        };
+        self.sweep_due()?;
+        // The sweep's next visit to what it reads now (a cycle, and a step to spare).
+        let horizon = monotonic_ns()
+            .saturating_add((sweep::cycle_secs(self.sizes.conns) + 1) * 1_000_000_000);
+        let n = sweep::SWEEP_BATCH as usize;
+        let mut keys = vec![FlowKey::default(); n];
+        let mut values = vec![ConnEntry::default(); n];
+        let mut fixes: HashMap<u32, ConnCounters> = HashMap::new();
+        let mut read = 0;
+        let mut ended = false;
+        while read < budget {
+            let (got, next) =
+                batch::read_chunk(&self.conns, self.sweep.token, &mut keys, &mut values).map_err(
+                    |e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))),
+                )?;
+            // Judged as soon as read, removed right after: the revival window (see `sweep`).
+            let now = monotonic_ns();
+            let cycle = self.sweep.cycle.as_mut().expect("started above");
+            let mut doomed = Vec::new();
+            let mut counted = Vec::new();
+            for i in 0..got {
+                match sweep::judge(&values[i], now, &cfg, &live.generations) {
+                    sweep::Judged::Live { class, .. } => {
+                        cycle.live(&keys[i], &values[i], class, &view);
+                        if let Some(at) = sweep::expires_before(&values[i], &cfg, horizon) {
+                            self.sweep.calendar.watch(keys[i], values[i], at);
+                        }
+                    }
+                    sweep::Judged::Expired { slot, class } => {
+                        doomed.push(keys[i]);
+                        counted.push(Some((slot, class)));
+                    }
+                    sweep::Judged::Orphan => {
+                        doomed.push(keys[i]);
+                        counted.push(None);
+                    }
+                }
+            }
+            cycle.read += got as u64;
+            if !doomed.is_empty() {
+                let deleted = batch::delete_keys(&self.conns, &doomed).map_err(|e| {
+                    map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e)))
+                })?;
+                for (gone, c) in deleted.into_iter().zip(counted) {
+                    if let (true, Some((slot, class))) = (gone, c) {
+                        fixes.entry(slot).or_default().add(class, u64::MAX);
+                        cycle.swept(slot, class);
+                        self.activity.swept += 1;
+                    }
+                }
+            }
+            read += got;
+            self.sweep.token = next;
+            if next.is_none() {
+                ended = true;
+                break;
+            }
+        }
+        self.add_adjust(&fixes)?;
+        if ended {
+            self.end_cycle(&live, &cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the watched entries that are due and did expire (see [`sweep::Calendar`]),
+    /// taking those this call removed off the counts; one lookup per due entry.
+    pub fn sweep_due(&mut self) -> Result<(), DataplaneError> {
+        if self.placement.adoption_pending() {
+            return Ok(());
+        }
+        let now = monotonic_ns();
+        let due = self.sweep.calendar.take_due(now);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
+        let live = Live::of(&self.placement);
+        let mut doomed = Vec::new();
+        let mut counted = Vec::new();
+        for (key, seen) in due {
+            let Ok(e) = self.conns.get(&key, 0) else {
+                continue;
+            };
+            if sweep::still_expired(&seen, &e, now, &cfg, &live.generations) {
+                doomed.push(key);
+                counted.push((e.backend, lb_common::ConnClass::of_state(e.state)));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let deleted = batch::delete_keys(&self.conns, &doomed)
+            .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
+        let mut fixes: HashMap<u32, ConnCounters> = HashMap::new();
+        for (gone, (slot, class)) in deleted.into_iter().zip(counted) {
+            // Removed after the cycle's visit (or before it): traffic to the cycle's
+            // re-baselining, like a removal by the data plane.
+            if gone {
+                fixes.entry(slot).or_default().add(class, u64::MAX);
+                self.activity.swept += 1;
+            }
+        }
+        self.add_adjust(&fixes)
+    }
+
+    /// Adds `fixes` to the slots' CONN_ADJUST (xvsd is its only writer).
+    fn add_adjust(&mut self, fixes: &HashMap<u32, ConnCounters>) -> Result<(), DataplaneError> {
+        if fixes.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<u32> = fixes.keys().copied().collect();
+        keys.sort_unstable();
+        let mut values = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let have = self
+                .conn_adjust
+                .get(k, 0)
+                .map_err(map_err(names::MAP_CONN_ADJUST))?;
+            values.push(have.plus(fixes[k]));
+        }
+        batch::write_array_at(&mut self.conn_adjust, &keys, &values).map_err(|(_, e)| {
+            map_err(names::MAP_CONN_ADJUST)(MapError::SyscallError(syscall_err(e)))
+        })
+    }
+
+    /// The end of a sweep cycle: re-baselines the counts, counts and refreshes the templates,
+    /// and removes the ways back of NAT connections the cycle did not find live.
+    fn end_cycle(&mut self, live: &Live, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        let cycle = self.sweep.cycle.take().expect("a cycle was running");
+        let end = self.signed_counts(&live.generations)?;
+        let fixes: HashMap<u32, ConnCounters> = cycle
+            .corrections(&end, &live.generations)
+            .into_iter()
+            .collect();
+        for f in fixes.values() {
+            let [a, i] = sweep::signed(*f);
+            self.activity.rebaselined += a.unsigned_abs() + i.unsigned_abs();
+        }
+        self.add_adjust(&fixes)?;
+        if !fixes.is_empty() {
+            tracing::debug!(slots = fixes.len(), "sweep: connection counts re-baselined");
+        }
+        let now = monotonic_ns();
+        let (_, refresh) = self.templates_pass(live, &cycle.in_use, now)?;
+        self.refresh_templates(refresh)?;
+        let mut replies: Vec<(FlowKey, NatReply)> = Vec::new();
+        batch::for_each(&self.nat_replies, |k, r| replies.push((*k, *r)))
+            .map_err(|e| map_err(names::MAP_NAT_REPLIES)(MapError::SyscallError(syscall_err(e))))?;
+        for (k, r) in replies {
+            if cycle.nat_live.get(&conn_of_reply(&k, &r)) != Some(&(r.backend, local_port(&k, &r)))
+            {
+                self.sweep_reply(&k, &r, cfg, &live.generations, now)?;
+            }
+        }
+        // What the cycle read is the table's size as the sweep saw it; refresh_fill keeps it.
+        self.table.entries = cycle.read;
+        self.activity.sweep_cycles += 1;
+        if let Some(t) = self.sweep.cycle_started.take() {
+            self.activity.last_sweep_cycle = t.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Live templates per slot, and those to refresh from the connections that use them.
+    #[allow(clippy::type_complexity)]
+    fn templates_pass(
+        &self,
+        live: &Live,
+        in_use: &HashMap<PersistKey, u64>,
+        now: u64,
+    ) -> Result<(HashMap<u32, u64>, Vec<(PersistKey, PersistEntry)>), DataplaneError> {
+        let mut persistent: HashMap<u32, u64> = HashMap::new();
+        let mut refresh = Vec::new();
+        if live.persistent.iter().all(Option::is_none) {
+            return Ok((persistent, refresh));
+        }
+        let current = |backend: u32, generation: u32| {
+            generation != 0 && live.generations.get(backend as usize) == Some(&generation)
+        };
+        batch::for_each(&self.persist, |k, t| {
+            let Some(Some((_, timeout))) = live.persistent.get(k.service as usize).copied() else {
+                return;
+            };
+            if !current(t.backend, t.generation) {
+                return;
+            }
+            let last = in_use.get(k).copied().unwrap_or(0).max(t.last_seen_ns);
+            if now.saturating_sub(last) > timeout {
+                return;
+            }
+            *persistent.entry(t.backend).or_default() += 1;
+            if last > t.last_seen_ns {
+                refresh.push((
+                    *k,
+                    PersistEntry {
+                        last_seen_ns: last,
+                        ..*t
+                    },
+                ));
+            }
+        })
+        .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
+        Ok((persistent, refresh))
+    }
+
+    /// Writes refreshed templates back (BPF_EXIST: one the data plane replaced or that
+    /// vanished meanwhile is left as it is).
+    fn refresh_templates(
+        &mut self,
+        refresh: Vec<(PersistKey, PersistEntry)>,
+    ) -> Result<(), DataplaneError> {
+        for (k, t) in refresh {
+            match self.persist.insert(k, t, 2) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(names::MAP_PERSIST)(e)),
+            }
+        }
+        Ok(())
     }
 
     fn recompute_tables(
@@ -949,9 +1377,8 @@ impl Dataplane {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
-        self.counts = self.scan()?;
         let plan = plan::plan_recompute(&self.placement, config, &self.inputs(macs))?;
-        Ok(exec::commit(&mut self.placement, &mut self.maps, plan)?.published)
+        Ok(self.commit(plan)?.published)
     }
 
     /// What a plan reads besides the placement and the configuration.
@@ -966,6 +1393,15 @@ impl Dataplane {
     /// Sets the table tunables (Maglev size, plan length) used from the next sync on.
     pub fn set_params(&mut self, params: scheduler::Params) {
         self.params = params;
+    }
+
+    /// Each CPU's CONN_COUNTS value of a backend slot (tests: which packets wrote it).
+    pub fn conn_counters_per_cpu(&self, slot: u32) -> Result<Vec<ConnCounters>, DataplaneError> {
+        let v = self
+            .conn_counters
+            .get(&slot, 0)
+            .map_err(map_err(names::MAP_CONN_COUNTS))?;
+        Ok(v.iter().copied().collect())
     }
 
     /// Raw connection-table entries (tests).
@@ -994,6 +1430,25 @@ impl Dataplane {
         self.attached
     }
 }
+
+/// The incremental sweep's state between steps.
+#[derive(Debug, Default)]
+struct SweepState {
+    /// Where the next step reads on (None: at the head of the table).
+    token: Option<u32>,
+    /// The cycle under way.
+    cycle: Option<sweep::Cycle>,
+    /// When the cycle under way began.
+    cycle_started: Option<Instant>,
+    /// When the last step ran.
+    last_step: Option<Instant>,
+    /// Live entries due to expire before the sweep comes back to them.
+    calendar: sweep::Calendar,
+}
+
+/// How often xvsd refreshes the load-aware tables from the live counts between two
+/// recomputation periods.
+pub const PLAN_PERIOD: Duration = Duration::from_millis(100);
 
 /// What a connection-table walk counts against: dense tables indexed by slot / service id (the
 /// walk touches millions of entries, so each one costs two array reads, not hash lookups).

@@ -35,6 +35,12 @@ pub trait DataplaneOps {
         config: &Config,
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError>;
+    /// Recomputes the load-aware tables from the live counts only (no sweep step).
+    fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError>;
     /// A service's id in the maps.
     fn service_id(&self, key: &ServiceKey) -> Option<u32>;
     /// A real server's backend slot.
@@ -74,7 +80,8 @@ pub trait DataplaneOps {
     /// TCP packets that arrived mid-flow for a connection the table did not have, per service
     /// id (services with none left out).
     fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError>;
-    /// The connection table's fill as the last walk (`conn_counts`, a recomputation) found it.
+    /// The connection table's fill: live entries from the live counts of the last
+    /// recomputation period, all entries as the last sweep cycle read them.
     fn table_fill(&self) -> TableFill;
 }
 
@@ -104,6 +111,13 @@ impl DataplaneOps for Dataplane {
         macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<usize, DataplaneError> {
         Dataplane::recompute(self, config, macs)
+    }
+    fn refresh_plans(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<IpAddr, [u8; 6]>,
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::refresh_plans(self, config, macs)
     }
     fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         Dataplane::service_id(self, key)

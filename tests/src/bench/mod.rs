@@ -8,6 +8,7 @@
 
 pub mod chart;
 pub mod control;
+pub mod counting;
 pub mod live;
 pub mod nat;
 pub mod paths;

@@ -245,6 +245,28 @@ pub fn prefill(dp: &mut Dataplane, scale: &Scale) -> Result<()> {
     Ok(())
 }
 
+/// Puts `n` new connections through the program, clients from number `from` on, spread over
+/// the IPv4 services: every `active_every`-th one opens with an ACK (a mid-flow miss, recorded
+/// ESTABLISHED: ActiveConn), the rest with a SYN (SYN_RECV: InActConn).
+pub fn new_connections(
+    dp: &mut Dataplane,
+    services: usize,
+    from: usize,
+    n: usize,
+    active_every: usize,
+) -> Result<()> {
+    let mut out = vec![0u8; 2048];
+    let prog = dp.program();
+    for i in from..from + n {
+        let (src, port) = client(4, i);
+        let flags = if i % active_every == 0 { ACK } else { SYN };
+        let pkt = tcp(&src, port, &vip(4, i % services), 80, flags);
+        let (v, _, _) = run_once(prog, &pkt, &mut out)?;
+        ensure!(v == TX, "connection {i}: verdict {v}");
+    }
+    Ok(())
+}
+
 pub(crate) fn reason(dp: &Dataplane, r: Reason) -> Result<u64> {
     Ok(dp
         .reasons()?

@@ -20,6 +20,7 @@ fn main() -> Result<()> {
     let mut png = PathBuf::from("docs/bench.png");
     let mut bin_dir = default_bin_dir();
     let mut quick = false;
+    let mut counting_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -27,11 +28,19 @@ fn main() -> Result<()> {
             "--chart" => png = args.next().context("--chart FILE")?.into(),
             "--bin-dir" => bin_dir = args.next().context("--bin-dir DIR")?.into(),
             "--quick" => quick = true,
-            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
+            "--counting-only" => counting_only = true,
+            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--counting-only] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
         }
     }
     // One CPU: per-CPU state and caches stay put, and the other core takes the noise.
     xvs_tests::progtest::pin_to_cpu0();
+    if counting_only {
+        let c = counting()?;
+        for (k, v) in counting_rows(&c) {
+            println!("{k:<60} {v}");
+        }
+        return Ok(());
+    }
     let scale = if quick {
         Scale {
             services: 12,
@@ -71,11 +80,11 @@ fn main() -> Result<()> {
     let mut dp = paths::director(&scale)?;
     paths::prefill(&mut dp, &scale)?;
     let mut results = paths::director_paths(&mut dp, &scale)?;
-    // The controller's periodic work: walking the filled connection table (counts, templates)
-    // and recomputing load-aware tables, as xvsd does each second.
+    // What the controller did each second before live counts: walking the whole filled
+    // connection table (counts, templates). The live counts' own rows come below.
     let scan_ms = control::time_ms(|| {
         let n = dp
-            .conn_counts()?
+            .full_walk()?
             .values()
             .map(|c| c.active + c.inactive)
             .sum::<u64>();
@@ -196,12 +205,15 @@ fn main() -> Result<()> {
     let daemon = Daemon::start(&bin_dir)?;
     let mut control_rows = vec![(
         format!(
-            "connection-table walk for counts (each recomputation, every {} s; {} entries filled)",
+            "connection-table walk for counts (what xvsd did every {} s before live counts; {} entries filled)",
             lb_user::daemon::RECOMPUTE_PERIOD.as_secs(),
             scale.prefill
         ),
         format!("{scan_ms:.0} ms"),
     )];
+    println!("live connection counts at 4M entries...");
+    let live_counts = counting()?;
+    control_rows.extend(counting_rows(&live_counts));
     let mut maglev_1000_ms = 0.0;
     for n in [10usize, 100, 1000] {
         let dests = lb_user::scheduler::maglev::synthetic_dests(n, true);
@@ -481,6 +493,26 @@ fn main() -> Result<()> {
             live_ratio.map(|r| r >= 0.85),
         ),
         target(
+            "live connection counts, 4M entries: daemon CPU",
+            "< 5% of a core",
+            format!(
+                "{:.1}% (slowest second {:.1}%)",
+                live_counts.step_mean.as_secs_f64() * 100.0,
+                live_counts.step_max.as_secs_f64() * 100.0
+            ),
+            Some(live_counts.step_mean.as_secs_f64() < 0.05),
+        ),
+        target(
+            "live connection counts, 4M entries: against a full walk",
+            "within 1%",
+            format!(
+                "{:.3}% (worst real server {:.3}%)",
+                live_counts.error_after * 100.0,
+                live_counts.worst_after * 100.0
+            ),
+            Some(live_counts.error_after <= 0.01 && live_counts.worst_after <= 0.01),
+        ),
+        target(
             "Maglev table, 1000 real servers",
             "< 20 ms",
             format!("{maglev_1000_ms:.1} ms"),
@@ -525,4 +557,58 @@ fn main() -> Result<()> {
     chart::draw(&png, &floor, &results)?;
     println!("wrote {} and {}", out.display(), png.display());
     Ok(())
+}
+
+/// Live connection counts on a 4M-entry table (issue 17), the same in both modes.
+fn counting() -> Result<bench::counting::CountingBench> {
+    bench::counting::counting(4 << 20, 4_000_000, 10_000)
+}
+
+/// The control-plane rows of the live-counts measurement.
+fn counting_rows(c: &bench::counting::CountingBench) -> Vec<(String, String)> {
+    let pct = |d: std::time::Duration| d.as_secs_f64() * 100.0;
+    vec![
+        (
+            format!(
+                "connection counts: the old full walk, same table ({} entries, {} expired)",
+                c.filled, c.expired
+            ),
+            format!(
+                "{:.0} ms CPU each second ({:.0}% of a core)",
+                c.full_walk.as_secs_f64() * 1000.0,
+                pct(c.full_walk)
+            ),
+        ),
+        (
+            format!(
+                "connection counts: live (data plane) + sweep, per second ({} new connections/s)",
+                c.churn
+            ),
+            format!(
+                "{:.1} ms CPU ({:.1}% of a core; slowest second {:.1} ms; cycle {} s); the first cycle, removing the expired: {:.1} ms ({:.1}%, slowest {:.1} ms)",
+                c.step_mean.as_secs_f64() * 1000.0,
+                pct(c.step_mean),
+                c.step_max.as_secs_f64() * 1000.0,
+                c.steps,
+                c.first_mean.as_secs_f64() * 1000.0,
+                pct(c.first_mean),
+                c.first_max.as_secs_f64() * 1000.0,
+            ),
+        ),
+        (
+            "connection counts: reading the live counts (xvsadm -L, each plan refresh; wall)".into(),
+            format!("{:.0} us", c.live_read.as_secs_f64() * 1e6),
+        ),
+        (
+            "connection counts: live against a full walk, before / after one sweep cycle".into(),
+            format!(
+                "{:.2}% / {:.3}% (worst real server after: {:.3}%; {} swept, {} re-baselined)",
+                c.error_before * 100.0,
+                c.error_after * 100.0,
+                c.worst_after * 100.0,
+                c.swept,
+                c.rebaselined
+            ),
+        ),
+    ]
 }

@@ -1,7 +1,16 @@
 //! Connection tracking: a live entry sends a flow to the real server it went to before, whatever
 //! the tables say now; entries expire by protocol state and timeout, as in IPVS.
+//!
+//! Live connections are counted per backend slot and IPVS class (ActiveConn: TCP ESTABLISHED,
+//! InActConn: the rest, UDP included) in CONN_COUNTS as entries change: +1 when `record` inserts
+//! an entry, a move when `touch` changes an entry's class, -1 when `lookup` removes an entry it
+//! found dead (expired, or a new SYN on a closing one) and when `forget` removes one. A hit that
+//! keeps its class writes no counter. An entry whose slot was handed to another real server
+//! (generation changed) is not subtracted: xvsd wrote its slot's old counts off when it changed
+//! the generation. What no packet sees (expiry without traffic, LRU eviction) is xvsd's sweep's
+//! (lb-user dataplane::sweep).
 
-use lb_common::{Backend, ConnEntry, ConnState, FlowKey, Reason, PROTO_TCP};
+use lb_common::{Backend, ConnClass, ConnEntry, ConnState, FlowKey, Reason, PROTO_TCP};
 use lb_ebpf::parse::{tcp_flag, Parsed};
 
 use crate::maps::{self, count};
@@ -73,7 +82,7 @@ impl Conn {
 /// Updates the entry's state and clock, writing only what changed.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Backend)> {
-    maps::conn_update(key, |e| {
+    let found = maps::conn_update(key, |e| {
         let state = ConnState::from_u8(e.state);
         let syn_only = p.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
         // Expired, the real server was removed, or a new SYN on a closing entry: schedule afresh.
@@ -81,13 +90,32 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Bac
             Some(b) if !(syn_only && matches!(state, ConnState::FinWait | ConnState::Close)) => b,
             _ => {
                 count(Reason::ConnRescheduled);
-                return None;
+                return Err(dead_slot(e));
             }
         };
         touch(e, state, p, now);
-        Some((Conn::of(e), backend))
-    })
-    .flatten()
+        Ok((Conn::of(e), backend))
+    })?;
+    match found {
+        Ok(live) => Some(live),
+        Err(counted) => {
+            // Whoever removes a counted entry (here, or xvsd's sweep) takes it off the counts.
+            if let Some((slot, class)) = counted {
+                if maps::conn_remove(key) {
+                    maps::count_conn(slot, class, u64::MAX);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// A dead entry's (slot, class) when its slot still holds the real server it counts for, so
+/// its removal is subtracted; None when the slot changed hands (xvsd wrote those counts off).
+#[inline(always)]
+fn dead_slot(e: &ConnEntry) -> Option<(u32, ConnClass)> {
+    let b = maps::backend(e.backend)?;
+    (b.generation == e.generation).then_some((e.backend, ConnClass::of_state(e.state)))
 }
 
 /// Gives FULLNAT connection `key` its local address slot and port.
@@ -104,7 +132,12 @@ pub fn set_local(key: &FlowKey, local: u8, lport_be: u16) -> bool {
 /// is scheduled afresh).
 #[inline(always)]
 pub fn forget(key: &FlowKey) {
-    maps::conn_remove(key);
+    let counted = maps::conn(key).and_then(dead_slot);
+    if maps::conn_remove(key) {
+        if let Some((slot, class)) = counted {
+            maps::count_conn(slot, class, u64::MAX);
+        }
+    }
 }
 
 /// A NAT or FULLNAT real server's reply to connection `key` (as the client sent it), from
@@ -135,16 +168,24 @@ fn live_backend(e: &ConnEntry, state: ConnState, now: u64) -> Option<&'static Ba
 }
 
 /// A packet of a live entry: its clock, and its TCP state from the packet's flags, each written
-/// only when it changed.
+/// only when it changed; a change of class moves the entry between its slot's counters.
 #[inline(always)]
 fn touch(e: &mut ConnEntry, state: ConnState, p: &Parsed, now: u64) {
     if e.last_seen_ns != now {
         e.last_seen_ns = now;
     }
     if p.proto == PROTO_TCP {
-        let next = next_tcp_state(state, p.tcp_flags) as u8;
-        if next != e.state {
-            e.state = next;
+        let next = next_tcp_state(state, p.tcp_flags);
+        if next as u8 != e.state {
+            e.state = next as u8;
+            if next.is_active() != state.is_active() {
+                let (from, to) = match next.is_active() {
+                    true => (ConnClass::Inactive, ConnClass::Active),
+                    false => (ConnClass::Active, ConnClass::Inactive),
+                };
+                maps::count_conn(e.backend, from, u64::MAX);
+                maps::count_conn(e.backend, to, 1);
+            }
         }
     }
 }
@@ -189,6 +230,8 @@ pub fn record(
     };
     if maps::conn_insert(key, &entry).is_err() {
         count(Reason::ConnInsertFailed);
+    } else {
+        maps::count_conn(id, ConnClass::of_state(entry.state), 1);
     }
     count(Reason::ConnNew);
     // Not a connection's first packet, yet no live entry: the table lost it (evicted under

@@ -13,11 +13,11 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
-    filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnEntry, DataplaneConfig, FlowKey,
-    FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry, PersistKey, Reason, ReplyRoute,
-    ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES,
-    DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES,
-    REPLY_ROUTE_SLOTS, TAIL_SLOTS, TUN_ROUTE_SLOTS,
+    filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnClass, ConnCounters, ConnEntry,
+    DataplaneConfig, FlowKey, FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry,
+    PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
+    DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES,
+    MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 use lb_ebpf::nat::IcmpRewrite;
 
@@ -42,6 +42,14 @@ static PERSIST: LruHashMap<PersistKey, PersistEntry> =
 static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+/// Live connections per backend slot by class, per CPU (lb_common::ConnCounters): written only
+/// when an entry is recorded, changes class, or is removed dead, never on an established hit.
+#[map]
+static CONN_COUNTS: PerCpuArray<ConnCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+/// xvsd's part of the same counts (its sweep's removals, its corrections); never written here,
+/// declared so that it is created and pinned with the rest.
+#[map]
+static CONN_ADJUST: Array<ConnCounters> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 #[map]
@@ -56,7 +64,7 @@ static TUNNEL_JOB: PerCpuArray<TunnelJob> = PerCpuArray::with_max_entries(1, 0);
 static NAT_JOB: PerCpuArray<NatJob> = PerCpuArray::with_max_entries(1, 0);
 /// A NAT reply's way back to its connection: room for one per connection (sized as CONNS), but
 /// not preallocated, so only NAT connections take memory; xvsd removes the entries whose
-/// connection is gone (each second, with its walk of CONNS).
+/// connection is gone (at the end of each cycle of its sweep of CONNS).
 #[map]
 static NAT_REPLIES: HashMap<FlowKey, NatReply> =
     HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, BPF_F_NO_PREALLOC);
@@ -100,6 +108,16 @@ pub fn count(reason: Reason) {
     if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
         // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
         unsafe { *c += 1 };
+    }
+}
+
+/// Adds `n` (1, or u64::MAX for -1) to backend slot `backend`'s live connections of `class`
+/// on this CPU.
+#[inline(always)]
+pub fn count_conn(backend: u32, class: ConnClass, n: u64) {
+    if let Some(c) = CONN_COUNTS.get_ptr_mut(backend) {
+        // SAFETY: this CPU's slot, as in `count`.
+        unsafe { (*c).add(class, n) };
     }
 }
 
@@ -278,10 +296,11 @@ pub fn nat_reply_claim(key: &FlowKey, reply: &NatReply) -> Result<(), i32> {
     NAT_REPLIES.insert(key, reply, BPF_NOEXIST as u64)
 }
 
-/// Forgets a connection (a FULLNAT connection that got no port).
+/// Removes a connection entry: true when this call removed it (so exactly one remover, here
+/// or in xvsd's sweep, takes it off the live counts).
 #[inline(always)]
-pub fn conn_remove(key: &FlowKey) {
-    let _ = CONNS.remove(key);
+pub fn conn_remove(key: &FlowKey) -> bool {
+    CONNS.remove(key).is_ok()
 }
 
 /// A FULLNAT service's local address in slot `key` (lb_common::laddr_key).

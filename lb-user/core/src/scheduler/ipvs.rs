@@ -5,16 +5,25 @@
 //! # Load-aware schedulers: lc, wlc, sed, nq, fo, ovf, twos
 //!
 //! The table is a *plan*: the servers IPVS's own algorithm would pick for the next
-//! `Params::plan_len` new connections, starting from the counts of the recomputation, with the
-//! kernel's formulas and tie-breaking (list order, first or last found, as each file has it).
-//! Each pick is counted as one more **active** connection of its server before the next pick.
-//! That is deliberate: IPVS counts a fresh connection (SYN_RECV) as inactive, so its very next
-//! pick barely notices it (overhead 1 instead of 256), but IPVS sees the connection become
-//! established one round trip later, while our counts only change at the next recomputation.
-//! Counting picks as active makes a burst of thousands of new connections between two
-//! recomputations spread the way the scheduler spreads them in steady state, instead of all
-//! landing on the server that was least loaded at the last tick. If at some step no server can be
-//! picked (all quiesced or overloaded), the plan ends there; an empty plan drops new flows.
+//! `Params::plan_len` new connections, starting from the live counts, with the kernel's formulas
+//! and tie-breaking (list order, first or last found, as each file has it). The data plane keeps
+//! those counts as connections are made, established and end, and xvsd makes the plan afresh
+//! from them every 100 ms (no table walk: reading them costs O(servers)), so a plan starts from
+//! connections that already ended as ended: a short connection over is one inactive connection
+//! (FIN_WAIT, weighing 1), not an active one (256). Within a plan, each pick is counted as one
+//! more **active** connection of its server before the next pick. That is deliberate: IPVS counts
+//! a fresh connection (SYN_RECV) as inactive, so its very next pick barely notices it (overhead
+//! 1 instead of 256), but IPVS sees the connection become established one round trip later,
+//! while the plan only sees it at its next refresh. Counting picks as active makes a burst of
+//! thousands of new connections within one plan period spread the way the scheduler spreads
+//! them in steady state, instead of all landing on the server that was least loaded at the last
+//! refresh. What that costs: short connections that come and go within one plan period (100 ms)
+//! are counted as lasting until the next refresh (with wlc, a server holding 6 long connections
+//! and an idle one, 10 short ones within 100 ms send 2 to the busy server, where IPVS sends none);
+//! spread wider than that, they all go to the idle one, as in IPVS (before live counts the plan
+//! was made from a walk of the whole table each second, which at millions of entries took longer
+//! than that second). If at some step no server can be picked (all quiesced or overloaded), the
+//! plan ends there; an empty plan drops new flows.
 //!
 //! twos draws its random numbers from a deterministic PRNG (xorshift64*, seeded from a constant)
 //! kept in [`State`], so tables are reproducible.
@@ -1783,6 +1792,49 @@ mod tests {
             // Then the loads are equal and they alternate, the first server first on ties.
             assert_eq!(p[100..104], [0, 1, 0, 1], "{s:?}");
         }
+    }
+
+    /// Issue 17's blind spot: with wlc, one real server holding 6 long connections and one idle
+    /// server, 10 short new connections. A plan kept while they come and go counts each pick as
+    /// a lasting active connection and sends 2 to the busy server; plans made afresh from the
+    /// live counts, in which each one that ended is an inactive connection, send all 10 to the
+    /// idle server, pick by pick what IPVS's ip_vs_wlc_schedule picks over the same counts.
+    #[test]
+    fn wlc_plans_from_live_counts_follow_connections_that_ended() {
+        let busy = dest(0, 1, 6, 0);
+        let idle = dest(1, 1, 0, 0);
+        let kept = plan_of(Scheduler::Wlc, &[busy, idle], 10);
+        assert_eq!(kept.iter().filter(|&&i| i == 0).count(), 2, "{kept:?}");
+        let (mut dests, mut state) = ([busy, idle], State::default());
+        let kd = |d: &Dest| KDest {
+            addr: d.addr,
+            weight: d.weight as i64,
+            activeconns: d.active as i64,
+            inactconns: d.inactive as i64,
+            u_threshold: 0,
+            l_threshold: 0,
+            overload: false,
+        };
+        let mut sent = [0; 2];
+        for n in 0..10 {
+            let Table::Sequence(p) = table(
+                Scheduler::Wlc,
+                SchedFlags::default(),
+                &mut state,
+                &dests,
+                &params(16),
+            ) else {
+                panic!("wlc is a sequence")
+            };
+            let i = p[0] as usize;
+            let ipvs = k_wlc(&[kd(&dests[0]), kd(&dests[1])], &mut Rng::default());
+            assert_eq!(Some(i), ipvs, "connection {n}");
+            sent[i] += 1;
+            // Established for a moment, then the client's FIN: one more inactive connection
+            // in the live counts of the next plan.
+            dests[i].inactive += 1;
+        }
+        assert_eq!(sent, [0, 10]);
     }
 
     #[test]
