@@ -740,14 +740,14 @@ impl Dataplane {
     }
 
     /// [`Dataplane::scan`] over these backend slots and persistent services.
-    fn scan_over(&mut self, live: Live) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+    fn scan_over(&mut self, view: Live) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
         let now = monotonic_ns();
         let cfg = self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
         let Live {
             generations,
             persistent,
             nat,
-        } = live;
+        } = &view;
         // NAT and FULLNAT connections' ways back as they are before the walk: an entry whose
         // connection the walk does not find live (for FULLNAT: holding that port) is removed
         // after it, which frees a FULLNAT port. A connection is recorded before its way back,
@@ -795,33 +795,13 @@ impl Dataplane {
         .map_err(|e| map_err(names::MAP_CONNS)(MapError::SyscallError(syscall_err(e))))?;
         fill.walks = self.table.walks + 1;
         self.table = fill;
-        let mut refresh = Vec::new();
-        batch::for_each(&self.persist, |k, t| {
-            let Some(Some((_, timeout))) = persistent.get(k.service as usize).copied() else {
-                return;
-            };
-            if !live(t.backend, t.generation) {
-                return;
-            }
-            let last = in_use.get(k).copied().unwrap_or(0).max(t.last_seen_ns);
-            if now.saturating_sub(last) > timeout {
-                return;
-            }
-            dense[t.backend as usize].persistent += 1;
-            if last > t.last_seen_ns {
-                refresh.push((
-                    *k,
-                    PersistEntry {
-                        last_seen_ns: last,
-                        ..*t
-                    },
-                ));
-            }
-        })
-        .map_err(|e| map_err(names::MAP_PERSIST)(MapError::SyscallError(syscall_err(e))))?;
+        let (templates, refresh) = self.templates_pass(&view, &in_use, now)?;
+        for (slot, n) in templates {
+            dense[slot as usize].persistent = n;
+        }
         for (k, r) in replies {
             if live_conns.get(&conn_of_reply(&k, &r)) != Some(&(r.backend, local_port(&k, &r))) {
-                self.sweep_reply(&k, &r, &cfg, &generations, now)?;
+                self.sweep_reply(&k, &r, &cfg, generations, now)?;
             }
         }
         for (k, t) in refresh {
