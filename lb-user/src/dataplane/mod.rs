@@ -677,38 +677,20 @@ impl Dataplane {
     /// New FULLNAT connections refused for want of a port since the maps were created, per
     /// service id (services with none are left out).
     pub fn fullnat_exhausted(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
-        let mut out = HashMap::new();
-        for (id, placed) in self.placement.services.values().map(|p| (p.id, p)) {
-            if placed.laddrs.is_empty() {
-                continue;
-            }
-            let v = self
-                .fullnat_exhausted
-                .get(&id, 0)
-                .map_err(map_err(names::MAP_FULLNAT_EXHAUSTED))?;
-            let n: u64 = v.iter().sum();
-            if n > 0 {
-                out.insert(id, n);
-            }
-        }
-        Ok(out)
+        let ids = self
+            .placement
+            .services
+            .values()
+            .filter(|p| !p.laddrs.is_empty())
+            .map(|p| p.id);
+        per_service_sums(&self.fullnat_exhausted, names::MAP_FULLNAT_EXHAUSTED, ids)
     }
 
     /// TCP packets that arrived mid-flow for a connection the table did not have, per placed
     /// service id (services with none left out).
     pub fn midflow_misses(&self) -> Result<HashMap<u32, u64>, DataplaneError> {
-        let mut out = HashMap::new();
-        for id in self.placement.services.values().map(|p| p.id) {
-            let v = self
-                .midflow_miss
-                .get(&id, 0)
-                .map_err(map_err(names::MAP_MIDFLOW_MISS))?;
-            let n: u64 = v.iter().sum();
-            if n > 0 {
-                out.insert(id, n);
-            }
-        }
-        Ok(out)
+        let ids = self.placement.services.values().map(|p| p.id);
+        per_service_sums(&self.midflow_miss, names::MAP_MIDFLOW_MISS, ids)
     }
 
     /// Zeroes the mid-flow miss counters of these service ids (new ids, or `-Z`).
@@ -1527,3 +1509,19 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// A per-CPU counter per service id, summed over CPUs, for these ids (those at 0 left out).
+fn per_service_sums(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    ids: impl Iterator<Item = u32>,
+) -> Result<HashMap<u32, u64>, DataplaneError> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let n: u64 = map.get(&id, 0).map_err(map_err(name))?.iter().sum();
+        if n > 0 {
+            out.insert(id, n);
+        }
+    }
+    Ok(out)
+}
