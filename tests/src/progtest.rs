@@ -40,6 +40,7 @@ impl Director {
         let dp = Dataplane::load_with(Sizes {
             conns: 65536,
             sched_slots: 1 << 18,
+            nat_replies: None,
         })
         .expect("load the director object");
         Self {

@@ -114,6 +114,7 @@ fn start(
         sizes: Sizes {
             conns,
             sched_slots: 1 << 18,
+            nat_replies: None,
         },
         dir: dir.to_path_buf(),
         force_reload,

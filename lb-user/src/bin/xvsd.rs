@@ -77,6 +77,14 @@ struct Opts {
     #[arg(long, default_value_t = lb_common::DEFAULT_CONN_ENTRIES,
           value_parser = clap::value_parser!(u32).range(lb_common::MIN_CONN_ENTRIES as i64..=lb_common::MAX_CONN_ENTRIES as i64))]
     conn_table_size: u32,
+    /// Room for NAT and FULLNAT connections' ways back (entries, 1024..=33554432; default: the
+    /// --conn-table-size): preallocated, about 140 bytes each, so a director without NAT or
+    /// FULLNAT real servers can spare the memory with 1024. When it is full, a new NAT
+    /// connection's replies are not translated (conn_insert_failed) and a new FULLNAT connection
+    /// is refused (drop_fullnat_no_port).
+    #[arg(long, value_name = "ENTRIES",
+          value_parser = clap::value_parser!(u32).range(lb_common::MIN_CONN_ENTRIES as i64..=lb_common::MAX_CONN_ENTRIES as i64))]
+    nat_table_size: Option<u32>,
     /// Scheduler slots shared by all services' tables (u32 each): an mh service takes
     /// --mh-table-size of them, a load-aware one --plan-len, sh/dh/lblc/lblcr 256
     /// (at most 67108864).
@@ -161,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         mode: opts.xdp_mode,
         socket: opts.socket,
         conn_table_size: opts.conn_table_size,
+        nat_table_size: opts.nat_table_size,
         sched_slots: opts.sched_slots,
         params: lb_user::scheduler::Params {
             maglev_size: opts.mh_table_size,

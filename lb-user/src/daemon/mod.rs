@@ -123,6 +123,8 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// Map sizes.
     pub conn_table_size: u32,
+    /// NAT_REPLIES' entries (None: as many as the connection table).
+    pub nat_table_size: Option<u32>,
     /// Scheduler slots.
     pub sched_slots: u32,
     /// Table tunables.
@@ -228,6 +230,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         sizes: Sizes {
             conns: opts.conn_table_size,
             sched_slots: opts.sched_slots,
+            nat_replies: opts.nat_table_size,
         },
         dir: opts.pin_dir.clone(),
         force_reload: opts.force_reload,

@@ -44,7 +44,8 @@ pub fn expected(sizes: Sizes) -> Result<Vec<MapLayout>, DataplaneError> {
             key_size: m.key_size(),
             value_size: m.value_size(),
             max_entries: match name.as_str() {
-                names::MAP_CONNS | names::MAP_NAT_REPLIES => sizes.conns,
+                names::MAP_CONNS => sizes.conns,
+                names::MAP_NAT_REPLIES => sizes.nat_replies(),
                 names::MAP_SCHED_SLOTS => sizes.sched_slots,
                 _ => m.max_entries(),
             },
@@ -238,5 +239,27 @@ mod tests {
         assert_eq!(conns.max_entries, lb_common::DEFAULT_CONN_ENTRIES);
         assert_eq!(conns.key_size as usize, size_of::<lb_common::FlowKey>());
         assert_eq!(conns.value_size as usize, size_of::<lb_common::ConnEntry>());
+    }
+
+    #[test]
+    fn the_nat_table_follows_the_connection_table_unless_sized_apart() {
+        let nat = |sizes: Sizes| {
+            let maps = expected(sizes).unwrap();
+            let m = maps.iter().find(|m| m.name_str() == names::MAP_NAT_REPLIES);
+            let m = m.expect("NAT_REPLIES in the object");
+            (m.max_entries, m.map_flags)
+        };
+        let sized = |nat_replies| Sizes {
+            conns: 4096,
+            sched_slots: 1024,
+            nat_replies,
+        };
+        assert_eq!(nat(sized(None)).0, 4096);
+        assert_eq!(nat(sized(Some(1024))).0, 1024);
+        // Preallocated: inserting on demand cost every new NAT connection an allocation.
+        assert_eq!(
+            nat(sized(None)).1 & aya_obj::generated::BPF_F_NO_PREALLOC,
+            0
+        );
     }
 }

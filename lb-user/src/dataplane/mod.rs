@@ -168,6 +168,15 @@ pub struct Sizes {
     pub conns: u32,
     /// Scheduler slots shared by all services.
     pub sched_slots: u32,
+    /// NAT and FULLNAT ways back (NAT_REPLIES, preallocated); None: as many as `conns`.
+    pub nat_replies: Option<u32>,
+}
+
+impl Sizes {
+    /// NAT_REPLIES' entries.
+    pub fn nat_replies(&self) -> u32 {
+        self.nat_replies.unwrap_or(self.conns)
+    }
 }
 
 impl Default for Sizes {
@@ -175,6 +184,7 @@ impl Default for Sizes {
         Self {
             conns: lb_common::DEFAULT_CONN_ENTRIES,
             sched_slots: lb_common::DEFAULT_SCHED_SLOTS,
+            nat_replies: None,
         }
     }
 }
@@ -314,7 +324,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::MAP_CONNS, sizes.conns)
-            .map_max_entries(names::MAP_NAT_REPLIES, sizes.conns)
+            .map_max_entries(names::MAP_NAT_REPLIES, sizes.nat_replies())
             .map_max_entries(names::MAP_SCHED_SLOTS, sizes.sched_slots)
             .override_global(kernel_log::LEVEL_GLOBAL, &level, true);
         for (name, path) in &pinned {

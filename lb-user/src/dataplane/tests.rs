@@ -1301,6 +1301,7 @@ fn kernel_maps_roll_back_as_memory_maps_do() {
     let mut dp = super::Dataplane::load_with(super::Sizes {
         conns: 1024,
         sched_slots: 4096,
+        nat_replies: None,
     })
     .expect("load the director");
     let maps = &mut dp.maps;

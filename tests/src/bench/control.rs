@@ -338,6 +338,7 @@ pub fn sync_bulk(services: usize, reals: usize) -> Result<SyncBulk> {
     let mut dp = Dataplane::load_with(Sizes {
         conns: 1 << 16,
         sched_slots: lb_common::DEFAULT_SCHED_SLOTS,
+        nat_replies: None,
     })?;
     let first = time_ms(|| Ok(dp.sync(&config, &macs)?))?;
     let reweight = time_ms(|| Ok(dp.sync(&reweighted, &macs)?))?;

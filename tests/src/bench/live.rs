@@ -183,6 +183,7 @@ fn director(
     let mut dp = Dataplane::load_with(Sizes {
         conns: 1 << 16,
         sched_slots: 1 << 16,
+        nat_replies: None,
     })?;
     let key = ServiceKey::Addr {
         protocol: Protocol::Tcp,

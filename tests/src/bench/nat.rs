@@ -91,6 +91,7 @@ fn measure_all(scale: &Scale, mode: ForwardMethod) -> Result<Vec<PathResult>> {
     let mut dp = Dataplane::load_with(Sizes {
         conns: scale.conn_capacity,
         sched_slots: 1 << 20,
+        nat_replies: None,
     })?;
     let mut config = Config::default();
     let mut changes = Vec::new();

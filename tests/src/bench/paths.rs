@@ -179,6 +179,7 @@ pub fn director(scale: &Scale) -> Result<Dataplane> {
     let mut dp = Dataplane::load_with(Sizes {
         conns: scale.conn_capacity,
         sched_slots: 1 << 23,
+        nat_replies: None,
     })?;
     let mut config = Config::default();
     let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();

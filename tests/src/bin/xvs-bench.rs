@@ -21,6 +21,7 @@ fn main() -> Result<()> {
     let mut bin_dir = default_bin_dir();
     let mut quick = false;
     let mut counting_only = false;
+    let mut paths_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -29,7 +30,8 @@ fn main() -> Result<()> {
             "--bin-dir" => bin_dir = args.next().context("--bin-dir DIR")?.into(),
             "--quick" => quick = true,
             "--counting-only" => counting_only = true,
-            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--counting-only] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
+            "--paths-only" => paths_only = true,
+            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--counting-only] [--paths-only] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
         }
     }
     // One CPU: per-CPU state and caches stay put, and the other core takes the noise.
@@ -80,6 +82,21 @@ fn main() -> Result<()> {
     let mut dp = paths::director(&scale)?;
     paths::prefill(&mut dp, &scale)?;
     let mut results = paths::director_paths(&mut dp, &scale)?;
+    if paths_only {
+        // A developer's quick look at the director's own paths and NAT's: no tunnel, live or
+        // control rows, no files written.
+        results.extend(nat::nat_paths(&scale)?);
+        for p in std::iter::once(&floor_a).chain(&results) {
+            println!(
+                "{:<44} {:>9.1} {:>9.1} {:>+10.1}",
+                p.name,
+                p.ns.median,
+                p.ns.min,
+                p.ns.median - floor_a.ns.median
+            );
+        }
+        return Ok(());
+    }
     // What the controller did each second before live counts: walking the whole filled
     // connection table (counts, templates). The live counts' own rows come below.
     let scan_ms = control::time_ms(|| {
@@ -375,6 +392,7 @@ fn main() -> Result<()> {
         let dp = lb_user::dataplane::Dataplane::load_with(lb_user::dataplane::Sizes {
             conns: lb_common::MAX_CONN_ENTRIES,
             sched_slots: lb_common::MAX_SCHED_SLOTS,
+            nat_replies: None,
         })?;
         for (name, max, bytes) in
             control::map_memory(std::process::id())?
