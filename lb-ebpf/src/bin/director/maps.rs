@@ -278,8 +278,11 @@ pub fn nat_job() -> Option<&'static NatJob> {
 /// The way back of a NAT reply (keyed by the reply's flow: real server -> client).
 #[inline(always)]
 pub fn nat_reply(key: &FlowKey) -> Option<&'static NatReply> {
-    // SAFETY: entries are replaced whole by inserts, never written in place; a racing replace
-    // at worst shows the other copy of plain integers.
+    // SAFETY: entries are replaced whole by inserts, never written in place. The map is
+    // preallocated, so an element xvsd deletes may be reused at once by another CPU's insert: a
+    // racing read at worst shows another connection's plain integers, and the reply path
+    // translates only when the connection they name is live on the backend they name
+    // (conntrack::reply_seen).
     unsafe { NAT_REPLIES.get(key) }
 }
 
