@@ -19,8 +19,8 @@ pub use conn::{ConnClass, ConnCounters, ConnEntry, ConnState, FlowKey};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
-    nat_reply_filter_proto, service_flags, table_kind, tunnel_job_flags, tuple_hash, Backend,
-    DataplaneConfig, FullNatAudit, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey,
+    nat_reply_filter_proto, prefix_masks, service_flags, table_kind, tunnel_job_flags, tuple_hash,
+    Backend, DataplaneConfig, FullNatAudit, LocalAddr, NatJob, NatReply, PersistEntry, PersistKey,
     ReplyRoute, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob, FULLNAT_AUDIT_BYTES,
     FULLNAT_PROBES, MAX_LADDR_SLOTS, NO_BACKEND, REPLY_ROUTE_SLOTS, TUN_ROUTE_SLOTS,
     TUN_ROUTE_TTL_NS,

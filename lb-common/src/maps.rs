@@ -109,6 +109,21 @@ pub fn mask_addr(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
     out
 }
 
+/// What [`mask_addr`] does, for an address read as two native-order u64 words (its bytes in
+/// memory order): the masks that keep its first `prefix` bits. The data plane masks in two
+/// ANDs instead of sixteen byte steps.
+#[inline(always)]
+pub fn prefix_masks(prefix: u8) -> [u64; 2] {
+    // Big-endian values (the address's first bit is the most significant), stored native.
+    let keep = |bits: u32| match bits {
+        0 => 0,
+        b if b >= 64 => u64::MAX,
+        b => u64::MAX << (64 - b),
+    };
+    let p = prefix as u32;
+    [keep(p).to_be(), keep(p.saturating_sub(64)).to_be()]
+}
+
 /// The flow hash the data plane indexes hash tables with: over an address (four 32-bit words
 /// as they lie in memory) and optionally a port. Cheap enough for the fast path and shared with
 /// the controller so tests can predict a flow's slot.
@@ -575,6 +590,28 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefix_masks_mask_as_mask_addr_does() {
+        let addrs = [
+            [0xffu8; 16],
+            *b"\x20\x01\x0d\xb8\x85\xa3\x00\x00\x00\x00\x8a\x2e\x03\x70\x73\x34",
+            [198, 51, 100, 77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for addr in addrs {
+            for prefix in 0..=255u8 {
+                let words = [
+                    u64::from_ne_bytes(addr[..8].try_into().unwrap()),
+                    u64::from_ne_bytes(addr[8..].try_into().unwrap()),
+                ];
+                let [m0, m1] = prefix_masks(prefix);
+                let mut got = [0u8; 16];
+                got[..8].copy_from_slice(&(words[0] & m0).to_ne_bytes());
+                got[8..].copy_from_slice(&(words[1] & m1).to_ne_bytes());
+                assert_eq!(got, mask_addr(&addr, prefix), "/{prefix} of {addr:?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

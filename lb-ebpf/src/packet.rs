@@ -161,6 +161,18 @@ pub fn load_addr6(field: &[u8; 16]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }
 
+/// A 16-byte address's first `prefix` bits (lb_common::mask_addr), in two loads and two ANDs;
+/// from where [`addr_words`] may read, aligned to 8.
+#[inline(always)]
+pub fn masked_addr(a: &[u8; 16], prefix: u8) -> [u8; 16] {
+    // SAFETY: [u8; 16] and [[u8; 8]; 2] have the same size and alignment 1.
+    let halves = unsafe { &*(a.as_ptr() as *const [[u8; 8]; 2]) };
+    let [m0, m1] = lb_common::prefix_masks(prefix);
+    let words = [load_u64(&halves[0]) & m0, load_u64(&halves[1]) & m1];
+    // SAFETY: two u64 are sixteen bytes, every bit pattern a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
 /// An IPv4 address field as the 16-byte form (the address in the first four bytes, zeros
 /// after), in one load.
 #[inline(always)]

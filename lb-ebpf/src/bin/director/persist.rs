@@ -1,10 +1,8 @@
 //! Persistence: a client network (the client address under a per-service netmask) keeps going
 //! to the same real server while its template lives, as IPVS's persistent services.
 
-use lb_common::{
-    mask_addr, service_flags, Backend, PersistEntry, PersistKey, Reason, ServiceValue,
-};
-use lb_ebpf::parse::Parsed;
+use lb_common::{service_flags, Backend, PersistEntry, PersistKey, Reason, ServiceValue};
+use lb_ebpf::{packet::masked_addr, parse::Parsed};
 
 use crate::maps::{self, count};
 
@@ -13,7 +11,8 @@ use crate::maps::{self, count};
 #[inline(always)]
 pub fn key(svc: &ServiceValue, p: &Parsed) -> Option<PersistKey> {
     (svc.flags & service_flags::PERSISTENT != 0).then(|| PersistKey {
-        client: mask_addr(&p.src, svc.persist_prefix),
+        // Parsed's addresses are aligned to 8: two words, not sixteen byte steps.
+        client: masked_addr(&p.src, svc.persist_prefix),
         service: svc.id,
         family: p.family,
         _pad: [0; 3],
