@@ -9,6 +9,16 @@
 //! (generation changed) is not subtracted: xvsd wrote its slot's old counts off when it changed
 //! the generation. What no packet sees (expiry without traffic, LRU eviction) is xvsd's sweep's
 //! (lb-user dataplane::sweep).
+//!
+//! The proof rule: an entry earns its LRU reference only with the client's third packet. CONNS is
+//! the kernel's LRU hash, whose every lookup references the entry's node, and referenced nodes
+//! outlive unreferenced ones under pressure. A spoofed SYN + ACK pair would reference its junk
+//! entry as a real handshake does; so an entry counts in its state byte's proof bits
+//! (lb_common::proof_owed) the client packets it still owes, 2 when `record`ed, and while it owes
+//! any, a hit re-inserts it unreferenced (`proving`, `reinsert`) instead of writing in place:
+//! the client's 2nd packet pays one, its 3rd the last, in place, keeping its reference. Replies,
+//! FULLNAT's port assignment and relayed ICMP errors pay nothing and re-insert too. Proven
+//! entries (0, also every entry of builds before the rule) take the in-place path.
 
 use lb_common::{
     proof_owed, with_proof_owed, Backend, ConnClass, ConnEntry, ConnState, FlowKey, Reason,
@@ -153,7 +163,9 @@ pub fn unreference(key: &FlowKey, e: &ConnEntry) {
 /// An update of the existing key would not do: the kernel marks the node that replaces an
 /// entry referenced (kernel/bpf/hashtab.c, htab_lru_map_update_elem). The entry that was there
 /// is freed, and its node may already hold another flow: nothing reads or writes it after this.
-/// When the insert fails, the connection has no entry any more and leaves the counts.
+/// When the insert fails, the connection has no entry any more and leaves the counts. (A packet
+/// of the flow on another CPU in between finds no entry and records one, which this replaces:
+/// a race of one flow on two CPUs, whose count drift xvsd's sweep corrects.)
 #[inline(always)]
 fn reinsert(key: &FlowKey, e: &ConnEntry) {
     maps::conn_remove(key);
