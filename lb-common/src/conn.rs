@@ -39,10 +39,32 @@ pub enum ConnState {
     Close = 4,
 }
 
+/// ConnEntry::state's bits 6-7: how many more of the client's packets the entry must see before
+/// a packet may leave it referenced in the kernel's LRU (the data plane's proof rule, lb-ebpf
+/// `conntrack`). 0, what builds before the rule wrote, is a proven entry: adopted entries keep
+/// the in-place path they had.
+pub const PROOF_MASK: u8 = 0b1100_0000;
+/// ConnEntry::state's low bits: the ConnState.
+pub const STATE_MASK: u8 = 0b0011_1111;
+const PROOF_SHIFT: u32 = 6;
+/// What a new entry owes: the client's 2nd and 3rd packets (its 3rd is the first to reference it,
+/// so a spoofed SYN + ACK pair leaves it unreferenced).
+pub const PROOF_NEW: u8 = 2;
+
+/// The client packets `state` (a ConnEntry::state byte) still owes; 0: proven.
+pub const fn proof_owed(state: u8) -> u8 {
+    (state & PROOF_MASK) >> PROOF_SHIFT
+}
+
+/// `state` with its proof bits set to `owed` (at most 3), its ConnState kept.
+pub const fn with_proof_owed(state: u8, owed: u8) -> u8 {
+    (state & STATE_MASK) | (owed << PROOF_SHIFT & PROOF_MASK)
+}
+
 impl ConnState {
-    /// Decodes the byte stored in ConnEntry::state.
+    /// Decodes the byte stored in ConnEntry::state (its proof bits ignored).
     pub const fn from_u8(v: u8) -> ConnState {
-        match v {
+        match v & STATE_MASK {
             1 => ConnState::SynRecv,
             2 => ConnState::Established,
             3 => ConnState::FinWait,
@@ -97,7 +119,8 @@ pub struct ConnEntry {
     pub generation: u32,
     /// Service id.
     pub service: u32,
-    /// ConnState as u8.
+    /// ConnState as u8 in the low bits, the proof rule's count in bits 6-7 ([`PROOF_MASK`]):
+    /// read it with [`ConnState::from_u8`] and [`proof_owed`].
     pub state: u8,
     /// FULLNAT: the slot of the service's local address the connection was given (see
     /// `maps::laddr_key`), with `lport_be`.
@@ -121,7 +144,7 @@ pub enum ConnClass {
 }
 
 impl ConnClass {
-    /// The class of an entry in `state` (the byte ConnEntry::state holds).
+    /// The class of an entry in `state` (the byte ConnEntry::state holds, proof bits ignored).
     pub const fn of_state(state: u8) -> ConnClass {
         if ConnState::from_u8(state).is_active() {
             ConnClass::Active
@@ -204,6 +227,39 @@ mod tests {
         assert_eq!(Close.tcp_next(true, false, false, false), SynRecv);
         assert!(Established.is_active());
         assert!(!FinWait.is_active());
+    }
+
+    #[test]
+    fn proof_bits_leave_the_state_alone() {
+        use super::{proof_owed, with_proof_owed, ConnClass, PROOF_MASK, PROOF_NEW, STATE_MASK};
+        assert_eq!(PROOF_MASK & STATE_MASK, 0);
+        assert_eq!(PROOF_MASK | STATE_MASK, 0xff);
+        for state in [Udp, SynRecv, Established, FinWait, Close] {
+            assert_eq!(
+                state as u8 & PROOF_MASK,
+                0,
+                "{state:?} collides with the proof bits"
+            );
+            // What older builds wrote: proven.
+            assert_eq!(proof_owed(state as u8), 0);
+            for owed in 0..=PROOF_NEW {
+                let byte = with_proof_owed(state as u8, owed);
+                assert_eq!(proof_owed(byte), owed);
+                assert_eq!(super::ConnState::from_u8(byte), state);
+                assert_eq!(ConnClass::of_state(byte), ConnClass::of_state(state as u8));
+                // Overwriting the count keeps the state; clearing it gives the plain byte.
+                assert_eq!(with_proof_owed(byte, 0), state as u8);
+                assert_eq!(with_proof_owed(byte, 1), with_proof_owed(state as u8, 1));
+            }
+        }
+        assert_eq!(
+            super::ConnState::from_u8(with_proof_owed(Established as u8, 2)),
+            Established
+        );
+        assert_eq!(
+            ConnClass::of_state(0x80 | Established as u8),
+            ConnClass::Active
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub mod layout;
 pub mod maps;
 pub mod reason;
 
-pub use conn::{ConnClass, ConnCounters, ConnEntry, ConnState, FlowKey};
+pub use conn::{
+    proof_owed, with_proof_owed, ConnClass, ConnCounters, ConnEntry, ConnState, FlowKey,
+    PROOF_MASK, PROOF_NEW, STATE_MASK,
+};
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,

@@ -1,12 +1,15 @@
-//! The connection table under a SYN flood: a stated property of xvs (README, "Connection table
-//! under pressure"). Random-source SYNs many times the table's size must not break established
-//! connections, idle or active, nor keep new ones out; the director counts the flood, and xvsd
-//! warns that the table is under pressure. Root required.
+//! The connection table under floods: stated properties of xvs (README, "Connection table under
+//! pressure"). Random-source SYNs, or spoofed SYN + ACK pairs, many times the table's size must
+//! not break established connections, idle or active, nor keep new ones out; the director
+//! counts the flood, and xvsd warns that the table is under pressure. Root required.
 //!
-//! Why it holds: CONNS is the kernel's LRU hash, which keeps entries that were looked up after
-//! their insertion (every established connection's) apart from entries used once (each spoofed
-//! SYN's), and evicts the latter first. A change of map type, of per-CPU layout or of how
-//! entries are touched could lose that silently: this test is there to notice.
+//! Why it holds: CONNS is the kernel's LRU hash, which keeps entries whose node was looked up
+//! after their insertion apart from the others, and evicts the latter first. Each spoofed SYN's
+//! entry is used once; a spoofed pair's ACK looks its entry up too, but the data plane's proof
+//! rule (lb-ebpf `conntrack`) re-inserts an entry, unreferenced, until the client's third
+//! packet: only established connections (a handshake's ACK, then data) end up referenced. A
+//! change of map type, of per-CPU layout or of how entries are touched could lose that
+//! silently: these tests are there to notice.
 
 use std::time::Duration;
 
@@ -80,4 +83,48 @@ fn a_syn_flood_into_a_small_table_breaks_no_established_connection() {
     let l = flood::listing(&lab).unwrap();
     assert_eq!(l["conn_table_size"].as_u64(), Some(capacity));
     assert!(l["table"]["entries"].as_u64().unwrap() >= live, "{l}");
+}
+
+#[test]
+fn spoofed_syn_ack_pairs_into_a_small_table_break_no_established_connection() {
+    let lab = two_reals_with("flood-pairs", &["--conn-table-size", TABLE]);
+    let _echo = flood::tcp_echo(&lab, 2).unwrap();
+    let vip = format!("{VIP4}:{ECHO_PORT}");
+    lab.xvsadm_ok(&["-A", "-t", &vip, "-s", "rr"]).unwrap();
+    for i in 1..=2 {
+        let rs = format!("{}:{ECHO_PORT}", xvs_tests::lab::rs_ip4(i));
+        lab.xvsadm_ok(&["-a", "-t", &vip, "-r", &rs, "-g"]).unwrap();
+    }
+    let out = flood::run(
+        &lab,
+        Scenario {
+            kind: Kind::SynAckPairs,
+            idle: 16,
+            active: 16,
+            secs: 4,
+            new_conns: 10,
+        },
+    )
+    .unwrap();
+    println!("SYN + ACK pairs: {out}");
+    // Each pair one new entry, many times the table; the table full of them afterwards.
+    let capacity: u64 = TABLE.parse().unwrap();
+    assert!(
+        out.conn_new > 10 * capacity,
+        "the director made only {} entries: not a flood ({out})",
+        out.conn_new
+    );
+    let live = out.table["live"].as_u64().unwrap();
+    assert!(
+        live * 100 >= 90 * capacity,
+        "the table is not full of the flood's entries: {out}"
+    );
+    // Without the proof rule every pair's ACK referenced its entry, and active connections
+    // lost theirs to the junk (README: 16 of 16 in measured runs).
+    assert_eq!(
+        (out.idle_broken, out.active_broken, out.active_asks.1),
+        (0, 0, 0),
+        "established connections broken: {out}"
+    );
+    assert_eq!(out.new_ok, 10, "new connections after the flood: {out}");
 }

@@ -255,6 +255,10 @@ fn an_exhausted_pool_refuses_new_connections_and_recovers_when_one_ends() {
         assert!(d.dp.conn_entry(&conn(50004)).is_none());
         let first = d.dp.conn_entry(&conn(50000)).expect("tracked");
         assert!((41000..=41003).contains(&u16::from_be(first.lport_be)));
+        // Its port was written by a re-insert (the SYN's entry stays unreferenced in the LRU),
+        // which kept what the entry owes: the client's 2nd and 3rd packets.
+        assert_eq!(lb_common::proof_owed(first.state), lb_common::PROOF_NEW);
+        assert_eq!(d.reason(Reason::ConnInsertFailed), 0);
         assert_eq!(d.dp.nat_replies().unwrap().len(), 4);
         // The first connection is reset and its entry expires at once (a zero CLOSE timeout):
         // xvsd's sweep removes its way back, which frees its port for the refused client.

@@ -231,6 +231,8 @@ fn replies_of_no_known_connection_pass_unchanged_and_are_counted() {
 fn the_connection_state_follows_both_directions() {
     in_ns(|d, ifx| {
         nat_service(d, Protocol::Tcp, VIP, 80, &[(RS, 8080)]);
+        // The state, and the client packets the entry still owes before it may stay referenced
+        // in the LRU (the proof rule: replies pay nothing).
         let conn = |d: &Director| {
             let mut k = FlowKey {
                 sport_be: 42000u16.to_be(),
@@ -241,17 +243,24 @@ fn the_connection_state_follows_both_directions() {
             };
             k.src[..4].copy_from_slice(&[192, 0, 2, 1]);
             k.dst[..4].copy_from_slice(&[203, 0, 113, 10]);
-            ConnState::from_u8(d.dp.conn_entry(&k).expect("tracked").state)
+            let state = d.dp.conn_entry(&k).expect("tracked").state;
+            (ConnState::from_u8(state), lb_common::proof_owed(state))
         };
         d.run_on(ifx, &tcp(CLIENT, 42000, VIP, 80, SYN));
-        assert_eq!(conn(d), ConnState::SynRecv);
+        assert_eq!(conn(d), (ConnState::SynRecv, 2));
         d.run_on(ifx, &tcp(RS, 8080, CLIENT, 42000, SYN_ACK));
+        assert_eq!(conn(d), (ConnState::SynRecv, 2));
         d.run_on(ifx, &tcp(CLIENT, 42000, VIP, 80, ACK));
-        assert_eq!(conn(d), ConnState::Established);
+        assert_eq!(conn(d), (ConnState::Established, 1));
+        d.run_on(ifx, &tcp(RS, 8080, CLIENT, 42000, ACK));
+        assert_eq!(conn(d), (ConnState::Established, 1));
+        d.run_on(ifx, &tcp(CLIENT, 42000, VIP, 80, ACK));
+        assert_eq!(conn(d), (ConnState::Established, 0));
         // The real server resets: the connection closes, as IPVS's NAT state machine has it.
         let (v, _) = d.run_on(ifx, &tcp(RS, 8080, CLIENT, 42000, RST));
         assert_eq!(v, verdict::TX);
-        assert_eq!(conn(d), ConnState::Close);
+        assert_eq!(conn(d), (ConnState::Close, 0));
+        assert_eq!(d.reason(Reason::ConnInsertFailed), 0);
     });
 }
 

@@ -354,10 +354,9 @@ fn upgrade_under_load_swaps_the_program_on_the_same_link_and_keeps_the_connectio
     );
     assert!(lost.is_empty(), "{} entries lost", lost.len());
     // Established entries kept their real server (slot and generation).
-    for (k, e) in table_before
-        .iter()
-        .filter(|(_, e)| e.state == lb_common::ConnState::Established as u8)
-    {
+    for (k, e) in table_before.iter().filter(|(_, e)| {
+        lb_common::ConnState::from_u8(e.state) == lb_common::ConnState::Established
+    }) {
         let now = table_after[k];
         assert_eq!((now.backend, now.generation), (e.backend, e.generation));
     }

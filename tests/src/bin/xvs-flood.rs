@@ -1,8 +1,9 @@
 //! xvs-flood: measures what a flood into a small connection table does to established
 //! connections, in the lab (root): `xvs-flood syn|pairs [--secs N] [--table N] [--idle N]
-//! [--active N] [--bin-dir DIR]`. `syn` is what the flood test asserts; `pairs` (spoofed SYN +
-//! ACK pairs, which make junk entries look used twice) is measured here, not tested, as xvs has
-//! no defence against it yet (README, "Connection table under pressure").
+//! [--active N] [--bin-dir DIR]`. The flood tests assert both for a few seconds: `syn`, and
+//! `pairs` (spoofed SYN + ACK pairs, which make junk entries look used twice, against which the
+//! data plane's proof rule holds; README, "Connection table under pressure"); this runs them
+//! longer, to measure.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -9,8 +9,21 @@
 //! (generation changed) is not subtracted: xvsd wrote its slot's old counts off when it changed
 //! the generation. What no packet sees (expiry without traffic, LRU eviction) is xvsd's sweep's
 //! (lb-user dataplane::sweep).
+//!
+//! The proof rule: an entry earns its LRU reference only with the client's third packet. CONNS is
+//! the kernel's LRU hash, whose every lookup references the entry's node, and referenced nodes
+//! outlive unreferenced ones under pressure. A spoofed SYN + ACK pair would reference its junk
+//! entry as a real handshake does; so an entry counts in its state byte's proof bits
+//! (lb_common::proof_owed) the client packets it still owes, 2 when `record`ed, and while it owes
+//! any, a hit re-inserts it unreferenced (`proving`, `reinsert`) instead of writing in place:
+//! the client's 2nd packet pays one, its 3rd the last, in place, keeping its reference. Replies,
+//! FULLNAT's port assignment and relayed ICMP errors pay nothing and re-insert too. Proven
+//! entries (0, also every entry of builds before the rule) take the in-place path.
 
-use lb_common::{Backend, ConnClass, ConnEntry, ConnState, FlowKey, Reason, PROTO_TCP};
+use lb_common::{
+    proof_owed, with_proof_owed, Backend, ConnClass, ConnEntry, ConnState, FlowKey, Reason,
+    PROOF_MASK, PROOF_NEW, PROTO_TCP,
+};
 use lb_ebpf::parse::{tcp_flag, Parsed};
 
 use crate::maps::{self, count};
@@ -79,7 +92,8 @@ impl Conn {
 }
 
 /// A live entry for this flow whose real server still exists: the connection and its backend.
-/// Updates the entry's state and clock, writing only what changed.
+/// Updates the entry's state and clock, writing only what changed; an entry on probation goes
+/// through `proving` instead (the one extra test of the established path).
 #[inline(always)]
 pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Backend)> {
     let found = maps::conn_update(key, |e| {
@@ -93,8 +107,13 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Bac
                 return Err(dead_slot(e));
             }
         };
-        touch(e, state, p, now);
-        Ok((Conn::of(e), backend))
+        let conn = Conn::of(e);
+        if e.state & PROOF_MASK != 0 {
+            proving(key, e, p, now, true);
+        } else {
+            touch(e, state, p, now);
+        }
+        Ok((conn, backend))
     })?;
     match found {
         Ok(live) => Some(live),
@@ -110,6 +129,52 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Bac
     }
 }
 
+/// A packet of live entry `e` (of `key`) that still owes client packets: `client`, one of them.
+/// The lookup that found `e` referenced its LRU node. While the entry owes more than this
+/// packet, it is written back as a new, unreferenced entry (`reinsert`); a client packet that
+/// pays the last of it writes in place and leaves the reference: the entry has earned it.
+/// A subprogram: the copy stays off the caller's crowded frame.
+#[inline(never)]
+fn proving(key: &FlowKey, e: &mut ConnEntry, p: &Parsed, now: u64, client: bool) {
+    let owed = proof_owed(e.state);
+    let left = if client { owed.saturating_sub(1) } else { owed };
+    let mut copy = *e;
+    copy.state = with_proof_owed(copy.state, 0);
+    let state = ConnState::from_u8(copy.state);
+    touch(&mut copy, state, p, now);
+    copy.state = with_proof_owed(copy.state, left);
+    if left == 0 {
+        *e = copy;
+    } else {
+        reinsert(key, &copy);
+    }
+}
+
+/// Leaves entry `e` of `key` (a copy, its slot's generation checked) unreferenced if it owes
+/// client packets: for lookups that are not the client's (an ICMP error about the flow).
+#[inline(always)]
+pub fn unreference(key: &FlowKey, e: &ConnEntry) {
+    if e.state & PROOF_MASK != 0 {
+        reinsert(key, e);
+    }
+}
+
+/// Writes `e` back as `key`'s entry in a new LRU node, unreferenced: deleted, then inserted.
+/// An update of the existing key would not do: the kernel marks the node that replaces an
+/// entry referenced (kernel/bpf/hashtab.c, htab_lru_map_update_elem). The entry that was there
+/// is freed, and its node may already hold another flow: nothing reads or writes it after this.
+/// When the insert fails, the connection has no entry any more and leaves the counts. (A packet
+/// of the flow on another CPU in between finds no entry and records one, which this replaces:
+/// a race of one flow on two CPUs, whose count drift xvsd's sweep corrects.)
+#[inline(always)]
+fn reinsert(key: &FlowKey, e: &ConnEntry) {
+    maps::conn_remove(key);
+    if maps::conn_insert(key, e).is_err() {
+        count(Reason::ConnInsertFailed);
+        maps::count_conn(e.backend, ConnClass::of_state(e.state), u64::MAX);
+    }
+}
+
 /// A dead entry's (slot, class) when its slot still holds the real server it counts for, so
 /// its removal is subtracted; None when the slot changed hands (xvsd wrote those counts off).
 #[inline(always)]
@@ -122,8 +187,16 @@ fn dead_slot(e: &ConnEntry) -> Option<(u32, ConnClass)> {
 #[inline(always)]
 pub fn set_local(key: &FlowKey, local: u8, lport_be: u16) -> bool {
     maps::conn_update(key, |e| {
-        e.local = local;
-        e.lport_be = lport_be;
+        // A new connection's (its first packet's): its lookup must not reference it either.
+        if e.state & PROOF_MASK != 0 {
+            let mut copy = *e;
+            copy.local = local;
+            copy.lport_be = lport_be;
+            reinsert(key, &copy);
+        } else {
+            e.local = local;
+            e.lport_be = lport_be;
+        }
     })
     .is_some()
 }
@@ -142,7 +215,10 @@ pub fn forget(key: &FlowKey) {
 
 /// A NAT or FULLNAT real server's reply to connection `key` (as the client sent it), from
 /// backend `id`: that backend, when the connection is live and went to it. Its clock and TCP state follow the
-/// reply as they follow the client's packets (a FIN or RST from either side closes it).
+/// reply as they follow the client's packets (a FIN or RST from either side closes it). A reply
+/// pays nothing of what an entry owes: a real server answers spoofed SYNs too (a SYN-ACK, then
+/// a RST to the spoofed ACK), so while the client owes packets a reply leaves the entry
+/// unreferenced as well.
 #[inline(always)]
 pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> Option<&'static Backend> {
     maps::conn_update(key, |e| {
@@ -151,7 +227,11 @@ pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> Option<&'stat
             return None;
         }
         let backend = live_backend(e, state, now)?;
-        touch(e, state, p, now);
+        if e.state & PROOF_MASK != 0 {
+            proving(key, e, p, now, false);
+        } else {
+            touch(e, state, p, now);
+        }
         Some(backend)
     })
     .flatten()
@@ -223,7 +303,7 @@ pub fn record(
         backend: id,
         generation: backend.generation,
         service,
-        state: state as u8,
+        state: with_proof_owed(state as u8, PROOF_NEW),
         local,
         lport_be: 0,
         last_seen_ns: now,

@@ -172,12 +172,16 @@ fn icmp_relay(pkt: &mut Packet) -> Result<Out, Reason> {
         }
         return Err(Reason::PassIcmp);
     };
+    // A copy: an entry that owes client packets is re-inserted below, freeing this one.
+    let e = *e;
     let backend = maps::backend(e.backend).ok_or(Reason::PassIcmp)?;
     if backend.generation != e.generation {
         return Err(Reason::PassIcmp);
     }
+    // Spoofed ICMP errors must not earn a spoofed SYN's entry its reference either.
+    conntrack::unreference(&key, &e);
     count(Reason::IcmpErrorForwarded);
-    forward::forward(pkt, &p, Some(&key), &Conn::of(e), backend)
+    forward::forward(pkt, &p, Some(&key), &Conn::of(&e), backend)
 }
 
 /// TUN forwarding, tail-called by the director with the job in TUNNEL_JOB: encapsulates toward
