@@ -19,10 +19,14 @@
 //! server's reply, changed like any frame); the model keeps the set of NAT connections the
 //! director has seen (timeouts are set out of reach, so none expires during a run), and the
 //! service filter's bits, whose rare false positives send a stranger's packet down the reply
-//! path. Root required.
+//! path. ICMP errors from a router on the client's path come as (a clean client packet, then an
+//! error quoting a reply of its flow, changed like any frame): for a DR or TUN flow the model
+//! relays it as the flow's own packets go (a tunnel's outer port and label from the flow's hash),
+//! and passes every other ICMP message. Root required.
 //!
-//! Not generated: ICMP errors that quote a tracked flow (relayed or translated: the program
-//! tests cover them), real servers behind another interface (XDP_REDIRECT), FULLNAT.
+//! Not generated: ICMP errors about NAT flows (translated both ways, inner headers included:
+//! `tests/tests/nat.rs` covers them), real servers behind another interface (XDP_REDIRECT),
+//! FULLNAT.
 //!
 //! `XVS_DIFF_CASES` sets the number of cases (default 3,000, the CI run: well under a second
 //! here); a developer can ask for more.
@@ -40,7 +44,7 @@ use proptest::{
     test_runner::{Config, TestCaseError, TestRunner},
 };
 use xvs_tests::{
-    packets::{frame, Flags, L4},
+    packets::{frame, icmp_error as icmp_error_frame, Flags, L4},
     progtest::{in_fib_ns, mac_text, real_server, service_key, verdict, Director},
 };
 
@@ -347,7 +351,12 @@ struct Hdr {
 impl Hdr {
     /// Offset of the L4 checksum.
     fn check_at(&self) -> usize {
-        self.l4 + if self.proto == 6 { 16 } else { 6 }
+        self.l4
+            + match self.proto {
+                6 => 16,
+                17 => 6,
+                _ => 2,
+            }
     }
 
     /// The IP packet's length as its header says (what a route's MTU is compared with).
@@ -360,7 +369,7 @@ impl Hdr {
     }
 }
 
-/// The parsing rules: a TCP/UDP frame's fields, or what happens to any other frame.
+/// The parsing rules: a TCP/UDP/ICMP frame's fields, or what happens to any other frame.
 fn parse(b: &[u8]) -> Result<Hdr, Expect> {
     let pass = |reason| Expect::new(verdict::PASS, reason, b.to_vec());
     let drop = |reason| Expect::new(verdict::DROP, reason, b.to_vec());
@@ -419,12 +428,9 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
         }
         _ => return Err(pass(Reason::PassNonIp)),
     };
-    if proto == 1 || proto == 58 {
-        // No generated ICMP message quotes a tracked flow: the kernel's.
-        return Err(pass(Reason::PassIcmp));
-    }
+    let icmp = proto == 1 || proto == 58;
     let min = if proto == 6 { 20 } else { 8 };
-    if b.len() < l4 + min || (proto == 6 && b[l4 + 12] >> 4 < 5) {
+    if !icmp && (b.len() < l4 + min || (proto == 6 && b[l4 + 12] >> 4 < 5)) {
         return Err(drop(Reason::DropMalformedL4));
     }
     Ok(Hdr {
@@ -434,8 +440,9 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
         proto,
         src,
         dst,
-        sport: be16(b, l4),
-        dport: be16(b, l4 + 2),
+        // ICMP has no ports (and its header may be cut).
+        sport: if icmp { 0 } else { be16(b, l4) },
+        dport: if icmp { 0 } else { be16(b, l4 + 2) },
         tos,
     })
 }
@@ -443,8 +450,8 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
 /// The host model: the director's decisions from the frame's bytes and the connections it saw.
 #[derive(Default)]
 struct Model {
-    /// NAT connections the director recorded: (service index, client address, client port).
-    nat_conns: HashSet<(usize, Vec<u8>, u16)>,
+    /// Connections the director recorded: (service index, client address, client port).
+    conns: HashSet<(usize, Vec<u8>, u16)>,
     /// The service filter's bits (services, and NAT servers' reply sources).
     filter: HashSet<u32>,
 }
@@ -463,7 +470,7 @@ impl Model {
             }
         }
         Model {
-            nat_conns: HashSet::new(),
+            conns: HashSet::new(),
             filter,
         }
     }
@@ -473,12 +480,17 @@ impl Model {
             Ok(h) => h,
             Err(e) => return e,
         };
+        if h.proto == 1 || h.proto == 58 {
+            return self.icmp(b, &h);
+        }
         let found = SERVICES
             .iter()
             .position(|s| s.proto == h.proto && bytes(s.vip) == h.dst && s.port == h.dport);
         let Some(i) = found else {
             return self.not_a_service(b, &h);
         };
+        // A new flow gets its connection before anything else can fail.
+        self.conns.insert((i, h.src.clone(), h.sport));
         let s = SERVICES[i];
         match s.mode {
             Mode::Dr => {
@@ -489,10 +501,9 @@ impl Model {
                 out[0..6].copy_from_slice(&DR_MAC);
                 Expect::new(verdict::TX, Reason::TxDr, out)
             }
-            Mode::Ipip | Mode::Gue { .. } => tunnel(b, &h, &s),
+            Mode::Ipip | Mode::Gue { .. } => tunnel(b, &h, &s, flow_hash(&h)),
             Mode::Nat => {
-                // The connection (and its way back) is recorded before the route is asked.
-                self.nat_conns.insert((i, h.src.clone(), h.sport));
+                // The way back is recorded with the connection, before the route is asked.
                 let (dmac, mtu) = route(s.rs);
                 if h.ip_len(b) > mtu {
                     return too_big(b, &h, mtu);
@@ -501,6 +512,74 @@ impl Model {
                 Expect::new(verdict::TX, Reason::TxNat, out)
             }
         }
+    }
+
+    /// ICMP: an error quoting a reply of a known flow (VIP:vport -> client:cport) follows the
+    /// flow to its real server; any other ICMP is the kernel's.
+    fn icmp(&mut self, b: &[u8], h: &Hdr) -> Expect {
+        let pass = Expect::new(verdict::PASS, Reason::PassIcmp, b.to_vec());
+        // The ICMP header, then the quoted IP header.
+        let inner = h.l4 + 8;
+        if b.len() < inner {
+            return pass;
+        }
+        let ty = b[h.l4];
+        let (proto, vip, client, quoted_l4) = if h.v6 {
+            // Destination unreachable, packet too big, time exceeded.
+            if ![1, 2, 3].contains(&ty) || b.len() < inner + 40 {
+                return pass;
+            }
+            let (src, dst) = (&b[inner + 8..inner + 24], &b[inner + 24..inner + 40]);
+            (b[inner + 6], src, dst, inner + 40)
+        } else {
+            // Destination unreachable, source quench, time exceeded.
+            if ![3, 4, 11].contains(&ty) || b.len() < inner + 20 {
+                return pass;
+            }
+            let ihl = (b[inner] & 0x0f) as usize;
+            if b[inner] >> 4 != 4 || ihl < 5 {
+                return pass;
+            }
+            let (src, dst) = (&b[inner + 12..inner + 16], &b[inner + 16..inner + 20]);
+            (b[inner + 9], src, dst, inner + ihl * 4)
+        };
+        if ![6, 17].contains(&proto) || b.len() < quoted_l4 + 4 {
+            return pass;
+        }
+        let (vport, cport) = (be16(b, quoted_l4), be16(b, quoted_l4 + 2));
+        let found = (0..SERVICES.len()).find(|&i| {
+            let s = SERVICES[i];
+            s.proto == proto
+                && bytes(s.vip) == vip
+                && s.port == vport
+                && self.conns.contains(&(i, client.to_vec(), cport))
+        });
+        let Some(i) = found else {
+            return pass;
+        };
+        let s = SERVICES[i];
+        let mut e = match s.mode {
+            Mode::Dr => {
+                let mut out = b.to_vec();
+                out[6..12].copy_from_slice(&b[0..6]);
+                out[0..6].copy_from_slice(&DR_MAC);
+                Expect::new(verdict::TX, Reason::TxDr, out)
+            }
+            // Encapsulated with the flow's hash, not the error's.
+            Mode::Ipip | Mode::Gue { .. } => {
+                let hash = tuple_hash(
+                    &wide(client),
+                    &wide(vip),
+                    cport.to_be(),
+                    vport.to_be(),
+                    proto,
+                );
+                tunnel(b, h, &s, hash)
+            }
+            Mode::Nat => panic!("ICMP errors about NAT flows are not generated nor modelled"),
+        };
+        e.also = Some(Reason::IcmpErrorForwarded);
+        e
     }
 
     /// A frame for no service: a NAT server's reply when the filter has its source's bit.
@@ -516,8 +595,7 @@ impl Model {
         let known = SERVICES.iter().position(|s| {
             s.mode == Mode::Nat && s.proto == h.proto && bytes(s.rs) == h.src && s.rport == h.sport
         });
-        let Some(i) = known.filter(|&i| self.nat_conns.contains(&(i, h.dst.clone(), h.dport)))
-        else {
+        let Some(i) = known.filter(|&i| self.conns.contains(&(i, h.dst.clone(), h.dport))) else {
             return pass(Reason::PassNatReplyUnknown);
         };
         let s = SERVICES[i];
@@ -596,6 +674,17 @@ fn rewrite(
     out
 }
 
+/// The flow's hash: GUE's source port and the IPv6 flow label spread flows by it.
+fn flow_hash(h: &Hdr) -> u32 {
+    tuple_hash(
+        &wide(&h.src),
+        &wide(&h.dst),
+        h.sport.to_be(),
+        h.dport.to_be(),
+        h.proto,
+    )
+}
+
 /// The outer source address the FIB picks for an outer header of this family: d0's.
 fn outer_src(v6: bool) -> Vec<u8> {
     bytes(if v6 { D0_V6 } else { D0_V4 })
@@ -604,7 +693,7 @@ fn outer_src(v6: bool) -> Vec<u8> {
 /// TUN: the frame's IP packet in an outer IPv4 (RFC 2003) or IPv6 (RFC 2473) header, with GUE's
 /// UDP and 4-byte header between them, toward the real server; an ICMP answer when the result
 /// would exceed the route's MTU.
-fn tunnel(b: &[u8], h: &Hdr, s: &Svc) -> Expect {
+fn tunnel(b: &[u8], h: &Hdr, s: &Svc, hash: u32) -> Expect {
     let rs = bytes(s.rs);
     let outer_v6 = rs.len() == 16;
     let gue = matches!(s.mode, Mode::Gue { .. });
@@ -616,14 +705,6 @@ fn tunnel(b: &[u8], h: &Hdr, s: &Svc) -> Expect {
     }
     // IPIP / 6in4 (41) by the inner packet's family.
     let inner_proto: u8 = if h.v6 { 41 } else { 4 };
-    // The inner flow's hash: GUE's source port and the IPv6 flow label spread flows.
-    let hash = tuple_hash(
-        &wide(&h.src),
-        &wide(&h.dst),
-        h.sport.to_be(),
-        h.dport.to_be(),
-        h.proto,
-    );
     let src = outer_src(outer_v6);
     let mut also = None;
     let payload = if gue {
@@ -708,11 +789,16 @@ fn checked(b: &[u8], h: &Hdr) -> Vec<u8> {
         ip[10..12].copy_from_slice(&c.to_be_bytes());
     }
     ip[at..at + 2].fill(0);
-    let seg = [
-        pseudo(&h.src, &h.dst, h.proto, ip.len() - l4),
-        ip[l4..].to_vec(),
-    ]
-    .concat();
+    let seg = if h.proto == 1 {
+        // ICMPv4's checksum has no pseudo-header.
+        ip[l4..].to_vec()
+    } else {
+        [
+            pseudo(&h.src, &h.dst, h.proto, ip.len() - l4),
+            ip[l4..].to_vec(),
+        ]
+        .concat()
+    };
     let c = checksum(&seg);
     ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
     ip
@@ -720,10 +806,11 @@ fn checked(b: &[u8], h: &Hdr) -> Vec<u8> {
 
 /// The ICMP "fragmentation needed" (IPv4) / "packet too big" (IPv6, at least 1280) answer from
 /// the packet's destination back to its source, advertising `mtu`, quoting the first 128 / 256
-/// bytes of the packet; dropped when it is shorter than that.
+/// bytes of the packet; dropped when it is shorter than that or is ICMP.
 fn too_big(b: &[u8], h: &Hdr, mtu: u32) -> Expect {
     let quote_len = if h.v6 { 256 } else { 128 };
-    if b.len() < h.l3 + quote_len {
+    // ICMP errors are never answered with ICMP.
+    if ![6, 17].contains(&h.proto) || b.len() < h.l3 + quote_len {
         return Expect::new(verdict::DROP, Reason::DropTooBigUnquotable, b.to_vec());
     }
     let quote = &b[h.l3..h.l3 + quote_len];
@@ -781,6 +868,9 @@ struct Recipe {
     switch_proto: bool,
     /// NAT services: a clean client packet, then the real server's reply made from the rest.
     reply: bool,
+    /// DR and TUN services: a clean client packet, then an ICMP error quoting a reply of its
+    /// flow, from a router on the client's path.
+    icmp_error: bool,
     sport: u16,
     tcp_flags: u8,
     tos: u8,
@@ -805,6 +895,7 @@ fn recipe() -> impl Strategy<Value = Recipe> {
             prop_oneof![6 => Just(None), 1 => prop_oneof![Just(80u16), Just(443), any::<u16>()].prop_map(Some)],
             prop::bool::weighted(0.1),
             prop::bool::weighted(0.5),
+            prop::bool::weighted(0.15),
             prop_oneof![3 => 40000u16..40064, 1 => any::<u16>()],
         ),
         (
@@ -834,7 +925,7 @@ fn recipe() -> impl Strategy<Value = Recipe> {
     )
         .prop_map(
             |(
-                (svc, to_vip, port, switch_proto, reply, sport),
+                (svc, to_vip, port, switch_proto, reply, icmp_error, sport),
                 (tcp_flags, tos, udp_csum, vlan_tags),
                 proto,
                 payload,
@@ -846,6 +937,7 @@ fn recipe() -> impl Strategy<Value = Recipe> {
                 port,
                 switch_proto,
                 reply,
+                icmp_error,
                 sport,
                 tcp_flags,
                 tos,
@@ -883,6 +975,10 @@ fn build(r: &Recipe) -> Vec<Vec<u8>> {
         (true, false) => "2001:db8:10::99",
     };
     let dport = r.port.unwrap_or(s.port);
+    if s.mode != Mode::Nat && r.icmp_error {
+        let first = frame(client, r.sport, s.vip, s.port, clean_l4(&s), None, b"");
+        return vec![first, icmp_error(r, &s, udp, client)];
+    }
     if s.mode == Mode::Nat && r.reply {
         // The connection first (clean), then the real server's answer from its own address.
         let l4 = if s.proto == 17 {
@@ -900,6 +996,76 @@ fn build(r: &Recipe) -> Vec<Vec<u8>> {
     }
     let nat = (s.mode == Mode::Nat).then_some(((client, r.sport), (s.rs, s.rport)));
     vec![changed(r, udp, (client, r.sport), (dst, dport), nat)]
+}
+
+/// The L4 of a clean client packet opening a flow of service `s`.
+fn clean_l4(s: &Svc) -> L4 {
+    if s.proto == 17 {
+        L4::Udp
+    } else {
+        L4::Tcp(Flags {
+            syn: true,
+            ..Flags::default()
+        })
+    }
+}
+
+/// An ICMP error to the VIP from a router on the client's path, quoting a reply the real server
+/// sent from VIP:port to the client (TCP or UDP by `udp`), as the recipe changes it.
+fn icmp_error(r: &Recipe, s: &Svc, udp: bool, client: &str) -> Vec<u8> {
+    let v6 = client.contains(':');
+    let l4 = if udp {
+        L4::Udp
+    } else {
+        L4::Tcp(Flags {
+            ack: true,
+            ..Flags::default()
+        })
+    };
+    let payload = vec![0x5a; r.payload];
+    let quote = frame(s.vip, s.port, client, r.sport, l4, None, &payload)[14..].to_vec();
+    // The relayed types, and one that is not (parameter problem), chosen by the otherwise
+    // unused flag byte.
+    let (router, (ty, code, rest)) = if v6 {
+        let kinds = [
+            (2, 0, 1400u32.to_be_bytes()),
+            (1, 4, [0; 4]),
+            (3, 0, [0; 4]),
+            (4, 0, [0; 4]),
+        ];
+        ("2001:db8:2::fe", kinds[r.tcp_flags as usize % kinds.len()])
+    } else {
+        let kinds = [
+            (3, 4, [0, 0, 0x05, 0x78]),
+            (11, 0, [0; 4]),
+            (3, 1, [0; 4]),
+            (4, 0, [0; 4]),
+            (12, 0, [0; 4]),
+        ];
+        ("192.0.2.254", kinds[r.tcp_flags as usize % kinds.len()])
+    };
+    let mut f = icmp_error_frame(router, s.vip, ty, code, rest, &quote);
+    let l3 = 14;
+    if v6 {
+        f[l3] = 0x60 | (r.tos >> 4);
+        f[l3 + 1] = (r.tos << 4) | (f[l3 + 1] & 0x0f);
+    } else {
+        f[l3 + 1] = r.tos;
+        f[l3 + 10..l3 + 12].fill(0);
+        let c = checksum(&f[l3..l3 + 20]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    for _ in 0..r.vlan_tags {
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+    }
+    let len = f.len();
+    for &(at, v) in &r.writes {
+        f[at % len] = v;
+    }
+    if let Some(cut) = r.cut {
+        f.truncate(14 + cut % (len - 13));
+    }
+    f
 }
 
 /// An address and a port.
@@ -991,7 +1157,8 @@ fn generated_frames_agree_with_the_host_model() {
     });
 }
 
-/// The counters of outcomes (every verdict's reason, and the zero GUE checksum), by reason:
+/// The counters of outcomes (every verdict's reason, the zero GUE checksum, the relayed ICMP
+/// error), by reason:
 /// not the connection table's and persistence's bookkeeping.
 fn outcomes(d: &Director) -> Vec<(Reason, u64)> {
     let outcome = |r: &Reason| {
@@ -1000,6 +1167,7 @@ fn outcomes(d: &Director) -> Vec<(Reason, u64)> {
             .iter()
             .any(|p| n.starts_with(p))
             || *r == Reason::TunZeroCsum
+            || *r == Reason::IcmpErrorForwarded
     };
     let mut all = d.dp.reasons().unwrap();
     all.retain(|(r, _)| outcome(r));
@@ -1074,6 +1242,7 @@ fn run(d: &mut Director, ifx: u32, cases: u32) {
         Reason::DropMalformedL4,
         Reason::DropTooBigUnquotable,
         Reason::TunZeroCsum,
+        Reason::IcmpErrorForwarded,
     ] {
         assert!(
             seen.get(&format!("{r:?}")).copied().unwrap_or(0) > 0 || cases < 1000,
