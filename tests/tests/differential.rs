@@ -24,9 +24,10 @@
 //! relays it as the flow's own packets go (a tunnel's outer port and label from the flow's hash),
 //! and passes every other ICMP message. Root required.
 //!
-//! Not generated: ICMP errors about NAT flows (translated both ways, inner headers included:
-//! `tests/tests/nat.rs` covers them), real servers behind another interface (XDP_REDIRECT),
-//! FULLNAT.
+//! Tunnel and NAT servers are on-link, behind a router with smaller route MTUs, or behind a
+//! second interface (XDP_REDIRECT, its own MAC and source address). Not generated: ICMP errors
+//! about NAT flows (translated both ways, inner headers included: `tests/tests/nat.rs` covers
+//! them), FULLNAT.
 //!
 //! `XVS_DIFF_CASES` sets the number of cases (default 3,000, the CI run: well under a second
 //! here); a developer can ask for more.
@@ -70,6 +71,11 @@ const RS_ROUTED6: &str = "2001:db8:200::70";
 const NAT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x30];
 const RS_NAT: &str = "198.51.100.30";
 const RS_NAT6: &str = "2001:db8:100::30";
+/// A second interface, d2, and a real server behind it (reached by XDP_REDIRECT).
+const D2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd2];
+const D2_V4: &str = "198.51.100.129";
+const RS_D2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x82];
+const RS_D2: &str = "198.51.100.130";
 /// d0's MTU: the route MTU of the on-link servers and of the clients' route.
 const LINK_MTU: u32 = 1500;
 
@@ -113,7 +119,7 @@ const fn svc(proto: u8, vip: &'static str, port: u16, rs: &'static str, mode: Mo
 
 /// Every service of the director. TCP and UDP of one VIP share port 81 and 83: a frame whose
 /// protocol was switched meets the other service.
-const SERVICES: [Svc; 22] = [
+const SERVICES: [Svc; 24] = [
     svc(6, VIP4, 80, DR_RS4, Mode::Dr),
     svc(17, VIP4, 53, DR_RS4, Mode::Dr),
     svc(6, VIP6, 80, DR_RS6, Mode::Dr),
@@ -148,6 +154,12 @@ const SERVICES: [Svc; 22] = [
         rport: 5353,
         ..svc(17, VIP6, 5300, RS_NAT6, Mode::Nat)
     },
+    // Out the second interface.
+    svc(17, VIP4, 85, RS_D2, Mode::Gue { csum: true }),
+    Svc {
+        rport: 8082,
+        ..svc(6, VIP4, 8002, RS_D2, Mode::Nat)
+    },
     // Behind the router, past smaller route MTUs.
     Svc {
         rport: 8081,
@@ -163,7 +175,10 @@ const SERVICES: [Svc; 22] = [
 fn script() -> String {
     format!(
         "ip link add d0 address {d0} type veth peer name d1
-        for l in d0 d1; do ip link set $l up; done
+        ip link add d2 address {d2} type veth peer name d3 address {rs2}
+        for l in d0 d1 d2 d3; do ip link set $l up; done
+        ip addr add {D2_V4}/26 dev d2
+        ip neigh add {RS_D2} lladdr {rs2} dev d2 nud permanent
         ip addr add {D0_V4}/26 dev d0
         ip addr add {D0_V6}/64 dev d0 nodad
         ip neigh add {RS_LINK} lladdr {link} dev d0 nud permanent
@@ -178,20 +193,45 @@ fn script() -> String {
         ip -6 route add 2001:db8:2::/64 via 2001:db8:100::fe
         sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
         d0 = mac_text(&D0_MAC),
+        d2 = mac_text(&D2_MAC),
+        rs2 = mac_text(&RS_D2_MAC),
         link = mac_text(&LINK_MAC),
         nat = mac_text(&NAT_MAC),
         gw = mac_text(&GW_MAC),
     )
 }
 
-/// The next hop's MAC and the route MTU toward a tunnel or NAT real server (the namespace's
-/// routes).
-fn route(rs: &str) -> ([u8; 6], u32) {
+/// Where the FIB sends a packet toward a tunnel or NAT real server.
+struct Hop {
+    /// The next hop's MAC and the outgoing interface's.
+    macs: ([u8; 6], [u8; 6]),
+    /// The route's MTU.
+    mtu: u32,
+    /// The source address the FIB picks (IPv4, IPv6).
+    src: (&'static str, &'static str),
+    /// Out another interface than the frame came in by (XDP_REDIRECT).
+    redirect: bool,
+}
+
+/// The namespace's routes toward the real servers.
+fn route(rs: &str) -> Hop {
+    let d0 = |dmac, mtu| Hop {
+        macs: (dmac, D0_MAC),
+        mtu,
+        src: (D0_V4, D0_V6),
+        redirect: false,
+    };
     match rs {
-        RS_LINK | RS_LINK6 => (LINK_MAC, LINK_MTU),
-        RS_NAT | RS_NAT6 => (NAT_MAC, LINK_MTU),
-        RS_ROUTED => (GW_MAC, 1300),
-        RS_ROUTED6 => (GW_MAC, 1400),
+        RS_LINK | RS_LINK6 => d0(LINK_MAC, LINK_MTU),
+        RS_NAT | RS_NAT6 => d0(NAT_MAC, LINK_MTU),
+        RS_ROUTED => d0(GW_MAC, 1300),
+        RS_ROUTED6 => d0(GW_MAC, 1400),
+        RS_D2 => Hop {
+            macs: (RS_D2_MAC, D2_MAC),
+            mtu: LINK_MTU,
+            src: (D2_V4, ""),
+            redirect: true,
+        },
         other => panic!("no route for {other} in the model"),
     }
 }
@@ -504,12 +544,16 @@ impl Model {
             Mode::Ipip | Mode::Gue { .. } => tunnel(b, &h, &s, flow_hash(&h)),
             Mode::Nat => {
                 // The way back is recorded with the connection, before the route is asked.
-                let (dmac, mtu) = route(s.rs);
-                if h.ip_len(b) > mtu {
-                    return too_big(b, &h, mtu);
+                let hop = route(s.rs);
+                if h.ip_len(b) > hop.mtu {
+                    return too_big(b, &h, hop.mtu);
                 }
-                let out = rewrite(b, &h, &h.src, h.sport, &bytes(s.rs), s.rport, dmac);
-                Expect::new(verdict::TX, Reason::TxNat, out)
+                let out = rewrite(b, &h, &h.src, h.sport, &bytes(s.rs), s.rport, hop.macs);
+                if hop.redirect {
+                    Expect::new(verdict::REDIRECT, Reason::RedirectNat, out)
+                } else {
+                    Expect::new(verdict::TX, Reason::TxNat, out)
+                }
             }
         }
     }
@@ -605,13 +649,13 @@ impl Model {
         if h.ip_len(b) > LINK_MTU {
             return too_big(b, h, LINK_MTU);
         }
-        let out = rewrite(b, h, &bytes(s.vip), s.port, &h.dst, h.dport, dmac);
+        let out = rewrite(b, h, &bytes(s.vip), s.port, &h.dst, h.dport, (dmac, D0_MAC));
         Expect::new(verdict::TX, Reason::TxNatReply, out)
     }
 }
 
 /// The frame with source and destination (address and port) replaced, its IPv4 header and L4
-/// checksums carried over, and sent to `dmac` from d0.
+/// checksums carried over, and sent to `macs` (destination, source).
 fn rewrite(
     b: &[u8],
     h: &Hdr,
@@ -619,11 +663,11 @@ fn rewrite(
     sport: u16,
     dst: &[u8],
     dport: u16,
-    dmac: [u8; 6],
+    (dmac, smac): ([u8; 6], [u8; 6]),
 ) -> Vec<u8> {
     let mut out = b.to_vec();
     out[0..6].copy_from_slice(&dmac);
-    out[6..12].copy_from_slice(&D0_MAC);
+    out[6..12].copy_from_slice(&smac);
     let (s, d) = if h.v6 {
         (h.l3 + 8, h.l3 + 24)
     } else {
@@ -685,11 +729,6 @@ fn flow_hash(h: &Hdr) -> u32 {
     )
 }
 
-/// The outer source address the FIB picks for an outer header of this family: d0's.
-fn outer_src(v6: bool) -> Vec<u8> {
-    bytes(if v6 { D0_V6 } else { D0_V4 })
-}
-
 /// TUN: the frame's IP packet in an outer IPv4 (RFC 2003) or IPv6 (RFC 2473) header, with GUE's
 /// UDP and 4-byte header between them, toward the real server; an ICMP answer when the result
 /// would exceed the route's MTU.
@@ -699,13 +738,13 @@ fn tunnel(b: &[u8], h: &Hdr, s: &Svc, hash: u32) -> Expect {
     let gue = matches!(s.mode, Mode::Gue { .. });
     let over = if outer_v6 { 40 } else { 20 } + if gue { 8 + 4 } else { 0 };
     let inner = &b[h.l3..];
-    let (dmac, mtu) = route(s.rs);
-    if (inner.len() + over) as u32 > mtu {
-        return too_big(b, h, mtu - over as u32);
+    let hop = route(s.rs);
+    if (inner.len() + over) as u32 > hop.mtu {
+        return too_big(b, h, hop.mtu - over as u32);
     }
     // IPIP / 6in4 (41) by the inner packet's family.
     let inner_proto: u8 = if h.v6 { 41 } else { 4 };
-    let src = outer_src(outer_v6);
+    let src = bytes(if outer_v6 { hop.src.1 } else { hop.src.0 });
     let mut also = None;
     let payload = if gue {
         let udp_len = 8 + 4 + inner.len();
@@ -739,8 +778,8 @@ fn tunnel(b: &[u8], h: &Hdr, s: &Svc, hash: u32) -> Expect {
     };
     let next = if gue { 17 } else { inner_proto };
     let mut out = Vec::with_capacity(b.len() + over);
-    out.extend_from_slice(&dmac);
-    out.extend_from_slice(&D0_MAC);
+    out.extend_from_slice(&hop.macs.0);
+    out.extend_from_slice(&hop.macs.1);
     if h.l3 == 18 {
         // The VLAN tag stays in front of the outer header.
         out.extend_from_slice(&b[12..16]);
@@ -774,7 +813,11 @@ fn tunnel(b: &[u8], h: &Hdr, s: &Svc, hash: u32) -> Expect {
     out.extend_from_slice(&payload);
     Expect {
         also,
-        ..Expect::new(verdict::TX, Reason::TxTunnel, out)
+        ..if hop.redirect {
+            Expect::new(verdict::REDIRECT, Reason::RedirectTunnel, out)
+        } else {
+            Expect::new(verdict::TX, Reason::TxTunnel, out)
+        }
     }
 }
 
@@ -1243,6 +1286,8 @@ fn run(d: &mut Director, ifx: u32, cases: u32) {
         Reason::DropTooBigUnquotable,
         Reason::TunZeroCsum,
         Reason::IcmpErrorForwarded,
+        Reason::RedirectTunnel,
+        Reason::RedirectNat,
     ] {
         assert!(
             seen.get(&format!("{r:?}")).copied().unwrap_or(0) > 0 || cases < 1000,
