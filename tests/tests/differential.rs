@@ -19,15 +19,18 @@
 //! server's reply, changed like any frame); the model keeps the set of NAT connections the
 //! director has seen (timeouts are set out of reach, so none expires during a run), and the
 //! service filter's bits, whose rare false positives send a stranger's packet down the reply
-//! path. ICMP errors from a router on the client's path come as (a clean client packet, then an
-//! error quoting a reply of its flow, changed like any frame): for a DR or TUN flow the model
-//! relays it as the flow's own packets go (a tunnel's outer port and label from the flow's hash),
-//! and passes every other ICMP message. Root required.
+//! path. ICMP errors come as (a clean client packet, then an error about its flow, changed like
+//! any frame): from a router on the client's path quoting a reply, which the model relays as the
+//! flow's own packets go (DR; TUN with the flow's hash as outer port and label; NAT translated to
+//! the real server: destination, quoted source address and port), or, for NAT, from the real
+//! server or a router on its side quoting what the director sent it, translated toward the
+//! client (quoted destination, and the source when the server sent it); the quoted IPv4 header's
+//! and the ICMP checksum carried over, the quoted L4 checksum left. Every other ICMP message is
+//! passed. Root required.
 //!
 //! Tunnel and NAT servers are on-link, behind a router with smaller route MTUs, or behind a
-//! second interface (XDP_REDIRECT, its own MAC and source address). Not generated: ICMP errors
-//! about NAT flows (translated both ways, inner headers included: `tests/tests/nat.rs` covers
-//! them), FULLNAT.
+//! second interface (XDP_REDIRECT, its own MAC and source address). Not generated: FULLNAT and
+//! NAT64.
 //!
 //! `XVS_DIFF_CASES` sets the number of cases (default 3,000, the CI run: well under a second
 //! here); a developer can ask for more.
@@ -598,8 +601,46 @@ impl Model {
                 && s.port == vport
                 && self.conns.contains(&(i, client.to_vec(), cport))
         });
+        let quote = (inner, quoted_l4);
         let Some(i) = found else {
-            return pass;
+            // Maybe about a client's packet a NAT server received: the quote is then client:cport
+            // -> RIP:rport (`vip` the client, `client` the server: the names are a reply's).
+            let back = (0..SERVICES.len()).find(|&i| {
+                let s = SERVICES[i];
+                s.mode == Mode::Nat
+                    && s.proto == proto
+                    && bytes(s.rs) == client
+                    && s.rport == cport
+                    && self.conns.contains(&(i, vip.to_vec(), vport))
+            });
+            let Some(i) = back else {
+                return pass;
+            };
+            let s = SERVICES[i];
+            // Toward the client, about its packet to the VIP; from the VIP when the server
+            // itself sent it.
+            let from_server = h.src == bytes(s.rs);
+            let client = vip.to_vec();
+            let vip = bytes(s.vip);
+            let e = match client_route(&client) {
+                Some(dmac) if h.ip_len(b) <= LINK_MTU => {
+                    let out = rewrite_icmp(
+                        b,
+                        h,
+                        quote,
+                        [from_server.then_some(&vip[..]), None],
+                        [None, Some((&vip[..], s.port))],
+                        (dmac, D0_MAC),
+                    );
+                    Expect::new(verdict::TX, Reason::TxNatReply, out)
+                }
+                // No route, or too big for it: an error is not worth an error.
+                _ => Expect::new(verdict::DROP, Reason::DropNatNoRoute, b.to_vec()),
+            };
+            return Expect {
+                also: Some(Reason::IcmpErrorForwarded),
+                ..e
+            };
         };
         let s = SERVICES[i];
         let mut e = match s.mode {
@@ -620,7 +661,27 @@ impl Model {
                 );
                 tunnel(b, h, &s, hash)
             }
-            Mode::Nat => panic!("ICMP errors about NAT flows are not generated nor modelled"),
+            // To the real server, about what it sent (RIP:rport -> client).
+            Mode::Nat => {
+                let (rs, hop) = (bytes(s.rs), route(s.rs));
+                if h.ip_len(b) > hop.mtu {
+                    Expect::new(verdict::DROP, Reason::DropNatNoRoute, b.to_vec())
+                } else {
+                    let out = rewrite_icmp(
+                        b,
+                        h,
+                        quote,
+                        [None, Some(&rs[..])],
+                        [Some((&rs[..], s.rport)), None],
+                        hop.macs,
+                    );
+                    if hop.redirect {
+                        Expect::new(verdict::REDIRECT, Reason::RedirectNat, out)
+                    } else {
+                        Expect::new(verdict::TX, Reason::TxNat, out)
+                    }
+                }
+            }
         };
         e.also = Some(Reason::IcmpErrorForwarded);
         e
@@ -714,6 +775,80 @@ fn rewrite(
         // A computed zero is sent as all ones (zero means "none").
         c = 0xffff;
     }
+    out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// An ICMP error translated: the outer [source, destination] and the quoted packet's [source,
+/// destination] (address and port) replaced where given, with the checksums carried over (the
+/// outer IPv4 header's when it changed, the quoted IPv4 header's, the ICMP checksum, ICMPv6's
+/// pseudo-header included); the quoted L4 checksum is left as it was. `quote`: the quoted IP
+/// and L4 headers' offsets.
+fn rewrite_icmp(
+    b: &[u8],
+    h: &Hdr,
+    (q3, q4): (usize, usize),
+    outer: [Option<&[u8]>; 2],
+    quoted: [Option<(&[u8], u16)>; 2],
+    (dmac, smac): ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let mut out = b.to_vec();
+    out[0..6].copy_from_slice(&dmac);
+    out[6..12].copy_from_slice(&smac);
+    // Source and destination address offsets of an IP header at `l3`.
+    let addrs = |l3: usize| {
+        if h.v6 {
+            [l3 + 8, l3 + 24]
+        } else {
+            [l3 + 12, l3 + 16]
+        }
+    };
+    let zeroed = |f: &[u8], from: usize, to: usize, at: usize| {
+        let mut v = f[from..to].to_vec();
+        v[at - from..at - from + 2].fill(0);
+        v
+    };
+    for (at, a) in addrs(h.l3).into_iter().zip(outer) {
+        if let Some(a) = a {
+            out[at..at + a.len()].copy_from_slice(a);
+        }
+    }
+    if !h.v6 && outer.iter().any(Option::is_some) {
+        let at = h.l3 + 10;
+        let c = carried(
+            be16(b, at),
+            &zeroed(b, h.l3, h.l4, at),
+            &zeroed(&out, h.l3, h.l4, at),
+        );
+        out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    for ((at, port_at), end) in addrs(q3).into_iter().zip([q4, q4 + 2]).zip(quoted) {
+        if let Some((a, port)) = end {
+            out[at..at + a.len()].copy_from_slice(a);
+            out[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+        }
+    }
+    if !h.v6 {
+        let at = q3 + 10;
+        let c = carried(
+            be16(b, at),
+            &zeroed(b, q3, q4, at),
+            &zeroed(&out, q3, q4, at),
+        );
+        out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let at = h.l4 + 2;
+    let message = |f: &[u8]| {
+        let [s, d] = addrs(h.l3);
+        let body = zeroed(f, h.l4, f.len(), at);
+        if h.v6 {
+            let len = f.len() - h.l4;
+            [pseudo(&f[s..s + 16], &f[d..d + 16], 58, len), body].concat()
+        } else {
+            body
+        }
+    };
+    let c = carried(be16(b, at), &message(b), &message(&out));
     out[at..at + 2].copy_from_slice(&c.to_be_bytes());
     out
 }
@@ -1018,9 +1153,30 @@ fn build(r: &Recipe) -> Vec<Vec<u8>> {
         (true, false) => "2001:db8:10::99",
     };
     let dport = r.port.unwrap_or(s.port);
-    if s.mode != Mode::Nat && r.icmp_error {
+    if r.icmp_error {
         let first = frame(client, r.sport, s.vip, s.port, clean_l4(&s), None, b"");
-        return vec![first, icmp_error(r, &s, udp, client)];
+        let err = if s.mode == Mode::Nat && r.reply {
+            // From the real server, or a router on its side, to the client: about what the
+            // director sent the server.
+            let router = if v6 {
+                "2001:db8:100::fe"
+            } else {
+                "198.51.100.62"
+            };
+            let from = if r.tcp_flags & 0x80 != 0 {
+                router
+            } else {
+                s.rs
+            };
+            let quote = ((client, r.sport), (s.rs, s.rport));
+            icmp_error(r, udp, (from, client), quote)
+        } else {
+            // From a router on the client's path to the VIP, about a reply.
+            let router = if v6 { "2001:db8:2::fe" } else { "192.0.2.254" };
+            let quote = ((s.vip, s.port), (client, r.sport));
+            icmp_error(r, udp, (router, s.vip), quote)
+        };
+        return vec![first, err];
     }
     if s.mode == Mode::Nat && r.reply {
         // The connection first (clean), then the real server's answer from its own address.
@@ -1053,10 +1209,11 @@ fn clean_l4(s: &Svc) -> L4 {
     }
 }
 
-/// An ICMP error to the VIP from a router on the client's path, quoting a reply the real server
-/// sent from VIP:port to the client (TCP or UDP by `udp`), as the recipe changes it.
-fn icmp_error(r: &Recipe, s: &Svc, udp: bool, client: &str) -> Vec<u8> {
-    let v6 = client.contains(':');
+/// An ICMP error from `from` to `to`, quoting a packet between the ends of `quote` (TCP or UDP
+/// by `udp`), as the recipe changes it.
+fn icmp_error(r: &Recipe, udp: bool, (from, to): (&str, &str), quote: (End, End)) -> Vec<u8> {
+    let v6 = from.contains(':');
+    let ((qs, qsport), (qd, qdport)) = quote;
     let l4 = if udp {
         L4::Udp
     } else {
@@ -1066,17 +1223,17 @@ fn icmp_error(r: &Recipe, s: &Svc, udp: bool, client: &str) -> Vec<u8> {
         })
     };
     let payload = vec![0x5a; r.payload];
-    let quote = frame(s.vip, s.port, client, r.sport, l4, None, &payload)[14..].to_vec();
+    let quote = frame(qs, qsport, qd, qdport, l4, None, &payload)[14..].to_vec();
     // The relayed types, and one that is not (parameter problem), chosen by the otherwise
     // unused flag byte.
-    let (router, (ty, code, rest)) = if v6 {
+    let (ty, code, rest) = if v6 {
         let kinds = [
             (2, 0, 1400u32.to_be_bytes()),
             (1, 4, [0; 4]),
             (3, 0, [0; 4]),
             (4, 0, [0; 4]),
         ];
-        ("2001:db8:2::fe", kinds[r.tcp_flags as usize % kinds.len()])
+        kinds[r.tcp_flags as usize % kinds.len()]
     } else {
         let kinds = [
             (3, 4, [0, 0, 0x05, 0x78]),
@@ -1085,9 +1242,9 @@ fn icmp_error(r: &Recipe, s: &Svc, udp: bool, client: &str) -> Vec<u8> {
             (4, 0, [0; 4]),
             (12, 0, [0; 4]),
         ];
-        ("192.0.2.254", kinds[r.tcp_flags as usize % kinds.len()])
+        kinds[r.tcp_flags as usize % kinds.len()]
     };
-    let mut f = icmp_error_frame(router, s.vip, ty, code, rest, &quote);
+    let mut f = icmp_error_frame(from, to, ty, code, rest, &quote);
     let l3 = 14;
     if v6 {
         f[l3] = 0x60 | (r.tos >> 4);
