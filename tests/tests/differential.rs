@@ -66,7 +66,7 @@ const DR_RS6: &str = "2001:db8:1::11";
 const LINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
 const RS_LINK: &str = "198.51.100.20";
 const RS_LINK6: &str = "2001:db8:100::20";
-/// Routed tunnel real servers behind the router: locked route MTUs 1300 (IPv4) and 1400 (IPv6).
+/// Real servers behind the router (tunnel and NAT): locked route MTUs 1300 (IPv4), 1400 (IPv6).
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const RS_ROUTED: &str = "198.51.100.70";
 const RS_ROUTED6: &str = "2001:db8:200::70";
@@ -239,7 +239,7 @@ fn route(rs: &str) -> Hop {
     }
 }
 
-/// The next hop toward a NAT reply's client: the clients' prefixes are routed through the
+/// The next hop toward a NAT connection's client: the clients' prefixes are routed through the
 /// router. Anything else gets no route in the model (a reply to another address needs a client
 /// packet from that address first, whose source a random write changed, and a reply changed to
 /// the same address: not met in practice).
@@ -251,6 +251,7 @@ fn client_route(dst: &[u8]) -> Option<[u8; 6]> {
     in_prefix.then_some(GW_MAC)
 }
 
+/// The services, and the settings xvsd would write.
 fn director(d: &mut Director) {
     d.mac(DR_RS4, DR_MAC);
     d.mac(DR_RS6, DR_MAC);
@@ -1034,7 +1035,7 @@ fn too_big(b: &[u8], h: &Hdr, mtu: u32) -> Expect {
 }
 
 /// How a case is made: a well-formed TCP or UDP frame toward a service (or its VIP's neighbour),
-/// then changed; for a NAT service maybe a reply from its real server instead.
+/// then changed; or a clean client packet, then a changed NAT reply or ICMP error about its flow.
 #[derive(Debug, Clone)]
 struct Recipe {
     /// The service the frame is made for (family, protocol, VIP and port).
@@ -1044,10 +1045,12 @@ struct Recipe {
     port: Option<u16>,
     /// TCP instead of UDP or the other way round.
     switch_proto: bool,
-    /// NAT services: a clean client packet, then the real server's reply made from the rest.
+    /// NAT services: a clean client packet, then the real server's reply made from the rest
+    /// (with `icmp_error`: the error comes from the server's side).
     reply: bool,
-    /// DR and TUN services: a clean client packet, then an ICMP error quoting a reply of its
-    /// flow, from a router on the client's path.
+    /// A clean client packet, then an ICMP error about its flow: from a router on the client's
+    /// path, quoting a reply; or (NAT, `reply`) from the real server or a router on its side,
+    /// quoting the client's packet as the server got it.
     icmp_error: bool,
     sport: u16,
     tcp_flags: u8,
@@ -1070,7 +1073,10 @@ fn recipe() -> impl Strategy<Value = Recipe> {
         (
             0..SERVICES.len(),
             prop::bool::weighted(0.8),
-            prop_oneof![6 => Just(None), 1 => prop_oneof![Just(80u16), Just(443), any::<u16>()].prop_map(Some)],
+            prop_oneof![
+                6 => Just(None),
+                1 => prop_oneof![Just(80u16), Just(443), any::<u16>()].prop_map(Some),
+            ],
             prop::bool::weighted(0.1),
             prop::bool::weighted(0.5),
             prop::bool::weighted(0.15),
