@@ -1046,7 +1046,8 @@ struct Recipe {
     /// TCP instead of UDP or the other way round.
     switch_proto: bool,
     /// NAT services: a clean client packet, then the real server's reply made from the rest
-    /// (with `icmp_error`: the error comes from the server's side).
+    /// (without `to_vip`: a reply alone, to a port no client used; with `icmp_error`: the error
+    /// comes from the server's side).
     reply: bool,
     /// A clean client packet, then an ICMP error about its flow: from a router on the client's
     /// path, quoting a reply; or (NAT, `reply`) from the real server or a router on its side,
@@ -1085,9 +1086,10 @@ fn recipe() -> impl Strategy<Value = Recipe> {
         (
             any::<u8>(),
             prop_oneof![3 => Just(0u8), 1 => any::<u8>()],
+            // No checksum often enough that GUE's zero-checksum case comes up in every CI run.
             prop_oneof![
-                8 => Just(UdpCsum::Kept),
-                1 => Just(UdpCsum::None),
+                7 => Just(UdpCsum::Kept),
+                2 => Just(UdpCsum::None),
                 1 => Just(UdpCsum::ZeroAfterNat),
             ],
             prop_oneof![6 => Just(0u8), 3 => Just(1), 1 => Just(2)],
@@ -1184,17 +1186,21 @@ fn build(r: &Recipe) -> Vec<Vec<u8>> {
         };
         return vec![first, err];
     }
+    if s.mode == Mode::Nat && r.reply && !r.to_vip {
+        // A reply to a client port no client packet came from (unless a random one did).
+        let cport = r.sport.wrapping_add(30000);
+        let back = ((s.vip, s.port), (client, cport));
+        return vec![changed(
+            r,
+            udp,
+            (s.rs, s.rport),
+            (client, cport),
+            Some(back),
+        )];
+    }
     if s.mode == Mode::Nat && r.reply {
         // The connection first (clean), then the real server's answer from its own address.
-        let l4 = if s.proto == 17 {
-            L4::Udp
-        } else {
-            L4::Tcp(Flags {
-                syn: true,
-                ..Flags::default()
-            })
-        };
-        let first = frame(client, r.sport, s.vip, s.port, l4, None, b"");
+        let first = frame(client, r.sport, s.vip, s.port, clean_l4(&s), None, b"");
         let back = ((s.vip, s.port), (client, r.sport));
         let reply = changed(r, udp, (s.rs, s.rport), (client, r.sport), Some(back));
         return vec![first, reply];
