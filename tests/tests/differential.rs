@@ -30,7 +30,11 @@
 //!
 //! Tunnel and NAT servers are on-link, behind a router with smaller route MTUs, or behind a
 //! second interface (XDP_REDIRECT, its own MAC and source address). Not generated: FULLNAT and
-//! NAT64.
+//! NAT64. Not compared: a NAT client packet from an IPv6 multicast source (a random write can
+//! make one): the FIB refuses it (drop_nat_no_route) but a route the CPU cached for the real
+//! server in the last second is used without asking, so it is translated and sent when the
+//! cache is warm. The data plane checks no source address (IPv4 martians, ::1 or the VIP as a
+//! source are forwarded in every mode); the kernel's forwarding path would drop them.
 //!
 //! `XVS_DIFF_CASES` sets the number of cases (default 3,000, the CI run: well under a second
 //! here); a developer can ask for more.
@@ -305,6 +309,9 @@ struct Expect {
     out: Vec<u8>,
     /// A reason counted besides the verdict's (a GUE packet whose checksum stays zero).
     also: Option<Reason>,
+    /// Why the outcome is not the frame's alone: the frame is run (the director's state
+    /// follows the model's) but not compared.
+    unmodelled: Option<&'static str>,
 }
 
 impl Expect {
@@ -314,8 +321,15 @@ impl Expect {
             reason,
             out,
             also: None,
+            unmodelled: None,
         }
     }
+}
+
+/// Whether the kernel's FIB refuses to route a packet from this source whatever its
+/// destination: an IPv6 multicast address (IPv4 ones, and every other martian, are routed).
+fn fib_refuses(src: &[u8]) -> bool {
+    src.len() == 16 && src[0] == 0xff
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -548,6 +562,15 @@ impl Model {
             Mode::Ipip | Mode::Gue { .. } => tunnel(b, &h, &s, flow_hash(&h)),
             Mode::Nat => {
                 // The way back is recorded with the connection, before the route is asked.
+                if fib_refuses(&h.src) {
+                    // The FIB refuses it (drop_nat_no_route), but a route this CPU cached for
+                    // the real server in the last second is used without asking: the outcome
+                    // depends on the clock, and such a frame is translated and sent then.
+                    return Expect {
+                        unmodelled: Some("NAT from an IPv6 multicast source"),
+                        ..Expect::new(verdict::DROP, Reason::DropNatNoRoute, b.to_vec())
+                    };
+                }
                 let hop = route(s.rs);
                 if h.ip_len(b) > hop.mtu {
                     return too_big(b, &h, hop.mtu);
@@ -624,7 +647,7 @@ impl Model {
             let client = vip.to_vec();
             let vip = bytes(s.vip);
             let e = match client_route(&client) {
-                Some(dmac) if h.ip_len(b) <= LINK_MTU => {
+                Some(dmac) if h.ip_len(b) <= LINK_MTU && !fib_refuses(&h.src) => {
                     let out = rewrite_icmp(
                         b,
                         h,
@@ -665,7 +688,8 @@ impl Model {
             // To the real server, about what it sent (RIP:rport -> client).
             Mode::Nat => {
                 let (rs, hop) = (bytes(s.rs), route(s.rs));
-                if h.ip_len(b) > hop.mtu {
+                // An ICMP error's route is never cached: the FIB's word is final.
+                if h.ip_len(b) > hop.mtu || fib_refuses(&h.src) {
                     Expect::new(verdict::DROP, Reason::DropNatNoRoute, b.to_vec())
                 } else {
                     let out = rewrite_icmp(
@@ -1405,12 +1429,14 @@ fn run(d: &mut Director, ifx: u32, cases: u32) {
             let (v, out) = d.run_on(ifx, &f);
             let after = outcomes(&d);
             let mut seen = seen.borrow_mut();
+            if let Some(why) = want.unmodelled {
+                *seen.entry(format!("unmodelled: {why}")).or_default() += 1;
+                continue;
+            }
             *seen.entry(format!("{:?}", want.reason)).or_default() += 1;
             if let Some(a) = want.also {
                 *seen.entry(format!("{a:?}")).or_default() += 1;
             }
-            prop_assert_eq!(v, want.verdict, "verdict of {:02x?} ({:?})", f, r);
-            prop_assert_eq!(&out, &want.out, "output of {:02x?} ({:?})", f, r);
             // The expected reasons counted once each, no other outcome at all.
             let moved: Vec<(Reason, u64)> = after
                 .iter()
@@ -1421,7 +1447,13 @@ fn run(d: &mut Director, ifx: u32, cases: u32) {
             let mut counted = vec![(want.reason, 1)];
             counted.extend(want.also.map(|a| (a, 1)));
             counted.sort_by_key(|c| c.0 as u32);
-            prop_assert_eq!(moved, counted, "counters of {:02x?}", f);
+            let why = format!(
+                "{f:02x?} ({r:?}): expected {:?}, counted {moved:?}",
+                want.reason
+            );
+            prop_assert_eq!(v, want.verdict, "verdict of {}", why);
+            prop_assert_eq!(&out, &want.out, "output of {}", why);
+            prop_assert_eq!(moved, counted, "counters of {}", why);
         }
         Ok::<(), TestCaseError>(())
     });
