@@ -13,6 +13,7 @@ pub mod filter;
 pub mod icmp64;
 pub mod layout;
 pub mod maps;
+pub mod martian;
 pub mod reason;
 
 pub use conn::{
@@ -28,6 +29,7 @@ pub use maps::{
     FULLNAT_PROBES, MAX_LADDR_SLOTS, NO_BACKEND, REPLY_ROUTE_SLOTS, TUN_ROUTE_SLOTS,
     TUN_ROUTE_TTL_NS,
 };
+pub use martian::martian_source;
 pub use reason::Reason;
 
 /// Address family tag for IPv4 in keys and values.

@@ -115,10 +115,14 @@ pub enum Reason {
     /// connection may have moved to another real server (which resets it). Counted besides the
     /// packet's verdict; a rise means the table is too small or is being flooded.
     ConnMidflowMiss = 43,
+    /// A new flow from a source no connection comes from (0.0.0.0/8, 127.0.0.0/8, multicast,
+    /// 255.255.255.255; IPv6 ::, ::1, multicast, IPv4-mapped: lb_common::martian): dropped, as
+    /// the kernel drops it before IPVS sees it, instead of balanced to a real server.
+    DropMartianSource = 44,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 44;
+pub const REASON_COUNT: u32 = 45;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -171,6 +175,7 @@ impl Reason {
         Reason::DropNat64UdpNoChecksum,
         Reason::DropNat64IcmpUntranslatable,
         Reason::ConnMidflowMiss,
+        Reason::DropMartianSource,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -199,6 +204,7 @@ impl Reason {
                 | Reason::DropFullNatNoPort
                 | Reason::DropNat64UdpNoChecksum
                 | Reason::DropNat64IcmpUntranslatable
+                | Reason::DropMartianSource
         )
     }
 
@@ -262,6 +268,7 @@ impl Reason {
             Reason::DropNat64UdpNoChecksum => "drop_nat64_udp_no_checksum",
             Reason::DropNat64IcmpUntranslatable => "drop_nat64_icmp_untranslatable",
             Reason::ConnMidflowMiss => "conn_midflow_miss",
+            Reason::DropMartianSource => "drop_martian_source",
         }
     }
 }

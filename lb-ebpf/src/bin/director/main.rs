@@ -23,11 +23,11 @@ mod service;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use lb_common::{fwd, FlowKey, Reason, PROTO_ICMP, PROTO_ICMPV6, TAIL_ICMP};
+use lb_common::{fwd, martian_source, FlowKey, Reason, PROTO_ICMP, PROTO_ICMPV6, TAIL_ICMP};
 use lb_ebpf::{
     helpers::ktime_coarse_ns,
     icmp,
-    packet::Packet,
+    packet::{addr_words, Packet},
     parse::{parse, Parsed},
 };
 
@@ -121,6 +121,11 @@ fn new_flow_inline(
     now: u64,
 ) -> Result<Conn, Reason> {
     let svc = service::lookup(p, port_service)?;
+    // What the kernel would drop before IPVS sees it is never balanced (checked here, off the
+    // established path: such a flow never gets an entry).
+    if martian_source(p.family, addr_words(&p.src)) {
+        return Err(Reason::DropMartianSource);
+    }
     let pkey = persist::key(svc, p);
     let (id, backend) = match pkey.as_ref().and_then(|k| persist::lookup(k, svc, now)) {
         Some(found) => found,
