@@ -206,6 +206,8 @@ struct L3 {
     src: [u8; 16],
     dst: [u8; 16],
     l4_off: usize,
+    /// Where the IP packet ends by its header's length (the frame may carry padding after it).
+    end: usize,
     tos: u8,
     family: u8,
     proto: u8,
@@ -229,7 +231,9 @@ pub fn parse(pkt: &Packet) -> Result<Parsed, Reason> {
         let tcp = pkt
             .header::<TcpHdr>(l3.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
-        if (tcp.doff >> 4) < 5 {
+        // A header shorter than 20 bytes, or longer than what the IP packet holds.
+        let doff = (tcp.doff >> 4) as usize;
+        if doff < 5 || l3.l4_off + doff * 4 > l3.end {
             return Err(Reason::DropMalformedL4);
         }
         (load_u32(leading(tcp)), tcp.flags)
@@ -237,6 +241,11 @@ pub fn parse(pkt: &Packet) -> Result<Parsed, Reason> {
         let udp = pkt
             .header::<UdpHdr>(l3.l4_off)
             .ok_or(Reason::DropMalformedL4)?;
+        // The datagram's own length: at least its header, within the IP packet.
+        let len = u16::from_be(load_u16(&udp.len)) as usize;
+        if len < 8 || l3.l4_off + len > l3.end {
+            return Err(Reason::DropMalformedL4);
+        }
         (load_u32(leading(udp)), 0)
     } else {
         (0, 0)
@@ -275,8 +284,10 @@ fn parse_ipv4(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
         return Err(Reason::DropMalformedL3);
     }
     let hdr_len = ihl * 4;
-    // Options, when present, must be inside the packet too.
-    if !pkt.has(l3_off + hdr_len) {
+    // Options, when present, must be inside the packet too; the stated length must cover the
+    // header and fit the frame (the kernel drops the rest before IPVS would see them).
+    let tot_len = u16::from_be(load_u16(&ip.tot_len)) as usize;
+    if !pkt.has(l3_off + hdr_len) || tot_len < hdr_len || l3_off + tot_len > pkt.len() {
         return Err(Reason::DropMalformedL3);
     }
     // MF set or a non-zero offset: no usable L4 header in this packet.
@@ -291,6 +302,7 @@ fn parse_ipv4(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
         src: load_addr4(&ip.src_addr),
         dst: load_addr4(&ip.dst_addr),
         l4_off: l3_off + hdr_len,
+        end: l3_off + tot_len,
         tos: ip.tos,
         family: FAMILY_V4,
         proto,
@@ -302,7 +314,9 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
     let ip = pkt
         .header::<Ipv6Hdr>(l3_off)
         .ok_or(Reason::DropMalformedL3)?;
-    if ip.vcf[0] >> 4 != 6 {
+    // The payload the header states must fit the frame.
+    let end = l3_off + IPV6_LEN + u16::from_be(load_u16(&ip.payload_len)) as usize;
+    if ip.vcf[0] >> 4 != 6 || end > pkt.len() {
         return Err(Reason::DropMalformedL3);
     }
     let next = ip.next_hdr;
@@ -317,6 +331,7 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize) -> Result<L3, Reason> {
         src: load_addr6(&ip.src_addr),
         dst: load_addr6(&ip.dst_addr),
         l4_off: l3_off + IPV6_LEN,
+        end,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         family: FAMILY_V6,
         proto: next,

@@ -149,3 +149,17 @@ pub fn with_macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f[6..12].copy_from_slice(&src);
     f
 }
+
+/// The TCP/UDP checksum pseudo-header of a segment of `len` bytes from `src` to `dst` (4 or 16
+/// bytes each), for checking checksums from scratch.
+pub fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
+    let mut p = [src, dst].concat();
+    if src.len() == 4 {
+        p.extend_from_slice(&[0, proto]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, proto]);
+    }
+    p
+}

@@ -52,7 +52,7 @@ use proptest::{
     test_runner::{Config, TestCaseError, TestRunner},
 };
 use xvs_tests::{
-    packets::{frame, icmp_error as icmp_error_frame, Flags, L4},
+    packets::{frame, icmp_error as icmp_error_frame, pseudo, Flags, L4},
     progtest::{in_fib_ns, mac_text, real_server, service_key, verdict, Director},
 };
 
@@ -379,19 +379,6 @@ fn checksum(data: &[u8]) -> u16 {
     !fold(sum(data))
 }
 
-/// The TCP/UDP pseudo-header.
-fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
-    let mut p = [src, dst].concat();
-    if src.len() == 4 {
-        p.extend_from_slice(&[0, proto]);
-        p.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        p.extend_from_slice(&(len as u32).to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, proto]);
-    }
-    p
-}
-
 /// A checksum field after the data it covers changed from `old` to `new` (each given with the
 /// field zeroed), carried over as an incremental update does: the stored value's error against
 /// a correct checksum of `old` stays, so a correct input gives the correct checksum of `new`
@@ -455,13 +442,20 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
         }
         l3 = 18;
     }
-    let (v6, proto, src, dst, l4, tos) = match ether_type {
+    // `end`: where the IP packet ends by its header's length (padding may follow).
+    let (v6, proto, src, dst, l4, tos, end) = match ether_type {
         0x0800 => {
             if b.len() < l3 + 20 {
                 return Err(drop(Reason::DropMalformedL3));
             }
             let ihl = (b[l3] & 0x0f) as usize;
-            if b[l3] >> 4 != 4 || ihl < 5 || b.len() < l3 + ihl * 4 {
+            let tot_len = be16(b, l3 + 2) as usize;
+            if b[l3] >> 4 != 4
+                || ihl < 5
+                || b.len() < l3 + ihl * 4
+                || tot_len < ihl * 4
+                || b.len() < l3 + tot_len
+            {
                 return Err(drop(Reason::DropMalformedL3));
             }
             if be16(b, l3 + 6) & 0x3fff != 0 {
@@ -472,13 +466,22 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
                 return Err(pass(Reason::PassOtherProto));
             }
             let (src, dst) = (b[l3 + 12..l3 + 16].to_vec(), b[l3 + 16..l3 + 20].to_vec());
-            (false, proto, src, dst, l3 + ihl * 4, b[l3 + 1])
+            (
+                false,
+                proto,
+                src,
+                dst,
+                l3 + ihl * 4,
+                b[l3 + 1],
+                l3 + tot_len,
+            )
         }
         0x86dd => {
             if b.len() < l3 + 40 {
                 return Err(drop(Reason::DropMalformedL3));
             }
-            if b[l3] >> 4 != 6 {
+            let end = l3 + 40 + be16(b, l3 + 4) as usize;
+            if b[l3] >> 4 != 6 || b.len() < end {
                 return Err(drop(Reason::DropMalformedL3));
             }
             let next = b[l3 + 6];
@@ -491,13 +494,22 @@ fn parse(b: &[u8]) -> Result<Hdr, Expect> {
             }
             let (src, dst) = (b[l3 + 8..l3 + 24].to_vec(), b[l3 + 24..l3 + 40].to_vec());
             let tos = (b[l3] << 4) | (b[l3 + 1] >> 4);
-            (true, next, src, dst, l3 + 40, tos)
+            (true, next, src, dst, l3 + 40, tos, end)
         }
         _ => return Err(pass(Reason::PassNonIp)),
     };
     let icmp = proto == 1 || proto == 58;
     let min = if proto == 6 { 20 } else { 8 };
-    if !icmp && (b.len() < l4 + min || (proto == 6 && b[l4 + 12] >> 4 < 5)) {
+    if !icmp && b.len() < l4 + min {
+        return Err(drop(Reason::DropMalformedL4));
+    }
+    // TCP's header and UDP's datagram within the IP packet.
+    let l4_len = match proto {
+        6 => (b[l4 + 12] >> 4) as usize * 4,
+        17 => be16(b, l4 + 4) as usize,
+        _ => min,
+    };
+    if !icmp && (l4_len < min || l4 + l4_len > end) {
         return Err(drop(Reason::DropMalformedL4));
     }
     Ok(Hdr {

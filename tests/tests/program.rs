@@ -246,6 +246,16 @@ fn malformed_packets_are_dropped_and_counted() {
     big_ihl[14] = 0x4f;
     let mut bad_doff = good.clone();
     bad_doff[14 + 20 + 12] = 0x40;
+    // Lengths the headers state that the packet does not have (the kernel drops these before
+    // IPVS sees them).
+    let mut long_doff = good.clone();
+    long_doff[14 + 20 + 12] = 0xf0; // 60 bytes of TCP header in a 40-byte IP packet
+    let set16 = |mut f: Vec<u8>, at: usize, v: u16| {
+        f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+        f
+    };
+    let ip_len = good.len() - 14;
+    let udp53 = udp("192.0.2.1", 1, "203.0.113.10", 53, b"abcd");
     let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
         ("vlan tag cut", short_vlan, Reason::DropTruncatedL2),
         (
@@ -262,19 +272,49 @@ fn malformed_packets_are_dropped_and_counted() {
             Reason::DropMalformedL3,
         ),
         (
-            "tcp header cut",
+            "ipv4 cut short of its total length",
             good[..14 + 20 + 10].to_vec(),
+            Reason::DropMalformedL3,
+        ),
+        (
+            "ipv4 total length past the frame",
+            set16(good.clone(), 14 + 2, ip_len as u16 + 1),
+            Reason::DropMalformedL3,
+        ),
+        (
+            "ipv4 total length inside its header",
+            set16(good.clone(), 14 + 2, 19),
+            Reason::DropMalformedL3,
+        ),
+        (
+            "ipv6 cut short of its payload length",
+            good6[..14 + 40 + 8].to_vec(),
+            Reason::DropMalformedL3,
+        ),
+        (
+            "tcp header cut inside the ip packet",
+            set16(good.clone(), 14 + 2, 20 + 10),
             Reason::DropMalformedL4,
         ),
         ("tcp doff 4", bad_doff, Reason::DropMalformedL4),
         (
-            "udp header cut",
-            udp("192.0.2.1", 1, "203.0.113.10", 53, b"")[..14 + 20 + 4].to_vec(),
+            "tcp doff past the ip packet",
+            long_doff,
             Reason::DropMalformedL4,
         ),
         (
-            "ipv6 tcp cut",
-            good6[..14 + 40 + 8].to_vec(),
+            "udp length 4",
+            set16(udp53.clone(), 14 + 20 + 4, 4),
+            Reason::DropMalformedL4,
+        ),
+        (
+            "udp length past the ip packet",
+            set16(udp53.clone(), 14 + 20 + 4, 8 + 5),
+            Reason::DropMalformedL4,
+        ),
+        (
+            "ipv6 tcp header cut inside the payload",
+            set16(good6.clone(), 14 + 4, 8),
             Reason::DropMalformedL4,
         ),
     ];
@@ -289,8 +329,12 @@ fn malformed_packets_are_dropped_and_counted() {
         );
     }
     assert_eq!(d.reason(Reason::TxDr), 0, "nothing malformed was forwarded");
-    // The program still works afterwards.
+    // The program still works afterwards, and Ethernet padding after the IP packet (a short
+    // frame padded to 60 bytes) is no error.
     assert_eq!(d.run(&good).0, verdict::TX);
+    let mut padded = udp("192.0.2.1", 2, "203.0.113.10", 53, b"");
+    padded.resize(60, 0);
+    assert_eq!(d.run(&padded).0, verdict::TX);
 }
 
 #[test]

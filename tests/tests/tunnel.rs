@@ -11,7 +11,7 @@ use lb_user::model::{
     Change, ForwardMethod, Protocol, RealServer, Scheduler, ServiceKey, Tunnel, TunnelKind,
 };
 use xvs_tests::{
-    packets::{frame, tcp, udp, ACK, CLIENT_MAC, DIRECTOR_MAC, L4, SYN},
+    packets::{frame, pseudo, tcp, udp, ACK, CLIENT_MAC, DIRECTOR_MAC, L4, SYN},
     progtest::{in_fib_ns, mac_text, verdict, Director},
 };
 
@@ -123,21 +123,6 @@ fn addr16(a: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..b.len()].copy_from_slice(&b);
     out
-}
-
-/// Pseudo-header for an L4 checksum.
-fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(src);
-    p.extend_from_slice(dst);
-    if src.len() == 4 {
-        p.extend_from_slice(&[0, proto]);
-        p.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        p.extend_from_slice(&(len as u32).to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, proto]);
-    }
-    p
 }
 
 /// The flow hash the data plane uses for the outer port / label of a client flow.
