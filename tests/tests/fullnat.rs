@@ -534,8 +534,15 @@ fn malformed_replies_are_counted_and_never_misforwarded() {
         );
         let lport = sport(&d.run_on(ifx, &tcp(CLIENT, 55000, VIP, 80, SYN)).1);
         let good = tcp(RS, 80, LIP, lport, SYN_ACK);
-        // Cut inside its TCP header: dropped before any lookup, counted.
+        // Cut inside its TCP header (so short of its IP length): dropped before any lookup,
+        // counted.
         let (v, _) = d.run_on(ifx, &good[..14 + 20 + 10]);
+        assert_eq!(v, verdict::DROP);
+        assert_eq!(d.reason(Reason::DropMalformedL3), 1);
+        // Its TCP header longer than the IP packet says: the same for L4.
+        let mut long = good.clone();
+        long[14 + 20 + 12] = 0xf0;
+        let (v, _) = d.run_on(ifx, &long);
         assert_eq!(v, verdict::DROP);
         assert_eq!(d.reason(Reason::DropMalformedL4), 1);
         // A fragment (more fragments set): no ports to find its connection by; the kernel's,
