@@ -78,7 +78,7 @@ struct Opts {
           value_parser = clap::value_parser!(u32).range(lb_common::MIN_CONN_ENTRIES as i64..=lb_common::MAX_CONN_ENTRIES as i64))]
     conn_table_size: u32,
     /// Room for NAT and FULLNAT connections' ways back (entries, 1024..=33554432; default: the
-    /// --conn-table-size): preallocated, about 140 bytes each, so a director without NAT or
+    /// --conn-table-size): preallocated, about 150 bytes each, so a director without NAT or
     /// FULLNAT real servers can spare the memory with 1024. When it is full, a new NAT
     /// connection's replies are not translated (conn_insert_failed) and a new FULLNAT connection
     /// is refused (drop_fullnat_no_port).
