@@ -109,6 +109,7 @@ fn differences(name: &str, have: &MapLayout, want: &MapLayout, where_: &str) -> 
             let hint = match (name, what) {
                 (names::MAP_CONNS, "entries") => " (--conn-table-size)",
                 (names::MAP_SCHED_SLOTS, "entries") => " (--sched-slots)",
+                (names::MAP_NAT_REPLIES, "entries") => " (--nat-table-size)",
                 _ => "",
             };
             why.push(format!("map {name}: {what} {h} {where_}, {w} wanted{hint}"));
