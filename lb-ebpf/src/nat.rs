@@ -133,6 +133,15 @@ pub fn write_ports(
     Ok(())
 }
 
+/// A translation step's outcome as a subprogram returns it, in one register: 0, or the reason.
+#[inline(always)]
+pub fn status(r: Result<(), Reason>) -> u32 {
+    match r {
+        Ok(()) => 0,
+        Err(reason) => reason as u32,
+    }
+}
+
 /// How an ICMP error about a translated connection is rewritten: the error's own source and
 /// destination, and the quoted packet's ends (address and port), each only when its flag is
 /// set. Kept in a per-CPU scratch map by the programs, not on their crowded stacks.

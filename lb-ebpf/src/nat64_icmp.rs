@@ -28,7 +28,7 @@ use lb_common::{
 use crate::{
     csum::sum_packet,
     encap::{write_ipv6, OuterIp, TTL},
-    nat::IcmpRewrite,
+    nat::{status, IcmpRewrite},
     packet::Packet,
     parse::{
         IcmpHdr, Ipv4Hdr, Ipv6Hdr, Parsed, ETH_LEN, ETH_P_IP, ETH_P_IPV6, ICMP_LEN, IPV4_LEN,
@@ -63,14 +63,6 @@ fn to_icmpv6_call(pkt: &mut Packet, p: &Parsed, t: &IcmpRewrite) -> u32 {
 #[inline(never)]
 fn to_icmpv4_call(pkt: &mut Packet, p: &Parsed, t: &IcmpRewrite) -> u32 {
     status(to_icmpv4(pkt, p, t))
-}
-
-#[inline(always)]
-fn status(r: Result<(), Reason>) -> u32 {
-    match r {
-        Ok(()) => 0,
-        Err(reason) => reason as u32,
-    }
 }
 
 /// Copies the Ethernet header (and VLAN tag, when `vlan`) at `from` to `to` with `ether_type`

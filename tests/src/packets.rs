@@ -37,6 +37,21 @@ pub const ACK: Flags = Flags {
     rst: false,
 };
 
+/// A FIN with ACK.
+pub const FIN_ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+/// A bare RST.
+pub const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
 /// Transport of a test packet.
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {

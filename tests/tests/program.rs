@@ -6,7 +6,7 @@ use lb_user::model::{
     Change, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceKey, VirtualAddr,
 };
 use xvs_tests::{
-    packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, L4, SYN},
+    packets::{self, frame, tcp, udp, Flags, ACK, DIRECTOR_MAC, FIN_ACK, L4, RST, SYN},
     progtest::{verdict, Director},
 };
 
@@ -519,15 +519,8 @@ fn midflow_packets_of_unknown_connections_are_counted_per_service() {
     assert_eq!(d.reason(Reason::ConnMidflowMiss), 0);
     // An ACK, a FIN and a RST of connections the table never had: each scheduled like a SYN
     // (forwarded), and counted as a possible move.
-    let fin = Flags {
-        fin: true,
-        ack: true,
-        ..Default::default()
-    };
-    let rst = Flags {
-        rst: true,
-        ..Default::default()
-    };
+    let fin = FIN_ACK;
+    let rst = RST;
     for (port, flags) in [(40002, ACK), (40003, fin), (40004, rst)] {
         let (v, _) = d.run(&tcp("192.0.2.1", port, "203.0.113.10", 80, flags));
         assert_eq!(v, verdict::TX, "{flags:?}");
@@ -1096,15 +1089,8 @@ fn live_counts_follow_new_established_fin_rst_and_expired_entries() {
         d.dp.backend_id(&k, "198.51.100.11:80".parse().unwrap())
             .unwrap();
     let pkt = |port: u16, flags: Flags| tcp("192.0.2.7", port, "203.0.113.10", 80, flags);
-    let fin = Flags {
-        fin: true,
-        ack: true,
-        ..Default::default()
-    };
-    let rst = Flags {
-        rst: true,
-        ..Default::default()
-    };
+    let fin = FIN_ACK;
+    let rst = RST;
     // Three new connections: half-open, InActConn.
     for port in [1001, 1002, 1003] {
         assert_eq!(d.run(&pkt(port, SYN)).0, verdict::TX);
@@ -1194,11 +1180,7 @@ fn entries_expiring_silently_leave_the_counts_within_a_step_of_their_timeout() {
     xvs_tests::progtest::pin_to_cpu0();
     let mut d = director();
     let pkt = |port: u16, flags: Flags| tcp("192.0.2.8", port, "203.0.113.10", 80, flags);
-    let fin = Flags {
-        fin: true,
-        ack: true,
-        ..Default::default()
-    };
+    let fin = FIN_ACK;
     // FIN_WAIT lives 1.5 s without traffic here: well inside the sweep's horizon (its next
     // visit, 1 s for this table, and a step to spare), not at its edge.
     d.dp.set_config(DataplaneConfig {

@@ -33,7 +33,7 @@ use lb_common::{
 use lb_ebpf::{
     helpers::{ktime_coarse_ns, smp_processor_id},
     icmp,
-    nat::{icmp_rewrite, rewrite, rewrite_icmp, Tuple},
+    nat::{icmp_rewrite, rewrite, rewrite_icmp, status, Tuple},
     nat64, nat64_icmp,
     packet::{copy_mac, Packet},
     parse::{parse, EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, IPV4_LEN, IPV6_LEN},
@@ -385,13 +385,15 @@ fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
 }
 
-/// 0, or the reason: the inverse of `translated`.
+/// Turns a reply flow's key (real server's side) into its connection's, as the client made it:
+/// in place, one key on the stack.
 #[inline(always)]
-fn status(r: Result<(), Reason>) -> u32 {
-    match r {
-        Ok(()) => 0,
-        Err(reason) => reason as u32,
-    }
+fn client_key(key: &mut FlowKey, back: &NatReply) {
+    key.src = back.client;
+    key.dst = back.vip;
+    key.sport_be = back.cport_be;
+    key.dport_be = back.vport_be;
+    key.family = back.family;
 }
 
 #[inline(always)]
@@ -450,10 +452,7 @@ fn icmp_reply(pkt: &Packet, p: &Parsed, hop: &mut Hop) -> Result<Planned, Reason
     let fullnat = !same_addr(&back.client, &key.dst) || back.cport_be != key.dport_be;
     let from_server = same_addr(&p.src, &key.src);
     // The same key, now the connection's as the client made it.
-    key.src = back.client;
-    key.dst = back.vip;
-    key.sport_be = back.cport_be;
-    key.dport_be = back.vport_be;
+    client_key(&mut key, back);
     if conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()).is_none() {
         return Err(Reason::PassNatReplyUnknown);
     }
@@ -513,11 +512,7 @@ fn icmp64(pkt: &Packet, p: &Parsed, inbound: bool) -> Result<(), Reason> {
     } else {
         // The quoted packet went toward the real server: as NAT_REPLIES keys it.
         let back = maps::nat_reply(&key).ok_or(Reason::PassNatReplyUnknown)?;
-        key.src = back.client;
-        key.dst = back.vip;
-        key.sport_be = back.cport_be;
-        key.dport_be = back.vport_be;
-        key.family = back.family;
+        client_key(&mut key, back);
         if conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()).is_none() {
             return Err(Reason::PassNatReplyUnknown);
         }
@@ -715,11 +710,7 @@ fn reply(pkt: &mut Packet, p: &Parsed) -> Packed {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     };
     // The same key, now the connection's as the client made it (one key on the stack).
-    key.src = back.client;
-    key.dst = back.vip;
-    key.sport_be = back.cport_be;
-    key.dport_be = back.vport_be;
-    key.family = back.family;
+    client_key(&mut key, back);
     let Some(b) = conntrack::reply_seen(&key, p, back.backend, ktime_coarse_ns()) else {
         return Packed::encode(Err(Reason::PassNatReplyUnknown));
     };
