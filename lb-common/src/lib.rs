@@ -111,6 +111,10 @@ pub mod names {
     pub const PROG_PASS: &str = "xvs_pass";
     /// The benchmark floor: bounds check and XDP_TX.
     pub const PROG_FLOOR_TX: &str = "xvs_floor_tx";
+    /// The benchmark's connection-table floor (tests/ebpf): an LRU hash of CONNS' sizes alone.
+    pub const PROG_LRU_FLOOR: &str = "xvs_lru_floor";
+    /// The benchmark's encapsulation floor (tests/ebpf): an IPIP header pushed, nothing else.
+    pub const PROG_IPIP_FLOOR: &str = "xvs_ipip_floor";
     /// Counts and drops frames (live-traffic benchmark sink).
     pub const PROG_SINK: &str = "xvs_sink";
     /// A live generator that stamps its template over every frame, then XDP_TX.

@@ -163,7 +163,11 @@ pub fn report(
         md,
         "ns/packet is the median of the per-repetition means; min and max are the fastest and \
          slowest repetition. \"over floor\" subtracts the bare `bounds check + XDP_TX` program's \
-         median, measured the same way in the same run; \"ratio\" divides by it.\n"
+         median, measured the same way in the same run; \"ratio\" divides by it. The \
+         \"kernel LRU hash alone\" rows are a second floor: the same bounds check plus one lookup \
+         (and on a miss one insert) in an LRU hash of the connection table's key and value sizes, \
+         capacity and fill, with no xvs code (tests/ebpf `xvs_lru_floor`): what any director \
+         keeping its connections in the kernel's LRU hash pays on these paths.\n"
     );
     let _ = writeln!(
         md,

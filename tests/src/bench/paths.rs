@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use lb_common::Reason;
 use lb_user::{
@@ -119,6 +119,76 @@ pub fn floor(scale: &Scale) -> Result<PathResult> {
     let pkt = tcp("192.0.2.1", 1, "203.0.113.1", 80, ACK);
     Ok(PathResult {
         name: "floor: bounds check + XDP_TX".into(),
+        ns: measure(prog, &[pkt], TX, scale.runs, scale.reps)?,
+        runs: scale.runs * scale.reps,
+    })
+}
+
+/// The kernel's own share of the connection-table rows: an LRU hash with CONNS' key and value
+/// sizes and capacity, filled as the director's table is, with nothing of xvs around it
+/// (tests/ebpf's xvs_lru_floor). Two rows: 20k keys that hit, and a new key on every run
+/// (a lookup that misses, then an insert).
+pub fn lru_floor(scale: &Scale) -> Result<Vec<PathResult>> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("LRU_FLOOR", scale.conn_capacity)
+        .load(crate::object::AUX)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::names::PROG_LRU_FLOOR)
+        .context("LRU floor program")?
+        .try_into()?;
+    prog.load()?;
+    let mut out = vec![0u8; 2048];
+    let mut insert = |pkt: &[u8]| -> Result<()> {
+        let (v, _, _) = run_once(prog, pkt, &mut out)?;
+        ensure!(v == PASS, "LRU floor: a new key answered {v}");
+        Ok(())
+    };
+    for n in 0..scale.prefill {
+        let (src, port) = client(4, 10_000_000 + n);
+        insert(&tcp(&src, port, &vip(4, n % scale.services), 80, SYN))?;
+    }
+    let spread: Vec<Vec<u8>> = (0..20_000)
+        .map(|n| {
+            let (c, p) = client(4, 1_000 + n);
+            tcp(&c, p, &vip(4, n % scale.services), 80, ACK)
+        })
+        .collect();
+    for pkt in &spread {
+        insert(pkt)?;
+    }
+    let total = scale.runs * scale.reps;
+    let fresh: Vec<Vec<u8>> = (0..total)
+        .map(|n| {
+            let (c, p) = client(4, 100_000 + n);
+            tcp(&c, p, &vip(4, n % scale.services), 80, SYN)
+        })
+        .collect();
+    Ok(vec![
+        PathResult {
+            name: "kernel LRU hash alone: 20k keys, hit (IPv4)".into(),
+            ns: measure(prog, &spread, TX, scale.runs, scale.reps)?,
+            runs: total,
+        },
+        PathResult {
+            name: "kernel LRU hash alone: new key, miss + insert (IPv4)".into(),
+            ns: measure(prog, &fresh, PASS, scale.runs, scale.reps)?,
+            runs: total,
+        },
+    ])
+}
+
+/// The kernel's and the header's own share of a TUN packet: an IPIP header pushed in front of
+/// the frame (tests/ebpf's xvs_ipip_floor), with no lookup.
+pub fn ipip_floor(scale: &Scale) -> Result<PathResult> {
+    let mut ebpf = Ebpf::load(crate::object::AUX)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::names::PROG_IPIP_FLOOR)
+        .context("IPIP floor program")?
+        .try_into()?;
+    prog.load()?;
+    let pkt = tcp("192.0.2.1", 1, "203.0.113.1", 80, ACK);
+    Ok(PathResult {
+        name: "IPIP encapsulation alone (head grown, outer header written)".into(),
         ns: measure(prog, &[pkt], TX, scale.runs, scale.reps)?,
         runs: scale.runs * scale.reps,
     })
