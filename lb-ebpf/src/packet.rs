@@ -139,8 +139,27 @@ pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct StackAddr(pub [u8; 16]);
 
-/// Writes an IPv6 address's words (as [`addr_words`] gives them) into a header field; for
-/// packet memory only.
+impl StackAddr {
+    /// An address read as four words (from packet memory or a map value, as [`addr_words`]
+    /// reads), kept on the stack: a plain `[u8; 16]` copy moves it a byte at a time.
+    #[inline(always)]
+    pub fn load(a: &[u8; 16]) -> StackAddr {
+        // SAFETY: four u32 are sixteen bytes, every bit pattern a valid StackAddr.
+        unsafe { core::mem::transmute::<[u32; 4], StackAddr>(addr_words(a)) }
+    }
+}
+
+/// Whether an address (in packet memory, a map value or an aligned stack array, as for
+/// [`addr_words`]) is all zero, in four word loads: comparing with `[0u8; 16]` builds that array
+/// with a byte-at-a-time memset first.
+#[inline(always)]
+pub fn addr_is_zero(a: &[u8; 16]) -> bool {
+    let w = addr_words(a);
+    w[0] | w[1] | w[2] | w[3] == 0
+}
+
+/// Writes an IPv6 address's words (as [`addr_words`] gives them) into a header field or a map
+/// value; never into a stack array (see `word_access`).
 #[inline(always)]
 pub fn store_addr6(field: &mut [u8; 16], words: &[u32; 4]) {
     // SAFETY: as in `addr_words`, for the destination.

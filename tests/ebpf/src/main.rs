@@ -103,10 +103,10 @@ pub fn xvs_lru_floor(ctx: XdpContext) -> u32 {
     };
     let key = FloorKey([addrs, 0, 0, 0, u64::from(ports) | 6 << 32]);
     // SAFETY: the value is only tested for presence, never read.
-    if unsafe { LRU_FLOOR.get(&key) }.is_some() {
+    if unsafe { LRU_FLOOR.get(key) }.is_some() {
         return xdp_action::XDP_TX;
     }
-    let _ = LRU_FLOOR.insert(&key, &FloorValue([1, 2, 3]), 0);
+    let _ = LRU_FLOOR.insert(key, FloorValue([1, 2, 3]), 0);
     xdp_action::XDP_PASS
 }
 

@@ -478,7 +478,10 @@ fn main() -> Result<()> {
         target(
             "DR established, 20,000 flows (worst of v4/v6)",
             "<= 180 ns over floor",
-            format!("{}; the kernel's LRU hash alone: {lru_hit:+.1} ns", over(many)),
+            format!(
+                "{}; the kernel's LRU hash alone: {lru_hit:+.1} ns",
+                over(many)
+            ),
             Some(many <= 180.0),
         ),
         target(

@@ -21,7 +21,7 @@ use lb_ebpf::{
     encap::{self, OuterIp},
     helpers::{fib_lookup, fib_mtu, fib_params, fib_src, ktime_coarse_ns},
     icmp,
-    packet::{load_u32, Packet, StackAddr},
+    packet::{addr_is_zero, addr_words, load_addr4, load_u32, store_addr6, Packet, StackAddr},
     parse::{GueHdr, Parsed, UdpGueHdr, UdpHdr, GUE_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN},
     route::Mac,
 };
@@ -217,13 +217,12 @@ fn encap_inline(
     let sport: u16 = 0xc000 | (hash as u16 & 0x3fff);
 
     // Aligned: the outer header's writer reads it as words.
-    let mut src = StackAddr([0u8; 16]);
-    if outer_v6 {
-        src.0 = cfg.tun_src6;
+    let mut src = if outer_v6 {
+        StackAddr::load(&cfg.tun_src6)
     } else {
-        src.0[..4].copy_from_slice(&cfg.tun_src4);
-    }
-    let configured = src.0 != [0u8; 16];
+        StackAddr(load_addr4(&cfg.tun_src4))
+    };
+    let configured = !addr_is_zero(&src.0);
     let total = inner_len + over;
     let now = ktime_coarse_ns();
     // A GUE flow's route depends on its ports where the kernel's multipath hash uses them: then
@@ -247,10 +246,10 @@ fn encap_inline(
             && r.backend == id
             && r.generation == b.generation
             && total <= r.mtu as usize
-            && (configured || r.src != [0u8; 16])
+            && (configured || !addr_is_zero(&r.src))
         {
             if !configured {
-                src.0 = r.src;
+                src = StackAddr::load(&r.src);
             }
             hop = Some((r.ifindex, Mac(r.dmac), Mac(r.smac)));
         }
@@ -278,7 +277,12 @@ fn encap_inline(
                 r.generation = b.generation;
                 r.ifindex = ifindex;
                 r.mtu = mtu;
-                r.src = if configured { [0u8; 16] } else { src.0 };
+                let words = if configured {
+                    [0; 4]
+                } else {
+                    addr_words(&src.0)
+                };
+                store_addr6(&mut r.src, &words);
                 r.dmac = dmac.0;
                 r.smac = smac.0;
             }
