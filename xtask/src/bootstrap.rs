@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("hping3", "/usr/sbin/hping3"),
     // The HTTPS health-check test makes its real servers' self-signed certificates.
     ("openssl", "/usr/bin/openssl"),
+    // lb-core's tests/sync_tshark.rs checks our IPVS sync messages with its "ipvs" dissector.
+    ("tshark", "/usr/bin/tshark"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
     ("netbase", "/etc/services"),
     (

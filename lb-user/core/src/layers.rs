@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pressure", 2),
     ("health", 2),
     ("state", 2),
+    ("sync", 2),
     ("proto", 3),
     ("client", 3),
     ("listing", 4),
