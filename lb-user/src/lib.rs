@@ -12,6 +12,7 @@ pub use lb_core::{
 };
 
 pub mod access;
+pub mod announce;
 pub mod audit;
 pub mod daemon;
 pub mod dataplane;

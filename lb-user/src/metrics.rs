@@ -378,6 +378,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
         }),
     );
     e.family(
+        "xvs_service_quorum_up",
+        Kind::Gauge,
+        "1 while the service has its quorum (the live weight of its real servers, with its hysteresis), 0 otherwise.",
+        l.services
+            .iter()
+            .filter_map(|v| Some((svc(&v.key), Int(v.quorum?.up? as u64)))),
+    );
+    e.family(
+        "xvs_service_live_weight",
+        Kind::Gauge,
+        "The weights of the service's live real servers, added up (what its quorum is measured against).",
+        l.services
+            .iter()
+            .filter_map(|v| Some((svc(&v.key), Int(v.quorum?.live_weight)))),
+    );
+    if let Some(a) = &l.announce {
+        e.family(
+            "xvs_vip_announced",
+            Kind::Gauge,
+            "1 while the VIP is announced to the routers (a route in xvsd's --announce-table), 0 while it is withdrawn.",
+            a.announced
+                .iter()
+                .map(|ip| (ip, 1))
+                .chain(a.withdrawn.iter().map(|ip| (ip, 0)))
+                .map(|(ip, v)| (vec![("vip", ip.to_string())], Int(v))),
+        );
+    }
+    e.family(
         "xvs_dataplane_reason_total",
         Kind::Counter,
         "Data-plane outcomes by reason, summed over CPUs (a forwarded packet counts under its verdict and its connection-table outcome).",
@@ -568,6 +596,12 @@ mod tests {
                 }],
                 check: Default::default(),
                 sorry_server: None,
+                quorum: Some(crate::proto::QuorumStatus {
+                    quorum: 1,
+                    hysteresis: 0,
+                    up: Some(true),
+                    live_weight: 3,
+                }),
                 laddrs: Vec::new(),
                 fullnat_refused: 2,
                 midflow_misses: 9,
@@ -584,6 +618,11 @@ mod tests {
                 midflow_miss_per_s: 12,
                 midflow_misses: 9,
             },
+            announce: Some(crate::proto::AnnounceStatus {
+                table: 100,
+                announced: vec!["203.0.113.10".parse().unwrap()],
+                withdrawn: vec!["2001:db8::10".parse().unwrap()],
+            }),
         }
     }
 
@@ -626,6 +665,10 @@ mod tests {
             "xvs_real_in_tables{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 1",
             "xvs_dataplane_adopted 1",
             "xvs_uptime_seconds 5",
+            "xvs_service_quorum_up{service=\"TCP 203.0.113.10:80\"} 1",
+            "xvs_service_live_weight{service=\"TCP 203.0.113.10:80\"} 3",
+            "xvs_vip_announced{vip=\"203.0.113.10\"} 1",
+            "xvs_vip_announced{vip=\"2001:db8::10\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

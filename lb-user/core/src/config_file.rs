@@ -27,7 +27,7 @@ use crate::{
     model::Timeouts,
     model::{
         Change, Config, ConfigError, ForwardMethod, LocalAddr, Persistence, PortRange, Protocol,
-        RealServer, SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr,
+        Quorum, RealServer, SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr,
         DEFAULT_PERSISTENCE_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT, MAX_WEIGHT,
     },
     rules,
@@ -123,6 +123,8 @@ struct ServiceEntry {
     persistent: Option<Spanned<toml::Value>>,
     netmask: Option<Spanned<toml::Value>>,
     sorry_server: Option<Spanned<String>>,
+    quorum: Option<Spanned<u32>>,
+    hysteresis: Option<Spanned<u32>>,
     laddrs: Option<Vec<Spanned<toml::Value>>>,
 }
 
@@ -429,6 +431,23 @@ fn service(check: &mut Checker, config: &mut Config, value: Spanned<DeValue>) {
                 _ => None,
             };
             check.error(at.unwrap_or(spans.address), e.to_string());
+        }
+    }
+    if entry.quorum.is_some() || entry.hysteresis.is_some() {
+        let quorum = Quorum {
+            quorum: entry
+                .quorum
+                .as_ref()
+                .map_or(Quorum::default().quorum, |q| *q.get_ref()),
+            hysteresis: entry.hysteresis.as_ref().map_or(0, |h| *h.get_ref()),
+        };
+        if let Err(e) = config.apply(&Change::SetQuorum { key, quorum }) {
+            let at = entry
+                .hysteresis
+                .as_ref()
+                .or(entry.quorum.as_ref())
+                .map_or(key_span.clone(), |v| v.span());
+            check.error(at, e.to_string());
         }
     }
     // After the real servers: a sorry server that is one of them is pointed at here.
@@ -827,6 +846,10 @@ struct ServiceOut {
     netmask: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sorry_server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quorum: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hysteresis: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     laddrs: Vec<LaddrOut>,
     // Tables after values, as TOML needs them.
@@ -934,6 +957,8 @@ pub fn render(state: &DesiredState) -> String {
                         .persistence
                         .and_then(|p| listing::netmask_text(s.key.is_ipv4(), p.prefix)),
                     sorry_server: s.sorry_server.map(|a| a.to_string()),
+                    quorum: (!s.quorum.is_default()).then_some(s.quorum.quorum),
+                    hysteresis: (!s.quorum.is_default()).then_some(s.quorum.hysteresis),
                     laddrs: s.laddrs.iter().map(LaddrOut::from).collect(),
                     health_check: health_check::render(&s.check),
                     real: s

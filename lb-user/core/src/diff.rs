@@ -309,6 +309,12 @@ fn health_changes(changes: &mut Vec<Change>, current: Option<&Service>, t: &Serv
             sorry_server: t.sorry_server,
         });
     }
+    if current.map_or(!t.quorum.is_default(), |s| s.quorum != t.quorum) {
+        changes.push(Change::SetQuorum {
+            key: t.key,
+            quorum: t.quorum,
+        });
+    }
 }
 
 fn options_differ(s: &Service, t: &Service) -> bool {
@@ -332,7 +338,8 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
                 if options_differ(s, t)
                     || s.matches != t.matches
                     || s.check != t.check
-                    || s.sorry_server != t.sorry_server =>
+                    || s.sorry_server != t.sorry_server
+                    || s.quorum != t.quorum =>
             {
                 // -E keeps what it does not name: say what goes away.
                 let mut line = edit_line(service_rule(t));
@@ -341,6 +348,9 @@ fn rules(cur: &Config, tgt: &Config, timeouts: Option<Timeouts>) -> Vec<String> 
                 }
                 if t.sorry_server.is_none() && s.sorry_server.is_some() {
                     line.push_str(" --sorry-server none");
+                }
+                if t.quorum.is_default() && !s.quorum.is_default() {
+                    line.push_str(" --quorum 1 --hysteresis 0");
                 }
                 lines.push(line);
             }

@@ -20,7 +20,7 @@ pub const USAGE: &str = "\
 Usage:
   xvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
                               [--match proto:vip:port]... [--sorry-server server-address]
-                              [health-check options]
+                              [--quorum weight] [--hysteresis weight] [health-check options]
   xvsadm -D virtual-service
   xvsadm -C
   xvsadm -R
@@ -145,8 +145,13 @@ without any of them keep the check. Durations: 1s, 500ms, 1.5s, 2m.
   --check-rise   count                successes in a row before a down server is up (default 2)
   --check-inhibit [yes|no]            a down server keeps weight 0 and its connections
                                       (inhibit_on_failure); default: it leaves the tables
-  --sorry-server server-address       -A/-E: takes new connections while no real server is up
-                                      with a weight above 0 (sorry_server); none: no sorry server
+  --sorry-server server-address       -A/-E: takes new connections while the service is below
+                                      its quorum (sorry_server); none: no sorry server
+  --quorum weight                     -A/-E: live weight the service needs to be up: its VIP
+                                      announced (xvsd --announce-table), no sorry server
+                                      (quorum; default 1)
+  --hysteresis weight                 -A/-E: up at quorum + hysteresis, down below quorum -
+                                      hysteresis (hysteresis; default 0)
 
 Refused, with the reason, never ignored (IPVS features without meaning for an XDP director,
 or not in xvs yet):

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("health", 2),
     ("state", 2),
     ("sync", 2),
+    ("announce", 2),
     ("proto", 3),
     ("client", 3),
     ("listing", 4),

@@ -8,12 +8,13 @@
 //! 2. computations and persistence over the domain: [`scheduler`] (tables), [`estimator`]
 //!    (rates), [`pressure`] (the connection table's fill and losses), [`health`] (the up/down machine, latency histograms), [`state`] (the saved
 //!    configuration), [`config_file`] (the TOML file), [`sync`] (IPVS's connection-sync
-//!    wire format);
+//!    wire format), [`announce`] (which VIPs a director announces to its routers);
 //! 3. the control protocol between xvsadm and xvsd: [`proto`], and its blocking [`client`];
 //! 4. presentation: [`listing`] (ipvsadm's output), [`help`];
 //! 5. ipvsadm's command language: [`rules`] (commands typed and saved by `-S`, read by `-R`);
 //! 6. [`diff`]: the changes from one configuration to another, printed as rules.
 
+pub mod announce;
 pub mod check;
 pub mod client;
 pub mod config_file;

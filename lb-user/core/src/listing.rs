@@ -550,6 +550,7 @@ mod tests {
             reals,
             check: Default::default(),
             sorry_server: None,
+            quorum: Default::default(),
             laddrs: Vec::new(),
             fullnat_refused: 0,
             midflow_misses: 0,
@@ -586,6 +587,7 @@ mod tests {
             reasons: Default::default(),
             timeouts: Default::default(),
             table: Default::default(),
+            announce: None,
         }
     }
 

@@ -597,6 +597,58 @@ pub struct Persistence {
     pub prefix: u8,
 }
 
+/// keepalived's quorum for a service: the service is up while the weights of its live real
+/// servers add up to `quorum`; with `hysteresis`, it comes up only at `quorum + hysteresis` and
+/// goes down only below `quorum - hysteresis` (keepalived's check/ipwrapper.c
+/// update_quorum_state). Up, its VIP is announced (xvsd --announce-table) and its sorry server
+/// stays out; down, the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Quorum {
+    /// The live weight the service needs (keepalived's default: 1).
+    pub quorum: u32,
+    /// The flap dampener around it (keepalived's default: 0).
+    pub hysteresis: u32,
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Quorum {
+            quorum: 1,
+            hysteresis: 0,
+        }
+    }
+}
+
+impl Quorum {
+    /// Whether these are keepalived's defaults (quorum 1, hysteresis 0).
+    pub fn is_default(&self) -> bool {
+        *self == Quorum::default()
+    }
+
+    /// Refuses a hysteresis that reaches the quorum: the down threshold would be 0 or less, so
+    /// the service could never lose its quorum (keepalived accepts it silently).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hysteresis > 0 && self.hysteresis >= self.quorum {
+            return Err(ConfigError::BadHysteresis {
+                quorum: self.quorum,
+                hysteresis: self.hysteresis,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a service with this quorum is up given its live weight and whether it was up
+    /// (None: first evaluation, which needs `quorum + hysteresis`, as keepalived's
+    /// set_quorum_states).
+    pub fn up(&self, live_weight: u64, was_up: Option<bool>) -> bool {
+        let (q, h) = (u64::from(self.quorum), u64::from(self.hysteresis));
+        match was_up {
+            Some(true) => live_weight + h >= q,
+            Some(false) | None => live_weight >= q + h,
+        }
+    }
+}
+
 /// A virtual service and its real servers, in the order they were added.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
@@ -624,6 +676,10 @@ pub struct Service {
     /// server is up with a weight above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<SocketAddr>,
+    /// keepalived's `quorum` and `hysteresis`: how much live weight the service needs to be
+    /// up (its VIP announced, its sorry server out).
+    #[serde(default, skip_serializing_if = "Quorum::is_default")]
+    pub quorum: Quorum,
     /// FULLNAT local addresses (`--add-laddr`), in the order they were added: the sources of
     /// the connections forwarded to its FULLNAT real servers. They belong to the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -791,6 +847,13 @@ pub enum Change {
         /// The sorry server (direct routing; port as a real server's).
         sorry_server: Option<SocketAddr>,
     },
+    /// `--quorum`/`--hysteresis` on `-A`/`-E`: sets a service's quorum.
+    SetQuorum {
+        /// The service.
+        key: ServiceKey,
+        /// Its quorum and hysteresis.
+        quorum: Quorum,
+    },
     /// `-P`/`--add-laddr`: adds a FULLNAT local address to a service.
     AddLocalAddr {
         /// The service.
@@ -927,6 +990,17 @@ pub enum ConfigError {
     /// A sorry server that is also a real server of the service.
     #[error("Sorry server {0} is a real server of the service")]
     SorryIsReal(String),
+    /// A hysteresis that would keep the service from ever losing its quorum.
+    #[error(
+        "Hysteresis {hysteresis} must be below the quorum {quorum}: the service would never \
+         lose its quorum"
+    )]
+    BadHysteresis {
+        /// The quorum.
+        quorum: u32,
+        /// The hysteresis.
+        hysteresis: u32,
+    },
     /// A FULLNAT real server of the other address family than the VIP.
     #[error(
         "FULLNAT cannot reach the IPv6 real server {real} from the IPv4 VIP {vip}: an IPv6 VIP \
@@ -1128,6 +1202,7 @@ impl Config {
                     reals: Vec::new(),
                     check: CheckSpec::default(),
                     sorry_server: None,
+                    quorum: Quorum::default(),
                     laddrs: Vec::new(),
                 });
             }
@@ -1291,6 +1366,10 @@ impl Config {
                         Some(as_real.addr)
                     }
                 };
+            }
+            Change::SetQuorum { key, quorum } => {
+                quorum.validate()?;
+                self.service_mut(key)?.quorum = *quorum;
             }
             Change::AddLocalAddr { service, laddr } => {
                 let svc = self.service_mut(service)?;
@@ -2116,6 +2195,7 @@ mod tests {
             reals: vec![real("198.51.100.11:80", 1)],
             check: CheckSpec::default(),
             sorry_server: None,
+            quorum: Quorum::default(),
             laddrs: Vec::new(),
         };
         assert!(!svc.has_nat());

@@ -24,7 +24,8 @@ use crate::{
 /// 5: health checks and sorry servers (changes and listings).
 /// 6: FULLNAT (the `fullnat` forwarding method, local-address changes, local addresses in
 ///    listings and connections): a version-5 daemon would not read them.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: quorum and hysteresis (`SetQuorum`), announcements and quorum states in listings.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -172,6 +173,33 @@ pub struct Listing {
     /// The connection table's fill (from the walk this listing made) and its rates.
     #[serde(default)]
     pub table: crate::pressure::TableStatus,
+    /// What this director announces to its routers, when xvsd announces (--announce-table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// This director's announcements (lb_core::announce).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// The kernel routing table xvsd keeps them in, for the BGP daemon to export.
+    pub table: u32,
+    /// The VIPs announced (a route each in the table).
+    pub announced: Vec<std::net::IpAddr>,
+    /// The VIPs of services below their quorum on this director, not announced.
+    pub withdrawn: Vec<std::net::IpAddr>,
+}
+
+/// Where a service stands against its quorum (keepalived's quorum and hysteresis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    /// The live weight it needs.
+    pub quorum: u32,
+    /// The flap dampener.
+    pub hysteresis: u32,
+    /// Whether it has its quorum now (None until the daemon has applied a configuration).
+    pub up: Option<bool>,
+    /// The weights of its live real servers, added up.
+    pub live_weight: u64,
 }
 
 /// One service with its counters.
@@ -204,6 +232,9 @@ pub struct ServiceStatus {
     /// server is up with a weight above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry_server: Option<RealStatus>,
+    /// Its quorum as configured and whether it has it (None from a daemon that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumStatus>,
     /// FULLNAT local addresses, as configured (`-G` lists them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub laddrs: Vec<LocalAddr>,

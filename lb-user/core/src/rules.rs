@@ -26,8 +26,9 @@ use crate::{
     check::{self, CheckKind, CheckSpec},
     listing::{Format, ListOptions},
     model::{
-        Change, Config, ForwardMethod, LocalAddr, Persistence, PortRange, Protocol, RealServer,
-        SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr, MAX_TIMEOUT,
+        Change, Config, ForwardMethod, LocalAddr, Persistence, PortRange, Protocol, Quorum,
+        RealServer, SchedFlags, Scheduler, ServiceKey, Tunnel, TunnelKind, VirtualAddr,
+        MAX_TIMEOUT,
     },
     names::{self, Names, Numeric},
     proto::default_socket,
@@ -324,6 +325,12 @@ pub struct Args {
     /// xvs only, with -A/-E: the sorry server (keepalived sorry_server), or none.
     #[arg(long = "sorry-server", value_name = "SERVER-ADDRESS")]
     pub sorry_server: Option<String>,
+    /// xvs only, with -A/-E: the live weight the service needs (keepalived quorum).
+    #[arg(long = "quorum", value_name = "WEIGHT")]
+    pub quorum: Option<String>,
+    /// xvs only, with -A/-E: the quorum's flap dampener (keepalived hysteresis).
+    #[arg(long = "hysteresis", value_name = "WEIGHT")]
+    pub hysteresis: Option<String>,
 }
 
 /// What the command line asks for.
@@ -766,6 +773,11 @@ impl Args {
         if self.sorry_server.is_some() && !matches!(cmd, Cmd::Add | Cmd::Edit) {
             return err("--sorry-server applies to -A and -E only");
         }
+        if (self.quorum.is_some() || self.hysteresis.is_some())
+            && !matches!(cmd, Cmd::Add | Cmd::Edit)
+        {
+            return err("--quorum and --hysteresis apply to -A and -E only");
+        }
         if let Some(option) = self.check_options_given().first() {
             if !matches!(cmd, Cmd::Add | Cmd::Edit | Cmd::AddDest | Cmd::EditDest) {
                 return err(format!("{option} applies to -A, -E, -a and -e only"));
@@ -879,6 +891,20 @@ impl Args {
                 s => Some(parse_real_addr(s, key.port(), protocol_of(&key))?),
             };
             changes.push(Change::SetSorryServer { key, sorry_server });
+        }
+        // As the checks: -E without them keeps the quorum; with one, the other is its default.
+        if self.quorum.is_some() || self.hysteresis.is_some() {
+            let weight = |v: &Option<String>, name: &str, default: u32| match v {
+                None => Ok(default),
+                Some(v) => v.parse::<u32>().map_err(|_| {
+                    CliError(format!("Illegal {name}: {v} (a weight, 0 to 4294967295)"))
+                }),
+            };
+            let quorum = Quorum {
+                quorum: weight(&self.quorum, "quorum", Quorum::default().quorum)?,
+                hysteresis: weight(&self.hysteresis, "hysteresis", 0)?,
+            };
+            changes.push(Change::SetQuorum { key, quorum });
         }
         Ok(Action::Apply(changes))
     }
@@ -1467,6 +1493,15 @@ fn quoted(s: &str) -> String {
     shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
 }
 
+/// A service's quorum as xvsadm options, when it is not keepalived's default.
+pub fn quorum_options(q: &Quorum) -> String {
+    if q.is_default() {
+        String::new()
+    } else {
+        format!(" --quorum {} --hysteresis {}", q.quorum, q.hysteresis)
+    }
+}
+
 /// The health-check options of a spec, in a fixed order, as -R reads them back.
 pub fn check_options(spec: &CheckSpec) -> String {
     let mut out = String::new();
@@ -1565,6 +1600,7 @@ pub fn save_named(config: &Config, names: &dyn Names) -> String {
                 names::addr_port(names, sorry, protocol_of(&svc.key))
             ));
         }
+        out.push_str(&quorum_options(&svc.quorum));
         out.push_str(&check_options(&svc.check));
         out.push('\n');
         // Local addresses right after their service and before its real servers: -R adds a
@@ -2712,6 +2748,79 @@ mod tests {
             }
         );
         assert!(svc.reals[1].check.is_empty());
+    }
+
+    #[test]
+    fn quorum_and_hysteresis_are_set_saved_and_kept() {
+        let mut config = Config::default();
+        config
+            .apply_all(
+                &parse_rules(
+                    "-A -t 203.0.113.10:80 -s rr --quorum 3 --hysteresis 1
+                     -a -t 203.0.113.10:80 -r 198.51.100.11:80 -w 3
+",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let q = Quorum {
+            quorum: 3,
+            hysteresis: 1,
+        };
+        assert_eq!(config.services()[0].quorum, q);
+        // -S writes them after the ipvsadm part, and -R reads them back.
+        let saved = save(&config);
+        assert!(saved.starts_with("-A -t 203.0.113.10:80 -s rr --quorum 3 --hysteresis 1\n"));
+        let mut back = Config::default();
+        back.apply_all(&parse_rules(&saved).unwrap()).unwrap();
+        assert_eq!(back.services()[0].quorum, q);
+        // -E without them keeps them; with one, the other is its default.
+        config
+            .apply_all(&parse_rules("-E -t 203.0.113.10:80 -s wrr\n").unwrap())
+            .unwrap();
+        assert_eq!(config.services()[0].quorum, q);
+        config
+            .apply_all(&parse_rules("-E -t 203.0.113.10:80 -s wrr --quorum 2\n").unwrap())
+            .unwrap();
+        assert_eq!(
+            config.services()[0].quorum,
+            Quorum {
+                quorum: 2,
+                hysteresis: 0
+            }
+        );
+        // Defaults are not written.
+        config
+            .apply_all(&parse_rules("-E -t 203.0.113.10:80 -s wrr --quorum 1\n").unwrap())
+            .unwrap();
+        assert!(!save(&config).contains("--quorum"));
+        // A hysteresis that reaches the quorum is refused, and changes nothing.
+        let before = config.clone();
+        let e = config
+            .apply_all(
+                &parse_rules("-E -t 203.0.113.10:80 -s wrr --quorum 2 --hysteresis 2\n").unwrap(),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Hysteresis 2 must be below the quorum 2"),
+            "{e}"
+        );
+        assert_eq!(config, before);
+        // Bad values and wrong commands.
+        assert_eq!(
+            parse_rules("-A -t 203.0.113.11:80 --quorum many\n")
+                .unwrap_err()
+                .to_string(),
+            "line 1: Illegal quorum: many (a weight, 0 to 4294967295)"
+        );
+        let e = parse_rules("-a -t 203.0.113.10:80 -r 198.51.100.12:80 --quorum 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--quorum and --hysteresis apply to -A and -E only"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -111,6 +111,25 @@ struct Opts {
     /// server (the real server sees only the local address).
     #[arg(long)]
     audit_fullnat: bool,
+    /// Announce the VIPs whose services have their quorum (--quorum) as blackhole host routes
+    /// in this kernel routing table, for the local BGP daemon (BIRD, FRR) to export to the
+    /// routers; withdraw them when no service on the VIP has it. The table is xvsd's alone, and
+    /// no ip rule should look it up. With --cleanup: withdraw them all.
+    #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
+    announce_table: Option<u32>,
+}
+
+/// A routing table xvsd may own: not 0 (unspecified) nor the kernel's default, main and local
+/// tables (253-255), whose routes would forward packets.
+fn parse_announce_table(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    match n {
+        0 | 253..=255 => Err(format!(
+            "table {n} is the kernel's own (0 unspecified, 253 default, 254 main, 255 local): \
+             give xvsd a table of its own, such as 100"
+        )),
+        n => Ok(n),
+    }
 }
 
 fn parse_mh_size(s: &str) -> Result<usize, String> {
@@ -136,6 +155,17 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| pin::default_dir(iface));
     if opts.cleanup {
+        if let Some(table) = opts.announce_table {
+            let announcer = lb_user::announce::Announcer::new(table)?;
+            let plan = announcer
+                .reconcile(&Default::default())
+                .await
+                .with_context(|| format!("withdrawing the announcements of table {table}"))?;
+            println!(
+                "withdrew {} announced VIPs from table {table}",
+                plan.remove.len()
+            );
+        }
         let done = pin::cleanup(&pin_dir).with_context(|| format!("xvsd --cleanup on {iface}"))?;
         if done.removed.is_empty() {
             println!("nothing pinned in {}", pin_dir.display());
@@ -185,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         config: opts.config,
         kernel_log: opts.kernel_log,
         audit_fullnat: opts.audit_fullnat,
+        announce_table: opts.announce_table,
     })
     .await
     .with_context(|| format!("xvsd on {}", opts.iface.join(", ")))

@@ -2,7 +2,7 @@
 //! is pushed to, changed one transaction at a time.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -23,7 +23,9 @@ use crate::{
     health::{self, CheckId, Checker, Effective},
     model::{Change, Config, ForwardMethod, Protocol, ServiceKey, Timeouts},
     pressure::{self, Pressure, TableStatus},
-    proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
+    proto::{
+        AnnounceStatus, ConnStatus, Listing, Membership, QuorumStatus, RealStatus, ServiceStatus,
+    },
     state::{DesiredState, StateFile},
 };
 
@@ -87,6 +89,21 @@ pub struct Controller<D = Dataplane> {
     pressure: Pressure,
     /// The data plane's walk count when its fill was last taken.
     walks_seen: u64,
+    /// What this director announces to its routers (`--announce-table`).
+    announce: Announcements,
+}
+
+/// The announcements' side of the controller: where they go, what is announced now (as the
+/// announcing task last reported it), and a bell rung whenever what should be may have
+/// changed.
+#[derive(Default)]
+struct Announcements {
+    /// The routing table (None: xvsd announces nothing).
+    table: Option<u32>,
+    /// The VIPs the table holds, as last reconciled.
+    announced: BTreeSet<IpAddr>,
+    /// Rung on every change of the applied configuration or its quorum states.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// New FULLNAT connections of one service refused for want of a local port.
@@ -120,7 +137,48 @@ impl<D: DataplaneOps> Controller<D> {
             refused: HashMap::new(),
             pressure: Pressure::default(),
             walks_seen: 0,
+            announce: Announcements::default(),
         }
+    }
+
+    /// Announces the VIPs whose services have their quorum through routing table `table`
+    /// (`xvsd --announce-table`).
+    pub fn announce_through(&mut self, table: u32) {
+        self.announce.table = Some(table);
+    }
+
+    /// Rung whenever the VIPs to announce may have changed.
+    pub fn announce_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.announce.changed.clone()
+    }
+
+    /// The VIPs this director should announce now: those of services that have their quorum,
+    /// in the configuration the data plane runs.
+    pub fn wanted_announcements(&self) -> BTreeSet<IpAddr> {
+        lb_core::announce::vips(
+            &self.config,
+            |k| self.applied.quorum.get(k).is_some_and(|q| q.up),
+            false,
+        )
+    }
+
+    /// What the announcing task found in the table after its last pass.
+    pub fn set_announced(&mut self, announced: BTreeSet<IpAddr>) {
+        self.announce.announced = announced;
+    }
+
+    /// The announcements as listed (None when xvsd does not announce).
+    fn announce_status(&self) -> Option<AnnounceStatus> {
+        let table = self.announce.table?;
+        let all = lb_core::announce::vips(&self.config, |_| true, false);
+        Some(AnnounceStatus {
+            table,
+            announced: self.announce.announced.iter().copied().collect(),
+            withdrawn: all
+                .difference(&self.wanted_announcements())
+                .copied()
+                .collect(),
+        })
     }
 
     /// The director runs on these interfaces too (two arms).
@@ -239,6 +297,7 @@ impl<D: DataplaneOps> Controller<D> {
             self.timeouts = timeouts;
             self.pushed = pushed;
             self.applied = effective;
+            self.announce.changed.notify_one();
             self.checked = checked;
             // New checks start, changed ones restart keeping their state, gone ones stop.
             self.health.reconcile(wanted);
@@ -340,19 +399,24 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     /// The configuration with health applied: down real servers out of the tables (or at
-    /// weight 0 when inhibited), sorry servers in while nothing is up. `checked`: the checked
-    /// real servers of `config` and their inhibit setting.
+    /// weight 0 when inhibited), sorry servers in while a service is below its quorum (whose
+    /// hysteresis starts from what was last applied). `checked`: the checked real servers of
+    /// `config` and their inhibit setting.
     fn effective_of(&self, config: &Config, checked: &HashMap<CheckId, bool>) -> Effective {
-        health::effective(config, |id| match checked.get(id) {
-            Some(&inhibit) if self.health.is_up(id) == Some(false) => {
-                if inhibit {
-                    Membership::Inhibited
-                } else {
-                    Membership::Removed
+        health::effective(
+            config,
+            |id| match checked.get(id) {
+                Some(&inhibit) if self.health.is_up(id) == Some(false) => {
+                    if inhibit {
+                        Membership::Inhibited
+                    } else {
+                        Membership::Removed
+                    }
                 }
-            }
-            _ => Membership::Active,
-        })
+                _ => Membership::Active,
+            },
+            &self.applied,
+        )
     }
 
     /// Notified when a real server went up or down.
@@ -375,6 +439,17 @@ impl<D: DataplaneOps> Controller<D> {
         for key in effective.sorry.difference(&self.applied.sorry) {
             warn!(service = %key, "no real server is up: the sorry server takes new connections");
         }
+        for (key, q) in &effective.quorum {
+            match self.applied.quorum.get(key).map(|p| p.up) {
+                Some(true) if !q.up => {
+                    warn!(service = %key, live_weight = q.live_weight, "service lost its quorum")
+                }
+                Some(false) if q.up => {
+                    info!(service = %key, live_weight = q.live_weight, "service gained its quorum")
+                }
+                _ => {}
+            }
+        }
         for key in self.applied.sorry.difference(&effective.sorry) {
             info!(service = %key, "a real server is up again: the sorry server leaves the tables");
         }
@@ -384,6 +459,7 @@ impl<D: DataplaneOps> Controller<D> {
             "health applied to the tables"
         );
         self.applied = effective;
+        self.announce.changed.notify_one();
         Ok(true)
     }
 
@@ -755,6 +831,15 @@ impl<D: DataplaneOps> Controller<D> {
                 reals,
                 check: svc.check.clone(),
                 sorry_server,
+                quorum: {
+                    let state = self.applied.quorum.get(&svc.key);
+                    Some(QuorumStatus {
+                        quorum: svc.quorum.quorum,
+                        hysteresis: svc.quorum.hysteresis,
+                        up: state.map(|q| q.up),
+                        live_weight: state.map_or(0, |q| q.live_weight),
+                    })
+                },
                 laddrs: svc.laddrs.clone(),
                 fullnat_refused: self
                     .dataplane
@@ -769,6 +854,7 @@ impl<D: DataplaneOps> Controller<D> {
             });
         }
         Ok(Listing {
+            announce: self.announce_status(),
             conn_table_size: self.dataplane.conn_capacity(),
             services,
             reasons: self

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     access::SocketAccess,
+    announce::Announcer,
     config_file,
     dataplane::{
         adopt::{PinnedStart, Start},
@@ -46,6 +47,9 @@ use crate::{
 
 /// How long a change waits for a new real server's MAC before answering.
 const RESOLVE_WAIT: Duration = Duration::from_millis(1500);
+/// How often the announcement table is checked against what it should hold (a change is
+/// applied at once; this repairs what changed behind xvsd's back).
+const ANNOUNCE_PERIOD: Duration = Duration::from_secs(1);
 /// How often unresolved real servers are retried.
 const RESOLVE_PERIOD: Duration = Duration::from_secs(1);
 /// How often every real server is re-probed, so a changed MAC is noticed.
@@ -151,6 +155,8 @@ pub struct DaemonOptions {
     pub audit_fullnat: bool,
     /// What the XDP programs log (`--kernel-log`).
     pub kernel_log: crate::kernel_log::KernelLog,
+    /// The routing table the VIPs are announced through (`--announce-table`), if any.
+    pub announce_table: Option<u32>,
 }
 
 struct Shared {
@@ -272,6 +278,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut controller = Controller::new(dataplane, &opts.iface).also_on(&opts.more_ifaces);
     controller.set_tunnel_sources(&opts.tun_src)?;
     controller.set_audit_fullnat(opts.audit_fullnat)?;
+    if let Some(table) = opts.announce_table {
+        controller.announce_through(table);
+    }
     if let Some(f) = state_file {
         controller = controller.with_state(f);
     }
@@ -317,6 +326,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 }
             }
         })
+    };
+    let announce_task = match opts.announce_table {
+        Some(table) => {
+            let announcer =
+                Announcer::new(table).map_err(|e| DaemonError::Config(e.to_string()))?;
+            info!(
+                table,
+                "announcing the VIPs whose services have their quorum"
+            );
+            Some(tokio::spawn(announce_loop(shared.clone(), announcer)))
+        }
+        None => None,
     };
     let listener = bind_socket(&opts.socket, &opts.access)?;
     info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
@@ -432,9 +453,43 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         t.abort();
     }
     health_task.abort();
+    if let Some(t) = announce_task {
+        // The routes stay: the pinned data plane goes on forwarding, so the director goes on
+        // being announced (xvsd --cleanup --announce-table N withdraws them).
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())
+}
+
+/// Keeps the announcement table in step with the services' quorum states: at once after a
+/// change, and every [`ANNOUNCE_PERIOD`] to put right what was changed behind xvsd's back (or
+/// what failed).
+async fn announce_loop(shared: Arc<Shared>, announcer: Announcer) {
+    let changed = shared.controller.lock().await.announce_changed();
+    let mut tick = tokio::time::interval(ANNOUNCE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tick.tick() => {}
+        }
+        let wanted = shared.controller.lock().await.wanted_announcements();
+        match announcer.reconcile(&wanted).await {
+            Ok(plan) => {
+                let table = announcer.table();
+                for vip in &plan.add {
+                    info!(%vip, table, "VIP announced: a service on it has its quorum");
+                }
+                for vip in &plan.remove {
+                    warn!(%vip, table, "VIP withdrawn: no service on it has its quorum (or none is configured)");
+                }
+                shared.controller.lock().await.set_announced(wanted);
+            }
+            Err(e) => warn!(error = %e, "updating the announcements failed; retried every second"),
+        }
+    }
 }
 
 /// Splits `--iface` (given once or more) into the first interface, which names the director,

@@ -259,6 +259,7 @@ fn service(key: ServiceKey, scheduler: Scheduler, reals: &[(&str, u32)]) -> Serv
         reals: reals.iter().map(|(a, w)| real(a, *w)).collect(),
         check: Default::default(),
         sorry_server: None,
+        quorum: Default::default(),
         laddrs: Vec::new(),
     }
 }

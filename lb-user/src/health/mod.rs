@@ -307,6 +307,17 @@ pub struct Effective {
     pub down: HashMap<(ServiceKey, SocketAddr), Membership>,
     /// Services whose sorry server is in the tables.
     pub sorry: HashSet<ServiceKey>,
+    /// Every service's quorum state (lb_core::model::Quorum).
+    pub quorum: HashMap<ServiceKey, QuorumState>,
+}
+
+/// Where a service stands against its quorum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuorumState {
+    /// The service has its quorum: its VIP is announced, its sorry server out.
+    pub up: bool,
+    /// The weights of its live real servers, added up (keepalived's weigh_live_realservers).
+    pub live_weight: u64,
 }
 
 impl Effective {
@@ -320,10 +331,15 @@ impl Effective {
 }
 
 /// Applies health to a configuration, as keepalived drives IPVS: a removed server leaves the
-/// service, an inhibited one stays with weight 0, and while no real server is up with a weight
-/// above 0 (keepalived's default quorum of 1) the sorry server takes new connections, by
-/// direct routing with weight 1.
-pub fn effective(config: &Config, membership: impl Fn(&CheckId) -> Membership) -> Effective {
+/// service, an inhibited one stays with weight 0, and while the service is below its quorum
+/// (by default: no real server up with a weight above 0) the sorry server takes new
+/// connections, by direct routing with weight 1. `previous`: the last result, whose quorum
+/// states the hysteresis starts from.
+pub fn effective(
+    config: &Config,
+    membership: impl Fn(&CheckId) -> Membership,
+    previous: &Effective,
+) -> Effective {
     let mut out = Effective::default();
     let mut services = Vec::with_capacity(config.services().len());
     for svc in config.services() {
@@ -351,11 +367,16 @@ pub fn effective(config: &Config, membership: impl Fn(&CheckId) -> Membership) -
                 ..r.clone()
             });
         }
-        let alive = svc
+        let live_weight = svc
             .reals
             .iter()
-            .any(|r| r.weight > 0 && out.membership(&svc.key, r.addr) == Membership::Active);
-        if let (Some(sorry), false) = (svc.sorry_server, alive) {
+            .filter(|r| out.membership(&svc.key, r.addr) == Membership::Active)
+            .map(|r| u64::from(r.weight))
+            .sum();
+        let was_up = previous.quorum.get(&svc.key).map(|q| q.up);
+        let up = svc.quorum.up(live_weight, was_up);
+        out.quorum.insert(svc.key, QuorumState { up, live_weight });
+        if let (Some(sorry), false) = (svc.sorry_server, up) {
             s.reals.push(RealServer::dr(sorry, 1));
             out.sorry.insert(svc.key);
         }
@@ -392,7 +413,7 @@ mod tests {
     use super::*;
     use crate::{
         check::{CheckKind, CheckSpec},
-        model::{Change, Protocol, Scheduler},
+        model::{Change, Protocol, Quorum, Scheduler},
     };
 
     fn config() -> Config {
@@ -431,19 +452,23 @@ mod tests {
         let rs1: SocketAddr = "198.51.100.11:80".parse().unwrap();
         let rs2: SocketAddr = "198.51.100.12:80".parse().unwrap();
         // All up: the configured tables, without checks or sorry server.
-        let all_up = effective(&c, |_| Membership::Active);
+        let all_up = effective(&c, |_| Membership::Active, &Effective::default());
         assert_eq!(all_up.config.services()[0].reals.len(), 2);
         assert!(all_up.config.services()[0].sorry_server.is_none());
         assert!(all_up.config.services()[0].check.is_empty());
         assert!(all_up.sorry.is_empty() && all_up.down.is_empty());
         // rs1 removed, rs2 up.
-        let e = effective(&c, |id| {
-            if id.real == rs1 {
-                Membership::Removed
-            } else {
-                Membership::Active
-            }
-        });
+        let e = effective(
+            &c,
+            |id| {
+                if id.real == rs1 {
+                    Membership::Removed
+                } else {
+                    Membership::Active
+                }
+            },
+            &Effective::default(),
+        );
         let addrs: Vec<SocketAddr> = e.config.services()[0]
             .reals
             .iter()
@@ -453,13 +478,17 @@ mod tests {
         assert_eq!(e.membership(&key, rs1), Membership::Removed);
         // rs1 inhibited, rs2 removed: rs1 at weight 0, nobody alive: the sorry server, with
         // the service's port (direct routing).
-        let e = effective(&c, |id| {
-            if id.real == rs1 {
-                Membership::Inhibited
-            } else {
-                Membership::Removed
-            }
-        });
+        let e = effective(
+            &c,
+            |id| {
+                if id.real == rs1 {
+                    Membership::Inhibited
+                } else {
+                    Membership::Removed
+                }
+            },
+            &Effective::default(),
+        );
         let reals = &e.config.services()[0].reals;
         assert_eq!(reals.len(), 2);
         assert_eq!((reals[0].addr, reals[0].weight), (rs1, 0));
@@ -470,14 +499,63 @@ mod tests {
         assert!(e.sorry.contains(&key));
         // An up server with weight 0 does not keep the sorry server out (keepalived's quorum).
         let quiesced = c.clone().map_services(|v| v[0].reals[1].weight = 0);
-        let e = effective(&quiesced, |id| {
-            if id.real == rs1 {
-                Membership::Removed
-            } else {
-                Membership::Active
+        let e = effective(
+            &quiesced,
+            |id| {
+                if id.real == rs1 {
+                    Membership::Removed
+                } else {
+                    Membership::Active
+                }
+            },
+            &Effective::default(),
+        );
+        assert!(e.sorry.contains(&key));
+    }
+
+    #[test]
+    fn quorum_and_hysteresis_as_keepalived() {
+        // Weights 1 and 2 (config()); quorum 2, hysteresis 1: up at 3, down below 1.
+        let c = config().map_services(|v| {
+            v[0].quorum = Quorum {
+                quorum: 2,
+                hysteresis: 1,
             }
         });
-        assert!(e.sorry.contains(&key));
+        let key = c.services()[0].key;
+        let rs1: SocketAddr = "198.51.100.11:80".parse().unwrap();
+        let rs2: SocketAddr = "198.51.100.12:80".parse().unwrap();
+        let only = |up: Option<SocketAddr>| {
+            move |id: &CheckId| {
+                if Some(id.real) == up {
+                    Membership::Active
+                } else {
+                    Membership::Removed
+                }
+            }
+        };
+        let all = effective(&c, |_| Membership::Active, &Effective::default());
+        assert_eq!(
+            all.quorum[&key],
+            QuorumState {
+                up: true,
+                live_weight: 3
+            }
+        );
+        // Up, rs2 (weight 2) goes: 1 left, not below quorum - hysteresis (1): still up.
+        let e = effective(&c, only(Some(rs1)), &all);
+        assert!(e.quorum[&key].up && !e.sorry.contains(&key));
+        // Then rs1 goes too: 0 < 1, down, and the sorry server stands in.
+        let down = effective(&c, only(None), &e);
+        assert!(!down.quorum[&key].up && down.sorry.contains(&key));
+        // Down, rs2 alone comes back: 2 < quorum + hysteresis (3): still down.
+        let e = effective(&c, only(Some(rs2)), &down);
+        assert!(!e.quorum[&key].up);
+        // A first evaluation needs quorum + hysteresis too (keepalived's set_quorum_states).
+        let first = effective(&c, only(Some(rs2)), &Effective::default());
+        assert!(!first.quorum[&key].up);
+        // Both back: 3, up again.
+        assert!(effective(&c, |_| Membership::Active, &e).quorum[&key].up);
     }
 
     #[test]

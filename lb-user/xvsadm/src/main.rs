@@ -8,7 +8,7 @@ use std::{ffi::OsString, io::Read, process::ExitCode};
 use clap::Parser;
 use lb_core::{
     client as control, config_file, help, listing,
-    model::{Config, Service},
+    model::{Config, Quorum, Service},
     names::{self, Names, Numeric, Resolved},
     proto::{Command, Listing, Request, Response},
     rules::{self, Action, Args, CliError},
@@ -367,6 +367,10 @@ fn config_of(l: &Listing) -> Config {
                     .collect(),
                 check: s.check.clone(),
                 sorry_server: s.sorry_server.as_ref().map(|r| r.addr),
+                quorum: s.quorum.map_or_else(Default::default, |q| Quorum {
+                    quorum: q.quorum,
+                    hysteresis: q.hysteresis,
+                }),
                 laddrs: s.laddrs.clone(),
             })
             .collect(),

@@ -307,6 +307,7 @@ mod tests {
                 ],
                 check: Default::default(),
                 sorry_server: None,
+                quorum: Default::default(),
                 laddrs: Vec::new(),
                 fullnat_refused: 0,
                 midflow_misses: 0,
