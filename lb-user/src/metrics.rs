@@ -377,6 +377,25 @@ pub fn render(s: &Snapshot<'_>) -> String {
             Some((svc(&v.key), Int((s.table == Membership::Active) as u64)))
         }),
     );
+    // An info metric, as xvs_start_info: the value is 1, the digest a label, so directors are
+    // compared with one query (`count by (service) (count by (service, digest)
+    // (xvs_service_table_info)) > 1` finds services whose directors disagree).
+    e.family(
+        "xvs_service_table_info",
+        Kind::Gauge,
+        "The digest of the service's scheduler table, its slots named by real-server address and port: equal on directors that place every new flow the same way (rr, wrr, sh, dh and mh only; load-aware schedulers have no such table).",
+        l.services.iter().filter_map(|v| {
+            let digest = v.table_digest?;
+            Some((
+                vec![
+                    ("service", v.key.to_string()),
+                    ("scheduler", v.scheduler.to_string()),
+                    ("digest", digest.to_string()),
+                ],
+                Int(1),
+            ))
+        }),
+    );
     e.family(
         "xvs_service_quorum_up",
         Kind::Gauge,
@@ -605,6 +624,7 @@ mod tests {
                 laddrs: Vec::new(),
                 fullnat_refused: 2,
                 midflow_misses: 9,
+                table_digest: Some(crate::scheduler::digest::TableDigest(0x0123_4567_89ab_cdef)),
             }],
             reasons: lb_common::Reason::ALL
                 .iter()
@@ -663,6 +683,8 @@ mod tests {
             "xvs_real_check_duration_seconds_bucket{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\",le=\"+Inf\"} 2",
             "xvs_real_check_duration_seconds_count{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 2",
             "xvs_real_in_tables{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 1",
+            "# TYPE xvs_service_table_info gauge",
+            "xvs_service_table_info{service=\"TCP 203.0.113.10:80\",scheduler=\"rr\",digest=\"0123456789abcdef\"} 1",
             "xvs_dataplane_adopted 1",
             "xvs_uptime_seconds 5",
             "xvs_service_quorum_up{service=\"TCP 203.0.113.10:80\"} 1",

@@ -517,6 +517,7 @@ mod tests {
     use crate::{
         model::{ForwardMethod, LocalAddr, Persistence, PortRange, Scheduler},
         names::{Numeric, Resolved, Services},
+        scheduler::digest::TableDigest,
     };
 
     fn real(a: &str, w: u32, act: u64, inact: u64) -> RealStatus {
@@ -554,6 +555,44 @@ mod tests {
             laddrs: Vec::new(),
             fullnat_refused: 0,
             midflow_misses: 0,
+            // Every test service has one: the ipvsadm formats below must not show it.
+            table_digest: Some(DIGEST),
+        }
+    }
+
+    const DIGEST: TableDigest = TableDigest(0x0123_4567_89ab_cdef);
+
+    /// The digest is in `-L --json` (null for a scheduler without one), never in ipvsadm's
+    /// formats, which scripts parse column by column.
+    #[test]
+    fn table_digest_is_in_the_json_only() {
+        let mut l = listing();
+        l.services[1].table_digest = None;
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(
+            json.contains(r#""table_digest":"0123456789abcdef""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""table_digest":null"#), "{json}");
+        assert_eq!(serde_json::from_str::<Listing>(&json).unwrap(), l);
+        // A daemon without digests: the field is absent, read as None.
+        let old = json.replace(r#","table_digest":null"#, "");
+        assert_ne!(old, json);
+        let read = serde_json::from_str::<Listing>(&old).unwrap();
+        assert_eq!(read.services[1].table_digest, None);
+        let l = listing();
+        for format in [
+            Format::Plain,
+            Format::Stats,
+            Format::Rate,
+            Format::Thresholds,
+            Format::PersistentConn,
+            Format::TunInfo,
+        ] {
+            let out = render(&l, opts(format), &Numeric);
+            assert!(!out.contains(&DIGEST.to_string()), "{format:?}: {out}");
+            let one = render_one(&l.services[0], opts(format), &Numeric);
+            assert!(!one.contains(&DIGEST.to_string()), "{format:?}: {one}");
         }
     }
 

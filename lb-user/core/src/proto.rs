@@ -14,6 +14,7 @@ use crate::{
         Change, ForwardMethod, LocalAddr, Persistence, SchedFlags, Scheduler, ServiceKey, Timeouts,
         VirtualAddr,
     },
+    scheduler::digest::TableDigest,
     stats::Counters,
 };
 
@@ -247,6 +248,11 @@ pub struct ServiceStatus {
     /// service was placed or its counters zeroed.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub midflow_misses: u64,
+    /// The digest of the scheduler table the data plane applies, its slots named by real-server
+    /// address and port (`scheduler::digest`): equal on directors that place every new flow
+    /// the same way. None (`null`) for the load-aware schedulers, and for a service not placed.
+    #[serde(default)]
+    pub table_digest: Option<TableDigest>,
 }
 
 /// One real server with its counters.

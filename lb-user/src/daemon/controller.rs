@@ -851,6 +851,7 @@ impl<D: DataplaneOps> Controller<D> {
                     .service_id(&svc.key)
                     .and_then(|id| midflow.get(&id).copied())
                     .unwrap_or(0),
+                table_digest: self.dataplane.table_digest(&svc.key),
             });
         }
         Ok(Listing {

@@ -794,3 +794,150 @@ fn the_first_interface_names_the_director_and_none_is_given_twice() {
     let err = super::split_interfaces(&twice).unwrap_err().to_string();
     assert!(err.contains("--iface eth0 is given twice"), "{err}");
 }
+
+/// Issue 18: two directors behind ECMP, given the same servers in different orders, and with
+/// different backend slot ids (the first director had another service's servers placed first),
+/// show the same table digest for every hash-scheduled service, in `-L --json` and the metrics.
+#[test]
+fn directors_configured_in_other_orders_show_the_same_table_digests() {
+    let services = |order: &[usize]| -> String {
+        let reals = [
+            ("10.0.1.1:80", 1),
+            ("10.0.1.2:80", 2),
+            ("10.0.1.3:8080", 3),
+            ("10.0.1.4:80", 1),
+        ];
+        let mut text = String::new();
+        for (vip, sched) in [
+            ("203.0.113.1:80", "mh"),
+            ("203.0.113.2:80", "mh -b mh-port,mh-fallback"),
+            ("203.0.113.3:80", "sh -b sh-fallback"),
+            ("203.0.113.4:80", "dh"),
+            ("203.0.113.5:80", "wlc"),
+        ] {
+            text += &format!("-A -t {vip} -s {sched}\n");
+            for &i in order {
+                let (addr, w) = reals[i];
+                text += &format!("-a -t {vip} -r {addr} -g -w {w}\n");
+            }
+        }
+        text
+    };
+    let mut a = controller();
+    // Another service first: its servers take the first backend slots on this director only.
+    ok(rules(
+        &mut a,
+        "-A -t 198.51.100.1:80 -s rr\n-a -t 198.51.100.1:80 -r 10.0.9.1:80 -g\n\
+         -a -t 198.51.100.1:80 -r 10.0.9.2:80 -g\n",
+    ));
+    resolve(&mut a);
+    ok(rules(&mut a, &services(&[0, 1, 2, 3])));
+    resolve(&mut a);
+    let mut b = controller();
+    ok(rules(&mut b, &services(&[3, 1, 0, 2])));
+    resolve(&mut b);
+
+    let mh = tcp("203.0.113.1:80");
+    let ids = |c: &Ctl| -> Vec<Option<u32>> {
+        ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:8080", "10.0.1.4:80"]
+            .iter()
+            .map(|r| c.dataplane().backend_id(&mh, r.parse().unwrap()))
+            .collect()
+    };
+    assert_ne!(
+        ids(&a),
+        ids(&b),
+        "the directors must have given the servers different slot ids"
+    );
+    assert_ne!(
+        a.dataplane().placement().table(&mh),
+        b.dataplane().placement().table(&mh),
+        "so their tables of slot ids differ"
+    );
+    let digests = |c: &mut Ctl| -> Vec<(ServiceKey, Option<String>)> {
+        listing(c)
+            .services
+            .iter()
+            .filter(|s| s.key != tcp("198.51.100.1:80"))
+            .map(|s| (s.key, s.table_digest.map(|d| d.to_string())))
+            .collect()
+    };
+    let (da, db) = (digests(&mut a), digests(&mut b));
+    assert_eq!(da, db);
+    assert_eq!(da.len(), 5);
+    // mh, mh-port, sh, dh have one (and no two are alike); wlc has none.
+    for (key, d) in &da[..4] {
+        let d = d.as_ref().unwrap_or_else(|| panic!("{key}: no digest"));
+        assert_eq!(d.len(), 16, "{d}");
+    }
+    let mut distinct: Vec<_> = da[..4].iter().map(|(_, d)| d.clone()).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4);
+    assert_eq!(da[4].1, None);
+
+    // In -L --json, as xvsadm prints the listing.
+    let json = serde_json::to_string_pretty(&listing(&mut a)).unwrap();
+    let line = format!(r#""table_digest": "{}""#, da[0].1.as_ref().unwrap());
+    assert!(json.contains(&line), "{json}");
+    assert!(json.contains(r#""table_digest": null"#), "{json}");
+    // And in the metrics.
+    let l = listing(&mut b);
+    let text = crate::metrics::render(&crate::metrics::Snapshot {
+        listing: &l,
+        activity: Default::default(),
+        start: "fresh",
+        adoption_pending: false,
+        uptime: Duration::from_secs(1),
+    });
+    let sample = format!(
+        "xvs_service_table_info{{service=\"TCP 203.0.113.1:80\",scheduler=\"mh\",digest=\"{}\"}} 1",
+        da[0].1.as_ref().unwrap()
+    );
+    assert!(
+        text.lines().any(|l| l == sample),
+        "{sample} missing:\n{text}"
+    );
+    assert!(!text.contains("service=\"TCP 203.0.113.5:80\",scheduler=\"wlc\""));
+
+    // A weight changed on one director: its digests differ, for mh and sh (dh ignores
+    // weights, as IPVS's does); set back, they agree again.
+    for w in [5, 1] {
+        for vip in ["203.0.113.1:80", "203.0.113.3:80", "203.0.113.4:80"] {
+            ok(rules(
+                &mut b,
+                &format!("-e -t {vip} -r 10.0.1.4:80 -g -w {w}"),
+            ));
+        }
+        let db = digests(&mut b);
+        assert_eq!(da[0] == db[0], w == 1);
+        assert_eq!(da[2] == db[2], w == 1);
+        assert_eq!(da[3], db[3]);
+    }
+    assert_eq!(digests(&mut b), da);
+    // A server replaced: the backend slot may be reused, the digest still moves.
+    ok(rules(
+        &mut b,
+        "-d -t 203.0.113.1:80 -r 10.0.1.4:80\n-a -t 203.0.113.1:80 -r 10.0.1.5:80 -g -w 1\n",
+    ));
+    resolve(&mut b);
+    assert_ne!(digests(&mut b)[0], da[0]);
+
+    // A director that adopts the first one's pinned maps (an xvsd restarted in place): the
+    // maps name no scheduler, so there is no digest until the configuration arrives; then the
+    // same one, its tables taken over with their ids.
+    let adopted =
+        MemoryDataplane::adopt(a.dataplane().maps.clone(), DataplaneConfig::default()).unwrap();
+    assert_eq!(adopted.table_digest(&mh), None);
+    let mut c = Controller::new(adopted, "eth0");
+    ok(send(
+        &mut c,
+        Command::ApplyConfig {
+            state: a.desired(),
+            dry_run: false,
+        },
+        None,
+    ));
+    resolve(&mut c);
+    assert_eq!(digests(&mut c), da);
+}

@@ -279,26 +279,28 @@ impl Planner<'_> {
                 self.next.owners.insert(*k, svc.key);
             }
             self.next.quarantine.extend(s.other_regions);
-            self.next.services.insert(
-                svc.key,
-                Arc::new(Placed {
-                    adopted: true,
-                    id,
-                    region,
-                    table: s.table,
-                    kind: s.value.table_kind,
-                    value_flags: (
-                        s.value.flags,
-                        s.value.persist_timeout_s,
-                        s.value.persist_prefix,
-                    ),
-                    sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
-                    slots,
-                    pushed: None,
-                    keys: s.keys,
-                    laddrs: s.laddrs,
-                }),
-            );
+            let mut placed = Placed {
+                adopted: true,
+                id,
+                region,
+                table: s.table,
+                kind: s.value.table_kind,
+                value_flags: (
+                    s.value.flags,
+                    s.value.persist_timeout_s,
+                    s.value.persist_prefix,
+                ),
+                sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
+                digest: None,
+                slots,
+                pushed: None,
+                keys: s.keys,
+                laddrs: s.laddrs,
+            };
+            // The digest of the table packets see now (the sync that follows in this plan
+            // computes it afresh).
+            placed.digest = placed.compute_digest();
+            self.next.services.insert(svc.key, Arc::new(placed));
             kept += 1;
         }
         let dropped = services.len();

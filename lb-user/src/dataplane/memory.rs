@@ -283,4 +283,8 @@ impl DataplaneOps for MemoryDataplane {
     fn table_fill(&self) -> TableFill {
         self.table
     }
+
+    fn table_digest(&self, key: &ServiceKey) -> Option<scheduler::digest::TableDigest> {
+        self.placement.table_digest(key)
+    }
 }

@@ -10,7 +10,10 @@ use std::{
 use lb_common::{DataplaneConfig, PersistEntry, PersistKey, Reason};
 
 use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError, TableFill};
-use crate::model::{Config, ServiceKey};
+use crate::{
+    model::{Config, ServiceKey},
+    scheduler::digest::TableDigest,
+};
 
 /// The data plane as the controller drives it: configuration syncs, CONFIG, counters and the
 /// connection table.
@@ -83,6 +86,8 @@ pub trait DataplaneOps {
     /// The connection table's fill: live entries from the live counts of the last
     /// recomputation period, all entries as the last sweep cycle read them.
     fn table_fill(&self) -> TableFill;
+    /// The digest of a service's published table (None: load-aware, or not placed).
+    fn table_digest(&self, key: &ServiceKey) -> Option<TableDigest>;
 }
 
 impl DataplaneOps for Dataplane {
@@ -173,5 +178,8 @@ impl DataplaneOps for Dataplane {
     }
     fn table_fill(&self) -> TableFill {
         Dataplane::table_fill(self)
+    }
+    fn table_digest(&self, key: &ServiceKey) -> Option<TableDigest> {
+        self.placement.table_digest(key)
     }
 }

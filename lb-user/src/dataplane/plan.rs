@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     model::{self, Config, ServiceKey, VirtualAddr},
-    scheduler,
+    scheduler::{self, digest::TableDigest},
 };
 
 /// Why a configuration cannot be planned. Nothing was written.
@@ -185,6 +185,9 @@ pub(crate) struct Placed {
     pub(crate) value_flags: (u32, u32, u8),
     /// The scheduler and the state it keeps between recomputations.
     pub(crate) sched: scheduler::Scheduling,
+    /// The published table's digest (`Placed::compute_digest`), kept so that a listing or a
+    /// scrape does not rehash every table.
+    pub(crate) digest: Option<TableDigest>,
     /// Backend slots by real-server address.
     pub(crate) slots: HashMap<SocketAddr, Slot>,
     /// The service and its servers' MACs as last pushed: an equal pair means nothing to do.
@@ -197,6 +200,32 @@ pub(crate) struct Placed {
     /// the address stays (connections name their local address by slot); a deleted one leaves
     /// a hole that the next new address fills.
     pub(crate) laddrs: Vec<Option<LocalAddr>>,
+}
+
+impl Placed {
+    /// The digest of the published table with its backend ids named by the real servers they
+    /// hold (lb-core's `scheduler::digest`), so directors that gave the same servers other ids
+    /// get the same digest. None for the load-aware schedulers.
+    pub(crate) fn compute_digest(&self) -> Option<TableDigest> {
+        if scheduler::is_load_aware(self.sched.scheduler) {
+            return None;
+        }
+        let input = match self.kind {
+            table_kind::SEQUENCE => None,
+            table_kind::HASH_SRC => Some(scheduler::HashInput::Source),
+            table_kind::HASH_SRC_PORT => Some(scheduler::HashInput::SourcePort),
+            table_kind::HASH_DST => Some(scheduler::HashInput::Destination),
+            // A kind this build does not know (an adopted table of another version): no claim.
+            _ => return None,
+        };
+        let by_id: HashMap<u32, SocketAddr> =
+            self.slots.iter().map(|(addr, s)| (s.id, *addr)).collect();
+        scheduler::digest::table_digest(
+            self.sched.scheduler,
+            input,
+            self.table.iter().map(|id| by_id.get(id).copied()),
+        )
+    }
 }
 
 /// What the controller's maps hold, from its point of view: every placed service with its
@@ -305,6 +334,11 @@ impl Placement {
     /// The published table of a service (backend ids).
     pub fn table(&self, key: &ServiceKey) -> Option<&[u32]> {
         self.services.get(key).map(|p| p.table.as_slice())
+    }
+
+    /// The digest of a service's published table (None: load-aware, or not placed).
+    pub fn table_digest(&self, key: &ServiceKey) -> Option<TableDigest> {
+        self.services.get(key)?.digest
     }
 
     /// The placed services' keys.
@@ -799,6 +833,7 @@ impl<'a> Planner<'a> {
                     kind: table_kind::SEQUENCE,
                     value_flags: (0, 0, 0),
                     sched: scheduler::Scheduling::new(svc.scheduler, svc.flags),
+                    digest: None,
                     slots: HashMap::new(),
                     pushed: None,
                     keys: Vec::new(),
@@ -975,6 +1010,9 @@ impl<'a> Planner<'a> {
             self.unpublish_key(&svc.key, k);
         }
         placed.keys = keys;
+        // After every sync, not only when the table changed: a slot handed from one server to
+        // another leaves the ids of the table as they were, but not what they name.
+        placed.digest = placed.compute_digest();
         Ok(())
     }
 

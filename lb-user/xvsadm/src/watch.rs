@@ -311,6 +311,7 @@ mod tests {
                 laddrs: Vec::new(),
                 fullnat_refused: 0,
                 midflow_misses: 0,
+                table_digest: None,
             }],
             table: lb_core::pressure::TableStatus {
                 entries: 4000,

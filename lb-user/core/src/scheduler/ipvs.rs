@@ -49,7 +49,12 @@
 //!
 //! IPVS's 256-bucket tables, filled as ip_vs_sh_reassign (each server takes as many consecutive
 //! buckets as its weight, at least one) and ip_vs_dh_reassign (one bucket per server in turn,
-//! weights ignored) do. A bucket whose server is unavailable (weight 0 or overloaded) gives no
+//! weights ignored) do, with one difference: IPVS walks its destination list, which holds the
+//! servers in the reverse of the order they were added, so two directors given the same servers
+//! in another order disagree on most buckets; here the servers are walked in the order of their keys (address bytes, then
+//! port: [`key_order`], the key Maglev hashes), so every director with the same servers and
+//! weights builds the same table, whatever the order of configuration, and flows rehashed from
+//! one director to another behind ECMP land on the same server. A bucket whose server is unavailable (weight 0 or overloaded) gives no
 //! server ([`NO_DEST`]), as IPVS returns none. With sh-fallback, IPVS walks on from the hashed
 //! bucket: ip_vs_sh_get_fallback tries `hashkey(addr, port, (offset + ihash) % 256)` for offset
 //! 0, 1, ... where `hashkey(.., o) = (o + h(addr, port)) & 255` and `ihash = hashkey(.., 0)`, so
@@ -154,8 +159,8 @@ fn table_at(
         | Scheduler::Twos => {
             Table::Sequence(plan(scheduler, &mut loads, params.plan_len, &mut state.rng))
         }
-        Scheduler::Sh => sh_table(&loads, flags),
-        Scheduler::Dh => dh_table(&loads),
+        Scheduler::Sh => sh_table(&loads, &key_order(dests), flags),
+        Scheduler::Dh => dh_table(&loads, &key_order(dests)),
         Scheduler::Lblc => state.lblc_table(dests, &mut loads),
         Scheduler::Lblcr => state.lblcr_table(dests, &mut loads, now),
         Scheduler::Rr | Scheduler::Wrr | Scheduler::Mh => {
@@ -391,19 +396,32 @@ fn plan(scheduler: Scheduler, loads: &mut [Load], len: usize, rng: &mut Rng) -> 
     out
 }
 
-/// ip_vs_sh_reassign: servers in list order, each filling as many consecutive buckets as its
-/// weight (at least one, so a weight-0 server still holds a bucket), wrapping around.
-fn sh_buckets(loads: &[Load]) -> Vec<usize> {
-    if loads.is_empty() {
+/// The indices of `dests` in the order of their hash keys ([`super::maglev::dest_key`]; the
+/// index breaks ties, which only duplicate servers would need). sh and dh walk servers in this
+/// order instead of the configuration's, so directors given the same servers in any order
+/// build the same table. IPVS walks its destination list, to which __ip_vs_update_dest adds
+/// each new server at the head (list_add_rcu: the last added first), so two IPVS directors
+/// configured in different orders disagree on most buckets.
+pub fn key_order(dests: &[Dest]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..dests.len()).collect();
+    order.sort_by_cached_key(|&i| (super::maglev::dest_key(&dests[i].addr), i));
+    order
+}
+
+/// ip_vs_sh_reassign over the servers in key `order`: each fills as many consecutive buckets
+/// as its weight (at least one, so a weight-0 server still holds a bucket), wrapping around.
+/// Entries are indices into `loads`.
+fn sh_buckets(loads: &[Load], order: &[usize]) -> Vec<usize> {
+    if order.is_empty() {
         return Vec::new();
     }
-    let (mut i, mut filled) = (0, 0);
+    let (mut k, mut filled) = (0, 0);
     (0..HASH_BUCKETS)
         .map(|_| {
-            let b = i;
+            let b = order[k];
             filled += 1;
-            if filled >= loads[i].weight {
-                i = (i + 1) % loads.len();
+            if filled >= loads[b].weight {
+                k = (k + 1) % order.len();
                 filled = 0;
             }
             b
@@ -412,9 +430,9 @@ fn sh_buckets(loads: &[Load]) -> Vec<usize> {
 }
 
 /// The sh table (ip_vs_sh_schedule with ip_vs_sh_get or, with sh-fallback,
-/// ip_vs_sh_get_fallback).
-fn sh_table(loads: &[Load], flags: SchedFlags) -> Table {
-    let buckets = sh_buckets(loads);
+/// ip_vs_sh_get_fallback), servers walked in key `order`.
+fn sh_table(loads: &[Load], order: &[usize], flags: SchedFlags) -> Table {
+    let buckets = sh_buckets(loads, order);
     let slots = (0..HASH_BUCKETS)
         .map(|b| {
             let Some(&first) = buckets.get(b) else {
@@ -443,13 +461,14 @@ fn sh_table(loads: &[Load], flags: SchedFlags) -> Table {
     }
 }
 
-/// The dh table: ip_vs_dh_reassign gives bucket b the (b mod n)-th server, weights ignored;
-/// ip_vs_dh_schedule returns none for an unavailable one.
-fn dh_table(loads: &[Load]) -> Table {
+/// The dh table: ip_vs_dh_reassign gives bucket b the (b mod n)-th server (here of key
+/// `order`, not list order), weights ignored; ip_vs_dh_schedule returns none for an
+/// unavailable one.
+fn dh_table(loads: &[Load], order: &[usize]) -> Table {
     let slots = (0..HASH_BUCKETS)
-        .map(|b| match loads.len() {
+        .map(|b| match order.len() {
             0 => NO_DEST,
-            n if loads[b % n].usable() => (b % n) as u32,
+            n if loads[order[b % n]].usable() => order[b % n] as u32,
             _ => NO_DEST,
         })
         .collect();
@@ -1910,6 +1929,33 @@ mod tests {
         let d = [dest(0, 1, 0, 0), dest(1, 0, 0, 0), dest(2, 5, 0, 0)];
         let s = hash_slots(Scheduler::Dh, SchedFlags::default(), &d);
         assert_eq!(s[..6], [0, NO_DEST, 2, 0, NO_DEST, 2]);
+    }
+
+    /// IPVS fills sh and dh buckets in the order servers were added; xvs in key order, so a
+    /// director configured in another order (another list, other indices) builds the same
+    /// table once indices are named by address.
+    #[test]
+    fn sh_and_dh_walk_servers_in_key_order_not_configuration_order() {
+        let f = SchedFlags::default();
+        // Added last, lowest key: it still takes the first buckets.
+        let d = [dest(2, 2, 0, 0), dest(1, 1, 0, 0), dest(0, 3, 0, 0)];
+        assert_eq!(key_order(&d), [2, 1, 0]);
+        let s = hash_slots(Scheduler::Sh, f, &d);
+        assert_eq!(s[..8], [2, 2, 2, 1, 0, 0, 2, 2]);
+        let s = hash_slots(Scheduler::Dh, f, &d);
+        assert_eq!(s[..4], [2, 1, 0, 2]);
+        // Same servers, configured in key order: the same servers in every bucket.
+        let sorted = [d[2], d[1], d[0]];
+        let named = |slots: Vec<u32>, d: &[Dest]| -> Vec<SocketAddr> {
+            slots.iter().map(|&i| d[i as usize].addr).collect()
+        };
+        for s in [Scheduler::Sh, Scheduler::Dh] {
+            assert_eq!(
+                named(hash_slots(s, f, &d), &d),
+                named(hash_slots(s, f, &sorted), &sorted),
+                "{s}"
+            );
+        }
     }
 
     fn rewalk(state: &mut State, s: Scheduler, dests: &[Dest], now: Duration) -> Vec<u32> {

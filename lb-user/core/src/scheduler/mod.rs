@@ -3,6 +3,7 @@
 //! with one shared cursor per service (rr, wrr, and the load-aware schedulers' plan for the next
 //! burst of new connections) or a hash table indexed by a hash of the flow's addresses (sh, dh, mh, lblc, lblcr).
 
+pub mod digest;
 pub mod ipvs;
 pub mod maglev;
 
@@ -402,6 +403,66 @@ mod tests {
         assert_eq!(plan[..10], [1; 10], "{:?}", &plan[..20]);
         // Then equal load: alternating, the first server first on ties.
         assert_eq!(plan[10..14], [0, 1, 0, 1]);
+    }
+
+    /// A hash table as server addresses: what the data plane applies, whatever indices (and
+    /// so backend slot ids) a director gave the servers.
+    fn by_addr(t: &Table, dests: &[Dest]) -> (HashInput, Vec<Option<SocketAddr>>) {
+        let Table::Hash { input, slots } = t else {
+            panic!("a hash table, got {t:?}")
+        };
+        let slots = slots
+            .iter()
+            .map(|&i| (i != NO_DEST).then(|| dests[i as usize].addr))
+            .collect();
+        (*input, slots)
+    }
+
+    /// Issue 18: directors behind ECMP must agree on every flow of a hash scheduler, so its
+    /// table (as addresses) must not depend on the order the servers were configured in. Weights
+    /// unequal and one server quiesced, so sh's runs and dh's turns both show.
+    #[test]
+    fn hash_tables_do_not_depend_on_configuration_order() {
+        let mut d = dests(&[3, 1, 0, 2, 5, 1, 4]);
+        // One IPv6 server too: keys of both lengths.
+        d[5].addr = "[2001:db8::7]:8080".parse().unwrap();
+        let orders: Vec<Vec<Dest>> = vec![
+            d.iter().rev().copied().collect(),
+            (0..d.len()).map(|i| d[(i * 3 + 2) % d.len()]).collect(),
+            {
+                let mut r = d.clone();
+                r.rotate_left(4);
+                r
+            },
+        ];
+        let flags = |s: &str| SchedFlags::parse(s).unwrap();
+        let mut differ = Vec::new();
+        for (s, f) in [
+            (Scheduler::Mh, flags("")),
+            (Scheduler::Mh, flags("mh-port")),
+            (Scheduler::Mh, flags("mh-fallback")),
+            (Scheduler::Mh, flags("mh-fallback,mh-port")),
+            (Scheduler::Sh, flags("")),
+            (Scheduler::Sh, flags("sh-port")),
+            (Scheduler::Sh, flags("sh-fallback")),
+            (Scheduler::Sh, flags("sh-fallback,sh-port")),
+            (Scheduler::Dh, flags("")),
+        ] {
+            let params = Params {
+                maglev_size: 251,
+                ..Params::default()
+            };
+            let want = by_addr(&Scheduling::new(s, f).table(&d, &params), &d);
+            for (n, other) in orders.iter().enumerate() {
+                let got = by_addr(&Scheduling::new(s, f).table(other, &params), other);
+                assert_eq!(got.0, want.0, "{s} {f:?}");
+                let moved = got.1.iter().zip(&want.1).filter(|(a, b)| a != b).count();
+                if moved > 0 {
+                    differ.push(format!("{s} {:?} order {n}: {moved} slots", f.names()));
+                }
+            }
+        }
+        assert!(differ.is_empty(), "{differ:#?}");
     }
 
     #[test]
