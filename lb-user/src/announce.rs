@@ -101,7 +101,7 @@ impl Announcer {
     /// The route that announces `ip`: a blackhole host route in the table, with xvsd's
     /// protocol number.
     fn route(&self, ip: IpAddr) -> RouteMessage {
-        let builder = match ip {
+        match ip {
             IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(a, 32)
                 .table_id(self.table)
@@ -114,8 +114,7 @@ impl Announcer {
                 .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                 .kind(RouteType::BlackHole)
                 .build(),
-        };
-        builder
+        }
     }
 
     /// The VIP a dumped route announces, if it is one of ours.

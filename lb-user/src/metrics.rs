@@ -638,11 +638,11 @@ mod tests {
                 midflow_miss_per_s: 12,
                 midflow_misses: 9,
             },
-            announce: Some(crate::proto::AnnounceStatus {
+            announce: Some(Box::new(crate::proto::AnnounceStatus {
                 table: 100,
                 announced: vec!["203.0.113.10".parse().unwrap()],
                 withdrawn: vec!["2001:db8::10".parse().unwrap()],
-            }),
+            })),
         }
     }
 

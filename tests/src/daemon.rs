@@ -117,6 +117,11 @@ impl Xvsd {
         self.xvsd.stop()
     }
 
+    /// Runs xvsd (its usual arguments and `args`) to completion: `--cleanup` and the like.
+    pub fn once(&self, args: &[&str]) -> Result<Output> {
+        self.xvsd.once(args)
+    }
+
     /// What xvsd logged so far.
     pub fn log(&self) -> String {
         self.xvsd.log_text()

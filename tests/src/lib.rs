@@ -2,6 +2,7 @@
 //! for BPF_PROG_TEST_RUN, and network-namespace topologies.
 
 pub mod bench;
+pub mod bird;
 pub mod daemon;
 pub mod decap;
 pub mod flood;

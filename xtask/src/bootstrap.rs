@@ -24,6 +24,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // lb-core's tests/sync_tshark.rs checks our IPVS sync messages with its "ipvs" dissector.
     ("tshark", "/usr/bin/tshark"),
+    // BGP for the announcement and several-director tests (a speaker beside each director,
+    // a router in front).
+    ("bird2", "/usr/sbin/bird"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
     ("netbase", "/etc/services"),
     (

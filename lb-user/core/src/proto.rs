@@ -176,7 +176,7 @@ pub struct Listing {
     pub table: crate::pressure::TableStatus,
     /// What this director announces to its routers, when xvsd announces (--announce-table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub announce: Option<AnnounceStatus>,
+    pub announce: Option<Box<AnnounceStatus>>,
 }
 
 /// This director's announcements (lb_core::announce).

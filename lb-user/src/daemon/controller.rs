@@ -442,10 +442,10 @@ impl<D: DataplaneOps> Controller<D> {
         for (key, q) in &effective.quorum {
             match self.applied.quorum.get(key).map(|p| p.up) {
                 Some(true) if !q.up => {
-                    warn!(service = %key, live_weight = q.live_weight, "service lost its quorum")
+                    warn!(service = %key, live_weight = q.live_weight, "service lost its quorum");
                 }
                 Some(false) if q.up => {
-                    info!(service = %key, live_weight = q.live_weight, "service gained its quorum")
+                    info!(service = %key, live_weight = q.live_weight, "service gained its quorum");
                 }
                 _ => {}
             }
@@ -855,7 +855,7 @@ impl<D: DataplaneOps> Controller<D> {
             });
         }
         Ok(Listing {
-            announce: self.announce_status(),
+            announce: self.announce_status().map(Box::new),
             conn_table_size: self.dataplane.conn_capacity(),
             services,
             reasons: self

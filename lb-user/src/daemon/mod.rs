@@ -649,7 +649,7 @@ async fn respond(mut stream: UnixStream, resp: &Response) -> std::io::Result<()>
 async fn handle(line: &str, shared: &Shared) -> Response {
     let command = match parse_request(line) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(refused) => return error(&refused),
     };
     let answer = shared
         .controller

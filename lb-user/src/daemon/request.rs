@@ -58,21 +58,21 @@ impl Answer {
 }
 
 /// Reads a request line: the protocol version first, then the command, so an old client gets
-/// a useful message rather than a parse error.
-pub fn parse_request(line: &str) -> Result<Command, Response> {
+/// a useful message rather than a parse error. Err: the message to answer with.
+pub fn parse_request(line: &str) -> Result<Command, String> {
     let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| error(&format!("malformed request: {e}")))?;
+        serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == PROTOCOL_VERSION as u64 => {}
         Some(v) => {
-            return Err(error(&format!(
+            return Err(format!(
                 "protocol version {v} is not supported by this xvsd (it speaks {PROTOCOL_VERSION}); use the xvsadm that came with it"
-            )))
+            ))
         }
-        None => return Err(error("malformed request: no protocol version")),
+        None => return Err("malformed request: no protocol version".to_string()),
     }
     let req: Request =
-        serde_json::from_value(value).map_err(|e| error(&format!("malformed request: {e}")))?;
+        serde_json::from_value(value).map_err(|e| format!("malformed request: {e}"))?;
     Ok(req.command)
 }
 

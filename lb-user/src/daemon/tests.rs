@@ -128,7 +128,7 @@ fn a_request_line_is_read_version_first() {
     let line = serde_json::to_string(&Request::new(Command::List)).unwrap();
     assert_eq!(parse_request(&line).unwrap(), Command::List);
     let message = |line: &str| match parse_request(line) {
-        Err(Response::Error { message }) => message,
+        Err(message) => message,
         other => panic!("{other:?}"),
     };
     assert!(message("{not json").starts_with("malformed request: "));
