@@ -1295,6 +1295,22 @@ sorry-server = "198.51.100.11"
     }
 
     #[test]
+    fn quorum_and_hysteresis_are_read_and_checked() {
+        let s = parse(
+            "[[service]]\ntcp = \"203.0.113.10:80\"\nquorum = 3\nhysteresis = 1\n\
+             [[service]]\ntcp = \"203.0.113.11:80\"\nhysteresis = 0\n",
+        )
+        .unwrap();
+        let q = |i: usize| s.config.services()[i].quorum;
+        assert_eq!((q(0).quorum, q(0).hysteresis), (3, 1));
+        assert!(q(1).is_default());
+        assert_errors(
+            "[[service]]\ntcp = \"203.0.113.10:80\"\nquorum = 2\nhysteresis = 2\n",
+            &[(4, "Hysteresis 2 must be below the quorum 2")],
+        );
+    }
+
+    #[test]
     fn config_to_file_to_config_is_the_same() {
         let s = parse(EXAMPLE).unwrap();
         let text = render(&s);
