@@ -638,6 +638,7 @@ mod tests {
                 midflow_miss_per_s: 12,
                 midflow_misses: 9,
             },
+            drained: false,
             announce: Some(Box::new(crate::proto::AnnounceStatus {
                 table: 100,
                 announced: vec!["203.0.113.10".parse().unwrap()],

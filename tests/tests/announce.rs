@@ -2,7 +2,8 @@
 //! their quorum in its table (`--announce-table`), a real BIRD 2 beside it exports that table
 //! over BGP (with BFD), and a real BIRD 2 in the router's namespace installs what it learns in
 //! its kernel table. A misc health check the test turns on and off moves the service across
-//! its quorum; a stopped BIRD (a hung director whose link stays up) is noticed by BFD.
+//! its quorum; `xvsadm drain` withdraws the director's VIPs and puts a real server out of
+//! service; a stopped BIRD (a hung director whose link stays up) is noticed by BFD.
 //!
 //! ```text
 //!  router ns: r0 198.51.100.1 (AS 65000) ── veth ── d0 198.51.100.2 (AS 65010): xvsd + bird
@@ -69,7 +70,7 @@ fn router_route(router: &str) -> Option<String> {
 }
 
 #[test]
-fn vips_follow_the_quorum_to_the_router_and_bfd_notices_a_hung_director() -> Result<()> {
+fn vips_follow_the_quorum_and_drains_to_the_router_and_bfd_notices_a_hung_director() -> Result<()> {
     let mut d = Xvsd::new("announce")?;
     let ns = "xvs-announce-d";
     let router = "xvs-announce-r";
@@ -160,6 +161,59 @@ fn vips_follow_the_quorum_to_the_router_and_bfd_notices_a_hung_director() -> Res
     assert_eq!(json["announce"]["announced"][0], VIP, "{listing}");
     assert_eq!(json["services"][0]["quorum"]["up"], true, "{listing}");
     assert_eq!(json["services"][0]["quorum"]["live_weight"], 3, "{listing}");
+
+    // A drained director withdraws its VIPs and announces them again when the drain ends.
+    let out = d.xvsadm_ok(&["drain", "--no-wait"])?;
+    assert!(out.contains("director: drained"), "{out}");
+    poll(
+        Duration::from_secs(10),
+        "the drained director's VIP to go",
+        || router_route(router).is_none().then_some(()),
+    )?;
+    let listing = d.xvsadm_ok(&["-L", "-n", "--json"])?;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listing)?["drained"],
+        true,
+        "{listing}"
+    );
+    d.xvsadm_ok(&["drain", "--cancel"])?;
+    poll(
+        Duration::from_secs(10),
+        "the VIP back after the drain",
+        || router_route(router).filter(|r| r.contains("via 198.51.100.2")),
+    )?;
+    // A real server drained: weight 0, then removed once it has no connection (none here).
+    d.xvsadm_ok(&[
+        "-a",
+        "-t",
+        &format!("{VIP}:80"),
+        "-r",
+        "198.51.100.12:80",
+        "-g",
+        "-w",
+        "2",
+    ])?;
+    let out = d.xvsadm_ok(&[
+        "drain",
+        "-t",
+        &format!("{VIP}:80"),
+        "-r",
+        "198.51.100.12",
+        "--timeout",
+        "5s",
+        "--interval",
+        "200ms",
+    ])?;
+    assert!(
+        out.contains("real server 198.51.100.12:80: weight 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("real server 198.51.100.12:80: removed (0 connections were left)"),
+        "{out}"
+    );
+    let listing = d.xvsadm_ok(&["-L", "-n"])?;
+    assert!(!listing.contains("198.51.100.12"), "{listing}");
 
     // The real server fails its check: live weight 0 < quorum - hysteresis: withdrawn.
     fs::remove_file(&flag)?;

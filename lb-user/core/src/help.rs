@@ -38,6 +38,7 @@ Usage:
   xvsadm apply -f file [--dry-run]
   xvsadm reload [--dry-run]
   xvsadm export
+  xvsadm drain [-t|u|f service-address -r server-address] [--timeout duration] [--cancel]
   xvsadm -h
   xvsadm -v
 
@@ -65,6 +66,8 @@ Either long or short options are allowed.
                               as one transaction (xvsadm apply --help; examples/xvs.toml)
   reload                      make xvsd re-read its --config file and apply the difference
   export                      print the running configuration as a configuration file
+  drain                       the director (its announcements) or a real server out of service
+                              once its connections ended (xvsadm drain --help)
 
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]; IPv6 as [addr]:port;
@@ -168,6 +171,30 @@ or not in xvs yet):
 
 Names: without -n, -L, -c and -S print host names (reverse DNS, at most 2 s for a whole
 listing, then numbers) and /etc/services port names, as ipvsadm; -t, -u and -r accept both.
+";
+
+/// `xvsadm drain --help`.
+pub const DRAIN_USAGE: &str = "\
+Usage:
+  xvsadm drain [--timeout duration] [--interval duration] [--no-wait] [--socket path]
+  xvsadm drain --cancel [--socket path]
+  xvsadm drain -t|u|f service-address -r server-address [--timeout duration] [--keep]
+               [--interval duration] [--no-wait] [--socket path]
+
+Takes the director, or one real server, out of service without breaking what it carries.
+The director withdraws its announcements (xvsd --announce-table) and goes on forwarding what
+still arrives; it reports the connections left until none are or the timeout passes; --cancel
+announces again. A real server goes to weight 0 (no new connections; established ones stay),
+then is removed once its connections (TCP and UDP) ended or the timeout passed (--keep: left
+at weight 0). A drained director stays drained until --cancel or xvsd restarts.
+
+  --timeout      duration             how long to wait for the connections to end (default 300s)
+  --interval     duration             between two progress lines (default 1s)
+  --keep                              a real server: leave it at weight 0, do not remove it
+  --no-wait                           start the drain and return
+  --cancel                            the director: end the drain, announce again
+  --socket       path                 xvsd's control socket (env XVS_SOCKET)
+  --help         -h                   display this help message
 ";
 
 /// `xvsadm stats --help`.

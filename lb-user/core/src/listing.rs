@@ -626,6 +626,7 @@ mod tests {
             reasons: Default::default(),
             timeouts: Default::default(),
             table: Default::default(),
+            drained: false,
             announce: None,
         }
     }

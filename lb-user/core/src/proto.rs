@@ -25,7 +25,8 @@ use crate::{
 /// 5: health checks and sorry servers (changes and listings).
 /// 6: FULLNAT (the `fullnat` forwarding method, local-address changes, local addresses in
 ///    listings and connections): a version-5 daemon would not read them.
-/// 7: quorum and hysteresis (`SetQuorum`), announcements and quorum states in listings.
+/// 7: quorum and hysteresis (`SetQuorum`), announcements and quorum states in listings, the
+///    director's drain.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest request line the daemon reads.
@@ -105,6 +106,12 @@ pub enum Command {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Drain the director (withdraw every announcement; forwarding goes on) or end its drain
+    /// (`xvsadm drain`, `xvsadm drain --cancel`).
+    Drain {
+        /// Drained from now on.
+        drained: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -174,6 +181,9 @@ pub struct Listing {
     /// The connection table's fill (from the walk this listing made) and its rates.
     #[serde(default)]
     pub table: crate::pressure::TableStatus,
+    /// The director is drained (`xvsadm drain`): it announces nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
     /// What this director announces to its routers, when xvsd announces (--announce-table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Box<AnnounceStatus>>,

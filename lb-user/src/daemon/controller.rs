@@ -102,6 +102,8 @@ struct Announcements {
     table: Option<u32>,
     /// The VIPs the table holds, as last reconciled.
     announced: BTreeSet<IpAddr>,
+    /// Drained (`xvsadm drain`): nothing is announced, forwarding goes on.
+    drained: bool,
     /// Rung on every change of the applied configuration or its quorum states.
     changed: Arc<tokio::sync::Notify>,
 }
@@ -158,8 +160,33 @@ impl<D: DataplaneOps> Controller<D> {
         lb_core::announce::vips(
             &self.config,
             |k| self.applied.quorum.get(k).is_some_and(|q| q.up),
-            false,
+            self.announce.drained,
         )
+    }
+
+    /// Drains the director (withdraws every announcement at once; forwarding goes on), or
+    /// ends its drain. Returns warnings for the operator.
+    pub fn set_drained(&mut self, drained: bool) -> Vec<String> {
+        if drained != self.announce.drained {
+            if drained {
+                warn!(
+                    "director drained: every VIP is withdrawn from the routers; forwarding goes on"
+                );
+            } else {
+                info!("director drain ended: the VIPs whose services have their quorum are announced again");
+            }
+        }
+        self.announce.drained = drained;
+        self.announce.changed.notify_one();
+        if self.announce.table.is_none() {
+            vec![
+                "xvsd announces nothing (it runs without --announce-table): no route was \
+                  withdrawn; traffic stops coming only when the routers or VRRP stop sending it"
+                    .to_string(),
+            ]
+        } else {
+            Vec::new()
+        }
     }
 
     /// What the announcing task found in the table after its last pass.
@@ -855,6 +882,7 @@ impl<D: DataplaneOps> Controller<D> {
             });
         }
         Ok(Listing {
+            drained: self.announce.drained,
             announce: self.announce_status().map(Box::new),
             conn_table_size: self.dataplane.conn_capacity(),
             services,

@@ -95,6 +95,10 @@ impl<D: DataplaneOps> Controller<D> {
                 Err(e) => Answer::done(error(&e.to_string())),
             },
             Command::List => Answer::of(self.listing(), Response::Listing),
+            Command::Drain { drained } => {
+                let warnings = self.set_drained(drained);
+                Answer::done(Response::Ok { warnings })
+            }
             Command::Connections => Answer::of(self.connections(MAX_LISTED_CONNS), |conns| {
                 Response::Connections { conns }
             }),

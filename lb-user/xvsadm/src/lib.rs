@@ -1,5 +1,7 @@
 //! xvsadm's own subcommands beside ipvsadm's language (which is `lb_core::rules`): `stats`
-//! (a live view) and `apply` / `reload` / `export` (the configuration file).
+//! (a live view), `apply` / `reload` / `export` (the configuration file) and `drain` (a
+//! director or a real server out of service, gently).
 
 pub mod config_cli;
+pub mod drain;
 pub mod watch;

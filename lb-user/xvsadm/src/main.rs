@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         let rest = std::iter::once(OsString::from(format!("xvsadm {name}"))).chain(rest);
         return finish(match name {
             "stats" => stats(rest),
+            "drain" => drain(rest),
             "apply" | "reload" | "export" => config(name, rest),
             _ => unreachable!("subcommand() knows only these"),
         });
@@ -71,7 +72,7 @@ fn realserver(args: impl Iterator<Item = OsString>) -> ExitCode {
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
 /// name moved after it.
 fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
-    const SUBCOMMANDS: [&str; 4] = ["stats", "apply", "reload", "export"];
+    const SUBCOMMANDS: [&str; 5] = ["stats", "apply", "reload", "export", "drain"];
     let mut global = Vec::new();
     let mut i = 1;
     while i < argv.len() {
@@ -238,6 +239,91 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// `xvsadm stats [--watch] [--once] [--interval SECS] [--json]`.
+/// `xvsadm drain`: see lb_core::help::DRAIN_USAGE.
+fn drain(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
+    use xvsadm::drain::{self, DrainArgs, Target};
+    let args = DrainArgs::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
+    if args.help {
+        print!("{}", help::DRAIN_USAGE);
+        return Ok(());
+    }
+    let plan = args.plan()?;
+    let warn = |resp: Response| {
+        if let Response::Ok { warnings } = resp {
+            for w in warnings {
+                eprintln!("xvsadm: warning: {w}");
+            }
+        }
+    };
+    match plan.target {
+        Target::Director => {
+            warn(send(
+                &args.socket,
+                Command::Drain {
+                    drained: !args.cancel,
+                },
+            )?);
+            if args.cancel {
+                println!("director: drain ended; announcing again");
+                return Ok(());
+            }
+            println!("director: drained; its VIPs are withdrawn from the routers");
+        }
+        Target::Real { service, addr } => {
+            if drain::real_of(&list(&args.socket)?, &service, addr).is_none() {
+                return Err(CliError(format!("No such destination: {addr}")).into());
+            }
+            warn(send(
+                &args.socket,
+                Command::Apply {
+                    changes: vec![drain::quiesce(service, addr)],
+                },
+            )?);
+            println!("real server {addr}: weight 0, no new connections");
+        }
+    }
+    if args.no_wait {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    let left = loop {
+        let left = drain::remaining(&list(&args.socket)?, &plan.target);
+        println!(
+            "{}",
+            drain::progress(&plan.target, left, start.elapsed(), plan.timeout)
+        );
+        if left == 0 || start.elapsed() >= plan.timeout {
+            break left;
+        }
+        std::thread::sleep(
+            plan.interval
+                .min(plan.timeout.saturating_sub(start.elapsed())),
+        );
+    };
+    match plan.target {
+        Target::Director => {
+            if left > 0 {
+                anyhow::bail!("director: {left} connections left after the timeout");
+            }
+            println!("director: no connection left; it can be taken down");
+        }
+        Target::Real { service, addr } => {
+            if args.keep {
+                println!("real server {addr}: kept at weight 0 ({left} connections left)");
+            } else {
+                warn(send(
+                    &args.socket,
+                    Command::Apply {
+                        changes: vec![lb_core::model::Change::DeleteReal { service, addr }],
+                    },
+                )?);
+                println!("real server {addr}: removed ({left} connections were left)");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn stats(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
     let args = StatsArgs::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
     if args.help {
