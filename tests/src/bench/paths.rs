@@ -110,15 +110,24 @@ pub(crate) fn measure_on(
 
 /// The bare `bounds check + XDP_TX` floor.
 pub fn floor(scale: &Scale) -> Result<PathResult> {
+    aux_path(
+        lb_common::names::PROG_FLOOR_TX,
+        "floor: bounds check + XDP_TX",
+        scale,
+    )
+}
+
+/// One of tests/ebpf's programs run on one TCP packet it answers with XDP_TX.
+fn aux_path(program: &str, name: &str, scale: &Scale) -> Result<PathResult> {
     let mut ebpf = Ebpf::load(crate::object::AUX)?;
     let prog: &mut Xdp = ebpf
-        .program_mut(lb_common::names::PROG_FLOOR_TX)
-        .context("floor program")?
+        .program_mut(program)
+        .with_context(|| format!("{program} program"))?
         .try_into()?;
     prog.load()?;
     let pkt = tcp("192.0.2.1", 1, "203.0.113.1", 80, ACK);
     Ok(PathResult {
-        name: "floor: bounds check + XDP_TX".into(),
+        name: name.into(),
         ns: measure(prog, &[pkt], TX, scale.runs, scale.reps)?,
         runs: scale.runs * scale.reps,
     })
@@ -180,18 +189,11 @@ pub fn lru_floor(scale: &Scale) -> Result<Vec<PathResult>> {
 /// The kernel's and the header's own share of a TUN packet: an IPIP header pushed in front of
 /// the frame (tests/ebpf's xvs_ipip_floor), with no lookup.
 pub fn ipip_floor(scale: &Scale) -> Result<PathResult> {
-    let mut ebpf = Ebpf::load(crate::object::AUX)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(lb_common::names::PROG_IPIP_FLOOR)
-        .context("IPIP floor program")?
-        .try_into()?;
-    prog.load()?;
-    let pkt = tcp("192.0.2.1", 1, "203.0.113.1", 80, ACK);
-    Ok(PathResult {
-        name: "IPIP encapsulation alone (head grown, outer header written)".into(),
-        ns: measure(prog, &[pkt], TX, scale.runs, scale.reps)?,
-        runs: scale.runs * scale.reps,
-    })
+    aux_path(
+        lb_common::names::PROG_IPIP_FLOOR,
+        "IPIP encapsulation alone (head grown, outer header written)",
+        scale,
+    )
 }
 
 fn vip(family: u8, i: usize) -> String {
