@@ -584,6 +584,7 @@ mod tests {
                 midflow_miss_per_s: 12,
                 midflow_misses: 9,
             },
+            sync_daemons: vec![],
         }
     }
 

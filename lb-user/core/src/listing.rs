@@ -586,6 +586,7 @@ mod tests {
             reasons: Default::default(),
             timeouts: Default::default(),
             table: Default::default(),
+            sync_daemons: vec![],
         }
     }
 

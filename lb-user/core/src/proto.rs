@@ -24,7 +24,8 @@ use crate::{
 /// 5: health checks and sorry servers (changes and listings).
 /// 6: FULLNAT (the `fullnat` forwarding method, local-address changes, local addresses in
 ///    listings and connections): a version-5 daemon would not read them.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: connection-sync daemons (`--start-daemon`, `--stop-daemon`; `sync_daemons` in listings).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -95,6 +96,16 @@ pub enum Command {
         /// Only compute the difference.
         #[serde(default)]
         dry_run: bool,
+    },
+    /// Start a connection-sync daemon (`--start-daemon`); saved, so a restart resumes it.
+    StartDaemon {
+        /// Its settings as given.
+        daemon: crate::sync::daemon::DaemonConfig,
+    },
+    /// Stop the connection-sync daemon of this role (`--stop-daemon`).
+    StopDaemon {
+        /// Master or backup.
+        role: crate::sync::Role,
     },
     /// Re-read the file xvsd was started with (`--config`) and apply the difference, as
     /// SIGHUP does (`xvsadm reload`).
@@ -172,6 +183,9 @@ pub struct Listing {
     /// The connection table's fill (from the walk this listing made) and its rates.
     #[serde(default)]
     pub table: crate::pressure::TableStatus,
+    /// The running connection-sync daemons (`-L --daemon`), with their counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_daemons: Vec<crate::sync::daemon::DaemonStatus>,
 }
 
 /// One service with its counters.

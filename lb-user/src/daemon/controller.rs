@@ -25,6 +25,10 @@ use crate::{
     pressure::{self, Pressure, TableStatus},
     proto::{ConnStatus, Listing, Membership, RealStatus, ServiceStatus},
     state::{DesiredState, StateFile},
+    sync::{
+        daemon::{DaemonConfig, DaemonError, Daemons},
+        Hub, Role,
+    },
 };
 
 const NS: u64 = 1_000_000_000;
@@ -54,6 +58,9 @@ pub enum ControllerError {
     /// The configuration file could not be read or is invalid.
     #[error(transparent)]
     ConfigFile(#[from] config_file::LoadError),
+    /// A sync daemon cannot be started or stopped (ipvsadm's messages).
+    #[error(transparent)]
+    SyncDaemon(#[from] DaemonError),
 }
 
 /// The desired state and the data plane it is pushed to: the kernel's ([`Dataplane`]) in
@@ -87,6 +94,10 @@ pub struct Controller<D = Dataplane> {
     pressure: Pressure,
     /// The data plane's walk count when its fill was last taken.
     walks_seen: u64,
+    /// The connection-sync daemons that run (saved with the configuration).
+    sync_daemons: Daemons,
+    /// Shared with the sync tasks: which daemons should run, and their counters.
+    sync: Hub,
 }
 
 /// New FULLNAT connections of one service refused for want of a local port.
@@ -120,7 +131,72 @@ impl<D: DataplaneOps> Controller<D> {
             refused: HashMap::new(),
             pressure: Pressure::default(),
             walks_seen: 0,
+            sync_daemons: Daemons::default(),
+            sync: Hub::default(),
         }
+    }
+
+    /// What the controller shares with the sync tasks.
+    pub fn sync_hub(&self) -> &Hub {
+        &self.sync
+    }
+
+    /// The running sync daemons.
+    pub fn sync_daemons(&self) -> &Daemons {
+        &self.sync_daemons
+    }
+
+    /// Starts a connection-sync daemon (`--start-daemon`), saved as every change is.
+    pub fn start_daemon(&mut self, daemon: DaemonConfig) -> Result<(), ControllerError> {
+        let ifn = daemon.mcast_ifn.clone();
+        let next = self.sync_daemons.started(daemon)?;
+        if crate::sync::ifindex(&ifn).is_none() {
+            return Err(DaemonError::NoDevice(ifn).into());
+        }
+        self.set_sync_daemons(next, true)
+    }
+
+    /// Stops the connection-sync daemon of `role` (`--stop-daemon`), saved as every change is.
+    pub fn stop_daemon(&mut self, role: Role) -> Result<(), ControllerError> {
+        let next = self.sync_daemons.stopped(role)?;
+        self.set_sync_daemons(next, true)
+    }
+
+    /// Makes `next` the running sync daemons: CONFIG's SYNC_MASTER flag follows the master
+    /// (the data plane reports connections only while one runs), the state is saved when
+    /// `save` (not when restoring it at start), and the sync tasks follow. A daemon whose
+    /// interface is missing at start is still restored: its task retries and logs.
+    pub fn set_sync_daemons(&mut self, next: Daemons, save: bool) -> Result<(), ControllerError> {
+        let mut cfg = self.pushed;
+        cfg.flags &= !config_flags::SYNC_MASTER;
+        if next.master.is_some() {
+            cfg.flags |= config_flags::SYNC_MASTER;
+        }
+        let staged = match (&self.state, save) {
+            (Some(state), true) => Some(
+                state
+                    .stage(&self.config, self.timeouts, &next)
+                    .map_err(ControllerError::Save)?,
+            ),
+            _ => None,
+        };
+        if cfg != self.pushed {
+            self.dataplane.set_config(cfg)?;
+        }
+        if let Some(staged) = staged {
+            if let Err(e) = staged.commit() {
+                if cfg != self.pushed {
+                    if let Err(again) = self.dataplane.set_config(self.pushed) {
+                        warn!(error = %again, "restoring CONFIG's sync flag failed");
+                    }
+                }
+                return Err(ControllerError::Save(e));
+            }
+        }
+        self.pushed = cfg;
+        self.sync_daemons = next;
+        self.sync.publish(&self.sync_daemons);
+        Ok(())
     }
 
     /// The director runs on these interfaces too (two arms).
@@ -211,7 +287,7 @@ impl<D: DataplaneOps> Controller<D> {
         let staged = match &self.state {
             Some(state) => Some(
                 state
-                    .stage(&next, timeouts)
+                    .stage(&next, timeouts, &self.sync_daemons)
                     .map_err(ControllerError::Save)?,
             ),
             None => None,
@@ -298,7 +374,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// Saves the running configuration (when there is a state file).
     pub fn save_state(&self) -> Result<(), crate::state::StateError> {
         match &self.state {
-            Some(s) => s.save(&self.config, self.timeouts),
+            Some(s) => s.save(&self.config, self.timeouts, &self.sync_daemons),
             None => Ok(()),
         }
     }
@@ -788,6 +864,14 @@ impl<D: DataplaneOps> Controller<D> {
                     ..self.pressure.status()
                 }
             },
+            sync_daemons: self
+                .sync_daemons
+                .iter()
+                .map(|d| {
+                    let mtu = crate::sync::iface_mtu(&d.mcast_ifn).unwrap_or(1500);
+                    d.status(mtu, self.sync.stats(d.role))
+                })
+                .collect(),
         })
     }
 

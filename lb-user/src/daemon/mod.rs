@@ -222,6 +222,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         info!(state = %f.path().display(), "saved state reset");
     }
     let initial = initial_state(&opts, state_file.as_ref())?;
+    // The sync daemons are not part of a configuration file: they come from the state file,
+    // also with --config.
+    let sync_daemons = match &state_file {
+        Some(f) => f.load_all()?.map(|s| s.sync_daemons).unwrap_or_default(),
+        None => Default::default(),
+    };
     let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
         iface: opts.iface.clone(),
         ifindex,
@@ -272,6 +278,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut controller = Controller::new(dataplane, &opts.iface).also_on(&opts.more_ifaces);
     controller.set_tunnel_sources(&opts.tun_src)?;
     controller.set_audit_fullnat(opts.audit_fullnat)?;
+    // Resumed as saved (CONFIG's sync flag follows, also clearing an adopted one).
+    for d in sync_daemons.iter() {
+        info!(role = ?d.role, mcast_ifn = %d.mcast_ifn, syncid = d.syncid, "sync daemon resumed");
+    }
+    controller.set_sync_daemons(sync_daemons, false)?;
     if let Some(f) = state_file {
         controller = controller.with_state(f);
     }

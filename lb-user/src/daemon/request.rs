@@ -59,6 +59,8 @@ impl Answer {
 
 /// Reads a request line: the protocol version first, then the command, so an old client gets
 /// a useful message rather than a parse error.
+// The error is the answer itself, made once per refused request: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
 pub fn parse_request(line: &str) -> Result<Command, Response> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| error(&format!("malformed request: {e}")))?;
@@ -106,6 +108,22 @@ impl<D: DataplaneOps> Controller<D> {
                 diff_answer(self.apply_desired(&state, dry_run), dry_run)
             }
             Command::Reload { dry_run } => diff_answer(self.reload(config_file, dry_run), dry_run),
+            Command::StartDaemon { daemon } => {
+                let role = daemon.role;
+                let ifn = daemon.mcast_ifn.clone();
+                let answer = Answer::of(self.start_daemon(daemon), ok);
+                if matches!(answer.response, Response::Ok { .. }) {
+                    info!(?role, mcast_ifn = %ifn, "sync daemon started");
+                }
+                answer
+            }
+            Command::StopDaemon { role } => {
+                let answer = Answer::of(self.stop_daemon(role), ok);
+                if matches!(answer.response, Response::Ok { .. }) {
+                    info!(?role, "sync daemon stopped");
+                }
+                answer
+            }
         }
     }
 

@@ -794,3 +794,92 @@ fn the_first_interface_names_the_director_and_none_is_given_twice() {
     let err = super::split_interfaces(&twice).unwrap_err().to_string();
     assert!(err.contains("--iface eth0 is given twice"), "{err}");
 }
+
+#[test]
+fn sync_daemons_start_stop_list_and_survive_a_restart_through_the_state_file() {
+    use crate::sync::{daemon::DaemonConfig, Role};
+    use lb_common::config_flags::SYNC_MASTER;
+    let scratch = Scratch::new("syncd");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    // "lo" exists in every namespace the tests run in.
+    let master = DaemonConfig {
+        mcast_ifn: "lo".into(),
+        syncid: 5,
+        ..DaemonConfig::new(Role::Master)
+    };
+    ok(send(
+        &mut c,
+        Command::StartDaemon {
+            daemon: master.clone(),
+        },
+        None,
+    ));
+    assert_ne!(
+        c.dataplane().current_config().unwrap().flags & SYNC_MASTER,
+        0
+    );
+    assert_eq!(
+        refused(send(
+            &mut c,
+            Command::StartDaemon {
+                daemon: master.clone()
+            },
+            None
+        )),
+        "Daemon has already run"
+    );
+    // A backup beside it, as IPVS allows.
+    let backup = DaemonConfig {
+        mcast_ifn: "lo".into(),
+        ..DaemonConfig::new(Role::Backup)
+    };
+    ok(send(
+        &mut c,
+        Command::StartDaemon {
+            daemon: backup.clone(),
+        },
+        None,
+    ));
+    let text = crate::sync::daemon::render_daemons(&listing(&mut c).sync_daemons);
+    assert!(
+        text.starts_with("master sync daemon (mcast=lo, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\nbackup sync daemon (mcast=lo, syncid=0, maxlen="),
+        "{text}"
+    );
+    // Missing interface: the kernel's ENODEV.
+    let mut c2 = controller();
+    let e = refused(send(
+        &mut c2,
+        Command::StartDaemon {
+            daemon: DaemonConfig {
+                mcast_ifn: "xvs-none0".into(),
+                ..DaemonConfig::new(Role::Master)
+            },
+        },
+        None,
+    ));
+    assert!(e.contains("No such device"), "{e}");
+    // Saved: a new controller resumes both.
+    let saved = state.load_all().unwrap().unwrap().sync_daemons;
+    assert_eq!(saved.master, Some(master));
+    assert_eq!(saved.backup, Some(backup));
+    ok(send(
+        &mut c,
+        Command::StopDaemon { role: Role::Master },
+        None,
+    ));
+    assert_eq!(
+        c.dataplane().current_config().unwrap().flags & SYNC_MASTER,
+        0
+    );
+    assert_eq!(
+        refused(send(
+            &mut c,
+            Command::StopDaemon { role: Role::Master },
+            None
+        )),
+        "No daemon is running"
+    );
+    let saved = state.load_all().unwrap().unwrap().sync_daemons;
+    assert!(saved.master.is_none() && saved.backup.is_some());
+}
