@@ -27,7 +27,9 @@ use crate::{
     state::{DesiredState, StateFile},
     sync::{
         daemon::{DaemonConfig, DaemonError, Daemons},
-        Hub, Role,
+        installer,
+        receiver::Installed,
+        Hub, Role, SyncConn,
     },
 };
 
@@ -160,6 +162,107 @@ impl<D: DataplaneOps> Controller<D> {
     pub fn stop_daemon(&mut self, role: Role) -> Result<(), ControllerError> {
         let next = self.sync_daemons.stopped(role)?;
         self.set_sync_daemons(next, true)
+    }
+
+    /// The IPVS entries a master sends for these data-plane reports: each names its real
+    /// server through its backend slot, which must still hold the real server the connection
+    /// went to (same generation). Reports of FULLNAT connections (IPVS has no such method),
+    /// of mixed families and of slots no longer in use are left out.
+    pub fn describe_sync_events(&self, events: &[lb_common::SyncEvent]) -> Vec<SyncConn> {
+        let generations = self.dataplane.slot_generations();
+        let mut slots: HashMap<u32, (SocketAddr, Option<crate::sync::Forward>)> = HashMap::new();
+        for svc in self.applied.config.services() {
+            for r in &svc.reals {
+                if let Some(id) = self.dataplane.backend_id(&svc.key, r.addr) {
+                    slots.insert(id, (r.addr, installer::forward_of(&r.forward)));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let Some(&(real, Some(forward))) = slots.get(&ev.backend) else {
+                continue;
+            };
+            if generations.get(&ev.backend) != Some(&ev.generation) {
+                continue;
+            }
+            out.extend(installer::event_to_conn(ev, real, forward, &self.pushed));
+        }
+        out
+    }
+
+    /// Installs entries a backup received: each is mapped to the local service (by protocol,
+    /// VIP and port; a port-0 service takes any port) and real server (address and port; one
+    /// given without a port takes any) and written to the connection table, proven and
+    /// expiring as the master said. Templates, and connections whose local real server is
+    /// reached by NAT or FULLNAT (their way back is not synced), are skipped and counted.
+    pub fn install_synced(&mut self, conns: &[SyncConn]) -> Installed {
+        let mut done = Installed::default();
+        let generations = self.dataplane.slot_generations();
+        let now = crate::dataplane::monotonic_ns();
+        for conn in conns {
+            if conn.is_template() {
+                done.skip("template");
+                continue;
+            }
+            let protocol = match conn.protocol {
+                lb_common::PROTO_TCP => Protocol::Tcp,
+                lb_common::PROTO_UDP => Protocol::Udp,
+                _ => {
+                    done.skip("unsupported");
+                    continue;
+                }
+            };
+            let vip = conn.addrs.virt();
+            let service = [conn.ports.virt, 0].into_iter().find_map(|port| {
+                let key = ServiceKey::new(protocol, SocketAddr::new(vip, port));
+                self.applied.config.service(&key).map(|s| (key, s))
+            });
+            let Some((key, svc)) = service else {
+                done.skip("unknown_service");
+                continue;
+            };
+            let real = installer::real_of(conn);
+            let found = [real, SocketAddr::new(real.ip(), 0)]
+                .into_iter()
+                .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
+            let Some(r) = found else {
+                done.skip("unknown_real");
+                continue;
+            };
+            if !matches!(r.forward, ForwardMethod::Dr | ForwardMethod::Tunnel(_)) {
+                done.skip("unsupported");
+                continue;
+            }
+            let (Some(service_id), Some(backend)) = (
+                self.dataplane.service_id(&key),
+                self.dataplane.backend_id(&key, r.addr),
+            ) else {
+                done.skip("unknown_real");
+                continue;
+            };
+            let Some(&generation) = generations.get(&backend) else {
+                done.skip("unknown_real");
+                continue;
+            };
+            let Some(entry) =
+                installer::conn_to_entry(conn, service_id, backend, generation, &self.pushed, now)
+            else {
+                done.skip("unsupported");
+                continue;
+            };
+            match self
+                .dataplane
+                .install_conn(&installer::flow_key(conn), &entry)
+            {
+                Ok(()) => done.installed += 1,
+                Err(e) => {
+                    warn!(error = %e, "installing a synced connection failed");
+                    done.skip("install");
+                }
+            }
+        }
+        done
     }
 
     /// Makes `next` the running sync daemons: CONFIG's SYNC_MASTER flag follows the master

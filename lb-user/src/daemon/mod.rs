@@ -256,6 +256,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
     }
     dataplane.set_params(opts.params);
+    let sync_events = dataplane.take_sync_events();
     let pins = opts.pin_dir.display();
     match &start {
         Start::Fresh => {
@@ -315,6 +316,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         access: opts.access.clone(),
         config_file: opts.config.clone(),
     });
+    let sync_tasks = spawn_sync(&shared, sync_events).await;
     // Health changes reach the tables as soon as a check decides (coalesced: one push for
     // everything that changed meanwhile).
     let health_task = {
@@ -443,9 +445,38 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         t.abort();
     }
     health_task.abort();
+    for t in sync_tasks {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())
+}
+
+/// Starts the sync daemons' tasks (each follows the daemons the controller says should run):
+/// the master's reader of the data plane's reports, and the backup's receiver. Both ask the
+/// controller, which knows the backend slots, to name or install connections.
+async fn spawn_sync(
+    shared: &Arc<Shared>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let hub = shared.controller.lock().await.sync_hub().clone();
+    let mut tasks = Vec::new();
+    if let Some(ring) = events {
+        let s = shared.clone();
+        let describe: crate::sync::sender::Describe = Arc::new(move |events| {
+            let s = s.clone();
+            Box::pin(async move { s.controller.lock().await.describe_sync_events(&events) })
+        });
+        tasks.push(crate::sync::sender::spawn(ring, hub.clone(), describe));
+    }
+    let s = shared.clone();
+    let install: crate::sync::receiver::Install = Arc::new(move |conns| {
+        let s = s.clone();
+        Box::pin(async move { s.controller.lock().await.install_synced(&conns) })
+    });
+    tasks.push(crate::sync::receiver::spawn(hub, install));
+    tasks
 }
 
 /// Splits `--iface` (given once or more) into the first interface, which names the director,

@@ -883,3 +883,70 @@ fn sync_daemons_start_stop_list_and_survive_a_restart_through_the_state_file() {
     let saved = state.load_all().unwrap().unwrap().sync_daemons;
     assert!(saved.master.is_none() && saved.backup.is_some());
 }
+
+#[test]
+fn a_synced_connection_is_installed_on_the_same_real_server_and_described_back_alike() {
+    use crate::sync::{Addrs, ConnFlags, ConnState as Wire, Forward, Ports, SyncConn, TcpState};
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        "-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 198.51.100.11 -g\n-a -t 192.0.2.10:80 -r 198.51.100.12 -g\n-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 198.51.100.13 -m",
+    ));
+    let conn = |vip: &str, real: &str| SyncConn {
+        protocol: 6,
+        flags: ConnFlags::new(Forward::DirectRoute),
+        state: Wire::Tcp(TcpState::Established),
+        addrs: Addrs::V4 {
+            client: "203.0.113.7".parse().unwrap(),
+            virt: vip.parse().unwrap(),
+            dest: real.parse().unwrap(),
+        },
+        ports: Ports {
+            client: 40000,
+            virt: 80,
+            dest: 80,
+        },
+        fwmark: 0,
+        timeout_secs: 900,
+        seq: None,
+        pe: None,
+    };
+    let done = c.install_synced(&[
+        conn("192.0.2.10", "198.51.100.12"),
+        conn("192.0.2.99", "198.51.100.12"),
+        conn("192.0.2.10", "198.51.100.99"),
+        conn("192.0.2.20", "198.51.100.13"),
+    ]);
+    assert_eq!(done.installed, 1);
+    assert_eq!(
+        done.skipped,
+        [
+            ("unknown_real", 1),
+            ("unknown_service", 1),
+            ("unsupported", 1)
+        ]
+        .into()
+    );
+    let conns = match ok(send(&mut c, Command::Connections, None)).response {
+        Response::Connections { conns } => conns,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].real, "198.51.100.12:80".parse().unwrap());
+    assert_eq!(conns[0].state, "ESTABLISHED");
+    // The master's side of the same entry: its report names the same real server.
+    let info = c.dataplane().connections(10).unwrap()[0];
+    let ev = lb_common::SyncEvent {
+        key: info.key,
+        backend: info.entry.backend,
+        generation: info.entry.generation,
+        service: info.entry.service,
+        state: info.entry.state,
+        kind: lb_common::sync_event::NEW,
+        _pad: [0; 2],
+    };
+    assert_eq!(
+        c.describe_sync_events(&[ev]),
+        vec![conn("192.0.2.10", "198.51.100.12")]
+    );
+}

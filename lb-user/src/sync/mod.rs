@@ -10,6 +10,11 @@
 //! sockets ([`socket`]), the master's [`sender`], the backup's [`receiver`] and what turns
 //! an entry into a connection-table entry and back ([`installer`]).
 
+pub mod installer;
+pub mod receiver;
+pub mod sender;
+pub mod socket;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
