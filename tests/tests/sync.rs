@@ -144,7 +144,7 @@ fn tshark_syncid(ns: &str) -> mpsc::Receiver<String> {
 
 #[test]
 fn a_connection_through_the_master_continues_on_the_same_real_server_through_the_backup() {
-    let lab = two_reals("sync");
+    let mut lab = two_reals("sync");
     let b = director_b(&lab);
     service(|a| lab.xvsadm_ok(a));
     service(|a| b.xvsadm_ok_in(a, None));
@@ -238,6 +238,28 @@ fn a_connection_through_the_master_continues_on_the_same_real_server_through_the
         .recv_timeout(Duration::from_secs(45))
         .expect("tshark ended");
     assert_eq!(seen, SYNCID, "tshark's ipvs.syncid");
+    // A restart of A's xvsd resumes its master from the state file, and the adopted data
+    // plane reports to the new xvsd (its ring buffer is the new program's own).
+    lab.stop_xvsd().unwrap();
+    lab.start_xvsd().unwrap();
+    assert_eq!(
+        lab.xvsadm_ok(&["-L", "--daemon"]).unwrap(),
+        "master sync daemon (mcast=eth0, syncid=7, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n",
+        "{}",
+        lab.xvsd_log()
+    );
+    let mut second = lab.connect(format!("{VIP4}:80").parse().unwrap()).unwrap();
+    second.get().unwrap();
+    poll(
+        Duration::from_secs(10),
+        "the second connection on director B",
+        || {
+            let on_a = connections(&lab.xvsadm_ok(&["-L", "-n", "-c"]).ok()?);
+            let on_b = connections(&b.xvsadm_ok_in(&["-L", "-n", "-c"], None).ok()?);
+            (on_a.len() == 2 && on_a.iter().all(|c| on_b.contains(c))).then_some(())
+        },
+    )
+    .unwrap();
     // Stopping: ipvsadm's error once stopped.
     b.xvsadm_ok_in(&["--stop-daemon", "backup"], None).unwrap();
     assert_eq!(b.xvsadm_ok_in(&["-L", "--daemon"], None).unwrap(), "");
