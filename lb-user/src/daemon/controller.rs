@@ -167,9 +167,23 @@ impl<D: DataplaneOps> Controller<D> {
     /// The IPVS entries a master sends for these data-plane reports: each names its real
     /// server through its backend slot, which must still hold the real server the connection
     /// went to (same generation). Reports of FULLNAT connections (IPVS has no such method),
-    /// of mixed families and of slots no longer in use are left out.
+    /// of mixed families and of slots no longer in use are left out. A connection of a
+    /// persistent service is followed by its template, as IPVS syncs a connection's
+    /// controlling template after it (service groups' templates are not sent).
     pub fn describe_sync_events(&self, events: &[lb_common::SyncEvent]) -> Vec<SyncConn> {
         let generations = self.dataplane.slot_generations();
+        let persistent: HashMap<u32, (SocketAddr, crate::model::Persistence)> = self
+            .applied
+            .config
+            .services()
+            .iter()
+            .filter_map(|svc| match (svc.key, svc.persistence) {
+                (ServiceKey::Addr { addr, .. }, Some(p)) => {
+                    Some((self.dataplane.service_id(&svc.key)?, (addr, p)))
+                }
+                _ => None,
+            })
+            .collect();
         let mut slots: HashMap<u32, (SocketAddr, Option<crate::sync::Forward>)> = HashMap::new();
         for svc in self.applied.config.services() {
             for r in &svc.reals {
@@ -186,7 +200,14 @@ impl<D: DataplaneOps> Controller<D> {
             if generations.get(&ev.backend) != Some(&ev.generation) {
                 continue;
             }
-            out.extend(installer::event_to_conn(ev, real, forward, &self.pushed));
+            let Some(conn) = installer::event_to_conn(ev, real, forward, &self.pushed) else {
+                continue;
+            };
+            let template = persistent
+                .get(&ev.service)
+                .map(|(addr, p)| installer::template_of(&conn, *addr, p.prefix, p.timeout));
+            out.push(conn);
+            out.extend(template);
         }
         out
     }
@@ -194,17 +215,14 @@ impl<D: DataplaneOps> Controller<D> {
     /// Installs entries a backup received: each is mapped to the local service (by protocol,
     /// VIP and port; a port-0 service takes any port) and real server (address and port; one
     /// given without a port takes any) and written to the connection table, proven and
-    /// expiring as the master said. Templates, and connections whose local real server is
-    /// reached by NAT or FULLNAT (their way back is not synced), are skipped and counted.
+    /// expiring as the master said; a template goes to the persistence table. Connections
+    /// whose local real server is reached by NAT or FULLNAT (their way back is not synced)
+    /// are skipped and counted.
     pub fn install_synced(&mut self, conns: &[SyncConn]) -> Installed {
         let mut done = Installed::default();
         let generations = self.dataplane.slot_generations();
         let now = crate::dataplane::monotonic_ns();
         for conn in conns {
-            if conn.is_template() {
-                done.skip("template");
-                continue;
-            }
             let protocol = match conn.protocol {
                 lb_common::PROTO_TCP => Protocol::Tcp,
                 lb_common::PROTO_UDP => Protocol::Udp,
@@ -214,6 +232,10 @@ impl<D: DataplaneOps> Controller<D> {
                 }
             };
             let vip = conn.addrs.virt();
+            if conn.is_template() {
+                self.install_template(conn, protocol, &generations, now, &mut done);
+                continue;
+            }
             let service = [conn.ports.virt, 0].into_iter().find_map(|port| {
                 let key = ServiceKey::new(protocol, SocketAddr::new(vip, port));
                 self.applied.config.service(&key).map(|s| (key, s))
@@ -263,6 +285,60 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
         done
+    }
+
+    /// Installs template `conn` (of `protocol`) a backup received: its service is the one of
+    /// its VIP and port exactly (0 for a port-0 service), which must be persistent here too;
+    /// its client network is taken under our netmask.
+    fn install_template(
+        &mut self,
+        conn: &SyncConn,
+        protocol: Protocol,
+        generations: &HashMap<u32, u32>,
+        now: u64,
+        done: &mut Installed,
+    ) {
+        let key = ServiceKey::new(
+            protocol,
+            SocketAddr::new(conn.addrs.virt(), conn.ports.virt),
+        );
+        let Some(svc) = self.applied.config.service(&key) else {
+            done.skip("unknown_service");
+            return;
+        };
+        let Some(p) = svc.persistence else {
+            done.skip("not_persistent");
+            return;
+        };
+        let real = installer::real_of(conn);
+        let found = [real, SocketAddr::new(real.ip(), 0)]
+            .into_iter()
+            .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
+        let Some(r) = found else {
+            done.skip("unknown_real");
+            return;
+        };
+        let (Some(service_id), Some(backend)) = (
+            self.dataplane.service_id(&key),
+            self.dataplane.backend_id(&key, r.addr),
+        ) else {
+            done.skip("unknown_real");
+            return;
+        };
+        let Some(&generation) = generations.get(&backend) else {
+            done.skip("unknown_real");
+            return;
+        };
+        let (k, t) = installer::template_entry(
+            conn, service_id, p.prefix, p.timeout, backend, generation, now,
+        );
+        match self.dataplane.install_template(&k, &t) {
+            Ok(()) => done.installed += 1,
+            Err(e) => {
+                warn!(error = %e, "installing a synced template failed");
+                done.skip("install");
+            }
+        }
     }
 
     /// Makes `next` the running sync daemons: CONFIG's SYNC_MASTER flag follows the master

@@ -950,3 +950,65 @@ fn a_synced_connection_is_installed_on_the_same_real_server_and_described_back_a
         vec![conn("192.0.2.10", "198.51.100.12")]
     );
 }
+
+#[test]
+fn a_persistent_services_template_is_sent_with_its_connection_and_installed_by_a_backup() {
+    use crate::sync::{Addrs, ConnFlags, ConnState as Wire, Forward, Ports, SyncConn, TcpState};
+    let mut master = controller();
+    let mut backup = controller();
+    let rules_text = "-A -t 192.0.2.10:80 -s rr -p 600 -M 255.255.255.0\n-a -t 192.0.2.10:80 -r 198.51.100.11 -g\n-a -t 192.0.2.10:80 -r 198.51.100.12 -g";
+    ok(rules(&mut master, rules_text));
+    ok(rules(&mut backup, rules_text));
+    let conn = SyncConn {
+        protocol: 6,
+        flags: ConnFlags::new(Forward::DirectRoute),
+        state: Wire::Tcp(TcpState::Established),
+        addrs: Addrs::V4 {
+            client: "203.0.113.7".parse().unwrap(),
+            virt: "192.0.2.10".parse().unwrap(),
+            dest: "198.51.100.12".parse().unwrap(),
+        },
+        ports: Ports {
+            client: 40000,
+            virt: 80,
+            dest: 80,
+        },
+        fwmark: 0,
+        timeout_secs: 900,
+        seq: None,
+        pe: None,
+    };
+    // The master's report of the connection (as its table has it, installed here for the
+    // test) is sent with the service's template.
+    master.install_synced(std::slice::from_ref(&conn));
+    let info = master.dataplane().connections(10).unwrap()[0];
+    let sent = master.describe_sync_events(&[lb_common::SyncEvent {
+        key: info.key,
+        backend: info.entry.backend,
+        generation: info.entry.generation,
+        service: info.entry.service,
+        state: info.entry.state,
+        kind: lb_common::sync_event::NEW,
+        _pad: [0; 2],
+    }]);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[1].is_template());
+    assert_eq!(
+        sent[1].addrs.client(),
+        "203.0.113.0".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(sent[1].timeout_secs, 600);
+    // The backup installs both: the template lists as IPVS's (state NONE, client port 0).
+    let done = backup.install_synced(&sent);
+    assert_eq!(done.installed, 2, "{done:?}");
+    let conns = match ok(send(&mut backup, Command::Connections, None)).response {
+        Response::Connections { conns } => conns,
+        other => panic!("{other:?}"),
+    };
+    let template = conns
+        .iter()
+        .find(|c| c.state == "NONE")
+        .expect("a template");
+    assert_eq!(template.client, "203.0.113.0:0".parse().unwrap());
+    assert_eq!(template.real, "198.51.100.12:80".parse().unwrap());
+}

@@ -159,6 +159,16 @@ impl DataplaneOps for MemoryDataplane {
         Ok(())
     }
 
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        self.templates.retain(|(k, _, _)| k != key);
+        self.templates.push((*key, *entry, u64::MAX));
+        Ok(())
+    }
+
     fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
         if std::mem::take(&mut self.fail_config) {
             return Err(MapsError::new(lb_common::names::MAP_CONFIG, "injected failure").into());

@@ -474,6 +474,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes a persistence template (one synced from another director).
+    pub fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        self.persist
+            .insert(key, entry, 0)
+            .map_err(map_err(names::MAP_PERSIST))?;
+        Ok(())
+    }
+
     /// The connection reports for the master sync daemon, once.
     pub fn take_sync_events(&mut self) -> Option<RingBuf<MapData>> {
         self.sync_events.take()

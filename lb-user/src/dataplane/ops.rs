@@ -23,6 +23,12 @@ pub trait DataplaneOps {
     fn slot_generations(&self) -> HashMap<u32, u32>;
     /// Writes a connection-table entry (a connection synced from another director).
     fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError>;
+    /// Writes a persistence template (one synced from another director).
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError>;
     /// Whether adopted tables wait for the first configuration.
     fn adoption_pending(&self) -> bool;
     /// The adopted real servers' MACs.
@@ -101,6 +107,13 @@ impl DataplaneOps for Dataplane {
     }
     fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
         Dataplane::install_conn(self, key, entry)
+    }
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::install_template(self, key, entry)
     }
     fn adoption_pending(&self) -> bool {
         Dataplane::adoption_pending(self)

@@ -167,6 +167,92 @@ pub fn conn_to_entry(
     })
 }
 
+/// The persistence template IPVS sends with a connection of a persistent service (ip_vs_sync.c
+/// syncs a connection's controlling template after it): client `conn`'s address under the
+/// service's `prefix`, client port 0, the service's own address and port (`service`: port 0
+/// for a port-0 service), the connection's real server, the persistence timeout.
+pub fn template_of(
+    conn: &SyncConn,
+    service: SocketAddr,
+    prefix: u8,
+    timeout_secs: u32,
+) -> SyncConn {
+    let client = mask(conn.addrs.client(), prefix);
+    let addrs = match (client, service.ip(), conn.addrs) {
+        (IpAddr::V4(client), IpAddr::V4(virt), Addrs::V4 { dest, .. }) => {
+            Addrs::V4 { client, virt, dest }
+        }
+        (IpAddr::V6(client), IpAddr::V6(virt), Addrs::V6 { dest, .. }) => {
+            Addrs::V6 { client, virt, dest }
+        }
+        // Families always agree here (the service's and its connection's).
+        _ => conn.addrs,
+    };
+    SyncConn {
+        protocol: conn.protocol,
+        flags: ConnFlags {
+            template: true,
+            ..ConnFlags::new(conn.flags.forward)
+        },
+        state: ConnState::Template(super::TemplateState::None),
+        addrs,
+        ports: Ports {
+            client: 0,
+            virt: service.port(),
+            dest: conn.ports.dest,
+        },
+        fwmark: 0,
+        timeout_secs,
+        seq: None,
+        pe: None,
+    }
+}
+
+/// `addr` under a prefix of `prefix` bits, as the data plane masks a template's client.
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    let family = if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+    ip(family, &lb_common::mask_addr(&bytes(addr), prefix))
+}
+
+/// The persistence-table key and template a backup installs for template `conn` of service
+/// `service` (whose client prefix is `prefix` and persistence timeout `timeout_s`), bound to
+/// backend slot `backend` of `generation`: it expires after the timeout the master sent, at
+/// most ours.
+pub fn template_entry(
+    conn: &SyncConn,
+    service: u32,
+    prefix: u8,
+    timeout_s: u32,
+    backend: u32,
+    generation: u32,
+    now_ns: u64,
+) -> (lb_common::PersistKey, lb_common::PersistEntry) {
+    let client = conn.addrs.client();
+    let family = if client.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    };
+    let ours = u64::from(timeout_s) * NS;
+    let theirs = match conn.timeout_secs {
+        0 => ours,
+        s => (u64::from(s) * NS).min(ours),
+    };
+    (
+        lb_common::PersistKey {
+            client: lb_common::mask_addr(&bytes(client), prefix),
+            service,
+            family,
+            _pad: [0; 3],
+        },
+        lb_common::PersistEntry {
+            backend,
+            generation,
+            last_seen_ns: now_ns.saturating_sub(ours - theirs),
+        },
+    )
+}
+
 /// The real server an entry names: its address and port.
 pub fn real_of(conn: &SyncConn) -> SocketAddr {
     SocketAddr::new(conn.addrs.dest(), conn.ports.dest)
@@ -285,6 +371,39 @@ mod tests {
         }
         assert_eq!(local_state(132, ConnState::Other(1)), None, "SCTP");
         assert_eq!(real_of(&c), "198.51.100.11:80".parse().unwrap());
+    }
+
+    #[test]
+    fn a_persistent_services_template_travels_and_installs_under_the_netmask() {
+        let cfg = DataplaneConfig::default();
+        let c = event_to_conn(
+            &event(Local::Established),
+            "198.51.100.11:80".parse().unwrap(),
+            Forward::DirectRoute,
+            &cfg,
+        )
+        .unwrap();
+        let t = template_of(&c, "192.0.2.10:0".parse().unwrap(), 24, 300);
+        assert!(t.is_template());
+        assert_eq!(t.state.raw(), 0);
+        assert_eq!(
+            t.addrs,
+            Addrs::V4 {
+                client: "203.0.113.0".parse().unwrap(),
+                virt: "192.0.2.10".parse().unwrap(),
+                dest: "198.51.100.11".parse().unwrap(),
+            }
+        );
+        assert_eq!((t.ports.client, t.ports.virt, t.ports.dest), (0, 0, 80));
+        assert_eq!(t.timeout_secs, 300);
+        // The wire carries it as IPVS's template (flags bit 0x1000).
+        assert_ne!(t.flags.bits() & crate::sync::bits::TEMPLATE, 0);
+        let now = 1_000 * NS;
+        let (k, e) = template_entry(&t, 5, 24, 600, 6, 2, now);
+        assert_eq!(&k.client[..4], &[203, 0, 113, 0]);
+        assert_eq!((k.service, k.family), (5, FAMILY_V4));
+        assert_eq!((e.backend, e.generation), (6, 2));
+        assert_eq!(e.last_seen_ns, now - 300 * NS, "their 300 s of our 600");
     }
 
     #[test]
