@@ -204,6 +204,48 @@ impl ConnCounters {
     }
 }
 
+/// A connection the data plane recorded, or whose state changed, as it reports it on the
+/// SYNC_EVENTS ring buffer for xvsd's master sync daemon (only while CONFIG's SYNC_MASTER flag
+/// is set). xvsd turns the backend slot into the real server's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncEvent {
+    /// The flow, as the client sent it.
+    pub key: FlowKey,
+    /// Backend slot the flow is bound to.
+    pub backend: u32,
+    /// The slot's generation when the flow was bound.
+    pub generation: u32,
+    /// Service id.
+    pub service: u32,
+    /// ConnState as u8 (without the proof bits): also the timeout class.
+    pub state: u8,
+    /// [`sync_event`]: why it was reported.
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<SyncEvent>() == 56);
+
+/// SyncEvent::kind values.
+pub mod sync_event {
+    /// A new connection was recorded.
+    pub const NEW: u8 = 0;
+    /// Its TCP state changed.
+    pub const STATE: u8 = 1;
+    /// An established connection's periodic report, so that a backup's copy does not expire
+    /// while the connection lives (IPVS resends by packet count; see `SYNC_REFRESH_SHIFT`).
+    pub const REFRESH: u8 = 2;
+}
+
+/// A live established connection is reported again when a packet of it crosses a multiple of
+/// 2^36 ns (about 69 s) of the clock since its previous packet: at most about once a minute
+/// per connection, well within the 900 s a backup keeps an established connection.
+pub const SYNC_REFRESH_SHIFT: u32 = 36;
+
+/// Size of the SYNC_EVENTS ring buffer: 1 MiB, about 16,000 reports waiting for xvsd.
+pub const SYNC_EVENTS_BYTES: u32 = 1024 * 1024;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, any bit pattern valid.
@@ -212,6 +254,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEntry {}
     // SAFETY: as above (repr(C), Copy, no padding, any bit pattern valid).
     unsafe impl aya::Pod for super::ConnCounters {}
+    // SAFETY: as above (repr(C), Copy, explicit padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::SyncEvent {}
 }
 
 #[cfg(test)]

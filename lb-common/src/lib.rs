@@ -17,8 +17,8 @@ pub mod martian;
 pub mod reason;
 
 pub use conn::{
-    proof_owed, with_proof_owed, ConnClass, ConnCounters, ConnEntry, ConnState, FlowKey,
-    PROOF_MASK, PROOF_NEW, STATE_MASK,
+    proof_owed, sync_event, with_proof_owed, ConnClass, ConnCounters, ConnEntry, ConnState,
+    FlowKey, SyncEvent, PROOF_MASK, PROOF_NEW, STATE_MASK, SYNC_EVENTS_BYTES, SYNC_REFRESH_SHIFT,
 };
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
 pub use maps::{
@@ -93,6 +93,9 @@ pub mod names {
     pub const MAP_FULLNAT_CURSOR: &str = "FNAT_CURSOR";
     /// New FULLNAT connections for xvsd's audit log (ring buffer of lb_common::FullNatAudit).
     pub const MAP_FULLNAT_AUDIT: &str = "FNAT_AUDIT";
+    /// Connections recorded or changed, for the master sync daemon (ring buffer of
+    /// lb_common::SyncEvent); never pinned (each load has its own, nothing in it outlives xvsd).
+    pub const MAP_SYNC_EVENTS: &str = "SYNC_EVENTS";
     /// Per-CPU count per service of new FULLNAT connections refused for want of a port.
     pub const MAP_FULLNAT_EXHAUSTED: &str = "FNAT_EXHAUSTED";
     /// Per-CPU count per service of TCP packets that arrived mid-flow for a connection the

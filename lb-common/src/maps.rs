@@ -539,6 +539,9 @@ pub mod config_flags {
     /// xvsd runs with `--audit-fullnat`: each new FULLNAT connection is reported on the
     /// FNAT_AUDIT ring buffer (client, local address and port, real server).
     pub const AUDIT_FULLNAT: u8 = 8;
+    /// A master connection-sync daemon runs: the data plane reports new connections and
+    /// state changes on the SYNC_EVENTS ring buffer.
+    pub const SYNC_MASTER: u8 = 16;
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 64);
 

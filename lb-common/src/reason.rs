@@ -119,10 +119,13 @@ pub enum Reason {
     /// 255.255.255.255; IPv6 ::, ::1, multicast, IPv4-mapped: lb_common::martian): dropped, as
     /// the kernel drops it before IPVS sees it, instead of balanced to a real server.
     DropMartianSource = 44,
+    /// A connection's report to the master sync daemon did not fit the SYNC_EVENTS ring buffer
+    /// (xvsd fell behind): the packet was forwarded, a backup does not learn of this change.
+    SyncEventLost = 45,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 45;
+pub const REASON_COUNT: u32 = 46;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -176,6 +179,7 @@ impl Reason {
         Reason::DropNat64IcmpUntranslatable,
         Reason::ConnMidflowMiss,
         Reason::DropMartianSource,
+        Reason::SyncEventLost,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -269,6 +273,7 @@ impl Reason {
             Reason::DropNat64IcmpUntranslatable => "drop_nat64_icmp_untranslatable",
             Reason::ConnMidflowMiss => "conn_midflow_miss",
             Reason::DropMartianSource => "drop_martian_source",
+            Reason::SyncEventLost => "sync_event_lost",
         }
     }
 }

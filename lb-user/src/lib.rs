@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod neighbor;
 pub mod object;
 pub mod realserver;
+pub mod sync;
 pub mod tunnel;

@@ -432,6 +432,48 @@ pub fn render(s: &Snapshot<'_>) -> String {
             .iter()
             .map(|(name, n)| (vec![("reason", name.clone())], Int(*n))),
     );
+    // The connection-sync daemons (ipvsadm --start-daemon), one series per running role.
+    let role = |d: &crate::sync::daemon::DaemonStatus| {
+        let r = match d.role {
+            crate::sync::Role::Master => "master",
+            crate::sync::Role::Backup => "backup",
+        };
+        vec![("role", r.to_string()), ("syncid", d.syncid.to_string())]
+    };
+    e.family(
+        "xvs_sync_messages_total",
+        Kind::Counter,
+        "IPVS sync messages the daemon sent (master) or accepted (backup).",
+        l.sync_daemons
+            .iter()
+            .map(|d| (role(d), Int(d.stats.messages))),
+    );
+    e.family(
+        "xvs_sync_conns_total",
+        Kind::Counter,
+        "Connection entries the daemon sent (master) or accepted (backup).",
+        l.sync_daemons.iter().map(|d| (role(d), Int(d.stats.conns))),
+    );
+    e.family(
+        "xvs_sync_installed_total",
+        Kind::Counter,
+        "Backup: synced connections written to the connection table.",
+        l.sync_daemons
+            .iter()
+            .map(|d| (role(d), Int(d.stats.installed))),
+    );
+    e.family(
+        "xvs_sync_errors_total",
+        Kind::Counter,
+        "Messages or entries the daemon dropped, by reason (foreign_syncid, decode, unknown_service, unknown_real, unsupported, template, send...).",
+        l.sync_daemons.iter().flat_map(|d| {
+            d.stats.errors.iter().map(move |(reason, n)| {
+                let mut labels = role(d);
+                labels.push(("reason", reason.clone()));
+                (labels, Int(*n))
+            })
+        }),
+    );
     let a = s.activity;
     let t = l.table;
     let scalars: [(&str, Kind, &str, Value); 17] = [
@@ -644,6 +686,17 @@ mod tests {
                 announced: vec!["203.0.113.10".parse().unwrap()],
                 withdrawn: vec!["2001:db8::10".parse().unwrap()],
             })),
+            sync_daemons: vec![
+                crate::sync::daemon::DaemonConfig::new(crate::sync::Role::Backup).status(
+                    1500,
+                    crate::sync::daemon::SyncStats {
+                        messages: 4,
+                        conns: 40,
+                        installed: 38,
+                        errors: [("unknown_real".to_string(), 2)].into(),
+                    },
+                ),
+            ],
         }
     }
 
@@ -676,6 +729,9 @@ mod tests {
             "xvs_real_inactive_connections{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 5",
             "xvs_real_weight{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 3",
             "xvs_controller_syncs_total 3",
+            "xvs_sync_messages_total{role=\"backup\",syncid=\"0\"} 4",
+            "xvs_sync_installed_total{role=\"backup\",syncid=\"0\"} 38",
+            "xvs_sync_errors_total{role=\"backup\",syncid=\"0\",reason=\"unknown_real\"} 2",
             "xvs_real_health_up{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 0",
             "xvs_real_health_changes_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 1",
             "xvs_real_check_failures_total{service=\"TCP 203.0.113.10:80\",real=\"198.51.100.11:80\"} 2",

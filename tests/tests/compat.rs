@@ -76,37 +76,6 @@ fn refused_options_say_why_and_change_nothing() {
             "persistence engine, e.g. sip) is not supported",
         ),
         (
-            &[
-                "--start-daemon",
-                "master",
-                "--mcast-interface",
-                "eth0",
-                "--syncid",
-                "7",
-            ],
-            "connection-sync daemon does not apply",
-        ),
-        (
-            &[
-                "--start-daemon",
-                "backup",
-                "--mcast-group",
-                "224.0.0.81",
-                "--mcast-port",
-                "8848",
-                "--mcast-ttl",
-                "1",
-                "--sync-maxlen",
-                "1472",
-            ],
-            "connection-sync daemon does not apply",
-        ),
-        (
-            &["--stop-daemon", "master"],
-            "connection-sync daemon does not apply",
-        ),
-        (&["-L", "--daemon"], "connection-sync daemons"),
-        (
             &["-A", "-t", "203.0.113.20:80", "-w", "3"],
             "Illegal 'weight' option with the 'add-service' command",
         ),

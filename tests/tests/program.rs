@@ -1228,3 +1228,55 @@ fn entries_expiring_silently_leave_the_counts_within_a_step_of_their_timeout() {
         .conn_entry(&flow_key("192.0.2.8", 2002, "203.0.113.10", 80))
         .is_some());
 }
+
+/// The sync reports read from the ring so far.
+fn sync_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<lb_common::SyncEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(lb_user::sync::sender::event_of(&item).expect("a whole report"));
+    }
+    out
+}
+
+#[test]
+fn connections_are_reported_for_sync_only_while_a_master_runs() {
+    use lb_common::{config_flags::SYNC_MASTER, sync_event, ConnState};
+    let mut d = director();
+    let mut ring = d.dp.take_sync_events().expect("the SYNC_EVENTS ring");
+    // No master: nothing is reported.
+    d.run(&tcp("192.0.2.1", 41000, "203.0.113.10", 80, SYN));
+    d.run(&tcp("192.0.2.1", 41000, "203.0.113.10", 80, ACK));
+    assert!(sync_events(&mut ring).is_empty());
+    // A master: the new connection, then its state change, each with its flow and slot.
+    let mut cfg = d.dp.current_config().unwrap();
+    cfg.flags |= SYNC_MASTER;
+    d.dp.set_config(cfg).unwrap();
+    let syn = tcp("192.0.2.1", 41001, "203.0.113.10", 80, SYN);
+    d.run(&syn);
+    d.run(&tcp("192.0.2.1", 41001, "203.0.113.10", 80, ACK));
+    // An established hit without a change reports nothing.
+    d.run(&tcp("192.0.2.1", 41001, "203.0.113.10", 80, ACK));
+    let events = sync_events(&mut ring);
+    let kinds: Vec<(u8, u8)> = events.iter().map(|e| (e.kind, e.state)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (sync_event::NEW, ConnState::SynRecv as u8),
+            (sync_event::STATE, ConnState::Established as u8),
+        ]
+    );
+    let backend =
+        d.dp.backend_id(
+            &key(Protocol::Tcp, "203.0.113.10:80"),
+            "198.51.100.11:80".parse().unwrap(),
+        )
+        .unwrap();
+    for e in &events {
+        assert_eq!(e.backend, backend);
+        assert_eq!(u16::from_be(e.key.sport_be), 41001);
+        assert_eq!(u16::from_be(e.key.dport_be), 80);
+        assert_eq!(&e.key.dst[..4], &[203, 0, 113, 10]);
+        assert_eq!(e._pad, [0; 2]);
+    }
+    assert_eq!(d.reason(Reason::SyncEventLost), 0);
+}

@@ -34,6 +34,8 @@ Usage:
   xvsadm -L|l [virtual-service] [options]
   xvsadm -Z [virtual-service]
   xvsadm --set tcp tcpfin udp
+  xvsadm --start-daemon {master|backup} [daemon-options]
+  xvsadm --stop-daemon {master|backup}
   xvsadm stats [--watch] [--once] [--interval secs] [--json]
   xvsadm apply -f file [--dry-run]
   xvsadm reload [--dry-run]
@@ -59,6 +61,8 @@ Either long or short options are allowed.
   --list            -L|-l     list the table (all services, or the one given)
   --zero            -Z        zero counters and rates in a service or all services
   --set tcp tcpfin udp        set connection timeout values in seconds (0 keeps a value)
+  --start-daemon              start connection sync daemon (IPVS's messages, v1)
+  --stop-daemon               stop connection sync daemon
   --help            -h        display this help message
   --version         -v        display the version
   stats                       live per-service and per-real-server rates (xvsadm stats --help)
@@ -112,6 +116,7 @@ Options:
   --l-threshold  -y lthreshold        lower threshold of connections (0: 3/4 of the upper)
   --connection   -c                   output of current connections and persistence templates
   --timeout                           output of timeout (tcp tcpfin udp)
+  --daemon                            output of daemon information
   --stats                             output of statistics information
   --rate                              output of rate information (IPVS's 2-second estimator)
   --exact        -X                   expand numbers (display exact values)
@@ -156,6 +161,14 @@ without any of them keep the check. Durations: 1s, 500ms, 1.5s, 2m.
   --hysteresis weight                 -A/-E: up at quorum + hysteresis, down below quorum -
                                       hysteresis (hysteresis; default 0)
 
+Daemon Options (the sync network must be private: nothing is authenticated):
+  --syncid sid                        syncid for connection sync (default=0: a backup takes all)
+  --sync-maxlen length                Max sync message length (default from the MTU, 1472)
+  --mcast-interface interface         multicast interface for connection sync (default eth0)
+  --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
+  --mcast-port port                   UDP port (default=8848)
+  --mcast-ttl ttl                     Multicast TTL (default=1)
+
 Refused, with the reason, never ignored (IPVS features without meaning for an XDP director,
 or not in xvs yet):
   --tun-type gre, --tun-remcsum       GRE tunnels, GUE remote checksum offload: the real-server
@@ -163,11 +176,6 @@ or not in xvs yet):
   --sctp-service service-address      SCTP: xvs balances TCP and UDP
   --ops          -o                   one-packet scheduling: every UDP flow has an entry
   --pe           engine               persistence engine (sip): payloads are not parsed
-  --start-daemon, --stop-daemon {master|backup}, --daemon
-                                      connection sync daemon: each director keeps its own
-                                      connection table
-  --syncid, --sync-maxlen, --mcast-interface, --mcast-group, --mcast-port, --mcast-ttl
-                                      sync daemon options
 
 Names: without -n, -L, -c and -S print host names (reverse DNS, at most 2 s for a whole
 listing, then numbers) and /etc/services port names, as ipvsadm; -t, -u and -r accept both.

@@ -39,6 +39,8 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("client", "proto"),
     // The help text names ipvsadm's version, which the listing prints.
     ("help", "listing"),
+    // The state file keeps the sync daemons that run beside the configuration.
+    ("state", "sync"),
 ];
 
 fn layer(module: &str) -> u8 {

@@ -628,6 +628,7 @@ mod tests {
             table: Default::default(),
             drained: false,
             announce: None,
+            sync_daemons: vec![],
         }
     }
 

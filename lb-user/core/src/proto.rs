@@ -26,7 +26,8 @@ use crate::{
 /// 6: FULLNAT (the `fullnat` forwarding method, local-address changes, local addresses in
 ///    listings and connections): a version-5 daemon would not read them.
 /// 7: quorum and hysteresis (`SetQuorum`), announcements and quorum states in listings, the
-///    director's drain.
+///    director's drain; connection-sync daemons (`--start-daemon`, `--stop-daemon`;
+///    `sync_daemons` in listings).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest request line the daemon reads.
@@ -98,6 +99,16 @@ pub enum Command {
         /// Only compute the difference.
         #[serde(default)]
         dry_run: bool,
+    },
+    /// Start a connection-sync daemon (`--start-daemon`); saved, so a restart resumes it.
+    StartDaemon {
+        /// Its settings as given.
+        daemon: crate::sync::daemon::DaemonConfig,
+    },
+    /// Stop the connection-sync daemon of this role (`--stop-daemon`).
+    StopDaemon {
+        /// Master or backup.
+        role: crate::sync::Role,
     },
     /// Re-read the file xvsd was started with (`--config`) and apply the difference, as
     /// SIGHUP does (`xvsadm reload`).
@@ -187,6 +198,9 @@ pub struct Listing {
     /// What this director announces to its routers, when xvsd announces (--announce-table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Box<AnnounceStatus>>,
+    /// The running connection-sync daemons (`-L --daemon`), with their counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_daemons: Vec<crate::sync::daemon::DaemonStatus>,
 }
 
 /// This director's announcements (lb_core::announce).

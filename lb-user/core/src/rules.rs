@@ -3,8 +3,8 @@
 //!
 //! Every command and option of ipvsadm(8) is known. The ones that work do what they do in
 //! ipvsadm, with ipvsadm's table of which options go with which command (commands_v_options)
-//! and its defaults. The ones with no meaning for an XDP director (the sync daemon, SCTP,
-//! persistence engines) or that xvs does not have yet are refused with the reason, never
+//! and its defaults. The ones with no meaning for an XDP director (SCTP, persistence
+//! engines) or that xvs does not have yet are refused with the reason, never
 //! ignored.
 //!
 //! FULLNAT follows DPVS's ipvsadm: `-b` on -a/-e (no value), and its local-address commands
@@ -32,6 +32,10 @@ use crate::{
     },
     names::{self, Names, Numeric},
     proto::default_socket,
+    sync::{
+        daemon::{self, DaemonConfig},
+        Role,
+    },
 };
 
 /// xvsadm's arguments, ipvsadm's spelling. `--help` prints [`crate::help::USAGE`], not clap's
@@ -94,10 +98,10 @@ pub struct Args {
     /// Set connection timeouts in seconds (0 keeps a value): tcp tcpfin udp.
     #[arg(long = "set", num_args = 3, value_names = ["TCP", "TCPFIN", "UDP"], group = "command")]
     pub set: Option<Vec<String>>,
-    /// IPVS sync daemon (refused).
+    /// Start a connection-sync daemon: master or backup.
     #[arg(long = "start-daemon", group = "command", value_name = "STATE")]
     pub start_daemon: Option<String>,
-    /// IPVS sync daemon (refused).
+    /// Stop a connection-sync daemon: master or backup.
     #[arg(long = "stop-daemon", group = "command", value_name = "STATE")]
     pub stop_daemon: Option<String>,
     /// Print the help.
@@ -227,7 +231,7 @@ pub struct Args {
     /// With -L: show the connection timeouts.
     #[arg(long = "timeout")]
     pub timeout: bool,
-    /// With -L: sync daemon state (refused).
+    /// With -L: the running sync daemons.
     #[arg(long = "daemon")]
     pub daemon: bool,
     /// With -L: totals.
@@ -254,22 +258,22 @@ pub struct Args {
     /// With -L: the order services and real servers were added.
     #[arg(long = "nosort")]
     pub nosort: bool,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the interface it sends from or listens on (default eth0).
     #[arg(long = "mcast-interface", value_name = "INTERFACE")]
     pub mcast_interface: Option<String>,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the SyncID sent, or the only one taken (0: any), 0-255.
     #[arg(long = "syncid", value_name = "SID")]
     pub syncid: Option<String>,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the IPv4 or IPv6 multicast group (default 224.0.0.81).
     #[arg(long = "mcast-group", value_name = "ADDRESS")]
     pub mcast_group: Option<String>,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the UDP port (default 8848).
     #[arg(long = "mcast-port", value_name = "PORT")]
     pub mcast_port: Option<String>,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the multicast TTL, 1-255 (default 1).
     #[arg(long = "mcast-ttl", value_name = "TTL")]
     pub mcast_ttl: Option<String>,
-    /// Sync daemon option (refused).
+    /// Sync daemon: the largest message payload (default from the interface's MTU).
     #[arg(long = "sync-maxlen", value_name = "LENGTH")]
     pub sync_maxlen: Option<String>,
     /// Control socket of xvsd.
@@ -345,6 +349,15 @@ pub enum Action {
         /// Only this service.
         service: Option<ServiceKey>,
         /// JSON instead of a table.
+        json: bool,
+    },
+    /// Start a connection-sync daemon (`--start-daemon`).
+    StartDaemon(DaemonConfig),
+    /// Stop one (`--stop-daemon`).
+    StopDaemon(Role),
+    /// Show the running sync daemons (`-L --daemon`).
+    ListDaemons {
+        /// JSON (with counters) instead of ipvsadm's lines.
         json: bool,
     },
     /// Show the timeouts (`-L --timeout`).
@@ -519,11 +532,6 @@ const COMMANDS_V_OPTIONS: [&[u8; 37]; 17] = [
     b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // get-laddr
 ];
 
-/// Why the sync daemon has no place in xvs.
-const NO_SYNC_DAEMON: &str = "the IPVS connection-sync daemon does not apply to xvs: each \
-     director keeps its own connection table in an eBPF map (use mh so that directors behind \
-     ECMP agree on real servers without talking)";
-
 impl Args {
     /// Turns ipvsadm's flags into an action, refusing what xvs cannot honour.
     pub fn action(&self) -> Result<Action, CliError> {
@@ -567,7 +575,14 @@ impl Args {
                 })
             }
             Cmd::Flush => Ok(Action::Apply(vec![Change::Clear])),
-            Cmd::StartDaemon | Cmd::StopDaemon => err(NO_SYNC_DAEMON),
+            Cmd::StartDaemon => self.start_daemon_action(),
+            Cmd::StopDaemon => Ok(Action::StopDaemon(
+                match self.stop_daemon.as_deref().unwrap_or_default() {
+                    "master" => Role::Master,
+                    "backup" => Role::Backup,
+                    _ => return err("illegal start_daemon specified"),
+                },
+            )),
             Cmd::Add | Cmd::Edit | Cmd::Del => self.service_action(cmd),
             Cmd::AddDest | Cmd::EditDest | Cmd::DelDest => self.real_action(cmd),
         }
@@ -731,14 +746,6 @@ impl Args {
 
     /// Options and features xvs refuses, each with its reason.
     fn refuse_unsupported(&self) -> Result<(), CliError> {
-        if self.start_daemon.is_some() || self.stop_daemon.is_some() {
-            return err(NO_SYNC_DAEMON);
-        }
-        if self.daemon {
-            return err(format!(
-                "--daemon lists the IPVS connection-sync daemons, which xvs does not have: {NO_SYNC_DAEMON}"
-            ));
-        }
         if self.sctp_service.is_some() {
             return err("--sctp-service: xvs balances TCP and UDP only; SCTP packets pass to the kernel untouched");
         }
@@ -796,7 +803,47 @@ impl Args {
         Ok(())
     }
 
+    /// `--start-daemon STATE` and its options, ipvsadm's ranges and messages
+    /// (ipvsadm.c parse_options).
+    fn start_daemon_action(&self) -> Result<Action, CliError> {
+        let role = match self.start_daemon.as_deref().unwrap_or_default() {
+            "master" => Role::Master,
+            "backup" => Role::Backup,
+            _ => return err("illegal start-daemon parameter specified"),
+        };
+        let number = |v: &Option<String>, max: i64, what: &str| -> Result<Option<i64>, CliError> {
+            v.as_deref()
+                .map(|s| parse_number(s, if what == "syncid" { 0 } else { 1 }, max))
+                .map(|n| n.ok_or_else(|| CliError(format!("illegal {what} specified"))))
+                .transpose()
+        };
+        let mut d = DaemonConfig::new(role);
+        if let Some(ifn) = &self.mcast_interface {
+            d.mcast_ifn = ifn.clone();
+        }
+        d.syncid = number(&self.syncid, 255, "syncid")?.unwrap_or(0) as u8;
+        d.group = self
+            .mcast_group
+            .as_deref()
+            .map(daemon::parse_group)
+            .transpose()
+            .map_err(CliError)?;
+        d.port = number(&self.mcast_port, 65535, "mcast-port")?.map(|n| n as u16);
+        d.ttl = number(&self.mcast_ttl, 255, "mcast-ttl")?.map(|n| n as u8);
+        d.sync_maxlen = number(
+            &self.sync_maxlen,
+            daemon::SYNC_MAXLEN_MAX as i64,
+            "sync-maxlen",
+        )?
+        .map(|n| n as u32);
+        d.validate().map_err(|e| CliError(e.to_string()))?;
+        Ok(Action::StartDaemon(d))
+    }
+
     fn list_action(&self) -> Result<Action, CliError> {
+        if self.daemon {
+            return Ok(Action::ListDaemons { json: self.json });
+        }
         if self.timeout {
             return Ok(Action::ListTimeouts { json: self.json });
         }
@@ -1841,7 +1888,39 @@ mod tests {
                 &["-A", "-s", "rr"],
                 "You need to supply the 'service-address' option for the 'add-service' command",
             ),
-            (&["--start-daemon", "master"], "sync daemon"),
+            (
+                &["--start-daemon", "primary"],
+                "illegal start-daemon parameter specified",
+            ),
+            (&["--stop-daemon", "both"], "illegal start_daemon specified"),
+            (
+                &["--start-daemon", "master", "--syncid", "256"],
+                "illegal syncid specified",
+            ),
+            (
+                &["--start-daemon", "master", "--mcast-ttl", "0"],
+                "illegal mcast-ttl specified",
+            ),
+            (
+                &["--start-daemon", "master", "--mcast-port", "0"],
+                "illegal mcast-port specified",
+            ),
+            (
+                &["--start-daemon", "master", "--sync-maxlen", "65508"],
+                "illegal sync-maxlen specified",
+            ),
+            (
+                &["--start-daemon", "master", "--mcast-group", "192.0.2.1"],
+                "invalid IPv4 mcast-group `192.0.2.1'",
+            ),
+            (
+                &["--stop-daemon", "master", "--mcast-interface", "eth0"],
+                "Illegal 'mcast-interface' option with the 'stop-daemon' command",
+            ),
+            (
+                &["-L", "--daemon", "--stats"],
+                "options conflicts in the list command",
+            ),
             (
                 &[
                     "-A",
@@ -2238,40 +2317,6 @@ mod tests {
             ],
             "--pe (persistence engine, e.g. sip) is not supported",
         ),
-        (
-            &[
-                "--start-daemon",
-                "master",
-                "--mcast-interface",
-                "eth0",
-                "--syncid",
-                "3",
-            ],
-            "connection-sync daemon does not apply to xvs",
-        ),
-        (
-            &[
-                "--start-daemon",
-                "backup",
-                "--mcast-group",
-                "224.0.0.81",
-                "--mcast-port",
-                "8848",
-                "--mcast-ttl",
-                "1",
-                "--sync-maxlen",
-                "1472",
-            ],
-            "connection-sync daemon does not apply to xvs",
-        ),
-        (
-            &["--stop-daemon", "master"],
-            "connection-sync daemon does not apply to xvs",
-        ),
-        (
-            &["-L", "--daemon"],
-            "--daemon lists the IPVS connection-sync daemons",
-        ),
     ];
 
     #[test]
@@ -2280,6 +2325,54 @@ mod tests {
             let e = action(args).expect_err(&format!("{args:?} accepted"));
             assert!(e.0.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn sync_daemon_commands_take_ipvsadms_options_and_defaults() {
+        assert_eq!(
+            action(&["--start-daemon", "master"]).unwrap(),
+            Action::StartDaemon(DaemonConfig::new(Role::Master))
+        );
+        assert_eq!(
+            action(&[
+                "--start-daemon",
+                "backup",
+                "--mcast-interface",
+                "br0",
+                "--syncid",
+                "9",
+                "--mcast-group",
+                "ff02::81",
+                "--mcast-port",
+                "9000",
+                "--mcast-ttl",
+                "2",
+                "--sync-maxlen",
+                "1400",
+            ])
+            .unwrap(),
+            Action::StartDaemon(DaemonConfig {
+                role: Role::Backup,
+                mcast_ifn: "br0".into(),
+                syncid: 9,
+                sync_maxlen: Some(1400),
+                group: Some("ff02::81".parse().unwrap()),
+                port: Some(9000),
+                ttl: Some(2),
+            })
+        );
+        assert_eq!(
+            action(&["--stop-daemon", "backup"]).unwrap(),
+            Action::StopDaemon(Role::Backup)
+        );
+        assert_eq!(
+            action(&["-L", "--daemon"]).unwrap(),
+            Action::ListDaemons { json: false }
+        );
+        assert_eq!(
+            action(&["-L", "--daemon", "--json"]).unwrap(),
+            Action::ListDaemons { json: true }
+        );
     }
 
     #[test]

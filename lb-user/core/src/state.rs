@@ -16,7 +16,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Config, Timeouts};
+use crate::{
+    model::{Config, Timeouts},
+    sync::daemon::Daemons,
+};
 
 /// Where xvsd keeps its state unless told otherwise (`xvsd --state-dir`), in the host's
 /// network namespace.
@@ -87,12 +90,16 @@ pub enum StateError {
     },
 }
 
-/// On disk: the layout version beside the state.
+/// On disk: the layout version beside the state. The sync daemons were added later without
+/// a new format: a file without them (an older xvsd's) has none running, and a file with none
+/// running does not name them, so an older xvsd still reads it.
 #[derive(Serialize)]
 struct SavedRef<'a> {
     format: u32,
     config: &'a Config,
     timeouts: Timeouts,
+    #[serde(skip_serializing_if = "Daemons::is_empty")]
+    sync_daemons: &'a Daemons,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +108,18 @@ struct Saved {
     format: u32,
     config: Config,
     timeouts: Timeouts,
+    #[serde(default)]
+    sync_daemons: Daemons,
+}
+
+/// Everything a state file holds: the configuration, and the sync daemons that run (started
+/// with xvsadm, not part of a configuration file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedState {
+    /// Services, real servers and timeouts.
+    pub desired: DesiredState,
+    /// The connection-sync daemons to run.
+    pub sync_daemons: Daemons,
 }
 
 /// Holds a state file's lock (see [`StateFile::lock`]) until dropped.
@@ -174,8 +193,13 @@ impl StateFile {
         move |source| StateError::Io { what, path, source }
     }
 
-    /// The saved state, or None when there is none yet.
+    /// The saved configuration, or None when there is none yet.
     pub fn load(&self) -> Result<Option<DesiredState>, StateError> {
+        Ok(self.load_all()?.map(|s| s.desired))
+    }
+
+    /// The saved configuration and sync daemons, or None when there is nothing saved yet.
+    pub fn load_all(&self) -> Result<Option<SavedState>, StateError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -192,28 +216,42 @@ impl StateFile {
                 saved.format
             )));
         }
-        Ok(Some(DesiredState {
-            config: saved.config,
-            timeouts: saved.timeouts,
+        Ok(Some(SavedState {
+            desired: DesiredState {
+                config: saved.config,
+                timeouts: saved.timeouts,
+            },
+            sync_daemons: saved.sync_daemons,
         }))
     }
 
     /// Saves the state atomically and durably: when this returns Ok, a crash or power loss
     /// leaves exactly this state on disk; when it fails, the previous file is untouched.
-    pub fn save(&self, config: &Config, timeouts: Timeouts) -> Result<(), StateError> {
-        self.stage(config, timeouts)?.commit()
+    pub fn save(
+        &self,
+        config: &Config,
+        timeouts: Timeouts,
+        sync_daemons: &Daemons,
+    ) -> Result<(), StateError> {
+        self.stage(config, timeouts, sync_daemons)?.commit()
     }
 
     /// The first half of [`StateFile::save`]: the new state is written and synced to a
     /// temporary file, which [`Staged::commit`] renames into place (dropped, it is removed).
     /// What fails for lack of space or permission fails here, before anything else changes.
-    pub fn stage(&self, config: &Config, timeouts: Timeouts) -> Result<Staged, StateError> {
+    pub fn stage(
+        &self,
+        config: &Config,
+        timeouts: Timeouts,
+        sync_daemons: &Daemons,
+    ) -> Result<Staged, StateError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(self.io("creating", dir))?;
         let mut text = serde_json::to_vec(&SavedRef {
             format: FORMAT,
             config,
             timeouts,
+            sync_daemons,
         })
         .expect("the configuration serialises");
         text.push(b'\n');
@@ -319,7 +357,7 @@ mod tests {
             tcpfin: 20,
             udp: 30,
         };
-        file.save(&config, timeouts).unwrap();
+        file.save(&config, timeouts, &Daemons::default()).unwrap();
         assert_eq!(
             file.load().unwrap(),
             Some(DesiredState { config, timeouts })
@@ -334,18 +372,21 @@ mod tests {
     fn a_staged_state_is_in_place_only_once_committed() {
         let dir = scratch("staged");
         let file = StateFile::for_iface(&dir, "eth0");
-        file.save(&Config::default(), DEFAULT_TIMEOUTS).unwrap();
+        file.save(&Config::default(), DEFAULT_TIMEOUTS, &Daemons::default())
+            .unwrap();
         let other = Timeouts {
             tcp: 7,
             tcpfin: 8,
             udp: 9,
         };
-        let staged = file.stage(&Config::default(), other).unwrap();
+        let staged = file
+            .stage(&Config::default(), other, &Daemons::default())
+            .unwrap();
         assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
         drop(staged);
         assert!(!file.temp_path().exists(), "a dropped stage leaves nothing");
         assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
-        file.stage(&Config::default(), other)
+        file.stage(&Config::default(), other, &Daemons::default())
             .unwrap()
             .commit()
             .unwrap();
@@ -358,7 +399,8 @@ mod tests {
     fn a_failed_save_leaves_the_previous_state() {
         let dir = scratch("failed");
         let file = StateFile::for_iface(&dir, "eth0");
-        file.save(&Config::default(), DEFAULT_TIMEOUTS).unwrap();
+        file.save(&Config::default(), DEFAULT_TIMEOUTS, &Daemons::default())
+            .unwrap();
         // A directory where the temporary file goes: creating it fails.
         fs::create_dir_all(file.temp_path()).unwrap();
         let other = Timeouts {
@@ -366,9 +408,43 @@ mod tests {
             tcpfin: 1,
             udp: 1,
         };
-        let e = file.save(&Config::default(), other).unwrap_err();
+        let e = file
+            .save(&Config::default(), other, &Daemons::default())
+            .unwrap_err();
         assert!(e.to_string().contains("creating"), "{e}");
         assert_eq!(file.load().unwrap(), Some(DesiredState::default()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sync_daemons_are_saved_and_older_files_without_them_still_load() {
+        use crate::sync::{daemon::DaemonConfig, Role};
+        let dir = scratch("daemons");
+        fs::create_dir_all(&dir).unwrap();
+        let file = StateFile::for_iface(&dir, "eth0");
+        // As an xvsd before the sync daemons wrote it.
+        let old = r#"{"format":1,"config":{"services":[]},"timeouts":{"tcp":900,"tcpfin":120,"udp":300}}"#;
+        fs::write(file.path(), old).unwrap();
+        let loaded = file.load_all().unwrap().unwrap();
+        assert_eq!(loaded.desired, DesiredState::default());
+        assert!(loaded.sync_daemons.is_empty());
+        // None running: the file reads as before (an older xvsd still takes it).
+        file.save(&Config::default(), DEFAULT_TIMEOUTS, &Daemons::default())
+            .unwrap();
+        assert!(!fs::read_to_string(file.path())
+            .unwrap()
+            .contains("sync_daemons"));
+        let daemons = Daemons::default()
+            .started(DaemonConfig {
+                syncid: 3,
+                ..DaemonConfig::new(Role::Master)
+            })
+            .unwrap()
+            .started(DaemonConfig::new(Role::Backup))
+            .unwrap();
+        file.save(&Config::default(), DEFAULT_TIMEOUTS, &daemons)
+            .unwrap();
+        assert_eq!(file.load_all().unwrap().unwrap().sync_daemons, daemons);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -27,6 +27,12 @@ use crate::{
         AnnounceStatus, ConnStatus, Listing, Membership, QuorumStatus, RealStatus, ServiceStatus,
     },
     state::{DesiredState, StateFile},
+    sync::{
+        daemon::{DaemonConfig, DaemonError, Daemons},
+        installer,
+        receiver::Installed,
+        Hub, Role, SyncConn,
+    },
 };
 
 const NS: u64 = 1_000_000_000;
@@ -56,6 +62,9 @@ pub enum ControllerError {
     /// The configuration file could not be read or is invalid.
     #[error(transparent)]
     ConfigFile(#[from] config_file::LoadError),
+    /// A sync daemon cannot be started or stopped (ipvsadm's messages).
+    #[error(transparent)]
+    SyncDaemon(#[from] DaemonError),
 }
 
 /// The desired state and the data plane it is pushed to: the kernel's ([`Dataplane`]) in
@@ -91,6 +100,10 @@ pub struct Controller<D = Dataplane> {
     walks_seen: u64,
     /// What this director announces to its routers (`--announce-table`).
     announce: Announcements,
+    /// The connection-sync daemons that run (saved with the configuration).
+    sync_daemons: Daemons,
+    /// Shared with the sync tasks: which daemons should run, and their counters.
+    sync: Hub,
 }
 
 /// The announcements' side of the controller: where they go, what is announced now (as the
@@ -140,6 +153,8 @@ impl<D: DataplaneOps> Controller<D> {
             pressure: Pressure::default(),
             walks_seen: 0,
             announce: Announcements::default(),
+            sync_daemons: Daemons::default(),
+            sync: Hub::default(),
         }
     }
 
@@ -206,6 +221,246 @@ impl<D: DataplaneOps> Controller<D> {
                 .copied()
                 .collect(),
         })
+    }
+
+    /// What the controller shares with the sync tasks.
+    pub fn sync_hub(&self) -> &Hub {
+        &self.sync
+    }
+
+    /// The running sync daemons.
+    pub fn sync_daemons(&self) -> &Daemons {
+        &self.sync_daemons
+    }
+
+    /// Starts a connection-sync daemon (`--start-daemon`), saved as every change is.
+    pub fn start_daemon(&mut self, daemon: DaemonConfig) -> Result<(), ControllerError> {
+        let ifn = daemon.mcast_ifn.clone();
+        let next = self.sync_daemons.started(daemon)?;
+        if crate::sync::ifindex(&ifn).is_none() {
+            return Err(DaemonError::NoDevice(ifn).into());
+        }
+        self.set_sync_daemons(next, true)
+    }
+
+    /// Stops the connection-sync daemon of `role` (`--stop-daemon`), saved as every change is.
+    pub fn stop_daemon(&mut self, role: Role) -> Result<(), ControllerError> {
+        let next = self.sync_daemons.stopped(role)?;
+        self.set_sync_daemons(next, true)
+    }
+
+    /// The IPVS entries a master sends for these data-plane reports: each names its real
+    /// server through its backend slot, which must still hold the real server the connection
+    /// went to (same generation). Reports of FULLNAT connections (IPVS has no such method),
+    /// of mixed families and of slots no longer in use are left out. A connection of a
+    /// persistent service is followed by its template, as IPVS syncs a connection's
+    /// controlling template after it (service groups' templates are not sent).
+    pub fn describe_sync_events(&self, events: &[lb_common::SyncEvent]) -> Vec<SyncConn> {
+        let generations = self.dataplane.slot_generations();
+        let persistent: HashMap<u32, (SocketAddr, crate::model::Persistence)> = self
+            .applied
+            .config
+            .services()
+            .iter()
+            .filter_map(|svc| match (svc.key, svc.persistence) {
+                (ServiceKey::Addr { addr, .. }, Some(p)) => {
+                    Some((self.dataplane.service_id(&svc.key)?, (addr, p)))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut slots: HashMap<u32, (SocketAddr, Option<crate::sync::Forward>)> = HashMap::new();
+        for svc in self.applied.config.services() {
+            for r in &svc.reals {
+                if let Some(id) = self.dataplane.backend_id(&svc.key, r.addr) {
+                    slots.insert(id, (r.addr, installer::forward_of(&r.forward)));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let Some(&(real, Some(forward))) = slots.get(&ev.backend) else {
+                continue;
+            };
+            if generations.get(&ev.backend) != Some(&ev.generation) {
+                continue;
+            }
+            let Some(conn) = installer::event_to_conn(ev, real, forward, &self.pushed) else {
+                continue;
+            };
+            let template = persistent
+                .get(&ev.service)
+                .map(|(addr, p)| installer::template_of(&conn, *addr, p.prefix, p.timeout));
+            out.push(conn);
+            out.extend(template);
+        }
+        out
+    }
+
+    /// Installs entries a backup received: each is mapped to the local service (by protocol,
+    /// VIP and port; a port-0 service takes any port) and real server (address and port; one
+    /// given without a port takes any) and written to the connection table, proven and
+    /// expiring as the master said; a template goes to the persistence table. Connections
+    /// whose local real server is reached by NAT or FULLNAT (their way back is not synced)
+    /// are skipped and counted.
+    pub fn install_synced(&mut self, conns: &[SyncConn]) -> Installed {
+        let mut done = Installed::default();
+        let generations = self.dataplane.slot_generations();
+        let now = crate::dataplane::monotonic_ns();
+        for conn in conns {
+            let protocol = match conn.protocol {
+                lb_common::PROTO_TCP => Protocol::Tcp,
+                lb_common::PROTO_UDP => Protocol::Udp,
+                _ => {
+                    done.skip("unsupported");
+                    continue;
+                }
+            };
+            let vip = conn.addrs.virt();
+            if conn.is_template() {
+                self.install_template(conn, protocol, &generations, now, &mut done);
+                continue;
+            }
+            let service = [conn.ports.virt, 0].into_iter().find_map(|port| {
+                let key = ServiceKey::new(protocol, SocketAddr::new(vip, port));
+                self.applied.config.service(&key).map(|s| (key, s))
+            });
+            let Some((key, svc)) = service else {
+                done.skip("unknown_service");
+                continue;
+            };
+            let real = installer::real_of(conn);
+            let found = [real, SocketAddr::new(real.ip(), 0)]
+                .into_iter()
+                .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
+            let Some(r) = found else {
+                done.skip("unknown_real");
+                continue;
+            };
+            if !matches!(r.forward, ForwardMethod::Dr | ForwardMethod::Tunnel(_)) {
+                done.skip("unsupported");
+                continue;
+            }
+            let (Some(service_id), Some(backend)) = (
+                self.dataplane.service_id(&key),
+                self.dataplane.backend_id(&key, r.addr),
+            ) else {
+                done.skip("unknown_real");
+                continue;
+            };
+            let Some(&generation) = generations.get(&backend) else {
+                done.skip("unknown_real");
+                continue;
+            };
+            let Some(entry) =
+                installer::conn_to_entry(conn, service_id, backend, generation, &self.pushed, now)
+            else {
+                done.skip("unsupported");
+                continue;
+            };
+            match self
+                .dataplane
+                .install_conn(&installer::flow_key(conn), &entry)
+            {
+                Ok(()) => done.installed += 1,
+                Err(e) => {
+                    warn!(error = %e, "installing a synced connection failed");
+                    done.skip("install");
+                }
+            }
+        }
+        done
+    }
+
+    /// Installs template `conn` (of `protocol`) a backup received: its service is the one of
+    /// its VIP and port exactly (0 for a port-0 service), which must be persistent here too;
+    /// its client network is taken under our netmask.
+    fn install_template(
+        &mut self,
+        conn: &SyncConn,
+        protocol: Protocol,
+        generations: &HashMap<u32, u32>,
+        now: u64,
+        done: &mut Installed,
+    ) {
+        let key = ServiceKey::new(
+            protocol,
+            SocketAddr::new(conn.addrs.virt(), conn.ports.virt),
+        );
+        let Some(svc) = self.applied.config.service(&key) else {
+            done.skip("unknown_service");
+            return;
+        };
+        let Some(p) = svc.persistence else {
+            done.skip("not_persistent");
+            return;
+        };
+        let real = installer::real_of(conn);
+        let found = [real, SocketAddr::new(real.ip(), 0)]
+            .into_iter()
+            .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
+        let Some(r) = found else {
+            done.skip("unknown_real");
+            return;
+        };
+        let (Some(service_id), Some(backend)) = (
+            self.dataplane.service_id(&key),
+            self.dataplane.backend_id(&key, r.addr),
+        ) else {
+            done.skip("unknown_real");
+            return;
+        };
+        let Some(&generation) = generations.get(&backend) else {
+            done.skip("unknown_real");
+            return;
+        };
+        let (k, t) = installer::template_entry(
+            conn, service_id, p.prefix, p.timeout, backend, generation, now,
+        );
+        match self.dataplane.install_template(&k, &t) {
+            Ok(()) => done.installed += 1,
+            Err(e) => {
+                warn!(error = %e, "installing a synced template failed");
+                done.skip("install");
+            }
+        }
+    }
+
+    /// Makes `next` the running sync daemons: CONFIG's SYNC_MASTER flag follows the master
+    /// (the data plane reports connections only while one runs), the state is saved when
+    /// `save` (not when restoring it at start), and the sync tasks follow. A daemon whose
+    /// interface is missing at start is still restored: its task retries and logs.
+    pub fn set_sync_daemons(&mut self, next: Daemons, save: bool) -> Result<(), ControllerError> {
+        let mut cfg = self.pushed;
+        cfg.flags &= !config_flags::SYNC_MASTER;
+        if next.master.is_some() {
+            cfg.flags |= config_flags::SYNC_MASTER;
+        }
+        let staged = match (&self.state, save) {
+            (Some(state), true) => Some(
+                state
+                    .stage(&self.config, self.timeouts, &next)
+                    .map_err(ControllerError::Save)?,
+            ),
+            _ => None,
+        };
+        if cfg != self.pushed {
+            self.dataplane.set_config(cfg)?;
+        }
+        if let Some(staged) = staged {
+            if let Err(e) = staged.commit() {
+                if cfg != self.pushed {
+                    if let Err(again) = self.dataplane.set_config(self.pushed) {
+                        warn!(error = %again, "restoring CONFIG's sync flag failed");
+                    }
+                }
+                return Err(ControllerError::Save(e));
+            }
+        }
+        self.pushed = cfg;
+        self.sync_daemons = next;
+        self.sync.publish(&self.sync_daemons);
+        Ok(())
     }
 
     /// The director runs on these interfaces too (two arms).
@@ -296,7 +551,7 @@ impl<D: DataplaneOps> Controller<D> {
         let staged = match &self.state {
             Some(state) => Some(
                 state
-                    .stage(&next, timeouts)
+                    .stage(&next, timeouts, &self.sync_daemons)
                     .map_err(ControllerError::Save)?,
             ),
             None => None,
@@ -384,7 +639,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// Saves the running configuration (when there is a state file).
     pub fn save_state(&self) -> Result<(), crate::state::StateError> {
         match &self.state {
-            Some(s) => s.save(&self.config, self.timeouts),
+            Some(s) => s.save(&self.config, self.timeouts, &self.sync_daemons),
             None => Ok(()),
         }
     }
@@ -903,6 +1158,14 @@ impl<D: DataplaneOps> Controller<D> {
                     ..self.pressure.status()
                 }
             },
+            sync_daemons: self
+                .sync_daemons
+                .iter()
+                .map(|d| {
+                    let mtu = crate::sync::iface_mtu(&d.mcast_ifn).unwrap_or(1500);
+                    d.status(mtu, self.sync.stats(d.role))
+                })
+                .collect(),
         })
     }
 

@@ -228,6 +228,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         info!(state = %f.path().display(), "saved state reset");
     }
     let initial = initial_state(&opts, state_file.as_ref())?;
+    // The sync daemons are not part of a configuration file: they come from the state file,
+    // also with --config.
+    let sync_daemons = match &state_file {
+        Some(f) => f.load_all()?.map(|s| s.sync_daemons).unwrap_or_default(),
+        None => Default::default(),
+    };
     let (mut dataplane, start) = Dataplane::start_pinned(&PinnedStart {
         iface: opts.iface.clone(),
         ifindex,
@@ -256,6 +262,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         info!(level = ?opts.kernel_log, target = crate::kernel_log::TARGET, "the data plane logs (--kernel-log)");
     }
     dataplane.set_params(opts.params);
+    let sync_events = dataplane.take_sync_events();
     let pins = opts.pin_dir.display();
     match &start {
         Start::Fresh => {
@@ -281,6 +288,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Some(table) = opts.announce_table {
         controller.announce_through(table);
     }
+    // Resumed as saved (CONFIG's sync flag follows, also clearing an adopted one).
+    for d in sync_daemons.iter() {
+        info!(role = ?d.role, mcast_ifn = %d.mcast_ifn, syncid = d.syncid, "sync daemon resumed");
+    }
+    controller.set_sync_daemons(sync_daemons, false)?;
     if let Some(f) = state_file {
         controller = controller.with_state(f);
     }
@@ -313,6 +325,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         access: opts.access.clone(),
         config_file: opts.config.clone(),
     });
+    let sync_tasks = spawn_sync(&shared, sync_events).await;
     // Health changes reach the tables as soon as a check decides (coalesced: one push for
     // everything that changed meanwhile).
     let health_task = {
@@ -458,6 +471,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         // being announced (xvsd --cleanup --announce-table N withdraws them).
         t.abort();
     }
+    for t in sync_tasks {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())
@@ -490,6 +506,32 @@ async fn announce_loop(shared: Arc<Shared>, announcer: Announcer) {
             Err(e) => warn!(error = %e, "updating the announcements failed; retried every second"),
         }
     }
+}
+
+/// Starts the sync daemons' tasks (each follows the daemons the controller says should run):
+/// the master's reader of the data plane's reports, and the backup's receiver. Both ask the
+/// controller, which knows the backend slots, to name or install connections.
+async fn spawn_sync(
+    shared: &Arc<Shared>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let hub = shared.controller.lock().await.sync_hub().clone();
+    let mut tasks = Vec::new();
+    if let Some(ring) = events {
+        let s = shared.clone();
+        let describe: crate::sync::sender::Describe = Arc::new(move |events| {
+            let s = s.clone();
+            Box::pin(async move { s.controller.lock().await.describe_sync_events(&events) })
+        });
+        tasks.push(crate::sync::sender::spawn(ring, hub.clone(), describe));
+    }
+    let s = shared.clone();
+    let install: crate::sync::receiver::Install = Arc::new(move |conns| {
+        let s = s.clone();
+        Box::pin(async move { s.controller.lock().await.install_synced(&conns) })
+    });
+    tasks.push(crate::sync::receiver::spawn(hub, install));
+    tasks
 }
 
 /// Splits `--iface` (given once or more) into the first interface, which names the director,

@@ -110,6 +110,22 @@ impl<D: DataplaneOps> Controller<D> {
                 diff_answer(self.apply_desired(&state, dry_run), dry_run)
             }
             Command::Reload { dry_run } => diff_answer(self.reload(config_file, dry_run), dry_run),
+            Command::StartDaemon { daemon } => {
+                let role = daemon.role;
+                let ifn = daemon.mcast_ifn.clone();
+                let answer = Answer::of(self.start_daemon(daemon), ok);
+                if matches!(answer.response, Response::Ok { .. }) {
+                    info!(?role, mcast_ifn = %ifn, "sync daemon started");
+                }
+                answer
+            }
+            Command::StopDaemon { role } => {
+                let answer = Answer::of(self.stop_daemon(role), ok);
+                if matches!(answer.response, Response::Ok { .. }) {
+                    info!(?role, "sync daemon stopped");
+                }
+                answer
+            }
         }
     }
 

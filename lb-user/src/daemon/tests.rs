@@ -941,3 +941,221 @@ fn directors_configured_in_other_orders_show_the_same_table_digests() {
     resolve(&mut c);
     assert_eq!(digests(&mut c), da);
 }
+
+#[test]
+fn sync_daemons_start_stop_list_and_survive_a_restart_through_the_state_file() {
+    use crate::sync::{daemon::DaemonConfig, Role};
+    use lb_common::config_flags::SYNC_MASTER;
+    let scratch = Scratch::new("syncd");
+    let state = StateFile::for_iface(&scratch.0, "eth0");
+    let mut c = controller().with_state(state.clone());
+    // "lo" exists in every namespace the tests run in.
+    let master = DaemonConfig {
+        mcast_ifn: "lo".into(),
+        syncid: 5,
+        ..DaemonConfig::new(Role::Master)
+    };
+    ok(send(
+        &mut c,
+        Command::StartDaemon {
+            daemon: master.clone(),
+        },
+        None,
+    ));
+    assert_ne!(
+        c.dataplane().current_config().unwrap().flags & SYNC_MASTER,
+        0
+    );
+    assert_eq!(
+        refused(send(
+            &mut c,
+            Command::StartDaemon {
+                daemon: master.clone()
+            },
+            None
+        )),
+        "Daemon has already run"
+    );
+    // A backup beside it, as IPVS allows.
+    let backup = DaemonConfig {
+        mcast_ifn: "lo".into(),
+        ..DaemonConfig::new(Role::Backup)
+    };
+    ok(send(
+        &mut c,
+        Command::StartDaemon {
+            daemon: backup.clone(),
+        },
+        None,
+    ));
+    let text = crate::sync::daemon::render_daemons(&listing(&mut c).sync_daemons);
+    assert!(
+        text.starts_with("master sync daemon (mcast=lo, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\nbackup sync daemon (mcast=lo, syncid=0, maxlen="),
+        "{text}"
+    );
+    // Missing interface: the kernel's ENODEV.
+    let mut c2 = controller();
+    let e = refused(send(
+        &mut c2,
+        Command::StartDaemon {
+            daemon: DaemonConfig {
+                mcast_ifn: "xvs-none0".into(),
+                ..DaemonConfig::new(Role::Master)
+            },
+        },
+        None,
+    ));
+    assert!(e.contains("No such device"), "{e}");
+    // Saved: a new controller resumes both.
+    let saved = state.load_all().unwrap().unwrap().sync_daemons;
+    assert_eq!(saved.master, Some(master));
+    assert_eq!(saved.backup, Some(backup));
+    ok(send(
+        &mut c,
+        Command::StopDaemon { role: Role::Master },
+        None,
+    ));
+    assert_eq!(
+        c.dataplane().current_config().unwrap().flags & SYNC_MASTER,
+        0
+    );
+    assert_eq!(
+        refused(send(
+            &mut c,
+            Command::StopDaemon { role: Role::Master },
+            None
+        )),
+        "No daemon is running"
+    );
+    let saved = state.load_all().unwrap().unwrap().sync_daemons;
+    assert!(saved.master.is_none() && saved.backup.is_some());
+}
+
+#[test]
+fn a_synced_connection_is_installed_on_the_same_real_server_and_described_back_alike() {
+    use crate::sync::{Addrs, ConnFlags, ConnState as Wire, Forward, Ports, SyncConn, TcpState};
+    let mut c = controller();
+    ok(rules(
+        &mut c,
+        "-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 198.51.100.11 -g\n-a -t 192.0.2.10:80 -r 198.51.100.12 -g\n-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 198.51.100.13 -m",
+    ));
+    let conn = |vip: &str, real: &str| SyncConn {
+        protocol: 6,
+        flags: ConnFlags::new(Forward::DirectRoute),
+        state: Wire::Tcp(TcpState::Established),
+        addrs: Addrs::V4 {
+            client: "203.0.113.7".parse().unwrap(),
+            virt: vip.parse().unwrap(),
+            dest: real.parse().unwrap(),
+        },
+        ports: Ports {
+            client: 40000,
+            virt: 80,
+            dest: 80,
+        },
+        fwmark: 0,
+        timeout_secs: 900,
+        seq: None,
+        pe: None,
+    };
+    let done = c.install_synced(&[
+        conn("192.0.2.10", "198.51.100.12"),
+        conn("192.0.2.99", "198.51.100.12"),
+        conn("192.0.2.10", "198.51.100.99"),
+        conn("192.0.2.20", "198.51.100.13"),
+    ]);
+    assert_eq!(done.installed, 1);
+    assert_eq!(
+        done.skipped,
+        [
+            ("unknown_real", 1),
+            ("unknown_service", 1),
+            ("unsupported", 1)
+        ]
+        .into()
+    );
+    let conns = match ok(send(&mut c, Command::Connections, None)).response {
+        Response::Connections { conns } => conns,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].real, "198.51.100.12:80".parse().unwrap());
+    assert_eq!(conns[0].state, "ESTABLISHED");
+    // The master's side of the same entry: its report names the same real server.
+    let info = c.dataplane().connections(10).unwrap()[0];
+    let ev = lb_common::SyncEvent {
+        key: info.key,
+        backend: info.entry.backend,
+        generation: info.entry.generation,
+        service: info.entry.service,
+        state: info.entry.state,
+        kind: lb_common::sync_event::NEW,
+        _pad: [0; 2],
+    };
+    assert_eq!(
+        c.describe_sync_events(&[ev]),
+        vec![conn("192.0.2.10", "198.51.100.12")]
+    );
+}
+
+#[test]
+fn a_persistent_services_template_is_sent_with_its_connection_and_installed_by_a_backup() {
+    use crate::sync::{Addrs, ConnFlags, ConnState as Wire, Forward, Ports, SyncConn, TcpState};
+    let mut master = controller();
+    let mut backup = controller();
+    let rules_text = "-A -t 192.0.2.10:80 -s rr -p 600 -M 255.255.255.0\n-a -t 192.0.2.10:80 -r 198.51.100.11 -g\n-a -t 192.0.2.10:80 -r 198.51.100.12 -g";
+    ok(rules(&mut master, rules_text));
+    ok(rules(&mut backup, rules_text));
+    let conn = SyncConn {
+        protocol: 6,
+        flags: ConnFlags::new(Forward::DirectRoute),
+        state: Wire::Tcp(TcpState::Established),
+        addrs: Addrs::V4 {
+            client: "203.0.113.7".parse().unwrap(),
+            virt: "192.0.2.10".parse().unwrap(),
+            dest: "198.51.100.12".parse().unwrap(),
+        },
+        ports: Ports {
+            client: 40000,
+            virt: 80,
+            dest: 80,
+        },
+        fwmark: 0,
+        timeout_secs: 900,
+        seq: None,
+        pe: None,
+    };
+    // The master's report of the connection (as its table has it, installed here for the
+    // test) is sent with the service's template.
+    master.install_synced(std::slice::from_ref(&conn));
+    let info = master.dataplane().connections(10).unwrap()[0];
+    let sent = master.describe_sync_events(&[lb_common::SyncEvent {
+        key: info.key,
+        backend: info.entry.backend,
+        generation: info.entry.generation,
+        service: info.entry.service,
+        state: info.entry.state,
+        kind: lb_common::sync_event::NEW,
+        _pad: [0; 2],
+    }]);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[1].is_template());
+    assert_eq!(
+        sent[1].addrs.client(),
+        "203.0.113.0".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(sent[1].timeout_secs, 600);
+    // The backup installs both: the template lists as IPVS's (state NONE, client port 0).
+    let done = backup.install_synced(&sent);
+    assert_eq!(done.installed, 2, "{done:?}");
+    let conns = match ok(send(&mut backup, Command::Connections, None)).response {
+        Response::Connections { conns } => conns,
+        other => panic!("{other:?}"),
+    };
+    let template = conns
+        .iter()
+        .find(|c| c.state == "NONE")
+        .expect("a template");
+    assert_eq!(template.client, "203.0.113.0:0".parse().unwrap());
+    assert_eq!(template.real, "198.51.100.12:80".parse().unwrap());
+}

@@ -13,10 +13,12 @@ use lb_common::{
 
 use super::{pin::PinDir, DataplaneError, Sizes};
 
-/// Maps every load creates afresh: aya-log's ring buffer, the tunnel and reply route caches and
-/// the ICMP translation scratch.
-const UNPINNED: [&str; 4] = [
+/// Maps every load creates afresh: aya-log's ring buffer, the tunnel and reply route caches,
+/// the ICMP translation scratch, and the sync events (reports for the running xvsd only, so an
+/// older pinned data plane without them is still adopted).
+const UNPINNED: [&str; 5] = [
     "AYA_LOGS",
+    names::MAP_SYNC_EVENTS,
     names::MAP_TUN_ROUTES,
     names::MAP_REPLY_ROUTES,
     names::MAP_ICMP_SCRATCH,

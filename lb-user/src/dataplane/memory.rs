@@ -140,6 +140,35 @@ impl DataplaneOps for MemoryDataplane {
         Ok(self.config)
     }
 
+    fn slot_generations(&self) -> HashMap<u32, u32> {
+        self.placement.generations()
+    }
+
+    fn install_conn(
+        &mut self,
+        key: &lb_common::FlowKey,
+        entry: &lb_common::ConnEntry,
+    ) -> Result<(), DataplaneError> {
+        // As the kernel's map: one entry per key, replaced; no clock here, so never expiring.
+        self.conns.retain(|c| c.key != *key);
+        self.conns.push(ConnInfo {
+            key: *key,
+            entry: *entry,
+            expires_in_ns: u64::MAX,
+        });
+        Ok(())
+    }
+
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        self.templates.retain(|(k, _, _)| k != key);
+        self.templates.push((*key, *entry, u64::MAX));
+        Ok(())
+    }
+
     fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
         if std::mem::take(&mut self.fail_config) {
             return Err(MapsError::new(lb_common::names::MAP_CONFIG, "injected failure").into());

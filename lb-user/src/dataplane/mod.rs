@@ -292,6 +292,9 @@ pub struct Dataplane {
     kernel_logger: Option<kernel_log::Logger>,
     /// The FULLNAT audit reports (FNAT_AUDIT), until xvsd takes them.
     audit: Option<RingBuf<MapData>>,
+    /// The connections recorded or changed for the master sync daemon (SYNC_EVENTS), until
+    /// xvsd takes them.
+    sync_events: Option<RingBuf<MapData>>,
 }
 
 impl Dataplane {
@@ -403,6 +406,8 @@ impl Dataplane {
         let meta = Array::try_from(take(names::MAP_META)?).map_err(map_err(names::MAP_META))?;
         let audit = RingBuf::try_from(take(names::MAP_FULLNAT_AUDIT)?)
             .map_err(map_err(names::MAP_FULLNAT_AUDIT))?;
+        let sync_events = RingBuf::try_from(take(names::MAP_SYNC_EVENTS)?)
+            .map_err(map_err(names::MAP_SYNC_EVENTS))?;
         // After every program is loaded: the logger takes the log map out of `ebpf`.
         let kernel_logger = match kernel_log {
             KernelLog::Off => None,
@@ -451,7 +456,39 @@ impl Dataplane {
             activity: Activity::default(),
             kernel_logger,
             audit: Some(audit),
+            sync_events: Some(sync_events),
         })
+    }
+
+    /// Every backend slot in use, with the generation of the real server it holds.
+    pub fn slot_generations(&self) -> HashMap<u32, u32> {
+        self.placement.generations()
+    }
+
+    /// Writes a connection-table entry (a connection synced from another director). Not
+    /// counted in CONN_COUNTS: the sweep's per-cycle baseline takes it in.
+    pub fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
+        self.conns
+            .insert(key, entry, 0)
+            .map_err(map_err(names::MAP_CONNS))?;
+        Ok(())
+    }
+
+    /// Writes a persistence template (one synced from another director).
+    pub fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        self.persist
+            .insert(key, entry, 0)
+            .map_err(map_err(names::MAP_PERSIST))?;
+        Ok(())
+    }
+
+    /// The connection reports for the master sync daemon, once.
+    pub fn take_sync_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.sync_events.take()
     }
 
     /// The FULLNAT audit reports (`--audit-fullnat`), once.

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{DataplaneConfig, PersistEntry, PersistKey, Reason};
+use lb_common::{ConnEntry, DataplaneConfig, FlowKey, PersistEntry, PersistKey, Reason};
 
 use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError, TableFill};
 use crate::{
@@ -22,6 +22,16 @@ pub trait DataplaneOps {
     fn current_config(&self) -> Result<DataplaneConfig, DataplaneError>;
     /// Writes CONFIG.
     fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError>;
+    /// Every backend slot in use, with the generation of the real server it holds.
+    fn slot_generations(&self) -> HashMap<u32, u32>;
+    /// Writes a connection-table entry (a connection synced from another director).
+    fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError>;
+    /// Writes a persistence template (one synced from another director).
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError>;
     /// Whether adopted tables wait for the first configuration.
     fn adoption_pending(&self) -> bool;
     /// The adopted real servers' MACs.
@@ -96,6 +106,19 @@ impl DataplaneOps for Dataplane {
     }
     fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError> {
         Dataplane::set_config(self, cfg)
+    }
+    fn slot_generations(&self) -> HashMap<u32, u32> {
+        Dataplane::slot_generations(self)
+    }
+    fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
+        Dataplane::install_conn(self, key, entry)
+    }
+    fn install_template(
+        &mut self,
+        key: &PersistKey,
+        entry: &PersistEntry,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::install_template(self, key, entry)
     }
     fn adoption_pending(&self) -> bool {
         Dataplane::adoption_pending(self)

@@ -176,6 +176,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unexpected answer: {other:?}"),
         },
+        Action::StartDaemon(daemon) => apply(send(socket, Command::StartDaemon { daemon })?),
+        Action::StopDaemon(role) => apply(send(socket, Command::StopDaemon { role })?),
+        Action::ListDaemons { json } => {
+            let daemons = list(socket)?.sync_daemons;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&daemons)?);
+            } else {
+                print!("{}", lb_core::sync::daemon::render_daemons(&daemons));
+            }
+            Ok(())
+        }
         Action::ListTimeouts { json } => {
             let t = list(socket)?.timeouts;
             if json {

@@ -21,8 +21,8 @@
 //! entries (0, also every entry of builds before the rule) take the in-place path.
 
 use lb_common::{
-    proof_owed, with_proof_owed, Backend, ConnClass, ConnEntry, ConnState, FlowKey, Reason,
-    PROOF_MASK, PROOF_NEW, PROTO_TCP,
+    proof_owed, sync_event, with_proof_owed, Backend, ConnClass, ConnEntry, ConnState, FlowKey,
+    Reason, PROOF_MASK, PROOF_NEW, PROTO_TCP, SYNC_REFRESH_SHIFT,
 };
 use lb_ebpf::parse::{tcp_flag, Parsed};
 
@@ -111,7 +111,7 @@ pub fn lookup(key: &FlowKey, p: &Parsed, now: u64) -> Option<(Conn, &'static Bac
         if e.state & PROOF_MASK != 0 {
             proving(key, e, p, now, true);
         } else {
-            touch(e, state, p, now);
+            touch(key, e, state, p, now);
         }
         Ok((conn, backend))
     })?;
@@ -141,7 +141,7 @@ fn proving(key: &FlowKey, e: &mut ConnEntry, p: &Parsed, now: u64, client: bool)
     let mut copy = *e;
     copy.state = with_proof_owed(copy.state, 0);
     let state = ConnState::from_u8(copy.state);
-    touch(&mut copy, state, p, now);
+    touch(key, &mut copy, state, p, now);
     copy.state = with_proof_owed(copy.state, left);
     if left == 0 {
         *e = copy;
@@ -230,7 +230,7 @@ pub fn reply_seen(key: &FlowKey, p: &Parsed, id: u32, now: u64) -> Option<&'stat
         if e.state & PROOF_MASK != 0 {
             proving(key, e, p, now, false);
         } else {
-            touch(e, state, p, now);
+            touch(key, e, state, p, now);
         }
         Some(backend)
     })
@@ -247,16 +247,24 @@ fn live_backend(e: &ConnEntry, state: ConnState, now: u64) -> Option<&'static Ba
         .then_some(backend)
 }
 
-/// A packet of a live entry: its clock, and its TCP state from the packet's flags, each written
-/// only when it changed; a change of class moves the entry between its slot's counters.
+/// A packet of live entry `e` (of `key`): its clock, and its TCP state from the packet's
+/// flags, each written only when it changed; a change of class moves the entry between its
+/// slot's counters. A state change, and an established (or UDP) connection's packet that
+/// crosses a refresh period of the clock (lb_common::SYNC_REFRESH_SHIFT), are reported to the master
+/// sync daemon if one runs: the common hit pays one test of the clock, and CONFIG is read only
+/// then.
 #[inline(always)]
-fn touch(e: &mut ConnEntry, state: ConnState, p: &Parsed, now: u64) {
+fn touch(key: &FlowKey, e: &mut ConnEntry, state: ConnState, p: &Parsed, now: u64) {
+    let refresh = (now ^ e.last_seen_ns) >> SYNC_REFRESH_SHIFT != 0;
     if e.last_seen_ns != now {
         e.last_seen_ns = now;
     }
     if p.proto == PROTO_TCP {
         let next = next_tcp_state(state, p.tcp_flags);
         if next as u8 != e.state {
+            if maps::sync_master() {
+                maps::sync_report(key, e, next as u8, sync_event::STATE);
+            }
             e.state = next as u8;
             if next.is_active() != state.is_active() {
                 let (from, to) = match next.is_active() {
@@ -266,7 +274,11 @@ fn touch(e: &mut ConnEntry, state: ConnState, p: &Parsed, now: u64) {
                 maps::count_conn(e.backend, from, u64::MAX);
                 maps::count_conn(e.backend, to, 1);
             }
+        } else if refresh && state == ConnState::Established && maps::sync_master() {
+            maps::sync_report(key, e, e.state, sync_event::REFRESH);
         }
+    } else if refresh && maps::sync_master() {
+        maps::sync_report(key, e, e.state, sync_event::REFRESH);
     }
 }
 
@@ -312,6 +324,9 @@ pub fn record(
         count(Reason::ConnInsertFailed);
     } else {
         maps::count_conn(id, ConnClass::of_state(entry.state), 1);
+        if maps::sync_master() {
+            maps::sync_report(key, &entry, entry.state, sync_event::NEW);
+        }
     }
     count(Reason::ConnNew);
     // Not a connection's first packet, yet no live entry: the table lost it (evicted under

@@ -15,9 +15,10 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnClass, ConnCounters, ConnEntry,
     DataplaneConfig, FlowKey, FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry,
-    PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, TunRoute, TunnelJob,
-    DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS, FULLNAT_AUDIT_BYTES,
-    MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, TAIL_SLOTS, TUN_ROUTE_SLOTS,
+    PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, SyncEvent, TunRoute,
+    TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
+    FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, STATE_MASK,
+    SYNC_EVENTS_BYTES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 use lb_ebpf::nat::IcmpRewrite;
 
@@ -88,6 +89,10 @@ static MIDFLOW_MISS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVIC
 /// New FULLNAT connections reported to xvsd's audit log (`--audit-fullnat`).
 #[map]
 static FNAT_AUDIT: RingBuf = RingBuf::with_byte_size(FULLNAT_AUDIT_BYTES, 0);
+/// Connections recorded or changed, for xvsd's master sync daemon (only while CONFIG's
+/// SYNC_MASTER flag is set). Never pinned: each load has its own.
+#[map]
+static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_EVENTS_BYTES, 0);
 /// Each CPU's last FIB answer per client of NAT and FULLNAT replies (lb_common::ReplyRoute).
 #[map]
 static REPLY_ROUTES: PerCpuArray<ReplyRoute> = PerCpuArray::with_max_entries(REPLY_ROUTE_SLOTS, 0);
@@ -353,6 +358,38 @@ pub fn audit_fullnat(fill: impl FnOnce(&mut FullNatAudit)) -> bool {
     fill(entry.write(FullNatAudit::default()));
     entry.submit(0);
     true
+}
+
+/// Reports connection `key` (entry `e`, in `state`) to the master sync daemon, `kind` being
+/// one of lb_common::sync_event; a full ring buffer is counted (Reason::SyncEventLost) and the
+/// report dropped: the packet goes on. Inlined, and written in place field by field, so it
+/// adds almost nothing to its callers' frames: the deepest call chains are at the verifier's
+/// limit, where a subprogram's frame of its own (rounded up to 32 bytes) does not fit.
+#[inline(always)]
+pub fn sync_report(key: &FlowKey, e: &ConnEntry, state: u8, kind: u8) {
+    let Some(mut slot) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
+        count(Reason::SyncEventLost);
+        return;
+    };
+    let p = slot.as_mut_ptr();
+    // SAFETY: `p` is the reserved, writable report, written in whole (every field, padding
+    // included: the ring's memory is not cleared) before it is submitted.
+    unsafe {
+        core::ptr::addr_of_mut!((*p).key).write(*key);
+        core::ptr::addr_of_mut!((*p).backend).write(e.backend);
+        core::ptr::addr_of_mut!((*p).generation).write(e.generation);
+        core::ptr::addr_of_mut!((*p).service).write(e.service);
+        core::ptr::addr_of_mut!((*p).state).write(state & STATE_MASK);
+        core::ptr::addr_of_mut!((*p).kind).write(kind);
+        core::ptr::addr_of_mut!((*p)._pad).write([0; 2]);
+    }
+    slot.submit(0);
+}
+
+/// Whether a master sync daemon runs (CONFIG's SYNC_MASTER flag).
+#[inline(always)]
+pub fn sync_master() -> bool {
+    config().is_some_and(|c| c.flags & lb_common::config_flags::SYNC_MASTER != 0)
 }
 
 /// This CPU's ICMP translation scratch. Written by the planning step and read by the rewrite,

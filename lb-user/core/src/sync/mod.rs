@@ -20,6 +20,7 @@
 //! IPv6. Version 0 messages are recognised and refused ([`WireError::Version0`]).
 
 mod conn;
+pub mod daemon;
 mod wire;
 
 use std::net::Ipv4Addr;
@@ -42,7 +43,10 @@ pub const DEFAULT_PORT: u16 = 8848;
 pub const DEFAULT_TTL: u8 = 1;
 
 /// Which side of sync a director plays; the kernel sizes messages differently for each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sends entries.
     Master,
