@@ -72,6 +72,8 @@ pub struct Director {
     pub ns: String,
     /// Its address on the segment.
     pub addr: String,
+    /// Its xvsd's control socket.
+    pub socket: PathBuf,
     xvsd: XvsdProcess,
     bird: Option<Bird>,
 }
@@ -171,6 +173,7 @@ impl EcmpLab {
                 );
                 Director {
                     addr: director_ip4(i),
+                    socket,
                     name,
                     ns,
                     xvsd,
@@ -327,13 +330,18 @@ impl EcmpLab {
         Ok(())
     }
 
+    /// The router's route to the IPv4 VIP, as `ip route show` prints it.
+    pub fn router_route(&self) -> String {
+        netns::cmd_in(&self.ns("rt"), "ip")
+            .args(["route", "show", VIP4])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// The next hops of the router's route to the IPv4 VIP (none while it has no route).
     pub fn router_next_hops(&self) -> Vec<String> {
-        let out = netns::cmd_in(&self.ns("rt"), "ip")
-            .args(["route", "show", VIP4])
-            .output();
-        let Ok(out) = out else { return Vec::new() };
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.router_route();
         let words: Vec<&str> = text.split_whitespace().collect();
         words
             .windows(2)
