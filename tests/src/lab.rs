@@ -319,52 +319,22 @@ impl Lab {
         }
         // Native XDP_TX into a veth, and XDP_REDIRECT from one of the director's interfaces
         // into another, deliver only when the peer runs XDP too.
-        let aux = crate::object::AUX;
         let bridges: &[&str] = if self.two_arms {
             &["sw", "sw2"]
         } else {
             &["sw"]
         };
         for bridge in bridges {
-            let pass = netns::in_netns(&self.ns(bridge), move || -> Result<Ebpf> {
-                let mut ebpf = Ebpf::load(aux)?;
-                let prog: &mut Xdp = ebpf
-                    .program_mut(lb_common::names::PROG_PASS)
-                    .context("xvs_pass program")?
-                    .try_into()?;
-                prog.load()?;
-                prog.attach("p-dir", XdpMode::Driver)?;
-                Ok(ebpf)
-            })??;
+            let pass = attach_pass(&self.ns(bridge), &["p-dir"])?;
             self.pass.push(pass);
         }
         Ok(())
     }
 
-    /// Connects namespace `ns` to the bridge in `sw` through a veth (`p-ROLE` on the bridge,
-    /// `ifname` in `ns`) with these addresses.
+    /// Connects namespace `ns` to the lab's bridge in `sw` (see [`plug`]).
     fn plug(&self, sw: &str, ns: &str, role: &str, ifname: &str, v4: &str, v6: &str) -> Result<()> {
-        let port = format!("p-{role}");
-        ip(&[
-            "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns,
-        ])?;
         let bridge = if sw.ends_with("sw2") { "br1" } else { "br0" };
-        ip(&["-n", sw, "link", "set", &port, "master", bridge, "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            ifname,
-            "nodad",
-        ])?;
-        ip(&["-n", ns, "link", "set", ifname, "up"])?;
-        // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
-        netns::run(cmd_in(ns, "ethtool").args(["-K", ifname, "tx", "off"]))?;
-        Ok(())
+        plug(sw, bridge, ns, &format!("p-{role}"), ifname, v4, v6)
     }
 
     /// IPv4 address of real server `i`: on the client's segment ([`rs_ip4`]), or on the
@@ -474,67 +444,9 @@ impl Lab {
     }
 
     fn start_apache_at(&mut self, i: usize, addr: &str) -> Result<()> {
-        let ns = self.ns(&format!("rs{i}"));
-        let dir = self.dir.join(format!("rs{i}"));
-        let www = dir.join("www");
-        fs::create_dir_all(&www)?;
-        fs::write(www.join("index.html"), format!("rs{i}\n"))?;
-        // 1 MiB file for downloads.
-        fs::write(www.join("big"), vec![b'x'; 1 << 20])?;
-        let d = dir.display();
-        let conf = format!(
-            "ServerName rs{i}\n\
-             Listen 80\n\
-             Listen 8080\n\
-             PidFile {d}/httpd.pid\n\
-             ErrorLog {d}/error.log\n\
-             CustomLog {d}/access.log \"%a %{{local}}p %U\"\n\
-             DefaultRuntimeDir {d}\n\
-             Mutex file:{d}\n\
-             LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
-             LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
-             LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so\n\
-             User www-data\nGroup www-data\n\
-             DocumentRoot {d}/www\n\
-             DirectoryIndex index.html\n\
-             KeepAlive On\nKeepAliveTimeout 120\nMaxKeepAliveRequests 0\n\
-             <Directory {d}/www>\n  Require all granted\n</Directory>\n\
-             IncludeOptional {d}/extra.conf\n"
-        );
-        let conf_path = dir.join("httpd.conf");
-        fs::write(&conf_path, conf)?;
-        // www-data must reach the document root.
-        for p in [&self.dir, &dir, &www] {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
-        }
-        let log = fs::File::create(dir.join("stderr.log"))?;
-        let child = cmd_in(&ns, "apache2")
-            .arg("-f")
-            .arg(&conf_path)
-            .arg("-DFOREGROUND")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning apache2")?;
+        let child = spawn_apache(&self.ns(&format!("rs{i}")), &self.dir, i, addr)?;
         self.apaches.push((i, child));
-        let url = format!("http://{addr}/");
-        poll(
-            Duration::from_secs(15),
-            &format!("apache2 on rs{i}"),
-            || {
-                let out = cmd_in(&ns, "curl")
-                    .args(["-s", "-m", "1", &url])
-                    .output()
-                    .ok()?;
-                (String::from_utf8_lossy(&out.stdout) == format!("rs{i}\n")).then_some(())
-            },
-        )
-        .with_context(|| {
-            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-                + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-        })
+        Ok(())
     }
 
     /// What xvsd logged so far (for failure messages).
@@ -638,11 +550,7 @@ impl Lab {
 
     /// Opens a TCP connection from the client namespace (it stays in that namespace).
     pub fn connect(&self, addr: SocketAddr) -> Result<HttpConn> {
-        let stream = netns::in_netns(&self.ns("cl"), move || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        })??;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(HttpConn { stream })
+        HttpConn::connect(&self.ns("cl"), addr)
     }
 
     /// Adds a router (`rt`: 198.51.100.254 / 2001:db8:1::fe on the lab segment, 192.0.2.254 /
@@ -816,12 +724,144 @@ impl Drop for Lab {
     }
 }
 
+/// Attaches the XDP_PASS program (native mode) to interfaces `ifaces` of namespace `ns`: the
+/// peers of a director's veths, into which native XDP_TX delivers only when they run XDP too.
+/// The programs stay attached while the returned object lives.
+pub fn attach_pass(ns: &str, ifaces: &[&str]) -> Result<Ebpf> {
+    let ifaces: Vec<String> = ifaces.iter().map(|i| i.to_string()).collect();
+    netns::in_netns(ns, move || -> Result<Ebpf> {
+        let mut ebpf = Ebpf::load(crate::object::AUX)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(lb_common::names::PROG_PASS)
+            .context("xvs_pass program")?
+            .try_into()?;
+        prog.load()?;
+        for iface in &ifaces {
+            prog.attach(iface, XdpMode::Driver)
+                .with_context(|| format!("XDP_PASS on {iface}"))?;
+        }
+        Ok(ebpf)
+    })?
+}
+
+/// Connects namespace `ns` to `bridge` in namespace `sw` through a veth (`port` on the bridge,
+/// `ifname` in `ns`) with these addresses (/24 and /64), checksum offload off.
+pub fn plug(
+    sw: &str,
+    bridge: &str,
+    ns: &str,
+    port: &str,
+    ifname: &str,
+    v4: &str,
+    v6: &str,
+) -> Result<()> {
+    ip(&[
+        "-n", sw, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns,
+    ])?;
+    ip(&["-n", sw, "link", "set", port, "master", bridge, "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        ifname,
+        "nodad",
+    ])?;
+    ip(&["-n", ns, "link", "set", ifname, "up"])?;
+    // XDP_TX'd frames carry no checksum-offload state: senders must fill checksums in.
+    netns::run(cmd_in(ns, "ethtool").args(["-K", ifname, "tx", "off"]))?;
+    Ok(())
+}
+
+/// Starts apache2 as real server `i` in namespace `ns`, its configuration, logs and web root
+/// (`/` answers "rsN", `/big` is 1 MiB; keep-alive without limits) in `DIR/rsN`; waits until
+/// it answers on `addr`. The caller kills the returned process.
+pub fn spawn_apache(ns: &str, lab_dir: &Path, i: usize, addr: &str) -> Result<Child> {
+    let dir = lab_dir.join(format!("rs{i}"));
+    let www = dir.join("www");
+    fs::create_dir_all(&www)?;
+    fs::write(www.join("index.html"), format!("rs{i}\n"))?;
+    // 1 MiB file for downloads.
+    fs::write(www.join("big"), vec![b'x'; 1 << 20])?;
+    let d = dir.display();
+    let conf = format!(
+        "ServerName rs{i}\n\
+         Listen 80\n\
+         Listen 8080\n\
+         PidFile {d}/httpd.pid\n\
+         ErrorLog {d}/error.log\n\
+         CustomLog {d}/access.log \"%a %{{local}}p %U\"\n\
+         DefaultRuntimeDir {d}\n\
+         Mutex file:{d}\n\
+         LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+         LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+         LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so\n\
+         User www-data\nGroup www-data\n\
+         DocumentRoot {d}/www\n\
+         DirectoryIndex index.html\n\
+         KeepAlive On\nKeepAliveTimeout 120\nMaxKeepAliveRequests 0\n\
+         <Directory {d}/www>\n  Require all granted\n</Directory>\n\
+         IncludeOptional {d}/extra.conf\n"
+    );
+    let conf_path = dir.join("httpd.conf");
+    fs::write(&conf_path, conf)?;
+    // www-data must reach the document root.
+    for p in [lab_dir, &dir, &www] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+    }
+    let log = fs::File::create(dir.join("stderr.log"))?;
+    let mut child = cmd_in(ns, "apache2")
+        .arg("-f")
+        .arg(&conf_path)
+        .arg("-DFOREGROUND")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawning apache2")?;
+    let url = format!("http://{addr}/");
+    let up = poll(
+        Duration::from_secs(15),
+        &format!("apache2 on rs{i}"),
+        || {
+            let out = cmd_in(ns, "curl")
+                .args(["-s", "-m", "1", &url])
+                .output()
+                .ok()?;
+            (String::from_utf8_lossy(&out.stdout) == format!("rs{i}\n")).then_some(())
+        },
+    );
+    if let Err(e) = up {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(
+            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                + &fs::read_to_string(dir.join("stderr.log")).unwrap_or_default(),
+        ));
+    }
+    Ok(child)
+}
+
 /// A kept-alive HTTP/1.1 connection from the client.
 pub struct HttpConn {
     stream: TcpStream,
 }
 
 impl HttpConn {
+    /// Opens a TCP connection from namespace `ns` (it stays in that namespace); reads time out
+    /// after 5 s.
+    pub fn connect(ns: &str, addr: SocketAddr) -> Result<HttpConn> {
+        let stream = netns::in_netns(ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(HttpConn { stream })
+    }
+
     /// GET / and return the body, trimmed.
     pub fn get(&mut self) -> Result<String> {
         self.stream

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bird;
 pub mod daemon;
 pub mod decap;
+pub mod ecmp;
 pub mod flood;
 pub mod lab;
 pub mod load;

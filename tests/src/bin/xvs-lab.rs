@@ -1,6 +1,8 @@
 //! xvs-lab: the director in a self-contained lab of network namespaces (`cargo xtask run` with no
 //! interface). Brings the lab up, configures a service through xvsadm, sends requests, shows the
 //! table, and runs until Ctrl-C; everything is removed on exit, and leftovers at the next start.
+//! With `--directors N` (2 to 8), the ECMP lab instead (`xvs_tests::ecmp`): N directors behind a
+//! router running BIRD 2, each announcing the VIP over BGP, and three real servers.
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -9,7 +11,11 @@ use std::{
 };
 
 use anyhow::Result;
-use xvs_tests::lab::{default_bin_dir, rs_ip4, rs_ip6, Lab, LabOptions, VIP4, VIP6};
+use xvs_tests::{
+    ecmp::{EcmpLab, EcmpOptions},
+    lab::{default_bin_dir, rs_ip4, rs_ip6, tally, Lab, LabOptions, VIP4, VIP6},
+    netns::cmd_in,
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -18,7 +24,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: xvs-lab demo [--bin-dir DIR] [--once]");
+    eprintln!("usage: xvs-lab demo [--bin-dir DIR] [--directors N] [--once]");
     std::process::exit(2);
 }
 
@@ -29,10 +35,18 @@ fn main() -> Result<()> {
     }
     let mut bin_dir = default_bin_dir();
     let mut once = false;
+    let mut directors = 1;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bin-dir" => bin_dir = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--once" => once = true,
+            "--directors" => {
+                directors = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=8).contains(n))
+                    .unwrap_or_else(|| usage());
+            }
             _ => usage(),
         }
     }
@@ -40,6 +54,9 @@ fn main() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as usize);
         libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+    }
+    if directors > 1 {
+        return ecmp_demo(bin_dir, directors, once);
     }
     println!("xvs-lab: building namespaces: client, director (xvsd), 2 real servers (apache2)");
     let lab = Lab::start(LabOptions {
@@ -108,4 +125,81 @@ fn main() -> Result<()> {
 
 fn lab_bin(name: &str) -> String {
     default_bin_dir().join(name).display().to_string()
+}
+
+/// The ECMP lab: `directors` directors, each with the same mh service (its real servers added in
+/// another order on each), announced to the router over BGP; 30 new connections from the client,
+/// then each director's table.
+fn ecmp_demo(bin_dir: PathBuf, directors: usize, once: bool) -> Result<()> {
+    println!(
+        "xvs-lab: building namespaces: client, router (BIRD 2), {directors} directors (xvsd + \
+         BIRD 2), 3 real servers (apache2)"
+    );
+    let lab = EcmpLab::start(EcmpOptions {
+        tag: "ecmplab".into(),
+        directors,
+        reals: 3,
+        bin_dir: bin_dir.clone(),
+    })?;
+    let xvsadm = bin_dir.join("xvsadm");
+    let vip = format!("{VIP4}:80");
+    let reals: Vec<String> = (1..=3).map(|i| format!("{}:80", rs_ip4(i))).collect();
+    for (d, director) in lab.directors.iter().enumerate() {
+        let sh = |args: &[&str]| -> Result<()> {
+            println!("# [{}] xvsadm {}", director.name, args.join(" "));
+            print!("{}", director.xvsadm_ok(args)?);
+            Ok(())
+        };
+        sh(&["-A", "-t", &vip, "-s", "mh", "-b", "mh-port"])?;
+        for k in 0..reals.len() {
+            sh(&["-a", "-t", &vip, "-r", &reals[(k + d) % reals.len()], "-g"])?;
+        }
+    }
+    for director in &lab.directors {
+        let digest = director.listing()?["services"][0]["table_digest"].clone();
+        println!("# [{}] table_digest {digest}", director.name);
+    }
+    lab.wait_reals_resolved(Duration::from_secs(10))?;
+    lab.wait_next_hops(directors, Duration::from_secs(30))?;
+    println!("# the router's route to the VIP (BGP, merged into one ECMP route):");
+    print!("{}", lab.router_route());
+    let url = format!("http://{VIP4}/");
+    let mut cmd = cmd_in(&lab.ns("cl"), "curl");
+    cmd.args(["-s", "-m", "5", "-H", "Connection: close"]);
+    for _ in 0..30 {
+        cmd.arg(&url);
+    }
+    let out = cmd.output()?;
+    let bodies: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    println!(
+        "# 30 x curl {url} from the client namespace: {:?}",
+        tally(&bodies)
+    );
+    for director in &lab.directors {
+        println!("# [{}] xvsadm -L -n --stats", director.name);
+        print!("{}", director.xvsadm_ok(&["-L", "-n", "--stats"])?);
+    }
+    if once {
+        return Ok(());
+    }
+    let d1 = &lab.directors[0];
+    println!(
+        "xvs-lab: running. Try:\n  ip netns exec {cl} curl {url}\n  {xvsadm} --socket {sock} -L -n \
+         --stats\n  ip netns exec {sw} ip link set p-{name} down   # cut {name} off; BFD notices\n  \
+         ip netns exec {rt} ip route show {VIP4}\nCtrl-C to stop.",
+        cl = lab.ns("cl"),
+        xvsadm = xvsadm.display(),
+        sock = d1.socket.display(),
+        sw = lab.ns("sw"),
+        name = d1.name,
+        rt = lab.ns("rt"),
+    );
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("xvs-lab: removing the lab");
+    Ok(())
 }

@@ -1,0 +1,502 @@
+//! The ECMP lab (issue 18): several directors side by side behind one router, as operators run
+//! them. The router runs BIRD 2 with a BGP session (and BFD) to each director and installs what
+//! it learns with `merge paths`, so a VIP announced by every director gets one route with a
+//! next hop per director; flows spread over them by their 5-tuple
+//! (`fib_multipath_hash_policy=1`). Each director runs xvsd (DR, `--announce-table 100`, native
+//! XDP) and a BIRD that exports xvsd's table 100. The real servers run Debian's apache2, hold the
+//! VIP on loopback as LVS-DR real servers do, and answer clients through the router directly.
+//!
+//! ```text
+//!  cl 192.0.2.2 ── 192.0.2.1 rt 198.51.100.1 ── br0 (sw) ─┬─ d1 198.51.100.2   xvsd + bird
+//!     (client)      (router: bird, AS 65000)               ├─ d2 198.51.100.3   (AS 65010)
+//!                                                          ├─ ...
+//!                                                          ├─ rs1 198.51.100.11 apache2
+//!                                                          └─ rs2 198.51.100.12 ...
+//! ```
+//!
+//! A director "dies" when its port on the bridge goes down ([`EcmpLab::port_down`]): the
+//! router's own interface stays up, so only BFD can tell it. Like the one-director lab
+//! (`lab::Lab`), the directors' pins live in a bpffs instance mounted in the host's mount
+//! namespace, and everything the lab made is removed when it is dropped.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::Ebpf;
+
+use crate::{
+    bird::Bird,
+    lab::{attach_pass, plug, rs_ip4, rs_ip6, spawn_apache, VIP4, VIP6},
+    netns::{self, create, ip, sh},
+    poll,
+    xvsd::XvsdProcess,
+};
+
+/// The kernel table xvsd announces through and the directors' BIRDs export.
+pub const ANNOUNCE_TABLE: &str = "100";
+/// The client's address (on its own link to the router).
+pub const CLIENT4: &str = "192.0.2.2";
+/// The router's address on the client's link.
+pub const ROUTER_CLIENT4: &str = "192.0.2.1";
+/// The router's address on the directors' and real servers' segment.
+pub const ROUTER4: &str = "198.51.100.1";
+
+/// ECMP lab settings.
+#[derive(Clone, Debug)]
+pub struct EcmpOptions {
+    /// Short unique tag: namespaces are `xvs-<tag>-<role>`.
+    pub tag: String,
+    /// Number of directors (at most 8).
+    pub directors: usize,
+    /// Number of real servers (at most 9).
+    pub reals: usize,
+    /// Directory holding xvsd and xvsadm.
+    pub bin_dir: PathBuf,
+}
+
+/// IPv4 address of director `i` (1-based) on the segment.
+pub fn director_ip4(i: usize) -> String {
+    format!("198.51.100.{}", 1 + i)
+}
+
+/// One director: its namespace, xvsd and BIRD.
+pub struct Director {
+    /// Its name: `d1`, `d2`...
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its address on the segment.
+    pub addr: String,
+    /// Its xvsd's control socket.
+    pub socket: PathBuf,
+    xvsd: XvsdProcess,
+    bird: Option<Bird>,
+}
+
+impl Director {
+    /// Runs xvsadm against this director's xvsd and fails with its stderr when it fails;
+    /// returns stdout.
+    pub fn xvsadm_ok(&self, args: &[&str]) -> Result<String> {
+        self.xvsd.xvsadm_ok_in(args, None)
+    }
+
+    /// `xvsadm -L -n --json`, parsed.
+    pub fn listing(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.xvsadm_ok(&["-L", "-n", "--json"])?,
+        )?)
+    }
+
+    /// What xvsd logged so far.
+    pub fn xvsd_log(&self) -> String {
+        self.xvsd.log_text()
+    }
+
+    /// Its BIRD's answer to a birdc command (for failure messages).
+    pub fn birdc(&self, command: &str) -> String {
+        self.bird
+            .as_ref()
+            .and_then(|b| b.birdc(command).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A running ECMP lab; dropping it removes everything it made.
+pub struct EcmpLab {
+    prefix: String,
+    /// Scratch directory (configurations, logs, sockets, web roots).
+    pub dir: PathBuf,
+    bpffs: PathBuf,
+    /// The directors, `d1` first.
+    pub directors: Vec<Director>,
+    reals: usize,
+    router_bird: Option<Bird>,
+    apaches: Vec<Child>,
+    /// The XDP_PASS programs on the directors' bridge ports.
+    pass: Option<Ebpf>,
+}
+
+impl EcmpLab {
+    /// Builds the topology, starts the real servers, every director's xvsd and BIRD, and the
+    /// router's BIRD. No service is configured (the caller does that, as an operator would), so
+    /// nothing is announced yet. Leftovers of an earlier run with the same tag are removed
+    /// first; on failure everything made so far is removed.
+    pub fn start(opts: EcmpOptions) -> Result<EcmpLab> {
+        crate::require_root();
+        if opts.directors == 0 || opts.directors > 8 || opts.reals == 0 || opts.reals > 9 {
+            bail!("1 to 8 directors and 1 to 9 real servers");
+        }
+        let prefix = format!("xvs-{}-", opts.tag);
+        netns::destroy_all(&prefix);
+        let dir = std::env::temp_dir().join(format!("xvs-{}", opts.tag));
+        let bpffs = dir.join("bpf");
+        // A crashed run's bpffs first: its pins are released with it.
+        netns::unmount_all(&bpffs);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&bpffs)?;
+        let directors = (1..=opts.directors)
+            .map(|i| {
+                let name = format!("d{i}");
+                let ns = format!("{prefix}{name}");
+                let socket = dir.join(format!("{name}.sock"));
+                let args = [
+                    "--iface",
+                    "eth0",
+                    "--xdp-mode",
+                    "native",
+                    "--announce-table",
+                    ANNOUNCE_TABLE,
+                    "--socket",
+                ]
+                .map(String::from)
+                .into_iter()
+                .chain([
+                    socket.display().to_string(),
+                    "--pin-dir".into(),
+                    bpffs.join(&name).display().to_string(),
+                    // Each director's own state: they share nothing but their configuration.
+                    "--state-dir".into(),
+                    dir.join(format!("{name}-state")).display().to_string(),
+                ])
+                .collect();
+                let xvsd = XvsdProcess::new(
+                    &ns,
+                    &opts.bin_dir,
+                    &socket,
+                    &dir.join(format!("{name}-xvsd.log")),
+                    args,
+                );
+                Director {
+                    addr: director_ip4(i),
+                    socket,
+                    name,
+                    ns,
+                    xvsd,
+                    bird: None,
+                }
+            })
+            .collect();
+        let mut lab = EcmpLab {
+            prefix,
+            dir,
+            bpffs,
+            directors,
+            reals: opts.reals,
+            router_bird: None,
+            apaches: Vec::new(),
+            pass: None,
+        };
+        netns::mount_bpffs(&lab.bpffs).context("mounting the lab's bpffs")?;
+        lab.build_topology()
+            .context("building the ECMP lab's topology")?;
+        for i in 1..=opts.reals {
+            let child = spawn_apache(&lab.ns(&format!("rs{i}")), &lab.dir, i, &rs_ip4(i))
+                .with_context(|| format!("starting apache2 on rs{i}"))?;
+            lab.apaches.push(child);
+        }
+        for d in &mut lab.directors {
+            d.xvsd
+                .start(&[])
+                .with_context(|| format!("starting xvsd on {}", d.name))?;
+        }
+        lab.start_birds().context("starting BIRD")?;
+        Ok(lab)
+    }
+
+    /// Full name of a namespace role (`cl`, `rt`, `sw`, `d1`, `rs1`...).
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn build_topology(&mut self) -> Result<()> {
+        let (sw, rt, cl) = (self.ns("sw"), self.ns("rt"), self.ns("cl"));
+        for ns in [&sw, &rt, &cl] {
+            create(ns)?;
+        }
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        // The client's own link to the router.
+        ip(&[
+            "-n", &cl, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &rt,
+        ])?;
+        let out = sh(
+            &cl,
+            &format!(
+                "set -e
+                ip addr add {CLIENT4}/24 dev eth0
+                ip link set eth0 up
+                ip route add default via {ROUTER_CLIENT4}
+                ethtool -K eth0 tx off >/dev/null"
+            ),
+        )?;
+        if !out.status.success() {
+            bail!("client setup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        plug(&sw, "br0", &rt, "p-rt", "eth1", ROUTER4, "2001:db8:1::1")?;
+        // A router that spreads flows over its next hops by their 5-tuple (the default hashes
+        // addresses only, which would put every connection of the one client on one director).
+        // Checksums filled in by the sender: the directors forward the client's packets with
+        // XDP_TX, which keeps no checksum-offload state.
+        let out = sh(
+            &rt,
+            &format!(
+                "set -e
+                ip addr add {ROUTER_CLIENT4}/24 dev eth0
+                ip link set eth0 up
+                sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.fib_multipath_hash_policy=1
+                ethtool -K eth0 tx off >/dev/null"
+            ),
+        )?;
+        if !out.status.success() {
+            bail!("router setup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for (i, d) in self.directors.iter().enumerate() {
+            create(&d.ns)?;
+            let v6 = format!("2001:db8:1::{}", 2 + i);
+            let port = format!("p-{}", d.name);
+            plug(&sw, "br0", &d.ns, &port, "eth0", &d.addr, &v6)?;
+            // No unknown-unicast flooding towards the directors. A port going down flushes its
+            // MAC addresses from the bridge, which then floods the frames the router still
+            // sends to the cut-off director to every port until BFD acts; the directors' XDP
+            // program forwards frames whatever their destination MAC (the kernel would drop
+            // them as PACKET_OTHERHOST), so the survivors would carry the dead director's flows
+            // before the router moved them and the test would not measure the route's
+            // convergence. Broadcasts (ARP) still reach them.
+            ip(&[
+                "-n",
+                &sw,
+                "link",
+                "set",
+                &port,
+                "type",
+                "bridge_slave",
+                "flood",
+                "off",
+            ])?;
+        }
+        for i in 1..=self.reals {
+            let ns = self.ns(&format!("rs{i}"));
+            create(&ns)?;
+            plug(
+                &sw,
+                "br0",
+                &ns,
+                &format!("p-rs{i}"),
+                "eth0",
+                &rs_ip4(i),
+                &rs_ip6(i),
+            )?;
+            // LVS-DR real server: the VIP on loopback, never answering ARP for it nor sourcing
+            // ARP from it; replies go to the client through the router, not the directors.
+            let out = sh(
+                &ns,
+                &format!(
+                    "set -e
+                    ip addr add {VIP4}/32 dev lo
+                    ip addr add {VIP6}/128 dev lo
+                    ip route add default via {ROUTER4}
+                    sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+                     net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2"
+                ),
+            )?;
+            if !out.status.success() {
+                bail!("rs{i} setup: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        // Native XDP_TX into a veth delivers only when the peer runs XDP too.
+        let ports: Vec<String> = self
+            .directors
+            .iter()
+            .map(|d| format!("p-{}", d.name))
+            .collect();
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        self.pass = Some(attach_pass(&sw, &ports)?);
+        Ok(())
+    }
+
+    /// The router's BIRD and every director's, with BGP and BFD at a test's pace.
+    fn start_birds(&mut self) -> Result<()> {
+        for d in &mut self.directors {
+            let config = director_bird(&d.addr);
+            d.bird = Some(Bird::start(&d.ns, &self.dir, &d.name, &config)?);
+        }
+        let config = router_bird(&self.directors);
+        self.router_bird = Some(Bird::start(&self.ns("rt"), &self.dir, "router", &config)?);
+        Ok(())
+    }
+
+    /// The router's route to the IPv4 VIP, as `ip route show` prints it.
+    pub fn router_route(&self) -> String {
+        netns::cmd_in(&self.ns("rt"), "ip")
+            .args(["route", "show", VIP4])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The next hops of the router's route to the IPv4 VIP (none while it has no route).
+    pub fn router_next_hops(&self) -> Vec<String> {
+        let text = self.router_route();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+
+    /// Waits until the router's route to the VIP has exactly `n` next hops; returns how long
+    /// that took.
+    pub fn wait_next_hops(&self, n: usize, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        poll(
+            timeout,
+            &format!("the router's route to {VIP4} with {n} next hops"),
+            || (self.router_next_hops().len() == n).then_some(()),
+        )
+        .with_context(|| self.routing_report())?;
+        Ok(t0.elapsed())
+    }
+
+    /// The router's route and the BGP sessions on both sides (for failure messages).
+    pub fn routing_report(&self) -> String {
+        let mut s = format!("router's next hops: {:?}\n", self.router_next_hops());
+        if let Some(b) = &self.router_bird {
+            s += &b.birdc("show protocols").unwrap_or_default();
+            s += &b.birdc("show route all").unwrap_or_default();
+            s += &b.log_text();
+        }
+        for d in &self.directors {
+            s += &format!(
+                "{}: {}\n{}",
+                d.name,
+                d.birdc("show protocols"),
+                d.birdc("show route all")
+            );
+        }
+        s
+    }
+
+    /// Takes director `i`'s (0-based) port on the bridge down: the director is cut off, the
+    /// router's interface stays up.
+    pub fn port_down(&self, i: usize) -> Result<()> {
+        let port = format!("p-{}", self.directors[i].name);
+        ip(&["-n", &self.ns("sw"), "link", "set", &port, "down"])
+    }
+
+    /// Brings director `i`'s port back up.
+    pub fn port_up(&self, i: usize) -> Result<()> {
+        let port = format!("p-{}", self.directors[i].name);
+        ip(&["-n", &self.ns("sw"), "link", "set", &port, "up"])
+    }
+
+    /// Waits until every director has resolved every real server's MAC address (until then a
+    /// real server takes no new connections there).
+    pub fn wait_reals_resolved(&self, timeout: Duration) -> Result<()> {
+        for d in &self.directors {
+            poll(
+                timeout,
+                &format!("{} to resolve the real servers", d.name),
+                || {
+                    let json = d.listing().ok()?;
+                    let services = json["services"].as_array()?;
+                    services
+                        .iter()
+                        .flat_map(|s| s["reals"].as_array().into_iter().flatten())
+                        .all(|r| r["mac"].is_string())
+                        .then_some(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        for d in &mut self.directors {
+            let _ = d.xvsd.stop_within(Duration::from_secs(5));
+            d.bird = None;
+        }
+        self.router_bird = None;
+        self.pass = None;
+        netns::destroy_all(&self.prefix);
+        // The pins (and with them the directors' links and maps) go with the bpffs instance.
+        netns::unmount_all(&self.bpffs);
+        let _ = fs::remove_dir(&self.bpffs);
+        for mut c in self.apaches.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Logs and configurations: kept for a failed test to be looked at (the next run with
+        // the same tag removes them), removed after a passing one.
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for EcmpLab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// BGP and BFD timers at a test's pace: BFD every 100 ms, down after 3 missed; a session that
+/// went down reconnects within a second or two.
+const TIMERS: &str = "bfd on;
+    connect delay time 1; connect retry time 1; error wait time 1, 2;";
+
+/// A director's BIRD: learns xvsd's routes from its table and exports them to the router.
+fn director_bird(addr: &str) -> String {
+    format!(
+        r#"router id {addr};
+protocol device {{ scan time 1; }}
+protocol kernel xvs {{
+    kernel table {ANNOUNCE_TABLE};
+    learn;
+    scan time 1;
+    ipv4 {{ import all; export none; }};
+}}
+protocol bfd {{ interface "eth0" {{ interval 100 ms; multiplier 3; }}; }}
+protocol bgp uplink {{
+    local {addr} as 65010;
+    neighbor {ROUTER4} as 65000;
+    {TIMERS}
+    ipv4 {{ import none; export where proto = "xvs"; next hop self; }};
+}}
+"#
+    )
+}
+
+/// The router's BIRD: a session per director; equal routes from several directors become one
+/// multipath route in the kernel (`merge paths`).
+fn router_bird(directors: &[Director]) -> String {
+    let mut config = format!(
+        r#"router id {ROUTER4};
+protocol device {{ scan time 1; }}
+protocol kernel {{
+    merge paths on;
+    ipv4 {{ import none; export all; }};
+}}
+protocol bfd {{ interface "eth1" {{ interval 100 ms; multiplier 3; }}; }}
+"#
+    );
+    for d in directors {
+        config += &format!(
+            r#"protocol bgp {name} {{
+    local {ROUTER4} as 65000;
+    neighbor {addr} as 65010;
+    {TIMERS}
+    ipv4 {{ import all; export none; }};
+}}
+"#,
+            name = d.name,
+            addr = d.addr,
+        );
+    }
+    config
+}
