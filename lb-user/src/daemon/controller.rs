@@ -329,29 +329,16 @@ impl<D: DataplaneOps> Controller<D> {
                 done.skip("unknown_service");
                 continue;
             };
-            let real = installer::real_of(conn);
-            let found = [real, SocketAddr::new(real.ip(), 0)]
-                .into_iter()
-                .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
-            let Some(r) = found else {
+            let Some((forward, service_id, backend, generation)) =
+                self.synced_backend(&key, svc, conn, &generations)
+            else {
                 done.skip("unknown_real");
                 continue;
             };
-            if !matches!(r.forward, ForwardMethod::Dr | ForwardMethod::Tunnel(_)) {
+            if !matches!(forward, ForwardMethod::Dr | ForwardMethod::Tunnel(_)) {
                 done.skip("unsupported");
                 continue;
             }
-            let (Some(service_id), Some(backend)) = (
-                self.dataplane.service_id(&key),
-                self.dataplane.backend_id(&key, r.addr),
-            ) else {
-                done.skip("unknown_real");
-                continue;
-            };
-            let Some(&generation) = generations.get(&backend) else {
-                done.skip("unknown_real");
-                continue;
-            };
             let Some(entry) =
                 installer::conn_to_entry(conn, service_id, backend, generation, &self.pushed, now)
             else {
@@ -370,6 +357,26 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
         done
+    }
+
+    /// The local real server a synced entry names in service `key` (by address and port; one
+    /// configured without a port takes any): its forwarding method and its service's, slot's
+    /// and slot generation's ids in the data plane. None when it is not here (or not placed).
+    fn synced_backend(
+        &self,
+        key: &ServiceKey,
+        svc: &crate::model::Service,
+        conn: &SyncConn,
+        generations: &HashMap<u32, u32>,
+    ) -> Option<(ForwardMethod, u32, u32, u32)> {
+        let real = installer::real_of(conn);
+        let r = [real, SocketAddr::new(real.ip(), 0)]
+            .into_iter()
+            .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr))?;
+        let service_id = self.dataplane.service_id(key)?;
+        let backend = self.dataplane.backend_id(key, r.addr)?;
+        let generation = *generations.get(&backend)?;
+        Some((r.forward, service_id, backend, generation))
     }
 
     /// Installs template `conn` (of `protocol`) a backup received: its service is the one of
@@ -395,22 +402,9 @@ impl<D: DataplaneOps> Controller<D> {
             done.skip("not_persistent");
             return;
         };
-        let real = installer::real_of(conn);
-        let found = [real, SocketAddr::new(real.ip(), 0)]
-            .into_iter()
-            .find_map(|addr| svc.reals.iter().find(|r| r.addr == addr));
-        let Some(r) = found else {
-            done.skip("unknown_real");
-            return;
-        };
-        let (Some(service_id), Some(backend)) = (
-            self.dataplane.service_id(&key),
-            self.dataplane.backend_id(&key, r.addr),
-        ) else {
-            done.skip("unknown_real");
-            return;
-        };
-        let Some(&generation) = generations.get(&backend) else {
+        let Some((_, service_id, backend, generation)) =
+            self.synced_backend(&key, svc, conn, generations)
+        else {
             done.skip("unknown_real");
             return;
         };
