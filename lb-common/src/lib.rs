@@ -12,6 +12,7 @@ pub mod decap;
 pub mod filter;
 pub mod icmp64;
 pub mod layout;
+pub mod link;
 pub mod maps;
 pub mod martian;
 pub mod reason;
@@ -21,6 +22,7 @@ pub use conn::{
     FlowKey, SyncEvent, PROOF_MASK, PROOF_NEW, STATE_MASK, SYNC_EVENTS_BYTES, SYNC_REFRESH_SHIFT,
 };
 pub use layout::{MapLayout, Meta, LAYOUT_VERSION};
+pub use link::{LinkMacs, LINK_MAC_SLOTS};
 pub use maps::{
     backend_flags, config_flags, flow_hash, fwd, laddr_key, mask_addr, nat_job,
     nat_reply_filter_proto, prefix_masks, service_flags, table_kind, tunnel_job_flags, tuple_hash,
@@ -110,6 +112,9 @@ pub mod names {
     pub const MAP_ICMP_SCRATCH: &str = "ICMP_SCRATCH";
     /// Per-CPU cache of tunnelled backends' routes (lb_common::TunRoute); never pinned.
     pub const MAP_TUN_ROUTES: &str = "TUN_ROUTES";
+    /// The attached interfaces' station addresses (lb_common::LinkMacs by link_slot(ifindex));
+    /// never pinned (each xvsd fills its own load's).
+    pub const MAP_LINK_MACS: &str = "LINK_MACS";
     /// A program that passes every frame (for veth peers of XDP_TX interfaces).
     pub const PROG_PASS: &str = "xvs_pass";
     /// The benchmark floor: bounds check and XDP_TX.

@@ -122,10 +122,14 @@ pub enum Reason {
     /// A connection's report to the master sync daemon did not fit the SYNC_EVENTS ring buffer
     /// (xvsd fell behind): the packet was forwarded, a backup does not learn of this change.
     SyncEventLost = 45,
+    /// A unicast frame addressed to another host's MAC (one a promiscuous interface or a
+    /// flooding switch delivered; lb_common::link): passed to the kernel, which drops it, as it
+    /// drops it before IPVS, instead of forwarding a copy of another host's traffic.
+    PassNotOurMac = 46,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: u32 = 46;
+pub const REASON_COUNT: u32 = 47;
 /// Size of the REASONS map: room for reasons later builds add without changing the pinned
 /// layout (a hitless upgrade keeps the map).
 pub const REASON_SLOTS: u32 = 64;
@@ -180,6 +184,7 @@ impl Reason {
         Reason::ConnMidflowMiss,
         Reason::DropMartianSource,
         Reason::SyncEventLost,
+        Reason::PassNotOurMac,
     ];
 
     /// The reason with this index (the REASONS map key), if any.
@@ -274,6 +279,7 @@ impl Reason {
             Reason::ConnMidflowMiss => "conn_midflow_miss",
             Reason::DropMartianSource => "drop_martian_source",
             Reason::SyncEventLost => "sync_event_lost",
+            Reason::PassNotOurMac => "pass_not_our_mac",
         }
     }
 }

@@ -119,6 +119,20 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     store_u16(d2, lo);
 }
 
+/// A MAC address as lb_common::link::mac_word has it (its bytes in memory order in the low 48
+/// bits), in two loads: from packet memory or a map value; see `word_access`.
+#[inline(always)]
+pub fn load_mac_word(mac: &[u8; 6]) -> u64 {
+    // SAFETY: a [u8; 6] is a [u8; 4] followed by a [u8; 2], all of alignment 1.
+    let (m4, m2) = unsafe {
+        (
+            &*(mac.as_ptr() as *const [u8; 4]),
+            &*(mac.as_ptr().add(4) as *const [u8; 2]),
+        )
+    };
+    load_u32(m4) as u64 | (load_u16(m2) as u64) << 32
+}
+
 /// An address in the 16-byte form as four 32-bit words in memory order, one load each: from
 /// packet memory, a map value, or a stack array aligned to 4 (the address fields of `Parsed`
 /// and `FlowKey`, which are aligned to 8); never from another stack array (see `word_access`).

@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod neighbor;
 pub mod object;
 pub mod realserver;
+pub mod station;
 pub mod sync;
 pub mod tunnel;

@@ -231,6 +231,51 @@ fn non_service_traffic_passes_untouched_and_is_counted() {
 }
 
 #[test]
+fn frames_to_another_hosts_mac_pass_once_the_interface_is_described() {
+    let mut d = director();
+    // The loopback interface (ifindex 1 in every namespace) stands for the attached one.
+    const LO: u32 = 1;
+    const VLAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+    let to = |mac: [u8; 6], sport: u16| {
+        let mut f = tcp("192.0.2.1", sport, "203.0.113.10", 80, SYN);
+        f[0..6].copy_from_slice(&mac);
+        f
+    };
+    let stranger = to([0x02, 0, 0, 0, 0, 0x99], 40001);
+    // Not described yet: every frame is the director's, as before xvsd writes LINK_MACS.
+    assert_eq!(d.run_on(LO, &stranger).0, verdict::TX);
+    let plan = lb_user::station::plan(&[(LO, vec![DIRECTOR_MAC, VLAN_MAC])].into());
+    assert_eq!(d.dp.set_link_macs(&plan.slots).expect("LINK_MACS written"), 1);
+    let (tx_before, passed_before) = (d.reason(Reason::TxDr), d.reason(Reason::PassNotService));
+    let stranger = to([0x02, 0, 0, 0, 0, 0x99], 40002);
+    let (v, out) = d.run_on(LO, &stranger);
+    assert_eq!(v, verdict::PASS, "another host's frame goes to the kernel");
+    assert_eq!(out, stranger, "untouched");
+    assert_eq!(d.reason(Reason::PassNotOurMac), 1);
+    assert_eq!(d.reason(Reason::TxDr), tx_before, "not forwarded");
+    assert_eq!(d.reason(Reason::PassNotService), passed_before);
+    // A MAC differing only in its last byte, or only in its first, is another host's too.
+    for mac in [[0x02, 0, 0, 0, 0, 0x03], [0x06, 0, 0, 0, 0, 0x02]] {
+        assert_eq!(d.run_on(LO, &to(mac, 40003)).0, verdict::PASS, "{mac:02x?}");
+    }
+    assert_eq!(d.reason(Reason::PassNotOurMac), 3);
+    // The interface's own address, a stacked link's and a group address are balanced.
+    for (mac, sport) in [
+        (DIRECTOR_MAC, 40004),
+        (VLAN_MAC, 40005),
+        ([0xff; 6], 40006),
+        ([0x01, 0x00, 0x5e, 0, 0, 1], 40007),
+    ] {
+        assert_eq!(d.run_on(LO, &to(mac, sport)).0, verdict::TX, "{mac:02x?}");
+    }
+    assert_eq!(d.reason(Reason::TxDr), tx_before + 4);
+    // Emptied again (xvsd's plan without the interface): nothing filtered.
+    d.dp.set_link_macs(&Default::default()).expect("LINK_MACS emptied");
+    assert_eq!(d.run_on(LO, &to([0x02, 0, 0, 0, 0, 0x99], 40008)).0, verdict::TX);
+    assert_eq!(d.reason(Reason::PassNotOurMac), 3);
+}
+
+#[test]
 fn malformed_packets_are_dropped_and_counted() {
     let mut d = director();
     let good = tcp("192.0.2.1", 40000, "203.0.113.10", 80, SYN);

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 2),
     ("sync", 2),
     ("announce", 2),
+    ("station", 2),
     ("proto", 3),
     ("client", 3),
     ("listing", 4),

@@ -8,7 +8,8 @@
 //! 2. computations and persistence over the domain: [`scheduler`] (tables), [`estimator`]
 //!    (rates), [`pressure`] (the connection table's fill and losses), [`health`] (the up/down machine, latency histograms), [`state`] (the saved
 //!    configuration), [`config_file`] (the TOML file), [`sync`] (IPVS's connection-sync
-//!    wire format), [`announce`] (which VIPs a director announces to its routers);
+//!    wire format), [`announce`] (which VIPs a director announces to its routers), [`station`]
+//!    (which MACs the director answers on each interface);
 //! 3. the control protocol between xvsadm and xvsd: [`proto`], and its blocking [`client`];
 //! 4. presentation: [`listing`] (ipvsadm's output), [`help`];
 //! 5. ipvsadm's command language: [`rules`] (commands typed and saved by `-S`, read by `-R`);
@@ -32,6 +33,7 @@ pub mod proto;
 pub mod rules;
 pub mod scheduler;
 pub mod state;
+pub mod station;
 pub mod stats;
 pub mod sync;
 

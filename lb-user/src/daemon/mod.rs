@@ -217,6 +217,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .chain(opts.more_ifaces.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(", ");
+    let attached: Vec<(String, u32)> = std::iter::once((opts.iface.clone(), ifindex))
+        .chain(more_ifaces.iter().cloned())
+        .collect();
     let state_file = opts
         .state_dir
         .as_ref()
@@ -352,6 +355,22 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // The attached interfaces' station addresses are in LINK_MACS before the socket is ready,
+    // and followed as links change (a VLAN or keepalived's macvlan added later).
+    let station_task = {
+        let links = crate::station::Links::new().map_err(io_err("netlink socket for links"))?;
+        let mut station = Station::new(attached);
+        station.step(&shared, &links).await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATION_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                station.step(&shared, &links).await;
+            }
+        })
+    };
     let listener = bind_socket(&opts.socket, &opts.access)?;
     info!(socket = %opts.socket.display(), group = ?opts.access.gid(), "control socket ready");
     let metrics_task = match opts.metrics {
@@ -466,6 +485,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         t.abort();
     }
     health_task.abort();
+    station_task.abort();
     if let Some(t) = announce_task {
         // The routes stay: the pinned data plane goes on forwarding, so the director goes on
         // being announced (xvsd --cleanup --announce-table N withdraws them).
@@ -477,6 +497,70 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&opts.socket);
     drop(shared);
     Ok(())
+}
+
+/// How often the attached interfaces' station addresses are read again.
+const STATION_PERIOD: Duration = Duration::from_secs(1);
+
+/// The station addresses as last written to LINK_MACS (lb_core::station).
+struct Station {
+    attached: Vec<(String, u32)>,
+    last: Option<std::collections::BTreeMap<u32, Vec<[u8; 6]>>>,
+}
+
+impl Station {
+    fn new(attached: Vec<(String, u32)>) -> Self {
+        Self {
+            attached,
+            last: None,
+        }
+    }
+
+    /// Reads the links and, when the attached interfaces' addresses changed, writes the new
+    /// plan and says so.
+    async fn step(&mut self, shared: &Shared, links: &crate::station::Links) {
+        let records = match links.dump().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "reading the interfaces' MAC addresses failed; retried every second");
+                return;
+            }
+        };
+        let ifindexes: Vec<u32> = self.attached.iter().map(|(_, i)| *i).collect();
+        let addresses = crate::station::addresses(&records, &ifindexes);
+        if self.last.as_ref() == Some(&addresses) {
+            return;
+        }
+        let plan = crate::station::plan(&addresses);
+        let name = |ifindex: u32| {
+            self.attached
+                .iter()
+                .find(|(_, i)| *i == ifindex)
+                .map_or(String::new(), |(n, _)| n.clone())
+        };
+        match shared
+            .controller
+            .lock()
+            .await
+            .dataplane_mut()
+            .set_link_macs(&plan.slots)
+        {
+            Ok(_) => self.last = Some(addresses.clone()),
+            Err(e) => {
+                warn!(error = %e, "writing the interfaces' MAC addresses to the data plane failed; retried every second");
+                return;
+            }
+        }
+        for (ifindex, macs) in &addresses {
+            if plan.slots.values().any(|e| e.ifindex == *ifindex) {
+                let macs: Vec<String> = macs.iter().map(fmt_mac).collect();
+                info!(iface = %name(*ifindex), macs = %macs.join(" "), "frames to other unicast MACs are passed to the kernel (pass_not_our_mac)");
+            }
+        }
+        for (ifindex, why) in &plan.unfiltered {
+            warn!(iface = %name(*ifindex), why = ?why, "frames on this interface are not filtered by destination MAC");
+        }
+    }
 }
 
 /// Keeps the announcement table in step with the services' quorum states: at once after a

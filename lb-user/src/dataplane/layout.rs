@@ -14,11 +14,13 @@ use lb_common::{
 use super::{pin::PinDir, DataplaneError, Sizes};
 
 /// Maps every load creates afresh: aya-log's ring buffer, the tunnel and reply route caches,
-/// the ICMP translation scratch, and the sync events (reports for the running xvsd only, so an
-/// older pinned data plane without them is still adopted).
-const UNPINNED: [&str; 5] = [
+/// the ICMP translation scratch, the sync events (reports for the running xvsd only, so an
+/// older pinned data plane without them is still adopted) and the station addresses (each xvsd
+/// fills its own; an empty table filters nothing).
+const UNPINNED: [&str; 6] = [
     "AYA_LOGS",
     names::MAP_SYNC_EVENTS,
+    names::MAP_LINK_MACS,
     names::MAP_TUN_ROUTES,
     names::MAP_REPLY_ROUTES,
     names::MAP_ICMP_SCRATCH,

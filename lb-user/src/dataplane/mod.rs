@@ -54,8 +54,8 @@ use aya::{
 };
 use lb_common::{
     mask_addr, names, reason::REASON_COUNT, Backend, ConnCounters, ConnEntry, ConnState,
-    DataplaneConfig, FlowKey, Meta, NatReply, PersistEntry, PersistKey, Reason, ServiceValue,
-    Stats, MAX_BACKENDS, MAX_SERVICES,
+    DataplaneConfig, FlowKey, LinkMacs, Meta, NatReply, PersistEntry, PersistKey, Reason,
+    ServiceValue, Stats, LINK_MAC_SLOTS, MAX_BACKENDS, MAX_SERVICES,
 };
 use thiserror::Error;
 use tracing::info;
@@ -295,6 +295,9 @@ pub struct Dataplane {
     /// The connections recorded or changed for the master sync daemon (SYNC_EVENTS), until
     /// xvsd takes them.
     sync_events: Option<RingBuf<MapData>>,
+    /// The attached interfaces' station addresses (LINK_MACS), and what was last written there.
+    link_macs: Array<MapData, LinkMacs>,
+    link_macs_written: Vec<LinkMacs>,
 }
 
 impl Dataplane {
@@ -408,6 +411,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_FULLNAT_AUDIT))?;
         let sync_events = RingBuf::try_from(take(names::MAP_SYNC_EVENTS)?)
             .map_err(map_err(names::MAP_SYNC_EVENTS))?;
+        let link_macs = Array::try_from(take(names::MAP_LINK_MACS)?)
+            .map_err(map_err(names::MAP_LINK_MACS))?;
         // After every program is loaded: the logger takes the log map out of `ebpf`.
         let kernel_logger = match kernel_log {
             KernelLog::Off => None,
@@ -457,6 +462,8 @@ impl Dataplane {
             kernel_logger,
             audit: Some(audit),
             sync_events: Some(sync_events),
+            link_macs,
+            link_macs_written: vec![LinkMacs::default(); LINK_MAC_SLOTS as usize],
         })
     }
 
@@ -484,6 +491,27 @@ impl Dataplane {
             .insert(key, entry, 0)
             .map_err(map_err(names::MAP_PERSIST))?;
         Ok(())
+    }
+
+    /// Makes LINK_MACS hold exactly `slots` (every other slot empty, filtering nothing); writes
+    /// only the slots that change. Returns how many were written.
+    pub fn set_link_macs(
+        &mut self,
+        slots: &std::collections::BTreeMap<u32, LinkMacs>,
+    ) -> Result<usize, DataplaneError> {
+        let mut written = 0;
+        for slot in 0..LINK_MAC_SLOTS {
+            let want = slots.get(&slot).copied().unwrap_or_default();
+            if self.link_macs_written[slot as usize] == want {
+                continue;
+            }
+            self.link_macs
+                .set(slot, want, 0)
+                .map_err(map_err(names::MAP_LINK_MACS))?;
+            self.link_macs_written[slot as usize] = want;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// The connection reports for the master sync daemon, once.

@@ -4,9 +4,9 @@
 //!
 //! Four XDP programs share these maps: `xvs_director` (attached), and the tail-called
 //! `xvs_icmp`, `xvs_tunnel` and `xvs_nat`, which run with a fresh stack of their own. A packet
-//! through `xvs_director`: parse -> ICMP hand-off -> service filter (else: a NAT reply?) ->
-//! connection table -> (new flow: service, persistence, scheduler table, connection entry) ->
-//! counters -> forward.
+//! through `xvs_director`: station address -> parse -> ICMP hand-off -> service filter (else: a
+//! NAT reply?) -> connection table -> (new flow: service, persistence, scheduler table,
+//! connection entry) -> counters -> forward.
 #![no_std]
 #![no_main]
 // The scheduler cursor's atomic fetch-and-add (maps::seq_next): core's atomics have no
@@ -20,6 +20,7 @@ mod maps;
 mod persist;
 mod sched;
 mod service;
+mod station;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -48,6 +49,9 @@ pub fn xvs_director(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn director(pkt: &mut Packet) -> Result<Out, Reason> {
+    if !station::addressed_here(pkt) {
+        return Err(Reason::PassNotOurMac);
+    }
     let p = parse(pkt)?;
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         // Rare and stack-hungry: handled by a program of its own (fresh stack).

@@ -14,10 +14,10 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnClass, ConnCounters, ConnEntry,
-    DataplaneConfig, FlowKey, FullNatAudit, LocalAddr, Meta, NatJob, NatReply, PersistEntry,
+    DataplaneConfig, FlowKey, FullNatAudit, LinkMacs, LocalAddr, Meta, NatJob, NatReply, PersistEntry,
     PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, SyncEvent, TunRoute,
     TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
-    FULLNAT_AUDIT_BYTES, MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, STATE_MASK,
+    FULLNAT_AUDIT_BYTES, LINK_MAC_SLOTS, MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, STATE_MASK,
     SYNC_EVENTS_BYTES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
 use lb_ebpf::nat::IcmpRewrite;
@@ -102,6 +102,11 @@ static ICMP_SCRATCH: PerCpuArray<IcmpRewrite> = PerCpuArray::with_max_entries(1,
 /// Each CPU's last FIB answer per tunnelled backend (lb_common::TunRoute).
 #[map]
 static TUN_ROUTES: PerCpuArray<TunRoute> = PerCpuArray::with_max_entries(TUN_ROUTE_SLOTS, 0);
+
+/// The attached interfaces' station addresses, by lb_common::link::link_slot(ifindex). Never
+/// pinned: each xvsd fills its own load's (an empty slot filters nothing).
+#[map]
+static LINK_MACS: Array<LinkMacs> = Array::with_max_entries(LINK_MAC_SLOTS, 0);
 
 // Read by the controller only: the layout the maps were created with (checked before a
 // restarted or upgraded controller adopts pinned maps).
@@ -189,6 +194,12 @@ pub fn service(key: &ServiceKey) -> Option<&'static ServiceValue> {
 #[inline(always)]
 pub fn backend(id: u32) -> Option<&'static Backend> {
     BACKENDS.get(id)
+}
+
+/// The station addresses of the slot interface `ifindex` falls in (maybe another's).
+#[inline(always)]
+pub fn link_macs(ifindex: u32) -> Option<&'static LinkMacs> {
+    LINK_MACS.get(lb_common::link::link_slot(ifindex))
 }
 
 /// Slot `index` of the scheduler tables.
