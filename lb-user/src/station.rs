@@ -60,7 +60,7 @@ fn record(msg: &LinkMessage) -> LinkRecord {
                                 | InfoKind::IpVtap
                         )
                     )
-                })
+                });
             }
             _ => {}
         }

@@ -260,24 +260,12 @@ impl EcmpLab {
             let v6 = format!("2001:db8:1::{}", 2 + i);
             let port = format!("p-{}", d.name);
             plug(&sw, "br0", &d.ns, &port, "eth0", &d.addr, &v6)?;
-            // No unknown-unicast flooding towards the directors. A port going down flushes its
-            // MAC addresses from the bridge, which then floods the frames the router still
-            // sends to the cut-off director to every port until BFD acts; the directors' XDP
-            // program forwards frames whatever their destination MAC (the kernel would drop
-            // them as PACKET_OTHERHOST), so the survivors would carry the dead director's flows
-            // before the router moved them and the test would not measure the route's
-            // convergence. Broadcasts (ARP) still reach them.
-            ip(&[
-                "-n",
-                &sw,
-                "link",
-                "set",
-                &port,
-                "type",
-                "bridge_slave",
-                "flood",
-                "off",
-            ])?;
+            // Unknown unicast is flooded to the directors as a switch floods it: a port going
+            // down flushes its MAC addresses from the bridge, which then floods the frames the
+            // router still sends to the cut-off director to every port until BFD acts. The
+            // survivors' data planes pass them (pass_not_our_mac) to their kernels, which drop
+            // them, so no survivor carries the dead director's flows before the router moved
+            // them (the test counts those frames).
         }
         for i in 1..=self.reals {
             let ns = self.ns(&format!("rs{i}"));

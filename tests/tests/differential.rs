@@ -1442,7 +1442,8 @@ fn generated_frames_agree_with_the_host_model() {
     in_fib_ns(NS, &script(), move |d, ifx| {
         director(d);
         let station = lb_user::station::plan(&[(ifx, vec![DIRECTOR_MAC])].into());
-        d.dp.set_link_macs(&station.slots).expect("LINK_MACS written");
+        d.dp.set_link_macs(&station.slots)
+            .expect("LINK_MACS written");
         run(d, ifx, cases);
     });
 }

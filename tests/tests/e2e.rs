@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, process::Command};
 
 use anyhow::Result;
 use xvs_tests::{
+    flood::reason,
     lab::{default_bin_dir, rs_ip4, rs_ip6, tally, two_reals as lab, Lab, VIP4, VIP6},
     netns,
 };
@@ -398,4 +399,63 @@ fn the_data_plane_logs_drops_only_when_asked() {
     );
     let after = lab.xvsd_log();
     assert!(!after[before..].contains("tx_dr"), "{}", &after[before..]);
+}
+
+#[test]
+fn frames_to_another_hosts_mac_are_the_kernels_and_a_macvlan_on_the_interface_is_balanced() {
+    let lab = lab("e2e-mac");
+    let f = &families()[0];
+    setup(&lab, f, "rr", 1, 1).unwrap();
+    let (cl, dir) = (lab.ns("cl"), lab.ns("dir"));
+    let curl_once = || {
+        netns::sh(&cl, &format!("curl -s -m 2 -o /dev/null {}", f.url))
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(curl_once(), "the service answers");
+    // The client sends its frames for the director to a MAC no host has: the bridge floods
+    // them to every port, the director's too.
+    let neighbor = |mac: &str| {
+        let out = netns::sh(
+            &cl,
+            &format!("ip neigh replace 198.51.100.2 lladdr {mac} dev eth0 nud permanent"),
+        )
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    neighbor("02:00:00:00:99:99");
+    let passed = reason(&lab, "pass_not_our_mac").unwrap();
+    let forwarded = reason(&lab, "tx_dr").unwrap();
+    assert!(
+        !curl_once(),
+        "a flooded frame for another host was balanced"
+    );
+    assert!(reason(&lab, "pass_not_our_mac").unwrap() > passed);
+    assert_eq!(
+        reason(&lab, "tx_dr").unwrap(),
+        forwarded,
+        "nothing forwarded"
+    );
+    // A macvlan on the director's interface (keepalived's use_vmac makes one): its address is
+    // the director's, within xvsd's next look at the links.
+    let out = netns::sh(
+        &dir,
+        "ip link add mv0 link eth0 address 02:00:00:00:99:98 type macvlan mode bridge \
+         && ip link set mv0 up",
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    neighbor("02:00:00:00:99:98");
+    xvs_tests::poll(
+        std::time::Duration::from_secs(10),
+        "the macvlan's frames balanced",
+        || curl_once().then_some(()),
+    )
+    .unwrap();
+    assert!(reason(&lab, "tx_dr").unwrap() > forwarded);
+    assert!(
+        lab.xvsd_log().contains("02:00:00:00:99:98"),
+        "xvsd says which MACs it answers for:\n{}",
+        lab.xvsd_log()
+    );
 }

@@ -51,6 +51,17 @@ fn counter(lab: &EcmpLab, d: usize, path: &[&str]) -> Result<u64> {
     Ok(v.as_u64().unwrap_or(0))
 }
 
+/// A reason counter of every director.
+fn reasons(lab: &EcmpLab, name: &str) -> Result<Vec<u64>> {
+    (0..lab.directors.len())
+        .map(|d| {
+            Ok(lab.directors[d].listing()?["reasons"][name]
+                .as_u64()
+                .unwrap_or(0))
+        })
+        .collect()
+}
+
 fn counters(lab: &EcmpLab, path: &[&str]) -> Result<Vec<u64>> {
     (0..lab.directors.len())
         .map(|d| counter(lab, d, path))
@@ -181,6 +192,9 @@ struct Figures {
     failed_after: usize,
     /// Mid-flow TCP packets the surviving directors had no connection entry for.
     midflow_on_survivors: u64,
+    /// Frames for the cut-off director's MAC the bridge flooded to the survivors, which passed
+    /// them to their kernels (pass_not_our_mac) instead of balancing them.
+    flooded_on_survivors: u64,
 }
 
 impl Figures {
@@ -190,7 +204,8 @@ impl Figures {
              to {} next hops {:?} after the port went down (BFD 100 ms x 3); {} of {} held \
              connections broken {:?}; slowest answer on the others {:?}; new connections: {} \
              in all, the slowest {:?}, {} failed started before the route converged, {} failed after; \
-             mid-flow packets without a connection entry on the survivors: {}",
+             mid-flow packets without a connection entry on the survivors: {}; frames for the \
+             cut-off director flooded to the survivors and passed to their kernels: {}",
             self.scheduler,
             self.victim,
             self.spread,
@@ -205,6 +220,7 @@ impl Figures {
             self.failed_in_window,
             self.failed_after,
             self.midflow_on_survivors,
+            self.flooded_on_survivors,
         );
     }
 }
@@ -239,6 +255,7 @@ fn director_dies(lab: &EcmpLab, scheduler: &'static str) -> Result<Figures> {
         .max_by_key(|&d| spread[d])
         .expect("directors");
     let midflow_before = counters(lab, &["midflow_misses"])?;
+    let flooded_before = reasons(lab, "pass_not_our_mac")?;
     let new = NewConns::start(lab);
     // Some traffic of both kinds before the event.
     xvs_tests::poll(
@@ -266,6 +283,11 @@ fn director_dies(lab: &EcmpLab, scheduler: &'static str) -> Result<Figures> {
     let midflow_on_survivors = (0..DIRECTORS)
         .filter(|&d| d != victim)
         .map(|d| midflow_after[d] - midflow_before[d])
+        .sum();
+    let flooded_after = reasons(lab, "pass_not_our_mac")?;
+    let flooded_on_survivors = (0..DIRECTORS)
+        .filter(|&d| d != victim)
+        .map(|d| flooded_after[d] - flooded_before[d])
         .sum();
 
     lab.port_up(victim)?;
@@ -310,6 +332,7 @@ fn director_dies(lab: &EcmpLab, scheduler: &'static str) -> Result<Figures> {
             .filter(|(t, _, ok)| !ok && *t >= converged)
             .count(),
         midflow_on_survivors,
+        flooded_on_survivors,
     };
     println!("{scheduler}: held connections per real server: {servers:?}");
     figures.print();

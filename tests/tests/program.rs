@@ -245,7 +245,10 @@ fn frames_to_another_hosts_mac_pass_once_the_interface_is_described() {
     // Not described yet: every frame is the director's, as before xvsd writes LINK_MACS.
     assert_eq!(d.run_on(LO, &stranger).0, verdict::TX);
     let plan = lb_user::station::plan(&[(LO, vec![DIRECTOR_MAC, VLAN_MAC])].into());
-    assert_eq!(d.dp.set_link_macs(&plan.slots).expect("LINK_MACS written"), 1);
+    assert_eq!(
+        d.dp.set_link_macs(&plan.slots).expect("LINK_MACS written"),
+        1
+    );
     let (tx_before, passed_before) = (d.reason(Reason::TxDr), d.reason(Reason::PassNotService));
     let stranger = to([0x02, 0, 0, 0, 0, 0x99], 40002);
     let (v, out) = d.run_on(LO, &stranger);
@@ -270,8 +273,12 @@ fn frames_to_another_hosts_mac_pass_once_the_interface_is_described() {
     }
     assert_eq!(d.reason(Reason::TxDr), tx_before + 4);
     // Emptied again (xvsd's plan without the interface): nothing filtered.
-    d.dp.set_link_macs(&Default::default()).expect("LINK_MACS emptied");
-    assert_eq!(d.run_on(LO, &to([0x02, 0, 0, 0, 0, 0x99], 40008)).0, verdict::TX);
+    d.dp.set_link_macs(&Default::default())
+        .expect("LINK_MACS emptied");
+    assert_eq!(
+        d.run_on(LO, &to([0x02, 0, 0, 0, 0, 0x99], 40008)).0,
+        verdict::TX
+    );
     assert_eq!(d.reason(Reason::PassNotOurMac), 3);
 }
 

@@ -92,7 +92,9 @@ pub fn plan(addresses: &BTreeMap<u32, Vec<[u8; 6]>>) -> StationPlan {
             Some(entry) => {
                 out.slots.insert(slot, entry);
             }
-            None => out.unfiltered.push((ifindex, Unfiltered::TooMany(macs.len()))),
+            None => out
+                .unfiltered
+                .push((ifindex, Unfiltered::TooMany(macs.len()))),
         }
     }
     out
@@ -144,7 +146,10 @@ mod tests {
         let a = addresses(&links, &[2, 3, 77]);
         assert_eq!(a[&2], vec![mac(2), mac(9), mac(10)]);
         assert_eq!(a[&3], vec![mac(3), mac(12)]);
-        assert!(!a.contains_key(&77), "a vanished interface is not described");
+        assert!(
+            !a.contains_key(&77),
+            "a vanished interface is not described"
+        );
     }
 
     #[test]
@@ -164,7 +169,12 @@ mod tests {
             (5, vec![mac(5)]),
             (5 + LINK_MAC_SLOTS, vec![mac(6)]),
             (7, vec![]),
-            (8, (0..=lb_common::link::MAX_LINK_MACS as u8).map(mac).collect()),
+            (
+                8,
+                (0..=lb_common::link::MAX_LINK_MACS as u8)
+                    .map(mac)
+                    .collect(),
+            ),
         ]);
         let p = plan(&a);
         assert!(p.slots.is_empty(), "{:?}", p.slots);

@@ -411,8 +411,8 @@ impl Dataplane {
             .map_err(map_err(names::MAP_FULLNAT_AUDIT))?;
         let sync_events = RingBuf::try_from(take(names::MAP_SYNC_EVENTS)?)
             .map_err(map_err(names::MAP_SYNC_EVENTS))?;
-        let link_macs = Array::try_from(take(names::MAP_LINK_MACS)?)
-            .map_err(map_err(names::MAP_LINK_MACS))?;
+        let link_macs =
+            Array::try_from(take(names::MAP_LINK_MACS)?).map_err(map_err(names::MAP_LINK_MACS))?;
         // After every program is loaded: the logger takes the log map out of `ebpf`.
         let kernel_logger = match kernel_log {
             KernelLog::Off => None,

@@ -14,9 +14,9 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use lb_common::{
     filter::FILTER_WORDS, reason::REASON_SLOTS, Backend, ConnClass, ConnCounters, ConnEntry,
-    DataplaneConfig, FlowKey, FullNatAudit, LinkMacs, LocalAddr, Meta, NatJob, NatReply, PersistEntry,
-    PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, SyncEvent, TunRoute,
-    TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
+    DataplaneConfig, FlowKey, FullNatAudit, LinkMacs, LocalAddr, Meta, NatJob, NatReply,
+    PersistEntry, PersistKey, Reason, ReplyRoute, ServiceKey, ServiceValue, Stats, SyncEvent,
+    TunRoute, TunnelJob, DEFAULT_CONN_ENTRIES, DEFAULT_PERSIST_ENTRIES, DEFAULT_SCHED_SLOTS,
     FULLNAT_AUDIT_BYTES, LINK_MAC_SLOTS, MAX_BACKENDS, MAX_SERVICES, REPLY_ROUTE_SLOTS, STATE_MASK,
     SYNC_EVENTS_BYTES, TAIL_SLOTS, TUN_ROUTE_SLOTS,
 };
