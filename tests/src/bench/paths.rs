@@ -301,6 +301,11 @@ pub fn director(scale: &Scale) -> Result<Dataplane> {
     }
     config.apply_all(&changes)?;
     dp.sync(&config, &macs)?;
+    // The ingress interface (loopback, ifindex 1, for a run without a context) answers for the
+    // frames' destination, as xvsd describes an attached interface: every measured frame pays
+    // the station-address check in full.
+    let station = lb_user::station::plan(&[(1, vec![crate::packets::DIRECTOR_MAC])].into());
+    dp.set_link_macs(&station.slots)?;
     Ok(dp)
 }
 
