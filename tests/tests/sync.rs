@@ -3,7 +3,8 @@
 //! xvsd) `--start-daemon backup`, both with the same rr service over the lab's two real
 //! servers. A real client connection through A must appear in B's connection table bound to
 //! the same real server, from IPVS sync messages that tshark's "ipvs" dissector reads with
-//! our syncid. Root required.
+//! our syncid. A backup that starts, or whose link comes back, asks for the master's whole
+//! table and says when it holds it (`xvsadm synced`). Root required.
 
 use std::{
     io::{BufRead, BufReader},
@@ -265,6 +266,72 @@ fn a_connection_through_the_master_continues_on_the_same_real_server_through_the
     assert_eq!(b.xvsadm_ok_in(&["-L", "--daemon"], None).unwrap(), "");
     let stopped = b.xvsadm(&["--stop-daemon", "backup"]).unwrap();
     assert!(String::from_utf8_lossy(&stopped.stderr).contains("No daemon is running"));
+
+    // A director that was away asks for the whole table when its backup starts again: the
+    // connection A opened meanwhile (whose report B missed) reaches B with the others, and B
+    // says when it holds them (`xvsadm synced`, keepalived's check).
+    let synced = |args: &[&str]| {
+        let out = b
+            .xvsadm(&[&["synced"], args].concat())
+            .expect("xvsadm synced");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let (code, said) = synced(&[]);
+    assert_eq!(code, Some(2), "no backup: {said}");
+    assert!(said.contains("no backup sync daemon"), "{said}");
+    let mut third = lab.connect(format!("{VIP4}:80").parse().unwrap()).unwrap();
+    third.get().unwrap();
+    let on_a = poll(Duration::from_secs(10), "A's three connections", || {
+        let on_a = connections(&lab.xvsadm_ok(&["-L", "-n", "-c"]).ok()?);
+        (on_a.len() == 3).then_some(on_a)
+    })
+    .unwrap();
+    b.xvsadm_ok_in(
+        &[
+            "--start-daemon",
+            "backup",
+            "--mcast-interface",
+            "eth0",
+            "--syncid",
+            SYNCID,
+        ],
+        None,
+    )
+    .unwrap();
+    let (code, said) = synced(&["--wait", "10s"]);
+    assert_eq!(code, Some(0), "{said}\nB's log:\n{}", b.log_text());
+    assert!(
+        said.starts_with("held: the tables of 1 peer") && said.contains("198.51.100.2 (3)"),
+        "{said}"
+    );
+    let on_b = connections(&b.xvsadm_ok_in(&["-L", "-n", "-c"], None).unwrap());
+    assert!(
+        on_a.iter().all(|c| on_b.contains(c)),
+        "A: {on_a:?}\nB: {on_b:?}"
+    );
+    // B's link goes down and comes back: it may have missed messages, so it waits for the
+    // tables again before it says it holds them.
+    let sw = lab.ns("sw");
+    ip(&["-n", &sw, "link", "set", "p-dirb", "down"]).unwrap();
+    ip(&["-n", &sw, "link", "set", "p-dirb", "up"]).unwrap();
+    let (code, said) = synced(&[]);
+    assert_eq!(code, Some(1), "right after the link came back: {said}");
+    assert!(said.starts_with("waiting"), "{said}");
+    let (code, said) = synced(&["--wait", "10s"]);
+    assert_eq!(code, Some(0), "{said}\nB's log:\n{}", b.log_text());
+    let log = b.log_text();
+    let asked = log
+        .lines()
+        .filter(|l| l.contains("asked the peers for their connection tables"))
+        .count();
+    assert!(
+        asked >= 2,
+        "a request at the start and after the link came back:\n{log}"
+    );
+    println!("B held A's table again: {said}");
     drop(b);
     netns::destroy(&lab.ns("dirb"));
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join("xvs-sync-dirb"));

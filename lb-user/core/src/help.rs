@@ -41,6 +41,7 @@ Usage:
   xvsadm reload [--dry-run]
   xvsadm export
   xvsadm drain [-t|u|f service-address -r server-address] [--timeout duration] [--cancel]
+  xvsadm synced [--request] [--wait duration]
   xvsadm -h
   xvsadm -v
 
@@ -72,6 +73,8 @@ Either long or short options are allowed.
   export                      print the running configuration as a configuration file
   drain                       the director (its announcements) or a real server out of service
                               once its connections ended (xvsadm drain --help)
+  synced                      whether the peers' connection tables are held (exit 0), for
+                              keepalived's vrrp_script (xvsadm synced --help)
 
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]; IPv6 as [addr]:port;
@@ -201,6 +204,26 @@ at weight 0). A drained director stays drained until --cancel or xvsd restarts.
   --keep                              a real server: leave it at weight 0, do not remove it
   --no-wait                           start the drain and return
   --cancel                            the director: end the drain, announce again
+  --socket       path                 xvsd's control socket (env XVS_SOCKET)
+  --help         -h                   display this help message
+";
+
+/// `xvsadm synced --help`.
+pub const SYNCED_USAGE: &str = "\
+Usage:
+  xvsadm synced [--request] [--wait duration] [--quiet] [--socket path]
+
+Says whether this director holds its peers' connection tables. Its backup sync daemon
+(--start-daemon backup) asks every peer's master for its whole table when it starts and
+whenever the sync interface's carrier comes back, and again while an answer is missing or
+short. Exit status: 0 the tables are held (or no peer answered three requests: nothing to
+wait for), 1 still waiting, 2 no backup sync daemon runs. Made for keepalived's vrrp_script:
+a returning director takes the VIP back only once it holds the connections its peer took
+over meanwhile.
+
+  --request                           ask the peers for their tables again first
+  --wait         duration             wait up to this long for the tables (default: answer at once)
+  --quiet        -q                   print nothing; the exit status says it
   --socket       path                 xvsd's control socket (env XVS_SOCKET)
   --help         -h                   display this help message
 ";

@@ -28,7 +28,8 @@ use crate::{
 /// 7: quorum and hysteresis (`SetQuorum`), announcements and quorum states in listings, the
 ///    director's drain; connection-sync daemons (`--start-daemon`, `--stop-daemon`;
 ///    `sync_daemons` in listings).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: whether the peers' tables are held (`SyncedTable`, `xvsadm synced`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -123,6 +124,13 @@ pub enum Command {
         /// Drained from now on.
         drained: bool,
     },
+    /// Whether this director holds its peers' connection tables (`xvsadm synced`); `request`
+    /// asks them for their tables again first.
+    SyncedTable {
+        /// Ask the peers again.
+        #[serde(default)]
+        request: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -149,6 +157,11 @@ pub enum Response {
         applied: bool,
         /// As for Ok.
         warnings: Vec<String>,
+    },
+    /// Where the wait for the peers' tables stands.
+    SyncedTable {
+        /// The wait's state.
+        table: crate::sync::table::TableStatus,
     },
     /// Refused; nothing changed.
     Error {

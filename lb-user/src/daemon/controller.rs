@@ -297,6 +297,31 @@ impl<D: DataplaneOps> Controller<D> {
         out
     }
 
+    /// The whole connection table as a master sends it to a peer that asked for it (see
+    /// lb_core::sync::table): every live connection, as describe_sync_events names them.
+    pub fn sync_table(&self) -> Vec<SyncConn> {
+        let conns = match self.dataplane.connections(usize::MAX) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "reading the connection table for a peer failed");
+                return Vec::new();
+            }
+        };
+        let events: Vec<lb_common::SyncEvent> = conns
+            .iter()
+            .map(|c| lb_common::SyncEvent {
+                key: c.key,
+                backend: c.entry.backend,
+                generation: c.entry.generation,
+                service: c.entry.service,
+                state: c.entry.state & lb_common::STATE_MASK,
+                kind: lb_common::sync_event::REFRESH,
+                _pad: [0; 2],
+            })
+            .collect();
+        self.describe_sync_events(&events)
+    }
+
     /// Installs entries a backup received: each is mapped to the local service (by protocol,
     /// VIP and port; a port-0 service takes any port) and real server (address and port; one
     /// given without a port takes any) and written to the connection table, proven and

@@ -607,7 +607,17 @@ async fn spawn_sync(
             let s = s.clone();
             Box::pin(async move { s.controller.lock().await.describe_sync_events(&events) })
         });
-        tasks.push(crate::sync::sender::spawn(ring, hub.clone(), describe));
+        let s = shared.clone();
+        let whole_table: crate::sync::sender::WholeTable = Arc::new(move || {
+            let s = s.clone();
+            Box::pin(async move { s.controller.lock().await.sync_table() })
+        });
+        tasks.push(crate::sync::sender::spawn(
+            ring,
+            hub.clone(),
+            describe,
+            whole_table,
+        ));
     }
     let s = shared.clone();
     let install: crate::sync::receiver::Install = Arc::new(move |conns| {

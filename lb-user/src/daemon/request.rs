@@ -99,6 +99,9 @@ impl<D: DataplaneOps> Controller<D> {
                 let warnings = self.set_drained(drained);
                 Answer::done(Response::Ok { warnings })
             }
+            Command::SyncedTable { request } => Answer::done(Response::SyncedTable {
+                table: self.sync_hub().table_status(request),
+            }),
             Command::Connections => Answer::of(self.connections(MAX_LISTED_CONNS), |conns| {
                 Response::Connections { conns }
             }),

@@ -1140,6 +1140,21 @@ fn a_persistent_services_template_is_sent_with_its_connection_and_installed_by_a
     }]);
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent[1].is_template());
+    // A peer that asks for the whole table gets the same entries.
+    assert_eq!(master.sync_table(), sent);
+    // Without a backup daemon this director receives no table.
+    match ok(send(
+        &mut master,
+        Command::SyncedTable { request: false },
+        None,
+    ))
+    .response
+    {
+        Response::SyncedTable { table } => {
+            assert_eq!(table, crate::sync::table::TableStatus::NoBackup);
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         sent[1].addrs.client(),
         "203.0.113.0".parse::<IpAddr>().unwrap()

@@ -17,19 +17,35 @@ pub mod socket;
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use lb_core::sync::daemon::{Daemons, SyncStats};
+use lb_core::sync::table::{TableStatus, TableWait};
 pub use lb_core::sync::*;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// What the controller and the sync tasks share: the daemons that should run (the controller
-/// writes, the supervisor follows) and each one's counters (the tasks count, listings read).
+/// writes, the supervisor follows), each one's counters (the tasks count, listings read), and
+/// the wait for the peers' tables (lb_core::sync::table): the backup's receiver asks and
+/// follows the answers, `xvsadm synced` reads.
 #[derive(Clone)]
 pub struct Hub {
     wanted: watch::Sender<Daemons>,
     stats: Arc<Mutex<BTreeMap<Role, SyncStats>>>,
+    table: Arc<Mutex<Table>>,
+    /// Wakes the receiver to send the current request now.
+    ask: Arc<Notify>,
+}
+
+/// The wait for the peers' tables, and the sync interface's carrier changes it began at.
+#[derive(Default)]
+struct Table {
+    wait: Option<TableWait>,
+    /// The backup's interface and its carrier_changes count when the wait began.
+    carrier: Option<(String, u64)>,
 }
 
 impl Default for Hub {
@@ -37,11 +53,121 @@ impl Default for Hub {
         Self {
             wanted: watch::Sender::new(Daemons::default()),
             stats: Arc::default(),
+            table: Arc::default(),
+            ask: Arc::default(),
         }
     }
 }
 
+/// How many times interface `name`'s carrier changed (sysfs), or None when unknown.
+pub fn carrier_changes(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/carrier_changes"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A nonce for a new table request: different from the last one, and from another director's
+/// (their clocks and process ids differ).
+fn nonce() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)) ^ std::process::id().rotate_left(8)
+}
+
 impl Hub {
+    /// Begins a new wait for the peers' tables (the backup on `ifn` starts, or its carrier
+    /// came back): returns the request's nonce, which the caller sends.
+    pub fn begin_wait(&self, ifn: &str) -> u32 {
+        let n = nonce();
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.wait = Some(TableWait::start(n, Instant::now()));
+        t.carrier = carrier_changes(ifn).map(|c| (ifn.to_string(), c));
+        n
+    }
+
+    /// Whether the backup's interface lost or regained its carrier since the wait began (it
+    /// may have missed sync messages): if so a new wait begins and its nonce is returned.
+    pub fn rewait_after_carrier_change(&self) -> Option<u32> {
+        let ifn = {
+            let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            let (ifn, at) = t.carrier.as_ref()?;
+            if carrier_changes(ifn) == Some(*at) {
+                return None;
+            }
+            ifn.clone()
+        };
+        Some(self.begin_wait(&ifn))
+    }
+
+    /// The current request's nonce (0 before the first).
+    pub fn table_nonce(&self) -> u32 {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.wait.as_ref().map_or(0, TableWait::nonce)
+    }
+
+    /// The request's nonce when it is due to go out again (and counts it as sent).
+    pub fn resend_due(&self) -> Option<u32> {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let w = t.wait.as_mut()?;
+        let now = Instant::now();
+        if !w.resend_due(now) {
+            return None;
+        }
+        w.resent(now);
+        Some(w.nonce())
+    }
+
+    /// Counts entries received from `peer` for the wait.
+    pub fn received(&self, peer: IpAddr, n: u64) {
+        if let Some(w) = &mut self.table.lock().unwrap_or_else(|e| e.into_inner()).wait {
+            w.received(peer, n);
+        }
+    }
+
+    /// A peer's TableSent.
+    pub fn answered(&self, peer: IpAddr, nonce: u32, entries: u32) {
+        if let Some(w) = &mut self.table.lock().unwrap_or_else(|e| e.into_inner()).wait {
+            w.answered(peer, nonce, entries, Instant::now());
+        }
+    }
+
+    /// Where the wait stands (`xvsadm synced`). A carrier change of the backup's interface
+    /// since the wait began starts a new one first, so a director whose link just came back
+    /// never answers from before it; `request` starts one in any case.
+    pub fn table_status(&self, request: bool) -> TableStatus {
+        let running = self.wanted.borrow().backup.clone();
+        let Some(backup) = running else {
+            return TableStatus::NoBackup;
+        };
+        let begun = if request {
+            Some(self.begin_wait(&backup.mcast_ifn))
+        } else {
+            self.rewait_after_carrier_change()
+        };
+        if begun.is_some() {
+            self.ask.notify_one();
+        }
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        match &t.wait {
+            Some(w) => w.status(Instant::now()),
+            // The receiver has not begun (its socket is being made, or failed).
+            None => TableStatus::Waiting {
+                for_ms: 0,
+                tries: 0,
+            },
+        }
+    }
+
+    /// The current request's nonce, when the receiver was asked to send it now.
+    pub async fn asked(&self) -> Option<u32> {
+        self.ask.notified().await;
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.wait.as_ref().map(TableWait::nonce)
+    }
+
     /// Makes `daemons` the ones that should run; a daemon that stops loses its counters.
     pub fn publish(&self, daemons: &Daemons) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

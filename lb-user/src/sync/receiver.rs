@@ -3,14 +3,23 @@
 //! (see [`super::installer`]), counting what it skips and why. Nothing is authenticated: any
 //! host on the sync network can write this director's connection table, so that network
 //! must be private.
+//!
+//! It also asks the peers for their whole tables (lb_core::sync::table) when it starts and
+//! whenever its interface's carrier changes (a director whose link went down missed what was
+//! sent meanwhile), and again while no complete answer came (the peers' masters answer).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{daemon::DaemonConfig, decode, syncid_accepted, Hub, Role, SyncConn};
+use super::{
+    daemon::DaemonConfig,
+    decode, syncid_accepted,
+    table::{decode_control, encode_control, Control},
+    Hub, Role, SyncConn,
+};
 
 /// What installing a message's entries came to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,18 +92,74 @@ async fn serve(config: &DaemonConfig, hub: &Hub, install: &Install) {
             return;
         }
     };
+    // Requests for the peers' tables go out from a socket of their own (the receiving one is
+    // bound to the group's address).
+    let asker = match super::socket::sender(config.group(), ifindex, config.ttl()) {
+        Ok(s) => Asker {
+            socket: s,
+            to: SocketAddr::new(config.group(), config.port()),
+            syncid: config.syncid,
+        },
+        Err(e) => {
+            warn!(error = %e, mcast_ifn = %config.mcast_ifn, "the backup sync daemon cannot ask its peers for their tables");
+            hub.count(Role::Backup, |s| s.error("socket"));
+            return;
+        }
+    };
     info!(mcast_ifn = %config.mcast_ifn, group = %config.group(), port = config.port(), syncid = config.syncid, "backup sync daemon listening");
+    asker
+        .ask(hub, hub.begin_wait(&config.mcast_ifn), "the backup started")
+        .await;
+    let mut tick = tokio::time::interval(TABLE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = None;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "receiving sync messages failed");
-                hub.count(Role::Backup, |s| s.error("receive"));
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "receiving sync messages failed");
+                    hub.count(Role::Backup, |s| s.error("receive"));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                if let Some(nonce) = hub.rewait_after_carrier_change() {
+                    asker.ask(hub, nonce, "the sync interface's carrier changed").await;
+                } else if let Some(nonce) = hub.resend_due() {
+                    asker.ask(hub, nonce, "no complete answer yet").await;
+                }
+                let status = hub.table_status(false);
+                if status.ready() && reported != Some(hub.table_nonce()) {
+                    reported = Some(hub.table_nonce());
+                    info!(status = %status.describe(), "peers' tables");
+                }
+                continue;
+            }
+            nonce = hub.asked() => {
+                if let Some(nonce) = nonce {
+                    asker.ask(hub, nonce, "asked by xvsadm synced").await;
+                }
                 continue;
             }
         };
+        if let Some((syncid, control)) = decode_control(&buf[..n]) {
+            if !syncid_accepted(config.syncid, syncid) {
+                hub.count(Role::Backup, |s| s.error("foreign_syncid"));
+                continue;
+            }
+            match control {
+                // The master's listener answers those.
+                Control::TableRequest { .. } => {}
+                Control::TableSent { nonce, entries } => {
+                    debug!(%from, nonce, entries, "a peer sent its table");
+                    hub.answered(from.ip(), nonce, entries);
+                }
+            }
+            continue;
+        }
         let conns = match accept(config.syncid, &buf[..n]) {
             Ok(c) => c,
             Err(reason) => {
@@ -104,6 +169,7 @@ async fn serve(config: &DaemonConfig, hub: &Hub, install: &Install) {
             }
         };
         let count = conns.len() as u64;
+        hub.received(from.ip(), count);
         let done = install(conns).await;
         hub.count(Role::Backup, |s| {
             s.messages += 1;
@@ -113,6 +179,29 @@ async fn serve(config: &DaemonConfig, hub: &Hub, install: &Install) {
                 *s.errors.entry((*reason).to_string()).or_default() += n;
             }
         });
+    }
+}
+
+/// How often the backup checks its interface's carrier and whether a table request is due.
+const TABLE_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Sends this director's table requests to its peers.
+struct Asker {
+    socket: tokio::net::UdpSocket,
+    to: SocketAddr,
+    syncid: u8,
+}
+
+impl Asker {
+    async fn ask(&self, hub: &Hub, nonce: u32, why: &str) {
+        let msg = encode_control(self.syncid, &Control::TableRequest { nonce });
+        if let Err(e) = self.socket.send_to(&msg, self.to).await {
+            // The link may be down; the request goes out again while no peer answered.
+            debug!(error = %e, "sending a table request failed");
+            hub.count(Role::Backup, |s| s.error("send_request"));
+            return;
+        }
+        info!(why, nonce, to = %self.to, "asked the peers for their connection tables");
     }
 }
 

@@ -65,6 +65,9 @@ pub fn sender(group: IpAddr, ifindex: u32, ttl: u8) -> io::Result<tokio::net::Ud
     tokio::net::UdpSocket::from_std(sock)
 }
 
+/// The backup's receive buffer, bytes: about 100,000 IPv4 entries waiting.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
 /// The backup's socket: bound to `group`'s `port` (only that group's datagrams), member of
 /// `group` on interface `ifindex`.
 pub fn receiver(group: IpAddr, port: u16, ifindex: u32) -> io::Result<tokio::net::UdpSocket> {
@@ -84,6 +87,12 @@ pub fn receiver(group: IpAddr, port: u16, ifindex: u32) -> io::Result<tokio::net
     let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let one: libc::c_int = 1;
     setsockopt(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
+    // Room for a peer's whole table arriving in bursts (lb_core::sync::table): past
+    // net.core.rmem_max when xvsd may (CAP_NET_ADMIN), else as large as that allows.
+    let room: libc::c_int = RECEIVE_BUFFER;
+    if setsockopt(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &room).is_err() {
+        let _ = setsockopt(&sock, libc::SOL_SOCKET, libc::SO_RCVBUF, &room);
+    }
     let addr = SocketAddr::new(group, port);
     let (storage, len) = sockaddr(&addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.

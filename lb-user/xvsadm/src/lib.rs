@@ -1,7 +1,9 @@
 //! xvsadm's own subcommands beside ipvsadm's language (which is `lb_core::rules`): `stats`
-//! (a live view), `apply` / `reload` / `export` (the configuration file) and `drain` (a
-//! director or a real server out of service, gently).
+//! (a live view), `apply` / `reload` / `export` (the configuration file), `drain` (a
+//! director or a real server out of service, gently) and `synced` (whether the peers' tables
+//! are held, for keepalived).
 
 pub mod config_cli;
 pub mod drain;
+pub mod synced;
 pub mod watch;

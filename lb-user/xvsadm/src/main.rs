@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         return finish(match name {
             "stats" => stats(rest),
             "drain" => drain(rest),
+            "synced" => return synced(rest),
             "apply" | "reload" | "export" => config(name, rest),
             _ => unreachable!("subcommand() knows only these"),
         });
@@ -72,7 +73,7 @@ fn realserver(args: impl Iterator<Item = OsString>) -> ExitCode {
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
 /// name moved after it.
 fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
-    const SUBCOMMANDS: [&str; 5] = ["stats", "apply", "reload", "export", "drain"];
+    const SUBCOMMANDS: [&str; 6] = ["stats", "apply", "reload", "export", "drain", "synced"];
     let mut global = Vec::new();
     let mut i = 1;
     while i < argv.len() {
@@ -250,6 +251,41 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// `xvsadm stats [--watch] [--once] [--interval SECS] [--json]`.
+/// `xvsadm synced`: see lb_core::help::SYNCED_USAGE. Exits 0 when the peers' tables are held
+/// (or no peer answered), 1 while waiting, 2 without a backup sync daemon; errors as ever.
+fn synced(argv: impl Iterator<Item = OsString>) -> ExitCode {
+    use xvsadm::synced::{exit_status, SyncedArgs};
+    let run = || -> anyhow::Result<u8> {
+        let args = SyncedArgs::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
+        if args.help {
+            print!("{}", help::SYNCED_USAGE);
+            return Ok(0);
+        }
+        let wait = args.wait()?;
+        let start = std::time::Instant::now();
+        let mut request = args.request;
+        loop {
+            let table = match send(&args.socket, Command::SyncedTable { request })? {
+                Response::SyncedTable { table } => table,
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            };
+            request = false;
+            let status = exit_status(&table);
+            if status != 1 || start.elapsed() >= wait {
+                if !args.quiet {
+                    println!("{}", table.describe());
+                }
+                return Ok(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    match run() {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => finish(Err(e)),
+    }
+}
+
 /// `xvsadm drain`: see lb_core::help::DRAIN_USAGE.
 fn drain(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
     use xvsadm::drain::{self, DrainArgs, Target};

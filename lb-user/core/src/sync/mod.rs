@@ -21,6 +21,7 @@
 
 mod conn;
 pub mod daemon;
+pub mod table;
 mod wire;
 
 use std::net::Ipv4Addr;
