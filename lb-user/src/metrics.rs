@@ -474,6 +474,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
             })
         }),
     );
+    e.family(
+        "xvs_sync_tables_held",
+        Kind::Gauge,
+        "Backup: 1 when this director holds its peers' connection tables, or no peer answered (xvsadm synced exits 0), 0 while it waits for them.",
+        l.sync_daemons.iter().filter_map(|d| {
+            let ready = d.table.as_ref()?.ready();
+            Some((role(d), Int(u64::from(ready))))
+        }),
+    );
     let a = s.activity;
     let t = l.table;
     let scalars: [(&str, Kind, &str, Value); 17] = [

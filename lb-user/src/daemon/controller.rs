@@ -1182,7 +1182,11 @@ impl<D: DataplaneOps> Controller<D> {
                 .iter()
                 .map(|d| {
                     let mtu = crate::sync::iface_mtu(&d.mcast_ifn).unwrap_or(1500);
-                    d.status(mtu, self.sync.stats(d.role))
+                    let mut status = d.status(mtu, self.sync.stats(d.role));
+                    if d.role == Role::Backup {
+                        status.table = Some(self.sync.table_status(false));
+                    }
+                    status
                 })
                 .collect(),
         })

@@ -68,6 +68,16 @@ pub fn carrier_changes(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Whether interface `name` has a carrier (sysfs), or None when unknown.
+pub fn carrier(name: &str) -> Option<bool> {
+    match std::fs::read_to_string(format!("/sys/class/net/{name}/carrier")) {
+        Ok(s) => Some(s.trim() == "1"),
+        // Reading it fails with EINVAL while the interface is administratively down.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Some(false),
+        Err(_) => None,
+    }
+}
+
 /// A nonce for a new table request: different from the last one, and from another director's
 /// (their clocks and process ids differ).
 fn nonce() -> u32 {
@@ -151,6 +161,18 @@ impl Hub {
             self.ask.notify_one();
         }
         let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        // Without a carrier nothing arrives: never held nor alone then, so a check made while
+        // the link was down does not let keepalived take the VIP the moment it comes back.
+        if carrier(&backup.mcast_ifn) == Some(false) {
+            let since = t.wait.as_ref().map(|w| w.status(Instant::now()));
+            let tries = match since {
+                Some(TableStatus::Waiting { tries, .. }) | Some(TableStatus::Alone { tries }) => {
+                    tries
+                }
+                _ => 0,
+            };
+            return TableStatus::Waiting { for_ms: 0, tries };
+        }
         match &t.wait {
             Some(w) => w.status(Instant::now()),
             // The receiver has not begun (its socket is being made, or failed).

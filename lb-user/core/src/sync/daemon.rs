@@ -137,6 +137,7 @@ impl DaemonConfig {
             port: self.port(),
             ttl: self.ttl(),
             stats,
+            table: None,
         }
     }
 }
@@ -221,6 +222,9 @@ pub struct DaemonStatus {
     /// What it sent or received.
     #[serde(default)]
     pub stats: SyncStats,
+    /// Backup: whether it holds the peers' tables (`xvsadm synced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<super::table::TableStatus>,
 }
 
 /// A daemon's counters since it started.
