@@ -228,6 +228,18 @@ fn wait_synced(lab: &VrrpLab, from: usize, to: usize, timeout: Duration) -> Resu
     )
 }
 
+/// How many messages director `d`'s master sync daemon has sent.
+fn sync_messages_sent(lab: &VrrpLab, d: usize) -> Result<u64> {
+    let json: serde_json::Value =
+        serde_json::from_str(&lab.directors[d].xvsadm_ok(&["-L", "--daemon", "--json"])?)?;
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .find(|daemon| daemon["role"] == "master")
+        .and_then(|daemon| daemon["stats"]["messages"].as_u64())
+        .context("no master sync daemon")
+}
+
 #[test]
 fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     let epoch = Instant::now();
@@ -316,6 +328,15 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     held.extend(on_d2);
     let new = NewConns::start(&lab);
     new.wait(5)?;
+    // d2 sent them while d1 was away: a flush sends everything queued, so two messages after
+    // they were opened carry them (otherwise they could still be queued when d1 returns, reach
+    // it in d2's stream, and the test would not show what the track script does).
+    let sent = sync_messages_sent(&lab, 1)?;
+    poll(
+        Duration::from_secs(5),
+        "d2 to send the connections opened through it",
+        || (sync_messages_sent(&lab, 1).ok()? >= sent + 2).then_some(()),
+    )?;
     let t1 = Instant::now();
     lab.port_up(0)?;
     lab.wait_holder(0, Duration::from_secs(20))?;
