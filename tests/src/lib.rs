@@ -14,6 +14,7 @@ pub mod object;
 pub mod packets;
 pub mod progtest;
 pub mod tunnel;
+pub mod vrrp;
 pub mod xvsd;
 
 /// Fails (never skips) when not root: CI runs as root, so a privileged test that cannot run
