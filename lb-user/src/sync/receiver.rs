@@ -66,18 +66,33 @@ pub fn spawn(hub: Hub, install: Install) -> JoinHandle<()> {
                 continue;
             };
             tokio::select! {
-                changed = wanted.changed() => if changed.is_err() { return },
+                changed = backup_changed(&mut wanted, &config) => if changed.is_err() { return },
                 () = serve(&config, &hub, &install) => {
-                    // The socket could not be made: wait for a change of the daemons.
-                    if wanted.changed().await.is_err() { return }
+                    // The socket could not be made: wait for a change of the backup.
+                    if backup_changed(&mut wanted, &config).await.is_err() { return }
                 }
             }
         }
     })
 }
 
+/// Returns once the backup that should run is no longer `config` (a master started or
+/// stopped beside it changes nothing here: the backup goes on, its wait for the peers'
+/// tables too); Err when xvsd is going away.
+async fn backup_changed(
+    wanted: &mut tokio::sync::watch::Receiver<super::daemon::Daemons>,
+    config: &DaemonConfig,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    loop {
+        wanted.changed().await?;
+        if wanted.borrow_and_update().backup.as_ref() != Some(config) {
+            return Ok(());
+        }
+    }
+}
+
 /// Receives for backup `config` until the socket fails to be made (returns) or the task is
-/// dropped (the daemons changed).
+/// dropped (the backup changed).
 async fn serve(config: &DaemonConfig, hub: &Hub, install: &Install) {
     let Some(ifindex) = super::ifindex(&config.mcast_ifn) else {
         warn!(mcast_ifn = %config.mcast_ifn, "the backup sync daemon's interface does not exist");
