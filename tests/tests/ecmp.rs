@@ -9,7 +9,8 @@
 //!
 //! The same event with rr instead, reported and not asserted: without connection sync a moved
 //! rr flow is scheduled afresh onto the next real server in the other director's sequence,
-//! which usually is another one, and that server resets it.
+//! which usually is another one, and that server resets it. Then rr with connection sync on
+//! every director (master and backup daemons each): no connection breaks.
 //!
 //! Topology: `xvs_tests::ecmp` (client ── router ── bridge: d1 d2 d3, rs1 rs2 rs3).
 
@@ -49,6 +50,12 @@ fn counter(lab: &EcmpLab, d: usize, path: &[&str]) -> Result<u64> {
         v = &v[*p];
     }
     Ok(v.as_u64().unwrap_or(0))
+}
+
+/// Established connections in director `d`'s table (`-L -n -c`).
+fn established(lab: &EcmpLab, d: usize) -> Result<usize> {
+    let out = lab.directors[d].xvsadm_ok(&["-L", "-n", "-c"])?;
+    Ok(out.lines().filter(|l| l.contains("ESTABLISHED")).count())
 }
 
 /// A reason counter of every director.
@@ -227,7 +234,7 @@ impl Figures {
 
 /// Holds connections through the VIP, cuts the director that holds most of them off while new
 /// connections run, measures, and brings it back.
-fn director_dies(lab: &EcmpLab, scheduler: &'static str) -> Result<Figures> {
+fn director_dies(lab: &EcmpLab, scheduler: &'static str, synced: bool) -> Result<Figures> {
     let conns_before = counters(lab, &["stats", "conns"])?;
     let stop = Arc::new(AtomicBool::new(false));
     // Stops the held connections' threads on every way out.
@@ -254,6 +261,20 @@ fn director_dies(lab: &EcmpLab, scheduler: &'static str) -> Result<Figures> {
     let victim = (0..spread.len())
         .max_by_key(|&d| spread[d])
         .expect("directors");
+    if synced {
+        // Every director holds every held connection (its own, and the others' from sync)
+        // before the cut: a connection opened within the flush period of a failure is the one
+        // sync cannot save.
+        xvs_tests::poll(
+            Duration::from_secs(10),
+            "the held connections on every director",
+            || {
+                (0..DIRECTORS)
+                    .all(|d| established(lab, d).is_ok_and(|n| n >= HELD))
+                    .then_some(())
+            },
+        )?;
+    }
     let midflow_before = counters(lab, &["midflow_misses"])?;
     let flooded_before = reasons(lab, "pass_not_our_mac")?;
     let new = NewConns::start(lab);
@@ -382,7 +403,7 @@ fn a_director_dies_its_flows_live() -> Result<()> {
         started.elapsed()
     );
 
-    let mh = director_dies(&lab, "mh")?;
+    let mh = director_dies(&lab, "mh", false)?;
     assert!(
         mh.broken.is_empty(),
         "mh: held connections broke: {:?}",
@@ -405,21 +426,51 @@ fn a_director_dies_its_flows_live() -> Result<()> {
     for director in &lab.directors {
         director.xvsadm_ok(&["-E", "-t", &vip, "-s", "rr"])?;
     }
-    let rr = director_dies(&lab, "rr")?;
+    let rr = director_dies(&lab, "rr", false)?;
     assert_eq!(rr.held, HELD);
     lab.wait_next_hops(DIRECTORS, Duration::from_secs(20))?;
+
+    // rr again with connection sync on every director (a master and a backup each, one
+    // syncid): the survivors hold the victim's connections, on their real servers.
+    for director in &lab.directors {
+        for role in ["master", "backup"] {
+            director.xvsadm_ok(&[
+                "--start-daemon",
+                role,
+                "--mcast-interface",
+                "eth0",
+                "--syncid",
+                "3",
+            ])?;
+        }
+    }
+    let synced = director_dies(&lab, "rr with sync", true)?;
+    assert!(
+        synced.broken.is_empty(),
+        "rr with sync: held connections broke: {:?}",
+        synced.broken
+    );
+    assert_eq!(
+        synced.failed_after, 0,
+        "rr with sync: new connections failed after convergence"
+    );
+    lab.wait_next_hops(DIRECTORS, Duration::from_secs(20))?;
     println!(
-        "summary: convergence mh {:?} rr {:?}; held connections broken: mh {}/{HELD}, rr \
-         {}/{HELD}; new connections failed in the window: mh {} rr {}, after: mh {} rr {}; \
-         wall time {:?}",
+        "summary: convergence mh {:?} rr {:?} rr+sync {:?}; held connections broken: mh \
+         {}/{HELD}, rr {}/{HELD}, rr+sync {}/{HELD}; new connections failed in the window: mh \
+         {} rr {} rr+sync {}, after: mh {} rr {} rr+sync {}; wall time {:?}",
         mh.convergence,
         rr.convergence,
+        synced.convergence,
         mh.broken.len(),
         rr.broken.len(),
+        synced.broken.len(),
         mh.failed_in_window,
         rr.failed_in_window,
+        synced.failed_in_window,
         mh.failed_after,
         rr.failed_after,
+        synced.failed_after,
         started.elapsed()
     );
     Ok(())
