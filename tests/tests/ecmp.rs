@@ -401,7 +401,11 @@ fn a_director_dies_its_flows_live() -> Result<()> {
         Ok(lab.directors[d].listing()?["services"][0]["table_digest"].clone())
     };
     lab.directors[0].xvsadm_ok(&["-d", "-t", &vip, "-r", &reals[0]])?;
-    assert_ne!(digest(0)?, digests[0], "d1 lacks a server: its table differs");
+    assert_ne!(
+        digest(0)?,
+        digests[0],
+        "d1 lacks a server: its table differs"
+    );
     lab.directors[0].xvsadm_ok(&["-a", "-t", &vip, "-r", &reals[0], "-g"])?;
     // (Its MAC is known already; polled in case the neighbour refresh is needed.)
     xvs_tests::poll(
