@@ -15,7 +15,11 @@
 //! ```
 //!
 //! A director "dies" when its port on the bridge goes down ([`EcmpLab::port_down`]): the
-//! router's own interface stays up, so only BFD can tell it. Like the one-director lab
+//! router's own interface stays up, so only BFD can tell it. Unknown unicast is flooded to the
+//! directors as a switch floods it: the port going down flushes its MAC addresses from the
+//! bridge, which then floods the frames the router still sends to the cut-off director to every
+//! port until BFD acts; the survivors' data planes pass them (pass_not_our_mac) to their
+//! kernels, which drop them (the test counts those frames). Like the one-director lab
 //! (`lab::Lab`), the directors' pins live in a bpffs instance mounted in the host's mount
 //! namespace, and everything the lab made is removed when it is dropped.
 
@@ -31,20 +35,16 @@ use aya::Ebpf;
 
 use crate::{
     bird::Bird,
-    lab::{attach_pass, plug, rs_ip4, rs_ip6, spawn_apache, VIP4, VIP6},
-    netns::{self, create, ip, sh},
+    lab::{rs_ip4, spawn_apache, VIP4},
+    netns::{self, ip},
     poll,
+    segment::{self, Seat},
     xvsd::XvsdProcess,
 };
 
 /// The kernel table xvsd announces through and the directors' BIRDs export.
 pub const ANNOUNCE_TABLE: &str = "100";
-/// The client's address (on its own link to the router).
-pub const CLIENT4: &str = "192.0.2.2";
-/// The router's address on the client's link.
-pub const ROUTER_CLIENT4: &str = "192.0.2.1";
-/// The router's address on the directors' and real servers' segment.
-pub const ROUTER4: &str = "198.51.100.1";
+pub use crate::segment::{CLIENT4, ROUTER4, ROUTER_CLIENT4};
 
 /// ECMP lab settings.
 #[derive(Clone, Debug)]
@@ -214,96 +214,24 @@ impl EcmpLab {
     }
 
     fn build_topology(&mut self) -> Result<()> {
-        let (sw, rt, cl) = (self.ns("sw"), self.ns("rt"), self.ns("cl"));
-        for ns in [&sw, &rt, &cl] {
-            create(ns)?;
-        }
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        // The client's own link to the router.
-        ip(&[
-            "-n", &cl, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &rt,
-        ])?;
-        let out = sh(
-            &cl,
-            &format!(
-                "set -e
-                ip addr add {CLIENT4}/24 dev eth0
-                ip link set eth0 up
-                ip route add default via {ROUTER_CLIENT4}
-                ethtool -K eth0 tx off >/dev/null"
-            ),
-        )?;
-        if !out.status.success() {
-            bail!("client setup: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        plug(&sw, "br0", &rt, "p-rt", "eth1", ROUTER4, "2001:db8:1::1")?;
-        // A router that spreads flows over its next hops by their 5-tuple (the default hashes
-        // addresses only, which would put every connection of the one client on one director).
-        // Checksums filled in by the sender: the directors forward the client's packets with
-        // XDP_TX, which keeps no checksum-offload state.
-        let out = sh(
-            &rt,
-            &format!(
-                "set -e
-                ip addr add {ROUTER_CLIENT4}/24 dev eth0
-                ip link set eth0 up
-                sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.fib_multipath_hash_policy=1
-                ethtool -K eth0 tx off >/dev/null"
-            ),
-        )?;
-        if !out.status.success() {
-            bail!("router setup: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        for (i, d) in self.directors.iter().enumerate() {
-            create(&d.ns)?;
-            let v6 = format!("2001:db8:1::{}", 2 + i);
-            let port = format!("p-{}", d.name);
-            plug(&sw, "br0", &d.ns, &port, "eth0", &d.addr, &v6)?;
-            // Unknown unicast is flooded to the directors as a switch floods it: a port going
-            // down flushes its MAC addresses from the bridge, which then floods the frames the
-            // router still sends to the cut-off director to every port until BFD acts. The
-            // survivors' data planes pass them (pass_not_our_mac) to their kernels, which drop
-            // them, so no survivor carries the dead director's flows before the router moved
-            // them (the test counts those frames).
-        }
-        for i in 1..=self.reals {
-            let ns = self.ns(&format!("rs{i}"));
-            create(&ns)?;
-            plug(
-                &sw,
-                "br0",
-                &ns,
-                &format!("p-rs{i}"),
-                "eth0",
-                &rs_ip4(i),
-                &rs_ip6(i),
-            )?;
-            // LVS-DR real server: the VIP on loopback, never answering ARP for it nor sourcing
-            // ARP from it; replies go to the client through the router, not the directors.
-            let out = sh(
-                &ns,
-                &format!(
-                    "set -e
-                    ip addr add {VIP4}/32 dev lo
-                    ip addr add {VIP6}/128 dev lo
-                    ip route add default via {ROUTER4}
-                    sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
-                     net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2"
-                ),
-            )?;
-            if !out.status.success() {
-                bail!("rs{i} setup: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
-        // Native XDP_TX into a veth delivers only when the peer runs XDP too.
-        let ports: Vec<String> = self
+        let seats: Vec<Seat> = self
             .directors
             .iter()
-            .map(|d| format!("p-{}", d.name))
+            .map(|d| Seat {
+                ns: &d.ns,
+                name: &d.name,
+                addr: &d.addr,
+            })
             .collect();
-        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-        self.pass = Some(attach_pass(&sw, &ports)?);
+        let pass = segment::build(
+            |role| self.ns(role),
+            &seats,
+            self.reals,
+            // A router that spreads flows over its next hops by their 5-tuple (the default
+            // hashes addresses only: every connection of the one client on one director).
+            "sysctl -qw net.ipv4.fib_multipath_hash_policy=1",
+        )?;
+        self.pass = Some(pass);
         Ok(())
     }
 

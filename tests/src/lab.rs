@@ -862,6 +862,11 @@ impl HttpConn {
         Ok(HttpConn { stream })
     }
 
+    /// The client's end of the connection (its address and port).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+
     /// GET / and return the body, trimmed.
     pub fn get(&mut self) -> Result<String> {
         self.stream

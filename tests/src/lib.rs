@@ -13,6 +13,7 @@ pub mod netns;
 pub mod object;
 pub mod packets;
 pub mod progtest;
+pub mod segment;
 pub mod tunnel;
 pub mod vrrp;
 pub mod xvsd;

@@ -52,10 +52,15 @@ fn counter(lab: &EcmpLab, d: usize, path: &[&str]) -> Result<u64> {
     Ok(v.as_u64().unwrap_or(0))
 }
 
-/// Established connections in director `d`'s table (`-L -n -c`).
-fn established(lab: &EcmpLab, d: usize) -> Result<usize> {
+/// The clients (address:port) of the established connections in director `d`'s table.
+fn clients(lab: &EcmpLab, d: usize) -> Result<Vec<String>> {
     let out = lab.directors[d].xvsadm_ok(&["-L", "-n", "-c"])?;
-    Ok(out.lines().filter(|l| l.contains("ESTABLISHED")).count())
+    // ipvsadm's columns: protocol, expiry, state, source, virtual, destination.
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("ESTABLISHED"))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect())
 }
 
 /// A reason counter of every director.
@@ -79,6 +84,8 @@ fn counters(lab: &EcmpLab, path: &[&str]) -> Result<Vec<u64>> {
 struct Held {
     /// The real server that answered its first request.
     server: String,
+    /// The client's address and port.
+    client: String,
     thread: JoinHandle<HeldReport>,
 }
 
@@ -95,6 +102,7 @@ struct HeldReport {
 
 fn hold(lab: &EcmpLab, stop: &Arc<AtomicBool>) -> Result<Held> {
     let mut conn = HttpConn::connect(&lab.ns("cl"), service().parse()?)?;
+    let client = conn.local_addr()?.to_string();
     let server = conn
         .get()
         .context("the first request of a held connection")?;
@@ -129,7 +137,11 @@ fn hold(lab: &EcmpLab, stop: &Arc<AtomicBool>) -> Result<Held> {
         }
         report
     });
-    Ok(Held { server, thread })
+    Ok(Held {
+        server,
+        client,
+        thread,
+    })
 }
 
 /// New connections from the client, one curl (one connection) at a time, each request's start,
@@ -270,7 +282,10 @@ fn director_dies(lab: &EcmpLab, scheduler: &'static str, synced: bool) -> Result
             "the held connections on every director",
             || {
                 (0..DIRECTORS)
-                    .all(|d| established(lab, d).is_ok_and(|n| n >= HELD))
+                    .all(|d| {
+                        clients(lab, d)
+                            .is_ok_and(|listed| held.iter().all(|h| listed.contains(&h.client)))
+                    })
                     .then_some(())
             },
         )?;
