@@ -28,15 +28,17 @@ const SERVICES: usize = 4;
 /// Real servers per service.
 const REALS: usize = 10;
 
-/// What one run of the sync benchmark measured (each duration the median of the rounds).
+/// What one run of the sync benchmark measured (each duration the median of its rounds).
 #[derive(Clone, Debug)]
 pub struct SyncBench {
     /// Connections in director A's table, published and installed.
     pub entries: usize,
     /// Messages they took at [`MAXLEN`] bytes.
     pub messages: usize,
-    /// Rounds each figure is the median of.
-    pub rounds: usize,
+    /// Rounds of the publish side (each a walk and a `sync_table`, adjacent).
+    pub publish_rounds: usize,
+    /// Rounds of the install side (each a fresh director B and a fresh bare table).
+    pub install_rounds: usize,
     /// The batch walk of A's connection table alone (`Dataplane::connections`): the floor
     /// under `sync_table`.
     pub walk: Duration,
@@ -51,6 +53,10 @@ pub struct SyncBench {
     /// `Dataplane::install_conn` alone with the same keys and entries into an empty table of
     /// the same size: one BPF map update each, the floor under `install_synced`.
     pub raw_install: Duration,
+    /// `sync_table` over the walk alone, median of the rounds' pairs.
+    pub table_over_walk: f64,
+    /// `install_synced` over the bare map updates, median of the rounds' pairs.
+    pub install_over_raw: f64,
 }
 
 /// A controller over a real data plane with [`SERVICES`] DR services of [`REALS`] real servers,
@@ -93,16 +99,22 @@ fn director(conns: u32) -> Result<Controller<Dataplane>> {
     Ok(c)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
 }
 
 /// Fills director A with `n` connections through its program (SYNs of new tuples, as the
-/// path benchmarks' prefill does), then over `rounds` rounds: publishes A's whole table and
-/// installs it on a fresh director B, and writes the same entries into a fresh table with
-/// nothing around the map update. Fails when anything was not published or installed.
-pub fn sync_throughput(n: usize, rounds: usize) -> Result<SyncBench> {
+/// path benchmarks' prefill does). Then `publish_rounds` times: walks A's table alone and
+/// publishes it (`sync_table`, `encode`); and `install_rounds` times (each loads two data
+/// planes, seconds): installs the messages on a fresh director B, and writes the same entries
+/// into a fresh table with nothing around the map update. Fails when anything was not
+/// published or installed.
+pub fn sync_throughput(
+    n: usize,
+    publish_rounds: usize,
+    install_rounds: usize,
+) -> Result<SyncBench> {
     // Twice the entries: the LRU hash evicts nothing at this fill.
     let capacity = (2 * n).next_power_of_two() as u32;
     let mut a = director(capacity)?;
@@ -121,8 +133,8 @@ pub fn sync_throughput(n: usize, rounds: usize) -> Result<SyncBench> {
     let mut decode_t = Vec::new();
     let mut install_t = Vec::new();
     let mut raw_t = Vec::new();
-    let mut messages = 0;
-    for round in 0..rounds {
+    let mut msgs = Vec::new();
+    for _ in 0..publish_rounds {
         let t = Instant::now();
         let walked = a.dataplane().connections(usize::MAX)?;
         walk.push(t.elapsed());
@@ -143,14 +155,14 @@ pub fn sync_throughput(n: usize, rounds: usize) -> Result<SyncBench> {
         );
 
         let t = Instant::now();
-        let msgs = encode(SYNCID, &conns, MAXLEN).context("encoding the table")?;
+        msgs = encode(SYNCID, &conns, MAXLEN).context("encoding the table")?;
         encode_t.push(t.elapsed());
-        messages = msgs.len();
         ensure!(
             msgs.iter().all(|m| m.len() <= MAXLEN),
             "a message is over {MAXLEN} bytes"
         );
-
+    }
+    for round in 0..install_rounds {
         // As the receiver does: each datagram decoded, then its entries installed.
         let mut b = director(capacity)?;
         let (mut dec, mut ins) = (Duration::ZERO, Duration::ZERO);
@@ -191,10 +203,21 @@ pub fn sync_throughput(n: usize, rounds: usize) -> Result<SyncBench> {
         }
         raw_t.push(t.elapsed());
     }
+    let pairs = |a: &[Duration], b: &[Duration]| {
+        median(
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect(),
+        )
+    };
     Ok(SyncBench {
         entries: n,
-        messages,
-        rounds,
+        messages: msgs.len(),
+        publish_rounds,
+        install_rounds,
+        table_over_walk: pairs(&table, &walk),
+        install_over_raw: pairs(&install_t, &raw_t),
         walk: median(walk),
         table: median(table),
         encode: median(encode_t),
@@ -229,9 +252,9 @@ impl SyncBench {
             (
                 "publish: table walk and naming (`Controller::sync_table`)".into(),
                 format!(
-                    "{}; {:.2}x the batch walk alone",
+                    "{}; {:.2}x the batch walk alone (median of adjacent pairs)",
                     self.rate(self.table),
-                    self.ns(self.table) / self.ns(self.walk)
+                    self.table_over_walk
                 ),
             ),
             (
@@ -246,9 +269,9 @@ impl SyncBench {
             (
                 "install: `Controller::install_synced`, message by message".into(),
                 format!(
-                    "{}; {:.2}x one BPF map update alone",
+                    "{}; {:.2}x one BPF map update alone (median of the rounds' pairs)",
                     self.rate(self.install),
-                    self.ns(self.install) / self.ns(self.raw_install)
+                    self.install_over_raw
                 ),
             ),
             ("install: decoding and installing".into(), self.rate(receive)),
@@ -275,12 +298,14 @@ impl SyncBench {
              and the naming of each entry's real server; `encode`). Director B, a second real \
              data plane configured the same, decodes each message and installs its entries as \
              the receiver does; its table must then hold all {n} or the run fails. Each figure is \
-             the median of {r} rounds (a fresh B each round). The two floors are measured in the \
+             the median of its rounds: {p} of the publish side, {r} of the install side (a fresh \
+             B each). The two floors are measured in the \
              same run: the publish side's walk against the bare batch walk of the same table, the \
              install side against one BPF map update of the same entry into an empty table of \
              the same size. There is no target for sync: figures only.",
             n = self.entries,
-            r = self.rounds
+            p = self.publish_rounds,
+            r = self.install_rounds
         )
     }
 }
