@@ -99,6 +99,7 @@ fn director(conns: u32) -> Result<Controller<Dataplane>> {
     Ok(c)
 }
 
+/// The middle of `v` (not empty).
 fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
@@ -115,6 +116,10 @@ pub fn sync_throughput(
     publish_rounds: usize,
     install_rounds: usize,
 ) -> Result<SyncBench> {
+    ensure!(
+        n > 0 && publish_rounds > 0 && install_rounds > 0,
+        "the sync benchmark needs connections and rounds to measure"
+    );
     // Twice the entries: the LRU hash evicts nothing at this fill.
     let capacity = (2 * n).next_power_of_two() as u32;
     let mut a = director(capacity)?;
