@@ -12,6 +12,7 @@ pub mod counting;
 pub mod live;
 pub mod nat;
 pub mod paths;
+pub mod sync;
 pub mod tunnel;
 
 use std::fmt::Write;
@@ -127,6 +128,7 @@ pub fn report(
     control: &[(String, String)],
     maps: &[(String, String)],
     programs: &[(String, String)],
+    sync: &sync::SyncBench,
     targets: &[Target],
     setup: &str,
 ) -> String {
@@ -201,6 +203,14 @@ pub fn report(
     }
     let _ = writeln!(md, "\n## Control plane\n\n| what | figure |\n| --- | --- |");
     for (k, v) in control {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Connection sync throughput\n\n{}\n\n| what | figure |\n| --- | --- |",
+        sync.text()
+    );
+    for (k, v) in sync.rows() {
         let _ = writeln!(md, "| {k} | {v} |");
     }
     let _ = writeln!(

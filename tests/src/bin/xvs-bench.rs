@@ -36,6 +36,7 @@ fn main() -> Result<()> {
     let mut counting_only = false;
     let mut paths_only = false;
     let mut tunnel_only = false;
+    let mut sync_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -46,7 +47,8 @@ fn main() -> Result<()> {
             "--counting-only" => counting_only = true,
             "--paths-only" => paths_only = true,
             "--tunnel-only" => tunnel_only = true,
-            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--counting-only] [--paths-only] [--tunnel-only] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
+            "--sync-only" => sync_only = true,
+            other => anyhow::bail!("unknown argument {other}; usage: xvs-bench [--quick] [--counting-only] [--paths-only] [--tunnel-only] [--sync-only] [--out FILE] [--chart FILE] [--bin-dir DIR]"),
         }
     }
     // One CPU: per-CPU state and caches stay put, and the other core takes the noise.
@@ -54,6 +56,15 @@ fn main() -> Result<()> {
     if counting_only {
         let c = counting()?;
         for (k, v) in counting_rows(&c) {
+            println!("{k:<60} {v}");
+        }
+        return Ok(());
+    }
+    if sync_only {
+        // A developer's look at connection sync alone: nothing written.
+        let s = sync_bench()?;
+        println!("{}", s.text());
+        for (k, v) in s.rows() {
             println!("{k:<60} {v}");
         }
         return Ok(());
@@ -380,6 +391,11 @@ fn main() -> Result<()> {
     for (k, v) in &control_rows {
         println!("{k:<60} {v}");
     }
+    println!("connection sync throughput...");
+    let sync = sync_bench()?;
+    for (k, v) in sync.rows() {
+        println!("{k:<60} {v}");
+    }
 
     for (k, v) in &program_rows {
         println!("{k:<60} {v}");
@@ -595,6 +611,7 @@ fn main() -> Result<()> {
         &control_rows,
         &map_rows,
         &program_rows,
+        &sync,
         &targets,
         &setup,
     );
@@ -605,6 +622,12 @@ fn main() -> Result<()> {
     chart::draw(&png, &floor, &results)?;
     println!("wrote {} and {}", out.display(), png.display());
     Ok(())
+}
+
+/// Connection sync throughput (issue 18), the same in every mode: 100,000 connections, 7
+/// publish rounds (a fraction of a second each), 3 install rounds (two data-plane loads each).
+fn sync_bench() -> Result<bench::sync::SyncBench> {
+    bench::sync::sync_throughput(100_000, 7, 3)
 }
 
 /// Live connection counts on a 4M-entry table (issue 17), the same in both modes.
