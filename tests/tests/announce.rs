@@ -214,6 +214,8 @@ fn vips_follow_the_quorum_and_drains_to_the_router_and_bfd_notices_a_hung_direct
     );
     let listing = d.xvsadm_ok(&["-L", "-n"])?;
     assert!(!listing.contains("198.51.100.12"), "{listing}");
+    // After ipvsadm's table, what the director announces.
+    assert!(listing.contains("\nAnnounced (table "), "{listing}");
 
     // The real server fails its check: live weight 0 < quorum - hysteresis: withdrawn.
     fs::remove_file(&flag)?;

@@ -140,7 +140,62 @@ pub fn render(listing: &Listing, opts: ListOptions, names: &dyn Names) -> String
     for svc in &listing.services {
         render_service(&mut out, svc, opts, names);
     }
+    director(&mut out, &listing);
     out
+}
+
+/// xvs's lines after ipvsadm's table, only for what ipvsadm has no counterpart of: a drained
+/// director, its announcements (`xvsd --announce-table`), and then its sync daemons' state.
+/// Without announcements or a drain the listing is ipvsadm's to the byte (sync daemons alone
+/// stay in `-L --daemon`, ipvsadm's place for them).
+fn director(out: &mut String, listing: &Listing) {
+    if !listing.drained && listing.announce.is_none() {
+        return;
+    }
+    let join = |ips: &[std::net::IpAddr]| {
+        ips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if listing.drained {
+        let _ = writeln!(
+            out,
+            "Director: drained (nothing announced; xvsadm drain --cancel)"
+        );
+    }
+    if let Some(a) = &listing.announce {
+        let _ = writeln!(
+            out,
+            "Announced (table {}): {}",
+            a.table,
+            if a.announced.is_empty() {
+                "none".to_string()
+            } else {
+                join(&a.announced)
+            }
+        );
+        if !a.withdrawn.is_empty() {
+            let _ = writeln!(out, "Withdrawn (below quorum): {}", join(&a.withdrawn));
+        }
+    }
+    for d in &listing.sync_daemons {
+        let role = match d.role {
+            crate::sync::Role::Master => "master",
+            crate::sync::Role::Backup => "backup",
+        };
+        let _ = write!(
+            out,
+            "Sync {role} (mcast={}, syncid={})",
+            d.mcast_ifn, d.syncid
+        );
+        match &d.table {
+            Some(t) => {
+                let _ = writeln!(out, ": {}", t.describe());
+            }
+            None => out.push('\n'),
+        }
+    }
 }
 
 /// `ipvsadm -L -t VIP:port`: the title and that service only, without the version line
@@ -657,6 +712,38 @@ UDP  [2001:db8::10]:53 rr
         assert_eq!(
             render(&listing(), ListOptions::default(), &Numeric),
             expected
+        );
+    }
+
+    /// A drained or announcing director says so after the table; without either, nothing
+    /// is added (plain_matches_ipvsadm), sync daemons or not.
+    #[test]
+    fn a_director_announcing_or_drained_says_so_after_the_table() {
+        let mut l = listing();
+        l.sync_daemons = vec![
+            crate::sync::daemon::DaemonConfig::new(crate::sync::Role::Backup)
+                .status(1500, Default::default()),
+        ];
+        let plain = render(&listing(), ListOptions::default(), &Numeric);
+        assert_eq!(render(&l, ListOptions::default(), &Numeric), plain);
+        l.announce = Some(Box::new(crate::proto::AnnounceStatus {
+            table: 100,
+            announced: vec!["203.0.113.10".parse().unwrap()],
+            withdrawn: vec!["203.0.113.20".parse().unwrap()],
+        }));
+        l.drained = true;
+        l.sync_daemons[0].table = Some(crate::sync::table::TableStatus::Alone { tries: 3 });
+        let out = render(&l, ListOptions::default(), &Numeric);
+        let extra = out
+            .strip_prefix(plain.as_str())
+            .expect("ipvsadm's table first");
+        assert_eq!(
+            extra,
+            "Director: drained (nothing announced; xvsadm drain --cancel)\n\
+             Announced (table 100): 203.0.113.10\n\
+             Withdrawn (below quorum): 203.0.113.20\n\
+             Sync backup (mcast=eth0, syncid=0): alone: no peer answered 3 requests for its \
+             table; nothing to wait for\n"
         );
     }
 
