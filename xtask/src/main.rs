@@ -23,7 +23,8 @@ enum Cmd {
     /// Install what is missing, build the eBPF objects and the binaries (release).
     Build,
     /// Build, then run xvsd on `--iface IF`, or with no interface the lab demo in namespaces
-    /// (`-- --directors 3`: three directors behind a BIRD 2 router, ECMP over BGP).
+    /// (`-- --directors 3`: three directors behind a BIRD 2 router, ECMP over BGP;
+    /// `-- --keepalived`: two directors, keepalived moving the VIP, connection sync).
     Run {
         /// Arguments for xvsd (e.g. `-- --iface eth0`); without --iface the lab runs.
         #[arg(last = true)]

@@ -2,7 +2,9 @@
 //! interface). Brings the lab up, configures a service through xvsadm, sends requests, shows the
 //! table, and runs until Ctrl-C; everything is removed on exit, and leftovers at the next start.
 //! With `--directors N` (2 to 8), the ECMP lab instead (`xvs_tests::ecmp`): N directors behind a
-//! router running BIRD 2, each announcing the VIP over BGP, and three real servers.
+//! router running BIRD 2, each announcing the VIP over BGP, and three real servers. With
+//! `--keepalived`, the active-backup pair (`xvs_tests::vrrp`): two directors with connection
+//! sync, keepalived moving the VIP on examples/keepalived/keepalived.conf.
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -15,6 +17,7 @@ use xvs_tests::{
     ecmp::{EcmpLab, EcmpOptions},
     lab::{default_bin_dir, rs_ip4, rs_ip6, tally, Lab, LabOptions, VIP4, VIP6},
     netns::cmd_in,
+    vrrp::{VrrpLab, VrrpOptions},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -24,7 +27,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: xvs-lab demo [--bin-dir DIR] [--directors N] [--once]");
+    eprintln!("usage: xvs-lab demo [--bin-dir DIR] [--directors N | --keepalived] [--once]");
     std::process::exit(2);
 }
 
@@ -36,10 +39,12 @@ fn main() -> Result<()> {
     let mut bin_dir = default_bin_dir();
     let mut once = false;
     let mut directors = 1;
+    let mut keepalived = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bin-dir" => bin_dir = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--once" => once = true,
+            "--keepalived" => keepalived = true,
             "--directors" => {
                 directors = args
                     .next()
@@ -54,6 +59,12 @@ fn main() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as usize);
         libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+    }
+    if keepalived {
+        if directors > 1 {
+            usage();
+        }
+        return vrrp_demo(bin_dir, once);
     }
     if directors > 1 {
         return ecmp_demo(bin_dir, directors, once);
@@ -196,6 +207,98 @@ fn ecmp_demo(bin_dir: PathBuf, directors: usize, once: bool) -> Result<()> {
         sw = lab.ns("sw"),
         name = d1.name,
         rt = lab.ns("rt"),
+    );
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("xvs-lab: removing the lab");
+    Ok(())
+}
+
+/// The keepalived pair: two directors with the same rr service and both sync daemons,
+/// keepalived (VRRP only) on the shipped configuration; 30 new connections from the client,
+/// which director holds the VIP, and each one's table and sync state.
+fn vrrp_demo(bin_dir: PathBuf, once: bool) -> Result<()> {
+    println!(
+        "xvs-lab: building namespaces: client, router, 2 directors (xvsd + keepalived), 3 real \
+         servers (apache2)"
+    );
+    let mut lab = VrrpLab::start(VrrpOptions {
+        tag: "vrrplab".into(),
+        reals: 3,
+        bin_dir: bin_dir.clone(),
+    })?;
+    let xvsadm = bin_dir.join("xvsadm");
+    let vip = format!("{VIP4}:80");
+    for director in &lab.directors {
+        let sh = |args: &[&str]| -> Result<()> {
+            println!("# [{}] xvsadm {}", director.name, args.join(" "));
+            print!("{}", director.xvsadm_ok(args)?);
+            Ok(())
+        };
+        sh(&["-A", "-t", &vip, "-s", "rr"])?;
+        for i in 1..=3 {
+            sh(&["-a", "-t", &vip, "-r", &format!("{}:80", rs_ip4(i)), "-g"])?;
+        }
+        for role in ["master", "backup"] {
+            sh(&[
+                "--start-daemon",
+                role,
+                "--mcast-interface",
+                "eth0",
+                "--syncid",
+                "1",
+            ])?;
+        }
+    }
+    println!("# keepalived on both (examples/keepalived/keepalived.conf)");
+    lab.start_keepalived()?;
+    lab.wait_holder(0, Duration::from_secs(15))?;
+    lab.wait_reals_resolved(Duration::from_secs(10))?;
+    lab.wait_answering(Duration::from_secs(10))?;
+    let url = format!("http://{VIP4}/");
+    let mut cmd = cmd_in(&lab.ns("cl"), "curl");
+    cmd.args(["-s", "-m", "5", "-H", "Connection: close"]);
+    for _ in 0..30 {
+        cmd.arg(&url);
+    }
+    let out = cmd.output()?;
+    let bodies: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    println!(
+        "# 30 x curl {url} from the client namespace: {:?}",
+        tally(&bodies)
+    );
+    for director in &lab.directors {
+        println!(
+            "# [{}] holds the VIP: {}; xvsadm -L -n --stats",
+            director.name,
+            director.holds_vip()
+        );
+        print!("{}", director.xvsadm_ok(&["-L", "-n", "--stats"])?);
+        let synced = director.xvsadm(&["synced"])?;
+        print!(
+            "# [{}] xvsadm synced: {}",
+            director.name,
+            String::from_utf8_lossy(&synced.stdout)
+        );
+    }
+    if once {
+        return Ok(());
+    }
+    let d1 = &lab.directors[0];
+    println!(
+        "xvs-lab: running. Try:\n  ip netns exec {cl} curl {url}\n  {xvsadm} --socket {sock} -L -n \
+         -c\n  ip netns exec {sw} ip link set p-{name} down   # cut {name} off; the VIP moves\n  \
+         ip netns exec {sw} ip link set p-{name} up     # {name} takes it back once it holds the table\n\
+         Ctrl-C to stop.",
+        cl = lab.ns("cl"),
+        xvsadm = xvsadm.display(),
+        sock = d1.socket.display(),
+        sw = lab.ns("sw"),
+        name = d1.name,
     );
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
