@@ -122,3 +122,41 @@ pub fn build(
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     attach_pass(&sw, &ports)
 }
+
+/// Takes director `name`'s port on the bridge in `sw` down (the director is cut off: its eth0
+/// loses carrier; the router's interface stays up) or brings it back up.
+pub fn set_port(sw: &str, name: &str, up: bool) -> Result<()> {
+    let port = format!("p-{name}");
+    ip(&[
+        "-n",
+        sw,
+        "link",
+        "set",
+        &port,
+        if up { "up" } else { "down" },
+    ])
+}
+
+/// Waits until every director (its name and its `-L --json`) has resolved every real server's
+/// MAC address (until then a real server takes no new connections there).
+pub fn wait_reals_resolved<'a>(
+    timeout: std::time::Duration,
+    directors: impl IntoIterator<Item = (&'a str, Box<dyn Fn() -> Result<serde_json::Value> + 'a>)>,
+) -> Result<()> {
+    for (name, listing) in directors {
+        crate::poll(
+            timeout,
+            &format!("{name} to resolve the real servers"),
+            || {
+                let json = listing().ok()?;
+                let services = json["services"].as_array()?;
+                services
+                    .iter()
+                    .flat_map(|s| s["reals"].as_array().into_iter().flatten())
+                    .all(|r| r["mac"].is_string())
+                    .then_some(())
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -30,7 +30,7 @@ use aya::Ebpf;
 
 use crate::{
     lab::{rs_ip4, spawn_apache, VIP4},
-    netns::{self, cmd_in, ip},
+    netns::{self, cmd_in},
     poll,
     segment::{self, Seat},
     xvsd::XvsdProcess,
@@ -429,38 +429,26 @@ impl VrrpLab {
         s
     }
 
-    /// Takes director `i`'s (0-based) port on the bridge down: the director is cut off, its
-    /// eth0 loses carrier.
+    /// Takes director `i`'s (0-based) port on the bridge down (segment::set_port).
     pub fn port_down(&self, i: usize) -> Result<()> {
-        let port = format!("p-{}", self.directors[i].name);
-        ip(&["-n", &self.ns("sw"), "link", "set", &port, "down"])
+        segment::set_port(&self.ns("sw"), &self.directors[i].name, false)
     }
 
     /// Brings director `i`'s port back up.
     pub fn port_up(&self, i: usize) -> Result<()> {
-        let port = format!("p-{}", self.directors[i].name);
-        ip(&["-n", &self.ns("sw"), "link", "set", &port, "up"])
+        segment::set_port(&self.ns("sw"), &self.directors[i].name, true)
     }
 
-    /// Waits until every director has resolved every real server's MAC address (until then a
-    /// real server takes no new connections there).
+    /// Waits until every director has resolved every real server's MAC address.
     pub fn wait_reals_resolved(&self, timeout: Duration) -> Result<()> {
-        for d in &self.directors {
-            poll(
-                timeout,
-                &format!("{} to resolve the real servers", d.name),
-                || {
-                    let json = d.listing().ok()?;
-                    let services = json["services"].as_array()?;
-                    services
-                        .iter()
-                        .flat_map(|s| s["reals"].as_array().into_iter().flatten())
-                        .all(|r| r["mac"].is_string())
-                        .then_some(())
-                },
-            )?;
-        }
-        Ok(())
+        segment::wait_reals_resolved(
+            timeout,
+            self.directors.iter().map(|d| {
+                let listing: Box<dyn Fn() -> Result<serde_json::Value>> =
+                    Box::new(move || d.listing());
+                (d.name.as_str(), listing)
+            }),
+        )
     }
 
     fn cleanup(&mut self) {
