@@ -465,7 +465,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     e.family(
         "xvs_sync_errors_total",
         Kind::Counter,
-        "Messages or entries the daemon dropped, by reason (foreign_syncid, decode, unknown_service, unknown_real, unsupported, template, send...).",
+        "Messages or entries the daemon dropped, by reason (foreign_syncid, decode, unknown_service, unknown_real, unknown_local, reply_taken, unsupported, template, send...).",
         l.sync_daemons.iter().flat_map(|d| {
             d.stats.errors.iter().map(move |(reason, n)| {
                 let mut labels = role(d);

@@ -39,6 +39,8 @@ use crate::{
 pub use crate::segment::{CLIENT4, ROUTER4, ROUTER_CLIENT4};
 /// The shipped keepalived configuration the directors run (see [`keepalived_conf`]).
 pub const KEEPALIVED_CONF: &str = include_str!("../../examples/keepalived/keepalived.conf");
+/// The NAT real servers' gateway the shipped configuration has (commented out) beside the VIP.
+pub const NAT_GATEWAY4: &str = "198.51.100.254";
 /// How the shipped configuration names xvsadm (where a package would install it).
 const SHIPPED_XVSADM: &str = "/usr/local/sbin/xvsadm";
 
@@ -59,15 +61,22 @@ pub fn director_ip4(i: usize) -> String {
 }
 
 /// The shipped keepalived configuration for a director whose xvsadm is `xvsadm` talking to
-/// xvsd's socket `socket`: the track script's command is the only line that changes (the
-/// shipped file names the default socket); the interface, the VIP and the priorities
-/// (`@lb1`/`@lb2` lines, chosen by `keepalived -i`) are the lab's as shipped.
+/// xvsd's socket `socket`: the track script's command changes (the shipped file names the
+/// default socket), and the NAT real servers' gateway line is uncommented; the interface, the
+/// VIP and the priorities (`@lb1`/`@lb2` lines, chosen by `keepalived -i`) are the lab's as
+/// shipped.
 pub fn keepalived_conf(xvsadm: &Path, socket: &Path) -> Result<String> {
     let shipped = format!("\"{SHIPPED_XVSADM} synced\"");
-    if !KEEPALIVED_CONF.contains(&shipped) || !KEEPALIVED_CONF.contains(VIP4) {
-        bail!("examples/keepalived/keepalived.conf no longer has {shipped} and {VIP4}");
+    let gateway = format!("# {NAT_GATEWAY4}/24 dev eth0");
+    if !KEEPALIVED_CONF.contains(&shipped)
+        || !KEEPALIVED_CONF.contains(VIP4)
+        || !KEEPALIVED_CONF.contains(&gateway)
+    {
+        bail!(
+            "examples/keepalived/keepalived.conf no longer has {shipped}, {VIP4} and {gateway:?}"
+        );
     }
-    Ok(KEEPALIVED_CONF.replace(
+    Ok(KEEPALIVED_CONF.replace(&gateway, &gateway[2..]).replace(
         &shipped,
         &format!(
             "\"{} --socket {} synced\"",
@@ -286,6 +295,49 @@ impl VrrpLab {
                 .with_context(|| format!("starting xvsd on {}", d.name))?;
         }
         Ok(lab)
+    }
+
+    /// Makes the real servers send what leaves from their own address (NAT replies; DR
+    /// replies leave from the VIP) through the director holding [`NAT_GATEWAY4`], by a source
+    /// rule, so they serve a NAT service beside the DR ones; the directors forward IPv4 and
+    /// route the clients (NAT replies, translated back) via the router.
+    pub fn route_nat_replies(&self) -> Result<()> {
+        for d in &self.directors {
+            // xvs forwards NAT traffic only where the kernel would (it warns otherwise).
+            let out = cmd_in(&d.ns, "sh")
+                .arg("-ec")
+                .arg(format!(
+                    "ip route add default via {}
+                     sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.eth0.forwarding=1",
+                    ROUTER4
+                ))
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "{}'s default route: {}",
+                    d.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        for i in 1..=self.reals {
+            let out = cmd_in(&self.ns(&format!("rs{i}")), "sh")
+                .arg("-ec")
+                .arg(format!(
+                    "ip route add 198.51.100.0/24 dev eth0 table 100
+                     ip route add default via {NAT_GATEWAY4} table 100
+                     ip rule add from {} lookup 100",
+                    rs_ip4(i)
+                ))
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "rs{i}'s route for NAT replies: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Full name of a namespace role (`cl`, `rt`, `sw`, `d1`, `rs1`...).

@@ -1,5 +1,6 @@
-//! Active-backup with keepalived (issue 18, item 4): two directors with the same rr service,
-//! both sync daemons on both, and keepalived (VRRP only, the shipped
+//! Active-backup with keepalived (issue 18, item 4): two directors with the same rr services
+//! (DR; NAT, whose real servers' gateway moves with the VIP; FULLNAT, whose local address is
+//! that same moving address), both sync daemons on both, and keepalived (VRRP only, the shipped
 //! `examples/keepalived/keepalived.conf`) moving the VIP between them. Under load (long-lived
 //! keep-alive connections and a stream of new ones):
 //!
@@ -30,12 +31,18 @@ use anyhow::{bail, Context, Result};
 use xvs_tests::{
     lab::{default_bin_dir, rs_ip4, HttpConn, VIP4},
     netns, poll,
-    vrrp::{VrrpLab, VrrpOptions},
+    vrrp::{VrrpLab, VrrpOptions, NAT_GATEWAY4},
 };
 
 const REALS: usize = 3;
 /// Long-lived connections held through d1 before the cut.
 const HELD: usize = 10;
+/// Long-lived NAT connections held through d1 before the cut (their replies cross the
+/// director: the backup must have their way back too).
+const NAT_HELD: usize = 6;
+/// Long-lived FULLNAT connections held through d1 before the cut (the backup must have their
+/// local address and port).
+const FULLNAT_HELD: usize = 4;
 /// Long-lived connections opened through d2 while d1 is cut off.
 const HELD_ON_D2: usize = 6;
 /// How long the load runs on after each move of the VIP.
@@ -43,6 +50,17 @@ const AFTER: Duration = Duration::from_secs(3);
 
 fn service() -> String {
     format!("{VIP4}:80")
+}
+
+/// The NAT service: the VIP's port 8080 to the real servers' port 80.
+fn nat_service() -> String {
+    format!("{VIP4}:8080")
+}
+
+/// The FULLNAT service: the VIP's port 8081 to the real servers' port 80, from the moving
+/// gateway address.
+fn fullnat_service() -> String {
+    format!("{VIP4}:8081")
 }
 
 /// What a long-lived connection saw so far.
@@ -57,7 +75,13 @@ struct HeldState {
     /// Why it broke, if it did, and when (since the test's start): the request's start, the
     /// error's arrival.
     broke: Option<(Duration, Duration, String)>,
+    /// The request in flight, if any: when it was asked (since the test's start).
+    asking: Option<Duration>,
 }
+
+/// A request unanswered for this long counts as broken when the test looks (a read times out
+/// only after 5 s, which could be after the look).
+const STALLED: Duration = Duration::from_secs(2);
 
 /// One long-lived connection, asking on its connection every 100 ms until stopped; its state
 /// readable while it runs.
@@ -75,10 +99,11 @@ impl Held {
 fn hold(
     lab: &VrrpLab,
     through: &'static str,
+    service: &str,
     stop: &Arc<AtomicBool>,
     epoch: Instant,
 ) -> Result<Held> {
-    let mut conn = HttpConn::connect(&lab.ns("cl"), service().parse()?)?;
+    let mut conn = HttpConn::connect(&lab.ns("cl"), service.parse()?)?;
     let server = conn
         .get()
         .context("the first request of a held connection")?;
@@ -94,8 +119,10 @@ fn hold(
         let deadline = Instant::now() + Duration::from_secs(90);
         while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
             let t = Instant::now();
+            shared.lock().expect("held state").asking = Some(t - epoch);
             let res = conn.get();
             let mut s = shared.lock().expect("held state");
+            s.asking = None;
             match res {
                 Ok(body) if body == server => {
                     s.answered += 1;
@@ -117,12 +144,16 @@ fn hold(
     Ok(Held { state, thread })
 }
 
-/// The broken ones among held connections, described.
-fn broken(held: &[Held]) -> Vec<String> {
+/// The broken ones among held connections (failed, or unanswered for [`STALLED`]), described.
+fn broken(held: &[Held], epoch: Instant) -> Vec<String> {
     held.iter()
         .filter_map(|h| {
             let s = h.now();
-            let (asked, failed, why) = s.broke?;
+            let stalled = s
+                .asking
+                .filter(|asked| epoch.elapsed().saturating_sub(*asked) >= STALLED)
+                .map(|asked| (asked, epoch.elapsed(), "no answer yet".to_string()));
+            let (asked, failed, why) = s.broke.or(stalled)?;
             Some(format!(
                 "opened through {} to {}, asked at {asked:?}, failed at {failed:?}: {why}",
                 s.through, s.server
@@ -250,14 +281,21 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     })?;
     // The same configuration on both directors, both sync daemons on both (the shipped
     // example's rules), then keepalived.
-    let vip = service();
+    let (vip, nat, fullnat) = (service(), nat_service(), fullnat_service());
     for d in &lab.directors {
         d.xvsadm_ok(&["-A", "-t", &vip, "-s", "rr"])?;
+        d.xvsadm_ok(&["-A", "-t", &nat, "-s", "rr"])?;
+        d.xvsadm_ok(&["-A", "-t", &fullnat, "-s", "rr"])?;
+        d.xvsadm_ok(&["-P", "-t", &fullnat, "-z", NAT_GATEWAY4])?;
         for i in 1..=REALS {
-            d.xvsadm_ok(&["-a", "-t", &vip, "-r", &format!("{}:80", rs_ip4(i)), "-g"])?;
+            let real = format!("{}:80", rs_ip4(i));
+            d.xvsadm_ok(&["-a", "-t", &vip, "-r", &real, "-g"])?;
+            d.xvsadm_ok(&["-a", "-t", &nat, "-r", &real, "-m"])?;
+            d.xvsadm_ok(&["-a", "-t", &fullnat, "-r", &real, "-b"])?;
         }
         d.start_sync()?;
     }
+    lab.route_nat_replies()?;
     lab.start_keepalived()?;
     let elected = lab.wait_holder(0, Duration::from_secs(15))?;
     lab.wait_reals_resolved(Duration::from_secs(10))?;
@@ -272,12 +310,30 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
 
     // Phase 1: d1, the master, is cut off.
     let mut held = (0..HELD)
-        .map(|_| hold(&lab, "d1", &stop, epoch))
+        .map(|_| hold(&lab, "d1", &vip, &stop, epoch))
         .collect::<Result<Vec<_>>>()?;
     let servers = xvs_tests::lab::tally(&held.iter().map(|h| h.now().server).collect::<Vec<_>>());
     // rr over three real servers: the held connections are spread, so a connection scheduled
     // afresh on d2 would likely land elsewhere and break.
     assert!(servers.len() > 1, "{servers:?}");
+    let nat_held = (0..NAT_HELD)
+        .map(|_| hold(&lab, "d1 (NAT)", &nat, &stop, epoch))
+        .collect::<Result<Vec<_>>>()?;
+    let nat_servers =
+        xvs_tests::lab::tally(&nat_held.iter().map(|h| h.now().server).collect::<Vec<_>>());
+    assert!(nat_servers.len() > 1, "{nat_servers:?}");
+    held.extend(nat_held);
+    let fullnat_held = (0..FULLNAT_HELD)
+        .map(|_| hold(&lab, "d1 (FULLNAT)", &fullnat, &stop, epoch))
+        .collect::<Result<Vec<_>>>()?;
+    let fullnat_servers = xvs_tests::lab::tally(
+        &fullnat_held
+            .iter()
+            .map(|h| h.now().server)
+            .collect::<Vec<_>>(),
+    );
+    assert!(fullnat_servers.len() > 1, "{fullnat_servers:?}");
+    held.extend(fullnat_held);
     let on_d1 = wait_synced(&lab, 0, 1, Duration::from_secs(5))?;
     let new = NewConns::start(&lab);
     new.wait(10)?;
@@ -290,16 +346,19 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     // The load runs on for a while after the failover: that is the measurement.
     std::thread::sleep(AFTER);
     let (new_total, failed_window, failed_after) = new.stop(converged)?;
-    let broken1 = broken(&held);
+    let broken1 = broken(&held, epoch);
     println!(
-        "phase 1 (d1 cut off, sync on): {HELD} held connections per real server {servers:?}, \
-         {on_d1} of d1's connections listed on d2 before the cut; VIP on d2 {vip_moved:?} after \
-         the port went down, a new connection answered {answering:?} later: failover {failover:?}; \
-         router's neighbor entry: {}; {} of {HELD} held connections broken {broken1:?}; slowest \
-         answer on the others {:?}; new connections: {new_total}, {failed_window} failed started \
-         before the failover completed, {failed_after} after",
+        "phase 1 (d1 cut off, sync on): {HELD} held DR connections per real server {servers:?}, \
+         {NAT_HELD} NAT ones {nat_servers:?} and {FULLNAT_HELD} FULLNAT ones \
+         {fullnat_servers:?}, {on_d1} of d1's connections listed on d2 \
+         before the cut; VIP on d2 {vip_moved:?} after the port went down, a new connection \
+         answered {answering:?} later: failover {failover:?}; router's neighbor entry: {}; {} of \
+         {} held connections broken {broken1:?}; slowest answer on the others {:?}; new \
+         connections: {new_total}, {failed_window} failed started before the failover \
+         completed, {failed_after} after",
         lab.router_neighbor(),
         broken1.len(),
+        held.len(),
         slowest(&held),
     );
     assert!(
@@ -314,7 +373,7 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     // Phase 2: d1 returns while connections it never saw run through d2.
     let before: BTreeSet<_> = lab.directors[1].connections()?.into_iter().collect();
     let on_d2 = (0..HELD_ON_D2)
-        .map(|_| hold(&lab, "d2", &stop, epoch))
+        .map(|_| hold(&lab, "d2", &vip, &stop, epoch))
         .collect::<Result<Vec<_>>>()?;
     let opened_on_d2: BTreeSet<_> = lab.directors[1]
         .connections()?
@@ -349,7 +408,7 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     std::thread::sleep(AFTER);
     let (new_total, failed_window, failed_after) = new.stop(converged)?;
     let missing: Vec<_> = opened_on_d2.difference(&on_d1_then).collect();
-    let broken2 = broken(&held);
+    let broken2 = broken(&held, epoch);
     let d1_log = lab.directors[0].keepalived_log();
     let faults = d1_log.matches("Entering FAULT STATE").count();
     println!(
@@ -402,7 +461,7 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_unsynced = Stop(stop.clone());
     let unsynced = (0..HELD)
-        .map(|_| hold(&lab, "d1", &stop, epoch))
+        .map(|_| hold(&lab, "d1", &vip, &stop, epoch))
         .collect::<Result<Vec<_>>>()?;
     let t2 = Instant::now();
     lab.port_down(0)?;
@@ -411,7 +470,7 @@ fn keepalived_moves_the_vip_and_held_connections_live() -> Result<()> {
     let failover = t2.elapsed();
     // Long enough for every held connection to ask through d2 at least once.
     std::thread::sleep(Duration::from_secs(1));
-    let broken3 = broken(&unsynced);
+    let broken3 = broken(&unsynced, epoch);
     println!(
         "without sync (master daemons stopped): failover {failover:?}; {} of {HELD} held rr \
          connections broken {broken3:?}",

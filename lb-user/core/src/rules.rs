@@ -1445,6 +1445,15 @@ fn rule_words(line: &str) -> Result<Vec<String>, CliError> {
 /// parse_rule_line with a prepared clap command: building it is most of the cost of a line,
 /// and a restore of 10,000 rules should not pay it 10,000 times.
 fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, CliError> {
+    match parse_restore_line(cmd, line)? {
+        Action::Apply(changes) => Ok(changes),
+        _ => err(format!("not a rule: {}", line.trim())),
+    }
+}
+
+/// One line of -R input as a command: a rule, or one of the other commands ipvsadm's restore
+/// runs ([`Restore::after`]); anything else is refused.
+fn parse_restore_line(cmd: &mut clap::Command, line: &str) -> Result<Action, CliError> {
     let words = rule_words(line)?;
     let argv = std::iter::once("xvsadm").chain(words.iter().map(String::as_str));
     let mut matches = cmd
@@ -1453,15 +1462,30 @@ fn parse_rule_with(cmd: &mut clap::Command, line: &str) -> Result<Vec<Change>, C
     let args = <Args as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
         .map_err(|e| CliError(e.to_string()))?;
     match args.action()? {
-        Action::Apply(changes) => Ok(changes),
+        a @ (Action::Apply(_)
+        | Action::StartDaemon(_)
+        | Action::StopDaemon(_)
+        | Action::SetTimeouts { .. }) => Ok(a),
         _ => err(format!("not a rule: {}", line.trim())),
     }
 }
 
-/// Parses -R input: every line with words is a rule; the result is one transaction. Large
-/// inputs are parsed in parallel, a block of lines per CPU (clap's parse of a line is most of
-/// the time a restore of 10,000 rules takes); the first error in line order is reported.
-pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
+/// What -R input asks for: its rules, applied as one transaction, then the other commands
+/// ipvsadm's restore also runs (`--start-daemon`, `--stop-daemon`, `--set`), in their order,
+/// each with its line number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restore {
+    /// Every rule line's changes, in line order.
+    pub changes: Vec<Change>,
+    /// The other commands, by 1-based line number, in line order.
+    pub after: Vec<(usize, Action)>,
+}
+
+/// Parses -R input: every line with words is a rule (the rules are one transaction) or one of
+/// [`Restore::after`]'s commands. Large inputs are parsed in parallel, a block of lines per
+/// CPU (clap's parse of a line is most of the time a restore of 10,000 rules takes); the first
+/// error in line order is reported, and nothing is applied when there is one.
+pub fn parse_restore(text: &str) -> Result<Restore, CliError> {
     const PER_THREAD: usize = 1000;
     let lines: Vec<(usize, &str)> = text.lines().enumerate().collect();
     let threads = std::thread::available_parallelism()
@@ -1469,22 +1493,28 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
         .min(lines.len().div_ceil(PER_THREAD))
         .max(1);
     let block = lines.len().div_ceil(threads).max(1);
-    let parse_block = |block: &[(usize, &str)]| -> Result<Vec<Change>, CliError> {
+    let parse_block = |block: &[(usize, &str)]| -> Result<Restore, CliError> {
         let mut cmd = <Args as clap::CommandFactory>::command();
-        let mut out = Vec::new();
+        let mut out = Restore {
+            changes: Vec::new(),
+            after: Vec::new(),
+        };
         for &(n, line) in block {
             let at = |e: CliError| CliError(format!("line {}: {}", n + 1, e.0));
             if rule_words(line).map_err(at)?.is_empty() {
                 continue;
             }
-            out.extend(parse_rule_with(&mut cmd, line).map_err(at)?);
+            match parse_restore_line(&mut cmd, line).map_err(at)? {
+                Action::Apply(changes) => out.changes.extend(changes),
+                other => out.after.push((n + 1, other)),
+            }
         }
         Ok(out)
     };
     if threads == 1 {
         return parse_block(&lines);
     }
-    let results: Vec<Result<Vec<Change>, CliError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Restore, CliError>> = std::thread::scope(|scope| {
         let running: Vec<_> = lines
             .chunks(block)
             .map(|b| scope.spawn(move || parse_block(b)))
@@ -1494,11 +1524,25 @@ pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
             .map(|t| t.join().expect("a rule parser panicked"))
             .collect()
     });
-    let mut out = Vec::new();
+    let mut out = Restore {
+        changes: Vec::new(),
+        after: Vec::new(),
+    };
     for r in results {
-        out.extend(r?);
+        let r = r?;
+        out.changes.extend(r.changes);
+        out.after.extend(r.after);
     }
     Ok(out)
+}
+
+/// Parses rule lines only (a restore's rules, for callers that take no other command).
+pub fn parse_rules(text: &str) -> Result<Vec<Change>, CliError> {
+    let r = parse_restore(text)?;
+    match r.after.first() {
+        Some((n, _)) => err(format!("line {n}: not a rule")),
+        None => Ok(r.changes),
+    }
 }
 
 /// The options naming a service, as ipvsadm's rule format writes them (its svc_name):
@@ -2541,6 +2585,36 @@ mod tests {
         assert_eq!(changes.len(), 2);
         let e = parse_rules("-A -t 203.0.113.10:80 -s rr\n-L -n\n").unwrap_err();
         assert!(e.0.starts_with("line 2: not a rule"), "{e}");
+    }
+
+    /// ipvsadm's restore runs every line, so a saved setup may start its sync daemons and
+    /// set its timeouts: -R applies the rules as one transaction, then those lines in order.
+    #[test]
+    fn restore_runs_daemon_and_timeout_lines_after_the_rules() {
+        let text = "--start-daemon master --mcast-interface eth1 --syncid 7\n\
+                    -A -t 203.0.113.10:80 -s rr\n\
+                    --set 900 120 300\n\
+                    -a -t 203.0.113.10:80 -r 198.51.100.11:80 -g\n\
+                    --stop-daemon backup\n";
+        let r = parse_restore(text).unwrap();
+        assert_eq!(r.changes.len(), 2);
+        let lines: Vec<usize> = r.after.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, [1, 3, 5]);
+        assert!(matches!(&r.after[0].1, Action::StartDaemon(d) if d.syncid == 7));
+        assert!(matches!(r.after[1].1, Action::SetTimeouts { .. }));
+        assert!(matches!(r.after[2].1, Action::StopDaemon(Role::Backup)));
+        // A bad daemon line fails the whole input, with its line.
+        let e = parse_restore("-A -t 203.0.113.10:80\n--start-daemon both\n").unwrap_err();
+        assert!(e.0.starts_with("line 2: illegal start-daemon"), "{e}");
+        // Listing or zeroing in a restore: refused as before (-C is a rule: the transaction
+        // starts from an empty table).
+        for line in ["-L -n", "-Z", "--help"] {
+            let e = parse_restore(line).unwrap_err();
+            assert!(e.0.starts_with("line 1:"), "{line}: {e}");
+        }
+        // parse_rules (rules only) refuses daemon lines.
+        let e = parse_rules("--stop-daemon master\n").unwrap_err();
+        assert!(e.0.starts_with("line 1: not a rule"), "{e}");
     }
 
     /// -S writes ipvsadm's option order: -s, then -p and -M, then -b; thresholds (which

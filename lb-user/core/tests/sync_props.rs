@@ -53,6 +53,7 @@ fn conn() -> impl Strategy<Value = SyncConn> {
         any::<(u32, u32)>(),
         proptest::option::of(seq()),
         proptest::option::of(pe()),
+        proptest::option::of(any::<([u8; 16], u16)>()),
     )
         .prop_map(
             |(
@@ -64,8 +65,18 @@ fn conn() -> impl Strategy<Value = SyncConn> {
                 (fwmark, timeout_secs),
                 seq,
                 pe,
+                local,
             )| {
                 let flags = ConnFlags::from_bits(raw_flags);
+                // A local address (FULLNAT) is always of the entry's family.
+                let local = local.map(|(a, port)| {
+                    let ip: std::net::IpAddr = if addrs.is_v6() {
+                        Ipv6Addr::from(a).into()
+                    } else {
+                        Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+                    };
+                    std::net::SocketAddr::new(ip, port)
+                });
                 SyncConn {
                     protocol,
                     flags,
@@ -80,6 +91,7 @@ fn conn() -> impl Strategy<Value = SyncConn> {
                     timeout_secs,
                     seq,
                     pe,
+                    local,
                 }
             },
         )

@@ -91,7 +91,8 @@ fn v4(client: [u8; 4], virt: [u8; 4], dest: [u8; 4]) -> Addrs {
 
 /// One of each kind, grouped by message: DR TCP, IPv6 UDP NAT, a template and a FIN_WAIT
 /// TUN connection (no options, split over two messages by a 160-byte maximum); then NAT with
-/// sequence data, and SIP persistence data, each last in its message.
+/// sequence data, SIP persistence data, and FULLNAT with its local address, each last in its
+/// message.
 fn groups() -> Vec<(Vec<SyncConn>, usize)> {
     let dr = SyncConn {
         protocol: 6,
@@ -110,6 +111,7 @@ fn groups() -> Vec<(Vec<SyncConn>, usize)> {
         timeout_secs: 900,
         seq: None,
         pe: None,
+        local: None,
     };
     let v6 = SyncConn {
         protocol: 17,
@@ -197,10 +199,19 @@ fn groups() -> Vec<(Vec<SyncConn>, usize)> {
         timeout_secs: 120,
         ..dr.clone()
     };
+    // FULLNAT: DPVS's method 5 and xvs's local-address option (which the dissector, like a
+    // kernel IPVS, steps over).
+    let fullnat = SyncConn {
+        flags: ConnFlags::new(Forward::FullNat),
+        addrs: v4([192, 0, 2, 14], [198, 51, 100, 5], [203, 0, 113, 9]),
+        local: Some("10.0.0.5:61000".parse().unwrap()),
+        ..dr.clone()
+    };
     vec![
         (vec![dr.clone(), v6, template, tun], 160),
         (vec![dr.clone(), nat_seq], 1472),
         (vec![sip], 1472),
+        (vec![fullnat], 1472),
     ]
 }
 
@@ -244,7 +255,7 @@ fn tshark_decodes_our_messages_as_we_encoded_them() {
         msgs.extend(b.finish());
         conns.extend(group);
     }
-    assert_eq!(msgs.len(), 4, "the first group fills two messages");
+    assert_eq!(msgs.len(), 5, "the first group fills two messages");
     let frames: Vec<Vec<u8>> = msgs.iter().map(|m| frame(m)).collect();
     let dir = std::env::temp_dir().join(format!("xvs-sync-tshark-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -256,6 +256,16 @@ impl<D: DataplaneOps> Controller<D> {
     /// persistent service is followed by its template, as IPVS syncs a connection's
     /// controlling template after it (service groups' templates are not sent).
     pub fn describe_sync_events(&self, events: &[lb_common::SyncEvent]) -> Vec<SyncConn> {
+        self.describe(events, None)
+    }
+
+    /// describe_sync_events' body; `entries` (in step with `events`, when the caller read the
+    /// table) saves a FULLNAT connection's lookup of its local address and port.
+    fn describe(
+        &self,
+        events: &[lb_common::SyncEvent],
+        entries: Option<&[lb_common::ConnEntry]>,
+    ) -> Vec<SyncConn> {
         let generations = self.dataplane.slot_generations();
         let persistent: HashMap<u32, (SocketAddr, crate::model::Persistence)> = self
             .applied
@@ -269,7 +279,7 @@ impl<D: DataplaneOps> Controller<D> {
                 _ => None,
             })
             .collect();
-        let mut slots: HashMap<u32, (SocketAddr, Option<crate::sync::Forward>)> = HashMap::new();
+        let mut slots: HashMap<u32, (SocketAddr, crate::sync::Forward)> = HashMap::new();
         for svc in self.applied.config.services() {
             for r in &svc.reals {
                 if let Some(id) = self.dataplane.backend_id(&svc.key, r.addr) {
@@ -278,14 +288,29 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
         let mut out = Vec::with_capacity(events.len());
-        for ev in events {
-            let Some(&(real, Some(forward))) = slots.get(&ev.backend) else {
+        for (i, ev) in events.iter().enumerate() {
+            let Some(&(real, forward)) = slots.get(&ev.backend) else {
                 continue;
             };
             if generations.get(&ev.backend) != Some(&ev.generation) {
                 continue;
             }
-            let Some(conn) = installer::event_to_conn(ev, real, forward, &self.pushed) else {
+            // FULLNAT: the local address and port the data plane gave the connection (a report
+            // made before its port was allocated has none yet: a later one carries it).
+            let local = if forward == crate::sync::Forward::FullNat {
+                let entry = match entries {
+                    Some(e) => e.get(i).copied(),
+                    None => self.dataplane.conn_entry(&ev.key),
+                };
+                entry.filter(|e| e.lport_be != 0).and_then(|e| {
+                    let ip = self.dataplane.local_addr(ev.service, e.local)?;
+                    Some(SocketAddr::new(ip, u16::from_be(e.lport_be)))
+                })
+            } else {
+                None
+            };
+            let Some(conn) = installer::event_to_conn(ev, real, forward, local, &self.pushed)
+            else {
                 continue;
             };
             let template = persistent
@@ -319,19 +344,22 @@ impl<D: DataplaneOps> Controller<D> {
                 _pad: [0; 2],
             })
             .collect();
-        self.describe_sync_events(&events)
+        let entries: Vec<lb_common::ConnEntry> = conns.iter().map(|c| c.entry).collect();
+        self.describe(&events, Some(&entries))
     }
 
     /// Installs entries a backup received: each is mapped to the local service (by protocol,
     /// VIP and port; a port-0 service takes any port) and real server (address and port; one
     /// given without a port takes any) and written to the connection table, proven and
-    /// expiring as the master said; a template goes to the persistence table. Connections
-    /// whose local real server is reached by NAT or FULLNAT (their way back is not synced)
-    /// are skipped and counted.
+    /// expiring as the master said, and counted in the live counts; a NAT or FULLNAT
+    /// connection with its way back (FULLNAT: its local address must be in the local service's
+    /// pool, and its port not another connection's here); a template goes to the persistence
+    /// table. What cannot be installed is skipped and counted by reason.
     pub fn install_synced(&mut self, conns: &[SyncConn]) -> Installed {
         let mut done = Installed::default();
         let generations = self.dataplane.slot_generations();
         let now = crate::dataplane::monotonic_ns();
+        let mut batch = Vec::new();
         for conn in conns {
             let protocol = match conn.protocol {
                 lb_common::PROTO_TCP => Protocol::Tcp,
@@ -360,22 +388,52 @@ impl<D: DataplaneOps> Controller<D> {
                 done.skip("unknown_real");
                 continue;
             };
-            if !matches!(forward, ForwardMethod::Dr | ForwardMethod::Tunnel(_)) {
-                done.skip("unsupported");
-                continue;
-            }
-            let Some(entry) =
-                installer::conn_to_entry(conn, service_id, backend, generation, &self.pushed, now)
-            else {
+            // FULLNAT: the local address by its slot in this director's pool (the same
+            // addresses, placed in another order, perhaps).
+            let local = match forward {
+                ForwardMethod::FullNat => {
+                    let slot = conn
+                        .local
+                        .and_then(|l| Some((self.dataplane.local_slot(service_id, l.ip())?, l)));
+                    let Some((slot, l)) = slot else {
+                        done.skip("unknown_local");
+                        continue;
+                    };
+                    Some((slot, l.port()))
+                }
+                _ => None,
+            };
+            let reply = match forward {
+                ForwardMethod::Nat | ForwardMethod::FullNat => {
+                    let mut c = conn.clone();
+                    c.flags.forward = installer::forward_of(&forward);
+                    installer::reply_of(&c, backend)
+                }
+                ForwardMethod::Dr | ForwardMethod::Tunnel(_) => None,
+            };
+            let Some(entry) = installer::conn_to_entry(
+                conn,
+                service_id,
+                backend,
+                generation,
+                local,
+                &self.pushed,
+                now,
+            ) else {
                 done.skip("unsupported");
                 continue;
             };
-            match self
-                .dataplane
-                .install_conn(&installer::flow_key(conn), &entry)
-            {
-                Ok(()) => done.installed += 1,
-                Err(e) => {
+            batch.push(crate::dataplane::ops::SyncedConn {
+                key: installer::flow_key(conn),
+                entry,
+                reply,
+            });
+        }
+        for outcome in self.dataplane.install_conns(&batch) {
+            match outcome {
+                crate::dataplane::ops::Installing::Installed => done.installed += 1,
+                crate::dataplane::ops::Installing::ReplyTaken => done.skip("reply_taken"),
+                crate::dataplane::ops::Installing::Failed(e) => {
                     warn!(error = %e, "installing a synced connection failed");
                     done.skip("install");
                 }
@@ -779,6 +837,22 @@ impl<D: DataplaneOps> Controller<D> {
                     .chain(s.sorry_server.map(|a| a.ip()))
             })
             .filter(|ip| !self.macs.contains_key(ip))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The real servers reached by NAT or FULLNAT (their replies cross the director), each
+    /// once.
+    pub fn nat_reals(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .config
+            .services()
+            .iter()
+            .flat_map(|s| s.reals.iter())
+            .filter(|r| matches!(r.forward, ForwardMethod::Nat | ForwardMethod::FullNat))
+            .map(|r| r.addr.ip())
             .collect();
         v.sort();
         v.dedup();

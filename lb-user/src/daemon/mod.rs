@@ -676,17 +676,21 @@ fn bind_socket(path: &Path, access: &SocketAccess) -> Result<UnixListener, Daemo
 }
 
 async fn resolve_round(shared: &Shared, refresh: bool) {
-    let targets = {
+    let (targets, nat) = {
         let mut c = shared.controller.lock().await;
+        let nat = c.nat_reals();
         if refresh {
             if let Err(e) = c.refresh_multipath() {
                 warn!(error = %e, "pushing the multipath policy failed");
             }
-            c.all_reals()
+            (c.all_reals(), nat)
         } else {
-            c.unresolved()
+            (c.unresolved(), nat)
         }
     };
+    if !nat.is_empty() {
+        keep_nat_hops_resolved(shared, nat).await;
+    }
     if targets.is_empty() && !refresh {
         return;
     }
@@ -700,6 +704,28 @@ async fn resolve_round(shared: &Shared, refresh: bool) {
             }
         }
         Err(e) => warn!(error = %e, "reading the neighbour table failed"),
+    }
+}
+
+/// The next hops of NAT and FULLNAT traffic, the real servers `reals` one way and the routes'
+/// gateways toward the clients the other, must stay resolved for the data plane: pokes those
+/// whose neighbour entry is missing or stale (see crate::neighbor).
+async fn keep_nat_hops_resolved(shared: &Shared, mut reals: Vec<IpAddr>) {
+    let stale = match shared.neighbors.gateways().await {
+        Ok(gateways) => {
+            reals.extend(gateways);
+            shared.neighbors.to_refresh(&reals).await
+        }
+        Err(e) => Err(e),
+    };
+    match stale {
+        Ok(stale) => {
+            for ip in stale {
+                debug!(next_hop = %ip, "confirming a next hop of NAT traffic");
+                neighbor::poke(ip);
+            }
+        }
+        Err(e) => warn!(error = %e, "reading the routes' gateways failed"),
     }
 }
 

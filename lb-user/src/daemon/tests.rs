@@ -1057,6 +1057,7 @@ fn a_synced_connection_is_installed_on_the_same_real_server_and_described_back_a
         timeout_secs: 900,
         seq: None,
         pe: None,
+        local: None,
     };
     let done = c.install_synced(&[
         conn("192.0.2.10", "198.51.100.12"),
@@ -1064,23 +1065,24 @@ fn a_synced_connection_is_installed_on_the_same_real_server_and_described_back_a
         conn("192.0.2.10", "198.51.100.99"),
         conn("192.0.2.20", "198.51.100.13"),
     ]);
-    assert_eq!(done.installed, 1);
+    // The NAT one too (198.51.100.13 is reached by NAT here): with its way back.
+    assert_eq!(done.installed, 2);
     assert_eq!(
         done.skipped,
-        [
-            ("unknown_real", 1),
-            ("unknown_service", 1),
-            ("unsupported", 1)
-        ]
-        .into()
+        [("unknown_real", 1), ("unknown_service", 1)].into()
     );
     let conns = match ok(send(&mut c, Command::Connections, None)).response {
         Response::Connections { conns } => conns,
         other => panic!("{other:?}"),
     };
-    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns.len(), 2, "{conns:?}");
     assert_eq!(conns[0].real, "198.51.100.12:80".parse().unwrap());
     assert_eq!(conns[0].state, "ESTABLISHED");
+    assert_eq!(
+        c.dataplane().nat_replies.len(),
+        1,
+        "only the NAT one's way back"
+    );
     // The master's side of the same entry: its report names the same real server.
     let info = c.dataplane().connections(10).unwrap()[0];
     let ev = lb_common::SyncEvent {
@@ -1124,6 +1126,7 @@ fn a_persistent_services_template_is_sent_with_its_connection_and_installed_by_a
         timeout_secs: 900,
         seq: None,
         pe: None,
+        local: None,
     };
     // The master's report of the connection (as its table has it, installed here for the
     // test) is sent with the service's template.
@@ -1173,4 +1176,129 @@ fn a_persistent_services_template_is_sent_with_its_connection_and_installed_by_a
         .expect("a template");
     assert_eq!(template.client, "203.0.113.0:0".parse().unwrap());
     assert_eq!(template.real, "198.51.100.12:80".parse().unwrap());
+}
+
+#[test]
+fn nat_and_fullnat_connections_are_sent_with_their_way_back_and_installed_with_it() {
+    use crate::sync::{Addrs, ConnFlags, ConnState as Wire, Forward, Ports, SyncConn, TcpState};
+    // The same services on both; the backup's pool has the master's local address in another
+    // slot (added in another order).
+    let mut master = controller();
+    let mut backup = controller();
+    ok(rules(
+        &mut master,
+        "-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 10.0.0.13:8080 -m\n\
+         -A -t 192.0.2.30:80 -s rr\n-P -t 192.0.2.30:80 -z 10.0.9.1\n\
+         -a -t 192.0.2.30:80 -r 10.0.0.14:80 -b",
+    ));
+    ok(rules(
+        &mut backup,
+        "-A -t 192.0.2.20:80 -s rr\n-a -t 192.0.2.20:80 -r 10.0.0.13:8080 -m\n\
+         -A -t 192.0.2.30:80 -s rr\n-P -t 192.0.2.30:80 -z 10.0.9.2\n\
+         -P -t 192.0.2.30:80 -z 10.0.9.1\n-a -t 192.0.2.30:80 -r 10.0.0.14:80 -b",
+    ));
+    let conn = |vip: &str, real: &str, port: u16, forward, local: Option<&str>| SyncConn {
+        protocol: 6,
+        flags: ConnFlags::new(forward),
+        state: Wire::Tcp(TcpState::Established),
+        addrs: Addrs::V4 {
+            client: "203.0.113.7".parse().unwrap(),
+            virt: vip.parse().unwrap(),
+            dest: real.parse().unwrap(),
+        },
+        ports: Ports {
+            client: 40000,
+            virt: 80,
+            dest: port,
+        },
+        fwmark: 0,
+        timeout_secs: 900,
+        seq: None,
+        pe: None,
+        local: local.map(|l| l.parse().unwrap()),
+    };
+    let nat = conn("192.0.2.20", "10.0.0.13", 8080, Forward::Masq, None);
+    let fnat = conn(
+        "192.0.2.30",
+        "10.0.0.14",
+        80,
+        Forward::FullNat,
+        Some("10.0.9.1:61000"),
+    );
+    // The master's table (installed here for the test) is described as it was sent.
+    let done = master.install_synced(&[nat.clone(), fnat.clone()]);
+    assert_eq!(done.installed, 2, "{done:?}");
+    let fnat_entry = master
+        .dataplane()
+        .conns
+        .iter()
+        .find(|c| c.key == crate::sync::installer::flow_key(&fnat))
+        .unwrap()
+        .entry;
+    assert_eq!(
+        (fnat_entry.local, u16::from_be(fnat_entry.lport_be)),
+        (0, 61000)
+    );
+    let sent = master.sync_table();
+    assert_eq!(sent, vec![nat.clone(), fnat.clone()]);
+    // The ring's reports name the same: FULLNAT's local address looked up in the table.
+    let events: Vec<lb_common::SyncEvent> = master
+        .dataplane()
+        .conns
+        .iter()
+        .map(|i| lb_common::SyncEvent {
+            key: i.key,
+            backend: i.entry.backend,
+            generation: i.entry.generation,
+            service: i.entry.service,
+            state: i.entry.state,
+            kind: lb_common::sync_event::STATE,
+            _pad: [0; 2],
+        })
+        .collect();
+    assert_eq!(master.describe_sync_events(&events), sent);
+    // The backup installs both with their ways back: FULLNAT's local address in its own slot 1.
+    let done = backup.install_synced(&sent);
+    assert_eq!(done.installed, 2, "{done:?}");
+    let dp = backup.dataplane();
+    let e = dp
+        .conns
+        .iter()
+        .find(|c| c.key == crate::sync::installer::flow_key(&fnat))
+        .unwrap()
+        .entry;
+    assert_eq!((e.local, u16::from_be(e.lport_be)), (1, 61000));
+    assert_eq!(dp.nat_replies.len(), 2);
+    for (k, r) in &dp.nat_replies {
+        let conn = crate::dataplane::conn_of_reply(k, r);
+        assert!(dp
+            .conns
+            .iter()
+            .any(|c| c.key == conn && c.entry.backend == r.backend));
+    }
+    // Sent again (a refresh): still two, nothing skipped.
+    let done = backup.install_synced(&sent);
+    assert_eq!((done.installed, done.skipped.len()), (2, 0));
+    // A FULLNAT connection whose local address the backup's pool lacks, and one whose local
+    // port is another connection's way back here: skipped, counted.
+    let stranger = conn(
+        "192.0.2.30",
+        "10.0.0.14",
+        80,
+        Forward::FullNat,
+        Some("10.0.9.9:61000"),
+    );
+    let clash = SyncConn {
+        ports: Ports {
+            client: 40001,
+            ..fnat.ports
+        },
+        ..fnat.clone()
+    };
+    let done = backup.install_synced(&[stranger, clash]);
+    assert_eq!(done.installed, 0);
+    assert_eq!(
+        done.skipped,
+        [("reply_taken", 1), ("unknown_local", 1)].into()
+    );
 }

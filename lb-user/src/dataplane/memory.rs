@@ -41,6 +41,8 @@ pub struct MemoryDataplane {
     pub counts: HashMap<u32, ConnCounts>,
     /// The connection table's live entries.
     pub conns: Vec<ConnInfo>,
+    /// NAT and FULLNAT ways back (NAT_REPLIES).
+    pub nat_replies: Vec<(lb_common::FlowKey, lb_common::NatReply)>,
     /// Live persistence templates, with ns until each expires.
     pub templates: Vec<(PersistKey, PersistEntry, u64)>,
     /// Reason counters, by reason.
@@ -79,6 +81,7 @@ impl MemoryDataplane {
             fail_config: false,
             counts: HashMap::new(),
             conns: Vec::new(),
+            nat_replies: Vec::new(),
             templates: Vec::new(),
             reasons: [0; REASON_COUNT as usize],
             // Small tables: a test compares them whole.
@@ -144,19 +147,37 @@ impl DataplaneOps for MemoryDataplane {
         self.placement.generations()
     }
 
-    fn install_conn(
-        &mut self,
-        key: &lb_common::FlowKey,
-        entry: &lb_common::ConnEntry,
-    ) -> Result<(), DataplaneError> {
-        // As the kernel's map: one entry per key, replaced; no clock here, so never expiring.
-        self.conns.retain(|c| c.key != *key);
-        self.conns.push(ConnInfo {
-            key: *key,
-            entry: *entry,
-            expires_in_ns: u64::MAX,
-        });
-        Ok(())
+    fn install_conns(&mut self, conns: &[super::ops::SyncedConn]) -> Vec<super::ops::Installing> {
+        use super::ops::Installing;
+        conns
+            .iter()
+            .map(|c| {
+                if let Some((rk, rv)) = c.reply {
+                    match self.nat_replies.iter().find(|(k, _)| *k == rk) {
+                        Some((_, have)) if *have != rv => return Installing::ReplyTaken,
+                        Some(_) => {}
+                        None => self.nat_replies.push((rk, rv)),
+                    }
+                }
+                // As the kernel's map: one entry per key, replaced; no clock here, so never
+                // expiring.
+                self.conns.retain(|i| i.key != c.key);
+                self.conns.push(ConnInfo {
+                    key: c.key,
+                    entry: c.entry,
+                    expires_in_ns: u64::MAX,
+                });
+                Installing::Installed
+            })
+            .collect()
+    }
+
+    fn conn_entry(&self, key: &lb_common::FlowKey) -> Option<lb_common::ConnEntry> {
+        self.conns.iter().find(|c| c.key == *key).map(|c| c.entry)
+    }
+
+    fn local_slot(&self, service_id: u32, addr: IpAddr) -> Option<u8> {
+        self.placement.local_slot(service_id, addr)
     }
 
     fn install_template(

@@ -472,13 +472,50 @@ impl Dataplane {
         self.placement.generations()
     }
 
-    /// Writes a connection-table entry (a connection synced from another director). Not
-    /// counted in CONN_COUNTS: the sweep's per-cycle baseline takes it in.
+    /// Writes connections synced from another director: each entry, and first its way back
+    /// (NAT, FULLNAT) unless that is another connection's; then counts them in CONN_ADJUST
+    /// (one write for the batch), so the live counts (-L, the load-aware schedulers) have
+    /// them at once rather than at the sweep's next baseline.
+    pub fn install_conns(&mut self, conns: &[ops::SyncedConn]) -> Vec<ops::Installing> {
+        let generations = self.placement.generations();
+        let mut fixes: HashMap<u32, ConnCounters> = HashMap::new();
+        let mut out = Vec::with_capacity(conns.len());
+        for c in conns {
+            if let Some((rk, rv)) = &c.reply {
+                match self.nat_replies.get(rk, 0) {
+                    Ok(have) if have != *rv => {
+                        out.push(ops::Installing::ReplyTaken);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Err(e) = self.nat_replies.insert(rk, rv, 0) {
+                            out.push(ops::Installing::Failed(map_err(names::MAP_NAT_REPLIES)(e)));
+                            continue;
+                        }
+                    }
+                }
+            }
+            let old = self.conns.get(&c.key, 0).ok();
+            if let Err(e) = self.conns.insert(c.key, c.entry, 0) {
+                out.push(ops::Installing::Failed(map_err(names::MAP_CONNS)(e)));
+                continue;
+            }
+            sweep::count_install(old.as_ref(), &c.entry, &generations, &mut fixes);
+            out.push(ops::Installing::Installed);
+        }
+        if let Err(e) = self.add_adjust(&fixes) {
+            tracing::warn!(error = %e, "counting synced connections failed; the sweep's next baseline will");
+        }
+        out
+    }
+
+    /// Writes one connection-table entry and nothing else: no way back, no count (the sync
+    /// bench's floor, one map update per entry).
     pub fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
         self.conns
             .insert(key, entry, 0)
-            .map_err(map_err(names::MAP_CONNS))?;
-        Ok(())
+            .map_err(map_err(names::MAP_CONNS))
     }
 
     /// Writes a persistence template (one synced from another director).

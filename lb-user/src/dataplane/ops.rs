@@ -7,13 +7,37 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{ConnEntry, DataplaneConfig, FlowKey, PersistEntry, PersistKey, Reason};
+use lb_common::{ConnEntry, DataplaneConfig, FlowKey, NatReply, PersistEntry, PersistKey, Reason};
 
 use super::{Activity, ConnCounts, ConnInfo, Counters, Dataplane, DataplaneError, TableFill};
 use crate::{
     model::{Config, ServiceKey},
     scheduler::digest::TableDigest,
 };
+
+/// A connection a backup installs: its table entry and, for NAT and FULLNAT, its way back (the
+/// replies' flow and what they are translated back to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncedConn {
+    /// The flow as its client sends it.
+    pub key: FlowKey,
+    /// Its entry.
+    pub entry: ConnEntry,
+    /// NAT and FULLNAT: NAT_REPLIES' key and value.
+    pub reply: Option<(FlowKey, NatReply)>,
+}
+
+/// What became of one synced connection.
+#[derive(Debug)]
+pub enum Installing {
+    /// Written (or rewritten, when the table had it).
+    Installed,
+    /// Its way back is another connection's here (a FULLNAT local port this director gave a
+    /// connection of its own): left alone.
+    ReplyTaken,
+    /// A map refused it.
+    Failed(DataplaneError),
+}
 
 /// The data plane as the controller drives it: configuration syncs, CONFIG, counters and the
 /// connection table.
@@ -24,8 +48,13 @@ pub trait DataplaneOps {
     fn set_config(&mut self, cfg: DataplaneConfig) -> Result<(), DataplaneError>;
     /// Every backend slot in use, with the generation of the real server it holds.
     fn slot_generations(&self) -> HashMap<u32, u32>;
-    /// Writes a connection-table entry (a connection synced from another director).
-    fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError>;
+    /// Writes connections synced from another director (with the ways back of NAT and FULLNAT
+    /// ones) and counts them in the live counts; one outcome per connection, in order.
+    fn install_conns(&mut self, conns: &[SyncedConn]) -> Vec<Installing>;
+    /// A connection-table entry, if the table holds one for `key` (live or not yet swept).
+    fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry>;
+    /// The slot of local address `addr` in service `service_id`'s pool (FULLNAT), as placed.
+    fn local_slot(&self, service_id: u32, addr: IpAddr) -> Option<u8>;
     /// Writes a persistence template (one synced from another director).
     fn install_template(
         &mut self,
@@ -110,8 +139,14 @@ impl DataplaneOps for Dataplane {
     fn slot_generations(&self) -> HashMap<u32, u32> {
         Dataplane::slot_generations(self)
     }
-    fn install_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
-        Dataplane::install_conn(self, key, entry)
+    fn install_conns(&mut self, conns: &[SyncedConn]) -> Vec<Installing> {
+        Dataplane::install_conns(self, conns)
+    }
+    fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
+        Dataplane::conn_entry(self, key)
+    }
+    fn local_slot(&self, service_id: u32, addr: IpAddr) -> Option<u8> {
+        self.placement.local_slot(service_id, addr)
     }
     fn install_template(
         &mut self,

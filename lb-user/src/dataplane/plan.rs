@@ -365,6 +365,16 @@ impl Placement {
         })
     }
 
+    /// The slot of local address `addr` in service `service_id`'s pool (FULLNAT), as written.
+    pub fn local_slot(&self, service_id: u32, addr: IpAddr) -> Option<u8> {
+        let p = self.services.values().find(|p| p.id == service_id)?;
+        let (want, family) = addr_bytes(addr);
+        p.laddrs
+            .iter()
+            .position(|la| la.is_some_and(|la| la.addr == want && la.family == family))
+            .map(|slot| slot as u8)
+    }
+
     /// NAT and FULLNAT backend slots, as written.
     pub fn nat_backends(&self) -> impl Iterator<Item = u32> + '_ {
         self.services

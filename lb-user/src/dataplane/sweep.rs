@@ -360,6 +360,28 @@ pub fn handed_over(ops: &[MapOp]) -> Vec<u32> {
         .collect()
 }
 
+/// Counts a synced connection written over `old` (what the table held for its key, if
+/// anything) into `fixes` (CONN_ADJUST's additions by slot): the new entry in its slot and
+/// class, the old one out of its own when it was still counted (its slot's generation is
+/// current: a handed-over slot's entries were written off already).
+pub fn count_install(
+    old: Option<&ConnEntry>,
+    new: &ConnEntry,
+    generations: &HashMap<u32, u32>,
+    fixes: &mut HashMap<u32, ConnCounters>,
+) {
+    if let Some(o) = old.filter(|o| generations.get(&o.backend) == Some(&o.generation)) {
+        fixes
+            .entry(o.backend)
+            .or_default()
+            .add(ConnClass::of_state(o.state), u64::MAX);
+    }
+    fixes
+        .entry(new.backend)
+        .or_default()
+        .add(ConnClass::of_state(new.state), 1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +656,56 @@ mod tests {
                 }
             )]
         );
+    }
+
+    #[test]
+    fn a_synced_connection_counts_in_its_class_and_replaces_what_it_overwrote() {
+        use std::collections::HashMap;
+        let entry = |backend, generation, state: ConnState| ConnEntry {
+            backend,
+            generation,
+            state: state as u8,
+            ..ConnEntry::default()
+        };
+        let generations: HashMap<u32, u32> = [(1, 5), (2, 7)].into();
+        let mut fixes = HashMap::new();
+        // New: +1 in its class.
+        count_install(
+            None,
+            &entry(1, 5, ConnState::Established),
+            &generations,
+            &mut fixes,
+        );
+        assert_eq!(
+            fixes[&1],
+            ConnCounters {
+                active: 1,
+                inactive: 0
+            }
+        );
+        // A refresh that moved it from SYN_RECV to ESTABLISHED: inactive -1, active +1.
+        let mut fixes = HashMap::new();
+        count_install(
+            Some(&entry(1, 5, ConnState::SynRecv)),
+            &entry(1, 5, ConnState::Established),
+            &generations,
+            &mut fixes,
+        );
+        assert_eq!(signed(fixes[&1]), [1, -1]);
+        // The same entry again: nothing changes.
+        let mut fixes = HashMap::new();
+        let e = entry(2, 7, ConnState::Udp);
+        count_install(Some(&e), &e, &generations, &mut fixes);
+        assert_eq!(signed(fixes[&2]), [0, 0]);
+        // Over an entry of a slot handed over since (stale generation): only the new one.
+        let mut fixes = HashMap::new();
+        count_install(
+            Some(&entry(2, 6, ConnState::Established)),
+            &entry(1, 5, ConnState::Established),
+            &generations,
+            &mut fixes,
+        );
+        assert_eq!(fixes.len(), 1);
+        assert_eq!(signed(fixes[&1]), [1, 0]);
     }
 }

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    ConnEntry, ConnState as Local, DataplaneConfig, FlowKey, SyncEvent, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, PROTO_UDP,
+    ConnEntry, ConnState as Local, DataplaneConfig, FlowKey, NatReply, SyncEvent, FAMILY_V4,
+    FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
 
 use super::{Addrs, ConnFlags, ConnState, Forward, Ports, SyncConn, TcpState};
@@ -15,14 +15,14 @@ use crate::{dataplane::timeout_of, model::ForwardMethod};
 
 const NS: u64 = 1_000_000_000;
 
-/// IPVS's forwarding method for ours; None for FULLNAT, which IPVS has not (its local address
-/// and port have no place in an entry), so its connections are not synced.
-pub fn forward_of(f: &ForwardMethod) -> Option<Forward> {
+/// IPVS's forwarding method for ours; FULLNAT, which IPVS has not, as DPVS numbers it (its
+/// local address and port travel in xvs's own option).
+pub fn forward_of(f: &ForwardMethod) -> Forward {
     match f {
-        ForwardMethod::Dr => Some(Forward::DirectRoute),
-        ForwardMethod::Tunnel(_) => Some(Forward::Tunnel),
-        ForwardMethod::Nat => Some(Forward::Masq),
-        ForwardMethod::FullNat => None,
+        ForwardMethod::Dr => Forward::DirectRoute,
+        ForwardMethod::Tunnel(_) => Forward::Tunnel,
+        ForwardMethod::Nat => Forward::Masq,
+        ForwardMethod::FullNat => Forward::FullNat,
     }
 }
 
@@ -77,14 +77,25 @@ fn bytes(a: IpAddr) -> [u8; 16] {
 }
 
 /// The entry a master sends for report `ev` of a connection to `real` (forwarded by
-/// `forward`): its state's timeout in seconds, as IPVS sends a connection's timeout. A real
-/// server given without a port gets the client's destination port, as the data plane does.
+/// `forward`; FULLNAT's `local` address and port with it): its state's timeout in seconds, as
+/// IPVS sends a connection's timeout. A real server given without a port gets the client's
+/// destination port, as the data plane does. None for what the wire cannot carry: mixed
+/// families, or a FULLNAT connection without its local address and port (not given one yet).
 pub fn event_to_conn(
     ev: &SyncEvent,
     real: SocketAddr,
     forward: Forward,
+    local: Option<SocketAddr>,
     cfg: &DataplaneConfig,
 ) -> Option<SyncConn> {
+    let local = match (forward, local) {
+        (Forward::FullNat, None) => return None,
+        (Forward::FullNat, Some(l)) if l.is_ipv6() != real.is_ipv6() || l.port() == 0 => {
+            return None
+        }
+        (Forward::FullNat, l) => l,
+        _ => None,
+    };
     let k = &ev.key;
     let client = ip(k.family, &k.src);
     let virt = ip(k.family, &k.dst);
@@ -115,6 +126,7 @@ pub fn event_to_conn(
         timeout_secs: (timeout_of(cfg, state) / NS) as u32,
         seq: None,
         pe: None,
+        local,
     })
 }
 
@@ -135,17 +147,55 @@ pub fn flow_key(conn: &SyncConn) -> FlowKey {
     }
 }
 
+/// The way back a backup installs with NAT or FULLNAT connection `conn` bound to backend slot
+/// `backend`, as the data plane records it: the replies' flow (from the real server to the
+/// client, or to the local address and port for FULLNAT) and what they are translated back to.
+/// None for a FULLNAT entry without its local address.
+pub fn reply_of(conn: &SyncConn, backend: u32) -> Option<(FlowKey, NatReply)> {
+    let key = flow_key(conn);
+    let (to, to_port) = match conn.flags.forward {
+        Forward::FullNat => {
+            let l = conn.local?;
+            (bytes(l.ip()), l.port())
+        }
+        _ => (key.src, conn.ports.client),
+    };
+    let reply = FlowKey {
+        src: bytes(conn.addrs.dest()),
+        dst: to,
+        sport_be: conn.ports.dest.to_be(),
+        dport_be: to_port.to_be(),
+        proto: conn.protocol,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let back = NatReply {
+        vip: key.dst,
+        client: key.src,
+        vport_be: key.dport_be,
+        cport_be: key.sport_be,
+        backend,
+        family: key.family,
+        _pad: [0; 7],
+    };
+    Some((reply, back))
+}
+
 /// The connection-table entry a backup installs for `conn`, bound to backend slot `backend`
 /// (of `generation`) of service `service`: proven (it owes no packets: its client has long
 /// passed the handshake on the master, so it is not junk to evict first), in our state for
 /// IPVS's, and clocked so that it expires after the timeout the master sent, at most our own
 /// for that state (`now_ns`: the data plane's clock, CLOCK_MONOTONIC). None for a protocol
 /// we do not balance.
+///
+/// A FULLNAT connection also names its local address's slot in the service's pool here
+/// (`local`: slot and port; None for every other mode).
 pub fn conn_to_entry(
     conn: &SyncConn,
     service: u32,
     backend: u32,
     generation: u32,
+    local: Option<(u8, u16)>,
     cfg: &DataplaneConfig,
     now_ns: u64,
 ) -> Option<ConnEntry> {
@@ -161,8 +211,8 @@ pub fn conn_to_entry(
         service,
         // Proof bits clear: a proven entry.
         state: state as u8,
-        local: 0,
-        lport_be: 0,
+        local: local.map_or(0, |(slot, _)| slot),
+        lport_be: local.map_or(0, |(_, port)| port.to_be()),
         last_seen_ns: now_ns.saturating_sub(ours - theirs),
     })
 }
@@ -205,6 +255,7 @@ pub fn template_of(
         timeout_secs,
         seq: None,
         pe: None,
+        local: None,
     }
 }
 
@@ -288,8 +339,14 @@ mod tests {
     fn a_report_becomes_ipvss_entry_with_the_real_server_and_the_states_timeout() {
         let cfg = DataplaneConfig::default();
         let real: SocketAddr = "198.51.100.11:8080".parse().unwrap();
-        let c =
-            event_to_conn(&event(Local::Established), real, Forward::DirectRoute, &cfg).unwrap();
+        let c = event_to_conn(
+            &event(Local::Established),
+            real,
+            Forward::DirectRoute,
+            None,
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(c.protocol, PROTO_TCP);
         assert_eq!(c.flags.forward, Forward::DirectRoute);
         assert_eq!(c.state, ConnState::Tcp(TcpState::Established));
@@ -312,13 +369,14 @@ mod tests {
         );
         assert_eq!(c.timeout_secs, 900);
         // A SYN_RECV one: IPVS's number 3, the SYN timeout.
-        let s = event_to_conn(&event(Local::SynRecv), real, Forward::Tunnel, &cfg).unwrap();
+        let s = event_to_conn(&event(Local::SynRecv), real, Forward::Tunnel, None, &cfg).unwrap();
         assert_eq!((s.state.raw(), s.timeout_secs), (3, 60));
         // A real server without a port takes the VIP's.
         let p0 = event_to_conn(
             &event(Local::Established),
             "198.51.100.11:0".parse().unwrap(),
             Forward::DirectRoute,
+            None,
             &cfg,
         )
         .unwrap();
@@ -328,6 +386,7 @@ mod tests {
             &event(Local::Established),
             "[2001:db8::1]:80".parse().unwrap(),
             Forward::DirectRoute,
+            None,
             &cfg
         )
         .is_none());
@@ -341,23 +400,26 @@ mod tests {
             &ev,
             "198.51.100.11:80".parse().unwrap(),
             Forward::DirectRoute,
+            None,
             &cfg,
         )
         .unwrap();
         assert_eq!(flow_key(&c), ev.key, "the same key as the master's table");
         let now = 10_000 * NS;
-        let e = conn_to_entry(&c, 4, 6, 2, &cfg, now).unwrap();
+        let e = conn_to_entry(&c, 4, 6, 2, None, &cfg, now).unwrap();
         assert_eq!((e.service, e.backend, e.generation), (4, 6, 2));
         assert_eq!(e.state, Local::Established as u8);
         assert_eq!(lb_common::proof_owed(e.state), 0, "proven");
         assert_eq!(e.last_seen_ns, now, "the full timeout");
         // A shorter timeout: it expires sooner; a longer one is capped at ours.
         c.timeout_secs = 100;
-        let e = conn_to_entry(&c, 4, 6, 2, &cfg, now).unwrap();
+        let e = conn_to_entry(&c, 4, 6, 2, None, &cfg, now).unwrap();
         assert_eq!(e.last_seen_ns, now - 800 * NS);
         c.timeout_secs = 5000;
         assert_eq!(
-            conn_to_entry(&c, 4, 6, 2, &cfg, now).unwrap().last_seen_ns,
+            conn_to_entry(&c, 4, 6, 2, None, &cfg, now)
+                .unwrap()
+                .last_seen_ns,
             now
         );
         // IPVS's finer states fold into ours.
@@ -380,6 +442,7 @@ mod tests {
             &event(Local::Established),
             "198.51.100.11:80".parse().unwrap(),
             Forward::DirectRoute,
+            None,
             &cfg,
         )
         .unwrap();
@@ -407,9 +470,44 @@ mod tests {
     }
 
     #[test]
-    fn fullnat_is_not_synced() {
-        assert_eq!(forward_of(&ForwardMethod::FullNat), None);
-        assert_eq!(forward_of(&ForwardMethod::Dr), Some(Forward::DirectRoute));
-        assert_eq!(forward_of(&ForwardMethod::Nat), Some(Forward::Masq));
+    fn nat_and_fullnat_connections_travel_with_what_their_way_back_needs() {
+        assert_eq!(forward_of(&ForwardMethod::FullNat), Forward::FullNat);
+        assert_eq!(forward_of(&ForwardMethod::Dr), Forward::DirectRoute);
+        assert_eq!(forward_of(&ForwardMethod::Nat), Forward::Masq);
+        let cfg = DataplaneConfig::default();
+        let ev = event(Local::Established);
+        let real: SocketAddr = "10.1.0.11:8080".parse().unwrap();
+        // NAT: the replies come from the real server's address and port to the client's.
+        let nat = event_to_conn(&ev, real, Forward::Masq, None, &cfg).unwrap();
+        let (k, r) = reply_of(&nat, 3).unwrap();
+        assert_eq!(&k.src[..4], &[10, 1, 0, 11]);
+        assert_eq!(u16::from_be(k.sport_be), 8080);
+        assert_eq!((k.dst, k.dport_be), (ev.key.src, ev.key.sport_be));
+        assert_eq!((k.proto, k.family), (PROTO_TCP, FAMILY_V4));
+        assert_eq!((r.vip, r.vport_be), (ev.key.dst, ev.key.dport_be));
+        assert_eq!((r.client, r.cport_be), (ev.key.src, ev.key.sport_be));
+        assert_eq!((r.backend, r.family), (3, FAMILY_V4));
+        // As the data plane keys it: the connection of this way back is the synced one.
+        assert_eq!(crate::dataplane::conn_of_reply(&k, &r), ev.key);
+        assert_eq!(crate::dataplane::local_port(&k, &r), 0);
+        // FULLNAT: not without its local address and port; with them, the replies go there.
+        assert!(event_to_conn(&ev, real, Forward::FullNat, None, &cfg).is_none());
+        let local: SocketAddr = "10.1.0.2:61000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::2]:61000".parse().unwrap();
+        assert!(event_to_conn(&ev, real, Forward::FullNat, Some(v6), &cfg).is_none());
+        let fnat = event_to_conn(&ev, real, Forward::FullNat, Some(local), &cfg).unwrap();
+        assert_eq!(fnat.local, Some(local));
+        let (k, r) = reply_of(&fnat, 3).unwrap();
+        assert_eq!(&k.dst[..4], &[10, 1, 0, 2]);
+        assert_eq!(u16::from_be(k.dport_be), 61000);
+        assert_eq!(crate::dataplane::conn_of_reply(&k, &r), ev.key);
+        assert_eq!(crate::dataplane::local_port(&k, &r), 61000u16.to_be());
+        let e = conn_to_entry(&fnat, 4, 3, 2, Some((1, 61000)), &cfg, 5 * NS).unwrap();
+        assert_eq!((e.local, u16::from_be(e.lport_be)), (1, 61000));
+        // NAT's entries name no local address: the method decides, not a stray field.
+        assert!(event_to_conn(&ev, real, Forward::Masq, Some(local), &cfg)
+            .unwrap()
+            .local
+            .is_none());
     }
 }

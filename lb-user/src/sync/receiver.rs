@@ -26,8 +26,8 @@ use super::{
 pub struct Installed {
     /// Entries written to the connection table.
     pub installed: u64,
-    /// Entries skipped, by reason (`unknown_service`, `unknown_real`, `unsupported`,
-    /// `install`).
+    /// Entries skipped, by reason (`unknown_service`, `unknown_real`, `unknown_local`,
+    /// `reply_taken`, `unsupported`, `install`).
     pub skipped: BTreeMap<&'static str, u64>,
 }
 
@@ -245,6 +245,7 @@ mod tests {
             timeout_secs: 900,
             seq: None,
             pe: None,
+            local: None,
         };
         let msg = encode(7, std::slice::from_ref(&conn), 1472)
             .unwrap()

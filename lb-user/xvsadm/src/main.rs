@@ -5,6 +5,7 @@
 
 use std::{ffi::OsString, io::Read, process::ExitCode};
 
+use anyhow::Context;
 use clap::Parser;
 use lb_core::{
     client as control, config_file, help, listing,
@@ -146,8 +147,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Action::Restore => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            let changes = rules::parse_rules(&text)?;
-            apply(send(socket, Command::Apply { changes })?)
+            let restore = rules::parse_restore(&text)?;
+            if !restore.changes.is_empty() || restore.after.is_empty() {
+                apply(send(
+                    socket,
+                    Command::Apply {
+                        changes: restore.changes,
+                    },
+                )?)?;
+            }
+            // Then the daemon and timeout lines, in order, as ipvsadm's restore runs them.
+            for (line, action) in restore.after {
+                let command = match action {
+                    Action::StartDaemon(daemon) => Command::StartDaemon { daemon },
+                    Action::StopDaemon(role) => Command::StopDaemon { role },
+                    Action::SetTimeouts { tcp, tcpfin, udp } => {
+                        Command::SetTimeouts { tcp, tcpfin, udp }
+                    }
+                    other => anyhow::bail!("line {line}: not restorable: {other:?}"),
+                };
+                send(socket, command)
+                    .and_then(apply)
+                    .with_context(|| format!("line {line} (the rules before were applied)"))?;
+            }
+            Ok(())
         }
         Action::Zero { service } => apply(send(socket, Command::Zero { service })?),
         Action::SetTimeouts { tcp, tcpfin, udp } => {

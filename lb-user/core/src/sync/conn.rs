@@ -52,7 +52,11 @@ pub enum Forward {
     DirectRoute,
     /// Cache bypass (4).
     Bypass,
-    /// 5 to 7: no method of the kernel's; kept so a decoded value encodes back unchanged.
+    /// FULLNAT (5): not the kernel's; DPVS's number (`DPVS_FWD_MODE_FNAT`), which xvs sends
+    /// with the local address and port in an option of its own (see the wire's `OPT_XVS_LOCAL`).
+    /// A kernel IPVS backup keeps such an entry but has no way to forward it.
+    FullNat,
+    /// 6 and 7: no method of the kernel's; kept so a decoded value encodes back unchanged.
     Unknown(u8),
 }
 
@@ -65,6 +69,7 @@ impl Forward {
             2 => Self::Tunnel,
             3 => Self::DirectRoute,
             4 => Self::Bypass,
+            5 => Self::FullNat,
             other => Self::Unknown(other as u8),
         }
     }
@@ -77,6 +82,7 @@ impl Forward {
             Self::Tunnel => 2,
             Self::DirectRoute => 3,
             Self::Bypass => 4,
+            Self::FullNat => 5,
             Self::Unknown(v) => u32::from(v) & bits::FWD_MASK,
         }
     }
@@ -389,6 +395,9 @@ pub struct SyncConn {
     pub seq: Option<SeqOptions>,
     /// Persistence-engine data.
     pub pe: Option<PeData>,
+    /// FULLNAT: the local address and port the real server sees as the connection's client
+    /// (xvs's own option, which IPVS skips; same family as the entry's addresses).
+    pub local: Option<std::net::SocketAddr>,
 }
 
 impl SyncConn {

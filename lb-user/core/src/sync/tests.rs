@@ -34,6 +34,7 @@ fn dr_established() -> SyncConn {
         timeout_secs: 900,
         seq: None,
         pe: None,
+        local: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn v6_udp() -> SyncConn {
         timeout_secs: 300,
         seq: None,
         pe: None,
+        local: None,
     }
 }
 
@@ -473,4 +475,59 @@ fn syncid_filter() {
     assert!(syncid_accepted(0, 9));
     assert!(syncid_accepted(9, 9));
     assert!(!syncid_accepted(9, 8));
+}
+
+#[test]
+fn a_fullnat_entry_carries_its_local_address_in_an_option_ipvs_skips() {
+    let fnat = SyncConn {
+        flags: ConnFlags::new(Forward::FullNat),
+        local: Some("10.0.0.5:61000".parse().unwrap()),
+        ..dr_established()
+    };
+    let msg = encode(0, std::slice::from_ref(&fnat), 1472)
+        .expect("encodes")
+        .remove(0);
+    // DPVS's method number 5; the option 0x58 ('X': xvs's 0x18 with IPVS_OPT_F_PARAM), 6
+    // bytes: the address then the port.
+    assert_eq!(msg[15] & 7, 5);
+    assert_eq!(msg[44..], [0x58, 6, 10, 0, 0, 5, 0xee, 0x48]);
+    assert_eq!(
+        u16::from_be_bytes([msg[10], msg[11]]),
+        36 + 8,
+        "the entry's size"
+    );
+    assert_eq!(
+        decode_strict(&msg).expect("decodes").conns,
+        std::slice::from_ref(&fnat)
+    );
+    // IPv6: 16 address bytes.
+    let v6 = SyncConn {
+        addrs: Addrs::V6 {
+            client: "2001:db8::7".parse().unwrap(),
+            virt: "2001:db8::10".parse().unwrap(),
+            dest: "2001:db8:1::11".parse().unwrap(),
+        },
+        local: Some("[2001:db8:2::5]:1024".parse().unwrap()),
+        ..fnat.clone()
+    };
+    let msg = encode(0, std::slice::from_ref(&v6), 1472)
+        .expect("encodes")
+        .remove(0);
+    assert_eq!(msg[8 + 72..8 + 74], [0x58, 18]);
+    assert_eq!(decode_strict(&msg).expect("decodes").conns, [v6]);
+    // A local address of the other family does not encode.
+    let mixed = SyncConn {
+        local: Some("[2001:db8::5]:1024".parse().unwrap()),
+        ..fnat.clone()
+    };
+    assert_eq!(encode(0, &[mixed], 1472), Err(EncodeError::LocalFamily));
+    // A wrong length: the entry is skipped, the next one decodes.
+    let d = decode_strict(&with_option(&[0x58, 2, 0, 0])).expect("decodes");
+    assert_eq!(d.skipped[0].reason, SkipReason::BadLocal(2));
+    // Without the optional bit 0x18 is an unknown mandatory option, as for the kernel.
+    let d = decode_strict(&with_option(&[0x18, 6, 10, 0, 0, 5, 1, 1])).expect("decodes");
+    assert_eq!(
+        d.skipped[0].reason,
+        SkipReason::UnknownMandatoryOption(0x18)
+    );
 }

@@ -49,6 +49,10 @@ const OPT_PE_NAME: u8 = 3;
 /// `IPVS_OPT_F_PARAM`: an option with this bit may be ignored by receivers that do not know
 /// it; an unknown option without it makes the receiver drop the entry.
 const OPT_F_PARAM: u8 = 1 << 6;
+/// xvs's own option: a FULLNAT connection's local address and port (4 or 16 address bytes, as
+/// the entry's family, then the port). Always sent with [`OPT_F_PARAM`] (the byte 0x58, 'X'),
+/// which a kernel IPVS skips; its number, 0x18, is none of the kernel's.
+const OPT_XVS_LOCAL: u8 = 0x18;
 
 /// Why bytes are not a version 1 message at all (the receiver drops all of it).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -159,6 +163,10 @@ pub enum SkipReason {
     /// A persistence-engine name that is not UTF-8 (no kernel engine has such a name).
     #[error("persistence engine name is not UTF-8")]
     PeNameNotUtf8,
+    /// xvs's local-address option with a length that is not the entry family's address and
+    /// port.
+    #[error("local address option of {0} bytes")]
+    BadLocal(u8),
 }
 
 /// An entry skipped by [`decode`].
@@ -201,6 +209,9 @@ pub enum EncodeError {
     /// The engine data's length is outside 1 to 255 bytes.
     #[error("persistence engine data of {0} bytes, must be 1 to {PE_DATA_MAX}")]
     PeData(usize),
+    /// A local address (FULLNAT) of another family than the entry's.
+    #[error("local address of another family than the connection's")]
+    LocalFamily,
 }
 
 /// The encoded length of `conn`'s entry, without padding.
@@ -221,6 +232,12 @@ pub fn entry_len(conn: &SyncConn) -> Result<usize, EncodeError> {
             return Err(EncodeError::PeData(pe.data.len()));
         }
         len += 2 + pe.data.len() + 2 + pe.name.len();
+    }
+    if let Some(local) = conn.local {
+        if local.is_ipv6() != conn.addrs.is_v6() {
+            return Err(EncodeError::LocalFamily);
+        }
+        len += 2 + local_len(conn.addrs.is_v6());
     }
     Ok(len)
 }
@@ -266,6 +283,25 @@ fn write_entry(conn: &SyncConn, len: usize, out: &mut Vec<u8>) {
         out.extend_from_slice(&pe.data);
         out.extend_from_slice(&[OPT_PE_NAME, pe.name.len() as u8]);
         out.extend_from_slice(pe.name.as_bytes());
+    }
+    if let Some(local) = conn.local {
+        let v6 = conn.addrs.is_v6();
+        out.extend_from_slice(&[OPT_XVS_LOCAL | OPT_F_PARAM, local_len(v6) as u8]);
+        // entry_len has checked the family is the entry's.
+        match local.ip() {
+            std::net::IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+        }
+        out.extend_from_slice(&local.port().to_be_bytes());
+    }
+}
+
+/// The length of xvs's local-address option's data in an entry of this family.
+fn local_len(v6: bool) -> usize {
+    if v6 {
+        18
+    } else {
+        6
     }
 }
 
@@ -485,6 +521,19 @@ fn entry(rest: &[u8]) -> EntryResult {
         // A name without data is ignored by the kernel, so here too.
         (None, _) => None,
     };
+    let local = match options.local {
+        None => None,
+        Some(d) if d.len() == local_len(v6) => {
+            let port = be16(d, d.len() - 2);
+            let ip: std::net::IpAddr = if v6 {
+                std::net::Ipv6Addr::from(take::<16>(d, 0).unwrap_or_default()).into()
+            } else {
+                std::net::Ipv4Addr::from(take::<4>(d, 0).unwrap_or_default()).into()
+            };
+            Some(std::net::SocketAddr::new(ip, port))
+        }
+        Some(d) => return Ok((Err(SkipReason::BadLocal(d.len() as u8)), size)),
+    };
     let protocol = e[1];
     let flags = ConnFlags::from_bits(be32(e, 4));
     let addrs = if v6 {
@@ -516,6 +565,7 @@ fn entry(rest: &[u8]) -> EntryResult {
         timeout_secs: be32(e, 20),
         seq: options.seq,
         pe,
+        local,
     };
     Ok((Ok(conn), size))
 }
@@ -526,6 +576,7 @@ struct Options<'a> {
     seq: Option<SeqOptions>,
     pe_data: Option<&'a [u8]>,
     pe_name: Option<&'a [u8]>,
+    local: Option<&'a [u8]>,
 }
 
 /// Reads the options after an entry's fixed part (the loop of `ip_vs_proc_sync_conn`).
@@ -540,6 +591,12 @@ fn options(mut b: &[u8]) -> Result<Result<Options<'_>, SkipReason>, EntryFault> 
             .get(2..2 + usize::from(len))
             .ok_or(EntryFault::OptionOverrun { kind })?;
         match kind & !OPT_F_PARAM {
+            // Ours only with the optional bit, as we send it: without it, it is an unknown
+            // mandatory option like any other.
+            OPT_XVS_LOCAL if kind & OPT_F_PARAM != 0 && o.local.replace(data).is_some() => {
+                return Err(EntryFault::DuplicateOption(kind));
+            }
+            OPT_XVS_LOCAL if kind & OPT_F_PARAM != 0 => {}
             OPT_SEQ_DATA => {
                 if usize::from(len) != SEQ_DATA_LEN {
                     return Err(EntryFault::BadSeqLength(len));
