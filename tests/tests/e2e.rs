@@ -459,3 +459,110 @@ fn frames_to_another_hosts_mac_are_the_kernels_and_a_macvlan_on_the_interface_is
         lab.xvsd_log()
     );
 }
+
+/// `xvsadm top -b -n 2` while the client makes requests: plain frames, the first without
+/// rates, the second with the rates of the service that got the traffic (and of both its real
+/// servers), none for the idle one, and the busy service first (sorted by conn/s).
+#[test]
+fn top_in_batch_mode_shows_the_rates_of_the_service_that_got_traffic() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::Stdio,
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    let lab = lab("e2e-top");
+    let f = &families()[0];
+    setup(&lab, f, "rr", 1, 1).unwrap();
+    let idle = format!("{VIP4}:443");
+    lab.xvsadm_ok(&["-A", "-t", &idle, "-s", "rr"]).unwrap();
+    lab.xvsadm_ok(&["-a", "-t", &idle, "-r", &format!("{}:443", rs_ip4(1)), "-g"])
+        .unwrap();
+    let mut top = Command::new(default_bin_dir().join("xvsadm"))
+        .arg("--socket")
+        .arg(&lab.socket)
+        .args(["top", "-b", "-n", "2", "-d", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed and reaped whatever happens below.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = top.stdout.take().unwrap();
+    let mut top = Reap(top);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = vec![rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first frame")];
+    // The first sample is taken: traffic between it and the second.
+    let bodies = lab.curl_many(&f.url, 40).unwrap();
+    assert_eq!(bodies.len(), 40, "{:?}", tally(&bodies));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+    }
+    let status = top.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(top.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "xvsadm top failed: {err}");
+    let text = lines.join("\n");
+    // Shown when the test fails.
+    println!("{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in batch mode:\n{text}"
+    );
+    let frames: Vec<&[String]> = {
+        let starts: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("xvsadm top: "))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(starts.len(), 2, "two frames:\n{text}");
+        vec![&lines[starts[0]..starts[1]], &lines[starts[1]..]]
+    };
+    // Conn/s of the service line or real-server line that starts with `name`.
+    let conn_rate = |frame: &[String], name: &str| -> String {
+        let line = frame
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} line:\n{text}"));
+        let skip = name.split_whitespace().count();
+        line.split_whitespace().nth(skip).unwrap().to_string()
+    };
+    let busy = format!("TCP  {} rr", f.vip);
+    let idle = format!("TCP  {idle} rr");
+    assert_eq!(
+        conn_rate(frames[0], &busy),
+        "-",
+        "no rate in the first frame"
+    );
+    let rate: f64 = conn_rate(frames[1], &busy).parse().unwrap();
+    assert!(rate >= 1.0, "the busy service's conn/s:\n{text}");
+    for rs in &f.rs {
+        let r: f64 = conn_rate(frames[1], &format!("  -> {rs}")).parse().unwrap();
+        assert!(r >= 1.0, "{rs} got no conn/s:\n{text}");
+    }
+    assert_eq!(
+        conn_rate(frames[1], &idle),
+        "0",
+        "the idle service:\n{text}"
+    );
+    let order: Vec<&String> = frames[1].iter().filter(|l| l.starts_with("TCP ")).collect();
+    assert!(order[0].starts_with(&busy), "sorted by conn/s:\n{text}");
+}

@@ -37,6 +37,7 @@ Usage:
   xvsadm --start-daemon {master|backup} [daemon-options]
   xvsadm --stop-daemon {master|backup}
   xvsadm stats [--watch] [--once] [--interval secs] [--json]
+  xvsadm top [-d secs] [-n iterations] [-b] [-s column] [-r]
   xvsadm apply -f file [--dry-run]
   xvsadm reload [--dry-run]
   xvsadm export
@@ -67,6 +68,8 @@ Either long or short options are allowed.
   --help            -h        display this help message
   --version         -v        display the version
   stats                       live per-service and per-real-server rates (xvsadm stats --help)
+  top                         services and real servers with rates, connections and health,
+                              refreshing in place, sorted by a key (xvsadm top --help)
   apply -f file               make the running configuration the file's (TOML), only the difference,
                               as one transaction (xvsadm apply --help; examples/xvs.toml)
   reload                      make xvsd re-read its --config file and apply the difference
@@ -243,6 +246,30 @@ connections the table no longer had, which may have moved to another real server
   --once                              print one frame and exit
   --interval     secs                 seconds between frames (default 2, the estimator's period)
   --json                              one JSON object per frame, one per line
+  --socket       path                 xvsd's control socket (env XVS_SOCKET)
+  --help         -h                   display this help message
+";
+
+/// `xvsadm top --help`.
+pub const TOP_USAGE: &str = "\
+Usage:
+  xvsadm top [-d secs] [-n iterations] [-b] [-s column] [-r] [--socket path]
+
+Services and real servers, refreshing in place: new connections, packets and bytes per second
+(both directions; replies count for NAT and FULLNAT), measured between two listings of the
+counters (the first frame has none: -), active and inactive connections, weight and health;
+above them the totals and the connection table. On a terminal, keys sort as top's do:
+
+  c  conn/s      p  packets/s   b  bytes/s     a  active      i  inactive    n  name
+  r  reverse the order          space  redraw                 q, Esc  quit
+
+When stdout is not a terminal, or with -b, frames are printed one after another as plain text.
+
+  --delay        -d secs              seconds between frames (default 1)
+  --iterations   -n iterations        exit after this many frames (default: until q)
+  --batch        -b                   plain text frames, no terminal control
+  --sort         -s column            conns|packets|bytes|active|inactive|name (default conns)
+  --reverse      -r                   lowest first (names: reversed)
   --socket       path                 xvsd's control socket (env XVS_SOCKET)
   --help         -h                   display this help message
 ";

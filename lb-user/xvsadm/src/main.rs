@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         let rest = std::iter::once(OsString::from(format!("xvsadm {name}"))).chain(rest);
         return finish(match name {
             "stats" => stats(rest),
+            "top" => top(rest),
             "drain" => drain(rest),
             "synced" => return synced(rest),
             "apply" | "reload" | "export" => config(name, rest),
@@ -74,7 +75,9 @@ fn realserver(args: impl Iterator<Item = OsString>) -> ExitCode {
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
 /// name moved after it.
 fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
-    const SUBCOMMANDS: [&str; 6] = ["stats", "apply", "reload", "export", "drain", "synced"];
+    const SUBCOMMANDS: [&str; 7] = [
+        "stats", "top", "apply", "reload", "export", "drain", "synced",
+    ];
     let mut global = Vec::new();
     let mut i = 1;
     while i < argv.len() {
@@ -424,6 +427,27 @@ fn stats(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(period);
+    }
+}
+
+/// `xvsadm top`: see lb_core::help::TOP_USAGE.
+fn top(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
+    use xvsadm::top::{run_batch, run_terminal, TopArgs};
+    let args = TopArgs::try_parse_from(argv).map_err(|e| CliError(e.to_string()))?;
+    if args.help {
+        print!("{}", help::TOP_USAGE);
+        return Ok(());
+    }
+    let period = args.period().map_err(CliError)?;
+    let frames = args.frames().map_err(CliError)?;
+    let socket = args.socket.clone();
+    let list = || list(&socket);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if args.batch || !tty {
+        run_batch(&args, period, frames, list, &mut std::io::stdout().lock())
+    } else {
+        run_terminal(&args, period, frames, list)
     }
 }
 

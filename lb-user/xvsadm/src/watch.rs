@@ -74,8 +74,8 @@ pub struct Row {
     pub health: Option<String>,
 }
 
-/// The Health column of a real server.
-fn health_of(r: &RealStatus, sorry: bool) -> String {
+/// The Health column of a real server (`xvsadm top` shows it too).
+pub fn health_of(r: &RealStatus, sorry: bool) -> String {
     match (sorry, r.table, &r.health) {
         (true, _, _) => "sorry",
         (_, Membership::Inhibited, _) => "inhibited",
