@@ -104,7 +104,7 @@ fn note(node: &Node, why: &str) -> String {
 }
 
 /// The statement's one argument.
-fn one_arg<'n>(node: &'n Node) -> Result<&'n str, ImportError> {
+fn one_arg(node: &Node) -> Result<&str, ImportError> {
     match node.args.as_slice() {
         [a] => Ok(a),
         [] => Err(node.at.error(format!("`{}` needs a value", node.keyword))),
