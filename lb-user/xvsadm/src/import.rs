@@ -24,6 +24,10 @@ pub struct ImportArgs {
     /// Where the configuration comes from.
     #[command(subcommand)]
     pub from: ImportFrom,
+    /// Accepted as by every xvsadm command (`xvsadm --socket PATH import ...`), unused: the
+    /// import asks no xvsd.
+    #[arg(long, global = true, hide = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The configurations `xvsadm import` reads.
@@ -92,6 +96,16 @@ mod tests {
                 config_id: Some("lb1".into()),
             }
         );
+        // A --socket given before `import` is moved after it, as for every subcommand.
+        let a = ImportArgs::try_parse_from([
+            "xvsadm import",
+            "keepalived",
+            "k.conf",
+            "--socket",
+            "/run/xvs/xvsd.sock",
+        ])
+        .unwrap();
+        assert_eq!(a.socket, Some("/run/xvs/xvsd.sock".into()));
         assert!(ImportArgs::try_parse_from(["xvsadm import", "keepalived"]).is_err());
         assert!(ImportArgs::try_parse_from(["xvsadm import", "haproxy", "x.cfg"]).is_err());
     }
