@@ -27,7 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // BGP for the announcement and several-director tests (a speaker beside each director,
     // a router in front).
     ("bird2", "/usr/sbin/bird"),
-    // VRRP for the active-backup test: keepalived moves the VIP between two directors.
+    // VRRP for the active-backup test: keepalived moves the VIP between two directors; its
+    // sample configurations are what `xvsadm import keepalived` is tested on.
     ("keepalived", "/usr/sbin/keepalived"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
     ("netbase", "/etc/services"),

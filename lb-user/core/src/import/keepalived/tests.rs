@@ -686,3 +686,61 @@ fn samples_carry_their_settings() {
     let status = sample("keepalived.conf.status_code");
     assert!(status.contains("status = \"200-299,400-499,503,505\""));
 }
+
+/// keepalived's syntax as written in the wild: blocks on one line, a `{` on its own line,
+/// quoted words, `!` and `#` comments after values, a `#` inside a word.
+#[test]
+fn tokens_and_blocks_as_keepalived_writes_them() {
+    use super::source::{tokenize, Token};
+    let w = |s: &str| Token::Word(s.into());
+    assert_eq!(
+        tokenize("  url { path /a#b \"x y\" }  ! a comment").unwrap(),
+        [
+            w("url"),
+            Token::Open,
+            w("path"),
+            w("/a#b"),
+            w("x y"),
+            Token::Close
+        ]
+    );
+    assert_eq!(tokenize("# all comment").unwrap(), []);
+    let out = convert(
+        "\
+virtual_server 203.0.113.10 80
+{
+    lb_algo rr   # round robin
+    real_server 198.51.100.11 80 { weight 2 }
+    real_server 198.51.100.12 80 {
+        HTTP_GET {
+            url {
+                path \"/health\"
+                regex \"all ok\"
+            }
+        }
+    }
+    real_server 198.51.100.13 80 {
+        HTTP_GET {
+            url { regex \"^ok$\" }
+        }
+    }
+}
+",
+    )
+    .unwrap();
+    assert!(out.contains("scheduler = \"rr\"\n"), "{out}");
+    assert!(
+        out.contains("  address = \"198.51.100.11:80\"\n  weight = 2\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    path = \"/health\"\n    body = \"all ok\"\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "`regex ^ok$`: xvs looks for a plain text in the body, not a regular expression"
+        ),
+        "{out}"
+    );
+}
