@@ -332,3 +332,90 @@ fn sighup_and_reload_reread_the_file_and_apply_the_difference() {
     assert_eq!(listing(&lab).timeouts.udp, 300);
     still_on_rs2(&mut held, "after the invalid file");
 }
+
+/// `xvsadm import keepalived` end to end: a keepalived.conf converted, applied to xvsd, gives
+/// the listing `ipvsadm -L -n` shows under keepalived for it, and forwards.
+#[test]
+fn an_imported_keepalived_conf_lists_as_keepalived_describes() {
+    let lab = lab("xvscf-k");
+    let (rs1, rs2, rs3) = (rs_ip4(1), rs_ip4(2), rs_ip4(3));
+    let conf = lab.dir.join("keepalived.conf");
+    fs::write(
+        &conf,
+        format!(
+            "\
+vrrp_instance VI_1 {{
+    interface eth0
+    virtual_router_id 51
+    virtual_ipaddress {{
+        {VIP4}
+    }}
+}}
+virtual_server {VIP4} 80 {{
+    delay_loop 2
+    lb_algo wrr
+    lb_kind DR
+    persistence_timeout 600
+    persistence_granularity 255.255.255.0
+    protocol TCP
+    real_server {rs2} 80 {{
+        weight 3
+        TCP_CHECK {{
+            connect_timeout 1
+        }}
+    }}
+    real_server {rs1} 80 {{
+        weight 0
+    }}
+}}
+virtual_server {VIP4} 53 {{
+    lb_algo rr
+    lb_kind DR
+    protocol UDP
+    real_server {rs3} 53 {{
+        weight 2
+    }}
+    real_server {rs1} 53 {{
+        weight 1
+    }}
+}}
+"
+        ),
+    )
+    .unwrap();
+    let toml = lab.dir.join("xvs.toml");
+    let (c, t) = (conf.display().to_string(), toml.display().to_string());
+    let out = lab
+        .xvsadm_ok(&["import", "keepalived", &c, "-o", &t])
+        .unwrap();
+    assert_eq!(out, "", "-o writes the file, prints nothing");
+    lab.xvsadm_ok(&["apply", "-f", &t]).unwrap();
+    let listed = lab.xvsadm_ok(&["-L", "-n"]).unwrap();
+    // The table's size is xvsd's; the rest is ipvsadm's listing of this keepalived.conf.
+    let (_, rest) = listed.split_once('\n').expect("a title line");
+    let expected = format!(
+        "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  {VIP4}:80 wrr persistent 600 mask 255.255.255.0
+  -> {:<28} Route   0      0          0         
+  -> {:<28} Route   3      0          0         
+UDP  {VIP4}:53 rr
+  -> {:<28} Route   1      0          0         
+  -> {:<28} Route   2      0          0         
+",
+        format!("{rs1}:80"),
+        format!("{rs2}:80"),
+        format!("{rs1}:53"),
+        format!("{rs3}:53"),
+    );
+    assert_eq!(
+        rest,
+        expected,
+        "converted file:\n{}",
+        fs::read_to_string(&toml).unwrap()
+    );
+    // It forwards as configured: rs1 has weight 0, so rs2 answers.
+    let vip: SocketAddr = format!("{VIP4}:80").parse().unwrap();
+    assert_eq!(lab.connect(vip).unwrap().get().unwrap(), "rs2");
+}

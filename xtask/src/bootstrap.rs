@@ -27,7 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // BGP for the announcement and several-director tests (a speaker beside each director,
     // a router in front).
     ("bird2", "/usr/sbin/bird"),
-    // VRRP for the active-backup test: keepalived moves the VIP between two directors.
+    // VRRP for the active-backup test: keepalived moves the VIP between two directors; its
+    // sample configurations are what `xvsadm import keepalived` is tested on.
     ("keepalived", "/usr/sbin/keepalived"),
     // promtool: tests/tests/observability.rs checks and unit-tests examples/prometheus's
     // alerting rules and the dashboard's PromQL (Debian 12 ships it only in this package: 19 MB

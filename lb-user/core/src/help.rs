@@ -43,6 +43,7 @@ Usage:
   xvsadm export
   xvsadm drain [-t|u|f service-address -r server-address] [--timeout duration] [--cancel]
   xvsadm synced [--request] [--wait duration]
+  xvsadm import keepalived file [-o out] [--config-id id]
   xvsadm -h
   xvsadm -v
 
@@ -78,6 +79,8 @@ Either long or short options are allowed.
                               once its connections ended (xvsadm drain --help)
   synced                      whether the peers' connection tables are held (exit 0), for
                               keepalived's vrrp_script (xvsadm synced --help)
+  import keepalived file      print a keepalived.conf's virtual servers as a configuration file,
+                              a comment for each setting not carried over (xvsadm import --help)
 
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]; IPv6 as [addr]:port;

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("rules", 5),
     ("config_file", 5),
     ("diff", 6),
+    ("import", 7),
 ];
 
 /// Uses within one layer that are allowed (user, used).

@@ -13,7 +13,9 @@
 //! 3. the control protocol between xvsadm and xvsd: [`proto`], and its blocking [`client`];
 //! 4. presentation: [`listing`] (ipvsadm's output), [`help`];
 //! 5. ipvsadm's command language: [`rules`] (commands typed and saved by `-S`, read by `-R`);
-//! 6. [`diff`]: the changes from one configuration to another, printed as rules.
+//! 6. [`diff`]: the changes from one configuration to another, printed as rules;
+//! 7. [`import`]: other load balancers' configurations (keepalived.conf) as configuration
+//!    files, checked with [`config_file`].
 
 pub mod announce;
 pub mod check;
@@ -24,6 +26,7 @@ pub mod estimator;
 pub mod flock;
 pub mod health;
 pub mod help;
+pub mod import;
 pub mod listing;
 pub mod model;
 pub mod names;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             "top" => top(rest),
             "drain" => drain(rest),
             "synced" => return synced(rest),
+            "import" => import(rest),
             "apply" | "reload" | "export" => config(name, rest),
             _ => unreachable!("subcommand() knows only these"),
         });
@@ -75,8 +76,8 @@ fn realserver(args: impl Iterator<Item = OsString>) -> ExitCode {
 /// xvs's subcommands: their name, and their arguments with a `--socket PATH` given before the
 /// name moved after it.
 fn subcommand(argv: &[OsString]) -> Option<(&'static str, Vec<OsString>)> {
-    const SUBCOMMANDS: [&str; 7] = [
-        "stats", "top", "apply", "reload", "export", "drain", "synced",
+    const SUBCOMMANDS: [&str; 8] = [
+        "stats", "top", "apply", "reload", "export", "drain", "synced", "import",
     ];
     let mut global = Vec::new();
     let mut i = 1;
@@ -309,6 +310,19 @@ fn synced(argv: impl Iterator<Item = OsString>) -> ExitCode {
     match run() {
         Ok(status) => ExitCode::from(status),
         Err(e) => finish(Err(e)),
+    }
+}
+
+/// `xvsadm import keepalived FILE`: see xvsadm::import.
+fn import(argv: impl Iterator<Item = OsString>) -> anyhow::Result<()> {
+    use xvsadm::import::{self, ImportArgs};
+    match ImportArgs::try_parse_from(argv) {
+        Ok(args) => import::run(&args),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            print!("{e}");
+            Ok(())
+        }
+        Err(e) => Err(CliError(e.to_string()).into()),
     }
 }
 
