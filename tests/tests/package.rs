@@ -268,6 +268,18 @@ fn package_installs_runs_removes_and_purges() -> Result<()> {
         "xvsadm(8) lacks its options"
     );
 
+    // The bash completion loads and completes xvsadm's options.
+    let words = run(inside(init, "bash").args([
+        "-c",
+        ". /usr/share/bash-completion/completions/xvsadm && complete -p xvsadm && \
+         COMP_WORDS=(xvsadm --add-s) COMP_CWORD=1 && _xvsadm xvsadm --add-s xvsadm && \
+         echo \"${COMPREPLY[@]}\"",
+    ]))?;
+    ensure!(
+        words.contains("--add-service"),
+        "the bash completion does not complete --add-s: {words}"
+    );
+
     let verify = inside(init, "systemd-analyze")
         .args(["verify", "--man=no"])
         .args([
