@@ -251,6 +251,8 @@ fn package_installs_runs_removes_and_purges() -> Result<()> {
             "{path} is not installed"
         );
     }
+    // Every installed file matches the package's md5sums.
+    run(inside(init, "dpkg").args(["--verify", "xvs"]))?;
     let conffiles = run(inside(init, "dpkg-query").args(["-W", "-f=${Conffiles}", "xvs"]))?;
     ensure!(
         conffiles.contains("/etc/xvs/xvs.toml"),

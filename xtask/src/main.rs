@@ -266,7 +266,35 @@ fn deb(fast: bool) -> Result<PathBuf> {
     if !path.exists() {
         bail!("cargo-deb did not write {}", path.display());
     }
+    add_md5sums(&path, fast)?;
     Ok(path)
+}
+
+/// cargo-deb writes no DEBIAN/md5sums, which `dpkg --verify` and debsums check installed files
+/// against: unpack the package, add it, and build the package again with dpkg-deb. /etc holds
+/// only conffiles, whose sums dpkg records itself (dh_md5sums leaves them out too).
+fn add_md5sums(deb: &Path, fast: bool) -> Result<()> {
+    let tree = root().join("target/debian/tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    run_cmd(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree))?;
+    run_cmd(
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "set -e; find . \\( -path ./DEBIAN -o -path ./etc \\) -prune -o -type f -printf '%P\\0' | sort -z \
+                 | xargs -0 md5sum > DEBIAN/md5sums",
+            )
+            .current_dir(&tree),
+    )?;
+    run_cmd(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Z", if fast { "gzip" } else { "xz" }])
+            .arg("--build")
+            .arg(&tree)
+            .arg(deb)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))
 }
 
 fn bin(name: &str) -> PathBuf {
