@@ -37,6 +37,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/promtool"),
     // /etc/services: xvsadm names ports as ipvsadm does (`http`) and reads them in rules.
     ("netbase", "/etc/services"),
+    // tests/tests/package.rs: lintian checks the .deb, mmdebstrap makes the fresh Debian root
+    // it is installed in, systemd-container boots that root (systemd-nspawn) to start the unit.
+    ("lintian", "/usr/bin/lintian"),
+    ("mmdebstrap", "/usr/bin/mmdebstrap"),
+    ("systemd-container", "/usr/bin/systemd-nspawn"),
     (
         "fonts-dejavu-core",
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -168,4 +173,23 @@ pub fn lab_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// cargo-deb, for `cargo xtask deb` (built from crates.io once, about two minutes).
+pub fn cargo_deb() -> Result<()> {
+    if quiet_ok(Command::new("cargo").args(["deb", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb 3.8.0 (cargo install, about two minutes)");
+    crate::run_cmd(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        "3.8.0",
+        "--locked",
+    ]))?;
+    if !quiet_ok(Command::new("cargo").args(["deb", "--version"])) {
+        bail!("cargo-deb was installed but `cargo deb --version` fails");
+    }
+    Ok(())
 }

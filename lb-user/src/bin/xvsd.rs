@@ -117,6 +117,46 @@ struct Opts {
     /// no ip rule should look it up. With --cleanup: withdraw them all.
     #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
     announce_table: Option<u32>,
+    /// Print the manual page or a shell's completions, generated from these options, and exit
+    /// (packaging: `cargo xtask deb`).
+    #[arg(long, value_enum, hide = true, exclusive = true, value_name = "WHAT")]
+    generate: Option<Generated>,
+}
+
+/// What `xvsd --generate` prints.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Generated {
+    /// xvsd(8), roff.
+    Man,
+    /// Completions for bash.
+    Bash,
+    /// Completions for zsh.
+    Zsh,
+    /// Completions for fish.
+    Fish,
+}
+
+/// Writes the manual page or the completions of [`Opts`] to stdout, so they cannot drift from
+/// `--help`.
+fn generate(what: Generated) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut cmd = Opts::command();
+    let out = &mut std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => {
+            return clap_mangen::Man::new(cmd)
+                .section("8")
+                .manual("System Administration")
+                .render(out)
+                .context("writing the manual page");
+        }
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "xvsd", out);
+    Ok(())
 }
 
 /// A routing table xvsd may own: not 0 (unspecified) nor the kernel's default, main and local
@@ -140,6 +180,9 @@ fn parse_mh_size(s: &str) -> Result<usize, String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
+    if let Some(what) = opts.generate {
+        return generate(what);
+    }
     let mut filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if let Some(d) = opts.kernel_log.directive() {

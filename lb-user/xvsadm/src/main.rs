@@ -3,6 +3,8 @@
 //! Exit status as ipvsadm: 0 on success, 2 for a command line that cannot be carried out
 //! (ipvsadm's `fail(2, ...)`), 1 when xvsd refuses or cannot be reached.
 
+mod manual;
+
 use std::{ffi::OsString, io::Read, process::ExitCode};
 
 use anyhow::Context;
@@ -20,6 +22,11 @@ use xvsadm::watch::{self, StatsArgs};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
+    // Hidden, for packaging: the manual page or a shell's completions.
+    if argv.get(1).is_some_and(|a| a == "--generate") {
+        let what = argv.get(2).and_then(|w| w.to_str()).unwrap_or("");
+        return finish(manual::generate(what));
+    }
     // `xvsadm realserver ...` sets up a real server (no xvsd involved): a parser of its own.
     if argv.get(1).is_some_and(|a| a == "realserver") {
         return realserver(argv.into_iter().skip(2));
