@@ -11,7 +11,10 @@ use clap::{Command, CommandFactory};
 use clap_complete::Shell;
 use lb_core::{help, rules::Args};
 use roff::{roman, Roff};
-use xvsadm::{config_cli::ConfigArgs, drain::DrainArgs, synced::SyncedArgs, watch::StatsArgs};
+use xvsadm::{
+    config_cli::ConfigArgs, drain::DrainArgs, import::ImportArgs, synced::SyncedArgs, top::TopArgs,
+    watch::StatsArgs,
+};
 
 /// `xvsadm --generate WHAT`: writes it to stdout.
 pub fn generate(what: &str) -> anyhow::Result<()> {
@@ -36,15 +39,21 @@ fn command() -> Command {
         .long_about(
             "xvsadm drives xvsd, the xvs director daemon, through its control socket, with \
              ipvsadm's command line and listing formats: scripts and habits written for \
-             ipvsadm work unchanged. It adds subcommands of its own: a live view (stats), \
+             ipvsadm work unchanged. It adds subcommands of its own: live views (stats, top), \
              configuration files (apply, reload, export), draining (drain), the sync state \
-             (synced) and the real-server setup for tunnels (realserver).",
+             (synced), migration from keepalived (import) and the real-server setup for \
+             tunnels (realserver).",
         )
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand(
             StatsArgs::command()
                 .name("stats")
                 .about("Live per-service and per-real-server rates"),
+        )
+        .subcommand(
+            TopArgs::command()
+                .name("top")
+                .about("Services and real servers with rates, refreshing in place"),
         )
         .subcommands(config.get_subcommands().cloned())
         .subcommand(
@@ -56,6 +65,11 @@ fn command() -> Command {
             SyncedArgs::command()
                 .name("synced")
                 .about("Whether the peers' connection tables are held"),
+        )
+        .subcommand(
+            ImportArgs::command()
+                .name("import")
+                .about("Print a keepalived.conf as an xvs configuration file"),
         )
         .subcommand(
             Command::new("realserver")
@@ -103,9 +117,14 @@ fn man(cmd: Command, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = ConfigArgs::command().render_long_help().to_string();
     for (name, text) in [
         ("stats", help::STATS_USAGE.to_string()),
+        ("top", help::TOP_USAGE.to_string()),
         ("apply, reload, export", config),
         ("drain", help::DRAIN_USAGE.to_string()),
         ("synced", help::SYNCED_USAGE.to_string()),
+        (
+            "import",
+            ImportArgs::command().render_long_help().to_string(),
+        ),
     ] {
         roff.control("SS", [format!("xvsadm {name}").as_str()]);
         verbatim(&mut roff, &text);
