@@ -47,14 +47,15 @@ pub struct ListOptions {
     pub numeric: bool,
 }
 
-/// ipvsadm's order of services (libipvs ipvs_cmp_services): marks first, then IPv4 before
-/// IPv6, TCP before UDP, address, port.
-pub fn service_order(key: &ServiceKey) -> (u8, u32, u8, u8, [u8; 16], u16) {
+/// ipvsadm's order of services (libipvs ipvs_cmp_services): by mark first, so services of an
+/// address (mark 0) come before firewall-mark ones, which follow in the order of their marks;
+/// then IPv4 before IPv6, TCP before UDP, address, port.
+pub fn service_order(key: &ServiceKey) -> (u32, u8, u8, [u8; 16], u16) {
     match *key {
-        ServiceKey::Fwmark { fwmark, ipv6 } => (0, fwmark, ipv6 as u8, 0, [0; 16], 0),
+        ServiceKey::Fwmark { fwmark, ipv6 } => (fwmark, ipv6 as u8, 0, [0; 16], 0),
         ServiceKey::Addr { protocol, addr } => {
             let (fam, bytes, port) = addr_order(&addr);
-            (1, 0, fam, protocol.number(), bytes, port)
+            (0, fam, protocol.number(), bytes, port)
         }
     }
 }
@@ -1177,6 +1178,27 @@ TCP  203.0.113.10:80 wrr
             raw.find("UDP  [2001:db8::10]:53").unwrap() < raw.find("TCP  203.0.113.10:80").unwrap()
         );
         assert!(raw.find("198.51.100.12:80").unwrap() < raw.find("198.51.100.11:80").unwrap());
+    }
+
+    /// libipvs compares marks first: services of an address (mark 0) before firewall-mark
+    /// ones, marks ascending, then family, protocol, address, port.
+    #[test]
+    fn firewall_mark_services_come_after_address_services_as_ipvsadm_sorts_them() {
+        let keys = [
+            ServiceKey::fwmark(2, false),
+            ServiceKey::new(Protocol::Udp, "203.0.113.10:53".parse().unwrap()),
+            ServiceKey::fwmark(1, true),
+            ServiceKey::new(Protocol::Tcp, "[2001:db8::10]:80".parse().unwrap()),
+            ServiceKey::new(Protocol::Tcp, "203.0.113.10:80".parse().unwrap()),
+            ServiceKey::fwmark(1, false),
+        ];
+        let mut sorted = keys.to_vec();
+        sorted.sort_by_key(service_order);
+        assert_eq!(
+            sorted,
+            [keys[4], keys[1], keys[3], keys[5], keys[2], keys[0]],
+            "TCP v4, UDP v4, TCP v6, FWM 1, FWM 1 IPv6, FWM 2"
+        );
     }
 
     #[test]

@@ -2142,14 +2142,14 @@ mod tests {
 
     #[test]
     fn group_save_restore_round_trip() {
-        // In ipvsadm's order (marks first), as -S writes it.
+        // In ipvsadm's order (marks last, ascending), as -S writes it.
         let rules = "\
+-A -t 203.0.113.10:25 -s wlc
 -A -f 1 -s rr -p 60 --match tcp:203.0.113.10:80 --match tcp:203.0.113.10:443
 -a -f 1 -r 198.51.100.11:0 -g -w 1
 -a -f 1 -r 198.51.100.12:0 -g -w 1
 -A -f 2 -6 -s sh -p 300 -M 64 --match udp:[2001:db8::10]:0
 -a -f 2 -6 -r [2001:db8::11]:0 -g -w 3
--A -t 203.0.113.10:25 -s wlc
 ";
         let mut config = Config::default();
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
@@ -2753,9 +2753,6 @@ mod tests {
             }
         );
         let rules = "\
--A -f 1 -s rr
--a -f 1 -r 198.51.100.15:0 -m -w 1
--a -f 1 -r 198.51.100.15:8443 -m -w 1
 -A -t 203.0.113.10:80 -s rr
 -a -t 203.0.113.10:80 -r 198.51.100.11:80 -g -w 1
 -a -t 203.0.113.10:80 -r 198.51.100.12:80 -m -w 2
@@ -2765,6 +2762,9 @@ mod tests {
 -a -t 203.0.113.20:0 -r 198.51.100.14:0 -m -w 1
 -A -u [2001:db8::10]:53 -s rr
 -a -u [2001:db8::10]:53 -r [2001:db8::11]:5353 -m -w 1
+-A -f 1 -s rr
+-a -f 1 -r 198.51.100.15:0 -m -w 1
+-a -f 1 -r 198.51.100.15:8443 -m -w 1
 ";
         let mut config = Config::default();
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();
@@ -3505,9 +3505,6 @@ mod tests {
     #[test]
     fn fullnat_save_restore_round_trip() {
         let rules = "\
--A -f 1 -s rr
--P -f 1 -z 10.0.0.11
--a -f 1 -r 198.51.100.15:0 -b -w 1
 -A -t 203.0.113.10:80 -s rr
 -P -t 203.0.113.10:80 -z 10.0.0.9 -F eth1
 -P -t 203.0.113.10:80 -z 10.0.0.10 --laddr-ports 40000-40999
@@ -3518,6 +3515,9 @@ mod tests {
 -A -u [2001:db8::10]:53 -s rr
 -P -u [2001:db8::10]:53 -z 2001:db8::9
 -a -u [2001:db8::10]:53 -r [2001:db8::11]:5353 -b -w 1
+-A -f 1 -s rr
+-P -f 1 -z 10.0.0.11
+-a -f 1 -r 198.51.100.15:0 -b -w 1
 ";
         let mut config = Config::default();
         config.apply_all(&parse_rules(rules).unwrap()).unwrap();

@@ -60,13 +60,7 @@ pub struct TopArgs {
 impl TopArgs {
     /// The refresh period, checked: at least 0.1 s, at most a day.
     pub fn period(&self) -> Result<Duration, String> {
-        if !(0.1..=86400.0).contains(&self.delay) {
-            return Err(format!(
-                "-d {}: must be between 0.1 and 86400 seconds",
-                self.delay
-            ));
-        }
-        Ok(Duration::from_secs_f64(self.delay))
+        crate::watch::refresh_period("-d", self.delay)
     }
 
     /// The number of frames, checked: none means until interrupted.

@@ -47,14 +47,19 @@ pub struct StatsArgs {
 impl StatsArgs {
     /// The refresh period, checked: at least 0.1 s, at most a day.
     pub fn period(&self) -> Result<Duration, String> {
-        if !(0.1..=86400.0).contains(&self.interval) {
-            return Err(format!(
-                "--interval {}: must be between 0.1 and 86400 seconds",
-                self.interval
-            ));
-        }
-        Ok(Duration::from_secs_f64(self.interval))
+        refresh_period("--interval", self.interval)
     }
+}
+
+/// A live view's refresh period of `secs` (given as option `flag`), checked: at least 0.1 s,
+/// at most a day.
+pub fn refresh_period(flag: &str, secs: f64) -> Result<Duration, String> {
+    if !(0.1..=86400.0).contains(&secs) {
+        return Err(format!(
+            "{flag} {secs}: must be between 0.1 and 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// One row of a frame.
