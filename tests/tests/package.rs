@@ -126,6 +126,8 @@ fn fresh_root(root: &Path) -> Result<()> {
     let tar = work_dir().join("bookworm.tar");
     if !tar.exists() {
         eprintln!("making the Debian 12 root (mmdebstrap, about a minute)");
+        // A fresh checkout has no target/package-test yet (mmdebstrap needs the parent).
+        std::fs::create_dir_all(work_dir())?;
         let partial = work_dir().join("bookworm.tar.partial");
         run(Command::new("mmdebstrap")
             .args(["--quiet", "--variant=apt", "--include=systemd,systemd-sysv"])
