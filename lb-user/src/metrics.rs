@@ -485,7 +485,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     let a = s.activity;
     let t = l.table;
-    let scalars: [(&str, Kind, &str, Value); 17] = [
+    let scalars: [(&str, Kind, &str, Value); 18] = [
         ("xvs_controller_syncs_total", Kind::Counter, "Configuration changes pushed to the data plane.", Int(a.syncs)),
         ("xvs_controller_sync_last_seconds", Kind::Gauge, "Duration of the last push to the data plane.", Float(a.last_sync.as_secs_f64())),
         ("xvs_controller_recomputations_total", Kind::Counter, "Recomputations of the load-aware tables from live connection counts.", Int(a.recomputations)),
@@ -498,6 +498,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("xvs_uptime_seconds", Kind::Gauge, "Time since xvsd started.", Float(s.uptime.as_secs_f64())),
         ("xvs_dataplane_adopted", Kind::Gauge, "1 when xvsd adopted a pinned data plane at start, 0 when it loaded a fresh one.", Int((s.start == "adopted") as u64)),
         ("xvs_dataplane_adoption_pending", Kind::Gauge, "1 while an adopted data plane still runs the previous xvsd's tables (no configuration synced yet).", Int(s.adoption_pending as u64)),
+        ("xvs_director_drained", Kind::Gauge, "1 while the director is drained (xvsadm drain: it announces no VIP and forwards what still arrives), 0 otherwise.", Int(l.drained as u64)),
         ("xvs_conn_table_capacity", Kind::Gauge, "Connection-table capacity (entries).", Int(l.conn_table_size as u64)),
         ("xvs_conn_table_entries", Kind::Gauge, "Connection-table entries, expired ones included (they keep their slot until the LRU evicts them), as this scrape's walk found them.", Int(t.entries)),
         ("xvs_conn_table_live_entries", Kind::Gauge, "Connection-table entries not expired whose real server is still configured: above 90% of the capacity, the LRU evicts live connections.", Int(t.live)),
@@ -752,6 +753,7 @@ mod tests {
             "# TYPE xvs_service_table_info gauge",
             "xvs_service_table_info{service=\"TCP 203.0.113.10:80\",scheduler=\"rr\",digest=\"0123456789abcdef\"} 1",
             "xvs_dataplane_adopted 1",
+            "xvs_director_drained 0",
             "xvs_uptime_seconds 5",
             "xvs_service_quorum_up{service=\"TCP 203.0.113.10:80\"} 1",
             "xvs_service_live_weight{service=\"TCP 203.0.113.10:80\"} 3",
